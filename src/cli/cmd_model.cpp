@@ -1,0 +1,156 @@
+// `grpo init` and `grpo logprobs`.
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/cuda.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "model/checkpoint.h"
+#include "util/error.h"
+#include "util/files.h"
+
+namespace grpo::cli {
+
+using json = nlohmann::json;
+
+namespace {
+
+// LibTorch errors carry a C++ backtrace; keep only the message.
+template <typename F>
+int torch_guard(F&& f) {
+  try {
+    return f();
+  } catch (const c10::Error& e) {
+    std::string msg = e.what_without_backtrace();
+    if (auto nl = msg.find('\n'); nl != std::string::npos) msg = msg.substr(0, nl);
+    throw Error("torch: " + msg);
+  }
+}
+
+at::Device parse_device(const std::string& name) {
+  if (name == "cpu") return at::kCPU;
+  if (name.rfind("cuda", 0) == 0) {
+    if (!torch::cuda::is_available()) throw Error("--device " + name + ": CUDA is not available on this machine");
+    at::Device d(name);
+    if (d.index() >= (int)torch::cuda::device_count())
+      throw Error("--device " + name + ": only " + std::to_string(torch::cuda::device_count()) + " CUDA device(s)");
+    return d;
+  }
+  throw Error("--device '" + name + "': expected cpu, cuda or cuda:N");
+}
+
+std::vector<int64_t> read_ids(const json& row, const char* key, const std::string& where) {
+  if (!row.contains(key)) throw Error(where + ": missing field '" + key + "'");
+  const json& v = row[key];
+  if (!v.is_array()) throw Error(where + ": field '" + std::string(key) + "' must be an array of token ids");
+  std::vector<int64_t> ids;
+  ids.reserve(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (!v[i].is_number_integer())
+      throw Error(where + ": " + key + "[" + std::to_string(i) + "] is not an integer token id: " + v[i].dump());
+    ids.push_back(v[i].get<int64_t>());
+  }
+  return ids;
+}
+
+bool stderr_is_tty() { return ::isatty(2); }
+
+}  // namespace
+
+int run_init(const InitArgs& args) {
+  return torch_guard([&] {
+    std::string text = read_file(args.config);
+    ModelConfig config = parse_model_config(text, args.config);
+    model::DeepseekForCausalLM m(config);
+    model::init_weights(m, args.seed);
+    model::SaveOptions opts;
+    opts.dtype = model::parse_dtype_name(args.dtype);
+    model::save_model(m, text, args.output, opts);
+    int64_t n = 0;
+    for (const auto& p : m.parameters()) n += p.numel();
+    std::cerr << "grpo: wrote " << args.output << " (" << n << " parameters, seed " << args.seed << ")\n";
+    return 0;
+  });
+}
+
+int run_logprobs(const LogprobsArgs& args) {
+  return torch_guard([&] {
+    // Read and check every input row before loading the model: bad input fails fast.
+    std::ifstream in(args.input);
+    if (!in) throw Error(args.input + ": cannot open");
+    std::vector<std::vector<int64_t>> prompts, completions;
+    std::string line;
+    for (int64_t lineno = 1; std::getline(in, line); ++lineno) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      std::string where = args.input + ":" + std::to_string(lineno);
+      json row;
+      try {
+        row = json::parse(line);
+      } catch (const json::exception& e) {
+        throw Error(where + ": not valid JSON: " + e.what());
+      }
+      if (!row.is_object()) throw Error(where + ": expected a JSON object");
+      prompts.push_back(read_ids(row, "prompt_ids", where));
+      completions.push_back(read_ids(row, "completion_ids", where));
+      if (prompts.back().empty()) throw Error(where + ": prompt_ids is empty (the first completion token needs context)");
+    }
+    const at::Device device = parse_device(args.device);
+    auto model = model::load_model(args.model, {model::parse_dtype_name(args.dtype), device});
+    const int64_t V = model->config().vocab_size;
+    for (size_t i = 0; i < prompts.size(); ++i)
+      for (const auto* ids : {&prompts[i], &completions[i]})
+        for (int64_t t : *ids)
+          if (t < 0 || t >= V)
+            throw Error(args.input + ": row " + std::to_string(i + 1) + ": token id " + std::to_string(t) +
+                        " is outside the model's vocabulary [0, " + std::to_string(V) + ")");
+
+    // Longest first, packed into batches of at most batch_tokens padded tokens.
+    std::vector<size_t> order(prompts.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    auto len = [&](size_t i) { return (int64_t)(prompts[i].size() + completions[i].size()); };
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return len(a) > len(b); });
+    std::vector<std::vector<float>> results(prompts.size());
+    at::InferenceMode inference;
+    const bool tty = stderr_is_tty();
+    auto t0 = std::chrono::steady_clock::now();
+    int64_t done_tokens = 0;
+    for (size_t s = 0; s < order.size();) {
+      size_t e = s + 1;
+      while (e < order.size() && (int64_t)(e - s + 1) * len(order[s]) <= args.batch_tokens) ++e;
+      std::vector<std::vector<int64_t>> bp, bc;
+      for (size_t k = s; k < e; ++k) {
+        bp.push_back(prompts[order[k]]);
+        bc.push_back(completions[order[k]]);
+      }
+      auto lps = model->completion_logprobs(bp, bc);
+      for (size_t k = s; k < e; ++k) {
+        at::Tensor t = lps[k - s].to(at::kCPU).contiguous();
+        results[order[k]].assign(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
+        done_tokens += len(order[k]);
+      }
+      s = e;
+      if (tty) {
+        double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        fprintf(stderr, "\rgrpo logprobs: %zu/%zu sequences, %.0f tokens/s", s, order.size(), done_tokens / std::max(sec, 1e-9));
+      }
+    }
+    if (tty) fprintf(stderr, "\n");
+    std::string out;
+    for (const auto& r : results) {
+      json row = {{"logprobs", json::array()}};
+      for (float v : r) row["logprobs"].push_back(static_cast<double>(v));
+      out += row.dump() + "\n";
+    }
+    write_file_atomic(args.output, out);
+    return 0;
+  });
+}
+
+}  // namespace grpo::cli

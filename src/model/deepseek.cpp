@@ -1,0 +1,353 @@
+#include "model/deepseek.h"
+
+#include <ATen/ops/scaled_dot_product_attention.h>
+#include <torch/nn/options/linear.h>
+
+#include <cmath>
+
+#include "util/error.h"
+
+namespace grpo::model {
+
+namespace nn = torch::nn;
+
+namespace {
+nn::Linear linear(int64_t in, int64_t out) { return nn::Linear(nn::LinearOptions(in, out).bias(false)); }
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+Tensor RMSNormImpl::forward(const Tensor& x) {
+  auto xf = x.to(at::kFloat);
+  auto variance = xf.pow(2).mean(-1, /*keepdim=*/true);
+  xf = xf * at::rsqrt(variance + eps);
+  return weight * xf.to(x.scalar_type());
+}
+
+// ---------------------------------------------------------------------------------------------
+MLPImpl::MLPImpl(int64_t hidden, int64_t intermediate) {
+  gate_proj = register_module("gate_proj", linear(hidden, intermediate));
+  up_proj = register_module("up_proj", linear(hidden, intermediate));
+  down_proj = register_module("down_proj", linear(intermediate, hidden));
+}
+
+Tensor MLPImpl::forward(const Tensor& x) { return down_proj(at::silu(gate_proj(x)) * up_proj(x)); }
+
+// ---------------------------------------------------------------------------------------------
+Tensor rope_inv_freq(const ModelConfig& c) {
+  const int64_t dim = c.qk_rope_head_dim;
+  auto opts = at::TensorOptions().dtype(at::kFloat);
+  // base ** (arange(0, dim, 2) / dim), in fp32 as transformers does.
+  Tensor pos_freqs = at::pow(c.rope_theta, at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim));
+  Tensor extrapolation = 1.0 / pos_freqs;
+  if (!c.yarn) return extrapolation;
+  const YarnScaling& y = *c.yarn;
+  Tensor interpolation = 1.0 / (y.factor * pos_freqs);
+  auto correction_dim = [&](double rotations) {
+    return (dim * std::log(y.original_max_position_embeddings / (rotations * 2 * M_PI))) / (2 * std::log(c.rope_theta));
+  };
+  double low = correction_dim(y.beta_fast), high = correction_dim(y.beta_slow);
+  if (y.truncate) {
+    low = std::floor(low);
+    high = std::ceil(high);
+  }
+  low = std::max(low, 0.0);
+  high = std::min(high, static_cast<double>(dim - 1));
+  if (low == high) high += 0.001;  // avoid a zero-width ramp
+  Tensor ramp = ((at::arange(dim / 2, opts) - low) / (high - low)).clamp(0, 1);
+  Tensor extrapolation_factor = 1 - ramp;
+  return interpolation * (1 - extrapolation_factor) + extrapolation * extrapolation_factor;
+}
+
+Tensor apply_rope(const Tensor& x, const RopeTables& rope, bool interleave) {
+  const int64_t d = x.size(-1);
+  Tensor x1, x2;
+  if (interleave) {
+    x1 = x.slice(-1, 0, d, 2);
+    x2 = x.slice(-1, 1, d, 2);
+  } else {
+    x1 = x.narrow(-1, 0, d / 2);
+    x2 = x.narrow(-1, d / 2, d / 2);
+  }
+  return at::cat({x1 * rope.cos - x2 * rope.sin, x2 * rope.cos + x1 * rope.sin}, -1);
+}
+
+// ---------------------------------------------------------------------------------------------
+MLAImpl::MLAImpl(const ModelConfig& c)
+    : num_heads(c.num_attention_heads),
+      qk_nope_head_dim(c.qk_nope_head_dim),
+      qk_rope_head_dim(c.qk_rope_head_dim),
+      v_head_dim(c.v_head_dim),
+      kv_lora_rank(c.kv_lora_rank),
+      softmax_scale(c.softmax_scale()),
+      rope_interleave(c.rope_interleave) {
+  const int64_t H = c.hidden_size, q_dim = num_heads * c.qk_head_dim();
+  if (c.q_lora_rank) {
+    q_a_proj = register_module("q_a_proj", linear(H, *c.q_lora_rank));
+    q_a_layernorm = register_module("q_a_layernorm", RMSNorm(*c.q_lora_rank, c.rms_norm_eps));
+    q_b_proj = register_module("q_b_proj", linear(*c.q_lora_rank, q_dim));
+  } else {
+    q_proj = register_module("q_proj", linear(H, q_dim));
+  }
+  kv_a_proj_with_mqa = register_module("kv_a_proj_with_mqa", linear(H, kv_lora_rank + qk_rope_head_dim));
+  kv_a_layernorm = register_module("kv_a_layernorm", RMSNorm(kv_lora_rank, c.rms_norm_eps));
+  kv_b_proj = register_module("kv_b_proj", linear(kv_lora_rank, num_heads * (qk_nope_head_dim + v_head_dim)));
+  o_proj = register_module("o_proj", linear(num_heads * v_head_dim, H));
+}
+
+Tensor MLAImpl::forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask) {
+  const int64_t B = x.size(0), T = x.size(1);
+  Tensor q = q_proj ? q_proj(x) : q_b_proj(q_a_layernorm(q_a_proj(x)));
+  q = q.view({B, T, num_heads, qk_nope_head_dim + qk_rope_head_dim});
+  Tensor q_nope = q.narrow(-1, 0, qk_nope_head_dim);
+  Tensor q_pe = apply_rope(q.narrow(-1, qk_nope_head_dim, qk_rope_head_dim), rope, rope_interleave);
+
+  Tensor compressed = kv_a_proj_with_mqa(x);  // (B, T, kv_lora_rank + rope_dim)
+  Tensor kv_latent = kv_a_layernorm(compressed.narrow(-1, 0, kv_lora_rank));
+  Tensor k_pe = compressed.narrow(-1, kv_lora_rank, qk_rope_head_dim).view({B, T, 1, qk_rope_head_dim});
+  k_pe = apply_rope(k_pe, rope, rope_interleave);
+
+  Tensor kv = kv_b_proj(kv_latent).view({B, T, num_heads, qk_nope_head_dim + v_head_dim});
+  Tensor k_nope = kv.narrow(-1, 0, qk_nope_head_dim);
+  Tensor v = kv.narrow(-1, qk_nope_head_dim, v_head_dim);
+
+  Tensor query = at::cat({q_nope, q_pe}, -1).transpose(1, 2);  // (B, nh, T, dq)
+  Tensor key = at::cat({k_nope, k_pe.expand({B, T, num_heads, qk_rope_head_dim})}, -1).transpose(1, 2);
+  Tensor value = v.transpose(1, 2);  // (B, nh, T, dv)
+  Tensor out = mask.allowed
+                   ? at::scaled_dot_product_attention(query, key, value, *mask.allowed, 0.0, false, softmax_scale)
+                   : at::scaled_dot_product_attention(query, key, value, {}, 0.0, true, softmax_scale);
+  out = out.transpose(1, 2).reshape({B, T, num_heads * v_head_dim});
+  return o_proj(out);
+}
+
+// ---------------------------------------------------------------------------------------------
+RouterImpl::RouterImpl(const ModelConfig& c) : config(c) {
+  weight = register_parameter("weight", torch::empty({c.n_routed_experts, c.hidden_size}));
+  if (c.topk_method == TopkMethod::NoauxTc)
+    e_score_correction_bias = register_buffer("e_score_correction_bias", torch::zeros({c.n_routed_experts}));
+}
+
+RouterImpl::Routing RouterImpl::forward(const Tensor& x) {
+  const ModelConfig& c = config;
+  const int64_t N = x.size(0), E = c.n_routed_experts, k = c.num_experts_per_tok;
+  // Gate logits in fp32 whatever the model dtype.
+  Tensor logits = at::linear(x.to(at::kFloat), weight.to(at::kFloat));
+  Tensor scores = c.scoring_func == ScoringFunc::Softmax ? logits.softmax(-1) : logits.sigmoid();
+  Tensor choice = c.topk_method == TopkMethod::NoauxTc ? scores + e_score_correction_bias : scores;
+  if (c.topk_method != TopkMethod::Greedy && c.n_group > 1) {
+    Tensor grouped = choice.view({N, c.n_group, E / c.n_group});
+    // A group's score: its best expert (V2) or the sum of its best two (V3, noaux_tc).
+    Tensor group_scores = c.topk_method == TopkMethod::NoauxTc
+                              ? std::get<0>(grouped.topk(2, -1)).sum(-1)
+                              : std::get<0>(grouped.max(-1));
+    Tensor group_idx = std::get<1>(group_scores.topk(c.topk_group, -1, true, false));
+    Tensor group_mask = at::zeros_like(group_scores, at::kBool).scatter_(1, group_idx, true);
+    Tensor expert_mask = group_mask.unsqueeze(-1).expand({N, c.n_group, E / c.n_group}).reshape({N, E});
+    choice = choice.masked_fill(expert_mask.logical_not(), -std::numeric_limits<float>::infinity());
+  }
+  Tensor idx = std::get<1>(choice.topk(k, -1, true, false));
+  Tensor w = scores.gather(1, idx);
+  if (c.norm_topk_prob) w = w / (w.sum(-1, true) + 1e-20);
+  w = w * c.routed_scaling_factor;
+  return {idx, w, scores};
+}
+
+// ---------------------------------------------------------------------------------------------
+RoutedExpertsImpl::RoutedExpertsImpl(int64_t E, int64_t H, int64_t I) : num_experts(E), intermediate(I) {
+  gate_up_proj = register_parameter("gate_up_proj", torch::empty({E, 2 * I, H}));
+  down_proj = register_parameter("down_proj", torch::empty({E, H, I}));
+}
+
+Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const Tensor& weights) {
+  const int64_t N = x.size(0), k = experts.size(1), H = x.size(1);
+  Tensor flat = experts.reshape({-1});  // (N*k)
+  Tensor order = std::get<1>(flat.sort(/*stable=*/true, 0, false));
+  Tensor token = at::div(order, k, "floor");
+  Tensor counts = at::bincount(flat, {}, num_experts).to(at::kCPU);  // one host sync per layer
+  Tensor xs = x.index_select(0, token);                                 // (N*k, H), grouped by expert
+  const int64_t* cnt = counts.data_ptr<int64_t>();
+  std::vector<Tensor> outs;
+  int64_t offset = 0;
+  for (int64_t e = 0; e < num_experts; ++e) {
+    if (cnt[e] == 0) continue;
+    Tensor xe = xs.narrow(0, offset, cnt[e]);
+    Tensor gu = at::matmul(xe, gate_up_proj[e].t());  // (n_e, 2I)
+    Tensor h = at::silu(gu.narrow(-1, 0, intermediate)) * gu.narrow(-1, intermediate, intermediate);
+    outs.push_back(at::matmul(h, down_proj[e].t()));  // (n_e, H)
+    offset += cnt[e];
+  }
+  Tensor ys = at::cat(outs, 0);
+  Tensor ws = weights.reshape({-1}).index_select(0, order).unsqueeze(1);  // fp32
+  ys = (ys * ws).to(x.scalar_type());
+  return at::zeros({N, H}, x.options()).index_add(0, token, ys);
+}
+
+// ---------------------------------------------------------------------------------------------
+MoEImpl::MoEImpl(const ModelConfig& c) {
+  gate = register_module("gate", Router(c));
+  experts = register_module("experts", RoutedExperts(c.n_routed_experts, c.hidden_size, c.moe_intermediate_size));
+  if (c.n_shared_experts > 0)
+    shared_experts =
+        register_module("shared_experts", MLP(c.hidden_size, c.moe_intermediate_size * c.n_shared_experts));
+}
+
+Tensor MoEImpl::forward(const Tensor& x) {
+  Tensor flat = x.reshape({-1, x.size(-1)});
+  auto routing = gate(flat);
+  {
+    at::NoGradGuard no_grad;
+    last_expert_load = at::bincount(routing.experts.reshape({-1}), {}, experts->num_experts);
+  }
+  Tensor out = experts(flat, routing.experts, routing.weights).view(x.sizes());
+  if (shared_experts) out = out + shared_experts(x);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer_idx, bool mtp) {
+  self_attn = register_module("self_attn", MLA(c));
+  if (c.is_moe_layer(layer_idx))
+    moe = register_module("mlp", MoE(c));
+  else
+    dense_mlp = register_module("mlp", MLP(c.hidden_size, c.intermediate_size));
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  if (mtp) {
+    embed_tokens = register_module("embed_tokens", nn::Embedding(c.vocab_size, c.hidden_size));
+    enorm = register_module("enorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+    hnorm = register_module("hnorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+    eh_proj = register_module("eh_proj", linear(2 * c.hidden_size, c.hidden_size));
+    shared_head = register_module("shared_head", std::make_shared<nn::Module>());
+    shared_head_norm = shared_head->register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+    shared_head_head = shared_head->register_module("head", linear(c.hidden_size, c.vocab_size));
+  }
+}
+
+Tensor DecoderLayerImpl::forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask) {
+  Tensor h = x + self_attn(input_layernorm(x), rope, mask);
+  Tensor normed = post_attention_layernorm(h);
+  return h + (moe ? moe(normed) : dense_mlp(normed));
+}
+
+// ---------------------------------------------------------------------------------------------
+DeepseekModelImpl::DeepseekModelImpl(const ModelConfig& c) {
+  embed_tokens = register_module("embed_tokens", nn::Embedding(c.vocab_size, c.hidden_size));
+  layers = register_module("layers", nn::ModuleList());
+  for (int64_t i = 0; i < c.num_hidden_layers + c.num_nextn_predict_layers; ++i)
+    layers->push_back(DecoderLayer(c, i, /*mtp=*/i >= c.num_hidden_layers));
+  norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+}
+
+DeepseekForCausalLM::DeepseekForCausalLM(ModelConfig config) : config_(std::move(config)) {
+  model = register_module("model", DeepseekModel(config_));
+  if (!config_.tie_word_embeddings) lm_head = register_module("lm_head", linear(config_.hidden_size, config_.vocab_size));
+  inv_freq_ = rope_inv_freq(config_);
+}
+
+at::Device DeepseekForCausalLM::device() const { return model->embed_tokens->weight.device(); }
+at::ScalarType DeepseekForCausalLM::dtype() const { return model->embed_tokens->weight.scalar_type(); }
+
+void DeepseekForCausalLM::to_device_dtype(at::Device device, at::ScalarType dtype) {
+  this->to(device, dtype);
+  for (auto& kv : named_buffers())
+    if (kv.key().find("e_score_correction_bias") != std::string::npos) kv.value().set_data(kv.value().to(at::kFloat));
+}
+
+RopeTables DeepseekForCausalLM::rope_tables(const Tensor& position_ids, at::ScalarType dtype) const {
+  Tensor inv = inv_freq_.to(position_ids.device());
+  Tensor freqs = position_ids.to(at::kFloat).unsqueeze(-1) * inv;  // (B, T, d/2)
+  double factor = config_.rope_attention_factor();
+  Tensor cos = (freqs.cos() * factor).to(dtype).unsqueeze(2);       // (B, T, 1, d/2)
+  Tensor sin = (freqs.sin() * factor).to(dtype).unsqueeze(2);
+  return {cos, sin};
+}
+
+Tensor DeepseekForCausalLM::hidden_states(const Tensor& input_ids, const std::optional<Tensor>& attention_mask,
+                                          const std::optional<Tensor>& position_ids) {
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  const auto dev = device();
+  Tensor ids = input_ids.to(dev);
+  Tensor pos = position_ids ? position_ids->to(dev) : at::arange(T, at::TensorOptions().dtype(at::kLong).device(dev))
+                                                          .unsqueeze(0).expand({B, T});
+  AttentionMask mask;
+  if (attention_mask) {
+    Tensor valid = attention_mask->to(dev).to(at::kBool);                                  // (B, T)
+    Tensor causal = at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(dev)).tril();
+    Tensor allowed = causal.unsqueeze(0) & valid.unsqueeze(1);                             // (B, T, T)
+    // A padding query may see nothing; let it see itself so softmax stays finite.
+    allowed = allowed | at::eye(T, at::TensorOptions().dtype(at::kBool).device(dev)).unsqueeze(0);
+    mask.allowed = allowed.unsqueeze(1);
+  }
+  Tensor h = model->embed_tokens(ids);
+  RopeTables rope = rope_tables(pos, h.scalar_type());
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) h = model->layers[i]->as<DecoderLayer>()->forward(h, rope, mask);
+  return model->norm(h);
+}
+
+Tensor DeepseekForCausalLM::lm_head_weight() { return lm_head ? lm_head->weight : model->embed_tokens->weight; }
+
+Tensor DeepseekForCausalLM::logits(const Tensor& hidden) { return at::linear(hidden, lm_head_weight()); }
+
+std::vector<Tensor> DeepseekForCausalLM::completion_logprobs(const std::vector<std::vector<int64_t>>& prompts,
+                                                             const std::vector<std::vector<int64_t>>& completions) {
+  if (prompts.size() != completions.size()) throw Error("completion_logprobs: prompts and completions differ in count");
+  const int64_t B = static_cast<int64_t>(prompts.size());
+  std::vector<Tensor> out(B);
+  if (B == 0) return out;
+  // Sequence b is prompt + completion[:-1] (the last completion token is never an input).
+  int64_t T = 1;
+  for (int64_t b = 0; b < B; ++b) {
+    if (prompts[b].empty()) throw Error("completion_logprobs: sequence " + std::to_string(b) + " has an empty prompt");
+    int64_t len = (int64_t)prompts[b].size() + std::max<int64_t>(0, (int64_t)completions[b].size() - 1);
+    T = std::max(T, len);
+  }
+  const int64_t V = config_.vocab_size;
+  std::vector<int64_t> ids(B * T, 0), rows, targets;
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& p = prompts[b];
+    const auto& c = completions[b];
+    int64_t t = 0;
+    for (int64_t tok : p) ids[b * T + t++] = tok;
+    for (size_t j = 0; j + 1 < c.size(); ++j) ids[b * T + t++] = c[j];
+    for (size_t j = 0; j < c.size(); ++j) {
+      rows.push_back(b * T + (int64_t)p.size() - 1 + (int64_t)j);  // position predicting c[j]
+      targets.push_back(c[j]);
+    }
+    for (int64_t tok : p)
+      if (tok < 0 || tok >= V) throw Error("completion_logprobs: prompt token id " + std::to_string(tok) + " of sequence " + std::to_string(b) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
+    for (int64_t tok : c)
+      if (tok < 0 || tok >= V) throw Error("completion_logprobs: completion token id " + std::to_string(tok) + " of sequence " + std::to_string(b) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
+  }
+  const auto dev = device();
+  auto long_opts = at::TensorOptions().dtype(at::kLong);
+  Tensor input = at::from_blob(ids.data(), {B, T}, long_opts).to(dev);
+  Tensor h = hidden_states(input);  // right padding: plain causal attention is exact
+  std::vector<Tensor> flat_lp;
+  if (!rows.empty()) {
+    Tensor row_idx = at::from_blob(rows.data(), {(int64_t)rows.size()}, long_opts).to(dev);
+    Tensor tgt = at::from_blob(targets.data(), {(int64_t)targets.size()}, long_opts).to(dev);
+    Tensor hs = h.reshape({B * T, -1}).index_select(0, row_idx);  // (M, H)
+    // Output projection in chunks so that (M, V) fp32 logits never exist at once.
+    const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 27) / (4 * V));
+    for (int64_t s = 0; s < hs.size(0); s += chunk) {
+      int64_t n = std::min(chunk, hs.size(0) - s);
+      Tensor lg = logits(hs.narrow(0, s, n)).to(at::kFloat);
+      Tensor lp = lg.gather(1, tgt.narrow(0, s, n).unsqueeze(1)).squeeze(1) - lg.logsumexp(-1);
+      flat_lp.push_back(lp);
+    }
+  }
+  Tensor all = flat_lp.empty() ? Tensor() : at::cat(flat_lp, 0);
+  int64_t offset = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t n = (int64_t)completions[b].size();
+    out[b] = n ? all.narrow(0, offset, n) : at::empty({0}, at::TensorOptions().dtype(at::kFloat).device(dev));
+    offset += n;
+  }
+  return out;
+}
+
+}  // namespace grpo::model

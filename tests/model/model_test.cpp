@@ -1,0 +1,207 @@
+// Model invariants that a wrong implementation would break: grouped experts equal a per-token
+// loop, group-limited routing stays inside the chosen groups, padding does not change results,
+// checkpoints round-trip, FP8 block scales dequantise. (parity_test.py compares with transformers.)
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "io/safetensors.h"
+#include "model/checkpoint.h"
+#include "model/deepseek.h"
+#include "util/error.h"
+
+using namespace grpo;
+using namespace grpo::model;
+
+namespace {
+
+const char* kTinyV3 = R"({
+  "model_type": "deepseek_v3", "vocab_size": 97, "hidden_size": 32, "intermediate_size": 48,
+  "moe_intermediate_size": 16, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 4,
+  "q_lora_rank": 24, "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8,
+  "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 3, "n_group": 4, "topk_group": 2,
+  "first_k_dense_replace": 1, "norm_topk_prob": true, "routed_scaling_factor": 2.5,
+  "max_position_embeddings": 256, "num_nextn_predict_layers": 1,
+  "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                   "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}})";
+
+std::shared_ptr<DeepseekForCausalLM> tiny(uint64_t seed = 1) {
+  auto m = std::make_shared<DeepseekForCausalLM>(parse_model_config(kTinyV3, "tiny"));
+  init_weights(*m, seed);
+  // Larger weights than the init's 0.02 so that routing and attention are far from uniform.
+  at::NoGradGuard g;
+  for (auto& p : m->parameters())
+    if (p.dim() > 1) p.mul_(10);
+  for (auto& kv : m->named_buffers()) kv.value().uniform_(0, 0.05);
+  return m;
+}
+
+std::string tmpdir(const std::string& name) {
+  std::string d = std::filesystem::temp_directory_path() / ("grpo_model_test_" + std::to_string(::getpid())) / name;
+  std::filesystem::create_directories(d);
+  return d;
+}
+
+}  // namespace
+
+TEST(Model, GroupedExpertsEqualPerTokenLoop) {
+  auto m = tiny();
+  auto moe = m->model->layers[1]->as<DecoderLayer>()->moe;
+  ASSERT_TRUE(moe);
+  at::manual_seed(0);
+  Tensor x = at::randn({37, 32});
+  auto r = moe->gate(x);
+  Tensor grouped = moe->experts(x, r.experts, r.weights);
+  Tensor naive = at::zeros_like(x);
+  auto& E = *moe->experts;
+  for (int64_t n = 0; n < x.size(0); ++n)
+    for (int64_t j = 0; j < r.experts.size(1); ++j) {
+      int64_t e = r.experts[n][j].item<int64_t>();
+      Tensor gu = at::matmul(x[n], E.gate_up_proj[e].t());
+      Tensor h = at::silu(gu.narrow(0, 0, 16)) * gu.narrow(0, 16, 16);
+      naive[n] += r.weights[n][j] * at::matmul(h, E.down_proj[e].t());
+    }
+  EXPECT_TRUE(at::allclose(grouped, naive, 1e-5, 1e-5)) << (grouped - naive).abs().max();
+}
+
+TEST(Model, GroupLimitedRoutingStaysInTopGroupsAndBiasOnlySelects) {
+  auto m = tiny();
+  auto gate = m->model->layers[1]->as<DecoderLayer>()->moe->gate;
+  at::manual_seed(1);
+  Tensor x = at::randn({64, 32});
+  auto r = gate(x);
+  // Each token's experts lie in at most topk_group (2) of the 4 groups of 2.
+  Tensor groups = at::div(r.experts, 2, "floor");
+  for (int64_t n = 0; n < 64; ++n) EXPECT_LE(std::get<0>(at::_unique(groups[n])).numel(), 2);
+  // Weights: normalised unbiased sigmoid scores times 2.5.
+  Tensor w = r.scores.gather(1, r.experts);
+  EXPECT_TRUE(at::allclose(r.weights, w / w.sum(-1, true) * 2.5, 1e-6, 1e-6));
+  // A large bias on expert 5 makes every token pick it, but its weight stays the unbiased score.
+  {
+    at::NoGradGuard g;
+    gate->e_score_correction_bias.zero_();
+    gate->e_score_correction_bias[5] = 100.0;
+  }
+  auto rb = gate(x);
+  EXPECT_TRUE((rb.experts == 5).any(1).all().item<bool>());
+  Tensor wb = rb.scores.gather(1, rb.experts);
+  EXPECT_TRUE(at::allclose(rb.weights, wb / wb.sum(-1, true) * 2.5, 1e-6, 1e-6));
+  EXPECT_LT(rb.scores.max().item<float>(), 1.0f);
+}
+
+TEST(Model, BatchedWithPaddingEqualsOneAtATime) {
+  auto m = tiny();
+  at::NoGradGuard g;
+  std::vector<std::vector<int64_t>> prompts = {{1, 5, 9}, {3}, {7, 7, 7, 7, 7, 2}, {4, 8}};
+  std::vector<std::vector<int64_t>> completions = {{11, 12, 13, 14}, {20}, {30, 31}, {}};
+  auto batched = m->completion_logprobs(prompts, completions);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto single = m->completion_logprobs({prompts[i]}, {completions[i]});
+    ASSERT_EQ(batched[i].numel(), (int64_t)completions[i].size());
+    EXPECT_TRUE(at::allclose(batched[i], single[0], 1e-5, 1e-6)) << i;
+  }
+  // Log-probs are log-probabilities: all <= 0 and they match a full log_softmax.
+  Tensor ids = at::tensor(std::vector<int64_t>{1, 5, 9, 11, 12, 13}).unsqueeze(0);
+  Tensor lsm = m->logits(m->hidden_states(ids)).log_softmax(-1);
+  for (int j = 0; j < 3; ++j)
+    EXPECT_NEAR(batched[0][j].item<float>(), lsm[0][2 + j][completions[0][j]].item<float>(), 1e-5);
+}
+
+TEST(Model, LeftPaddingWithMaskAndPositionsEqualsUnpadded) {
+  auto m = tiny();
+  at::NoGradGuard g;
+  Tensor ids = at::tensor(std::vector<int64_t>{4, 8, 15, 16, 23}).unsqueeze(0);
+  Tensor ref = m->hidden_states(ids);
+  Tensor padded = at::tensor(std::vector<int64_t>{0, 0, 4, 8, 15, 16, 23}).unsqueeze(0);
+  Tensor mask = at::tensor(std::vector<int64_t>{0, 0, 1, 1, 1, 1, 1}).unsqueeze(0);
+  Tensor pos = at::tensor(std::vector<int64_t>{0, 0, 0, 1, 2, 3, 4}).unsqueeze(0);
+  Tensor out = m->hidden_states(padded, mask, pos).narrow(1, 2, 5);
+  EXPECT_TRUE(at::allclose(out, ref, 1e-5, 1e-5)) << (out - ref).abs().max();
+}
+
+TEST(Model, SaveLoadRoundTripIncludingMTPAndBias) {
+  auto m = tiny(7);
+  std::string dir = tmpdir("roundtrip");
+  save_model(*m, kTinyV3, dir);
+  auto loaded = load_model(dir);
+  EXPECT_EQ(loaded->config().num_nextn_predict_layers, 1);
+  auto a = m->named_parameters(true), b = loaded->named_parameters(true);
+  ASSERT_EQ(a.size(), b.size());
+  for (auto& kv : a) EXPECT_TRUE(at::equal(kv.value(), b[kv.key()])) << kv.key();
+  auto ba = m->named_buffers(true), bb = loaded->named_buffers(true);
+  for (auto& kv : ba) EXPECT_TRUE(at::equal(kv.value(), bb[kv.key()])) << kv.key();
+  // Per-expert HF names on disk.
+  auto ck = io::SafetensorsCheckpoint::open_dir(dir);
+  EXPECT_NE(ck.find("model.layers.1.mlp.experts.7.down_proj.weight"), nullptr);
+  EXPECT_NE(ck.find("model.layers.3.eh_proj.weight"), nullptr);
+  // Sharded save loads the same.
+  std::string sdir = tmpdir("sharded");
+  save_model(*m, kTinyV3, sdir, {at::kFloat, 20000});
+  EXPECT_TRUE(std::filesystem::exists(sdir + "/model.safetensors.index.json"));
+  auto s = load_model(sdir);
+  for (auto& kv : a) EXPECT_TRUE(at::equal(kv.value(), s->named_parameters(true)[kv.key()])) << kv.key();
+}
+
+TEST(Model, Fp8BlockScaledWeightsDequantiseOnLoad) {
+  auto m = tiny(3);
+  std::string dir = tmpdir("fp8");
+  save_model(*m, kTinyV3, dir);
+  // Rewrite one weight (q_b_proj: 48 x 24) as F8_E4M3 with 16x16 blocks.
+  auto f = io::SafetensorsFile::open(dir + "/model.safetensors");
+  std::vector<std::pair<std::string, Tensor>> keep;
+  const std::string wname = "model.layers.0.self_attn.q_b_proj.weight";
+  Tensor w = m->named_parameters(true)[wname].detach().clone();
+  Tensor scale = at::rand({3, 2}) + 0.5;  // (ceil(48/16), ceil(24/16))
+  Tensor expanded = scale.repeat_interleave(16, 0).narrow(0, 0, 48).repeat_interleave(16, 1).narrow(1, 0, 24);
+  Tensor q = (w / expanded).to(at::kFloat8_e4m3fn);
+  Tensor deq = q.to(at::kFloat) * expanded;
+  for (const auto& t : f->tensors()) {
+    if (t.name == wname) continue;
+    keep.emplace_back(t.name, at::from_blob(const_cast<uint8_t*>(t.data), t.shape, at::kFloat).clone());
+  }
+  std::vector<io::TensorToWrite> items;
+  for (auto& [n, t] : keep) items.push_back({n, io::DType::F32, t.sizes().vec(), t.data_ptr(), (size_t)t.nbytes()});
+  items.push_back({wname, io::DType::F8_E4M3, {48, 24}, q.data_ptr(), (size_t)q.nbytes()});
+  items.push_back({wname + "_scale_inv", io::DType::F32, {3, 2}, scale.data_ptr(), (size_t)scale.nbytes()});
+  f.reset();
+  io::write_safetensors(dir + "/model.safetensors", items);
+  std::string cfg = std::string(kTinyV3);
+  cfg = cfg.substr(0, cfg.rfind('}')) + R"(, "quantization_config": {"quant_method": "fp8", "weight_block_size": [16, 16]}})";
+  std::ofstream(dir + "/config.json") << cfg;
+  auto loaded = load_model(dir);
+  Tensor got = loaded->named_parameters(true)[wname];
+  EXPECT_TRUE(at::equal(got, deq));
+  EXPECT_FALSE(at::equal(got, w)) << "quantisation should have changed the weight";
+}
+
+TEST(Model, MissingAndMisshapenTensorsNameFileAndTensor) {
+  auto m = tiny(5);
+  std::string dir = tmpdir("bad");
+  save_model(*m, kTinyV3, dir);
+  std::string cfg = std::string(kTinyV3);
+  // Config says a wider kv_lora_rank than the weights have.
+  std::string wider = cfg;
+  wider.replace(wider.find("\"kv_lora_rank\": 16"), 18, "\"kv_lora_rank\": 20");
+  std::ofstream(dir + "/config.json") << wider;
+  try {
+    load_model(dir);
+    FAIL();
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    EXPECT_NE(msg.find("model.safetensors"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("kv_a_proj_with_mqa.weight"), std::string::npos) << msg;
+  }
+  // Config with more layers than the checkpoint holds.
+  std::string deeper = cfg;
+  deeper.replace(deeper.find("\"num_hidden_layers\": 3"), 22, "\"num_hidden_layers\": 5");
+  std::ofstream(dir + "/config.json") << deeper;
+  try {
+    load_model(dir);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing tensor 'model.layers.4."), std::string::npos) << e.what();
+  }
+}
