@@ -3,6 +3,8 @@
 #include <iostream>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "cli/commands.h"
 #include "text/tokenizer.h"
 #include "util/error.h"
@@ -30,9 +32,20 @@ int run_tokenize(const TokenizeArgs& args) {
           throw Error(args.input + ":" + std::to_string(lineno) + ": '" + word + "' is not a token id");
         }
       }
-      out += tok.decode(ids) + "\n";
+      std::string text = tok.decode(ids);
+      out += (args.jsonl ? nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) : text) + "\n";
     } else {
-      auto ids = tok.encode(line, !args.no_special_tokens);
+      std::string text = line;
+      if (args.jsonl) {
+        try {
+          auto j = nlohmann::json::parse(line);
+          if (!j.is_string()) throw Error(args.input + ":" + std::to_string(lineno) + ": expected a JSON string");
+          text = j.get<std::string>();
+        } catch (const nlohmann::json::exception& e) {
+          throw Error(args.input + ":" + std::to_string(lineno) + ": not a JSON string: " + e.what());
+        }
+      }
+      auto ids = tok.encode(text, !args.no_special_tokens);
       for (size_t i = 0; i < ids.size(); ++i) {
         if (i) out += ' ';
         out += std::to_string(ids[i]);

@@ -23,6 +23,7 @@ struct TokenizeArgs {
   std::string tokenizer, input;
   bool no_special_tokens = false;
   bool decode = false;  // input lines are ids; print text
+  bool jsonl = false;   // input lines are JSON strings (texts may then hold newlines)
 };
 int run_tokenize(const TokenizeArgs& args);
 

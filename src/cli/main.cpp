@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   c_tk->add_option("--input", tk.input, "text file; each line is encoded on its own")->required();
   c_tk->add_flag("--no-special-tokens", tk.no_special_tokens, "do not add the post-processor's BOS/EOS");
   c_tk->add_flag("--decode", tk.decode, "input lines are space-separated ids; print their text");
+  c_tk->add_flag("--jsonl", tk.jsonl, "input lines are JSON strings (for texts with newlines); with --decode, print JSON strings");
 
   try {
     app.parse(argc, argv);
