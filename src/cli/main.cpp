@@ -36,6 +36,16 @@ int main(int argc, char** argv) {
   c_tk->add_flag("--decode", tk.decode, "input lines are space-separated ids; print their text");
   c_tk->add_flag("--jsonl", tk.jsonl, "input lines are JSON strings (for texts with newlines); with --decode, print JSON strings");
 
+  if (argc > 1 && argv[1][0] != '-') {
+    bool known = false;
+    for (auto* s : app.get_subcommands({})) known |= s->get_name() == argv[1];
+    if (!known) {
+      std::string names;
+      for (auto* s : app.get_subcommands({})) names += (names.empty() ? "" : ", ") + s->get_name();
+      std::cerr << "grpo: error: unknown command '" << argv[1] << "' (commands: " << names << ")\n";
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
