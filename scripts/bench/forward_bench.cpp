@@ -1,0 +1,110 @@
+// Forward+backward throughput of the policy on random weights: tokens/s and model FLOP
+// utilisation (MFU). Used by scripts/bench_forward.sh; prints one table row per run.
+//
+// FLOPs per token counted for training (forward + backward = 3x forward): 2 * (parameters that
+// multiply this token: attention projections, dense MLP or shared + top-k routed experts, output
+// head) + attention scores and values (2 * heads * (qk_dim + v_dim) * keys attended, keys = T/2 on
+// average under the causal mask).
+#include <ATen/ATen.h>
+#include <torch/cuda.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+#include "model/checkpoint.h"
+#include "model/deepseek.h"
+#include "util/error.h"
+#include "util/files.h"
+
+using namespace grpo;
+using at::Tensor;
+
+namespace {
+
+double flops_per_token(const ModelConfig& c, int64_t T) {
+  const double H = c.hidden_size, nh = c.num_attention_heads;
+  double attn_proj = c.q_lora_rank ? H * *c.q_lora_rank + *c.q_lora_rank * nh * c.qk_head_dim() : H * nh * c.qk_head_dim();
+  attn_proj += H * (c.kv_lora_rank + c.qk_rope_head_dim) + c.kv_lora_rank * nh * (c.qk_nope_head_dim + c.v_head_dim) +
+               nh * c.v_head_dim * H;
+  double attn_scores = 2.0 * nh * (c.qk_head_dim() + c.v_head_dim) * (T / 2.0);
+  double params = 0, scores = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    params += attn_proj;
+    scores += attn_scores;
+    if (c.is_moe_layer(l))
+      params += 3.0 * H * c.moe_intermediate_size * (c.num_experts_per_tok + c.n_shared_experts) + H * c.n_routed_experts;
+    else
+      params += 3.0 * H * c.intermediate_size;
+  }
+  params += H * c.vocab_size;
+  return 3.0 * (2.0 * params + scores);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"forward+backward benchmark"};
+  std::string config_path, dtype_name = "float32", device_name = "cpu", label;
+  int64_t batch = 4, seq = 256, iters = 5, warmup = 2, layers = 0;
+  double peak_tflops = 800;
+  app.add_option("--config", config_path, "config.json")->required();
+  app.add_option("--layers", layers, "override num_hidden_layers (0: keep)");
+  app.add_option("--dtype", dtype_name);
+  app.add_option("--device", device_name);
+  app.add_option("--batch", batch);
+  app.add_option("--seq", seq);
+  app.add_option("--iters", iters);
+  app.add_option("--warmup", warmup);
+  app.add_option("--peak-tflops", peak_tflops, "for MFU");
+  app.add_option("--label", label);
+  CLI11_PARSE(app, argc, argv);
+  try {
+    std::string text = read_file(config_path);
+    ModelConfig c = parse_model_config(text, config_path);
+    if (layers > 0) c.num_hidden_layers = layers;
+    c.num_nextn_predict_layers = 0;
+    const at::Device device(device_name);
+    const at::ScalarType dtype = model::parse_dtype_name(dtype_name);
+    auto m = std::make_shared<model::DeepseekForCausalLM>(c);
+    m->to_device_dtype(device, dtype);
+    {
+      at::NoGradGuard g;
+      for (auto& p : m->parameters()) p.dim() > 1 ? (void)p.normal_(0, c.initializer_range) : (void)p.fill_(1);
+    }
+    int64_t n_params = 0;
+    for (auto& p : m->parameters()) n_params += p.numel();
+    auto sync = [&] {
+      if (device.is_cuda()) torch::cuda::synchronize();
+    };
+    at::manual_seed(0);
+    Tensor ids = at::randint(c.vocab_size, {batch, seq}, at::TensorOptions().dtype(at::kLong).device(device));
+    auto step = [&] {
+      Tensor h = m->hidden_states(ids.narrow(1, 0, seq - 1));
+      Tensor logits = m->logits(h).to(at::kFloat);
+      Tensor loss = at::cross_entropy_loss(logits.reshape({-1, c.vocab_size}), ids.narrow(1, 1, seq - 1).reshape({-1}));
+      loss.backward();
+      for (auto& p : m->parameters()) p.mutable_grad().reset();
+      return loss.item<double>();
+    };
+    for (int64_t i = 0; i < warmup; ++i) step();
+    sync();
+    auto t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < iters; ++i) step();
+    sync();
+    double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    double tokens = double(batch) * (seq - 1) * iters;
+    double tps = tokens / sec;
+    double tflops = tps * flops_per_token(c, seq - 1) / 1e12;
+    printf("| %s | %s | %s | %lld | %.1fM | %lld x %lld | %.0f | %.2f | %s |\n", label.c_str(), device_name.c_str(),
+           dtype_name.c_str(), (long long)c.num_hidden_layers, n_params / 1e6, (long long)batch, (long long)seq, tps,
+           tflops, device.is_cuda() ? (std::to_string(100.0 * tflops / peak_tflops).substr(0, 5) + "%").c_str() : "-");
+    return 0;
+  } catch (const c10::Error& e) {
+    std::cerr << "bench_forward: error: " << e.what_without_backtrace() << "\n";
+  } catch (const std::exception& e) {
+    std::cerr << "bench_forward: error: " << e.what() << "\n";
+  }
+  return 1;
+}
