@@ -17,13 +17,13 @@ echo "| run | device | dtype | layers | params | batch x seq | tokens/s (fwd+bwd
 echo "|---|---|---|---|---|---|---|---|---|"
 if [ "$mode" = gpu ]; then
   L=${GRPO_BENCH_LAYERS:-12}
-  for shape in "1 4096" "4 4096" "8 2048"; do
+  for shape in "1 4096" "2 4096" "8 1024"; do
     set -- $shape
     "$bin" --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
       --batch "$1" --seq "$2" --iters 5 --warmup 2 --label "grpo V2-Lite-shape"
   done
   "$py" scripts/bench/hf_forward.py --config scripts/bench/v2_lite.json --layers "$L" --device cuda \
-    --dtype bfloat16 --batch 4 --seq 4096 --iters 3 --warmup 1 --label "transformers V2-Lite-shape" || echo "| transformers | failed |"
+    --dtype bfloat16 --batch 1 --seq 4096 --iters 3 --warmup 1 --label "transformers V2-Lite-shape" || echo "| transformers | failed |"
 else
   threads=${OMP_NUM_THREADS:-$(nproc)}
   "$bin" --config scripts/bench/tiny.json --device cpu --dtype float32 --batch 8 --seq 128 --iters 5 --label "grpo tiny (${threads} threads)"
