@@ -22,6 +22,8 @@ if [ "$mode" = gpu ]; then
     "$bin" --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
       --batch "$1" --seq "$2" --iters 5 --warmup 2 --label "grpo V2-Lite-shape"
   done
+  GRPO_MOE_LOOP=1 "$bin" --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
+    --batch 1 --seq 4096 --iters 3 --warmup 1 --label "grpo, per-expert matmul loop"
   "$py" scripts/bench/hf_forward.py --config scripts/bench/v2_lite.json --layers "$L" --device cuda \
     --dtype bfloat16 --batch 1 --seq 4096 --iters 3 --warmup 1 --label "transformers V2-Lite-shape" || echo "| transformers | failed |"
 else

@@ -1,9 +1,12 @@
 #include "model/deepseek.h"
 
+#include <ATen/ops/_grouped_mm.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <torch/nn/options/linear.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <limits>
 
 #include "util/error.h"
 
@@ -162,25 +165,43 @@ RoutedExpertsImpl::RoutedExpertsImpl(int64_t E, int64_t H, int64_t I) : num_expe
   down_proj = register_parameter("down_proj", torch::empty({E, H, I}));
 }
 
+bool RoutedExpertsImpl::use_grouped_mm(const Tensor& x) const {
+  static const bool forced_loop = std::getenv("GRPO_MOE_LOOP") != nullptr;
+  return !forced_loop && x.is_cuda() && x.scalar_type() == at::kBFloat16;
+}
+
 Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const Tensor& weights) {
   const int64_t N = x.size(0), k = experts.size(1), H = x.size(1);
   Tensor flat = experts.reshape({-1});  // (N*k)
   Tensor order = std::get<1>(flat.sort(/*stable=*/true, 0, false));
   Tensor token = at::div(order, k, "floor");
-  Tensor counts = at::bincount(flat, {}, num_experts).to(at::kCPU);  // one host sync per layer
-  Tensor xs = x.index_select(0, token);                                 // (N*k, H), grouped by expert
-  const int64_t* cnt = counts.data_ptr<int64_t>();
-  std::vector<Tensor> outs;
-  int64_t offset = 0;
-  for (int64_t e = 0; e < num_experts; ++e) {
-    if (cnt[e] == 0) continue;
-    Tensor xe = xs.narrow(0, offset, cnt[e]);
-    Tensor gu = at::matmul(xe, gate_up_proj[e].t());  // (n_e, 2I)
+  Tensor counts = at::bincount(flat, {}, num_experts);  // (E) tokens per expert
+  Tensor xs = x.index_select(0, token);                 // (N*k, H), grouped by expert
+  Tensor ys;
+  if (use_grouped_mm(x)) {
+    // One grouped GEMM over all experts (CUDA, bf16): no host sync, no per-expert launches.
+    Tensor offsets = counts.cumsum(0).to(at::kInt);
+    Tensor gu = at::_grouped_mm(xs, gate_up_proj.transpose(1, 2), offsets);  // (N*k, 2I)
     Tensor h = at::silu(gu.narrow(-1, 0, intermediate)) * gu.narrow(-1, intermediate, intermediate);
-    outs.push_back(at::matmul(h, down_proj[e].t()));  // (n_e, H)
-    offset += cnt[e];
+    ys = at::_grouped_mm(h, down_proj.transpose(1, 2), offsets);  // (N*k, H)
+  } else {
+    // One matmul per expert over its contiguous block. unbind() (not indexing) so that backward
+    // assembles each weight gradient once instead of once per expert.
+    Tensor cpu_counts = counts.to(at::kCPU);  // one host sync per layer
+    const int64_t* cnt = cpu_counts.data_ptr<int64_t>();
+    std::vector<Tensor> w_gu = gate_up_proj.unbind(0), w_down = down_proj.unbind(0);
+    std::vector<Tensor> outs;
+    int64_t offset = 0;
+    for (int64_t e = 0; e < num_experts; ++e) {
+      if (cnt[e] == 0) continue;
+      Tensor xe = xs.narrow(0, offset, cnt[e]);
+      Tensor gu = at::matmul(xe, w_gu[e].t());  // (n_e, 2I)
+      Tensor h = at::silu(gu.narrow(-1, 0, intermediate)) * gu.narrow(-1, intermediate, intermediate);
+      outs.push_back(at::matmul(h, w_down[e].t()));  // (n_e, H)
+      offset += cnt[e];
+    }
+    ys = at::cat(outs, 0);
   }
-  Tensor ys = at::cat(outs, 0);
   Tensor ws = weights.reshape({-1}).index_select(0, order).unsqueeze(1);  // fp32
   ys = (ys * ws).to(x.scalar_type());
   return at::zeros({N, H}, x.options()).index_add(0, token, ys);

@@ -93,8 +93,10 @@ TORCH_MODULE(Router);
 struct RoutedExpertsImpl : torch::nn::Module {
   RoutedExpertsImpl(int64_t num_experts, int64_t hidden, int64_t intermediate);
   // x (N, H), experts/weights (N, k) -> sum_k weight * expert(x), (N, H). Tokens are sorted by
-  // expert and each expert runs once over its contiguous block.
+  // expert and each expert runs once over its contiguous block: one grouped GEMM on CUDA in bf16,
+  // a matmul per expert otherwise (GRPO_MOE_LOOP=1 forces the latter, for comparison).
   Tensor forward(const Tensor& x, const Tensor& experts, const Tensor& weights);
+  bool use_grouped_mm(const Tensor& x) const;
   Tensor gate_up_proj;  // (E, 2*I, H): gate rows then up rows
   Tensor down_proj;     // (E, H, I)
   int64_t num_experts, intermediate;
