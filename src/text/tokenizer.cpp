@@ -39,17 +39,22 @@ const std::string kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?
 struct SplitRegex {
   std::unique_ptr<RE2> re;
   int ws_group = 0;  // capture group standing for `\s+(?!\S)`, 0 if none
+  // The group is a whole top-level alternative, so it can only produce all-whitespace matches:
+  // other matches need no capture pass (RE2's DFA finds their bounds much faster).
+  bool ws_top_level = false;
   int groups = 0;
 };
 
 SplitRegex compile_split_regex(const std::string& pattern, const std::string& where) {
   static const std::string kLookahead = "\\s+(?!\\S)";
   std::string out;
-  bool in_class = false;
-  int group = 0, ws_group = 0;
+  bool in_class = false, ws_top_level = false;
+  int group = 0, ws_group = 0, depth = 0;
   for (size_t i = 0; i < pattern.size();) {
     if (!in_class && pattern.compare(i, kLookahead.size(), kLookahead) == 0) {
       ws_group = ++group;
+      size_t end = i + kLookahead.size();
+      ws_top_level = depth == 0 && (i == 0 || pattern[i - 1] == '|') && (end == pattern.size() || pattern[end] == '|');
       out += "([" + kSpaceMembers + "]+)";
       i += kLookahead.size();
       continue;
@@ -92,7 +97,9 @@ SplitRegex compile_split_regex(const std::string& pattern, const std::string& wh
           pattern.compare(i, 4, "(?<!") == 0 || pattern.compare(i, 3, "(?>") == 0)
         throw Error(where + ": lookaround or atomic group is not supported (only \\s+(?!\\S)): " + pattern);
       if (i + 1 >= pattern.size() || pattern[i + 1] != '?') ++group;
+      ++depth;
     }
+    if (c == ')') --depth;
     out += c;
     ++i;
   }
@@ -104,6 +111,7 @@ SplitRegex compile_split_regex(const std::string& pattern, const std::string& wh
   r.re = std::make_unique<RE2>(out, opts);
   if (!r.re->ok()) throw Error(where + ": cannot compile regex '" + pattern + "': " + r.re->error());
   r.ws_group = ws_group;
+  r.ws_top_level = ws_top_level;
   r.groups = r.re->NumberOfCapturingGroups();
   return r;
 }
@@ -115,11 +123,21 @@ void split(const SplitRegex& rx, SplitBehavior behavior, std::string_view s, std
   std::vector<re2::StringPiece> m(rx.groups + 1);
   size_t pos = 0, last = 0;  // pos: where to search next; last: end of the previous emitted piece
   std::vector<std::pair<size_t, size_t>> matches;
+  const re2::StringPiece text(s.data(), s.size());
   while (pos < s.size()) {
-    if (!rx.re->Match(re2::StringPiece(s.data(), s.size()), pos, s.size(), RE2::UNANCHORED, m.data(), (int)m.size()))
-      break;
+    if (!rx.re->Match(text, pos, s.size(), RE2::UNANCHORED, m.data(), 1)) break;
     size_t b = m[0].data() - s.data(), e = b + m[0].size();
-    if (rx.ws_group && m[rx.ws_group].data() != nullptr && e < s.size()) {
+    bool need_groups = rx.ws_group && !rx.ws_top_level;
+    if (rx.ws_group && rx.ws_top_level && e < s.size()) {
+      need_groups = true;  // only an all-whitespace match can come from the lookahead alternative
+      for (size_t k = b; k < e && need_groups; k += utf8_char_len(s, k)) need_groups = is_unicode_space(utf8_decode_at(s, k));
+    }
+    if (need_groups) {
+      // Same start, same leftmost-first choice: the anchored run with captures gives this match.
+      rx.re->Match(text, b, s.size(), RE2::ANCHOR_START, m.data(), (int)m.size());
+      e = b + m[0].size();
+    }
+    if (need_groups && m[rx.ws_group].data() != nullptr && e < s.size()) {
       // `\s+(?!\S)`: a non-space follows, so give the run's last character back (when the run
       // has more than one; a single one is matched by the `\s+` alternative instead).
       uint32_t next = utf8_decode_at(s, e);
