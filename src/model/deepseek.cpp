@@ -165,6 +165,11 @@ RoutedExpertsImpl::RoutedExpertsImpl(int64_t E, int64_t H, int64_t I) : num_expe
   down_proj = register_parameter("down_proj", torch::empty({E, H, I}));
 }
 
+// gu (n, 2I): gate columns then up columns -> silu(gate) * up, (n, I).
+Tensor RoutedExpertsImpl::swiglu(const Tensor& gu) const {
+  return at::silu(gu.narrow(-1, 0, intermediate)) * gu.narrow(-1, intermediate, intermediate);
+}
+
 bool RoutedExpertsImpl::use_grouped_mm(const Tensor& x) const {
   static const bool forced_loop = std::getenv("GRPO_MOE_LOOP") != nullptr;
   return !forced_loop && x.is_cuda() && x.scalar_type() == at::kBFloat16;
@@ -182,8 +187,7 @@ Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const 
     // One grouped GEMM over all experts (CUDA, bf16): no host sync, no per-expert launches.
     Tensor offsets = counts.cumsum(0).to(at::kInt);
     Tensor gu = at::_grouped_mm(xs, gate_up_proj.transpose(1, 2), offsets);  // (N*k, 2I)
-    Tensor h = at::silu(gu.narrow(-1, 0, intermediate)) * gu.narrow(-1, intermediate, intermediate);
-    ys = at::_grouped_mm(h, down_proj.transpose(1, 2), offsets);  // (N*k, H)
+    ys = at::_grouped_mm(swiglu(gu), down_proj.transpose(1, 2), offsets);     // (N*k, H)
   } else {
     // One matmul per expert over its contiguous block. unbind() (not indexing) so that backward
     // assembles each weight gradient once instead of once per expert.
@@ -195,9 +199,8 @@ Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const 
     for (int64_t e = 0; e < num_experts; ++e) {
       if (cnt[e] == 0) continue;
       Tensor xe = xs.narrow(0, offset, cnt[e]);
-      Tensor gu = at::matmul(xe, w_gu[e].t());  // (n_e, 2I)
-      Tensor h = at::silu(gu.narrow(-1, 0, intermediate)) * gu.narrow(-1, intermediate, intermediate);
-      outs.push_back(at::matmul(h, w_down[e].t()));  // (n_e, H)
+      Tensor gu = at::matmul(xe, w_gu[e].t());             // (n_e, 2I)
+      outs.push_back(at::matmul(swiglu(gu), w_down[e].t()));  // (n_e, H)
       offset += cnt[e];
     }
     ys = at::cat(outs, 0);

@@ -97,6 +97,7 @@ struct RoutedExpertsImpl : torch::nn::Module {
   // a matmul per expert otherwise (GRPO_MOE_LOOP=1 forces the latter, for comparison).
   Tensor forward(const Tensor& x, const Tensor& experts, const Tensor& weights);
   bool use_grouped_mm(const Tensor& x) const;
+  Tensor swiglu(const Tensor& gate_up) const;
   Tensor gate_up_proj;  // (E, 2*I, H): gate rows then up rows
   Tensor down_proj;     // (E, H, I)
   int64_t num_experts, intermediate;
