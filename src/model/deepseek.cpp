@@ -101,7 +101,7 @@ MLAImpl::MLAImpl(const ModelConfig& c)
   o_proj = register_module("o_proj", linear(num_heads * v_head_dim, H));
 }
 
-Tensor MLAImpl::forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask) {
+Tensor MLAImpl::forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask, Tensor* latent) {
   const int64_t B = x.size(0), T = x.size(1);
   Tensor q = q_proj ? q_proj(x) : q_b_proj(q_a_layernorm(q_a_proj(x)));
   q = q.view({B, T, num_heads, qk_nope_head_dim + qk_rope_head_dim});
@@ -112,6 +112,7 @@ Tensor MLAImpl::forward(const Tensor& x, const RopeTables& rope, const Attention
   Tensor kv_latent = kv_a_layernorm(compressed.narrow(-1, 0, kv_lora_rank));
   Tensor k_pe = compressed.narrow(-1, kv_lora_rank, qk_rope_head_dim).view({B, T, 1, qk_rope_head_dim});
   k_pe = apply_rope(k_pe, rope, rope_interleave);
+  if (latent) *latent = at::cat({kv_latent, k_pe.view({B, T, qk_rope_head_dim})}, -1);
 
   Tensor kv = kv_b_proj(kv_latent).view({B, T, num_heads, qk_nope_head_dim + v_head_dim});
   Tensor k_nope = kv.narrow(-1, 0, qk_nope_head_dim);
@@ -175,12 +176,19 @@ bool RoutedExpertsImpl::use_grouped_mm(const Tensor& x) const {
   return !forced_loop && x.is_cuda() && x.scalar_type() == at::kBFloat16;
 }
 
-Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const Tensor& weights) {
+Tensor RoutedExpertsImpl::count(const Tensor& experts, int64_t E) {
+  // index_add rather than bincount, which reads the largest id back to the host.
+  Tensor ids = experts.reshape({-1});
+  return at::zeros({E}, ids.options()).index_add_(0, ids, at::ones_like(ids));
+}
+
+Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const Tensor& weights,
+                                  const Tensor& counts_in) {
+  Tensor counts = counts_in.defined() ? counts_in : count(experts, num_experts);
   const int64_t N = x.size(0), k = experts.size(1), H = x.size(1);
   Tensor flat = experts.reshape({-1});  // (N*k)
   Tensor order = std::get<1>(flat.sort(/*stable=*/true, 0, false));
   Tensor token = at::div(order, k, "floor");
-  Tensor counts = at::bincount(flat, {}, num_experts);  // (E) tokens per expert
   Tensor xs = x.index_select(0, token);                 // (N*k, H), grouped by expert
   Tensor ys;
   if (use_grouped_mm(x)) {
@@ -224,9 +232,9 @@ Tensor MoEImpl::forward(const Tensor& x) {
   auto routing = gate(flat);
   {
     at::NoGradGuard no_grad;
-    last_expert_load = at::bincount(routing.experts.reshape({-1}), {}, experts->num_experts);
+    last_expert_load = RoutedExpertsImpl::count(routing.experts, experts->num_experts);
   }
-  Tensor out = experts(flat, routing.experts, routing.weights).view(x.sizes());
+  Tensor out = experts(flat, routing.experts, routing.weights, last_expert_load).view(x.sizes());
   if (shared_experts) out = out + shared_experts(x);
   return out;
 }
@@ -251,10 +259,11 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer_idx, bool
   }
 }
 
-Tensor DecoderLayerImpl::forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask) {
-  Tensor h = x + self_attn(input_layernorm(x), rope, mask);
-  Tensor normed = post_attention_layernorm(h);
-  return h + (moe ? moe(normed) : dense_mlp(normed));
+Tensor DecoderLayerImpl::feed_forward(const Tensor& x) { return moe ? moe(x) : dense_mlp(x); }
+
+Tensor DecoderLayerImpl::forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask, Tensor* latent) {
+  Tensor h = x + self_attn->forward(input_layernorm(x), rope, mask, latent);
+  return h + feed_forward(post_attention_layernorm(h));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -291,7 +300,7 @@ RopeTables DeepseekForCausalLM::rope_tables(const Tensor& position_ids, at::Scal
 }
 
 Tensor DeepseekForCausalLM::hidden_states(const Tensor& input_ids, const std::optional<Tensor>& attention_mask,
-                                          const std::optional<Tensor>& position_ids) {
+                                          const std::optional<Tensor>& position_ids, std::vector<Tensor>* latents) {
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   const auto dev = device();
   Tensor ids = input_ids.to(dev);
@@ -308,7 +317,9 @@ Tensor DeepseekForCausalLM::hidden_states(const Tensor& input_ids, const std::op
   }
   Tensor h = model->embed_tokens(ids);
   RopeTables rope = rope_tables(pos, h.scalar_type());
-  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) h = model->layers[i]->as<DecoderLayer>()->forward(h, rope, mask);
+  if (latents) latents->assign(config_.num_hidden_layers, Tensor());
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i)
+    h = model->layers[i]->as<DecoderLayer>()->forward(h, rope, mask, latents ? &(*latents)[i] : nullptr);
   return model->norm(h);
 }
 

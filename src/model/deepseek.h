@@ -58,8 +58,9 @@ struct AttentionMask {
 
 struct MLAImpl : torch::nn::Module {
   explicit MLAImpl(const ModelConfig& c);
-  // x (B, T, H) -> (B, T, H)
-  Tensor forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask);
+  // x (B, T, H) -> (B, T, H). When `latent` is given it receives what a KV cache keeps of each
+  // token: [normalised kv latent | rotated rope key], (B, T, kv_lora_rank + qk_rope_head_dim).
+  Tensor forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask, Tensor* latent = nullptr);
 
   int64_t num_heads, qk_nope_head_dim, qk_rope_head_dim, v_head_dim, kv_lora_rank;
   double softmax_scale;
@@ -92,10 +93,13 @@ TORCH_MODULE(Router);
 
 struct RoutedExpertsImpl : torch::nn::Module {
   RoutedExpertsImpl(int64_t num_experts, int64_t hidden, int64_t intermediate);
-  // x (N, H), experts/weights (N, k) -> sum_k weight * expert(x), (N, H). Tokens are sorted by
-  // expert and each expert runs once over its contiguous block: one grouped GEMM on CUDA in bf16,
-  // a matmul per expert otherwise (GRPO_MOE_LOOP=1 forces the latter, for comparison).
-  Tensor forward(const Tensor& x, const Tensor& experts, const Tensor& weights);
+  // x (N, H), experts/weights (N, k), counts (E) tokens per expert (computed when undefined) ->
+  // sum_k weight * expert(x), (N, H). Tokens are sorted by expert and each expert runs once over its contiguous block: one
+  // grouped GEMM on CUDA in bf16 (no host synchronisation, so CUDA graphs can capture it), a
+  // matmul per expert otherwise (GRPO_MOE_LOOP=1 forces the latter, for comparison).
+  Tensor forward(const Tensor& x, const Tensor& experts, const Tensor& weights, const Tensor& counts = {});
+  // Tokens routed to each of `num_experts` experts, (E) int64; no host synchronisation.
+  static Tensor count(const Tensor& experts, int64_t num_experts);
   bool use_grouped_mm(const Tensor& x) const;
   Tensor swiglu(const Tensor& gate_up) const;
   Tensor gate_up_proj;  // (E, 2*I, H): gate rows then up rows
@@ -118,7 +122,9 @@ TORCH_MODULE(MoE);
 struct DecoderLayerImpl : torch::nn::Module {
   // `mtp`: also registers the MTP module parts (embed_tokens, enorm, hnorm, eh_proj, shared_head).
   DecoderLayerImpl(const ModelConfig& c, int64_t layer_idx, bool mtp);
-  Tensor forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask);
+  Tensor forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask, Tensor* latent = nullptr);
+  // The feed-forward half: dense MLP or MoE, whichever this layer has.
+  Tensor feed_forward(const Tensor& x);
 
   MLA self_attn{nullptr};
   MLP dense_mlp{nullptr};  // registered as "mlp" when the layer is dense
@@ -151,8 +157,10 @@ class DeepseekForCausalLM : public torch::nn::Module {
   // input_ids (B, T) int64. attention_mask (B, T), 1 = token, 0 = padding: omit it for unpadded
   // or right-padded batches (plain causal attention is then exact for every real token).
   // position_ids (B, T): default 0..T-1. Returns the final-norm hidden states (B, T, H).
+  // `latents`, when given, receives each layer's MLA cache entries (see MLAImpl::forward).
   Tensor hidden_states(const Tensor& input_ids, const std::optional<Tensor>& attention_mask = std::nullopt,
-                       const std::optional<Tensor>& position_ids = std::nullopt);
+                       const std::optional<Tensor>& position_ids = std::nullopt,
+                       std::vector<Tensor>* latents = nullptr);
   // hidden (..., H) -> logits (..., V) in the model dtype.
   Tensor logits(const Tensor& hidden);
   // Weight of the output projection (the embedding when tied).

@@ -1,0 +1,106 @@
+// The rollout engine: n completions per prompt from the policy, with the MLA latent KV cache.
+//
+// Cache. Each layer keeps, per token, only what MLA needs to rebuild keys and values: the
+// normalised kv latent (kv_lora_rank) and the rotated RoPE key (qk_rope_head_dim), 576 values a
+// layer for DeepSeek-V2/V3. Decoding runs in the absorbed form: kv_b_proj's key half is folded
+// into the query (q_nope W_uk) and its value half into the output (o_lat W_uv^T), so attention
+// reads the latent directly. Memory is a pool of fixed-size blocks (paged) under a byte budget;
+// each sequence has a block table.
+//
+// Sharing. A prompt is prefilled once; its full blocks are shared by its n samples (refcounted),
+// and only its last, partial block is copied into each sample's first own block.
+//
+// Scheduling. Up to max_batch sequences decode together; a finished sequence frees its slot and
+// blocks at once, and the next sample (of a prefilled prompt) or the next prompt takes them. A
+// prompt is admitted when the cache can hold all of its samples at their longest, so that no
+// sequence ever waits for memory or is evicted.
+//
+// Determinism. Sample s of prompt p draws its j-th token with a uniform number that depends only
+// on (seed, p, s, j), by inverse-CDF over the filtered distribution. Outputs therefore do not
+// depend on batch composition or scheduling (up to floating-point differences between batched
+// and unbatched kernels).
+//
+// The engine uses the model's parameter tensors directly: in-process, it sees every optimizer
+// step without a copy.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "model/deepseek.h"
+#include "rollout/types.h"
+
+namespace grpo::text {
+class Tokenizer;
+}
+
+namespace grpo::rollout {
+
+struct EngineOptions {
+  int64_t max_batch = 256;            // sequences decoded together
+  int64_t block_size = 16;            // tokens per KV-cache block
+  int64_t kv_cache_bytes = 0;         // pool size; 0 = 1 GiB on CPU, half the free memory on CUDA
+  int64_t max_prefill_tokens = 8192;  // padded prompt tokens per prefill forward
+  int64_t max_context = 0;            // 0 = the model's max_position_embeddings
+};
+
+struct EngineStats {
+  int64_t prefill_tokens = 0, prefill_calls = 0;
+  int64_t decode_steps = 0, decode_tokens = 0;  // decode_tokens: sum of batch sizes over steps
+  int64_t finished = 0;
+  double prefill_seconds = 0, decode_seconds = 0, sample_seconds = 0;
+  int64_t num_blocks = 0, peak_blocks_used = 0;
+};
+
+class Engine {
+ public:
+  Engine(std::shared_ptr<model::DeepseekForCausalLM> model, const text::Tokenizer* tokenizer,
+         EngineOptions options = {});
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Throws grpo::Error saying what is wrong with the request (empty prompt, n < 1, negative
+  // temperature, prompt not shorter than the context, ...). `where` names it in the message.
+  void check(const Request& r, const std::string& where) const;
+  // Queues a request (after check()); returns the id its completions will carry.
+  uint64_t add(Request r, const std::string& where = "request");
+  bool idle() const;
+  // One scheduling round: start waiting samples and prefill admitted prompts while slots and cache
+  // allow, then one decode step of every running sequence. Returns the completions that finished.
+  std::vector<Completion> step();
+  // Runs `requests` to the end. `on_done` sees each completion as it finishes. Returns them in
+  // request order, samples in order.
+  std::vector<Completion> generate(const std::vector<Request>& requests,
+                                   const std::function<void(const Completion&)>& on_done = {});
+
+  int64_t max_context() const;
+  const EngineStats& stats() const;
+  // Sequences running and samples waiting for a slot; requests not yet prefilled.
+  int64_t running() const;
+  int64_t waiting() const;
+  // KV-cache blocks held by prompts and sequences (0 when idle: nothing leaks).
+  int64_t blocks_in_use() const;
+  // Carried by completions that start after it is set (the trainer's step, a checkpoint version).
+  int64_t weight_version = 0;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Filters and samples one token per row. logits (B, V) fp32; per row: temperature (0 = greedy),
+// top_k (0 = off), top_p, and a uniform number in [0, 1). Returns the tokens (B) int64 and their
+// log-probabilities under softmax(logits) (B) fp32, on the logits' device.
+std::pair<at::Tensor, at::Tensor> sample_tokens(const at::Tensor& logits, const std::vector<float>& temperature,
+                                                const std::vector<int64_t>& top_k, const std::vector<float>& top_p,
+                                                const std::vector<float>& uniform);
+
+// The uniform number for token j of sample s of prompt p under `seed`, in [0, 1 - 2^-24].
+float sample_uniform(uint64_t seed, int64_t prompt_index, int64_t sample_index, int64_t j);
+
+}  // namespace grpo::rollout
