@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace grpo::cli {
 
@@ -26,5 +27,24 @@ struct TokenizeArgs {
   bool jsonl = false;   // input lines are JSON strings (texts may then hold newlines)
 };
 int run_tokenize(const TokenizeArgs& args);
+
+struct GenerateArgs {
+  std::string model, prompts, output, server, dtype = "float32", device = "cpu";
+  int64_t n = 1, top_k = 0, max_new_tokens = 256;
+  double temperature = 1.0, top_p = 1.0, timeout = 3600;
+  uint64_t seed = 0;
+  std::vector<std::string> stop;
+  std::vector<int64_t> stop_token_ids;
+  bool ignore_eos = false;
+  int64_t max_batch = 256, block_size = 16, kv_cache_mb = 0;
+};
+int run_generate(const GenerateArgs& args);
+
+struct ServeArgs {
+  std::string model, host = "127.0.0.1", dtype = "float32", device = "cpu", port_file;
+  int port = 50061;
+  int64_t max_batch = 256, block_size = 16, kv_cache_mb = 0;
+};
+int run_rollout_server(const ServeArgs& args);
 
 }  // namespace grpo::cli

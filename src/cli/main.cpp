@@ -36,6 +36,40 @@ int main(int argc, char** argv) {
   c_tk->add_flag("--decode", tk.decode, "input lines are space-separated ids; print their text");
   c_tk->add_flag("--jsonl", tk.jsonl, "input lines are JSON strings (for texts with newlines); with --decode, print JSON strings");
 
+  GenerateArgs gen;
+  auto* c_gen = app.add_subcommand("generate", "Sample completions for prompts (local engine or --server)");
+  c_gen->add_option("--model", gen.model, "HF checkpoint directory (local generation)");
+  c_gen->add_option("--prompts", gen.prompts, "JSONL, lines {\"prompt\": text} or {\"prompt_ids\": [...]}")->required();
+  c_gen->add_option("--output", gen.output, "JSONL, one line per completion, ordered by prompt and sample")->required();
+  c_gen->add_option("-n", gen.n, "completions per prompt (G)")->capture_default_str();
+  c_gen->add_option("--temperature", gen.temperature, "0 = greedy")->capture_default_str();
+  c_gen->add_option("--top-p", gen.top_p, "nucleus mass kept, (0, 1]")->capture_default_str();
+  c_gen->add_option("--top-k", gen.top_k, "keep the k most likely tokens (0 = all)")->capture_default_str();
+  c_gen->add_option("--max-new-tokens", gen.max_new_tokens, "longest completion")->capture_default_str();
+  c_gen->add_option("--seed", gen.seed, "random seed (samples depend only on seed, prompt and sample index)")->capture_default_str();
+  c_gen->add_option("--stop", gen.stop, "stop string (repeatable); kept at the end of the completion");
+  c_gen->add_option("--stop-token-id", gen.stop_token_ids, "stop token id (repeatable), besides eos");
+  c_gen->add_flag("--ignore-eos", gen.ignore_eos, "do not stop at the model's eos_token_id");
+  c_gen->add_option("--server", gen.server, "address of a grpo rollout-server (host:port)");
+  c_gen->add_option("--timeout", gen.timeout, "deadline in seconds for the call to --server")->capture_default_str();
+  c_gen->add_option("--dtype", gen.dtype, "compute dtype: float32|bfloat16")->capture_default_str();
+  c_gen->add_option("--device", gen.device, "cpu|cuda|cuda:N")->capture_default_str();
+  c_gen->add_option("--max-batch", gen.max_batch, "sequences decoded together")->capture_default_str();
+  c_gen->add_option("--block-size", gen.block_size, "tokens per KV-cache block")->capture_default_str();
+  c_gen->add_option("--kv-cache-mb", gen.kv_cache_mb, "KV-cache budget in MiB (0: 1 GiB on CPU, half the free GPU memory)")->capture_default_str();
+
+  ServeArgs srv;
+  auto* c_srv = app.add_subcommand("rollout-server", "Serve RolloutService (gRPC) for a model");
+  c_srv->add_option("--model", srv.model, "HF checkpoint directory")->required();
+  c_srv->add_option("--host", srv.host, "address to listen on")->capture_default_str();
+  c_srv->add_option("--port", srv.port, "port (0 = any free port)")->capture_default_str();
+  c_srv->add_option("--port-file", srv.port_file, "write the port here once listening");
+  c_srv->add_option("--dtype", srv.dtype, "compute dtype: float32|bfloat16")->capture_default_str();
+  c_srv->add_option("--device", srv.device, "cpu|cuda|cuda:N")->capture_default_str();
+  c_srv->add_option("--max-batch", srv.max_batch, "sequences decoded together")->capture_default_str();
+  c_srv->add_option("--block-size", srv.block_size, "tokens per KV-cache block")->capture_default_str();
+  c_srv->add_option("--kv-cache-mb", srv.kv_cache_mb, "KV-cache budget in MiB (0: 1 GiB on CPU, half the free GPU memory)")->capture_default_str();
+
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
     for (auto* s : app.get_subcommands({})) known |= s->get_name() == argv[1];
@@ -64,6 +98,8 @@ int main(int argc, char** argv) {
     if (*c_init) return run_init(init);
     if (*c_lp) return run_logprobs(lp);
     if (*c_tk) return run_tokenize(tk);
+    if (*c_gen) return run_generate(gen);
+    if (*c_srv) return run_rollout_server(srv);
   } catch (const grpo::Error& e) {
     std::cerr << "grpo: error: " << e.what() << "\n";
     return 1;
