@@ -1,9 +1,12 @@
 #include "rollout/engine.h"
 
+#include <ATen/cuda/CUDAGraph.h>
 #include <ATen/ops/searchsorted.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/core/GradMode.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <torch/cuda.h>
 
 #include <algorithm>
@@ -128,7 +131,7 @@ struct Engine::Impl {
   const text::Tokenizer* tokenizer;
   EngineOptions opt;
   ModelConfig cfg;
-  int64_t L = 0, D = 0, bs = 0, num_blocks = 0, ctx = 0;
+  int64_t L = 0, D = 0, bs = 0, num_blocks = 0, num_blocks_usable = 0, ctx = 0;
   Tensor pool;  // (L, num_blocks * bs, D): [kv latent | rope key] per token slot
   std::vector<int32_t> free_blocks;
   int64_t reserved = 0;  // blocks promised to admitted sequences but not yet taken
@@ -137,6 +140,17 @@ struct Engine::Impl {
   std::list<std::unique_ptr<Group>> prefilled;   // prefilled, some samples not finished
   std::vector<std::unique_ptr<Seq>> running;
   EngineStats stats;
+  // CUDA graphs of the decode step, one per (batch bucket, block-table bucket); padded rows read
+  // and write only `dummy_block`, which is never handed out.
+  struct DecodeGraph {
+    at::cuda::CUDAGraph graph;
+    Tensor packed;  // static inputs (see decode())
+    Tensor logits;  // static output (B bucket, V) fp32
+  };
+  bool use_graphs = false;
+  int32_t dummy_block = -1;
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<DecodeGraph>> graphs;
+  at::cuda::MempoolId_t graph_pool{0, 0};
   int64_t* weight_version = nullptr;
 
   int64_t available() const { return (int64_t)free_blocks.size() - reserved; }
@@ -144,7 +158,7 @@ struct Engine::Impl {
   int32_t take_block() {
     int32_t b = free_blocks.back();
     free_blocks.pop_back();
-    stats.peak_blocks_used = std::max(stats.peak_blocks_used, num_blocks - (int64_t)free_blocks.size());
+    stats.peak_blocks_used = std::max(stats.peak_blocks_used, num_blocks_usable - (int64_t)free_blocks.size());
     return b;
   }
   int64_t unstarted() const {
@@ -181,9 +195,18 @@ struct Engine::Impl {
                   std::to_string(block_bytes) + " bytes");
     if (num_blocks > std::numeric_limits<int32_t>::max()) num_blocks = std::numeric_limits<int32_t>::max();
     pool = at::empty({L, num_blocks * bs, D}, at::TensorOptions().dtype(dtype).device(dev));
-    free_blocks.resize(num_blocks);
-    for (int64_t i = 0; i < num_blocks; ++i) free_blocks[i] = static_cast<int32_t>(num_blocks - 1 - i);
-    stats.num_blocks = num_blocks;
+    use_graphs = opt.cuda_graphs && dev.is_cuda() && num_blocks > 1;
+    if (use_graphs) {
+      // The graphs' MoE must not synchronise with the host: only the grouped-GEMM path qualifies.
+      auto layer = model->model->layers[L - 1]->as<DecoderLayer>();
+      if (layer->moe && !layer->moe->experts->use_grouped_mm(pool)) use_graphs = false;
+    }
+    const int64_t usable = use_graphs ? num_blocks - 1 : num_blocks;
+    if (use_graphs) dummy_block = static_cast<int32_t>(num_blocks - 1);
+    free_blocks.resize(usable);
+    for (int64_t i = 0; i < usable; ++i) free_blocks[i] = static_cast<int32_t>(usable - 1 - i);
+    num_blocks_usable = usable;
+    stats.num_blocks = usable;
   }
 
   int64_t clamp_new(const Request& r) const {
@@ -218,9 +241,9 @@ struct Engine::Impl {
       if (!tokenizer) fail("stop strings need a tokenizer (the model directory has no tokenizer.json)");
     }
     int64_t need = blocks_for(P) + p.n * own_blocks(P, clamp_new(r));
-    if (need > num_blocks)
+    if (need > num_blocks_usable)
       fail("needs " + std::to_string(need) + " KV-cache blocks for its " + std::to_string(p.n) +
-           " samples, more than the " + std::to_string(num_blocks) + " the cache budget holds");
+           " samples, more than the " + std::to_string(num_blocks_usable) + " the cache budget holds");
   }
 
   // --- prefill -------------------------------------------------------------------------------
@@ -432,6 +455,61 @@ struct Engine::Impl {
     return a.o_proj(o.reshape({B, nh * dv}));
   }
 
+  // The decode forward for a batch of B rows whose inputs are packed in one int64 device tensor:
+  // [tokens (B) | positions (B) | write slots (B) | lengths (B) | block tables (B, nblk)].
+  // Returns next-token logits (B, V) fp32. Free of host synchronisation, so a CUDA graph can hold it.
+  Tensor decode_forward(const Tensor& packed, int64_t B, int64_t nblk) {
+    const auto dev = packed.device();
+    const int64_t Lpad = nblk * bs;
+    auto i64 = at::TensorOptions().dtype(at::kLong).device(dev);
+    Tensor tok = packed.narrow(0, 0, B), pos = packed.narrow(0, B, B), slots = packed.narrow(0, 2 * B, B);
+    Tensor lens = packed.narrow(0, 3 * B, B), table = packed.narrow(0, 4 * B, B * nblk).view({B, nblk});
+    Tensor gather_idx = (table.unsqueeze(-1) * bs + at::arange(bs, i64)).view({B * Lpad});
+    Tensor invalid = (at::arange(Lpad, i64).unsqueeze(0) >= lens.unsqueeze(1)).unsqueeze(1);  // (B, 1, Lpad)
+    Tensor x = model->model->embed_tokens(tok);  // (B, H)
+    model::RopeTables rope = model->rope_tables(pos.view({B, 1}), x.scalar_type());
+    for (int64_t l = 0; l < L; ++l) {
+      auto layer = model->model->layers[l]->as<DecoderLayer>();
+      x = x + attention(*layer->self_attn, layer->input_layernorm(x), rope, pool[l], slots, gather_idx, invalid, Lpad);
+      x = x + layer->feed_forward(layer->post_attention_layernorm(x));
+    }
+    return model->logits(model->model->norm(x)).to(at::kFloat);  // (B, V)
+  }
+
+  static int64_t bucket(int64_t n) {
+    int64_t b = 1;
+    while (b < n) b *= 2;
+    return b;
+  }
+
+  DecodeGraph& graph_for(int64_t Bb, int64_t nb) {
+    auto& g = graphs[{Bb, nb}];
+    if (g) return *g;
+    g = std::make_unique<DecodeGraph>();
+    // Inputs that touch only the dummy block until real ones are copied in.
+    std::vector<int64_t> init(4 * Bb + Bb * nb, dummy_block);
+    for (int64_t b = 0; b < Bb; ++b) {
+      init[b] = 0;
+      init[Bb + b] = 0;
+      init[2 * Bb + b] = (int64_t)dummy_block * bs;
+      init[3 * Bb + b] = 1;
+    }
+    g->packed = at::from_blob(init.data(), {(int64_t)init.size()}, at::TensorOptions().dtype(at::kLong)).to(model->device());
+    auto stream = at::cuda::getStreamFromPool();
+    stream.synchronize();
+    {
+      at::cuda::CUDAStreamGuard guard(stream);
+      decode_forward(g->packed, Bb, nb);  // warm-up: lazy initialisation stays out of the graph
+      stream.synchronize();
+      g->graph.capture_begin(graph_pool);
+      g->logits = decode_forward(g->packed, Bb, nb);
+      g->graph.capture_end();
+      if (graph_pool.first == 0 && graph_pool.second == 0) graph_pool = g->graph.pool();
+    }
+    stream.synchronize();
+    return *g;
+  }
+
   void decode(std::vector<Completion>& done) {
     if (running.empty()) return;
     auto t0 = std::chrono::steady_clock::now();
@@ -447,33 +525,37 @@ struct Engine::Impl {
       }
       nblk = std::max<int64_t>(nblk, s->table.size());
     }
-    const int64_t Lpad = nblk * bs;
-    // One host->device copy: tokens, positions, write slots, lengths, block tables.
-    std::vector<int64_t> host(4 * B + B * nblk, 0);
-    for (int64_t b = 0; b < B; ++b) {
+    // Graphs run padded shapes: the batch and the block table rounded up to powers of two.
+    const int64_t Bp = use_graphs ? bucket(B) : B;
+    const int64_t nb = use_graphs ? bucket(nblk) : nblk;
+    const int64_t pad_block = use_graphs ? dummy_block : 0;
+    std::vector<int64_t> host(4 * Bp + Bp * nb, pad_block);
+    for (int64_t b = 0; b < Bp; ++b) {
+      if (b >= B) {  // padding row: token 0 at position 0, written to and read from the dummy block
+        host[b] = 0;
+        host[Bp + b] = 0;
+        host[2 * Bp + b] = (int64_t)dummy_block * bs;
+        host[3 * Bp + b] = 1;
+        continue;
+      }
       const Seq& s = *running[b];
       int64_t pos = (int64_t)s.group->req.prompt_ids.size() + (int64_t)s.tokens.size() - 1;
       host[b] = s.tokens.back();
-      host[B + b] = pos;
-      host[2 * B + b] = (int64_t)s.table[pos / bs] * bs + pos % bs;
-      host[3 * B + b] = pos + 1;
-      for (size_t i = 0; i < s.table.size(); ++i) host[4 * B + b * nblk + i] = s.table[i];
+      host[Bp + b] = pos;
+      host[2 * Bp + b] = (int64_t)s.table[pos / bs] * bs + pos % bs;
+      host[3 * Bp + b] = pos + 1;
+      for (size_t i = 0; i < s.table.size(); ++i) host[4 * Bp + b * nb + i] = s.table[i];
     }
-    auto i64 = at::TensorOptions().dtype(at::kLong);
-    Tensor dev_host = at::from_blob(host.data(), {(int64_t)host.size()}, i64).to(dev);
-    Tensor tok = dev_host.narrow(0, 0, B), pos = dev_host.narrow(0, B, B), slots = dev_host.narrow(0, 2 * B, B);
-    Tensor lens = dev_host.narrow(0, 3 * B, B), table = dev_host.narrow(0, 4 * B, B * nblk).view({B, nblk});
-    Tensor gather_idx = (table.unsqueeze(-1) * bs + at::arange(bs, i64.device(dev))).view({B * Lpad});
-    Tensor invalid = (at::arange(Lpad, i64.device(dev)).unsqueeze(0) >= lens.unsqueeze(1)).unsqueeze(1);  // (B, 1, Lpad)
-
-    Tensor x = model->model->embed_tokens(tok);  // (B, H)
-    model::RopeTables rope = model->rope_tables(pos.view({B, 1}), x.scalar_type());
-    for (int64_t l = 0; l < L; ++l) {
-      auto layer = model->model->layers[l]->as<DecoderLayer>();
-      x = x + attention(*layer->self_attn, layer->input_layernorm(x), rope, pool[l], slots, gather_idx, invalid, Lpad);
-      x = x + layer->feed_forward(layer->post_attention_layernorm(x));
+    Tensor host_t = at::from_blob(host.data(), {(int64_t)host.size()}, at::TensorOptions().dtype(at::kLong));
+    Tensor logits;
+    if (use_graphs) {
+      DecodeGraph& g = graph_for(Bp, nb);
+      g.packed.copy_(host_t);
+      g.graph.replay();
+      logits = g.logits.narrow(0, 0, B);
+    } else {
+      logits = decode_forward(host_t.to(dev), B, nb);
     }
-    Tensor logits = model->logits(model->model->norm(x)).to(at::kFloat);  // (B, V)
 
     std::vector<float> temp(B), topp(B), u(B);
     std::vector<int64_t> topk(B);
@@ -491,11 +573,11 @@ struct Engine::Impl {
     stats.sample_seconds += seconds_since(ts);
     auto acc = out.accessor<double, 2>();
     std::vector<std::unique_ptr<Seq>> still;
-    std::vector<Group*> touched;
+    std::unordered_set<Group*> touched;  // once each: release may free the group
     for (int64_t b = 0; b < B; ++b) {
       FinishReason why;
       if (append(*running[b], (int64_t)acc[0][b], (float)acc[1][b], &why)) {
-        touched.push_back(running[b]->group);
+        touched.insert(running[b]->group);
         done.push_back(finish(*running[b], why));
       } else {
         still.push_back(std::move(running[b]));

@@ -45,6 +45,9 @@ struct EngineOptions {
   int64_t kv_cache_bytes = 0;         // pool size; 0 = 1 GiB on CPU, half the free memory on CUDA
   int64_t max_prefill_tokens = 8192;  // padded prompt tokens per prefill forward
   int64_t max_context = 0;            // 0 = the model's max_position_embeddings
+  // On CUDA (with the grouped-GEMM MoE, i.e. bf16), replay the decode step as a CUDA graph per
+  // (batch, block-table) size bucket instead of launching its kernels one by one.
+  bool cuda_graphs = true;
 };
 
 struct EngineStats {

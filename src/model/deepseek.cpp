@@ -291,7 +291,9 @@ void DeepseekForCausalLM::to_device_dtype(at::Device device, at::ScalarType dtyp
 }
 
 RopeTables DeepseekForCausalLM::rope_tables(const Tensor& position_ids, at::ScalarType dtype) const {
-  Tensor inv = inv_freq_.to(position_ids.device());
+  if (!inv_freq_device_.defined() || inv_freq_device_.device() != position_ids.device())
+    inv_freq_device_ = inv_freq_.to(position_ids.device());
+  const Tensor& inv = inv_freq_device_;
   Tensor freqs = position_ids.to(at::kFloat).unsqueeze(-1) * inv;  // (B, T, d/2)
   double factor = config_.rope_attention_factor();
   Tensor cos = (freqs.cos() * factor).to(dtype).unsqueeze(2);       // (B, T, 1, d/2)

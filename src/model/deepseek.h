@@ -188,6 +188,7 @@ class DeepseekForCausalLM : public torch::nn::Module {
  private:
   ModelConfig config_;
   Tensor inv_freq_;  // (rope_dim/2) fp32, CPU
+  mutable Tensor inv_freq_device_;  // its copy on the model's device (no host copy inside CUDA graphs)
 };
 
 // RoPE inverse frequencies (rope_dim/2), fp32, with YaRN applied when configured; computed the

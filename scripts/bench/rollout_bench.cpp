@@ -1,0 +1,181 @@
+// Decode throughput of the rollout engine on a checkpoint, with a no-KV-cache baseline (a full
+// forward over the whole sequence per new token) measured in the same run. Prints one JSON line
+// per measurement; scripts/bench/rollout_table.py turns them, with transformers' lines, into a table.
+//
+// Memory roofline: bytes a decode step must read (weights, with routed experts counted as the
+// expected number touched by B tokens under uniform routing, plus one read of every sequence's
+// KV cache) per measured step time, over the measured device copy bandwidth.
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <torch/cuda.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <sstream>
+
+#include "model/checkpoint.h"
+#include "rollout/engine.h"
+
+using namespace grpo;
+using at::Tensor;
+
+namespace {
+
+void sync(const at::Device& d) {
+  if (d.is_cuda()) torch::cuda::synchronize(d.index());
+}
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// Device copy bandwidth (read + write bytes per second) of a large buffer.
+double copy_bandwidth(const at::Device& dev) {
+  const int64_t bytes = dev.is_cuda() ? (int64_t(1) << 30) : (int64_t(256) << 20);
+  auto opts = at::TensorOptions().dtype(at::kByte).device(dev);
+  Tensor a = at::ones({bytes}, opts), b = at::empty({bytes}, opts);
+  b.copy_(a);
+  sync(dev);
+  const int reps = 10;
+  double t0 = now();
+  for (int i = 0; i < reps; ++i) b.copy_(a);
+  sync(dev);
+  return 2.0 * bytes * reps / (now() - t0);
+}
+
+std::vector<int64_t> parse_list(const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(std::stoll(item));
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"rollout decode benchmark"};
+  std::string model_dir, device = "cpu", dtype = "float32", batches = "1,16,64,256", nocache_batches = "1,16,64", label = "grpo";
+  int64_t prompt_len = 128, new_tokens = 128, nocache_steps = 16, kv_mb = 0;
+  bool no_graphs = false;
+  app.add_option("--model", model_dir, "checkpoint directory")->required();
+  app.add_option("--device", device);
+  app.add_option("--dtype", dtype);
+  app.add_option("--batches", batches);
+  app.add_option("--nocache-batches", nocache_batches, "batches for the no-cache baseline ('' = none)");
+  app.add_option("--prompt-len", prompt_len);
+  app.add_option("--new-tokens", new_tokens);
+  app.add_option("--nocache-steps", nocache_steps);
+  app.add_option("--kv-cache-mb", kv_mb);
+  app.add_flag("--no-graphs", no_graphs, "launch the decode step's kernels one by one");
+  app.add_option("--label", label);
+  CLI11_PARSE(app, argc, argv);
+
+  const at::Device dev(device);
+  auto model = model::load_model(model_dir, {model::parse_dtype_name(dtype), dev});
+  const auto& c = model->config();
+  const int64_t elem = c10::elementSize(model->dtype());
+  c10::NoGradGuard no_grad;
+
+  // Bytes a decode step of B sequences reads, besides the KV cache.
+  int64_t dense_bytes = 0, expert_bytes = 0, moe_layers = 0;
+  for (auto& kv : model->named_parameters()) {
+    const std::string& n = kv.key();
+    if (n.find("embed_tokens") != std::string::npos) continue;  // B rows only
+    if (n.find("mlp.experts.") != std::string::npos) {
+      expert_bytes += kv.value().numel() * elem;
+      continue;
+    }
+    dense_bytes += kv.value().numel() * elem;
+  }
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) moe_layers += c.is_moe_layer(l);
+  const double E = c.n_routed_experts, k = c.num_experts_per_tok;
+  auto weight_bytes = [&](int64_t B) {
+    double touched = moe_layers ? E * (1 - std::pow(1 - k / E, (double)B)) / E : 0;  // fraction of experts
+    return dense_bytes + touched * expert_bytes;
+  };
+  const int64_t kv_token_bytes = c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * elem;
+  const double bw = copy_bandwidth(dev);
+  printf("{\"kind\": \"device\", \"device\": \"%s\", \"copy_bandwidth\": %.4g, \"params\": %lld, \"dtype\": \"%s\"}\n",
+         device.c_str(), bw, (long long)[&] { int64_t n = 0; for (auto& p : model->parameters()) n += p.numel(); return n; }(),
+         dtype.c_str());
+  fflush(stdout);
+
+  std::mt19937 rng(0);
+  auto random_prompts = [&](int64_t B) {
+    std::vector<std::vector<int64_t>> ps(B);
+    for (auto& p : ps)
+      for (int64_t t = 0; t < prompt_len; ++t) p.push_back(rng() % c.vocab_size);
+    return ps;
+  };
+
+  for (int64_t B : parse_list(batches)) {
+    rollout::EngineOptions o;
+    o.max_batch = B;
+    o.kv_cache_bytes = kv_mb * (int64_t(1) << 20);
+    o.cuda_graphs = !no_graphs;
+    o.max_prefill_tokens = std::max<int64_t>(8192, prompt_len);
+    rollout::Engine engine(model, nullptr, o);
+    rollout::SamplingParams sp;
+    sp.temperature = 1.0;
+    sp.max_new_tokens = new_tokens;
+    auto make = [&](int64_t count, int64_t max_new) {
+      std::vector<rollout::Request> rs;
+      auto ps = random_prompts(count);
+      for (int64_t i = 0; i < count; ++i) {
+        rollout::SamplingParams q = sp;
+        q.max_new_tokens = max_new;
+        rs.push_back({i, ps[i], q});
+      }
+      return rs;
+    };
+    engine.generate(make(B, std::min<int64_t>(new_tokens, 8)));  // warm-up (and graph capture)
+    auto before = engine.stats();
+    double t0 = now();
+    auto out = engine.generate(make(B, new_tokens));
+    sync(dev);
+    double total = now() - t0;
+    auto after = engine.stats();
+    double decode_s = after.decode_seconds - before.decode_seconds;
+    int64_t steps = after.decode_steps - before.decode_steps;
+    int64_t toks = after.decode_tokens - before.decode_tokens;
+    double ms_step = 1e3 * decode_s / steps;
+    double kv_bytes = (double)B * (prompt_len + new_tokens / 2.0) * kv_token_bytes;
+    double bytes = weight_bytes(B) + kv_bytes;
+    printf("{\"kind\": \"decode\", \"engine\": \"%s\", \"batch\": %lld, \"prompt\": %lld, \"new\": %lld, "
+           "\"decode_tok_s\": %.1f, \"ms_per_step\": %.3f, \"bytes_per_step\": %.4g, \"roofline\": %.4f, "
+           "\"prefill_tok_s\": %.1f, \"total_s\": %.3f}\n",
+           label.c_str(), (long long)B, (long long)prompt_len, (long long)new_tokens, toks / decode_s, ms_step, bytes,
+           bytes / (ms_step / 1e3) / bw, (after.prefill_tokens - before.prefill_tokens) / (after.prefill_seconds - before.prefill_seconds),
+           total);
+    fflush(stdout);
+  }
+
+  // Baseline: no KV cache, a full forward over prompt + generated tokens for every new token.
+  for (int64_t B : parse_list(nocache_batches)) {
+    auto ps = random_prompts(B);
+    std::vector<int64_t> flat;
+    for (auto& p : ps) flat.insert(flat.end(), p.begin(), p.end());
+    Tensor ids = at::tensor(flat, at::kLong).view({B, prompt_len}).to(dev);
+    auto step = [&](Tensor& seq) {
+      Tensor h = model->hidden_states(seq);
+      Tensor next = model->logits(h.select(1, h.size(1) - 1)).argmax(-1, true);
+      seq = at::cat({seq, next}, 1);
+    };
+    Tensor warm = ids.clone();
+    step(warm);
+    sync(dev);
+    Tensor seq = ids.clone();
+    double t0 = now();
+    for (int64_t s = 0; s < nocache_steps; ++s) step(seq);
+    sync(dev);
+    double dt = now() - t0;
+    double ms_step = 1e3 * dt / nocache_steps;
+    printf("{\"kind\": \"decode\", \"engine\": \"no KV cache (full forward per token)\", \"batch\": %lld, \"prompt\": %lld, "
+           "\"new\": %lld, \"decode_tok_s\": %.1f, \"ms_per_step\": %.3f}\n",
+           (long long)B, (long long)prompt_len, (long long)nocache_steps, B * nocache_steps / dt, ms_step);
+    fflush(stdout);
+  }
+  return 0;
+}
