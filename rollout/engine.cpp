@@ -185,7 +185,7 @@ struct Engine::Impl {
         C10_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
         budget = static_cast<int64_t>(free_b / 2);
       } else {
-        budget = int64_t(1) << 30;
+        budget = int64_t(256) << 20;
       }
     }
     const int64_t block_bytes = L * bs * D * static_cast<int64_t>(c10::elementSize(dtype));
@@ -194,7 +194,9 @@ struct Engine::Impl {
       throw Error("rollout engine: a KV-cache budget of " + std::to_string(budget) + " bytes holds no block of " +
                   std::to_string(block_bytes) + " bytes");
     if (num_blocks > std::numeric_limits<int32_t>::max()) num_blocks = std::numeric_limits<int32_t>::max();
-    pool = at::empty({L, num_blocks * bs, D}, at::TensorOptions().dtype(dtype).device(dev));
+    // Zeroed: masked attention positions are multiplied by probability 0, and 0 * NaN from
+    // uninitialised memory would poison the sum. Freed blocks keep finite values.
+    pool = at::zeros({L, num_blocks * bs, D}, at::TensorOptions().dtype(dtype).device(dev));
     use_graphs = opt.cuda_graphs && dev.is_cuda() && num_blocks > 1;
     if (use_graphs) {
       // The graphs' MoE must not synchronise with the host: only the grouped-GEMM path qualifies.

@@ -42,7 +42,7 @@ namespace grpo::rollout {
 struct EngineOptions {
   int64_t max_batch = 256;            // sequences decoded together
   int64_t block_size = 16;            // tokens per KV-cache block
-  int64_t kv_cache_bytes = 0;         // pool size; 0 = 1 GiB on CPU, half the free memory on CUDA
+  int64_t kv_cache_bytes = 0;         // pool size; 0 = 256 MiB on CPU, half the free memory on CUDA
   int64_t max_prefill_tokens = 8192;  // padded prompt tokens per prefill forward
   int64_t max_context = 0;            // 0 = the model's max_position_embeddings
   // On CUDA (with the grouped-GEMM MoE, i.e. bf16), replay the decode step as a CUDA graph per

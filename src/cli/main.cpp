@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
   c_gen->add_option("--device", gen.device, "cpu|cuda|cuda:N")->capture_default_str();
   c_gen->add_option("--max-batch", gen.max_batch, "sequences decoded together")->capture_default_str();
   c_gen->add_option("--block-size", gen.block_size, "tokens per KV-cache block")->capture_default_str();
-  c_gen->add_option("--kv-cache-mb", gen.kv_cache_mb, "KV-cache budget in MiB (0: 1 GiB on CPU, half the free GPU memory)")->capture_default_str();
+  c_gen->add_option("--kv-cache-mb", gen.kv_cache_mb, "KV-cache budget in MiB (0: 256 MiB on CPU, half the free GPU memory)")->capture_default_str();
 
   ServeArgs srv;
   auto* c_srv = app.add_subcommand("rollout-server", "Serve RolloutService (gRPC) for a model");
@@ -68,7 +68,7 @@ int main(int argc, char** argv) {
   c_srv->add_option("--device", srv.device, "cpu|cuda|cuda:N")->capture_default_str();
   c_srv->add_option("--max-batch", srv.max_batch, "sequences decoded together")->capture_default_str();
   c_srv->add_option("--block-size", srv.block_size, "tokens per KV-cache block")->capture_default_str();
-  c_srv->add_option("--kv-cache-mb", srv.kv_cache_mb, "KV-cache budget in MiB (0: 1 GiB on CPU, half the free GPU memory)")->capture_default_str();
+  c_srv->add_option("--kv-cache-mb", srv.kv_cache_mb, "KV-cache budget in MiB (0: 256 MiB on CPU, half the free GPU memory)")->capture_default_str();
 
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
