@@ -193,6 +193,7 @@ struct Filter {
   int64_t top_k;
   double top_p;
 };
+void PrintTo(const Filter& f, std::ostream* os) { *os << "T" << f.temperature << "_k" << f.top_k << "_p" << f.top_p; }
 
 class EngineSampling : public ::testing::TestWithParam<Filter> {};
 
