@@ -17,6 +17,7 @@
 #include "rollout/service.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/jsonl.h"
 
 namespace grpo::cli {
 
@@ -27,20 +28,8 @@ using rollout::PromptInput;
 namespace {
 
 std::vector<PromptInput> read_prompts(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(path + ": cannot open");
   std::vector<PromptInput> out;
-  std::string line;
-  for (int64_t lineno = 1; std::getline(in, line); ++lineno) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    std::string where = path + ":" + std::to_string(lineno);
-    json row;
-    try {
-      row = json::parse(line);
-    } catch (const json::exception& e) {
-      throw Error(where + ": not valid JSON: " + e.what());
-    }
-    if (!row.is_object()) throw Error(where + ": expected a JSON object");
+  for_each_jsonl_object(path, [&](const json& row, const std::string& where) {
     PromptInput p;
     p.prompt_index = (int64_t)out.size();
     if (row.contains("prompt")) {
@@ -55,7 +44,7 @@ std::vector<PromptInput> read_prompts(const std::string& path) {
       throw Error(where + ": expected a field 'prompt' (text) or 'prompt_ids' (token ids)");
     }
     out.push_back(std::move(p));
-  }
+  });
   if (out.empty()) throw Error(path + ": no prompts");
   return out;
 }

@@ -16,6 +16,7 @@
 #include "model/checkpoint.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/jsonl.h"
 
 namespace grpo::cli {
 
@@ -46,24 +47,12 @@ int run_init(const InitArgs& args) {
 int run_logprobs(const LogprobsArgs& args) {
   return torch_guard([&] {
     // Read and check every input row before loading the model: bad input fails fast.
-    std::ifstream in(args.input);
-    if (!in) throw Error(args.input + ": cannot open");
     std::vector<std::vector<int64_t>> prompts, completions;
-    std::string line;
-    for (int64_t lineno = 1; std::getline(in, line); ++lineno) {
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      std::string where = args.input + ":" + std::to_string(lineno);
-      json row;
-      try {
-        row = json::parse(line);
-      } catch (const json::exception& e) {
-        throw Error(where + ": not valid JSON: " + e.what());
-      }
-      if (!row.is_object()) throw Error(where + ": expected a JSON object");
+    for_each_jsonl_object(args.input, [&](const json& row, const std::string& where) {
       prompts.push_back(read_ids(row, "prompt_ids", where));
       completions.push_back(read_ids(row, "completion_ids", where));
       if (prompts.back().empty()) throw Error(where + ": prompt_ids is empty (the first completion token needs context)");
-    }
+    });
     const at::Device device = parse_device(args.device);
     auto model = model::load_model(args.model, {model::parse_dtype_name(args.dtype), device});
     const int64_t V = model->config().vocab_size;
