@@ -47,4 +47,19 @@ struct ServeArgs {
 };
 int run_rollout_server(const ServeArgs& args);
 
+struct RewardArgs {
+  std::string name = "math", input, output, workers, options;
+  std::vector<std::string> plugins;
+  int threads = 1;
+  double timeout = 60;
+};
+int run_reward(const RewardArgs& args);
+
+struct RewardWorkerArgs {
+  std::string host = "127.0.0.1", rewards = "math", port_file;
+  std::vector<std::string> plugins;
+  int port = 50051, threads = 4;
+};
+int run_reward_worker(const RewardWorkerArgs& args);
+
 }  // namespace grpo::cli

@@ -70,6 +70,26 @@ int main(int argc, char** argv) {
   c_srv->add_option("--block-size", srv.block_size, "tokens per KV-cache block")->capture_default_str();
   c_srv->add_option("--kv-cache-mb", srv.kv_cache_mb, "KV-cache budget in MiB (0: 256 MiB on CPU, half the free GPU memory)")->capture_default_str();
 
+  RewardArgs rw;
+  auto* c_rw = app.add_subcommand("reward", "Score completions with rewards (in process, or --workers)");
+  c_rw->add_option("--name", rw.name, "reward or weighted combination: math | format | math,format:0.2 | ...")->capture_default_str();
+  c_rw->add_option("--input", rw.input, "JSONL, lines {\"completion\": ..., \"reference\": ..., \"prompt\": ..., \"metadata\": {...}}")->required();
+  c_rw->add_option("--output", rw.output, "JSONL, lines {\"reward\": x, \"components\": {...}, \"error\": null|\"...\"} in input order")->required();
+  c_rw->add_option("--plugin", rw.plugins, "shared object with GRPO_REWARD_PLUGIN rewards (repeatable)");
+  c_rw->add_option("--options", rw.options, "JSON object of per-reward options, e.g. {\"math\": {\"precision\": 4}}");
+  c_rw->add_option("--workers", rw.workers, "comma-separated reward-worker addresses (host:port); default: in process");
+  c_rw->add_option("--threads", rw.threads, "scoring threads in process")->capture_default_str();
+  c_rw->add_option("--timeout", rw.timeout, "deadline in seconds of each call to a worker")->capture_default_str();
+
+  RewardWorkerArgs rwk;
+  auto* c_rwk = app.add_subcommand("reward-worker", "Serve RewardService (gRPC) for the named rewards");
+  c_rwk->add_option("--host", rwk.host, "address to listen on")->capture_default_str();
+  c_rwk->add_option("--port", rwk.port, "port (0 = any free port)")->capture_default_str();
+  c_rwk->add_option("--port-file", rwk.port_file, "write the port here once listening");
+  c_rwk->add_option("--rewards", rwk.rewards, "default reward spec (requests may name another)")->capture_default_str();
+  c_rwk->add_option("--plugin", rwk.plugins, "shared object with GRPO_REWARD_PLUGIN rewards (repeatable)");
+  c_rwk->add_option("--threads", rwk.threads, "scoring threads (bounded pool)")->capture_default_str();
+
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
     for (auto* s : app.get_subcommands({})) known |= s->get_name() == argv[1];
@@ -100,6 +120,8 @@ int main(int argc, char** argv) {
     if (*c_tk) return run_tokenize(tk);
     if (*c_gen) return run_generate(gen);
     if (*c_srv) return run_rollout_server(srv);
+    if (*c_rw) return run_reward(rw);
+    if (*c_rwk) return run_reward_worker(rwk);
   } catch (const grpo::Error& e) {
     std::cerr << "grpo: error: " << e.what() << "\n";
     return 1;
