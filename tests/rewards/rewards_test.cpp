@@ -1,0 +1,221 @@
+// Rewards: the format reward against open-r1's cases, the built-ins' definitions, plugins, and
+// the worker/client pair under failures (dead workers, a worker stopped mid-batch, deadlines).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include "rewards/builtin.h"
+#include "rewards/plugin.h"
+#include "rewards/rpc.h"
+#include "util/error.h"
+
+using namespace grpo::rewards;
+using json = nlohmann::json;
+
+namespace {
+
+RewardResult score(const std::string& name, const std::string& completion, json options = json::object(),
+                   const std::string& reference = "", json metadata = json::object()) {
+  auto r = default_registry().make(name, options);
+  RewardItem it;
+  it.completion = completion;
+  it.reference = reference;
+  it.metadata = metadata;
+  return r->score(it);
+}
+
+// Echoes metadata.id (to check that results land where they belong) after sleeping metadata.ms.
+class EchoReward : public Reward {
+ public:
+  RewardResult score(const RewardItem& item) const override {
+    int ms = item.metadata.value("ms", 0);
+    if (ms) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    RewardResult r;
+    r.reward = item.metadata.value("id", -1);
+    r.components["echo"] = r.reward;
+    return r;
+  }
+};
+
+RewardRegistry& echo_registry() {
+  static RewardRegistry* r = [] {
+    auto* reg = new RewardRegistry();
+    register_builtin_rewards(*reg);
+    reg->add("echo", [](const json&) { return std::make_unique<EchoReward>(); }, "test");
+    return reg;
+  }();
+  return *r;
+}
+
+std::vector<RewardItem> echo_items(int n, int ms = 0) {
+  std::vector<RewardItem> items(n);
+  for (int i = 0; i < n; ++i) items[i].metadata = {{"id", i}, {"ms", ms}};
+  return items;
+}
+
+WorkerOptions echo_worker(int threads = 4) {
+  WorkerOptions o;
+  o.default_spec = "echo";
+  o.threads = threads;
+  return o;
+}
+
+}  // namespace
+
+TEST(FormatReward, AllOpenR1CasesAgree) {
+  std::string path = std::string(GRPO_SHARED_DATA) + "/conformance/format_reward_cases.jsonl";
+  std::ifstream in(path);
+  if (!in) GTEST_SKIP() << path << " not present";
+  std::string line;
+  int total = 0, agree = 0;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    json r = json::parse(line);
+    bool got = score("format", r["completion"].get<std::string>()).reward == 1.0;
+    ++total;
+    agree += got == r["expected"].get<bool>();
+    if (got != r["expected"].get<bool>()) std::cout << "disagree: " << r["completion"].dump() << "\n";
+  }
+  EXPECT_EQ(total, 7);
+  EXPECT_EQ(agree, total);
+}
+
+TEST(BuiltinRewards, Definitions) {
+  const std::string good = "<think>\nabc\n</think>\n<answer>\n42\n</answer>";
+  EXPECT_EQ(score("tag_count", good).reward, 1.0);
+  EXPECT_EQ(score("tag_count", "<think>\nabc\n</think>\n").reward, 0.5);
+  EXPECT_EQ(score("tag_count", "<think>\n<think>\n").reward, 0.0);
+  EXPECT_EQ(score("format", good, {{"pattern", "(?s)<think>.*</think>.*"}}).reward, 1.0);
+  EXPECT_EQ(score("math", good, {}, "42").reward, 1.0);        // inside <answer>
+  EXPECT_EQ(score("math", good, {}, "41").reward, 0.0);
+  // DAPO overlong: max 100, cache 20 -> 0 up to 80, then linear to -1 at 100, -1 beyond.
+  json ol = {{"max_length", 100}, {"cache_length", 20}};
+  EXPECT_EQ(score("overlong", "", ol, "", {{"completion_tokens", 80}}).reward, 0.0);
+  EXPECT_DOUBLE_EQ(score("overlong", "", ol, "", {{"completion_tokens", 90}}).reward, -0.5);
+  EXPECT_EQ(score("overlong", "", ol, "", {{"completion_tokens", 101}}).reward, -1.0);
+  EXPECT_DOUBLE_EQ(score("overlong", std::string(95, 'x'), ol).reward, -0.75);  // characters when no token count
+  // Language: 3 Latin words and 2 CJK characters in the chain of thought.
+  std::string mixed = "<think>one two three 你好</think><answer>x</answer>";
+  EXPECT_DOUBLE_EQ(score("language_consistency", mixed).reward, 3.0 / 5.0);
+  EXPECT_DOUBLE_EQ(score("language_consistency", mixed, {{"language", "zh"}}).reward, 2.0 / 5.0);
+  // Repetition: "a b a b a b" has trigrams aba, bab, aba, bab -> 2 distinct of 4 -> -0.5.
+  EXPECT_DOUBLE_EQ(score("repetition", "a b a b a b").reward, -0.5);
+  EXPECT_DOUBLE_EQ(score("repetition", "a b c d e").reward, 0.0);
+}
+
+TEST(CombinedReward, WeightsComponentsAndPerItemErrors) {
+  CombinedReward c("math,format:0.5", default_registry());
+  RewardItem it;
+  it.completion = "<think>\nx\n</think>\n<answer>\n\\frac{1}{2}\n</answer>";
+  it.reference = "0.5";
+  auto r = c.score(it);
+  EXPECT_DOUBLE_EQ(r.reward, 1.5);
+  EXPECT_EQ(r.components["math"], 1.0);
+  EXPECT_EQ(r.components["format"], 1.0);
+  it.reference = "";
+  r = c.score(it);  // math cannot score without a reference; format still counts
+  EXPECT_DOUBLE_EQ(r.reward, 0.5);
+  EXPECT_NE(r.error.find("math: no reference"), std::string::npos) << r.error;
+  EXPECT_THROW(CombinedReward("math,nope", default_registry()), grpo::Error);
+  EXPECT_THROW(CombinedReward("math:abc", default_registry()), grpo::Error);
+}
+
+TEST(RewardPlugin, ExamplePluginLoadsAndScores) {
+  RewardRegistry reg;
+  load_reward_plugin(GRPO_KEYWORDS_PLUGIN, reg);
+  ASSERT_TRUE(reg.has("keywords"));
+  auto r = reg.make("keywords");
+  RewardItem it;
+  it.completion = "Paris is the capital of France";
+  it.metadata = {{"keywords", {"paris", "FRANCE", "Berlin"}}};
+  auto res = r->score(it);
+  EXPECT_DOUBLE_EQ(res.reward, 2.0 / 3.0);
+  it.metadata = json::object();
+  auto errs = score_all(*r, {it});
+  EXPECT_NE(errs[0].error.find("metadata.keywords"), std::string::npos);
+  try {
+    load_reward_plugin("/nonexistent/libnothing.so", reg);
+    FAIL();
+  } catch (const grpo::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/libnothing.so: cannot load"), std::string::npos) << e.what();
+  }
+}
+
+TEST(RewardWorker, ClientSpreadsOverWorkersSkipsDeadOnesAndKeepsOrder) {
+  RewardWorker w1(echo_registry(), echo_worker()), w2(echo_registry(), echo_worker());
+  ClientOptions o;
+  o.shard_size = 5;
+  RewardClient c({"127.0.0.1:" + std::to_string(w1.port()), "127.0.0.1:1", "127.0.0.1:" + std::to_string(w2.port())}, o);
+  auto items = echo_items(103);
+  auto res = c.score(items);
+  ASSERT_EQ(res.size(), 103u);
+  for (int i = 0; i < 103; ++i) EXPECT_EQ(res[i].reward, i);
+  EXPECT_GT(c.retries(), 0);  // the dead address was tried and skipped
+  // In process, through the same interface, the same answers.
+  LocalScorer local(std::make_shared<EchoReward>(), 3);
+  auto lr = local.score(items);
+  for (int i = 0; i < 103; ++i) EXPECT_EQ(lr[i].reward, res[i].reward);
+}
+
+TEST(RewardWorker, AWorkerStoppedMidBatchLosesNothingAndCountsNothingTwice) {
+  auto w1 = std::make_unique<RewardWorker>(echo_registry(), echo_worker(2));
+  RewardWorker w2(echo_registry(), echo_worker(2));
+  ClientOptions o;
+  o.shard_size = 4;
+  o.timeout_seconds = 5;
+  RewardClient c({"127.0.0.1:" + std::to_string(w1->port()), "127.0.0.1:" + std::to_string(w2.port())}, o);
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(60));
+    w1->shutdown();
+  });
+  auto res = c.score(echo_items(200, 2));
+  stopper.join();
+  ASSERT_EQ(res.size(), 200u);
+  for (int i = 0; i < 200; ++i) ASSERT_EQ(res[i].reward, i) << "item " << i;
+  std::cout << "retried shards: " << c.retries() << "\n";
+}
+
+TEST(RewardWorker, NoWorkerAnswersIsALoudErrorNamingTheAddresses) {
+  ClientOptions o;
+  o.timeout_seconds = 2;
+  RewardClient c({"127.0.0.1:1", "127.0.0.1:2"}, o);
+  try {
+    c.score(echo_items(3));
+    FAIL();
+  } catch (const grpo::Error& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("127.0.0.1:1"), std::string::npos) << m;
+    EXPECT_NE(m.find("127.0.0.1:2"), std::string::npos) << m;
+    EXPECT_NE(m.find("items [0, 3)"), std::string::npos) << m;
+  }
+}
+
+TEST(RewardWorker, DeadlinesExpireAndAreReported) {
+  RewardWorker w(echo_registry(), echo_worker(1));
+  ClientOptions o;
+  o.timeout_seconds = 0.05;
+  o.max_attempts = 2;
+  RewardClient c({"127.0.0.1:" + std::to_string(w.port())}, o);
+  try {
+    c.score(echo_items(1, 500));
+    FAIL();
+  } catch (const grpo::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("DEADLINE_EXCEEDED"), std::string::npos) << e.what();
+  }
+}
+
+TEST(RewardWorker, BadSpecIsRefusedNamingIt) {
+  RewardWorker w(echo_registry(), echo_worker());
+  ClientOptions o;
+  o.spec = "echo,nope";
+  RewardClient c({"127.0.0.1:" + std::to_string(w.port())}, o);
+  try {
+    c.score(echo_items(2));
+    FAIL();
+  } catch (const grpo::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown reward 'nope'"), std::string::npos) << e.what();
+  }
+}
