@@ -4,7 +4,8 @@
 #   - Debian packages: compiler, CMake, gRPC/protobuf, RE2, fmt, GoogleTest, yaml-cpp,
 #     nlohmann-json, CLI11, libseccomp, ICU, ccache, ninja.
 #   - .venv at the repo root with PyPI's torch (its LibTorch is what we link against) plus
-#     transformers, tokenizers and safetensors, which only the tests use as references.
+#     transformers, tokenizers, safetensors and math-verify, which only the tests and benchmarks use
+#     as references, and grpcio(-tools) for the example Python reward worker.
 # Environment: GRPO_BUILD_TYPE (default Release), GRPO_SKIP_APT=1, GRPO_SKIP_BUILD=1.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,9 +33,10 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   "$py" -m venv .venv
 fi
-if ! .venv/bin/python -c 'import torch, transformers, tokenizers, safetensors' 2>/dev/null; then
-  log "installing torch, transformers, tokenizers, safetensors into .venv (first time: a few GB)"
-  .venv/bin/pip install -q "torch==2.11.0" transformers tokenizers safetensors
+if ! .venv/bin/python -c 'import torch, transformers, tokenizers, safetensors, grpc, grpc_tools, math_verify' 2>/dev/null; then
+  log "installing torch, transformers, tokenizers, safetensors, grpcio, math-verify into .venv (first time: a few GB)"
+  # setuptools<82: what torch 2.11 declares (grpcio-tools would pull a newer one).
+  .venv/bin/pip install -q "torch==2.11.0" transformers tokenizers safetensors grpcio grpcio-tools math-verify "setuptools<82"
 fi
 
 [ "${GRPO_SKIP_BUILD:-0}" = 1 ] && exit 0
