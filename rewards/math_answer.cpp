@@ -874,8 +874,13 @@ C eval(const P& n, const std::map<std::string, double>& env, Budget& b) {
       auto it = env.find(n->name);
       return it == env.end() ? C(kNaN) : C(it->second);
     }
-    case K::Add: return eval(n->a[0], env, b) + eval(n->a[1], env, b);
-    case K::Mul: return eval(n->a[0], env, b) * eval(n->a[1], env, b);
+    case K::Add:
+    case K::Mul: {
+      C x = eval(n->a[0], env, b), y = eval(n->a[1], env, b);
+      // Real operands in real arithmetic: -1 * inf is -inf, not (-inf, nan) as complex gives.
+      if (x.imag() == 0 && y.imag() == 0) return n->k == K::Add ? x.real() + y.real() : x.real() * y.real();
+      return n->k == K::Add ? x + y : x * y;
+    }
     case K::Pow: {
       C x = eval(n->a[0], env, b), y = eval(n->a[1], env, b);
       if (std::abs(y) > 1e4) return kNaN;
@@ -1009,6 +1014,7 @@ struct Checker {
   bool scalar_equal(const P& x, const P& y) {
     if (x->k == K::Num && y->k == K::Num && x->exact && y->exact) {
       if (x->pn == y->pn && x->pd == y->pd) return true;
+      if (x->pd == 1 && y->pd == 1) return false;  // integers: exactly (1450001 is not 1450000)
       return close(x->num, y->num, tol());
     }
     std::set<std::string> sx, sy;
@@ -1326,6 +1332,7 @@ P parse_with_unions(const std::string& s, bool comma_decimal, Budget& b) {
     std::string q = part;
     // "x \in (2,12) \cup (12,102)": drop the membership prefix
     size_t in = q.find("\\in");
+    while (in != std::string::npos && in + 3 < q.size() && is_alpha(q[in + 3])) in = q.find("\\in", in + 3);  // not \infty
     if (in != std::string::npos && u->a.empty()) q = q.substr(in + 3);
     P n = parse_answer(q, comma_decimal, b);
     if (!n) throw ParseError{};
