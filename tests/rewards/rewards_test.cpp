@@ -219,3 +219,25 @@ TEST(RewardWorker, BadSpecIsRefusedNamingIt) {
     EXPECT_NE(std::string(e.what()).find("unknown reward 'nope'"), std::string::npos) << e.what();
   }
 }
+
+TEST(MathChecker, HostileInputsAreBoundedAndFast) {
+  std::vector<std::pair<std::string, std::string>> cases = {
+      {"\\boxed{" + std::string(100000, '{') + "1" + std::string(100000, '}') + "}", "1"},
+      {"$" + std::string(50000, '(') + "1" + std::string(50000, ')') + "$", "1"},
+      {"$2^{2^{2^{2^{2^{2^{2^{2^{2}}}}}}}}$", "4"},
+      {"$9!!!!!!!!!!!!!!!!!!!!$", "1"},
+      {"$" + [] { std::string s; for (int i = 0; i < 200; ++i) s += "1\\pm "; return s; }() + "1$", "1"},
+      {std::string(10 << 20, 'x') + " the answer is 5", "5"},
+      {"$" + [] { std::string s; for (int i = 0; i < 20000; ++i) s += "x+"; return s; }() + "1$", "x+1"},
+      {"\\boxed{\\frac{\\frac{\\frac{\\frac{1}{2}}{3}}{4}}{5}" + std::string(1000, '}'), "1"},
+  };
+  for (auto& [pred, gold] : cases) {
+    auto t0 = std::chrono::steady_clock::now();
+    auto r = score("math", pred, json::object(), gold);
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_LT(ms, 2000) << pred.substr(0, 60);
+    (void)r;
+  }
+  // The 10 MB text still finds its answer at the end.
+  EXPECT_EQ(score("math", std::string(10 << 20, 'x') + " the answer is 5", json::object(), "5").reward, 1.0);
+}
