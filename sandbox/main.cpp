@@ -1,0 +1,63 @@
+// grpo-sandbox: run one command in the sandbox and print the result as one JSON object.
+//   grpo-sandbox run [--timeout-s S] [--memory-mb M] [--stdin FILE] [--file NAME=PATH ...] -- CMD ARGS...
+//   grpo-sandbox probe      what isolation this host supports
+#include <CLI/CLI.hpp>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "sandbox/sandbox.h"
+#include "util/error.h"
+
+namespace {
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw grpo::Error(path + ": cannot open");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"grpo-sandbox: run untrusted programs isolated by the kernel"};
+  app.require_subcommand(1);
+  grpo::sandbox::Limits L;
+  std::string stdin_file;
+  std::vector<std::string> files, cmd;
+  bool weaker = false;
+  auto* run = app.add_subcommand("run", "run CMD ARGS... in a fresh sandbox; prints one JSON object");
+  run->add_option("--timeout-s", L.timeout_s, "wall-clock limit")->capture_default_str();
+  run->add_option("--cpu-s", L.cpu_s, "CPU-time limit (default: the timeout)");
+  run->add_option("--memory-mb", L.memory_mb, "address-space limit")->capture_default_str();
+  run->add_option("--max-processes", L.max_processes, "process limit")->capture_default_str();
+  run->add_option("--max-output-bytes", L.max_output_bytes, "cap per output stream")->capture_default_str();
+  run->add_option("--stdin", stdin_file, "file fed to the program's standard input");
+  run->add_option("--file", files, "NAME=PATH: copy PATH into the working directory as NAME (repeatable)");
+  run->add_flag("--allow-weaker-isolation", weaker, "run even when the host lacks a mechanism (namespaces, seccomp)");
+  run->add_option("cmd", cmd, "command and arguments (after --)")->required();
+  auto* pr = app.add_subcommand("probe", "print what isolation this host supports");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (*pr) {
+      std::cout << grpo::sandbox::probe().summary() << "\n";
+      return grpo::sandbox::probe().complete() ? 0 : 1;
+    }
+    const auto& iso = grpo::sandbox::probe();
+    if (!iso.complete()) std::cerr << "grpo-sandbox: " << iso.summary() << "\n";
+    grpo::sandbox::Workspace ws;
+    for (const auto& f : files) {
+      auto eq = f.find('=');
+      if (eq == std::string::npos) throw grpo::Error("--file " + f + ": expected NAME=PATH");
+      ws.write(f.substr(0, eq), slurp(f.substr(eq + 1)));
+    }
+    grpo::sandbox::Options opt;
+    opt.allow_weaker_isolation = weaker;
+    auto r = grpo::sandbox::run(cmd, stdin_file.empty() ? "" : slurp(stdin_file), L, ws, opt);
+    std::cout << grpo::sandbox::to_json(r) << "\n";
+    return r.status == grpo::sandbox::Status::SandboxError ? 2 : 0;
+  } catch (const std::exception& e) {
+    std::cerr << "grpo-sandbox: error: " << e.what() << "\n";
+    return 2;
+  }
+}
