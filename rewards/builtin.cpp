@@ -201,6 +201,7 @@ void register_builtin_rewards(RewardRegistry& r) {
   r.add("length", factory<OverlongReward>(), "alias of overlong");
   r.add("language_consistency", factory<LanguageReward>(), "share of the chain of thought in the target language");
   r.add("repetition", factory<RepetitionReward>(), "n-gram repetition penalty (0 .. -max_penalty)");
+  register_code_rewards(r);
 }
 
 RewardRegistry& default_registry() {

@@ -24,6 +24,8 @@
 namespace grpo::rewards {
 
 void register_builtin_rewards(RewardRegistry& registry);
+// `code` and `code_binary` (rewards/code_reward.cpp): tests run in the sandbox.
+void register_code_rewards(RewardRegistry& registry);
 
 // The process-wide registry, with the built-ins registered.
 RewardRegistry& default_registry();

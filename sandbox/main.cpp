@@ -35,9 +35,20 @@ int main(int argc, char** argv) {
   run->add_option("--stdin", stdin_file, "file fed to the program's standard input");
   run->add_option("--file", files, "NAME=PATH: copy PATH into the working directory as NAME (repeatable)");
   run->add_flag("--allow-weaker-isolation", weaker, "run even when the host lacks a mechanism (namespaces, seccomp)");
-  run->add_option("cmd", cmd, "command and arguments (after --)")->required();
   auto* pr = app.add_subcommand("probe", "print what isolation this host supports");
-  CLI11_PARSE(app, argc, argv);
+  // Everything after "--" is the command, dashes included.
+  int split = argc;
+  for (int i = 1; i < argc; ++i)
+    if (std::string(argv[i]) == "--") {
+      split = i;
+      break;
+    }
+  for (int i = split + 1; i < argc; ++i) cmd.push_back(argv[i]);
+  CLI11_PARSE(app, split, argv);
+  if (*run && cmd.empty()) {
+    std::cerr << "grpo-sandbox: error: run needs a command after --\n";
+    return 2;
+  }
   try {
     if (*pr) {
       std::cout << grpo::sandbox::probe().summary() << "\n";

@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <chrono>
@@ -161,10 +162,35 @@ int bind_ro(const char* src, const char* dst) {
   return mount(nullptr, dst, nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, nullptr);
 }
 
+// Closes every descriptor except `keep` (sorted): init does not exec, so O_CLOEXEC does not help,
+// and a pipe end of another concurrent run held here would keep that run from seeing EOF.
+void close_all_but(int* keep, int n) {
+  std::sort(keep, keep + n);
+  int from = 3;
+  for (int i = 0; i <= n; ++i) {
+    int to = i < n ? keep[i] - 1 : ~0U >> 1;
+    if (i < n && keep[i] < 3) continue;
+    if (to >= from) {
+      if (syscall(SYS_close_range, (unsigned)from, (unsigned)to, 0) != 0) {
+        int hi = std::min(to, 65535);
+        for (int fd = from; fd <= hi; ++fd) close(fd);
+      }
+    }
+    if (i < n) from = keep[i] + 1;
+  }
+}
+
 // pid 1 of the new namespaces.
 int child_init(void* arg) {
   const ChildPlan& p = *static_cast<const ChildPlan*>(arg);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
+  {
+    int keep[5];
+    int n = 0;
+    for (int fd : {p.in_r, p.out_w, p.err_w, p.status_w, p.sync_r})
+      if (fd >= 0) keep[n++] = fd;
+    close_all_but(keep, n);
+  }
   if (p.sync_r >= 0) {  // wait until the parent has written the uid/gid maps
     char c;
     if (read(p.sync_r, &c, 1) != 1) fail(p, 1);

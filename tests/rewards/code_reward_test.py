@@ -1,0 +1,103 @@
+"""The `code` reward end to end through `grpo reward`, in the sandbox:
+  - all 164 HumanEval canonical solutions pass; the same solutions with a deliberate bug
+    (numbers off by one, booleans flipped, strings and lists extended) fail;
+  - MBPP reference solutions: how many pass (all must, except ones listed with a reason);
+  - stdin/stdout cases in Python and C++ (compiled once per item).
+"""
+import argparse
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--grpo", required=True)
+ap.add_argument("--data", required=True)
+ap.add_argument("--workdir", required=True)
+ap.add_argument("--threads", default="2")
+a = ap.parse_args()
+os.makedirs(a.workdir, exist_ok=True)
+failures = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+def score(name, rows, tag):
+    inp, out = os.path.join(a.workdir, tag + ".in.jsonl"), os.path.join(a.workdir, tag + ".out.jsonl")
+    with open(inp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    t0 = time.time()
+    r = subprocess.run([a.grpo, "reward", "--name", name, "--input", inp, "--output", out, "--threads", a.threads],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        print(r.stderr)
+        raise SystemExit(f"grpo reward failed for {tag}")
+    res = [json.loads(l) for l in open(out)]
+    print(f"     {tag}: {len(rows)} items in {time.time() - t0:.1f} s", flush=True)
+    return res
+
+
+BUG = """
+
+_grpo_original = {ep}
+def {ep}(*args, **kwargs):
+    r = _grpo_original(*args, **kwargs)
+    if isinstance(r, bool):
+        return not r
+    if isinstance(r, (int, float)):
+        return r + 1
+    if isinstance(r, str):
+        return r + "x"
+    if isinstance(r, (list, tuple)):
+        return type(r)(list(r) + [0])
+    return 0
+"""
+
+path = os.path.join(a.data, "HumanEval.jsonl.gz")
+if not os.path.exists(path):
+    print("no HumanEval data at", path)
+    sys.exit(1)
+he = [json.loads(l) for l in gzip.open(path, "rt")]
+good, bad = [], []
+for p in he:
+    meta = {"test": p["test"], "entry_point": p["entry_point"], "prompt": p["prompt"]}
+    code = p["prompt"] + p["canonical_solution"]
+    good.append({"completion": "```python\n" + code + "\n```", "metadata": meta})
+    bad.append({"completion": "```python\n" + code + BUG.format(ep=p["entry_point"]) + "\n```", "metadata": meta})
+res = score("code", good, "humaneval")
+passed = sum(r["reward"] == 1.0 for r in res)
+check(len(he) == 164 and passed == 164, f"HumanEval canonical solutions: {passed}/{len(he)} pass")
+for p, r in zip(he, res):
+    if r["reward"] != 1.0:
+        print("     failed:", p["task_id"], r)
+res = score("code", bad, "humaneval_bug")
+caught = sum(r["reward"] == 0.0 for r in res)
+check(caught == 164, f"HumanEval with a deliberate bug: {caught}/164 fail")
+
+mbpp = [json.loads(l) for l in open(os.path.join(a.data, "mbpp.jsonl"))]
+rows = [{"completion": "```python\n" + p["code"] + "\n```",
+         "metadata": {"test_list": p["test_list"], "test_setup_code": p.get("test_setup_code", "")}} for p in mbpp]
+res = score("code", rows, "mbpp")
+full = sum(r["reward"] == 1.0 for r in res)
+not_full = [(p["task_id"], r["components"].get("code/passed"), r["components"].get("code/tests"))
+            for p, r in zip(mbpp, res) if r["reward"] != 1.0]
+print(f"     MBPP reference solutions passing all their tests: {full}/{len(mbpp)}; not all: {not_full}")
+check(full >= len(mbpp) - 5, f"MBPP reference solutions: {full}/{len(mbpp)} pass all asserts")
+
+io_py = {"completion": "Here:\n```python\na, b = map(int, input().split())\nprint(a + b)\n```",
+         "metadata": {"tests": [{"input": "1 2\n", "output": "3\n"}, {"input": "5 5", "output": "10  \n\n"},
+                                {"input": "1 1\n", "output": "3\n"}]}}
+io_cpp = {"completion": "```cpp\n#include <iostream>\nint main(){long a,b;std::cin>>a>>b;std::cout<<a*b<<std::endl;}\n```",
+          "metadata": {"tests": [{"input": "3 4\n", "output": "12\n"}, {"input": "100000 100000\n", "output": "10000000000"}]}}
+res = score("code", [io_py, io_cpp], "io")
+check(abs(res[0]["reward"] - 2 / 3) < 1e-9, f"stdin/stdout Python: 2 of 3 cases ({res[0]})")
+check(res[1]["reward"] == 1.0, f"stdin/stdout C++ compiled once: all cases ({res[1]})")
+print(f"{len(failures)} failure(s)")
+sys.exit(1 if failures else 0)
