@@ -14,6 +14,8 @@
 #include <re2/re2.h>
 
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <thread>
 
@@ -125,7 +127,9 @@ class CodeReward : public Reward {
     Block b = last_code_block(item.completion, default_lang_);
     int passed = 0, total = 0;
     std::string first_failure;
+    std::string infra;  // a sandbox failure is the item's error, not a wrong answer
     auto note = [&](const sandbox::Result& r, const std::string& what) {
+      if (r.status == sandbox::Status::SandboxError && infra.empty()) infra = "sandbox: " + r.error;
       if (first_failure.empty())
         first_failure = what + ": " + sandbox::to_string(r.status) + (r.err.empty() ? "" : ": " + r.err.substr(0, 300));
     };
@@ -145,7 +149,8 @@ class CodeReward : public Reward {
       std::string setup = tests.value("test_setup_code", std::string());
       for (const auto& t : tests["test_list"]) {
         ++total;
-        auto r = python(setup + "\n" + b.code + "\n\n" + t.get<std::string>() + "\n", "");
+        // The setup code builds inputs from the solution's own classes (MBPP 367, 927): after the code.
+        auto r = python(b.code + "\n\n" + setup + "\n" + t.get<std::string>() + "\n", "");
         if (r.status == sandbox::Status::Ok) ++passed;
         else note(r, t.get<std::string>());
       }
@@ -191,7 +196,9 @@ class CodeReward : public Reward {
     res.components[binary_ ? "code_binary" : "code"] = res.reward;
     res.components["code/passed"] = passed;
     res.components["code/tests"] = total;
-    (void)first_failure;
+    res.error = infra;
+    static const bool debug = std::getenv("GRPO_CODE_DEBUG") != nullptr;
+    if (debug && !first_failure.empty()) fprintf(stderr, "code reward: %s\n", first_failure.c_str());
     return res;
   }
 

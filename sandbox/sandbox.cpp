@@ -222,7 +222,9 @@ int child_init(void* arg) {
     if (mount(nullptr, "/", nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, nullptr) != 0) fail(p, 16);
   }
   sethostname("sandbox", 7);
-  pid_t prog = fork();
+  // A raw fork: glibc's fork() runs its at-fork handlers, which take malloc's locks, and another
+  // thread of the (multi-threaded) parent may have held them when this process was cloned.
+  pid_t prog = (pid_t)syscall(SYS_clone, SIGCHLD, nullptr, nullptr, nullptr, nullptr);
   if (prog < 0) fail(p, 17);
   if (prog == 0) {
     if (dup2(p.in_r, 0) < 0 || dup2(p.out_w, 1) < 0 || dup2(p.err_w, 2) < 0) _exit(121);

@@ -89,7 +89,7 @@ full = sum(r["reward"] == 1.0 for r in res)
 not_full = [(p["task_id"], r["components"].get("code/passed"), r["components"].get("code/tests"))
             for p, r in zip(mbpp, res) if r["reward"] != 1.0]
 print(f"     MBPP reference solutions passing all their tests: {full}/{len(mbpp)}; not all: {not_full}")
-check(full >= len(mbpp) - 5, f"MBPP reference solutions: {full}/{len(mbpp)} pass all asserts")
+check(full == len(mbpp), f"MBPP reference solutions: {full}/{len(mbpp)} pass all asserts")
 
 io_py = {"completion": "Here:\n```python\na, b = map(int, input().split())\nprint(a + b)\n```",
          "metadata": {"tests": [{"input": "1 2\n", "output": "3\n"}, {"input": "5 5", "output": "10  \n\n"},
