@@ -12,6 +12,7 @@
 #include "rewards/builtin.h"
 #include "rewards/plugin.h"
 #include "rewards/rpc.h"
+#include "sandbox/sandbox.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/jsonl.h"
@@ -52,6 +53,14 @@ std::string field(const json& row, const char* key, const std::string& where, bo
   return row[key].get<std::string>();
 }
 
+// Code rewards run programs in the sandbox: say once what isolation this host gives them.
+void announce_sandbox(const std::string& spec) {
+  if (spec.find("code") == std::string::npos) return;
+  const auto& iso = grpo::sandbox::probe();
+  fprintf(stderr, "grpo: %s%s\n", iso.summary().c_str(),
+          iso.complete() ? "" : " (code rewards refuse to run unless {\"code\": {\"allow_weaker_isolation\": true}})");
+}
+
 }  // namespace
 
 int run_reward(const RewardArgs& a) {
@@ -69,6 +78,7 @@ int run_reward(const RewardArgs& a) {
     }
     items.push_back(std::move(it));
   });
+  if (a.workers.empty()) announce_sandbox(a.name);
   auto t0 = std::chrono::steady_clock::now();
   std::unique_ptr<Scorer> scorer;
   if (!a.workers.empty()) {
@@ -109,6 +119,7 @@ int run_reward_worker(const RewardWorkerArgs& a) {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   RewardRegistry& registry = default_registry();
   for (const auto& p : a.plugins) load_reward_plugin(p, registry);
+  announce_sandbox(a.rewards);
   WorkerOptions o;
   o.host = a.host;
   o.port = a.port;
