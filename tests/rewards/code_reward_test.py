@@ -17,7 +17,12 @@ ap.add_argument("--grpo", required=True)
 ap.add_argument("--data", required=True)
 ap.add_argument("--workdir", required=True)
 ap.add_argument("--threads", default="2")
+ap.add_argument("--sandbox", required=True, help="grpo-sandbox, to probe the host's isolation")
 a = ap.parse_args()
+probe = subprocess.run([a.sandbox, "probe"], capture_output=True, text=True)
+if probe.returncode != 0:
+    print("skipped: " + probe.stdout.strip() + " (code rewards refuse to run here)")
+    sys.exit(77)
 os.makedirs(a.workdir, exist_ok=True)
 failures = []
 
