@@ -1,0 +1,79 @@
+#include "trainer/grpo_loss.h"
+
+#include <c10/core/GradMode.h>
+
+#include "util/error.h"
+
+namespace grpo::trainer {
+
+using at::Tensor;
+
+LossType parse_loss_type(const std::string& s) {
+  if (s == "grpo") return LossType::Grpo;
+  if (s == "dapo" || s == "bnpo") return LossType::Dapo;
+  if (s == "dr_grpo") return LossType::DrGrpo;
+  throw Error("loss_type '" + s + "': expected grpo, dapo or dr_grpo");
+}
+
+KlEstimator parse_kl_estimator(const std::string& s) {
+  if (s == "k1") return KlEstimator::K1;
+  if (s == "k2") return KlEstimator::K2;
+  if (s == "k3") return KlEstimator::K3;
+  throw Error("kl_estimator '" + s + "': expected k1, k2 or k3");
+}
+
+Tensor group_advantages(const Tensor& rewards, int64_t G, const AdvantageConfig& c) {
+  if (G < 1 || rewards.numel() % G != 0)
+    throw Error("group_advantages: " + std::to_string(rewards.numel()) + " rewards do not split into groups of " +
+                std::to_string(G));
+  Tensor r = rewards.view({-1, G});
+  Tensor centered = (r - r.mean(1, true)).reshape({-1});
+  if (!c.scale_rewards) return centered;
+  Tensor std = c.batch_std ? rewards.std().expand({rewards.numel()})
+                           : r.std(1, /*unbiased=*/true, true).expand({r.size(0), G}).reshape({-1});
+  if (G == 1 && !c.batch_std) std = at::zeros_like(std);  // one sample: no spread
+  return centered / (std + c.eps);
+}
+
+LossOutput grpo_loss(const LossInputs& in, const LossConfig& c) {
+  const Tensor& m = in.mask;
+  Tensor A = in.advantages.unsqueeze(1);
+  Tensor ratio = (in.logp - in.old_logp).exp();
+  Tensor unclipped = ratio * A;
+  Tensor clipped = ratio.clamp(1 - c.epsilon_low, 1 + c.epsilon_high) * A;
+  Tensor per_token = -at::min(unclipped, clipped);
+  Tensor kl;
+  if (c.beta != 0) {
+    if (!in.ref_logp.defined()) throw Error("grpo_loss: beta != 0 needs reference log-probs");
+    Tensor d = in.ref_logp - in.logp;
+    switch (c.kl) {
+      case KlEstimator::K1: kl = -d; break;
+      case KlEstimator::K2: kl = 0.5 * d * d; break;
+      case KlEstimator::K3: kl = d.exp() - d - 1; break;
+    }
+    per_token = per_token + c.beta * kl;
+  }
+  Tensor masked = per_token * m;
+  Tensor loss;
+  switch (c.type) {
+    case LossType::Grpo: loss = (masked.sum(1) / m.sum(1).clamp_min(1)).mean(); break;
+    case LossType::Dapo: loss = masked.sum() / m.sum().clamp_min(1); break;
+    case LossType::DrGrpo: {
+      const int64_t L = c.max_completion_length > 0 ? c.max_completion_length : m.size(1);
+      loss = masked.sum() / static_cast<double>(m.size(0) * L);
+      break;
+    }
+  }
+  LossOutput out;
+  out.loss = loss;
+  {
+    c10::NoGradGuard g;
+    double n = std::max(1.0, m.sum().item<double>());
+    out.clip_fraction = (((clipped < unclipped) & (m > 0)).to(m.scalar_type()).sum().item<double>()) / n;
+    out.ratio_mean = ((ratio * m).sum().item<double>()) / n;
+    if (kl.defined()) out.kl = ((kl * m).sum().item<double>()) / n;
+  }
+  return out;
+}
+
+}  // namespace grpo::trainer

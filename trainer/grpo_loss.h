@@ -1,0 +1,61 @@
+// The GRPO objective: group-normalised advantages and the clipped, KL-regularised policy loss,
+// with the aggregations of TRL's GRPO ("grpo"), DAPO ("dapo") and Dr. GRPO ("dr_grpo").
+//
+//   A_i      = (r_i - mean(r_group)) / (std(r_group) + eps)      (std: unbiased, over the group or
+//              the whole batch; no division when scale_rewards is off: Dr. GRPO)
+//   ratio_t  = exp(logp_t - old_logp_t)
+//   l_t      = -min(ratio_t A, clip(ratio_t, 1 - epsilon_low, 1 + epsilon_high) A) + beta KL_t
+//   KL_t     = k1: logp - ref;  k2: (logp - ref)^2 / 2;  k3: exp(ref - logp) - (ref - logp) - 1
+//   loss     = grpo:    mean over sequences of (sum_t m_t l_t / sum_t m_t)
+//              dapo:    sum m l / sum m                       (token mean over the batch)
+//              dr_grpo: sum m l / (B * max_completion_length)  (a constant normaliser)
+// Works in any floating dtype; differentiable with respect to logp.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+namespace grpo::trainer {
+
+enum class LossType { Grpo, Dapo, DrGrpo };
+enum class KlEstimator { K1, K2, K3 };
+
+LossType parse_loss_type(const std::string& s);      // "grpo" | "dapo" | "dr_grpo"; throws grpo::Error
+KlEstimator parse_kl_estimator(const std::string& s);  // "k1" | "k2" | "k3"
+
+struct AdvantageConfig {
+  bool scale_rewards = true;   // divide by the std (off: Dr. GRPO)
+  bool batch_std = false;      // std over the whole batch instead of each group
+  double eps = 1e-4;
+};
+
+// rewards (N) with N = groups * G, samples of a group contiguous -> advantages (N).
+at::Tensor group_advantages(const at::Tensor& rewards, int64_t group_size, const AdvantageConfig& config = {});
+
+struct LossConfig {
+  LossType type = LossType::Dapo;
+  double epsilon_low = 0.2, epsilon_high = 0.2;
+  double beta = 0.0;  // 0: no KL term and no reference model
+  KlEstimator kl = KlEstimator::K3;
+  int64_t max_completion_length = 0;  // dr_grpo's normaliser; 0 = the mask's width
+};
+
+struct LossInputs {
+  at::Tensor logp;        // (B, T) current policy log-probs of the completion tokens
+  at::Tensor old_logp;    // (B, T) at sampling time (pi_old); detached
+  at::Tensor ref_logp;    // (B, T) reference model; undefined when beta == 0
+  at::Tensor mask;        // (B, T) 1 for completion tokens, 0 for padding (and masked truncations)
+  at::Tensor advantages;  // (B)
+};
+
+struct LossOutput {
+  at::Tensor loss;           // scalar
+  double clip_fraction = 0;  // share of masked tokens where the clipped term was chosen
+  double kl = 0;             // mean KL per masked token (0 when beta == 0)
+  double ratio_mean = 0;
+};
+
+LossOutput grpo_loss(const LossInputs& in, const LossConfig& config);
+
+}  // namespace grpo::trainer
