@@ -496,7 +496,7 @@ struct Engine::Impl {
       init[2 * Bb + b] = (int64_t)dummy_block * bs;
       init[3 * Bb + b] = 1;
     }
-    g->packed = at::from_blob(init.data(), {(int64_t)init.size()}, at::TensorOptions().dtype(at::kLong)).to(model->device());
+    g->packed = at::from_blob(init.data(), {(int64_t)init.size()}, at::TensorOptions().dtype(at::kLong)).clone().to(model->device());
     auto stream = at::cuda::getStreamFromPool();
     stream.synchronize();
     {

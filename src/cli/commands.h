@@ -62,4 +62,10 @@ struct RewardWorkerArgs {
 };
 int run_reward_worker(const RewardWorkerArgs& args);
 
+struct TrainArgs {
+  std::string recipe, output;
+  bool resume = false;
+};
+int run_train(const TrainArgs& args);
+
 }  // namespace grpo::cli

@@ -70,6 +70,12 @@ int main(int argc, char** argv) {
   c_srv->add_option("--block-size", srv.block_size, "tokens per KV-cache block")->capture_default_str();
   c_srv->add_option("--kv-cache-mb", srv.kv_cache_mb, "KV-cache budget in MiB (0: 256 MiB on CPU, half the free GPU memory)")->capture_default_str();
 
+  TrainArgs tr;
+  auto* c_tr = app.add_subcommand("train", "GRPO training from a recipe (R1-Zero loop)");
+  c_tr->add_option("recipe", tr.recipe, "recipe YAML (see recipes/)")->required();
+  c_tr->add_option("--output", tr.output, "output directory (default runs/<recipe name>)");
+  c_tr->add_flag("--resume", tr.resume, "continue from the output directory's last checkpoint");
+
   RewardArgs rw;
   auto* c_rw = app.add_subcommand("reward", "Score completions with rewards (in process, or --workers)");
   c_rw->add_option("--name", rw.name, "reward or weighted combination: math | format | math,format:0.2 | ...")->capture_default_str();
@@ -121,6 +127,7 @@ int main(int argc, char** argv) {
     if (*c_gen) return run_generate(gen);
     if (*c_srv) return run_rollout_server(srv);
     if (*c_rw) return run_reward(rw);
+    if (*c_tr) return run_train(tr);
     if (*c_rwk) return run_reward_worker(rwk);
   } catch (const grpo::Error& e) {
     std::cerr << "grpo: error: " << e.what() << "\n";

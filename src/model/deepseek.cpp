@@ -361,12 +361,13 @@ std::vector<Tensor> DeepseekForCausalLM::completion_logprobs(const std::vector<s
   }
   const auto dev = device();
   auto long_opts = at::TensorOptions().dtype(at::kLong);
-  Tensor input = at::from_blob(ids.data(), {B, T}, long_opts).to(dev);
+  // Copies (not views of the vectors): autograd keeps index tensors for the backward pass.
+  Tensor input = at::from_blob(ids.data(), {B, T}, long_opts).clone().to(dev);
   Tensor h = hidden_states(input);  // right padding: plain causal attention is exact
   std::vector<Tensor> flat_lp;
   if (!rows.empty()) {
-    Tensor row_idx = at::from_blob(rows.data(), {(int64_t)rows.size()}, long_opts).to(dev);
-    Tensor tgt = at::from_blob(targets.data(), {(int64_t)targets.size()}, long_opts).to(dev);
+    Tensor row_idx = at::from_blob(rows.data(), {(int64_t)rows.size()}, long_opts).clone().to(dev);
+    Tensor tgt = at::from_blob(targets.data(), {(int64_t)targets.size()}, long_opts).clone().to(dev);
     Tensor hs = h.reshape({B * T, -1}).index_select(0, row_idx);  // (M, H)
     // Output projection in chunks so that (M, V) fp32 logits never exist at once.
     const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 27) / (4 * V));

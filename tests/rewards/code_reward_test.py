@@ -39,8 +39,13 @@ def score(name, rows, tag):
         for r in rows:
             f.write(json.dumps(r) + "\n")
     t0 = time.time()
-    r = subprocess.run([a.grpo, "reward", "--name", name, "--input", inp, "--output", out, "--threads", a.threads],
-                       capture_output=True, text=True)
+    # Generous per-test limits: a loaded CI machine must not turn a slow start into a failure.
+    env = dict(os.environ, GRPO_CODE_DEBUG="1")
+    r = subprocess.run([a.grpo, "reward", "--name", name, "--input", inp, "--output", out, "--threads", a.threads,
+                        "--options", json.dumps({"code": {"timeout_s": 30}})], capture_output=True, text=True, env=env)
+    for line in r.stderr.splitlines():
+        if line.startswith("code reward:"):
+            print("     " + line[:300])
     if r.returncode != 0:
         print(r.stderr)
         raise SystemExit(f"grpo reward failed for {tag}")

@@ -1,0 +1,18 @@
+// `grpo train RECIPE.yaml [--output DIR] [--resume]`.
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "trainer/grpo_trainer.h"
+
+namespace grpo::cli {
+
+int run_train(const TrainArgs& a) {
+  return torch_guard([&] {
+    auto recipe = trainer::load_recipe(a.recipe);
+    trainer::TrainOptions o;
+    o.output_dir = a.output;
+    o.resume = a.resume;
+    return trainer::train(recipe, o);
+  });
+}
+
+}  // namespace grpo::cli
