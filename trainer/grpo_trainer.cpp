@@ -170,7 +170,7 @@ Recipe load_recipe(const std::string& path) {
   r.path = path;
   std::set<std::string> seen;
 #define R(key) read(root, path, #key, r.key, seen)
-  R(model_dir); R(model_config); R(model_seed); R(tokenizer); R(task); R(task_digits); R(train_size); R(eval_size);
+  R(model_dir); R(model_config); R(model_seed); R(device); R(tokenizer); R(task); R(task_digits); R(train_size); R(eval_size);
   R(data_seed); R(train_file); R(eval_file); R(prompt_field); R(answer_field); R(prompt_template); R(rewards);
   R(sft_steps); R(sft_batch_size); R(sft_learning_rate); R(max_steps); R(per_step_prompts); R(num_generations);
   R(max_completion_length); R(temperature); R(top_p); R(learning_rate); R(beta); R(epsilon); R(epsilon_high);
@@ -214,13 +214,15 @@ int train(const Recipe& r, const TrainOptions& opt) {
   // Model and its config text (kept for checkpoints).
   std::string config_text;
   std::shared_ptr<model::DeepseekForCausalLM> policy;
+  const at::Device device(r.device);
   if (!r.model_dir.empty()) {
-    policy = model::load_model(r.model_dir, {at::kFloat, at::kCPU});
+    policy = model::load_model(r.model_dir, {at::kFloat, device});
     config_text = read_file(r.model_dir + "/config.json");
   } else {
     config_text = read_file(r.model_config);
     policy = std::make_shared<model::DeepseekForCausalLM>(parse_model_config(config_text, r.model_config));
     model::init_weights(*policy, r.model_seed);
+    policy->to_device_dtype(device, at::kFloat);
   }
   // Tokenizer.
   std::shared_ptr<const text::Tokenizer> tok;
@@ -262,7 +264,7 @@ int train(const Recipe& r, const TrainOptions& opt) {
     std::string ck = read_file(latest_file);
     while (!ck.empty() && (ck.back() == '\n' || ck.back() == ' ')) ck.pop_back();
     std::string dir = out + "/" + ck;
-    auto saved = model::load_model(dir, {at::kFloat, at::kCPU});
+    auto saved = model::load_model(dir, {at::kFloat, at::kCPU});  // copied into the policy's device
     rollout::copy_weights(*policy, *saved);
     torch::load(optimizer, dir + "/optimizer.pt");
     json s = json::parse(read_file(dir + "/trainer_state.json"));
@@ -355,11 +357,22 @@ int train(const Recipe& r, const TrainOptions& opt) {
     metrics << json{{"step", 0}, {"phase", "base"}, {"eval_accuracy", acc}, {"eval_reward", rew}}.dump() << "\n";
   }
 
-  // ---- reference model (beta > 0): a frozen copy of the policy as GRPO starts ----
+  // ---- reference model (beta > 0): the policy as GRPO starts, frozen. A resumed run takes it from
+  // checkpoint-0 (after the warm start) or rebuilds the initial weights (they are deterministic).
   std::shared_ptr<model::DeepseekForCausalLM> ref;
   if (r.beta != 0) {
     ref = std::make_shared<model::DeepseekForCausalLM>(policy->config());
-    rollout::copy_weights(*ref, *policy);
+    if (st.step == 0) {
+      ref->to_device_dtype(policy->device(), at::kFloat);
+      rollout::copy_weights(*ref, *policy);
+    } else if (is_directory(out + "/checkpoint-0")) {
+      ref = model::load_model(out + "/checkpoint-0", {at::kFloat, policy->device()});
+    } else if (!r.model_dir.empty()) {
+      ref = model::load_model(r.model_dir, {at::kFloat, policy->device()});
+    } else {
+      model::init_weights(*ref, r.model_seed);
+      ref->to_device_dtype(policy->device(), at::kFloat);
+    }
     for (auto& p : ref->parameters()) p.set_requires_grad(false);
   }
 
@@ -452,9 +465,9 @@ int train(const Recipe& r, const TrainOptions& opt) {
       if (c.token_ids.empty()) continue;
       ps.push_back(reqs[c.prompt_index].prompt_ids);
       cs.push_back(c.token_ids);
-      olds.push_back(at::tensor(c.logprobs, at::kFloat));
+      olds.push_back(at::tensor(c.logprobs, at::kFloat).to(policy->device()));
       // Truncated completions: masked out entirely when asked (their advantage still counted in the group).
-      advs.push_back(adv[(int64_t)i] * ((trunc && r.mask_truncated_completions) ? 0.0 : 1.0));
+      advs.push_back((adv[(int64_t)i] * ((trunc && r.mask_truncated_completions) ? 0.0 : 1.0)).to(policy->device()));
       max_len = std::max<int64_t>(max_len, c.token_ids.size());
       tokens += (int64_t)(c.token_ids.size() + reqs[c.prompt_index].prompt_ids.size());
     }

@@ -18,6 +18,7 @@ struct Recipe {
   std::string model_dir;          // HF checkpoint; or
   std::string model_config;       // config.json for a random initialisation
   uint64_t model_seed = 0;
+  std::string device = "cpu";     // cpu | cuda | cuda:N (fp32 weights and compute)
   std::string tokenizer = "builtin:bytes";  // "builtin:bytes" or a tokenizer.json path ("" = model_dir's)
   // data
   std::string task = "addition";  // built-in synthetic task, or "jsonl"
