@@ -291,6 +291,8 @@ int train(const Recipe& r, const TrainOptions& opt) {
 
   rollout::EngineOptions eo;
   eo.max_batch = std::max<int64_t>(64, r.per_step_prompts * r.num_generations);
+  // The optimizer's moments are allocated at the first step: leave them the memory.
+  eo.kv_cache_bytes = int64_t(policy->device().is_cuda() ? 4 : 1) << 30;
   rollout::Engine engine(policy, tok.get(), eo);
 
   // Greedy pass@1 and mean reward on the eval split.
