@@ -132,6 +132,7 @@ struct Engine::Impl {
   EngineOptions opt;
   ModelConfig cfg;
   int64_t L = 0, D = 0, bs = 0, num_blocks = 0, num_blocks_usable = 0, ctx = 0;
+  int64_t tokenizer_vocab = 0;
   Tensor pool;  // (L, num_blocks * bs, D): [kv latent | rope key] per token slot
   std::vector<int32_t> free_blocks;
   int64_t reserved = 0;  // blocks promised to admitted sequences but not yet taken
@@ -170,6 +171,7 @@ struct Engine::Impl {
   Impl(std::shared_ptr<model::DeepseekForCausalLM> m, const text::Tokenizer* tok, EngineOptions o)
       : model(std::move(m)), tokenizer(tok), opt(o), cfg(model->config()) {
     if (opt.max_batch < 1) throw Error("rollout engine: max_batch must be >= 1");
+    if (tokenizer) tokenizer_vocab = tokenizer->vocab_size();
     if (opt.block_size < 1) throw Error("rollout engine: block_size must be >= 1");
     L = cfg.num_hidden_layers;
     D = cfg.kv_lora_rank + cfg.qk_rope_head_dim;
@@ -296,7 +298,9 @@ struct Engine::Impl {
       // Byte-level BPE tokens are at least one byte each: the last `longest` bytes lie in the last
       // `longest` tokens. Two more tokens keep a split UTF-8 character away from the match.
       size_t w = std::min(s.tokens.size(), longest + 2);
-      std::vector<int32_t> tail(s.tokens.end() - w, s.tokens.end());
+      std::vector<int32_t> tail;
+      for (auto it = s.tokens.end() - w; it != s.tokens.end(); ++it)
+        if (*it < tokenizer_vocab) tail.push_back((int32_t)*it);
       std::string text = tokenizer->decode(tail);
       for (const auto& st : p.stop_strings)
         if (text.find(st) != std::string::npos) {
@@ -322,9 +326,14 @@ struct Engine::Impl {
     c.finish_reason = why;
     c.weight_version = g.version;
     if (tokenizer) {
-      std::vector<int32_t> ids(c.token_ids.begin(), c.token_ids.end());
+      // Ids past the tokenizer's vocabulary (checkpoints pad their embedding matrix) have no text.
+      std::vector<int32_t> ids;
+      for (int64_t t : c.token_ids)
+        if (t < tokenizer_vocab) ids.push_back((int32_t)t);
       const auto& stops = g.req.params.stop_token_ids;
-      if (!ids.empty() && std::find(stops.begin(), stops.end(), ids.back()) != stops.end()) ids.pop_back();
+      if (!c.token_ids.empty() && !ids.empty() && ids.back() == c.token_ids.back() &&
+          std::find(stops.begin(), stops.end(), ids.back()) != stops.end())
+        ids.pop_back();
       c.text = tokenizer->decode(ids);
     }
     // Own blocks back to the pool; the shared prompt blocks when the last sample is done.
