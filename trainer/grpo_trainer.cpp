@@ -15,9 +15,12 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
+#include <sstream>
+#include <thread>
 
 #include "model/checkpoint.h"
 #include "rewards/builtin.h"
+#include "rewards/rpc.h"
 #include "rollout/engine.h"
 #include "rollout/service.h"
 #include "text/tokenizer.h"
@@ -171,11 +174,11 @@ Recipe load_recipe(const std::string& path) {
   std::set<std::string> seen;
 #define R(key) read(root, path, #key, r.key, seen)
   R(model_dir); R(model_config); R(model_seed); R(device); R(tokenizer); R(task); R(task_digits); R(train_size); R(eval_size);
-  R(data_seed); R(train_file); R(eval_file); R(prompt_field); R(answer_field); R(prompt_template); R(rewards);
+  R(data_seed); R(train_file); R(eval_file); R(prompt_field); R(answer_field); R(prompt_template); R(rewards); R(reward_workers);
   R(sft_steps); R(sft_batch_size); R(sft_learning_rate); R(max_steps); R(per_step_prompts); R(num_generations);
   R(max_completion_length); R(temperature); R(top_p); R(learning_rate); R(beta); R(epsilon); R(epsilon_high);
   R(weight_decay); R(max_grad_norm); R(warmup_ratio); R(lr_scheduler_type); R(loss_type); R(kl_estimator);
-  R(num_iterations); R(scale_rewards); R(mask_truncated_completions); R(dynamic_sampling); R(eval_every);
+  R(num_iterations); R(ref_model_sync_steps); R(bias_update_speed); R(scale_rewards); R(mask_truncated_completions); R(dynamic_sampling); R(eval_every);
   R(save_every); R(logging_steps); R(seed);
 #undef R
   if (root["epsilon"] && !root["epsilon_high"]) r.epsilon_high = r.epsilon;
@@ -254,6 +257,18 @@ int train(const Recipe& r, const TrainOptions& opt) {
 
   // Rewards: the recipe's combination; accuracy is its `math` component when present.
   auto reward = std::make_shared<rewards::CombinedReward>(r.rewards, rewards::default_registry());
+  std::unique_ptr<rewards::Scorer> scorer;
+  if (!r.reward_workers.empty()) {
+    rewards::ClientOptions co;
+    co.spec = r.rewards;
+    std::vector<std::string> addrs;
+    std::stringstream ss(r.reward_workers);
+    for (std::string a; std::getline(ss, a, ',');)
+      if (!a.empty()) addrs.push_back(a);
+    scorer = std::make_unique<rewards::RewardClient>(addrs, co);
+  } else {
+    scorer = std::make_unique<rewards::LocalScorer>(reward, 1);
+  }
 
   // State, optimizer, resume.
   State st;
@@ -434,7 +449,18 @@ int train(const Recipe& r, const TrainOptions& opt) {
       it.metadata = {{"completion_tokens", c.token_ids.size()}};
       items.push_back(it);
     }
-    auto results = rewards::score_all(*reward, items, 1);
+    // Workers that fail are retried by the client; when none answers, the run stops here.
+    std::vector<rewards::RewardResult> results;
+    for (int attempt = 0;; ++attempt) {
+      try {
+        results = scorer->score(items);
+        break;
+      } catch (const Error& e) {
+        if (attempt == 2) throw Error("step " + std::to_string(step) + ": rewards failed three times: " + e.what());
+        fprintf(stderr, "\ngrpo train: step %lld: rewards failed (%s); retrying\n", (long long)step, e.what());
+        std::this_thread::sleep_for(std::chrono::seconds(2 << attempt));
+      }
+    }
     int64_t errors = 0;
     std::vector<double> rw(results.size());
     double acc = 0;
@@ -473,7 +499,7 @@ int train(const Recipe& r, const TrainOptions& opt) {
       max_len = std::max<int64_t>(max_len, c.token_ids.size());
       tokens += (int64_t)(c.token_ids.size() + reqs[c.prompt_index].prompt_ids.size());
     }
-    double loss_v = 0, clip = 0, kl = 0;
+    double loss_v = 0, clip = 0, kl = 0, expert_spread = 0;
     if (!ps.empty()) {
       auto [old_t, mask] = pad(olds, max_len, at::kFloat);
       Tensor adv_t = at::stack(advs);
@@ -491,6 +517,24 @@ int train(const Recipe& r, const TrainOptions& opt) {
         lo.loss.backward();
         torch::nn::utils::clip_grad_norm_(policy->parameters(), r.max_grad_norm);
         optimizer.step();
+        if (it == 0) {
+          // Aux-loss-free balancing (DeepSeek-V3): raise the selection bias of under-loaded
+          // experts, lower it for over-loaded ones, from this forward's expert load.
+          c10::NoGradGuard g;
+          double spread = 0;
+          int layers = 0;
+          for (int64_t l = 0; l < policy->config().num_hidden_layers; ++l) {
+            auto layer = policy->model->layers[l]->as<model::DecoderLayer>();
+            if (!layer->moe || !layer->moe->last_expert_load.defined()) continue;
+            Tensor load = layer->moe->last_expert_load.to(at::kFloat);
+            spread += (load.max() / load.mean().clamp_min(1e-9)).item<double>();
+            ++layers;
+            Tensor& bias = layer->moe->gate->e_score_correction_bias;
+            if (r.bias_update_speed > 0 && bias.defined())
+              bias.add_((load.mean() - load).sign().to(bias.device()) * r.bias_update_speed);
+          }
+          if (layers) expert_spread = spread / layers;
+        }
         loss_v = lo.loss.item<double>();
         clip = lo.clip_fraction;
         kl = lo.kl;
@@ -499,6 +543,7 @@ int train(const Recipe& r, const TrainOptions& opt) {
     const double t_train = seconds_since(t0);
     st.step = step;
     st.cursor = (st.cursor + r.per_step_prompts) % (int64_t)train_set.size();
+    if (ref && r.ref_model_sync_steps > 0 && step % r.ref_model_sync_steps == 0) rollout::copy_weights(*ref, *policy);
 
     json m = {{"step", step},
               {"reward_mean", rewards_t.mean().item<double>()},
@@ -512,6 +557,7 @@ int train(const Recipe& r, const TrainOptions& opt) {
               {"truncated_fraction", (double)truncated / comps.size()},
               {"zero_std_groups", (double)zero_std / r.per_step_prompts},
               {"reward_errors", errors},
+              {"expert_load_max_over_mean", expert_spread},
               {"learning_rate", lr},
               {"time_rollout", t_rollout},
               {"time_reward", t_reward},

@@ -29,6 +29,7 @@ struct Recipe {
   std::string prompt_template = "{prompt}";  // "r1_zero" for the R1-Zero template
   // rewards
   std::string rewards = "math";
+  std::string reward_workers;       // "host:port,..." = score through reward workers; "" = in process
   // warm start (supervised, on the answers)
   int64_t sft_steps = 0, sft_batch_size = 64;
   double sft_learning_rate = 1e-3;
@@ -38,6 +39,8 @@ struct Recipe {
   double weight_decay = 0.0, max_grad_norm = 1.0, warmup_ratio = 0.0;
   std::string lr_scheduler_type = "constant", loss_type = "dapo", kl_estimator = "k3";
   int64_t num_iterations = 1;
+  int64_t ref_model_sync_steps = 0;   // copy the policy into the reference every K steps (0 = never)
+  double bias_update_speed = 0.001;   // aux-loss-free MoE balancing of e_score_correction_bias (0 = off)
   bool scale_rewards = true, mask_truncated_completions = false, dynamic_sampling = false;
   // bookkeeping
   int64_t eval_every = 25, save_every = 50, logging_steps = 1;

@@ -36,6 +36,21 @@ save_every: 3
 """)
 
 
+# Recipe errors name the file and the key.
+for body, needle in [("model_config: x.json\nnum_generaions: 8\n", "unknown key 'num_generaions'"),
+                     ("model_config: x.json\nnum_generations: eight\n", "key 'num_generations'"),
+                     ("task: addition\n", "key 'model_dir'"),
+                     ("model_config: x.json\nnum_generations: 1\n", "key 'num_generations': must be at least 2"),
+                     ("model_config: x.json\nloss_type: ppo\n", "loss_type 'ppo'"),
+                     ("model_config: [unclosed\n", "not valid YAML")]:
+    bad = os.path.join(a.workdir, "bad.yaml")
+    open(bad, "w").write(body)
+    r = subprocess.run([a.grpo, "train", bad, "--output", os.path.join(a.workdir, "bad")], capture_output=True, text=True)
+    if r.returncode == 0 or needle not in r.stderr or "bad.yaml" not in r.stderr:
+        sys.exit(f"recipe error not reported as expected ({needle}): {r.stderr}")
+print("recipe errors name the file and the key")
+
+
 def losses(out):
     by_step = {}
     for line in open(os.path.join(out, "metrics.jsonl")):
