@@ -238,9 +238,12 @@ int child_init(void* arg) {
     setrlimit(RLIMIT_NOFILE, &p.nofile);
     setrlimit(RLIMIT_CORE, &p.core);
     if (p.drop_uid) {
-      if (setgroups(0, nullptr) != 0 || setresgid(p.gid, p.gid, p.gid) != 0) _exit(123);
+      // Raw system calls: glibc's set*id wrappers broadcast the change to every thread it believes
+      // the process has, and a child cloned from a multi-threaded parent inherits that belief
+      // without the threads, so the broadcast would wait forever.
+      if (syscall(SYS_setgroups, 0, nullptr) != 0 || syscall(SYS_setresgid, p.gid, p.gid, p.gid) != 0) _exit(123);
       setrlimit(RLIMIT_NPROC, &p.nproc);  // counts the new uid's processes
-      if (setresuid(p.uid, p.uid, p.uid) != 0) _exit(123);
+      if (syscall(SYS_setresuid, p.uid, p.uid, p.uid) != 0) _exit(123);
     } else {
       setrlimit(RLIMIT_NPROC, &p.nproc);
     }
