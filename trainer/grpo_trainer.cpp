@@ -178,7 +178,7 @@ Recipe load_recipe(const std::string& path) {
   R(sft_steps); R(sft_batch_size); R(sft_learning_rate); R(max_steps); R(per_step_prompts); R(num_generations);
   R(max_completion_length); R(temperature); R(top_p); R(learning_rate); R(beta); R(epsilon); R(epsilon_high);
   R(weight_decay); R(max_grad_norm); R(warmup_ratio); R(lr_scheduler_type); R(loss_type); R(kl_estimator);
-  R(num_iterations); R(ref_model_sync_steps); R(bias_update_speed); R(scale_rewards); R(mask_truncated_completions); R(dynamic_sampling); R(eval_every);
+  R(num_iterations); R(mini_batch_size); R(ref_model_sync_steps); R(bias_update_speed); R(scale_rewards); R(mask_truncated_completions); R(dynamic_sampling); R(eval_every);
   R(save_every); R(logging_steps); R(seed);
 #undef R
   if (root["epsilon"] && !root["epsilon_high"]) r.epsilon_high = r.epsilon;
@@ -509,14 +509,35 @@ int train(const Recipe& r, const TrainOptions& opt) {
         std::vector<Tensor> rl = ref->completion_logprobs(ps, cs);
         ref_t = pad(rl, max_len, at::kFloat).first;
       }
+      // Mini-batches with gradient accumulation: each chunk's loss is weighted so that the chunks
+      // add up to the whole batch's loss (tokens for dapo, sequences for grpo and dr_grpo).
+      const int64_t Bn = (int64_t)ps.size(), mb = r.mini_batch_size > 0 ? r.mini_batch_size : Bn;
+      const double total_tokens = mask.sum().item<double>();
       for (int64_t it = 0; it < r.num_iterations; ++it) {
         optimizer.zero_grad();
-        auto lps = policy->completion_logprobs(ps, cs);
-        Tensor logp = pad(lps, max_len, at::kFloat).first;
-        auto lo = grpo_loss({logp, old_t, ref_t, mask, adv_t}, lc);
-        lo.loss.backward();
+        double step_loss = 0, step_clip = 0, step_kl = 0;
+        for (int64_t s0 = 0; s0 < Bn; s0 += mb) {
+          const int64_t n = std::min(mb, Bn - s0);
+          std::vector<std::vector<int64_t>> cps(ps.begin() + s0, ps.begin() + s0 + n), ccs(cs.begin() + s0, cs.begin() + s0 + n);
+          auto lps = policy->completion_logprobs(cps, ccs);
+          Tensor logp = pad(lps, max_len, at::kFloat).first;
+          Tensor cmask = mask.narrow(0, s0, n);
+          auto lo = grpo_loss({logp, old_t.narrow(0, s0, n), ref_t.defined() ? ref_t.narrow(0, s0, n) : Tensor(), cmask,
+                               adv_t.narrow(0, s0, n)},
+                              lc);
+          const double chunk_tokens = cmask.sum().item<double>();
+          const double w = lc.type == LossType::Dapo ? chunk_tokens / std::max(1.0, total_tokens) : (double)n / Bn;
+          (lo.loss * w).backward();
+          step_loss += lo.loss.item<double>() * w;
+          const double tw = chunk_tokens / std::max(1.0, total_tokens);
+          step_clip += lo.clip_fraction * tw;
+          step_kl += lo.kl * tw;
+        }
         torch::nn::utils::clip_grad_norm_(policy->parameters(), r.max_grad_norm);
         optimizer.step();
+        loss_v = step_loss;
+        clip = step_clip;
+        kl = step_kl;
         if (it == 0) {
           // Aux-loss-free balancing (DeepSeek-V3): raise the selection bias of under-loaded
           // experts, lower it for over-loaded ones, from this forward's expert load.
@@ -535,9 +556,6 @@ int train(const Recipe& r, const TrainOptions& opt) {
           }
           if (layers) expert_spread = spread / layers;
         }
-        loss_v = lo.loss.item<double>();
-        clip = lo.clip_fraction;
-        kl = lo.kl;
       }
     }
     const double t_train = seconds_since(t0);

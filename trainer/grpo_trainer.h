@@ -39,6 +39,7 @@ struct Recipe {
   double weight_decay = 0.0, max_grad_norm = 1.0, warmup_ratio = 0.0;
   std::string lr_scheduler_type = "constant", loss_type = "dapo", kl_estimator = "k3";
   int64_t num_iterations = 1;
+  int64_t mini_batch_size = 0;        // sequences per forward/backward, gradients accumulated (0 = all)
   int64_t ref_model_sync_steps = 0;   // copy the policy into the reference every K steps (0 = never)
   double bias_update_speed = 0.001;   // aux-loss-free MoE balancing of e_score_correction_bias (0 = off)
   bool scale_rewards = true, mask_truncated_completions = false, dynamic_sampling = false;

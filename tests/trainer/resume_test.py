@@ -64,6 +64,21 @@ full = os.path.join(a.workdir, "full")
 subprocess.run([a.grpo, "train", recipe, "--output", full], check=True, capture_output=True)
 ref = losses(full)
 
+# Mini-batches with gradient accumulation add up to the whole batch: the first step (same weights)
+# has the same loss.
+mini = os.path.join(a.workdir, "mini.yaml")
+open(mini, "w").write(open(recipe).read().replace("num_iterations: 2", "num_iterations: 1") + "mini_batch_size: 3\n")
+one = os.path.join(a.workdir, "one.yaml")
+open(one, "w").write(open(recipe).read().replace("num_iterations: 2", "num_iterations: 1"))
+subprocess.run([a.grpo, "train", one, "--output", os.path.join(a.workdir, "one")], check=True, capture_output=True)
+whole = losses(os.path.join(a.workdir, "one"))
+subprocess.run([a.grpo, "train", mini, "--output", os.path.join(a.workdir, "mini")], check=True, capture_output=True)
+mini_losses = losses(os.path.join(a.workdir, "mini"))
+first = min(s for s in whole if whole[s] != 0)
+print(f"first learning step {first}: loss {whole[first]:.9f} whole batch, {mini_losses[first]:.9f} in mini-batches of 3")
+if abs(whole[first] - mini_losses[first]) > 1e-6:
+    sys.exit("mini-batch accumulation changes the loss")
+
 cut = os.path.join(a.workdir, "cut")
 p = subprocess.Popen([a.grpo, "train", recipe, "--output", cut], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 metrics = os.path.join(cut, "metrics.jsonl")
