@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "common/conformance.h"
 #include "rewards/math_answer.h"
 
 using grpo::rewards::check_math_answer;
@@ -36,14 +37,10 @@ MathCheckOptions options_for(const json& mode) {
 }  // namespace
 
 TEST(MathConformance, AgreesWithUpstreamVerdictsOnAtLeast95Percent) {
-  std::string path = std::string(GRPO_SHARED_DATA) + "/conformance/math_equiv_cases.jsonl";
-  std::ifstream in(path);
-  if (!in) GTEST_SKIP() << path << " not present";
-  std::string line;
+  auto cases = grpo::testing::conformance_cases(GRPO_SHARED_DATA, "math_equiv_cases.jsonl");
+  if (!cases) GTEST_SKIP() << GRPO_SHARED_DATA << "/conformance/math_equiv_cases.jsonl not present";
   int total = 0, agree = 0;
-  while (std::getline(in, line)) {
-    if (line.empty()) continue;
-    json r = json::parse(line);
+  for (const json& r : *cases) {
     auto o = options_for(r["mode"]);
     auto v = check_math_answer(r["pred"].get<std::string>(), r["gold"].get<std::string>(), o);
     bool expected = r["expected"].get<bool>();

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <thread>
 
+#include "common/conformance.h"
 #include "rewards/builtin.h"
 #include "rewards/plugin.h"
 #include "rewards/rpc.h"
@@ -66,14 +67,10 @@ WorkerOptions echo_worker(int threads = 4) {
 }  // namespace
 
 TEST(FormatReward, AllOpenR1CasesAgree) {
-  std::string path = std::string(GRPO_SHARED_DATA) + "/conformance/format_reward_cases.jsonl";
-  std::ifstream in(path);
-  if (!in) GTEST_SKIP() << path << " not present";
-  std::string line;
+  auto cases = grpo::testing::conformance_cases(GRPO_SHARED_DATA, "format_reward_cases.jsonl");
+  if (!cases) GTEST_SKIP() << GRPO_SHARED_DATA << "/conformance/format_reward_cases.jsonl not present";
   int total = 0, agree = 0;
-  while (std::getline(in, line)) {
-    if (line.empty()) continue;
-    json r = json::parse(line);
+  for (const json& r : *cases) {
     bool got = score("format", r["completion"].get<std::string>()).reward == 1.0;
     ++total;
     agree += got == r["expected"].get<bool>();
