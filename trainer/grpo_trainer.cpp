@@ -26,6 +26,7 @@
 #include "text/tokenizer.h"
 #include "text/unicode.h"
 #include "trainer/grpo_loss.h"
+#include "trainer/tensorboard.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/jsonl.h"
@@ -302,6 +303,7 @@ int train(const Recipe& r, const TrainOptions& opt) {
     write_file_atomic(latest_file, name + "\n");
   };
   std::ofstream metrics(out + "/metrics.jsonl", std::ios::app);
+  EventWriter tensorboard(out);  // `tensorboard --logdir OUT` shows every numeric metric
   const bool tty = ::isatty(2);
 
   rollout::EngineOptions eo;
@@ -367,6 +369,8 @@ int train(const Recipe& r, const TrainOptions& opt) {
             (long long)r.sft_steps, seconds_since(t0), acc, rew);
     metrics << json{{"step", 0}, {"phase", "warm_start"}, {"eval_accuracy", acc}, {"eval_reward", rew}}.dump() << "\n";
     metrics.flush();
+    tensorboard.scalar("eval_accuracy", acc, 0);
+    tensorboard.scalar("eval_reward", rew, 0);
     save("checkpoint-0");
   } else if (st.step == 0) {
     auto [acc, rew] = evaluate();
@@ -594,6 +598,9 @@ int train(const Recipe& r, const TrainOptions& opt) {
     }
     metrics << m.dump() << "\n";
     metrics.flush();
+    for (const auto& [k, v] : m.items())
+      if (v.is_number() && k != "step") tensorboard.scalar(k, v.get<double>(), step);
+    tensorboard.flush();
     if (tty)
       fprintf(stderr, "\rgrpo train: step %lld/%lld  reward %.3f  acc %.3f  kl %.4f  len %.1f  %.2f s/step  [rollout %.2f reward %.2f train %.2f]",
               (long long)step, (long long)r.max_steps, m["reward_mean"].get<double>(), m["accuracy"].get<double>(), kl,

@@ -64,6 +64,86 @@ full = os.path.join(a.workdir, "full")
 subprocess.run([a.grpo, "train", recipe, "--output", full], check=True, capture_output=True)
 ref = losses(full)
 
+# TensorBoard: the event file's records carry valid masked CRC-32Cs and the scalars of metrics.jsonl.
+import glob
+import struct
+
+_T = []
+for i in range(256):
+    c = i
+    for _ in range(8):
+        c = 0x82F63B78 ^ (c >> 1) if c & 1 else c >> 1
+    _T.append(c)
+
+
+def crc32c(b):
+    c = 0xFFFFFFFF
+    for x in b:
+        c = _T[(c ^ x) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def masked(c):
+    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def fields(buf):
+    i = 0
+    while i < len(buf):
+        k, i = _varint(buf, i)
+        f, w = k >> 3, k & 7
+        if w == 0:
+            v, i = _varint(buf, i)
+        elif w == 1:
+            v, i = buf[i:i + 8], i + 8
+        elif w == 5:
+            v, i = buf[i:i + 4], i + 4
+        else:
+            n, i = _varint(buf, i)
+            v, i = buf[i:i + n], i + n
+        yield f, v
+
+
+def _varint(b, i):
+    r = s = 0
+    while True:
+        x = b[i]
+        i += 1
+        r |= (x & 0x7F) << s
+        s += 7
+        if x < 0x80:
+            return r, i
+
+
+files = glob.glob(os.path.join(full, "events.out.tfevents.*"))
+if len(files) != 1:
+    sys.exit(f"expected one event file, found {files}")
+data, scalars, i = open(files[0], "rb").read(), {}, 0
+while i < len(data):
+    (n,) = struct.unpack("<Q", data[i:i + 8])
+    (lc,) = struct.unpack("<I", data[i + 8:i + 12])
+    body = data[i + 12:i + 12 + n]
+    (dc,) = struct.unpack("<I", data[i + 12 + n:i + 16 + n])
+    if lc != masked(crc32c(data[i:i + 8])) or dc != masked(crc32c(body)):
+        sys.exit("bad CRC in the TensorBoard event file")
+    i += 16 + n
+    ev = dict(fields(body))
+    if 5 in ev:
+        val = dict(fields(dict(fields(ev[5]))[1]))
+        scalars[(val[1].decode(), ev.get(2, 0))] = struct.unpack("<f", val[2])[0]
+for line in open(os.path.join(full, "metrics.jsonl")):
+    m = json.loads(line)
+    if "loss" in m and abs(scalars[("loss", m["step"])] - m["loss"]) > 1e-6 * max(1, abs(m["loss"])):
+        sys.exit(f"TensorBoard loss at step {m['step']} differs from metrics.jsonl")
+print(f"TensorBoard event file: {len(scalars)} scalars, CRCs valid, equal to metrics.jsonl")
+try:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(full)
+    acc.Reload()
+    print("tensorboard reads it:", len(acc.Scalars("loss")), "loss points")
+except ImportError:
+    pass
+
 # Mini-batches with gradient accumulation add up to the whole batch: the first step (same weights)
 # has the same loss.
 mini = os.path.join(a.workdir, "mini.yaml")
