@@ -461,7 +461,7 @@ struct Parser {
           if (is(T::Open, "{")) group_arg();
           else ++i;
         }
-      } else if (is(T::Ident) && kUnitWords.count(lower(peek().s)) && peek().s.size() > 1 && !starts_after_unit()) {
+      } else if (is(T::Ident) && kUnitWords.count(lower(peek().s)) && peek().s.size() > 1) {
         ++i;
       } else if (is(T::Ident) && (lower(peek().s) == "percent" || lower(peek().s) == "percentage" || lower(peek().s) == "pct")) {
         ++i;
@@ -473,7 +473,6 @@ struct Parser {
     }
     return x;
   }
-  bool starts_after_unit() const { return false; }
 
   P unary() {
     Depth d(*this);
@@ -890,12 +889,10 @@ C eval(const P& n, const std::map<std::string, double>& env, Budget& b) {
       }
       // Odd roots of negative reals: the real root (x^(1/3) of -8 is -2), as people mean it.
       if (x.imag() == 0 && x.real() < 0 && y.imag() == 0) {
-        double inv_y = 1 / y.real();
         for (int q = 3; q <= 15; q += 2)
           for (int pnum = -30; pnum <= 30; ++pnum)
             if (std::fabs(y.real() * q - pnum) < 1e-12) {
               double root = -std::pow(-x.real(), 1.0 / q);
-              (void)inv_y;
               return std::pow(root, (double)pnum);
             }
       }
@@ -976,7 +973,6 @@ std::vector<P> expand_pm(const P& n, Budget& b) {
   }
   std::vector<std::vector<P>> parts;
   for (auto& c : n->a) parts.push_back(expand_pm(c, b));
-  std::vector<P> out{nullptr};
   std::vector<std::vector<P>> combos{{}};
   for (auto& alts : parts) {
     std::vector<std::vector<P>> next;
@@ -989,7 +985,7 @@ std::vector<P> expand_pm(const P& n, Budget& b) {
     combos = std::move(next);
     if (combos.size() > 16) throw BudgetExceeded{};
   }
-  out.clear();
+  std::vector<P> out;
   for (auto& cmb : combos) {
     auto m = std::make_shared<Node>(*n);
     m->a = cmb;
@@ -1115,7 +1111,6 @@ struct Checker {
     return n;
   }
 
-  bool pred_side = true;  // equal(x, y): x is the prediction
   P last_of_equation(const P& n) {
     if (std::find(n->ops.begin(), n->ops.end(), "~") != n->ops.end()) return value_of(n);
     bool all_eq = std::all_of(n->ops.begin(), n->ops.end(), [](const std::string& s) { return s == "=" || s == "~"; });
@@ -1228,8 +1223,8 @@ struct Checker {
     y = unwrap(y);
     // `x = value` against a value. The prediction's equation gives its last member; the
     // reference's only when its left side names something (k = 1, (p,q) = (3,2)) or it is a chain.
-    if (x->k == K::Rel && y->k != K::Rel && y->k != K::Interval) x = pred_side ? last_of_equation(x) : value_of(x);
-    if (y->k == K::Rel && x->k != K::Rel && x->k != K::Interval) y = pred_side ? value_of(y) : last_of_equation(y);
+    if (x->k == K::Rel && y->k != K::Rel && y->k != K::Interval) x = last_of_equation(x);
+    if (y->k == K::Rel && x->k != K::Rel && x->k != K::Interval) y = value_of(y);
     // Text: compare as words.
     if (x->k == K::Text || y->k == K::Text) {
       std::string tx = as_text(x), ty = as_text(y);
@@ -1502,8 +1497,6 @@ void plain_numbers(const std::string& s, size_t base, std::vector<Candidate>& ou
           j = m;
         }
       }
-      bool digit_letter = j < s.size() && is_alpha(s[j]) && (j + 1 >= s.size() || is_alpha(s[j + 1]) || is_digit(s[j + 1]));
-      (void)digit_letter;
       // An arithmetic chain "35 + 70 = 105" is one candidate.
       while (true) {
         size_t m = j;

@@ -110,7 +110,6 @@ struct Engine::Impl {
   struct Group {  // one prompt and its n samples
     uint64_t id = 0;
     Request req;
-    std::string where;
     int64_t max_new = 0;               // after clamping to the context
     int64_t own_blocks_per_sample = 0;
     std::vector<int32_t> blocks;       // floor(P/bs) full prompt blocks, then the partial one if any
@@ -618,7 +617,6 @@ uint64_t Engine::add(Request r, const std::string& where) {
   g->max_new = impl_->clamp_new(r);
   g->own_blocks_per_sample = impl_->own_blocks((int64_t)r.prompt_ids.size(), g->max_new);
   g->unfinished = r.params.n;
-  g->where = where;
   g->req = std::move(r);
   uint64_t id = g->id;
   impl_->waiting.push_back(std::move(g));

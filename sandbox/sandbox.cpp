@@ -26,6 +26,7 @@
 #include <cmath>
 #include <chrono>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <iostream>
 #include <mutex>
@@ -119,7 +120,7 @@ struct ChildPlan {
   const char* root = nullptr;     // empty directory for the new root
   const char* oldroot = nullptr;  // root + "/.old"
   const char* work = nullptr;     // the workspace on the host
-  std::vector<std::string> strings;  // owns paths below
+  std::deque<std::string> strings;  // owns the strings below; a deque never moves its elements
   std::vector<std::pair<const char*, const char*>> binds;   // host dir -> path under root (read-only)
   std::vector<std::pair<const char*, const char*>> links;   // symlink target -> path under root
   std::vector<const char*> mkdirs;                           // under root
@@ -345,7 +346,6 @@ Workspace::Workspace(int64_t size_mb) {
 
 Workspace::~Workspace() {
   if (mounted_) umount2((path_ + "/work").c_str(), MNT_DETACH);
-  std::string cmd;
   // Remove what the runs left (plain directory mode) and the skeleton.
   auto rm = [](const std::string& dir, auto& self) -> void {
     DIR* d = opendir(dir.c_str());
@@ -412,7 +412,6 @@ Result run(const std::vector<std::string>& argv, const std::string& stdin_data, 
   // --- the child's plan, built here (no allocation after clone) ---
   ChildPlan p;
   const std::string base = ws.path();
-  p.strings.reserve(64);
   auto keep = [&](std::string s) { p.strings.push_back(std::move(s)); return p.strings.back().c_str(); };
   const std::string root = base + "/root";
   p.root = keep(root);

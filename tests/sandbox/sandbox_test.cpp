@@ -209,3 +209,13 @@ TEST_F(Sandbox, CompilesAndRunsCpp) {
   EXPECT_EQ(r.status, Status::Ok) << to_json(r);
   EXPECT_EQ(r.out, "42\n");
 }
+
+TEST_F(Sandbox, ManyArgumentsReachTheProgram) {
+  // The run's strings live in the child's plan while it starts; many of them must stay valid.
+  std::vector<std::string> argv = {"python3", "-c", "import sys; print(len(sys.argv), sys.argv[-1])"};
+  for (int i = 0; i < 200; ++i) argv.push_back("argument-" + std::to_string(i));
+  Workspace ws;
+  auto r = run(argv, "", Limits{}, ws);
+  EXPECT_EQ(r.status, Status::Ok) << to_json(r);
+  EXPECT_EQ(r.out, "201 argument-199\n");
+}
