@@ -76,4 +76,23 @@ LossOutput grpo_loss(const LossInputs& in, const LossConfig& c) {
   return out;
 }
 
+Tensor sequence_aux_loss(const Tensor& scores, const Tensor& experts, const Tensor& mask, double alpha) {
+  const int64_t B = mask.size(0), T = mask.size(1), E = scores.size(1), k = experts.size(1);
+  Tensor m = mask.to(scores.scalar_type());                                  // (B, T)
+  Tensor len = m.sum(1).clamp_min(1);                                        // (B)
+  Tensor s = scores.view({B, T, E});
+  Tensor normalised = s / s.sum(-1, true);
+  Tensor P = (normalised * m.unsqueeze(-1)).sum(1) / len.unsqueeze(1);       // (B, E)
+  Tensor chosen = at::zeros({B, E}, m.options())
+                      .scatter_add_(1, experts.view({B, T * k}), m.unsqueeze(-1).expand({B, T, k}).reshape({B, T * k}));
+  Tensor f = chosen * ((double)E / k) / len.unsqueeze(1);                   // (B, E), no gradient
+  return (f * P).sum(1).mean() * alpha;
+}
+
+Tensor expert_load(const Tensor& experts, const Tensor& mask, int64_t num_experts) {
+  const int64_t k = experts.size(1);
+  Tensor w = mask.reshape({-1, 1}).expand({mask.numel(), k}).reshape({-1}).to(at::kFloat).to(experts.device());
+  return at::zeros({num_experts}, w.options()).index_add_(0, experts.reshape({-1}), w);
+}
+
 }  // namespace grpo::trainer

@@ -58,4 +58,16 @@ struct LossOutput {
 
 LossOutput grpo_loss(const LossInputs& in, const LossConfig& config);
 
+// DeepSeek-V3's complementary sequence-wise balance loss for one MoE layer (its eqs. 17-20), over
+// the real tokens of each sequence (T_b = sum_t mask):
+//   s'_t   = s_t / sum_j s_{t,j}                              (normalised gate scores)
+//   f_i    = E / (k T_b) * #{t : expert i among the k chosen for t}
+//   P_i    = (1 / T_b) * sum_t s'_{t,i}
+//   loss   = alpha * mean over sequences of sum_i f_i P_i
+// scores (B*T, E) gate scores (differentiable), experts (B*T, k) int64, mask (B, T).
+at::Tensor sequence_aux_loss(const at::Tensor& scores, const at::Tensor& experts, const at::Tensor& mask, double alpha);
+
+// Tokens routed to each expert, counting only mask == 1 tokens: experts (B*T, k), mask (B, T) -> (E) fp32.
+at::Tensor expert_load(const at::Tensor& experts, const at::Tensor& mask, int64_t num_experts);
+
 }  // namespace grpo::trainer

@@ -234,6 +234,12 @@ Tensor MoEImpl::forward(const Tensor& x) {
     at::NoGradGuard no_grad;
     last_expert_load = RoutedExpertsImpl::count(routing.experts, experts->num_experts);
   }
+  if (keep_routing) {
+    last_scores = routing.scores;
+    last_experts = routing.experts;
+  } else {
+    last_scores = last_experts = Tensor();
+  }
   Tensor out = experts(flat, routing.experts, routing.weights, last_expert_load).view(x.sizes());
   if (shared_experts) out = out + shared_experts(x);
   return out;

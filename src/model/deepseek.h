@@ -116,6 +116,11 @@ struct MoEImpl : torch::nn::Module {
   MLP shared_experts{nullptr};  // null when n_shared_experts == 0
   // Tokens routed to each expert in the last forward (E), int64 on the model's device.
   Tensor last_expert_load;
+  // When set, each forward keeps its routing: the trainer's balance statistics over real tokens
+  // and the sequence-level auxiliary loss (whose gradient flows through last_scores).
+  bool keep_routing = false;
+  Tensor last_scores;   // (N, E) fp32 gate scores, N = B*T tokens in (batch, position) order
+  Tensor last_experts;  // (N, k) int64 chosen experts
 };
 TORCH_MODULE(MoE);
 

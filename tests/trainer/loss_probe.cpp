@@ -26,6 +26,22 @@ int main(int argc, char** argv) {
   json cases = json::parse(f), out = json::array();
   for (const auto& c : cases) {
     using namespace grpo::trainer;
+    if (c.contains("aux")) {  // the sequence-level MoE balance loss
+      Tensor scores = mat(c["scores"]).requires_grad_();
+      std::vector<int64_t> ex;
+      for (auto& row : c["experts"])
+        for (auto& v : row) ex.push_back(v.get<int64_t>());
+      Tensor experts = at::tensor(ex, at::kLong).view({scores.size(0), -1});
+      Tensor mask = mat(c["mask"]);
+      Tensor loss = sequence_aux_loss(scores, experts, mask, c["alpha"].get<double>());
+      Tensor g = torch::autograd::grad({loss}, {scores})[0].contiguous();
+      Tensor load = expert_load(experts, mask, scores.size(1)).to(at::kDouble).contiguous();
+      json o = {{"loss", loss.item<double>()}};
+      o["grad"] = std::vector<double>(g.data_ptr<double>(), g.data_ptr<double>() + g.numel());
+      o["load"] = std::vector<double>(load.data_ptr<double>(), load.data_ptr<double>() + load.numel());
+      out.push_back(o);
+      continue;
+    }
     std::vector<double> rw = c["rewards"].get<std::vector<double>>();
     AdvantageConfig ac;
     ac.scale_rewards = c["scale_rewards"];

@@ -1,7 +1,7 @@
 """The GRPO objective (trainer/grpo_loss.cpp) against a plain PyTorch implementation of the
 published formulas: TRL's GRPO loss (clipped ratio, k3 KL, "grpo" aggregation, group std), DAPO
 (clip-higher, token mean over the batch), Dr. GRPO (no std scaling, constant normaliser), and the
-k1/k2 KL estimators. Loss, gradient with respect to the policy log-probs, and advantages must agree
+k1/k2 KL estimators; and DeepSeek-V3's sequence-wise MoE balance loss. Loss, gradient with respect to the policy log-probs, and advantages must agree
 within 1e-6 (float64) for every variant."""
 import argparse
 import itertools
@@ -72,12 +72,51 @@ for loss_type, beta, kl, scale, batch_std, eps_high in itertools.product(
         "ref_logp": (old + torch.randn(B, T, dtype=torch.float64) * 0.2).tolist(),
         "mask": mask.tolist(),
     })
+
+
+def aux_reference(c):
+    """DeepSeek-V3 eqs. 17-20, one sequence at a time over its real tokens, in plain loops."""
+    scores = torch.tensor(c["scores"], dtype=torch.float64, requires_grad=True)
+    mask = c["mask"]
+    B, T = len(mask), len(mask[0])
+    E, k = scores.shape[1], len(c["experts"][0])
+    total, load = 0.0, [0.0] * E
+    for b in range(B):
+        tokens = [b * T + t for t in range(T) if mask[b][t]]
+        n = max(1, len(tokens))
+        count = [0] * E
+        for t in tokens:
+            for e in c["experts"][t]:
+                count[e] += 1
+                load[e] += 1
+        seq = 0.0
+        for i in range(E):
+            f_i = E / (k * n) * count[i]
+            p_i = sum(scores[t, i] / scores[t].sum() for t in tokens) / n
+            seq = seq + f_i * p_i
+        total = total + seq
+    loss = c["alpha"] * total / B
+    loss.backward()
+    return loss.item(), scores.grad.reshape(-1).tolist(), load
+
+
+aux_cases = []
+for scoring in ["softmax", "sigmoid"]:
+    for trial in range(3):
+        B, T, E, k = 3, 6, 8, 2
+        logits = torch.randn(B * T, E, dtype=torch.float64)
+        scores = logits.softmax(-1) if scoring == "softmax" else logits.sigmoid()
+        lengths = torch.randint(1, T + 1, (B,))
+        aux_cases.append({"aux": scoring, "alpha": 0.001 * (trial + 1), "scores": scores.tolist(),
+                          "experts": scores.topk(k, -1).indices.tolist(),
+                          "mask": (torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)).double().tolist()})
 path = os.path.join(a.workdir, "cases.json")
-json.dump(cases, open(path, "w"))
+json.dump(cases + aux_cases, open(path, "w"))
 r = subprocess.run([a.probe, path], capture_output=True, text=True)
 if r.returncode != 0:
     sys.exit(r.stderr)
 got = json.loads(r.stdout)
+got, got_aux = got[:len(cases)], got[len(cases):]
 worst = {"loss": 0.0, "grad": 0.0, "advantages": 0.0}
 clipped_cases = 0
 for c, g in zip(cases, got):
@@ -89,6 +128,15 @@ for c, g in zip(cases, got):
 print(f"{len(cases)} variants (loss_type x beta x kl x std scaling x group/batch std x clip-higher); "
       f"{clipped_cases} with clipped tokens")
 print("max |grpo - reference|: " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
+aux_worst = {"loss": 0.0, "grad": 0.0, "load": 0.0}
+for c, g in zip(aux_cases, got_aux):
+    loss, grad, load = aux_reference(c)
+    aux_worst["loss"] = max(aux_worst["loss"], abs(loss - g["loss"]) / c["alpha"])
+    aux_worst["grad"] = max(aux_worst["grad"], max(abs(x - y) for x, y in zip(grad, g["grad"])) / c["alpha"])
+    aux_worst["load"] = max(aux_worst["load"], max(abs(x - y) for x, y in zip(load, g["load"])))
+print(f"{len(aux_cases)} sequence-wise balance loss cases (softmax and sigmoid scores, padded sequences); "
+      "max |grpo - reference| / alpha: " + ", ".join(f"{k} {v:.2e}" for k, v in aux_worst.items()))
 ok = all(v < 1e-6 for v in worst.values()) and clipped_cases > len(cases) // 2
+ok = ok and all(v < 1e-6 for v in aux_worst.values())
 print("ok" if ok else "FAIL")
 sys.exit(0 if ok else 1)
