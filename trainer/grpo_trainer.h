@@ -18,7 +18,8 @@ struct Recipe {
   std::string model_dir;          // HF checkpoint; or
   std::string model_config;       // config.json for a random initialisation
   uint64_t model_seed = 0;
-  std::string device = "cpu";     // cpu | cuda | cuda:N (fp32 weights and compute)
+  std::string device = "cpu";     // cpu | cuda | cuda:N
+  bool bf16 = false;              // bf16 compute (rollout, forward, backward) with fp32 master weights
   std::string tokenizer = "builtin:bytes";  // "builtin:bytes" or a tokenizer.json path ("" = model_dir's)
   // data
   std::string task = "addition";  // built-in synthetic task, or "jsonl"
@@ -40,11 +41,15 @@ struct Recipe {
   std::string lr_scheduler_type = "constant", loss_type = "dapo", kl_estimator = "k3";
   int64_t num_iterations = 1;
   int64_t mini_batch_size = 0;        // sequences per forward/backward, gradients accumulated (0 = all)
+  int64_t max_num_gen_batches = 4;    // dynamic sampling: rollout batches per step at most, to refill dropped groups
   int64_t ref_model_sync_steps = 0;   // copy the policy into the reference every K steps (0 = never)
   double bias_update_speed = 0.001;   // aux-loss-free MoE balancing of e_score_correction_bias (0 = off)
-  bool scale_rewards = true, mask_truncated_completions = false, dynamic_sampling = false;
+  double aux_loss_alpha = 0.0;        // sequence-wise MoE balance loss weight (DeepSeek-V3 uses 1e-4; 0 = off)
+  std::string scale_rewards = "group";  // group | batch | none (also true = group, false = none)
+  bool mask_truncated_completions = false, dynamic_sampling = false;
   // bookkeeping
   int64_t eval_every = 25, save_every = 50, logging_steps = 1;
+  int64_t eval_num_generations = 0;   // k samples per eval prompt at `temperature`: mean reward, pass@k (0 = greedy only)
   uint64_t seed = 0;
 };
 

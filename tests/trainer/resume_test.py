@@ -1,5 +1,7 @@
 """`grpo train` killed with SIGKILL mid-run and continued with --resume gives the same per-step
-losses as an uninterrupted run (CPU, fp32): within 1e-6."""
+losses as an uninterrupted run (CPU, fp32): within 1e-6. The reference model is refreshed every 4
+steps, so the resumed run must also restore the reference of the last refresh (step 4 or 8), not
+the start policy."""
 import argparse
 import json
 import os
@@ -30,6 +32,7 @@ num_generations: 4
 max_completion_length: 4
 learning_rate: 0.001
 beta: 0.02
+ref_model_sync_steps: 4
 num_iterations: 2
 eval_every: 0
 save_every: 3
