@@ -187,9 +187,11 @@ Recipe load_recipe(const std::string& path) {
   R(eval_num_generations); R(save_every); R(logging_steps); R(seed);
 #undef R
   if (root["epsilon"] && !root["epsilon_high"]) r.epsilon_high = r.epsilon;
+  std::set<std::string> given;
   for (auto it = root.begin(); it != root.end(); ++it) {
     std::string k = it->first.as<std::string>();
     if (!seen.count(k)) throw Error(path + ": unknown key '" + k + "'");
+    if (!given.insert(k).second) throw Error(path + ": key '" + k + "' is given twice");
   }
   auto need = [&](bool ok, const std::string& key, const std::string& what) {
     if (!ok) throw Error(path + ": key '" + key + "': " + what);

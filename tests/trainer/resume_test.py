@@ -45,7 +45,10 @@ for body, needle in [("model_config: x.json\nnum_generaions: 8\n", "unknown key 
                      ("task: addition\n", "key 'model_dir'"),
                      ("model_config: x.json\nnum_generations: 1\n", "key 'num_generations': must be at least 2"),
                      ("model_config: x.json\nloss_type: ppo\n", "loss_type 'ppo'"),
-                     ("model_config: [unclosed\n", "not valid YAML")]:
+                     ("model_config: [unclosed\n", "not valid YAML"),
+                     ("model_config: x.json\nbeta: 0.1\nbeta: 0.2\n", "key 'beta' is given twice"),
+                     ("model_config: x.json\nscale_rewards: maybe\n", "key 'scale_rewards'"),
+                     ("model_config: x.json\ndevice: tpu\n", "key 'device'")]:
     bad = os.path.join(a.workdir, "bad.yaml")
     open(bad, "w").write(body)
     r = subprocess.run([a.grpo, "train", bad, "--output", os.path.join(a.workdir, "bad")], capture_output=True, text=True)
