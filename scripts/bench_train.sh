@@ -2,7 +2,8 @@
 # Time per GRPO step split into rollout / reward / train, from a short run's metrics.jsonl.
 #   scripts/bench_train.sh           CPU: the tiny recipe (recipes/r1_zero_tiny.yaml), 40 GRPO steps
 #   scripts/bench_train.sh gpu       GPU: a DeepSeek-V2-Lite-shaped model (GRPO_BENCH_LAYERS layers,
-#                                    default 4, random weights, fp32) on the same addition task
+#                                    default 4, random weights) on the same addition task, twice:
+#                                    fp32, then bf16 compute with fp32 master weights (PRECISIONS="fp32 bf16")
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -29,17 +30,26 @@ else
   sed -e "s|^max_steps: .*|max_steps: $steps|" -e "s|^eval_every: .*|eval_every: 0|" -e "s|^save_every: .*|save_every: 0|" \
       recipes/r1_zero_tiny.yaml > "$work/recipe.yaml"
 fi
-"$build/src/grpo" train "$work/recipe.yaml" --output "$work/run" 2>&1 | tr '\r' '\n' | tail -2
-"$py" - "$work/run/metrics.jsonl" "$mode" <<'PY'
+precisions=${PRECISIONS:-$( [ "$mode" = gpu ] && echo "fp32 bf16" || echo fp32 )}
+for p in $precisions; do
+  cp "$work/recipe.yaml" "$work/recipe-$p.yaml"
+  [ "$p" = bf16 ] && echo "bf16: true" >> "$work/recipe-$p.yaml"
+  "$build/src/grpo" train "$work/recipe-$p.yaml" --output "$work/run-$p" 2>&1 | tr '\r' '\n' | tail -2
+done
+"$py" - "$mode" "$work" $precisions <<'PY'
 import json, sys
-rows = [m for m in map(json.loads, open(sys.argv[1])) if "time_train" in m][5:]  # skip warm-up steps
-n = len(rows)
-avg = {k: sum(m[k] for m in rows) / n for k in ("time_rollout", "time_reward", "time_train", "tokens_per_second",
-                                                 "completion_length_mean")}
-total = avg["time_rollout"] + avg["time_reward"] + avg["time_train"]
-print(f"\n{sys.argv[2]}: {n} GRPO steps (32 prompts x 8 samples), completion length {avg['completion_length_mean']:.1f}")
-print("| phase | seconds per step | share |\n|---|---|---|")
-for k in ("time_rollout", "time_reward", "time_train"):
-    print(f"| {k[5:]} | {avg[k]:.3f} | {100 * avg[k] / total:.0f}% |")
-print(f"| total | {total:.3f} | |\n\ntokens/s (prompt + completion, all phases): {avg['tokens_per_second']:.0f}")
+mode, work, precs = sys.argv[1], sys.argv[2], sys.argv[3:]
+print(f"\n{mode}: GRPO steps of 32 prompts x 8 samples, seconds per step (mean after 5 warm-up steps)")
+print("| precision | completion length | rollout | reward | train | total | tokens/s | total vs " + precs[0] + " |")
+print("|---|---|---|---|---|---|---|---|")
+base = None
+for p in precs:
+    rows = [m for m in map(json.loads, open(f"{work}/run-{p}/metrics.jsonl")) if "time_train" in m][5:]
+    n = len(rows)
+    avg = {k: sum(m[k] for m in rows) / n for k in ("time_rollout", "time_reward", "time_train", "tokens_per_second",
+                                                     "completion_length_mean")}
+    total = avg["time_rollout"] + avg["time_reward"] + avg["time_train"]
+    base = base or total
+    print(f"| {p} | {avg['completion_length_mean']:.1f} | {avg['time_rollout']:.3f} | {avg['time_reward']:.3f} | "
+          f"{avg['time_train']:.3f} | {total:.3f} | {avg['tokens_per_second']:.0f} | {base / total:.2f}x |")
 PY

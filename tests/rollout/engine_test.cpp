@@ -495,19 +495,27 @@ TEST(EngineCuda, GraphsEqualEagerDecodeInBf16) {
     out[graphs] = e.generate(rs);
   }
   int64_t same = 0, total = 0;
-  double worst = 0;
+  double worst = 0, sum = 0;
   for (size_t i = 0; i < out[0].size(); ++i) {
     const auto &a = out[0][i], &b = out[1][i];
     size_t n = std::min(a.token_ids.size(), b.token_ids.size());
     size_t agree = 0;
     while (agree < n && a.token_ids[agree] == b.token_ids[agree]) ++agree;  // identical prefix
-    for (size_t j = 0; j < agree; ++j) worst = std::max(worst, (double)std::fabs(a.logprobs[j] - b.logprobs[j]));
+    for (size_t j = 0; j < agree; ++j) {
+      worst = std::max(worst, (double)std::fabs(a.logprobs[j] - b.logprobs[j]));
+      sum += std::fabs(a.logprobs[j] - b.logprobs[j]);
+    }
     same += agree;
     total += a.token_ids.size();
   }
-  std::cout << "graphs vs eager: " << same << "/" << total << " tokens in identical prefixes, max |dlogprob| " << worst << "\n";
+  std::cout << "graphs vs eager: " << same << "/" << total << " tokens in identical prefixes, mean |dlogprob| "
+            << sum / std::max<int64_t>(1, same) << ", max " << worst << "\n";
+  // The graph batch is padded to its bucket, so its bf16 GEMMs have other shapes (and kernels) than
+  // eager's: single tokens differ by up to ~0.1 (max 0.0075-0.10 over four runs on the H100). A wrong
+  // cache or block table diverges on most tokens.
   EXPECT_GT(same, total * 9 / 10);
-  EXPECT_LT(worst, 0.05);
+  EXPECT_LT(sum / std::max<int64_t>(1, same), 0.01);
+  EXPECT_LT(worst, 0.25);
   // Against the bf16 recompute.
   std::vector<std::vector<int64_t>> ps, comps;
   for (const auto& c : out[1]) {
