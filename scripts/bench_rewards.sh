@@ -3,11 +3,7 @@
 #   1. the math checker against Math-Verify on a corpus from MATH-500 and GSM8K answers: agreement,
 #      disagreements, single-core checks/s of both (scripts/bench/math_verify_compare.py);
 #   2. reward worker throughput over loopback gRPC with 1, 8 and 64 concurrent clients.
-set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-build=${BUILD:-build}
-py=${GRPO_PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" cpu
 data=${GRPO_SHARED_DATA:-../shared/data}/benchmarks
 cmake --build "$build" --target grpo bench_reward_worker >/dev/null
 echo "## math checker vs Math-Verify"

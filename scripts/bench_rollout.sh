@@ -5,12 +5,7 @@
 #   scripts/bench_rollout.sh gpu        GPU: DeepSeek-V2-Lite shape (scripts/bench/v2_lite.json), bf16,
 #                                       GRPO_BENCH_LAYERS layers (default 12 of 27), random weights
 # Environment: BUILD (build dir; default build, or build-gpu for gpu), BATCHES, PROMPT, NEW.
-set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-mode=${1:-cpu}
-if [ "$mode" = gpu ]; then build=${BUILD:-build-gpu}; else build=${BUILD:-build}; fi
-py=${GRPO_PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" "${1:-cpu}"
 cmake --build "$build" --target bench_rollout grpo >/dev/null
 bin="$build/scripts/bench/bench_rollout"
 grpo="$build/src/grpo"

@@ -2,14 +2,10 @@
 # Sandbox benchmarks: executions/s of a trivial Python program through the sandbox on all cores
 # and the per-run overhead over the bare interpreter (same run), then the wall time to run all of
 # HumanEval's tests (164 canonical solutions) through the `code` reward.
-set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-build=${BUILD:-build}
+source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" cpu
 data=${GRPO_SHARED_DATA:-../shared/data}/benchmarks
 cmake --build "$build" --target bench_sandbox grpo >/dev/null
 "$build/scripts/bench/bench_sandbox" --runs "${RUNS:-400}"
-py=${GRPO_PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 mkdir -p bench-out/sandbox
 "$py" - "$data" <<'PY'
 import gzip, json, sys

@@ -4,12 +4,7 @@
 #   scripts/bench_train.sh gpu       GPU: a DeepSeek-V2-Lite-shaped model (GRPO_BENCH_LAYERS layers,
 #                                    default 4, random weights) on the same addition task, twice:
 #                                    fp32, then bf16 compute with fp32 master weights (PRECISIONS="fp32 bf16")
-set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
-mode=${1:-cpu}
-if [ "$mode" = gpu ]; then build=${BUILD:-build-gpu}; else build=${BUILD:-build}; fi
-py=${GRPO_PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" "${1:-cpu}"
 cmake --build "$build" --target grpo >/dev/null
 work=bench-out/train-$mode
 rm -rf "$work"; mkdir -p "$work"
