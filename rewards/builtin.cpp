@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "rewards/math_answer.h"
+#include "util/strings.h"
 #include "util/error.h"
 
 namespace grpo::rewards {
@@ -214,12 +215,7 @@ RewardRegistry& default_registry() {
 }
 
 CombinedReward::CombinedReward(const std::string& spec, const RewardRegistry& registry, const json& options) {
-  std::stringstream ss(spec);
-  std::string part;
-  while (std::getline(ss, part, ',')) {
-    part.erase(0, part.find_first_not_of(" \t"));
-    part.erase(part.find_last_not_of(" \t") + 1);
-    if (part.empty()) continue;
+  for (const std::string& part : split_list(spec)) {
     double w = 1.0;
     std::string name = part;
     if (auto c = part.find(':'); c != std::string::npos) {

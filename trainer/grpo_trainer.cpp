@@ -18,7 +18,6 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
-#include <sstream>
 #include <thread>
 
 #include "model/checkpoint.h"
@@ -33,6 +32,7 @@
 #include "util/error.h"
 #include "util/files.h"
 #include "util/jsonl.h"
+#include "util/strings.h"
 
 namespace grpo::trainer {
 
@@ -298,6 +298,9 @@ struct RolloutBatch {
 
 struct UpdateStats {
   double loss = 0, clip_fraction = 0, kl = 0, aux_loss = 0, expert_spread = 0;
+  // Mean |log pi_train - log pi_rollout| per token before the first update: how far the training
+  // forward is from the engine's sampling-time log-probs (bf16 kernels differ; 0 up to fp32 noise).
+  double rollout_logprob_diff = 0;
 };
 
 class Trainer {
@@ -388,11 +391,7 @@ Trainer::Trainer(const Recipe& r, const TrainOptions& opt)
   if (!r.reward_workers.empty()) {
     rewards::ClientOptions co;
     co.spec = r.rewards;
-    std::vector<std::string> addrs;
-    std::stringstream ss(r.reward_workers);
-    for (std::string a; std::getline(ss, a, ',');)
-      if (!a.empty()) addrs.push_back(a);
-    scorer_ = std::make_unique<rewards::RewardClient>(addrs, co);
+    scorer_ = std::make_unique<rewards::RewardClient>(split_list(r.reward_workers), co);
   } else {
     scorer_ = std::make_unique<rewards::LocalScorer>(
         std::make_shared<rewards::CombinedReward>(r.rewards, rewards::default_registry()), 1);
@@ -776,7 +775,7 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
   const double total_tokens = mask.sum().item<double>();
   for (int64_t it = 0; it < r_.num_iterations; ++it) {
     optimizer_->zero_grad();
-    u = UpdateStats{};
+    u.loss = u.clip_fraction = u.kl = u.aux_loss = 0;  // reported for the last iteration
     std::vector<Tensor> loads(moe.size());
     for (int64_t s0 = 0; s0 < Bn; s0 += mb) {
       const int64_t n = std::min(mb, Bn - s0);
@@ -794,6 +793,10 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
       const double tw = chunk_tokens / std::max(1.0, total_tokens);
       u.clip_fraction += lo.clip_fraction * tw;
       u.kl += lo.kl * tw;
+      if (it == 0) {
+        c10::NoGradGuard g;
+        u.rollout_logprob_diff += ((logp - old_t.narrow(0, s0, n)).abs() * cmask).sum().item<double>() / std::max(1.0, total_tokens);
+      }
       if (!moe.empty()) {
         // Routing covers the forward's (n, T) right-padded batch: sequence i is prompt +
         // completion[:-1] (see completion_logprobs); padding is left out of load and loss.
@@ -874,6 +877,7 @@ void Trainer::run() {
               {"loss", u.loss},
               {"kl", u.kl},
               {"clip_fraction", u.clip_fraction},
+              {"rollout_logprob_diff", u.rollout_logprob_diff},
               {"completion_length_mean", batch.length_sum / N},
               {"completion_length_max", batch.length_max},
               {"truncated_fraction", batch.truncated / N},

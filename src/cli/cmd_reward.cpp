@@ -6,7 +6,6 @@
 #include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "cli/commands.h"
 #include "rewards/builtin.h"
@@ -16,6 +15,7 @@
 #include "util/error.h"
 #include "util/files.h"
 #include "util/jsonl.h"
+#include "util/strings.h"
 
 namespace grpo::cli {
 
@@ -23,15 +23,6 @@ using json = nlohmann::json;
 using namespace grpo::rewards;
 
 namespace {
-
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string part;
-  while (std::getline(ss, part, ','))
-    if (!part.empty()) out.push_back(part);
-  return out;
-}
 
 json parse_options(const std::string& text) {
   if (text.empty()) return json::object();
@@ -85,7 +76,7 @@ int run_reward(const RewardArgs& a) {
     ClientOptions o;
     o.spec = a.name;
     o.timeout_seconds = a.timeout;
-    scorer = std::make_unique<RewardClient>(split_commas(a.workers), o);
+    scorer = std::make_unique<RewardClient>(split_list(a.workers), o);
   } else {
     scorer = std::make_unique<LocalScorer>(std::make_shared<CombinedReward>(a.name, registry, parse_options(a.options)),
                                            a.threads);

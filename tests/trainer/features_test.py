@@ -5,7 +5,8 @@
 - dynamic sampling: zero-variance groups are dropped and further prompts sampled to refill the
   step (the data cursor moves by every batch drawn), up to max_num_gen_batches;
 - the sequence-wise MoE balance loss is reported and scales with aux_loss_alpha;
-- evaluation with k samples per prompt reports mean reward, mean accuracy and pass@k >= accuracy."""
+- evaluation with k samples per prompt reports mean reward, mean accuracy and pass@k >= accuracy;
+- the rollout engine's log-probs (pi_old) equal the training forward's in fp32."""
 import argparse
 import json
 import os
@@ -84,6 +85,9 @@ with safe_open(os.path.join(full, "checkpoint-0", "model.safetensors"), "pt") as
     moved = sum(int((f0.get_tensor(n) != f6.get_tensor(n)).sum()) for n in names)
 check(moved > total // 2, f"GRPO steps moved the master weights: {moved}/{total} values changed since checkpoint-0")
 
+bf16_diff = max(ref[s]["rollout_logprob_diff"] for s in range(1, 7))
+check(0 < bf16_diff < 0.05, f"bf16: rollout log-probs within {bf16_diff:.4f} (mean per token) of the training forward")
+
 # --- dynamic sampling, balance loss, k-sample evaluation
 dyn = train("dynamic", "dynamic_sampling: true\nmax_num_gen_batches: 3\naux_loss_alpha: 0.001\nmax_steps: 5\n"
             "save_every: 5\neval_every: 5\neval_num_generations: 4\n")
@@ -98,6 +102,8 @@ check(all(s["kept_groups"] == 4 or s["gen_batches"] == 3 for s in steps) and all
 check(any(s["gen_batches"] > 1 for s in steps), "some step sampled again to replace zero-variance groups")
 aux = [s["aux_loss"] for s in steps if s["kept_groups"] > 0]
 check(len(aux) > 0 and all(0 < x < 0.1 for x in aux), f"balance loss reported: {[round(x, 5) for x in aux]}")
+fp32_diff = max(s["rollout_logprob_diff"] for s in steps if s["kept_groups"] > 0)
+check(fp32_diff < 1e-5, f"fp32: the engine's pi_old equals the training forward: mean |diff| per token <= {fp32_diff:.1e}")
 e = m[5]
 check(all(k in e for k in ("eval_accuracy", "eval_sampled_reward", "eval_sampled_accuracy", "eval_pass_at_k"))
       and e["eval_sampled_accuracy"] <= e["eval_pass_at_k"] <= 1,
