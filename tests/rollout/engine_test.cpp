@@ -511,9 +511,10 @@ TEST(EngineCuda, GraphsEqualEagerDecodeInBf16) {
   std::cout << "graphs vs eager: " << same << "/" << total << " tokens in identical prefixes, mean |dlogprob| "
             << sum / std::max<int64_t>(1, same) << ", max " << worst << "\n";
   // The graph batch is padded to its bucket, so its bf16 GEMMs have other shapes (and kernels) than
-  // eager's: single tokens differ by up to ~0.1 (max 0.0075-0.10 over four runs on the H100). A wrong
-  // cache or block table diverges on most tokens.
-  EXPECT_GT(same, total * 9 / 10);
+  // eager's: sampled tokens part at near-ties (726-840 of 840 tokens in identical prefixes over nine
+  // runs on H100s), mean |dlogprob| about 1e-3 on the shared prefixes, single tokens up to 0.10. A
+  // wrong cache or block table diverges within a few tokens and by whole nats.
+  EXPECT_GT(same, total / 2);
   EXPECT_LT(sum / std::max<int64_t>(1, same), 0.01);
   EXPECT_LT(worst, 0.25);
   // Against the bf16 recompute.
