@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "model/checkpoint.h"
@@ -158,6 +159,7 @@ struct State {
   int64_t step = 0;        // GRPO steps done
   int64_t cursor = 0;      // next training example
   bool sft_done = false;
+  int64_t sft_step = 0;    // warm-start steps done (while !sft_done)
 };
 
 }  // namespace
@@ -321,6 +323,7 @@ class Trainer {
   void accumulate_gradients();
   void sync_policy();
   void write_metrics(const json& m, int64_t step);
+  json state_json() const;
   std::vector<int64_t> encode(const std::string& s, bool special) const;
   rollout::Request request(const Example& ex, int64_t index) const;
 
@@ -335,7 +338,9 @@ class Trainer {
   int64_t eos_ = -1;
   std::vector<Example> train_set_, eval_set_;
   std::unique_ptr<rewards::Scorer> scorer_;
-  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::unique_ptr<torch::optim::AdamW> optimizer_;      // GRPO
+  std::unique_ptr<torch::optim::AdamW> sft_optimizer_;  // the warm start; checkpoints hold the active one
+  std::mt19937_64 sft_rng_;                             // the warm start's example draws
   std::unique_ptr<rollout::Engine> engine_;
   State st_;
   std::ofstream metrics_;
@@ -399,6 +404,9 @@ Trainer::Trainer(const Recipe& r, const TrainOptions& opt)
 
   optimizer_ = std::make_unique<torch::optim::AdamW>(
       master_->parameters(), torch::optim::AdamWOptions(r.learning_rate).weight_decay(r.weight_decay).betas({0.9, 0.99}));
+  sft_optimizer_ = std::make_unique<torch::optim::AdamW>(
+      master_->parameters(), torch::optim::AdamWOptions(r.sft_learning_rate).weight_decay(0.0));
+  sft_rng_.seed(r.seed + 17);
   if (opt.resume) resume();
   sync_policy();
 
@@ -449,13 +457,24 @@ void Trainer::sync_policy() {
 
 // ---- checkpoints: an HF directory of the fp32 weights plus optimizer moments, RNG states and the
 // trainer state (step, data cursor), written to NAME.tmp and renamed; `latest` names the newest.
+json Trainer::state_json() const {
+  json s = {{"step", st_.step}, {"cursor", st_.cursor}, {"sft_done", st_.sft_done}, {"sft_step", st_.sft_step},
+            {"recipe", r_.path}};
+  if (!st_.sft_done) {
+    std::ostringstream rng;
+    rng << sft_rng_;
+    s["sft_rng"] = rng.str();
+  }
+  return s;
+}
+
 void Trainer::save(const std::string& name) {
   std::string dir = out_ + "/" + name, tmp = dir + ".tmp";
   std::string cmd = "rm -rf '" + tmp + "'";
   if (std::system(cmd.c_str()) != 0) throw Error("cannot clear " + tmp);
   make_directories(tmp);
   model::save_model(*master_, config_text_, tmp, {at::kFloat});
-  torch::save(*optimizer_, tmp + "/optimizer.pt");
+  torch::save(st_.sft_done ? *optimizer_ : *sft_optimizer_, tmp + "/optimizer.pt");
   std::vector<Tensor> rng;
   for (auto& g : generators(device_)) {
     std::lock_guard<std::mutex> lock(g.mutex());
@@ -466,7 +485,7 @@ void Trainer::save(const std::string& name) {
   if (ref_ && r_.ref_model_sync_steps > 0 && st_.step >= r_.ref_model_sync_steps)
     model::save_model(*ref_, config_text_, tmp + "/reference", {at::kFloat});
   write_file_atomic(tmp + "/trainer_state.json",
-                    json{{"step", st_.step}, {"cursor", st_.cursor}, {"sft_done", st_.sft_done}, {"recipe", r_.path}}.dump(2));
+                    state_json().dump(2));
   std::string swap = "rm -rf '" + dir + "' && mv '" + tmp + "' '" + dir + "'";
   if (std::system(swap.c_str()) != 0) throw Error("cannot move " + tmp + " to " + dir);
   write_file_atomic(out_ + "/latest", name + "\n");
@@ -483,7 +502,7 @@ void Trainer::resume() {
   resumed_from_ = out_ + "/" + name;
   auto saved = model::load_model(resumed_from_, {at::kFloat, at::kCPU});  // copied onto the policy's device
   rollout::copy_weights(*master_, *saved);
-  torch::load(*optimizer_, resumed_from_ + "/optimizer.pt");
+
   if (file_exists(resumed_from_ + "/rng_state.pt")) {
     std::vector<Tensor> rng;
     torch::load(rng, resumed_from_ + "/rng_state.pt");
@@ -499,10 +518,16 @@ void Trainer::resume() {
     st_.step = s.at("step");
     st_.cursor = s.at("cursor");
     st_.sft_done = s.at("sft_done");
+    st_.sft_step = s.value("sft_step", int64_t(0));
+    if (s.contains("sft_rng")) std::istringstream(s["sft_rng"].get<std::string>()) >> sft_rng_;
   } catch (const json::exception& e) {
     throw Error(resumed_from_ + "/trainer_state.json: " + e.what());
   }
-  fprintf(stderr, "grpo train: resumed from %s (step %lld)\n", resumed_from_.c_str(), (long long)st_.step);
+  torch::load(st_.sft_done ? *optimizer_ : *sft_optimizer_, resumed_from_ + "/optimizer.pt");
+  if (st_.sft_done)
+    fprintf(stderr, "grpo train: resumed from %s (step %lld)\n", resumed_from_.c_str(), (long long)st_.step);
+  else
+    fprintf(stderr, "grpo train: resumed from %s (warm start step %lld)\n", resumed_from_.c_str(), (long long)st_.sft_step);
 }
 
 // ---- the frozen reference (beta > 0): the policy as GRPO starts, or as of the last refresh.
@@ -613,13 +638,12 @@ void Trainer::write_metrics(const json& m, int64_t step) {
 
 // ---- warm start: supervised steps on prompt -> answer </s>, to make a weak base from scratch.
 void Trainer::warm_start() {
-  torch::optim::AdamW sft(master_->parameters(), torch::optim::AdamWOptions(r_.sft_learning_rate).weight_decay(0.0));
+  torch::optim::AdamW& sft = *sft_optimizer_;
   auto t0 = std::chrono::steady_clock::now();
-  std::mt19937_64 rng(r_.seed + 17);
-  for (int64_t s = 0; s < r_.sft_steps; ++s) {
+  for (int64_t s = st_.sft_step; s < r_.sft_steps; ++s) {
     std::vector<std::vector<int64_t>> ps, cs;
     for (int64_t b = 0; b < r_.sft_batch_size; ++b) {
-      const auto& ex = train_set_[rng() % train_set_.size()];
+      const auto& ex = train_set_[sft_rng_() % train_set_.size()];
       ps.push_back(encode(apply_template(r_, ex.prompt), true));
       auto c = encode(ex.answer, false);
       c.push_back(eos_);
@@ -635,6 +659,9 @@ void Trainer::warm_start() {
     if (tty_ && (s % 10 == 0 || s + 1 == r_.sft_steps))
       fprintf(stderr, "\rgrpo train: warm start %lld/%lld  loss %.4f  %.0f s", (long long)s + 1, (long long)r_.sft_steps,
               loss.item<double>(), seconds_since(t0));
+    st_.sft_step = s + 1;
+    // Progress checkpoints of the warm start go to one directory, replaced each time.
+    if (r_.save_every > 0 && st_.sft_step % r_.save_every == 0 && st_.sft_step < r_.sft_steps) save("warm-start");
   }
   if (tty_) fprintf(stderr, "\n");
   st_.sft_done = true;
@@ -645,6 +672,8 @@ void Trainer::warm_start() {
   e.add_to(m);
   write_metrics(m, 0);
   save("checkpoint-0");
+  std::string cmd = "rm -rf '" + out_ + "/warm-start'";  // superseded by checkpoint-0
+  if (std::system(cmd.c_str()) != 0) fprintf(stderr, "grpo train: could not remove %s/warm-start\n", out_.c_str());
 }
 
 // ---- rollout: G completions for each of per_step_prompts prompts, scored, with group-normalised
