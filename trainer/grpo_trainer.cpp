@@ -184,7 +184,7 @@ Recipe load_recipe(const std::string& path) {
   R(sft_steps); R(sft_batch_size); R(sft_learning_rate); R(max_steps); R(per_step_prompts); R(num_generations);
   R(max_completion_length); R(temperature); R(top_p); R(learning_rate); R(beta); R(epsilon); R(epsilon_high);
   R(weight_decay); R(max_grad_norm); R(warmup_ratio); R(lr_scheduler_type); R(loss_type); R(kl_estimator);
-  R(num_iterations); R(mini_batch_size); R(max_num_gen_batches); R(ref_model_sync_steps); R(bias_update_speed);
+  R(num_iterations); R(mini_batch_size); R(recompute_old_logprobs); R(max_num_gen_batches); R(ref_model_sync_steps); R(bias_update_speed);
   R(aux_loss_alpha); R(scale_rewards); R(mask_truncated_completions); R(dynamic_sampling); R(eval_every);
   R(eval_num_generations); R(save_every); R(logging_steps); R(seed);
 #undef R
@@ -798,9 +798,22 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
     c10::NoGradGuard g;
     ref_t = pad(ref_->completion_logprobs(b.prompts, b.completions), max_len, at::kFloat).first;
   }
+  const int64_t Bn = (int64_t)b.prompts.size(), mb = r_.mini_batch_size > 0 ? r_.mini_batch_size : Bn;
+  Tensor rollout_t = old_t;  // the engine's log-probs, for the rollout_logprob_diff metric
+  if (r_.recompute_old_logprobs) {
+    // The training forward in the same mini-batches as below, so that the first update's ratio is 1.
+    c10::NoGradGuard g;
+    std::vector<Tensor> rows;
+    for (int64_t s0 = 0; s0 < Bn; s0 += mb) {
+      const int64_t n = std::min(mb, Bn - s0);
+      std::vector<std::vector<int64_t>> ps(b.prompts.begin() + s0, b.prompts.begin() + s0 + n),
+          cs(b.completions.begin() + s0, b.completions.begin() + s0 + n);
+      for (auto& t : policy_->completion_logprobs(ps, cs)) rows.push_back(t);
+    }
+    old_t = pad(rows, max_len, at::kFloat).first;
+  }
   auto moe = moe_layers(*policy_);
   for (auto& m : moe) m->keep_routing = true;
-  const int64_t Bn = (int64_t)b.prompts.size(), mb = r_.mini_batch_size > 0 ? r_.mini_batch_size : Bn;
   const double total_tokens = mask.sum().item<double>();
   for (int64_t it = 0; it < r_.num_iterations; ++it) {
     optimizer_->zero_grad();
@@ -824,7 +837,7 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
       u.kl += lo.kl * tw;
       if (it == 0) {
         c10::NoGradGuard g;
-        u.rollout_logprob_diff += ((logp - old_t.narrow(0, s0, n)).abs() * cmask).sum().item<double>() / std::max(1.0, total_tokens);
+        u.rollout_logprob_diff += ((logp - rollout_t.narrow(0, s0, n)).abs() * cmask).sum().item<double>() / std::max(1.0, total_tokens);
       }
       if (!moe.empty()) {
         // Routing covers the forward's (n, T) right-padded batch: sequence i is prompt +

@@ -41,6 +41,7 @@ struct Recipe {
   std::string lr_scheduler_type = "constant", loss_type = "dapo", kl_estimator = "k3";
   int64_t num_iterations = 1;
   int64_t mini_batch_size = 0;        // sequences per forward/backward, gradients accumulated (0 = all)
+  bool recompute_old_logprobs = false;  // pi_old from the training forward instead of the rollout engine (verl's way)
   int64_t max_num_gen_batches = 4;    // dynamic sampling: rollout batches per step at most, to refill dropped groups
   int64_t ref_model_sync_steps = 0;   // copy the policy into the reference every K steps (0 = never)
   double bias_update_speed = 0.001;   // aux-loss-free MoE balancing of e_score_correction_bias (0 = off)

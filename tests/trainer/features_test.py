@@ -6,7 +6,8 @@
   step (the data cursor moves by every batch drawn), up to max_num_gen_batches;
 - the sequence-wise MoE balance loss is reported and scales with aux_loss_alpha;
 - evaluation with k samples per prompt reports mean reward, mean accuracy and pass@k >= accuracy;
-- the rollout engine's log-probs (pi_old) equal the training forward's in fp32."""
+- the rollout engine's log-probs (pi_old) equal the training forward's in fp32; with
+  recompute_old_logprobs the training forward supplies pi_old (ratio exactly 1 at the first update)."""
 import argparse
 import json
 import os
@@ -42,7 +43,11 @@ failures = []
 
 def train(name, body, *extra):
     path = os.path.join(a.workdir, name + ".yaml")
-    open(path, "w").write(BASE + body)
+    keys = {}  # the body's keys replace BASE's (a recipe may not give a key twice)
+    for line in (BASE + body).splitlines():
+        if line.strip():
+            keys[line.split(":")[0]] = line
+    open(path, "w").write("\n".join(keys.values()) + "\n")
     out = os.path.join(a.workdir, name)
     r = subprocess.run([a.grpo, "train", path, "--output", out, *extra], capture_output=True, text=True)
     if r.returncode != 0:
@@ -87,6 +92,15 @@ check(moved > total // 2, f"GRPO steps moved the master weights: {moved}/{total}
 
 bf16_diff = max(ref[s]["rollout_logprob_diff"] for s in range(1, 7))
 check(0 < bf16_diff < 0.05, f"bf16: rollout log-probs within {bf16_diff:.4f} (mean per token) of the training forward")
+
+# recompute_old_logprobs: pi_old from the training forward, so the first update's ratio is exactly 1
+# and (beta 0, grpo aggregation) the loss is the mean of -advantage: 0, as group advantages sum to 0.
+# The engine's bf16 pi_old differs slightly, so its loss is not 0.
+one = "bf16: true\nbeta: 0.0\nloss_type: grpo\nmax_steps: 1\nsave_every: 0\neval_every: 0\n"
+engine_loss = metrics(train("bf16_engine_old", one))[1]["loss"]
+recomputed_loss = metrics(train("bf16_recomputed_old", one + "recompute_old_logprobs: true\n"))[1]["loss"]
+check(abs(recomputed_loss) < 1e-6 < abs(engine_loss),
+      f"recompute_old_logprobs: first-step loss {recomputed_loss:.1e} (ratio 1), {engine_loss:.1e} with the engine's pi_old")
 
 # --- dynamic sampling, balance loss, k-sample evaluation
 dyn = train("dynamic", "dynamic_sampling: true\nmax_num_gen_batches: 3\naux_loss_alpha: 0.001\nmax_steps: 5\n"
