@@ -116,24 +116,39 @@ std::vector<Example> addition(int digits, int64_t count, uint64_t seed, std::set
 
 std::vector<Example> read_examples(const Recipe& r, const std::string& file) {
   std::vector<Example> out;
-  std::vector<std::string> bad;
+  std::vector<std::string> bad;  // where, for the first 10
+  int64_t bad_rows = 0;
   for_each_jsonl_object(file, [&](const json& row, const std::string& where) {
-    if (!row.contains(r.prompt_field) || !row[r.prompt_field].is_string() || !row.contains(r.answer_field)) {
-      if (bad.size() < 10) bad.push_back(where);
-      else bad.push_back("");
+    bool ok = row.contains(r.prompt_field) && row[r.prompt_field].is_string() && row.contains(r.answer_field);
+    std::string answer;
+    if (ok) {
+      const json& ans = row[r.answer_field];
+      answer = ans.is_string() ? ans.get<std::string>() : ans.dump();
+      if (!r.answer_delimiter.empty()) {
+        size_t at = answer.rfind(r.answer_delimiter);
+        ok = at != std::string::npos;
+        if (ok) answer = answer.substr(at + r.answer_delimiter.size());
+        answer.erase(0, answer.find_first_not_of(" \t\n"));
+        answer.erase(answer.find_last_not_of(" \t\n") + 1);
+        ok = ok && !answer.empty();
+      }
+    }
+    if (!ok) {
+      if (++bad_rows <= 10) bad.push_back(where);
       return;
     }
-    const json& ans = row[r.answer_field];
-    out.push_back({row[r.prompt_field].get<std::string>(), ans.is_string() ? ans.get<std::string>() : ans.dump()});
+    out.push_back({row[r.prompt_field].get<std::string>(), answer});
   });
-  if (!bad.empty()) {
+  const std::string needs = "'" + r.prompt_field + "' (text) and '" + r.answer_field + "'" +
+                            (r.answer_delimiter.empty() ? "" : " with an answer after '" + r.answer_delimiter + "'");
+  if (bad_rows > 0) {
     std::string where;
-    for (auto& b : bad)
-      if (!b.empty()) where += (where.empty() ? "" : ", ") + b;
-    fprintf(stderr, "grpo train: %zu rows of %s lack '%s' or '%s' and are skipped (%s%s)\n", bad.size(), file.c_str(),
-            r.prompt_field.c_str(), r.answer_field.c_str(), where.c_str(), bad.size() > 10 ? ", ..." : "");
+    for (auto& b : bad) where += (where.empty() ? "" : ", ") + b;
+    fprintf(stderr, "grpo train: %lld row%s of %s lack%s %s and %s skipped (%s%s)\n", (long long)bad_rows,
+            bad_rows == 1 ? "" : "s", file.c_str(), bad_rows == 1 ? "s" : "", needs.c_str(), bad_rows == 1 ? "is" : "are",
+            where.c_str(), bad_rows > 10 ? ", ..." : "");
   }
-  if (out.empty()) throw Error(file + ": no usable rows (fields '" + r.prompt_field + "', '" + r.answer_field + "')");
+  if (out.empty()) throw Error(file + ": no usable rows (each needs " + needs + ")");
   return out;
 }
 
@@ -180,7 +195,7 @@ Recipe load_recipe(const std::string& path) {
   std::set<std::string> seen;
 #define R(key) read(root, path, #key, r.key, seen)
   R(model_dir); R(model_config); R(model_seed); R(device); R(bf16); R(tokenizer); R(task); R(task_digits); R(train_size); R(eval_size);
-  R(data_seed); R(train_file); R(eval_file); R(prompt_field); R(answer_field); R(prompt_template); R(rewards); R(reward_workers);
+  R(data_seed); R(train_file); R(eval_file); R(prompt_field); R(answer_field); R(answer_delimiter); R(prompt_template); R(rewards); R(reward_workers);
   R(sft_steps); R(sft_batch_size); R(sft_learning_rate); R(max_steps); R(per_step_prompts); R(num_generations);
   R(max_completion_length); R(temperature); R(top_p); R(learning_rate); R(beta); R(epsilon); R(epsilon_high);
   R(weight_decay); R(max_grad_norm); R(warmup_ratio); R(lr_scheduler_type); R(loss_type); R(kl_estimator);

@@ -27,6 +27,7 @@ struct Recipe {
   int64_t train_size = 4096, eval_size = 256;
   uint64_t data_seed = 1;
   std::string train_file, eval_file, prompt_field = "prompt", answer_field = "answer";
+  std::string answer_delimiter;  // when set, the reference is the text after its last occurrence (GSM8K: "####")
   std::string prompt_template = "{prompt}";  // "r1_zero" for the R1-Zero template
   // rewards
   std::string rewards = "math";
