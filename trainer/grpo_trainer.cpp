@@ -814,6 +814,12 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
     ref_t = pad(ref_->completion_logprobs(b.prompts, b.completions), max_len, at::kFloat).first;
   }
   const int64_t Bn = (int64_t)b.prompts.size(), mb = r_.mini_batch_size > 0 ? r_.mini_batch_size : Bn;
+  // Sequences [s0, s0 + n) of the batch: (prompts, completions).
+  auto mini_batch = [&](int64_t s0, int64_t n) {
+    using Rows = std::vector<std::vector<int64_t>>;
+    return std::make_pair(Rows(b.prompts.begin() + s0, b.prompts.begin() + s0 + n),
+                          Rows(b.completions.begin() + s0, b.completions.begin() + s0 + n));
+  };
   Tensor rollout_t = old_t;  // the engine's log-probs, for the rollout_logprob_diff metric
   if (r_.recompute_old_logprobs) {
     // The training forward in the same mini-batches as below, so that the first update's ratio is 1.
@@ -821,8 +827,7 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
     std::vector<Tensor> rows;
     for (int64_t s0 = 0; s0 < Bn; s0 += mb) {
       const int64_t n = std::min(mb, Bn - s0);
-      std::vector<std::vector<int64_t>> ps(b.prompts.begin() + s0, b.prompts.begin() + s0 + n),
-          cs(b.completions.begin() + s0, b.completions.begin() + s0 + n);
+      const auto [ps, cs] = mini_batch(s0, n);
       for (auto& t : policy_->completion_logprobs(ps, cs)) rows.push_back(t);
     }
     old_t = pad(rows, max_len, at::kFloat).first;
@@ -836,8 +841,7 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
     std::vector<Tensor> loads(moe.size());
     for (int64_t s0 = 0; s0 < Bn; s0 += mb) {
       const int64_t n = std::min(mb, Bn - s0);
-      std::vector<std::vector<int64_t>> ps(b.prompts.begin() + s0, b.prompts.begin() + s0 + n),
-          cs(b.completions.begin() + s0, b.completions.begin() + s0 + n);
+      const auto [ps, cs] = mini_batch(s0, n);
       Tensor logp = pad(policy_->completion_logprobs(ps, cs), max_len, at::kFloat).first;
       Tensor cmask = mask.narrow(0, s0, n);
       auto lo = grpo_loss({logp, old_t.narrow(0, s0, n), ref_t.defined() ? ref_t.narrow(0, s0, n) : Tensor(), cmask,
