@@ -11,6 +11,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "model/torch_error.h"
 #include "text/tokenizer.h"
 #include "util/error.h"
 #include "util/files.h"
@@ -29,12 +30,6 @@ struct Call {
   std::string error;
   std::atomic<bool> abandoned{false};
 };
-
-std::string torch_message(const c10::Error& e) {
-  std::string msg = e.what_without_backtrace();
-  if (auto nl = msg.find('\n'); nl != std::string::npos) msg = msg.substr(0, nl);
-  return "torch: " + msg;
-}
 
 }  // namespace
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "model/torch_error.h"
 #include "util/error.h"
 
 namespace grpo::cli {
@@ -19,9 +20,7 @@ inline int torch_guard(F&& f) {
   try {
     return f();
   } catch (const c10::Error& e) {
-    std::string msg = e.what_without_backtrace();
-    if (auto nl = msg.find('\n'); nl != std::string::npos) msg = msg.substr(0, nl);
-    throw Error("torch: " + msg);
+    throw Error(torch_message(e));
   }
 }
 
