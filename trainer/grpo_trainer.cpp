@@ -8,6 +8,7 @@
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
@@ -834,6 +835,19 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
   }
   auto moe = moe_layers(*policy_);
   for (auto& m : moe) m->keep_routing = true;
+  // Routing covers each forward's (n, T) right-padded batch: sequence i is prompt + completion[:-1]
+  // (see completion_logprobs). Masks of its real tokens, one per mini-batch, keep padding out of
+  // the expert load and the balance loss.
+  std::vector<Tensor> routing_masks;
+  if (!moe.empty())
+    for (int64_t s0 = 0; s0 < Bn; s0 += mb) {
+      std::vector<int64_t> lengths;
+      for (int64_t i = s0; i < std::min(Bn, s0 + mb); ++i)
+        lengths.push_back((int64_t)b.prompts[i].size() + std::max<int64_t>(0, (int64_t)b.completions[i].size() - 1));
+      const int64_t T = std::max<int64_t>(1, *std::max_element(lengths.begin(), lengths.end()));
+      routing_masks.push_back(
+          (at::arange(T).unsqueeze(0) < at::tensor(lengths, at::kLong).unsqueeze(1)).to(at::kFloat).to(device_));
+    }
   const double total_tokens = mask.sum().item<double>();
   for (int64_t it = 0; it < r_.num_iterations; ++it) {
     optimizer_->zero_grad();
@@ -847,11 +861,10 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
       auto lo = grpo_loss({logp, old_t.narrow(0, s0, n), ref_t.defined() ? ref_t.narrow(0, s0, n) : Tensor(), cmask,
                            adv_t.narrow(0, s0, n)},
                           lc);
-      const double chunk_tokens = cmask.sum().item<double>();
-      const double w = lc.type == LossType::Dapo ? chunk_tokens / std::max(1.0, total_tokens) : (double)n / Bn;
+      const double tw = cmask.sum().item<double>() / std::max(1.0, total_tokens);  // this chunk's share of tokens
+      const double w = lc.type == LossType::Dapo ? tw : (double)n / Bn;
       Tensor loss = lo.loss * w;
       u.loss += lo.loss.item<double>() * w;
-      const double tw = chunk_tokens / std::max(1.0, total_tokens);
       u.clip_fraction += lo.clip_fraction * tw;
       u.kl += lo.kl * tw;
       if (it == 0) {
@@ -859,22 +872,16 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
         u.rollout_logprob_diff += ((logp - rollout_t.narrow(0, s0, n)).abs() * cmask).sum().item<double>() / std::max(1.0, total_tokens);
       }
       if (!moe.empty()) {
-        // Routing covers the forward's (n, T) right-padded batch: sequence i is prompt +
-        // completion[:-1] (see completion_logprobs); padding is left out of load and loss.
-        std::vector<int64_t> lengths;
-        int64_t T = 1;
-        for (int64_t i = 0; i < n; ++i) {
-          lengths.push_back((int64_t)ps[i].size() + std::max<int64_t>(0, (int64_t)cs[i].size() - 1));
-          T = std::max(T, lengths.back());
-        }
-        Tensor rmask = (at::arange(T).unsqueeze(0) < at::tensor(lengths, at::kLong).unsqueeze(1)).to(at::kFloat).to(device_);
+        const Tensor& rmask = routing_masks[s0 / mb];
         Tensor aux;
         for (size_t l = 0; l < moe.size(); ++l) {
           const Tensor& scores = moe[l]->last_scores;
-          if (!scores.defined() || scores.size(0) != n * T)
+          if (!scores.defined() || scores.size(0) != rmask.numel())
             throw Error("MoE routing of an unexpected shape in the training forward");
-          Tensor load = expert_load(moe[l]->last_experts, rmask, scores.size(1));
-          loads[l] = loads[l].defined() ? loads[l] + load : load;
+          if (it == 0) {  // the balancing bias moves once per step
+            Tensor load = expert_load(moe[l]->last_experts, rmask, scores.size(1));
+            loads[l] = loads[l].defined() ? loads[l] + load : load;
+          }
           if (r_.aux_loss_alpha > 0) {
             Tensor a = sequence_aux_loss(scores, moe[l]->last_experts, rmask, r_.aux_loss_alpha);
             aux = aux.defined() ? aux + a : a;
