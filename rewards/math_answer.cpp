@@ -6,8 +6,10 @@
 #include <complex>
 #include <cstring>
 #include <functional>
+#include <gmpxx.h>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <vector>
@@ -63,8 +65,9 @@ enum class K { Num, Sym, Add, Mul, Pow, Func, Fact, PM, Tuple, Set, Interval, Un
 struct Node {
   K k;
   double num = 0;          // Num
-  bool exact = false;      // Num: num/den exact
-  long long pn = 0, pd = 1;
+  bool exact = false;      // Num: `q` holds the value exactly (any length: GMP)
+  bool decimal = false;    // Num: written with a decimal point (0.333 may stand for 1/3, rounded)
+  mpq_class q;
   std::string name;        // Sym, Func, Text
   std::vector<P> a;        // children
   std::vector<std::string> ops;  // Rel: ops[i] between a[i] and a[i+1] ("=", "<", "<=", ">", ">=", "!=")
@@ -74,14 +77,13 @@ struct Node {
 };
 P mk(K k) { auto n = std::make_shared<Node>(); n->k = k; return n; }
 P num(double v) { auto n = mk(K::Num); n->num = v; return n; }
-P rational(long long p, long long q) {
+P rational(mpq_class v, bool decimal = false) {
   auto n = mk(K::Num);
-  if (q < 0) { p = -p; q = -q; }
-  long long g = std::__gcd(p < 0 ? -p : p, q);
-  if (g > 1) { p /= g; q /= g; }
-  n->pn = p; n->pd = q; n->exact = true; n->num = (double)p / (double)q;
+  v.canonicalize();
+  n->q = v; n->exact = true; n->decimal = decimal; n->num = v.get_d();
   return n;
 }
+P rational(long p, long q) { return rational(mpq_class(mpz_class(p), mpz_class(q))); }
 P sym(const std::string& s) { auto n = mk(K::Sym); n->name = s; return n; }
 P bin(K k, P x, P y) { auto n = mk(k); n->a = {x, y}; return n; }
 P neg(P x) { return bin(K::Mul, rational(-1, 1), x); }
@@ -204,7 +206,7 @@ struct Lexer {
             i = e + 1;
             bool letters = !inner.empty() && std::all_of(inner.begin(), inner.end(), is_alpha);
             if (math_font && letters) out.push_back({T::Ident, inner});
-            else if (math_font) {
+            else if (math_font || std::none_of(inner.begin(), inner.end(), is_alpha)) {  // \text{2}: a number
               Lexer sub{inner, comma_decimal, budget, {}};
               sub.run();
               sub.out.pop_back();
@@ -431,7 +433,7 @@ struct Parser {
     if (k.t == T::Open) return k.s == "(" || k.s == "\\{" || k.s == "{" || k.s == "[";
     if (k.t == T::Cmd)
       return k.s == "frac" || k.s == "sqrt" || k.s == "pi" || k.s == "infty" || kFuncs.count(k.s) || kGreek.count(k.s) ||
-             k.s == "begin" || k.s == "binom" || k.s == "e" || k.s == "boxed";
+             k.s == "begin" || k.s == "binom" || k.s == "e" || k.s == "boxed" || k.s == "lfloor" || k.s == "lceil";
     if (k.t == T::Op) return k.s == "|" && abs_depth == 0;
     return false;
   }
@@ -515,15 +517,16 @@ struct Parser {
     throw ParseError{};
   }
 
+  // Digits, optionally with one '.', as an exact rational of any length (a 20-digit integer that
+  // differs in its last digit is a different number).
   P number(const std::string& s) {
     auto dot = s.find('.');
-    if (s.size() > 17) return num(std::stod(s));
-    if (dot == std::string::npos) return rational(std::stoll(s), 1);
+    if (dot == std::string::npos) return rational(mpq_class(mpz_class(s, 10)));
     std::string intpart = s.substr(0, dot), frac = s.substr(dot + 1);
-    if (frac.size() > 12) return num(std::stod(s));
-    long long den = 1;
-    for (size_t k = 0; k < frac.size(); ++k) den *= 10;
-    return rational(std::stoll(intpart.empty() ? "0" : intpart) * den + (frac.empty() ? 0 : std::stoll(frac)), den);
+    mpz_class den;
+    mpz_ui_pow_ui(den.get_mpz_t(), 10, frac.size());
+    mpz_class whole(intpart.empty() ? "0" : intpart, 10), part(frac.empty() ? "0" : frac, 10);
+    return rational(mpq_class(whole * den + part, den), /*decimal=*/true);
   }
 
   P power() {
@@ -590,7 +593,7 @@ struct Parser {
       return s;
     }
     auto n = mk(K::Sym);  // a number in another base: keep its digits and base as a name
-    n->name = (s->exact ? std::to_string(s->pn) : std::to_string(s->num)) + "_" + sub;
+    n->name = (s->exact ? s->q.get_str() : std::to_string(s->num)) + "_" + sub;
     return n;
   }
 
@@ -763,6 +766,14 @@ struct Parser {
       P x = group_arg();
       return bin(K::Pow, x, index ? inv(index) : rational(1, 2));
     }
+    if (c == "lfloor" || c == "lceil") {  // \lfloor x \rfloor, \lceil x \rceil
+      P x = sum();
+      expect(T::Cmd, c == "lfloor" ? "rfloor" : "rceil");
+      auto f = mk(K::Func);
+      f->name = c == "lfloor" ? "floor" : "ceil";
+      f->a = {x};
+      return f;
+    }
     if (c == "pi") return sym("pi");
     if (c == "infty" || c == "infin") return sym("oo");
     if (c == "e") return sym("e");
@@ -862,7 +873,7 @@ P parse_answer(const std::string& text, bool comma_decimal, Budget& budget) {
 using C = std::complex<double>;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-C eval(const P& n, const std::map<std::string, double>& env, Budget& b) {
+C eval(const P& n, const std::map<std::string, C>& env, Budget& b) {
   b.tick();
   switch (n->k) {
     case K::Num: return n->num;
@@ -871,7 +882,7 @@ C eval(const P& n, const std::map<std::string, double>& env, Budget& b) {
       if (n->name == "e") return M_E;
       if (n->name == "oo") return std::numeric_limits<double>::infinity();
       auto it = env.find(n->name);
-      return it == env.end() ? C(kNaN) : C(it->second);
+      return it == env.end() ? C(kNaN) : it->second;
     }
     case K::Add:
     case K::Mul: {
@@ -925,6 +936,10 @@ C eval(const P& n, const std::map<std::string, double>& env, Budget& b) {
       if (f == "exp") return std::exp(x);
       if (f == "ln") return std::log(x);
       if (f == "abs") return std::abs(x);
+      if (f == "floor" || f == "ceil") {
+        if (x.imag() != 0) return kNaN;
+        return f == "floor" ? std::floor(x.real()) : std::ceil(x.real());
+      }
       if (f == "log") {
         if (n->a.size() > 1 && n->a[1]) return std::log(x) / std::log(eval(n->a[1], env, b));
         return std::log(x);  // natural log, as sympy reads \log
@@ -1006,17 +1021,62 @@ struct Checker {
     return std::abs(x - y) <= t * scale;
   }
 
-  // Scalar expressions: exact rationals exactly, otherwise at several points.
+  // The exact value of an expression made of numbers, +, * and integer powers; nullopt when it
+  // has symbols, functions or irrational powers, or when the numbers grow past the budget.
+  struct Exact {
+    mpq_class value;
+    bool decimal = false;  // a decimal literal took part: compare with the tolerance
+  };
+  std::optional<Exact> exact_value(const P& n) {
+    b.tick();
+    if (!n) return std::nullopt;
+    if (n->k == K::Num) {
+      if (!n->exact) return std::nullopt;
+      return Exact{n->q, n->decimal};
+    }
+    if (n->k != K::Add && n->k != K::Mul && n->k != K::Pow) return std::nullopt;
+    auto x = exact_value(n->a[0]);
+    if (!x) return std::nullopt;
+    auto y = exact_value(n->a[1]);
+    if (!y) return std::nullopt;
+    Exact r{0, x->decimal || y->decimal};
+    if (n->k == K::Add) {
+      r.value = x->value + y->value;
+    } else if (n->k == K::Mul) {
+      r.value = x->value * y->value;
+    } else {
+      if (y->value.get_den() != 1 || abs(y->value) > 4096 || (x->value == 0 && y->value < 0)) return std::nullopt;
+      long e = y->value.get_num().get_si();
+      size_t bits = mpz_sizeinbase(x->value.get_num().get_mpz_t(), 2) + mpz_sizeinbase(x->value.get_den().get_mpz_t(), 2);
+      b.tick(static_cast<long>(bits) * std::labs(e) / 64);
+      mpz_class num, den;
+      mpz_pow_ui(num.get_mpz_t(), x->value.get_num().get_mpz_t(), std::labs(e));
+      mpz_pow_ui(den.get_mpz_t(), x->value.get_den().get_mpz_t(), std::labs(e));
+      r.value = e >= 0 ? mpq_class(num, den) : mpq_class(den, num);
+      r.value.canonicalize();
+    }
+    return r;
+  }
+
+  // Scalar expressions: exact rationals exactly (1/1000001 is not 1/1000000), a decimal against a
+  // number within the tolerance, otherwise at several points, real and complex, that give every
+  // symbol its own value: |x| is not x, sqrt(x^2) is not x, and sin^2 x + cos^2 x is 1 although
+  // only one side names x.
   bool scalar_equal(const P& x, const P& y) {
-    if (x->k == K::Num && y->k == K::Num && x->exact && y->exact) {
-      if (x->pn == y->pn && x->pd == y->pd) return true;
-      if (x->pd == 1 && y->pd == 1) return false;  // integers: exactly (1450001 is not 1450000)
-      return close(x->num, y->num, tol());
+    auto ex = exact_value(x), ey = exact_value(y);
+    if (ex && ey) {
+      if (ex->value == ey->value) return true;
+      if (!ex->decimal && !ey->decimal) return false;
+      // A decimal may be a rounded value: equal within 10^-precision relative (.0000673 is not
+      // .0000672, 0.3333333 is 1/3).
+      mpz_class scale;
+      mpz_ui_pow_ui(scale.get_mpz_t(), 10, o.precision);
+      mpq_class diff = abs(ex->value - ey->value), size = std::max(abs(ex->value), abs(ey->value));
+      return diff * scale <= size;
     }
     std::set<std::string> sx, sy;
     symbols(x, sx);
     symbols(y, sy);
-    if (o.strict && sx != sy) return false;
     std::set<std::string> all = sx;
     all.insert(sy.begin(), sy.end());
     if (!o.strict && sx.size() == sy.size() && sx != sy) {
@@ -1027,16 +1087,21 @@ struct Checker {
       if (only_x.size() == 1 && only_y.size() == 1) return scalar_equal(x, rename(y, only_y[0], only_x[0]));
       return false;
     }
-    static const double pts[][6] = {{1.7312, 2.2187, 1.9043, 2.6511, 1.8326, 2.4129},
-                                    {2.8143, 1.6257, 2.3781, 1.7719, 2.9347, 2.1133},
-                                    {2.0539, 2.7762, 1.6694, 2.5318, 2.2421, 1.9876},
-                                    {2.4411, 1.9333, 2.8872, 2.0025, 1.7008, 2.6645}};
+    // Rows of values; symbol k takes column k % 6, shifted by 0.0917 per further six symbols.
+    static const C pts[][6] = {{1.7312, 2.2187, 1.9043, 2.6511, 1.8326, 2.4129},
+                               {2.8143, 1.6257, 2.3781, 1.7719, 2.9347, 2.1133},
+                               {-0.6131, 0.3719, -1.4467, -0.2853, 0.8261, -2.3177},
+                               {0.4177, -1.2911, 0.6683, -0.7346, -1.8852, 0.2238},
+                               {C(0.41, 0.73), C(-0.57, 0.36), C(1.12, -0.48), C(-0.29, -0.91), C(0.83, 0.22), C(-1.36, 0.64)}};
     int valid = 0;
     const double t = all.empty() ? tol() : std::max(tol(), 1e-6);
     for (auto& row : pts) {
-      std::map<std::string, double> env;
-      int k = 0;
-      for (auto& s : all) env[s] = row[k++ % 6] + 0.0917 * (k / 6);
+      std::map<std::string, C> env;
+      size_t k = 0;
+      for (auto& s : all) {
+        env[s] = row[k % 6] + 0.0917 * double(k / 6);
+        ++k;
+      }
       C vx = eval(x, env, b), vy = eval(y, env, b);
       if (!std::isfinite(vx.real()) || !std::isfinite(vy.real()) || !std::isfinite(vx.imag()) || !std::isfinite(vy.imag())) {
         if (std::isnan(vx.real()) || std::isnan(vy.real())) continue;
@@ -1080,7 +1145,7 @@ struct Checker {
     if (s.empty()) return false;
     std::function<bool(const P&)> no_numbers = [&](const P& m) -> bool {
       if (!m) return true;
-      if (m->k == K::Num) return m->exact && (m->pn == -1 || m->pn == 1) && m->pd == 1;
+      if (m->k == K::Num) return m->exact && abs(m->q) == 1;
       if (m->k == K::Add || m->k == K::PM) return false;
       return std::all_of(m->a.begin(), m->a.end(), no_numbers);
     };
@@ -1150,8 +1215,8 @@ struct Checker {
     double ratio = 0;
     int valid = 0;
     for (auto& row : pts) {
-      std::map<std::string, double> env;
-      int k = 0;
+      std::map<std::string, C> env;
+      size_t k = 0;
       for (auto& s : s1) env[s] = row[k++ % 6];
       C a = eval(d1, env, b), c = eval(d2, env, b);
       if (!std::isfinite(a.real()) || !std::isfinite(c.real())) continue;
@@ -1539,31 +1604,76 @@ size_t answer_phrase(const std::string& s) {
   return best;
 }
 
+// Words of three or more letters that are not commands, units or percent words: prose, not math.
+bool looks_like_prose(const std::string& t) {
+  static const std::set<std::string> ok = {"percent", "percentage", "pct", "and", "sqrt", "frac", "pi", "sin", "cos",
+                                           "tan", "log", "ln", "exp", "infty", "cdot", "times", "pm", "text", "left",
+                                           "right", "dfrac", "tfrac", "boxed", "circ", "quad"};
+  for (size_t k = 0; k < t.size();) {
+    if ((unsigned char)t[k] >= 0x80) return true;
+    if (!is_alpha(t[k])) {
+      ++k;
+      continue;
+    }
+    size_t e = k;
+    while (e < t.size() && is_alpha(t[e])) ++e;
+    std::string w = lower(t.substr(k, e - k));
+    bool command = k > 0 && t[k - 1] == '\\';
+    if (!command && w.size() >= 3 && !ok.count(w) && !kUnitWords.count(w)) return true;
+    k = e;
+  }
+  return false;
+}
+
+// Whether `t` has a '$' that is not an escaped dollar sign (\$32).
+bool has_math_dollar(const std::string& t) {
+  for (size_t p = t.find('$'); p != std::string::npos; p = t.find('$', p + 1))
+    if (p == 0 || t[p - 1] != '\\') return true;
+  return false;
+}
+
+// `text` without one pair of math delimiters around all of it ($..$, $$..$$, \(..\), \[..\]).
+std::string strip_math_delimiters(const std::string& text) {
+  std::string t = trim(text);
+  for (auto [open, close] : {std::pair<const char*, const char*>{"$$", "$$"}, {"$", "$"}, {"\\(", "\\)"}, {"\\[", "\\]"}}) {
+    size_t a = std::strlen(open), c = std::strlen(close);
+    if (t.size() >= a + c && at(t, 0, open) && t.compare(t.size() - c, c, close) == 0) {
+      std::string inner = t.substr(a, t.size() - a - c);
+      if (!has_math_dollar(inner)) return trim(inner);
+    }
+  }
+  return t;
+}
+
+// `text` with the insides of \text{..}-like groups blanked (their words are names, not prose).
+std::string without_text_groups(std::string t) {
+  for (const char* cmd : {"\\text{", "\\textbf{", "\\mathrm{", "\\mbox{", "\\textit{", "\\operatorname{", "\\begin{", "\\end{"}) {
+    for (size_t p = t.find(cmd); p != std::string::npos; p = t.find(cmd, p + 1)) {
+      size_t open = p + std::strlen(cmd) - 1, e = close_brace(t, open);
+      if (e == std::string::npos) break;
+      std::fill(t.begin() + open + 1, t.begin() + e, ' ');
+    }
+  }
+  return t;
+}
+
+// `text` as one whole answer when it reads as one: short, no \boxed, no '$' inside, not prose.
+std::optional<std::string> whole_answer(const std::string& text) {
+  std::string whole = strip_math_delimiters(text);
+  if (whole.empty() || whole.size() > 2000 || whole.find("\\boxed") != std::string::npos || has_math_dollar(whole) ||
+      looks_like_prose(without_text_groups(whole)))
+    return std::nullopt;
+  return whole;
+}
+
 std::vector<Candidate> candidates(const std::string& text, const MathCheckOptions& o) {
   std::vector<Candidate> out;  // tried from the back
   std::string s = text.size() > o.max_chars ? text.substr(text.size() - o.max_chars) : text;
   // Whole short strings first-class: "-5", "7,425,000", "28 percent", "\frac{10}{9}".
   std::string ts = trim(s);
   std::vector<Candidate> rest;
-  auto prose = [](const std::string& t) {
-    // words of three or more letters that are not commands, units or percent words
-    static const std::set<std::string> ok = {"percent", "percentage", "pct", "and", "sqrt", "frac", "pi", "sin", "cos",
-                                             "tan", "log", "ln", "exp", "infty", "cdot", "times", "pm", "text", "left",
-                                             "right", "dfrac", "tfrac", "boxed", "circ", "quad"};
-    for (size_t k = 0; k < t.size();) {
-      if ((unsigned char)t[k] >= 0x80) return true;
-      if (!is_alpha(t[k])) { ++k; continue; }
-      size_t e = k;
-      while (e < t.size() && is_alpha(t[e])) ++e;
-      std::string w = lower(t.substr(k, e - k));
-      bool command = k > 0 && t[k - 1] == '\\';
-      if (!command && w.size() >= 3 && !ok.count(w) && !kUnitWords.count(w)) return true;
-      k = e;
-    }
-    return false;
-  };
   if (o.expr && !ts.empty() && ts.size() <= 60 && ts.find('$') == std::string::npos &&
-      ts.find("\\boxed") == std::string::npos && !prose(ts))
+      ts.find("\\boxed") == std::string::npos && !looks_like_prose(ts))
     rest.push_back({0, ts, true});
   std::vector<std::pair<size_t, size_t>> spans;
   std::vector<Candidate> unused;
@@ -1591,6 +1701,18 @@ std::vector<Candidate> candidates(const std::string& text, const MathCheckOption
         if (!pick && c.rank == rank && std::any_of(c.text.begin(), c.text.end(), is_digit)) pick = &c;
     if (!pick && !seg.empty()) pick = &seg.front();
     if (pick) out.push_back(*pick);
+    // "The answer is \frac{1}{2}.": the rest of the line, whole, when it reads as one answer.
+    size_t eol = s.find('\n', ph);
+    std::string rest_of_line = trim(s.substr(ph, eol == std::string::npos ? std::string::npos : eol - ph));
+    while (!rest_of_line.empty() && (rest_of_line.back() == '.' || is_space(rest_of_line.back()))) rest_of_line.pop_back();
+    if (o.latex)
+      if (auto whole = whole_answer(rest_of_line)) out.push_back({ph, *whole, false});
+  }
+  // <answer>..</answer> (the R1 template): the last tag's content is the answer, whole.
+  if (size_t tag = s.rfind("<answer>"); tag != std::string::npos && o.latex) {
+    size_t close = s.find("</answer>", tag);
+    std::string inner = s.substr(tag + 8, close == std::string::npos ? std::string::npos : close - tag - 8);
+    if (auto whole = whole_answer(inner)) out.push_back({tag, *whole, false});
   }
   // \boxed outranks everything; boxed siblings separated by little text form one list.
   if (o.latex) {
@@ -1640,19 +1762,34 @@ struct Parsed {
   std::string text;
 };
 
+// Parses one candidate answer; nullptr when it is not one.
+P try_parse(const std::string& text, bool comma_decimal, Budget& b) {
+  try {
+    return parse_with_unions(text, comma_decimal, b);
+  } catch (const ParseError&) {
+  } catch (const std::invalid_argument&) {
+  } catch (const std::out_of_range&) {
+  } catch (const std::runtime_error&) {
+  }
+  return nullptr;
+}
+
 Parsed extract_and_parse(const std::string& text, const MathCheckOptions& o, Budget& b) {
   auto cands = candidates(text, o);
-  for (size_t k = cands.size(); k-- > 0;) {
-    try {
-      P n = parse_with_unions(cands[k].text, cands[k].comma_decimal, b);
-      if (n) return {n, trim(cands[k].text)};
-    } catch (const ParseError&) {
-    } catch (const std::invalid_argument&) {
-    } catch (const std::out_of_range&) {
-    } catch (const std::runtime_error&) {
-    }
-  }
+  for (size_t k = cands.size(); k-- > 0;)
+    if (P n = try_parse(cands[k].text, cands[k].comma_decimal, b)) return {n, trim(cands[k].text)};
   return {nullptr, ""};
+}
+
+// A reference is usually the answer itself, written bare as MATH-500's `answer` column and most
+// datasets' answer columns write it: "[2,5)", "\text{Tuesday}", "\{3,1,2\}", a pmatrix. Searching
+// it like a model's text would find the plain number 5 in "[2,5)" (or read "2,5" as a decimal
+// comma), so a short reference that is not prose is parsed whole first. A worked solution (with a
+// \boxed{}, or prose) goes through extraction like a prediction.
+Parsed parse_reference(const std::string& reference, const MathCheckOptions& o, Budget& b) {
+  if (auto whole = whole_answer(reference); whole && o.latex)
+    if (P n = try_parse(*whole, false, b)) return {n, *whole};
+  return extract_and_parse(reference, o, b);
 }
 
 }  // namespace
@@ -1774,7 +1911,7 @@ MathVerdict check_math_answer(const std::string& prediction, const std::string& 
   }
   Budget b;
   try {
-    Parsed gold = extract_and_parse(reference, o, b);
+    Parsed gold = parse_reference(reference, o, b);
     Parsed pred = extract_and_parse(prediction, o, b);
     v.extracted = pred.text;
     v.reference = gold.text;
