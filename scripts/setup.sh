@@ -2,10 +2,11 @@
 # Sets up grpo on a fresh Debian/Ubuntu machine and builds it into build/.
 # Idempotent: re-running skips what is already there.
 #   - Debian packages: compiler, CMake, gRPC/protobuf, RE2, fmt, GoogleTest, yaml-cpp,
-#     nlohmann-json, CLI11, libseccomp, ICU, ccache, ninja.
-#   - .venv at the repo root with PyPI's torch (its LibTorch is what we link against) plus
-#     transformers, tokenizers, safetensors and math-verify, which only the tests and benchmarks use
-#     as references, and grpcio(-tools) for the example Python reward worker.
+#     nlohmann-json, CLI11, libseccomp, ICU, GMP, ccache, ninja.
+#   - .venv at the repo root with the exact versions in requirements.txt: PyPI's torch (its LibTorch
+#     is what we link against) plus transformers, tokenizers, safetensors and math-verify, which only
+#     the tests and benchmarks use as references, grpcio(-tools) for the example Python reward
+#     worker, and tensorboard to view a run's curves.
 # Environment: GRPO_BUILD_TYPE (default Release), GRPO_SKIP_APT=1, GRPO_SKIP_BUILD=1.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -15,7 +16,7 @@ log() { printf '[setup] %s\n' "$*"; }
 debs=(build-essential cmake ninja-build ccache pkg-config python3 python3-venv python3-pip
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libre2-dev
       libfmt-dev libgtest-dev libgmock-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
-      libseccomp-dev libicu-dev)
+      libseccomp-dev libicu-dev libgmp-dev)
 if [ "${GRPO_SKIP_APT:-0}" != 1 ]; then
   missing=()
   for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -27,16 +28,18 @@ if [ "${GRPO_SKIP_APT:-0}" != 1 ]; then
   fi
 fi
 
-# The torch version matches the GPU machine's (2.11); pip keeps its wheel cache in ~/.cache/pip.
+# Python packages: every one pinned in requirements.txt (torch matches the GPU machine's 2.11).
+# Re-installed whenever requirements.txt changes; pip keeps its wheel cache in ~/.cache/pip.
 py=${GRPO_PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   "$py" -m venv .venv
 fi
-if ! .venv/bin/python -c 'import torch, transformers, tokenizers, safetensors, grpc, grpc_tools, math_verify' 2>/dev/null; then
-  log "installing torch, transformers, tokenizers, safetensors, grpcio, math-verify into .venv (first time: a few GB)"
-  # setuptools<82: what torch 2.11 declares (grpcio-tools would pull a newer one).
-  .venv/bin/pip install -q "torch==2.11.0" transformers tokenizers safetensors grpcio grpcio-tools math-verify "setuptools<82"
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ "$(cat .venv/.requirements.sha256 2>/dev/null)" != "$want" ]; then
+  log "installing requirements.txt into .venv (torch, transformers, tokenizers, safetensors, math-verify, grpcio, tensorboard; first time: a few GB)"
+  .venv/bin/pip install -q -r requirements.txt
+  echo "$want" > .venv/.requirements.sha256
 fi
 
 [ "${GRPO_SKIP_BUILD:-0}" = 1 ] && exit 0

@@ -291,9 +291,19 @@ at::Device DeepseekForCausalLM::device() const { return model->embed_tokens->wei
 at::ScalarType DeepseekForCausalLM::dtype() const { return model->embed_tokens->weight.scalar_type(); }
 
 void DeepseekForCausalLM::to_device_dtype(at::Device device, at::ScalarType dtype) {
+  // The router (gate weight and e_score_correction_bias) stays fp32 in every dtype, as
+  // transformers' _keep_in_fp32_modules_strict and Megatron's fp32 router keep it: rounding the
+  // gate weight to bf16 moves near-tied scores across the top-k boundary, which changes the
+  // experts a token uses, not just the last digits. Taken out before the cast, so that they never
+  // pass through the narrower dtype.
+  std::vector<std::pair<Tensor, Tensor>> fp32;  // (tensor, its fp32 value on `device`)
+  for (auto& module : modules(/*include_self=*/false))
+    if (auto* router = dynamic_cast<RouterImpl*>(module.get())) {
+      for (auto& t : router->parameters(false)) fp32.emplace_back(t, t.detach().to(device, at::kFloat));
+      for (auto& t : router->buffers(false)) fp32.emplace_back(t, t.detach().to(device, at::kFloat));
+    }
   this->to(device, dtype);
-  for (auto& kv : named_buffers())
-    if (kv.key().find("e_score_correction_bias") != std::string::npos) kv.value().set_data(kv.value().to(at::kFloat));
+  for (auto& [t, value] : fp32) t.set_data(value);
 }
 
 RopeTables DeepseekForCausalLM::rope_tables(const Tensor& position_ids, at::ScalarType dtype) const {

@@ -85,7 +85,7 @@ struct RouterImpl : torch::nn::Module {
   };
   // x (N, H) -> routing of each of the N tokens to k experts.
   Routing forward(const Tensor& x);
-  Tensor weight;                   // (E, H)
+  Tensor weight;                   // (E, H) fp32 in every model dtype
   Tensor e_score_correction_bias;  // (E) fp32 buffer; noaux_tc only; selection only
   ModelConfig config;
 };
