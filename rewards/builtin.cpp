@@ -8,7 +8,7 @@
 #include <sstream>
 #include <thread>
 
-#include "rewards/math_answer.h"
+#include "rewards/math/checker.h"
 #include "util/strings.h"
 #include "util/error.h"
 

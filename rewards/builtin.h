@@ -1,6 +1,6 @@
 // Built-in rewards and weighted combinations of rewards.
 //
-//   math                  1 if the completion's final answer equals the reference (rewards/math_answer.h);
+//   math                  1 if the completion's final answer equals the reference (rewards/math/checker.h);
 //                         looks inside the last <answer>...</answer> first. Options: precision,
 //                         answer_tag (true), latex (true), expr (true), letters (false).
 //   format                1 if the completion matches the R1 template <think>\n...\n</think>\n<answer>\n...\n</answer>

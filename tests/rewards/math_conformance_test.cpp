@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/conformance.h"
-#include "rewards/math_answer.h"
+#include "rewards/math/checker.h"
 
 using grpo::rewards::check_math_answer;
 using grpo::rewards::MathCheckOptions;

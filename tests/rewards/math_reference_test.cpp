@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "rewards/math_answer.h"
+#include "rewards/math/checker.h"
 
 using grpo::rewards::check_math_answer;
 

@@ -1,5 +1,7 @@
 // Math answer checking: extract the final answer from a model's text, parse it (LaTeX or plain),
-// and decide whether it equals a reference answer.
+// and decide whether it equals a reference answer. The stages, one file each in rewards/math/:
+// scan.h (work budget, text scanning), lexer, parser, expression.h, evaluate, equivalence,
+// extraction, hendrycks; this header is the whole public interface.
 //
 // Extraction looks, in order, for the last \boxed{} (with \boxed siblings joined into a list), a
 // final-answer phrase ("the final answer is", "Answer:", "réponse est", "答案"), then the last
