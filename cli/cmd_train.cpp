@@ -1,4 +1,4 @@
-// `grpo train RECIPE.yaml [--output DIR] [--resume]`.
+// `grpo train RECIPE.yaml [key=value ...] [--output DIR] [--resume]`.
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "trainer/grpo_trainer.h"
@@ -7,11 +7,12 @@ namespace grpo::cli {
 
 int run_train(const TrainArgs& a) {
   return torch_guard([&] {
-    auto recipe = trainer::load_recipe(a.recipe);
+    auto recipe = trainer::load_recipe(a.recipe, a.overrides);
     trainer::TrainOptions o;
     o.output_dir = a.output;
     o.resume = a.resume;
-    return trainer::train(recipe, o);
+    trainer::train(recipe, o);
+    return 0;
   });
 }
 

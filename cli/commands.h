@@ -64,6 +64,7 @@ int run_reward_worker(const RewardWorkerArgs& args);
 
 struct TrainArgs {
   std::string recipe, output;
+  std::vector<std::string> overrides;
   bool resume = false;
 };
 int run_train(const TrainArgs& args);

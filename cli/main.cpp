@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "trainer/recipe.h"
 #include "util/error.h"
 
 int main(int argc, char** argv) {
@@ -73,8 +74,10 @@ int main(int argc, char** argv) {
   TrainArgs tr;
   auto* c_tr = app.add_subcommand("train", "GRPO training from a recipe (R1-Zero loop)");
   c_tr->add_option("recipe", tr.recipe, "recipe YAML (see recipes/)")->required();
-  c_tr->add_option("--output", tr.output, "output directory (default runs/<recipe name>)");
+  c_tr->add_option("overrides", tr.overrides, "key=value, section.key=value or STAGE.key=value: recipe keys overridden (YAML values)");
+  c_tr->add_option("--output", tr.output, "output directory (default runs/<recipe name>); must be empty unless --resume");
   c_tr->add_flag("--resume", tr.resume, "continue from the output directory's last checkpoint");
+  c_tr->footer("Recipe keys (section: key = default, meaning):\n" + grpo::trainer::describe_recipe_keys());
 
   RewardArgs rw;
   auto* c_rw = app.add_subcommand("reward", "Score completions with rewards (in process, or --workers)");

@@ -8,7 +8,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" "${1:-cpu}"
 cmake --build "$build" --target bench_rollout grpo >/dev/null
 bin="$build/scripts/bench/bench_rollout"
-grpo="$build/src/grpo"
+grpo="$build/bin/grpo"
 work=${GRPO_BENCH_DIR:-bench-out/rollout-$mode}
 mkdir -p "$work"
 batches=${BATCHES:-1,16,64,256}

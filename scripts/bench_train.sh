@@ -29,7 +29,7 @@ precisions=${PRECISIONS:-$( [ "$mode" = gpu ] && echo "fp32 bf16" || echo fp32 )
 for p in $precisions; do
   cp "$work/recipe.yaml" "$work/recipe-$p.yaml"
   [ "$p" = bf16 ] && echo "bf16: true" >> "$work/recipe-$p.yaml"
-  "$build/src/grpo" train "$work/recipe-$p.yaml" --output "$work/run-$p" 2>&1 | tr '\r' '\n' | tail -2
+  "$build/bin/grpo" train "$work/recipe-$p.yaml" --output "$work/run-$p" 2>&1 | tr '\r' '\n' | tail -2
 done
 "$py" - "$mode" "$work" $precisions <<'PY'
 import json, sys
@@ -42,9 +42,9 @@ for p in precs:
     rows = [m for m in map(json.loads, open(f"{work}/run-{p}/metrics.jsonl")) if "time_train" in m][5:]
     n = len(rows)
     avg = {k: sum(m[k] for m in rows) / n for k in ("time_rollout", "time_reward", "time_train", "tokens_per_second",
-                                                     "completion_length_mean")}
+                                                     "completions/mean_length")}
     total = avg["time_rollout"] + avg["time_reward"] + avg["time_train"]
     base = base or total
-    print(f"| {p} | {avg['completion_length_mean']:.1f} | {avg['time_rollout']:.3f} | {avg['time_reward']:.3f} | "
+    print(f"| {p} | {avg['completions/mean_length']:.1f} | {avg['time_rollout']:.3f} | {avg['time_reward']:.3f} | "
           f"{avg['time_train']:.3f} | {total:.3f} | {avg['tokens_per_second']:.0f} | {base / total:.2f}x |")
 PY

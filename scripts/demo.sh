@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The built-in default job until the GRPO trainer lands (issue 7): create a tiny DeepSeek-V3-style
-# MLA + MoE model with random weights, sample G = 4 completions per prompt with the rollout engine,
-# and check that their log-probs equal the trainer-side recompute (`grpo logprobs`).
+# A smoke job for the rollout engine: create a tiny DeepSeek-V3-style MLA + MoE model with random
+# weights, sample G = 4 completions per prompt, and check that their log-probs equal the
+# trainer-side recompute (`grpo logprobs`). (The main job is `grpo train recipes/r1_zero_tiny.yaml`.)
 # Runs on a CPU in seconds. Output goes to ${1:-runs/demo}.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 out=${1:-runs/demo}
 mkdir -p "$out"
-grpo=build/src/grpo
+grpo=build/bin/grpo
 $grpo init --config scripts/bench/tiny.json --output "$out/tiny-model" --seed 0
 printf '%s\n' '{"prompt_ids": [1, 17, 42, 99]}' '{"prompt_ids": [3]}' '{"prompt_ids": [7, 7, 8, 9, 10, 11]}' > "$out/prompts.jsonl"
 $grpo generate --model "$out/tiny-model" --prompts "$out/prompts.jsonl" --output "$out/completions.jsonl" \

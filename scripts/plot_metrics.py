@@ -11,8 +11,8 @@ src, dst = sys.argv[1], sys.argv[2]
 train, evals = {}, {}
 for line in open(src):
     m = json.loads(line)
-    if "reward_mean" in m:
-        train[m["step"]] = m["reward_mean"]
+    if "reward" in m and "loss" in m:
+        train[m["step"]] = m["reward"]
     if "eval_accuracy" in m:
         evals[m["step"]] = m["eval_accuracy"]
 steps = sorted(train)

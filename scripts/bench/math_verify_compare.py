@@ -4,7 +4,7 @@ each gold against itself (boxed in a sentence), against rewritten equivalent for
 perturbed wrong answers. Reports agreement with Math-Verify, agreement with the intended verdict
 for each, the disagreements, and single-core check throughput of both in the same run.
 
-    python scripts/bench/math_verify_compare.py --grpo build/src/grpo --data ../shared/data/benchmarks
+    python scripts/bench/math_verify_compare.py --grpo build/bin/grpo --data data
 """
 import argparse
 import json

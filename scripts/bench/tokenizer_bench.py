@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Encoding speed of `grpo tokenize` vs Hugging Face `tokenizers` on the same tokenizer.json and
 corpus, measured in the same run. The tokenizer is the DeepSeek-V3-style one the parity test
-trains; the corpus is GSM8K + MATH-500 + HumanEval + MBPP texts (../shared/data) repeated."""
+trains; the corpus is the benchmark texts under --data (GSM8K, MATH-500, and HumanEval and MBPP
+when present) repeated."""
 import argparse
 import json
 import os
@@ -17,9 +18,10 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--grpo", required=True)
 ap.add_argument("--workdir", default="/tmp/grpo_tok_bench")
 ap.add_argument("--repeat", type=int, default=4)
+ap.add_argument("--data", required=True, help="a folder with benchmarks/*.jsonl (GSM8K, MATH-500, ...)")
 a = ap.parse_args()
 os.makedirs(a.workdir, exist_ok=True)
-texts, _ = tp.load_corpus(os.path.join(HERE, "..", "..", "..", "shared", "data"))
+texts, _ = tp.load_corpus(a.data)
 texts = [t for t in texts if t] * a.repeat
 total_bytes = sum(len(t.encode()) for t in texts)
 print(f"corpus: {len(texts)} texts, {total_bytes / 1e6:.1f} MB")

@@ -603,4 +603,30 @@ std::optional<std::string> Tokenizer::id_to_token(int32_t id) const {
   return impl_->id_to_str[id];
 }
 
+const std::string& byte_level_char(uint8_t byte) { return byte_alphabet().byte_to_utf8[byte]; }
+
+std::string Tokenizer::byte_level_json() {
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int b = 0; b < 256; ++b) vocab[byte_level_char(static_cast<uint8_t>(b))] = b;
+  nlohmann::json added = nlohmann::json::array();
+  for (int i = 0; i < 2; ++i)
+    added.push_back({{"id", 256 + i}, {"content", i == 0 ? "<s>" : "</s>"}, {"single_word", false}, {"lstrip", false},
+                     {"rstrip", false}, {"normalized", false}, {"special", true}});
+  nlohmann::json tok = {
+      {"version", "1.0"},
+      {"truncation", nullptr},
+      {"padding", nullptr},
+      {"added_tokens", added},
+      {"normalizer", nullptr},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}},
+      {"post_processor", nullptr},
+      {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}},
+      {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
+                 {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false},
+                 {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+  return tok.dump();
+}
+
+Tokenizer Tokenizer::byte_level() { return from_json(byte_level_json(), "builtin:bytes"); }
+
 }  // namespace grpo::text

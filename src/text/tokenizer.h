@@ -27,6 +27,11 @@ class Tokenizer {
   // naming the file and the JSON key.
   static Tokenizer load(const std::string& path);
   static Tokenizer from_json(const std::string& json_text, const std::string& where);
+  // The built-in byte-level tokenizer ("builtin:bytes"): one token per byte (ids 0..255 in byte
+  // order), <s> = 256, </s> = 257, no merges. byte_level_json() is its tokenizer.json, the file a
+  // checkpoint of a run that used it carries.
+  static Tokenizer byte_level();
+  static std::string byte_level_json();
 
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
@@ -44,5 +49,9 @@ class Tokenizer {
   explicit Tokenizer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// GPT-2's reversible byte -> printable character map, as UTF-8 (byte-level BPE vocabularies are
+// written in it).
+const std::string& byte_level_char(uint8_t byte);
 
 }  // namespace grpo::text

@@ -1,6 +1,8 @@
 #include "util/files.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include "util/error.h"
 
@@ -64,6 +67,48 @@ void make_directories(const std::string& path) {
   std::error_code ec;
   std::filesystem::create_directories(path, ec);
   if (ec) throw Error(path + ": cannot create directory: " + ec.message());
+}
+
+// No std::filesystem for what follows: libtorch.so exports its own copies of std::filesystem
+// functions, which the dynamic linker picks for every torch program, and its remove_all crashes.
+namespace {
+int remove_entry(const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }
+}  // namespace
+
+void remove_tree(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return;
+    throw Error(path + ": cannot remove: " + std::strerror(errno));
+  }
+  if (::nftw(path.c_str(), remove_entry, 32, FTW_DEPTH | FTW_PHYS) != 0)
+    throw Error(path + ": cannot remove: " + std::strerror(errno));
+}
+
+std::vector<std::string> list_directory(const std::string& dir) {
+  std::vector<std::string> names;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return names;
+  while (dirent* e = ::readdir(d)) {
+    std::string n = e->d_name;
+    if (n != "." && n != "..") names.push_back(n);
+  }
+  ::closedir(d);
+  return names;
+}
+
+void replace_directory(const std::string& from, const std::string& to) {
+  const std::string old = to + ".old";
+  if (!is_directory(from)) throw Error(from + ": cannot move to " + to + ": not a directory");
+  remove_tree(old);
+  if (file_exists(to) && ::rename(to.c_str(), old.c_str()) != 0)
+    throw Error(to + ": cannot move aside to " + old + ": " + std::strerror(errno));
+  if (::rename(from.c_str(), to.c_str()) != 0) {
+    const int e = errno;
+    if (file_exists(old)) ::rename(old.c_str(), to.c_str());
+    throw Error(from + ": cannot move to " + to + ": " + std::strerror(e));
+  }
+  remove_tree(old);
 }
 
 }  // namespace grpo

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace grpo {
 
@@ -16,5 +17,16 @@ bool is_directory(const std::string& path);
 bool file_exists(const std::string& path);
 // Creates `path` and its parents; throws grpo::Error on failure.
 void make_directories(const std::string& path);
+
+// Removes `path` and everything under it; nothing to do when it is absent. Throws grpo::Error.
+void remove_tree(const std::string& path);
+
+// The names in `dir` (not . and ..), in no particular order; empty when it cannot be read.
+std::vector<std::string> list_directory(const std::string& dir);
+
+// Moves the finished directory `from` to `to` by renames, no copy. An existing `to` is first
+// renamed to `to.old` and removed last, so at every moment one complete directory exists under
+// `to` or `to.old` (a reader that finds `to` missing looks at `to.old`). Throws grpo::Error.
+void replace_directory(const std::string& from, const std::string& to);
 
 }  // namespace grpo

@@ -5,24 +5,12 @@
 #include <utility>
 #include <vector>
 
-#include "text/unicode.h"
+#include "text/tokenizer.h"
 
 namespace grpo::testing {
 
 // Vocabulary: the 256 byte-alphabet characters get ids 0..255 in byte order, then merges.
-inline std::string byte_char(int b) {
-  int n = 0;
-  for (int x = 0; x < 256; ++x) {
-    bool printable = (x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255);
-    int cp = printable ? x : 256 + n++;
-    if (x == b) {
-      std::string s;
-      grpo::text::utf8_append(s, cp);
-      return s;
-    }
-  }
-  return "";
-}
+inline std::string byte_char(int b) { return grpo::text::byte_level_char(static_cast<uint8_t>(b)); }
 
 inline std::string make_tokenizer(const std::string& pre_tokenizer, const std::vector<std::pair<std::string, std::string>>& merges,
                            const std::string& added = "[]", const std::string& post = "null") {
