@@ -179,7 +179,7 @@ struct RewardWorker::Impl {
 
 RewardWorker::RewardWorker(const RewardRegistry& registry, WorkerOptions o) : impl_(std::make_unique<Impl>()) {
   impl_->service = std::make_unique<RewardServiceImpl>(registry, o);
-  impl_->health = rpc::make_health_service("reward-worker");
+  impl_->health = rpc::make_health_service({"grpo.v1.RewardService"});
   grpc::ServerBuilder b;
   std::string address = rpc::join_host_port(o.host, o.port);
   b.AddListeningPort(address, grpc::InsecureServerCredentials(), &impl_->port);

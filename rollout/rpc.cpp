@@ -153,7 +153,7 @@ struct RolloutServer::Impl {
 
 RolloutServer::RolloutServer(Backend& backend, const std::string& host, int port) : impl_(std::make_unique<Impl>()) {
   impl_->service = std::make_unique<RolloutServiceImpl>(backend);
-  impl_->health = rpc::make_health_service("rollout-server");
+  impl_->health = rpc::make_health_service({"grpo.v1.RolloutService"});
   grpc::ServerBuilder builder;
   std::string address = rpc::join_host_port(host, port);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &impl_->port);

@@ -33,6 +33,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "sandbox/classify.h"
+#include "sandbox/fd.h"
 #include "util/error.h"
 
 namespace grpo::sandbox {
@@ -138,20 +140,13 @@ struct ChildPlan {
   sock_fprog prog{};
 };
 
-struct StatusMsg {
-  int stage = 0;   // 0 = ran; otherwise the setup step that failed
-  int err = 0;     // errno of the failure
-  int exited = 0, code = -1, sig = 0;
-  long cpu_ms = 0, maxrss_kb = 0;
-};
-
-void report(int fd, const StatusMsg& m) {
+void report(int fd, const InitReport& m) {
   ssize_t unused = write(fd, &m, sizeof m);
   (void)unused;
 }
 
 [[noreturn]] void fail(const ChildPlan& p, int stage) {
-  StatusMsg m;
+  InitReport m;
   m.stage = stage;
   m.err = errno;
   report(p.status_w, m);
@@ -278,7 +273,7 @@ int child_init(void* arg) {
   rusage ru{};
   while (wait4(prog, &st, 0, &ru) < 0 && errno == EINTR) {
   }
-  StatusMsg m;
+  InitReport m;
   m.exited = WIFEXITED(st);
   m.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   m.sig = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
@@ -287,15 +282,6 @@ int child_init(void* arg) {
   report(p.status_w, m);
   _exit(0);  // every process left in the namespace dies with pid 1
 }
-
-const char* stage_name(int s) {
-  static const char* names[] = {"",        "uid map sync",   "make / private", "root tmpfs",  "mkdir",
-                                "symlink", "read-only bind", "device file",    "device bind", "proc",
-                                "tmp",     "work bind",      "work remount",   "pivot_root",  "chdir",
-                                "umount old root", "read-only root", "fork"};
-  return s >= 0 && s < (int)(sizeof names / sizeof *names) ? names[s] : "setup";
-}
-
 
 }  // namespace
 
@@ -399,18 +385,13 @@ std::string Workspace::read(const std::string& name) const {
 }
 
 // ---------------------------------------------------------------------------------------------
-Result run(const std::vector<std::string>& argv, const std::string& stdin_data, const Limits& L, Workspace& ws,
-           const Options& opt) {
-  const Isolation& iso = probe();
-  if (!iso.complete() && !opt.allow_weaker_isolation)
-    throw Error(iso.summary() + ": refusing to run untrusted code (pass --allow-weaker-isolation to run anyway)");
-  Result res;
-  if (argv.empty()) {
-    res.error = "empty command";
-    return res;
-  }
-  // --- the child's plan, built here (no allocation after clone) ---
-  ChildPlan p;
+namespace {
+
+// The child's plan, built before clone (the child allocates nothing): the new root's mounts, the
+// program, its environment and limits, the seccomp filter. Pipe ends are filled in by run().
+// `av` and `ev` receive argv and the environment (null-terminated), which the plan points into.
+void make_plan(ChildPlan& p, const std::vector<std::string>& argv, const Limits& L, const Workspace& ws,
+               const Isolation& iso, std::vector<char*>& av, std::vector<char*>& ev, double cpu_s) {
   const std::string base = ws.path();
   auto keep = [&](std::string s) { p.strings.push_back(std::move(s)); return p.strings.back().c_str(); };
   const std::string root = base + "/root";
@@ -438,10 +419,8 @@ Result run(const std::vector<std::string>& argv, const std::string& stdin_data, 
   p.proc = keep(root + "/proc");
   p.tmp = keep(root + "/tmp");
   p.workdir = keep(root + "/work");
-  std::vector<char*> av;
   for (const auto& a : argv) av.push_back(const_cast<char*>(keep(a)));
   av.push_back(nullptr);
-  std::vector<char*> ev;
   for (const char* e : {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/work", "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1",
                         "PYTHONHASHSEED=0", "TMPDIR=/tmp"})
     ev.push_back(const_cast<char*>(e));
@@ -450,7 +429,6 @@ Result run(const std::vector<std::string>& argv, const std::string& stdin_data, 
   p.argv = av.data();
   p.envp = ev.data();
   p.path_dirs = kPath;
-  const double cpu_s = L.cpu_s > 0 ? L.cpu_s : std::ceil(L.timeout_s);
   p.cpu = {(rlim_t)cpu_s, (rlim_t)cpu_s + 1};
   p.as = {(rlim_t)L.memory_mb << 20, (rlim_t)L.memory_mb << 20};
   p.nproc = {(rlim_t)L.max_processes, (rlim_t)L.max_processes};
@@ -462,40 +440,125 @@ Result run(const std::vector<std::string>& argv, const std::string& stdin_data, 
   const Filter& filter = seccomp_filter();
   p.prog.len = (unsigned short)filter.code.size();
   p.prog.filter = const_cast<sock_filter*>(filter.code.data());
+}
 
-  int in_p[2], out_p[2], err_p[2], st_p[2], sync_p[2] = {-1, -1};
-  if (pipe2(in_p, O_CLOEXEC) || pipe2(out_p, O_CLOEXEC) || pipe2(err_p, O_CLOEXEC) || pipe2(st_p, O_CLOEXEC)) {
-    res.error = std::string("pipe: ") + std::strerror(errno);
+// Feeds stdin, drains stdout/stderr under their caps and enforces the wall clock until both
+// output pipes close; kills init (and with it the whole namespace) at the deadline or the cap.
+Supervision supervise(pid_t init, Fd stdin_w, Fd out_r, Fd err_r, const std::string& stdin_data, const Limits& L,
+                      std::chrono::steady_clock::time_point t0, Result& res) {
+  Supervision sv;
+  fcntl(stdin_w.get(), F_SETFL, O_NONBLOCK);
+  size_t in_off = 0;
+  if (stdin_data.empty()) stdin_w.reset();
+  Fd* outs[2] = {&out_r, &err_r};
+  std::string* bufs[2] = {&res.out, &res.err};
+  const auto deadline = t0 + std::chrono::microseconds((int64_t)(L.timeout_s * 1e6));
+  auto kill_once = [&](bool& why) {
+    if (!sv.killed_at_deadline && !sv.killed_at_output_cap) {
+      why = true;
+      kill(init, SIGKILL);
+    }
+  };
+  while (out_r.valid() || err_r.valid()) {
+    pollfd fds[3];
+    int nf = 0, idx[3];
+    for (int k = 0; k < 2; ++k)
+      if (outs[k]->valid()) {
+        fds[nf] = {outs[k]->get(), POLLIN, 0};
+        idx[nf++] = k;
+      }
+    if (stdin_w.valid()) {
+      fds[nf] = {stdin_w.get(), POLLOUT, 0};
+      idx[nf++] = 2;
+    }
+    auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) kill_once(sv.killed_at_deadline);
+    int wait_ms = sv.killed_at_deadline || sv.killed_at_output_cap
+                      ? 100
+                      : (int)std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count());
+    int r = poll(fds, nf, wait_ms);
+    if (r < 0 && errno != EINTR) break;
+    for (int i = 0; i < nf; ++i) {
+      if (!fds[i].revents) continue;
+      if (idx[i] == 2) {
+        ssize_t n = write(stdin_w.get(), stdin_data.data() + in_off, stdin_data.size() - in_off);
+        if (n > 0) in_off += n;
+        if (n < 0 && errno != EAGAIN) in_off = stdin_data.size();
+        if (in_off >= stdin_data.size()) stdin_w.reset();
+        continue;
+      }
+      int k = idx[i];
+      char buf[65536];
+      ssize_t n = read(outs[k]->get(), buf, sizeof buf);
+      if (n <= 0) {
+        outs[k]->reset();
+        continue;
+      }
+      size_t room = L.max_output_bytes > bufs[k]->size() ? L.max_output_bytes - bufs[k]->size() : 0;
+      bufs[k]->append(buf, std::min<size_t>(room, n));
+      if ((size_t)n > room) kill_once(sv.killed_at_output_cap);
+    }
+  }
+  return sv;
+}
+
+// The child's stack, unmapped when the run is over.
+struct Stack {
+  static constexpr size_t kSize = 256 << 10;
+  void* base = mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  ~Stack() {
+    if (base != MAP_FAILED) munmap(base, kSize);
+  }
+  char* top() const { return static_cast<char*>(base) + kSize; }
+};
+
+}  // namespace
+
+Result run(const std::vector<std::string>& argv, const std::string& stdin_data, const Limits& L, Workspace& ws,
+           const Options& opt) {
+  const Isolation& iso = probe();
+  if (!iso.complete() && !opt.allow_weaker_isolation)
+    throw Error(iso.summary() + ": refusing to run untrusted code (pass --allow-weaker-isolation to run anyway)");
+  Result res;
+  if (argv.empty()) {
+    res.error = "empty command";
     return res;
   }
+  const double cpu_s = L.cpu_s > 0 ? L.cpu_s : std::ceil(L.timeout_s);
+  ChildPlan p;
+  std::vector<char*> av, ev;
+  make_plan(p, argv, L, ws, iso, av, ev, cpu_s);
+
   const bool userns = iso.namespaces && iso.user_namespace;
-  if (userns && pipe2(sync_p, O_CLOEXEC) != 0) {
+  Pipe in = Pipe::make(), out = Pipe::make(), err = Pipe::make(), status = Pipe::make(), sync;
+  if (userns) sync = Pipe::make();
+  if (!in.ok() || !out.ok() || !err.ok() || !status.ok() || (userns && !sync.ok())) {
     res.error = std::string("pipe: ") + std::strerror(errno);
     return res;
   }
-  p.in_r = in_p[0];
-  p.out_w = out_p[1];
-  p.err_w = err_p[1];
-  p.status_w = st_p[1];
-  p.sync_r = sync_p[0];
+  p.in_r = in.read.get();
+  p.out_w = out.write.get();
+  p.err_w = err.write.get();
+  p.status_w = status.write.get();
+  p.sync_r = sync.read.get();
 
-  const size_t stack_size = 256 << 10;
-  void* stack = mmap(nullptr, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (stack == MAP_FAILED) {
+  Stack stack;
+  if (stack.base == MAP_FAILED) {
     res.error = "mmap for the child stack failed";
     return res;
   }
   int flags = SIGCHLD;
   if (iso.namespaces) flags |= kNsFlags | (userns ? CLONE_NEWUSER : 0);
   auto t0 = std::chrono::steady_clock::now();
-  pid_t init = clone(child_init, static_cast<char*>(stack) + stack_size, flags, &p);
+  pid_t init = clone(child_init, stack.top(), flags, &p);
   int clone_errno = errno;
-  for (int fd : {in_p[0], out_p[1], err_p[1], st_p[1], sync_p[0]})
-    if (fd >= 0) close(fd);
+  // The child's ends belong to the child now.
+  in.read.reset();
+  out.write.reset();
+  err.write.reset();
+  status.write.reset();
+  sync.read.reset();
   if (init < 0) {
-    munmap(stack, stack_size);
-    for (int fd : {in_p[1], out_p[0], err_p[0], st_p[0], sync_p[1]})
-      if (fd >= 0) close(fd);
     res.error = std::string("clone: ") + std::strerror(clone_errno);
     return res;
   }
@@ -508,116 +571,18 @@ Result run(const std::vector<std::string>& argv, const std::string& stdin_data, 
     put("uid_map", "0 " + std::to_string(getuid()) + " 1\n");
     put("gid_map", "0 " + std::to_string(getgid()) + " 1\n");
     char c = 1;
-    ssize_t unused = write(sync_p[1], &c, 1);
+    ssize_t unused = write(sync.write.get(), &c, 1);
     (void)unused;
-    close(sync_p[1]);
+    sync.write.reset();
   }
-  // --- supervise: feed stdin, drain output under caps, enforce the wall clock ---
-  fcntl(in_p[1], F_SETFL, O_NONBLOCK);
-  size_t in_off = 0;
-  int in_fd = stdin_data.empty() ? -1 : in_p[1];
-  if (in_fd < 0) close(in_p[1]);
-  int outs[2] = {out_p[0], err_p[0]};
-  std::string* bufs[2] = {&res.out, &res.err};
-  bool killed_timeout = false, killed_output = false;
-  const auto deadline = t0 + std::chrono::microseconds((int64_t)(L.timeout_s * 1e6));
-  while (outs[0] >= 0 || outs[1] >= 0) {
-    pollfd fds[3];
-    int nf = 0, idx[3];
-    for (int k = 0; k < 2; ++k)
-      if (outs[k] >= 0) {
-        fds[nf] = {outs[k], POLLIN, 0};
-        idx[nf++] = k;
-      }
-    if (in_fd >= 0) {
-      fds[nf] = {in_fd, POLLOUT, 0};
-      idx[nf++] = 2;
-    }
-    auto now = std::chrono::steady_clock::now();
-    if (now >= deadline) {
-      if (!killed_timeout && !killed_output) {
-        killed_timeout = true;
-        kill(init, SIGKILL);
-      }
-    }
-    int wait_ms = killed_timeout || killed_output
-                      ? 100
-                      : (int)std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count());
-    int r = poll(fds, nf, wait_ms);
-    if (r < 0 && errno != EINTR) break;
-    for (int i = 0; i < nf; ++i) {
-      if (!fds[i].revents) continue;
-      if (idx[i] == 2) {
-        ssize_t n = write(in_fd, stdin_data.data() + in_off, stdin_data.size() - in_off);
-        if (n > 0) in_off += n;
-        if (n < 0 && errno != EAGAIN) in_off = stdin_data.size();
-        if (in_off >= stdin_data.size()) {
-          close(in_fd);
-          in_fd = -1;
-        }
-        continue;
-      }
-      int k = idx[i];
-      char buf[65536];
-      ssize_t n = read(outs[k], buf, sizeof buf);
-      if (n <= 0) {
-        close(outs[k]);
-        outs[k] = -1;
-        continue;
-      }
-      size_t room = L.max_output_bytes > bufs[k]->size() ? L.max_output_bytes - bufs[k]->size() : 0;
-      bufs[k]->append(buf, std::min<size_t>(room, n));
-      if ((size_t)n > room && !killed_output && !killed_timeout) {
-        killed_output = true;
-        kill(init, SIGKILL);
-      }
-    }
-  }
-  if (in_fd >= 0) close(in_fd);
+  Supervision sv = supervise(init, std::move(in.write), std::move(out.read), std::move(err.read), stdin_data, L, t0, res);
   int st = 0;
   while (waitpid(init, &st, 0) < 0 && errno == EINTR) {
   }
   res.wall_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  munmap(stack, stack_size);
-  StatusMsg m;
-  ssize_t got = read(st_p[0], &m, sizeof m);
-  close(st_p[0]);
-  if (killed_timeout) {
-    res.status = Status::Timeout;
-    return res;
-  }
-  if (killed_output) {
-    res.status = Status::OutputLimit;
-    return res;
-  }
-  if (got != (ssize_t)sizeof m) {
-    res.error = "the sandbox's init ended without a report";
-    return res;
-  }
-  if (m.stage != 0) {
-    res.error = std::string("sandbox setup failed at ") + stage_name(m.stage) + ": " + std::strerror(m.err);
-    return res;
-  }
-  res.exit_code = m.code;
-  res.signal = m.sig;
-  res.cpu_ms = m.cpu_ms;
-  res.max_rss_kb = m.maxrss_kb;
-  if (m.exited && m.code >= 121 && m.code <= 125) {
-    res.error = "sandbox could not drop privileges or install its filter (exit " + std::to_string(m.code) + ")";
-    res.status = Status::SandboxError;
-    return res;
-  }
-  if (m.sig == SIGXCPU || (m.sig == SIGKILL && res.cpu_ms >= cpu_s * 1000 - 50)) {
-    res.status = Status::Timeout;
-  } else if (m.exited && m.code == 0) {
-    res.status = Status::Ok;
-  } else if (res.err.find("MemoryError") != std::string::npos || res.err.find("bad_alloc") != std::string::npos ||
-             res.err.find("Cannot allocate memory") != std::string::npos ||
-             res.max_rss_kb >= (L.memory_mb << 10) * 9 / 10) {
-    res.status = Status::MemoryLimit;
-  } else {
-    res.status = Status::RuntimeError;
-  }
+  InitReport m;
+  sv.report_received = read(status.read.get(), &m, sizeof m) == (ssize_t)sizeof m;
+  classify(m, sv, L, cpu_s, res);
   return res;
 }
 

@@ -1,24 +1,44 @@
 #include "rpc/health.h"
 
-#include "grpo.grpc.pb.h"
+#include <algorithm>
+#include <thread>
+
+#include "health.grpc.pb.h"
 #include "util/error.h"
 
 namespace grpo::rpc {
 
 namespace {
 
-class HealthService final : public grpo::v1::Health::Service {
+using grpc::health::v1::HealthCheckRequest;
+using grpc::health::v1::HealthCheckResponse;
+
+class HealthService final : public grpc::health::v1::Health::Service {
  public:
-  explicit HealthService(std::string name) : name_(std::move(name)) {}
-  grpc::Status Check(grpc::ServerContext*, const grpo::v1::HealthRequest*, grpo::v1::HealthReply* reply) override {
-    reply->set_serving(true);
-    reply->set_server(name_);
-    reply->set_version("grpo 0.1.0");
+  explicit HealthService(std::vector<std::string> services) : services_(std::move(services)) {}
+
+  grpc::Status Check(grpc::ServerContext*, const HealthCheckRequest* request, HealthCheckResponse* reply) override {
+    if (!known(request->service())) return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown service " + request->service());
+    reply->set_status(HealthCheckResponse::SERVING);
     return grpc::Status::OK;
   }
 
+  // The status never changes while the server runs: send it once, then hold the stream open until
+  // the caller cancels or the server shuts down.
+  grpc::Status Watch(grpc::ServerContext* ctx, const HealthCheckRequest* request,
+                     grpc::ServerWriter<HealthCheckResponse>* writer) override {
+    HealthCheckResponse reply;
+    reply.set_status(known(request->service()) ? HealthCheckResponse::SERVING : HealthCheckResponse::SERVICE_UNKNOWN);
+    if (!writer->Write(reply)) return grpc::Status::OK;
+    while (!ctx->IsCancelled()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    return grpc::Status::CANCELLED;
+  }
+
  private:
-  std::string name_;
+  bool known(const std::string& s) const {
+    return s.empty() || std::find(services_.begin(), services_.end(), s) != services_.end();
+  }
+  std::vector<std::string> services_;
 };
 
 const char* code_name(grpc::StatusCode c) {
@@ -39,8 +59,8 @@ const char* code_name(grpc::StatusCode c) {
 
 }  // namespace
 
-std::unique_ptr<grpc::Service> make_health_service(const std::string& server_name) {
-  return std::make_unique<HealthService>(server_name);
+std::unique_ptr<grpc::Service> make_health_service(const std::vector<std::string>& services) {
+  return std::make_unique<HealthService>(services);
 }
 
 std::string join_host_port(const std::string& host, int port) {
@@ -52,15 +72,17 @@ std::string describe(const grpc::Status& s, const std::string& what, const std::
   return what + " at " + address + ": " + code_name(s.error_code()) + ": " + s.error_message();
 }
 
-std::string check_health(const std::string& address, double timeout_seconds) {
+std::string check_health(const std::string& address, double timeout_seconds, const std::string& service) {
   auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
-  auto stub = grpo::v1::Health::NewStub(channel);
+  auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext ctx;
   set_deadline(ctx, timeout_seconds);
-  grpo::v1::HealthReply reply;
-  grpc::Status s = stub->Check(&ctx, grpo::v1::HealthRequest(), &reply);
+  HealthCheckRequest request;
+  request.set_service(service);
+  HealthCheckResponse reply;
+  grpc::Status s = stub->Check(&ctx, request, &reply);
   if (!s.ok()) throw Error(describe(s, "health check", address));
-  return reply.server();
+  return HealthCheckResponse::ServingStatus_Name(reply.status());
 }
 
 }  // namespace grpo::rpc

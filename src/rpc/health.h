@@ -1,4 +1,5 @@
-// The Health service every grpo server offers, and gRPC helpers shared by servers and clients.
+// gRPC's standard health service (grpc.health.v1, proto/health.proto) that every grpo server
+// offers, and gRPC helpers shared by servers and clients.
 // Torch-free (build rule 1): only torch-free targets include this header.
 #pragma once
 
@@ -7,11 +8,13 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace grpo::rpc {
 
-// A Health service that answers `serving` with the given server name ("rollout-server", ...).
-std::unique_ptr<grpc::Service> make_health_service(const std::string& server_name);
+// grpc.health.v1.Health reporting SERVING for "" (the server) and for each of `services` (full
+// names such as "grpo.v1.RewardService"); other names are NOT_FOUND.
+std::unique_ptr<grpc::Service> make_health_service(const std::vector<std::string>& services);
 
 // "host:port" for a listening address; IPv6 hosts get brackets.
 std::string join_host_port(const std::string& host, int port);
@@ -25,7 +28,8 @@ inline void set_deadline(grpc::ClientContext& ctx, double seconds) {
 // One line for a failed call: "<what> at <address>: <code name>: <message>".
 std::string describe(const grpc::Status& s, const std::string& what, const std::string& address);
 
-// Checks Health.Check at `address` within `timeout_seconds`; returns the server name or throws grpo::Error.
-std::string check_health(const std::string& address, double timeout_seconds);
+// grpc.health.v1 Check of `service` ("" = the server) at `address` within `timeout_seconds`:
+// "SERVING", "NOT_SERVING" or "UNKNOWN"; throws grpo::Error when the call fails.
+std::string check_health(const std::string& address, double timeout_seconds, const std::string& service = "");
 
 }  // namespace grpo::rpc

@@ -73,7 +73,10 @@ struct Served {
 
 TEST(RolloutServer, ServesWhatTheEngineGivesAndAnswersHealthAndInfo) {
   Served s;
-  EXPECT_EQ(rpc::check_health(s.address, 5), "rollout-server");
+  // gRPC's standard health protocol: the server and its service are SERVING, other names NOT_FOUND.
+  EXPECT_EQ(rpc::check_health(s.address, 5), "SERVING");
+  EXPECT_EQ(rpc::check_health(s.address, 5, "grpo.v1.RolloutService"), "SERVING");
+  EXPECT_THROW(rpc::check_health(s.address, 5, "grpo.v1.NoSuchService"), grpo::Error);
   RolloutClient client(s.address);
   auto info = client.info();
   EXPECT_EQ(info.vocab_size, 97);
