@@ -33,21 +33,6 @@ struct Call {
 
 }  // namespace
 
-void copy_weights(model::DeepseekForCausalLM& dst, model::DeepseekForCausalLM& src) {
-  c10::NoGradGuard no_grad;
-  auto src_params = src.named_parameters(true);
-  auto src_buffers = src.named_buffers(true);
-  auto copy = [](const std::string& name, at::Tensor& d, const at::Tensor* s) {
-    if (!s) throw Error("update weights: the checkpoint has no tensor '" + name + "'");
-    if (d.sizes() != s->sizes())
-      throw Error("update weights: '" + name + "' has shape " + c10::str(s->sizes()) + " in the checkpoint, " +
-                  c10::str(d.sizes()) + " in the served model");
-    d.copy_(*s);
-  };
-  for (auto& kv : dst.named_parameters(true)) copy(kv.key(), kv.value(), src_params.find(kv.key()));
-  for (auto& kv : dst.named_buffers(true)) copy(kv.key(), kv.value(), src_buffers.find(kv.key()));
-}
-
 std::shared_ptr<const text::Tokenizer> load_tokenizer_if_present(const std::string& model_dir) {
   std::string path = model_dir + "/tokenizer.json";
   if (!file_exists(path)) return nullptr;
@@ -250,8 +235,12 @@ double EngineBackend::update_weights(const std::string& dir, int64_t version) {
   }
   std::unique_lock<std::mutex> lk(impl_->mu);
   impl_->update_done = false;
-  impl_->update_job = [this, fresh, version] {
-    copy_weights(*impl_->model, *fresh);
+  impl_->update_job = [this, fresh, version, dir] {
+    try {
+      model::copy_weights(*impl_->model, *fresh);
+    } catch (const Error& e) {
+      throw Error("update weights from " + dir + ": " + e.what());
+    }
     impl_->engine->weight_version = version;
   };
   impl_->update_pending = 1;

@@ -35,9 +35,6 @@ class EngineBackend : public Backend {
   std::unique_ptr<Impl> impl_;
 };
 
-// Copies every parameter and buffer of `src` into `dst` (same architecture), on dst's device and
-// dtype. Throws grpo::Error naming the first tensor whose shape differs.
-void copy_weights(model::DeepseekForCausalLM& dst, model::DeepseekForCausalLM& src);
 
 // Loads tokenizer.json from a model directory when it has one; null otherwise.
 std::shared_ptr<const text::Tokenizer> load_tokenizer_if_present(const std::string& model_dir);

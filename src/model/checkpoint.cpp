@@ -272,10 +272,26 @@ void save_model(DeepseekForCausalLM& model, const std::string& config_json, cons
 
   json cfg = json::parse(config_json);
   cfg.erase("quantization_config");
+  cfg.erase("auto_map");  // the weights are transformers' own classes now, not the base's remote code
   cfg["architectures"] = {c.model_type == "deepseek_v3" ? "DeepseekV3ForCausalLM" : "DeepseekV2ForCausalLM"};
   cfg["dtype"] = options.dtype == at::kBFloat16 ? "bfloat16" : options.dtype == at::kHalf ? "float16" : "float32";
   cfg.erase("torch_dtype");
   write_file_atomic(dir + "/config.json", cfg.dump(2) + "\n");
+}
+
+void copy_weights(DeepseekForCausalLM& dst, DeepseekForCausalLM& src) {
+  c10::NoGradGuard no_grad;
+  auto src_params = src.named_parameters(true);
+  auto src_buffers = src.named_buffers(true);
+  auto copy = [](const std::string& name, at::Tensor& d, const at::Tensor* s) {
+    if (!s) throw Error("copy weights: the source model has no tensor '" + name + "'");
+    if (d.sizes() != s->sizes())
+      throw Error("copy weights: '" + name + "' has shape " + c10::str(s->sizes()) + " in the source, " +
+                  c10::str(d.sizes()) + " in the destination");
+    d.copy_(*s);
+  };
+  for (auto& kv : dst.named_parameters(true)) copy(kv.key(), kv.value(), src_params.find(kv.key()));
+  for (auto& kv : dst.named_buffers(true)) copy(kv.key(), kv.value(), src_buffers.find(kv.key()));
 }
 
 }  // namespace grpo::model

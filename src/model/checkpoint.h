@@ -26,6 +26,11 @@ std::shared_ptr<DeepseekForCausalLM> load_model(const std::string& dir, const Lo
 // embedding, ones for norms, zeros for e_score_correction_bias. Deterministic for a seed (CPU).
 void init_weights(DeepseekForCausalLM& model, uint64_t seed);
 
+// Copies every parameter and buffer of `src` into `dst` (the same architecture) in place, on dst's
+// device and in dst's dtypes, so that views of dst's tensors (an engine, CUDA graphs) see the new
+// values. Throws grpo::Error naming the first tensor missing from `src` or of another shape.
+void copy_weights(DeepseekForCausalLM& dst, DeepseekForCausalLM& src);
+
 struct SaveOptions {
   at::ScalarType dtype = at::kFloat;              // on-disk dtype of floating weights
   int64_t max_shard_bytes = int64_t(5) << 30;     // larger checkpoints are sharded with an index

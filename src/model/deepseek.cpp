@@ -227,20 +227,16 @@ MoEImpl::MoEImpl(const ModelConfig& c) {
         register_module("shared_experts", MLP(c.hidden_size, c.moe_intermediate_size * c.n_shared_experts));
 }
 
-Tensor MoEImpl::forward(const Tensor& x) {
+Tensor MoEImpl::forward(const Tensor& x, RouterImpl::Routing* routing_out) {
   Tensor flat = x.reshape({-1, x.size(-1)});
   auto routing = gate(flat);
+  Tensor load;  // tokens per expert (E)
   {
     at::NoGradGuard no_grad;
-    last_expert_load = RoutedExpertsImpl::count(routing.experts, experts->num_experts);
+    load = RoutedExpertsImpl::count(routing.experts, experts->num_experts);
   }
-  if (keep_routing) {
-    last_scores = routing.scores;
-    last_experts = routing.experts;
-  } else {
-    last_scores = last_experts = Tensor();
-  }
-  Tensor out = experts(flat, routing.experts, routing.weights, last_expert_load).view(x.sizes());
+  if (routing_out) *routing_out = routing;
+  Tensor out = experts(flat, routing.experts, routing.weights, load).view(x.sizes());
   if (shared_experts) out = out + shared_experts(x);
   return out;
 }
@@ -265,11 +261,14 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer_idx, bool
   }
 }
 
-Tensor DecoderLayerImpl::feed_forward(const Tensor& x) { return moe ? moe(x) : dense_mlp(x); }
+Tensor DecoderLayerImpl::feed_forward(const Tensor& x, RouterImpl::Routing* routing) {
+  return moe ? moe->forward(x, routing) : dense_mlp(x);
+}
 
-Tensor DecoderLayerImpl::forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask, Tensor* latent) {
+Tensor DecoderLayerImpl::forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask, Tensor* latent,
+                                 RouterImpl::Routing* routing) {
   Tensor h = x + self_attn->forward(input_layernorm(x), rope, mask, latent);
-  return h + feed_forward(post_attention_layernorm(h));
+  return h + feed_forward(post_attention_layernorm(h), routing);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -318,7 +317,8 @@ RopeTables DeepseekForCausalLM::rope_tables(const Tensor& position_ids, at::Scal
 }
 
 Tensor DeepseekForCausalLM::hidden_states(const Tensor& input_ids, const std::optional<Tensor>& attention_mask,
-                                          const std::optional<Tensor>& position_ids, std::vector<Tensor>* latents) {
+                                          const std::optional<Tensor>& position_ids, std::vector<Tensor>* latents,
+                                          std::vector<RouterImpl::Routing>* routing) {
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   const auto dev = device();
   Tensor ids = input_ids.to(dev);
@@ -336,8 +336,13 @@ Tensor DeepseekForCausalLM::hidden_states(const Tensor& input_ids, const std::op
   Tensor h = model->embed_tokens(ids);
   RopeTables rope = rope_tables(pos, h.scalar_type());
   if (latents) latents->assign(config_.num_hidden_layers, Tensor());
-  for (int64_t i = 0; i < config_.num_hidden_layers; ++i)
-    h = model->layers[i]->as<DecoderLayer>()->forward(h, rope, mask, latents ? &(*latents)[i] : nullptr);
+  if (routing) routing->clear();
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    auto layer = model->layers[i]->as<DecoderLayer>();
+    RouterImpl::Routing* r = nullptr;
+    if (routing && layer->moe) r = &routing->emplace_back();
+    h = layer->forward(h, rope, mask, latents ? &(*latents)[i] : nullptr, r);
+  }
   return model->norm(h);
 }
 
@@ -347,10 +352,18 @@ Tensor DeepseekForCausalLM::logits(const Tensor& hidden) { return at::linear(hid
 
 std::vector<Tensor> DeepseekForCausalLM::completion_logprobs(const std::vector<std::vector<int64_t>>& prompts,
                                                              const std::vector<std::vector<int64_t>>& completions) {
+  return completion_forward(prompts, completions, {}).logprobs;
+}
+
+DeepseekForCausalLM::CompletionOutputs DeepseekForCausalLM::completion_forward(
+    const std::vector<std::vector<int64_t>>& prompts, const std::vector<std::vector<int64_t>>& completions,
+    const CompletionOptions& options) {
   if (prompts.size() != completions.size()) throw Error("completion_logprobs: prompts and completions differ in count");
   const int64_t B = static_cast<int64_t>(prompts.size());
-  std::vector<Tensor> out(B);
-  if (B == 0) return out;
+  CompletionOutputs result;
+  result.logprobs.resize(B);
+  if (options.entropy) result.entropy.resize(B);
+  if (B == 0) return result;
   // Sequence b is prompt + completion[:-1] (the last completion token is never an input).
   int64_t T = 1;
   for (int64_t b = 0; b < B; ++b) {
@@ -360,12 +373,14 @@ std::vector<Tensor> DeepseekForCausalLM::completion_logprobs(const std::vector<s
   }
   const int64_t V = config_.vocab_size;
   std::vector<int64_t> ids(B * T, 0), rows, targets;
+  std::vector<float> real(B * T, 0.f);  // 1 for the tokens of each sequence, 0 for padding
   for (int64_t b = 0; b < B; ++b) {
     const auto& p = prompts[b];
     const auto& c = completions[b];
     int64_t t = 0;
     for (int64_t tok : p) ids[b * T + t++] = tok;
     for (size_t j = 0; j + 1 < c.size(); ++j) ids[b * T + t++] = c[j];
+    std::fill(real.begin() + b * T, real.begin() + b * T + t, 1.f);
     for (size_t j = 0; j < c.size(); ++j) {
       rows.push_back(b * T + (int64_t)p.size() - 1 + (int64_t)j);  // position predicting c[j]
       targets.push_back(c[j]);
@@ -379,8 +394,10 @@ std::vector<Tensor> DeepseekForCausalLM::completion_logprobs(const std::vector<s
   auto long_opts = at::TensorOptions().dtype(at::kLong);
   // Copies (not views of the vectors): autograd keeps index tensors for the backward pass.
   Tensor input = at::from_blob(ids.data(), {B, T}, long_opts).clone().to(dev);
-  Tensor h = hidden_states(input);  // right padding: plain causal attention is exact
-  std::vector<Tensor> flat_lp;
+  // Right padding: plain causal attention is exact.
+  Tensor h = hidden_states(input, std::nullopt, std::nullopt, nullptr, options.routing ? &result.routing : nullptr);
+  result.token_mask = at::from_blob(real.data(), {B, T}, at::TensorOptions().dtype(at::kFloat)).clone().to(dev);
+  std::vector<Tensor> flat_lp, flat_entropy;
   if (!rows.empty()) {
     Tensor row_idx = at::from_blob(rows.data(), {(int64_t)rows.size()}, long_opts).clone().to(dev);
     Tensor tgt = at::from_blob(targets.data(), {(int64_t)targets.size()}, long_opts).clone().to(dev);
@@ -390,18 +407,27 @@ std::vector<Tensor> DeepseekForCausalLM::completion_logprobs(const std::vector<s
     for (int64_t s = 0; s < hs.size(0); s += chunk) {
       int64_t n = std::min(chunk, hs.size(0) - s);
       Tensor lg = logits(hs.narrow(0, s, n)).to(at::kFloat);
-      Tensor lp = lg.gather(1, tgt.narrow(0, s, n).unsqueeze(1)).squeeze(1) - lg.logsumexp(-1);
-      flat_lp.push_back(lp);
+      Tensor lse = lg.logsumexp(-1);
+      flat_lp.push_back(lg.gather(1, tgt.narrow(0, s, n).unsqueeze(1)).squeeze(1) - lse);
+      if (options.entropy) {  // H = logsumexp - sum softmax * logits
+        at::NoGradGuard no_grad;
+        flat_entropy.push_back(lse - (lg.softmax(-1) * lg).sum(-1));
+      }
     }
   }
-  Tensor all = flat_lp.empty() ? Tensor() : at::cat(flat_lp, 0);
-  int64_t offset = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    int64_t n = (int64_t)completions[b].size();
-    out[b] = n ? all.narrow(0, offset, n) : at::empty({0}, at::TensorOptions().dtype(at::kFloat).device(dev));
-    offset += n;
-  }
-  return out;
+  // Splits the flat per-token values back into sequences.
+  auto per_sequence = [&](const std::vector<Tensor>& flat, std::vector<Tensor>& out) {
+    Tensor all = flat.empty() ? Tensor() : at::cat(flat, 0);
+    int64_t offset = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t n = (int64_t)completions[b].size();
+      out[b] = n ? all.narrow(0, offset, n) : at::empty({0}, at::TensorOptions().dtype(at::kFloat).device(dev));
+      offset += n;
+    }
+  };
+  per_sequence(flat_lp, result.logprobs);
+  if (options.entropy) per_sequence(flat_entropy, result.entropy);
+  return result;
 }
 
 }  // namespace grpo::model

@@ -110,26 +110,22 @@ TORCH_MODULE(RoutedExperts);
 
 struct MoEImpl : torch::nn::Module {
   explicit MoEImpl(const ModelConfig& c);
-  Tensor forward(const Tensor& x);  // (B, T, H) -> (B, T, H)
+  // (B, T, H) -> (B, T, H). `routing`, when given, receives this forward's routing over the
+  // N = B*T tokens in (batch, position) order (its scores keep their graph: balance losses).
+  Tensor forward(const Tensor& x, RouterImpl::Routing* routing = nullptr);
   Router gate{nullptr};
   RoutedExperts experts{nullptr};
   MLP shared_experts{nullptr};  // null when n_shared_experts == 0
-  // Tokens routed to each expert in the last forward (E), int64 on the model's device.
-  Tensor last_expert_load;
-  // When set, each forward keeps its routing: the trainer's balance statistics over real tokens
-  // and the sequence-level auxiliary loss (whose gradient flows through last_scores).
-  bool keep_routing = false;
-  Tensor last_scores;   // (N, E) fp32 gate scores, N = B*T tokens in (batch, position) order
-  Tensor last_experts;  // (N, k) int64 chosen experts
 };
 TORCH_MODULE(MoE);
 
 struct DecoderLayerImpl : torch::nn::Module {
   // `mtp`: also registers the MTP module parts (embed_tokens, enorm, hnorm, eh_proj, shared_head).
   DecoderLayerImpl(const ModelConfig& c, int64_t layer_idx, bool mtp);
-  Tensor forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask, Tensor* latent = nullptr);
-  // The feed-forward half: dense MLP or MoE, whichever this layer has.
-  Tensor feed_forward(const Tensor& x);
+  Tensor forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask, Tensor* latent = nullptr,
+                 RouterImpl::Routing* routing = nullptr);
+  // The feed-forward half: dense MLP or MoE, whichever this layer has (`routing`: see MoEImpl).
+  Tensor feed_forward(const Tensor& x, RouterImpl::Routing* routing = nullptr);
 
   MLA self_attn{nullptr};
   MLP dense_mlp{nullptr};  // registered as "mlp" when the layer is dense
@@ -162,10 +158,12 @@ class DeepseekForCausalLM : public torch::nn::Module {
   // input_ids (B, T) int64. attention_mask (B, T), 1 = token, 0 = padding: omit it for unpadded
   // or right-padded batches (plain causal attention is then exact for every real token).
   // position_ids (B, T): default 0..T-1. Returns the final-norm hidden states (B, T, H).
-  // `latents`, when given, receives each layer's MLA cache entries (see MLAImpl::forward).
+  // `latents`, when given, receives each layer's MLA cache entries (see MLAImpl::forward);
+  // `routing` each MoE layer's routing, in layer order.
   Tensor hidden_states(const Tensor& input_ids, const std::optional<Tensor>& attention_mask = std::nullopt,
                        const std::optional<Tensor>& position_ids = std::nullopt,
-                       std::vector<Tensor>* latents = nullptr);
+                       std::vector<Tensor>* latents = nullptr,
+                       std::vector<RouterImpl::Routing>* routing = nullptr);
   // hidden (..., H) -> logits (..., V) in the model dtype.
   Tensor logits(const Tensor& hidden);
   // Weight of the output projection (the embedding when tied).
@@ -177,6 +175,23 @@ class DeepseekForCausalLM : public torch::nn::Module {
   // empty tensors. Differentiable when called with grad mode on.
   std::vector<Tensor> completion_logprobs(const std::vector<std::vector<int64_t>>& prompts,
                                           const std::vector<std::vector<int64_t>>& completions);
+
+  // The same forward with what training also needs, each computed only when asked.
+  struct CompletionOptions {
+    bool entropy = false;  // per-token entropy of the policy (no graph)
+    bool routing = false;  // each MoE layer's routing
+  };
+  struct CompletionOutputs {
+    std::vector<Tensor> logprobs;  // per sequence (C_i), fp32: as completion_logprobs
+    std::vector<Tensor> entropy;   // per sequence (C_i), fp32, nats; when asked
+    // Per MoE layer, over the right-padded (B, T) batch flattened to B*T tokens, sequence b being
+    // prompt_b + completion_b[:-1]; when asked. token_mask (B, T) fp32 marks the real tokens.
+    std::vector<RouterImpl::Routing> routing;
+    Tensor token_mask;
+  };
+  CompletionOutputs completion_forward(const std::vector<std::vector<int64_t>>& prompts,
+                                       const std::vector<std::vector<int64_t>>& completions,
+                                       const CompletionOptions& options);
 
   // Casts floating-point parameters to `dtype` and moves everything to `device`;
   // e_score_correction_bias stays fp32 (it is compared across experts at fp32 resolution).
