@@ -22,6 +22,9 @@ KlEstimator parse_kl_estimator(const std::string& s) {
   throw Error("kl_estimator '" + s + "': expected k1, k2 or k3");
 }
 
+std::string to_string(LossType t) { return t == LossType::Grpo ? "grpo" : t == LossType::Dapo ? "dapo" : "dr_grpo"; }
+std::string to_string(KlEstimator k) { return k == KlEstimator::K1 ? "k1" : k == KlEstimator::K2 ? "k2" : "k3"; }
+
 Tensor group_advantages(const Tensor& rewards, int64_t G, const AdvantageConfig& c) {
   if (G < 1 || rewards.numel() % G != 0)
     throw Error("group_advantages: " + std::to_string(rewards.numel()) + " rewards do not split into groups of " +
@@ -69,7 +72,12 @@ LossOutput grpo_loss(const LossInputs& in, const LossConfig& c) {
   {
     c10::NoGradGuard g;
     double n = std::max(1.0, m.sum().item<double>());
-    out.clip_fraction = (((clipped < unclipped) & (m > 0)).to(m.scalar_type()).sum().item<double>()) / n;
+    Tensor real = m > 0;
+    out.clip_fraction = (((clipped < unclipped) & real).to(m.scalar_type()).sum().item<double>()) / n;
+    // TRL's clip_ratio/low_mean and high_mean: the ratio beyond the range on the side that clips.
+    Tensor low = (ratio < 1 - c.epsilon_low) & (A < 0) & real, high = (ratio > 1 + c.epsilon_high) & (A > 0) & real;
+    out.clip_low_fraction = low.to(m.scalar_type()).sum().item<double>() / n;
+    out.clip_high_fraction = high.to(m.scalar_type()).sum().item<double>() / n;
     out.ratio_mean = ((ratio * m).sum().item<double>()) / n;
     if (kl.defined()) out.kl = ((kl * m).sum().item<double>()) / n;
   }

@@ -14,32 +14,12 @@
 
 #include <ATen/ATen.h>
 
-#include <string>
+#include "trainer/loss_config.h"
 
 namespace grpo::trainer {
 
-enum class LossType { Grpo, Dapo, DrGrpo };
-enum class KlEstimator { K1, K2, K3 };
-
-LossType parse_loss_type(const std::string& s);      // "grpo" | "dapo" | "dr_grpo"; throws grpo::Error
-KlEstimator parse_kl_estimator(const std::string& s);  // "k1" | "k2" | "k3"
-
-struct AdvantageConfig {
-  bool scale_rewards = true;   // divide by the std (off: Dr. GRPO)
-  bool batch_std = false;      // std over the whole batch instead of each group
-  double eps = 1e-4;
-};
-
 // rewards (N) with N = groups * G, samples of a group contiguous -> advantages (N).
 at::Tensor group_advantages(const at::Tensor& rewards, int64_t group_size, const AdvantageConfig& config = {});
-
-struct LossConfig {
-  LossType type = LossType::Dapo;
-  double epsilon_low = 0.2, epsilon_high = 0.2;
-  double beta = 0.0;  // 0: no KL term and no reference model
-  KlEstimator kl = KlEstimator::K3;
-  int64_t max_completion_length = 0;  // dr_grpo's normaliser; 0 = the mask's width
-};
 
 struct LossInputs {
   at::Tensor logp;        // (B, T) current policy log-probs of the completion tokens
@@ -52,6 +32,7 @@ struct LossInputs {
 struct LossOutput {
   at::Tensor loss;           // scalar
   double clip_fraction = 0;  // share of masked tokens where the clipped term was chosen
+  double clip_low_fraction = 0, clip_high_fraction = 0;  // ratio < 1 - eps_low with A < 0; > 1 + eps_high with A > 0
   double kl = 0;             // mean KL per masked token (0 when beta == 0)
   double ratio_mean = 0;
 };

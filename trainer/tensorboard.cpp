@@ -5,6 +5,11 @@
 #include <chrono>
 #include <cstring>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "tensorboard.pb.h"
 #include "util/error.h"
 
 namespace grpo::trainer {
@@ -30,30 +35,6 @@ namespace {
 
 uint32_t masked(uint32_t crc) { return ((crc >> 15) | (crc << 17)) + 0xa282ead8u; }
 
-void varint(std::string& out, uint64_t v) {
-  while (v >= 0x80) {
-    out += (char)(v | 0x80);
-    v >>= 7;
-  }
-  out += (char)v;
-}
-void key(std::string& out, int field, int wire) { varint(out, (uint64_t)(field << 3 | wire)); }
-void fixed64(std::string& out, double d) {
-  char b[8];
-  std::memcpy(b, &d, 8);
-  out.append(b, 8);
-}
-void fixed32(std::string& out, float f) {
-  char b[4];
-  std::memcpy(b, &f, 4);
-  out.append(b, 4);
-}
-void bytes(std::string& out, int field, const std::string& s) {
-  key(out, field, 2);
-  varint(out, s.size());
-  out += s;
-}
-
 double now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
@@ -66,11 +47,12 @@ EventWriter::EventWriter(const std::string& dir) {
   path_ = dir + "/events.out.tfevents." + std::to_string((long long)now()) + "." + host;
   f_ = std::fopen(path_.c_str(), "ab");
   if (!f_) throw Error(path_ + ": cannot create the TensorBoard event file");
-  std::string ev;  // Event{wall_time = 1, file_version = 3}
-  key(ev, 1, 1);
-  fixed64(ev, now());
-  bytes(ev, 3, "brain.Event:2");
-  record(ev);
+  tensorboard::Event ev;
+  ev.set_wall_time(now());
+  ev.set_file_version("brain.Event:2");
+  std::string bytes;
+  ev.SerializeToString(&bytes);
+  record(bytes);
   flush();
 }
 
@@ -89,20 +71,65 @@ void EventWriter::record(const std::string& data) {
   std::fwrite(&dc, 1, 4, f_);
 }
 
+namespace {
+// One Event{wall_time, step, summary{value}} record's bytes.
+std::string summary_event(tensorboard::Summary::Value value, int64_t step) {
+  tensorboard::Event ev;
+  ev.set_wall_time(now());
+  ev.set_step(step);
+  *ev.mutable_summary()->add_value() = std::move(value);
+  std::string bytes;
+  ev.SerializeToString(&bytes);
+  return bytes;
+}
+}  // namespace
+
 void EventWriter::scalar(const std::string& tag, double value, int64_t step) {
-  std::string val;  // Summary.Value{tag = 1, simple_value = 2}
-  bytes(val, 1, tag);
-  key(val, 2, 5);
-  fixed32(val, (float)value);
-  std::string summary;  // Summary{value = 1}
-  bytes(summary, 1, val);
-  std::string ev;  // Event{wall_time = 1, step = 2, summary = 5}
-  key(ev, 1, 1);
-  fixed64(ev, now());
-  key(ev, 2, 0);
-  varint(ev, (uint64_t)step);
-  bytes(ev, 5, summary);
-  record(ev);
+  tensorboard::Summary::Value v;
+  v.set_tag(tag);
+  v.set_simple_value((float)value);
+  record(summary_event(std::move(v), step));
+}
+
+void EventWriter::histogram(const std::string& tag, const std::vector<double>& values, int64_t step, int buckets) {
+  if (values.empty() || buckets < 1) return;
+  tensorboard::Summary::Value v;
+  v.set_tag(tag);
+  tensorboard::HistogramProto* h = v.mutable_histo();
+  const auto [lo, hi] = std::minmax_element(values.begin(), values.end());
+  double sum = 0, squares = 0;
+  for (double x : values) {
+    sum += x;
+    squares += x * x;
+  }
+  h->set_min(*lo);
+  h->set_max(*hi);
+  h->set_num((double)values.size());
+  h->set_sum(sum);
+  h->set_sum_squares(squares);
+  // Equal-width buckets over [min, max]; bucket_limit holds right edges, the last one open-ended.
+  const int n = *hi > *lo ? buckets : 1;
+  std::vector<double> counts(n, 0.0);
+  for (double x : values) {
+    int b = *hi > *lo ? (int)((x - *lo) / (*hi - *lo) * n) : 0;
+    counts[std::min(std::max(b, 0), n - 1)] += 1;
+  }
+  for (int b = 0; b < n; ++b) {
+    h->add_bucket_limit(b + 1 == n ? std::numeric_limits<double>::max() : *lo + (*hi - *lo) * (b + 1) / n);
+    h->add_bucket(counts[b]);
+  }
+  record(summary_event(std::move(v), step));
+}
+
+void EventWriter::text(const std::string& tag, const std::string& markdown, int64_t step) {
+  tensorboard::Summary::Value v;
+  v.set_tag(tag);
+  v.mutable_metadata()->mutable_plugin_data()->set_plugin_name("text");
+  tensorboard::TensorProto* t = v.mutable_tensor();
+  t->set_dtype(tensorboard::DT_STRING);
+  t->mutable_tensor_shape();  // a scalar string
+  t->add_string_val(markdown);
+  record(summary_event(std::move(v), step));
 }
 
 void EventWriter::flush() { std::fflush(f_); }

@@ -1,11 +1,13 @@
-// TensorBoard event files (events.out.tfevents.*) with scalar summaries, written without
-// TensorFlow: TFRecord framing (length, masked CRC-32C of the length, the Event protobuf, its
-// masked CRC-32C) around hand-encoded Event{wall_time, step, summary{value{tag, simple_value}}}.
+// TensorBoard event files (events.out.tfevents.*), written without TensorFlow: TFRecord framing
+// (length, masked CRC-32C of the length, the Event message, its masked CRC-32C) around Event
+// messages from proto/tensorboard.proto. Scalars, histograms and text (markdown, shown by
+// TensorBoard's text plugin). Torch-free; the header includes no generated code.
 #pragma once
 
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 namespace grpo::trainer {
 
@@ -16,7 +18,12 @@ class EventWriter {
   ~EventWriter();
   EventWriter(const EventWriter&) = delete;
   EventWriter& operator=(const EventWriter&) = delete;
+
   void scalar(const std::string& tag, double value, int64_t step);
+  // The values' distribution in `buckets` equal-width buckets between their min and max.
+  void histogram(const std::string& tag, const std::vector<double>& values, int64_t step, int buckets = 30);
+  // Markdown text (TensorBoard's Text tab).
+  void text(const std::string& tag, const std::string& markdown, int64_t step);
   void flush();
   const std::string& path() const { return path_; }
 

@@ -3,7 +3,7 @@
   (the updates accumulate in fp32), and a run stopped at a checkpoint and resumed gives the same
   per-step losses as an uninterrupted one (within 1e-6);
 - dynamic sampling: zero-variance groups are dropped and further prompts sampled to refill the
-  step (the data cursor moves by every batch drawn), up to max_num_gen_batches;
+  step (the data position moves by every batch drawn), up to max_num_gen_batches;
 - the sequence-wise MoE balance loss is reported and scales with aux_loss_alpha;
 - evaluation with k samples per prompt reports mean reward, mean accuracy and pass@k >= accuracy;
 - the rollout engine's log-probs (pi_old) equal the training forward's in fp32; with
@@ -96,11 +96,13 @@ check(0 < bf16_diff < 0.05, f"bf16: rollout log-probs within {bf16_diff:.4f} (me
 # recompute_old_logprobs: pi_old from the training forward, so the first update's ratio is exactly 1
 # and (beta 0, grpo aggregation) the loss is the mean of -advantage: 0, as group advantages sum to 0.
 # The engine's bf16 pi_old differs slightly, so its loss is not 0.
-one = "bf16: true\nbeta: 0.0\nloss_type: grpo\nmax_steps: 1\nsave_every: 0\neval_every: 0\n"
-engine_loss = metrics(train("bf16_engine_old", one))[1]["loss"]
+# The prompts in file order: its first step has groups whose rewards differ (non-zero advantages).
+one = "bf16: true\nbeta: 0.0\nloss_type: grpo\nmax_steps: 1\nsave_every: 0\neval_every: 0\nshuffle: false\n"
+engine = metrics(train("bf16_engine_old", one))[1]
 recomputed_loss = metrics(train("bf16_recomputed_old", one + "recompute_old_logprobs: true\n"))[1]["loss"]
-check(abs(recomputed_loss) < 1e-6 < abs(engine_loss),
-      f"recompute_old_logprobs: first-step loss {recomputed_loss:.1e} (ratio 1), {engine_loss:.1e} with the engine's pi_old")
+check(abs(recomputed_loss) < 1e-6 < abs(engine["loss"]) and engine["frac_reward_zero_std"] < 1,
+      f"recompute_old_logprobs: first-step loss {recomputed_loss:.1e} (ratio 1), {engine['loss']:.1e} with the engine's "
+      f"pi_old ({engine['frac_reward_zero_std']:.2f} of the groups without signal)")
 
 # --- dynamic sampling, balance loss, k-sample evaluation
 dyn = train("dynamic", "dynamic_sampling: true\nmax_num_gen_batches: 3\naux_loss_alpha: 0.001\nmax_steps: 5\n"
@@ -109,7 +111,7 @@ m = metrics(dyn)
 steps = [m[s] for s in range(1, 6)]
 drawn = sum(s["gen_batches"] for s in steps)
 state = json.load(open(os.path.join(dyn, "checkpoint-5", "trainer_state.json")))
-check(state["cursor"] == (drawn * 4) % 60, f"data cursor {state['cursor']} = {drawn} batches x 4 prompts mod 60")
+check(state["position"] == drawn * 4, f"data position {state['position']} = {drawn} batches x 4 prompts")
 check(all(s["kept_groups"] == 4 or s["gen_batches"] == 3 for s in steps) and all(s["kept_groups"] <= 4 for s in steps),
       "each step refills to 4 kept groups unless it drew max_num_gen_batches: " +
       ", ".join(f"{s['gen_batches']} batches -> {s['kept_groups']} groups" for s in steps))

@@ -89,7 +89,7 @@ for name in ["r1_zero_gsm8k", "r1_zero_math"]:
         sys.exit(f"{name}: grpo train failed:\n{r.stderr}")
     ms = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     steps = [m for m in ms if "loss" in m]
-    check(len(steps) == 2 and all("reward/math" in m and "reward/format" in m for m in steps)
+    check(len(steps) == 2 and all("rewards/math/mean" in m and "rewards/format/mean" in m for m in steps)
           and "eval_accuracy" in steps[-1] and os.path.exists(os.path.join(out, "checkpoint-2", "model.safetensors")),
           f"{name}: 2 GRPO steps with math and format rewards, eval, checkpoint-2")
     if name == "r1_zero_gsm8k":

@@ -62,7 +62,9 @@ def losses(out):
     for line in open(os.path.join(out, "metrics.jsonl")):
         m = json.loads(line)
         if "loss" in m:
-            by_step[m["step"]] = m["loss"]  # the last entry of a step wins (a resumed run repeats steps)
+            if m["step"] in by_step:  # a resumed run rewrites the metrics from its checkpoint's step
+                sys.exit(f"{out}/metrics.jsonl: step {m['step']} appears twice")
+            by_step[m["step"]] = m["loss"]
     return by_step
 
 
@@ -121,22 +123,33 @@ def _varint(b, i):
             return r, i
 
 
-files = glob.glob(os.path.join(full, "events.out.tfevents.*"))
-if len(files) != 1:
-    sys.exit(f"expected one event file, found {files}")
-data, scalars, i = open(files[0], "rb").read(), {}, 0
-while i < len(data):
-    (n,) = struct.unpack("<Q", data[i:i + 8])
-    (lc,) = struct.unpack("<I", data[i + 8:i + 12])
-    body = data[i + 12:i + 12 + n]
-    (dc,) = struct.unpack("<I", data[i + 12 + n:i + 16 + n])
-    if lc != masked(crc32c(data[i:i + 8])) or dc != masked(crc32c(body)):
-        sys.exit("bad CRC in the TensorBoard event file")
-    i += 16 + n
-    ev = dict(fields(body))
-    if 5 in ev:
-        val = dict(fields(dict(fields(ev[5]))[1]))
-        scalars[(val[1].decode(), ev.get(2, 0))] = struct.unpack("<f", val[2])[0]
+def event_scalars(run_dir):
+    """(tag, step) -> value of the run's one event file; a (tag, step) written twice is an error."""
+    files = glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))
+    if len(files) != 1:
+        sys.exit(f"expected one event file in {run_dir}, found {files}")
+    data, scalars, i = open(files[0], "rb").read(), {}, 0
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i:i + 8])
+        (lc,) = struct.unpack("<I", data[i + 8:i + 12])
+        body = data[i + 12:i + 12 + n]
+        (dc,) = struct.unpack("<I", data[i + 12 + n:i + 16 + n])
+        if lc != masked(crc32c(data[i:i + 8])) or dc != masked(crc32c(body)):
+            sys.exit("bad CRC in the TensorBoard event file")
+        i += 16 + n
+        ev = dict(fields(body))
+        if 5 in ev:
+            val = dict(fields(dict(fields(ev[5]))[1]))
+            if 2 not in val:  # a histogram or a text, not a scalar
+                continue
+            key = (val[1].decode(), ev.get(2, 0))
+            if key in scalars:
+                sys.exit(f"{files[0]}: {key} written twice")
+            scalars[key] = struct.unpack("<f", val[2])[0]
+    return scalars
+
+
+scalars = event_scalars(full)
 for line in open(os.path.join(full, "metrics.jsonl")):
     m = json.loads(line)
     if "loss" in m and abs(scalars[("loss", m["step"])] - m["loss"]) > 1e-6 * max(1, abs(m["loss"])):
@@ -181,6 +194,9 @@ r = subprocess.run([a.grpo, "train", recipe, "--output", cut, "--resume"], captu
 if r.returncode != 0:
     sys.exit(r.stderr)
 got = losses(cut)
+cut_scalars = event_scalars(cut)  # rebuilt at resume: every step once
+if sorted(s for (t, s) in cut_scalars if t == "loss") != sorted(got):
+    sys.exit("the resumed run's event file does not hold each step's loss once")
 worst = max(abs(got[s] - ref[s]) for s in ref)
 print(f"killed after step {killed_at} (last checkpoint {latest}); resumed to step {max(got)}")
 print(f"max |loss resumed - loss uninterrupted| over {len(ref)} steps: {worst:.2e}")
@@ -202,7 +218,7 @@ state_file = os.path.join(sft_cut, "warm-start", "trainer_state.json")
 deadline, at = time.time() + 120, 0
 while time.time() < deadline and p.poll() is None:
     try:
-        at = json.load(open(state_file))["sft_step"]
+        at = json.load(open(state_file))["warm_start_step"]
     except (OSError, ValueError):
         pass
     if at >= 60:

@@ -1,0 +1,123 @@
+#include "trainer/dataset.h"
+
+#include <cstdio>
+#include <random>
+#include <set>
+
+#include "util/error.h"
+#include "util/jsonl.h"
+
+namespace grpo::trainer {
+
+namespace {
+
+const char* kR1ZeroTemplate =
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
+    "assistant first thinks about the reasoning process in the mind and then provides the user with the answer. "
+    "The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, "
+    "respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. User: {prompt}. "
+    "Assistant:";
+
+using Pair = std::pair<int64_t, int64_t>;
+
+// `count` problems "a+b=" -> "a+b" with `digits`-digit operands, none of them in `avoid`, each once.
+std::vector<Example> addition(int digits, int64_t count, uint64_t seed, const std::set<Pair>& avoid, std::set<Pair>& used) {
+  std::mt19937_64 rng(seed);
+  int64_t hi = 1;
+  for (int d = 0; d < digits; ++d) hi *= 10;
+  std::vector<Example> out;
+  for (int64_t tries = 0; (int64_t)out.size() < count && tries < count * 50; ++tries) {
+    int64_t a = rng() % hi, b = rng() % hi;
+    if (avoid.count({a, b}) || !used.insert({a, b}).second) continue;
+    out.push_back({std::to_string(a) + "+" + std::to_string(b) + "=", std::to_string(a + b), nlohmann::json::object()});
+  }
+  return out;
+}
+
+std::string trimmed(std::string s) {
+  s.erase(0, s.find_first_not_of(" \t\n"));
+  s.erase(s.find_last_not_of(" \t\n") + 1);
+  return s;
+}
+
+std::vector<Example> read_examples(const DataSettings& d, const std::string& file) {
+  std::vector<Example> out;
+  std::vector<std::string> bad;  // where, for the first 10
+  int64_t bad_rows = 0;
+  for_each_jsonl_object(file, [&](const nlohmann::json& row, const std::string& where) {
+    bool ok = row.contains(d.prompt_field) && row[d.prompt_field].is_string() && row.contains(d.answer_field);
+    std::string answer;
+    if (ok) {
+      const auto& ans = row[d.answer_field];
+      answer = ans.is_string() ? ans.get<std::string>() : ans.dump();
+      if (!d.answer_delimiter.empty()) {
+        size_t at = answer.rfind(d.answer_delimiter);
+        ok = at != std::string::npos;
+        if (ok) answer = trimmed(answer.substr(at + d.answer_delimiter.size()));
+        ok = ok && !answer.empty();
+      }
+    }
+    if (!ok) {
+      if (++bad_rows <= 10) bad.push_back(where);
+      return;
+    }
+    Example ex{row[d.prompt_field].get<std::string>(), answer, nlohmann::json::object()};
+    for (const auto& [k, v] : row.items())
+      if (k != d.prompt_field && k != d.answer_field) ex.metadata[k] = v;
+    out.push_back(std::move(ex));
+  });
+  const std::string needs = "'" + d.prompt_field + "' (text) and '" + d.answer_field + "'" +
+                            (d.answer_delimiter.empty() ? "" : " with an answer after '" + d.answer_delimiter + "'");
+  if (bad_rows > 0) {
+    std::string where;
+    for (auto& b : bad) where += (where.empty() ? "" : ", ") + b;
+    fprintf(stderr, "grpo train: %lld row%s of %s lack%s %s and %s skipped (%s%s)\n", (long long)bad_rows,
+            bad_rows == 1 ? "" : "s", file.c_str(), bad_rows == 1 ? "s" : "", needs.c_str(), bad_rows == 1 ? "is" : "are",
+            where.c_str(), bad_rows > 10 ? ", ..." : "");
+  }
+  if (out.empty()) throw Error(file + ": no usable rows (each needs " + needs + ")");
+  return out;
+}
+
+}  // namespace
+
+Dataset load_dataset(const DataSettings& d, const std::string& recipe_path) {
+  Dataset out;
+  if (d.task == Task::Addition) {
+    std::set<Pair> eval_pairs, train_pairs;
+    out.eval = addition(d.task_digits, d.eval_size, d.data_seed + 7777, {}, eval_pairs);
+    out.train = addition(d.task_digits, d.train_size, d.data_seed, eval_pairs, train_pairs);
+    if (out.train.empty()) throw Error(recipe_path + ": key 'train_size': no addition problems left to train on");
+  } else {
+    out.train = read_examples(d, d.train_file);
+    if (!d.eval_file.empty()) out.eval = read_examples(d, d.eval_file);
+  }
+  return out;
+}
+
+std::string apply_template(const DataSettings& d, const std::string& prompt) {
+  std::string t = d.prompt_template == "r1_zero" ? kR1ZeroTemplate : d.prompt_template;
+  size_t p = t.find("{prompt}");
+  if (p == std::string::npos) return t + prompt;
+  return t.substr(0, p) + prompt + t.substr(p + 8);
+}
+
+PromptOrder::PromptOrder(size_t size, bool shuffle, uint64_t seed) : size_(size), shuffle_(shuffle), seed_(seed) {
+  if (size == 0) throw Error("no training examples");
+}
+
+size_t PromptOrder::at(int64_t position) {
+  const int64_t epoch = position / (int64_t)size_;
+  const size_t i = (size_t)(position % (int64_t)size_);
+  if (!shuffle_) return i;
+  if (epoch != epoch_) {  // Fisher-Yates with our own draws: the same order on every platform
+    std::mt19937_64 rng(seed_ * 1000003 + (uint64_t)epoch);
+    permutation_.resize(size_);
+    for (size_t k = 0; k < size_; ++k) permutation_[k] = k;
+    for (size_t k = size_ - 1; k > 0; --k) std::swap(permutation_[k], permutation_[rng() % (k + 1)]);
+    epoch_ = epoch;
+  }
+  return permutation_[i];
+}
+
+}  // namespace grpo::trainer

@@ -1,0 +1,393 @@
+#include "trainer/recipe.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "rewards/builtin.h"
+#include "rewards/plugin.h"
+#include "util/error.h"
+#include "util/strings.h"
+
+namespace grpo::trainer {
+
+namespace {
+
+// ---- values: YAML -> typed field, and back to text for --help.
+template <typename T>
+void convert(const YAML::Node& n, T& out) {
+  out = n.as<T>();
+}
+void convert(const YAML::Node& n, std::vector<std::string>& out) {
+  if (n.IsSequence()) out = n.as<std::vector<std::string>>();
+  else out = split_list(n.as<std::string>());  // "a,b" as well as [a, b]
+}
+void convert(const YAML::Node& n, nlohmann::json& out);
+nlohmann::json to_json(const YAML::Node& n) {
+  if (n.IsMap()) {
+    nlohmann::json o = nlohmann::json::object();
+    for (auto it = n.begin(); it != n.end(); ++it) o[it->first.as<std::string>()] = to_json(it->second);
+    return o;
+  }
+  if (n.IsSequence()) {
+    nlohmann::json a = nlohmann::json::array();
+    for (const auto& x : n) a.push_back(to_json(x));
+    return a;
+  }
+  if (n.IsNull()) return nullptr;
+  const std::string s = n.as<std::string>();
+  bool b;
+  if (YAML::convert<bool>::decode(n, b) && s != "0" && s != "1") return b;
+  try {
+    size_t used = 0;
+    long long i = std::stoll(s, &used);
+    if (used == s.size()) return i;
+    double d = std::stod(s, &used);
+    if (used == s.size()) return d;
+  } catch (const std::exception&) {
+  }
+  return s;
+}
+void convert(const YAML::Node& n, nlohmann::json& out) {
+  if (!n.IsMap()) throw Error("expected a mapping such as {math: {precision: 4}}");
+  out = to_json(n);
+}
+
+template <typename E>
+E pick(const std::string& s, const std::vector<std::pair<const char*, E>>& names) {
+  std::string expected;
+  for (const auto& [name, value] : names) {
+    if (s == name) return value;
+    expected += (expected.empty() ? "" : ", ") + std::string(name);
+  }
+  throw Error("'" + s + "': expected " + expected);
+}
+void convert(const YAML::Node& n, Task& out) {
+  out = pick<Task>(n.as<std::string>(), {{"addition", Task::Addition}, {"jsonl", Task::Jsonl}});
+}
+void convert(const YAML::Node& n, LrScheduler& out) {
+  out = pick<LrScheduler>(n.as<std::string>(), {{"constant", LrScheduler::Constant}, {"cosine", LrScheduler::Cosine}});
+}
+void convert(const YAML::Node& n, ScaleRewards& out) {  // TRL also takes true (= group) and false (= none)
+  out = pick<ScaleRewards>(n.as<std::string>(), {{"group", ScaleRewards::Group}, {"batch", ScaleRewards::Batch},
+                                                 {"none", ScaleRewards::None}, {"true", ScaleRewards::Group},
+                                                 {"false", ScaleRewards::None}});
+}
+void convert(const YAML::Node& n, StageType& out) { out = pick<StageType>(n.as<std::string>(), {{"grpo", StageType::Grpo}}); }
+void convert(const YAML::Node& n, LossType& out) { out = parse_loss_type(n.as<std::string>()); }
+void convert(const YAML::Node& n, KlEstimator& out) { out = parse_kl_estimator(n.as<std::string>()); }
+
+std::string show(const std::string& s) { return s.empty() ? "\"\"" : s; }
+std::string show(bool b) { return b ? "true" : "false"; }
+template <typename T>
+std::string show(const T& v) {
+  std::ostringstream o;
+  o << v;
+  return o.str();
+}
+std::string show(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& x : v) out += (out.empty() ? "" : ",") + x;
+  return out.empty() ? "[]" : out;
+}
+std::string show(const nlohmann::json& j) { return j.dump(); }
+std::string show(Task t) { return t == Task::Addition ? "addition" : "jsonl"; }
+std::string show(LrScheduler l) { return l == LrScheduler::Constant ? "constant" : "cosine"; }
+std::string show(ScaleRewards s) { return s == ScaleRewards::Group ? "group" : s == ScaleRewards::Batch ? "batch" : "none"; }
+std::string show(LossType t) { return to_string(t); }
+std::string show(KlEstimator k) { return to_string(k); }
+
+// ---- the key table.
+struct Key {
+  std::string name, section, help;
+  std::function<void(StageSettings&, const YAML::Node&)> set;
+  std::function<std::string(const StageSettings&)> get;
+};
+
+template <typename Section, typename T>
+Key key(const char* name, const char* section, Section StageSettings::*sec, T Section::*field, const char* help) {
+  return {name, section, help, [sec, field](StageSettings& s, const YAML::Node& n) { convert(n, (s.*sec).*field); },
+          [sec, field](const StageSettings& s) { return show((s.*sec).*field); }};
+}
+
+const std::vector<Key>& keys() {
+  using S = StageSettings;
+  static const std::vector<Key> table = {
+      key("model_dir", "model", &S::model, &ModelSettings::model_dir, "HF checkpoint directory of the policy"),
+      key("model_config", "model", &S::model, &ModelSettings::model_config, "config.json for a random initialisation instead"),
+      key("model_seed", "model", &S::model, &ModelSettings::model_seed, "seed of that initialisation"),
+      key("device", "model", &S::model, &ModelSettings::device, "cpu, cuda or cuda:N"),
+      key("bf16", "model", &S::model, &ModelSettings::bf16, "bf16 compute with fp32 master weights and optimizer state"),
+      key("tokenizer", "model", &S::model, &ModelSettings::tokenizer, "builtin:bytes, a tokenizer.json, or \"\" for model_dir's"),
+      key("task", "data", &S::data, &DataSettings::task, "addition (built-in) or jsonl"),
+      key("task_digits", "data", &S::data, &DataSettings::task_digits, "digits of the built-in addition problems"),
+      key("train_size", "data", &S::data, &DataSettings::train_size, "built-in training problems"),
+      key("eval_size", "data", &S::data, &DataSettings::eval_size, "built-in held-out problems"),
+      key("data_seed", "data", &S::data, &DataSettings::data_seed, "seed of the built-in problems and of the shuffling"),
+      key("train_file", "data", &S::data, &DataSettings::train_file, "training prompts, JSONL"),
+      key("eval_file", "data", &S::data, &DataSettings::eval_file, "held-out prompts, JSONL"),
+      key("prompt_field", "data", &S::data, &DataSettings::prompt_field, "JSONL field of the prompt"),
+      key("answer_field", "data", &S::data, &DataSettings::answer_field, "JSONL field of the reference answer"),
+      key("answer_delimiter", "data", &S::data, &DataSettings::answer_delimiter, "reference = text after its last occurrence (GSM8K: ####)"),
+      key("prompt_template", "data", &S::data, &DataSettings::prompt_template, "text with {prompt}, or r1_zero"),
+      key("shuffle", "data", &S::data, &DataSettings::shuffle, "a new seeded permutation of the training set each epoch"),
+      key("rewards", "rewards", &S::rewards, &RewardSettings::spec, "name[:weight],... e.g. math,format:0.2"),
+      key("reward_workers", "rewards", &S::rewards, &RewardSettings::workers, "host:port,... of reward workers (empty: in process)"),
+      key("reward_options", "rewards", &S::rewards, &RewardSettings::options, "per reward, e.g. {math: {precision: 4}}"),
+      key("reward_plugins", "rewards", &S::rewards, &RewardSettings::plugins, "C++ reward plugins (.so) to load"),
+      key("sft_steps", "warm_start", &S::warm_start, &WarmStartSettings::sft_steps, "supervised steps before GRPO"),
+      key("sft_batch_size", "warm_start", &S::warm_start, &WarmStartSettings::sft_batch_size, "examples per supervised step"),
+      key("sft_learning_rate", "warm_start", &S::warm_start, &WarmStartSettings::sft_learning_rate, "learning rate of the warm start"),
+      key("per_step_prompts", "rollout", &S::rollout, &RolloutSettings::per_step_prompts, "prompts per step (groups)"),
+      key("num_generations", "rollout", &S::rollout, &RolloutSettings::num_generations, "G, completions per prompt"),
+      key("max_completion_length", "rollout", &S::rollout, &RolloutSettings::max_completion_length, "tokens per completion at most"),
+      key("temperature", "rollout", &S::rollout, &RolloutSettings::temperature, "sampling temperature"),
+      key("top_p", "rollout", &S::rollout, &RolloutSettings::top_p, "nucleus sampling"),
+      key("kv_cache_mb", "rollout", &S::rollout, &RolloutSettings::kv_cache_mb, "engine KV cache budget (0: 1024 on CPU, 4096 on CUDA)"),
+      key("max_batch", "rollout", &S::rollout, &RolloutSettings::max_batch, "sequences decoded together (0: max(64, prompts x G))"),
+      key("recompute_old_logprobs", "rollout", &S::rollout, &RolloutSettings::recompute_old_logprobs, "pi_old from the training forward"),
+      key("loss_type", "loss", &S::loss, &LossConfig::type, "grpo, dapo or dr_grpo"),
+      key("beta", "loss", &S::loss, &LossConfig::beta, "KL coefficient (0: no reference model)"),
+      key("kl_estimator", "loss", &S::loss, &LossConfig::kl, "k1, k2 or k3"),
+      key("epsilon", "loss", &S::loss, &LossConfig::epsilon_low, "lower clip range (and upper unless epsilon_high)"),
+      key("epsilon_high", "loss", &S::loss, &LossConfig::epsilon_high, "upper clip range (DAPO clip-higher)"),
+      key("scale_rewards", "advantages", &S::advantages, &AdvantageSettings::scale_rewards, "group, batch or none (Dr. GRPO)"),
+      key("mask_truncated_completions", "advantages", &S::advantages, &AdvantageSettings::mask_truncated_completions, "no loss on truncated completions"),
+      key("dynamic_sampling", "advantages", &S::advantages, &AdvantageSettings::dynamic_sampling, "DAPO: drop zero-variance groups, refill"),
+      key("max_num_gen_batches", "advantages", &S::advantages, &AdvantageSettings::max_num_gen_batches, "rollout batches per step at most"),
+      key("max_steps", "optim", &S::optim, &OptimSettings::max_steps, "GRPO steps"),
+      key("num_iterations", "optim", &S::optim, &OptimSettings::num_iterations, "optimizer steps per rollout batch (mu)"),
+      key("mini_batch_size", "optim", &S::optim, &OptimSettings::mini_batch_size, "sequences per forward/backward (0: all)"),
+      key("learning_rate", "optim", &S::optim, &OptimSettings::learning_rate, "AdamW learning rate"),
+      key("weight_decay", "optim", &S::optim, &OptimSettings::weight_decay, "AdamW weight decay"),
+      key("max_grad_norm", "optim", &S::optim, &OptimSettings::max_grad_norm, "gradient clipping"),
+      key("warmup_ratio", "optim", &S::optim, &OptimSettings::warmup_ratio, "linear warm-up share of max_steps"),
+      key("lr_scheduler_type", "optim", &S::optim, &OptimSettings::lr_scheduler_type, "constant or cosine"),
+      key("ref_model_sync_steps", "optim", &S::optim, &OptimSettings::ref_model_sync_steps, "copy the policy into the reference every K steps"),
+      key("seed", "optim", &S::optim, &OptimSettings::seed, "sampling and warm-start seed"),
+      key("bias_update_speed", "moe", &S::moe, &MoESettings::bias_update_speed, "aux-loss-free expert balancing (0: off)"),
+      key("aux_loss_alpha", "moe", &S::moe, &MoESettings::aux_loss_alpha, "sequence-wise balance loss weight (0: off)"),
+      key("eval_every", "eval", &S::eval, &EvalSettings::eval_every, "evaluate every N steps (0: never)"),
+      key("eval_num_generations", "eval", &S::eval, &EvalSettings::eval_num_generations, "k samples per eval prompt (0: greedy only)"),
+      key("save_every", "checkpoint", &S::checkpoint, &CheckpointSettings::save_every, "checkpoint every N steps (0: at the end only)"),
+      key("save_total_limit", "checkpoint", &S::checkpoint, &CheckpointSettings::save_total_limit, "keep the newest N checkpoint-N, N > 0 (0: all)"),
+      key("save_bf16", "checkpoint", &S::checkpoint, &CheckpointSettings::save_bf16, "also write bf16 weights in each checkpoint's bf16/"),
+      key("logging_steps", "checkpoint", &S::checkpoint, &CheckpointSettings::logging_steps, "console line every N steps off a terminal"),
+  };
+  return table;
+}
+
+const Key* find_key(const std::string& name) {
+  for (const auto& k : keys())
+    if (k.name == name) return &k;
+  return nullptr;
+}
+
+bool is_section(const std::string& name) {
+  for (const auto& k : keys())
+    if (k.section == name) return true;
+  return false;
+}
+
+// Sets `name` in `s` from `value`; `given` records it. `where` starts every message.
+void set_key(StageSettings& s, std::set<std::string>& given, const std::string& name, const YAML::Node& value,
+             const std::string& where) {
+  const Key* k = find_key(name);
+  if (!k) throw Error(where + ": unknown key '" + name + "' (grpo train --help lists them)");
+  try {
+    k->set(s, value);
+  } catch (const YAML::Exception& e) {
+    throw Error(where + ": key '" + name + "': " + e.msg);
+  } catch (const Error& e) {
+    throw Error(where + ": key '" + name + "': " + e.what());
+  }
+  given.insert(name);
+}
+
+// Reads a mapping of keys (and of section mappings) into `s`.
+void read_mapping(const YAML::Node& map, StageSettings& s, std::set<std::string>& given, const std::string& where,
+                  const std::set<std::string>& skip) {
+  std::set<std::string> seen;
+  for (auto it = map.begin(); it != map.end(); ++it) {
+    const std::string name = it->first.as<std::string>();
+    if (!seen.insert(name).second) throw Error(where + ": key '" + name + "' is given twice");
+    if (skip.count(name)) continue;
+    if (is_section(name) && it->second.IsMap() && !find_key(name)) {
+      for (auto kt = it->second.begin(); kt != it->second.end(); ++kt) {
+        const std::string inner = kt->first.as<std::string>();
+        const Key* k = find_key(inner);
+        if (k && k->section != name)
+          throw Error(where + ": key '" + inner + "' belongs to section '" + k->section + "', not '" + name + "'");
+        set_key(s, given, inner, kt->second, where);
+      }
+      continue;
+    }
+    set_key(s, given, name, it->second, where);
+  }
+}
+
+void check(StageSettings& s, const std::set<std::string>& given, const std::string& where) {
+  auto need = [&](bool ok, const std::string& key, const std::string& what) {
+    if (!ok) throw Error(where + ": key '" + key + "': " + what);
+  };
+  if (given.count("epsilon") && !given.count("epsilon_high")) s.loss.epsilon_high = s.loss.epsilon_low;
+  s.loss.max_completion_length = s.rollout.max_completion_length;
+  need(!s.model.model_dir.empty() || !s.model.model_config.empty(), "model_dir",
+       "give model_dir (HF checkpoint) or model_config");
+  need(s.rollout.num_generations >= 2, "num_generations", "must be at least 2 (advantages compare samples of a prompt)");
+  need(s.rollout.per_step_prompts >= 1, "per_step_prompts", "must be at least 1");
+  need(s.rollout.max_completion_length >= 1, "max_completion_length", "must be at least 1");
+  need(s.rollout.temperature > 0, "temperature", "must be positive for sampling");
+  need(s.rollout.top_p > 0 && s.rollout.top_p <= 1, "top_p", "must be in (0, 1]");
+  need(s.rollout.kv_cache_mb >= 0, "kv_cache_mb", "must not be negative");
+  need(s.rollout.max_batch >= 0, "max_batch", "must not be negative");
+  need(s.optim.learning_rate > 0, "learning_rate", "must be positive");
+  need(s.optim.num_iterations >= 1, "num_iterations", "must be at least 1");
+  need(s.optim.max_steps >= 0, "max_steps", "must not be negative");
+  need(s.optim.mini_batch_size >= 0, "mini_batch_size", "must not be negative");
+  need(s.optim.warmup_ratio >= 0 && s.optim.warmup_ratio <= 1, "warmup_ratio", "must be in [0, 1]");
+  need(s.loss.beta >= 0, "beta", "must not be negative");
+  need(s.loss.epsilon_low >= 0 && s.loss.epsilon_high >= 0, "epsilon", "must not be negative");
+  need(s.data.task != Task::Jsonl || !s.data.train_file.empty(), "train_file", "task jsonl needs train_file");
+  need(s.data.task_digits >= 1 && s.data.task_digits <= 9, "task_digits", "must be 1 to 9");
+  need(s.advantages.max_num_gen_batches >= 1, "max_num_gen_batches", "must be at least 1");
+  need(s.moe.aux_loss_alpha >= 0, "aux_loss_alpha", "must not be negative");
+  need(s.eval.eval_num_generations >= 0, "eval_num_generations", "must not be negative");
+  need(s.checkpoint.save_total_limit >= 0, "save_total_limit", "must not be negative");
+  need(s.warm_start.sft_steps >= 0 && s.warm_start.sft_batch_size >= 1, "sft_batch_size", "must be at least 1");
+  const std::string& d = s.model.device;
+  bool cuda_n = d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.find_first_not_of("0123456789", 5) == std::string::npos;
+  need(d == "cpu" || d == "cuda" || cuda_n, "device", "'" + d + "' is not a device (cpu, cuda or cuda:N)");
+  // Rewards: the spec, its options and plugins are checked now, not at the first step.
+  try {
+    rewards::RewardRegistry& registry = rewards::default_registry();  // plugins register where the run finds them
+    for (const auto& p : s.rewards.plugins) rewards::load_reward_plugin(p, registry);
+    if (s.rewards.workers.empty()) {
+      rewards::CombinedReward(s.rewards.spec, registry, s.rewards.options);
+    } else {  // the workers may serve rewards this process lacks: check the spec's form only
+      if (!s.rewards.options.empty() || !s.rewards.plugins.empty())
+        throw Error("reward_options and reward_plugins apply in process; reward workers take their own "
+                    "(grpo reward-worker --options/--plugin)");
+      for (const auto& part : split_list(s.rewards.spec)) {
+        size_t colon = part.find(':');
+        if (part.empty() || colon == 0) throw Error("'" + s.rewards.spec + "' has an empty reward name");
+        if (colon == std::string::npos) continue;
+        const std::string w = part.substr(colon + 1);
+        size_t used = 0;
+        try {
+          std::stod(w, &used);
+        } catch (const std::exception&) {
+        }
+        if (used == 0 || used != w.size())
+          throw Error("weight '" + w + "' of '" + part.substr(0, colon) + "' is not a number");
+      }
+    }
+  } catch (const std::exception& e) {
+    throw Error(where + ": key 'rewards': " + e.what());
+  }
+}
+
+}  // namespace
+
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    throw Error(path + ": cannot open");
+  } catch (const YAML::Exception& e) {
+    throw Error(path + ": not valid YAML: " + e.what());
+  }
+  if (!root.IsMap()) throw Error(path + ": expected a mapping of settings");
+
+  // The top level: every stage's defaults.
+  StageSettings base;
+  std::set<std::string> base_given;
+  read_mapping(root, base, base_given, path, {"stages"});
+
+  Recipe r;
+  r.path = path;
+  std::vector<std::set<std::string>> given;
+  if (root["stages"]) {
+    const YAML::Node& list = root["stages"];
+    if (!list.IsSequence() || list.size() == 0) throw Error(path + ": key 'stages': expected a list of stages");
+    std::set<std::string> names;
+    for (size_t i = 0; i < list.size(); ++i) {
+      const std::string where = path + ": stages[" + std::to_string(i) + "]";
+      if (!list[i].IsMap() || !list[i]["name"]) throw Error(where + ": expected a mapping with a 'name'");
+      StageSettings s = base;
+      std::set<std::string> g = base_given;
+      s.name = list[i]["name"].as<std::string>();
+      if (!names.insert(s.name).second) throw Error(where + ": stage name '" + s.name + "' is used twice");
+      if (list[i]["type"]) {
+        try {
+          convert(list[i]["type"], s.type);
+        } catch (const Error& e) {
+          throw Error(where + ": key 'type': " + e.what() + " (this version runs grpo stages)");
+        }
+      }
+      read_mapping(list[i], s, g, where, {"name", "type"});
+      r.stages.push_back(s);
+      given.push_back(g);
+    }
+  } else {
+    r.stages.push_back(base);
+    given.push_back(base_given);
+  }
+
+  for (const std::string& o : overrides) {
+    const size_t eq = o.find('=');
+    const std::string where = "override '" + o + "'";
+    if (eq == std::string::npos || eq == 0) throw Error(where + ": expected key=value");
+    std::string name = o.substr(0, eq), stage;
+    YAML::Node value;
+    try {
+      value = YAML::Load(o.substr(eq + 1));
+    } catch (const YAML::Exception& e) {
+      throw Error(where + ": not a YAML value: " + e.msg);
+    }
+    if (size_t dot = name.find('.'); dot != std::string::npos) {
+      std::string prefix = name.substr(0, dot);
+      name = name.substr(dot + 1);
+      const Key* k = find_key(name);
+      if (!(k && k->section == prefix)) stage = prefix;  // not a section: a stage's name
+    }
+    bool applied = false;
+    for (size_t i = 0; i < r.stages.size(); ++i)
+      if (stage.empty() || r.stages[i].name == stage) {
+        set_key(r.stages[i], given[i], name, value, where);
+        applied = true;
+      }
+    if (!applied) throw Error(where + ": no stage or section named '" + stage + "'");
+  }
+
+  for (size_t i = 0; i < r.stages.size(); ++i)
+    check(r.stages[i], given[i], r.stages.size() == 1 ? path : path + ": stage '" + r.stages[i].name + "'");
+  return r;
+}
+
+std::vector<RecipeKey> recipe_keys() {
+  const StageSettings defaults;
+  std::vector<RecipeKey> out;
+  for (const auto& k : keys()) out.push_back({k.name, k.section, k.get(defaults), k.help});
+  return out;
+}
+
+std::string describe_recipe_keys() {
+  std::ostringstream o;
+  std::string section;
+  for (const auto& k : recipe_keys()) {
+    if (k.section != section) {
+      section = k.section;
+      o << "\n  " << section << ":\n";
+    }
+    std::string head = "    " + k.name + " = " + k.default_value;
+    o << head << std::string(head.size() < 44 ? 44 - head.size() : 1, ' ') << k.help << "\n";
+  }
+  return o.str();
+}
+
+}  // namespace grpo::trainer

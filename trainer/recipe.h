@@ -1,0 +1,135 @@
+// A recipe: YAML read once into typed settings, checked once, with errors that name the file and the
+// key. Keys are flat and follow TRL's GRPOConfig where one exists (`num_generations`, `beta`,
+// `epsilon`, `learning_rate`, ...); each belongs to a section (model, data, rewards, warm_start,
+// rollout, loss, advantages, optim, moe, eval, checkpoint), and may also be written inside a mapping
+// named after its section (`rollout: {kv_cache_mb: 2048}`).
+//
+// A recipe runs one stage, or a list of them under `stages:` (each a mapping with `name`, `type` and
+// its own keys; the top-level keys are every stage's defaults). Overrides `key=value`,
+// `section.key=value` or `STAGE.key=value` (from the command line) pass through the same parsing and
+// checks as the file. `recipe_keys()` lists every key with its section, default and meaning
+// (`grpo train --help`).
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "trainer/loss_config.h"
+
+namespace grpo::trainer {
+
+enum class Task { Addition, Jsonl };         // built-in 2-digit addition, or prompts from JSONL files
+enum class LrScheduler { Constant, Cosine };  // after a linear warm-up of warmup_ratio * max_steps
+enum class ScaleRewards { Group, Batch, None };
+enum class StageType { Grpo };
+
+struct ModelSettings {
+  std::string model_dir;     // HF checkpoint directory; or
+  std::string model_config;  // a config.json for a random initialisation (seed model_seed)
+  uint64_t model_seed = 0;
+  std::string device = "cpu";  // cpu | cuda | cuda:N
+  bool bf16 = false;           // bf16 compute (rollout, forward, backward) with fp32 master weights
+  std::string tokenizer = "builtin:bytes";  // "builtin:bytes", a tokenizer.json, or "" for model_dir's
+};
+
+struct DataSettings {
+  Task task = Task::Addition;
+  int task_digits = 2;
+  int64_t train_size = 4096, eval_size = 256;  // built-in task sizes
+  uint64_t data_seed = 1;                      // built-in task problems, and the shuffling order
+  std::string train_file, eval_file;           // JSONL (task: jsonl)
+  std::string prompt_field = "prompt", answer_field = "answer";
+  std::string answer_delimiter;  // the reference is the text after its last occurrence (GSM8K: "####")
+  std::string prompt_template = "{prompt}";  // or "r1_zero" for the R1-Zero template
+  bool shuffle = true;  // a new seeded permutation of the training set each epoch
+};
+
+struct RewardSettings {
+  std::string spec = "math";         // "name[:weight],..." e.g. "math,format:0.2"
+  std::vector<std::string> workers;  // reward worker addresses; empty = score in process
+  nlohmann::json options = nlohmann::json::object();  // per reward: {"math": {"precision": 4}}
+  std::vector<std::string> plugins;  // C++ reward plugins (.so) to load
+};
+
+struct WarmStartSettings {  // supervised steps on prompt -> answer before GRPO (a weak base from scratch)
+  int64_t sft_steps = 0, sft_batch_size = 64;
+  double sft_learning_rate = 1e-3;
+};
+
+struct RolloutSettings {
+  int64_t per_step_prompts = 16, num_generations = 8, max_completion_length = 16;
+  double temperature = 1.0, top_p = 1.0;
+  int64_t kv_cache_mb = 0;  // the engine's KV cache budget; 0 = 1024 on CPU, 4096 on CUDA
+  int64_t max_batch = 0;    // sequences decoded together; 0 = max(64, per_step_prompts * num_generations)
+  bool recompute_old_logprobs = false;  // pi_old from the training forward instead of the engine (verl's way)
+};
+
+struct AdvantageSettings {
+  ScaleRewards scale_rewards = ScaleRewards::Group;
+  bool mask_truncated_completions = false;
+  bool dynamic_sampling = false;    // DAPO: drop groups whose rewards are all equal, sample more
+  int64_t max_num_gen_batches = 4;  // rollout batches per step at most, to refill dropped groups
+};
+
+struct OptimSettings {
+  int64_t max_steps = 100, num_iterations = 1;
+  int64_t mini_batch_size = 0;  // sequences per forward/backward, gradients accumulated (0 = all)
+  double learning_rate = 1e-4, weight_decay = 0.0, max_grad_norm = 1.0, warmup_ratio = 0.0;
+  LrScheduler lr_scheduler_type = LrScheduler::Constant;
+  int64_t ref_model_sync_steps = 0;  // copy the policy into the reference every K steps (0 = never)
+  uint64_t seed = 0;
+};
+
+struct MoESettings {
+  double bias_update_speed = 0.001;  // aux-loss-free balancing of e_score_correction_bias (0 = off)
+  double aux_loss_alpha = 0.0;       // DeepSeek-V3's sequence-wise balance loss (0 = off)
+};
+
+struct EvalSettings {
+  int64_t eval_every = 25;
+  int64_t eval_num_generations = 0;  // k samples per eval prompt: mean reward, pass@k (0 = greedy only)
+};
+
+struct CheckpointSettings {
+  int64_t save_every = 50, save_total_limit = 0;  // keep the newest N checkpoint-* (0 = all)
+  bool save_bf16 = false;                         // also write model weights in bf16 under bf16/
+  int64_t logging_steps = 1;                      // console lines when not on a terminal
+};
+
+// Everything one stage runs with.
+struct StageSettings {
+  std::string name = "grpo";
+  StageType type = StageType::Grpo;
+  ModelSettings model;
+  DataSettings data;
+  RewardSettings rewards;
+  WarmStartSettings warm_start;
+  RolloutSettings rollout;
+  LossConfig loss;
+  AdvantageSettings advantages;
+  OptimSettings optim;
+  MoESettings moe;
+  EvalSettings eval;
+  CheckpointSettings checkpoint;
+};
+
+struct Recipe {
+  std::string path;  // the recipe file, for messages
+  std::vector<StageSettings> stages;
+};
+
+// Reads, overrides and checks a recipe. `overrides` are "key=value", "section.key=value" or
+// "STAGE.key=value"; values are YAML. Throws grpo::Error naming the file (or the override) and key.
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides = {});
+
+struct RecipeKey {
+  std::string name, section, default_value, help;
+};
+// Every key a stage reads, in section order.
+std::vector<RecipeKey> recipe_keys();
+// The keys as a table for `--help`: section, key, default, meaning.
+std::string describe_recipe_keys();
+
+}  // namespace grpo::trainer
