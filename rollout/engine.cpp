@@ -19,6 +19,7 @@
 #include <string>
 #include <unordered_set>
 
+#include "rollout/block_pool.h"
 #include "text/tokenizer.h"
 #include "util/error.h"
 
@@ -130,11 +131,10 @@ struct Engine::Impl {
   const text::Tokenizer* tokenizer;
   EngineOptions opt;
   ModelConfig cfg;
-  int64_t L = 0, D = 0, bs = 0, num_blocks = 0, num_blocks_usable = 0, ctx = 0;
+  int64_t L = 0, D = 0, bs = 0, num_blocks = 0, ctx = 0;
   int64_t tokenizer_vocab = 0;
   Tensor pool;  // (L, num_blocks * bs, D): [kv latent | rope key] per token slot
-  std::vector<int32_t> free_blocks;
-  int64_t reserved = 0;  // blocks promised to admitted sequences but not yet taken
+  std::unique_ptr<BlockPool> blocks;  // the cache's blocks but the graphs' dummy one
   uint64_t next_id = 1;
   std::deque<std::unique_ptr<Group>> waiting;    // not prefilled
   std::list<std::unique_ptr<Group>> prefilled;   // prefilled, some samples not finished
@@ -153,14 +153,7 @@ struct Engine::Impl {
   at::cuda::MempoolId_t graph_pool{0, 0};
   int64_t* weight_version = nullptr;
 
-  int64_t available() const { return (int64_t)free_blocks.size() - reserved; }
   int64_t blocks_for(int64_t tokens) const { return (tokens + bs - 1) / bs; }
-  int32_t take_block() {
-    int32_t b = free_blocks.back();
-    free_blocks.pop_back();
-    stats.peak_blocks_used = std::max(stats.peak_blocks_used, num_blocks_usable - (int64_t)free_blocks.size());
-    return b;
-  }
   int64_t unstarted() const {
     int64_t n = 0;
     for (auto& g : prefilled) n += g->req.params.n - g->started;
@@ -206,9 +199,7 @@ struct Engine::Impl {
     }
     const int64_t usable = use_graphs ? num_blocks - 1 : num_blocks;
     if (use_graphs) dummy_block = static_cast<int32_t>(num_blocks - 1);
-    free_blocks.resize(usable);
-    for (int64_t i = 0; i < usable; ++i) free_blocks[i] = static_cast<int32_t>(usable - 1 - i);
-    num_blocks_usable = usable;
+    blocks = std::make_unique<BlockPool>(usable);
     stats.num_blocks = usable;
   }
 
@@ -244,9 +235,9 @@ struct Engine::Impl {
       if (!tokenizer) fail("stop strings need a tokenizer (the model directory has no tokenizer.json)");
     }
     int64_t need = blocks_for(P) + p.n * own_blocks(P, clamp_new(r));
-    if (need > num_blocks_usable)
+    if (need > blocks->usable())
       fail("needs " + std::to_string(need) + " KV-cache blocks for its " + std::to_string(p.n) +
-           " samples, more than the " + std::to_string(num_blocks_usable) + " the cache budget holds");
+           " samples, more than the " + std::to_string(blocks->usable()) + " the cache budget holds");
   }
 
   // --- prefill -------------------------------------------------------------------------------
@@ -337,8 +328,8 @@ struct Engine::Impl {
     }
     // Own blocks back to the pool; the shared prompt blocks when the last sample is done.
     const int64_t shared = (int64_t)g.req.prompt_ids.size() / bs;
-    for (size_t i = shared; i < s.table.size(); ++i) free_blocks.push_back(s.table[i]);
-    reserved -= s.reserved;
+    for (size_t i = shared; i < s.table.size(); ++i) blocks->release(s.table[i]);
+    blocks->unreserve(s.reserved);
     g.unfinished -= 1;
     stats.finished += 1;
     return c;
@@ -347,12 +338,12 @@ struct Engine::Impl {
   void release_group_if_done(Group* g) {
     const int64_t n = g->req.params.n, P = (int64_t)g->req.prompt_ids.size();
     if (g->started == n && (P % bs) != 0 && (int64_t)g->blocks.size() > P / bs) {
-      free_blocks.push_back(g->blocks.back());  // the partial block: every sample has its copy
+      blocks->release(g->blocks.back());  // the partial block: every sample has its copy
       g->blocks.pop_back();
       g->last_logits = Tensor();
     }
     if (g->started == n && g->unfinished == 0) {
-      for (int32_t b : g->blocks) free_blocks.push_back(b);
+      for (int32_t b : g->blocks) blocks->release(b);
       g->blocks.clear();
       prefilled.remove_if([g](const std::unique_ptr<Group>& x) { return x.get() == g; });
     }
@@ -373,8 +364,7 @@ struct Engine::Impl {
         s->reserved = g->own_blocks_per_sample;
         s->table.assign(g->blocks.begin(), g->blocks.begin() + P / bs);
         if (P % bs) {  // copy the partial prompt block into the sample's first own block
-          int32_t own = take_block();
-          reserved -= 1;
+          int32_t own = blocks->take_reserved();
           s->reserved -= 1;
           pool.view({L, num_blocks, bs, D}).select(1, own).copy_(pool.view({L, num_blocks, bs, D}).select(1, g->blocks.back()));
           s->table.push_back(own);
@@ -423,12 +413,12 @@ struct Engine::Impl {
         Group* g = waiting.front().get();
         const int64_t P = (int64_t)g->req.prompt_ids.size();
         const int64_t need = blocks_for(P) + g->req.params.n * g->own_blocks_per_sample;
-        if (need > available()) break;
+        if (need > blocks->available()) break;
         int64_t newP = std::max(maxP, P);
         if (!batch.empty() && newP * (int64_t)(batch.size() + 1) > opt.max_prefill_tokens) break;
         maxP = newP;
-        for (int64_t i = 0; i < blocks_for(P); ++i) g->blocks.push_back(take_block());
-        reserved += g->req.params.n * g->own_blocks_per_sample;
+        for (int64_t i = 0; i < blocks_for(P); ++i) g->blocks.push_back(blocks->take());
+        blocks->reserve(g->req.params.n * g->own_blocks_per_sample);
         g->version = *weight_version;
         free_slots -= g->req.params.n;
         batch.push_back(g);
@@ -529,8 +519,7 @@ struct Engine::Impl {
     for (auto& s : running) {
       int64_t pos = (int64_t)s->group->req.prompt_ids.size() + (int64_t)s->tokens.size() - 1;
       if (pos / bs >= (int64_t)s->table.size()) {  // grow into a reserved block
-        s->table.push_back(take_block());
-        reserved -= 1;
+        s->table.push_back(blocks->take_reserved());
         s->reserved -= 1;
       }
       nblk = std::max<int64_t>(nblk, s->table.size());
@@ -652,8 +641,11 @@ std::vector<Completion> Engine::generate(const std::vector<Request>& requests,
 }
 
 int64_t Engine::max_context() const { return impl_->ctx; }
-const EngineStats& Engine::stats() const { return impl_->stats; }
-int64_t Engine::blocks_in_use() const { return impl_->num_blocks - (int64_t)impl_->free_blocks.size(); }
+const EngineStats& Engine::stats() const {
+  impl_->stats.peak_blocks_used = impl_->blocks->peak_used();
+  return impl_->stats;
+}
+int64_t Engine::blocks_in_use() const { return impl_->num_blocks - impl_->blocks->free(); }
 int64_t Engine::running() const { return (int64_t)impl_->running.size(); }
 int64_t Engine::waiting() const { return (int64_t)impl_->waiting.size() + impl_->unstarted(); }
 
