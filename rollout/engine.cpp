@@ -1,8 +1,6 @@
 #include "rollout/engine.h"
 
-#include <ATen/cuda/CUDAGraph.h>
 #include <ATen/ops/searchsorted.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/core/GradMode.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -20,6 +18,7 @@
 #include <unordered_set>
 
 #include "rollout/block_pool.h"
+#include "rollout/decode_graphs.h"
 #include "text/tokenizer.h"
 #include "util/error.h"
 
@@ -140,17 +139,11 @@ struct Engine::Impl {
   std::list<std::unique_ptr<Group>> prefilled;   // prefilled, some samples not finished
   std::vector<std::unique_ptr<Seq>> running;
   EngineStats stats;
-  // CUDA graphs of the decode step, one per (batch bucket, block-table bucket); padded rows read
-  // and write only `dummy_block`, which is never handed out.
-  struct DecodeGraph {
-    at::cuda::CUDAGraph graph;
-    Tensor packed;  // static inputs (see decode())
-    Tensor logits;  // static output (B bucket, V) fp32
-  };
+  // CUDA graphs of the decode step (rollout/decode_graphs.h); padded rows read and write only
+  // `dummy_block`, which the block pool never hands out.
   bool use_graphs = false;
   int32_t dummy_block = -1;
-  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<DecodeGraph>> graphs;
-  at::cuda::MempoolId_t graph_pool{0, 0};
+  std::unique_ptr<DecodeGraphs> graphs;
   int64_t* weight_version = nullptr;
 
   int64_t blocks_for(int64_t tokens) const { return (tokens + bs - 1) / bs; }
@@ -198,7 +191,12 @@ struct Engine::Impl {
       if (layer->moe && !layer->moe->experts->use_grouped_mm(pool)) use_graphs = false;
     }
     const int64_t usable = use_graphs ? num_blocks - 1 : num_blocks;
-    if (use_graphs) dummy_block = static_cast<int32_t>(num_blocks - 1);
+    if (use_graphs) {
+      dummy_block = static_cast<int32_t>(num_blocks - 1);
+      graphs = std::make_unique<DecodeGraphs>(
+          [this](const Tensor& packed, int64_t B, int64_t nblk) { return decode_forward(packed, B, nblk); }, dummy_block,
+          bs, dev);
+    }
     blocks = std::make_unique<BlockPool>(usable);
     stats.num_blocks = usable;
   }
@@ -432,29 +430,6 @@ struct Engine::Impl {
   }
 
   // --- decode --------------------------------------------------------------------------------
-  Tensor attention(MLAImpl& a, const Tensor& x, const model::RopeTables& rope, Tensor layer_pool,
-                   const Tensor& write_slots, const Tensor& gather_idx, const Tensor& invalid, int64_t Lpad) {
-    const int64_t B = x.size(0), nh = a.num_heads, dn = a.qk_nope_head_dim, dr = a.qk_rope_head_dim,
-                  dv = a.v_head_dim, r = a.kv_lora_rank;
-    Tensor q = a.q_proj ? a.q_proj(x) : a.q_b_proj(a.q_a_layernorm(a.q_a_proj(x)));
-    q = q.view({B, nh, dn + dr});
-    Tensor q_pe = model::apply_rope(q.narrow(-1, dn, dr).unsqueeze(1), rope, a.rope_interleave).squeeze(1);
-    Tensor comp = a.kv_a_proj_with_mqa(x);  // (B, r + dr)
-    Tensor lat = a.kv_a_layernorm(comp.narrow(-1, 0, r));
-    Tensor kpe = model::apply_rope(comp.narrow(-1, r, dr).view({B, 1, 1, dr}), rope, a.rope_interleave).view({B, dr});
-    layer_pool.index_copy_(0, write_slots, at::cat({lat, kpe}, -1));
-    // Absorbed form: scores = [q_nope W_uk | q_pe] . [latent | k_pe]; out = (p . latent) W_uv^T.
-    Tensor w = a.kv_b_proj->weight.view({nh, dn + dv, r});
-    Tensor q_lat = at::bmm(q.narrow(-1, 0, dn).transpose(0, 1), w.narrow(1, 0, dn)).transpose(0, 1);  // (B, nh, r)
-    Tensor qc = at::cat({q_lat, q_pe}, -1);                                                            // (B, nh, D)
-    Tensor kv = layer_pool.index_select(0, gather_idx).view({B, Lpad, D});
-    Tensor scores = at::bmm(qc, kv.transpose(1, 2)).to(at::kFloat) * a.softmax_scale;  // (B, nh, Lpad)
-    Tensor probs = scores.masked_fill(invalid, -std::numeric_limits<float>::infinity()).softmax(-1).to(x.scalar_type());
-    Tensor o_lat = at::bmm(probs, kv.narrow(-1, 0, r));                                              // (B, nh, r)
-    Tensor o = at::bmm(o_lat.transpose(0, 1), w.narrow(1, dn, dv).transpose(1, 2)).transpose(0, 1);  // (B, nh, dv)
-    return a.o_proj(o.reshape({B, nh * dv}));
-  }
-
   // The decode forward for a batch of B rows whose inputs are packed in one int64 device tensor:
   // [tokens (B) | positions (B) | write slots (B) | lengths (B) | block tables (B, nblk)].
   // Returns next-token logits (B, V) fp32. Free of host synchronisation, so a CUDA graph can hold it.
@@ -470,44 +445,10 @@ struct Engine::Impl {
     model::RopeTables rope = model->rope_tables(pos.view({B, 1}), x.scalar_type());
     for (int64_t l = 0; l < L; ++l) {
       auto layer = model->model->layers[l]->as<DecoderLayer>();
-      x = x + attention(*layer->self_attn, layer->input_layernorm(x), rope, pool[l], slots, gather_idx, invalid, Lpad);
+      x = x + layer->self_attn->decode_absorbed(layer->input_layernorm(x), rope, pool[l], slots, gather_idx, invalid, Lpad);
       x = x + layer->feed_forward(layer->post_attention_layernorm(x));
     }
     return model->logits(model->model->norm(x)).to(at::kFloat);  // (B, V)
-  }
-
-  static int64_t bucket(int64_t n) {
-    int64_t b = 1;
-    while (b < n) b *= 2;
-    return b;
-  }
-
-  DecodeGraph& graph_for(int64_t Bb, int64_t nb) {
-    auto& g = graphs[{Bb, nb}];
-    if (g) return *g;
-    g = std::make_unique<DecodeGraph>();
-    // Inputs that touch only the dummy block until real ones are copied in.
-    std::vector<int64_t> init(4 * Bb + Bb * nb, dummy_block);
-    for (int64_t b = 0; b < Bb; ++b) {
-      init[b] = 0;
-      init[Bb + b] = 0;
-      init[2 * Bb + b] = (int64_t)dummy_block * bs;
-      init[3 * Bb + b] = 1;
-    }
-    g->packed = at::from_blob(init.data(), {(int64_t)init.size()}, at::TensorOptions().dtype(at::kLong)).clone().to(model->device());
-    auto stream = at::cuda::getStreamFromPool();
-    stream.synchronize();
-    {
-      at::cuda::CUDAStreamGuard guard(stream);
-      decode_forward(g->packed, Bb, nb);  // warm-up: lazy initialisation stays out of the graph
-      stream.synchronize();
-      g->graph.capture_begin(graph_pool);
-      g->logits = decode_forward(g->packed, Bb, nb);
-      g->graph.capture_end();
-      if (graph_pool.first == 0 && graph_pool.second == 0) graph_pool = g->graph.pool();
-    }
-    stream.synchronize();
-    return *g;
   }
 
   void decode(std::vector<Completion>& done) {
@@ -525,18 +466,12 @@ struct Engine::Impl {
       nblk = std::max<int64_t>(nblk, s->table.size());
     }
     // Graphs run padded shapes: the batch and the block table rounded up to powers of two.
-    const int64_t Bp = use_graphs ? bucket(B) : B;
-    const int64_t nb = use_graphs ? bucket(nblk) : nblk;
+    const int64_t Bp = use_graphs ? DecodeGraphs::bucket(B) : B;
+    const int64_t nb = use_graphs ? DecodeGraphs::bucket(nblk) : nblk;
     const int64_t pad_block = use_graphs ? dummy_block : 0;
     std::vector<int64_t> host(4 * Bp + Bp * nb, pad_block);
-    for (int64_t b = 0; b < Bp; ++b) {
-      if (b >= B) {  // padding row: token 0 at position 0, written to and read from the dummy block
-        host[b] = 0;
-        host[Bp + b] = 0;
-        host[2 * Bp + b] = (int64_t)dummy_block * bs;
-        host[3 * Bp + b] = 1;
-        continue;
-      }
+    if (use_graphs) graphs->pad_rows(host, Bp, nb, B);
+    for (int64_t b = 0; b < B; ++b) {
       const Seq& s = *running[b];
       int64_t pos = (int64_t)s.group->req.prompt_ids.size() + (int64_t)s.tokens.size() - 1;
       host[b] = s.tokens.back();
@@ -548,10 +483,7 @@ struct Engine::Impl {
     Tensor host_t = at::from_blob(host.data(), {(int64_t)host.size()}, at::TensorOptions().dtype(at::kLong));
     Tensor logits;
     if (use_graphs) {
-      DecodeGraph& g = graph_for(Bp, nb);
-      g.packed.copy_(host_t);
-      g.graph.replay();
-      logits = g.logits.narrow(0, 0, B);
+      logits = graphs->run(host_t, Bp, nb, B);
     } else {
       logits = decode_forward(host_t.to(dev), B, nb);
     }

@@ -128,6 +128,29 @@ Tensor MLAImpl::forward(const Tensor& x, const RopeTables& rope, const Attention
   return o_proj(out);
 }
 
+Tensor MLAImpl::decode_absorbed(const Tensor& x, const RopeTables& rope, Tensor cache, const Tensor& write_slots,
+                              const Tensor& gather_idx, const Tensor& invalid, int64_t Lpad) {
+  const int64_t B = x.size(0), nh = num_heads, dn = qk_nope_head_dim, dr = qk_rope_head_dim,
+                dv = v_head_dim, r = kv_lora_rank, D = r + dr;
+  Tensor q = q_proj ? q_proj(x) : q_b_proj(q_a_layernorm(q_a_proj(x)));
+  q = q.view({B, nh, dn + dr});
+  Tensor q_pe = apply_rope(q.narrow(-1, dn, dr).unsqueeze(1), rope, rope_interleave).squeeze(1);
+  Tensor comp = kv_a_proj_with_mqa(x);  // (B, r + dr)
+  Tensor lat = kv_a_layernorm(comp.narrow(-1, 0, r));
+  Tensor kpe = apply_rope(comp.narrow(-1, r, dr).view({B, 1, 1, dr}), rope, rope_interleave).view({B, dr});
+  cache.index_copy_(0, write_slots, at::cat({lat, kpe}, -1));
+  // Absorbed form: scores = [q_nope W_uk | q_pe] . [latent | k_pe]; out = (p . latent) W_uv^T.
+  Tensor w = kv_b_proj->weight.view({nh, dn + dv, r});
+  Tensor q_lat = at::bmm(q.narrow(-1, 0, dn).transpose(0, 1), w.narrow(1, 0, dn)).transpose(0, 1);  // (B, nh, r)
+  Tensor qc = at::cat({q_lat, q_pe}, -1);                                                            // (B, nh, D)
+  Tensor kv = cache.index_select(0, gather_idx).view({B, Lpad, D});
+  Tensor scores = at::bmm(qc, kv.transpose(1, 2)).to(at::kFloat) * softmax_scale;  // (B, nh, Lpad)
+  Tensor probs = scores.masked_fill(invalid, -std::numeric_limits<float>::infinity()).softmax(-1).to(x.scalar_type());
+  Tensor o_lat = at::bmm(probs, kv.narrow(-1, 0, r));                                              // (B, nh, r)
+  Tensor o = at::bmm(o_lat.transpose(0, 1), w.narrow(1, dn, dv).transpose(1, 2)).transpose(0, 1);  // (B, nh, dv)
+  return o_proj(o.reshape({B, nh * dv}));
+}
+
 // ---------------------------------------------------------------------------------------------
 RouterImpl::RouterImpl(const ModelConfig& c) : config(c) {
   weight = register_parameter("weight", torch::empty({c.n_routed_experts, c.hidden_size}));

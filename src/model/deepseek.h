@@ -62,6 +62,15 @@ struct MLAImpl : torch::nn::Module {
   // token: [normalised kv latent | rotated rope key], (B, T, kv_lora_rank + qk_rope_head_dim).
   Tensor forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask, Tensor* latent = nullptr);
 
+  // One decode step in the absorbed form ("MQA mode": kv_b_proj folded into the query and the
+  // output), reading the latent cache instead of expanding keys and values. x (B, H): one new
+  // token per row; its [latent | rope key] is written to rows `write_slots` (B) of `cache`
+  // (S, kv_lora_rank + qk_rope_head_dim); row b attends to the cache rows
+  // gather_idx[b * Lpad .. (b + 1) * Lpad), those where `invalid` (B, 1, Lpad) is true masked.
+  // Returns (B, H). No host synchronisation, so a CUDA graph can capture it.
+  Tensor decode_absorbed(const Tensor& x, const RopeTables& rope, Tensor cache, const Tensor& write_slots,
+                         const Tensor& gather_idx, const Tensor& invalid, int64_t Lpad);
+
   int64_t num_heads, qk_nope_head_dim, qk_rope_head_dim, v_head_dim, kv_lora_rank;
   double softmax_scale;
   bool rope_interleave;
