@@ -260,7 +260,6 @@ void Trainer::save(const std::string& name) {
       rng_text << sft_rng_;
       state.warm_start_rng = rng_text.str();
     }
-    state.step = st_.step;
     json j = to_json(state);
     j["recipe"] = recipe_path_;
     write_file_atomic(dir + "/trainer_state.json", j.dump(2) + "\n");
