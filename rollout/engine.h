@@ -10,7 +10,7 @@
 // Sharing. A prompt is prefilled once; its full blocks are shared by its n samples (refcounted),
 // and only its last, partial block is copied into each sample's first own block.
 //
-// Scheduling. Up to max_batch sequences decode together; a finished sequence frees its slot and
+// Scheduling (rollout/scheduler.h). Up to max_batch sequences decode together; a finished sequence frees its slot and
 // blocks at once, and the next sample (of a prefilled prompt) or the next prompt takes them. A
 // prompt is admitted when the cache can hold all of its samples at their longest, so that no
 // sequence ever waits for memory or is evicted.
@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "model/deepseek.h"
+#include "rollout/sampling.h"
 #include "rollout/types.h"
 
 namespace grpo::text {
@@ -95,15 +96,5 @@ class Engine {
  private:
   std::unique_ptr<Impl> impl_;
 };
-
-// Filters and samples one token per row. logits (B, V) fp32; per row: temperature (0 = greedy),
-// top_k (0 = off), top_p, and a uniform number in [0, 1). Returns the tokens (B) int64 and their
-// log-probabilities under softmax(logits) (B) fp32, on the logits' device.
-std::pair<at::Tensor, at::Tensor> sample_tokens(const at::Tensor& logits, const std::vector<float>& temperature,
-                                                const std::vector<int64_t>& top_k, const std::vector<float>& top_p,
-                                                const std::vector<float>& uniform);
-
-// The uniform number for token j of sample s of prompt p under `seed`, in [0, 1 - 2^-24].
-float sample_uniform(uint64_t seed, int64_t prompt_index, int64_t sample_index, int64_t j);
 
 }  // namespace grpo::rollout

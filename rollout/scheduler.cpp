@@ -1,0 +1,213 @@
+#include "rollout/scheduler.h"
+
+#include <algorithm>
+#include <string>
+
+#include "text/tokenizer.h"
+#include "util/error.h"
+
+namespace grpo::rollout {
+
+Scheduler::Scheduler(SchedulerLimits limits, int64_t usable_blocks, const text::Tokenizer* tokenizer)
+    : limits_(limits), blocks_(usable_blocks), tokenizer_(tokenizer) {
+  if (limits_.max_batch < 1) throw Error("rollout engine: max_batch must be >= 1");
+  if (limits_.block_size < 1) throw Error("rollout engine: block_size must be >= 1");
+  if (tokenizer_) tokenizer_vocab_ = tokenizer_->vocab_size();
+}
+
+int64_t Scheduler::max_new_tokens(const Request& r) const {
+  return std::min<int64_t>(r.params.max_new_tokens, limits_.max_context - (int64_t)r.prompt_ids.size());
+}
+
+int64_t Scheduler::own_blocks(int64_t prompt_len, int64_t max_new) const {
+  // A sample's cache holds at most P + max_new - 1 tokens (its last token is never fed back).
+  return blocks_for(prompt_len + max_new - 1) - prompt_len / limits_.block_size;
+}
+
+int64_t Scheduler::blocks_needed(const Request& r) const {
+  const int64_t P = (int64_t)r.prompt_ids.size();
+  return blocks_for(P) + r.params.n * own_blocks(P, max_new_tokens(r));
+}
+
+uint64_t Scheduler::add(Request r) {
+  auto g = std::make_unique<Group>();
+  g->id = next_id_++;
+  g->max_new = max_new_tokens(r);
+  g->own_blocks_per_sample = own_blocks((int64_t)r.prompt_ids.size(), g->max_new);
+  g->unfinished = r.params.n;
+  g->req = std::move(r);
+  uint64_t id = g->id;
+  waiting_.push_back(std::move(g));
+  return id;
+}
+
+int64_t Scheduler::unstarted_samples() const {
+  int64_t n = 0;
+  for (auto& g : prefilled_) n += g->req.params.n - g->started;
+  return n;
+}
+
+std::vector<Group*> Scheduler::admit(int64_t weight_version) {
+  std::vector<Group*> batch;
+  int64_t free_slots = limits_.max_batch - (int64_t)running_.size() - unstarted_samples();
+  int64_t longest = 0;
+  while (!waiting_.empty() && free_slots > 0) {
+    Group* g = waiting_.front().get();
+    const int64_t P = g->prompt_len(), n = g->req.params.n;
+    if (blocks_for(P) + n * g->own_blocks_per_sample > blocks_.available()) break;
+    const int64_t padded = std::max(longest, P);
+    if (!batch.empty() && padded * (int64_t)(batch.size() + 1) > limits_.max_prefill_tokens) break;
+    longest = padded;
+    for (int64_t i = 0; i < blocks_for(P); ++i) g->blocks.push_back(blocks_.take());
+    blocks_.reserve(n * g->own_blocks_per_sample);
+    g->weight_version = weight_version;
+    free_slots -= n;
+    batch.push_back(g);
+    prefilled_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+  return batch;
+}
+
+std::vector<Sequence*> Scheduler::start_samples(std::vector<BlockCopy>* copies) {
+  if (!starting_.empty()) throw Error("rollout scheduler: samples started twice without their first token");
+  const int64_t bs = limits_.block_size;
+  std::vector<Sequence*> fresh;
+  for (auto& gp : prefilled_) {
+    Group* g = gp.get();
+    const int64_t P = g->prompt_len();
+    while (!g->all_started() && (int64_t)(running_.size() + starting_.size()) < limits_.max_batch) {
+      auto s = std::make_unique<Sequence>();
+      s->group = g;
+      s->sample = g->started++;
+      s->reserved = g->own_blocks_per_sample;
+      s->table.assign(g->blocks.begin(), g->blocks.begin() + P / bs);
+      if (P % bs) {  // the partial prompt block: each sample writes on into a copy of its own
+        int32_t own = blocks_.take_reserved();
+        s->reserved -= 1;
+        copies->push_back({g->blocks.back(), own});
+        s->table.push_back(own);
+      }
+      fresh.push_back(s.get());
+      starting_.push_back(std::move(s));
+    }
+  }
+  return fresh;
+}
+
+void Scheduler::grow() {
+  for (auto& s : running_)
+    if (s->position() / limits_.block_size >= (int64_t)s->table.size()) {
+      s->table.push_back(blocks_.take_reserved());
+      s->reserved -= 1;
+    }
+}
+
+bool Scheduler::append(Sequence& s, int64_t token, float logprob, FinishReason* why) const {
+  s.tokens.push_back(token);
+  s.logprobs.push_back(logprob);
+  const auto& p = s.group->req.params;
+  if (std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), token) != p.stop_token_ids.end()) {
+    *why = FinishReason::Stop;
+    return true;
+  }
+  if (!p.stop_strings.empty()) {
+    size_t longest = 0;
+    for (const auto& st : p.stop_strings) longest = std::max(longest, st.size());
+    // Byte-level BPE tokens are at least one byte each: the last `longest` bytes lie in the last
+    // `longest` tokens. Two more tokens keep a split UTF-8 character away from the match.
+    size_t w = std::min(s.tokens.size(), longest + 2);
+    std::vector<int32_t> tail;
+    for (auto it = s.tokens.end() - w; it != s.tokens.end(); ++it)
+      if (*it < tokenizer_vocab_) tail.push_back((int32_t)*it);
+    std::string text = tokenizer_->decode(tail);
+    for (const auto& st : p.stop_strings)
+      if (text.find(st) != std::string::npos) {
+        *why = FinishReason::Stop;
+        return true;
+      }
+  }
+  if ((int64_t)s.tokens.size() >= s.group->max_new) {
+    *why = FinishReason::Length;
+    return true;
+  }
+  return false;
+}
+
+Completion Scheduler::finish(Sequence& s, FinishReason why) {
+  Group& g = *s.group;
+  Completion c;
+  c.request_id = g.id;
+  c.prompt_index = g.req.prompt_index;
+  c.sample_index = s.sample;
+  c.token_ids = std::move(s.tokens);
+  c.logprobs = std::move(s.logprobs);
+  c.finish_reason = why;
+  c.weight_version = g.weight_version;
+  if (tokenizer_) {
+    // Ids past the tokenizer's vocabulary (checkpoints pad their embedding matrix) have no text.
+    std::vector<int32_t> ids;
+    for (int64_t t : c.token_ids)
+      if (t < tokenizer_vocab_) ids.push_back((int32_t)t);
+    const auto& stops = g.req.params.stop_token_ids;
+    if (!c.token_ids.empty() && !ids.empty() && ids.back() == c.token_ids.back() &&
+        std::find(stops.begin(), stops.end(), ids.back()) != stops.end())
+      ids.pop_back();
+    c.text = tokenizer_->decode(ids);
+  }
+  // Own blocks back to the pool; the shared prompt blocks when the group's last sample is done.
+  const int64_t shared = g.prompt_len() / limits_.block_size;
+  for (size_t i = shared; i < s.table.size(); ++i) blocks_.release(s.table[i]);
+  blocks_.unreserve(s.reserved);
+  g.unfinished -= 1;
+  finished_ += 1;
+  return c;
+}
+
+void Scheduler::release_if_done(Group* g) {
+  const int64_t P = g->prompt_len(), bs = limits_.block_size;
+  if (g->all_started() && (P % bs) != 0 && (int64_t)g->blocks.size() > P / bs) {
+    blocks_.release(g->blocks.back());  // the partial block: every sample has its copy
+    g->blocks.pop_back();
+  }
+  if (g->all_started() && g->unfinished == 0) {
+    for (int32_t b : g->blocks) blocks_.release(b);
+    g->blocks.clear();
+    prefilled_.remove_if([g](const std::unique_ptr<Group>& x) { return x.get() == g; });
+  }
+}
+
+void Scheduler::advance(const std::vector<Sequence*>& seqs, const std::vector<int64_t>& tokens,
+                        const std::vector<float>& logprobs, std::vector<Completion>& done) {
+  if (tokens.size() != seqs.size() || logprobs.size() != seqs.size())
+    throw Error("rollout scheduler: " + std::to_string(seqs.size()) + " sequences but " +
+                std::to_string(tokens.size()) + " tokens");
+  std::vector<Sequence*> ended;
+  std::vector<Group*> touched;  // each once, in order; released only after every append
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    Group* g = seqs[i]->group;
+    if (std::find(touched.begin(), touched.end(), g) == touched.end()) touched.push_back(g);
+    FinishReason why;
+    if (!append(*seqs[i], tokens[i], logprobs[i], &why)) continue;
+    done.push_back(finish(*seqs[i], why));
+    ended.push_back(seqs[i]);
+  }
+  auto is_ended = [&](const std::unique_ptr<Sequence>& s) {
+    return std::find(ended.begin(), ended.end(), s.get()) != ended.end();
+  };
+  running_.erase(std::remove_if(running_.begin(), running_.end(), is_ended), running_.end());
+  for (auto& s : starting_)
+    if (!is_ended(s)) running_.push_back(std::move(s));
+  starting_.clear();
+  // A group whose samples all started no longer needs its partial prompt block; one whose samples
+  // all ended gives back its shared blocks and is gone.
+  for (Group* g : touched) release_if_done(g);
+  sync_running_view();
+}
+
+void Scheduler::sync_running_view() {
+  running_view_.clear();
+  for (auto& s : running_) running_view_.push_back(s.get());
+}
+
+}  // namespace grpo::rollout
