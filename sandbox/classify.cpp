@@ -11,7 +11,9 @@ const char* stage_name(int s) {
   static const char* names[] = {"",        "uid map sync",   "make / private", "root tmpfs",  "mkdir",
                                 "symlink", "read-only bind", "device file",    "device bind", "proc",
                                 "tmp",     "work bind",      "work remount",   "pivot_root",  "chdir",
-                                "umount old root", "read-only root", "fork"};
+                                "umount old root", "read-only root", "start the program", "workspace tmpfs",
+                                "workspace files", "program stdio",  "program chdir", "drop privileges",
+                                "no_new_privs",    "seccomp filter", "init's filter", "/dev/null for init", "join the shared namespaces"};
   return s >= 0 && s < (int)(sizeof names / sizeof *names) ? names[s] : "setup";
 }
 
@@ -37,11 +39,9 @@ void classify(const InitReport& m, const Supervision& sv, const Limits& L, doubl
   res.signal = m.sig;
   res.cpu_ms = m.cpu_ms;
   res.max_rss_kb = m.maxrss_kb;
-  if (m.exited && m.code >= 121 && m.code <= 125) {
-    res.error = "sandbox could not drop privileges or install its filter (exit " + std::to_string(m.code) + ")";
-    return;
-  }
-  if (m.sig == SIGXCPU || (m.sig == SIGKILL && res.cpu_ms >= cpu_s * 1000 - 50)) {
+  if (m.sig == SIGKILL && sv.memory_killed) {
+    res.status = Status::MemoryLimit;
+  } else if (m.sig == SIGXCPU || (m.sig == SIGKILL && res.cpu_ms >= cpu_s * 1000 - 50)) {
     res.status = Status::Timeout;
   } else if (m.exited && m.code == 0) {
     res.status = Status::Ok;

@@ -20,15 +20,17 @@ struct Supervision {
   bool killed_at_deadline = false;
   bool killed_at_output_cap = false;
   bool report_received = false;  // a whole InitReport came through the status pipe
+  bool memory_killed = false;    // the run's cgroup recorded an out-of-memory kill
 };
 
 // The setup step named by InitReport::stage.
 const char* stage_name(int stage);
 
 // Fills res.status (and res.error, exit_code, signal, cpu_ms, max_rss_kb) from the report. The
-// supervisor's own kills come first; exit codes 121-125 are init's own failures (privilege drop,
-// filter); a SIGXCPU or a SIGKILL at the CPU limit is a timeout; memory errors in stderr or a peak
-// RSS within 10% of the limit are memory_limit.
+// supervisor's own kills come first; the sandbox's own failures arrive as a setup stage in the
+// report (a channel the program never holds), so no exit status of the program can pose as one;
+// a SIGXCPU or a SIGKILL at the CPU limit is a timeout; a cgroup out-of-memory kill, memory errors
+// in stderr or a peak RSS within 10% of the limit are memory_limit.
 void classify(const InitReport& report, const Supervision& supervision, const Limits& limits, double cpu_limit_s,
               Result& res);
 
