@@ -39,7 +39,7 @@ void classify(const InitReport& m, const Supervision& sv, const Limits& L, doubl
   res.signal = m.sig;
   res.cpu_ms = m.cpu_ms;
   res.max_rss_kb = m.maxrss_kb;
-  if (m.sig == SIGKILL && sv.memory_killed) {
+  if (sv.memory_killed && !(m.exited && m.code == 0)) {  // the run failed, and its cgroup ran out of memory
     res.status = Status::MemoryLimit;
   } else if (m.sig == SIGXCPU || (m.sig == SIGKILL && res.cpu_ms >= cpu_s * 1000 - 50)) {
     res.status = Status::Timeout;

@@ -65,6 +65,8 @@ TEST(Classify, TheProgramsOwnEnd) {
   Supervision oom = kReported;
   oom.memory_killed = true;
   EXPECT_EQ(verdict(signalled(SIGKILL), oom).status, Status::MemoryLimit);  // the run's cgroup killed it
+  EXPECT_EQ(verdict(exited(1), oom).status, Status::MemoryLimit);           // or one of its processes
+  EXPECT_EQ(verdict(exited(0), oom).status, Status::Ok);                    // and the program coped
   InitReport big = exited(1);
   big.maxrss_kb = (Limits{}.memory_mb << 10) * 95 / 100;
   EXPECT_EQ(verdict(big, kReported).status, Status::MemoryLimit);
