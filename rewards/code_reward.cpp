@@ -17,9 +17,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <random>
 #include <thread>
 
 #include "rewards/builtin.h"
+#include "rewards/code_harness.h"
 #include "sandbox/sandbox.h"
 
 namespace grpo::rewards {
@@ -138,21 +140,20 @@ class CodeReward : public Reward {
       std::string ep = tests["entry_point"].get<std::string>();
       std::string prompt = tests.value("prompt", item.prompt);
       bool defines = b.code.find("def " + ep) != std::string::npos;
-      std::string program = (defines ? b.code : prompt + b.code) + "\n\n" + tests["test"].get<std::string>() +
-                            "\n\ncheck(" + ep + ")\n";
+      json test = {{"mode", "humaneval"}, {"test", tests["test"].get<std::string>()}, {"entry_point", ep}};
       total = 1;
-      auto r = python(program, "");
-      passed = r.status == sandbox::Status::Ok;
-      if (!passed) note(r, "check(" + ep + ")");
+      auto r = harnessed(defines ? b.code : prompt + b.code, test);
+      passed = harness_passed(r);
+      if (!passed) note(r.result, "check(" + ep + ")");
     } else if (tests.contains("test_list")) {
       if (b.lang != "python") throw std::invalid_argument("MBPP tests need Python code");
       std::string setup = tests.value("test_setup_code", std::string());
       for (const auto& t : tests["test_list"]) {
         ++total;
         // The setup code builds inputs from the solution's own classes (MBPP 367, 927): after the code.
-        auto r = python(b.code + "\n\n" + setup + "\n" + t.get<std::string>() + "\n", "");
-        if (r.status == sandbox::Status::Ok) ++passed;
-        else note(r, t.get<std::string>());
+        auto r = harnessed(b.code, {{"mode", "mbpp"}, {"setup", setup}, {"assert", t.get<std::string>()}});
+        if (harness_passed(r)) ++passed;
+        else note(r.result, t.get<std::string>());
       }
     } else if (tests.contains("tests")) {
       const auto& cases = tests["tests"];
@@ -203,6 +204,28 @@ class CodeReward : public Reward {
   }
 
  private:
+  struct Harnessed {
+    sandbox::Result result;
+    std::string nonce;
+  };
+  // The completion under the test harness (rewards/code_harness.h): passed only when the harness
+  // printed this run's nonce after the assertions.
+  Harnessed harnessed(const std::string& solution, const json& test) const {
+    Harnessed h;
+    static thread_local std::mt19937_64 rng(std::random_device{}());
+    char buf[33];
+    snprintf(buf, sizeof buf, "%016llx%016llx", (unsigned long long)rng(), (unsigned long long)rng());
+    h.nonce = buf;
+    SlotGuard slot;
+    h.result = sandbox::run({"python3", "-I", "main.py"}, h.nonce + "\n",
+                            {{"main.py", code_harness()}, {"solution.py", solution}, {"test.json", test.dump()}},
+                            limits_, options_);
+    return h;
+  }
+  static bool harness_passed(const Harnessed& h) {
+    return h.result.status == sandbox::Status::Ok && h.result.out.find("\n" + h.nonce + " PASSED\n") != std::string::npos;
+  }
+
   sandbox::Result python(const std::string& program, const std::string& in) const {
     SlotGuard slot;
     return sandbox::run({"python3", "-I", "main.py"}, in, {{"main.py", program}}, limits_, options_);

@@ -109,5 +109,43 @@ io_cpp = {"completion": "```cpp\n#include <iostream>\nint main(){long a,b;std::c
 res = score("code", [io_py, io_cpp], "io")
 check(abs(res[0]["reward"] - 2 / 3) < 1e-9, f"stdin/stdout Python: 2 of 3 cases ({res[0]})")
 check(res[1]["reward"] == 1.0, f"stdin/stdout C++ compiled once: all cases ({res[1]})")
+# Gaming: wrong solutions that try to pass without the tests passing. Each must score 0, and the
+# right solution 1, through the same harness.
+he_meta = {"prompt": "def add(a, b):\n",
+           "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n"
+                   "    assert abs(candidate(0.5, 0.25) - 0.75) < 1e-9\n",
+           "entry_point": "add"}
+games = {
+    "right": "def add(a, b):\n    return a + b\n",
+    "sys.exit(0)": "import sys\ndef add(a, b):\n    return 0\nsys.exit(0)\n",
+    "os._exit(0)": "import os\ndef add(a, b):\n    return 0\nos._exit(0)\n",
+    "exit() inside the function": "def add(a, b):\n    exit()\n",
+    "raise SystemExit": "def add(a, b):\n    raise SystemExit(0)\n",
+    "SIGKILL itself": "import os, signal\ndef add(a, b):\n    os.kill(os.getpid(), signal.SIGKILL)\n",
+    "__eq__ always True": "class A:\n    __eq__ = lambda s, o: True\n    __sub__ = lambda s, o: 0\n"
+                          "def add(a, b):\n    return A()\n",
+    "int subclass with __eq__": "class I(int):\n    def __eq__(s, o): return True\n    def __sub__(s, o): return 0\n"
+                                "def add(a, b):\n    return I(0)\n",
+    "patched builtins.abs": "import builtins\nbuiltins.abs = lambda x: 0\ndef add(a, b):\n    return 5\n",
+    "shadowed abs": "def abs(x):\n    return 0\ndef add(a, b):\n    return 5\n",
+    "patched math": "import math\nmath.isclose = lambda *a, **k: True\ndef add(a, b):\n    return 5\n",
+    "rewritten test file": "open('test.json', 'w').write('{\"mode\": \"mbpp\", \"setup\": \"\", \"assert\": \"\"}')\n"
+                           "open('main.py', 'w').write('')\ndef add(a, b):\n    return 0\n",
+    "printed a pass line": "import os\nprint('PASSED')\nprint('ok')\nos._exit(0)\n",
+    "stdin read for the record": "import sys, os\nprint(sys.stdin.read() + ' PASSED')\nos._exit(0)\n",
+}
+mbpp_meta = {"test_list": ["assert similar([1, 2], [2, 3]) == {2}", "assert set(similar([1, 2], [2, 3])) == set([2])"]}
+mbpp_games = {
+    "right": "def similar(a, b):\n    return set(a) & set(b)\n",
+    "shadowed set": "def set(x=()):\n    return 0\ndef similar(a, b):\n    return {9}\n",
+    "sys.exit in the function": "import sys\ndef similar(a, b):\n    sys.exit(0)\n",
+}
+rows = [{"completion": "```python\n" + code + "```", "metadata": he_meta} for code in games.values()]
+rows += [{"completion": "```python\n" + code + "```", "metadata": mbpp_meta} for code in mbpp_games.values()]
+res = score("code", rows, "gaming")
+names = list(games) + ["mbpp: " + k for k in mbpp_games]
+for name, r in zip(names, res):
+    want = 1.0 if name in ("right", "mbpp: right") else 0.0
+    check(r["reward"] == want, f"gaming: {name} scores {r['reward']} (want {want})")
 print(f"{len(failures)} failure(s)")
 sys.exit(1 if failures else 0)
