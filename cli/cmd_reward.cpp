@@ -14,6 +14,7 @@
 #include "sandbox/sandbox.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/json.h"
 #include "util/jsonl.h"
 #include "util/strings.h"
 
@@ -27,7 +28,7 @@ namespace {
 json parse_options(const std::string& text) {
   if (text.empty()) return json::object();
   try {
-    json o = json::parse(text);
+    json o = parse_json(text, "--options");
     if (!o.is_object()) throw Error("--options must be a JSON object, e.g. {\"math\": {\"precision\": 4}}");
     return o;
   } catch (const json::exception& e) {

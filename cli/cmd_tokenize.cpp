@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "text/tokenizer.h"
 #include "util/error.h"
+#include "util/json.h"
 
 namespace grpo::cli {
 
@@ -38,7 +39,7 @@ int run_tokenize(const TokenizeArgs& args) {
       std::string text = line;
       if (args.jsonl) {
         try {
-          auto j = nlohmann::json::parse(line);
+          auto j = parse_json(line, args.input + ":" + std::to_string(lineno));
           if (!j.is_string()) throw Error(args.input + ":" + std::to_string(lineno) + ": expected a JSON string");
           text = j.get<std::string>();
         } catch (const nlohmann::json::exception& e) {

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <atomic>
 #include <set>
+#include <string_view>
+#include <unordered_map>
 #include <sstream>
 #include <thread>
 
@@ -163,20 +165,31 @@ class RepetitionReward : public Reward {
     if (n_ < 1) throw std::invalid_argument("repetition: ngram must be >= 1");
   }
   RewardResult score(const RewardItem& item) const override {
-    std::vector<std::string> words;
-    std::istringstream in(item.completion);
-    std::string w;
-    while (in >> w) {
-      for (auto& c : w) c = (char)std::tolower((unsigned char)c);
-      words.push_back(w);
+    // Words as small ids (one dictionary entry per distinct word), then the distinct n-grams
+    // counted by sorting their start positions: memory stays a few bytes per word of input.
+    std::string text = item.completion;
+    for (auto& c : text) c = (char)std::tolower((unsigned char)c);
+    std::unordered_map<std::string_view, uint32_t> dictionary;
+    std::vector<uint32_t> ids;
+    for (size_t i = 0; i < text.size();) {
+      while (i < text.size() && std::isspace((unsigned char)text[i])) ++i;
+      size_t j = i;
+      while (j < text.size() && !std::isspace((unsigned char)text[j])) ++j;
+      if (j > i) ids.push_back(dictionary.emplace(std::string_view(text).substr(i, j - i), (uint32_t)dictionary.size()).first->second);
+      i = j;
     }
     RewardResult r;
-    if ((int)words.size() >= n_) {
-      std::set<std::vector<std::string>> distinct;
-      size_t total = 0;
-      for (size_t i = 0; i + n_ <= words.size(); ++i, ++total)
-        distinct.insert(std::vector<std::string>(words.begin() + i, words.begin() + i + n_));
-      r.reward = -(1.0 - (double)distinct.size() / (double)total) * max_penalty_;
+    if ((int64_t)ids.size() >= n_) {
+      const size_t total = ids.size() - n_ + 1;
+      std::vector<uint32_t> starts(total);
+      for (size_t i = 0; i < total; ++i) starts[i] = (uint32_t)i;
+      auto gram_less = [&](uint32_t a, uint32_t b) {
+        return std::lexicographical_compare(ids.begin() + a, ids.begin() + a + n_, ids.begin() + b, ids.begin() + b + n_);
+      };
+      std::sort(starts.begin(), starts.end(), gram_less);
+      size_t distinct = 1;
+      for (size_t i = 1; i < total; ++i) distinct += gram_less(starts[i - 1], starts[i]);
+      r.reward = -(1.0 - (double)distinct / (double)total) * max_penalty_;
     }
     r.components["repetition"] = r.reward;
     return r;

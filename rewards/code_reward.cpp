@@ -23,6 +23,7 @@
 #include "rewards/builtin.h"
 #include "rewards/code_harness.h"
 #include "sandbox/sandbox.h"
+#include "util/json.h"
 
 namespace grpo::rewards {
 
@@ -121,8 +122,8 @@ class CodeReward : public Reward {
     json tests = item.metadata;
     if (!tests.contains("test") && !tests.contains("test_list") && !tests.contains("tests") && !item.reference.empty()) {
       try {
-        tests = json::parse(item.reference);
-      } catch (const json::exception&) {
+        tests = parse_json(item.reference, "reference");
+      } catch (const std::exception&) {
         throw std::invalid_argument("no tests: metadata has none and the reference is not a JSON test object");
       }
     }

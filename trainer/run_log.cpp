@@ -10,6 +10,7 @@
 
 #include "util/error.h"
 #include "util/files.h"
+#include "util/json.h"
 
 namespace grpo::trainer {
 
@@ -42,8 +43,8 @@ RunLog::RunLog(const std::string& out_dir, int64_t resume_step, int64_t logging_
       if (l.empty()) continue;
       nlohmann::json m;
       try {
-        m = nlohmann::json::parse(l);
-      } catch (const nlohmann::json::exception&) {
+        m = parse_json(l, "metrics");
+      } catch (const Error&) {
         continue;  // a line cut by the kill that stopped the run
       }
       if (m.value("step", int64_t(0)) > resume_step) continue;

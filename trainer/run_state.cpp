@@ -7,6 +7,7 @@
 #include "text/tokenizer.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/json.h"
 
 namespace grpo::trainer {
 
@@ -23,7 +24,7 @@ json to_json(const RunState& s) {
 RunState read_run_state(const std::string& path) {
   RunState s;
   try {
-    json j = json::parse(read_file(path));
+    json j = parse_json(read_file(path), path);
     s.step = j.at("step");
     s.position = j.at("position");
     s.num_tokens = j.value("num_tokens", int64_t(0));
@@ -91,11 +92,7 @@ HubFiles hub_files(const ModelSettings& m, int64_t bos_id, int64_t eos_id, const
   auto read_json = [&](const std::string& name) -> json {
     for (const std::string& dir : {source, m.model_dir})
       if (!dir.empty() && file_exists(dir + "/" + name)) {
-        try {
-          return json::parse(read_file(dir + "/" + name));
-        } catch (const json::exception& e) {
-          throw Error(dir + "/" + name + ": " + e.what());
-        }
+        return parse_json(read_file(dir + "/" + name), dir + "/" + name);
       }
     return nullptr;
   };

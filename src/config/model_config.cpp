@@ -5,6 +5,7 @@
 
 #include "util/error.h"
 #include "util/files.h"
+#include "util/json.h"
 
 namespace grpo {
 
@@ -107,12 +108,7 @@ double ModelConfig::rope_attention_factor() const {
 }
 
 ModelConfig parse_model_config(const std::string& json_text, const std::string& where) {
-  json obj;
-  try {
-    obj = json::parse(json_text);
-  } catch (const json::exception& e) {
-    throw Error(where + ": not valid JSON: " + e.what());
-  }
+  json obj = parse_json(json_text, where);
   if (!obj.is_object()) throw Error(where + ": expected a JSON object");
   Fields f(obj, where);
   ModelConfig c;

@@ -13,6 +13,7 @@
 
 #include "util/error.h"
 #include "util/files.h"
+#include "util/json.h"
 
 namespace grpo::io {
 
@@ -93,6 +94,7 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     fail(path, fmt::format("header length {} runs past the end of the file ({} bytes)", header_len, size));
   const char* hdr = reinterpret_cast<const char*>(bytes + 8);
   json header;
+  if (json_depth(std::string_view(hdr, header_len)) > kMaxJsonDepth) fail(path, "header nests too deep");
   try {
     header = json::parse(hdr, hdr + header_len);
   } catch (const json::exception& e) {
@@ -224,12 +226,7 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open_dir(const std::string& dir) {
   std::string index_path = dir + "/model.safetensors.index.json";
   std::string single = dir + "/model.safetensors";
   if (file_exists(index_path)) {
-    json index;
-    try {
-      index = json::parse(read_file(index_path));
-    } catch (const json::exception& e) {
-      throw Error(index_path + ": not valid JSON: " + e.what());
-    }
+    json index = parse_json(read_file(index_path), index_path);
     if (!index.contains("weight_map") || !index["weight_map"].is_object())
       throw Error(index_path + ": missing object 'weight_map'");
     std::map<std::string, size_t> file_idx;

@@ -11,6 +11,7 @@
 #include "io/safetensors.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/json.h"
 
 namespace grpo::model {
 
@@ -270,7 +271,7 @@ void save_model(DeepseekForCausalLM& model, const std::string& config_json, cons
     write_file_atomic(dir + "/model.safetensors.index.json", index.dump(2) + "\n");
   }
 
-  json cfg = json::parse(config_json);
+  json cfg = parse_json(config_json, dir + "/config.json");
   cfg.erase("quantization_config");
   cfg.erase("auto_map");  // the weights are transformers' own classes now, not the base's remote code
   cfg["architectures"] = {c.model_type == "deepseek_v3" ? "DeepseekV3ForCausalLM" : "DeepseekV2ForCausalLM"};

@@ -14,6 +14,7 @@
 #include "text/unicode.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/json.h"
 
 #ifdef GRPO_HAVE_ICU
 #include <unicode/normalizer2.h>
@@ -422,12 +423,7 @@ void parse_normalizer(const json& node, const std::string& where, bool* nfc) {
 Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& where) {
   auto impl = std::make_unique<Impl>();
   impl->where = where;
-  json j;
-  try {
-    j = json::parse(json_text);
-  } catch (const json::exception& e) {
-    throw Error(where + ": not valid JSON: " + e.what());
-  }
+  json j = parse_json(json_text, where);
   try {
     const json& model = j.at("model");
     if (model.value("type", "BPE") != "BPE") throw Error(where + ": model.type must be BPE");

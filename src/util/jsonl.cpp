@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include "util/error.h"
+#include "util/json.h"
 
 namespace grpo {
 
@@ -14,12 +15,7 @@ void for_each_jsonl_object(const std::string& path,
   for (int64_t lineno = 1; std::getline(in, line); ++lineno) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     std::string where = path + ":" + std::to_string(lineno);
-    nlohmann::json row;
-    try {
-      row = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(where + ": not valid JSON: " + e.what());
-    }
+    nlohmann::json row = parse_json(line, where);
     if (!row.is_object()) throw Error(where + ": expected a JSON object");
     fn(row, where);
   }

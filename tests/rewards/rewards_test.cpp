@@ -1,10 +1,17 @@
 // Rewards: the format reward against open-r1's cases, the built-ins' definitions, plugins, and
-// the worker/client pair under failures (dead workers, a worker stopped mid-batch, deadlines).
+// the worker/client pair under failures (dead workers, a worker stopped mid-batch, deadlines) and
+// hostile requests (rewards it does not serve, nested metadata).
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <fstream>
+#include <random>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "common/conformance.h"
@@ -12,6 +19,7 @@
 #include "rewards/plugin.h"
 #include "rewards/rpc.h"
 #include "util/error.h"
+#include "util/json.h"
 
 using namespace grpo::rewards;
 using json = nlohmann::json;
@@ -213,8 +221,113 @@ TEST(RewardWorker, BadSpecIsRefusedNamingIt) {
     c.score(echo_items(2));
     FAIL();
   } catch (const grpo::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("unknown reward 'nope'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'nope' is not served by this worker"), std::string::npos) << e.what();
   }
+}
+
+TEST(RewardWorker, ServesOnlyTheRewardsItWasStartedWith) {
+  RewardWorker w(echo_registry(), echo_worker());  // started with "echo"
+  for (std::string spec : {"code", "math", "echo,code_binary:0.5"}) {
+    ClientOptions o;
+    o.spec = spec;
+    o.max_attempts = 1;
+    RewardClient c({"127.0.0.1:" + std::to_string(w.port())}, o);
+    try {
+      c.score(echo_items(1));
+      FAIL() << spec << " was served";
+    } catch (const grpo::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("is not served by this worker (it serves: echo)"), std::string::npos) << e.what();
+    }
+  }
+  ClientOptions o;
+  o.spec = "echo:2";  // reweighting what it serves is fine
+  RewardClient c({"127.0.0.1:" + std::to_string(w.port())}, o);
+  EXPECT_EQ(c.score(echo_items(3))[2].reward, 4.0);
+}
+
+TEST(RewardWorker, DeeplyNestedMetadataIsThatItemsErrorAndTheWorkerLives) {
+  RewardWorker w(echo_registry(), echo_worker());
+  RewardClient c({"127.0.0.1:" + std::to_string(w.port())});
+  // The client sends metadata as JSON text; build the hostile text directly as a raw item.
+  std::vector<RewardItem> items = echo_items(2);
+  json deep = json::array();
+  json* cur = &deep;
+  for (int i = 0; i < 2000; ++i) {  // within what nlohmann builds here, far past the limit
+    cur->push_back(json::array());
+    cur = &(*cur)[0];
+  }
+  items[1].metadata = {{"id", 1}, {"deep", deep}};
+  auto res = c.score(items);
+  EXPECT_EQ(res[0].reward, 0.0);
+  EXPECT_TRUE(res[0].error.empty());
+  EXPECT_NE(res[1].error.find("nested deeper than 512"), std::string::npos) << res[1].error;
+  EXPECT_EQ(c.score(echo_items(2))[1].reward, 1.0);  // still serving
+}
+
+TEST(Json, DepthIsBoundedBeforeParsing) {
+  std::string deep(300000, '['), closing(300000, ']');
+  EXPECT_EQ(grpo::json_depth("{\"a\": [1, {\"b\": \"[[[[\"}]}"), 3);  // brackets in strings do not count
+  EXPECT_GT(grpo::json_depth(deep + closing), 512);
+  try {
+    grpo::parse_json(deep + closing, "request 7");
+    FAIL();
+  } catch (const grpo::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("request 7: JSON nested deeper than 512 levels"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(grpo::parse_json("[[[1]]]", "x")[0][0][0], 1);
+  EXPECT_THROW(grpo::parse_json("{", "x"), grpo::Error);
+}
+
+TEST(BuiltinRewards, RepetitionIsExactAndSmall) {
+  // Against a plain set of n-gram vectors on random texts over a small vocabulary.
+  std::mt19937 rng(3);
+  const char* vocab[] = {"a", "B", "the", "cat", "sat", "A", "b"};
+  for (int t = 0; t < 50; ++t) {
+    std::string text;
+    int words = 1 + rng() % 60;
+    for (int i = 0; i < words; ++i) text += std::string(vocab[rng() % 7]) + (rng() % 3 ? " " : "\n\t ");
+    for (int n : {1, 2, 3, 5}) {
+      std::vector<std::string> ws;
+      std::istringstream in(text);
+      for (std::string w; in >> w;) {
+        for (auto& ch : w) ch = (char)std::tolower((unsigned char)ch);
+        ws.push_back(w);
+      }
+      double want = 0;
+      if ((int)ws.size() >= n) {
+        std::set<std::vector<std::string>> distinct;
+        for (size_t i = 0; i + n <= ws.size(); ++i) distinct.insert({ws.begin() + i, ws.begin() + i + n});
+        want = -(1.0 - (double)distinct.size() / (double)(ws.size() - n + 1));
+      }
+      EXPECT_DOUBLE_EQ(score("repetition", text, {{"ngram", n}}).reward, want) << text << " n=" << n;
+    }
+  }
+  // Memory on a 16 MB completion, measured in a child process (peak RSS growth while scoring).
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    std::string big;
+    big.reserve(16 << 20);
+    std::mt19937 r(1);
+    while (big.size() < (16u << 20)) big += "word" + std::to_string(r() % 5000) + " ";
+    rusage before{}, after{};
+    getrusage(RUSAGE_SELF, &before);
+    volatile double v = score("repetition", big).reward;
+    (void)v;
+    getrusage(RUSAGE_SELF, &after);
+    double ratio = (double)(after.ru_maxrss - before.ru_maxrss) * 1024 / big.size();
+    ssize_t unused = write(fds[1], &ratio, sizeof ratio);
+    (void)unused;
+    _exit(0);
+  }
+  double ratio = -1;
+  ASSERT_EQ(read(fds[0], &ratio, sizeof ratio), (ssize_t)sizeof ratio);
+  waitpid(pid, nullptr, 0);
+  close(fds[0]);
+  close(fds[1]);
+  printf("repetition: peak memory while scoring = %.2fx the completion's size\n", ratio);
+  EXPECT_LT(ratio, 4.0);
 }
 
 TEST(MathChecker, HostileInputsAreBoundedAndFast) {
