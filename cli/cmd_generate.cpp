@@ -99,7 +99,7 @@ int run_generate(const GenerateArgs& a) {
 
     std::unique_ptr<rollout::Backend> backend;
     if (!a.server.empty())
-      backend = std::make_unique<rollout::RolloutClient>(a.server, a.timeout);
+      backend = std::make_unique<rollout::RolloutClient>(a.server, a.timeout, 30, to_security(a.security));
     else
       backend = local_backend(a.model, a.dtype, a.device, engine_options(a.max_batch, a.block_size, a.kv_cache_mb));
 
@@ -152,7 +152,10 @@ int run_rollout_server(const ServeArgs& a) {
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, nullptr);
     auto backend = local_backend(a.model, a.dtype, a.device, engine_options(a.max_batch, a.block_size, a.kv_cache_mb));
-    rollout::RolloutServer server(*backend, a.host, a.port);
+    rollout::RolloutServerOptions so;
+    so.limits = {a.max_samples, a.max_prompts, a.max_total_samples, a.max_new_tokens, a.max_prompt_bytes};
+    so.security = to_security(a.security);
+    rollout::RolloutServer server(*backend, a.host, a.port, so);
     auto info = backend->info();
     fprintf(stderr, "grpo rollout-server: listening on %s:%d (model %s, %s %s, %lld KV-cache blocks of %lld tokens)\n",
             a.host.c_str(), server.port(), a.model.c_str(), info.device.c_str(), info.dtype.c_str(),

@@ -77,6 +77,7 @@ int run_reward(const RewardArgs& a) {
     ClientOptions o;
     o.spec = a.name;
     o.timeout_seconds = a.timeout;
+    o.security = to_security(a.security);
     scorer = std::make_unique<RewardClient>(split_list(a.workers), o);
   } else {
     scorer = std::make_unique<LocalScorer>(std::make_shared<CombinedReward>(a.name, registry, parse_options(a.options)),
@@ -117,6 +118,7 @@ int run_reward_worker(const RewardWorkerArgs& a) {
   o.port = a.port;
   o.threads = a.threads;
   o.default_spec = a.rewards;
+  o.security = to_security(a.security);
   RewardWorker worker(registry, o);
   fprintf(stderr, "grpo reward-worker: listening on %s:%d (rewards %s, %d threads)\n", a.host.c_str(), worker.port(),
           a.rewards.c_str(), a.threads);

@@ -6,7 +6,24 @@
 #include <string>
 #include <vector>
 
+#include "rpc/security.h"
+
 namespace grpo::cli {
+
+// TLS and token flags of a server (cert, key, token file, insecure) or a client (CA, token file).
+struct SecurityArgs {
+  std::string tls_cert, tls_key, tls_ca, token_file;
+  bool insecure = false;
+};
+inline rpc::Security to_security(const SecurityArgs& a) {
+  rpc::Security s;
+  s.tls_cert = a.tls_cert;
+  s.tls_key = a.tls_key;
+  s.tls_ca = a.tls_ca;
+  s.insecure = a.insecure;
+  if (!a.token_file.empty()) s.token = rpc::read_token_file(a.token_file);
+  return s;
+}
 
 struct InitArgs {
   std::string config, output, dtype = "float32";
@@ -37,6 +54,7 @@ struct GenerateArgs {
   std::vector<int64_t> stop_token_ids;
   bool ignore_eos = false;
   int64_t max_batch = 256, block_size = 16, kv_cache_mb = 0;
+  SecurityArgs security;  // with --server
 };
 int run_generate(const GenerateArgs& args);
 
@@ -44,6 +62,9 @@ struct ServeArgs {
   std::string model, host = "127.0.0.1", dtype = "float32", device = "cpu", port_file;
   int port = 50061;
   int64_t max_batch = 256, block_size = 16, kv_cache_mb = 0;
+  int64_t max_samples = 1024, max_prompts = 4096, max_total_samples = 65536, max_new_tokens = 0,
+          max_prompt_bytes = 1 << 20;
+  SecurityArgs security;
 };
 int run_rollout_server(const ServeArgs& args);
 
@@ -52,6 +73,7 @@ struct RewardArgs {
   std::vector<std::string> plugins;
   int threads = 1;
   double timeout = 60;
+  SecurityArgs security;  // with --workers
 };
 int run_reward(const RewardArgs& args);
 
@@ -59,6 +81,7 @@ struct RewardWorkerArgs {
   std::string host = "127.0.0.1", rewards = "math", port_file;
   std::vector<std::string> plugins;
   int port = 50051, threads = 4;
+  SecurityArgs security;
 };
 int run_reward_worker(const RewardWorkerArgs& args);
 

@@ -71,6 +71,24 @@ int main(int argc, char** argv) {
   c_srv->add_option("--block-size", srv.block_size, "tokens per KV-cache block")->capture_default_str();
   c_srv->add_option("--kv-cache-mb", srv.kv_cache_mb, "KV-cache budget in MiB (0: 256 MiB on CPU, half the free GPU memory)")->capture_default_str();
 
+  auto server_security = [](CLI::App* c, SecurityArgs& s) {
+    c->add_option("--tls-cert", s.tls_cert, "PEM certificate chain: serve TLS (with --tls-key)");
+    c->add_option("--tls-key", s.tls_key, "PEM private key of --tls-cert");
+    c->add_option("--token-file", s.token_file, "file holding a shared token callers must send (Bearer)");
+    c->add_flag("--insecure", s.insecure, "allow a non-loopback --host without TLS or a token");
+  };
+  auto client_security = [](CLI::App* c, SecurityArgs& s) {
+    c->add_option("--tls-ca", s.tls_ca, "PEM root certificate to verify the server's TLS certificate");
+    c->add_option("--token-file", s.token_file, "file holding the shared token the server expects");
+  };
+  server_security(c_srv, srv.security);
+  client_security(c_gen, gen.security);
+  c_srv->add_option("--max-samples", srv.max_samples, "n per prompt a call may ask for")->capture_default_str();
+  c_srv->add_option("--max-prompts", srv.max_prompts, "prompts per call")->capture_default_str();
+  c_srv->add_option("--max-total-samples", srv.max_total_samples, "prompts x n per call")->capture_default_str();
+  c_srv->add_option("--max-new-tokens", srv.max_new_tokens, "new tokens per completion (0 = the context)")->capture_default_str();
+  c_srv->add_option("--max-prompt-bytes", srv.max_prompt_bytes, "bytes of one text prompt")->capture_default_str();
+
   TrainArgs tr;
   auto* c_tr = app.add_subcommand("train", "GRPO training from a recipe (R1-Zero loop)");
   c_tr->add_option("recipe", tr.recipe, "recipe YAML (see recipes/)")->required();
@@ -95,9 +113,11 @@ int main(int argc, char** argv) {
   c_rwk->add_option("--host", rwk.host, "address to listen on")->capture_default_str();
   c_rwk->add_option("--port", rwk.port, "port (0 = any free port)")->capture_default_str();
   c_rwk->add_option("--port-file", rwk.port_file, "write the port here once listening");
-  c_rwk->add_option("--rewards", rwk.rewards, "default reward spec (requests may name another)")->capture_default_str();
+  c_rwk->add_option("--rewards", rwk.rewards, "the rewards served and the default spec (requests may reweigh them)")->capture_default_str();
   c_rwk->add_option("--plugin", rwk.plugins, "shared object with GRPO_REWARD_PLUGIN rewards (repeatable)");
   c_rwk->add_option("--threads", rwk.threads, "scoring threads (bounded pool)")->capture_default_str();
+  server_security(c_rwk, rwk.security);
+  client_security(c_rw, rw.security);
 
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;

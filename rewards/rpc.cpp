@@ -12,6 +12,7 @@
 
 #include "grpo.grpc.pb.h"
 #include "rewards/builtin.h"
+#include "rpc/credentials.h"
 #include "rpc/health.h"
 #include "util/error.h"
 #include "util/json.h"
@@ -103,6 +104,10 @@ class RewardServiceImpl final : public pb::RewardService::CallbackService {
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const pb::ScoreRequest* req,
                                   pb::ScoreReply* reply) override {
     auto* reactor = ctx->DefaultReactor();
+    if (!rpc::authorized(*ctx, options_.security.token)) {
+      reactor->Finish(rpc::unauthenticated());
+      return reactor;
+    }
     bool queued = pool_.try_submit([this, ctx, req, reply, reactor] {
       if (ctx->IsCancelled()) {
         reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
@@ -149,6 +154,11 @@ class RewardServiceImpl final : public pb::RewardService::CallbackService {
 
   grpc::ServerUnaryReactor* Info(grpc::CallbackServerContext* ctx, const pb::RewardInfoRequest*,
                                  pb::RewardInfoReply* reply) override {
+    if (!rpc::authorized(*ctx, options_.security.token)) {
+      auto* reactor = ctx->DefaultReactor();
+      reactor->Finish(rpc::unauthenticated());
+      return reactor;
+    }
     for (const auto& name : served_) reply->add_rewards(name);
     reply->set_default_spec(options_.default_spec);
     reply->set_threads(options_.threads);
@@ -210,11 +220,12 @@ struct RewardWorker::Impl {
 };
 
 RewardWorker::RewardWorker(const RewardRegistry& registry, WorkerOptions o) : impl_(std::make_unique<Impl>()) {
+  auto credentials = rpc::server_credentials(o.security, o.host, "reward worker");
   impl_->service = std::make_unique<RewardServiceImpl>(registry, o);
   impl_->health = rpc::make_health_service({"grpo.v1.RewardService"});
   grpc::ServerBuilder b;
   std::string address = rpc::join_host_port(o.host, o.port);
-  b.AddListeningPort(address, grpc::InsecureServerCredentials(), &impl_->port);
+  b.AddListeningPort(address, credentials, &impl_->port);
   b.RegisterService(impl_->service.get());
   b.RegisterService(impl_->health.get());
   b.SetMaxReceiveMessageSize(256 << 20);
@@ -248,7 +259,7 @@ RewardClient::RewardClient(std::vector<std::string> addresses, ClientOptions opt
   args.SetMaxReceiveMessageSize(256 << 20);
   args.SetMaxSendMessageSize(256 << 20);
   for (const auto& a : impl_->addresses)
-    impl_->stubs.push_back(pb::RewardService::NewStub(grpc::CreateCustomChannel(a, grpc::InsecureChannelCredentials(), args)));
+    impl_->stubs.push_back(pb::RewardService::NewStub(grpc::CreateCustomChannel(a, rpc::channel_credentials(options.security), args)));
 }
 RewardClient::~RewardClient() = default;
 int64_t RewardClient::retries() const { return impl_->retries; }
@@ -272,6 +283,7 @@ std::vector<RewardResult> RewardClient::score(const std::vector<RewardItem>& ite
       const size_t w = (s + a) % W;
       grpc::ClientContext ctx;
       rpc::set_deadline(ctx, o.timeout_seconds);
+      rpc::attach_token(ctx, o.security.token);
       pb::ScoreReply reply;
       grpc::Status st = impl_->stubs[w]->Score(&ctx, req, &reply);
       if (st.ok() && reply.results_size() == (int)(end - begin)) {
@@ -281,7 +293,9 @@ std::vector<RewardResult> RewardClient::score(const std::vector<RewardItem>& ite
       if (st.ok())
         errors.push_back(impl_->addresses[w] + ": answered " + std::to_string(reply.results_size()) + " results for " +
                          std::to_string(end - begin) + " items");
-      else if (st.error_code() == grpc::StatusCode::INVALID_ARGUMENT)
+      else if (st.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
+               st.error_code() == grpc::StatusCode::PERMISSION_DENIED ||
+               st.error_code() == grpc::StatusCode::UNAUTHENTICATED)  // no other worker will say otherwise
         throw Error("reward worker " + impl_->addresses[w] + " refused the request: " + st.error_message());
       else
         errors.push_back(rpc::describe(st, "Score", impl_->addresses[w]));

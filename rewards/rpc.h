@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "rewards/reward.h"
+#include "rpc/security.h"
 
 namespace grpo::rewards {
 
@@ -33,6 +34,7 @@ struct ClientOptions {
   double timeout_seconds = 60;     // deadline of each call
   int max_attempts = 4;            // per shard, each on the next worker in turn
   int max_in_flight = 0;           // concurrent calls; 0 = 2 per worker
+  rpc::Security security;          // tls_ca and/or token, as the workers require
 };
 
 // Spreads a batch over several workers: shards go round-robin, a shard whose call fails or times
@@ -55,7 +57,8 @@ struct WorkerOptions {
   int port = 0;                    // 0 = any free port
   int threads = 4;                 // scoring threads (the bounded pool)
   size_t max_queue = 1024;         // calls waiting for a thread; beyond: RESOURCE_EXHAUSTED
-  std::string default_spec = "math";
+  std::string default_spec = "math";  // the rewards this worker serves (clients may reweigh them)
+  rpc::Security security;              // TLS and/or a bearer token; required off loopback unless insecure
 };
 
 // Serves RewardService (and Health) with gRPC's callback API: calls are handed to a bounded

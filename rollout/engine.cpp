@@ -105,6 +105,9 @@ struct Engine::Impl {
       if (t < 0 || t >= cfg.vocab_size)
         fail("prompt token id " + std::to_string(t) + " is outside the vocabulary [0, " + std::to_string(cfg.vocab_size) + ")");
     if (p.n < 1) fail("n must be at least 1 (got " + std::to_string(p.n) + ")");
+    if (p.n > opt.max_samples)
+      fail("n = " + std::to_string(p.n) + " is more than the " + std::to_string(opt.max_samples) +
+           " samples a request may ask for");
     if (!(p.temperature >= 0) || std::isinf(p.temperature))
       fail("temperature must be a finite number >= 0 (got " + std::to_string(p.temperature) + ")");
     if (!(p.top_p > 0 && p.top_p <= 1)) fail("top_p must be in (0, 1] (got " + std::to_string(p.top_p) + ")");
@@ -294,6 +297,11 @@ uint64_t Engine::add(Request r, const std::string& where) {
 }
 
 bool Engine::idle() const { return impl_->sched->idle(); }
+
+bool Engine::cancel(uint64_t request_id) {
+  impl_->prompt_logits.erase(request_id);
+  return impl_->sched->cancel(request_id);
+}
 
 std::vector<Completion> Engine::step() {
   c10::NoGradGuard no_grad;

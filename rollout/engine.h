@@ -41,6 +41,7 @@ class Tokenizer;
 namespace grpo::rollout {
 
 struct EngineOptions {
+  int64_t max_samples = 1 << 16;      // n per request at most
   int64_t max_batch = 256;            // sequences decoded together
   int64_t block_size = 16;            // tokens per KV-cache block
   int64_t kv_cache_bytes = 0;         // pool size; 0 = 256 MiB on CPU, half the free memory on CUDA
@@ -73,6 +74,8 @@ class Engine {
   // Queues a request (after check()); returns the id its completions will carry.
   uint64_t add(Request r, const std::string& where = "request");
   bool idle() const;
+  // Drops a queued or running request: no more completions come for it, its cache blocks go back.
+  bool cancel(uint64_t request_id);
   // One scheduling round: start waiting samples and prefill admitted prompts while slots and cache
   // allow, then one decode step of every running sequence. Returns the completions that finished.
   std::vector<Completion> step();

@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "grpo.grpc.pb.h"
+#include "rpc/credentials.h"
 #include "rpc/health.h"
 #include "util/error.h"
 
@@ -73,12 +74,36 @@ ServerInfo from_proto(const pb::InfoReply& r) {
   return i;
 }
 
+// The first limit `req` goes past, as a message naming it; "" when within all.
+std::string over_limit(const pb::GenerateRequest& req, const ServerLimits& L) {
+  const auto& s = req.sampling();
+  const int64_t n = s.n() == 0 ? 1 : s.n(), prompts = req.prompts_size();
+  auto says = [](const std::string& what, int64_t got, const char* flag, int64_t limit) {
+    return what + " = " + std::to_string(got) + " is more than this server allows (" + flag + " " +
+           std::to_string(limit) + ")";
+  };
+  if (n > L.max_samples) return says("n", n, "--max-samples", L.max_samples);
+  if (prompts > L.max_prompts) return says("prompts per call", prompts, "--max-prompts", L.max_prompts);
+  if (n * prompts > L.max_total_samples)  // both bounded above: no overflow
+    return says("samples per call", n * prompts, "--max-total-samples", L.max_total_samples);
+  if (L.max_new_tokens > 0 && s.max_new_tokens() > L.max_new_tokens)
+    return says("max_new_tokens", s.max_new_tokens(), "--max-new-tokens", L.max_new_tokens);
+  for (const auto& p : req.prompts())
+    if ((int64_t)p.text().size() > L.max_prompt_bytes)
+      return "prompt " + std::to_string(p.prompt_index()) + ": " +
+             says("text bytes", (int64_t)p.text().size(), "--max-prompt-bytes", L.max_prompt_bytes);
+  return "";
+}
+
 class RolloutServiceImpl final : public pb::RolloutService::Service {
  public:
-  explicit RolloutServiceImpl(Backend& b) : backend_(b) {}
+  RolloutServiceImpl(Backend& b, RolloutServerOptions o) : backend_(b), options_(std::move(o)) {}
 
   grpc::Status Generate(grpc::ServerContext* ctx, const pb::GenerateRequest* req,
                         grpc::ServerWriter<pb::CompletionResult>* writer) override {
+    if (!rpc::authorized(*ctx, options_.security.token)) return rpc::unauthenticated();
+    if (std::string over = over_limit(*req, options_.limits); !over.empty())
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, over);
     std::vector<PromptInput> prompts;
     for (const auto& p : req->prompts()) {
       PromptInput in;
@@ -105,7 +130,8 @@ class RolloutServiceImpl final : public pb::RolloutService::Service {
                           r.set_weight_version(c.weight_version);
                           for (auto t : prompt_ids) r.add_prompt_ids(t);
                           return writer->Write(r);
-                        });
+                        },
+                        [ctx] { return ctx->IsCancelled(); });
     } catch (const Error& e) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, e.what());
     } catch (const std::exception& e) {
@@ -115,8 +141,9 @@ class RolloutServiceImpl final : public pb::RolloutService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status UpdateWeights(grpc::ServerContext*, const pb::UpdateWeightsRequest* req,
+  grpc::Status UpdateWeights(grpc::ServerContext* ctx, const pb::UpdateWeightsRequest* req,
                              pb::UpdateWeightsReply* reply) override {
+    if (!rpc::authorized(*ctx, options_.security.token)) return rpc::unauthenticated();
     try {
       reply->set_seconds(backend_.update_weights(req->checkpoint_dir(), req->version()));
       reply->set_version(req->version());
@@ -128,7 +155,8 @@ class RolloutServiceImpl final : public pb::RolloutService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Info(grpc::ServerContext*, const pb::InfoRequest*, pb::InfoReply* reply) override {
+  grpc::Status Info(grpc::ServerContext* ctx, const pb::InfoRequest*, pb::InfoReply* reply) override {
+    if (!rpc::authorized(*ctx, options_.security.token)) return rpc::unauthenticated();
     try {
       to_proto(backend_.info(), reply);
     } catch (const std::exception& e) {
@@ -139,6 +167,7 @@ class RolloutServiceImpl final : public pb::RolloutService::Service {
 
  private:
   Backend& backend_;
+  RolloutServerOptions options_;
 };
 
 }  // namespace
@@ -151,12 +180,14 @@ struct RolloutServer::Impl {
   int port = 0;
 };
 
-RolloutServer::RolloutServer(Backend& backend, const std::string& host, int port) : impl_(std::make_unique<Impl>()) {
-  impl_->service = std::make_unique<RolloutServiceImpl>(backend);
+RolloutServer::RolloutServer(Backend& backend, const std::string& host, int port, RolloutServerOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  auto credentials = rpc::server_credentials(options.security, host, "rollout server");
+  impl_->service = std::make_unique<RolloutServiceImpl>(backend, std::move(options));
   impl_->health = rpc::make_health_service({"grpo.v1.RolloutService"});
   grpc::ServerBuilder builder;
   std::string address = rpc::join_host_port(host, port);
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &impl_->port);
+  builder.AddListeningPort(address, credentials, &impl_->port);
   builder.RegisterService(impl_->service.get());
   builder.RegisterService(impl_->health.get());
   builder.SetMaxReceiveMessageSize(256 << 20);
@@ -176,24 +207,27 @@ void RolloutServer::shutdown() {
 struct RolloutClient::Impl {
   std::string address;
   double generate_timeout, call_timeout;
+  std::string token;
   std::unique_ptr<pb::RolloutService::Stub> stub;
 };
 
-RolloutClient::RolloutClient(const std::string& address, double generate_timeout, double call_timeout)
+RolloutClient::RolloutClient(const std::string& address, double generate_timeout, double call_timeout,
+                             rpc::Security security)
     : impl_(std::make_unique<Impl>()) {
   impl_->address = address;
+  impl_->token = security.token;
   impl_->generate_timeout = generate_timeout;
   impl_->call_timeout = call_timeout;
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(256 << 20);
   args.SetMaxSendMessageSize(256 << 20);
-  impl_->stub = pb::RolloutService::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+  impl_->stub = pb::RolloutService::NewStub(grpc::CreateCustomChannel(address, rpc::channel_credentials(security), args));
 }
 RolloutClient::~RolloutClient() = default;
 const std::string& RolloutClient::address() const { return impl_->address; }
 
 void RolloutClient::generate(const std::vector<PromptInput>& prompts, const SamplingParams& params, bool ignore_eos,
-                             const CompletionSink& emit) {
+                             const CompletionSink& emit, const std::function<bool()>& cancelled) {
   pb::GenerateRequest req;
   for (const auto& p : prompts) {
     auto* q = req.add_prompts();
@@ -208,6 +242,7 @@ void RolloutClient::generate(const std::vector<PromptInput>& prompts, const Samp
   to_proto(params, ignore_eos, req.mutable_sampling());
   grpc::ClientContext ctx;
   rpc::set_deadline(ctx, impl_->generate_timeout);
+  rpc::attach_token(ctx, impl_->token);
   auto reader = impl_->stub->Generate(&ctx, req);
   pb::CompletionResult r;
   bool stopped = false;
@@ -221,7 +256,7 @@ void RolloutClient::generate(const std::vector<PromptInput>& prompts, const Samp
     c.finish_reason = r.finish_reason() == "stop" ? FinishReason::Stop : FinishReason::Length;
     c.weight_version = r.weight_version();
     std::vector<int64_t> prompt_ids(r.prompt_ids().begin(), r.prompt_ids().end());
-    if (!emit(c, prompt_ids)) {
+    if (!emit(c, prompt_ids) || (cancelled && cancelled())) {
       ctx.TryCancel();
       stopped = true;
       break;
@@ -243,6 +278,7 @@ double RolloutClient::update_weights(const std::string& dir, int64_t version) {
   pb::UpdateWeightsReply reply;
   grpc::ClientContext ctx;
   rpc::set_deadline(ctx, std::max(impl_->call_timeout, 600.0));  // waits for running sequences, then loads
+  rpc::attach_token(ctx, impl_->token);
   grpc::Status s = impl_->stub->UpdateWeights(&ctx, req, &reply);
   if (!s.ok()) {
     if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) throw Error(s.error_message());
@@ -255,6 +291,7 @@ ServerInfo RolloutClient::info() {
   pb::InfoReply reply;
   grpc::ClientContext ctx;
   rpc::set_deadline(ctx, impl_->call_timeout);
+  rpc::attach_token(ctx, impl_->token);
   grpc::Status s = impl_->stub->Info(&ctx, pb::InfoRequest(), &reply);
   if (!s.ok()) throw Error(rpc::describe(s, "Info", impl_->address));
   return from_proto(reply);

@@ -1,6 +1,7 @@
 #include "rollout/scheduler.h"
 
 #include <algorithm>
+#include <limits>
 #include <string>
 
 #include "text/tokenizer.h"
@@ -26,7 +27,11 @@ int64_t Scheduler::own_blocks(int64_t prompt_len, int64_t max_new) const {
 
 int64_t Scheduler::blocks_needed(const Request& r) const {
   const int64_t P = (int64_t)r.prompt_ids.size();
-  return blocks_for(P) + r.params.n * own_blocks(P, max_new_tokens(r));
+  int64_t own = 0, total = 0;
+  if (__builtin_mul_overflow(r.params.n, own_blocks(P, max_new_tokens(r)), &own) ||
+      __builtin_add_overflow(own, blocks_for(P), &total))
+    return std::numeric_limits<int64_t>::max();
+  return total;
 }
 
 uint64_t Scheduler::add(Request r) {
@@ -203,6 +208,35 @@ void Scheduler::advance(const std::vector<Sequence*>& seqs, const std::vector<in
   // all ended gives back its shared blocks and is gone.
   for (Group* g : touched) release_if_done(g);
   sync_running_view();
+}
+
+bool Scheduler::cancel(uint64_t id) {
+  if (!starting_.empty()) throw Error("rollout scheduler: cancel while samples are starting");
+  for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
+    if ((*it)->id == id) {
+      waiting_.erase(it);
+      return true;
+    }
+  Group* g = nullptr;
+  for (auto& gp : prefilled_)
+    if (gp->id == id) g = gp.get();
+  if (!g) return false;
+  const int64_t unstarted = g->req.params.n - g->started;
+  blocks_.unreserve(unstarted * g->own_blocks_per_sample);
+  g->started = g->req.params.n;
+  g->unfinished -= unstarted;
+  const int64_t shared = g->prompt_len() / limits_.block_size;
+  auto dropped = [&](const std::unique_ptr<Sequence>& s) {
+    if (s->group != g) return false;
+    for (size_t i = shared; i < s->table.size(); ++i) blocks_.release(s->table[i]);
+    blocks_.unreserve(s->reserved);
+    g->unfinished -= 1;
+    return true;
+  };
+  running_.erase(std::remove_if(running_.begin(), running_.end(), dropped), running_.end());
+  release_if_done(g);
+  sync_running_view();
+  return true;
 }
 
 void Scheduler::sync_running_view() {

@@ -64,7 +64,8 @@ class Scheduler {
  public:
   Scheduler(SchedulerLimits limits, int64_t usable_blocks, const text::Tokenizer* tokenizer);
 
-  // Blocks a request needs at admission (prompt blocks plus every sample's own blocks at its longest).
+  // Blocks a request needs at admission (prompt blocks plus every sample's own blocks at its
+  // longest); INT64_MAX when that does not fit in 64 bits.
   int64_t blocks_needed(const Request& r) const;
   int64_t max_new_tokens(const Request& r) const;  // clamped to the context
   // Queues a request (checked by the caller); returns its id.
@@ -84,6 +85,10 @@ class Scheduler {
   // completions in `done` and give their blocks back; the rest run.
   void advance(const std::vector<Sequence*>& seqs, const std::vector<int64_t>& tokens,
                const std::vector<float>& logprobs, std::vector<Completion>& done);
+
+  // Drops a request: waiting, its samples not started, and its running sequences (no completion);
+  // their blocks go back. False when no such request is queued or running.
+  bool cancel(uint64_t id);
 
   const std::vector<Sequence*>& running() const { return running_view_; }
   int64_t waiting_prompts() const { return (int64_t)waiting_.size(); }

@@ -75,11 +75,24 @@ struct EngineBackend::Impl {
     owner.clear();
   }
 
+  // Sequences of calls whose caller went away stop here, and their blocks go back.
+  void drop_abandoned() {
+    for (auto it = owner.begin(); it != owner.end();) {
+      if (it->second.call->abandoned) {
+        engine->cancel(it->first);
+        it = owner.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
   void loop() {
     std::unique_lock<std::mutex> lk(mu);
     while (true) {
       cv.wait(lk, [&] { return stop || !inbox.empty() || !engine->idle() || update_pending; });
       if (stop) break;
+      drop_abandoned();
       // While an update waits, new prompts wait too, so that running sequences drain.
       if (!update_pending) {
         while (!inbox.empty()) {
@@ -172,7 +185,7 @@ EngineBackend::~EngineBackend() {
 }
 
 void EngineBackend::generate(const std::vector<PromptInput>& prompts, const SamplingParams& params, bool ignore_eos,
-                             const CompletionSink& emit) {
+                             const CompletionSink& emit, const std::function<bool()>& cancelled) {
   SamplingParams p = params;
   const auto& cfg = impl_->model->config();
   if (!ignore_eos && cfg.eos_token_id &&
@@ -203,10 +216,19 @@ void EngineBackend::generate(const std::vector<PromptInput>& prompts, const Samp
     for (auto& r : reqs) impl_->inbox.emplace_back(std::move(r), call);
   }
   impl_->cv.notify_all();
+  auto abandon = [&] {
+    call->abandoned = true;  // the worker frees its sequences; later completions are dropped
+    impl_->cv.notify_all();
+  };
   std::unique_lock<std::mutex> lk(call->mu);
   while (call->remaining > 0) {
-    call->cv.wait(lk, [&] { return !call->done.empty() || !call->error.empty(); });
+    // Wakes now and then to see whether the caller is still there.
+    call->cv.wait_for(lk, std::chrono::milliseconds(100), [&] { return !call->done.empty() || !call->error.empty(); });
     if (!call->error.empty()) throw Error(call->error);
+    if (cancelled && cancelled()) {
+      abandon();
+      return;
+    }
     while (!call->done.empty()) {
       Completion c = std::move(call->done.front());
       call->done.pop_front();
@@ -216,7 +238,7 @@ void EngineBackend::generate(const std::vector<PromptInput>& prompts, const Samp
       bool go_on = emit(c, ids);
       lk.lock();
       if (!go_on) {
-        call->abandoned = true;  // later completions of this call are dropped
+        abandon();
         return;
       }
     }

@@ -24,7 +24,7 @@ class EngineBackend : public Backend {
   ~EngineBackend() override;
 
   void generate(const std::vector<PromptInput>& prompts, const SamplingParams& params, bool ignore_eos,
-                const CompletionSink& emit) override;
+                const CompletionSink& emit, const std::function<bool()>& cancelled = {}) override;
   double update_weights(const std::string& checkpoint_dir, int64_t version) override;
   ServerInfo info() override;
   EngineStats stats();

@@ -10,6 +10,7 @@
 #include "rewards/builtin.h"
 #include "rewards/plugin.h"
 #include "util/error.h"
+#include "util/files.h"
 #include "util/strings.h"
 
 namespace grpo::trainer {
@@ -294,10 +295,9 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
 
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
   YAML::Node root;
+  const std::string text = read_file(path, int64_t(16) << 20);  // a regular file of sane size
   try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::BadFile&) {
-    throw Error(path + ": cannot open");
+    root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
     throw Error(path + ": not valid YAML: " + e.what());
   }

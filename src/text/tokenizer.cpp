@@ -231,6 +231,7 @@ struct Tokenizer::Impl {
   std::vector<PreStep> pre;
   std::vector<int32_t> prefix_ids, suffix_ids;  // TemplateProcessing "single" around the sequence
   // BPE results per pre-token; bounded so that adversarial input cannot grow it without end.
+  static constexpr size_t kMaxCachedWordBytes = 256;
   mutable std::mutex cache_mu;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
 
@@ -307,6 +308,8 @@ void Tokenizer::Impl::bpe(const std::string& word, std::vector<int32_t>& out) co
   std::vector<int32_t> ids;
   for (int i = syms.empty() ? -1 : 0; i >= 0; i = syms[i].next) ids.push_back(syms[i].id);
   out.insert(out.end(), ids.begin(), ids.end());
+  // Only words of common length are worth keeping: a hostile 40 MB "word" must not stay behind.
+  if (word.size() > kMaxCachedWordBytes) return;
   std::lock_guard<std::mutex> lock(cache_mu);
   if (cache.size() > 200000) cache.clear();
   cache.emplace(word, std::move(ids));

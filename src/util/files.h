@@ -1,13 +1,17 @@
 // Small file helpers shared by the torch-free parts.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
 namespace grpo {
 
 // Whole file as bytes; throws grpo::Error naming the path when it cannot be read.
-std::string read_file(const std::string& path);
+// Only regular files (a FIFO, a device like /dev/zero or a directory is refused at once, never
+// read), and at most `max_bytes` (the file's size is checked before reading).
+constexpr int64_t kMaxReadFileBytes = int64_t(1) << 30;
+std::string read_file(const std::string& path, int64_t max_bytes = kMaxReadFileBytes);
 
 // Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
 // A reader never sees a half-written file, and a crash leaves the old file in place.

@@ -351,3 +351,33 @@ TEST(MathChecker, HostileInputsAreBoundedAndFast) {
   // The 10 MB text still finds its answer at the end.
   EXPECT_EQ(score("math", std::string(10 << 20, 'x') + " the answer is 5", json::object(), "5").reward, 1.0);
 }
+
+TEST(RewardWorker, ATokenIsRequiredWhenSetAndOffLoopbackOneIsNeeded) {
+  WorkerOptions wo = echo_worker();
+  wo.security.token = "worker-token";
+  RewardWorker w(echo_registry(), wo);
+  const std::string address = "127.0.0.1:" + std::to_string(w.port());
+  for (std::string token : {"", "worker-tokeN"}) {
+    ClientOptions o;
+    o.security.token = token;
+    RewardClient c({address}, o);
+    try {
+      c.score(echo_items(2));
+      FAIL() << "scored with token '" << token << "'";
+    } catch (const grpo::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("missing or wrong bearer token"), std::string::npos) << e.what();
+    }
+  }
+  ClientOptions o;
+  o.security.token = "worker-token";
+  RewardClient c({address}, o);
+  EXPECT_EQ(c.score(echo_items(3))[2].reward, 2.0);
+  WorkerOptions open = echo_worker();
+  open.host = "0.0.0.0";
+  try {
+    RewardWorker exposed(echo_registry(), open);
+    FAIL() << "listened on 0.0.0.0 with neither TLS nor a token";
+  } catch (const grpo::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("reward worker: refusing to listen on 0.0.0.0"), std::string::npos) << e.what();
+  }
+}

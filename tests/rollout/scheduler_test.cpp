@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -217,4 +218,54 @@ TEST(Scheduler, LengthIsClampedToTheContext) {
   ASSERT_EQ(run.done.size(), 1u);
   EXPECT_EQ(run.done[0].token_ids.size(), 2u);
   EXPECT_EQ(run.done[0].finish_reason, FinishReason::Length);
+}
+
+TEST(Scheduler, CancelledRequestsGiveEverythingBackAndEndSilently) {
+  SchedulerLimits lim{/*max_batch=*/4, /*max_prefill_tokens=*/1000, /*block_size=*/4, /*max_context=*/100};
+  Scheduler sched(lim, 200, nullptr);
+  uint64_t a = sched.add(request(0, 6, 3, 30));  // will run, then be cancelled mid-way
+  uint64_t b = sched.add(request(1, 5, 2, 30));  // runs to the end
+  uint64_t c = sched.add(request(2, 7, 4, 30));  // cancelled while waiting
+  std::vector<Completion> done;
+  auto first = [&] {
+    std::vector<BlockCopy> copies;
+    auto fresh = sched.start_samples(&copies);
+    std::vector<int64_t> tok(fresh.size(), 1);
+    sched.advance(fresh, tok, std::vector<float>(fresh.size(), 0), done);
+  };
+  first();
+  ASSERT_EQ(sched.admit(0).size(), 2u);  // a and b: 5 samples for 4 slots, c waits
+  first();
+  EXPECT_EQ(sched.running().size(), 4u);
+  for (int step = 0; step < 3; ++step) {
+    sched.grow();
+    auto seqs = sched.running();
+    sched.advance(seqs, std::vector<int64_t>(seqs.size(), 1), std::vector<float>(seqs.size(), 0), done);
+  }
+  EXPECT_TRUE(sched.cancel(a));
+  EXPECT_TRUE(sched.cancel(c));
+  EXPECT_FALSE(sched.cancel(a));  // already gone
+  EXPECT_EQ(sched.waiting_prompts(), 0);
+  for (const Sequence* s : sched.running()) EXPECT_EQ(s->group->id, b);
+  for (int guard = 0; !sched.idle() && guard < 100; ++guard) {
+    first();
+    while (!sched.admit(0).empty()) first();
+    sched.grow();
+    auto seqs = sched.running();
+    sched.advance(seqs, std::vector<int64_t>(seqs.size(), 1), std::vector<float>(seqs.size(), 0), done);
+  }
+  ASSERT_TRUE(sched.idle());
+  EXPECT_EQ(done.size(), 2u);
+  for (const auto& d : done) EXPECT_EQ(d.request_id, b);
+  EXPECT_EQ(sched.blocks().free(), sched.blocks().usable());
+  EXPECT_EQ(sched.blocks().reserved(), 0);
+}
+
+TEST(Scheduler, HugeRequestsDoNotOverflowTheCacheCheck) {
+  SchedulerLimits lim{/*max_batch=*/4, /*max_prefill_tokens=*/1000, /*block_size=*/16, /*max_context=*/4096};
+  Scheduler sched(lim, 100, nullptr);
+  Request r = request(0, 10, int64_t(1) << 62, 1000);
+  EXPECT_EQ(sched.blocks_needed(r), std::numeric_limits<int64_t>::max());
+  r.params.n = std::numeric_limits<int64_t>::max();
+  EXPECT_EQ(sched.blocks_needed(r), std::numeric_limits<int64_t>::max());
 }

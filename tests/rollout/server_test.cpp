@@ -5,7 +5,11 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
+#include <chrono>
 #include <cstdlib>
+#include <functional>
 #include <filesystem>
 #include <thread>
 
@@ -15,6 +19,7 @@
 #include "rollout/service.h"
 #include "rpc/health.h"
 #include "util/error.h"
+#include "util/files.h"
 
 using namespace grpo;
 using namespace grpo::rollout;
@@ -63,11 +68,23 @@ std::vector<Completion> collect(Backend& b, const std::vector<PromptInput>& ps, 
 }
 
 struct Served {
+  explicit Served(RolloutServerOptions o = {}) : server(backend, "127.0.0.1", 0, o) {}
   std::shared_ptr<model::DeepseekForCausalLM> model = tiny(1);
   EngineBackend backend{model, nullptr, EngineOptions{}};
-  RolloutServer server{backend, "127.0.0.1", 0};
+  RolloutServer server;
   std::string address = "127.0.0.1:" + std::to_string(server.port());
 };
+
+std::string testdata(const std::string& name) { return std::string(GRPO_TEST_SOURCE_DIR) + "/rpc/testdata/" + name; }
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
 
 }  // namespace
 
@@ -223,4 +240,132 @@ TEST(RolloutServer, UpdateWeightsSwitchesThePolicyAndStampsTheVersion) {
   EXPECT_EQ(client.info().weight_version, 7);
   // (std::filesystem::remove_all resolves to libtorch's copy, which crashes: use rm.)
   EXPECT_EQ(std::system(("rm -rf '" + dir + "'").c_str()), 0);
+}
+
+TEST(RolloutServer, SizesPastTheLimitsAreRefusedNamingTheLimitAndNothingOverflows) {
+  Served s;
+  RolloutClient client(s.address);
+  SamplingParams sp;
+  sp.max_new_tokens = 4;
+  sp.n = int64_t(1) << 62;  // once overflowed the cache check and generated forever
+  EXPECT_NE(error_of([&] { collect(client, id_prompts(1), sp); }).find("RESOURCE_EXHAUSTED: n = 4611686018427387904 is more than this server allows (--max-samples 1024)"),
+            std::string::npos);
+  sp.n = 1;
+  std::vector<PromptInput> many = id_prompts(1);
+  many.resize(5000, many[0]);
+  EXPECT_NE(error_of([&] { collect(client, many, sp); }).find("--max-prompts 4096"), std::string::npos);
+  PromptInput text;
+  text.is_text = true;
+  text.text.assign(2 << 20, 'x');
+  EXPECT_NE(error_of([&] { collect(client, {text}, sp); }).find("prompt 0: text bytes = 2097152 is more than this server allows (--max-prompt-bytes"),
+            std::string::npos);
+  // Direct engine use is bounded too: n past EngineOptions::max_samples.
+  Engine engine(tiny(1), nullptr);
+  Request r;
+  r.prompt_ids = {1, 2, 3};
+  r.params.n = int64_t(1) << 62;
+  EXPECT_NE(error_of([&] { engine.check(r, "request 0"); }).find("request 0: n = 4611686018427387904 is more than the 65536"),
+            std::string::npos);
+  EXPECT_EQ(collect(client, id_prompts(2), sp).size(), 2u);  // still serving
+  EXPECT_EQ(client.info().running, 0);
+}
+
+TEST(RolloutServer, ACallerThatLeavesFreesItsSequences) {
+  Served s;
+  RolloutClient client(s.address);
+  SamplingParams sp;
+  sp.n = 8;
+  sp.max_new_tokens = 120;  // long: finishing them all would take a while
+  std::vector<Completion> got;
+  client.generate(id_prompts(2), sp, /*ignore_eos=*/true, [&](const Completion& c, const std::vector<int64_t>&) {
+    got.push_back(c);
+    return false;  // leave after the first
+  });
+  EXPECT_EQ(got.size(), 1u);
+  // The server notices within its 100 ms poll and frees the rest.
+  for (int i = 0; i < 50 && (client.info().running > 0 || client.info().waiting > 0); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(client.info().running, 0);
+  EXPECT_EQ(client.info().waiting, 0);
+  EXPECT_EQ(s.backend.stats().num_blocks, s.backend.stats().num_blocks);
+  sp.n = 1;
+  sp.max_new_tokens = 3;
+  EXPECT_EQ(collect(client, id_prompts(2), sp).size(), 2u);
+}
+
+TEST(RolloutServer, ABearerTokenIsRequiredWhenSet) {
+  RolloutServerOptions o;
+  o.security.token = "s3cret-token";
+  Served s(o);
+  SamplingParams sp;
+  sp.max_new_tokens = 3;
+  RolloutClient none(s.address);
+  EXPECT_NE(error_of([&] { collect(none, id_prompts(1), sp); }).find("UNAUTHENTICATED"), std::string::npos);
+  EXPECT_NE(error_of([&] { none.info(); }).find("UNAUTHENTICATED"), std::string::npos);
+  EXPECT_NE(error_of([&] { none.update_weights("/nonexistent", 1); }).find("UNAUTHENTICATED"), std::string::npos);
+  rpc::Security wrong;
+  wrong.token = "s3cret-tokeN";
+  RolloutClient bad(s.address, 3600, 30, wrong);
+  EXPECT_NE(error_of([&] { collect(bad, id_prompts(1), sp); }).find("UNAUTHENTICATED"), std::string::npos);
+  rpc::Security right;
+  right.token = "s3cret-token";
+  RolloutClient good(s.address, 3600, 30, right);
+  EXPECT_EQ(collect(good, id_prompts(2), sp).size(), 2u);
+  EXPECT_EQ(rpc::check_health(s.address, 5), "SERVING");  // probes need no token
+}
+
+TEST(RolloutServer, TlsWithTheRightCertificateOnly) {
+  RolloutServerOptions o;
+  o.security.tls_cert = testdata("server.pem");
+  o.security.tls_key = testdata("server.key");
+  Served s(o);
+  SamplingParams sp;
+  sp.max_new_tokens = 3;
+  rpc::Security trust;
+  trust.tls_ca = testdata("server.pem");
+  RolloutClient good(s.address, 3600, 5, trust);
+  EXPECT_EQ(collect(good, id_prompts(2), sp).size(), 2u);
+  rpc::Security other;
+  other.tls_ca = testdata("other.pem");
+  RolloutClient wrong_ca(s.address, 10, 5, other);
+  EXPECT_NE(error_of([&] { wrong_ca.info(); }).find("UNAVAILABLE"), std::string::npos);
+  RolloutClient plain(s.address, 10, 5);
+  EXPECT_NE(error_of([&] { plain.info(); }).find("UNAVAILABLE"), std::string::npos);
+}
+
+TEST(RolloutServer, NonLoopbackNeedsTlsOrATokenOrInsecure) {
+  auto model = tiny(1);
+  EngineBackend backend(model, nullptr, EngineOptions{});
+  std::string msg = error_of([&] { RolloutServer server(backend, "0.0.0.0", 0); });
+  EXPECT_NE(msg.find("refusing to listen on 0.0.0.0 without TLS (--tls-cert/--tls-key) or a token (--token-file); pass --insecure"),
+            std::string::npos)
+      << msg;
+  RolloutServerOptions o;
+  o.security.insecure = true;
+  EXPECT_EQ(error_of([&] { RolloutServer server(backend, "0.0.0.0", 0, o); }), "");
+  RolloutServerOptions half;
+  half.security.tls_cert = testdata("server.pem");
+  EXPECT_NE(error_of([&] { RolloutServer server(backend, "127.0.0.1", 0, half); }).find("both --tls-cert and --tls-key"),
+            std::string::npos);
+}
+
+TEST(RolloutServer, UpdateWeightsReadsOnlyRegularFilesOfCheckedSize) {
+  Served s;
+  RolloutClient client(s.address);
+  auto dir = std::filesystem::temp_directory_path() / ("grpo_update_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  // A FIFO as config.json and as the weights: refused at once, never waited on.
+  ASSERT_EQ(mkfifo((dir / "config.json").c_str(), 0600), 0);
+  auto t0 = std::chrono::steady_clock::now();
+  std::string msg = error_of([&] { client.update_weights(dir.string(), 1); });
+  EXPECT_NE(msg.find("not a regular file"), std::string::npos) << msg;
+  ::unlink((dir / "config.json").c_str());
+  ASSERT_EQ(::symlink("/dev/zero", (dir / "config.json").c_str()), 0);
+  msg = error_of([&] { client.update_weights(dir.string(), 1); });
+  EXPECT_NE(msg.find("not a regular file"), std::string::npos) << msg;
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5);
+  remove_tree(dir.string());  // (libtorch exports a broken std::filesystem::remove_all)
+  SamplingParams sp;
+  sp.max_new_tokens = 3;
+  EXPECT_EQ(collect(client, id_prompts(1), sp).size(), 1u);  // still serving
 }
