@@ -300,6 +300,8 @@ std::vector<RewardResult> RewardClient::score(const std::vector<RewardItem>& ite
       else
         errors.push_back(rpc::describe(st, "Score", impl_->addresses[w]));
       ++impl_->retries;
+      if (o.on_retry && a + 1 < attempts)
+        o.on_retry(errors.back() + "; retrying on " + impl_->addresses[(s + a + 1) % W]);
     }
     std::lock_guard<std::mutex> g(mu);
     if (!failed.exchange(true)) {

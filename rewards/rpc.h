@@ -2,6 +2,7 @@
 // RewardWorker serving RewardService). Torch-free; no generated protobuf headers here.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -35,6 +36,9 @@ struct ClientOptions {
   int max_attempts = 4;            // per shard, each on the next worker in turn
   int max_in_flight = 0;           // concurrent calls; 0 = 2 per worker
   rpc::Security security;          // tls_ca and/or token, as the workers require
+  // Told each failed or timed-out call before its shard is retried on the next worker (from the
+  // scoring threads: must be thread-safe).
+  std::function<void(const std::string& what)> on_retry;
 };
 
 // Spreads a batch over several workers: shards go round-robin, a shard whose call fails or times

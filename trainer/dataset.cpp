@@ -61,7 +61,7 @@ std::vector<Example> read_examples(const DataSettings& d, const std::string& fil
       if (++bad_rows <= 10) bad.push_back(where);
       return;
     }
-    Example ex{row[d.prompt_field].get<std::string>(), answer, nlohmann::json::object()};
+    Example ex{row[d.prompt_field].get<std::string>(), answer, nlohmann::json::object(), where};
     for (const auto& [k, v] : row.items())
       if (k != d.prompt_field && k != d.answer_field) ex.metadata[k] = v;
     out.push_back(std::move(ex));
@@ -118,6 +118,27 @@ size_t PromptOrder::at(int64_t position) {
     epoch_ = epoch;
   }
   return permutation_[i];
+}
+
+std::string drop_prompts_past_context(std::vector<Example>& examples, int64_t context,
+                                      const std::function<int64_t(const Example&)>& length) {
+  std::vector<Example> kept;
+  std::string named;
+  int64_t dropped = 0;
+  for (auto& ex : examples) {
+    const int64_t n = length(ex);
+    if (n < context) {
+      kept.push_back(std::move(ex));
+      continue;
+    }
+    if (++dropped <= 10)
+      named += (named.empty() ? "" : ", ") + (ex.where.empty() ? std::string("built-in") : ex.where) + " (" +
+               std::to_string(n) + " tokens)";
+  }
+  examples = std::move(kept);
+  if (!dropped) return "";
+  return std::to_string(dropped) + " prompt" + (dropped == 1 ? "" : "s") + " longer than the context of " +
+         std::to_string(context) + " tokens skipped: " + named + (dropped > 10 ? ", ..." : "");
 }
 
 }  // namespace grpo::trainer

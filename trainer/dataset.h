@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -15,6 +16,7 @@ namespace grpo::trainer {
 struct Example {
   std::string prompt, answer;
   nlohmann::json metadata = nlohmann::json::object();  // the row's other columns
+  std::string where;                                   // file:line, or "built-in" for the addition task
 };
 
 struct Dataset {
@@ -25,6 +27,11 @@ struct Dataset {
 // that lack the prompt or answer field are skipped with one warning naming the first ten (file:line);
 // a file with no usable row is an error.
 Dataset load_dataset(const DataSettings& data, const std::string& recipe_path);
+
+// Drops the examples whose prompt, as the model sees it (`length` in tokens), leaves no room for a
+// single new token in `context`; returns one line naming them (file:line, tokens), "" if none.
+std::string drop_prompts_past_context(std::vector<Example>& examples, int64_t context,
+                                      const std::function<int64_t(const Example&)>& length);
 
 // The prompt as the model sees it: the template with {prompt} replaced ("r1_zero": DeepSeek-R1-Zero's).
 std::string apply_template(const DataSettings& data, const std::string& prompt);

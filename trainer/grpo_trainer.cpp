@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -20,6 +21,7 @@
 #include "model/checkpoint.h"
 #include "rewards/builtin.h"
 #include "rewards/rpc.h"
+#include "rpc/security.h"
 #include "rollout/engine.h"
 #include "text/tokenizer.h"
 #include "trainer/dataset.h"
@@ -32,6 +34,12 @@
 #include "util/files.h"
 
 namespace grpo::trainer {
+
+bool stop_requested();
+
+namespace {
+struct Stopped {};  // thrown after the checkpoint of a stop request is saved; train() returns
+}  // namespace
 
 using at::Tensor;
 using json = nlohmann::json;
@@ -150,6 +158,10 @@ Trainer::Trainer(const StageSettings& s, const std::string& recipe_path, const s
   if (!s_.rewards.workers.empty()) {
     rewards::ClientOptions co;
     co.spec = s_.rewards.spec;
+    co.timeout_seconds = s_.rewards.timeout;
+    co.security.tls_ca = s_.rewards.tls_ca;
+    if (!s_.rewards.token_file.empty()) co.security.token = rpc::read_token_file(s_.rewards.token_file);
+    co.on_retry = [](const std::string& what) { fprintf(stderr, "grpo train: reward call failed: %s\n", what.c_str()); };
     scorer_ = std::make_unique<rewards::RewardClient>(s_.rewards.workers, co);
     try {
       scorer_->score({rewards::RewardItem{"1+1=", "2", "2", json::object()}});
@@ -183,6 +195,15 @@ Trainer::Trainer(const StageSettings& s, const std::string& recipe_path, const s
   const int64_t cache_mb = s_.rollout.kv_cache_mb > 0 ? s_.rollout.kv_cache_mb : device_.is_cuda() ? 4096 : 1024;
   eo.kv_cache_bytes = cache_mb << 20;  // the optimizer's moments are allocated at the first step: leave them room
   engine_ = std::make_unique<rollout::Engine>(policy_, tok_.get(), eo);
+
+  // Prompts that leave no room for a completion are dropped now, named, not met mid-run.
+  auto length = [&](const Example& ex) { return (int64_t)encode(apply_template(s_.data, ex.prompt), true).size(); };
+  for (auto* part : {&data_.train, &data_.eval}) {
+    std::string note = drop_prompts_past_context(*part, engine_->max_context(), length);
+    if (!note.empty()) fprintf(stderr, "grpo train: %s: %s\n", part == &data_.train ? "training set" : "eval set", note.c_str());
+  }
+  if (data_.train.empty()) throw Error(recipe_path_ + ": no training prompt fits the model's context");
+  order_ = std::make_unique<PromptOrder>(data_.train.size(), s_.data.shuffle, s_.data.data_seed);
 }
 
 std::shared_ptr<Model> Trainer::base_model(at::ScalarType dtype) const {
@@ -396,7 +417,11 @@ void Trainer::warm_start() {
     Tensor loss = -at::cat(policy_->completion_logprobs(ps, cs)).mean();
     loss.backward();
     accumulate_gradients();
-    torch::nn::utils::clip_grad_norm_(master_->parameters(), s_.optim.max_grad_norm);
+    const double norm = torch::nn::utils::clip_grad_norm_(master_->parameters(), s_.optim.max_grad_norm);
+    const double sft_loss = loss.item<double>();
+    if (!std::isfinite(norm) || !std::isfinite(sft_loss))
+      throw Error("warm-start step " + std::to_string(s + 1) + ": the loss (" + std::to_string(sft_loss) +
+                  ") or gradient norm (" + std::to_string(norm) + ") is not finite; stopped before the update");
     sft.step();
     sync_policy();
     st_.warm_start_step = s + 1;
@@ -410,7 +435,13 @@ void Trainer::warm_start() {
     }
     // Progress checkpoints of the warm start go to one directory, replaced each time.
     const int64_t every = s_.checkpoint.save_every;
-    if (every > 0 && st_.warm_start_step % every == 0 && st_.warm_start_step < steps) save("warm-start");
+    const bool stopping = stop_requested() && st_.warm_start_step < steps;
+    if ((every > 0 && st_.warm_start_step % every == 0 && st_.warm_start_step < steps) || stopping) save("warm-start");
+    if (stopping) {
+      log_->line("stopped after warm start step " + std::to_string(st_.warm_start_step) + "; saved in " + out_ +
+                 "/warm-start; continue with --resume");
+      throw Stopped{};
+    }
   }
   st_.warm_start_done = true;
   EvalResult e = evaluate();
@@ -578,6 +609,11 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
       accumulate_gradients();
     }
     u.grad_norm = torch::nn::utils::clip_grad_norm_(master_->parameters(), s_.optim.max_grad_norm);
+    if (!std::isfinite(u.grad_norm) || !std::isfinite(u.loss))
+      throw Error("step " + std::to_string(st_.step + 1) + ": the " + (std::isfinite(u.loss) ? "gradient norm" : "loss") +
+                  " is not finite (loss " + std::to_string(u.loss) + ", gradient norm " + std::to_string(u.grad_norm) +
+                  "); stopped before the update, so the weights and checkpoints so far are intact (lower learning_rate, "
+                  "or resume from the last checkpoint)");
     optimizer_->step();
     if (it == 0 && want_routing) u.expert_spread = update_routing_bias(*master_, loads, s_.moe.bias_update_speed);
     sync_policy();
@@ -646,7 +682,13 @@ void Trainer::run() {
     log_->progress(progress_line(m, step, max_steps, per_step, per_step * (max_steps - step)), step);
     if (eval_now) log_->line("step " + std::to_string(step) + " " + e.describe());
     const int64_t every = s_.checkpoint.save_every;
-    if ((every > 0 && step % every == 0) || step == max_steps) save("checkpoint-" + std::to_string(step));
+    const bool stopping = stop_requested() && step < max_steps;
+    if ((every > 0 && step % every == 0) || step == max_steps || stopping) save("checkpoint-" + std::to_string(step));
+    if (stopping) {
+      log_->line("stopped after step " + std::to_string(step) + "; saved checkpoint-" + std::to_string(step) +
+                 "; continue with --resume");
+      throw Stopped{};
+    }
   }
   log_->line("done, " + std::to_string(st_.step) + " steps in " + format_duration(seconds_since(t_start)) +
              "; checkpoints, metrics.jsonl and train.log in " + out_);
@@ -662,8 +704,20 @@ void train(const Recipe& recipe, const TrainOptions& options) {
   }
   for (const auto& stage : recipe.stages) {
     const std::string dir = recipe.stages.size() == 1 ? out : out + "/" + stage.name;
-    Trainer(stage, recipe.path, dir, options.resume).run();
+    try {
+      Trainer(stage, recipe.path, dir, options.resume).run();
+    } catch (const Stopped&) {
+      return;
+    }
+    if (stop_requested()) return;
   }
 }
+
+namespace {
+std::atomic<bool> g_stop{false};
+}  // namespace
+
+void request_stop() { g_stop.store(true); }
+bool stop_requested() { return g_stop.load(); }
 
 }  // namespace grpo::trainer

@@ -16,7 +16,12 @@ struct TrainOptions {
 };
 
 // Runs every stage of `recipe` in order (a recipe with several stages writes OUT/<stage name>/).
-// Throws grpo::Error on bad input, naming what and where.
+// Throws grpo::Error on bad input, naming what and where. Returns early, with a checkpoint of the
+// last finished step saved, once request_stop() was called (SIGTERM, SIGINT).
 void train(const Recipe& recipe, const TrainOptions& options);
+
+// Asks a running train() to stop after the step in progress. Async-signal-safe.
+void request_stop();
+bool stop_requested();
 
 }  // namespace grpo::trainer

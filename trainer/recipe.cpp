@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <map>
+#include <cmath>
 #include <set>
 #include <sstream>
 
@@ -22,20 +23,25 @@ template <typename T>
 void convert(const YAML::Node& n, T& out) {
   out = n.as<T>();
 }
+void convert(const YAML::Node& n, double& out) {
+  out = n.as<double>();
+  if (!std::isfinite(out)) throw Error("must be a finite number (got " + n.as<std::string>() + ")");
+}
 void convert(const YAML::Node& n, std::vector<std::string>& out) {
   if (n.IsSequence()) out = n.as<std::vector<std::string>>();
   else out = split_list(n.as<std::string>());  // "a,b" as well as [a, b]
 }
 void convert(const YAML::Node& n, nlohmann::json& out);
-nlohmann::json to_json(const YAML::Node& n) {
+nlohmann::json to_json(const YAML::Node& n, int depth = 0) {
+  if (depth > 64) throw Error("nested deeper than 64 levels");
   if (n.IsMap()) {
     nlohmann::json o = nlohmann::json::object();
-    for (auto it = n.begin(); it != n.end(); ++it) o[it->first.as<std::string>()] = to_json(it->second);
+    for (auto it = n.begin(); it != n.end(); ++it) o[it->first.as<std::string>()] = to_json(it->second, depth + 1);
     return o;
   }
   if (n.IsSequence()) {
     nlohmann::json a = nlohmann::json::array();
-    for (const auto& x : n) a.push_back(to_json(x));
+    for (const auto& x : n) a.push_back(to_json(x, depth + 1));
     return a;
   }
   if (n.IsNull()) return nullptr;
@@ -139,6 +145,9 @@ const std::vector<Key>& keys() {
       key("reward_workers", "rewards", &S::rewards, &RewardSettings::workers, "host:port,... of reward workers (empty: in process)"),
       key("reward_options", "rewards", &S::rewards, &RewardSettings::options, "per reward, e.g. {math: {precision: 4}}"),
       key("reward_plugins", "rewards", &S::rewards, &RewardSettings::plugins, "C++ reward plugins (.so) to load"),
+      key("reward_timeout", "rewards", &S::rewards, &RewardSettings::timeout, "seconds a reward worker has per call before the call is retried on the next"),
+      key("reward_token_file", "rewards", &S::rewards, &RewardSettings::token_file, "file with the token the reward workers expect"),
+      key("reward_tls_ca", "rewards", &S::rewards, &RewardSettings::tls_ca, "PEM root certificate of the reward workers' TLS"),
       key("sft_steps", "warm_start", &S::warm_start, &WarmStartSettings::sft_steps, "supervised steps before GRPO"),
       key("sft_batch_size", "warm_start", &S::warm_start, &WarmStartSettings::sft_batch_size, "examples per supervised step"),
       key("sft_learning_rate", "warm_start", &S::warm_start, &WarmStartSettings::sft_learning_rate, "learning rate of the warm start"),
@@ -254,6 +263,7 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
   need(s.loss.epsilon_low >= 0 && s.loss.epsilon_high >= 0, "epsilon", "must not be negative");
   need(s.data.task != Task::Jsonl || !s.data.train_file.empty(), "train_file", "task jsonl needs train_file");
   need(s.data.task_digits >= 1 && s.data.task_digits <= 9, "task_digits", "must be 1 to 9");
+  need(s.rewards.timeout > 0, "reward_timeout", "must be positive");
   need(s.advantages.max_num_gen_batches >= 1, "max_num_gen_batches", "must be at least 1");
   need(s.moe.aux_loss_alpha >= 0, "aux_loss_alpha", "must not be negative");
   need(s.eval.eval_num_generations >= 0, "eval_num_generations", "must not be negative");

@@ -51,6 +51,8 @@ struct RewardSettings {
   std::vector<std::string> workers;  // reward worker addresses; empty = score in process
   nlohmann::json options = nlohmann::json::object();  // per reward: {"math": {"precision": 4}}
   std::vector<std::string> plugins;  // C++ reward plugins (.so) to load
+  double timeout = 60;               // seconds a reward worker has for one call before it is retried elsewhere
+  std::string token_file, tls_ca;    // what the reward workers require (rpc/security.h)
 };
 
 struct WarmStartSettings {  // supervised steps on prompt -> answer before GRPO (a weak base from scratch)

@@ -1,5 +1,8 @@
 #include "trainer/run_state.h"
 
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <vector>
@@ -40,11 +43,56 @@ RunState read_run_state(const std::string& path) {
 CheckpointStore::CheckpointStore(std::string out_dir, int64_t total_limit)
     : out_(std::move(out_dir)), total_limit_(total_limit) {}
 
+namespace {
+
+// Bytes of the regular files under `path`.
+int64_t tree_bytes(const std::string& path) {
+  struct stat st {};
+  if (lstat(path.c_str(), &st) != 0) return 0;
+  if (S_ISREG(st.st_mode)) return st.st_size;
+  if (!S_ISDIR(st.st_mode)) return 0;
+  int64_t total = 0;
+  for (const auto& n : list_directory(path)) total += tree_bytes(path + "/" + n);
+  return total;
+}
+
+}  // namespace
+
 void CheckpointStore::save(const std::string& name, const std::function<void(const std::string&)>& write) {
   const std::string dir = out_ + "/" + name, tmp = dir + ".tmp";
   remove_tree(tmp);
-  make_directories(tmp);
-  write(tmp);
+  // Room for one more checkpoint the size of the last one, checked before writing: a serializer
+  // that meets a full disk halfway may not fail cleanly.
+  std::string last;
+  try {
+    last = latest();
+  } catch (const std::exception&) {
+  }
+  struct statvfs fs {};
+  if (!last.empty() && statvfs(out_.c_str(), &fs) == 0) {
+    const int64_t need = tree_bytes(last) + (tree_bytes(last) >> 5), room = (int64_t)fs.f_bavail * (int64_t)fs.f_frsize;
+    if (room < need)
+      throw Error("saving " + name + " needs about " + std::to_string(need >> 20) + " MiB and " + out_ + " has " +
+                  std::to_string(room >> 20) + " MiB free (the disk is full); the last complete checkpoint, " + last +
+                  ", is intact: free space and run again with --resume");
+  }
+  try {
+    make_directories(tmp);
+    write(tmp);
+  } catch (const std::exception& e) {
+    // A full disk or a failed write: the partial copy goes, the checkpoints before stay as they were.
+    std::string what = e.what();
+    if (auto nl = what.find('\n'); nl != std::string::npos) what = what.substr(0, nl);  // torch appends a backtrace
+    try {
+      remove_tree(tmp);
+    } catch (const std::exception&) {
+    }
+    const bool full = what.find("No space left") != std::string::npos || what.find("ENOSPC") != std::string::npos ||
+                      what.find("Disk quota") != std::string::npos;
+    throw Error("saving " + name + " failed" + (full ? " (the disk is full)" : "") + ": " + what + "; " +
+                (last.empty() ? std::string("no earlier checkpoint")
+                              : "the last complete checkpoint, " + last + ", is intact: free space and run again with --resume"));
+  }
   replace_directory(tmp, dir);
   write_file_atomic(out_ + "/latest", name + "\n");
   prune(name);
