@@ -1,12 +1,13 @@
 // grpo-sandbox: run one command in the sandbox and print the result as one JSON object.
 //   grpo-sandbox run [--timeout-s S] [--memory-mb M] [--stdin FILE] [--file NAME=PATH ...] -- CMD ARGS...
-//   grpo-sandbox probe      what isolation this host supports
+//   grpo-sandbox probe [--verbose]   what isolation this host supports (and the allowed system calls)
 #include <CLI/CLI.hpp>
 #include <fstream>
 #include <iostream>
 #include <sstream>
 
 #include "sandbox/sandbox.h"
+#include "sandbox/seccomp_filter.h"
 #include "util/error.h"
 
 namespace {
@@ -36,6 +37,8 @@ int main(int argc, char** argv) {
   run->add_option("--file", files, "NAME=PATH: copy PATH into the working directory as NAME (repeatable)");
   run->add_flag("--allow-weaker-isolation", weaker, "run even when the host lacks a mechanism (namespaces, seccomp)");
   auto* pr = app.add_subcommand("probe", "print what isolation this host supports");
+  bool verbose = false;
+  pr->add_flag("--verbose", verbose, "also list the system calls the program's filter allows");
   // Everything after "--" is the command, dashes included.
   int split = argc;
   for (int i = 1; i < argc; ++i)
@@ -52,6 +55,11 @@ int main(int argc, char** argv) {
   try {
     if (*pr) {
       std::cout << grpo::sandbox::probe().summary() << "\n";
+      if (verbose) {
+        std::cout << "allowed system calls:";
+        for (const auto& name : grpo::sandbox::allowed_syscalls()) std::cout << " " << name;
+        std::cout << "\n";
+      }
       return grpo::sandbox::probe().complete() ? 0 : 1;
     }
     const auto& iso = grpo::sandbox::probe();

@@ -26,7 +26,7 @@ struct BpfProgram {
 const BpfProgram& program_filter();
 const BpfProgram& init_filter();
 
-// The system calls the program's filter allows (for `grpo-sandbox probe --verbose` and tests).
+// The system calls the program's filter allows, some under conditions (`grpo-sandbox probe --verbose`).
 const std::vector<std::string>& allowed_syscalls();
 
 }  // namespace grpo::sandbox
