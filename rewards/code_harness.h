@@ -10,7 +10,7 @@
 //   - every function the completion defines returns only plain values (numbers, strings, bytes,
 //     None, and the builtin and collections containers of them), so an object whose __eq__ always
 //     says True fails;
-//   - the test code is the harness's, read from its own file before the completion runs.
+//   - the test code is the harness's, read from its own files before the completion runs.
 // What stays possible: a program that digs the nonce out of the harness's memory (frames, gc).
 #pragma once
 
@@ -18,17 +18,24 @@
 
 namespace grpo::rewards {
 
-// main.py; the completion goes in solution.py and the test in test.json ({"mode": "humaneval",
-// "test": ..., "entry_point": ...} or {"mode": "mbpp", "setup": ..., "assert": ...}).
+// main.py; the completion goes in solution.py, the test code in test.py, MBPP's setup code in
+// setup.py, and HumanEval's entry point in entry.txt (empty for an MBPP assert). Only cheap modules
+// are imported: the harness's start-up is part of every test's cost.
 inline const char* code_harness() {
-  return R"PY(import builtins, collections, json, math, os, re, sys, types
+  return R"PY(import builtins, collections, math, os, sys
 _nonce = sys.stdin.readline().strip()
 _null = os.open('/dev/null', os.O_RDONLY)
 os.dup2(_null, 0)
-with open('test.json') as _f:
-    _test = json.load(_f)
-with open('solution.py') as _f:
-    _solution = _f.read()
+
+
+def _read(name):
+    with open(name) as f:
+        return f.read()
+
+
+_test = {'test': _read('test.py'), 'setup': _read('setup.py'), 'entry_point': _read('entry.txt').strip()}
+_test['mode'] = 'humaneval' if _test['entry_point'] else 'mbpp'
+_solution = _read('solution.py')
 _builtins = dict(builtins.__dict__)
 _math = dict(math.__dict__)
 _PLAIN = (int, float, complex, str, bytes, bool, type(None), list, tuple, dict, set, frozenset,
@@ -56,12 +63,32 @@ def _guard(f):
     return guarded
 
 
+# Names called in `code`: an identifier followed (after spaces) by '('.
+def _called(code):
+    out, i, n = [], 0, len(code)
+    while i < n:
+        c = code[i]
+        if c.isalpha() or c == '_':
+            j = i
+            while j < n and (code[j].isalnum() or code[j] == '_'):
+                j += 1
+            k = j
+            while k < n and code[k] in ' \t':
+                k += 1
+            if k < n and code[k] == '(' and (i == 0 or not (code[i - 1].isalnum() or code[i - 1] in '_.')):
+                out.append(code[i:j])
+            i = j
+        else:
+            i += 1
+    return out
+
+
 # The function under test: HumanEval names it; for an MBPP assert, the first function it calls that
 # is not a builtin's name (`set(similar_elements(...))`), else the first it calls (`sum(10, 15)`).
 def _entry(test, ns):
     if test['mode'] == 'humaneval':
         return test['entry_point']
-    called = [n for n in re.findall(r'\b([A-Za-z_]\w*)\s*\(', test['assert']) if n in ns]
+    called = [n for n in _called(test['test']) if n in ns]
     named = [n for n in called if n not in _builtins]
     return (named or called or [None])[0]
 
@@ -78,13 +105,13 @@ def _main(test, solution, nonce):
     for k, v in ns.items():
         if k.startswith('__') or (k in _builtins and k != entry):
             continue
-        env[k] = _guard(v) if isinstance(v, types.FunctionType) else v
+        env[k] = _guard(v) if type(v) is type(_plain) else v
     if test['mode'] == 'humaneval':
         exec(compile(test['test'], 'test.py', 'exec'), env)
         env['check'](env[test['entry_point']])
     else:
         exec(compile(test['setup'], 'setup.py', 'exec'), env)
-        exec(compile(test['assert'], 'test.py', 'exec'), env)
+        exec(compile(test['test'], 'test.py', 'exec'), env)
     sys.stdout.flush()
     os.write(1, ('\n' + nonce + ' PASSED\n').encode())
 

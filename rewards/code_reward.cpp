@@ -141,9 +141,8 @@ class CodeReward : public Reward {
       std::string ep = tests["entry_point"].get<std::string>();
       std::string prompt = tests.value("prompt", item.prompt);
       bool defines = b.code.find("def " + ep) != std::string::npos;
-      json test = {{"mode", "humaneval"}, {"test", tests["test"].get<std::string>()}, {"entry_point", ep}};
       total = 1;
-      auto r = harnessed(defines ? b.code : prompt + b.code, test);
+      auto r = harnessed(defines ? b.code : prompt + b.code, tests["test"].get<std::string>(), "", ep);
       passed = harness_passed(r);
       if (!passed) note(r.result, "check(" + ep + ")");
     } else if (tests.contains("test_list")) {
@@ -152,7 +151,7 @@ class CodeReward : public Reward {
       for (const auto& t : tests["test_list"]) {
         ++total;
         // The setup code builds inputs from the solution's own classes (MBPP 367, 927): after the code.
-        auto r = harnessed(b.code, {{"mode", "mbpp"}, {"setup", setup}, {"assert", t.get<std::string>()}});
+        auto r = harnessed(b.code, t.get<std::string>(), setup, "");
         if (harness_passed(r)) ++passed;
         else note(r.result, t.get<std::string>());
       }
@@ -211,7 +210,8 @@ class CodeReward : public Reward {
   };
   // The completion under the test harness (rewards/code_harness.h): passed only when the harness
   // printed this run's nonce after the assertions.
-  Harnessed harnessed(const std::string& solution, const json& test) const {
+  Harnessed harnessed(const std::string& solution, const std::string& test, const std::string& setup,
+                      const std::string& entry_point) const {
     Harnessed h;
     static thread_local std::mt19937_64 rng(std::random_device{}());
     char buf[33];
@@ -219,7 +219,8 @@ class CodeReward : public Reward {
     h.nonce = buf;
     SlotGuard slot;
     h.result = sandbox::run({"python3", "-I", "main.py"}, h.nonce + "\n",
-                            {{"main.py", code_harness()}, {"solution.py", solution}, {"test.json", test.dump()}},
+                            {{"main.py", code_harness()}, {"solution.py", solution}, {"test.py", test},
+                             {"setup.py", setup}, {"entry.txt", entry_point}},
                             limits_, options_);
     return h;
   }
