@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# libFuzzer targets for the parsers that read outside input (fuzz/*.cpp), built with Debian's clang
+# (packages clang, libclang-rt-14-dev) with AddressSanitizer and UndefinedBehaviorSanitizer.
+#   scripts/fuzz.sh --list            the target names, one per line
+#   scripts/fuzz.sh NAME SECONDS      builds NAME once (build-fuzz/) and runs it on fuzz/corpus/NAME
+# Exits non-zero on a crash, a leak, a timeout (10 s per input) or running out of memory (2 GB);
+# the input that did it is left in build-fuzz/artifacts/NAME/. New inputs that add coverage are
+# written to build-fuzz/corpus/NAME (the kept corpus in the repository is not touched).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+targets=(safetensors_header tokenizer_json math_answer json_document)
+if [ "${1:-}" = --list ]; then printf '%s\n' "${targets[@]}"; exit 0; fi
+name=${1:?usage: scripts/fuzz.sh --list | NAME SECONDS}
+seconds=${2:?usage: scripts/fuzz.sh NAME SECONDS}
+printf '%s\n' "${targets[@]}" | grep -qx "$name" || { echo "unknown target $name (scripts/fuzz.sh --list)"; exit 2; }
+command -v clang++ >/dev/null || { echo "needs clang++ (apt-get install clang libclang-rt-14-dev)"; exit 2; }
+
+out=build-fuzz
+mkdir -p "$out/obj" "$out/artifacts/$name" "$out/corpus/$name"
+flags=(-std=c++17 -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
+       -Isrc -I. -I/usr/include/x86_64-linux-gnu)
+# Sources each target needs (compiled once per target into the fuzzing binary), and its libraries.
+case $name in
+  safetensors_header) srcs=(src/io/safetensors.cpp src/util/files.cpp src/util/json.cpp); libs=(-lfmt) ;;
+  tokenizer_json) srcs=(src/text/tokenizer.cpp src/text/unicode.cpp src/util/files.cpp src/util/json.cpp)
+                  libs=(-lre2 -licuuc); flags+=(-DGRPO_HAVE_ICU=1) ;;
+  math_answer) srcs=(rewards/math/lexer.cpp rewards/math/parser.cpp rewards/math/evaluate.cpp rewards/math/equivalence.cpp
+                     rewards/math/extraction.cpp rewards/math/hendrycks.cpp rewards/math/checker.cpp)
+               libs=(-lre2 -lgmpxx -lgmp) ;;
+  json_document) srcs=(src/util/json.cpp); libs=() ;;
+esac
+bin=$out/$name
+newest=$(ls -t fuzz/$name.cpp "${srcs[@]}" "$0" | head -1)
+if [ ! -x "$bin" ] || [ "$newest" -nt "$bin" ]; then
+  echo "building $bin"
+  objs=()
+  for s in fuzz/$name.cpp "${srcs[@]}"; do
+    o=$out/obj/$name.$(echo "$s" | tr '/' '_').o
+    clang++ "${flags[@]}" -c "$s" -o "$o"
+    objs+=("$o")
+  done
+  clang++ -fsanitize=fuzzer,address,undefined "${objs[@]}" "${libs[@]}" -o "$bin"
+fi
+exec "$bin" "$out/corpus/$name" "fuzz/corpus/$name" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+  -max_len=65536 -artifact_prefix="$out/artifacts/$name/" -print_final_stats=1
