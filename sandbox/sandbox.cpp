@@ -55,7 +55,7 @@ class UidLease {
  public:
   UidLease() {
     static std::atomic<uint32_t> counter{0};
-    std::string dir = lock_dir();
+    static const std::string dir = lock_dir();  // made once per process
     if (dir.empty()) return;
     const uint32_t start = ((uint32_t)getpid() * 7919u + counter++) % kUids;
     for (uint32_t i = 0; i < kUids; ++i) {

@@ -162,6 +162,35 @@ finally:
         rc = None
 check(rc == 0, f"rollout-server exits cleanly on SIGTERM (rc {rc})")
 
+# --- a server killed mid-generation: a clear error, and only whole completions kept --------------------
+port_file = os.path.join(W, "port2")
+if os.path.exists(port_file):
+    os.remove(port_file)
+server = subprocess.Popen([args.grpo, "rollout-server", "--model", model, "--port", "0", "--port-file", port_file],
+                          stderr=subprocess.DEVNULL)
+for _ in range(600):
+    if os.path.exists(port_file) or server.poll() is not None:
+        break
+    time.sleep(0.05)
+addr = "127.0.0.1:" + open(port_file).read().strip()
+out = os.path.join(W, "killed.jsonl")
+gen = subprocess.Popen([args.grpo, "generate", "--server", addr, "--prompts", prompts, "--output", out, "-n", "64",
+                        "--max-new-tokens", "40", "--ignore-eos"], stderr=subprocess.PIPE, text=True)
+for _ in range(6000):  # until some completions have arrived (a loaded machine starts slowly)
+    if (os.path.exists(out + ".partial") and os.path.getsize(out + ".partial") > 0) or gen.poll() is not None:
+        break
+    time.sleep(0.02)
+server.kill()
+server.wait()
+err = gen.communicate(timeout=60)[1]
+partial = read_jsonl(out + ".partial") if os.path.exists(out + ".partial") else []
+check(gen.returncode == 1 and addr in err and "UNAVAILABLE" in err,
+      "a server killed mid-generation: a clear error naming it: " + err.strip().splitlines()[-1][:200])
+check(not os.path.exists(out), "a server killed mid-generation: no output reported complete")
+whole = all(len(r["completion_ids"]) == 40 and len(r["logprobs"]) == 40 and r["finish_reason"] == "length" for r in partial)
+check(0 < len(partial) < 16 * 64 and whole,
+      f"a server killed mid-generation: the {len(partial)} completions kept are whole (40 tokens each)")
+
 # --- malformed input names the line ------------------------------------------------------------------
 bad = os.path.join(W, "bad.jsonl")
 with open(bad, "w") as f:
