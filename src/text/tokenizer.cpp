@@ -232,6 +232,7 @@ struct Tokenizer::Impl {
   std::vector<int32_t> prefix_ids, suffix_ids;  // TemplateProcessing "single" around the sequence
   // BPE results per pre-token; bounded so that adversarial input cannot grow it without end.
   static constexpr size_t kMaxCachedWordBytes = 256;
+  static constexpr int64_t kMaxTokenId = int64_t(1) << 24;  // real vocabularies: up to a few 100k
   mutable std::mutex cache_mu;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
 
@@ -438,8 +439,15 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
         throw Error(where + ": model." + k + " is not supported");
     impl->ignore_merges = model.value("ignore_merges", false);
     int32_t max_id = -1;
+    // Ids index the id -> token table: negative or absurdly large ones are a broken file.
+    auto check_id = [&](int64_t id, const std::string& what) {
+      if (id < 0 || id >= Impl::kMaxTokenId)
+        throw Error(where + ": " + what + " has id " + std::to_string(id) + ", outside [0, " +
+                    std::to_string(Impl::kMaxTokenId) + ")");
+      return (int32_t)id;
+    };
     for (auto it = model.at("vocab").begin(); it != model.at("vocab").end(); ++it) {
-      int32_t id = it.value().get<int32_t>();
+      int32_t id = check_id(it.value().get<int64_t>(), "model.vocab token '" + it.key() + "'");
       impl->vocab[it.key()] = id;
       max_id = std::max(max_id, id);
     }
@@ -468,7 +476,7 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
     }
     if (j.contains("added_tokens")) {
       for (const auto& t : j["added_tokens"]) {
-        AddedToken a{t.at("id").get<int32_t>(), t.at("content").get<std::string>(), t.value("special", false),
+        AddedToken a{check_id(t.at("id").get<int64_t>(), "added token"), t.at("content").get<std::string>(), t.value("special", false),
                      t.value("lstrip", false), t.value("rstrip", false), t.value("single_word", false)};
         if (a.content.empty()) continue;
         max_id = std::max(max_id, a.id);

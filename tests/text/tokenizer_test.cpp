@@ -80,3 +80,22 @@ TEST(Tokenizer, UnsupportedComponentsAreErrors) {
   EXPECT_THROW(Tokenizer::from_json("{\"model\": 3", "t"), grpo::Error);
   EXPECT_THROW(Tokenizer::from_json(R"({"model":{"type":"WordPiece","vocab":{}}})", "t"), grpo::Error);
 }
+
+TEST(Tokenizer, TokenIdsOutsideTheTableAreRefusedNamingThem) {
+  // Found by the tokenizer_json fuzz target: a negative id indexed the id -> token table.
+  const std::string vocab_neg = R"({"model":{"type":"BPE","vocab":{"a":0,"b":-3},"merges":[]}})";
+  const std::string vocab_huge = R"({"model":{"type":"BPE","vocab":{"a":0,"b":2147483647},"merges":[]}})";
+  const std::string added_neg =
+      R"({"added_tokens":[{"id":-1,"content":"<s>"}],"model":{"type":"BPE","vocab":{"a":0},"merges":[]}})";
+  for (const auto& [json, needle] : std::vector<std::pair<std::string, std::string>>{
+           {vocab_neg, "model.vocab token 'b' has id -3, outside [0, 16777216)"},
+           {vocab_huge, "model.vocab token 'b' has id 2147483647"},
+           {added_neg, "added token has id -1"}}) {
+    try {
+      Tokenizer::from_json(json, "t.json");
+      FAIL() << "accepted " << json;
+    } catch (const grpo::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("t.json: " + needle), std::string::npos) << e.what();
+    }
+  }
+}
