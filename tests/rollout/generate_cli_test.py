@@ -174,6 +174,9 @@ for _ in range(600):
     time.sleep(0.05)
 addr = "127.0.0.1:" + open(port_file).read().strip()
 out = os.path.join(W, "killed.jsonl")
+for stale in (out, out + ".partial"):  # a previous run's files would look like progress
+    if os.path.exists(stale):
+        os.remove(stale)
 gen = subprocess.Popen([args.grpo, "generate", "--server", addr, "--prompts", prompts, "--output", out, "-n", "64",
                         "--max-new-tokens", "40", "--ignore-eos"], stderr=subprocess.PIPE, text=True)
 for _ in range(6000):  # until some completions have arrived (a loaded machine starts slowly)
