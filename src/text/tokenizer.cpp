@@ -440,14 +440,16 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
     impl->ignore_merges = model.value("ignore_merges", false);
     int32_t max_id = -1;
     // Ids index the id -> token table: negative or absurdly large ones are a broken file.
-    auto check_id = [&](int64_t id, const std::string& what) {
+    auto check_id = [&](const json& value, const std::string& what) {
+      if (!value.is_number_integer()) throw Error(where + ": " + what + " has an id that is not an integer");
+      const int64_t id = value.get<int64_t>();
       if (id < 0 || id >= Impl::kMaxTokenId)
         throw Error(where + ": " + what + " has id " + std::to_string(id) + ", outside [0, " +
                     std::to_string(Impl::kMaxTokenId) + ")");
       return (int32_t)id;
     };
     for (auto it = model.at("vocab").begin(); it != model.at("vocab").end(); ++it) {
-      int32_t id = check_id(it.value().get<int64_t>(), "model.vocab token '" + it.key() + "'");
+      int32_t id = check_id(it.value(), "model.vocab token '" + it.key() + "'");
       impl->vocab[it.key()] = id;
       max_id = std::max(max_id, id);
     }
@@ -476,7 +478,7 @@ Tokenizer Tokenizer::from_json(const std::string& json_text, const std::string& 
     }
     if (j.contains("added_tokens")) {
       for (const auto& t : j["added_tokens"]) {
-        AddedToken a{check_id(t.at("id").get<int64_t>(), "added token"), t.at("content").get<std::string>(), t.value("special", false),
+        AddedToken a{check_id(t.at("id"), "added token"), t.at("content").get<std::string>(), t.value("special", false),
                      t.value("lstrip", false), t.value("rstrip", false), t.value("single_word", false)};
         if (a.content.empty()) continue;
         max_id = std::max(max_id, a.id);

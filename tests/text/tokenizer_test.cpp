@@ -82,14 +82,17 @@ TEST(Tokenizer, UnsupportedComponentsAreErrors) {
 }
 
 TEST(Tokenizer, TokenIdsOutsideTheTableAreRefusedNamingThem) {
-  // Found by the tokenizer_json fuzz target: a negative id indexed the id -> token table.
+  // Found by the tokenizer_json fuzz target: a negative id indexed the id -> token table, and a
+  // float id was converted to an integer out of range.
   const std::string vocab_neg = R"({"model":{"type":"BPE","vocab":{"a":0,"b":-3},"merges":[]}})";
   const std::string vocab_huge = R"({"model":{"type":"BPE","vocab":{"a":0,"b":2147483647},"merges":[]}})";
+  const std::string vocab_float = R"({"model":{"type":"BPE","vocab":{"a":0,"b":5.5e27},"merges":[]}})";
   const std::string added_neg =
       R"({"added_tokens":[{"id":-1,"content":"<s>"}],"model":{"type":"BPE","vocab":{"a":0},"merges":[]}})";
   for (const auto& [json, needle] : std::vector<std::pair<std::string, std::string>>{
            {vocab_neg, "model.vocab token 'b' has id -3, outside [0, 16777216)"},
            {vocab_huge, "model.vocab token 'b' has id 2147483647"},
+           {vocab_float, "model.vocab token 'b' has an id that is not an integer"},
            {added_neg, "added token has id -1"}}) {
     try {
       Tokenizer::from_json(json, "t.json");
