@@ -57,6 +57,19 @@ def train(path, *extra, out=None, timeout=300):
                           timeout=timeout), out
 
 
+def train_until(path, out, marker):
+    """Starts `grpo train` and reads its console until `marker` appears; returns the process and what it read."""
+    p = subprocess.Popen([a.grpo, "train", path, "--output", out], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+    seen = ""
+    while marker not in seen:
+        line = p.stdout.readline()
+        if not line:
+            break
+        seen += line
+    return p, seen
+
+
 # Non-finite values are refused at load.
 r, _ = train(recipe("inf", "learning_rate: .inf\n"))
 check(r.returncode == 1 and "key 'learning_rate': must be a finite number" in r.stderr, "learning_rate: .inf refused: " + r.stderr.strip())
@@ -82,13 +95,7 @@ check(r.returncode == 0 and f"1 prompt longer than the context of 256 tokens ski
 # SIGTERM: the step finishes and is saved; --resume goes on to the end.
 path = recipe("sigterm", "max_steps: 400\nsave_every: 0\n")
 out = os.path.join(a.workdir, "sigterm")
-p = subprocess.Popen([a.grpo, "train", path, "--output", out], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-seen = ""
-while "step 3/400" not in seen:
-    line = p.stdout.readline()
-    if not line:
-        break
-    seen += line
+p, seen = train_until(path, out, "step 3/400")
 p.send_signal(signal.SIGTERM)
 rest, _ = p.communicate(timeout=120)
 seen += rest
@@ -115,13 +122,7 @@ for i in range(2):
     ports.append(open(pf).read().strip())
 path = recipe("workers", f"max_steps: 30\nsave_every: 0\nreward_workers: 127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}\nreward_timeout: 5\n")
 out = os.path.join(a.workdir, "workers")
-p = subprocess.Popen([a.grpo, "train", path, "--output", out], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-seen = ""
-while "step 5/30" not in seen:
-    line = p.stdout.readline()
-    if not line:
-        break
-    seen += line
+p, seen = train_until(path, out, "step 5/30")
 workers[0].kill()
 rest, _ = p.communicate(timeout=300)
 seen += rest
