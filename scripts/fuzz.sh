@@ -8,7 +8,7 @@
 # written to build-fuzz/corpus/NAME (the kept corpus in the repository is not touched).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-targets=(safetensors_header tokenizer_json math_answer json_document)
+targets=(safetensors_header tokenizer_json math_answer json_document recipe_yaml)
 if [ "${1:-}" = --list ]; then printf '%s\n' "${targets[@]}"; exit 0; fi
 name=${1:?usage: scripts/fuzz.sh --list | NAME SECONDS}
 seconds=${2:?usage: scripts/fuzz.sh NAME SECONDS}
@@ -19,26 +19,34 @@ out=build-fuzz
 mkdir -p "$out/obj" "$out/artifacts/$name" "$out/corpus/$name"
 flags=(-std=c++17 -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
        -Isrc -I. -I/usr/include/x86_64-linux-gnu)
+math_srcs=(rewards/math/lexer.cpp rewards/math/parser.cpp rewards/math/evaluate.cpp rewards/math/equivalence.cpp
+           rewards/math/extraction.cpp rewards/math/hendrycks.cpp rewards/math/checker.cpp)
+reward_srcs=(rewards/builtin.cpp rewards/code_reward.cpp rewards/plugin.cpp)
+sandbox_srcs=(sandbox/sandbox.cpp sandbox/workspace.cpp sandbox/init.cpp sandbox/supervise.cpp sandbox/seccomp_filter.cpp
+              sandbox/cgroup.cpp sandbox/classify.cpp)
 # Sources each target needs (compiled once per target into the fuzzing binary), and its libraries.
 case $name in
   safetensors_header) srcs=(src/io/safetensors.cpp src/util/files.cpp src/util/json.cpp); libs=(-lfmt) ;;
   tokenizer_json) srcs=(src/text/tokenizer.cpp src/text/unicode.cpp src/util/files.cpp src/util/json.cpp)
                   libs=(-lre2 -licuuc); flags+=(-DGRPO_HAVE_ICU=1) ;;
-  math_answer) srcs=(rewards/math/lexer.cpp rewards/math/parser.cpp rewards/math/evaluate.cpp rewards/math/equivalence.cpp
-                     rewards/math/extraction.cpp rewards/math/hendrycks.cpp rewards/math/checker.cpp)
-               libs=(-lre2 -lgmpxx -lgmp) ;;
+  math_answer) srcs=("${math_srcs[@]}"); libs=(-lre2 -lgmpxx -lgmp) ;;
   json_document) srcs=(src/util/json.cpp); libs=() ;;
+  recipe_yaml) srcs=(trainer/recipe.cpp trainer/loss_config.cpp "${math_srcs[@]}" "${reward_srcs[@]}" "${sandbox_srcs[@]}" src/util/files.cpp src/util/json.cpp)
+               libs=(-lyaml-cpp -lre2 -lgmpxx -lgmp -lseccomp -ldl) ;;
 esac
 bin=$out/$name
-newest=$(ls -t fuzz/$name.cpp "${srcs[@]}" "$0" | head -1)
-if [ ! -x "$bin" ] || [ "$newest" -nt "$bin" ]; then
-  echo "building $bin"
-  objs=()
-  for s in fuzz/$name.cpp "${srcs[@]}"; do
-    o=$out/obj/$name.$(echo "$s" | tr '/' '_').o
+# Objects are shared between targets and rebuilt when their source, or any header, is newer.
+newest_header=$(ls -t $(git ls-files '*.h') | head -1)
+objs=()
+for s in fuzz/$name.cpp "${srcs[@]}"; do
+  o=$out/obj/$(echo "$s" | tr '/' '_').o
+  if [ ! -f "$o" ] || [ "$s" -nt "$o" ] || [ "$newest_header" -nt "$o" ] || [ "$0" -nt "$o" ]; then
+    echo "compiling $s"
     clang++ "${flags[@]}" -c "$s" -o "$o"
-    objs+=("$o")
-  done
+  fi
+  objs+=("$o")
+done
+if [ ! -x "$bin" ] || [ -n "$(find "${objs[@]}" -newer "$bin")" ]; then
   clang++ -fsanitize=fuzzer,address,undefined "${objs[@]}" "${libs[@]}" -o "$bin"
 fi
 exec "$bin" "$out/corpus/$name" "fuzz/corpus/$name" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \

@@ -202,6 +202,12 @@ bool is_section(const std::string& name) {
   return false;
 }
 
+// A mapping key or a stage name: plain text, never a list or mapping.
+std::string plain_text(const YAML::Node& n, const std::string& where, const char* what) {
+  if (!n.IsScalar()) throw Error(where + ": " + what + " must be plain text, not a list or mapping");
+  return n.Scalar();
+}
+
 // Sets `name` in `s` from `value`; `given` records it. `where` starts every message.
 void set_key(StageSettings& s, std::set<std::string>& given, const std::string& name, const YAML::Node& value,
              const std::string& where) {
@@ -222,12 +228,12 @@ void read_mapping(const YAML::Node& map, StageSettings& s, std::set<std::string>
                   const std::set<std::string>& skip) {
   std::set<std::string> seen;
   for (auto it = map.begin(); it != map.end(); ++it) {
-    const std::string name = it->first.as<std::string>();
+    const std::string name = plain_text(it->first, where, "a key");
     if (!seen.insert(name).second) throw Error(where + ": key '" + name + "' is given twice");
     if (skip.count(name)) continue;
     if (is_section(name) && it->second.IsMap() && !find_key(name)) {
       for (auto kt = it->second.begin(); kt != it->second.end(); ++kt) {
-        const std::string inner = kt->first.as<std::string>();
+        const std::string inner = plain_text(kt->first, where, "a key");
         const Key* k = find_key(inner);
         if (k && k->section != name)
           throw Error(where + ": key '" + inner + "' belongs to section '" + k->section + "', not '" + name + "'");
@@ -304,8 +310,13 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
 }  // namespace
 
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+  return parse_recipe(read_file(path, int64_t(16) << 20), path, overrides);  // a regular file of sane size
+}
+
+namespace {
+
+Recipe read_recipe(const std::string& text, const std::string& path, const std::vector<std::string>& overrides) {
   YAML::Node root;
-  const std::string text = read_file(path, int64_t(16) << 20);  // a regular file of sane size
   try {
     root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
@@ -330,7 +341,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
       if (!list[i].IsMap() || !list[i]["name"]) throw Error(where + ": expected a mapping with a 'name'");
       StageSettings s = base;
       std::set<std::string> g = base_given;
-      s.name = list[i]["name"].as<std::string>();
+      s.name = plain_text(list[i]["name"], where, "a stage's name");
       if (!names.insert(s.name).second) throw Error(where + ": stage name '" + s.name + "' is used twice");
       if (list[i]["type"]) {
         try {
@@ -377,6 +388,16 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
   for (size_t i = 0; i < r.stages.size(); ++i)
     check(r.stages[i], given[i], r.stages.size() == 1 ? path : path + ": stage '" + r.stages[i].name + "'");
   return r;
+}
+
+}  // namespace
+
+Recipe parse_recipe(const std::string& text, const std::string& path, const std::vector<std::string>& overrides) {
+  try {
+    return read_recipe(text, path, overrides);
+  } catch (const YAML::Exception& e) {  // what the checks above do not name more precisely
+    throw Error(path + ": " + e.what());
+  }
 }
 
 std::vector<RecipeKey> recipe_keys() {

@@ -125,6 +125,8 @@ struct Recipe {
 // Reads, overrides and checks a recipe. `overrides` are "key=value", "section.key=value" or
 // "STAGE.key=value"; values are YAML. Throws grpo::Error naming the file (or the override) and key.
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides = {});
+// The same from a recipe's text; `path` names it in messages.
+Recipe parse_recipe(const std::string& text, const std::string& path, const std::vector<std::string>& overrides = {});
 
 struct RecipeKey {
   std::string name, section, default_value, help;

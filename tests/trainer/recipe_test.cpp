@@ -78,6 +78,13 @@ TEST(Recipe, ErrorsNameTheFileAndTheKey) {
   EXPECT_NE(error_of([&] { load_recipe(path); }).find("key 'num_generations': must be at least 2"), std::string::npos);
   path = write_recipe("device.yaml", std::string(kMinimal) + "device: tpu\n");
   EXPECT_NE(error_of([&] { load_recipe(path); }).find("key 'device'"), std::string::npos);
+  // A key that is not plain text (YAML's "? " complex key), and a stage name that is a list: clear
+  // errors naming the file, never a YAML exception escaping (found by the recipe_yaml fuzz target).
+  path = write_recipe("complex_key.yaml", std::string(kMinimal) + "? [max_steps]\n: 3\n");
+  EXPECT_NE(error_of([&] { load_recipe(path); }).find(path + ": a key must be plain text"), std::string::npos);
+  path = write_recipe("stage_name.yaml", std::string(kMinimal) + "stages:\n  - name: [a, b]\n");
+  EXPECT_NE(error_of([&] { load_recipe(path); }).find("a stage's name must be plain text"), std::string::npos);
+  EXPECT_NE(error_of([&] { parse_recipe("a: [1", "text.yaml"); }).find("text.yaml: not valid YAML"), std::string::npos);
 }
 
 TEST(Recipe, RewardSpecIsCheckedAtLoad) {
