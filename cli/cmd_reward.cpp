@@ -118,6 +118,7 @@ int run_reward_worker(const RewardWorkerArgs& a) {
   o.port = a.port;
   o.threads = a.threads;
   o.default_spec = a.rewards;
+  o.reward_options = parse_options(a.options);
   o.security = to_security(a.security);
   RewardWorker worker(registry, o);
   fprintf(stderr, "grpo reward-worker: listening on %s:%d (rewards %s, %d threads)\n", a.host.c_str(), worker.port(),

@@ -78,7 +78,7 @@ struct RewardArgs {
 int run_reward(const RewardArgs& args);
 
 struct RewardWorkerArgs {
-  std::string host = "127.0.0.1", rewards = "math", port_file;
+  std::string host = "127.0.0.1", rewards = "math", port_file, options;
   std::vector<std::string> plugins;
   int port = 50051, threads = 4;
   SecurityArgs security;

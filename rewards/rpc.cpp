@@ -12,6 +12,7 @@
 
 #include "grpo.grpc.pb.h"
 #include "rewards/builtin.h"
+#include "rewards/score_calls.h"
 #include "rpc/credentials.h"
 #include "rpc/health.h"
 #include "util/error.h"
@@ -96,10 +97,7 @@ class Pool {
 class RewardServiceImpl final : public pb::RewardService::CallbackService {
  public:
   RewardServiceImpl(const RewardRegistry& registry, const WorkerOptions& o)
-      : registry_(registry), options_(o), pool_(o.threads, o.max_queue) {
-    for (const std::string& part : split_list(o.default_spec)) served_.insert(part.substr(0, part.find(':')));
-    reward_for(o.default_spec);  // fail at start-up on a bad default
-  }
+      : options_(o), calls_(registry, o.default_spec, o.reward_options), pool_(o.threads, o.max_queue) {}
 
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const pb::ScoreRequest* req,
                                   pb::ScoreReply* reply) override {
@@ -113,40 +111,9 @@ class RewardServiceImpl final : public pb::RewardService::CallbackService {
         reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
         return;
       }
-      std::shared_ptr<const Reward> reward;
-      const std::string& spec = req->spec().empty() ? options_.default_spec : req->spec();
-      if (std::string refused = not_served(spec); !refused.empty()) {
-        reactor->Finish(grpc::Status(grpc::StatusCode::PERMISSION_DENIED, refused));
-        return;
-      }
-      try {
-        reward = reward_for(spec);
-      } catch (const std::exception& e) {
-        reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, e.what()));
-        return;
-      }
-      for (const auto& p : req->items()) {
-        RewardItem item;
-        item.prompt = p.prompt();
-        item.completion = p.completion();
-        item.reference = p.reference();
-        auto* out = reply->add_results();
-        try {
-          if (!p.metadata_json().empty()) item.metadata = parse_json(p.metadata_json(), "metadata");
-          RewardResult r = reward->score(item);
-          out->set_reward(r.reward);
-          for (auto& kv : r.components) (*out->mutable_components())[kv.first] = kv.second;
-          out->set_error(r.error);
-        } catch (const std::exception& e) {
-          out->set_reward(0);
-          out->set_error(e.what());
-        } catch (...) {
-          out->set_reward(0);
-          out->set_error("unknown error");
-        }
-      }
-      reply->set_worker(options_.host + ":" + std::to_string(port));
-      reactor->Finish(grpc::Status::OK);
+      grpc::Status status = calls_.score(*req, reply);
+      if (status.ok()) reply->set_worker(options_.host + ":" + std::to_string(port));
+      reactor->Finish(status);
     });
     if (!queued) reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "reward worker queue is full"));
     return reactor;
@@ -159,7 +126,7 @@ class RewardServiceImpl final : public pb::RewardService::CallbackService {
       reactor->Finish(rpc::unauthenticated());
       return reactor;
     }
-    for (const auto& name : served_) reply->add_rewards(name);
+    for (const auto& name : calls_.served()) reply->add_rewards(name);
     reply->set_default_spec(options_.default_spec);
     reply->set_threads(options_.threads);
     auto* reactor = ctx->DefaultReactor();
@@ -170,42 +137,8 @@ class RewardServiceImpl final : public pb::RewardService::CallbackService {
   int port = 0;
 
  private:
-  // A worker serves only the rewards it was started with (a client may weigh and combine them):
-  // a worker started for math never runs code because a client asked.
-  std::string not_served(const std::string& spec) const {
-    for (const std::string& part : split_list(spec)) {
-      std::string name = part.substr(0, part.find(':'));
-      if (!served_.count(name)) {
-        std::string list;
-        for (const auto& s : served_) list += (list.empty() ? "" : ", ") + s;
-        return "reward '" + name + "' is not served by this worker (it serves: " + list + ")";
-      }
-    }
-    return "";
-  }
-
-  // Combinations built so far, the most recent kCacheSize of them.
-  std::shared_ptr<const Reward> reward_for(const std::string& spec) {
-    std::lock_guard<std::mutex> g(mu_);
-    auto it = cache_.find(spec);
-    if (it != cache_.end()) return it->second;
-    auto r = std::make_shared<const CombinedReward>(spec, registry_);
-    if (cache_.size() >= kCacheSize) {
-      cache_.erase(order_.front());
-      order_.pop_front();
-    }
-    cache_[spec] = r;
-    order_.push_back(spec);
-    return r;
-  }
-
-  static constexpr size_t kCacheSize = 64;
-  const RewardRegistry& registry_;
   WorkerOptions options_;
-  std::set<std::string> served_;
-  std::mutex mu_;
-  std::map<std::string, std::shared_ptr<const Reward>> cache_;
-  std::deque<std::string> order_;
+  ScoreCalls calls_;
   Pool pool_;
 };
 

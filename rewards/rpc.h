@@ -62,6 +62,7 @@ struct WorkerOptions {
   int threads = 4;                 // scoring threads (the bounded pool)
   size_t max_queue = 1024;         // calls waiting for a thread; beyond: RESOURCE_EXHAUSTED
   std::string default_spec = "math";  // the rewards this worker serves (clients may reweigh them)
+  nlohmann::json reward_options = nlohmann::json::object();  // per reward: {"code": {"timeout_s": 2}}
   rpc::Security security;              // TLS and/or a bearer token; required off loopback unless insecure
 };
 

@@ -97,35 +97,7 @@ struct Engine::Impl {
   }
 
   void check(const Request& r, const std::string& where) const {
-    const auto& p = r.params;
-    const int64_t P = (int64_t)r.prompt_ids.size();
-    auto fail = [&](const std::string& what) { throw Error(where + ": " + what); };
-    if (P == 0) fail("empty prompt");
-    for (int64_t t : r.prompt_ids)
-      if (t < 0 || t >= cfg.vocab_size)
-        fail("prompt token id " + std::to_string(t) + " is outside the vocabulary [0, " + std::to_string(cfg.vocab_size) + ")");
-    if (p.n < 1) fail("n must be at least 1 (got " + std::to_string(p.n) + ")");
-    if (p.n > opt.max_samples)
-      fail("n = " + std::to_string(p.n) + " is more than the " + std::to_string(opt.max_samples) +
-           " samples a request may ask for");
-    if (!(p.temperature >= 0) || std::isinf(p.temperature))
-      fail("temperature must be a finite number >= 0 (got " + std::to_string(p.temperature) + ")");
-    if (!(p.top_p > 0 && p.top_p <= 1)) fail("top_p must be in (0, 1] (got " + std::to_string(p.top_p) + ")");
-    if (p.top_k < 0) fail("top_k must be >= 0 (got " + std::to_string(p.top_k) + ")");
-    if (p.max_new_tokens < 1) fail("max_new_tokens must be at least 1 (got " + std::to_string(p.max_new_tokens) + ")");
-    if (P >= ctx)
-      fail("prompt of " + std::to_string(P) + " tokens does not fit the context of " + std::to_string(ctx) +
-           " tokens (at least one new token must fit)");
-    for (int64_t t : p.stop_token_ids)
-      if (t < 0 || t >= cfg.vocab_size) fail("stop token id " + std::to_string(t) + " is outside the vocabulary");
-    for (const auto& s : p.stop_strings) {
-      if (s.empty()) fail("empty stop string");
-      if (!tokenizer) fail("stop strings need a tokenizer (the model directory has no tokenizer.json)");
-    }
-    const int64_t need = sched->blocks_needed(r), usable = sched->blocks().usable();
-    if (need > usable)
-      fail("needs " + std::to_string(need) + " KV-cache blocks for its " + std::to_string(p.n) +
-           " samples, more than the " + std::to_string(usable) + " the cache budget holds");
+    sched->check(r, cfg.vocab_size, opt.max_samples, where);
   }
 
   // --- prefill -------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 #include "rollout/scheduler.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <string>
 
@@ -23,6 +24,38 @@ int64_t Scheduler::max_new_tokens(const Request& r) const {
 int64_t Scheduler::own_blocks(int64_t prompt_len, int64_t max_new) const {
   // A sample's cache holds at most P + max_new - 1 tokens (its last token is never fed back).
   return blocks_for(prompt_len + max_new - 1) - prompt_len / limits_.block_size;
+}
+
+void Scheduler::check(const Request& r, int64_t vocab_size, int64_t max_samples, const std::string& where) const {
+  const auto& p = r.params;
+  const int64_t P = (int64_t)r.prompt_ids.size(), ctx = limits_.max_context;
+  auto fail = [&](const std::string& what) { throw Error(where + ": " + what); };
+  if (P == 0) fail("empty prompt");
+  for (int64_t t : r.prompt_ids)
+    if (t < 0 || t >= vocab_size)
+      fail("prompt token id " + std::to_string(t) + " is outside the vocabulary [0, " + std::to_string(vocab_size) + ")");
+  if (p.n < 1) fail("n must be at least 1 (got " + std::to_string(p.n) + ")");
+  if (p.n > max_samples)
+    fail("n = " + std::to_string(p.n) + " is more than the " + std::to_string(max_samples) +
+         " samples a request may ask for");
+  if (!(p.temperature >= 0) || std::isinf(p.temperature))
+    fail("temperature must be a finite number >= 0 (got " + std::to_string(p.temperature) + ")");
+  if (!(p.top_p > 0 && p.top_p <= 1)) fail("top_p must be in (0, 1] (got " + std::to_string(p.top_p) + ")");
+  if (p.top_k < 0) fail("top_k must be >= 0 (got " + std::to_string(p.top_k) + ")");
+  if (p.max_new_tokens < 1) fail("max_new_tokens must be at least 1 (got " + std::to_string(p.max_new_tokens) + ")");
+  if (P >= ctx)
+    fail("prompt of " + std::to_string(P) + " tokens does not fit the context of " + std::to_string(ctx) +
+         " tokens (at least one new token must fit)");
+  for (int64_t t : p.stop_token_ids)
+    if (t < 0 || t >= vocab_size) fail("stop token id " + std::to_string(t) + " is outside the vocabulary");
+  for (const auto& s : p.stop_strings) {
+    if (s.empty()) fail("empty stop string");
+    if (!tokenizer_) fail("stop strings need a tokenizer (the model directory has no tokenizer.json)");
+  }
+  const int64_t need = blocks_needed(r), usable = blocks_.usable();
+  if (need > usable)
+    fail("needs " + std::to_string(need) + " KV-cache blocks for its " + std::to_string(p.n) +
+         " samples, more than the " + std::to_string(usable) + " the cache budget holds");
 }
 
 int64_t Scheduler::blocks_needed(const Request& r) const {

@@ -64,6 +64,11 @@ class Scheduler {
  public:
   Scheduler(SchedulerLimits limits, int64_t usable_blocks, const text::Tokenizer* tokenizer);
 
+  // Throws grpo::Error (starting with `where`) when `r` cannot run: an empty prompt, token ids
+  // outside the vocabulary, sampling settings out of range, more than `max_samples` samples, a
+  // prompt that leaves no room in the context, stop strings without a tokenizer, or more blocks
+  // than the whole cache holds.
+  void check(const Request& r, int64_t vocab_size, int64_t max_samples, const std::string& where) const;
   // Blocks a request needs at admission (prompt blocks plus every sample's own blocks at its
   // longest); INT64_MAX when that does not fit in 64 bits.
   int64_t blocks_needed(const Request& r) const;

@@ -8,7 +8,7 @@
 # written to build-fuzz/corpus/NAME (the kept corpus in the repository is not touched).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-targets=(safetensors_header tokenizer_json math_answer json_document recipe_yaml)
+targets=(safetensors_header tokenizer_json math_answer json_document recipe_yaml reward_request rollout_request)
 if [ "${1:-}" = --list ]; then printf '%s\n' "${targets[@]}"; exit 0; fi
 name=${1:?usage: scripts/fuzz.sh --list | NAME SECONDS}
 seconds=${2:?usage: scripts/fuzz.sh NAME SECONDS}
@@ -33,10 +33,24 @@ case $name in
   json_document) srcs=(src/util/json.cpp); libs=() ;;
   recipe_yaml) srcs=(trainer/recipe.cpp trainer/loss_config.cpp "${math_srcs[@]}" "${reward_srcs[@]}" "${sandbox_srcs[@]}" src/util/files.cpp src/util/json.cpp)
                libs=(-lyaml-cpp -lre2 -lgmpxx -lgmp -lseccomp -ldl) ;;
+  reward_request) srcs=(rewards/score_calls.cpp "$out/proto/grpo.pb.cc" "${math_srcs[@]}" "${reward_srcs[@]}" "${sandbox_srcs[@]}"
+                        src/util/files.cpp src/util/json.cpp)
+                  libs=($(pkg-config --libs grpc++ protobuf) -lgmpxx -lgmp -lseccomp -ldl) ;;
+  rollout_request) srcs=(rollout/messages.cpp rollout/scheduler.cpp rollout/block_pool.cpp "$out/proto/grpo.pb.cc"
+                         src/text/tokenizer.cpp src/text/unicode.cpp src/util/files.cpp src/util/json.cpp)
+                   libs=($(pkg-config --libs protobuf) -lre2 -licuuc); flags+=(-DGRPO_HAVE_ICU=1) ;;
 esac
+# The service messages, generated here as the CMake build does (protobuf-compiler).
+if [[ " ${srcs[*]} " == *" $out/proto/grpo.pb.cc "* ]]; then
+  mkdir -p "$out/proto"
+  if [ ! -f "$out/proto/grpo.pb.cc" ] || [ proto/grpo.proto -nt "$out/proto/grpo.pb.cc" ]; then
+    protoc -Iproto --cpp_out="$out/proto" proto/grpo.proto
+  fi
+  flags+=(-I"$out/proto")
+fi
 bin=$out/$name
 # Objects are shared between targets and rebuilt when their source, or any header, is newer.
-newest_header=$(ls -t $(git ls-files '*.h') | head -1)
+newest_header=$(ls -t $(git ls-files '*.h') proto/*.proto | head -1)
 objs=()
 for s in fuzz/$name.cpp "${srcs[@]}"; do
   o=$out/obj/$(echo "$s" | tr '/' '_').o

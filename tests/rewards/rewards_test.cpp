@@ -245,6 +245,25 @@ TEST(RewardWorker, ServesOnlyTheRewardsItWasStartedWith) {
   EXPECT_EQ(c.score(echo_items(3))[2].reward, 4.0);
 }
 
+TEST(RewardWorker, RewardOptionsApplyToEveryCombinationItServes) {
+  // The overlong penalty of a 20-character completion: 0 with the defaults (max_length 4096), -1
+  // when the worker is started with max_length 10, also for a client that reweighs it.
+  WorkerOptions wo;
+  wo.threads = 1;
+  wo.default_spec = "overlong";
+  RewardWorker plain(default_registry(), wo);
+  wo.reward_options = {{"overlong", {{"max_length", 10}, {"cache_length", 5}}}};
+  RewardWorker tuned(default_registry(), wo);
+  RewardItem item;
+  item.completion = std::string(20, 'x');
+  ClientOptions o;
+  o.spec = "overlong:2";
+  EXPECT_EQ(RewardClient({"127.0.0.1:" + std::to_string(plain.port())}, o).score({item})[0].reward, 0.0);
+  EXPECT_EQ(RewardClient({"127.0.0.1:" + std::to_string(tuned.port())}, o).score({item})[0].reward, -2.0);
+  wo.reward_options = {{"overlong", {{"max_length", 10}, {"cache_length", 50}}}};  // refused at start-up
+  EXPECT_THROW(RewardWorker(default_registry(), wo), std::exception);
+}
+
 TEST(RewardWorker, DeeplyNestedMetadataIsThatItemsErrorAndTheWorkerLives) {
   RewardWorker w(echo_registry(), echo_worker());
   RewardClient c({"127.0.0.1:" + std::to_string(w.port())});

@@ -250,6 +250,11 @@ TEST(RolloutServer, SizesPastTheLimitsAreRefusedNamingTheLimitAndNothingOverflow
   sp.n = int64_t(1) << 62;  // once overflowed the cache check and generated forever
   EXPECT_NE(error_of([&] { collect(client, id_prompts(1), sp); }).find("RESOURCE_EXHAUSTED: n = 4611686018427387904 is more than this server allows (--max-samples 1024)"),
             std::string::npos);
+  // A hugely negative n with several prompts once overflowed the samples-per-call product (found
+  // by the rollout_request fuzz target): it is the engine's clear error instead.
+  sp.n = -(int64_t(1) << 62);
+  const std::string negative = error_of([&] { collect(client, id_prompts(3), sp); });
+  EXPECT_NE(negative.find("n must be at least 1"), std::string::npos) << negative;
   sp.n = 1;
   std::vector<PromptInput> many = id_prompts(1);
   many.resize(5000, many[0]);
