@@ -116,7 +116,7 @@ int main(int argc, char** argv) {
   c_rwk->add_option("--rewards", rwk.rewards, "the rewards served and the default spec (requests may reweigh them)")->capture_default_str();
   c_rwk->add_option("--plugin", rwk.plugins, "shared object with GRPO_REWARD_PLUGIN rewards (repeatable)");
   c_rwk->add_option("--options", rwk.options, "JSON object of per-reward options, e.g. {\"code\": {\"timeout_s\": 2}}");
-  c_rwk->add_option("--threads", rwk.threads, "scoring threads (bounded pool)")->capture_default_str();
+  c_rwk->add_option("--threads", rwk.threads, "scoring threads for fast rewards, and as many for slow ones (code)")->capture_default_str();
   server_security(c_rwk, rwk.security);
   client_security(c_rw, rw.security);
 

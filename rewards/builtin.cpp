@@ -250,6 +250,12 @@ CombinedReward::CombinedReward(const std::string& spec, const RewardRegistry& re
   if (rewards_.empty()) throw Error("reward spec '" + spec + "' names no reward");
 }
 
+bool CombinedReward::slow() const {
+  for (const auto& r : rewards_)
+    if (r->slow()) return true;
+  return false;
+}
+
 RewardResult CombinedReward::score(const RewardItem& item) const {
   RewardResult out;
   for (size_t i = 0; i < rewards_.size(); ++i) {

@@ -39,6 +39,7 @@ class CombinedReward : public Reward {
   CombinedReward(const std::string& spec, const RewardRegistry& registry,
                  const nlohmann::json& options = nlohmann::json::object());
   RewardResult score(const RewardItem& item) const override;
+  bool slow() const override;  // when any part is
   const std::vector<std::pair<std::string, double>>& parts() const { return weights_; }
 
  private:

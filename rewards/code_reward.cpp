@@ -107,6 +107,8 @@ std::string strip_lines(const std::string& s) {
 
 class CodeReward : public Reward {
  public:
+  bool slow() const override { return true; }
+
   CodeReward(const json& o, bool binary) : binary_(binary) {
     limits_.timeout_s = o.value("timeout_s", 5.0);
     limits_.memory_mb = o.value("memory_mb", 512);

@@ -15,7 +15,7 @@
 
 #include "rewards/reward.h"
 
-#define GRPO_REWARD_PLUGIN_ABI 1
+#define GRPO_REWARD_PLUGIN_ABI 2
 
 #define GRPO_REWARD_PLUGIN(REGISTRY)                                                                  \
   static void grpo_reward_plugin_body(::grpo::rewards::RewardRegistry& REGISTRY);                     \

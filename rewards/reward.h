@@ -37,6 +37,9 @@ class Reward {
   virtual ~Reward() = default;
   // Scores one item. May throw: the caller turns the exception into this item's error.
   virtual RewardResult score(const RewardItem& item) const = 0;
+  // True for a reward that may take seconds per item (it runs programs, or calls out): a reward
+  // worker scores calls that use one on threads of their own, so fast rewards never queue behind it.
+  virtual bool slow() const { return false; }
 };
 
 // Builds a reward from its options (a JSON object; {} for the defaults).

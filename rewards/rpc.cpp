@@ -97,7 +97,10 @@ class Pool {
 class RewardServiceImpl final : public pb::RewardService::CallbackService {
  public:
   RewardServiceImpl(const RewardRegistry& registry, const WorkerOptions& o)
-      : options_(o), calls_(registry, o.default_spec, o.reward_options), pool_(o.threads, o.max_queue) {}
+      : options_(o),
+        calls_(registry, o.default_spec, o.reward_options),
+        fast_(o.threads, o.max_queue),
+        slow_(o.threads, o.max_queue) {}
 
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const pb::ScoreRequest* req,
                                   pb::ScoreReply* reply) override {
@@ -106,7 +109,8 @@ class RewardServiceImpl final : public pb::RewardService::CallbackService {
       reactor->Finish(rpc::unauthenticated());
       return reactor;
     }
-    bool queued = pool_.try_submit([this, ctx, req, reply, reactor] {
+    Pool& pool = calls_.slow(req->spec()) ? slow_ : fast_;  // code never holds up math
+    bool queued = pool.try_submit([this, ctx, req, reply, reactor] {
       if (ctx->IsCancelled()) {
         reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
         return;
@@ -139,7 +143,7 @@ class RewardServiceImpl final : public pb::RewardService::CallbackService {
  private:
   WorkerOptions options_;
   ScoreCalls calls_;
-  Pool pool_;
+  Pool fast_, slow_;  // calls without and with a slow reward (Reward::slow), each `threads` threads
 };
 
 }  // namespace

@@ -59,7 +59,9 @@ class RewardClient : public Scorer {
 struct WorkerOptions {
   std::string host = "127.0.0.1";
   int port = 0;                    // 0 = any free port
-  int threads = 4;                 // scoring threads (the bounded pool)
+  // Scoring threads and queue bound of each of two pools: calls that use a slow reward (code) and
+  // calls that do not, so that fast rewards never wait behind programs.
+  int threads = 4;
   size_t max_queue = 1024;         // calls waiting for a thread; beyond: RESOURCE_EXHAUSTED
   std::string default_spec = "math";  // the rewards this worker serves (clients may reweigh them)
   nlohmann::json reward_options = nlohmann::json::object();  // per reward: {"code": {"timeout_s": 2}}

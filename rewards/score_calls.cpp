@@ -47,6 +47,15 @@ grpc::Status ScoreCalls::score(const pb::ScoreRequest& req, pb::ScoreReply* repl
   return grpc::Status::OK;
 }
 
+bool ScoreCalls::slow(const std::string& spec) {
+  if (!not_served(spec.empty() ? default_spec_ : spec).empty()) return false;
+  try {
+    return reward_for(spec.empty() ? default_spec_ : spec)->slow();
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 std::string ScoreCalls::not_served(const std::string& spec) const {
   for (const std::string& part : split_list(spec)) {
     std::string name = part.substr(0, part.find(':'));

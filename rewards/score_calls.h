@@ -31,6 +31,10 @@ class ScoreCalls {
   // otherwise OK with one result per item, in order. Thread-safe.
   grpc::Status score(const grpo::v1::ScoreRequest& req, grpo::v1::ScoreReply* reply);
 
+  // Whether a call with this spec uses a slow reward (Reward::slow); false when the spec does not
+  // build (score() then refuses it).
+  bool slow(const std::string& spec);
+
   const std::set<std::string>& served() const { return served_; }
   const std::string& default_spec() const { return default_spec_; }
 

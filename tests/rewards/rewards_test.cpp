@@ -8,7 +8,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <set>
 #include <sstream>
@@ -49,11 +51,36 @@ class EchoReward : public Reward {
   }
 };
 
+// A slow reward (as the code rewards are) that holds its thread until the test opens the gate.
+struct Gate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool open = false, entered = false;
+};
+Gate& gate() {
+  static Gate g;
+  return g;
+}
+class GatedReward : public Reward {
+ public:
+  RewardResult score(const RewardItem&) const override {
+    std::unique_lock<std::mutex> lk(gate().mu);
+    gate().entered = true;
+    gate().cv.notify_all();
+    gate().cv.wait(lk, [] { return gate().open; });
+    RewardResult r;
+    r.reward = 7;
+    return r;
+  }
+  bool slow() const override { return true; }
+};
+
 RewardRegistry& echo_registry() {
   static RewardRegistry* r = [] {
     auto* reg = new RewardRegistry();
     register_builtin_rewards(*reg);
     reg->add("echo", [](const json&) { return std::make_unique<EchoReward>(); }, "test");
+    reg->add("gated", [](const json&) { return std::make_unique<GatedReward>(); }, "test");
     return reg;
   }();
   return *r;
@@ -243,6 +270,37 @@ TEST(RewardWorker, ServesOnlyTheRewardsItWasStartedWith) {
   o.spec = "echo:2";  // reweighting what it serves is fine
   RewardClient c({"127.0.0.1:" + std::to_string(w.port())}, o);
   EXPECT_EQ(c.score(echo_items(3))[2].reward, 4.0);
+}
+
+TEST(RewardWorker, FastRewardsNeverWaitBehindSlowOnes) {
+  // One scoring thread per pool: a slow call (as code is) holds its thread until the gate opens;
+  // a fast call sent meanwhile is answered while the slow one still waits.
+  WorkerOptions wo = echo_worker(1);
+  wo.default_spec = "echo,gated";
+  RewardWorker w(echo_registry(), wo);
+  const std::string addr = "127.0.0.1:" + std::to_string(w.port());
+  ClientOptions slow_o;
+  slow_o.spec = "gated";
+  std::vector<RewardResult> slow_result;
+  std::thread slow_call([&] { slow_result = RewardClient({addr}, slow_o).score(echo_items(1)); });
+  {
+    std::unique_lock<std::mutex> lk(gate().mu);
+    gate().cv.wait(lk, [] { return gate().entered; });  // the slow call holds the slow pool's thread
+  }
+  ClientOptions fast_o;
+  fast_o.spec = "echo";
+  fast_o.timeout_seconds = 30;
+  fast_o.max_attempts = 1;
+  EXPECT_EQ(RewardClient({addr}, fast_o).score(echo_items(2))[1].reward, 1.0);  // answered, gate still shut
+  {
+    std::lock_guard<std::mutex> g(gate().mu);
+    EXPECT_FALSE(gate().open);
+    gate().open = true;
+  }
+  gate().cv.notify_all();
+  slow_call.join();
+  ASSERT_EQ(slow_result.size(), 1u);
+  EXPECT_EQ(slow_result[0].reward, 7.0);
 }
 
 TEST(RewardWorker, RewardOptionsApplyToEveryCombinationItServes) {
