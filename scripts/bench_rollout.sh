@@ -4,7 +4,15 @@
 #   scripts/bench_rollout.sh            CPU: the tiny MoE model (scripts/bench/tiny.json), fp32
 #   scripts/bench_rollout.sh gpu        GPU: DeepSeek-V2-Lite shape (scripts/bench/v2_lite.json), bf16,
 #                                       GRPO_BENCH_LAYERS layers (default 12 of 27), random weights
+#   scripts/bench_rollout.sh --soak [SECONDS]
+#                                       the rollout server under 64 clients for SECONDS (60), a quarter
+#                                       of the calls hostile (past the limits, bad ids, hang-ups, ...)
 # Environment: BUILD (build dir; default build, or build-gpu for gpu), BATCHES, PROMPT, NEW.
+if [ "${1:-}" = --soak ]; then
+  source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" cpu
+  cmake --build "$build" --target bench_rollout_soak >/dev/null
+  exec "$build/scripts/bench/bench_rollout_soak" --seconds "${2:-60}"
+fi
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" "${1:-cpu}"
 cmake --build "$build" --target bench_rollout grpo >/dev/null
 bin="$build/scripts/bench/bench_rollout"
