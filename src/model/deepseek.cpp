@@ -356,6 +356,11 @@ Tensor DeepseekForCausalLM::hidden_states(const Tensor& input_ids, const std::op
     allowed = allowed | at::eye(T, at::TensorOptions().dtype(at::kBool).device(dev)).unsqueeze(0);
     mask.allowed = allowed.unsqueeze(1);
   }
+  return run_layers(ids, pos, mask, latents, routing);
+}
+
+Tensor DeepseekForCausalLM::run_layers(const Tensor& ids, const Tensor& pos, const AttentionMask& mask,
+                                       std::vector<Tensor>* latents, std::vector<RouterImpl::Routing>* routing) {
   Tensor h = model->embed_tokens(ids);
   RopeTables rope = rope_tables(pos, h.scalar_type());
   if (latents) latents->assign(config_.num_hidden_layers, Tensor());
@@ -367,6 +372,42 @@ Tensor DeepseekForCausalLM::hidden_states(const Tensor& input_ids, const std::op
     h = layer->forward(h, rope, mask, latents ? &(*latents)[i] : nullptr, r);
   }
   return model->norm(h);
+}
+
+Tensor DeepseekForCausalLM::packed_target_logprobs(const Tensor& input_ids, const Tensor& segment_ids,
+                                                   const Tensor& position_ids, const Tensor& targets) {
+  const auto dev = device();
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  for (const Tensor* t : {&segment_ids, &position_ids, &targets})
+    if (t->dim() != 2 || t->size(0) != B || t->size(1) != T)
+      throw Error("packed_target_logprobs: segment_ids, position_ids and targets must be (B, T) like input_ids");
+  Tensor seg = segment_ids.to(dev);
+  Tensor causal = at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(dev)).tril();
+  AttentionMask mask;
+  mask.allowed = (causal.unsqueeze(0) & seg.unsqueeze(2).eq(seg.unsqueeze(1))).unsqueeze(1);  // (B, 1, T, T)
+  Tensor h = run_layers(input_ids.to(dev), position_ids.to(dev), mask, nullptr, nullptr);
+  Tensor tgt = targets.to(dev).reshape({-1});
+  Tensor rows = tgt.ge(0).nonzero().squeeze(1);
+  return target_logprobs(h.reshape({B * T, -1}).index_select(0, rows), tgt.index_select(0, rows), nullptr);
+}
+
+Tensor DeepseekForCausalLM::target_logprobs(const Tensor& hs, const Tensor& tgt, Tensor* entropy) {
+  const int64_t V = config_.vocab_size, M = hs.size(0);
+  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 27) / (4 * V));
+  std::vector<Tensor> lp, ent;
+  for (int64_t s = 0; s < M; s += chunk) {
+    int64_t n = std::min(chunk, M - s);
+    Tensor lg = logits(hs.narrow(0, s, n)).to(at::kFloat);
+    Tensor lse = lg.logsumexp(-1);
+    lp.push_back(lg.gather(1, tgt.narrow(0, s, n).unsqueeze(1)).squeeze(1) - lse);
+    if (entropy) {  // H = logsumexp - sum softmax * logits
+      at::NoGradGuard no_grad;
+      ent.push_back(lse - (lg.softmax(-1) * lg).sum(-1));
+    }
+  }
+  auto empty = at::empty({0}, at::TensorOptions().dtype(at::kFloat).device(hs.device()));
+  if (entropy) *entropy = ent.empty() ? empty : at::cat(ent, 0);
+  return lp.empty() ? empty : at::cat(lp, 0);
 }
 
 Tensor DeepseekForCausalLM::lm_head_weight() { return lm_head ? lm_head->weight : model->embed_tokens->weight; }
@@ -424,19 +465,9 @@ DeepseekForCausalLM::CompletionOutputs DeepseekForCausalLM::completion_forward(
   if (!rows.empty()) {
     Tensor row_idx = at::from_blob(rows.data(), {(int64_t)rows.size()}, long_opts).clone().to(dev);
     Tensor tgt = at::from_blob(targets.data(), {(int64_t)targets.size()}, long_opts).clone().to(dev);
-    Tensor hs = h.reshape({B * T, -1}).index_select(0, row_idx);  // (M, H)
-    // Output projection in chunks so that (M, V) fp32 logits never exist at once.
-    const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 27) / (4 * V));
-    for (int64_t s = 0; s < hs.size(0); s += chunk) {
-      int64_t n = std::min(chunk, hs.size(0) - s);
-      Tensor lg = logits(hs.narrow(0, s, n)).to(at::kFloat);
-      Tensor lse = lg.logsumexp(-1);
-      flat_lp.push_back(lg.gather(1, tgt.narrow(0, s, n).unsqueeze(1)).squeeze(1) - lse);
-      if (options.entropy) {  // H = logsumexp - sum softmax * logits
-        at::NoGradGuard no_grad;
-        flat_entropy.push_back(lse - (lg.softmax(-1) * lg).sum(-1));
-      }
-    }
+    Tensor ent;
+    flat_lp.push_back(target_logprobs(h.reshape({B * T, -1}).index_select(0, row_idx), tgt, options.entropy ? &ent : nullptr));
+    if (options.entropy) flat_entropy.push_back(ent);
   }
   // Splits the flat per-token values back into sequences.
   auto per_sequence = [&](const std::vector<Tensor>& flat, std::vector<Tensor>& out) {

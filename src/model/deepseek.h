@@ -173,6 +173,12 @@ class DeepseekForCausalLM : public torch::nn::Module {
                        const std::optional<Tensor>& position_ids = std::nullopt,
                        std::vector<Tensor>* latents = nullptr,
                        std::vector<RouterImpl::Routing>* routing = nullptr);
+  // Packed rows (several examples per row, for SFT): segment_ids (B, T) int64 names each token's
+  // example, and a token attends only to earlier tokens of its own segment; position_ids (B, T)
+  // restart at 0 in every segment. Returns log p(targets[b, t] | the segment up to t) in fp32 for
+  // every position whose target is >= 0, flattened in row-major order (differentiable).
+  Tensor packed_target_logprobs(const Tensor& input_ids, const Tensor& segment_ids, const Tensor& position_ids,
+                                const Tensor& targets);
   // hidden (..., H) -> logits (..., V) in the model dtype.
   Tensor logits(const Tensor& hidden);
   // Weight of the output projection (the embedding when tied).
@@ -215,6 +221,12 @@ class DeepseekForCausalLM : public torch::nn::Module {
   torch::nn::Linear lm_head{nullptr};  // null when tie_word_embeddings
 
  private:
+  Tensor run_layers(const Tensor& ids, const Tensor& pos, const AttentionMask& mask, std::vector<Tensor>* latents,
+                    std::vector<RouterImpl::Routing>* routing);
+  // log p(target) (and the entropy when `entropy` is given) of hidden rows hs (M, H), the output
+  // projection taken in chunks so that (M, V) fp32 logits never exist at once.
+  Tensor target_logprobs(const Tensor& hs, const Tensor& targets, Tensor* entropy);
+
   ModelConfig config_;
   Tensor inv_freq_;  // (rope_dim/2) fp32, CPU
   mutable Tensor inv_freq_device_;  // its copy on the model's device (no host copy inside CUDA graphs)
