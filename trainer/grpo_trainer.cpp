@@ -27,6 +27,9 @@
 #include "trainer/dataset.h"
 #include "trainer/grpo_loss.h"
 #include "trainer/moe_balance.h"
+#include "trainer/pipeline.h"
+#include "trainer/policy.h"
+#include "trainer/sft_trainer.h"
 #include "trainer/run_log.h"
 #include "trainer/run_state.h"
 #include "trainer/step_metrics.h"
@@ -96,6 +99,7 @@ class Trainer {
   const std::string recipe_path_, out_;
   const at::Device device_;
   const at::ScalarType compute_dtype_;
+  Policy pol_;                     // what the members below are taken from
   std::string config_text_;        // the policy's config.json
   std::shared_ptr<Model> master_;  // fp32 weights: what the optimizer updates and checkpoints hold
   std::shared_ptr<Model> policy_;  // what computes: master_ itself in fp32, a bf16 copy with bf16
@@ -127,28 +131,14 @@ Trainer::Trainer(const StageSettings& s, const std::string& recipe_path, const s
   make_directories(out_);
   torch::manual_seed(s_.optim.seed);
 
-  // Model: fp32 master weights, and a bf16 compute copy when asked.
-  config_text_ = read_file(s_.model.model_dir.empty() ? s_.model.model_config : s_.model.model_dir + "/config.json");
-  master_ = base_model(at::kFloat);
-  policy_ = master_;
-  if (s_.model.bf16) {
-    policy_ = std::make_shared<Model>(master_->config());
-    policy_->to_device_dtype(device_, at::kBFloat16);
-  }
-
-  // Tokenizer, eos, and the tokenizer files every checkpoint carries.
-  if (s_.model.tokenizer == "builtin:bytes")
-    tok_ = std::make_shared<const text::Tokenizer>(text::Tokenizer::byte_level());
-  else
-    tok_ = std::make_shared<const text::Tokenizer>(
-        text::Tokenizer::load(s_.model.tokenizer.empty() ? s_.model.model_dir + "/tokenizer.json" : s_.model.tokenizer));
-  const auto& mc = master_->config();
-  if (auto id = tok_->token_to_id("</s>")) eos_ = *id;
-  if (mc.eos_token_id) eos_ = *mc.eos_token_id;
-  if (eos_ < 0 || eos_ >= mc.vocab_size) throw Error(recipe_path_ + ": no usable eos token id (set eos_token_id)");
-  int64_t bos = mc.bos_token_id ? *mc.bos_token_id : tok_->token_to_id("<s>").value_or(-1);
-  hub_ = hub_files(s_.model, bos, eos_, bos >= 0 ? tok_->id_to_token((int32_t)bos).value_or("") : "",
-                   tok_->id_to_token((int32_t)eos_).value_or(""), mc.max_position_embeddings);
+  // Model (fp32 master weights, a bf16 compute copy when asked), tokenizer, eos, hub files.
+  pol_ = load_policy(s_, recipe_path_);
+  config_text_ = pol_.config_text;
+  master_ = pol_.master;
+  policy_ = pol_.compute;
+  tok_ = pol_.tok;
+  eos_ = pol_.eos;
+  hub_ = pol_.hub;
 
   data_ = load_dataset(s_.data, recipe_path_);
   order_ = std::make_unique<PromptOrder>(data_.train.size(), s_.data.shuffle, s_.data.data_seed);
@@ -206,19 +196,9 @@ Trainer::Trainer(const StageSettings& s, const std::string& recipe_path, const s
   order_ = std::make_unique<PromptOrder>(data_.train.size(), s_.data.shuffle, s_.data.data_seed);
 }
 
-std::shared_ptr<Model> Trainer::base_model(at::ScalarType dtype) const {
-  if (!s_.model.model_dir.empty()) return model::load_model(s_.model.model_dir, {dtype, device_});
-  auto m = std::make_shared<Model>(parse_model_config(config_text_, s_.model.model_config));
-  model::init_weights(*m, s_.model.model_seed);
-  m->to_device_dtype(device_, dtype);
-  return m;
-}
+std::shared_ptr<Model> Trainer::base_model(at::ScalarType dtype) const { return load_base_model(s_, config_text_, dtype); }
 
-std::vector<int64_t> Trainer::encode(const std::string& s, bool special) const {
-  std::vector<int64_t> ids;
-  for (int32_t t : tok_->encode(s, special)) ids.push_back(t);
-  return ids;
-}
+std::vector<int64_t> Trainer::encode(const std::string& s, bool special) const { return pol_.encode(s, special); }
 
 rollout::Request Trainer::request(const Example& ex, int64_t index) const {
   rollout::Request q;
@@ -235,25 +215,11 @@ rewards::RewardItem Trainer::reward_item(const Example& ex, const rollout::Compl
   return it;
 }
 
-// ---- mixed precision: gradients of the bf16 copy are summed into fp32 master gradients after
-// every backward (so accumulation over mini-batches happens in fp32); after each optimizer step
-// the master weights are rounded back into the copy. Both are no-ops in fp32.
-void Trainer::accumulate_gradients() {
-  if (policy_ == master_) return;
-  c10::NoGradGuard g;
-  auto master = master_->parameters(), compute = policy_->parameters();
-  for (size_t i = 0; i < master.size(); ++i) {
-    Tensor& grad = compute[i].mutable_grad();
-    if (!grad.defined()) continue;
-    if (master[i].grad().defined()) master[i].mutable_grad().add_(grad.to(at::kFloat));
-    else master[i].mutable_grad() = grad.to(at::kFloat);
-    grad = Tensor();
-  }
-}
+// ---- mixed precision (trainer/policy.h): bf16 gradients summed into the fp32 master after every
+// backward, the master rounded back into the bf16 copy after each optimizer step.
+void Trainer::accumulate_gradients() { pol_.accumulate_gradients(); }
 
-void Trainer::sync_policy() {
-  if (policy_ != master_) model::copy_weights(*policy_, *master_);
-}
+void Trainer::sync_policy() { pol_.sync(); }
 
 // ---- checkpoints (trainer/run_state.h): the fp32 weights as an HF directory with its tokenizer
 // and generation files, optimizer moments, RNG states, the refreshed reference, trainer_state.json.
@@ -621,15 +587,7 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
   return u;
 }
 
-double Trainer::learning_rate(int64_t step) const {  // linear warm-up, then constant or cosine
-  const auto& o = s_.optim;
-  const int64_t warmup = (int64_t)std::ceil(o.warmup_ratio * o.max_steps);
-  if (step <= warmup) return o.learning_rate * step / warmup;
-  if (o.lr_scheduler_type == LrScheduler::Cosine)
-    return o.learning_rate * 0.5 *
-           (1 + std::cos(M_PI * (double)(step - warmup) / std::max<int64_t>(1, o.max_steps - warmup)));
-  return o.learning_rate;
-}
+double Trainer::learning_rate(int64_t step) const { return scheduled_learning_rate(s_.optim, step, s_.optim.max_steps); }
 
 // ---------------------------------------------------------------------------------------------
 // The loop, top to bottom: sample and score, advantages, update, log, evaluate, save.
@@ -702,14 +660,42 @@ void train(const Recipe& recipe, const TrainOptions& options) {
     std::string stem = std::filesystem::path(recipe.path).stem().string();
     out = "runs/" + (stem.empty() ? std::string("grpo") : stem);
   }
-  for (const auto& stage : recipe.stages) {
-    const std::string dir = recipe.stages.size() == 1 ? out : out + "/" + stage.name;
-    try {
-      Trainer(stage, recipe.path, dir, options.resume).run();
-    } catch (const Stopped&) {
+  if (recipe.stages.size() == 1 && recipe.stages[0].model.model_dir.rfind("stage:", 0) != 0) {
+    const StageSettings& stage = recipe.stages[0];
+    if (stage.type == StageType::Sft) {
+      run_sft_stage(stage, recipe.path, out, options.resume);
       return;
     }
-    if (stop_requested()) return;
+    try {
+      Trainer(stage, recipe.path, out, options.resume).run();
+    } catch (const Stopped&) {
+    }
+    return;
+  }
+  // Several stages: OUT/<stage>/ each, and OUT/pipeline.json with every stage's status and result.
+  if (!options.resume && !empty_or_absent(out))
+    throw Error(out + " already holds files of a run: pass --resume to continue it, or choose another --output");
+  Pipeline pipeline(out, recipe, options.resume);
+  for (size_t i = 0; i < recipe.stages.size(); ++i) {
+    StageSettings stage = recipe.stages[i];
+    if (pipeline.done(i)) continue;
+    const std::string& m = stage.model.model_dir;
+    if (m.rfind("stage:", 0) == 0) stage.model.model_dir = pipeline.output_of(m.substr(6));
+    const std::string dir = out + "/" + stage.name;
+    const bool resume_stage = options.resume && !empty_or_absent(dir);
+    pipeline.start(i);
+    bool finished = true;
+    if (stage.type == StageType::Sft) {
+      finished = run_sft_stage(stage, recipe.path, dir, resume_stage);
+    } else {
+      try {
+        Trainer(stage, recipe.path, dir, resume_stage).run();
+      } catch (const Stopped&) {
+        finished = false;
+      }
+    }
+    if (!finished || stop_requested()) return;
+    pipeline.finish(i, CheckpointStore(dir, 0).latest(), final_metrics(dir));
   }
 }
 

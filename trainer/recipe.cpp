@@ -83,7 +83,9 @@ void convert(const YAML::Node& n, ScaleRewards& out) {  // TRL also takes true (
                                                  {"none", ScaleRewards::None}, {"true", ScaleRewards::Group},
                                                  {"false", ScaleRewards::None}});
 }
-void convert(const YAML::Node& n, StageType& out) { out = pick<StageType>(n.as<std::string>(), {{"grpo", StageType::Grpo}}); }
+void convert(const YAML::Node& n, StageType& out) {
+  out = pick<StageType>(n.as<std::string>(), {{"grpo", StageType::Grpo}, {"sft", StageType::Sft}});
+}
 void convert(const YAML::Node& n, LossType& out) { out = parse_loss_type(n.as<std::string>()); }
 void convert(const YAML::Node& n, KlEstimator& out) { out = parse_kl_estimator(n.as<std::string>()); }
 
@@ -139,8 +141,13 @@ const std::vector<Key>& keys() {
       key("prompt_field", "data", &S::data, &DataSettings::prompt_field, "JSONL field of the prompt"),
       key("answer_field", "data", &S::data, &DataSettings::answer_field, "JSONL field of the reference answer"),
       key("answer_delimiter", "data", &S::data, &DataSettings::answer_delimiter, "reference = text after its last occurrence (GSM8K: ####)"),
+      key("completion_field", "data", &S::data, &DataSettings::completion_field, "sft: JSONL field of the completion to learn"),
       key("prompt_template", "data", &S::data, &DataSettings::prompt_template, "text with {prompt}, or r1_zero"),
       key("shuffle", "data", &S::data, &DataSettings::shuffle, "a new seeded permutation of the training set each epoch"),
+      key("max_length", "sft", &S::sft, &SftSettings::max_length, "sft: tokens per row; longer examples are truncated"),
+      key("packing", "sft", &S::sft, &SftSettings::packing, "sft: several examples per row (attention stays within each)"),
+      key("num_train_epochs", "sft", &S::sft, &SftSettings::num_train_epochs, "sft: passes over the data (max_steps, when given, caps)"),
+      key("per_device_train_batch_size", "sft", &S::sft, &SftSettings::per_device_train_batch_size, "sft: rows per optimizer step"),
       key("rewards", "rewards", &S::rewards, &RewardSettings::spec, "name[:weight],... e.g. math,format:0.2"),
       key("reward_workers", "rewards", &S::rewards, &RewardSettings::workers, "host:port,... of reward workers (empty: in process)"),
       key("reward_options", "rewards", &S::rewards, &RewardSettings::options, "per reward, e.g. {math: {precision: 4}}"),
@@ -168,7 +175,7 @@ const std::vector<Key>& keys() {
       key("mask_truncated_completions", "advantages", &S::advantages, &AdvantageSettings::mask_truncated_completions, "no loss on truncated completions"),
       key("dynamic_sampling", "advantages", &S::advantages, &AdvantageSettings::dynamic_sampling, "DAPO: drop zero-variance groups, refill"),
       key("max_num_gen_batches", "advantages", &S::advantages, &AdvantageSettings::max_num_gen_batches, "rollout batches per step at most"),
-      key("max_steps", "optim", &S::optim, &OptimSettings::max_steps, "GRPO steps"),
+      key("max_steps", "optim", &S::optim, &OptimSettings::max_steps, "GRPO steps; sft: a cap on the epochs' steps (0: none)"),
       key("num_iterations", "optim", &S::optim, &OptimSettings::num_iterations, "optimizer steps per rollout batch (mu)"),
       key("mini_batch_size", "optim", &S::optim, &OptimSettings::mini_batch_size, "sequences per forward/backward (0: all)"),
       key("learning_rate", "optim", &S::optim, &OptimSettings::learning_rate, "AdamW learning rate"),
@@ -250,6 +257,12 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
     if (!ok) throw Error(where + ": key '" + key + "': " + what);
   };
   if (given.count("epsilon") && !given.count("epsilon_high")) s.loss.epsilon_high = s.loss.epsilon_low;
+  if (s.type == StageType::Sft) {
+    if (!given.count("max_steps")) s.optim.max_steps = 0;  // the epochs decide
+    need(s.sft.max_length >= 2, "max_length", "must be at least 2");
+    need(s.sft.num_train_epochs >= 1, "num_train_epochs", "must be at least 1");
+    need(s.sft.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be at least 1");
+  }
   s.loss.max_completion_length = s.rollout.max_completion_length;
   need(!s.model.model_dir.empty() || !s.model.model_config.empty(), "model_dir",
        "give model_dir (HF checkpoint) or model_config");
@@ -347,7 +360,7 @@ Recipe read_recipe(const std::string& text, const std::string& path, const std::
         try {
           convert(list[i]["type"], s.type);
         } catch (const Error& e) {
-          throw Error(where + ": key 'type': " + e.what() + " (this version runs grpo stages)");
+          throw Error(where + ": key 'type': " + e.what());
         }
       }
       read_mapping(list[i], s, g, where, {"name", "type"});
@@ -385,12 +398,25 @@ Recipe read_recipe(const std::string& text, const std::string& path, const std::
     if (!applied) throw Error(where + ": no stage or section named '" + stage + "'");
   }
 
-  for (size_t i = 0; i < r.stages.size(); ++i)
-    check(r.stages[i], given[i], r.stages.size() == 1 ? path : path + ": stage '" + r.stages[i].name + "'");
+  for (size_t i = 0; i < r.stages.size(); ++i) {
+    const std::string where = r.stages.size() == 1 ? path : path + ": stage '" + r.stages[i].name + "'";
+    check(r.stages[i], given[i], where);
+    // model_dir "stage:NAME": the result of an earlier stage of this recipe.
+    const std::string& m = r.stages[i].model.model_dir;
+    if (m.rfind("stage:", 0) == 0) {
+      const std::string name = m.substr(6);
+      bool earlier = false;
+      for (size_t j = 0; j < i; ++j) earlier |= r.stages[j].name == name;
+      if (!earlier)
+        throw Error(where + ": key 'model_dir': '" + m + "' names no earlier stage of this recipe");
+    }
+  }
   return r;
 }
 
 }  // namespace
+
+std::string to_string(StageType t) { return t == StageType::Sft ? "sft" : "grpo"; }
 
 Recipe parse_recipe(const std::string& text, const std::string& path, const std::vector<std::string>& overrides) {
   try {

@@ -23,10 +23,10 @@ namespace grpo::trainer {
 enum class Task { Addition, Jsonl };         // built-in 2-digit addition, or prompts from JSONL files
 enum class LrScheduler { Constant, Cosine };  // after a linear warm-up of warmup_ratio * max_steps
 enum class ScaleRewards { Group, Batch, None };
-enum class StageType { Grpo };
+enum class StageType { Grpo, Sft };
 
 struct ModelSettings {
-  std::string model_dir;     // HF checkpoint directory; or
+  std::string model_dir;     // HF checkpoint directory, or "stage:NAME" for an earlier stage's result; or
   std::string model_config;  // a config.json for a random initialisation (seed model_seed)
   uint64_t model_seed = 0;
   std::string device = "cpu";  // cpu | cuda | cuda:N
@@ -41,9 +41,18 @@ struct DataSettings {
   uint64_t data_seed = 1;                      // built-in task problems, and the shuffling order
   std::string train_file, eval_file;           // JSONL (task: jsonl)
   std::string prompt_field = "prompt", answer_field = "answer";
+  std::string completion_field = "completion";  // sft: the text the model learns to produce
   std::string answer_delimiter;  // the reference is the text after its last occurrence (GSM8K: "####")
   std::string prompt_template = "{prompt}";  // or "r1_zero" for the R1-Zero template
   bool shuffle = true;  // a new seeded permutation of the training set each epoch
+};
+
+// Supervised fine-tuning (type: sft), on prompt -> completion examples, TRL's SFTConfig names.
+struct SftSettings {
+  int64_t max_length = 1024;                 // tokens per row (examples are truncated to it)
+  bool packing = true;                       // several examples per row, attention kept within each
+  int64_t num_train_epochs = 1;              // passes over the data (max_steps > 0 caps the steps)
+  int64_t per_device_train_batch_size = 8;   // rows per optimizer step
 };
 
 struct RewardSettings {
@@ -106,6 +115,7 @@ struct StageSettings {
   StageType type = StageType::Grpo;
   ModelSettings model;
   DataSettings data;
+  SftSettings sft;
   RewardSettings rewards;
   WarmStartSettings warm_start;
   RolloutSettings rollout;
@@ -116,6 +126,8 @@ struct StageSettings {
   EvalSettings eval;
   CheckpointSettings checkpoint;
 };
+
+std::string to_string(StageType t);
 
 struct Recipe {
   std::string path;  // the recipe file, for messages

@@ -1,0 +1,81 @@
+#include "trainer/policy.h"
+
+#include <c10/core/GradMode.h>
+
+#include <cmath>
+
+#include "model/checkpoint.h"
+#include "util/error.h"
+#include "util/files.h"
+
+namespace grpo::trainer {
+
+using Model = model::DeepseekForCausalLM;
+
+std::shared_ptr<Model> load_base_model(const StageSettings& s, const std::string& config_text, at::ScalarType dtype) {
+  const at::Device device(s.model.device);
+  if (!s.model.model_dir.empty()) return model::load_model(s.model.model_dir, {dtype, device});
+  auto m = std::make_shared<Model>(parse_model_config(config_text, s.model.model_config));
+  model::init_weights(*m, s.model.model_seed);
+  m->to_device_dtype(device, dtype);
+  return m;
+}
+
+Policy load_policy(const StageSettings& s, const std::string& recipe_path) {
+  Policy p;
+  p.config_text = read_file(s.model.model_dir.empty() ? s.model.model_config : s.model.model_dir + "/config.json");
+  p.master = load_base_model(s, p.config_text, at::kFloat);
+  p.compute = p.master;
+  if (s.model.bf16) {
+    p.compute = std::make_shared<Model>(p.master->config());
+    p.compute->to_device_dtype(at::Device(s.model.device), at::kBFloat16);
+    p.sync();
+  }
+  if (s.model.tokenizer == "builtin:bytes")
+    p.tok = std::make_shared<const text::Tokenizer>(text::Tokenizer::byte_level());
+  else
+    p.tok = std::make_shared<const text::Tokenizer>(
+        text::Tokenizer::load(s.model.tokenizer.empty() ? s.model.model_dir + "/tokenizer.json" : s.model.tokenizer));
+  const auto& mc = p.master->config();
+  if (auto id = p.tok->token_to_id("</s>")) p.eos = *id;
+  if (mc.eos_token_id) p.eos = *mc.eos_token_id;
+  if (p.eos < 0 || p.eos >= mc.vocab_size) throw Error(recipe_path + ": no usable eos token id (set eos_token_id)");
+  const int64_t bos = mc.bos_token_id ? *mc.bos_token_id : p.tok->token_to_id("<s>").value_or(-1);
+  p.hub = hub_files(s.model, bos, p.eos, bos >= 0 ? p.tok->id_to_token((int32_t)bos).value_or("") : "",
+                    p.tok->id_to_token((int32_t)p.eos).value_or(""), mc.max_position_embeddings);
+  return p;
+}
+
+std::vector<int64_t> Policy::encode(const std::string& text, bool special_tokens) const {
+  std::vector<int64_t> ids;
+  for (int32_t t : tok->encode(text, special_tokens)) ids.push_back(t);
+  return ids;
+}
+
+void Policy::accumulate_gradients() {
+  if (compute == master) return;
+  c10::NoGradGuard g;
+  auto m = master->parameters(), c = compute->parameters();
+  for (size_t i = 0; i < m.size(); ++i) {
+    at::Tensor& grad = c[i].mutable_grad();
+    if (!grad.defined()) continue;
+    if (m[i].grad().defined()) m[i].mutable_grad().add_(grad.to(at::kFloat));
+    else m[i].mutable_grad() = grad.to(at::kFloat);
+    grad = at::Tensor();
+  }
+}
+
+void Policy::sync() {
+  if (compute != master) model::copy_weights(*compute, *master);
+}
+
+double scheduled_learning_rate(const OptimSettings& o, int64_t step, int64_t total_steps) {
+  const int64_t warmup = (int64_t)std::ceil(o.warmup_ratio * total_steps);
+  if (step <= warmup) return o.learning_rate * step / warmup;
+  if (o.lr_scheduler_type == LrScheduler::Cosine)
+    return o.learning_rate * 0.5 *
+           (1 + std::cos(M_PI * (double)(step - warmup) / std::max<int64_t>(1, total_steps - warmup)));
+  return o.learning_rate;
+}
+
+}  // namespace grpo::trainer

@@ -1,0 +1,43 @@
+// The model a stage trains, as every stage type sets it up: fp32 master weights (what the
+// optimizer updates and checkpoints hold), a bf16 compute copy when the recipe asks for bf16, the
+// tokenizer and eos token, and the tokenizer/generation files every checkpoint carries.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/deepseek.h"
+#include "text/tokenizer.h"
+#include "trainer/recipe.h"
+#include "trainer/run_state.h"
+
+namespace grpo::trainer {
+
+struct Policy {
+  using Model = model::DeepseekForCausalLM;
+  std::string config_text;         // the model's config.json
+  std::shared_ptr<Model> master;   // fp32
+  std::shared_ptr<Model> compute;  // master itself in fp32, a bf16 copy with bf16
+  std::shared_ptr<const text::Tokenizer> tok;
+  int64_t eos = -1;
+  HubFiles hub;
+
+  std::vector<int64_t> encode(const std::string& text, bool special_tokens) const;
+  // Adds the compute copy's gradients into the master's (in fp32) and clears them; no-op in fp32.
+  void accumulate_gradients();
+  // Rounds the master weights into the compute copy; no-op in fp32.
+  void sync();
+};
+
+// Loads model_dir, or a random model from model_config (seed model_seed), onto the stage's device.
+// Errors name `recipe_path`.
+Policy load_policy(const StageSettings& s, const std::string& recipe_path);
+// The stage's starting weights again (for a reference model), in `dtype`.
+std::shared_ptr<model::DeepseekForCausalLM> load_base_model(const StageSettings& s, const std::string& config_text,
+                                                            at::ScalarType dtype);
+
+// Linear warm-up over warmup_ratio * total_steps, then constant or cosine decay to 0 at total_steps.
+double scheduled_learning_rate(const OptimSettings& o, int64_t step, int64_t total_steps);
+
+}  // namespace grpo::trainer

@@ -1,0 +1,270 @@
+#include "trainer/sft_trainer.h"
+
+#include <c10/core/GradMode.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/adamw.h>
+#include <torch/serialize.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "model/checkpoint.h"
+#include "trainer/dataset.h"
+#include "trainer/packing.h"
+#include "trainer/policy.h"
+#include "trainer/run_log.h"
+#include "trainer/run_state.h"
+#include "util/error.h"
+#include "util/files.h"
+
+namespace grpo::trainer {
+
+bool stop_requested();
+
+namespace {
+
+using at::Tensor;
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Rows padded into one (B, T) batch: padding is its own segment (-1) with no targets.
+struct Batch {
+  Tensor ids, segments, positions, targets;
+  int64_t targets_count = 0, tokens = 0;
+};
+
+Batch make_batch(const std::vector<const PackedRow*>& rows) {
+  int64_t T = 1;
+  for (const auto* r : rows) T = std::max(T, r->length());
+  const int64_t B = (int64_t)rows.size();
+  std::vector<int64_t> ids(B * T, 0), seg(B * T, -1), pos(B * T, 0), tgt(B * T, -100);
+  Batch b;
+  for (int64_t i = 0; i < B; ++i)
+    for (int64_t t = 0; t < rows[i]->length(); ++t) {
+      ids[i * T + t] = rows[i]->ids[t];
+      seg[i * T + t] = rows[i]->segments[t];
+      pos[i * T + t] = rows[i]->positions[t];
+      tgt[i * T + t] = rows[i]->targets[t];
+      b.targets_count += rows[i]->targets[t] >= 0;
+      ++b.tokens;
+    }
+  auto longs = [&](std::vector<int64_t>& v) {
+    return at::from_blob(v.data(), {B, T}, at::TensorOptions().dtype(at::kLong)).clone();
+  };
+  b.ids = longs(ids);
+  b.segments = longs(seg);
+  b.positions = longs(pos);
+  b.targets = longs(tgt);
+  return b;
+}
+
+class SftStage {
+ public:
+  SftStage(const StageSettings& s, const std::string& recipe_path, const std::string& out, bool resume);
+  bool run();
+
+ private:
+  std::vector<SftSequence> tokenise(const std::vector<Example>& examples) const;
+  double eval_loss();
+  void save();
+  void resume();
+
+  const StageSettings s_;
+  const std::string recipe_path_, out_;
+  Policy pol_;
+  std::vector<PackedRow> rows_, eval_rows_;
+  std::unique_ptr<PromptOrder> order_;
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  int64_t total_steps_ = 0;
+  RunState st_;
+  CheckpointStore store_;
+  std::unique_ptr<RunLog> log_;
+  std::string resumed_from_;
+};
+
+SftStage::SftStage(const StageSettings& s, const std::string& recipe_path, const std::string& out, bool resume_run)
+    : s_(s), recipe_path_(recipe_path), out_(out), store_(out, s.checkpoint.save_total_limit) {
+  if (!resume_run && !list_directory(out_).empty())
+    throw Error(out_ + " already holds files of a run: pass --resume to continue it, or choose another --output");
+  make_directories(out_);
+  torch::manual_seed(s_.optim.seed);
+  pol_ = load_policy(s_, recipe_path_);
+
+  DataSettings d = s_.data;
+  if (d.task == Task::Jsonl) d.answer_field = d.completion_field;  // the completion is what is learnt
+  Dataset data = load_dataset(d, recipe_path_);
+  PackingResult train = pack_sequences(tokenise(data.train), s_.sft.max_length, s_.sft.packing);
+  if (train.rows.empty()) throw Error(recipe_path_ + ": stage '" + s_.name + "': no training example has a completion token to learn");
+  rows_ = std::move(train.rows);
+  eval_rows_ = pack_sequences(tokenise(data.eval), s_.sft.max_length, s_.sft.packing).rows;
+  int64_t tokens = 0;
+  for (const auto& r : rows_) tokens += r.length();
+  fprintf(stderr, "grpo train: %s: %zu examples in %zu rows of at most %lld tokens (%.0f%% filled)%s%s\n", s_.name.c_str(),
+          data.train.size(), rows_.size(), (long long)s_.sft.max_length,
+          100.0 * tokens / ((double)rows_.size() * s_.sft.max_length),
+          train.truncated ? (", " + std::to_string(train.truncated) + " truncated").c_str() : "",
+          train.dropped ? (", " + std::to_string(train.dropped) + " with nothing to learn skipped").c_str() : "");
+  order_ = std::make_unique<PromptOrder>(rows_.size(), s_.data.shuffle, s_.data.data_seed);
+  const int64_t B = s_.sft.per_device_train_batch_size, positions = (int64_t)rows_.size() * s_.sft.num_train_epochs;
+  total_steps_ = (positions + B - 1) / B;
+  if (s_.optim.max_steps > 0) total_steps_ = std::min(total_steps_, s_.optim.max_steps);
+
+  optimizer_ = std::make_unique<torch::optim::AdamW>(
+      pol_.master->parameters(),
+      torch::optim::AdamWOptions(s_.optim.learning_rate).weight_decay(s_.optim.weight_decay).betas({0.9, 0.999}));
+  if (resume_run) resume();
+  pol_.sync();
+  log_ = std::make_unique<RunLog>(out_, resumed_from_.empty() ? -1 : st_.step, s_.checkpoint.logging_steps);
+  if (!resumed_from_.empty()) log_->line("resumed from " + resumed_from_ + " (step " + std::to_string(st_.step) + ")");
+}
+
+std::vector<SftSequence> SftStage::tokenise(const std::vector<Example>& examples) const {
+  std::vector<SftSequence> out;
+  for (const auto& ex : examples) {
+    SftSequence s;
+    s.ids = pol_.encode(apply_template(s_.data, ex.prompt), true);
+    s.trained.assign(s.ids.size(), 0);
+    std::vector<int64_t> c = pol_.encode(ex.answer, false);
+    c.push_back(pol_.eos);
+    s.ids.insert(s.ids.end(), c.begin(), c.end());
+    s.trained.resize(s.ids.size(), 1);
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+// Mean negative log-likelihood per trained token of the eval rows (NaN without eval data).
+double SftStage::eval_loss() {
+  if (eval_rows_.empty()) return std::nan("");
+  at::NoGradGuard g;
+  double total = 0;
+  int64_t n = 0;
+  const int64_t B = s_.sft.per_device_train_batch_size;
+  for (size_t i = 0; i < eval_rows_.size(); i += B) {
+    std::vector<const PackedRow*> rows;
+    for (size_t j = i; j < std::min(eval_rows_.size(), i + B); ++j) rows.push_back(&eval_rows_[j]);
+    Batch b = make_batch(rows);
+    Tensor lp = pol_.compute->packed_target_logprobs(b.ids, b.segments, b.positions, b.targets);
+    total -= lp.sum().item<double>();
+    n += lp.numel();
+  }
+  return n ? total / n : std::nan("");
+}
+
+void SftStage::save() {
+  store_.save("checkpoint-" + std::to_string(st_.step), [&](const std::string& dir) {
+    model::save_model(*pol_.master, pol_.config_text, dir, {at::kFloat});
+    write_hub_files(pol_.hub, dir);
+    if (s_.checkpoint.save_bf16) {
+      model::save_model(*pol_.master, pol_.config_text, dir + "/bf16", {at::kBFloat16});
+      write_hub_files(pol_.hub, dir + "/bf16");
+    }
+    torch::save(*optimizer_, dir + "/optimizer.pt");
+    json j = to_json(st_);
+    j["recipe"] = recipe_path_;
+    j["stage_type"] = "sft";
+    j["total_steps"] = total_steps_;
+    write_file_atomic(dir + "/trainer_state.json", j.dump(2) + "\n");
+  });
+}
+
+void SftStage::resume() {
+  const std::string dir = store_.latest();
+  if (dir.empty()) {
+    fprintf(stderr, "grpo train: --resume: no checkpoint in %s yet; starting from the beginning\n", out_.c_str());
+    return;
+  }
+  resumed_from_ = dir;
+  auto saved = model::load_model(dir, {at::kFloat, at::kCPU});
+  model::copy_weights(*pol_.master, *saved);
+  st_ = read_run_state(dir + "/trainer_state.json");
+  torch::load(*optimizer_, dir + "/optimizer.pt");
+}
+
+bool SftStage::run() {
+  const int64_t B = s_.sft.per_device_train_batch_size, total_positions = (int64_t)rows_.size() * s_.sft.num_train_epochs;
+  if (st_.step == 0 && resumed_from_.empty()) {
+    const double e = eval_loss();
+    if (!std::isnan(e)) {
+      log_->line(s_.name + ": eval_loss " + std::to_string(e) + " before training");
+      log_->metrics({{"step", 0}, {"eval_loss", e}}, 0);
+    }
+  }
+  const auto t_start = Clock::now();
+  const int64_t start_step = st_.step;
+  while (st_.step < total_steps_) {
+    const int64_t step = st_.step + 1;
+    const double lr = scheduled_learning_rate(s_.optim, step, total_steps_);
+    for (auto& g : optimizer_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    std::vector<const PackedRow*> rows;
+    for (int64_t p = st_.step * B; p < std::min(total_positions, step * B); ++p) rows.push_back(&rows_[order_->at(p)]);
+    // Micro-batches of mini_batch_size rows; the loss is the mean over every trained token of the step.
+    const int64_t mb = s_.optim.mini_batch_size > 0 ? s_.optim.mini_batch_size : (int64_t)rows.size();
+    int64_t targets = 0, tokens = 0;
+    std::vector<Batch> batches;
+    for (size_t i = 0; i < rows.size(); i += mb) {
+      batches.push_back(make_batch({rows.begin() + i, rows.begin() + std::min(rows.size(), i + (size_t)mb)}));
+      targets += batches.back().targets_count;
+      tokens += batches.back().tokens;
+    }
+    const auto t0 = Clock::now();
+    optimizer_->zero_grad();
+    double loss = 0;
+    for (const Batch& b : batches) {
+      Tensor lp = pol_.compute->packed_target_logprobs(b.ids, b.segments, b.positions, b.targets);
+      Tensor part = -lp.sum() / (double)std::max<int64_t>(1, targets);
+      part.backward();
+      pol_.accumulate_gradients();
+      loss += part.item<double>();
+    }
+    const double norm = torch::nn::utils::clip_grad_norm_(pol_.master->parameters(), s_.optim.max_grad_norm);
+    if (!std::isfinite(norm) || !std::isfinite(loss))
+      throw Error(s_.name + " step " + std::to_string(step) + ": the loss (" + std::to_string(loss) +
+                  ") or gradient norm (" + std::to_string(norm) + ") is not finite; stopped before the update");
+    optimizer_->step();
+    pol_.sync();
+    const double t_step = seconds_since(t0);
+    st_.step = step;
+    st_.position = std::min(total_positions, step * B);
+    st_.num_tokens += tokens;
+
+    json m = {{"step", step},
+              {"loss", loss},
+              {"learning_rate", lr},
+              {"grad_norm", norm},
+              {"epoch", (double)st_.position / rows_.size()},
+              {"num_tokens", st_.num_tokens},
+              {"tokens_per_second", tokens / std::max(t_step, 1e-9)}};
+    const bool eval_now = s_.eval.eval_every > 0 && (step % s_.eval.eval_every == 0 || step == total_steps_);
+    if (eval_now && !eval_rows_.empty()) m["eval_loss"] = eval_loss();
+    log_->metrics(m, step);
+    const double per_step = seconds_since(t_start) / (step - start_step);
+    char buf[200];
+    snprintf(buf, sizeof buf, "%s %lld/%lld  loss %.4f  lr %.2e  epoch %.2f  %s elapsed, ETA %s", s_.name.c_str(),
+             (long long)step, (long long)total_steps_, loss, lr, m["epoch"].get<double>(),
+             format_duration(seconds_since(t_start)).c_str(), format_duration(per_step * (total_steps_ - step)).c_str());
+    log_->progress(buf, step);
+    if (m.contains("eval_loss")) log_->line(s_.name + " step " + std::to_string(step) + ": eval_loss " + std::to_string(m["eval_loss"].get<double>()));
+    const int64_t every = s_.checkpoint.save_every;
+    const bool stopping = stop_requested() && step < total_steps_;
+    if ((every > 0 && step % every == 0) || step == total_steps_ || stopping) save();
+    if (stopping) {
+      log_->line("stopped after " + s_.name + " step " + std::to_string(step) + "; saved checkpoint-" +
+                 std::to_string(step) + "; continue with --resume");
+      return false;
+    }
+  }
+  log_->line(s_.name + " done, " + std::to_string(st_.step) + " steps in " + format_duration(seconds_since(t_start)) +
+             "; checkpoints, metrics.jsonl and train.log in " + out_);
+  return true;
+}
+
+}  // namespace
+
+bool run_sft_stage(const StageSettings& s, const std::string& recipe_path, const std::string& out_dir, bool resume) {
+  return SftStage(s, recipe_path, out_dir, resume).run();
+}
+
+}  // namespace grpo::trainer
