@@ -340,7 +340,14 @@ Recipe read_recipe(const std::string& text, const std::string& path, const std::
   // The top level: every stage's defaults.
   StageSettings base;
   std::set<std::string> base_given;
-  read_mapping(root, base, base_given, path, {"stages"});
+  if (root["type"]) {  // the stage type of a one-stage recipe, or every stage's default
+    try {
+      convert(root["type"], base.type);
+    } catch (const std::exception& e) {
+      throw Error(path + ": key 'type': " + e.what());
+    }
+  }
+  read_mapping(root, base, base_given, path, {"stages", "type"});
 
   Recipe r;
   r.path = path;

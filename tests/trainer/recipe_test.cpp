@@ -124,8 +124,34 @@ TEST(Recipe, StagesInheritTheTopLevelAndTakeOverridesByName) {
   EXPECT_EQ(r.stages[0].optim.max_steps, 2);
   EXPECT_DOUBLE_EQ(r.stages[1].optim.learning_rate, 0.01);
   EXPECT_EQ(r.stages[1].optim.max_steps, 7);
-  path = write_recipe("stage_type.yaml", std::string(kMinimal) + "stages:\n  - name: cold\n    type: sft\n");
+  path = write_recipe("stage_type.yaml", std::string(kMinimal) + "stages:\n  - name: cold\n    type: ppo\n");
   EXPECT_NE(error_of([&] { load_recipe(path); }).find("stages[0]: key 'type'"), std::string::npos);
+}
+
+TEST(Recipe, SftStagesTakeTheirKeysAndStartFromEarlierStages) {
+  auto path = write_recipe("sft.yaml", std::string(kMinimal) + "stages:\n"
+                                       "  - {name: cold, type: sft, max_length: 512, packing: false, num_train_epochs: 2}\n"
+                                       "  - {name: rl, model_dir: 'stage:cold', max_steps: 7}\n");
+  auto r = load_recipe(path);
+  ASSERT_EQ(r.stages.size(), 2u);
+  EXPECT_EQ(r.stages[0].type, StageType::Sft);
+  EXPECT_EQ(r.stages[0].sft.max_length, 512);
+  EXPECT_FALSE(r.stages[0].sft.packing);
+  EXPECT_EQ(r.stages[0].sft.num_train_epochs, 2);
+  EXPECT_EQ(r.stages[0].optim.max_steps, 0);  // not given: the epochs decide
+  EXPECT_EQ(r.stages[1].type, StageType::Grpo);
+  EXPECT_EQ(r.stages[1].model.model_dir, "stage:cold");
+  EXPECT_EQ(r.stages[1].optim.max_steps, 7);
+  // A one-stage recipe takes its type at the top level; a given max_steps caps an sft stage.
+  r = load_recipe(write_recipe("one_sft.yaml", std::string(kMinimal) + "type: sft\nmax_steps: 5\n"));
+  EXPECT_EQ(r.stages[0].type, StageType::Sft);
+  EXPECT_EQ(r.stages[0].optim.max_steps, 5);
+  path = write_recipe("later.yaml", std::string(kMinimal) + "stages:\n  - {name: a, model_dir: 'stage:b'}\n  - {name: b}\n");
+  EXPECT_NE(error_of([&] { load_recipe(path); }).find("'stage:b' names no earlier stage"), std::string::npos);
+  path = write_recipe("bad_type.yaml", std::string(kMinimal) + "type: dpo\n");
+  EXPECT_NE(error_of([&] { load_recipe(path); }).find("key 'type': 'dpo': expected grpo, sft"), std::string::npos);
+  path = write_recipe("bad_len.yaml", std::string(kMinimal) + "type: sft\nmax_length: 1\n");
+  EXPECT_NE(error_of([&] { load_recipe(path); }).find("key 'max_length': must be at least 2"), std::string::npos);
 }
 
 TEST(Recipe, EveryKeyIsListedWithItsDefault) {
