@@ -29,6 +29,7 @@
 #include "trainer/moe_balance.h"
 #include "trainer/pipeline.h"
 #include "trainer/policy.h"
+#include "trainer/rejection_sampling.h"
 #include "trainer/sft_trainer.h"
 #include "trainer/run_log.h"
 #include "trainer/run_state.h"
@@ -666,6 +667,10 @@ void train(const Recipe& recipe, const TrainOptions& options) {
       run_sft_stage(stage, recipe.path, out, options.resume);
       return;
     }
+    if (stage.type == StageType::RejectionSampling) {
+      run_rejection_sampling_stage(stage, recipe.path, out, options.resume);
+      return;
+    }
     try {
       Trainer(stage, recipe.path, out, options.resume).run();
     } catch (const Stopped&) {
@@ -681,12 +686,22 @@ void train(const Recipe& recipe, const TrainOptions& options) {
     if (pipeline.done(i)) continue;
     const std::string& m = stage.model.model_dir;
     if (m.rfind("stage:", 0) == 0) stage.model.model_dir = pipeline.output_of(m.substr(6));
+    const std::string& f = stage.data.train_file;
+    if (f.rfind("stage:", 0) == 0) {  // the dataset a rejection-sampling stage wrote
+      stage.data.train_file = pipeline.output_of(f.substr(6));
+      stage.data.task = Task::Jsonl;
+      stage.data.prompt_field = "prompt";
+      stage.data.completion_field = "completion";
+      stage.data.answer_field = "answer";
+    }
     const std::string dir = out + "/" + stage.name;
     const bool resume_stage = options.resume && !empty_or_absent(dir);
     pipeline.start(i);
     bool finished = true;
     if (stage.type == StageType::Sft) {
       finished = run_sft_stage(stage, recipe.path, dir, resume_stage);
+    } else if (stage.type == StageType::RejectionSampling) {
+      finished = run_rejection_sampling_stage(stage, recipe.path, dir, resume_stage);
     } else {
       try {
         Trainer(stage, recipe.path, dir, resume_stage).run();
@@ -695,7 +710,8 @@ void train(const Recipe& recipe, const TrainOptions& options) {
       }
     }
     if (!finished || stop_requested()) return;
-    pipeline.finish(i, CheckpointStore(dir, 0).latest(), final_metrics(dir));
+    pipeline.finish(i, stage.type == StageType::RejectionSampling ? dir + "/data.jsonl" : CheckpointStore(dir, 0).latest(),
+                    final_metrics(dir));
   }
 }
 

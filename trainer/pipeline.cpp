@@ -74,7 +74,7 @@ json final_metrics(const std::string& stage_dir) {
   const std::string path = stage_dir + "/metrics.jsonl";
   if (!file_exists(path)) return out;
   for_each_jsonl_object(path, [&](const json& m, const std::string&) {
-    for (const char* k : {"loss", "eval_loss", "reward", "accuracy", "eval_accuracy", "eval_reward"})
+    for (const char* k : {"loss", "eval_loss", "reward", "accuracy", "eval_accuracy", "eval_reward", "kept_fraction"})
       if (m.contains(k) && m[k].is_number()) out[k] = m[k];
   });
   return out;

@@ -2,7 +2,8 @@
 //   {"stages": [{"name", "type", "status": "pending|running|done", "output": DIR, "metrics": {...}}]}
 // rewritten atomically whenever a stage starts or finishes. A resumed run skips the stages marked
 // done (their outputs stand) and continues the one that was running from its own checkpoints.
-// "output" is the stage's final checkpoint, what `model_dir: stage:NAME` of a later stage loads.
+// "output" is the stage's final checkpoint, what `model_dir: stage:NAME` of a later stage loads, or
+// for a rejection-sampling stage its data.jsonl, what `train_file: stage:NAME` reads.
 // Torch-free.
 #pragma once
 
@@ -34,7 +35,7 @@ class Pipeline {
 };
 
 // A finished stage's key metrics: the last value of each of loss, eval_loss, reward, accuracy,
-// eval_accuracy and eval_reward in DIR/metrics.jsonl (those present).
+// eval_accuracy, eval_reward and kept_fraction in DIR/metrics.jsonl (those present).
 nlohmann::json final_metrics(const std::string& stage_dir);
 
 }  // namespace grpo::trainer

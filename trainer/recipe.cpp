@@ -31,6 +31,15 @@ void convert(const YAML::Node& n, std::vector<std::string>& out) {
   if (n.IsSequence()) out = n.as<std::vector<std::string>>();
   else out = split_list(n.as<std::string>());  // "a,b" as well as [a, b]
 }
+void convert(const YAML::Node& n, std::map<std::string, double>& out) {
+  if (!n.IsMap()) throw Error("expected a mapping of reward names to minimum values, such as {format: 1}");
+  out.clear();
+  for (auto it = n.begin(); it != n.end(); ++it) {
+    double v = it->second.as<double>();
+    if (!std::isfinite(v)) throw Error("must be finite numbers");
+    out[it->first.as<std::string>()] = v;
+  }
+}
 void convert(const YAML::Node& n, nlohmann::json& out);
 nlohmann::json to_json(const YAML::Node& n, int depth = 0) {
   if (depth > 64) throw Error("nested deeper than 64 levels");
@@ -84,7 +93,8 @@ void convert(const YAML::Node& n, ScaleRewards& out) {  // TRL also takes true (
                                                  {"false", ScaleRewards::None}});
 }
 void convert(const YAML::Node& n, StageType& out) {
-  out = pick<StageType>(n.as<std::string>(), {{"grpo", StageType::Grpo}, {"sft", StageType::Sft}});
+  out = pick<StageType>(n.as<std::string>(), {{"grpo", StageType::Grpo}, {"sft", StageType::Sft},
+                                               {"rejection_sampling", StageType::RejectionSampling}});
 }
 void convert(const YAML::Node& n, LossType& out) { out = parse_loss_type(n.as<std::string>()); }
 void convert(const YAML::Node& n, KlEstimator& out) { out = parse_kl_estimator(n.as<std::string>()); }
@@ -103,6 +113,7 @@ std::string show(const std::vector<std::string>& v) {
   return out.empty() ? "[]" : out;
 }
 std::string show(const nlohmann::json& j) { return j.dump(); }
+std::string show(const std::map<std::string, double>& m) { return nlohmann::json(m).dump(); }
 std::string show(Task t) { return t == Task::Addition ? "addition" : "jsonl"; }
 std::string show(LrScheduler l) { return l == LrScheduler::Constant ? "constant" : "cosine"; }
 std::string show(ScaleRewards s) { return s == ScaleRewards::Group ? "group" : s == ScaleRewards::Batch ? "batch" : "none"; }
@@ -148,6 +159,18 @@ const std::vector<Key>& keys() {
       key("packing", "sft", &S::sft, &SftSettings::packing, "sft: several examples per row (attention stays within each)"),
       key("num_train_epochs", "sft", &S::sft, &SftSettings::num_train_epochs, "sft: passes over the data (max_steps, when given, caps)"),
       key("per_device_train_batch_size", "sft", &S::sft, &SftSettings::per_device_train_batch_size, "sft: rows per optimizer step"),
+      key("num_samples", "rejection_sampling", &S::rejection, &RejectionSettings::num_samples, "rejection_sampling: completions per prompt"),
+      key("max_prompts", "rejection_sampling", &S::rejection, &RejectionSettings::max_prompts, "rejection_sampling: the first N training prompts (0: all)"),
+      key("min_rewards", "rejection_sampling", &S::filter, &RejectionFilter::min_rewards, "rejection_sampling: keep when each reward >= value, e.g. {format: 1}"),
+      key("require_correct", "rejection_sampling", &S::filter, &RejectionFilter::require_correct, "rejection_sampling: keep only right answers (math component)"),
+      key("language", "rejection_sampling", &S::filter, &RejectionFilter::language, "rejection_sampling: en or zh: the chain of thought's language (\"\": any)"),
+      key("min_language_consistency", "rejection_sampling", &S::filter, &RejectionFilter::min_language_consistency, "rejection_sampling: its share at least"),
+      key("min_completion_tokens", "rejection_sampling", &S::filter, &RejectionFilter::min_tokens, "rejection_sampling: length bounds (0: none)"),
+      key("max_completion_tokens", "rejection_sampling", &S::filter, &RejectionFilter::max_tokens, "rejection_sampling: length bounds (0: none)"),
+      key("max_repeated_ngram_share", "rejection_sampling", &S::filter, &RejectionFilter::max_repeated_ngram_share, "rejection_sampling: repeated word 4-grams at most (1: off)"),
+      key("reject_repeated_paragraphs", "rejection_sampling", &S::filter, &RejectionFilter::reject_repeated_paragraphs, "rejection_sampling: drop a sample with a paragraph twice"),
+      key("deduplicate", "rejection_sampling", &S::filter, &RejectionFilter::deduplicate, "rejection_sampling: one copy of identical samples of a prompt"),
+      key("max_kept_per_prompt", "rejection_sampling", &S::filter, &RejectionFilter::max_kept_per_prompt, "rejection_sampling: at most N kept per prompt (0: all)"),
       key("rewards", "rewards", &S::rewards, &RewardSettings::spec, "name[:weight],... e.g. math,format:0.2"),
       key("reward_workers", "rewards", &S::rewards, &RewardSettings::workers, "host:port,... of reward workers (empty: in process)"),
       key("reward_options", "rewards", &S::rewards, &RewardSettings::options, "per reward, e.g. {math: {precision: 4}}"),
@@ -262,6 +285,12 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
     need(s.sft.max_length >= 2, "max_length", "must be at least 2");
     need(s.sft.num_train_epochs >= 1, "num_train_epochs", "must be at least 1");
     need(s.sft.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be at least 1");
+  }
+  if (s.type == StageType::RejectionSampling) {
+    need(s.rejection.num_samples >= 1, "num_samples", "must be at least 1");
+    need(s.rejection.max_prompts >= 0, "max_prompts", "must not be negative");
+    need(s.filter.language.empty() || s.filter.language == "en" || s.filter.language == "zh", "language",
+         "must be en, zh or \"\"");
   }
   s.loss.max_completion_length = s.rollout.max_completion_length;
   need(!s.model.model_dir.empty() || !s.model.model_config.empty(), "model_dir",
@@ -408,14 +437,18 @@ Recipe read_recipe(const std::string& text, const std::string& path, const std::
   for (size_t i = 0; i < r.stages.size(); ++i) {
     const std::string where = r.stages.size() == 1 ? path : path + ": stage '" + r.stages[i].name + "'";
     check(r.stages[i], given[i], where);
-    // model_dir "stage:NAME": the result of an earlier stage of this recipe.
-    const std::string& m = r.stages[i].model.model_dir;
-    if (m.rfind("stage:", 0) == 0) {
-      const std::string name = m.substr(6);
+    // model_dir / train_file "stage:NAME": the result of an earlier stage of this recipe.
+    for (const auto& [key, value] : {std::pair<const char*, std::string>{"model_dir", r.stages[i].model.model_dir},
+                                     {"train_file", r.stages[i].data.train_file}}) {
+      if (value.rfind("stage:", 0) != 0) continue;
+      const std::string name = value.substr(6);
       bool earlier = false;
-      for (size_t j = 0; j < i; ++j) earlier |= r.stages[j].name == name;
+      for (size_t j = 0; j < i; ++j)
+        earlier |= r.stages[j].name == name &&
+                   (std::string(key) == "train_file") == (r.stages[j].type == StageType::RejectionSampling);
       if (!earlier)
-        throw Error(where + ": key 'model_dir': '" + m + "' names no earlier stage of this recipe");
+        throw Error(where + ": key '" + key + "': '" + value + "' names no earlier stage of this recipe that " +
+                    (std::string(key) == "train_file" ? "writes a dataset (rejection_sampling)" : "trains a model"));
     }
   }
   return r;
@@ -423,7 +456,9 @@ Recipe read_recipe(const std::string& text, const std::string& path, const std::
 
 }  // namespace
 
-std::string to_string(StageType t) { return t == StageType::Sft ? "sft" : "grpo"; }
+std::string to_string(StageType t) {
+  return t == StageType::Sft ? "sft" : t == StageType::RejectionSampling ? "rejection_sampling" : "grpo";
+}
 
 Recipe parse_recipe(const std::string& text, const std::string& path, const std::vector<std::string>& overrides) {
   try {

@@ -17,13 +17,14 @@
 #include <vector>
 
 #include "trainer/loss_config.h"
+#include "trainer/rejection_filter.h"
 
 namespace grpo::trainer {
 
 enum class Task { Addition, Jsonl };         // built-in 2-digit addition, or prompts from JSONL files
 enum class LrScheduler { Constant, Cosine };  // after a linear warm-up of warmup_ratio * max_steps
 enum class ScaleRewards { Group, Batch, None };
-enum class StageType { Grpo, Sft };
+enum class StageType { Grpo, Sft, RejectionSampling };
 
 struct ModelSettings {
   std::string model_dir;     // HF checkpoint directory, or "stage:NAME" for an earlier stage's result; or
@@ -53,6 +54,14 @@ struct SftSettings {
   bool packing = true;                       // several examples per row, attention kept within each
   int64_t num_train_epochs = 1;              // passes over the data (max_steps > 0 caps the steps)
   int64_t per_device_train_batch_size = 8;   // rows per optimizer step
+};
+
+// Rejection sampling (type: rejection_sampling): num_samples completions per training prompt from
+// the stage's model, scored by its rewards, filtered (trainer/rejection_filter.h), written as an
+// sft dataset. Sampling follows the rollout keys (temperature, top_p, max_completion_length).
+struct RejectionSettings {
+  int64_t num_samples = 4;  // per prompt
+  int64_t max_prompts = 0;  // the first N training prompts (0: all)
 };
 
 struct RewardSettings {
@@ -116,6 +125,8 @@ struct StageSettings {
   ModelSettings model;
   DataSettings data;
   SftSettings sft;
+  RejectionSettings rejection;
+  RejectionFilter filter;
   RewardSettings rewards;
   WarmStartSettings warm_start;
   RolloutSettings rollout;

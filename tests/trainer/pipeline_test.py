@@ -5,7 +5,10 @@ final checkpoint and key metrics, that the grpo stage starts from the sft result
 accuracy is the sft checkpoint's), that a run killed with SIGKILL inside the sft stage and again
 inside the grpo stage resumes each time at the right stage and step and ends with the same weights
 and losses as an uninterrupted run, and that packing changes nothing but the speed (the first sft
-step's loss with and without packing is the same to 1e-6 when one row holds the whole batch)."""
+step's loss with and without packing is the same to 1e-6 when one row holds the whole batch).
+Then a rejection-sampling stage from the sft result feeding an sft stage of the base (distillation):
+its statistics add up, it keeps only right answers, and killed mid-way it resumes to the same data
+and the same distilled weights."""
 import argparse
 import json
 import os
@@ -154,6 +157,80 @@ if json.load(open(os.path.join(cut, "pipeline.json")))["stages"] != [
     sys.exit("the resumed pipeline.json differs from the uninterrupted one")
 print(f"killed inside the sft stage (resumed at step {resumed[0][1]}) and inside the grpo stage: final weights of "
       "both stages bit-identical to the uninterrupted run, grpo losses equal")
+
+# Rejection sampling from the sft result, then sft of the base on what it kept ("distill"). Killed
+# inside the rejection-sampling stage, --resume goes on after the last finished chunk of prompts:
+# the dataset, its statistics and the distilled weights equal an uninterrupted run's.
+RS = f"""model_config: {a.source}/recipes/tiny_model.json
+tokenizer: builtin:bytes
+task: addition
+train_size: 600
+eval_size: 40
+rewards: math
+seed: 0
+stages:
+  - name: rs
+    type: rejection_sampling
+    model_dir: {out0}
+    num_samples: 4
+    max_prompts: 400
+    per_step_prompts: 20
+    max_completion_length: 6
+    temperature: 1.0
+  - name: distill
+    type: sft
+    train_file: stage:rs
+    max_length: 64
+    per_device_train_batch_size: 2
+    learning_rate: 0.002
+    eval_every: 0
+"""
+rs_recipe = os.path.join(a.workdir, "rs.yaml")
+open(rs_recipe, "w").write(RS)
+rs_full = os.path.join(a.workdir, "rs_full")
+r = subprocess.run([a.grpo, "train", rs_recipe, "--output", rs_full], capture_output=True, text=True)
+if r.returncode != 0:
+    sys.exit(r.stderr[-2000:])
+stats = json.load(open(os.path.join(rs_full, "rs", "stats.json")))
+kept_lines = [json.loads(l) for l in open(os.path.join(rs_full, "rs", "data.jsonl"))]
+rejected = sum(stats["rejected"].values())
+print(f"rejection sampling: kept {stats['kept']} of {stats['samples']} samples from {stats['prompts']} prompts, "
+      f"rejected {stats['rejected']}, kept per prompt {stats['kept_per_prompt']}")
+if not (stats["prompts"] == 400 and stats["samples"] == 1600 and stats["kept"] == len(kept_lines) > 0
+        and stats["kept"] + rejected == 1600 and sum(stats["kept_per_prompt"].values()) == 400):
+    sys.exit("rejection-sampling statistics do not add up")
+for line in kept_lines:  # every kept sample is a right answer to its prompt
+    x, y = line["prompt"].rstrip("=").split("+")
+    if line["completion"].strip() != str(int(x) + int(y)) or line["answer"] != str(int(x) + int(y)):
+        sys.exit(f"a wrong sample was kept: {line}")
+rs_cut = os.path.join(a.workdir, "rs_cut")
+p = subprocess.Popen([a.grpo, "train", rs_recipe, "--output", rs_cut], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+progress = os.path.join(rs_cut, "rs", "progress.json")
+deadline = time.time() + 300
+while time.time() < deadline and p.poll() is None:
+    try:
+        if json.load(open(progress))["prompts_done"] >= 120:
+            break
+    except (OSError, ValueError):
+        pass
+    time.sleep(0.005)
+p.send_signal(signal.SIGKILL)
+p.wait()
+cut_at = json.load(open(progress))["prompts_done"]
+if cut_at >= 400:
+    sys.exit("the rejection-sampling stage finished before it could be killed")
+r = subprocess.run([a.grpo, "train", rs_recipe, "--output", rs_cut, "--resume"], capture_output=True, text=True)
+if r.returncode != 0:
+    sys.exit(r.stderr[-2000:])
+same = (open(os.path.join(rs_full, "rs", "data.jsonl")).read() == open(os.path.join(rs_cut, "rs", "data.jsonl")).read()
+        and json.load(open(os.path.join(rs_cut, "rs", "stats.json"))) == stats)
+last = max(int(d.split("-")[1]) for d in os.listdir(os.path.join(rs_full, "distill")) if d.startswith("checkpoint-"))
+wx = tensors(os.path.join(rs_full, "distill", f"checkpoint-{last}", "model.safetensors"))
+wy = tensors(os.path.join(rs_cut, "distill", f"checkpoint-{last}", "model.safetensors"))
+print(f"killed after {cut_at} of 400 prompts and resumed: same dataset and statistics {same}, "
+      f"distilled weights identical {wx == wy}")
+if not same or wx != wy:
+    sys.exit("the resumed rejection-sampling pipeline differs from the uninterrupted one")
 
 # Packing changes nothing but the speed: one step over the same 4 examples, packed into one row
 # and one example per row, has the same loss.

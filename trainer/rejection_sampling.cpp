@@ -1,0 +1,170 @@
+#include "trainer/rejection_sampling.h"
+
+#include <c10/core/GradMode.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "rewards/builtin.h"
+#include "rewards/rpc.h"
+#include "rollout/engine.h"
+#include "rpc/security.h"
+#include "trainer/dataset.h"
+#include "trainer/policy.h"
+#include "trainer/rejection_filter.h"
+#include "trainer/run_log.h"
+#include "util/error.h"
+#include "util/files.h"
+#include "util/json.h"
+
+namespace grpo::trainer {
+
+bool stop_requested();
+
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+std::unique_ptr<rewards::Scorer> make_scorer(const RewardSettings& r) {
+  if (r.workers.empty())
+    return std::make_unique<rewards::LocalScorer>(
+        std::make_shared<rewards::CombinedReward>(r.spec, rewards::default_registry(), r.options), 2);
+  rewards::ClientOptions co;
+  co.spec = r.spec;
+  co.timeout_seconds = r.timeout;
+  co.security.tls_ca = r.tls_ca;
+  if (!r.token_file.empty()) co.security.token = rpc::read_token_file(r.token_file);
+  return std::make_unique<rewards::RewardClient>(r.workers, co);
+}
+
+}  // namespace
+
+bool run_rejection_sampling_stage(const StageSettings& s, const std::string& recipe_path, const std::string& out,
+                                  bool resume) {
+  const std::string partial = out + "/data.jsonl.partial", progress_path = out + "/progress.json";
+  if (!resume && !list_directory(out).empty())
+    throw Error(out + " already holds files of a run: pass --resume to continue it, or choose another --output");
+  make_directories(out);
+  if (file_exists(out + "/data.jsonl")) return true;  // finished before
+  at::NoGradGuard no_grad;
+  Policy pol = load_policy(s, recipe_path);
+  Dataset data = load_dataset(s.data, recipe_path);
+  std::vector<Example>& prompts = data.train;
+  if (s.rejection.max_prompts > 0 && (int64_t)prompts.size() > s.rejection.max_prompts)
+    prompts.resize(s.rejection.max_prompts);
+  auto scorer = make_scorer(s.rewards);
+  std::unique_ptr<rewards::Reward> language;
+  if (!s.filter.language.empty())
+    language = rewards::default_registry().make("language_consistency", {{"language", s.filter.language}});
+
+  rollout::EngineOptions eo;
+  eo.max_batch = std::max<int64_t>(64, s.rollout.per_step_prompts * s.rejection.num_samples);
+  eo.kv_cache_bytes = (s.rollout.kv_cache_mb > 0 ? s.rollout.kv_cache_mb : 1024) << 20;
+  rollout::Engine engine(pol.compute, pol.tok.get(), eo);
+
+  // Progress: prompts done, the size of data.jsonl.partial then, and the statistics so far.
+  int64_t done = 0;
+  json stats = {{"prompts", 0}, {"samples", 0}, {"kept", 0}, {"kept_per_prompt", json::object()}, {"rejected", json::object()}};
+  if (resume && file_exists(progress_path)) {
+    json p = parse_json(read_file(progress_path), progress_path);
+    done = p.at("prompts_done");
+    stats = p.at("stats");
+    std::filesystem::resize_file(partial, p.at("bytes").get<int64_t>());  // drops a chunk written after the last record
+  } else {
+    write_file_atomic(partial, "");
+  }
+  RunLog log(out, resume && done > 0 ? done : -1, s.checkpoint.logging_steps);
+  if (done > 0) log.line(s.name + ": resumed after " + std::to_string(done) + " of " + std::to_string(prompts.size()) + " prompts");
+  const int64_t chunk = std::max<int64_t>(1, s.rollout.per_step_prompts), total = (int64_t)prompts.size();
+  const auto t0 = Clock::now();
+  const int64_t start = done;
+  while (done < total) {
+    const int64_t n = std::min(chunk, total - done);
+    std::vector<rollout::Request> reqs;
+    std::vector<bool> past(n, false);
+    for (int64_t i = 0; i < n; ++i) {
+      rollout::Request q;
+      q.prompt_index = done + i;  // the random streams follow the prompt, whatever the chunking
+      q.prompt_ids = pol.encode(apply_template(s.data, prompts[done + i].prompt), true);
+      q.params.n = s.rejection.num_samples;
+      q.params.temperature = s.rollout.temperature;
+      q.params.top_p = s.rollout.top_p;
+      q.params.max_new_tokens = s.rollout.max_completion_length;
+      q.params.stop_token_ids = {pol.eos};
+      q.params.seed = s.optim.seed;
+      if ((int64_t)q.prompt_ids.size() >= engine.max_context()) {  // no room to sample: every sample rejected
+        past[i] = true;
+        stats["rejected"]["prompt_past_context"] = stats["rejected"].value("prompt_past_context", 0) + s.rejection.num_samples;
+        continue;
+      }
+      reqs.push_back(std::move(q));
+    }
+    std::vector<rollout::Completion> comps = engine.generate(reqs);
+    std::vector<rewards::RewardItem> items;
+    for (const auto& c : comps) {
+      const Example& ex = prompts[c.prompt_index];
+      rewards::RewardItem it{ex.prompt, c.text, ex.answer, ex.metadata};
+      it.metadata["completion_tokens"] = c.token_ids.size();
+      items.push_back(std::move(it));
+    }
+    std::vector<rewards::RewardResult> results = scorer->score(items);
+    std::string lines;
+    std::map<std::string, int64_t> reasons;
+    for (int64_t i = 0; i < n; ++i) {
+      const Example& ex = prompts[done + i];
+      std::vector<Candidate> cands;
+      for (size_t k = 0; k < comps.size(); ++k)
+        if (comps[k].prompt_index == done + i) {
+          Candidate c;
+          c.completion = comps[k].text;
+          c.tokens = (int64_t)comps[k].token_ids.size();
+          c.truncated = comps[k].finish_reason == rollout::FinishReason::Length;
+          c.result = results[k];
+          if (language) c.language_share = language->score(items[k]).reward;
+          cands.push_back(std::move(c));
+        }
+      std::vector<size_t> kept = past[i] ? std::vector<size_t>{} : select_samples(s.filter, cands, reasons);
+      for (size_t k : kept)
+        lines += json({{"prompt", ex.prompt}, {"completion", cands[k].completion}, {"answer", ex.answer}}).dump() + "\n";
+      const std::string key = std::to_string(kept.size());
+      stats["kept_per_prompt"][key] = stats["kept_per_prompt"].value(key, 0) + 1;
+      stats["kept"] = stats["kept"].get<int64_t>() + (int64_t)kept.size();
+    }
+    for (auto& [why, count] : reasons) stats["rejected"][why] = stats["rejected"].value(why, 0) + count;
+    stats["prompts"] = stats["prompts"].get<int64_t>() + n;
+    stats["samples"] = stats["samples"].get<int64_t>() + n * s.rejection.num_samples;
+    {
+      std::ofstream f(partial, std::ios::app | std::ios::binary);
+      f << lines;
+      f.flush();
+      if (!f) throw Error(partial + ": cannot append the kept samples (disk full?)");
+    }
+    done += n;
+    write_file_atomic(progress_path,
+                      json({{"prompts_done", done}, {"bytes", (int64_t)std::filesystem::file_size(partial)}, {"stats", stats}}).dump() + "\n");
+    const double kept_fraction = stats["kept"].get<double>() / std::max<double>(1, stats["samples"].get<double>());
+    log.metrics({{"step", done}, {"kept", stats["kept"]}, {"samples", stats["samples"]}, {"kept_fraction", kept_fraction}}, done);
+    const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+    char buf[200];
+    snprintf(buf, sizeof buf, "%s %lld/%lld prompts  kept %lld of %lld samples (%.1f%%)  %s elapsed, ETA %s", s.name.c_str(),
+             (long long)done, (long long)total, (long long)stats["kept"].get<int64_t>(),
+             (long long)stats["samples"].get<int64_t>(), 100 * kept_fraction, format_duration(elapsed).c_str(),
+             format_duration(elapsed / (done - start) * (total - done)).c_str());
+    log.progress(buf, done);
+    if (stop_requested() && done < total) {
+      log.line("stopped after " + std::to_string(done) + " prompts; continue with --resume");
+      return false;
+    }
+  }
+  write_file_atomic(out + "/stats.json", stats.dump(2) + "\n");
+  std::filesystem::rename(partial, out + "/data.jsonl");
+  log.line(s.name + " done: kept " + std::to_string(stats["kept"].get<int64_t>()) + " of " +
+           std::to_string(stats["samples"].get<int64_t>()) + " samples from " + std::to_string(total) +
+           " prompts; rejected " + stats["rejected"].dump() + "; " + out + "/data.jsonl");
+  return true;
+}
+
+}  // namespace grpo::trainer
