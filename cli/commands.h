@@ -85,6 +85,17 @@ struct RewardWorkerArgs {
 };
 int run_reward_worker(const RewardWorkerArgs& args);
 
+struct EvalArgs {
+  std::string model, benchmark, data_dir = "data", prompt_format = "r1", output, samples_output, server;
+  std::string dtype = "float32", device = "cpu";
+  int64_t n = 1, k = 1, max_new_tokens = 512, limit = 0, kv_cache_mb = 1024;
+  double temperature = 0.0, top_p = 1.0;
+  uint64_t seed = 0;
+  int threads = 4;
+  SecurityArgs security;  // with --server
+};
+int run_eval(const EvalArgs& args);
+
 struct TrainArgs {
   std::string recipe, output;
   std::vector<std::string> overrides;

@@ -97,6 +97,28 @@ int main(int argc, char** argv) {
   c_tr->add_flag("--resume", tr.resume, "continue from the output directory's last checkpoint");
   c_tr->footer("Recipe keys (section: key = default, meaning):\n" + grpo::trainer::describe_recipe_keys());
 
+  EvalArgs ev;
+  auto* c_ev = app.add_subcommand("eval", "Benchmark a model: n samples per problem, scored as in training, pass@k");
+  c_ev->add_option("--model", ev.model, "checkpoint directory (with tokenizer.json)");
+  c_ev->add_option("--benchmark", ev.benchmark, "gsm8k | math500 | humaneval | mbpp | FILE.jsonl")->required();
+  c_ev->add_option("--data-dir", ev.data_dir, "directory with the benchmark files")->capture_default_str();
+  c_ev->add_option("-n", ev.n, "samples per problem")->capture_default_str();
+  c_ev->add_option("-k", ev.k, "pass@k reported besides pass@1 (k <= n)")->capture_default_str();
+  c_ev->add_option("--temperature", ev.temperature, "0 = greedy")->capture_default_str();
+  c_ev->add_option("--top-p", ev.top_p)->capture_default_str();
+  c_ev->add_option("--max-new-tokens", ev.max_new_tokens)->capture_default_str();
+  c_ev->add_option("--prompt-format", ev.prompt_format, "r1 (R1-Zero template; code: answer in a fenced block) | plain")->capture_default_str();
+  c_ev->add_option("--limit", ev.limit, "the first N problems (0: all)")->capture_default_str();
+  c_ev->add_option("--output", ev.output, "SUMMARY.json: benchmark, problems, n, pass@1, pass@k, mean_reward, ...");
+  c_ev->add_option("--samples-output", ev.samples_output, "SAMPLES.jsonl: {problem, sample, completion, reward, correct} per sample");
+  c_ev->add_option("--server", ev.server, "a grpo rollout-server to sample from instead of --model");
+  c_ev->add_option("--dtype", ev.dtype)->capture_default_str();
+  c_ev->add_option("--device", ev.device)->capture_default_str();
+  c_ev->add_option("--seed", ev.seed)->capture_default_str();
+  c_ev->add_option("--threads", ev.threads, "scoring threads")->capture_default_str();
+  c_ev->add_option("--kv-cache-mb", ev.kv_cache_mb)->capture_default_str();
+  client_security(c_ev, ev.security);
+
   RewardArgs rw;
   auto* c_rw = app.add_subcommand("reward", "Score completions with rewards (in process, or --workers)");
   c_rw->add_option("--name", rw.name, "reward or weighted combination: math | format | math,format:0.2 | ...")->capture_default_str();
@@ -151,6 +173,7 @@ int main(int argc, char** argv) {
     if (*c_gen) return run_generate(gen);
     if (*c_srv) return run_rollout_server(srv);
     if (*c_rw) return run_reward(rw);
+    if (*c_ev) return run_eval(ev);
     if (*c_tr) return run_train(tr);
     if (*c_rwk) return run_reward_worker(rwk);
   } catch (const grpo::Error& e) {

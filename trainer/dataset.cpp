@@ -4,19 +4,13 @@
 #include <random>
 #include <set>
 
+#include "text/prompt_templates.h"
 #include "util/error.h"
 #include "util/jsonl.h"
 
 namespace grpo::trainer {
 
 namespace {
-
-const char* kR1ZeroTemplate =
-    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
-    "assistant first thinks about the reasoning process in the mind and then provides the user with the answer. "
-    "The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, "
-    "respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. User: {prompt}. "
-    "Assistant:";
 
 using Pair = std::pair<int64_t, int64_t>;
 
@@ -96,7 +90,7 @@ Dataset load_dataset(const DataSettings& d, const std::string& recipe_path) {
 }
 
 std::string apply_template(const DataSettings& d, const std::string& prompt) {
-  std::string t = d.prompt_template == "r1_zero" ? kR1ZeroTemplate : d.prompt_template;
+  std::string t = d.prompt_template == "r1_zero" ? text::kR1ZeroTemplate : d.prompt_template;
   size_t p = t.find("{prompt}");
   if (p == std::string::npos) return t + prompt;
   return t.substr(0, p) + prompt + t.substr(p + 8);
