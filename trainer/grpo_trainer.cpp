@@ -31,6 +31,7 @@
 #include "trainer/policy.h"
 #include "trainer/rejection_sampling.h"
 #include "trainer/sft_trainer.h"
+#include "trainer/source_rewards.h"
 #include "trainer/run_log.h"
 #include "trainer/run_state.h"
 #include "trainer/step_metrics.h"
@@ -146,22 +147,13 @@ Trainer::Trainer(const StageSettings& s, const std::string& recipe_path, const s
 
   // Rewards: in process, or through reward workers (asked once now, so that a typo in the spec or
   // a dead worker shows before any training).
+  scorer_ = make_stage_scorer(s_.rewards);
   if (!s_.rewards.workers.empty()) {
-    rewards::ClientOptions co;
-    co.spec = s_.rewards.spec;
-    co.timeout_seconds = s_.rewards.timeout;
-    co.security.tls_ca = s_.rewards.tls_ca;
-    if (!s_.rewards.token_file.empty()) co.security.token = rpc::read_token_file(s_.rewards.token_file);
-    co.on_retry = [](const std::string& what) { fprintf(stderr, "grpo train: reward call failed: %s\n", what.c_str()); };
-    scorer_ = std::make_unique<rewards::RewardClient>(s_.rewards.workers, co);
     try {
       scorer_->score({rewards::RewardItem{"1+1=", "2", "2", json::object()}});
     } catch (const Error& e) {
       throw Error(recipe_path_ + ": keys 'rewards' and 'reward_workers': " + e.what());
     }
-  } else {
-    scorer_ = std::make_unique<rewards::LocalScorer>(
-        std::make_shared<rewards::CombinedReward>(s_.rewards.spec, rewards::default_registry(), s_.rewards.options), 1);
   }
 
   optimizer_ = std::make_unique<torch::optim::AdamW>(

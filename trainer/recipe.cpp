@@ -40,6 +40,11 @@ void convert(const YAML::Node& n, std::map<std::string, double>& out) {
     out[it->first.as<std::string>()] = v;
   }
 }
+void convert(const YAML::Node& n, std::map<std::string, std::string>& out) {
+  if (!n.IsMap()) throw Error("expected a mapping of data sources to reward specs, such as {gsm8k: math, chat: rm}");
+  out.clear();
+  for (auto it = n.begin(); it != n.end(); ++it) out[it->first.as<std::string>()] = it->second.as<std::string>();
+}
 void convert(const YAML::Node& n, nlohmann::json& out);
 nlohmann::json to_json(const YAML::Node& n, int depth = 0) {
   if (depth > 64) throw Error("nested deeper than 64 levels");
@@ -114,6 +119,7 @@ std::string show(const std::vector<std::string>& v) {
 }
 std::string show(const nlohmann::json& j) { return j.dump(); }
 std::string show(const std::map<std::string, double>& m) { return nlohmann::json(m).dump(); }
+std::string show(const std::map<std::string, std::string>& m) { return nlohmann::json(m).dump(); }
 std::string show(Task t) { return t == Task::Addition ? "addition" : "jsonl"; }
 std::string show(LrScheduler l) { return l == LrScheduler::Constant ? "constant" : "cosine"; }
 std::string show(ScaleRewards s) { return s == ScaleRewards::Group ? "group" : s == ScaleRewards::Batch ? "batch" : "none"; }
@@ -175,6 +181,8 @@ const std::vector<Key>& keys() {
       key("reward_workers", "rewards", &S::rewards, &RewardSettings::workers, "host:port,... of reward workers (empty: in process)"),
       key("reward_options", "rewards", &S::rewards, &RewardSettings::options, "per reward, e.g. {math: {precision: 4}}"),
       key("reward_plugins", "rewards", &S::rewards, &RewardSettings::plugins, "C++ reward plugins (.so) to load"),
+      key("rewards_by_source", "rewards", &S::rewards, &RewardSettings::by_source, "per data source, e.g. {gsm8k: math, chat: rm}; others get rewards"),
+      key("reward_source_field", "rewards", &S::rewards, &RewardSettings::source_field, "the dataset column naming a row's data source"),
       key("reward_timeout", "rewards", &S::rewards, &RewardSettings::timeout, "seconds a reward worker has per call before the call is retried on the next"),
       key("reward_token_file", "rewards", &S::rewards, &RewardSettings::token_file, "file with the token the reward workers expect"),
       key("reward_tls_ca", "rewards", &S::rewards, &RewardSettings::tls_ca, "PEM root certificate of the reward workers' TLS"),
@@ -326,6 +334,13 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
     for (const auto& p : s.rewards.plugins) rewards::load_reward_plugin(p, registry);
     if (s.rewards.workers.empty()) {
       rewards::CombinedReward(s.rewards.spec, registry, s.rewards.options);
+      for (const auto& [source, spec] : s.rewards.by_source) {
+        try {
+          rewards::CombinedReward(spec, registry, s.rewards.options);
+        } catch (const std::exception& e) {
+          throw Error("rewards_by_source '" + source + "': " + e.what());
+        }
+      }
     } else {  // the workers may serve rewards this process lacks: check the spec's form only
       if (!s.rewards.options.empty() || !s.rewards.plugins.empty())
         throw Error("reward_options and reward_plugins apply in process; reward workers take their own "

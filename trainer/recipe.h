@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -71,6 +72,8 @@ struct RewardSettings {
   std::vector<std::string> plugins;  // C++ reward plugins (.so) to load
   double timeout = 60;               // seconds a reward worker has for one call before it is retried elsewhere
   std::string token_file, tls_ca;    // what the reward workers require (rpc/security.h)
+  std::map<std::string, std::string> by_source;  // data source -> spec (trainer/source_rewards.h)
+  std::string source_field = "data_source";       // the dataset column naming the source
 };
 
 struct WarmStartSettings {  // supervised steps on prompt -> answer before GRPO (a weak base from scratch)

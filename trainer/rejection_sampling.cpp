@@ -15,6 +15,7 @@
 #include "trainer/policy.h"
 #include "trainer/rejection_filter.h"
 #include "trainer/run_log.h"
+#include "trainer/source_rewards.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/json.h"
@@ -27,18 +28,6 @@ namespace {
 
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
-
-std::unique_ptr<rewards::Scorer> make_scorer(const RewardSettings& r) {
-  if (r.workers.empty())
-    return std::make_unique<rewards::LocalScorer>(
-        std::make_shared<rewards::CombinedReward>(r.spec, rewards::default_registry(), r.options), 2);
-  rewards::ClientOptions co;
-  co.spec = r.spec;
-  co.timeout_seconds = r.timeout;
-  co.security.tls_ca = r.tls_ca;
-  if (!r.token_file.empty()) co.security.token = rpc::read_token_file(r.token_file);
-  return std::make_unique<rewards::RewardClient>(r.workers, co);
-}
 
 }  // namespace
 
@@ -55,7 +44,7 @@ bool run_rejection_sampling_stage(const StageSettings& s, const std::string& rec
   std::vector<Example>& prompts = data.train;
   if (s.rejection.max_prompts > 0 && (int64_t)prompts.size() > s.rejection.max_prompts)
     prompts.resize(s.rejection.max_prompts);
-  auto scorer = make_scorer(s.rewards);
+  auto scorer = make_stage_scorer(s.rewards, 2);
   std::unique_ptr<rewards::Reward> language;
   if (!s.filter.language.empty())
     language = rewards::default_registry().make("language_consistency", {{"language", s.filter.language}});
