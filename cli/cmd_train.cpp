@@ -4,7 +4,7 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
-#include "trainer/grpo_trainer.h"
+#include "trainer/train.h"
 
 namespace grpo::cli {
 

@@ -8,8 +8,8 @@
 
 #include <algorithm>
 #include <array>
-#include <chrono>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -27,23 +27,19 @@
 #include "trainer/dataset.h"
 #include "trainer/grpo_loss.h"
 #include "trainer/moe_balance.h"
-#include "trainer/pipeline.h"
 #include "trainer/policy.h"
-#include "trainer/rejection_sampling.h"
-#include "trainer/sft_trainer.h"
-#include "trainer/source_rewards.h"
 #include "trainer/run_log.h"
 #include "trainer/run_state.h"
+#include "trainer/source_rewards.h"
 #include "trainer/step_metrics.h"
+#include "trainer/train.h"
 #include "util/error.h"
 #include "util/files.h"
 
 namespace grpo::trainer {
 
-bool stop_requested();
-
 namespace {
-struct Stopped {};  // thrown after the checkpoint of a stop request is saved; train() returns
+struct Stopped {};  // thrown after the checkpoint of a stop request is saved; run_grpo_stage returns false
 }  // namespace
 
 using at::Tensor;
@@ -647,71 +643,13 @@ void Trainer::run() {
 
 }  // namespace
 
-void train(const Recipe& recipe, const TrainOptions& options) {
-  std::string out = options.output_dir;
-  if (out.empty()) {
-    std::string stem = std::filesystem::path(recipe.path).stem().string();
-    out = "runs/" + (stem.empty() ? std::string("grpo") : stem);
+bool run_grpo_stage(const StageSettings& s, const std::string& recipe_path, const std::string& out_dir, bool resume) {
+  try {
+    Trainer(s, recipe_path, out_dir, resume).run();
+  } catch (const Stopped&) {
+    return false;
   }
-  if (recipe.stages.size() == 1 && recipe.stages[0].model.model_dir.rfind("stage:", 0) != 0) {
-    const StageSettings& stage = recipe.stages[0];
-    if (stage.type == StageType::Sft) {
-      run_sft_stage(stage, recipe.path, out, options.resume);
-      return;
-    }
-    if (stage.type == StageType::RejectionSampling) {
-      run_rejection_sampling_stage(stage, recipe.path, out, options.resume);
-      return;
-    }
-    try {
-      Trainer(stage, recipe.path, out, options.resume).run();
-    } catch (const Stopped&) {
-    }
-    return;
-  }
-  // Several stages: OUT/<stage>/ each, and OUT/pipeline.json with every stage's status and result.
-  if (!options.resume && !empty_or_absent(out))
-    throw Error(out + " already holds files of a run: pass --resume to continue it, or choose another --output");
-  Pipeline pipeline(out, recipe, options.resume);
-  for (size_t i = 0; i < recipe.stages.size(); ++i) {
-    StageSettings stage = recipe.stages[i];
-    if (pipeline.done(i)) continue;
-    const std::string& m = stage.model.model_dir;
-    if (m.rfind("stage:", 0) == 0) stage.model.model_dir = pipeline.output_of(m.substr(6));
-    const std::string& f = stage.data.train_file;
-    if (f.rfind("stage:", 0) == 0) {  // the dataset a rejection-sampling stage wrote
-      stage.data.train_file = pipeline.output_of(f.substr(6));
-      stage.data.task = Task::Jsonl;
-      stage.data.prompt_field = "prompt";
-      stage.data.completion_field = "completion";
-      stage.data.answer_field = "answer";
-    }
-    const std::string dir = out + "/" + stage.name;
-    const bool resume_stage = options.resume && !empty_or_absent(dir);
-    pipeline.start(i);
-    bool finished = true;
-    if (stage.type == StageType::Sft) {
-      finished = run_sft_stage(stage, recipe.path, dir, resume_stage);
-    } else if (stage.type == StageType::RejectionSampling) {
-      finished = run_rejection_sampling_stage(stage, recipe.path, dir, resume_stage);
-    } else {
-      try {
-        Trainer(stage, recipe.path, dir, resume_stage).run();
-      } catch (const Stopped&) {
-        finished = false;
-      }
-    }
-    if (!finished || stop_requested()) return;
-    pipeline.finish(i, stage.type == StageType::RejectionSampling ? dir + "/data.jsonl" : CheckpointStore(dir, 0).latest(),
-                    final_metrics(dir));
-  }
+  return true;
 }
-
-namespace {
-std::atomic<bool> g_stop{false};
-}  // namespace
-
-void request_stop() { g_stop.store(true); }
-bool stop_requested() { return g_stop.load(); }
 
 }  // namespace grpo::trainer

@@ -15,14 +15,13 @@
 #include "trainer/policy.h"
 #include "trainer/rejection_filter.h"
 #include "trainer/run_log.h"
+#include "trainer/train.h"
 #include "trainer/source_rewards.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/json.h"
 
 namespace grpo::trainer {
-
-bool stop_requested();
 
 namespace {
 

@@ -13,13 +13,12 @@
 #include "trainer/packing.h"
 #include "trainer/policy.h"
 #include "trainer/run_log.h"
+#include "trainer/train.h"
 #include "trainer/run_state.h"
 #include "util/error.h"
 #include "util/files.h"
 
 namespace grpo::trainer {
-
-bool stop_requested();
 
 namespace {
 

@@ -1,0 +1,69 @@
+#include "trainer/train.h"
+
+#include <atomic>
+#include <filesystem>
+
+#include "trainer/grpo_trainer.h"
+#include "trainer/pipeline.h"
+#include "trainer/rejection_sampling.h"
+#include "trainer/run_state.h"
+#include "trainer/sft_trainer.h"
+#include "util/error.h"
+#include "util/files.h"
+
+namespace grpo::trainer {
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+bool run_stage(const StageSettings& s, const std::string& recipe_path, const std::string& dir, bool resume) {
+  switch (s.type) {
+    case StageType::Sft: return run_sft_stage(s, recipe_path, dir, resume);
+    case StageType::RejectionSampling: return run_rejection_sampling_stage(s, recipe_path, dir, resume);
+    case StageType::Grpo: break;
+  }
+  return run_grpo_stage(s, recipe_path, dir, resume);
+}
+
+}  // namespace
+
+void train(const Recipe& recipe, const TrainOptions& options) {
+  std::string out = options.output_dir;
+  if (out.empty()) {
+    std::string stem = std::filesystem::path(recipe.path).stem().string();
+    out = "runs/" + (stem.empty() ? std::string("grpo") : stem);
+  }
+  if (recipe.stages.size() == 1) {
+    run_stage(recipe.stages[0], recipe.path, out, options.resume);
+    return;
+  }
+  // Several stages: OUT/<stage>/ each, and OUT/pipeline.json with every stage's status and result.
+  if (!options.resume && !list_directory(out).empty())
+    throw Error(out + " already holds files of a run: pass --resume to continue it, or choose another --output");
+  Pipeline pipeline(out, recipe, options.resume);
+  for (size_t i = 0; i < recipe.stages.size(); ++i) {
+    if (pipeline.done(i)) continue;
+    StageSettings stage = recipe.stages[i];
+    const std::string& m = stage.model.model_dir;
+    if (m.rfind("stage:", 0) == 0) stage.model.model_dir = pipeline.output_of(m.substr(6));
+    const std::string& f = stage.data.train_file;
+    if (f.rfind("stage:", 0) == 0) {  // the dataset a rejection-sampling stage wrote
+      stage.data.train_file = pipeline.output_of(f.substr(6));
+      stage.data.task = Task::Jsonl;
+      stage.data.prompt_field = "prompt";
+      stage.data.completion_field = "completion";
+      stage.data.answer_field = "answer";
+    }
+    const std::string dir = out + "/" + stage.name;
+    pipeline.start(i);
+    if (!run_stage(stage, recipe.path, dir, options.resume && !list_directory(dir).empty()) || stop_requested()) return;
+    pipeline.finish(i, stage.type == StageType::RejectionSampling ? dir + "/data.jsonl" : CheckpointStore(dir, 0).latest(),
+                    final_metrics(dir));
+  }
+}
+
+void request_stop() { g_stop.store(true); }
+bool stop_requested() { return g_stop.load(); }
+
+}  // namespace grpo::trainer
