@@ -77,16 +77,38 @@ std::vector<Example> read_examples(const DataSettings& d, const std::string& fil
 
 Dataset load_dataset(const DataSettings& d, const std::string& recipe_path) {
   Dataset out;
-  if (d.task == Task::Addition) {
+  if (d.task == Task::Addition || d.task == Task::AdditionCot) {
     std::set<Pair> eval_pairs, train_pairs;
     out.eval = addition(d.task_digits, d.eval_size, d.data_seed + 7777, {}, eval_pairs);
     out.train = addition(d.task_digits, d.train_size, d.data_seed, eval_pairs, train_pairs);
     if (out.train.empty()) throw Error(recipe_path + ": key 'train_size': no addition problems left to train on");
+    if (d.task == Task::AdditionCot)
+      for (auto* part : {&out.train, &out.eval})
+        for (Example& ex : *part) {
+          const size_t plus = ex.prompt.find('+');
+          ex.completion = addition_solution(std::stoll(ex.prompt.substr(0, plus)), std::stoll(ex.prompt.substr(plus + 1)));
+        }
   } else {
     out.train = read_examples(d, d.train_file);
     if (!d.eval_file.empty()) out.eval = read_examples(d, d.eval_file);
   }
   return out;
+}
+
+std::string addition_solution(int64_t a, int64_t b) {
+  std::string steps;
+  int64_t carry = 0;
+  for (int64_t x = a, y = b; x > 0 || y > 0 || steps.empty(); x /= 10, y /= 10) {
+    const int64_t da = x % 10, db = y % 10, s = da + db + carry;
+    const bool last = x < 10 && y < 10;
+    steps += std::to_string(da) + "+" + std::to_string(db) + (carry ? "+1" : "") + "=" + std::to_string(s);
+    if (!last) steps += s >= 10 ? ", write " + std::to_string(s % 10) + " carry 1" : ", write " + std::to_string(s);
+    else steps += ", write " + std::to_string(s);
+    steps += "\n";
+    carry = s >= 10 ? 1 : 0;
+    if (last) break;
+  }
+  return "<think>\n" + steps + "</think>\n<answer>\n" + std::to_string(a + b) + "\n</answer>";
 }
 
 std::string apply_template(const DataSettings& d, const std::string& prompt) {

@@ -17,7 +17,12 @@ struct Example {
   std::string prompt, answer;
   nlohmann::json metadata = nlohmann::json::object();  // the row's other columns
   std::string where;                                   // file:line, or "built-in" for the addition task
+  std::string completion;  // what an sft stage learns when it differs from the answer (worked solutions)
 };
+
+// A worked solution of a+b in the R1 format: column sums from the right, then the answer:
+// "<think>\n7+4=11, write 1 carry 1\n2+9+1=12, write 12\n</think>\n<answer>\n121\n</answer>".
+std::string addition_solution(int64_t a, int64_t b);
 
 struct Dataset {
   std::vector<Example> train, eval;

@@ -87,7 +87,8 @@ E pick(const std::string& s, const std::vector<std::pair<const char*, E>>& names
   throw Error("'" + s + "': expected " + expected);
 }
 void convert(const YAML::Node& n, Task& out) {
-  out = pick<Task>(n.as<std::string>(), {{"addition", Task::Addition}, {"jsonl", Task::Jsonl}});
+  out = pick<Task>(n.as<std::string>(),
+                   {{"addition", Task::Addition}, {"addition_cot", Task::AdditionCot}, {"jsonl", Task::Jsonl}});
 }
 void convert(const YAML::Node& n, LrScheduler& out) {
   out = pick<LrScheduler>(n.as<std::string>(), {{"constant", LrScheduler::Constant}, {"cosine", LrScheduler::Cosine}});
@@ -120,7 +121,7 @@ std::string show(const std::vector<std::string>& v) {
 std::string show(const nlohmann::json& j) { return j.dump(); }
 std::string show(const std::map<std::string, double>& m) { return nlohmann::json(m).dump(); }
 std::string show(const std::map<std::string, std::string>& m) { return nlohmann::json(m).dump(); }
-std::string show(Task t) { return t == Task::Addition ? "addition" : "jsonl"; }
+std::string show(Task t) { return t == Task::Addition ? "addition" : t == Task::AdditionCot ? "addition_cot" : "jsonl"; }
 std::string show(LrScheduler l) { return l == LrScheduler::Constant ? "constant" : "cosine"; }
 std::string show(ScaleRewards s) { return s == ScaleRewards::Group ? "group" : s == ScaleRewards::Batch ? "batch" : "none"; }
 std::string show(LossType t) { return to_string(t); }
@@ -148,7 +149,7 @@ const std::vector<Key>& keys() {
       key("device", "model", &S::model, &ModelSettings::device, "cpu, cuda or cuda:N"),
       key("bf16", "model", &S::model, &ModelSettings::bf16, "bf16 compute with fp32 master weights and optimizer state"),
       key("tokenizer", "model", &S::model, &ModelSettings::tokenizer, "builtin:bytes, a tokenizer.json, or \"\" for model_dir's"),
-      key("task", "data", &S::data, &DataSettings::task, "addition (built-in) or jsonl"),
+      key("task", "data", &S::data, &DataSettings::task, "addition, addition_cot (worked R1-format solutions) or jsonl"),
       key("task_digits", "data", &S::data, &DataSettings::task_digits, "digits of the built-in addition problems"),
       key("train_size", "data", &S::data, &DataSettings::train_size, "built-in training problems"),
       key("eval_size", "data", &S::data, &DataSettings::eval_size, "built-in held-out problems"),

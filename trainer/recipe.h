@@ -22,7 +22,9 @@
 
 namespace grpo::trainer {
 
-enum class Task { Addition, Jsonl };         // built-in 2-digit addition, or prompts from JSONL files
+// Built-in addition (answers only), built-in addition with worked solutions in the R1 format
+// (<think> column sums </think> <answer> sum </answer>: cold-start data), or JSONL files.
+enum class Task { Addition, AdditionCot, Jsonl };
 enum class LrScheduler { Constant, Cosine };  // after a linear warm-up of warmup_ratio * max_steps
 enum class ScaleRewards { Group, Batch, None };
 enum class StageType { Grpo, Sft, RejectionSampling };

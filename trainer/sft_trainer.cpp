@@ -125,7 +125,7 @@ std::vector<SftSequence> SftStage::tokenise(const std::vector<Example>& examples
     SftSequence s;
     s.ids = pol_.encode(apply_template(s_.data, ex.prompt), true);
     s.trained.assign(s.ids.size(), 0);
-    std::vector<int64_t> c = pol_.encode(ex.answer, false);
+    std::vector<int64_t> c = pol_.encode(ex.completion.empty() ? ex.answer : ex.completion, false);
     c.push_back(pol_.eos);
     s.ids.insert(s.ids.end(), c.begin(), c.end());
     s.trained.resize(s.ids.size(), 1);

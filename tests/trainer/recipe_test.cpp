@@ -6,6 +6,7 @@
 #include <fstream>
 #include <set>
 
+#include "rewards/builtin.h"
 #include "trainer/dataset.h"
 #include "trainer/recipe.h"
 #include "trainer/run_state.h"
@@ -165,6 +166,29 @@ TEST(Recipe, EveryKeyIsListedWithItsDefault) {
   const std::string text = describe_recipe_keys();
   EXPECT_NE(text.find("num_generations = 8"), std::string::npos) << text;
   EXPECT_NE(text.find("loss_type = dapo"), std::string::npos) << text;
+}
+
+TEST(Dataset, WorkedAdditionSolutionsPassTheFormatAndMathRewards) {
+  EXPECT_EQ(addition_solution(27, 94), "<think>\n7+4=11, write 1 carry 1\n2+9+1=12, write 12\n</think>\n<answer>\n121\n</answer>");
+  EXPECT_EQ(addition_solution(5, 3), "<think>\n5+3=8, write 8\n</think>\n<answer>\n8\n</answer>");
+  EXPECT_EQ(addition_solution(50, 7), "<think>\n0+7=7, write 7\n5+0=5, write 5\n</think>\n<answer>\n57\n</answer>");
+  DataSettings d;
+  d.task = Task::AdditionCot;
+  d.train_size = 300;
+  d.eval_size = 20;
+  Dataset data = load_dataset(d, "test");
+  rewards::CombinedReward check("math,format", rewards::default_registry());
+  for (const auto* part : {&data.train, &data.eval})
+    for (const Example& ex : *part) {
+      auto r = check.score({ex.prompt, ex.completion, ex.answer, nlohmann::json::object()});
+      ASSERT_EQ(r.components["math"], 1.0) << ex.prompt << " " << ex.completion;
+      ASSERT_EQ(r.components["format"], 1.0) << ex.completion;
+    }
+  // The plain task has no worked solutions, and the same problems.
+  d.task = Task::Addition;
+  Dataset plain = load_dataset(d, "test");
+  EXPECT_EQ(plain.train[5].prompt, data.train[5].prompt);
+  EXPECT_TRUE(plain.train[5].completion.empty());
 }
 
 TEST(PromptOrder, EachEpochIsAPermutationAndPositionsAloneDecide) {
