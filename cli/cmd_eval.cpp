@@ -160,10 +160,13 @@ int run_eval(const EvalArgs& a) {
                     {"model", a.server.empty() ? a.model : a.server},
                     {"seconds_generate", t_generate},
                     {"seconds_score", t_score}};
-    printf("| benchmark | problems | n | pass@1 | pass@%lld | mean reward | generate (s) | score (s) |\n", (long long)a.k);
-    printf("|---|---|---|---|---|---|---|---|\n");
-    printf("| %s | %zu | %lld | %.4f | %.4f | %.4f | %.1f | %.1f |\n", bench.name.c_str(), bench.problems.size(),
-           (long long)a.n, p1 / P, pk / P, summary["mean_reward"].get<double>(), t_generate, t_score);
+    const std::string k_head = a.k > 1 ? " pass@" + std::to_string(a.k) + " |" : "", k_rule = a.k > 1 ? "---|" : "";
+    char k_cell[32] = "";
+    if (a.k > 1) snprintf(k_cell, sizeof k_cell, " %.4f |", pk / P);
+    printf("| benchmark | problems | n | pass@1 |%s mean reward | generate (s) | score (s) |\n", k_head.c_str());
+    printf("|---|---|---|---|%s---|---|---|\n", k_rule.c_str());
+    printf("| %s | %zu | %lld | %.4f |%s %.4f | %.1f | %.1f |\n", bench.name.c_str(), bench.problems.size(),
+           (long long)a.n, p1 / P, k_cell, summary["mean_reward"].get<double>(), t_generate, t_score);
     if (errors) fprintf(stderr, "grpo eval: %lld samples could not be scored (see \"error\" in the samples file)\n", (long long)errors);
     if (!a.output.empty()) write_file_atomic(a.output, summary.dump(2) + "\n");
     if (!a.samples_output.empty()) write_file_atomic(a.samples_output, samples);
