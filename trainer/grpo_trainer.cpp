@@ -104,7 +104,6 @@ class Trainer {
   std::shared_ptr<Model> ref_;     // frozen reference (beta > 0)
   std::shared_ptr<const text::Tokenizer> tok_;
   int64_t eos_ = -1;
-  HubFiles hub_;
   Dataset data_;
   std::unique_ptr<PromptOrder> order_;
   std::unique_ptr<rewards::Scorer> scorer_;
@@ -136,7 +135,6 @@ Trainer::Trainer(const StageSettings& s, const std::string& recipe_path, const s
   policy_ = pol_.compute;
   tok_ = pol_.tok;
   eos_ = pol_.eos;
-  hub_ = pol_.hub;
 
   data_ = load_dataset(s_.data, recipe_path_);
   order_ = std::make_unique<PromptOrder>(data_.train.size(), s_.data.shuffle, s_.data.data_seed);
@@ -214,12 +212,7 @@ void Trainer::sync_policy() { pol_.sync(); }
 // and generation files, optimizer moments, RNG states, the refreshed reference, trainer_state.json.
 void Trainer::save(const std::string& name) {
   store_.save(name, [&](const std::string& dir) {
-    model::save_model(*master_, config_text_, dir, {at::kFloat});
-    write_hub_files(hub_, dir);
-    if (s_.checkpoint.save_bf16) {
-      model::save_model(*master_, config_text_, dir + "/bf16", {at::kBFloat16});
-      write_hub_files(hub_, dir + "/bf16");
-    }
+    pol_.save_weights(dir, s_.checkpoint.save_bf16);
     torch::save(st_.warm_start_done ? *optimizer_ : *sft_optimizer_, dir + "/optimizer.pt");
     std::vector<Tensor> rng;
     for (auto& g : generators(device_)) {

@@ -65,6 +65,15 @@ void Policy::accumulate_gradients() {
   }
 }
 
+void Policy::save_weights(const std::string& dir, bool bf16_copy) const {
+  model::save_model(*master, config_text, dir, {at::kFloat});
+  write_hub_files(hub, dir);
+  if (bf16_copy) {
+    model::save_model(*master, config_text, dir + "/bf16", {at::kBFloat16});
+    write_hub_files(hub, dir + "/bf16");
+  }
+}
+
 void Policy::sync() {
   if (compute != master) model::copy_weights(*compute, *master);
 }

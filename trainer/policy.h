@@ -28,6 +28,9 @@ struct Policy {
   void accumulate_gradients();
   // Rounds the master weights into the compute copy; no-op in fp32.
   void sync();
+  // The fp32 master weights as a Hugging Face directory with the tokenizer and generation files,
+  // and with `bf16_copy` the same in bf16 under dir/bf16.
+  void save_weights(const std::string& dir, bool bf16_copy) const;
 };
 
 // Loads model_dir, or a random model from model_config (seed model_seed), onto the stage's device.

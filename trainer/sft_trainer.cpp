@@ -154,12 +154,7 @@ double SftStage::eval_loss() {
 
 void SftStage::save() {
   store_.save("checkpoint-" + std::to_string(st_.step), [&](const std::string& dir) {
-    model::save_model(*pol_.master, pol_.config_text, dir, {at::kFloat});
-    write_hub_files(pol_.hub, dir);
-    if (s_.checkpoint.save_bf16) {
-      model::save_model(*pol_.master, pol_.config_text, dir + "/bf16", {at::kBFloat16});
-      write_hub_files(pol_.hub, dir + "/bf16");
-    }
+    pol_.save_weights(dir, s_.checkpoint.save_bf16);
     torch::save(*optimizer_, dir + "/optimizer.pt");
     json j = to_json(st_);
     j["recipe"] = recipe_path_;

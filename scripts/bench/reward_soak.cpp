@@ -14,6 +14,8 @@
 #include <mutex>
 #include <thread>
 
+#include "scripts/bench/process_stats.h"
+
 #include "rewards/builtin.h"
 #include "rewards/rpc.h"
 
@@ -22,14 +24,6 @@ using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-double rss_mb() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
-  return 0;
-}
 
 RewardItem math_item(int i) {
   RewardItem it;
@@ -107,7 +101,7 @@ int main(int argc, char** argv) {
   wo.reward_options = {{"code", {{"timeout_s", code_timeout}, {"memory_mb", 256}}}};
   RewardWorker worker(default_registry(), wo);
   const std::string addr = "127.0.0.1:" + std::to_string(worker.port());
-  const double rss_before = rss_mb();
+  const double rss_before = grpo::bench::rss_mb();
   printf("worker: %d scoring threads, %d clients x %d calls in flight (%d in all), %d of them code clients, %.0f s; "
          "code tests %.1f s each\n\n", threads, clients, in_flight, clients * in_flight, code_clients, seconds, code_timeout);
 
@@ -180,7 +174,7 @@ int main(int argc, char** argv) {
   auto r = after.score({math_item(7)});
   printf("one call after the soak: %.1f ms, reward %.2f\n",
          std::chrono::duration<double, std::milli>(Clock::now() - a0).count(), r[0].reward);
-  printf("process RSS: %.0f MB before, %.0f MB after\n", rss_before, rss_mb());
+  printf("process RSS: %.0f MB before, %.0f MB after\n", rss_before, grpo::bench::rss_mb());
   worker.shutdown();
   return code.hostile_nonzero == 0 && math.failed_calls == 0 && code.failed_calls == 0 ? 0 : 1;
 }

@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "model/checkpoint.h"
+#include "scripts/bench/process_stats.h"
 #include "rollout/rpc.h"
 #include "rollout/service.h"
 #include "text/tokenizer.h"
@@ -30,14 +31,6 @@ using namespace grpo::rollout;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-double rss_mb() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
-  return 0;
-}
 
 enum Kind { Plain, OverLimit, BadIds, TooLong, BadSampling, HangUp, ShortDeadline, kKinds };
 const char* kKindName[] = {"ordinary", "past the limits", "ids outside the vocabulary", "prompt past the context",
@@ -73,7 +66,7 @@ int main(int argc, char** argv) {
   RolloutServer server(backend, "127.0.0.1", 0, so);
   const std::string addr = "127.0.0.1:" + std::to_string(server.port());
   const ServerInfo info0 = backend.info();
-  const double rss_before = rss_mb();
+  const double rss_before = bench::rss_mb();
   printf("model %s (vocab %lld, context %lld), KV cache %lld blocks; %d clients, %.0f s\n\n", config.c_str(),
          (long long)info0.vocab_size, (long long)info0.max_context, (long long)info0.kv_cache_blocks, clients, seconds);
 
@@ -171,7 +164,7 @@ int main(int argc, char** argv) {
   one.generate({p}, sp, false, [&](const Completion&, const std::vector<int64_t>&) { return ++n > 0; });
   printf("one call after the soak: %.1f ms, %lld completion\n",
          std::chrono::duration<double, std::milli>(Clock::now() - a0).count(), (long long)n);
-  printf("process RSS: %.0f MB before, %.0f MB after\n", rss_before, rss_mb());
+  printf("process RSS: %.0f MB before, %.0f MB after\n", rss_before, bench::rss_mb());
   server.shutdown();
   return after.running == 0 && after.waiting == 0 && stats[Plain].refused == 0 ? 0 : 1;
 }
