@@ -45,6 +45,13 @@ struct TokenizeArgs {
 };
 int run_tokenize(const TokenizeArgs& args);
 
+struct ChatTemplateArgs {
+  std::string model, input, output;
+  bool add_generation_prompt = false;
+  bool text = false;  // print the rendered text as is instead of one JSON string per line
+};
+int run_chat_template(const ChatTemplateArgs& args);
+
 struct GenerateArgs {
   std::string model, prompts, output, server, dtype = "float32", device = "cpu";
   int64_t n = 1, top_k = 0, max_new_tokens = 256;

@@ -37,6 +37,14 @@ int main(int argc, char** argv) {
   c_tk->add_flag("--decode", tk.decode, "input lines are space-separated ids; print their text");
   c_tk->add_flag("--jsonl", tk.jsonl, "input lines are JSON strings (for texts with newlines); with --decode, print JSON strings");
 
+  ChatTemplateArgs ct;
+  auto* c_ct = app.add_subcommand("chat-template", "Render conversations with a model's chat template (as transformers' apply_chat_template)");
+  c_ct->add_option("--model", ct.model, "model or tokenizer directory (tokenizer_config.json chat_template, or chat_template.jinja)")->required();
+  c_ct->add_option("--input", ct.input, "JSONL: a messages array per line, or {\"messages\": [...], \"tools\": [...], other template variables}")->required();
+  c_ct->add_option("--output", ct.output, "write here instead of stdout");
+  c_ct->add_flag("--add-generation-prompt", ct.add_generation_prompt, "end with the assistant's turn opener");
+  c_ct->add_flag("--text", ct.text, "print the rendered text itself (default: one JSON string per line)");
+
   GenerateArgs gen;
   auto* c_gen = app.add_subcommand("generate", "Sample completions for prompts (local engine or --server)");
   c_gen->add_option("--model", gen.model, "HF checkpoint directory (local generation)");
@@ -170,6 +178,7 @@ int main(int argc, char** argv) {
     if (*c_init) return run_init(init);
     if (*c_lp) return run_logprobs(lp);
     if (*c_tk) return run_tokenize(tk);
+    if (*c_ct) return run_chat_template(ct);
     if (*c_gen) return run_generate(gen);
     if (*c_srv) return run_rollout_server(srv);
     if (*c_rw) return run_reward(rw);

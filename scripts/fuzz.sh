@@ -8,7 +8,7 @@
 # written to build-fuzz/corpus/NAME (the kept corpus in the repository is not touched).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-targets=(safetensors_header tokenizer_json math_answer json_document recipe_yaml reward_request rollout_request)
+targets=(safetensors_header tokenizer_json math_answer json_document recipe_yaml reward_request rollout_request chat_template)
 if [ "${1:-}" = --list ]; then printf '%s\n' "${targets[@]}"; exit 0; fi
 name=${1:?usage: scripts/fuzz.sh --list | NAME SECONDS}
 seconds=${2:?usage: scripts/fuzz.sh NAME SECONDS}
@@ -31,6 +31,8 @@ case $name in
                   libs=(-lre2 -licuuc); flags+=(-DGRPO_HAVE_ICU=1) ;;
   math_answer) srcs=("${math_srcs[@]}"); libs=(-lre2 -lgmpxx -lgmp) ;;
   json_document) srcs=(src/util/json.cpp); libs=() ;;
+  chat_template) srcs=(src/text/chat_template.cpp src/text/jinja/value.cpp src/text/jinja/parser.cpp src/text/jinja/builtins.cpp
+                       src/text/jinja/template.cpp src/text/unicode.cpp src/util/files.cpp src/util/json.cpp); libs=() ;;
   recipe_yaml) srcs=(trainer/recipe.cpp trainer/loss_config.cpp "${math_srcs[@]}" "${reward_srcs[@]}" "${sandbox_srcs[@]}" src/util/files.cpp src/util/json.cpp)
                libs=(-lyaml-cpp -lre2 -lgmpxx -lgmp -lseccomp -ldl) ;;
   reward_request) srcs=(rewards/score_calls.cpp "$out/proto/grpo.pb.cc" "${math_srcs[@]}" "${reward_srcs[@]}" "${sandbox_srcs[@]}"

@@ -36,4 +36,14 @@ nlohmann::json parse_json(std::string_view text, const std::string& where, int m
   }
 }
 
+nlohmann::ordered_json parse_ordered_json(std::string_view text, const std::string& where, int max_depth) {
+  if (json_depth(text, max_depth + 1) > max_depth)
+    throw Error(where + ": JSON nested deeper than " + std::to_string(max_depth) + " levels");
+  try {
+    return nlohmann::ordered_json::parse(text.begin(), text.end());
+  } catch (const nlohmann::ordered_json::exception& e) {
+    throw Error(where + ": not valid JSON: " + e.what());
+  }
+}
+
 }  // namespace grpo

@@ -18,4 +18,7 @@ int json_depth(std::string_view text, int limit = kMaxJsonDepth + 1);
 // nested deeper than `max_depth` or one that is not valid JSON.
 nlohmann::json parse_json(std::string_view text, const std::string& where, int max_depth = kMaxJsonDepth);
 
+// The same, keeping the order of object keys (for data a template or a user reads back in order).
+nlohmann::ordered_json parse_ordered_json(std::string_view text, const std::string& where, int max_depth = kMaxJsonDepth);
+
 }  // namespace grpo
