@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -17,6 +18,7 @@
 #include "rollout/rpc.h"
 #include "rollout/service.h"
 #include "sandbox/sandbox.h"
+#include "text/chat_template.h"
 #include "text/tokenizer.h"
 #include "util/error.h"
 #include "util/files.h"
@@ -31,9 +33,9 @@ int run_eval(const EvalArgs& a) {
     if (a.k < 1 || a.k > a.n) throw Error("-k must be in [1, n] (got k " + std::to_string(a.k) + ", n " + std::to_string(a.n) + ")");
     if (!(a.temperature >= 0)) throw Error("--temperature must be >= 0");
     if (a.max_new_tokens < 1) throw Error("--max-new-tokens must be at least 1");
-    if (a.prompt_format == "chat")
-      throw Error("--prompt-format chat needs the model's chat template, which this version does not render yet; "
-                  "use r1 or plain");
+    const bool chat = a.prompt_format == "chat";
+    if (chat && a.model.empty())
+      throw Error("--prompt-format chat renders prompts with the model's chat template: give --model DIR (also with --server)");
     if (a.server.empty() && a.model.empty()) throw Error("give --model DIR (local engine) or --server ADDR");
     if (a.n > 1 && a.temperature == 0)
       fprintf(stderr, "grpo eval: note: -n %lld at temperature 0 draws the same greedy sample %lld times\n", (long long)a.n,
@@ -46,11 +48,26 @@ int run_eval(const EvalArgs& a) {
     }
 
     std::vector<rollout::PromptInput> prompts;
+    std::optional<text::ChatTemplate> chat_template;
+    std::shared_ptr<const text::Tokenizer> chat_tok;
+    if (chat) {
+      chat_template = text::ChatTemplate::load(a.model);
+      if (!chat_template) throw Error(a.model + ": no chat template (tokenizer_config.json chat_template or chat_template.jinja)");
+      chat_tok = rollout::load_tokenizer_if_present(a.model);
+      if (!chat_tok) throw Error(a.model + ": no tokenizer.json");
+    }
     for (size_t i = 0; i < bench.problems.size(); ++i) {
       rollout::PromptInput p;
       p.prompt_index = (int64_t)i;
       p.is_text = true;
       p.text = eval::format_prompt(bench, bench.problems[i], a.prompt_format);
+      if (chat) {  // rendered text holds the BOS text already: encoded without special tokens, as transformers does
+        text::ChatOptions o;
+        o.add_generation_prompt = true;
+        p.text = chat_template->render(nlohmann::ordered_json::array({{{"role", "user"}, {"content", p.text}}}), o);
+        p.is_text = false;
+        for (int32_t id : chat_tok->encode(p.text, false)) p.ids.push_back(id);
+      }
       prompts.push_back(std::move(p));
     }
     rollout::SamplingParams sp;
@@ -75,7 +92,7 @@ int run_eval(const EvalArgs& a) {
       std::string named;
       int64_t skipped = 0;
       for (auto& p : prompts)
-        if ((int64_t)tok->encode(p.text, true).size() >= context) {
+        if ((int64_t)(p.is_text ? tok->encode(p.text, true).size() : p.ids.size()) >= context) {
           past_context[p.prompt_index] = true;
           if (skipped++ < 5) named += (named.empty() ? "" : ", ") + bench.problems[p.prompt_index].where;
         } else {

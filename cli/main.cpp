@@ -115,7 +115,7 @@ int main(int argc, char** argv) {
   c_ev->add_option("--temperature", ev.temperature, "0 = greedy")->capture_default_str();
   c_ev->add_option("--top-p", ev.top_p)->capture_default_str();
   c_ev->add_option("--max-new-tokens", ev.max_new_tokens)->capture_default_str();
-  c_ev->add_option("--prompt-format", ev.prompt_format, "r1 (R1-Zero template; code: answer in a fenced block) | plain")->capture_default_str();
+  c_ev->add_option("--prompt-format", ev.prompt_format, "r1 (R1-Zero template; code: answer in a fenced block) | plain | chat (the model's chat template)")->capture_default_str();
   c_ev->add_option("--limit", ev.limit, "the first N problems (0: all)")->capture_default_str();
   c_ev->add_option("--output", ev.output, "SUMMARY.json: benchmark, problems, n, pass@1, pass@k, mean_reward, ...");
   c_ev->add_option("--samples-output", ev.samples_output, "SAMPLES.jsonl: {problem, sample, completion, reward, correct} per sample");

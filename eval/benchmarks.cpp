@@ -93,7 +93,11 @@ std::string format_prompt(const Benchmark& b, const Problem& p, const std::strin
     std::string t = text::kR1ZeroTemplate;
     return t.replace(t.find("{prompt}"), 8, p.prompt);
   }
-  throw Error("--prompt-format '" + format + "': expected plain or r1");
+  if (format == "chat") {  // the user message; the model's chat template wraps it
+    if (b.reward == "code") return p.prompt + "\nAnswer with the complete program in one ```python fenced block.";
+    return p.prompt + "\nPlease reason step by step, and put your final answer within \\boxed{}.";
+  }
+  throw Error("--prompt-format '" + format + "': expected plain, r1 or chat");
 }
 
 }  // namespace grpo::eval

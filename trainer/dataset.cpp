@@ -34,14 +34,34 @@ std::string trimmed(std::string s) {
   return s;
 }
 
+// The text of a conversation's last user message (what logs and rejection-sampling output name).
+std::string last_user_text(const nlohmann::json& messages) {
+  for (auto it = messages.rbegin(); it != messages.rend(); ++it)
+    if (it->is_object() && it->value("role", "") == "user" && it->contains("content") && (*it)["content"].is_string())
+      return (*it)["content"].get<std::string>();
+  return "";
+}
+
+bool is_conversation(const nlohmann::json& v) {
+  if (!v.is_array() || v.empty()) return false;
+  for (const auto& m : v)
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) return false;
+  return true;
+}
+
 std::vector<Example> read_examples(const DataSettings& d, const std::string& file) {
   std::vector<Example> out;
   std::vector<std::string> bad;  // where, for the first 10
   int64_t bad_rows = 0;
   for_each_jsonl_object(file, [&](const nlohmann::json& row, const std::string& where) {
-    bool ok = row.contains(d.prompt_field) && row[d.prompt_field].is_string() && row.contains(d.answer_field);
+    const bool text_prompt = row.contains(d.prompt_field) && row[d.prompt_field].is_string();
+    const bool chat_prompt = row.contains(d.prompt_field) && is_conversation(row[d.prompt_field]);
+    // A whole conversation to learn (sft): no prompt or answer field needed.
+    const bool conversation = !row.contains(d.prompt_field) && row.contains(d.messages_field) &&
+                              is_conversation(row[d.messages_field]) && d.answer_field == d.completion_field;
+    bool ok = conversation || ((text_prompt || chat_prompt) && row.contains(d.answer_field));
     std::string answer;
-    if (ok) {
+    if (ok && row.contains(d.answer_field)) {
       const auto& ans = row[d.answer_field];
       answer = ans.is_string() ? ans.get<std::string>() : ans.dump();
       if (!d.answer_delimiter.empty()) {
@@ -55,12 +75,21 @@ std::vector<Example> read_examples(const DataSettings& d, const std::string& fil
       if (++bad_rows <= 10) bad.push_back(where);
       return;
     }
-    Example ex{row[d.prompt_field].get<std::string>(), answer, nlohmann::json::object(), where};
+    Example ex;
+    ex.where = where;
+    ex.answer = answer;
+    if (text_prompt) {
+      ex.prompt = row[d.prompt_field].get<std::string>();
+    } else {
+      const nlohmann::json& m = conversation ? row[d.messages_field] : row[d.prompt_field];
+      ex.messages = nlohmann::ordered_json::parse(m.dump());
+      ex.prompt = last_user_text(m);
+    }
     for (const auto& [k, v] : row.items())
-      if (k != d.prompt_field && k != d.answer_field) ex.metadata[k] = v;
+      if (k != d.prompt_field && k != d.answer_field && !(conversation && k == d.messages_field)) ex.metadata[k] = v;
     out.push_back(std::move(ex));
   });
-  const std::string needs = "'" + d.prompt_field + "' (text) and '" + d.answer_field + "'" +
+  const std::string needs = "'" + d.prompt_field + "' (text or messages) and '" + d.answer_field + "'" +
                             (d.answer_delimiter.empty() ? "" : " with an answer after '" + d.answer_delimiter + "'");
   if (bad_rows > 0) {
     std::string where;

@@ -18,6 +18,9 @@ struct Example {
   nlohmann::json metadata = nlohmann::json::object();  // the row's other columns
   std::string where;                                   // file:line, or "built-in" for the addition task
   std::string completion;  // what an sft stage learns when it differs from the answer (worked solutions)
+  // A conversation (OpenAI/TRL messages) when the row gives one: a prompt field holding a list of
+  // messages, or, for sft, a messages field holding the whole conversation. Null otherwise.
+  nlohmann::ordered_json messages;
 };
 
 // A worked solution of a+b in the R1 format: column sums from the right, then the answer:

@@ -28,6 +28,7 @@
 #include "trainer/grpo_loss.h"
 #include "trainer/moe_balance.h"
 #include "trainer/policy.h"
+#include "trainer/prompt_format.h"
 #include "trainer/run_log.h"
 #include "trainer/run_state.h"
 #include "trainer/source_rewards.h"
@@ -98,6 +99,7 @@ class Trainer {
   const at::Device device_;
   const at::ScalarType compute_dtype_;
   Policy pol_;                     // what the members below are taken from
+  std::unique_ptr<PromptFormat> format_;
   std::string config_text_;        // the policy's config.json
   std::shared_ptr<Model> master_;  // fp32 weights: what the optimizer updates and checkpoints hold
   std::shared_ptr<Model> policy_;  // what computes: master_ itself in fp32, a bf16 copy with bf16
@@ -135,6 +137,7 @@ Trainer::Trainer(const StageSettings& s, const std::string& recipe_path, const s
   policy_ = pol_.compute;
   tok_ = pol_.tok;
   eos_ = pol_.eos;
+  format_ = std::make_unique<PromptFormat>(s_.data, pol_);
 
   data_ = load_dataset(s_.data, recipe_path_);
   order_ = std::make_unique<PromptOrder>(data_.train.size(), s_.data.shuffle, s_.data.data_seed);
@@ -174,7 +177,7 @@ Trainer::Trainer(const StageSettings& s, const std::string& recipe_path, const s
   engine_ = std::make_unique<rollout::Engine>(policy_, tok_.get(), eo);
 
   // Prompts that leave no room for a completion are dropped now, named, not met mid-run.
-  auto length = [&](const Example& ex) { return (int64_t)encode(apply_template(s_.data, ex.prompt), true).size(); };
+  auto length = [&](const Example& ex) { return (int64_t)format_->prompt_ids(ex).size(); };
   for (auto* part : {&data_.train, &data_.eval}) {
     std::string note = drop_prompts_past_context(*part, engine_->max_context(), length);
     if (!note.empty()) fprintf(stderr, "grpo train: %s: %s\n", part == &data_.train ? "training set" : "eval set", note.c_str());
@@ -190,7 +193,7 @@ std::vector<int64_t> Trainer::encode(const std::string& s, bool special) const {
 rollout::Request Trainer::request(const Example& ex, int64_t index) const {
   rollout::Request q;
   q.prompt_index = index;
-  q.prompt_ids = encode(apply_template(s_.data, ex.prompt), true);
+  q.prompt_ids = format_->prompt_ids(ex);
   q.params.max_new_tokens = s_.rollout.max_completion_length;
   q.params.stop_token_ids = {eos_};
   return q;
@@ -356,7 +359,7 @@ void Trainer::warm_start() {
     std::vector<std::vector<int64_t>> ps, cs;
     for (int64_t b = 0; b < s_.warm_start.sft_batch_size; ++b) {
       const auto& ex = data_.train[sft_rng_() % data_.train.size()];
-      ps.push_back(encode(apply_template(s_.data, ex.prompt), true));
+      ps.push_back(format_->prompt_ids(ex));
       auto c = encode(ex.answer, false);
       c.push_back(eos_);
       cs.push_back(c);

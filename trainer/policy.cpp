@@ -43,6 +43,20 @@ Policy load_policy(const StageSettings& s, const std::string& recipe_path) {
   const int64_t bos = mc.bos_token_id ? *mc.bos_token_id : p.tok->token_to_id("<s>").value_or(-1);
   p.hub = hub_files(s.model, bos, p.eos, bos >= 0 ? p.tok->id_to_token((int32_t)bos).value_or("") : "",
                     p.tok->id_to_token((int32_t)p.eos).value_or(""), mc.max_position_embeddings);
+  std::string jinja_where = "chat_template.jinja of " + (s.model.model_dir.empty() ? s.model.tokenizer : s.model.model_dir);
+  if (!s.data.chat_template.empty()) {
+    jinja_where = s.data.chat_template;
+    p.hub.chat_template = read_file(s.data.chat_template);
+    if (p.hub.chat_template.empty()) throw Error(recipe_path + ": key 'chat_template': " + s.data.chat_template + " is empty");
+  }
+  if (s.data.prompt_format == "chat") {
+    auto t = text::ChatTemplate::from_config(nlohmann::ordered_json::parse(p.hub.tokenizer_config.dump()), "tokenizer_config.json",
+                                             p.hub.chat_template, jinja_where);
+    if (!t)
+      throw Error(recipe_path + ": stage '" + s.name + "': prompt_format chat, but the model has no chat template " +
+                  "(give data key chat_template: FILE.jinja)");
+    p.chat = std::make_shared<const text::ChatTemplate>(std::move(*t));
+  }
   return p;
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/deepseek.h"
+#include "text/chat_template.h"
 #include "text/tokenizer.h"
 #include "trainer/recipe.h"
 #include "trainer/run_state.h"
@@ -22,6 +23,9 @@ struct Policy {
   std::shared_ptr<const text::Tokenizer> tok;
   int64_t eos = -1;
   HubFiles hub;
+  // The chat template (the recipe's chat_template file, else the model's), loaded for prompt_format
+  // chat; null otherwise. A recipe's file travels into every checkpoint as chat_template.jinja.
+  std::shared_ptr<const text::ChatTemplate> chat;
 
   std::vector<int64_t> encode(const std::string& text, bool special_tokens) const;
   // Adds the compute copy's gradients into the master's (in fp32) and clears them; no-op in fp32.

@@ -161,6 +161,10 @@ const std::vector<Key>& keys() {
       key("answer_delimiter", "data", &S::data, &DataSettings::answer_delimiter, "reference = text after its last occurrence (GSM8K: ####)"),
       key("completion_field", "data", &S::data, &DataSettings::completion_field, "sft: JSONL field of the completion to learn"),
       key("prompt_template", "data", &S::data, &DataSettings::prompt_template, "text with {prompt}, or r1_zero"),
+      key("prompt_format", "data", &S::data, &DataSettings::prompt_format, "template, or chat (render with the model's chat template)"),
+      key("chat_template", "data", &S::data, &DataSettings::chat_template, "chat: a .jinja file to use instead of the model's template"),
+      key("system_prompt", "data", &S::data, &DataSettings::system_prompt, "chat: a system message before each prompt"),
+      key("messages_field", "data", &S::data, &DataSettings::messages_field, "sft: JSONL field of a whole conversation (chat)"),
       key("shuffle", "data", &S::data, &DataSettings::shuffle, "a new seeded permutation of the training set each epoch"),
       key("max_length", "sft", &S::sft, &SftSettings::max_length, "sft: tokens per row; longer examples are truncated"),
       key("packing", "sft", &S::sft, &SftSettings::packing, "sft: several examples per row (attention stays within each)"),
@@ -320,6 +324,7 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
   need(s.loss.epsilon_low >= 0 && s.loss.epsilon_high >= 0, "epsilon", "must not be negative");
   need(s.data.task != Task::Jsonl || !s.data.train_file.empty(), "train_file", "task jsonl needs train_file");
   need(s.data.task_digits >= 1 && s.data.task_digits <= 9, "task_digits", "must be 1 to 9");
+  need(s.data.prompt_format == "template" || s.data.prompt_format == "chat", "prompt_format", "must be template or chat");
   need(s.rewards.timeout > 0, "reward_timeout", "must be positive");
   need(s.advantages.max_num_gen_batches >= 1, "max_num_gen_batches", "must be at least 1");
   need(s.moe.aux_loss_alpha >= 0, "aux_loss_alpha", "must not be negative");

@@ -48,6 +48,10 @@ struct DataSettings {
   std::string completion_field = "completion";  // sft: the text the model learns to produce
   std::string answer_delimiter;  // the reference is the text after its last occurrence (GSM8K: "####")
   std::string prompt_template = "{prompt}";  // or "r1_zero" for the R1-Zero template
+  std::string prompt_format = "template";    // "chat": the prompt (after prompt_template) as a user message in the chat template
+  std::string chat_template;                 // a .jinja file used instead of the model's own chat template
+  std::string system_prompt;                 // chat: a system message before each prompt ("" = none)
+  std::string messages_field = "messages";   // sft: JSONL field of a whole conversation (chat)
   bool shuffle = true;  // a new seeded permutation of the training set each epoch
 };
 

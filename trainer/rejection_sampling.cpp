@@ -13,6 +13,7 @@
 #include "rpc/security.h"
 #include "trainer/dataset.h"
 #include "trainer/policy.h"
+#include "trainer/prompt_format.h"
 #include "trainer/rejection_filter.h"
 #include "trainer/run_log.h"
 #include "trainer/train.h"
@@ -39,6 +40,7 @@ bool run_rejection_sampling_stage(const StageSettings& s, const std::string& rec
   if (file_exists(out + "/data.jsonl")) return true;  // finished before
   at::NoGradGuard no_grad;
   Policy pol = load_policy(s, recipe_path);
+  PromptFormat format(s.data, pol);
   Dataset data = load_dataset(s.data, recipe_path);
   std::vector<Example>& prompts = data.train;
   if (s.rejection.max_prompts > 0 && (int64_t)prompts.size() > s.rejection.max_prompts)
@@ -76,7 +78,7 @@ bool run_rejection_sampling_stage(const StageSettings& s, const std::string& rec
     for (int64_t i = 0; i < n; ++i) {
       rollout::Request q;
       q.prompt_index = done + i;  // the random streams follow the prompt, whatever the chunking
-      q.prompt_ids = pol.encode(apply_template(s.data, prompts[done + i].prompt), true);
+      q.prompt_ids = format.prompt_ids(prompts[done + i]);
       q.params.n = s.rejection.num_samples;
       q.params.temperature = s.rollout.temperature;
       q.params.top_p = s.rollout.top_p;
@@ -116,7 +118,11 @@ bool run_rejection_sampling_stage(const StageSettings& s, const std::string& rec
         }
       std::vector<size_t> kept = past[i] ? std::vector<size_t>{} : select_samples(s.filter, cands, reasons);
       for (size_t k : kept)
-        lines += json({{"prompt", ex.prompt}, {"completion", cands[k].completion}, {"answer", ex.answer}}).dump() + "\n";
+        lines += json({{"prompt", ex.messages.is_array() ? json::parse(format.prompt_messages(ex).dump()) : json(ex.prompt)},
+                       {"completion", cands[k].completion},
+                       {"answer", ex.answer}})
+                     .dump() +
+                 "\n";
       const std::string key = std::to_string(kept.size());
       stats["kept_per_prompt"][key] = stats["kept_per_prompt"].value(key, 0) + 1;
       stats["kept"] = stats["kept"].get<int64_t>() + (int64_t)kept.size();

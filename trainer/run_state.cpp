@@ -153,6 +153,11 @@ HubFiles hub_files(const ModelSettings& m, int64_t bos_id, int64_t eos_id, const
                           {"clean_up_tokenization_spaces", false}};
   f.tokenizer_config.erase("auto_map");
   f.special_tokens_map = read_json("special_tokens_map.json");
+  for (const std::string& dir : {source, m.model_dir})
+    if (!dir.empty() && file_exists(dir + "/chat_template.jinja")) {
+      f.chat_template = read_file(dir + "/chat_template.jinja");
+      break;
+    }
   f.generation_config = read_json("generation_config.json");
   if (f.generation_config.is_null()) f.generation_config = json::object();
   f.generation_config["bos_token_id"] = bos_id;
@@ -166,6 +171,7 @@ void write_hub_files(const HubFiles& f, const std::string& dir) {
   write_file_atomic(dir + "/generation_config.json", f.generation_config.dump(2) + "\n");
   if (!f.special_tokens_map.is_null())
     write_file_atomic(dir + "/special_tokens_map.json", f.special_tokens_map.dump(2) + "\n");
+  if (!f.chat_template.empty()) write_file_atomic(dir + "/chat_template.jinja", f.chat_template);
 }
 
 }  // namespace grpo::trainer

@@ -49,6 +49,7 @@ struct HubFiles {
   std::string tokenizer_json;
   nlohmann::json tokenizer_config, generation_config;
   nlohmann::json special_tokens_map;  // null when the base has none
+  std::string chat_template;          // chat_template.jinja ("" when the base has none beside its config)
 };
 HubFiles hub_files(const ModelSettings& model, int64_t bos_token_id, int64_t eos_token_id,
                    const std::string& bos_token, const std::string& eos_token, int64_t max_length);

@@ -12,6 +12,7 @@
 #include "trainer/dataset.h"
 #include "trainer/packing.h"
 #include "trainer/policy.h"
+#include "trainer/prompt_format.h"
 #include "trainer/run_log.h"
 #include "trainer/train.h"
 #include "trainer/run_state.h"
@@ -121,16 +122,11 @@ SftStage::SftStage(const StageSettings& s, const std::string& recipe_path, const
 
 std::vector<SftSequence> SftStage::tokenise(const std::vector<Example>& examples) const {
   std::vector<SftSequence> out;
-  for (const auto& ex : examples) {
-    SftSequence s;
-    s.ids = pol_.encode(apply_template(s_.data, ex.prompt), true);
-    s.trained.assign(s.ids.size(), 0);
-    std::vector<int64_t> c = pol_.encode(ex.completion.empty() ? ex.answer : ex.completion, false);
-    c.push_back(pol_.eos);
-    s.ids.insert(s.ids.end(), c.begin(), c.end());
-    s.trained.resize(s.ids.size(), 1);
-    out.push_back(std::move(s));
-  }
+  PromptFormat format(s_.data, pol_);
+  for (const auto& ex : examples) out.push_back(format.sft_sequence(ex));
+  if (format.final_turn_only())
+    fprintf(stderr, "grpo train: %s: the chat template rewrites earlier turns, so each conversation trains its final "
+            "reply only\n", s_.name.c_str());
   return out;
 }
 

@@ -15,12 +15,14 @@ ChatTemplate::ChatTemplate(const std::string& source, std::string where, ojson s
       template_(std::make_shared<jinja::Template>(source, where_)) {}
 
 std::optional<ChatTemplate> ChatTemplate::load(const std::string& dir) {
-  std::string config_path = dir + "/tokenizer_config.json";
-  ojson config = ojson::object();
-  if (file_exists(config_path)) {
-    config = parse_ordered_json(read_file(config_path), config_path);
-    if (!config.is_object()) throw Error(config_path + ": expected a JSON object");
-  }
+  std::string config_path = dir + "/tokenizer_config.json", jinja_path = dir + "/chat_template.jinja";
+  ojson config = file_exists(config_path) ? parse_ordered_json(read_file(config_path), config_path) : ojson::object();
+  return from_config(config, config_path, file_exists(jinja_path) ? read_file(jinja_path) : "", jinja_path);
+}
+
+std::optional<ChatTemplate> ChatTemplate::from_config(const ojson& config, const std::string& config_path,
+                                                      const std::string& jinja_text, const std::string& jinja_path) {
+  if (!config.is_object()) throw Error(config_path + ": expected a JSON object");
   ojson special = ojson::object();
   for (const char* key : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"}) {
     if (!config.contains(key)) continue;
@@ -28,8 +30,7 @@ std::optional<ChatTemplate> ChatTemplate::load(const std::string& dir) {
     if (t.is_string()) special[key] = t;
     else if (t.is_object() && t.contains("content") && t["content"].is_string()) special[key] = t["content"];
   }
-  std::string jinja_path = dir + "/chat_template.jinja";
-  if (file_exists(jinja_path)) return ChatTemplate(read_file(jinja_path), jinja_path, special);
+  if (!jinja_text.empty()) return ChatTemplate(jinja_text, jinja_path, special);
   if (!config.contains("chat_template") || config["chat_template"].is_null()) return std::nullopt;
   const ojson& t = config["chat_template"];
   if (t.is_string()) return ChatTemplate(t.get<std::string>(), config_path + " chat_template", special);
@@ -77,6 +78,68 @@ std::string ChatTemplate::render(const ojson& messages, const ChatOptions& optio
   vars.set("add_generation_prompt", jinja::Value::boolean(options.add_generation_prompt));
   for (auto it = options.extra.begin(); it != options.extra.end(); ++it) vars.set(it.key(), jinja::from_json(it.value()));
   return template_->render(vars);
+}
+
+namespace {
+
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
+}
+
+ojson head(const ojson& messages, size_t n) {
+  ojson out = ojson::array();
+  for (size_t i = 0; i < n; ++i) out.push_back(messages[i]);
+  return out;
+}
+
+}  // namespace
+
+TrainingText training_text(const ChatTemplate& tmpl, const ojson& messages, const std::string& eos, const ChatOptions& options) {
+  if (!messages.is_array() || messages.empty() || !messages.back().is_object() ||
+      messages.back().value("role", "") != "assistant")
+    throw Error("a conversation to train on must end with an assistant message");
+  ChatOptions prompt_options = options, reply_options = options;
+  prompt_options.add_generation_prompt = true;
+  reply_options.add_generation_prompt = false;
+  const std::string full = tmpl.render(messages, reply_options);
+  TrainingText out;
+  size_t done = 0;  // characters of `full` already in pieces
+  for (size_t i = 0; i < messages.size(); ++i) {
+    if (!messages[i].is_object() || messages[i].value("role", "") != "assistant") continue;
+    const std::string prompt = tmpl.render(head(messages, i), prompt_options);
+    const std::string upto = tmpl.render(head(messages, i + 1), reply_options);
+    if (!starts_with(upto, prompt) || !starts_with(full, upto) || prompt.size() < done) {
+      out.every_turn = false;
+      break;
+    }
+    out.pieces.push_back({prompt.substr(done), false});
+    out.pieces.push_back({upto.substr(prompt.size()), true});
+    done = upto.size();
+  }
+  if (out.every_turn) {
+    if (done < full.size()) out.pieces.push_back({full.substr(done), false});
+    return out;
+  }
+  // The final reply alone, after the prompt as the template opens a reply.
+  out.pieces.clear();
+  const std::string prompt = tmpl.render(head(messages, messages.size() - 1), prompt_options);
+  if (starts_with(full, prompt)) {
+    out.pieces.push_back({prompt, false});
+    out.pieces.push_back({full.substr(prompt.size()), true});
+    return out;
+  }
+  const ojson& content = messages.back().contains("content") ? messages.back()["content"] : ojson();
+  std::string reply = content.is_string() ? content.get<std::string>() : "";
+  // The opener text the prompt ends with and the reply repeats ("<think>\n"), once.
+  for (size_t k = std::min(prompt.size(), reply.size()); k >= 2; --k)
+    if (prompt.compare(prompt.size() - k, k, reply, 0, k) == 0 &&
+        reply.find_first_not_of(" \t\r\n", 0) < k) {
+      reply.erase(0, k);
+      break;
+    }
+  out.pieces.push_back({prompt, false});
+  out.pieces.push_back({reply + eos, true});
+  return out;
 }
 
 }  // namespace grpo::text

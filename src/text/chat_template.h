@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "text/jinja/template.h"
 
@@ -29,6 +30,10 @@ class ChatTemplate {
   // The template of a model or tokenizer directory, or nullopt if it has none. A malformed or
   // unsupported template is an error naming the file and line.
   static std::optional<ChatTemplate> load(const std::string& dir);
+  // The same from a tokenizer_config.json already read (`config_where` names it) and the text of a
+  // chat_template.jinja ("" if none), which wins over the config's chat_template.
+  static std::optional<ChatTemplate> from_config(const nlohmann::ordered_json& config, const std::string& config_where,
+                                                 const std::string& jinja_text, const std::string& jinja_where);
 
   // `messages`: a JSON array of {"role", "content", ...} objects.
   std::string render(const nlohmann::ordered_json& messages, const ChatOptions& options = {}) const;
@@ -41,5 +46,24 @@ class ChatTemplate {
   nlohmann::ordered_json special_tokens_;
   std::shared_ptr<const jinja::Template> template_;
 };
+
+// A conversation as training text: consecutive pieces, each trained on (an assistant reply, with
+// the template's end-of-turn text) or not (everything the model is given). The pieces joined equal
+// the template's rendering of the whole conversation when the template renders each assistant turn
+// as the prompt before it (with the generation prompt) followed by the reply; every assistant turn
+// is then trained. Templates that rewrite earlier turns (DeepSeek-R1's drops the <think> part of
+// past replies and opens a new reply with "<think>\n") train the final reply only, as the prompt
+// with its generation opener followed by the reply (less the opener text it repeats) and `eos`.
+struct TrainingPiece {
+  std::string text;
+  bool trained = false;
+};
+struct TrainingText {
+  std::vector<TrainingPiece> pieces;
+  bool every_turn = true;  // false: only the final reply is trained (see above)
+};
+// Throws grpo::Error when the conversation does not end with an assistant message.
+TrainingText training_text(const ChatTemplate& tmpl, const nlohmann::ordered_json& messages, const std::string& eos,
+                           const ChatOptions& options = {});
 
 }  // namespace grpo::text

@@ -146,7 +146,7 @@ Value attribute_of(const Value& item, const std::string& path) {
     if (v.kind == K::Dict || v.kind == K::Namespace) {
       const Value* f = v.dict->find(part);
       v = f ? *f : Value::undefined(part);
-    } else if (v.kind == K::List && !part.empty() && std::all_of(part.begin(), part.end(), ::isdigit)) {
+    } else if (v.kind == K::List && !part.empty() && part.size() < 18 && std::all_of(part.begin(), part.end(), ::isdigit)) {
       v = subscript(v, Value::integer(std::stoll(part)));
     } else {
       return Value::undefined(part);

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 
@@ -135,7 +137,9 @@ std::string unescape(const std::string& raw, int line, const std::string& where)
         std::string hex = raw.substr(i + 1, n);
         if (hex.size() != n || hex.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos)
           throw Error(where + ": line " + std::to_string(line) + ": bad \\" + c + " escape");
-        utf8_append(out, (uint32_t)std::stoul(hex, nullptr, 16));
+        unsigned long cp = std::stoul(hex, nullptr, 16);
+        if (cp > 0x10FFFF) throw Error(where + ": line " + std::to_string(line) + ": \\" + c + hex + " is not a code point");
+        utf8_append(out, (uint32_t)cp);
         i += n;
         break;
       }
@@ -189,10 +193,12 @@ std::vector<Tok> tokenize(const std::string& s, int line, const std::string& whe
       num.erase(std::remove(num.begin(), num.end(), '_'), num.end());
       if (is_float) {
         t.type = Tok::Type::Float;
-        t.f = std::stod(num);
+        t.f = std::strtod(num.c_str(), nullptr);  // past the range: inf, as Python reads it
       } else {
         t.type = Tok::Type::Int;
-        t.i = std::stoll(num);
+        errno = 0;
+        t.i = std::strtoll(num.c_str(), nullptr, 10);
+        if (errno == ERANGE) throw Error(where + ": line " + std::to_string(line) + ": integer " + num + " is too large");
       }
       i = j;
     } else if (c == '\'' || c == '"') {

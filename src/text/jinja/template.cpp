@@ -112,7 +112,7 @@ class Renderer {
     }
     const int64_t length = (int64_t)items.size();
     for (int64_t i = 0; i < length; ++i) {
-      if (++iterations_ > Template::kMaxIterations) fail(n.line, "the template runs past 10 million loop iterations");
+      if (++iterations_ > Template::kMaxIterations) fail(n.line, "the template runs past a million loop iterations");
       Dict loop;
       loop.set("index", Value::integer(i + 1));
       loop.set("index0", Value::integer(i));

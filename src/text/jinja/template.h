@@ -21,7 +21,7 @@ class Template {
 
   static constexpr size_t kMaxOutputBytes = 64u << 20;
   static constexpr int kMaxDepth = 256;  // nested macro calls
-  static constexpr int64_t kMaxIterations = 10'000'000;  // for-loop bodies, all loops together
+  static constexpr int64_t kMaxIterations = 1'000'000;  // for-loop bodies, all loops together
 
  private:
   Body body_;
