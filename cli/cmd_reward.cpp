@@ -12,6 +12,7 @@
 #include "rewards/plugin.h"
 #include "rewards/rpc.h"
 #include "sandbox/sandbox.h"
+#include "trainer/reward_model_reward.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/json.h"
@@ -57,6 +58,7 @@ void announce_sandbox(const std::string& spec) {
 
 int run_reward(const RewardArgs& a) {
   RewardRegistry& registry = default_registry();
+  trainer::register_reward_model_reward(registry);
   for (const auto& p : a.plugins) load_reward_plugin(p, registry);
   std::vector<RewardItem> items;
   for_each_jsonl_object(a.input, [&](const json& row, const std::string& where) {
@@ -112,17 +114,31 @@ int run_reward_worker(const RewardWorkerArgs& a) {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   RewardRegistry& registry = default_registry();
   for (const auto& p : a.plugins) load_reward_plugin(p, registry);
-  announce_sandbox(a.rewards);
+  trainer::register_reward_model_reward(registry);
+  std::string spec = a.rewards;
+  nlohmann::json options = parse_options(a.options);
+  if (!a.reward_model.empty()) {
+    if (!a.rewards_given) spec = "reward_model";
+    bool named = false;
+    for (const auto& part : split_list(spec)) named |= part.substr(0, part.find(':')) == "reward_model";
+    if (!named) throw Error("--reward-model: add reward_model to --rewards (e.g. --rewards " + spec + ",reward_model)");
+    if (!options.contains("reward_model")) options["reward_model"] = nlohmann::json::object();
+    options["reward_model"]["path"] = a.reward_model;
+    options["reward_model"]["device"] = a.reward_model_device;
+    // Loaded now, so that a bad directory fails here and the first call does not wait for it.
+    registry.make("reward_model", options["reward_model"])->score({"", "", "", nlohmann::json::object()});
+  }
+  announce_sandbox(spec);
   WorkerOptions o;
   o.host = a.host;
   o.port = a.port;
   o.threads = a.threads;
-  o.default_spec = a.rewards;
-  o.reward_options = parse_options(a.options);
+  o.default_spec = spec;
+  o.reward_options = options;
   o.security = to_security(a.security);
   RewardWorker worker(registry, o);
   fprintf(stderr, "grpo reward-worker: listening on %s:%d (rewards %s, %d threads)\n", a.host.c_str(), worker.port(),
-          a.rewards.c_str(), a.threads);
+          spec.c_str(), a.threads);
   if (!a.port_file.empty()) write_file_atomic(a.port_file, std::to_string(worker.port()) + "\n");
   int sig = 0;
   sigwait(&set, &sig);

@@ -4,6 +4,8 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "rewards/builtin.h"
+#include "trainer/reward_model_reward.h"
 #include "trainer/train.h"
 
 namespace grpo::cli {
@@ -26,6 +28,7 @@ int run_train(const TrainArgs& a) {
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
   return torch_guard([&] {
+    trainer::register_reward_model_reward(rewards::default_registry());
     auto recipe = trainer::load_recipe(a.recipe, a.overrides);
     trainer::TrainOptions o;
     o.output_dir = a.output;

@@ -86,6 +86,8 @@ int run_reward(const RewardArgs& args);
 
 struct RewardWorkerArgs {
   std::string host = "127.0.0.1", rewards = "math", port_file, options;
+  std::string reward_model, reward_model_device = "cpu";  // serve a trained reward model as `reward_model`
+  bool rewards_given = false;
   std::vector<std::string> plugins;
   int port = 50051, threads = 4;
   SecurityArgs security;

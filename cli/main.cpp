@@ -146,6 +146,8 @@ int main(int argc, char** argv) {
   c_rwk->add_option("--rewards", rwk.rewards, "the rewards served and the default spec (requests may reweigh them)")->capture_default_str();
   c_rwk->add_option("--plugin", rwk.plugins, "shared object with GRPO_REWARD_PLUGIN rewards (repeatable)");
   c_rwk->add_option("--options", rwk.options, "JSON object of per-reward options, e.g. {\"code\": {\"timeout_s\": 2}}");
+  c_rwk->add_option("--reward-model", rwk.reward_model, "serve this reward-model directory as the reward reward_model (batched forwards)");
+  c_rwk->add_option("--reward-model-device", rwk.reward_model_device, "cpu | cuda | cuda:N for --reward-model")->capture_default_str();
   c_rwk->add_option("--threads", rwk.threads, "scoring threads for fast rewards, and as many for slow ones (code)")->capture_default_str();
   server_security(c_rwk, rwk.security);
   client_security(c_rw, rw.security);
@@ -184,7 +186,10 @@ int main(int argc, char** argv) {
     if (*c_rw) return run_reward(rw);
     if (*c_ev) return run_eval(ev);
     if (*c_tr) return run_train(tr);
-    if (*c_rwk) return run_reward_worker(rwk);
+    if (*c_rwk) {
+      rwk.rewards_given = c_rwk->count("--rewards") > 0;
+      return run_reward_worker(rwk);
+    }
   } catch (const grpo::Error& e) {
     std::cerr << "grpo: error: " << e.what() << "\n";
     return 1;

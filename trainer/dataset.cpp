@@ -117,6 +117,12 @@ Dataset load_dataset(const DataSettings& d, const std::string& recipe_path) {
           const size_t plus = ex.prompt.find('+');
           ex.completion = addition_solution(std::stoll(ex.prompt.substr(0, plus)), std::stoll(ex.prompt.substr(plus + 1)));
         }
+    if (d.general_share > 0) {  // built-in problems split between the sources "math" and "general"
+      std::mt19937_64 rng(d.data_seed + 99);
+      for (auto* part : {&out.train, &out.eval})
+        for (Example& ex : *part)
+          ex.metadata["data_source"] = (double)(rng() % 1000000) / 1e6 < d.general_share ? "general" : "math";
+    }
   } else {
     out.train = read_examples(d, d.train_file);
     if (!d.eval_file.empty()) out.eval = read_examples(d, d.eval_file);

@@ -319,18 +319,25 @@ EvalResult Trainer::evaluate() {
     for (const auto& c : engine_->generate(reqs)) items.push_back(reward_item(eval[c.prompt_index], c));
     auto results = score(items, "eval");
     double acc = 0, rew = 0, pass = 0;
+    int64_t scored = 0, problems = 0;  // samples and problems with a right-or-wrong score
     for (size_t p = 0; p < eval.size(); ++p) {
       double best = 0;
+      bool any = false;
       for (int64_t j = 0; j < n; ++j) {
         const auto& res = results[p * n + j];
-        acc += accuracy_of(res);
         rew += res.reward;
-        best = std::max(best, accuracy_of(res));
+        if (auto a = accuracy_of(res)) {
+          acc += *a;
+          best = std::max(best, *a);
+          ++scored;
+          any = true;
+        }
       }
       pass += best;
+      problems += any;
     }
     const double N = (double)results.size();
-    return std::array<double, 3>{acc / N, rew / N, pass / eval.size()};
+    return std::array<double, 3>{acc / std::max<int64_t>(1, scored), rew / N, pass / std::max<int64_t>(1, problems)};
   };
   auto greedy = run(1);
   e.accuracy = greedy[0];

@@ -12,19 +12,22 @@ namespace grpo::trainer {
 
 using Model = model::DeepseekForCausalLM;
 
-std::shared_ptr<Model> load_base_model(const StageSettings& s, const std::string& config_text, at::ScalarType dtype) {
+std::shared_ptr<Model> load_base_model(const StageSettings& s, const std::string& config_text, at::ScalarType dtype,
+                                       bool without_lm_head) {
   const at::Device device(s.model.device);
-  if (!s.model.model_dir.empty()) return model::load_model(s.model.model_dir, {dtype, device});
-  auto m = std::make_shared<Model>(parse_model_config(config_text, s.model.model_config));
+  if (!s.model.model_dir.empty()) return model::load_model(s.model.model_dir, {dtype, device, without_lm_head});
+  ModelConfig config = parse_model_config(config_text, s.model.model_config);
+  if (without_lm_head) config.tie_word_embeddings = true;
+  auto m = std::make_shared<Model>(config);
   model::init_weights(*m, s.model.model_seed);
   m->to_device_dtype(device, dtype);
   return m;
 }
 
-Policy load_policy(const StageSettings& s, const std::string& recipe_path) {
+Policy load_policy(const StageSettings& s, const std::string& recipe_path, bool without_lm_head) {
   Policy p;
   p.config_text = read_file(s.model.model_dir.empty() ? s.model.model_config : s.model.model_dir + "/config.json");
-  p.master = load_base_model(s, p.config_text, at::kFloat);
+  p.master = load_base_model(s, p.config_text, at::kFloat, without_lm_head);
   p.compute = p.master;
   if (s.model.bf16) {
     p.compute = std::make_shared<Model>(p.master->config());

@@ -39,10 +39,11 @@ struct Policy {
 
 // Loads model_dir, or a random model from model_config (seed model_seed), onto the stage's device.
 // Errors name `recipe_path`.
-Policy load_policy(const StageSettings& s, const std::string& recipe_path);
+// With `without_lm_head` the model is a backbone (a reward model's): no lm_head is built or read.
+Policy load_policy(const StageSettings& s, const std::string& recipe_path, bool without_lm_head = false);
 // The stage's starting weights again (for a reference model), in `dtype`.
 std::shared_ptr<model::DeepseekForCausalLM> load_base_model(const StageSettings& s, const std::string& config_text,
-                                                            at::ScalarType dtype);
+                                                            at::ScalarType dtype, bool without_lm_head = false);
 
 // Linear warm-up over warmup_ratio * total_steps, then constant or cosine decay to 0 at total_steps.
 double scheduled_learning_rate(const OptimSettings& o, int64_t step, int64_t total_steps);

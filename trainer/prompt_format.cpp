@@ -27,14 +27,20 @@ std::string PromptFormat::prompt_text(const Example& ex) const {
   text::ChatOptions o;
   o.add_generation_prompt = true;
   try {
-    return policy_.chat->render(prompt_messages(ex), o);
+    return chat_->render(prompt_messages(ex), o);
   } catch (const Error& e) {
     throw Error(ex.where + ": " + e.what());
   }
 }
 
+std::vector<int64_t> PromptFormat::encode(const std::string& text, bool special_tokens) const {
+  std::vector<int64_t> ids;
+  for (int32_t t : tok_->encode(text, special_tokens)) ids.push_back(t);
+  return ids;
+}
+
 std::vector<int64_t> PromptFormat::prompt_ids(const Example& ex) const {
-  return policy_.encode(prompt_text(ex), !chat());
+  return encode(prompt_text(ex), !chat());
 }
 
 SftSequence PromptFormat::sft_sequence(const Example& ex) const {
@@ -43,8 +49,8 @@ SftSequence PromptFormat::sft_sequence(const Example& ex) const {
   if (!chat()) {
     s.ids = prompt_ids(ex);
     s.trained.assign(s.ids.size(), 0);
-    std::vector<int64_t> c = policy_.encode(reply, false);
-    c.push_back(policy_.eos);
+    std::vector<int64_t> c = encode(reply, false);
+    c.push_back(eos_);
     s.ids.insert(s.ids.end(), c.begin(), c.end());
     s.trained.resize(s.ids.size(), 1);
     return s;
@@ -52,16 +58,16 @@ SftSequence PromptFormat::sft_sequence(const Example& ex) const {
   ojson messages = ex.messages.is_array() ? ex.messages : prompt_messages(ex);
   if (messages.empty() || messages.back().value("role", "") != "assistant")
     messages.push_back({{"role", "assistant"}, {"content", reply}});
-  const std::string eos_text = policy_.tok->id_to_token((int32_t)policy_.eos).value_or("");
+  const std::string eos_text = tok_->id_to_token((int32_t)eos_).value_or("");
   text::TrainingText t;
   try {
-    t = text::training_text(*policy_.chat, messages, eos_text);
+    t = text::training_text(*chat_, messages, eos_text);
   } catch (const Error& e) {
     throw Error(ex.where + ": " + e.what());
   }
   if (!t.every_turn) final_turn_only_ = true;
   for (const auto& piece : t.pieces) {
-    std::vector<int64_t> ids = policy_.encode(piece.text, false);
+    std::vector<int64_t> ids = encode(piece.text, false);
     s.ids.insert(s.ids.end(), ids.begin(), ids.end());
     s.trained.resize(s.ids.size(), piece.trained ? 1 : 0);
   }

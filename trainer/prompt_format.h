@@ -17,14 +17,19 @@ namespace grpo::trainer {
 
 class PromptFormat {
  public:
-  PromptFormat(const DataSettings& data, const Policy& policy) : data_(data), policy_(policy) {}
+  PromptFormat(const DataSettings& data, std::shared_ptr<const text::Tokenizer> tok,
+               std::shared_ptr<const text::ChatTemplate> chat, int64_t eos)
+      : data_(data), tok_(std::move(tok)), chat_(std::move(chat)), eos_(eos) {}
+  PromptFormat(const DataSettings& data, const Policy& policy) : PromptFormat(data, policy.tok, policy.chat, policy.eos) {}
 
-  bool chat() const { return policy_.chat != nullptr; }
+  bool chat() const { return chat_ != nullptr; }
   // The conversation the model answers (chat only): the row's messages without a final assistant
   // reply, or the system prompt and the filled-in prompt.
   nlohmann::ordered_json prompt_messages(const Example& ex) const;
   std::string prompt_text(const Example& ex) const;
   std::vector<int64_t> prompt_ids(const Example& ex) const;
+  // Text after the prompt (a completion), without special tokens.
+  std::vector<int64_t> encode_text(const std::string& text) const { return encode(text, false); }
 
   // An sft example: the prompt untrained, then the completion (or, without one, the answer) and
   // eos trained. With chat, every assistant turn of a conversation the template renders
@@ -34,8 +39,12 @@ class PromptFormat {
   bool final_turn_only() const { return final_turn_only_; }
 
  private:
-  const DataSettings& data_;
-  const Policy& policy_;
+  std::vector<int64_t> encode(const std::string& text, bool special_tokens) const;
+
+  DataSettings data_;
+  std::shared_ptr<const text::Tokenizer> tok_;
+  std::shared_ptr<const text::ChatTemplate> chat_;
+  int64_t eos_;
   mutable bool final_turn_only_ = false;
 };
 

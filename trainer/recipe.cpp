@@ -100,7 +100,8 @@ void convert(const YAML::Node& n, ScaleRewards& out) {  // TRL also takes true (
 }
 void convert(const YAML::Node& n, StageType& out) {
   out = pick<StageType>(n.as<std::string>(), {{"grpo", StageType::Grpo}, {"sft", StageType::Sft},
-                                               {"rejection_sampling", StageType::RejectionSampling}});
+                                               {"rejection_sampling", StageType::RejectionSampling},
+                                               {"reward_model", StageType::RewardModel}, {"distill", StageType::Distill}});
 }
 void convert(const YAML::Node& n, LossType& out) { out = parse_loss_type(n.as<std::string>()); }
 void convert(const YAML::Node& n, KlEstimator& out) { out = parse_kl_estimator(n.as<std::string>()); }
@@ -165,6 +166,9 @@ const std::vector<Key>& keys() {
       key("chat_template", "data", &S::data, &DataSettings::chat_template, "chat: a .jinja file to use instead of the model's template"),
       key("system_prompt", "data", &S::data, &DataSettings::system_prompt, "chat: a system message before each prompt"),
       key("messages_field", "data", &S::data, &DataSettings::messages_field, "sft: JSONL field of a whole conversation (chat)"),
+      key("chosen_field", "data", &S::data, &DataSettings::chosen_field, "reward_model: JSONL field of the preferred completion"),
+      key("rejected_field", "data", &S::data, &DataSettings::rejected_field, "reward_model: JSONL field of the rejected completion"),
+      key("general_share", "data", &S::data, &DataSettings::general_share, "built-in tasks: share of problems with data_source general (else math)"),
       key("shuffle", "data", &S::data, &DataSettings::shuffle, "a new seeded permutation of the training set each epoch"),
       key("max_length", "sft", &S::sft, &SftSettings::max_length, "sft: tokens per row; longer examples are truncated"),
       key("packing", "sft", &S::sft, &SftSettings::packing, "sft: several examples per row (attention stays within each)"),
@@ -188,6 +192,7 @@ const std::vector<Key>& keys() {
       key("reward_plugins", "rewards", &S::rewards, &RewardSettings::plugins, "C++ reward plugins (.so) to load"),
       key("rewards_by_source", "rewards", &S::rewards, &RewardSettings::by_source, "per data source, e.g. {gsm8k: math, chat: rm}; others get rewards"),
       key("reward_source_field", "rewards", &S::rewards, &RewardSettings::source_field, "the dataset column naming a row's data source"),
+      key("reward_model", "rewards", &S::rewards, &RewardSettings::reward_model, "a reward-model directory or stage:NAME, scored in process as the reward reward_model"),
       key("reward_timeout", "rewards", &S::rewards, &RewardSettings::timeout, "seconds a reward worker has per call before the call is retried on the next"),
       key("reward_token_file", "rewards", &S::rewards, &RewardSettings::token_file, "file with the token the reward workers expect"),
       key("reward_tls_ca", "rewards", &S::rewards, &RewardSettings::tls_ca, "PEM root certificate of the reward workers' TLS"),
@@ -293,7 +298,7 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
     if (!ok) throw Error(where + ": key '" + key + "': " + what);
   };
   if (given.count("epsilon") && !given.count("epsilon_high")) s.loss.epsilon_high = s.loss.epsilon_low;
-  if (s.type == StageType::Sft) {
+  if (s.type == StageType::Sft || s.type == StageType::Distill || s.type == StageType::RewardModel) {
     if (!given.count("max_steps")) s.optim.max_steps = 0;  // the epochs decide
     need(s.sft.max_length >= 2, "max_length", "must be at least 2");
     need(s.sft.num_train_epochs >= 1, "num_train_epochs", "must be at least 1");
@@ -325,6 +330,9 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
   need(s.data.task != Task::Jsonl || !s.data.train_file.empty(), "train_file", "task jsonl needs train_file");
   need(s.data.task_digits >= 1 && s.data.task_digits <= 9, "task_digits", "must be 1 to 9");
   need(s.data.prompt_format == "template" || s.data.prompt_format == "chat", "prompt_format", "must be template or chat");
+  need(s.data.general_share >= 0 && s.data.general_share <= 1, "general_share", "must be in [0, 1]");
+  need(s.type != StageType::Distill || s.data.train_file.rfind("stage:", 0) == 0, "train_file",
+       "a distill stage learns an earlier stage's data: train_file: stage:NAME (a rejection_sampling stage)");
   need(s.rewards.timeout > 0, "reward_timeout", "must be positive");
   need(s.advantages.max_num_gen_batches >= 1, "max_num_gen_batches", "must be at least 1");
   need(s.moe.aux_loss_alpha >= 0, "aux_loss_alpha", "must not be negative");
@@ -337,6 +345,15 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
   // Rewards: the spec, its options and plugins are checked now, not at the first step.
   try {
     rewards::RewardRegistry& registry = rewards::default_registry();  // plugins register where the run finds them
+    if (!s.rewards.reward_model.empty()) {
+      if (!s.rewards.workers.empty())
+        throw Error("reward_model is scored in process; with reward workers, serve it there "
+                    "(grpo reward-worker --reward-model DIR)");
+      nlohmann::json& o = s.rewards.options["reward_model"];
+      if (!o.is_object()) o = nlohmann::json::object();
+      if (!o.contains("path")) o["path"] = s.rewards.reward_model;
+      if (!o.contains("device")) o["device"] = s.model.device;
+    }
     for (const auto& p : s.rewards.plugins) rewards::load_reward_plugin(p, registry);
     if (s.rewards.workers.empty()) {
       rewards::CombinedReward(s.rewards.spec, registry, s.rewards.options);
@@ -459,17 +476,24 @@ Recipe read_recipe(const std::string& text, const std::string& path, const std::
     const std::string where = r.stages.size() == 1 ? path : path + ": stage '" + r.stages[i].name + "'";
     check(r.stages[i], given[i], where);
     // model_dir / train_file "stage:NAME": the result of an earlier stage of this recipe.
-    for (const auto& [key, value] : {std::pair<const char*, std::string>{"model_dir", r.stages[i].model.model_dir},
-                                     {"train_file", r.stages[i].data.train_file}}) {
+    for (const auto& [key, value] : {std::pair<std::string, std::string>{"model_dir", r.stages[i].model.model_dir},
+                                     {"train_file", r.stages[i].data.train_file},
+                                     {"reward_model", r.stages[i].rewards.reward_model}}) {
       if (value.rfind("stage:", 0) != 0) continue;
       const std::string name = value.substr(6);
+      // train_file names a dataset (rejection_sampling), reward_model a reward model, model_dir a policy.
+      auto fits = [&](StageType t) {
+        if (key == "train_file") return t == StageType::RejectionSampling;
+        if (key == "reward_model") return t == StageType::RewardModel;
+        return t != StageType::RejectionSampling && t != StageType::RewardModel;
+      };
       bool earlier = false;
-      for (size_t j = 0; j < i; ++j)
-        earlier |= r.stages[j].name == name &&
-                   (std::string(key) == "train_file") == (r.stages[j].type == StageType::RejectionSampling);
+      for (size_t j = 0; j < i; ++j) earlier |= r.stages[j].name == name && fits(r.stages[j].type);
       if (!earlier)
         throw Error(where + ": key '" + key + "': '" + value + "' names no earlier stage of this recipe that " +
-                    (std::string(key) == "train_file" ? "writes a dataset (rejection_sampling)" : "trains a model"));
+                    (key == "train_file"     ? "writes a dataset (rejection_sampling)"
+                     : key == "reward_model" ? "trains a reward model (reward_model)"
+                                             : "trains a model"));
     }
   }
   return r;
@@ -478,7 +502,14 @@ Recipe read_recipe(const std::string& text, const std::string& path, const std::
 }  // namespace
 
 std::string to_string(StageType t) {
-  return t == StageType::Sft ? "sft" : t == StageType::RejectionSampling ? "rejection_sampling" : "grpo";
+  switch (t) {
+    case StageType::Sft: return "sft";
+    case StageType::RejectionSampling: return "rejection_sampling";
+    case StageType::RewardModel: return "reward_model";
+    case StageType::Distill: return "distill";
+    case StageType::Grpo: break;
+  }
+  return "grpo";
 }
 
 Recipe parse_recipe(const std::string& text, const std::string& path, const std::vector<std::string>& overrides) {

@@ -27,7 +27,7 @@ namespace grpo::trainer {
 enum class Task { Addition, AdditionCot, Jsonl };
 enum class LrScheduler { Constant, Cosine };  // after a linear warm-up of warmup_ratio * max_steps
 enum class ScaleRewards { Group, Batch, None };
-enum class StageType { Grpo, Sft, RejectionSampling };
+enum class StageType { Grpo, Sft, RejectionSampling, RewardModel, Distill };
 
 struct ModelSettings {
   std::string model_dir;     // HF checkpoint directory, or "stage:NAME" for an earlier stage's result; or
@@ -52,6 +52,8 @@ struct DataSettings {
   std::string chat_template;                 // a .jinja file used instead of the model's own chat template
   std::string system_prompt;                 // chat: a system message before each prompt ("" = none)
   std::string messages_field = "messages";   // sft: JSONL field of a whole conversation (chat)
+  std::string chosen_field = "chosen", rejected_field = "rejected";  // reward_model: preference pairs
+  double general_share = 0;  // built-in tasks: the share of problems tagged data_source "general" (else "math")
   bool shuffle = true;  // a new seeded permutation of the training set each epoch
 };
 
@@ -80,6 +82,7 @@ struct RewardSettings {
   std::string token_file, tls_ca;    // what the reward workers require (rpc/security.h)
   std::map<std::string, std::string> by_source;  // data source -> spec (trainer/source_rewards.h)
   std::string source_field = "data_source";       // the dataset column naming the source
+  std::string reward_model;  // a reward-model directory (or stage:NAME) scored in process as the reward `reward_model`
 };
 
 struct WarmStartSettings {  // supervised steps on prompt -> answer before GRPO (a weak base from scratch)

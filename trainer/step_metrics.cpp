@@ -9,9 +9,11 @@ namespace grpo::trainer {
 
 using json = nlohmann::json;
 
-double accuracy_of(const rewards::RewardResult& res) {
+std::optional<double> accuracy_of(const rewards::RewardResult& res) {
   auto it = res.components.find("math");
-  return it != res.components.end() ? it->second : res.reward;
+  if (it != res.components.end()) return it->second;
+  if (res.components.count("reward_model")) return std::nullopt;  // a preference score: no right or wrong
+  return res.reward;
 }
 
 void EvalResult::add_to(json& m) const {
@@ -46,9 +48,15 @@ void RolloutBatch::add_sample(const rewards::RewardResult& res, const rollout::C
                       quoted(reference) + ", **reward** " + r + (res.error.empty() ? "" : " (" + res.error + ")"));
   }
   rewards.push_back(res.reward);
-  accuracy_sum += accuracy_of(res);
+  if (auto acc = accuracy_of(res)) {
+    accuracy_sum += *acc;
+    ++accuracy_count;
+  }
   reward_errors += !res.error.empty();
-  for (const auto& [name, v] : res.components) component_sums[name] += v;
+  for (const auto& [name, v] : res.components) {
+    component_sums[name] += v;
+    ++component_counts[name];
+  }
   truncated += c.finish_reason == rollout::FinishReason::Length;
   const int64_t len = (int64_t)c.token_ids.size();
   length_sum += (double)len;
@@ -64,7 +72,7 @@ json step_metrics(const RolloutBatch& b, const UpdateStats& u, double lr, double
   const double std_dev = b.rewards.size() > 1 ? std::sqrt(var / (b.rewards.size() - 1)) : 0.0;
   json m = {{"reward", mean},
             {"reward_std", std_dev},
-            {"accuracy", b.accuracy_sum / N},
+            {"accuracy", b.accuracy_sum / std::max<int64_t>(1, b.accuracy_count)},
             {"loss", u.loss},
             {"kl", u.kl},
             {"entropy", u.entropy},
@@ -85,7 +93,8 @@ json step_metrics(const RolloutBatch& b, const UpdateStats& u, double lr, double
             {"time_reward", b.time_reward},
             {"time_train", t_train},
             {"tokens_per_second", b.tokens / std::max(1e-9, b.time_rollout + b.time_reward + t_train)}};
-  for (const auto& [name, sum] : b.component_sums) m["rewards/" + name + "/mean"] = sum / N;
+  // Each component's mean over the samples it scored (with rewards_by_source, not every sample).
+  for (const auto& [name, sum] : b.component_sums) m["rewards/" + name + "/mean"] = sum / b.component_counts.at(name);
   if (s.moe.aux_loss_alpha > 0) m["aux_loss"] = u.aux_loss;
   if (s.advantages.dynamic_sampling) {
     m["gen_batches"] = b.gen_batches;

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -18,8 +19,9 @@
 
 namespace grpo::trainer {
 
-// The `math` component when the reward has one (the task's correctness), else the whole reward.
-double accuracy_of(const rewards::RewardResult& result);
+// The `math` component when the reward has one (the task's correctness); none for a sample scored by
+// a reward model (a preference, not right or wrong); else the whole reward.
+std::optional<double> accuracy_of(const rewards::RewardResult& result);
 
 struct EvalResult {
   double accuracy = NAN, reward = NAN;  // greedy, one completion per prompt
@@ -37,7 +39,9 @@ struct RolloutBatch {
   // Over every sampled completion:
   std::vector<double> rewards;
   std::map<std::string, double> component_sums;
+  std::map<std::string, int64_t> component_counts;
   double accuracy_sum = 0, length_sum = 0;
+  int64_t accuracy_count = 0;  // samples with a right-or-wrong score (not reward-model scored)
   int64_t truncated = 0, reward_errors = 0, length_min = -1, length_max = 0;
   int64_t groups = 0, zero_std_groups = 0, kept_groups = 0, gen_batches = 0;
   int64_t tokens = 0;                        // prompt + completion tokens trained on

@@ -6,6 +6,7 @@
 #include "trainer/grpo_trainer.h"
 #include "trainer/pipeline.h"
 #include "trainer/rejection_sampling.h"
+#include "trainer/reward_model_trainer.h"
 #include "trainer/run_state.h"
 #include "trainer/sft_trainer.h"
 #include "util/error.h"
@@ -19,7 +20,9 @@ std::atomic<bool> g_stop{false};
 
 bool run_stage(const StageSettings& s, const std::string& recipe_path, const std::string& dir, bool resume) {
   switch (s.type) {
-    case StageType::Sft: return run_sft_stage(s, recipe_path, dir, resume);
+    case StageType::Sft:
+    case StageType::Distill: return run_sft_stage(s, recipe_path, dir, resume);
+    case StageType::RewardModel: return run_reward_model_stage(s, recipe_path, dir, resume);
     case StageType::RejectionSampling: return run_rejection_sampling_stage(s, recipe_path, dir, resume);
     case StageType::Grpo: break;
   }
@@ -54,6 +57,11 @@ void train(const Recipe& recipe, const TrainOptions& options) {
       stage.data.prompt_field = "prompt";
       stage.data.completion_field = "completion";
       stage.data.answer_field = "answer";
+    }
+    std::string& rm = stage.rewards.reward_model;
+    if (rm.rfind("stage:", 0) == 0) {
+      rm = pipeline.output_of(rm.substr(6));
+      stage.rewards.options["reward_model"]["path"] = rm;
     }
     const std::string dir = out + "/" + stage.name;
     pipeline.start(i);

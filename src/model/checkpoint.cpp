@@ -1,5 +1,6 @@
 #include "model/checkpoint.h"
 
+#include <algorithm>
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 
@@ -154,6 +155,7 @@ std::shared_ptr<DeepseekForCausalLM> load_model(const std::string& dir, const Lo
     std::cerr << "grpo: note: " << dir << " holds " << mtp << " of " << config.num_nextn_predict_layers
               << " MTP modules named in config.json; loading without the missing ones\n";
   config.num_nextn_predict_layers = mtp;
+  if (options.without_lm_head) config.tie_word_embeddings = true;
 
   auto model = std::make_shared<DeepseekForCausalLM>(config);
   WeightReader reader(ck, config);
@@ -174,6 +176,10 @@ std::shared_ptr<DeepseekForCausalLM> load_model(const std::string& dir, const Lo
     for (auto& kv : model->named_buffers(true)) load_all(kv.key(), kv.value());
   }
   auto unused = reader.unused();
+  if (options.without_lm_head)
+    unused.erase(std::remove_if(unused.begin(), unused.end(),
+                                [](const std::string& n) { return n == "lm_head.weight" || n == "score.weight"; }),
+                 unused.end());
   if (!unused.empty()) {
     std::cerr << "grpo: warning: " << dir << ": " << unused.size() << " checkpoint tensor(s) not used by the model, e.g. '"
               << unused.front() << "'\n";
@@ -228,6 +234,7 @@ void save_model(DeepseekForCausalLM& model, const std::string& config_json, cons
     }
   }
   for (auto& kv : model.named_buffers(true)) emit(kv.key(), kv.value(), at::kFloat);
+  for (const auto& [name, t] : options.extra_tensors) emit(name, t, options.dtype);
 
   // Shard by size, in name order, like transformers.
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
@@ -277,6 +284,7 @@ void save_model(DeepseekForCausalLM& model, const std::string& config_json, cons
   cfg["architectures"] = {c.model_type == "deepseek_v3" ? "DeepseekV3ForCausalLM" : "DeepseekV2ForCausalLM"};
   cfg["dtype"] = options.dtype == at::kBFloat16 ? "bfloat16" : options.dtype == at::kHalf ? "float16" : "float32";
   cfg.erase("torch_dtype");
+  for (auto it = options.config_updates.begin(); it != options.config_updates.end(); ++it) cfg[it.key()] = it.value();
   write_file_atomic(dir + "/config.json", cfg.dump(2) + "\n");
 }
 

@@ -8,7 +8,10 @@
 #pragma once
 
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "model/deepseek.h"
 
@@ -17,6 +20,10 @@ namespace grpo::model {
 struct LoadOptions {
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
+  // The backbone alone (a reward model's, or a causal LM's as a reward model's start): no lm_head
+  // is built (the model behaves as if tie_word_embeddings were set) and the checkpoint's lm_head
+  // and score weights are left unread without a warning.
+  bool without_lm_head = false;
 };
 
 // Loads config.json and the weights in `dir`. Errors name the file and the tensor.
@@ -34,6 +41,8 @@ void copy_weights(DeepseekForCausalLM& dst, DeepseekForCausalLM& src);
 struct SaveOptions {
   at::ScalarType dtype = at::kFloat;              // on-disk dtype of floating weights
   int64_t max_shard_bytes = int64_t(5) << 30;     // larger checkpoints are sharded with an index
+  std::vector<std::pair<std::string, at::Tensor>> extra_tensors;  // written beside the model's (e.g. score.weight)
+  nlohmann::json config_updates = nlohmann::json::object();       // merged into config.json last (architectures, ...)
 };
 
 // Writes config.json (the given config text with dtype/architectures updated and any
