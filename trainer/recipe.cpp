@@ -185,6 +185,7 @@ const std::vector<Key>& keys() {
       key("max_repeated_ngram_share", "rejection_sampling", &S::filter, &RejectionFilter::max_repeated_ngram_share, "rejection_sampling: repeated word 4-grams at most (1: off)"),
       key("reject_repeated_paragraphs", "rejection_sampling", &S::filter, &RejectionFilter::reject_repeated_paragraphs, "rejection_sampling: drop a sample with a paragraph twice"),
       key("deduplicate", "rejection_sampling", &S::filter, &RejectionFilter::deduplicate, "rejection_sampling: one copy of identical samples of a prompt"),
+      key("drop_truncated", "rejection_sampling", &S::filter, &RejectionFilter::drop_truncated, "rejection_sampling: drop samples cut at max_completion_length"),
       key("max_kept_per_prompt", "rejection_sampling", &S::filter, &RejectionFilter::max_kept_per_prompt, "rejection_sampling: at most N kept per prompt (0: all)"),
       key("rewards", "rewards", &S::rewards, &RewardSettings::spec, "name[:weight],... e.g. math,format:0.2"),
       key("reward_workers", "rewards", &S::rewards, &RewardSettings::workers, "host:port,... of reward workers (empty: in process)"),

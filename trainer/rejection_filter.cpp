@@ -56,7 +56,7 @@ bool has_repeated_paragraph(const std::string& text) {
 
 std::string rejection_reason(const RejectionFilter& f, const Candidate& c) {
   if (!c.result.error.empty()) return "error";
-  if (c.truncated) return "truncated";
+  if (c.truncated && f.drop_truncated) return "truncated";
   if (f.min_tokens > 0 && c.tokens < f.min_tokens) return "too_short";
   if (f.max_tokens > 0 && c.tokens > f.max_tokens) return "too_long";
   if (f.require_correct) {

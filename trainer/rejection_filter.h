@@ -21,6 +21,7 @@ struct RejectionFilter {
   double max_repeated_ngram_share = 0.2;      // share of word 4-grams that repeat an earlier one (1 = off)
   bool reject_repeated_paragraphs = true;     // a paragraph (20+ characters) that appears twice
   bool deduplicate = true;                    // the same completion twice for one prompt: kept once
+  bool drop_truncated = true;                 // a sample cut at max_completion_length (no eos)
   int64_t max_kept_per_prompt = 0;            // 0 = every sample that passes
 };
 

@@ -57,6 +57,10 @@ void train(const Recipe& recipe, const TrainOptions& options) {
       stage.data.prompt_field = "prompt";
       stage.data.completion_field = "completion";
       stage.data.answer_field = "answer";
+      stage.data.answer_delimiter = "";  // the dataset holds the extracted answer
+      stage.data.eval_file = "";         // the recipe's eval file is in the task's own format, not this one's
+      stage.data.prompt_field = "prompt";
+      stage.data.messages_field = "messages";
     }
     std::string& rm = stage.rewards.reward_model;
     if (rm.rfind("stage:", 0) == 0) {

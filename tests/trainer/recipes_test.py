@@ -1,5 +1,6 @@
-"""The shipped GPU recipes (recipes/r1_zero_gsm8k.yaml, recipes/r1_zero_math.yaml) run end to end as
-they are, on CPU for two steps, with only the model and sizes replaced: a tiny random DeepSeek-V3-style
+"""The shipped GPU recipes (recipes/r1_zero_gsm8k.yaml, recipes/r1_zero_math.yaml, and the
+multi-stage r1_gsm8k.yaml, r1_math.yaml and distill_qwen.yaml) run end to end as they are, on CPU
+for two steps (or a few prompts) per stage, with only the models, sizes and filters replaced: a tiny random DeepSeek-V3-style
 checkpoint with a byte-level BPE tokenizer.json trained here, and the real GSM8K and MATH-500 files
 (a slice, in their own formats). Checks: the R1-Zero template, `math` + `format` rewards and eval run;
 a GSM8K row without "####" is skipped and reported with its line; checkpoints are written.
@@ -96,6 +97,42 @@ for name in ["r1_zero_gsm8k", "r1_zero_math"]:
         check("1 row of" in r.stderr and "gsm8k_train.jsonl:6" in r.stderr and "####" in r.stderr,
               "the GSM8K row without '####' is reported with its line: " +
               next((l for l in r.stderr.splitlines() if "skipped" in l), "(no report)"))
+
+# The multi-stage recipes: every stage runs (sft, grpo, rejection_sampling, reward_model, distill), with
+# the checkpoints' paths, data files and sizes replaced, and the rejection filters opened (a random
+# model is never right).
+student = os.path.join(a.workdir, "student")
+config.update(hidden_size=64, num_hidden_layers=2)
+json.dump(config, open(os.path.join(a.workdir, "student.json"), "w"))
+subprocess.run([a.grpo, "init", "--config", os.path.join(a.workdir, "student.json"), "--output", student], check=True,
+               capture_output=True)
+template = open(os.path.join(a.source, "recipes", "chat_templates", "user_assistant.jinja")).read()
+for d in (model, student):
+    tok.save(os.path.join(d, "tokenizer.json"))
+    open(os.path.join(d, "chat_template.jinja"), "w").write(template)
+    json.dump({"bos_token": "<s>", "eos_token": "</s>"}, open(os.path.join(d, "tokenizer_config.json"), "w"))
+with open(os.path.join(data, "preferences.jsonl"), "w") as f:
+    for r in gsm_train[:20]:
+        f.write(json.dumps({"prompt": r["question"], "chosen": r["answer"], "rejected": "I do not know."}) + "\n")
+small = ["max_steps=2", "per_step_prompts=4", "num_generations=2", "max_completion_length=16", "max_prompts=4",
+         "num_samples=2", "num_train_epochs=1", "max_length=384", "per_device_train_batch_size=2", "device=cpu",
+         "bf16=false", "eval_every=2", "save_every=2", "require_correct=false", "min_rewards={}", "language=\"\"",
+         "min_language_consistency=0", "max_repeated_ngram_share=1", "reject_repeated_paragraphs=false", "drop_truncated=false"]
+for name, stages in [("r1_gsm8k", ["cold_start", "reasoning", "rejection", "sft_from_base", "reward_model", "final"]),
+                     ("r1_math", ["cold_start", "reasoning", "rejection", "sft_from_base", "reward_model", "final"]),
+                     ("distill_qwen", ["teacher_samples", "student"])]:
+    text = open(os.path.join(a.source, "recipes", name + ".yaml")).read()
+    text = (text.replace("/path/to/base-checkpoint", model).replace("/path/to/teacher-checkpoint", model)
+            .replace("/path/to/student-checkpoint", student).replace("data/", data + "/"))
+    recipe = os.path.join(a.workdir, name + ".yaml")
+    open(recipe, "w").write(text)
+    out = os.path.join(a.workdir, name)
+    r = subprocess.run([a.grpo, "train", recipe, "--output", out] + small, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"{name}: grpo train failed:\n{r.stderr[-3000:]}")
+    pipe = json.load(open(os.path.join(out, "pipeline.json")))
+    done = [st["name"] for st in pipe["stages"] if st["status"] == "done"]
+    check(done == stages, f"{name}: stages {' -> '.join(done)} done")
 
 print("ok" if not failures else f"FAIL: {len(failures)} checks")
 sys.exit(1 if failures else 0)
