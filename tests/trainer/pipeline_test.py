@@ -184,6 +184,7 @@ stages:
     per_device_train_batch_size: 2
     learning_rate: 0.002
     eval_every: 0
+    save_every: 5
 """
 rs_recipe = os.path.join(a.workdir, "rs.yaml")
 open(rs_recipe, "w").write(RS)
@@ -231,6 +232,30 @@ print(f"killed after {cut_at} of 400 prompts and resumed: same dataset and stati
       f"distilled weights identical {wx == wy}")
 if not same or wx != wy:
     sys.exit("the resumed rejection-sampling pipeline differs from the uninterrupted one")
+
+# Killed inside the later sft stage (after the rejection-sampling stage finished): --resume goes on
+# from its last checkpoint, not from its start, to the same weights.
+rs_cut2 = os.path.join(a.workdir, "rs_cut2")
+p = subprocess.Popen([a.grpo, "train", rs_recipe, "--output", rs_cut2], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+distill_metrics = os.path.join(rs_cut2, "distill", "metrics.jsonl")
+deadline = time.time() + 300
+while time.time() < deadline and p.poll() is None:
+    if os.path.exists(distill_metrics) and any(m.get("step", 0) >= 12 for m in metrics(distill_metrics)):
+        break
+    time.sleep(0.005)
+if p.poll() is not None:
+    sys.exit("the distill stage finished before it could be killed")
+p.send_signal(signal.SIGKILL)
+p.wait()
+r = subprocess.run([a.grpo, "train", rs_recipe, "--output", rs_cut2, "--resume"], capture_output=True, text=True)
+if r.returncode != 0:
+    sys.exit(r.stderr[-2000:])
+resumed_line = [l for l in open(os.path.join(rs_cut2, "distill", "train.log")) if "resumed from" in l]
+wz = tensors(os.path.join(rs_cut2, "distill", f"checkpoint-{last}", "model.safetensors"))
+print(f"killed inside the later sft stage and resumed ({resumed_line[0].split('resumed ')[1].strip() if resumed_line else 'no resume'}): "
+      f"distilled weights identical {wz == wx}")
+if not resumed_line or wz != wx:
+    sys.exit("the later sft stage did not resume to the uninterrupted run's weights")
 
 # Packing changes nothing but the speed: one step over the same 4 examples, packed into one row
 # and one example per row, has the same loss.

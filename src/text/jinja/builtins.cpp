@@ -1,6 +1,7 @@
 #include "text/jinja/builtins.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <ctime>
 #include <stdexcept>
@@ -283,6 +284,8 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
   if (op == "*") {
     if ((a.kind == K::String || a.kind == K::List) && (b.kind == K::Int || b.kind == K::Bool)) {
       int64_t n = std::max<int64_t>(0, as_int(b, "repeat count"));
+      const size_t unit = a.kind == K::String ? a.s.size() : a.list->size() * 16;
+      if (unit > 0 && (uint64_t)n > (64u << 20) / unit) fail("repetition past 64 MiB");
       if (a.kind == K::String) {
         std::string out;
         for (int64_t i = 0; i < n; ++i) out += a.s;
@@ -298,9 +301,11 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
   bool ints = a.kind != K::Float && b.kind != K::Float;
   int64_t x = ints ? (a.kind == K::Bool ? a.b : a.i) : 0, y = ints ? (b.kind == K::Bool ? b.b : b.i) : 0;
   double fx = a.as_double(), fy = b.as_double();
-  if (op == "+") return ints ? Value::integer(x + y) : Value::number(fx + fy);
-  if (op == "-") return ints ? Value::integer(x - y) : Value::number(fx - fy);
-  if (op == "*") return ints ? Value::integer(x * y) : Value::number(fx * fy);
+  int64_t r = 0;
+  auto overflow = [&]() -> Value { fail("integer overflow in " + op + " (past 64 bits)"); };
+  if (op == "+") return ints ? (__builtin_add_overflow(x, y, &r) ? overflow() : Value::integer(r)) : Value::number(fx + fy);
+  if (op == "-") return ints ? (__builtin_sub_overflow(x, y, &r) ? overflow() : Value::integer(r)) : Value::number(fx - fy);
+  if (op == "*") return ints ? (__builtin_mul_overflow(x, y, &r) ? overflow() : Value::integer(r)) : Value::number(fx * fy);
   if (op == "/") {
     if (fy == 0) fail("division by zero");
     return Value::number(fx / fy);
@@ -308,6 +313,7 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
   if (op == "//" || op == "%") {
     if (fy == 0) fail(op == "//" ? "integer division or modulo by zero" : "modulo by zero");
     if (ints) {
+      if (x == INT64_MIN && y == -1) return overflow();
       int64_t q = x / y, r = x % y;
       if (r != 0 && ((r < 0) != (y < 0))) {
         --q;
@@ -319,10 +325,13 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
     return Value::number(op == "//" ? q : fx - q * fy);
   }
   if (op == "**") {
-    if (ints && y >= 0) {
-      int64_t r = 1;
-      for (int64_t i = 0; i < y; ++i) r *= x;
-      return Value::integer(r);
+    if (ints && y >= 0) {  // by squaring: O(log y) steps
+      int64_t p = 1, base = x;
+      for (int64_t e = y; e > 0; e >>= 1) {
+        if ((e & 1) && __builtin_mul_overflow(p, base, &p)) return overflow();
+        if (e > 1 && __builtin_mul_overflow(base, base, &base)) return overflow();
+      }
+      return Value::integer(p);
     }
     return Value::number(std::pow(fx, fy));
   }
@@ -597,9 +606,10 @@ Dict globals() {
           }
           if (step == 0) fail("range() step must not be zero");
           List out;
-          for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
+          for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
             if (out.size() >= 100000) fail("range() longer than 100000 items");
             out.push_back(Value::integer(i));
+            if (__builtin_add_overflow(i, step, &i)) break;
           }
           return Value::make_list(std::move(out));
         }));

@@ -1,6 +1,7 @@
 #include "text/jinja/template.h"
 
 #include <algorithm>
+#include <climits>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -249,7 +250,10 @@ class Renderer {
       }
       case Expr::Kind::Neg: {
         Value v = eval(*e.items[0]);
-        if (v.kind == K::Int) return Value::integer(-v.i);
+        if (v.kind == K::Int) {
+          if (v.i == INT64_MIN) throw std::runtime_error("integer overflow in unary - (past 64 bits)");
+          return Value::integer(-v.i);
+        }
         if (v.kind == K::Bool) return Value::integer(-(int64_t)v.b);
         if (v.kind == K::Float) return Value::number(-v.f);
         throw std::runtime_error("bad operand type for unary -: '" + type_name(v) + "'");
