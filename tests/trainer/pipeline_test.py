@@ -181,7 +181,9 @@ stages:
     type: sft
     train_file: stage:rs
     max_length: 64
-    per_device_train_batch_size: 2
+    packing: false
+    num_train_epochs: 3
+    per_device_train_batch_size: 1
     learning_rate: 0.002
     eval_every: 0
     save_every: 5
