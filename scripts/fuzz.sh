@@ -31,7 +31,7 @@ case $name in
                   libs=(-lre2 -licuuc); flags+=(-DGRPO_HAVE_ICU=1) ;;
   math_answer) srcs=("${math_srcs[@]}"); libs=(-lre2 -lgmpxx -lgmp) ;;
   json_document) srcs=(src/util/json.cpp); libs=() ;;
-  chat_template) srcs=(src/text/chat_template.cpp src/text/jinja/value.cpp src/text/jinja/parser.cpp src/text/jinja/builtins.cpp
+  chat_template) srcs=(src/text/chat_template.cpp src/text/jinja/value.cpp src/text/jinja/lexer.cpp src/text/jinja/parser.cpp src/text/jinja/builtins.cpp
                        src/text/jinja/template.cpp src/text/unicode.cpp src/util/files.cpp src/util/json.cpp); libs=() ;;
   recipe_yaml) srcs=(trainer/recipe.cpp trainer/loss_config.cpp "${math_srcs[@]}" "${reward_srcs[@]}" "${sandbox_srcs[@]}" src/util/files.cpp src/util/json.cpp)
                libs=(-lyaml-cpp -lre2 -lgmpxx -lgmp -lseccomp -ldl) ;;
