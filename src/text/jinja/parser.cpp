@@ -9,7 +9,6 @@
 namespace grpo::text::jinja {
 namespace {
 
-
 class Parser {
  public:
   Parser(std::vector<Chunk> chunks, std::string where) : chunks_(std::move(chunks)), where_(std::move(where)) {}
