@@ -52,7 +52,11 @@ void train(const Recipe& recipe, const TrainOptions& options) {
     if (m.rfind("stage:", 0) == 0) stage.model.model_dir = pipeline.output_of(m.substr(6));
     const std::string& f = stage.data.train_file;
     if (f.rfind("stage:", 0) == 0) {  // the dataset a rejection-sampling stage wrote
-      stage.data.train_file = pipeline.output_of(f.substr(6));
+      const std::string source = f.substr(6);
+      stage.data.train_file = pipeline.output_of(source);
+      if (std::filesystem::file_size(stage.data.train_file) == 0)
+        throw Error("stage '" + source + "' kept no sample (its stats.json says why): stage '" + stage.name +
+                    "' has nothing to learn");
       stage.data.task = Task::Jsonl;
       stage.data.prompt_field = "prompt";
       stage.data.completion_field = "completion";
