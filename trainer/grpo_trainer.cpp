@@ -631,14 +631,9 @@ void Trainer::run() {
     const double per_step = seconds_since(t_start) / (step - start_step);
     log_->progress(progress_line(m, step, max_steps, per_step, per_step * (max_steps - step)), step);
     if (eval_now) log_->line("step " + std::to_string(step) + " " + e.describe());
-    const int64_t every = s_.checkpoint.save_every;
-    const bool stopping = stop_requested() && step < max_steps;
-    if ((every > 0 && step % every == 0) || step == max_steps || stopping) save("checkpoint-" + std::to_string(step));
-    if (stopping) {
-      log_->line("stopped after step " + std::to_string(step) + "; saved checkpoint-" + std::to_string(step) +
-                 "; continue with --resume");
+    if (!checkpoint_or_stop(step, max_steps, s_.checkpoint.save_every, "step ", *log_,
+                            [&] { save("checkpoint-" + std::to_string(step)); }))
       throw Stopped{};
-    }
   }
   log_->line("done, " + std::to_string(st_.step) + " steps in " + format_duration(seconds_since(t_start)) +
              "; checkpoints, metrics.jsonl and train.log in " + out_);

@@ -259,14 +259,8 @@ bool RewardModelStage::run() {
     if (m.contains("eval_accuracy"))
       log_->line(s_.name + " step " + std::to_string(step) + ": eval_accuracy " + std::to_string(m["eval_accuracy"].get<double>()) +
                  ", eval_loss " + std::to_string(m["eval_loss"].get<double>()));
-    const int64_t every = s_.checkpoint.save_every;
-    const bool stopping = stop_requested() && step < total_steps_;
-    if ((every > 0 && step % every == 0) || step == total_steps_ || stopping) save();
-    if (stopping) {
-      log_->line("stopped after " + s_.name + " step " + std::to_string(step) + "; saved checkpoint-" +
-                 std::to_string(step) + "; continue with --resume");
+    if (!checkpoint_or_stop(step, total_steps_, s_.checkpoint.save_every, s_.name + " step ", *log_, [&] { save(); }))
       return false;
-    }
   }
   log_->line(s_.name + " done, " + std::to_string(st_.step) + " steps in " + format_duration(seconds_since(t_start)) +
              "; checkpoints, metrics.jsonl and train.log in " + out_);

@@ -237,14 +237,8 @@ bool SftStage::run() {
              format_duration(seconds_since(t_start)).c_str(), format_duration(per_step * (total_steps_ - step)).c_str());
     log_->progress(buf, step);
     if (m.contains("eval_loss")) log_->line(s_.name + " step " + std::to_string(step) + ": eval_loss " + std::to_string(m["eval_loss"].get<double>()));
-    const int64_t every = s_.checkpoint.save_every;
-    const bool stopping = stop_requested() && step < total_steps_;
-    if ((every > 0 && step % every == 0) || step == total_steps_ || stopping) save();
-    if (stopping) {
-      log_->line("stopped after " + s_.name + " step " + std::to_string(step) + "; saved checkpoint-" +
-                 std::to_string(step) + "; continue with --resume");
+    if (!checkpoint_or_stop(step, total_steps_, s_.checkpoint.save_every, s_.name + " step ", *log_, [&] { save(); }))
       return false;
-    }
   }
   log_->line(s_.name + " done, " + std::to_string(st_.step) + " steps in " + format_duration(seconds_since(t_start)) +
              "; checkpoints, metrics.jsonl and train.log in " + out_);

@@ -7,6 +7,7 @@
 #include "trainer/pipeline.h"
 #include "trainer/rejection_sampling.h"
 #include "trainer/reward_model_trainer.h"
+#include "trainer/run_log.h"
 #include "trainer/run_state.h"
 #include "trainer/sft_trainer.h"
 #include "util/error.h"
@@ -77,6 +78,16 @@ void train(const Recipe& recipe, const TrainOptions& options) {
     pipeline.finish(i, stage.type == StageType::RejectionSampling ? dir + "/data.jsonl" : CheckpointStore(dir, 0).latest(),
                     final_metrics(dir));
   }
+}
+
+bool checkpoint_or_stop(int64_t step, int64_t total, int64_t save_every, const std::string& label, RunLog& log,
+                        const std::function<void()>& save) {
+  const bool stopping = stop_requested() && step < total;
+  if ((save_every > 0 && step % save_every == 0) || step == total || stopping) save();
+  if (stopping)
+    log.line("stopped after " + label + std::to_string(step) + "; saved checkpoint-" + std::to_string(step) +
+             "; continue with --resume");
+  return !stopping;
 }
 
 void request_stop() { g_stop.store(true); }

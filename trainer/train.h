@@ -3,6 +3,8 @@
 // later stage may start from an earlier stage's model or data (`stage:NAME`).
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <string>
 
 #include "trainer/recipe.h"
@@ -21,5 +23,12 @@ void train(const Recipe& recipe, const TrainOptions& options);
 // Asks a running train() to stop after the step in progress. Async-signal-safe.
 void request_stop();
 bool stop_requested();
+
+class RunLog;
+// The end of step `step` of `total` in every stage that trains: `save` writes a checkpoint every
+// `save_every` steps, at the last step, and when a stop was requested; then false, after a line
+// saying how to continue ("stopped after <label><step>; ..."; label "step " or "<stage> step ").
+bool checkpoint_or_stop(int64_t step, int64_t total, int64_t save_every, const std::string& label, RunLog& log,
+                        const std::function<void()>& save);
 
 }  // namespace grpo::trainer
