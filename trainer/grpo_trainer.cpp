@@ -154,10 +154,10 @@ Trainer::Trainer(const StageSettings& s, const std::string& recipe_path, const s
   }
 
   optimizer_ = std::make_unique<torch::optim::AdamW>(
-      master_->parameters(),
+      pol_.trainable_parameters(),
       torch::optim::AdamWOptions(s_.optim.learning_rate).weight_decay(s_.optim.weight_decay).betas({0.9, 0.99}));
   sft_optimizer_ = std::make_unique<torch::optim::AdamW>(
-      master_->parameters(), torch::optim::AdamWOptions(s_.warm_start.sft_learning_rate).weight_decay(0.0));
+      pol_.trainable_parameters(), torch::optim::AdamWOptions(s_.warm_start.sft_learning_rate).weight_decay(0.0));
   sft_rng_.seed(s_.optim.seed + 17);
   if (resume_run) resume();
   sync_policy();
@@ -261,9 +261,10 @@ void Trainer::resume() {
   torch::load(st_.warm_start_done ? *optimizer_ : *sft_optimizer_, dir + "/optimizer.pt");
 }
 
-// ---- the frozen reference (beta > 0): the policy as GRPO starts, or as of the last refresh.
+// ---- the frozen reference (beta > 0): the policy as GRPO starts, or as of the last refresh. Under
+// LoRA it is the base, the policy with its adapters off (no second copy), as TRL does with PEFT.
 void Trainer::build_reference() {
-  if (s_.loss.beta == 0) return;
+  if (s_.loss.beta == 0 || pol_.has_lora()) return;
   const model::LoadOptions lo{compute_dtype_, device_};
   if (st_.step == 0) {
     ref_ = std::make_shared<Model>(policy_->config());
@@ -375,7 +376,7 @@ void Trainer::warm_start() {
     Tensor loss = -at::cat(policy_->completion_logprobs(ps, cs)).mean();
     loss.backward();
     accumulate_gradients();
-    const double norm = torch::nn::utils::clip_grad_norm_(master_->parameters(), s_.optim.max_grad_norm);
+    const double norm = torch::nn::utils::clip_grad_norm_(pol_.trainable_parameters(), s_.optim.max_grad_norm);
     const double sft_loss = loss.item<double>();
     if (!std::isfinite(norm) || !std::isfinite(sft_loss))
       throw Error("warm-start step " + std::to_string(s + 1) + ": the loss (" + std::to_string(sft_loss) +
@@ -494,6 +495,10 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
   if (ref_) {
     c10::NoGradGuard g;
     ref_t = pad(ref_->completion_logprobs(b.prompts, b.completions), max_len, at::kFloat).first;
+  } else if (s_.loss.beta > 0 && pol_.has_lora()) {
+    c10::NoGradGuard g;
+    model::AdaptersDisabled base(*policy_);
+    ref_t = pad(policy_->completion_logprobs(b.prompts, b.completions), max_len, at::kFloat).first;
   }
   const int64_t Bn = (int64_t)b.prompts.size();
   const int64_t mb = s_.optim.mini_batch_size > 0 ? s_.optim.mini_batch_size : Bn;
@@ -566,7 +571,7 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
       loss.backward();
       accumulate_gradients();
     }
-    u.grad_norm = torch::nn::utils::clip_grad_norm_(master_->parameters(), s_.optim.max_grad_norm);
+    u.grad_norm = torch::nn::utils::clip_grad_norm_(pol_.trainable_parameters(), s_.optim.max_grad_norm);
     if (!std::isfinite(u.grad_norm) || !std::isfinite(u.loss))
       throw Error("step " + std::to_string(st_.step + 1) + ": the " + (std::isfinite(u.loss) ? "gradient norm" : "loss") +
                   " is not finite (loss " + std::to_string(u.loss) + ", gradient norm " + std::to_string(u.grad_norm) +

@@ -3,6 +3,7 @@
 #include <c10/core/GradMode.h>
 
 #include <cmath>
+#include <filesystem>
 
 #include "model/checkpoint.h"
 #include "util/error.h"
@@ -24,12 +25,60 @@ std::shared_ptr<Model> load_base_model(const StageSettings& s, const std::string
   return m;
 }
 
+namespace {
+
+// lora_r > 0: the frozen base (from model_dir, or continuing an adapter that model_dir holds) with
+// adapters in fp32.
+void setup_lora(Policy& p, const StageSettings& s, const std::string& recipe_path) {
+  const ModelSettings& m = s.model;
+  p.lora.r = m.lora_r;
+  p.lora.alpha = m.lora_alpha;
+  p.lora.dropout = m.lora_dropout;
+  p.lora.target_modules = m.lora_target_modules;
+  p.lora.use_rslora = m.use_rslora;
+  p.save_merged = m.lora_save_merged;
+  const at::ScalarType dtype = m.bf16 ? at::kBFloat16 : at::kFloat;
+  const bool continuing = !m.model_dir.empty() && model::is_adapter_dir(m.model_dir);
+  if (continuing) {  // train the adapter further (PEFT's is_trainable=True), over its own base
+    model::LoraConfig had = model::read_adapter_config(m.model_dir, &p.adapter_base);
+    if (had.r != p.lora.r)
+      throw Error(recipe_path + ": stage '" + s.name + "': model_dir " + m.model_dir + " is a LoRA adapter of rank " +
+                  std::to_string(had.r) + ", but lora_r is " + std::to_string(p.lora.r));
+    p.lora = had;
+    p.master = model::load_model(m.model_dir, {dtype, at::Device(m.device)});
+    p.adapter_base = model::resolve_adapter_base(m.model_dir, p.adapter_base);
+  } else {
+    p.master = load_base_model(s, p.config_text, dtype);
+    if (!m.model_dir.empty()) p.adapter_base = std::filesystem::absolute(m.model_dir).lexically_normal().string();
+    model::add_lora(*p.master, p.lora, m.model_seed + 1);
+  }
+  for (auto& t : p.master->parameters()) t.set_requires_grad(false);
+  for (auto& [name, t] : model::lora_parameters(*p.master)) t.set_requires_grad(true);
+  p.compute = p.master;
+}
+
+}  // namespace
+
 Policy load_policy(const StageSettings& s, const std::string& recipe_path, bool without_lm_head) {
   Policy p;
-  p.config_text = read_file(s.model.model_dir.empty() ? s.model.model_config : s.model.model_dir + "/config.json");
-  p.master = load_base_model(s, p.config_text, at::kFloat, without_lm_head);
+  const bool adapter_dir = !s.model.model_dir.empty() && model::is_adapter_dir(s.model.model_dir) &&
+                           !std::filesystem::exists(s.model.model_dir + "/config.json");
+  std::string base_config = s.model.model_dir + "/config.json";
+  if (adapter_dir) {
+    std::string base;
+    model::read_adapter_config(s.model.model_dir, &base);
+    base_config = model::resolve_adapter_base(s.model.model_dir, base) + "/config.json";
+  }
+  p.config_text = read_file(s.model.model_dir.empty() ? s.model.model_config : base_config);
+  if (s.model.lora_r > 0) {
+    setup_lora(p, s, recipe_path);
+  } else {
+    // A full model, or an adapter merged into its base (full fine-tuning from a LoRA stage).
+    p.master = load_base_model(s, p.config_text, at::kFloat, without_lm_head);
+    if (model::has_lora(*p.master)) p.master = model::merged_copy(*p.master);
+  }
   p.compute = p.master;
-  if (s.model.bf16) {
+  if (s.model.bf16 && !p.has_lora()) {
     p.compute = std::make_shared<Model>(p.master->config());
     p.compute->to_device_dtype(at::Device(s.model.device), at::kBFloat16);
     p.sync();
@@ -82,7 +131,34 @@ void Policy::accumulate_gradients() {
   }
 }
 
+std::vector<at::Tensor> Policy::trainable_parameters() const {
+  if (!has_lora()) return master->parameters();
+  std::vector<at::Tensor> out;
+  for (auto& [name, t] : model::lora_parameters(*master)) out.push_back(t);
+  return out;
+}
+
 void Policy::save_weights(const std::string& dir, bool bf16_copy) const {
+  if (has_lora()) {
+    std::string base = adapter_base;
+    if (base.empty()) {
+      // A random base has no directory of its own: the stage keeps one copy beside its checkpoints.
+      const std::string base_dir = std::filesystem::path(dir).parent_path().string() + "/base";
+      if (!std::filesystem::exists(base_dir + "/config.json")) {
+        model::AdaptersDisabled off(*master);
+        model::save_model(*master, config_text, base_dir, {at::kFloat});
+        write_hub_files(hub, base_dir);
+      }
+      base = "../base";
+    }
+    model::save_adapter(*master, lora, base, dir);
+    write_hub_files(hub, dir);
+    if (save_merged) {
+      model::save_model(*master, config_text, dir + "/merged", {bf16_copy ? at::kBFloat16 : at::kFloat});
+      write_hub_files(hub, dir + "/merged");
+    }
+    return;
+  }
   model::save_model(*master, config_text, dir, {at::kFloat});
   write_hub_files(hub, dir);
   if (bf16_copy) {

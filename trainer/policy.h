@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/deepseek.h"
+#include "model/lora.h"
 #include "text/chat_template.h"
 #include "text/tokenizer.h"
 #include "trainer/recipe.h"
@@ -27,13 +28,24 @@ struct Policy {
   // chat; null otherwise. A recipe's file travels into every checkpoint as chat_template.jinja.
   std::shared_ptr<const text::ChatTemplate> chat;
 
+  // LoRA (lora_r > 0): master == compute holds the frozen base (bf16 with bf16, else fp32) and fp32
+  // adapters; checkpoints are PEFT adapters whose base is `adapter_base` (the model_dir, or for a
+  // random base the stage's base/ directory, written with the first checkpoint).
+  model::LoraConfig lora;
+  std::string adapter_base;
+  bool save_merged = false;
+  bool has_lora() const { return lora.r > 0; }
+
+  // What the optimizer updates: every master weight, or the adapters alone.
+  std::vector<at::Tensor> trainable_parameters() const;
   std::vector<int64_t> encode(const std::string& text, bool special_tokens) const;
   // Adds the compute copy's gradients into the master's (in fp32) and clears them; no-op in fp32.
   void accumulate_gradients();
   // Rounds the master weights into the compute copy; no-op in fp32.
   void sync();
   // The fp32 master weights as a Hugging Face directory with the tokenizer and generation files,
-  // and with `bf16_copy` the same in bf16 under dir/bf16.
+  // and with `bf16_copy` the same in bf16 under dir/bf16. Under LoRA: the adapter (PEFT's files)
+  // with the tokenizer files, and with save_merged the merged model under dir/merged.
   void save_weights(const std::string& dir, bool bf16_copy) const;
 };
 

@@ -150,6 +150,14 @@ const std::vector<Key>& keys() {
       key("device", "model", &S::model, &ModelSettings::device, "cpu, cuda or cuda:N"),
       key("bf16", "model", &S::model, &ModelSettings::bf16, "bf16 compute with fp32 master weights and optimizer state"),
       key("tokenizer", "model", &S::model, &ModelSettings::tokenizer, "builtin:bytes, a tokenizer.json, or \"\" for model_dir's"),
+      key("lora_r", "model", &S::model, &ModelSettings::lora_r, "LoRA rank; > 0 freezes the base and trains adapters (0 = full fine-tuning)"),
+      key("lora_alpha", "model", &S::model, &ModelSettings::lora_alpha, "LoRA alpha: adapters scaled by lora_alpha / lora_r"),
+      key("lora_dropout", "model", &S::model, &ModelSettings::lora_dropout, "dropout on the adapters' input while training"),
+      key("lora_target_modules", "model", &S::model, &ModelSettings::lora_target_modules,
+          "layers to adapt, PEFT's names (q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj, gate_proj, up_proj, down_proj, ...) or all-linear"),
+      key("use_rslora", "model", &S::model, &ModelSettings::use_rslora, "rank-stabilised LoRA: scale by lora_alpha / sqrt(lora_r)"),
+      key("lora_save_merged", "model", &S::model, &ModelSettings::lora_save_merged,
+          "LoRA checkpoints also hold the merged full model (merged/)"),
       key("task", "data", &S::data, &DataSettings::task, "addition, addition_cot (worked R1-format solutions) or jsonl"),
       key("task_digits", "data", &S::data, &DataSettings::task_digits, "digits of the built-in addition problems"),
       key("train_size", "data", &S::data, &DataSettings::train_size, "built-in training problems"),
@@ -314,6 +322,13 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
   s.loss.max_completion_length = s.rollout.max_completion_length;
   need(!s.model.model_dir.empty() || !s.model.model_config.empty(), "model_dir",
        "give model_dir (HF checkpoint) or model_config");
+  need(s.model.lora_r >= 0, "lora_r", "must not be negative");
+  need(s.model.lora_r == 0 || s.model.lora_alpha > 0, "lora_alpha", "must be positive");
+  need(s.model.lora_dropout >= 0 && s.model.lora_dropout < 1, "lora_dropout", "must be in [0, 1)");
+  need(s.model.lora_r == 0 || !s.model.lora_target_modules.empty(), "lora_target_modules", "must name at least one layer, or all-linear");
+  need(s.model.lora_r == 0 || s.optim.ref_model_sync_steps == 0, "ref_model_sync_steps",
+       "cannot refresh the reference under LoRA (the reference is the base, the adapters switched off)");
+  need(s.model.lora_r == 0 || s.type != StageType::RewardModel, "lora_r", "reward_model stages train the full model (LoRA is for sft, grpo and distill stages)");
   need(s.rollout.num_generations >= 2, "num_generations", "must be at least 2 (advantages compare samples of a prompt)");
   need(s.rollout.per_step_prompts >= 1, "per_step_prompts", "must be at least 1");
   need(s.rollout.max_completion_length >= 1, "max_completion_length", "must be at least 1");

@@ -36,6 +36,12 @@ struct ModelSettings {
   std::string device = "cpu";  // cpu | cuda | cuda:N
   bool bf16 = false;           // bf16 compute (rollout, forward, backward) with fp32 master weights
   std::string tokenizer = "builtin:bytes";  // "builtin:bytes", a tokenizer.json, or "" for model_dir's
+  // LoRA (PEFT's names): lora_r > 0 freezes the base and trains adapters on lora_target_modules.
+  int64_t lora_r = 0;
+  double lora_alpha = 16, lora_dropout = 0;
+  std::vector<std::string> lora_target_modules = {"all-linear"};
+  bool use_rslora = false;
+  bool lora_save_merged = false;  // checkpoints also hold the merged full model under merged/
 };
 
 struct DataSettings {

@@ -112,7 +112,7 @@ SftStage::SftStage(const StageSettings& s, const std::string& recipe_path, const
   if (s_.optim.max_steps > 0) total_steps_ = std::min(total_steps_, s_.optim.max_steps);
 
   optimizer_ = std::make_unique<torch::optim::AdamW>(
-      pol_.master->parameters(),
+      pol_.trainable_parameters(),
       torch::optim::AdamWOptions(s_.optim.learning_rate).weight_decay(s_.optim.weight_decay).betas({0.9, 0.999}));
   if (resume_run) resume();
   pol_.sync();
@@ -209,7 +209,7 @@ bool SftStage::run() {
       pol_.accumulate_gradients();
       loss += part.item<double>();
     }
-    const double norm = torch::nn::utils::clip_grad_norm_(pol_.master->parameters(), s_.optim.max_grad_norm);
+    const double norm = torch::nn::utils::clip_grad_norm_(pol_.trainable_parameters(), s_.optim.max_grad_norm);
     if (!std::isfinite(norm) || !std::isfinite(loss))
       throw Error(s_.name + " step " + std::to_string(step) + ": the loss (" + std::to_string(loss) +
                   ") or gradient norm (" + std::to_string(norm) + ") is not finite; stopped before the update");

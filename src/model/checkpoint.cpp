@@ -10,6 +10,7 @@
 #include <set>
 
 #include "io/safetensors.h"
+#include "model/lora.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/json.h"
@@ -144,6 +145,16 @@ at::ScalarType parse_dtype_name(const std::string& name) {
 }
 
 std::shared_ptr<DeepseekForCausalLM> load_model(const std::string& dir, const LoadOptions& options) {
+  if (is_adapter_dir(dir) && !std::filesystem::exists(dir + "/config.json")) {
+    // A PEFT adapter: its base (base_model_name_or_path), then the adapter on top, as
+    // PeftModel.from_pretrained does.
+    std::string base;
+    LoraConfig lc = read_adapter_config(dir, &base);
+    auto model = load_model(resolve_adapter_base(dir, base), options);
+    add_lora(*model, lc, 0);
+    load_adapter_weights(*model, dir);
+    return model;
+  }
   ModelConfig config = load_model_config(dir);
   SafetensorsCheckpoint ck = SafetensorsCheckpoint::open_dir(dir);
   // MTP modules are optional in checkpoints (transformers does not save them): keep the ones present.
@@ -195,7 +206,9 @@ void init_weights(DeepseekForCausalLM& model, uint64_t seed) {
   for (auto& kv : model.named_parameters(true)) {
     Tensor t = kv.value();
     const std::string& name = kv.key();
-    if (t.dim() == 1) {
+    if (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0) {
+      t.zero_();  // linear biases
+    } else if (t.dim() == 1) {
       t.fill_(1.0);  // RMSNorm weights
     } else {
       Tensor r = at::empty(t.sizes(), at::TensorOptions().dtype(at::kFloat));
@@ -209,6 +222,8 @@ void init_weights(DeepseekForCausalLM& model, uint64_t seed) {
 
 void save_model(DeepseekForCausalLM& model, const std::string& config_json, const std::string& dir,
                 const SaveOptions& options) {
+  // A model with adapters is written merged (each adapter folded into its weight), as transformers loads it.
+  if (has_lora(model)) return save_model(*merged_copy(model), config_json, dir, options);
   make_directories(dir);
   const ModelConfig& c = model.config();
   // HF names -> contiguous CPU tensors in the on-disk dtype.

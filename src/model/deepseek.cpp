@@ -15,7 +15,7 @@ namespace grpo::model {
 namespace nn = torch::nn;
 
 namespace {
-nn::Linear linear(int64_t in, int64_t out) { return nn::Linear(nn::LinearOptions(in, out).bias(false)); }
+Linear linear(int64_t in, int64_t out) { return Linear(in, out); }
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -140,7 +140,7 @@ Tensor MLAImpl::decode_absorbed(const Tensor& x, const RopeTables& rope, Tensor 
   Tensor kpe = apply_rope(comp.narrow(-1, r, dr).view({B, 1, 1, dr}), rope, rope_interleave).view({B, dr});
   cache.index_copy_(0, write_slots, at::cat({lat, kpe}, -1));
   // Absorbed form: scores = [q_nope W_uk | q_pe] . [latent | k_pe]; out = (p . latent) W_uv^T.
-  Tensor w = kv_b_proj->weight.view({nh, dn + dv, r});
+  Tensor w = kv_b_proj->effective_weight().view({nh, dn + dv, r});
   Tensor q_lat = at::bmm(q.narrow(-1, 0, dn).transpose(0, 1), w.narrow(1, 0, dn)).transpose(0, 1);  // (B, nh, r)
   Tensor qc = at::cat({q_lat, q_pe}, -1);                                                            // (B, nh, D)
   Tensor kv = cache.index_select(0, gather_idx).view({B, Lpad, D});
@@ -189,6 +189,38 @@ RoutedExpertsImpl::RoutedExpertsImpl(int64_t E, int64_t H, int64_t I) : num_expe
   down_proj = register_parameter("down_proj", torch::empty({E, H, I}));
 }
 
+void RoutedExpertsImpl::add_lora(int64_t r_gu, double s_gu, int64_t r_down, double s_down, at::Generator gen) {
+  at::NoGradGuard no_grad;
+  const int64_t E = num_experts, H = gate_up_proj.size(2), I = intermediate;
+  auto f32 = at::TensorOptions().dtype(at::kFloat);
+  // PEFT's init: A kaiming-uniform (bound 1/sqrt(in)), B zeros.
+  auto draw = [&](int64_t rows, int64_t in) {
+    Tensor a = at::empty({E, rows, in}, f32);
+    a.uniform_(-1.0 / std::sqrt((double)in), 1.0 / std::sqrt((double)in), gen);
+    return a.to(gate_up_proj.device());
+  };
+  if (r_gu > 0) {
+    gate_up_lora_A = register_parameter("gate_up_lora_A", draw(r_gu, H));
+    gate_up_lora_B = register_parameter("gate_up_lora_B", at::zeros({E, 2 * I, r_gu}, f32.device(gate_up_proj.device())));
+    gate_up_lora_scaling = s_gu;
+  }
+  if (r_down > 0) {
+    down_lora_A = register_parameter("down_lora_A", draw(r_down, I));
+    down_lora_B = register_parameter("down_lora_B", at::zeros({E, H, r_down}, f32.device(gate_up_proj.device())));
+    down_lora_scaling = s_down;
+  }
+}
+
+Tensor RoutedExpertsImpl::effective_gate_up() const {
+  if (!gate_up_lora_A.defined() || !lora_enabled) return gate_up_proj;
+  return gate_up_proj + (at::bmm(gate_up_lora_B, gate_up_lora_A) * gate_up_lora_scaling).to(gate_up_proj.scalar_type());
+}
+
+Tensor RoutedExpertsImpl::effective_down() const {
+  if (!down_lora_A.defined() || !lora_enabled) return down_proj;
+  return down_proj + (at::bmm(down_lora_B, down_lora_A) * down_lora_scaling).to(down_proj.scalar_type());
+}
+
 // gu (n, 2I): gate columns then up columns -> silu(gate) * up, (n, I).
 Tensor RoutedExpertsImpl::swiglu(const Tensor& gu) const {
   return at::silu(gu.narrow(-1, 0, intermediate)) * gu.narrow(-1, intermediate, intermediate);
@@ -214,17 +246,18 @@ Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const 
   Tensor token = at::div(order, k, "floor");
   Tensor xs = x.index_select(0, token);                 // (N*k, H), grouped by expert
   Tensor ys;
+  const Tensor gate_up_w = effective_gate_up(), down_w = effective_down();
   if (use_grouped_mm(x)) {
     // One grouped GEMM over all experts (CUDA, bf16): no host sync, no per-expert launches.
     Tensor offsets = counts.cumsum(0).to(at::kInt);
-    Tensor gu = at::_grouped_mm(xs, gate_up_proj.transpose(1, 2), offsets);  // (N*k, 2I)
-    ys = at::_grouped_mm(swiglu(gu), down_proj.transpose(1, 2), offsets);     // (N*k, H)
+    Tensor gu = at::_grouped_mm(xs, gate_up_w.transpose(1, 2), offsets);  // (N*k, 2I)
+    ys = at::_grouped_mm(swiglu(gu), down_w.transpose(1, 2), offsets);     // (N*k, H)
   } else {
     // One matmul per expert over its contiguous block. unbind() (not indexing) so that backward
     // assembles each weight gradient once instead of once per expert.
     Tensor cpu_counts = counts.to(at::kCPU);  // one host sync per layer
     const int64_t* cnt = cpu_counts.data_ptr<int64_t>();
-    std::vector<Tensor> w_gu = gate_up_proj.unbind(0), w_down = down_proj.unbind(0);
+    std::vector<Tensor> w_gu = gate_up_w.unbind(0), w_down = down_w.unbind(0);
     std::vector<Tensor> outs;
     int64_t offset = 0;
     for (int64_t e = 0; e < num_experts; ++e) {
@@ -316,13 +349,19 @@ void DeepseekForCausalLM::to_device_dtype(at::Device device, at::ScalarType dtyp
   // The router (gate weight and e_score_correction_bias) stays fp32 in every dtype, as
   // transformers' _keep_in_fp32_modules_strict and Megatron's fp32 router keep it: rounding the
   // gate weight to bf16 moves near-tied scores across the top-k boundary, which changes the
-  // experts a token uses, not just the last digits. Taken out before the cast, so that they never
+  // experts a token uses, not just the last digits. LoRA adapters stay fp32 too. Taken out before the cast, so that they never
   // pass through the narrower dtype.
   std::vector<std::pair<Tensor, Tensor>> fp32;  // (tensor, its fp32 value on `device`)
   for (auto& module : modules(/*include_self=*/false))
     if (auto* router = dynamic_cast<RouterImpl*>(module.get())) {
       for (auto& t : router->parameters(false)) fp32.emplace_back(t, t.detach().to(device, at::kFloat));
       for (auto& t : router->buffers(false)) fp32.emplace_back(t, t.detach().to(device, at::kFloat));
+    } else if (auto* ex = dynamic_cast<RoutedExpertsImpl*>(module.get())) {
+      for (auto* l : {&ex->gate_up_lora_A, &ex->gate_up_lora_B, &ex->down_lora_A, &ex->down_lora_B})
+        if (l->defined()) fp32.emplace_back(*l, l->detach().to(device, at::kFloat));
+    } else if (auto* lin = dynamic_cast<LinearImpl*>(module.get()); lin && lin->has_lora()) {
+      // LoRA adapters stay fp32 (PEFT's autocast_adapter_dtype) over a base in any dtype.
+      for (auto* l : {&lin->lora_A, &lin->lora_B}) fp32.emplace_back((*l)->weight, (*l)->weight.detach().to(device, at::kFloat));
     }
   this->to(device, dtype);
   for (auto& [t, value] : fp32) t.set_data(value);

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "config/model_config.h"
+#include "model/linear.h"
 
 namespace grpo::model {
 
@@ -42,7 +43,7 @@ TORCH_MODULE(RMSNorm);
 struct MLPImpl : torch::nn::Module {
   MLPImpl(int64_t hidden, int64_t intermediate);
   Tensor forward(const Tensor& x);
-  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(MLP);
 
@@ -74,10 +75,10 @@ struct MLAImpl : torch::nn::Module {
   int64_t num_heads, qk_nope_head_dim, qk_rope_head_dim, v_head_dim, kv_lora_rank;
   double softmax_scale;
   bool rope_interleave;
-  torch::nn::Linear q_proj{nullptr};                            // when q_lora_rank is null
-  torch::nn::Linear q_a_proj{nullptr}, q_b_proj{nullptr};        // when q_lora_rank is set
+  Linear q_proj{nullptr};                            // when q_lora_rank is null
+  Linear q_a_proj{nullptr}, q_b_proj{nullptr};        // when q_lora_rank is set
   RMSNorm q_a_layernorm{nullptr};
-  torch::nn::Linear kv_a_proj_with_mqa{nullptr}, kv_b_proj{nullptr}, o_proj{nullptr};
+  Linear kv_a_proj_with_mqa{nullptr}, kv_b_proj{nullptr}, o_proj{nullptr};
   RMSNorm kv_a_layernorm{nullptr};
 };
 TORCH_MODULE(MLA);
@@ -114,6 +115,18 @@ struct RoutedExpertsImpl : torch::nn::Module {
   Tensor gate_up_proj;  // (E, 2*I, H): gate rows then up rows
   Tensor down_proj;     // (E, H, I)
   int64_t num_experts, intermediate;
+
+  // LoRA on the stacked weights, as PEFT adapts transformers' fused expert parameters: per expert
+  // gate_up_proj[e] + scaling * gate_up_lora_B[e] gate_up_lora_A[e] (and the same for down_proj),
+  // the effective weights formed before the expert products. Adapters fp32; undefined when absent.
+  // `rank_gate_up` / `rank_down` 0 leaves that weight without an adapter.
+  void add_lora(int64_t rank_gate_up, double scaling_gate_up, int64_t rank_down, double scaling_down, at::Generator gen);
+  Tensor effective_gate_up() const;
+  Tensor effective_down() const;
+  Tensor gate_up_lora_A, gate_up_lora_B;  // (E, r, H), (E, 2*I, r)
+  Tensor down_lora_A, down_lora_B;        // (E, r, I), (E, H, r)
+  double gate_up_lora_scaling = 0, down_lora_scaling = 0;
+  bool lora_enabled = true;
 };
 TORCH_MODULE(RoutedExperts);
 
@@ -143,10 +156,10 @@ struct DecoderLayerImpl : torch::nn::Module {
   // MTP parts (DeepSeek-V3 checkpoint names); null on ordinary layers.
   torch::nn::Embedding embed_tokens{nullptr};
   RMSNorm enorm{nullptr}, hnorm{nullptr};
-  torch::nn::Linear eh_proj{nullptr};
+  Linear eh_proj{nullptr};
   std::shared_ptr<torch::nn::Module> shared_head;
   RMSNorm shared_head_norm{nullptr};
-  torch::nn::Linear shared_head_head{nullptr};
+  Linear shared_head_head{nullptr};
 };
 TORCH_MODULE(DecoderLayer);
 
@@ -218,7 +231,7 @@ class DeepseekForCausalLM : public torch::nn::Module {
   RopeTables rope_tables(const Tensor& position_ids, at::ScalarType dtype) const;
 
   DeepseekModel model{nullptr};
-  torch::nn::Linear lm_head{nullptr};  // null when tie_word_embeddings
+  Linear lm_head{nullptr};  // null when tie_word_embeddings
 
  private:
   Tensor run_layers(const Tensor& ids, const Tensor& pos, const AttentionMask& mask, std::vector<Tensor>* latents,

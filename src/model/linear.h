@@ -1,0 +1,37 @@
+// The policy's linear layer, y = x W^T (+ b), with an optional LoRA adapter in PEFT's form:
+//   y = x W^T (+ b) + scaling * lora_B(lora_A(dropout(x))),
+// lora_A (r, in) and lora_B (out, r) kept in fp32 whatever the base dtype (the input is cast to
+// fp32 for the adapter and the sum rounded back to the base output's dtype, as PEFT does), with
+// scaling = lora_alpha / r (lora_alpha / sqrt(r) with rsLoRA). Parameter names follow PEFT's
+// saved names: `...q_proj.weight`, `...q_proj.lora_A.weight`, `...q_proj.lora_B.weight`.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+namespace grpo::model {
+
+using at::Tensor;
+
+struct LinearImpl : torch::nn::Module {
+  LinearImpl(int64_t in_features, int64_t out_features, bool bias = false);
+  Tensor forward(const Tensor& x);
+
+  // Adds an adapter of rank r: lora_A drawn as PEFT draws it (kaiming-uniform, bound 1/sqrt(in),
+  // from `gen`), lora_B zeros, so that the adapted layer starts equal to the base.
+  void add_lora(int64_t r, double scaling, double dropout, at::Generator gen);
+  bool has_lora() const { return static_cast<bool>(lora_A); }
+  // W + scaling * B A in W's dtype (the merged weight; W itself without an active adapter).
+  Tensor effective_weight() const;
+
+  int64_t in_features, out_features;
+  Tensor weight, bias;
+  torch::nn::Linear lora_A{nullptr}, lora_B{nullptr};
+  double lora_scaling = 0, lora_dropout = 0;
+  bool lora_enabled = true;  // false: the base layer alone (the reference model under LoRA)
+};
+TORCH_MODULE(Linear);
+
+}  // namespace grpo::model
