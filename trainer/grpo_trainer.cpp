@@ -578,7 +578,9 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
                   "); stopped before the update, so the weights and checkpoints so far are intact (lower learning_rate, "
                   "or resume from the last checkpoint)");
     optimizer_->step();
-    if (it == 0 && want_routing) u.expert_spread = update_routing_bias(*master_, loads, s_.moe.bias_update_speed);
+    // Under LoRA the whole base is frozen, the balancing bias included (checkpoints hold the adapters alone).
+    if (it == 0 && want_routing)
+      u.expert_spread = update_routing_bias(*master_, loads, pol_.has_lora() ? 0.0 : s_.moe.bias_update_speed);
     sync_policy();
   }
   return u;
