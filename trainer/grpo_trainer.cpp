@@ -481,6 +481,36 @@ RolloutBatch Trainer::sample(int64_t step) {
   return b;
 }
 
+namespace {
+
+// The update's mini-batches [s0, s0 + n): mini_batch_size sequences each, or as many consecutive
+// sequences as fit max_tokens_per_mini_batch once padded (n x the longest prompt + completion among
+// them; at least one), or the whole batch.
+std::vector<std::pair<int64_t, int64_t>> mini_batches(const RolloutBatch& b, const OptimSettings& o) {
+  const int64_t Bn = (int64_t)b.prompts.size();
+  std::vector<std::pair<int64_t, int64_t>> out;
+  if (o.max_tokens_per_mini_batch > 0) {
+    int64_t s0 = 0, longest = 0;
+    for (int64_t i = 0; i < Bn; ++i) {
+      const int64_t len = (int64_t)(b.prompts[i].size() + b.completions[i].size());
+      const int64_t n = i - s0 + 1;
+      if (n > 1 && n * std::max(longest, len) > o.max_tokens_per_mini_batch) {
+        out.emplace_back(s0, i - s0);
+        s0 = i;
+        longest = 0;
+      }
+      longest = std::max(longest, len);
+    }
+    if (s0 < Bn) out.emplace_back(s0, Bn - s0);
+    return out;
+  }
+  const int64_t mb = o.mini_batch_size > 0 ? o.mini_batch_size : std::max<int64_t>(Bn, 1);
+  for (int64_t s0 = 0; s0 < Bn; s0 += mb) out.emplace_back(s0, std::min(mb, Bn - s0));
+  return out;
+}
+
+}  // namespace
+
 // ---- num_iterations optimizer steps on one rollout batch, each over mini-batches whose losses
 // are weighted to add up to the whole batch's loss (tokens for dapo, sequences for grpo and dr_grpo).
 UpdateStats Trainer::update(const RolloutBatch& b) {
@@ -491,34 +521,34 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
   for (const auto& c : b.completions) max_len = std::max<int64_t>(max_len, c.size());
   auto [old_t, mask] = pad(b.old_logp, max_len, at::kFloat);
   Tensor adv_t = at::tensor(b.advantages, at::kDouble).to(at::kFloat).to(device_);
-  Tensor ref_t;
-  if (ref_) {
-    c10::NoGradGuard g;
-    ref_t = pad(ref_->completion_logprobs(b.prompts, b.completions), max_len, at::kFloat).first;
-  } else if (s_.loss.beta > 0 && pol_.has_lora()) {
-    c10::NoGradGuard g;
-    model::AdaptersDisabled base(*policy_);
-    ref_t = pad(policy_->completion_logprobs(b.prompts, b.completions), max_len, at::kFloat).first;
-  }
   const int64_t Bn = (int64_t)b.prompts.size();
-  const int64_t mb = s_.optim.mini_batch_size > 0 ? s_.optim.mini_batch_size : Bn;
+  const auto chunks = mini_batches(b, s_.optim);
   // Sequences [s0, s0 + n) of the batch: (prompts, completions).
   auto mini_batch = [&](int64_t s0, int64_t n) {
     using Rows = std::vector<std::vector<int64_t>>;
     return std::make_pair(Rows(b.prompts.begin() + s0, b.prompts.begin() + s0 + n),
                           Rows(b.completions.begin() + s0, b.completions.begin() + s0 + n));
   };
-  Tensor rollout_t = old_t;  // the engine's log-probs, for the rollout_logprob_diff metric
-  if (s_.rollout.recompute_old_logprobs) {
-    // The training forward in the same mini-batches as below, so that the first update's ratio is 1.
+  // Log-probs of the whole batch under `m`, without a graph, in the training mini-batches.
+  auto batch_logprobs = [&](Model& m) {
     c10::NoGradGuard g;
     std::vector<Tensor> rows;
-    for (int64_t s0 = 0; s0 < Bn; s0 += mb) {
-      const auto [ps, cs] = mini_batch(s0, std::min(mb, Bn - s0));
-      for (auto& t : policy_->completion_logprobs(ps, cs)) rows.push_back(t);
+    for (auto [s0, n] : chunks) {
+      const auto [ps, cs] = mini_batch(s0, n);
+      for (auto& t : m.completion_logprobs(ps, cs)) rows.push_back(t);
     }
-    old_t = pad(rows, max_len, at::kFloat).first;
+    return pad(rows, max_len, at::kFloat).first;
+  };
+  Tensor ref_t;
+  if (ref_) {
+    ref_t = batch_logprobs(*ref_);
+  } else if (s_.loss.beta > 0 && pol_.has_lora()) {
+    model::AdaptersDisabled base(*policy_);
+    ref_t = batch_logprobs(*policy_);
   }
+  Tensor rollout_t = old_t;  // the engine's log-probs, for the rollout_logprob_diff metric
+  // The training forward in the same mini-batches as below, so that the first update's ratio is 1.
+  if (s_.rollout.recompute_old_logprobs) old_t = batch_logprobs(*policy_);
   const size_t moe_count = moe_layers(*policy_).size();
   const bool want_routing = moe_count > 0;
   const double total_tokens = mask.sum().item<double>();
@@ -526,8 +556,7 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
     optimizer_->zero_grad();
     u.loss = u.clip_fraction = u.clip_low = u.clip_high = u.kl = u.aux_loss = u.entropy = 0;  // the last iteration's
     std::vector<Tensor> loads(moe_count);
-    for (int64_t s0 = 0; s0 < Bn; s0 += mb) {
-      const int64_t n = std::min(mb, Bn - s0);
+    for (auto [s0, n] : chunks) {
       const auto [ps, cs] = mini_batch(s0, n);
       auto out = policy_->completion_forward(ps, cs, {/*entropy=*/true, /*routing=*/want_routing});
       Tensor logp = pad(out.logprobs, max_len, at::kFloat).first;

@@ -83,6 +83,7 @@ Policy load_policy(const StageSettings& s, const std::string& recipe_path, bool 
     p.compute->to_device_dtype(at::Device(s.model.device), at::kBFloat16);
     p.sync();
   }
+  p.compute->gradient_checkpointing = s.model.gradient_checkpointing;
   if (s.model.tokenizer == "builtin:bytes")
     p.tok = std::make_shared<const text::Tokenizer>(text::Tokenizer::byte_level());
   else

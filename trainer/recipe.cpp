@@ -156,6 +156,8 @@ const std::vector<Key>& keys() {
       key("lora_target_modules", "model", &S::model, &ModelSettings::lora_target_modules,
           "layers to adapt, PEFT's names (q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj, gate_proj, up_proj, down_proj, ...) or all-linear"),
       key("use_rslora", "model", &S::model, &ModelSettings::use_rslora, "rank-stabilised LoRA: scale by lora_alpha / sqrt(lora_r)"),
+      key("gradient_checkpointing", "model", &S::model, &ModelSettings::gradient_checkpointing,
+          "keep only each decoder layer's input and recompute the layer in the backward pass (less activation memory)"),
       key("lora_save_merged", "model", &S::model, &ModelSettings::lora_save_merged,
           "LoRA checkpoints also hold the merged full model (merged/)"),
       key("task", "data", &S::data, &DataSettings::task, "addition, addition_cot (worked R1-format solutions) or jsonl"),
@@ -228,6 +230,8 @@ const std::vector<Key>& keys() {
       key("max_steps", "optim", &S::optim, &OptimSettings::max_steps, "GRPO steps; sft: a cap on the epochs' steps (0: none)"),
       key("num_iterations", "optim", &S::optim, &OptimSettings::num_iterations, "optimizer steps per rollout batch (mu)"),
       key("mini_batch_size", "optim", &S::optim, &OptimSettings::mini_batch_size, "sequences per forward/backward (0: all)"),
+      key("max_tokens_per_mini_batch", "optim", &S::optim, &OptimSettings::max_tokens_per_mini_batch,
+          "grpo: mini-batches by padded tokens (sequences x longest) instead of by count (0: off)"),
       key("learning_rate", "optim", &S::optim, &OptimSettings::learning_rate, "AdamW learning rate"),
       key("weight_decay", "optim", &S::optim, &OptimSettings::weight_decay, "AdamW weight decay"),
       key("max_grad_norm", "optim", &S::optim, &OptimSettings::max_grad_norm, "gradient clipping"),
@@ -326,6 +330,10 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
   need(s.model.lora_r == 0 || s.model.lora_alpha > 0, "lora_alpha", "must be positive");
   need(s.model.lora_dropout >= 0 && s.model.lora_dropout < 1, "lora_dropout", "must be in [0, 1)");
   need(s.model.lora_r == 0 || !s.model.lora_target_modules.empty(), "lora_target_modules", "must name at least one layer, or all-linear");
+  need(!s.model.gradient_checkpointing || s.moe.aux_loss_alpha == 0, "gradient_checkpointing",
+       "cannot be combined with aux_loss_alpha > 0 yet (the balance loss needs the routing's graph)");
+  need(!s.model.gradient_checkpointing || s.model.lora_dropout == 0, "gradient_checkpointing",
+       "cannot be combined with lora_dropout > 0 yet (the recomputed layer would draw other dropout masks)");
   need(s.model.lora_r == 0 || s.optim.ref_model_sync_steps == 0, "ref_model_sync_steps",
        "cannot refresh the reference under LoRA (the reference is the base, the adapters switched off)");
   need(s.model.lora_r == 0 || s.type != StageType::RewardModel, "lora_r", "reward_model stages train the full model (LoRA is for sft, grpo and distill stages)");
@@ -340,6 +348,7 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
   need(s.optim.num_iterations >= 1, "num_iterations", "must be at least 1");
   need(s.optim.max_steps >= 0, "max_steps", "must not be negative");
   need(s.optim.mini_batch_size >= 0, "mini_batch_size", "must not be negative");
+  need(s.optim.max_tokens_per_mini_batch >= 0, "max_tokens_per_mini_batch", "must not be negative");
   need(s.optim.warmup_ratio >= 0 && s.optim.warmup_ratio <= 1, "warmup_ratio", "must be in [0, 1]");
   need(s.loss.beta >= 0, "beta", "must not be negative");
   need(s.loss.epsilon_low >= 0 && s.loss.epsilon_high >= 0, "epsilon", "must not be negative");

@@ -42,6 +42,7 @@ struct ModelSettings {
   std::vector<std::string> lora_target_modules = {"all-linear"};
   bool use_rslora = false;
   bool lora_save_merged = false;  // checkpoints also hold the merged full model under merged/
+  bool gradient_checkpointing = false;  // recompute each decoder layer in the backward pass (less memory)
 };
 
 struct DataSettings {
@@ -114,6 +115,7 @@ struct AdvantageSettings {
 struct OptimSettings {
   int64_t max_steps = 100, num_iterations = 1;
   int64_t mini_batch_size = 0;  // sequences per forward/backward, gradients accumulated (0 = all)
+  int64_t max_tokens_per_mini_batch = 0;  // or mini-batches by padded tokens instead (0 = off)
   double learning_rate = 1e-4, weight_decay = 0.0, max_grad_norm = 1.0, warmup_ratio = 0.0;
   LrScheduler lr_scheduler_type = LrScheduler::Constant;
   int64_t ref_model_sync_steps = 0;  // copy the policy into the reference every K steps (0 = never)

@@ -2,9 +2,13 @@
 
 #include <ATen/ops/_grouped_mm.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <ATen/core/ivalue.h>
 #include <torch/nn/options/linear.h>
 
 #include <cmath>
+#include <functional>
 #include <cstdlib>
 #include <limits>
 
@@ -398,6 +402,39 @@ Tensor DeepseekForCausalLM::hidden_states(const Tensor& input_ids, const std::op
   return run_layers(ids, pos, mask, latents, routing);
 }
 
+namespace {
+
+// One decoder layer as a checkpoint: the forward runs without a graph and keeps the layer's input;
+// the backward runs the layer again with a graph and back-propagates through it (PyTorch's
+// reentrant checkpoint), which accumulates the parameters' gradients and returns the input's.
+struct LayerCall : torch::CustomClassHolder {
+  std::function<Tensor(const Tensor&, RouterImpl::Routing*)> run;
+  RouterImpl::Routing* routing = nullptr;  // filled by the first forward only
+};
+
+struct LayerCheckpoint : torch::autograd::Function<LayerCheckpoint> {
+  static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x, c10::intrusive_ptr<LayerCall> call) {
+    Tensor y = call->run(x, call->routing);
+    ctx->save_for_backward({x});
+    ctx->saved_data["call"] = c10::IValue::make_capsule(std::move(call));
+    return y;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad) {
+    auto call = c10::static_intrusive_pointer_cast<LayerCall>(ctx->saved_data["call"].toCapsule());
+    Tensor x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    Tensor y;
+    {
+      at::AutoGradMode on(true);
+      y = call->run(x, nullptr);
+    }
+    torch::autograd::backward({y}, {grad[0]});
+    return {x.grad(), Tensor()};
+  }
+};
+
+}  // namespace
+
 Tensor DeepseekForCausalLM::run_layers(const Tensor& ids, const Tensor& pos, const AttentionMask& mask,
                                        std::vector<Tensor>* latents, std::vector<RouterImpl::Routing>* routing) {
   Tensor h = model->embed_tokens(ids);
@@ -408,7 +445,17 @@ Tensor DeepseekForCausalLM::run_layers(const Tensor& ids, const Tensor& pos, con
     auto layer = model->layers[i]->as<DecoderLayer>();
     RouterImpl::Routing* r = nullptr;
     if (routing && layer->moe) r = &routing->emplace_back();
-    h = layer->forward(h, rope, mask, latents ? &(*latents)[i] : nullptr, r);
+    if (gradient_checkpointing && at::GradMode::is_enabled() && !latents) {
+      auto call = c10::make_intrusive<LayerCall>();
+      call->run = [layer, rope, mask](const Tensor& x, RouterImpl::Routing* rr) { return layer->forward(x, rope, mask, nullptr, rr); };
+      call->routing = r;
+      // The input must take part in the graph even when nothing before it is trained (LoRA with a
+      // frozen embedding), or no gradient would reach the layer's adapters.
+      if (!h.requires_grad()) h = h.detach().requires_grad_(true);
+      h = LayerCheckpoint::apply(h, call);
+    } else {
+      h = layer->forward(h, rope, mask, latents ? &(*latents)[i] : nullptr, r);
+    }
   }
   return model->norm(h);
 }

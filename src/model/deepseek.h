@@ -232,6 +232,10 @@ class DeepseekForCausalLM : public torch::nn::Module {
 
   DeepseekModel model{nullptr};
   Linear lm_head{nullptr};  // null when tie_word_embeddings
+  // Activation checkpointing per decoder layer (transformers' gradient_checkpointing): with grad
+  // mode on, each layer keeps only its input and runs again in the backward pass. Gradients are
+  // those of the plain forward; MoE routing returned from such a forward carries no graph.
+  bool gradient_checkpointing = false;
 
  private:
   Tensor run_layers(const Tensor& ids, const Tensor& pos, const AttentionMask& mask, std::vector<Tensor>* latents,

@@ -177,6 +177,17 @@ first = min(s for s in whole if whole[s] != 0)
 print(f"first learning step {first}: loss {whole[first]:.9f} whole batch, {mini_losses[first]:.9f} in mini-batches of 3")
 if abs(whole[first] - mini_losses[first]) > 1e-6:
     sys.exit("mini-batch accumulation changes the loss")
+# The same by token budget, and with activation checkpointing (the recomputed layers give the same
+# gradients, so the same losses over several steps).
+for name, extra in (("tokens", "max_tokens_per_mini_batch: 40\n"), ("checkpointing", "gradient_checkpointing: true\n")):
+    path = os.path.join(a.workdir, name + ".yaml")
+    open(path, "w").write(open(one).read() + extra)
+    subprocess.run([a.grpo, "train", path, "--output", os.path.join(a.workdir, name)], check=True, capture_output=True)
+    other = losses(os.path.join(a.workdir, name))
+    worst = max(abs(other[s] - whole[s]) for s in whole)
+    print(f"{extra.strip()}: {len(whole)} steps, largest loss difference from the plain run {worst:.2e}")
+    if worst > 1e-5 or (name == "checkpointing" and any(other[s] != whole[s] for s in whole if s <= first)):
+        sys.exit(extra.strip() + " changes the training")
 
 cut = os.path.join(a.workdir, "cut")
 p = subprocess.Popen([a.grpo, "train", recipe, "--output", cut], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
