@@ -1,5 +1,7 @@
 #include "trainer/grpo_trainer.h"
 
+#include <c10/cuda/CUDACachingAllocator.h>
+
 #include <ATen/Context.h>
 #include <c10/core/GradMode.h>
 #include <torch/nn/utils/clip_grad.h>
@@ -639,6 +641,7 @@ void Trainer::run() {
     const double lr = learning_rate(step);
     for (auto& g : optimizer_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
 
+    if (device_.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device_.index() < 0 ? 0 : device_.index());
     RolloutBatch batch = sample(step);  // rollout, rewards, advantages
     auto t0 = Clock::now();
     UpdateStats u = update(batch);
@@ -651,6 +654,12 @@ void Trainer::run() {
     json m = step_metrics(batch, u, lr, t_train, s_);
     m["step"] = step;
     m["num_tokens"] = st_.num_tokens;
+    if (device_.is_cuda()) {  // the step's peak of memory held by tensors, and by PyTorch's caching allocator
+      using c10::CachingAllocator::StatType;
+      auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index() < 0 ? 0 : device_.index());
+      m["memory/peak_allocated_gb"] = stats.allocated_bytes[static_cast<size_t>(StatType::AGGREGATE)].peak / 1e9;
+      m["memory/peak_reserved_gb"] = stats.reserved_bytes[static_cast<size_t>(StatType::AGGREGATE)].peak / 1e9;
+    }
     const bool eval_now = s_.eval.eval_every > 0 && (step % s_.eval.eval_every == 0 || step == max_steps);
     EvalResult e;
     if (eval_now) {
