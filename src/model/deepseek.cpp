@@ -250,25 +250,52 @@ Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const 
   Tensor token = at::div(order, k, "floor");
   Tensor xs = x.index_select(0, token);                 // (N*k, H), grouped by expert
   Tensor ys;
-  const Tensor gate_up_w = effective_gate_up(), down_w = effective_down();
+  // Adapters act as a low-rank side path, x W^T + scaling (x A^T) B^T, never as a formed W + B A:
+  // forming it would write a second copy of every expert weight per forward (and keep one per
+  // captured CUDA graph). The grouped path runs the side path as grouped GEMMs in bf16 when the
+  // rank meets their 16-byte alignment, and forms the weight otherwise.
+  const bool lora_gu = gate_up_lora_A.defined() && lora_enabled, lora_down = down_lora_A.defined() && lora_enabled;
   if (use_grouped_mm(x)) {
     // One grouped GEMM over all experts (CUDA, bf16): no host sync, no per-expert launches.
     Tensor offsets = counts.cumsum(0).to(at::kInt);
-    Tensor gu = at::_grouped_mm(xs, gate_up_w.transpose(1, 2), offsets);  // (N*k, 2I)
-    ys = at::_grouped_mm(swiglu(gu), down_w.transpose(1, 2), offsets);     // (N*k, H)
+    auto aligned = [](const Tensor& a) { return !a.defined() || a.size(1) % 8 == 0; };
+    const bool side = aligned(gate_up_lora_A) && aligned(down_lora_A);
+    auto product = [&](const Tensor& in, const Tensor& w, bool lora, const Tensor& A, const Tensor& B, double s,
+                       const Tensor& formed) {
+      if (lora && !side) return at::_grouped_mm(in, formed.transpose(1, 2), offsets);
+      Tensor y = at::_grouped_mm(in, w.transpose(1, 2), offsets);
+      if (!lora) return y;
+      Tensor a = at::_grouped_mm(in, A.to(in.scalar_type()).transpose(1, 2), offsets);
+      return y + at::_grouped_mm(a, B.to(in.scalar_type()).transpose(1, 2), offsets) * s;
+    };
+    Tensor gu = product(xs, gate_up_proj, lora_gu, gate_up_lora_A, gate_up_lora_B, gate_up_lora_scaling,
+                        lora_gu && !side ? effective_gate_up() : Tensor());  // (N*k, 2I)
+    ys = product(swiglu(gu), down_proj, lora_down, down_lora_A, down_lora_B, down_lora_scaling,
+                 lora_down && !side ? effective_down() : Tensor());  // (N*k, H)
   } else {
     // One matmul per expert over its contiguous block. unbind() (not indexing) so that backward
-    // assembles each weight gradient once instead of once per expert.
+    // assembles each weight gradient once instead of once per expert. Adapters in fp32, as LinearImpl.
     Tensor cpu_counts = counts.to(at::kCPU);  // one host sync per layer
     const int64_t* cnt = cpu_counts.data_ptr<int64_t>();
-    std::vector<Tensor> w_gu = gate_up_w.unbind(0), w_down = down_w.unbind(0);
+    std::vector<Tensor> w_gu = gate_up_proj.unbind(0), w_down = down_proj.unbind(0);
+    std::vector<Tensor> a_gu, b_gu, a_down, b_down;
+    if (lora_gu) a_gu = gate_up_lora_A.unbind(0), b_gu = gate_up_lora_B.unbind(0);
+    if (lora_down) a_down = down_lora_A.unbind(0), b_down = down_lora_B.unbind(0);
+    auto adapted = [](const Tensor& in, const Tensor& y, const Tensor& A, const Tensor& B, double s) {
+      Tensor a = in.to(A.scalar_type());
+      return (y + at::matmul(at::matmul(a, A.t()), B.t()) * s).to(y.scalar_type());
+    };
     std::vector<Tensor> outs;
     int64_t offset = 0;
     for (int64_t e = 0; e < num_experts; ++e) {
       if (cnt[e] == 0) continue;
       Tensor xe = xs.narrow(0, offset, cnt[e]);
-      Tensor gu = at::matmul(xe, w_gu[e].t());             // (n_e, 2I)
-      outs.push_back(at::matmul(swiglu(gu), w_down[e].t()));  // (n_e, H)
+      Tensor gu = at::matmul(xe, w_gu[e].t());  // (n_e, 2I)
+      if (lora_gu) gu = adapted(xe, gu, a_gu[e], b_gu[e], gate_up_lora_scaling);
+      Tensor h = swiglu(gu);
+      Tensor y = at::matmul(h, w_down[e].t());  // (n_e, H)
+      if (lora_down) y = adapted(h, y, a_down[e], b_down[e], down_lora_scaling);
+      outs.push_back(y);
       offset += cnt[e];
     }
     ys = at::cat(outs, 0);

@@ -118,7 +118,7 @@ struct RoutedExpertsImpl : torch::nn::Module {
 
   // LoRA on the stacked weights, as PEFT adapts transformers' fused expert parameters: per expert
   // gate_up_proj[e] + scaling * gate_up_lora_B[e] gate_up_lora_A[e] (and the same for down_proj),
-  // the effective weights formed before the expert products. Adapters fp32; undefined when absent.
+  // computed as a low-rank side path (see forward). Adapters fp32; undefined when absent.
   // `rank_gate_up` / `rank_down` 0 leaves that weight without an adapter.
   void add_lora(int64_t rank_gate_up, double scaling_gate_up, int64_t rank_down, double scaling_down, at::Generator gen);
   Tensor effective_gate_up() const;
