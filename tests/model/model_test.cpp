@@ -291,12 +291,14 @@ TEST(Model, GroupedGemmExpertAdaptersEqualPerExpertLoopOnCuda) {
   for (int64_t r : {8, 4}) {
     at::manual_seed(3);
     auto m = tiny();
-    add_lora(*m, LoraConfig{r, 2.0 * r, 0, {"gate_proj", "up_proj", "down_proj"}}, 3);
+    const LoraConfig lc{r, 2.0 * r, 0, {"gate_proj", "up_proj", "down_proj"}};
+    add_lora(*m, lc, 3);
     {
       at::NoGradGuard g;
       for (auto& [name, t] : lora_parameters(*m)) t.normal_(0, 0.5);
     }
     auto reference = std::make_shared<DeepseekForCausalLM>(m->config());
+    add_lora(*reference, lc, 3);
     copy_weights(*reference, *m);
     reference->to_device_dtype(at::kCUDA, at::kFloat);
     m->to_device_dtype(at::kCUDA, at::kBFloat16);
