@@ -11,6 +11,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "model/lora.h"
 #include "model/torch_error.h"
 #include "text/tokenizer.h"
 #include "util/error.h"
@@ -252,6 +253,8 @@ double EngineBackend::update_weights(const std::string& dir, int64_t version) {
   std::shared_ptr<model::DeepseekForCausalLM> fresh;
   try {
     fresh = model::load_model(dir, {at::kFloat, at::kCPU});
+    // A LoRA adapter for a server that holds a plain model: the adapter folded into its base.
+    if (model::has_lora(*fresh) && !model::has_lora(*impl_->model)) fresh = model::merged_copy(*fresh);
   } catch (const c10::Error& e) {
     throw Error(torch_message(e));
   }

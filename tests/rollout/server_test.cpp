@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "model/checkpoint.h"
+#include "model/lora.h"
 #include "rollout/engine.h"
 #include "rollout/rpc.h"
 #include "rollout/service.h"
@@ -240,6 +241,46 @@ TEST(RolloutServer, UpdateWeightsSwitchesThePolicyAndStampsTheVersion) {
   EXPECT_EQ(client.info().weight_version, 7);
   // (std::filesystem::remove_all resolves to libtorch's copy, which crashes: use rm.)
   EXPECT_EQ(std::system(("rm -rf '" + dir + "'").c_str()), 0);
+}
+
+// A LoRA adapter directory (PEFT's files over a base checkpoint) updates a server that holds a plain
+// model: it serves the base with the adapter folded in.
+TEST(RolloutServer, UpdateWeightsTakesALoraAdapter) {
+  Served s;
+  std::string root = std::filesystem::temp_directory_path() / ("grpo_rollout_lora_" + std::to_string(::getpid()));
+  auto base = tiny(2);
+  model::save_model(*base, kTiny, root + "/base");
+  auto adapted = tiny(2);
+  model::add_lora(*adapted, {4, 8, 0, {"all-linear"}}, 5);
+  {
+    at::NoGradGuard g;
+    for (auto& [name, t] : model::lora_parameters(*adapted)) t.normal_(0, 0.5);
+  }
+  model::save_adapter(*adapted, {4, 8, 0, {"all-linear"}}, "../base", root + "/adapter");
+  RolloutClient client(s.address);
+  SamplingParams sp;
+  sp.n = 2;
+  sp.max_new_tokens = 10;
+  client.update_weights(root + "/adapter", 3);
+  auto after = collect(client, id_prompts(3), sp, true);
+  std::vector<std::vector<int64_t>> ps, cs;
+  auto prompts = id_prompts(3);
+  for (const auto& c : after) {
+    ps.push_back(prompts[c.prompt_index].ids);
+    cs.push_back(c.token_ids);
+  }
+  at::NoGradGuard g;
+  auto ref = adapted->completion_logprobs(ps, cs);
+  model::AdaptersDisabled off(*adapted);
+  auto plain = adapted->completion_logprobs(ps, cs);
+  double moved = 0;
+  for (size_t i = 0; i < after.size(); ++i)
+    for (size_t j = 0; j < after[i].logprobs.size(); ++j) {
+      EXPECT_NEAR(after[i].logprobs[j], ref[i][j].item<float>(), 1e-4);
+      moved = std::max(moved, std::abs(ref[i][j].item<double>() - plain[i][j].item<double>()));
+    }
+  EXPECT_GT(moved, 1e-2) << "the adapter must change what is served";
+  EXPECT_EQ(std::system(("rm -rf '" + root + "'").c_str()), 0);
 }
 
 TEST(RolloutServer, SizesPastTheLimitsAreRefusedNamingTheLimitAndNothingOverflows) {

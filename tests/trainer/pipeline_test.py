@@ -19,6 +19,10 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_helpers import kill_when as helpers_kill_when  # noqa: E402
+from run_helpers import metrics, tensors, train  # noqa: E402
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--grpo", required=True)
 ap.add_argument("--source", required=True)
@@ -58,27 +62,7 @@ open(recipe, "w").write(RECIPE)
 
 
 def run(out, *extra):
-    r = subprocess.run([a.grpo, "train", recipe, "--output", out, *extra], capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"grpo train failed:\n{r.stderr[-3000:]}")
-    return r.stderr
-
-
-def metrics(path):
-    return [json.loads(l) for l in open(path) if l.strip()]
-
-
-def tensors(path):
-    """name -> raw bytes of every tensor in a safetensors file."""
-    data = open(path, "rb").read()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    out = {}
-    for k, v in header.items():
-        if k != "__metadata__":
-            b, e = v["data_offsets"]
-            out[k] = data[8 + n + b:8 + n + e]
-    return out
+    return train(a.grpo, recipe, out, *extra)
 
 
 full = os.path.join(a.workdir, "full")
@@ -118,17 +102,7 @@ cut = os.path.join(a.workdir, "cut")
 
 
 def kill_when(path, step):
-    p = subprocess.Popen([a.grpo, "train", recipe, "--output", cut] + (["--resume"] if os.path.exists(cut) else []),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None:
-        if os.path.exists(path) and any(m.get("step", 0) >= step for m in metrics(path)):
-            break
-        time.sleep(0.01)
-    if p.poll() is not None:
-        sys.exit(f"the run ended before step {step} of {path}")
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    helpers_kill_when(a.grpo, recipe, cut, path, step)
 
 
 kill_when(os.path.join(cut, "cold_start", "metrics.jsonl"), 33)

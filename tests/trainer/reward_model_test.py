@@ -16,6 +16,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_helpers import metrics, tensors  # noqa: E402
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--grpo", required=True)
 ap.add_argument("--source", required=True)
@@ -54,17 +57,6 @@ stages:
 """
 recipe = os.path.join(a.workdir, "r.yaml")
 open(recipe, "w").write(RECIPE)
-
-
-def metrics(path):
-    return [json.loads(l) for l in open(path) if l.strip()]
-
-
-def tensors(path):
-    data = open(path, "rb").read()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    return {k: data[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in header.items() if k != "__metadata__"}
 
 
 full = os.path.join(a.workdir, "full")
