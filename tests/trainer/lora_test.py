@@ -38,9 +38,9 @@ stages:
     task: addition_cot
     max_length: 128
     per_device_train_batch_size: 8
-    max_steps: 20
+    max_steps: 60
     learning_rate: 0.003
-    save_every: 20
+    save_every: 60
   - name: lora_rl
     model_dir: stage:cold_start
     task: addition
