@@ -1,4 +1,4 @@
-// `grpo init` and `grpo logprobs`.
+// `grpo init`, `grpo merge-adapter` and `grpo logprobs`.
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 #include <torch/cuda.h>
@@ -14,6 +14,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "model/checkpoint.h"
+#include "model/lora.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/jsonl.h"
@@ -40,6 +41,31 @@ int run_init(const InitArgs& args) {
     int64_t n = 0;
     for (const auto& p : m.parameters()) n += p.numel();
     std::cerr << "grpo: wrote " << args.output << " (" << n << " parameters, seed " << args.seed << ")\n";
+    return 0;
+  });
+}
+
+int run_merge_adapter(const MergeAdapterArgs& args) {
+  return torch_guard([&] {
+    if (!model::is_adapter_dir(args.adapter)) throw Error(args.adapter + ": no adapter_config.json (not a LoRA adapter)");
+    std::string base;
+    model::read_adapter_config(args.adapter, &base);
+    const std::string base_dir = model::resolve_adapter_base(args.adapter, base);
+    auto m = model::load_model(args.adapter, {at::kFloat, at::kCPU});
+    model::SaveOptions opts;
+    opts.dtype = model::parse_dtype_name(args.dtype);
+    model::save_model(*m, read_file(base_dir + "/config.json"), args.output, opts);  // merged: see save_model
+    // The tokenizer and generation files: the adapter's own, else the base's.
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                          "chat_template.jinja"}) {
+      for (const std::string& dir : {args.adapter, base_dir})
+        if (file_exists(dir + "/" + f)) {
+          write_file_atomic(args.output + "/" + f, read_file(dir + "/" + f));
+          break;
+        }
+    }
+    std::cerr << "grpo: wrote " << args.output << ": " << base_dir << " with the adapter of " << args.adapter
+              << " folded in\n";
     return 0;
   });
 }

@@ -31,6 +31,11 @@ struct InitArgs {
 };
 int run_init(const InitArgs& args);
 
+struct MergeAdapterArgs {
+  std::string adapter, output, dtype = "float32";
+};
+int run_merge_adapter(const MergeAdapterArgs& args);
+
 struct LogprobsArgs {
   std::string model, input, output, dtype = "float32", device = "cpu";
   int64_t batch_tokens = 16384;  // padded tokens per forward batch

@@ -20,6 +20,13 @@ int main(int argc, char** argv) {
   c_init->add_option("--seed", init.seed, "random seed")->capture_default_str();
   c_init->add_option("--dtype", init.dtype, "on-disk dtype: float32|bfloat16")->capture_default_str();
 
+  MergeAdapterArgs merge;
+  auto* c_merge = app.add_subcommand("merge-adapter",
+                                     "Fold a LoRA adapter into its base and write the full model (PEFT's merge_and_unload)");
+  c_merge->add_option("--adapter", merge.adapter, "adapter directory (adapter_config.json, adapter_model.safetensors)")->required();
+  c_merge->add_option("--output", merge.output, "output checkpoint directory")->required();
+  c_merge->add_option("--dtype", merge.dtype, "on-disk dtype: float32|bfloat16")->capture_default_str();
+
   LogprobsArgs lp;
   auto* c_lp = app.add_subcommand("logprobs", "Per-token log-probabilities of completions given prompts");
   c_lp->add_option("--model", lp.model, "HF checkpoint directory")->required();
@@ -178,6 +185,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (*c_init) return run_init(init);
+    if (*c_merge) return run_merge_adapter(merge);
     if (*c_lp) return run_logprobs(lp);
     if (*c_tk) return run_tokenize(tk);
     if (*c_ct) return run_chat_template(ct);

@@ -9,8 +9,8 @@ adapters on the fused routed-expert weights (gate_up_proj with rank 2r, down_pro
 2. grpo -> PEFT: a LoRA sft stage trains adapters on the same base; its adapter holds exactly the
    tensor names PEFT's own state dict has for that config, PeftModel.from_pretrained loads every
    tensor bit for bit, and its log-probs equal `grpo logprobs` on it; the merged model grpo writes (merged/) loads in
-   transformers with no missing or unexpected weights and gives the same log-probs; the base
-   weights on disk are untouched.
+   transformers with no missing or unexpected weights and gives the same log-probs, and so does
+   `grpo merge-adapter` of PEFT's adapter; the base weights on disk are untouched.
 3. An adapter config grpo cannot honour (DoRA) is refused with an error naming the file.
 """
 import argparse
@@ -116,6 +116,11 @@ save_every: 0
           f"{sorted(info['unexpected_keys'])[:3]} unexpected")
     ok &= clean
     ok &= compare("merged model in transformers vs grpo adapter", ours, hf_logprobs(merged.eval(), rows))
+    # `grpo merge-adapter` does the same for any adapter, here PEFT's own.
+    peft_merged = os.path.join(a.workdir, "peft_merged")
+    subprocess.run([a.grpo, "merge-adapter", "--adapter", peft_dir, "--output", peft_merged], check=True)
+    ok &= compare("grpo merge-adapter of PEFT's adapter, in transformers, vs the PEFT model",
+                  hf_logprobs(DeepseekV3ForCausalLM.from_pretrained(peft_merged).eval(), rows), ref)
     ok &= compare("base on disk untouched", hf_logprobs(DeepseekV3ForCausalLM.from_pretrained(base_dir).eval(), rows),
                   base_ref, tol=0.0)
 
