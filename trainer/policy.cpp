@@ -61,8 +61,7 @@ void setup_lora(Policy& p, const StageSettings& s, const std::string& recipe_pat
 
 Policy load_policy(const StageSettings& s, const std::string& recipe_path, bool without_lm_head) {
   Policy p;
-  const bool adapter_dir = !s.model.model_dir.empty() && model::is_adapter_dir(s.model.model_dir) &&
-                           !std::filesystem::exists(s.model.model_dir + "/config.json");
+  const bool adapter_dir = !s.model.model_dir.empty() && model::is_adapter_dir(s.model.model_dir);
   std::string base_config = s.model.model_dir + "/config.json";
   if (adapter_dir) {
     std::string base;

@@ -145,7 +145,7 @@ at::ScalarType parse_dtype_name(const std::string& name) {
 }
 
 std::shared_ptr<DeepseekForCausalLM> load_model(const std::string& dir, const LoadOptions& options) {
-  if (is_adapter_dir(dir) && !std::filesystem::exists(dir + "/config.json")) {
+  if (is_adapter_dir(dir)) {
     // A PEFT adapter: its base (base_model_name_or_path), then the adapter on top, as
     // PeftModel.from_pretrained does.
     std::string base;

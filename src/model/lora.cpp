@@ -158,7 +158,9 @@ void set_adapters_enabled(DeepseekForCausalLM& model, bool enabled) {
   for (auto& [name, ex] : routed_experts(model)) ex->lora_enabled = enabled;
 }
 
-bool is_adapter_dir(const std::string& dir) { return std::filesystem::exists(dir + "/adapter_config.json"); }
+bool is_adapter_dir(const std::string& dir) {
+  return std::filesystem::exists(dir + "/adapter_config.json") && !std::filesystem::exists(dir + "/config.json");
+}
 
 LoraConfig read_adapter_config(const std::string& dir, std::string* base_model) {
   const std::string path = dir + "/adapter_config.json";

@@ -54,7 +54,7 @@ class AdaptersDisabled {
   DeepseekForCausalLM& m_;
 };
 
-// True when `dir` holds adapter_config.json (a PEFT adapter rather than a full model).
+// True when `dir` holds adapter_config.json and no config.json (a PEFT adapter, not a full model).
 bool is_adapter_dir(const std::string& dir);
 // adapter_config.json of `dir` -> the config and base_model_name_or_path. Errors name the file.
 LoraConfig read_adapter_config(const std::string& dir, std::string* base_model = nullptr);
