@@ -29,7 +29,8 @@ namespace {
 
 // lora_r > 0: the frozen base (from model_dir, or continuing an adapter that model_dir holds) with
 // adapters in fp32.
-void setup_lora(Policy& p, const StageSettings& s, const std::string& recipe_path) {
+// `base_dir`: the base directory of the adapter model_dir holds ("" when it holds none).
+void setup_lora(Policy& p, const StageSettings& s, const std::string& recipe_path, const std::string& base_dir) {
   const ModelSettings& m = s.model;
   p.lora.r = m.lora_r;
   p.lora.alpha = m.lora_alpha;
@@ -38,15 +39,14 @@ void setup_lora(Policy& p, const StageSettings& s, const std::string& recipe_pat
   p.lora.use_rslora = m.use_rslora;
   p.save_merged = m.lora_save_merged;
   const at::ScalarType dtype = m.bf16 ? at::kBFloat16 : at::kFloat;
-  const bool continuing = !m.model_dir.empty() && model::is_adapter_dir(m.model_dir);
-  if (continuing) {  // train the adapter further (PEFT's is_trainable=True), over its own base
-    model::LoraConfig had = model::read_adapter_config(m.model_dir, &p.adapter_base);
+  if (!base_dir.empty()) {  // train the adapter further (PEFT's is_trainable=True), over its own base
+    model::LoraConfig had = model::read_adapter_config(m.model_dir);
     if (had.r != p.lora.r)
       throw Error(recipe_path + ": stage '" + s.name + "': model_dir " + m.model_dir + " is a LoRA adapter of rank " +
                   std::to_string(had.r) + ", but lora_r is " + std::to_string(p.lora.r));
     p.lora = had;
     p.master = model::load_model(m.model_dir, {dtype, at::Device(m.device)});
-    p.adapter_base = model::resolve_adapter_base(m.model_dir, p.adapter_base);
+    p.adapter_base = base_dir;
   } else {
     p.master = load_base_model(s, p.config_text, dtype);
     if (!m.model_dir.empty()) p.adapter_base = std::filesystem::absolute(m.model_dir).lexically_normal().string();
@@ -61,16 +61,16 @@ void setup_lora(Policy& p, const StageSettings& s, const std::string& recipe_pat
 
 Policy load_policy(const StageSettings& s, const std::string& recipe_path, bool without_lm_head) {
   Policy p;
-  const bool adapter_dir = !s.model.model_dir.empty() && model::is_adapter_dir(s.model.model_dir);
-  std::string base_config = s.model.model_dir + "/config.json";
-  if (adapter_dir) {
+  std::string base_dir;  // the base of an adapter in model_dir
+  if (!s.model.model_dir.empty() && model::is_adapter_dir(s.model.model_dir)) {
     std::string base;
     model::read_adapter_config(s.model.model_dir, &base);
-    base_config = model::resolve_adapter_base(s.model.model_dir, base) + "/config.json";
+    base_dir = model::resolve_adapter_base(s.model.model_dir, base);
   }
-  p.config_text = read_file(s.model.model_dir.empty() ? s.model.model_config : base_config);
+  p.config_text = read_file(s.model.model_dir.empty() ? s.model.model_config
+                                                      : (base_dir.empty() ? s.model.model_dir : base_dir) + "/config.json");
   if (s.model.lora_r > 0) {
-    setup_lora(p, s, recipe_path);
+    setup_lora(p, s, recipe_path, base_dir);
   } else {
     // A full model, or an adapter merged into its base (full fine-tuning from a LoRA stage).
     p.master = load_base_model(s, p.config_text, at::kFloat, without_lm_head);

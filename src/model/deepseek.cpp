@@ -281,20 +281,16 @@ Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const 
     std::vector<Tensor> a_gu, b_gu, a_down, b_down;
     if (lora_gu) a_gu = gate_up_lora_A.unbind(0), b_gu = gate_up_lora_B.unbind(0);
     if (lora_down) a_down = down_lora_A.unbind(0), b_down = down_lora_B.unbind(0);
-    auto adapted = [](const Tensor& in, const Tensor& y, const Tensor& A, const Tensor& B, double s) {
-      Tensor a = in.to(A.scalar_type());
-      return (y + at::matmul(at::matmul(a, A.t()), B.t()) * s).to(y.scalar_type());
-    };
     std::vector<Tensor> outs;
     int64_t offset = 0;
     for (int64_t e = 0; e < num_experts; ++e) {
       if (cnt[e] == 0) continue;
       Tensor xe = xs.narrow(0, offset, cnt[e]);
       Tensor gu = at::matmul(xe, w_gu[e].t());  // (n_e, 2I)
-      if (lora_gu) gu = adapted(xe, gu, a_gu[e], b_gu[e], gate_up_lora_scaling);
+      if (lora_gu) gu = add_low_rank(gu, xe, a_gu[e], b_gu[e], gate_up_lora_scaling);
       Tensor h = swiglu(gu);
       Tensor y = at::matmul(h, w_down[e].t());  // (n_e, H)
-      if (lora_down) y = adapted(h, y, a_down[e], b_down[e], down_lora_scaling);
+      if (lora_down) y = add_low_rank(y, h, a_down[e], b_down[e], down_lora_scaling);
       outs.push_back(y);
       offset += cnt[e];
     }

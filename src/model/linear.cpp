@@ -16,7 +16,11 @@ Tensor LinearImpl::forward(const Tensor& x) {
   if (!lora_A || !lora_enabled) return y;
   Tensor a = x.to(lora_A->weight.scalar_type());
   if (lora_dropout > 0 && is_training()) a = at::dropout(a, lora_dropout, /*train=*/true);
-  Tensor delta = at::linear(at::linear(a, lora_A->weight), lora_B->weight) * lora_scaling;
+  return add_low_rank(y, a, lora_A->weight, lora_B->weight, lora_scaling);
+}
+
+Tensor add_low_rank(const Tensor& y, const Tensor& x, const Tensor& A, const Tensor& B, double scaling) {
+  Tensor delta = at::linear(at::linear(x.to(A.scalar_type()), A), B) * scaling;
   return (y + delta).to(y.scalar_type());
 }
 

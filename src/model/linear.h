@@ -15,6 +15,10 @@ namespace grpo::model {
 
 using at::Tensor;
 
+// y + scaling * (x A^T) B^T computed in the adapter's dtype and rounded to y's dtype: the adapter
+// side path of LinearImpl and of the routed experts' per-expert loop.
+Tensor add_low_rank(const Tensor& y, const Tensor& x, const Tensor& A, const Tensor& B, double scaling);
+
 struct LinearImpl : torch::nn::Module {
   LinearImpl(int64_t in_features, int64_t out_features, bool bias = false);
   Tensor forward(const Tensor& x);
