@@ -33,7 +33,7 @@ int run_init(const InitArgs& args) {
   return torch_guard([&] {
     std::string text = read_file(args.config);
     ModelConfig config = parse_model_config(text, args.config);
-    model::DeepseekForCausalLM m(config);
+    model::CausalLM m(config);
     model::init_weights(m, args.seed);
     model::SaveOptions opts;
     opts.dtype = model::parse_dtype_name(args.dtype);

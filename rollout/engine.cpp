@@ -34,7 +34,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 // ---------------------------------------------------------------------------------------------
 struct Engine::Impl {
-  std::shared_ptr<model::DeepseekForCausalLM> model;
+  std::shared_ptr<model::CausalLM> model;
   const text::Tokenizer* tokenizer;
   EngineOptions opt;
   ModelConfig cfg;
@@ -50,11 +50,11 @@ struct Engine::Impl {
   std::unique_ptr<DecodeGraphs> graphs;
   int64_t* weight_version = nullptr;
 
-  Impl(std::shared_ptr<model::DeepseekForCausalLM> m, const text::Tokenizer* tok, EngineOptions o)
+  Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* tok, EngineOptions o)
       : model(std::move(m)), tokenizer(tok), opt(o), cfg(model->config()) {
     if (opt.block_size < 1) throw Error("rollout engine: block_size must be >= 1");
     L = cfg.num_hidden_layers;
-    D = cfg.kv_lora_rank + cfg.qk_rope_head_dim;
+    D = cfg.kv_cache_width();
     bs = opt.block_size;
     ctx = opt.max_context > 0 ? opt.max_context : cfg.max_position_embeddings;
     const auto dev = model->device();
@@ -205,7 +205,7 @@ struct Engine::Impl {
     model::RopeTables rope = model->rope_tables(pos.view({B, 1}), x.scalar_type());
     for (int64_t l = 0; l < L; ++l) {
       auto layer = model->model->layers[l]->as<DecoderLayer>();
-      x = x + layer->self_attn->decode_absorbed(layer->input_layernorm(x), rope, pool[l], slots, gather_idx, invalid, Lpad);
+      x = x + layer->self_attn->decode(layer->input_layernorm(x), rope, pool[l], slots, gather_idx, invalid, Lpad);
       x = x + layer->feed_forward(layer->post_attention_layernorm(x));
     }
     return model->logits(model->model->norm(x)).to(at::kFloat);  // (B, V)
@@ -255,7 +255,7 @@ struct Engine::Impl {
 };
 
 // ---------------------------------------------------------------------------------------------
-Engine::Engine(std::shared_ptr<model::DeepseekForCausalLM> model, const text::Tokenizer* tokenizer, EngineOptions options)
+Engine::Engine(std::shared_ptr<model::CausalLM> model, const text::Tokenizer* tokenizer, EngineOptions options)
     : impl_(std::make_unique<Impl>(std::move(model), tokenizer, options)) {
   impl_->weight_version = &weight_version;
 }

@@ -30,7 +30,7 @@
 #include <memory>
 #include <vector>
 
-#include "model/deepseek.h"
+#include "model/causal_lm.h"
 #include "rollout/sampling.h"
 #include "rollout/types.h"
 
@@ -62,7 +62,7 @@ struct EngineStats {
 
 class Engine {
  public:
-  Engine(std::shared_ptr<model::DeepseekForCausalLM> model, const text::Tokenizer* tokenizer,
+  Engine(std::shared_ptr<model::CausalLM> model, const text::Tokenizer* tokenizer,
          EngineOptions options = {});
   ~Engine();
   Engine(const Engine&) = delete;

@@ -42,7 +42,7 @@ std::shared_ptr<const text::Tokenizer> load_tokenizer_if_present(const std::stri
 
 // ---------------------------------------------------------------------------------------------
 struct EngineBackend::Impl {
-  std::shared_ptr<model::DeepseekForCausalLM> model;
+  std::shared_ptr<model::CausalLM> model;
   std::shared_ptr<const text::Tokenizer> tokenizer;
   EngineOptions options;
   std::string model_dir;
@@ -162,7 +162,7 @@ struct EngineBackend::Impl {
   }
 };
 
-EngineBackend::EngineBackend(std::shared_ptr<model::DeepseekForCausalLM> model,
+EngineBackend::EngineBackend(std::shared_ptr<model::CausalLM> model,
                              std::shared_ptr<const text::Tokenizer> tokenizer, EngineOptions options,
                              std::string model_dir)
     : impl_(std::make_unique<Impl>()) {
@@ -250,7 +250,7 @@ double EngineBackend::update_weights(const std::string& dir, int64_t version) {
   auto t0 = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> one(impl_->update_mu);
   // Read the checkpoint on the CPU first (outside the engine's lock): a bad one fails here.
-  std::shared_ptr<model::DeepseekForCausalLM> fresh;
+  std::shared_ptr<model::CausalLM> fresh;
   try {
     fresh = model::load_model(dir, {at::kFloat, at::kCPU});
     // A LoRA adapter for a server that holds a plain model: the adapter folded into its base.

@@ -19,7 +19,7 @@ namespace grpo::rollout {
 class EngineBackend : public Backend {
  public:
   // `tokenizer` may be null (then prompts must be token ids and stop strings are refused).
-  EngineBackend(std::shared_ptr<model::DeepseekForCausalLM> model, std::shared_ptr<const text::Tokenizer> tokenizer,
+  EngineBackend(std::shared_ptr<model::CausalLM> model, std::shared_ptr<const text::Tokenizer> tokenizer,
                 EngineOptions options, std::string model_dir = "");
   ~EngineBackend() override;
 

@@ -47,7 +47,7 @@ struct Stopped {};  // thrown after the checkpoint of a stop request is saved; r
 
 using at::Tensor;
 using json = nlohmann::json;
-using Model = model::DeepseekForCausalLM;
+using Model = model::CausalLM;
 using Clock = std::chrono::steady_clock;
 
 namespace {

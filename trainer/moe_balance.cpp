@@ -4,7 +4,7 @@
 
 namespace grpo::trainer {
 
-std::vector<model::MoE> moe_layers(model::DeepseekForCausalLM& m) {
+std::vector<model::MoE> moe_layers(model::CausalLM& m) {
   std::vector<model::MoE> out;
   for (int64_t l = 0; l < m.config().num_hidden_layers; ++l) {
     auto layer = m.model->layers[l]->as<model::DecoderLayer>();
@@ -13,7 +13,7 @@ std::vector<model::MoE> moe_layers(model::DeepseekForCausalLM& m) {
   return out;
 }
 
-double update_routing_bias(model::DeepseekForCausalLM& m, const std::vector<at::Tensor>& loads, double speed) {
+double update_routing_bias(model::CausalLM& m, const std::vector<at::Tensor>& loads, double speed) {
   c10::NoGradGuard no_grad;
   auto layers = moe_layers(m);
   double spread = 0;

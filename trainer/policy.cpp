@@ -11,7 +11,7 @@
 
 namespace grpo::trainer {
 
-using Model = model::DeepseekForCausalLM;
+using Model = model::CausalLM;
 
 std::shared_ptr<Model> load_base_model(const StageSettings& s, const std::string& config_text, at::ScalarType dtype,
                                        bool without_lm_head) {

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "model/deepseek.h"
+#include "model/causal_lm.h"
 #include "model/lora.h"
 #include "text/chat_template.h"
 #include "text/tokenizer.h"
@@ -17,7 +17,7 @@
 namespace grpo::trainer {
 
 struct Policy {
-  using Model = model::DeepseekForCausalLM;
+  using Model = model::CausalLM;
   std::string config_text;         // the model's config.json
   std::shared_ptr<Model> master;   // fp32
   std::shared_ptr<Model> compute;  // master itself in fp32, a bf16 copy with bf16
@@ -54,7 +54,7 @@ struct Policy {
 // With `without_lm_head` the model is a backbone (a reward model's): no lm_head is built or read.
 Policy load_policy(const StageSettings& s, const std::string& recipe_path, bool without_lm_head = false);
 // The stage's starting weights again (for a reference model), in `dtype`.
-std::shared_ptr<model::DeepseekForCausalLM> load_base_model(const StageSettings& s, const std::string& config_text,
+std::shared_ptr<model::CausalLM> load_base_model(const StageSettings& s, const std::string& config_text,
                                                             at::ScalarType dtype, bool without_lm_head = false);
 
 // Linear warm-up over warmup_ratio * total_steps, then constant or cosine decay to 0 at total_steps.

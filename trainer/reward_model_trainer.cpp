@@ -119,10 +119,10 @@ std::vector<TokenPair> RewardModelStage::tokenise(const std::vector<PreferencePa
 }
 
 // Rewards of chosen and rejected sequences of `pairs`, in one batch: (N) and (N).
-std::pair<Tensor, Tensor> pair_rewards(model::DeepseekForCausalLM& backbone, const torch::nn::Linear& score, int64_t pad,
+std::pair<Tensor, Tensor> pair_rewards(model::CausalLM& backbone, const torch::nn::Linear& score, int64_t pad,
                                        const std::vector<const TokenPair*>& pairs) {
   model::RewardModel rm;
-  rm.backbone = std::shared_ptr<model::DeepseekForCausalLM>(&backbone, [](model::DeepseekForCausalLM*) {});
+  rm.backbone = std::shared_ptr<model::CausalLM>(&backbone, [](model::CausalLM*) {});
   rm.score = score;
   rm.pad_token_id = pad;
   std::vector<std::vector<int64_t>> seqs;

@@ -14,7 +14,7 @@
 #include <iostream>
 
 #include "model/checkpoint.h"
-#include "model/deepseek.h"
+#include "model/causal_lm.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
     c.num_nextn_predict_layers = 0;
     const at::Device device(device_name);
     const at::ScalarType dtype = model::parse_dtype_name(dtype_name);
-    auto m = std::make_shared<model::DeepseekForCausalLM>(c);
+    auto m = std::make_shared<model::CausalLM>(c);
     m->to_device_dtype(device, dtype);
     {
       at::NoGradGuard g;

@@ -14,7 +14,7 @@
 #include <iostream>
 
 #include "model/checkpoint.h"
-#include "model/deepseek.h"
+#include "model/causal_lm.h"
 #include "model/lora.h"
 #include "util/error.h"
 #include "util/files.h"
@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
     c.num_nextn_predict_layers = 0;
     c.max_position_embeddings = std::max<int64_t>(c.max_position_embeddings, max_len + 16);
     const at::Device device(device_name);
-    auto m = std::make_shared<model::DeepseekForCausalLM>(c);
+    auto m = std::make_shared<model::CausalLM>(c);
     m->to_device_dtype(device, model::parse_dtype_name(dtype_name));
     {
       at::NoGradGuard g;

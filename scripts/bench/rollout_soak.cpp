@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
   app.add_option("--seconds", seconds, "soak duration")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
-  auto model = std::make_shared<model::DeepseekForCausalLM>(parse_model_config(read_file(config), config));
+  auto model = std::make_shared<model::CausalLM>(parse_model_config(read_file(config), config));
   model::init_weights(*model, 1);
   model->eval();
   auto tok = std::make_shared<const text::Tokenizer>(text::Tokenizer::byte_level());

@@ -1,5 +1,6 @@
 #include "config/model_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 
@@ -90,7 +91,16 @@ double yarn_get_mscale(double scale, double mscale) {
 
 }  // namespace
 
+bool ModelConfig::is_moe_layer(int64_t layer) const {
+  if (n_routed_experts <= 0) return false;
+  if (decoder_sparse_step > 0)
+    return (layer + 1) % decoder_sparse_step == 0 &&
+           std::find(mlp_only_layers.begin(), mlp_only_layers.end(), layer) == mlp_only_layers.end();
+  return layer >= first_k_dense_replace && layer % moe_layer_freq == 0;
+}
+
 double ModelConfig::softmax_scale() const {
+  if (!mla()) return 1.0 / std::sqrt(static_cast<double>(head_dim));
   double scale = 1.0 / std::sqrt(static_cast<double>(qk_head_dim()));
   if (yarn && yarn->mscale_all_dim != 0.0) {
     double m = yarn_get_mscale(yarn->factor, yarn->mscale_all_dim);
@@ -107,53 +117,44 @@ double ModelConfig::rope_attention_factor() const {
   return yarn_get_mscale(yarn->factor, 1.0);
 }
 
-ModelConfig parse_model_config(const std::string& json_text, const std::string& where) {
-  json obj = parse_json(json_text, where);
-  if (!obj.is_object()) throw Error(where + ": expected a JSON object");
-  Fields f(obj, where);
-  ModelConfig c;
-  if (!f.has("model_type")) f.fail("model_type", "missing (required: deepseek_v2 or deepseek_v3)");
-  c.model_type = f.string("model_type", "");
-  const bool v3 = c.model_type == "deepseek_v3";
-  if (!v3 && c.model_type != "deepseek_v2")
-    f.fail("model_type", "unsupported model_type '" + c.model_type + "' (supported: deepseek_v2, deepseek_v3)");
+std::string ModelConfig::architecture() const {
+  if (model_type == "deepseek_v3") return "DeepseekV3ForCausalLM";
+  if (model_type == "deepseek_v2") return "DeepseekV2ForCausalLM";
+  if (model_type == "qwen2") return "Qwen2ForCausalLM";
+  if (model_type == "llama") return "LlamaForCausalLM";
+  if (model_type == "qwen3") return "Qwen3ForCausalLM";
+  return "Qwen3MoeForCausalLM";
+}
 
-  // Defaults are transformers' DeepseekV2Config / DeepseekV3Config defaults, so a config.json
-  // that omits a field means what it means to transformers.
-  c.vocab_size = f.positive("vocab_size", v3 ? 129280 : 102400);
-  c.hidden_size = f.positive("hidden_size", v3 ? 7168 : 4096);
-  c.intermediate_size = f.positive("intermediate_size", v3 ? 18432 : 11008);
-  c.num_hidden_layers = f.positive("num_hidden_layers", v3 ? 61 : 32);
-  c.num_attention_heads = f.positive("num_attention_heads", v3 ? 128 : 32);
-  c.max_position_embeddings = f.positive("max_position_embeddings", v3 ? 4096 : 2048);
-  c.rms_norm_eps = f.number("rms_norm_eps", 1e-6);
-  if (!(c.rms_norm_eps > 0)) f.fail("rms_norm_eps", "must be positive");
-  c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
-  c.initializer_range = f.number("initializer_range", 0.02);
+namespace {
 
-  if (f.has("q_lora_rank")) c.q_lora_rank = f.positive("q_lora_rank");
-  else if (!obj.contains("q_lora_rank")) c.q_lora_rank = 1536;  // absent: the class default; null: plain q_proj
-  c.kv_lora_rank = f.positive("kv_lora_rank", 512);
-  c.qk_nope_head_dim = f.positive("qk_nope_head_dim", 128);
-  c.qk_rope_head_dim = f.positive("qk_rope_head_dim", 64);
-  if (c.qk_rope_head_dim % 2 != 0) f.fail("qk_rope_head_dim", "must be even");
-  c.v_head_dim = f.positive("v_head_dim", 128);
+// transformers' config-class defaults per model type, so that a config.json that omits a field
+// means what it means to transformers.
+struct Defaults {
+  int64_t vocab, hidden, intermediate, layers, heads, max_positions;
+};
 
-  if (f.string("hidden_act", "silu") != "silu") f.fail("hidden_act", "only silu is supported");
-  if (f.boolean("attention_bias", false)) f.fail("attention_bias", "true is not supported (DeepSeek models have none)");
-  if (f.boolean("mlp_bias", false)) f.fail("mlp_bias", "true is not supported (DeepSeek models have none)");
-  if (f.integer("pretraining_tp", 1) != 1) f.fail("pretraining_tp", "only 1 is supported");
-  c.rope_interleave = f.boolean("rope_interleave", true);
-  if (f.has("sliding_window")) f.fail("sliding_window", "sliding-window attention is not supported");
+Defaults defaults_for(const std::string& type) {
+  if (type == "deepseek_v3") return {129280, 7168, 18432, 61, 128, 4096};
+  if (type == "deepseek_v2") return {102400, 4096, 11008, 32, 32, 2048};
+  if (type == "qwen2" || type == "qwen3") return {151936, 4096, 22016, 32, 32, 32768};
+  if (type == "llama") return {32000, 4096, 11008, 32, 32, 2048};
+  return {151936, 2048, 6144, 24, 32, 32768};  // qwen3_moe
+}
 
-  // RoPE: DeepSeek's checkpoints write rope_scaling; transformers 5.x writes rope_parameters.
+void parse_rope(const json& obj, const Fields& f, const std::string& where, ModelConfig& c) {
+  // DeepSeek's checkpoints write rope_scaling; transformers 5.x writes rope_parameters.
   const char* rope_key = f.has("rope_parameters") ? "rope_parameters" : (f.has("rope_scaling") ? "rope_scaling" : nullptr);
   c.rope_theta = f.number("rope_theta", 10000.0);
+  if (f.has("partial_rotary_factor") && f.number("partial_rotary_factor") != 1.0)
+    f.fail("partial_rotary_factor", "only 1 (RoPE over the whole head) is supported");
   if (rope_key) {
     const json& r = obj[rope_key];
     if (!r.is_object()) f.fail(rope_key, "expected an object");
     Fields rf(r, where, std::string(rope_key) + ".");
     c.rope_theta = rf.number("rope_theta", c.rope_theta);
+    if (rf.has("partial_rotary_factor") && rf.number("partial_rotary_factor") != 1.0)
+      rf.fail("partial_rotary_factor", "only 1 (RoPE over the whole head) is supported");
     std::string type = rf.string("rope_type", rf.string("type", "default"));
     if (type == "yarn") {
       YarnScaling y;
@@ -171,11 +172,38 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
       if (rf.has("attention_factor")) y.attention_factor = rf.number("attention_factor");
       y.truncate = rf.boolean("truncate", true);
       c.yarn = y;
+    } else if (type == "llama3") {
+      Llama3Scaling l;
+      l.factor = rf.number("factor");
+      if (!(l.factor >= 1.0)) rf.fail("factor", "must be >= 1");
+      l.low_freq_factor = rf.number("low_freq_factor");
+      l.high_freq_factor = rf.number("high_freq_factor");
+      if (!(l.high_freq_factor > l.low_freq_factor)) rf.fail("high_freq_factor", "must exceed low_freq_factor");
+      l.original_max_position_embeddings = rf.positive("original_max_position_embeddings");
+      c.llama3 = l;
+    } else if (type == "linear") {
+      c.rope_linear_factor = rf.number("factor");
+      if (!(c.rope_linear_factor > 0)) rf.fail("factor", "must be positive");
     } else if (type != "default") {
-      rf.fail("rope_type", "unsupported RoPE type '" + type + "' (supported: default, yarn)");
+      rf.fail("rope_type", "unsupported RoPE type '" + type + "' (supported: default, linear, llama3, yarn)");
     }
   }
   if (!(c.rope_theta > 0)) f.fail("rope_theta", "must be positive");
+}
+
+// DeepSeek: multi-head latent attention and DeepSeekMoE.
+void parse_deepseek(const json& obj, const Fields& f, ModelConfig& c) {
+  const bool v3 = c.model_type == "deepseek_v3";
+  if (f.has("q_lora_rank")) c.q_lora_rank = f.positive("q_lora_rank");
+  else if (!obj.contains("q_lora_rank")) c.q_lora_rank = 1536;  // absent: the class default; null: plain q_proj
+  c.kv_lora_rank = f.positive("kv_lora_rank", 512);
+  c.qk_nope_head_dim = f.positive("qk_nope_head_dim", 128);
+  c.qk_rope_head_dim = f.positive("qk_rope_head_dim", 64);
+  if (c.qk_rope_head_dim % 2 != 0) f.fail("qk_rope_head_dim", "must be even");
+  c.v_head_dim = f.positive("v_head_dim", 128);
+  if (f.boolean("attention_bias", false)) f.fail("attention_bias", "true is not supported (DeepSeek models have none)");
+  c.rope_interleave = f.boolean("rope_interleave", true);
+  if (f.has("sliding_window")) f.fail("sliding_window", "sliding-window attention is not supported");
 
   // MoE. n_routed_experts null or 0 makes a dense model.
   c.n_routed_experts = f.has("n_routed_experts") ? f.integer("n_routed_experts") : (obj.contains("n_routed_experts") ? 0 : (v3 ? 256 : 64));
@@ -213,6 +241,87 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   }
   c.num_nextn_predict_layers = f.integer("num_nextn_predict_layers", 0);
   if (c.num_nextn_predict_layers < 0) f.fail("num_nextn_predict_layers", "must be >= 0");
+}
+
+// Llama 3, Qwen2/2.5, Qwen3 and Qwen3-MoE: grouped-query attention with RoPE over whole heads
+// (rotate-half layout), SwiGLU MLPs, and for Qwen3-MoE softmax top-k routed experts.
+void parse_gqa(const json& obj, const Fields& f, ModelConfig& c) {
+  const std::string& t = c.model_type;
+  c.num_key_value_heads = f.positive("num_key_value_heads", t == "qwen3_moe" ? 4 : c.num_attention_heads);
+  if (c.num_attention_heads % c.num_key_value_heads != 0)
+    f.fail("num_key_value_heads", "must divide num_attention_heads (" + std::to_string(c.num_attention_heads) + ")");
+  c.head_dim = f.positive("head_dim", t == "qwen3" ? 128 : c.hidden_size / c.num_attention_heads);
+  if (c.head_dim % 2 != 0) f.fail("head_dim", "must be even");
+  const bool attention_bias = f.boolean("attention_bias", false);
+  c.qkv_bias = t == "qwen2" ? true : attention_bias;  // Qwen2's q/k/v always carry a bias, its o_proj never
+  c.o_bias = t == "qwen2" ? false : attention_bias;
+  c.qk_norm = t == "qwen3" || t == "qwen3_moe";
+  c.rope_interleave = false;
+  if (f.boolean("use_sliding_window", false)) f.fail("use_sliding_window", "sliding-window attention is not supported");
+  if (f.has("layer_types")) {
+    const json& lt = obj["layer_types"];
+    if (!lt.is_array()) f.fail("layer_types", "expected a list");
+    for (const auto& v : lt)
+      if (!v.is_string() || v.get<std::string>() != "full_attention")
+        f.fail("layer_types", "only full_attention layers are supported, got " + v.dump());
+  }
+  if (t != "qwen3_moe") return;
+  // Qwen's configs say num_experts; transformers 5 writes it as num_local_experts.
+  const char* experts_key = f.has("num_local_experts") ? "num_local_experts" : "num_experts";
+  c.n_routed_experts = f.integer(experts_key, 128);
+  if (c.n_routed_experts < 0) f.fail(experts_key, "must be >= 0");
+  c.moe_intermediate_size = f.positive("moe_intermediate_size", 768);
+  c.norm_topk_prob = f.boolean("norm_topk_prob", false);
+  c.decoder_sparse_step = f.positive("decoder_sparse_step", 1);
+  if (f.has("mlp_only_layers")) {
+    const json& m = obj["mlp_only_layers"];
+    if (!m.is_array()) f.fail("mlp_only_layers", "expected a list of layer indices");
+    for (const auto& v : m) {
+      if (!v.is_number_integer()) f.fail("mlp_only_layers", "expected integer layer indices, got " + v.dump());
+      c.mlp_only_layers.push_back(v.get<int64_t>());
+    }
+  }
+  c.scoring_func = ScoringFunc::Softmax;
+  c.topk_method = TopkMethod::Greedy;
+  if (c.n_routed_experts > 0) {
+    c.num_experts_per_tok = f.positive("num_experts_per_tok", 8);
+    if (c.num_experts_per_tok > c.n_routed_experts)
+      f.fail("num_experts_per_tok", std::string("exceeds ") + experts_key + " (" + std::to_string(c.n_routed_experts) + ")");
+  }
+}
+
+}  // namespace
+
+ModelConfig parse_model_config(const std::string& json_text, const std::string& where) {
+  json obj = parse_json(json_text, where);
+  if (!obj.is_object()) throw Error(where + ": expected a JSON object");
+  Fields f(obj, where);
+  ModelConfig c;
+  static const char* kSupported = "deepseek_v2, deepseek_v3, qwen2, llama, qwen3, qwen3_moe";
+  if (!f.has("model_type")) f.fail("model_type", std::string("missing (required: one of ") + kSupported + ")");
+  c.model_type = f.string("model_type", "");
+  const std::string& t = c.model_type;
+  if (t != "deepseek_v2" && t != "deepseek_v3" && t != "qwen2" && t != "llama" && t != "qwen3" && t != "qwen3_moe")
+    f.fail("model_type", "unsupported model_type '" + t + "' (supported: " + kSupported + ")");
+
+  const Defaults d = defaults_for(t);
+  c.vocab_size = f.positive("vocab_size", d.vocab);
+  c.hidden_size = f.positive("hidden_size", d.hidden);
+  c.intermediate_size = f.positive("intermediate_size", d.intermediate);
+  c.num_hidden_layers = f.positive("num_hidden_layers", d.layers);
+  c.num_attention_heads = f.positive("num_attention_heads", d.heads);
+  c.max_position_embeddings = f.positive("max_position_embeddings", d.max_positions);
+  c.rms_norm_eps = f.number("rms_norm_eps", 1e-6);
+  if (!(c.rms_norm_eps > 0)) f.fail("rms_norm_eps", "must be positive");
+  c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
+  c.initializer_range = f.number("initializer_range", 0.02);
+  if (f.string("hidden_act", "silu") != "silu") f.fail("hidden_act", "only silu is supported");
+  if (f.boolean("mlp_bias", false)) f.fail("mlp_bias", "true is not supported");
+  if (f.integer("pretraining_tp", 1) != 1) f.fail("pretraining_tp", "only 1 is supported");
+
+  if (c.mla()) parse_deepseek(obj, f, c);
+  else parse_gqa(obj, f, c);
+  parse_rope(obj, f, where, c);
 
   if (f.has("quantization_config")) {
     const json& q = obj["quantization_config"];

@@ -144,7 +144,7 @@ at::ScalarType parse_dtype_name(const std::string& name) {
   throw Error("unsupported dtype '" + name + "' (supported: float32, bfloat16, float16)");
 }
 
-std::shared_ptr<DeepseekForCausalLM> load_model(const std::string& dir, const LoadOptions& options) {
+std::shared_ptr<CausalLM> load_model(const std::string& dir, const LoadOptions& options) {
   if (is_adapter_dir(dir)) {
     // A PEFT adapter: its base (base_model_name_or_path), then the adapter on top, as
     // PeftModel.from_pretrained does.
@@ -168,7 +168,7 @@ std::shared_ptr<DeepseekForCausalLM> load_model(const std::string& dir, const Lo
   config.num_nextn_predict_layers = mtp;
   if (options.without_lm_head) config.tie_word_embeddings = true;
 
-  auto model = std::make_shared<DeepseekForCausalLM>(config);
+  auto model = std::make_shared<CausalLM>(config);
   WeightReader reader(ck, config);
   {
     at::NoGradGuard no_grad;
@@ -199,7 +199,7 @@ std::shared_ptr<DeepseekForCausalLM> load_model(const std::string& dir, const Lo
   return model;
 }
 
-void init_weights(DeepseekForCausalLM& model, uint64_t seed) {
+void init_weights(CausalLM& model, uint64_t seed) {
   at::NoGradGuard no_grad;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   const double std = model.config().initializer_range;
@@ -220,7 +220,7 @@ void init_weights(DeepseekForCausalLM& model, uint64_t seed) {
   for (auto& kv : model.named_buffers(true)) kv.value().zero_();  // e_score_correction_bias
 }
 
-void save_model(DeepseekForCausalLM& model, const std::string& config_json, const std::string& dir,
+void save_model(CausalLM& model, const std::string& config_json, const std::string& dir,
                 const SaveOptions& options) {
   // A model with adapters is written merged (each adapter folded into its weight), as transformers loads it.
   if (has_lora(model)) return save_model(*merged_copy(model), config_json, dir, options);
@@ -296,14 +296,14 @@ void save_model(DeepseekForCausalLM& model, const std::string& config_json, cons
   json cfg = parse_json(config_json, dir + "/config.json");
   cfg.erase("quantization_config");
   cfg.erase("auto_map");  // the weights are transformers' own classes now, not the base's remote code
-  cfg["architectures"] = {c.model_type == "deepseek_v3" ? "DeepseekV3ForCausalLM" : "DeepseekV2ForCausalLM"};
+  cfg["architectures"] = {c.architecture()};
   cfg["dtype"] = options.dtype == at::kBFloat16 ? "bfloat16" : options.dtype == at::kHalf ? "float16" : "float32";
   cfg.erase("torch_dtype");
   for (auto it = options.config_updates.begin(); it != options.config_updates.end(); ++it) cfg[it.key()] = it.value();
   write_file_atomic(dir + "/config.json", cfg.dump(2) + "\n");
 }
 
-void copy_weights(DeepseekForCausalLM& dst, DeepseekForCausalLM& src) {
+void copy_weights(CausalLM& dst, CausalLM& src) {
   c10::NoGradGuard no_grad;
   auto src_params = src.named_parameters(true);
   auto src_buffers = src.named_buffers(true);

@@ -1,4 +1,4 @@
-// Hugging Face checkpoint directories <-> DeepseekForCausalLM.
+// Hugging Face checkpoint directories <-> CausalLM.
 //
 // Loading accepts what DeepSeek and transformers write: one model.safetensors or shards listed
 // in model.safetensors.index.json; F32/F16/BF16 weights, and F8_E4M3 weights with
@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-#include "model/deepseek.h"
+#include "model/causal_lm.h"
 
 namespace grpo::model {
 
@@ -27,16 +27,16 @@ struct LoadOptions {
 };
 
 // Loads config.json and the weights in `dir`. Errors name the file and the tensor.
-std::shared_ptr<DeepseekForCausalLM> load_model(const std::string& dir, const LoadOptions& options = {});
+std::shared_ptr<CausalLM> load_model(const std::string& dir, const LoadOptions& options = {});
 
 // Random initialisation as transformers does it: normal(0, initializer_range) for every matrix and
 // embedding, ones for norms, zeros for e_score_correction_bias. Deterministic for a seed (CPU).
-void init_weights(DeepseekForCausalLM& model, uint64_t seed);
+void init_weights(CausalLM& model, uint64_t seed);
 
 // Copies every parameter and buffer of `src` into `dst` (the same architecture) in place, on dst's
 // device and in dst's dtypes, so that views of dst's tensors (an engine, CUDA graphs) see the new
 // values. Throws grpo::Error naming the first tensor missing from `src` or of another shape.
-void copy_weights(DeepseekForCausalLM& dst, DeepseekForCausalLM& src);
+void copy_weights(CausalLM& dst, CausalLM& src);
 
 struct SaveOptions {
   at::ScalarType dtype = at::kFloat;              // on-disk dtype of floating weights
@@ -48,7 +48,7 @@ struct SaveOptions {
 // Writes config.json (the given config text with dtype/architectures updated and any
 // quantization_config removed) and the weights under HF names into `dir`, each file atomically.
 // `config_json` is the original config.json text (kept so that fields grpo does not model survive).
-void save_model(DeepseekForCausalLM& model, const std::string& config_json, const std::string& dir,
+void save_model(CausalLM& model, const std::string& config_json, const std::string& dir,
                 const SaveOptions& options = {});
 
 // "float32" | "bfloat16" | "float16" -> dtype; throws grpo::Error otherwise.

@@ -25,7 +25,7 @@ namespace {
 const char* kPrefix = "base_model.model.";
 
 // The decoder's linear layers by name, without lm_head and the MTP layers (not in transformers' model).
-std::vector<std::pair<std::string, LinearImpl*>> decoder_linears(DeepseekForCausalLM& model) {
+std::vector<std::pair<std::string, LinearImpl*>> decoder_linears(CausalLM& model) {
   std::vector<std::pair<std::string, LinearImpl*>> out;
   const int64_t L = model.config().num_hidden_layers;
   for (auto& kv : model.named_modules("", /*include_self=*/false)) {
@@ -48,10 +48,11 @@ bool matches(const std::string& name, const std::string& target) {
 std::string last_component(const std::string& name) { return name.substr(name.rfind('.') + 1); }
 
 // PEFT on transformers 5 maps the MLP names to the fused routed-expert weights (gate_proj and
-// up_proj to gate_up_proj, down_proj to down_proj); dense and shared-expert MLPs get no adapter.
+// up_proj to gate_up_proj, down_proj to down_proj) in a model with routed experts, whose dense and
+// shared-expert MLPs then get no adapter; in a dense model they name the MLP's linear layers.
 bool is_mlp_name(const std::string& leaf) { return leaf == "gate_proj" || leaf == "up_proj" || leaf == "down_proj"; }
 
-std::vector<std::pair<std::string, RoutedExpertsImpl*>> routed_experts(DeepseekForCausalLM& model) {
+std::vector<std::pair<std::string, RoutedExpertsImpl*>> routed_experts(CausalLM& model) {
   std::vector<std::pair<std::string, RoutedExpertsImpl*>> out;
   const int64_t L = model.config().num_hidden_layers;
   for (int64_t l = 0; l < L; ++l) {
@@ -74,7 +75,7 @@ std::string expert_prefix(const std::string& name, const RoutedExpertsImpl& ex, 
 
 double LoraConfig::scaling() const { return model::scaling(alpha, r, use_rslora); }
 
-std::vector<std::string> add_lora(DeepseekForCausalLM& model, const LoraConfig& c, uint64_t seed) {
+std::vector<std::string> add_lora(CausalLM& model, const LoraConfig& c, uint64_t seed) {
   if (c.r <= 0) throw Error("lora_r must be positive to add adapters (got " + std::to_string(c.r) + ")");
   if (c.target_modules.empty()) throw Error("lora_target_modules is empty: name the layers to adapt, or all-linear");
   auto layers = decoder_linears(model);
@@ -89,12 +90,12 @@ std::vector<std::string> add_lora(DeepseekForCausalLM& model, const LoraConfig& 
     down |= leaf == "down_proj";
     if (is_mlp_name(leaf) && !experts.empty()) used.insert(t);
   }
-  if (gate != up)
+  if (!experts.empty() && gate != up)
     throw Error("lora_target_modules: gate_proj and up_proj are one fused weight of the routed experts (gate_up_proj): "
                 "target both or neither");
   std::vector<std::pair<std::string, LinearImpl*>> chosen;
   for (auto& [name, lin] : layers) {
-    if (is_mlp_name(last_component(name))) continue;  // see is_mlp_name
+    if (!experts.empty() && is_mlp_name(last_component(name))) continue;  // see is_mlp_name
     bool hit = all;
     for (const auto& t : c.target_modules)
       if (!all && matches(name, t)) {
@@ -134,9 +135,9 @@ std::vector<std::string> add_lora(DeepseekForCausalLM& model, const LoraConfig& 
   return names;
 }
 
-bool has_lora(DeepseekForCausalLM& model) { return !lora_parameters(model).empty(); }
+bool has_lora(CausalLM& model) { return !lora_parameters(model).empty(); }
 
-std::vector<std::pair<std::string, Tensor>> lora_parameters(DeepseekForCausalLM& model) {
+std::vector<std::pair<std::string, Tensor>> lora_parameters(CausalLM& model) {
   std::vector<std::pair<std::string, Tensor>> out;
   for (auto& [name, lin] : decoder_linears(model))
     if (lin->has_lora()) {
@@ -153,7 +154,7 @@ std::vector<std::pair<std::string, Tensor>> lora_parameters(DeepseekForCausalLM&
   return out;
 }
 
-void set_adapters_enabled(DeepseekForCausalLM& model, bool enabled) {
+void set_adapters_enabled(CausalLM& model, bool enabled) {
   for (auto& [name, lin] : decoder_linears(model)) lin->lora_enabled = enabled;
   for (auto& [name, ex] : routed_experts(model)) ex->lora_enabled = enabled;
 }
@@ -238,9 +239,9 @@ std::string resolve_adapter_base(const std::string& adapter_dir, const std::stri
               (fs::path(base).is_relative() ? " nor beside the adapter" : "") + ")");
 }
 
-std::shared_ptr<DeepseekForCausalLM> merged_copy(DeepseekForCausalLM& model) {
+std::shared_ptr<CausalLM> merged_copy(CausalLM& model) {
   at::NoGradGuard no_grad;
-  auto out = std::make_shared<DeepseekForCausalLM>(model.config());
+  auto out = std::make_shared<CausalLM>(model.config());
   std::map<std::string, Tensor> effective;
   for (auto& [name, lin] : decoder_linears(model)) effective[name + ".weight"] = lin->effective_weight();
   for (auto& [name, ex] : routed_experts(model)) {
@@ -258,7 +259,7 @@ std::shared_ptr<DeepseekForCausalLM> merged_copy(DeepseekForCausalLM& model) {
   return out;
 }
 
-void save_adapter(DeepseekForCausalLM& model, const LoraConfig& c, const std::string& base_model, const std::string& dir) {
+void save_adapter(CausalLM& model, const LoraConfig& c, const std::string& base_model, const std::string& dir) {
   make_directories(dir);
   std::vector<std::pair<std::string, Tensor>> cpu;
   std::set<std::string> kinds;
@@ -317,7 +318,7 @@ void save_adapter(DeepseekForCausalLM& model, const LoraConfig& c, const std::st
   write_file_atomic(dir + "/adapter_config.json", j.dump(2) + "\n");
 }
 
-void load_adapter_weights(DeepseekForCausalLM& model, const std::string& dir) {
+void load_adapter_weights(CausalLM& model, const std::string& dir) {
   const std::string path = dir + "/adapter_model.safetensors";
   if (!std::filesystem::exists(path)) throw Error(dir + ": no adapter_model.safetensors beside adapter_config.json");
   auto file = io::SafetensorsFile::open(path);

@@ -1,9 +1,10 @@
 // LoRA adapters on the policy's linear layers, in PEFT's conventions, so that an adapter grpo
 // writes loads with `PeftModel.from_pretrained` onto the transformers base and the other way round:
-//   - targets by PEFT's module names (`q_proj`, `q_a_proj`, `q_b_proj`, `kv_a_proj_with_mqa`,
-//     `kv_b_proj`, `o_proj`: a layer matches when its full name is the target or ends with
+//   - targets by PEFT's module names (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `q_a_proj`,
+//     `q_b_proj`, `kv_a_proj_with_mqa`, `kv_b_proj`, ...: a layer matches when its full name is the target or ends with
 //     "." + target), or `all-linear`;
-//   - `gate_proj`, `up_proj`, `down_proj` adapt the routed experts, as PEFT does on transformers 5,
+//   - in a dense model `gate_proj`, `up_proj`, `down_proj` are the MLP's linear layers; in a model
+//     with routed experts they adapt the routed experts, as PEFT does on transformers 5,
 //     whose experts are fused weights (`mlp.experts.gate_up_proj` (E, 2I, H), `down_proj`): PEFT
 //     turns those names into `target_parameters`, gives the fused gate_up weight rank 2r and alpha
 //     2 * lora_alpha, and leaves dense and shared-expert MLPs without adapters; so does grpo;
@@ -18,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "model/deepseek.h"
+#include "model/causal_lm.h"
 
 namespace grpo::model {
 
@@ -34,24 +35,24 @@ struct LoraConfig {
 // Adds an adapter to every targeted linear layer (adapters drawn from `seed`, lora_B zero, so the
 // model is unchanged) and returns their names. Throws grpo::Error when a target matches no layer,
 // naming it and the layer names there are.
-std::vector<std::string> add_lora(DeepseekForCausalLM& model, const LoraConfig& config, uint64_t seed);
+std::vector<std::string> add_lora(CausalLM& model, const LoraConfig& config, uint64_t seed);
 
-bool has_lora(DeepseekForCausalLM& model);
+bool has_lora(CausalLM& model);
 // The adapters' tensors (lora_A and lora_B of every adapted layer), in name order.
-std::vector<std::pair<std::string, Tensor>> lora_parameters(DeepseekForCausalLM& model);
+std::vector<std::pair<std::string, Tensor>> lora_parameters(CausalLM& model);
 // Switches every adapter on or off; off, the model computes as its base.
-void set_adapters_enabled(DeepseekForCausalLM& model, bool enabled);
+void set_adapters_enabled(CausalLM& model, bool enabled);
 
 // The base alone for the scope of the guard (the reference model under LoRA: no second copy).
 class AdaptersDisabled {
  public:
-  explicit AdaptersDisabled(DeepseekForCausalLM& m) : m_(m) { set_adapters_enabled(m_, false); }
+  explicit AdaptersDisabled(CausalLM& m) : m_(m) { set_adapters_enabled(m_, false); }
   ~AdaptersDisabled() { set_adapters_enabled(m_, true); }
   AdaptersDisabled(const AdaptersDisabled&) = delete;
   AdaptersDisabled& operator=(const AdaptersDisabled&) = delete;
 
  private:
-  DeepseekForCausalLM& m_;
+  CausalLM& m_;
 };
 
 // True when `dir` holds adapter_config.json and no config.json (a PEFT adapter, not a full model).
@@ -64,12 +65,12 @@ LoraConfig read_adapter_config(const std::string& dir, std::string* base_model =
 std::string resolve_adapter_base(const std::string& adapter_dir, const std::string& base_model);
 // A copy of the model without adapters, each folded into its base weight (W + scaling B A, as
 // PEFT's merge_and_unload), on the same device and in the same dtype.
-std::shared_ptr<DeepseekForCausalLM> merged_copy(DeepseekForCausalLM& model);
+std::shared_ptr<CausalLM> merged_copy(CausalLM& model);
 // Writes adapter_config.json and adapter_model.safetensors (fp32) into `dir`.
-void save_adapter(DeepseekForCausalLM& model, const LoraConfig& config, const std::string& base_model,
+void save_adapter(CausalLM& model, const LoraConfig& config, const std::string& base_model,
                   const std::string& dir);
 // Copies the adapter tensors of `dir` into the model's adapters (added with the same config).
 // Errors name the file and the tensor missing, unused or of another shape.
-void load_adapter_weights(DeepseekForCausalLM& model, const std::string& dir);
+void load_adapter_weights(CausalLM& model, const std::string& dir);
 
 }  // namespace grpo::model

@@ -45,7 +45,7 @@ int64_t reward_pad_token_id(const std::string& config_text, const ModelConfig& c
   return 0;
 }
 
-torch::nn::Linear new_score_head(const DeepseekForCausalLM& backbone, uint64_t seed) {
+torch::nn::Linear new_score_head(const CausalLM& backbone, uint64_t seed) {
   const ModelConfig& c = backbone.config();
   torch::nn::Linear score(torch::nn::LinearOptions(c.hidden_size, 1).bias(false));
   at::NoGradGuard g;
@@ -84,13 +84,14 @@ RewardModel load_reward_model(const std::string& dir, const LoadOptions& options
   return rm;
 }
 
-void save_reward_model(DeepseekForCausalLM& backbone, const Tensor& score_weight, const std::string& config_text,
+void save_reward_model(CausalLM& backbone, const Tensor& score_weight, const std::string& config_text,
                        int64_t pad_token_id, const std::string& dir, at::ScalarType dtype) {
   SaveOptions o;
   o.dtype = dtype;
   o.extra_tensors.emplace_back("score.weight", score_weight);
-  const bool v3 = backbone.config().model_type == "deepseek_v3";
-  o.config_updates = {{"architectures", {v3 ? "DeepseekV3ForSequenceClassification" : "DeepseekV2ForSequenceClassification"}},
+  std::string arch = backbone.config().architecture();  // "...ForCausalLM"
+  arch = arch.substr(0, arch.size() - std::string("ForCausalLM").size()) + "ForSequenceClassification";
+  o.config_updates = {{"architectures", {arch}},
                       {"id2label", {{"0", "LABEL_0"}}},
                       {"label2id", {{"LABEL_0", 0}}},
                       {"pad_token_id", pad_token_id}};

@@ -10,7 +10,7 @@
 
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
-#include "model/deepseek.h"
+#include "model/causal_lm.h"
 #include "model/lora.h"
 #include "util/error.h"
 
@@ -29,8 +29,8 @@ const char* kTinyV3 = R"({
   "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
                    "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}})";
 
-std::shared_ptr<DeepseekForCausalLM> tiny(uint64_t seed = 1) {
-  auto m = std::make_shared<DeepseekForCausalLM>(parse_model_config(kTinyV3, "tiny"));
+std::shared_ptr<CausalLM> tiny(uint64_t seed = 1) {
+  auto m = std::make_shared<CausalLM>(parse_model_config(kTinyV3, "tiny"));
   init_weights(*m, seed);
   // Larger weights than the init's 0.02 so that routing and attention are far from uniform.
   at::NoGradGuard g;
@@ -297,7 +297,7 @@ TEST(Model, GroupedGemmExpertAdaptersEqualPerExpertLoopOnCuda) {
       at::NoGradGuard g;
       for (auto& [name, t] : lora_parameters(*m)) t.normal_(0, 0.5);
     }
-    auto reference = std::make_shared<DeepseekForCausalLM>(m->config());
+    auto reference = std::make_shared<CausalLM>(m->config());
     add_lora(*reference, lc, 3);
     copy_weights(*reference, *m);
     reference->to_device_dtype(at::kCUDA, at::kFloat);

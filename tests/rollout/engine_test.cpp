@@ -44,12 +44,30 @@ const char* kTinyV2 = R"({
   "first_k_dense_replace": 0, "norm_topk_prob": false, "routed_scaling_factor": 1.0,
   "max_position_embeddings": 128})";
 
-std::shared_ptr<model::DeepseekForCausalLM> tiny(const char* config, double scale = 8) {
-  auto m = std::make_shared<model::DeepseekForCausalLM>(parse_model_config(config, "tiny"));
+// Qwen2 style: grouped-query attention (4 query heads on 2 key/value heads), q/k/v biases, tied
+// embeddings.
+const char* kTinyQwen2 = R"({
+  "model_type": "qwen2", "vocab_size": 97, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+  "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256, "tie_word_embeddings": true})";
+
+// Qwen3-MoE style: q/k norms, one key/value head, head_dim unlike hidden/heads, softmax top-2 routing
+// with a dense middle layer, Llama 3 RoPE scaling (positions pass the original 16).
+const char* kTinyQwen3Moe = R"({
+  "model_type": "qwen3_moe", "vocab_size": 97, "hidden_size": 32, "intermediate_size": 48,
+  "moe_intermediate_size": 16, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 1,
+  "head_dim": 16, "num_experts": 8, "num_experts_per_tok": 2, "norm_topk_prob": true, "mlp_only_layers": [1],
+  "max_position_embeddings": 256,
+  "rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 16, "rope_theta": 10000.0}})";
+
+std::shared_ptr<model::CausalLM> tiny(const char* config, double scale = 8) {
+  auto m = std::make_shared<model::CausalLM>(parse_model_config(config, "tiny"));
   model::init_weights(*m, 3);
   at::NoGradGuard g;
   for (auto& p : m->parameters())
     if (p.dim() > 1) p.mul_(scale);  // far from uniform: sampling and routing matter
+  for (auto& kv : m->named_parameters())
+    if (kv.key().size() > 5 && kv.key().substr(kv.key().size() - 5) == ".bias") kv.value().uniform_(-0.5, 0.5);
   for (auto& kv : m->named_buffers()) kv.value().uniform_(0, 0.05);
   return m;
 }
@@ -73,7 +91,7 @@ std::vector<Request> requests(const std::vector<std::vector<int64_t>>& ps, const
 }
 
 // Full-forward logits (T, V) of one sequence, fp32.
-Tensor full_logits(model::DeepseekForCausalLM& m, const std::vector<int64_t>& ids) {
+Tensor full_logits(model::CausalLM& m, const std::vector<int64_t>& ids) {
   at::NoGradGuard g;
   Tensor x = at::tensor(ids, at::kLong).unsqueeze(0);
   return m.logits(m.hidden_states(x))[0].to(at::kFloat);
@@ -107,7 +125,7 @@ double gamma_q(double a, double x) {
   return std::exp(-x + a * std::log(x) - std::lgamma(a)) * h;
 }
 
-void expect_logprobs_match_recompute(model::DeepseekForCausalLM& m, const std::vector<Request>& rs,
+void expect_logprobs_match_recompute(model::CausalLM& m, const std::vector<Request>& rs,
                                      const std::vector<Completion>& cs) {
   std::vector<std::vector<int64_t>> ps, comps;
   for (const auto& c : cs) {
@@ -148,7 +166,7 @@ class EngineLogprobs : public ::testing::TestWithParam<int> {};
 // Batch sizes 1 and 16, mixed prompt lengths, G = 4: every generated token's log-prob equals the
 // full forward's (the trainer's `grpo logprobs`) within 1e-4.
 TEST_P(EngineLogprobs, EqualFullForwardRecompute) {
-  for (const char* cfg : {kTinyV3, kTinyV2}) {
+  for (const char* cfg : {kTinyV3, kTinyV2, kTinyQwen2, kTinyQwen3Moe}) {
     auto m = tiny(cfg);
     const int64_t V = m->config().vocab_size;
     EngineOptions o;
@@ -468,7 +486,8 @@ TEST(Engine, BadRequestsAreErrorsThatNameTheRequest) {
 
 TEST(EngineCuda, Fp32LogprobsEqualRecompute) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
-  auto m = tiny(kTinyV3);
+  for (const char* cfg : {kTinyV3, kTinyQwen2, kTinyQwen3Moe}) {
+  auto m = tiny(cfg);
   m->to_device_dtype(at::kCUDA, at::kFloat);
   EngineOptions o;
   o.block_size = 4;
@@ -481,13 +500,16 @@ TEST(EngineCuda, Fp32LogprobsEqualRecompute) {
   auto rs = requests(prompts(16, 1, 60, 97, 5), sp);
   auto cs = e.generate(rs);
   expect_logprobs_match_recompute(*m, rs, cs);
+  }
 }
 
 // bf16 with the grouped-GEMM MoE: the decode step replayed as CUDA graphs gives what the eager
 // step gives, and both agree with the bf16 full-forward recompute.
 TEST(EngineCuda, GraphsEqualEagerDecodeInBf16) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
-  auto m = tiny(kTinyV3, 3);
+  for (const char* cfg : {kTinyV3, kTinyQwen3Moe}) {
+  SCOPED_TRACE(cfg);
+  auto m = tiny(cfg, 3);
   m->to_device_dtype(at::kCUDA, at::kBFloat16);
   SamplingParams sp;
   sp.n = 3;
@@ -542,4 +564,5 @@ TEST(EngineCuda, GraphsEqualEagerDecodeInBf16) {
   mean /= count;
   std::cout << "bf16 graphs vs bf16 recompute: mean |dlogprob| " << mean << "\n";
   EXPECT_LT(mean, 0.05);
+  }
 }

@@ -35,8 +35,8 @@ const char* kTiny = R"({
   "first_k_dense_replace": 1, "norm_topk_prob": true, "routed_scaling_factor": 1.0,
   "max_position_embeddings": 128, "eos_token_id": 2, "num_nextn_predict_layers": 0})";
 
-std::shared_ptr<model::DeepseekForCausalLM> tiny(uint64_t seed) {
-  auto m = std::make_shared<model::DeepseekForCausalLM>(parse_model_config(kTiny, "tiny"));
+std::shared_ptr<model::CausalLM> tiny(uint64_t seed) {
+  auto m = std::make_shared<model::CausalLM>(parse_model_config(kTiny, "tiny"));
   model::init_weights(*m, seed);
   at::NoGradGuard g;
   for (auto& p : m->parameters())
@@ -70,7 +70,7 @@ std::vector<Completion> collect(Backend& b, const std::vector<PromptInput>& ps, 
 
 struct Served {
   explicit Served(RolloutServerOptions o = {}) : server(backend, "127.0.0.1", 0, o) {}
-  std::shared_ptr<model::DeepseekForCausalLM> model = tiny(1);
+  std::shared_ptr<model::CausalLM> model = tiny(1);
   EngineBackend backend{model, nullptr, EngineOptions{}};
   RolloutServer server;
   std::string address = "127.0.0.1:" + std::to_string(server.port());

@@ -9,7 +9,7 @@
 #include <random>
 
 #include "model/checkpoint.h"
-#include "model/deepseek.h"
+#include "model/causal_lm.h"
 #include "trainer/packing.h"
 #include "util/error.h"
 
@@ -109,7 +109,7 @@ TEST(Packing, RowsHoldWholeExamplesWithinTheLengthAndLoseNone) {
 }
 
 TEST(Packing, PackedLossAndGradientsEqualUnpackedTraining) {
-  auto model = std::make_shared<grpo::model::DeepseekForCausalLM>(parse_model_config(kTiny, "tiny"));
+  auto model = std::make_shared<grpo::model::CausalLM>(parse_model_config(kTiny, "tiny"));
   grpo::model::init_weights(*model, 5);
   {
     at::NoGradGuard g;
@@ -174,7 +174,7 @@ TEST(Packing, PackedLossAndGradientsEqualUnpackedTraining) {
 }
 
 TEST(Packing, PaddedBatchOfPackedRowsEqualsRowByRow) {
-  auto model = std::make_shared<grpo::model::DeepseekForCausalLM>(parse_model_config(kTiny, "tiny"));
+  auto model = std::make_shared<grpo::model::CausalLM>(parse_model_config(kTiny, "tiny"));
   grpo::model::init_weights(*model, 9);
   at::NoGradGuard g;
   auto packed = pack_sequences(examples(10, 11), 30);

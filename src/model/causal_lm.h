@@ -1,0 +1,137 @@
+// A decoder-only causal language model, as transformers' ...ForCausalLM: token embedding, decoder
+// layers (attention + dense SwiGLU MLP or routed MoE, each behind an RMSNorm, with residuals), a
+// final RMSNorm and the output projection (tied to the embedding when tie_word_embeddings).
+// The attention is the family's: DeepSeek's MLA (model/deepseek.h) or grouped-query attention for
+// Llama, Qwen2, Qwen3 and Qwen3-MoE (model/llama.h). Parameter names equal Hugging Face's
+// (`model.layers.3.self_attn.q_proj.weight`), except the stacked routed experts (model/moe.h).
+//
+// Also what training needs of the model: completion log-probs (and entropy, routing) over
+// right-padded batches, packed rows for SFT, and activation checkpointing.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/pimpl.h>
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "config/model_config.h"
+#include "model/layers.h"
+#include "model/linear.h"
+#include "model/moe.h"
+
+namespace grpo::model {
+
+struct DecoderLayerImpl : torch::nn::Module {
+  // `mtp`: also registers the MTP module parts (embed_tokens, enorm, hnorm, eh_proj, shared_head).
+  DecoderLayerImpl(const ModelConfig& c, int64_t layer_idx, bool mtp);
+  Tensor forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask, Tensor* cache_rows = nullptr,
+                 RouterImpl::Routing* routing = nullptr);
+  // The feed-forward half: dense MLP or MoE, whichever this layer has (`routing`: see MoEImpl).
+  Tensor feed_forward(const Tensor& x, RouterImpl::Routing* routing = nullptr);
+
+  std::shared_ptr<AttentionImpl> self_attn;  // MLA (DeepSeek) or grouped-query attention
+  MLP dense_mlp{nullptr};  // registered as "mlp" when the layer is dense
+  MoE moe{nullptr};        // registered as "mlp" when the layer is MoE
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  // DeepSeek-V3's MTP parts (its checkpoint names); null on ordinary layers.
+  torch::nn::Embedding embed_tokens{nullptr};
+  RMSNorm enorm{nullptr}, hnorm{nullptr};
+  Linear eh_proj{nullptr};
+  std::shared_ptr<torch::nn::Module> shared_head;
+  RMSNorm shared_head_norm{nullptr};
+  Linear shared_head_head{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+struct DecoderModelImpl : torch::nn::Module {
+  explicit DecoderModelImpl(const ModelConfig& c);
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};  // num_hidden_layers decoder layers, then the MTP modules
+  RMSNorm norm{nullptr};
+};
+TORCH_MODULE(DecoderModel);
+
+class CausalLM : public torch::nn::Module {
+ public:
+  explicit CausalLM(ModelConfig config);
+
+  const ModelConfig& config() const { return config_; }
+
+  // input_ids (B, T) int64. attention_mask (B, T), 1 = token, 0 = padding: omit it for unpadded
+  // or right-padded batches (plain causal attention is then exact for every real token).
+  // position_ids (B, T): default 0..T-1. Returns the final-norm hidden states (B, T, H).
+  // `cache_rows`, when given, receives each layer's KV-cache rows (see AttentionImpl::forward);
+  // `routing` each MoE layer's routing, in layer order.
+  Tensor hidden_states(const Tensor& input_ids, const std::optional<Tensor>& attention_mask = std::nullopt,
+                       const std::optional<Tensor>& position_ids = std::nullopt,
+                       std::vector<Tensor>* cache_rows = nullptr,
+                       std::vector<RouterImpl::Routing>* routing = nullptr);
+  // Packed rows (several examples per row, for SFT): segment_ids (B, T) int64 names each token's
+  // example, and a token attends only to earlier tokens of its own segment; position_ids (B, T)
+  // restart at 0 in every segment. Returns log p(targets[b, t] | the segment up to t) in fp32 for
+  // every position whose target is >= 0, flattened in row-major order (differentiable).
+  Tensor packed_target_logprobs(const Tensor& input_ids, const Tensor& segment_ids, const Tensor& position_ids,
+                                const Tensor& targets);
+  // hidden (..., H) -> logits (..., V) in the model dtype.
+  Tensor logits(const Tensor& hidden);
+  // Weight of the output projection (the embedding when tied).
+  Tensor lm_head_weight();
+
+  // The trainer's core need: log p(completion_i[j] | prompt_i, completion_i[<j]) for every
+  // completion token, in fp32. Sequences are right-padded into one batch; only the positions
+  // that predict completion tokens go through the output projection. Empty completions give
+  // empty tensors. Differentiable when called with grad mode on.
+  std::vector<Tensor> completion_logprobs(const std::vector<std::vector<int64_t>>& prompts,
+                                          const std::vector<std::vector<int64_t>>& completions);
+
+  // The same forward with what training also needs, each computed only when asked.
+  struct CompletionOptions {
+    bool entropy = false;  // per-token entropy of the policy (no graph)
+    bool routing = false;  // each MoE layer's routing
+  };
+  struct CompletionOutputs {
+    std::vector<Tensor> logprobs;  // per sequence (C_i), fp32: as completion_logprobs
+    std::vector<Tensor> entropy;   // per sequence (C_i), fp32, nats; when asked
+    // Per MoE layer, over the right-padded (B, T) batch flattened to B*T tokens, sequence b being
+    // prompt_b + completion_b[:-1]; when asked. token_mask (B, T) fp32 marks the real tokens.
+    std::vector<RouterImpl::Routing> routing;
+    Tensor token_mask;
+  };
+  CompletionOutputs completion_forward(const std::vector<std::vector<int64_t>>& prompts,
+                                       const std::vector<std::vector<int64_t>>& completions,
+                                       const CompletionOptions& options);
+
+  // Casts floating-point parameters to `dtype` and moves everything to `device`; the MoE router
+  // stays fp32 (it is compared across experts at fp32 resolution).
+  void to_device_dtype(at::Device device, at::ScalarType dtype);
+  at::Device device() const;
+  at::ScalarType dtype() const;
+
+  // Rotary tables for the given positions (B, T).
+  RopeTables rope_tables(const Tensor& position_ids, at::ScalarType dtype) const;
+
+  DecoderModel model{nullptr};
+  Linear lm_head{nullptr};  // null when tie_word_embeddings
+  // Activation checkpointing per decoder layer (transformers' gradient_checkpointing): with grad
+  // mode on, each layer keeps only its input and runs again in the backward pass. Gradients are
+  // those of the plain forward; MoE routing returned from such a forward carries no graph.
+  bool gradient_checkpointing = false;
+
+ private:
+  Tensor run_layers(const Tensor& ids, const Tensor& pos, const AttentionMask& mask, std::vector<Tensor>* cache_rows,
+                    std::vector<RouterImpl::Routing>* routing);
+  // log p(target) (and the entropy when `entropy` is given) of hidden rows hs (M, H), the output
+  // projection taken in chunks so that (M, V) fp32 logits never exist at once.
+  Tensor target_logprobs(const Tensor& hs, const Tensor& targets, Tensor* entropy);
+
+  ModelConfig config_;
+  Tensor inv_freq_;  // (rope_dim/2) fp32, CPU
+  mutable Tensor inv_freq_device_;  // its copy on the model's device (no host copy inside CUDA graphs)
+};
+
+}  // namespace grpo::model

@@ -1,0 +1,74 @@
+// The parts every model family shares: RMSNorm, the SwiGLU MLP, rotary position embeddings
+// (default, linear, Llama 3 and YaRN frequencies), attention masks, and the interface each
+// attention module (DeepSeek's MLA, grouped-query attention) offers to the decoder and to the
+// rollout engine's paged KV cache.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <optional>
+
+#include "config/model_config.h"
+#include "model/linear.h"
+
+namespace grpo::model {
+
+using at::Tensor;
+
+struct RMSNormImpl : torch::nn::Module {
+  RMSNormImpl(int64_t dim, double eps);
+  // x (..., dim) -> same shape and dtype; normalised in fp32 like transformers.
+  Tensor forward(const Tensor& x);
+  Tensor weight;
+  double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+// SwiGLU feed-forward: down(silu(gate(x)) * up(x)).
+struct MLPImpl : torch::nn::Module {
+  MLPImpl(int64_t hidden, int64_t intermediate);
+  Tensor forward(const Tensor& x);
+  Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(MLP);
+
+// Per-token cos/sin tables for the rotary part of queries and keys.
+struct RopeTables {
+  Tensor cos, sin;  // (B, T, 1, rope_dim/2), model dtype, already times YaRN's attention factor
+};
+
+// RoPE inverse frequencies (rope_dim/2), fp32, with the configured scaling (linear, Llama 3,
+// YaRN); computed the way transformers computes them so that the tables agree to the last bit.
+Tensor rope_inv_freq(const ModelConfig& c);
+
+// Rotates `x` (..., rope_dim) by the tables. `interleave` (DeepSeek) rotates adjacent pairs
+// (x0,x1),(x2,x3),... and writes the result de-interleaved ([evens | odds]), as transformers does
+// for both queries and keys (q.k is unchanged by a permutation applied to both); otherwise the
+// pairs are (x_i, x_{i+d/2}) (Llama's rotate-half).
+Tensor apply_rope(const Tensor& x, const RopeTables& rope, bool interleave);
+
+// How queries may attend: causal only (right-padded or unpadded batches) or an explicit mask.
+struct AttentionMask {
+  std::optional<Tensor> allowed;  // bool (B, 1, T, T); nullopt = plain causal
+};
+
+// What the decoder and the rollout engine need of an attention module.
+struct AttentionImpl : torch::nn::Module {
+  // x (B, T, H) -> (B, T, H). When `cache_rows` is given it receives what the KV cache keeps of
+  // each token, (B, T, kv_cache_width) (see ModelConfig::kv_cache_width).
+  virtual Tensor forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask, Tensor* cache_rows) = 0;
+
+  // One decode step over the paged cache. x (B, H): one new token per row; its cache row is
+  // written to rows `write_slots` (B) of `cache` (S, kv_cache_width); row b attends to the cache
+  // rows gather_idx[b * Lpad .. (b + 1) * Lpad), those where `invalid` (B, 1, Lpad) is true masked.
+  // Returns (B, H). No host synchronisation, so a CUDA graph can capture it.
+  virtual Tensor decode(const Tensor& x, const RopeTables& rope, Tensor cache, const Tensor& write_slots,
+                        const Tensor& gather_idx, const Tensor& invalid, int64_t Lpad) = 0;
+};
+
+// softmax(scores masked by `invalid`) in fp32, rounded to `dtype`: the decode steps' attention weights.
+Tensor masked_softmax(const Tensor& scores, const Tensor& invalid, at::ScalarType dtype);
+
+}  // namespace grpo::model
