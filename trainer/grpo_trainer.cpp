@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "model/checkpoint.h"
+#include "model/flops.h"
 #include "rewards/builtin.h"
 #include "rewards/rpc.h"
 #include "rpc/security.h"
@@ -551,6 +552,13 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
   Tensor rollout_t = old_t;  // the engine's log-probs, for the rollout_logprob_diff metric
   // The training forward in the same mini-batches as below, so that the first update's ratio is 1.
   if (s_.rollout.recompute_old_logprobs) old_t = batch_logprobs(*policy_);
+  double forward = 0;  // model FLOPs of one forward over the batch
+  for (int64_t i = 0; i < Bn; ++i) {
+    const int64_t C = (int64_t)b.completions[i].size();
+    forward += model::forward_flops(policy_->config(), (int64_t)b.prompts[i].size() + C - 1, C);
+  }
+  u.model_flops = forward * ((ref_t.defined() ? 1 : 0) + (s_.rollout.recompute_old_logprobs ? 1 : 0) +
+                             3 * s_.optim.num_iterations);
   const size_t moe_count = moe_layers(*policy_).size();
   const bool want_routing = moe_count > 0;
   const double total_tokens = mask.sum().item<double>();

@@ -92,6 +92,7 @@ json step_metrics(const RolloutBatch& b, const UpdateStats& u, double lr, double
             {"time_rollout", b.time_rollout},
             {"time_reward", b.time_reward},
             {"time_train", t_train},
+            {"perf/train_tflops", u.model_flops / std::max(1e-9, t_train) / 1e12},
             {"tokens_per_second", b.tokens / std::max(1e-9, b.time_rollout + b.time_reward + t_train)}};
   // Each component's mean over the samples it scored (with rewards_by_source, not every sample).
   for (const auto& [name, sum] : b.component_sums) m["rewards/" + name + "/mean"] = sum / b.component_counts.at(name);

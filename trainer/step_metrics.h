@@ -57,6 +57,9 @@ struct UpdateStats {
   // Mean |log pi_train - log pi_rollout| per token before the first update: how far the training
   // forward is from the engine's sampling-time log-probs (bf16 kernels differ; 0 up to fp32 noise).
   double rollout_logprob_diff = 0;
+  // Model FLOPs of the update (model/flops.h): reference and recomputed old log-probs (forward),
+  // and every iteration's forward and backward.
+  double model_flops = 0;
 };
 
 // The step's metrics (without "step" and the run's running total "num_tokens").

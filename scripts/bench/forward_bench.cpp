@@ -15,34 +15,12 @@
 
 #include "model/checkpoint.h"
 #include "model/causal_lm.h"
+#include "model/flops.h"
 #include "util/error.h"
 #include "util/files.h"
 
 using namespace grpo;
 using at::Tensor;
-
-namespace {
-
-double flops_per_token(const ModelConfig& c, int64_t T) {
-  const double H = c.hidden_size, nh = c.num_attention_heads;
-  double attn_proj = c.q_lora_rank ? H * *c.q_lora_rank + *c.q_lora_rank * nh * c.qk_head_dim() : H * nh * c.qk_head_dim();
-  attn_proj += H * (c.kv_lora_rank + c.qk_rope_head_dim) + c.kv_lora_rank * nh * (c.qk_nope_head_dim + c.v_head_dim) +
-               nh * c.v_head_dim * H;
-  double attn_scores = 2.0 * nh * (c.qk_head_dim() + c.v_head_dim) * (T / 2.0);
-  double params = 0, scores = 0;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    params += attn_proj;
-    scores += attn_scores;
-    if (c.is_moe_layer(l))
-      params += 3.0 * H * c.moe_intermediate_size * (c.num_experts_per_tok + c.n_shared_experts) + H * c.n_routed_experts;
-    else
-      params += 3.0 * H * c.intermediate_size;
-  }
-  params += H * c.vocab_size;
-  return 3.0 * (2.0 * params + scores);
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"forward+backward benchmark"};
@@ -96,7 +74,8 @@ int main(int argc, char** argv) {
     double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     double tokens = double(batch) * (seq - 1) * iters;
     double tps = tokens / sec;
-    double tflops = tps * flops_per_token(c, seq - 1) / 1e12;
+    // forward + backward (twice the forward) per token
+    double tflops = tps * 3.0 * model::forward_flops(c, seq - 1, seq - 1) / double(seq - 1) / 1e12;
     printf("| %s | %s | %s | %lld | %.1fM | %lld x %lld | %.0f | %.2f | %s |\n", label.c_str(), device_name.c_str(),
            dtype_name.c_str(), (long long)c.num_hidden_layers, n_params / 1e6, (long long)batch, (long long)seq, tps,
            tflops, device.is_cuda() ? (std::to_string(100.0 * tflops / peak_tflops).substr(0, 5) + "%").c_str() : "-");

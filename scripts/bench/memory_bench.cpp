@@ -26,13 +26,16 @@ int main(int argc, char** argv) {
   CLI::App app{"training memory against sequence length"};
   std::string config_path, dtype_name = "bfloat16", device_name = "cuda", label;
   int64_t layers = 0, lora_r = 0, min_len = 1024, max_len = 131072;
-  bool checkpointing = false;
+  bool checkpointing = false, training_state = false;
   app.add_option("--config", config_path, "config.json")->required();
   app.add_option("--layers", layers, "override num_hidden_layers (0: keep)");
   app.add_option("--dtype", dtype_name);
   app.add_option("--device", device_name);
   app.add_option("--lora-r", lora_r, "LoRA rank on all-linear (0: full fine-tuning)");
   app.add_flag("--gradient-checkpointing", checkpointing);
+  app.add_flag("--training-state", training_state,
+               "also hold what full fine-tuning keeps per trainable parameter: fp32 master weight, its gradient "
+               "and AdamW's two moments (16 bytes)");
   app.add_option("--min-len", min_len);
   app.add_option("--max-len", max_len);
   app.add_option("--label", label);
@@ -54,6 +57,10 @@ int main(int argc, char** argv) {
       model::add_lora(*m, {lora_r, 2.0 * lora_r, 0, {"all-linear"}}, 1);
     }
     m->gradient_checkpointing = checkpointing;
+    std::vector<Tensor> state;  // stands in for the trainer's fp32 master weights, gradients and AdamW moments
+    if (training_state)
+      for (auto& p : m->parameters())
+        if (p.requires_grad()) state.push_back(at::zeros({4, p.numel()}, p.options().dtype(at::kFloat)));
     const int dev = device.index() < 0 ? 0 : device.index();
     auto peak_gb = [&] {
       using c10::CachingAllocator::StatType;

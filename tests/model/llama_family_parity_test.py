@@ -11,7 +11,11 @@ initialises them to 0 and 1, which would hide a missing bias or norm).
   1. `grpo logprobs` equals transformers' log-probs within 1e-4 in fp32;
   2. in bf16, grpo is no farther from transformers' fp32 than transformers' own bf16 is;
   3. `grpo init` writes checkpoints that transformers loads with no missing or unexpected weights
-     and the same log-probs.
+     and the same log-probs;
+  4. LoRA: a random PEFT adapter loaded by `grpo logprobs --model ADAPTER_DIR` gives the PEFT
+     model's log-probs: all-linear on Qwen2 (attention and the dense MLP), and on Qwen3-MoE the
+     attention plus gate_proj/up_proj/down_proj, which PEFT puts on the fused routed experts.
+     (PEFT's all-linear on Qwen3-MoE also adapts the router weight, which grpo refuses.)
 """
 import argparse
 import json
@@ -102,6 +106,21 @@ def main():
             ok = False
         ok &= compare(f"init_{tag}: grpo-written checkpoint in transformers",
                       grpo_logprobs(a.grpo, d, rows, a.workdir, f"init_{tag}"), hf_logprobs(model, rows))
+    from peft import LoraConfig, get_peft_model
+    for tag in ("qwen2", "qwen3_moe"):
+        d = os.path.join(a.workdir, tag)
+        torch.manual_seed(5)
+        base = getattr(transformers, CASES[tag][1]).from_pretrained(d).eval()
+        targets = "all-linear" if tag == "qwen2" else ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                       "up_proj", "down_proj"]
+        peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=targets,
+                                                     init_lora_weights=False, lora_dropout=0.0)).eval()
+        adapter = os.path.join(a.workdir, f"{tag}_adapter")
+        peft_model.save_pretrained(adapter)
+        ok &= compare(f"{tag} + PEFT adapter ({targets if isinstance(targets, str) else 'attention + MLP names'})", grpo_logprobs(a.grpo, adapter, rows, a.workdir,
+                                                                          f"{tag}_adapter"), hf_logprobs(peft_model, rows))
+        with open(os.path.join(adapter, "adapter_config.json")) as f:
+            print(f"  {tag} adapter: target_modules {sorted(json.load(f)['target_modules'])}")
     print("parity:", "OK" if ok else "FAILED")
     sys.exit(0 if ok else 1)
 
