@@ -9,13 +9,13 @@
 
 int main(int argc, char** argv) {
   using namespace grpo::cli;
-  CLI::App app{"grpo: GRPO reinforcement-learning post-training for DeepSeek-V2/V3-family models"};
+  CLI::App app{"grpo: GRPO reinforcement-learning post-training (DeepSeek-V2/V3, Qwen2/2.5, Llama 3, Qwen3, Qwen3-MoE)"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("grpo 0.1.0"));
 
   InitArgs init;
   auto* c_init = app.add_subcommand("init", "Write a randomly initialised checkpoint directory from a config.json");
-  c_init->add_option("--config", init.config, "HF config.json (model_type deepseek_v2 or deepseek_v3)")->required();
+  c_init->add_option("--config", init.config, "HF config.json (model_type deepseek_v2, deepseek_v3, qwen2, llama, qwen3 or qwen3_moe)")->required();
   c_init->add_option("--output", init.output, "output checkpoint directory")->required();
   c_init->add_option("--seed", init.seed, "random seed")->capture_default_str();
   c_init->add_option("--dtype", init.dtype, "on-disk dtype: float32|bfloat16")->capture_default_str();

@@ -39,7 +39,7 @@ struct Engine::Impl {
   EngineOptions opt;
   ModelConfig cfg;
   int64_t L = 0, D = 0, bs = 0, num_blocks = 0, ctx = 0;
-  Tensor pool;  // (L, num_blocks * bs, D): [kv latent | rope key] per token slot
+  Tensor pool;  // (L, num_blocks * bs, D): each token slot's cache row (ModelConfig::kv_cache_width)
   std::unique_ptr<Scheduler> sched;
   std::unordered_map<uint64_t, Tensor> prompt_logits;  // group id -> (V) fp32 next-token logits after the prompt
   EngineStats stats;

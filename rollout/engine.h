@@ -1,10 +1,11 @@
-// The rollout engine: n completions per prompt from the policy, with the MLA latent KV cache.
+// The rollout engine: n completions per prompt from the policy, with a paged KV cache.
 //
-// Cache. Each layer keeps, per token, only what MLA needs to rebuild keys and values: the
-// normalised kv latent (kv_lora_rank) and the rotated RoPE key (qk_rope_head_dim), 576 values a
-// layer for DeepSeek-V2/V3. Decoding runs in the absorbed form: kv_b_proj's key half is folded
-// into the query (q_nope W_uk) and its value half into the output (o_lat W_uv^T), so attention
-// reads the latent directly. Memory is a pool of fixed-size blocks (paged) under a byte budget;
+// Cache. Each layer keeps, per token, what its attention module asks for (AttentionImpl, model/layers.h).
+// For MLA, only what is needed to rebuild keys and values: the normalised kv latent (kv_lora_rank)
+// and the rotated RoPE key (qk_rope_head_dim), 576 values a layer for DeepSeek-V2/V3; decoding runs
+// in the absorbed form (kv_b_proj's key half folded into the query, its value half into the
+// output), so attention reads the latent directly. For grouped-query attention, the rotated keys
+// and the values of the key/value heads. Memory is a pool of fixed-size blocks (paged) under a byte budget;
 // each sequence has a block table.
 //
 // Sharing. A prompt is prefilled once; its full blocks are shared by its n samples (refcounted),

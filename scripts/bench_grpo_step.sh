@@ -55,7 +55,8 @@ YAML
 "$build/bin/grpo" train "$work/recipe.yaml" --output "$work/run" >"$work/log" 2>&1 &
 pid=$!
 while kill -0 "$pid" 2>/dev/null; do
-  if [ "$(grep -c '"time_train"' "$work/run/metrics.jsonl" 2>/dev/null || true)" -ge "${STEPS:-2}" ]; then
+  done_steps=$(grep -c '"time_train"' "$work/run/metrics.jsonl" 2>/dev/null || true)
+  if [ "${done_steps:-0}" -ge "${STEPS:-2}" ]; then
     kill -9 "$pid"; break
   fi
   sleep 1

@@ -95,7 +95,7 @@ int main(int argc, char** argv) {
     double touched = moe_layers ? E * (1 - std::pow(1 - k / E, (double)B)) / E : 0;  // fraction of experts
     return dense_bytes + touched * expert_bytes;
   };
-  const int64_t kv_token_bytes = c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * elem;
+  const int64_t kv_token_bytes = c.num_hidden_layers * c.kv_cache_width() * elem;
   const double bw = copy_bandwidth(dev);
   printf("{\"kind\": \"device\", \"device\": \"%s\", \"copy_bandwidth\": %.4g, \"params\": %lld, \"dtype\": \"%s\"}\n",
          device.c_str(), bw, (long long)[&] { int64_t n = 0; for (auto& p : model->parameters()) n += p.numel(); return n; }(),
