@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Tokenizer parity: `grpo tokenize` equals Hugging Face `tokenizers` id for id.
 
-Trains three real byte-level BPE tokenizer.json files with `tokenizers`, each with the
+Trains four real byte-level BPE tokenizer.json files with `tokenizers`, each with the
 pre-tokenization of a model family:
   - deepseek_v3: Sequence of Split regexes (digits in threes, CJK runs, DeepSeek-V3's main regex with
     the \\s+(?!\\S) lookahead) + ByteLevel without regex; BOS added by TemplateProcessing;
   - qwen2: NFC normaliser + Qwen2's Split regex + ByteLevel; <|im_start|>-style special tokens;
+  - llama3: Llama 3's Split regex + ByteLevel; a Sequence post-processor (ByteLevel, then BOS by
+    TemplateProcessing), as Llama 3 ships it;
   - gpt2: ByteLevel with the GPT-2 regex and add_prefix_space.
 The corpus: English, Chinese, Japanese, Korean, Russian, Arabic, emoji, code, LaTeX and odd
 whitespace (tests/text/corpus_multilingual.txt), plus GSM8K, MATH-500, HumanEval and MBPP texts
@@ -27,6 +29,9 @@ DEEPSEEK_MAIN = ("[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\
                  " ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+")
 QWEN2 = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
          "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+# Llama 3's Split regex: Qwen2's with digits in runs of up to three.
+LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+          r"\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 def load_corpus(shared):
@@ -73,6 +78,12 @@ def build(kind, texts):
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
         special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
         extra = []
+    elif kind == "llama3":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        special = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+        extra = []
     else:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
         special = ["<|endoftext|>"]
@@ -87,6 +98,12 @@ def build(kind, texts):
         bos = special[0]
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
+    elif kind == "llama3":  # as Llama 3 ships it: ByteLevel offsets, then BOS
+        bos = special[0]
+        tok.post_processor = processors.Sequence([
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                          special_tokens=[(bos, tok.token_to_id(bos))])])
     else:
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
     return tok
@@ -125,9 +142,10 @@ def main():
     texts, sources = load_corpus(a.shared_data)
     # Added/special tokens inside running text, and texts made of them only.
     texts += ["Hello<think>world</think>!", "<｜begin▁of▁sentence｜>x<｜end▁of▁sentence｜>",
-              "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n", "", " ", "\n\n\n", "a  \n  b"]
+              "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n", "", " ", "\n\n\n", "a  \n  b",
+              "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n12345 + 678<|eot_id|>"]
     ok = True
-    for kind in ["deepseek_v3", "qwen2", "gpt2"]:
+    for kind in ["deepseek_v3", "qwen2", "llama3", "gpt2"]:
         tok = build(kind, texts[::2])  # trained on half, tested on all
         path = os.path.join(a.workdir, f"{kind}.tokenizer.json")
         tok.save(path)
