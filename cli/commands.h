@@ -31,6 +31,14 @@ struct InitArgs {
 };
 int run_init(const InitArgs& args);
 
+struct LaunchArgs {
+  int nproc_per_node = 1, nnodes = 1, node_rank = 0, master_port = 29500;
+  std::string master_addr = "127.0.0.1";
+  double grace_seconds = 10;
+  std::vector<std::string> command;
+};
+int run_launch(const LaunchArgs& args);
+
 struct MergeAdapterArgs {
   std::string adapter, output, dtype = "float32";
 };

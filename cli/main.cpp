@@ -20,6 +20,19 @@ int main(int argc, char** argv) {
   c_init->add_option("--seed", init.seed, "random seed")->capture_default_str();
   c_init->add_option("--dtype", init.dtype, "on-disk dtype: float32|bfloat16")->capture_default_str();
 
+  LaunchArgs launch;
+  auto* c_launch = app.add_subcommand(
+      "launch", "Start and supervise the local ranks of a distributed job, as torchrun does: "
+                "grpo launch --nproc-per-node N -- grpo train RECIPE.yaml");
+  c_launch->add_option("--nproc-per-node", launch.nproc_per_node, "ranks on this node (one GPU each on CUDA)")->capture_default_str();
+  c_launch->add_option("--nnodes", launch.nnodes, "nodes in the job")->capture_default_str();
+  c_launch->add_option("--node-rank", launch.node_rank, "this node's index in [0, nnodes)")->capture_default_str();
+  c_launch->add_option("--master-addr", launch.master_addr, "address of rank 0's node (rendezvous)")->capture_default_str();
+  c_launch->add_option("--master-port", launch.master_port, "rendezvous port on the master")->capture_default_str();
+  c_launch->add_option("--grace-seconds", launch.grace_seconds,
+                       "after one rank fails, how long the others get between SIGTERM and SIGKILL")->capture_default_str();
+  c_launch->add_option("command", launch.command, "the command each rank runs (after --)")->required()->expected(-1);
+
   MergeAdapterArgs merge;
   auto* c_merge = app.add_subcommand("merge-adapter",
                                      "Fold a LoRA adapter into its base and write the full model (PEFT's merge_and_unload)");
@@ -186,6 +199,7 @@ int main(int argc, char** argv) {
   try {
     if (*c_init) return run_init(init);
     if (*c_merge) return run_merge_adapter(merge);
+    if (*c_launch) return run_launch(launch);
     if (*c_lp) return run_logprobs(lp);
     if (*c_tk) return run_tokenize(tk);
     if (*c_ct) return run_chat_template(ct);
