@@ -16,7 +16,7 @@ log() { printf '[setup] %s\n' "$*"; }
 debs=(build-essential cmake ninja-build ccache pkg-config python3 python3-venv python3-pip
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libre2-dev
       libfmt-dev libgtest-dev libgmock-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
-      libseccomp-dev libicu-dev libgmp-dev)
+      libseccomp-dev libicu-dev libgmp-dev libgloo-dev)
 if [ "${GRPO_SKIP_APT:-0}" != 1 ]; then
   missing=()
   for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -1,0 +1,158 @@
+#include "dist/communicator.h"
+
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <cstdlib>
+
+#include "util/error.h"
+
+namespace grpo::dist {
+
+namespace {
+
+std::optional<std::string> env(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v) return std::nullopt;
+  return std::string(v);
+}
+
+int env_int(const char* name, std::optional<int> dflt, int lo, int hi) {
+  auto v = env(name);
+  if (!v) {
+    if (dflt) return *dflt;
+    throw Error(std::string("environment variable ") + name + " is not set (start the ranks with grpo launch or torchrun)");
+  }
+  char* end = nullptr;
+  long x = std::strtol(v->c_str(), &end, 10);
+  if (v->empty() || *end != '\0' || x < lo || x > hi)
+    throw Error(std::string("environment variable ") + name + "='" + *v + "' is not an integer in [" + std::to_string(lo) +
+                ", " + std::to_string(hi) + "]");
+  return static_cast<int>(x);
+}
+
+// Gloo moves CPU tensors: device tensors go through a CPU copy and come back.
+template <typename F>
+void on_cpu(std::vector<at::Tensor>& tensors, F&& op) {
+  std::vector<at::Tensor> cpu;
+  for (auto& t : tensors) cpu.push_back(t.is_cpu() ? t : t.to(at::kCPU));
+  op(cpu);
+  for (size_t i = 0; i < tensors.size(); ++i)
+    if (!tensors[i].is_cpu()) tensors[i].copy_(cpu[i]);
+}
+
+}  // namespace
+
+std::optional<DistEnv> read_dist_env() {
+  if (!env("WORLD_SIZE")) return std::nullopt;
+  DistEnv e;
+  e.world_size = env_int("WORLD_SIZE", std::nullopt, 1, 1 << 20);
+  if (e.world_size == 1) return std::nullopt;
+  e.rank = env_int("RANK", std::nullopt, 0, e.world_size - 1);
+  e.local_world_size = env_int("LOCAL_WORLD_SIZE", 1, 1, e.world_size);
+  e.local_rank = env_int("LOCAL_RANK", 0, 0, e.local_world_size - 1);
+  e.master_addr = env("MASTER_ADDR").value_or("127.0.0.1");
+  e.master_port = env_int("MASTER_PORT", 29500, 1, 65535);
+  return e;
+}
+
+struct Communicator::Impl {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+
+  // Starts and waits for one collective per tensor (Gloo reduces lists of same-shaped tensors only).
+  template <typename Start>
+  void run(std::vector<at::Tensor>& tensors, const char* what, int rank, Start&& start) {
+    try {
+      for (auto& t : tensors) {
+        std::vector<at::Tensor> one{t};
+        start(one)->wait();
+      }
+    } catch (const std::exception& e) {
+      throw Error(std::string("rank ") + std::to_string(rank) + ": " + what + " across ranks failed (another rank " +
+                  "stopped or timed out?): " + e.what());
+    }
+  }
+};
+
+Communicator::Communicator(DistEnv env, std::unique_ptr<Impl> impl) : env_(std::move(env)), impl_(std::move(impl)) {}
+Communicator::~Communicator() = default;
+
+std::unique_ptr<Communicator> Communicator::connect(const DistEnv& e, at::Device device, std::chrono::milliseconds timeout) {
+  if (device.is_cuda())
+    throw Error("several ranks on CUDA need the NCCL backend, which is not built yet; run data-parallel jobs on CPU "
+                "(Gloo) or one rank per job");
+  auto impl = std::make_unique<Impl>();
+  try {
+    c10d::TCPStoreOptions so;
+    so.port = static_cast<uint16_t>(e.master_port);
+    so.isServer = e.rank == 0;
+    so.numWorkers = e.world_size;
+    so.waitWorkers = true;
+    so.timeout = timeout;
+    impl->store = c10::make_intrusive<c10d::TCPStore>(e.master_addr, so);
+    auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(
+        e.master_addr == "localhost" || e.master_addr.rfind("127.", 0) == 0 ? "127.0.0.1" : e.master_addr));
+    impl->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl->store, e.rank, e.world_size, opts);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& ex) {
+    throw Error("rank " + std::to_string(e.rank) + " of " + std::to_string(e.world_size) + ": joining the job at " +
+                e.master_addr + ":" + std::to_string(e.master_port) + " failed: " + ex.what());
+  }
+  return std::unique_ptr<Communicator>(new Communicator(e, std::move(impl)));
+}
+
+void Communicator::all_reduce_sum(std::vector<at::Tensor>& tensors) {
+  on_cpu(tensors, [&](std::vector<at::Tensor>& t) {
+    impl_->run(t, "all-reduce", rank(), [&](std::vector<at::Tensor>& one) { return impl_->pg->allreduce(one); });
+  });
+}
+
+void Communicator::all_reduce_max(std::vector<at::Tensor>& tensors) {
+  c10d::AllreduceOptions o;
+  o.reduceOp = c10d::ReduceOp::MAX;
+  on_cpu(tensors, [&](std::vector<at::Tensor>& t) {
+    impl_->run(t, "all-reduce (max)", rank(), [&](std::vector<at::Tensor>& one) { return impl_->pg->allreduce(one, o); });
+  });
+}
+
+void Communicator::all_reduce_min(std::vector<at::Tensor>& tensors) {
+  c10d::AllreduceOptions o;
+  o.reduceOp = c10d::ReduceOp::MIN;
+  on_cpu(tensors, [&](std::vector<at::Tensor>& t) {
+    impl_->run(t, "all-reduce (min)", rank(), [&](std::vector<at::Tensor>& one) { return impl_->pg->allreduce(one, o); });
+  });
+}
+
+std::vector<double> Communicator::sum(const std::vector<double>& values) {
+  if (values.empty()) return {};
+  std::vector<at::Tensor> t{at::tensor(values, at::kDouble)};
+  all_reduce_sum(t);
+  auto a = t[0].accessor<double, 1>();
+  std::vector<double> out(values.size());
+  for (size_t i = 0; i < values.size(); ++i) out[i] = a[i];
+  return out;
+}
+
+double Communicator::max(double value) {
+  std::vector<at::Tensor> t{at::tensor({value}, at::kDouble)};
+  all_reduce_max(t);
+  return t[0].item<double>();
+}
+
+void Communicator::broadcast(std::vector<at::Tensor>& tensors, int root) {
+  c10d::BroadcastOptions o;
+  o.rootRank = root;
+  on_cpu(tensors, [&](std::vector<at::Tensor>& t) {
+    impl_->run(t, "broadcast", rank(), [&](std::vector<at::Tensor>& one) { return impl_->pg->broadcast(one, o); });
+  });
+}
+
+void Communicator::barrier() {
+  std::vector<at::Tensor> t{at::zeros({1})};
+  all_reduce_sum(t);  // a collective every rank must reach
+}
+
+}  // namespace grpo::dist

@@ -1,0 +1,60 @@
+// A rank's connection to the other ranks of a job, over PyTorch's c10d: the rendezvous through a
+// TCPStore at MASTER_ADDR:MASTER_PORT (rank 0 serves it) and the collectives of the Gloo backend,
+// the engine PyTorch's DDP uses on CPU. Ranks come from torchrun's environment variables, so a job
+// starts under `grpo launch` or `torchrun --no-python` alike. Every collective has a timeout: a rank
+// that died makes the others fail with an error instead of hanging.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace grpo::dist {
+
+struct DistEnv {
+  int rank = 0, world_size = 1, local_rank = 0, local_world_size = 1;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+};
+
+// torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT);
+// nullopt when WORLD_SIZE is unset or 1 (a single process). A malformed or missing variable is an
+// error naming it.
+std::optional<DistEnv> read_dist_env();
+
+class Communicator {
+ public:
+  // Joins the job (blocks until every rank has arrived, at most `timeout`). CPU tensors only
+  // (Gloo); a CUDA device is refused with an error until the NCCL path lands.
+  static std::unique_ptr<Communicator> connect(const DistEnv& env, at::Device device,
+                                               std::chrono::milliseconds timeout = std::chrono::minutes(10));
+  ~Communicator();
+
+  int rank() const { return env_.rank; }
+  int world_size() const { return env_.world_size; }
+  bool is_main() const { return env_.rank == 0; }
+
+  // In place, on every rank: the element-wise sum (or max/min) over ranks. Tensors may live on
+  // the model's device; they travel through the CPU for Gloo.
+  void all_reduce_sum(std::vector<at::Tensor>& tensors);
+  void all_reduce_max(std::vector<at::Tensor>& tensors);
+  void all_reduce_min(std::vector<at::Tensor>& tensors);
+  // Sums of host values, one collective for the whole vector.
+  std::vector<double> sum(const std::vector<double>& values);
+  double max(double value);
+  // Rank `root`'s tensors, copied into every rank's.
+  void broadcast(std::vector<at::Tensor>& tensors, int root = 0);
+  void barrier();
+
+ private:
+  struct Impl;
+  Communicator(DistEnv env, std::unique_ptr<Impl> impl);
+  DistEnv env_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace grpo::dist
