@@ -20,6 +20,7 @@
 #include <sstream>
 #include <thread>
 
+#include "dist/communicator.h"
 #include "model/checkpoint.h"
 #include "model/flops.h"
 #include "rewards/builtin.h"
@@ -96,6 +97,13 @@ class Trainer {
   std::vector<int64_t> encode(const std::string& s, bool special) const;
   rollout::Request request(const Example& ex, int64_t index) const;
   rewards::RewardItem reward_item(const Example& ex, const rollout::Completion& c) const;
+  // Data parallelism (several ranks): rank 0 logs, evaluates and writes checkpoints; every rank
+  // rolls out its share of the step's prompts and the gradients are summed across ranks.
+  bool main_rank() const { return !comm_ || comm_->is_main(); }
+  void all_reduce_gradients();
+  void reduce_batch(RolloutBatch& b);
+  void reduce_update(UpdateStats& u);
+  bool stop_everywhere();
 
   const StageSettings s_;
   const std::string recipe_path_, out_;
@@ -119,6 +127,7 @@ class Trainer {
   CheckpointStore store_;
   std::unique_ptr<RunLog> log_;
   std::string resumed_from_;
+  std::unique_ptr<dist::Communicator> comm_;  // null in a single-process run
 };
 
 Trainer::Trainer(const StageSettings& s, const std::string& recipe_path, const std::string& out, bool resume_run)
@@ -128,9 +137,18 @@ Trainer::Trainer(const StageSettings& s, const std::string& recipe_path, const s
       device_(s.model.device),
       compute_dtype_(s.model.bf16 ? at::kBFloat16 : at::kFloat),
       store_(out, s.checkpoint.save_total_limit) {
-  if (!resume_run && !empty_or_absent(out_))
+  if (auto env = dist::read_dist_env()) {
+    if (s_.rollout.per_step_prompts % env->world_size != 0)
+      throw Error(recipe_path_ + ": key 'per_step_prompts': " + std::to_string(s_.rollout.per_step_prompts) +
+                  " prompts do not split evenly over " + std::to_string(env->world_size) +
+                  " ranks (per_step_prompts is the global batch; each rank rolls out an equal share)");
+    if (s_.advantages.dynamic_sampling)
+      throw Error(recipe_path_ + ": key 'dynamic_sampling': not supported with several ranks yet (run it on one rank)");
+    comm_ = dist::Communicator::connect(*env, device_);
+  }
+  if (main_rank() && !resume_run && !empty_or_absent(out_))
     throw Error(out_ + " already holds files of a run: pass --resume to continue it, or choose another --output");
-  make_directories(out_);
+  if (main_rank()) make_directories(out_);
   torch::manual_seed(s_.optim.seed);
 
   // Model (fp32 master weights, a bf16 compute copy when asked), tokenizer, eos, hub files.
@@ -163,9 +181,16 @@ Trainer::Trainer(const StageSettings& s, const std::string& recipe_path, const s
       pol_.trainable_parameters(), torch::optim::AdamWOptions(s_.warm_start.sft_learning_rate).weight_decay(0.0));
   sft_rng_.seed(s_.optim.seed + 17);
   if (resume_run) resume();
+  if (comm_) {  // every rank starts from rank 0's weights
+    c10::NoGradGuard g;
+    std::vector<Tensor> ts;
+    for (auto& t : master_->parameters()) ts.push_back(t);
+    for (auto& t : master_->buffers()) ts.push_back(t);
+    comm_->broadcast(ts, 0);
+  }
   sync_policy();
   const bool resumed = !resumed_from_.empty();
-  log_ = std::make_unique<RunLog>(out_, resumed ? st_.step : -1, s_.checkpoint.logging_steps);
+  log_ = std::make_unique<RunLog>(main_rank() ? out_ : "", resumed ? st_.step : -1, s_.checkpoint.logging_steps);
   if (resumed)
     log_->line("resumed from " + resumed_from_ +
                (st_.warm_start_done ? " (step " + std::to_string(st_.step) + ")"
@@ -217,6 +242,7 @@ void Trainer::sync_policy() { pol_.sync(); }
 // ---- checkpoints (trainer/run_state.h): the fp32 weights as an HF directory with its tokenizer
 // and generation files, optimizer moments, RNG states, the refreshed reference, trainer_state.json.
 void Trainer::save(const std::string& name) {
+  if (!main_rank()) return comm_->barrier();  // rank 0 writes; the others wait until it is on disk
   store_.save(name, [&](const std::string& dir) {
     pol_.save_weights(dir, s_.checkpoint.save_bf16);
     torch::save(st_.warm_start_done ? *optimizer_ : *sft_optimizer_, dir + "/optimizer.pt");
@@ -239,6 +265,7 @@ void Trainer::save(const std::string& name) {
     j["recipe"] = recipe_path_;
     write_file_atomic(dir + "/trainer_state.json", j.dump(2) + "\n");
   });
+  if (comm_) comm_->barrier();
 }
 
 void Trainer::resume() {
@@ -397,7 +424,7 @@ void Trainer::warm_start() {
     }
     // Progress checkpoints of the warm start go to one directory, replaced each time.
     const int64_t every = s_.checkpoint.save_every;
-    const bool stopping = stop_requested() && st_.warm_start_step < steps;
+    const bool stopping = stop_everywhere() && st_.warm_start_step < steps;
     if ((every > 0 && st_.warm_start_step % every == 0 && st_.warm_start_step < steps) || stopping) save("warm-start");
     if (stopping) {
       log_->line("stopped after warm start step " + std::to_string(st_.warm_start_step) + "; saved in " + out_ +
@@ -406,14 +433,14 @@ void Trainer::warm_start() {
     }
   }
   st_.warm_start_done = true;
-  EvalResult e = evaluate();
+  EvalResult e = main_rank() ? evaluate() : EvalResult{};
   log_->line("after the warm start (" + std::to_string(steps) + " steps, " + format_duration(seconds_since(t0)) +
              "): " + e.describe());
   json m = {{"step", 0}, {"phase", "warm_start"}};
   e.add_to(m);
   log_->metrics(m, 0);
   save("checkpoint-0");
-  remove_tree(out_ + "/warm-start");  // superseded by checkpoint-0
+  if (main_rank()) remove_tree(out_ + "/warm-start");  // superseded by checkpoint-0
 }
 
 // ---- rollout: G completions for each of per_step_prompts prompts, scored, with group-normalised
@@ -422,13 +449,16 @@ void Trainer::warm_start() {
 RolloutBatch Trainer::sample(int64_t step) {
   RolloutBatch b;
   const int64_t G = s_.rollout.num_generations, n = s_.rollout.per_step_prompts;
+  // With several ranks, this rank rolls out prompts [first, first + nl) of the step's n; prompt
+  // indices stay global, so the union of every rank's samples is what one rank would draw.
+  const int64_t W = comm_ ? comm_->world_size() : 1, nl = n / W, first = comm_ ? comm_->rank() * nl : 0;
   AdvantageConfig ac;
   ac.scale_rewards = s_.advantages.scale_rewards != ScaleRewards::None;
   ac.batch_std = s_.advantages.scale_rewards == ScaleRewards::Batch;  // over each rollout batch
   for (int64_t round = 0; round < s_.advantages.max_num_gen_batches; ++round) {
     std::vector<rollout::Request> reqs;
     std::vector<const Example*> examples;
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t i = first; i < first + nl; ++i) {
       examples.push_back(&data_.train[order_->at(st_.position + i)]);
       // prompt_index feeds the random streams: later rounds draw fresh ones.
       rollout::Request q = request(*examples.back(), round * n + i);
@@ -446,7 +476,7 @@ RolloutBatch Trainer::sample(int64_t step) {
     ++b.gen_batches;
 
     std::vector<rewards::RewardItem> items;
-    for (const auto& c : comps) items.push_back(reward_item(*examples[c.prompt_index - round * n], c));
+    for (const auto& c : comps) items.push_back(reward_item(*examples[c.prompt_index - round * n - first], c));
     t0 = Clock::now();
     auto results = score(items, "step " + std::to_string(step));
     b.time_reward += seconds_since(t0);
@@ -455,20 +485,33 @@ RolloutBatch Trainer::sample(int64_t step) {
       rw[i] = results[i].reward;
       b.add_sample(results[i], comps[i], items[i].prompt, items[i].reference);
     }
-    Tensor rewards_t = at::tensor(rw, at::kFloat);
-    Tensor adv = group_advantages(rewards_t, G, ac);
+    Tensor rewards_t = at::tensor(rw, at::kFloat), adv_local;
+    if (comm_) {
+      // Every rank's rewards in one (n * G) vector, so that advantages (group- or batch-normalised)
+      // are computed over the same numbers as on one rank; this rank then takes its own slice.
+      std::vector<Tensor> all{at::zeros({n * G}, at::kDouble)};
+      all[0].narrow(0, first * G, nl * G).copy_(at::tensor(rw, at::kDouble));
+      comm_->all_reduce_sum(all);
+      Tensor global = all[0].to(at::kFloat);
+      rewards_t = global.narrow(0, first * G, nl * G).contiguous();
+      b.rewards.assign(all[0].data_ptr<double>(), all[0].data_ptr<double>() + n * G);  // for the step's metrics
+      Tensor adv_all = group_advantages(global, G, ac);
+      adv_local = adv_all.narrow(0, first * G, nl * G).contiguous();
+    }
+    Tensor adv = comm_ ? adv_local : group_advantages(rewards_t, G, ac);
     Tensor group_std = rewards_t.view({-1, G}).std(1);
     auto adv_a = adv.accessor<float, 1>();
     auto std_a = group_std.accessor<float, 1>();
-    for (int64_t g = 0; g < n; ++g) {
+    for (int64_t g = 0; g < nl; ++g) {
       ++b.groups;
       const bool flat = std_a[g] == 0;
       b.zero_std_groups += flat;
-      if ((s_.advantages.dynamic_sampling && flat) || b.kept_groups == n) continue;
+      if ((s_.advantages.dynamic_sampling && flat) || b.kept_groups == nl) continue;
       ++b.kept_groups;
       for (int64_t j = 0; j < G; ++j) {
         const auto& c = comps[g * G + j];
-        if (c.prompt_index != round * n + g || c.sample_index != j) throw Error("rollout returned completions out of order");
+        if (c.prompt_index != round * n + first + g || c.sample_index != j)
+          throw Error("rollout returned completions out of order");
         if (c.token_ids.empty()) continue;
         const bool truncated = c.finish_reason == rollout::FinishReason::Length;
         b.prompts.push_back(reqs[g].prompt_ids);
@@ -479,7 +522,7 @@ RolloutBatch Trainer::sample(int64_t step) {
         b.tokens += (int64_t)(c.token_ids.size() + reqs[g].prompt_ids.size());
       }
     }
-    if (!s_.advantages.dynamic_sampling || b.kept_groups == n) break;
+    if (!s_.advantages.dynamic_sampling || b.kept_groups == nl) break;
   }
   return b;
 }
@@ -518,7 +561,10 @@ std::vector<std::pair<int64_t, int64_t>> mini_batches(const RolloutBatch& b, con
 // are weighted to add up to the whole batch's loss (tokens for dapo, sequences for grpo and dr_grpo).
 UpdateStats Trainer::update(const RolloutBatch& b) {
   UpdateStats u;
-  if (b.prompts.empty()) return u;
+  // With several ranks every rank takes part in every collective below, so a step is skipped only
+  // when some rank has nothing to train on (all of its completions empty), and then on every rank.
+  const bool nothing = comm_ ? comm_->max(b.prompts.empty() ? 1.0 : 0.0) > 0 : b.prompts.empty();
+  if (nothing) return u;
   const LossConfig& lc = s_.loss;
   int64_t max_len = 1;
   for (const auto& c : b.completions) max_len = std::max<int64_t>(max_len, c.size());
@@ -561,7 +607,13 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
                              3 * s_.optim.num_iterations);
   const size_t moe_count = moe_layers(*policy_).size();
   const bool want_routing = moe_count > 0;
-  const double total_tokens = mask.sum().item<double>();
+  // Loss normalisers over the global batch: tokens (dapo) and sequences (grpo) of every rank.
+  double total_tokens = mask.sum().item<double>(), total_sequences = (double)Bn;
+  if (comm_) {
+    auto t = comm_->sum({total_tokens, total_sequences});
+    total_tokens = t[0];
+    total_sequences = t[1];
+  }
   for (int64_t it = 0; it < s_.optim.num_iterations; ++it) {
     optimizer_->zero_grad();
     u.loss = u.clip_fraction = u.clip_low = u.clip_high = u.kl = u.aux_loss = u.entropy = 0;  // the last iteration's
@@ -575,7 +627,7 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
                            adv_t.narrow(0, s0, n)},
                           lc);
       const double tw = cmask.sum().item<double>() / std::max(1.0, total_tokens);  // this chunk's share of tokens
-      const double w = lc.type == LossType::Dapo ? tw : (double)n / Bn;
+      const double w = lc.type == LossType::Dapo ? tw : (double)n / total_sequences;
       Tensor loss = lo.loss * w;
       u.loss += lo.loss.item<double>() * w;
       u.clip_fraction += lo.clip_fraction * tw;
@@ -603,13 +655,14 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
           }
         }
         if (aux.defined()) {
-          loss = loss + aux * ((double)n / Bn);
-          u.aux_loss += aux.item<double>() * n / Bn;
+          loss = loss + aux * ((double)n / total_sequences);
+          u.aux_loss += aux.item<double>() * n / total_sequences;
         }
       }
       loss.backward();
       accumulate_gradients();
     }
+    if (comm_) all_reduce_gradients();  // the global batch's gradient on every rank
     u.grad_norm = torch::nn::utils::clip_grad_norm_(pol_.trainable_parameters(), s_.optim.max_grad_norm);
     if (!std::isfinite(u.grad_norm) || !std::isfinite(u.loss))
       throw Error("step " + std::to_string(st_.step + 1) + ": the " + (std::isfinite(u.loss) ? "gradient norm" : "loss") +
@@ -618,11 +671,110 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
                   "or resume from the last checkpoint)");
     optimizer_->step();
     // Under LoRA the whole base is frozen, the balancing bias included (checkpoints hold the adapters alone).
+    if (it == 0 && want_routing && comm_) comm_->all_reduce_sum(loads);  // expert loads over every rank's tokens
     if (it == 0 && want_routing)
       u.expert_spread = update_routing_bias(*master_, loads, pol_.has_lora() ? 0.0 : s_.moe.bias_update_speed);
     sync_policy();
   }
   return u;
+}
+
+// ---- data parallelism: what the ranks agree on.
+// A stop request (SIGTERM, Ctrl-C) seen by any rank stops every rank at the same step.
+bool Trainer::stop_everywhere() {
+  if (comm_ && comm_->max(stop_requested() ? 1.0 : 0.0) > 0) request_stop();
+  return stop_requested();
+}
+
+// Sums every trainable parameter's gradient over the ranks, in flat buckets of about 32 MiB. A
+// gradient no rank produced stays undefined (AdamW then skips the parameter, as on one rank); one
+// that only some ranks produced counts as zeros on the others.
+void Trainer::all_reduce_gradients() {
+  auto params = pol_.trainable_parameters();
+  std::vector<Tensor> defined{at::zeros({(int64_t)params.size()}, at::kFloat)};
+  for (size_t i = 0; i < params.size(); ++i)
+    if (params[i].grad().defined()) defined[0][i] = 1;
+  comm_->all_reduce_max(defined);
+  std::vector<Tensor> grads;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (defined[0][i].item<float>() == 0) continue;
+    if (!params[i].grad().defined()) params[i].mutable_grad() = at::zeros_like(params[i]);
+    grads.push_back(params[i].grad());
+  }
+  const int64_t bucket_bytes = int64_t(32) << 20;
+  for (size_t i = 0; i < grads.size();) {
+    std::vector<Tensor> bucket;
+    int64_t bytes = 0;
+    for (; i < grads.size() && (bucket.empty() || bytes + (int64_t)grads[i].nbytes() <= bucket_bytes); ++i) {
+      bucket.push_back(grads[i]);
+      bytes += grads[i].nbytes();
+    }
+    std::vector<Tensor> flat;
+    for (auto& g : bucket) flat.push_back(g.reshape({-1}));
+    std::vector<Tensor> buf{at::cat(flat)};
+    comm_->all_reduce_sum(buf);
+    int64_t off = 0;
+    for (auto& g : bucket) {
+      g.copy_(buf[0].narrow(0, off, g.numel()).view(g.sizes()));
+      off += g.numel();
+    }
+  }
+}
+
+// The step's rollout figures over all ranks: sums, extremes, the slowest rank's times. Rewards
+// are already global (sample() gathers them for the advantages).
+void Trainer::reduce_batch(RolloutBatch& b) {
+  std::vector<double> v = {b.accuracy_sum, (double)b.accuracy_count, b.length_sum, (double)b.truncated,
+                           (double)b.reward_errors, (double)b.groups, (double)b.zero_std_groups,
+                           (double)b.kept_groups, (double)b.tokens};
+  // Per-component sums travel when every rank has the same components (with rewards_by_source a
+  // rank may have scored no prompt of some source; then rank 0's own are logged).
+  std::string names;
+  for (const auto& [name, sum] : b.component_sums) names += name + "\n";
+  const double h = (double)(std::hash<std::string>{}(names) % 1000003);
+  const bool same = comm_->max(h) == -comm_->max(-h);
+  if (same)
+    for (const auto& [name, sum] : b.component_sums) {
+      v.push_back(sum);
+      v.push_back((double)b.component_counts[name]);
+    }
+  v = comm_->sum(v);
+  b.accuracy_sum = v[0];
+  b.accuracy_count = (int64_t)v[1];
+  b.length_sum = v[2];
+  b.truncated = (int64_t)v[3];
+  b.reward_errors = (int64_t)v[4];
+  b.groups = (int64_t)v[5];
+  b.zero_std_groups = (int64_t)v[6];
+  b.kept_groups = (int64_t)v[7];
+  b.tokens = (int64_t)v[8];
+  if (same) {
+    size_t k = 9;
+    for (auto& [name, sum] : b.component_sums) {
+      sum = v[k++];
+      b.component_counts[name] = (int64_t)v[k++];
+    }
+  }
+  b.length_max = (int64_t)comm_->max((double)b.length_max);
+  b.length_min = (int64_t)-comm_->max(b.length_min < 0 ? -1e18 : -(double)b.length_min);
+  b.time_rollout = comm_->max(b.time_rollout);
+  b.time_reward = comm_->max(b.time_reward);
+}
+
+// The update's figures are this rank's shares of global means (weighted by global token and
+// sequence counts): their sums over ranks are the global values.
+void Trainer::reduce_update(UpdateStats& u) {
+  auto v = comm_->sum({u.loss, u.kl, u.entropy, u.aux_loss, u.clip_fraction, u.clip_low, u.clip_high,
+                       u.rollout_logprob_diff, u.model_flops});
+  u.loss = v[0];
+  u.kl = v[1];
+  u.entropy = v[2];
+  u.aux_loss = v[3];
+  u.clip_fraction = v[4];
+  u.clip_low = v[5];
+  u.clip_high = v[6];
+  u.rollout_logprob_diff = v[7];
+  u.model_flops = v[8];
 }
 
 double Trainer::learning_rate(int64_t step) const { return scheduled_learning_rate(s_.optim, step, s_.optim.max_steps); }
@@ -634,7 +786,7 @@ void Trainer::run() {
     warm_start();
   } else if (st_.step == 0 && resumed_from_.empty()) {
     st_.warm_start_done = true;
-    EvalResult e = evaluate();
+    EvalResult e = main_rank() ? evaluate() : EvalResult{};
     log_->line("base model: " + e.describe());
     json m = {{"step", 0}, {"phase", "base"}};
     e.add_to(m);
@@ -653,7 +805,11 @@ void Trainer::run() {
     RolloutBatch batch = sample(step);  // rollout, rewards, advantages
     auto t0 = Clock::now();
     UpdateStats u = update(batch);
-    const double t_train = seconds_since(t0);
+    const double t_train = comm_ ? comm_->max(seconds_since(t0)) : seconds_since(t0);
+    if (comm_) {  // the step's figures over all ranks (update() used this rank's own batch)
+      reduce_batch(batch);
+      reduce_update(u);
+    }
     st_.step = step;
     if (ref_ && s_.optim.ref_model_sync_steps > 0 && step % s_.optim.ref_model_sync_steps == 0)
       model::copy_weights(*ref_, *policy_);
@@ -670,7 +826,7 @@ void Trainer::run() {
     }
     const bool eval_now = s_.eval.eval_every > 0 && (step % s_.eval.eval_every == 0 || step == max_steps);
     EvalResult e;
-    if (eval_now) {
+    if (eval_now && main_rank()) {
       e = evaluate();
       e.add_to(m);
     }
@@ -684,6 +840,7 @@ void Trainer::run() {
     const double per_step = seconds_since(t_start) / (step - start_step);
     log_->progress(progress_line(m, step, max_steps, per_step, per_step * (max_steps - step)), step);
     if (eval_now) log_->line("step " + std::to_string(step) + " " + e.describe());
+    stop_everywhere();
     if (!checkpoint_or_stop(step, max_steps, s_.checkpoint.save_every, "step ", *log_,
                             [&] { save("checkpoint-" + std::to_string(step)); }))
       throw Stopped{};

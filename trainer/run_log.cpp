@@ -34,6 +34,7 @@ std::string format_duration(double seconds) {
 
 RunLog::RunLog(const std::string& out_dir, int64_t resume_step, int64_t logging_steps)
     : out_(out_dir), logging_steps_(std::max<int64_t>(1, logging_steps)), tty_(::isatty(2)) {
+  if (out_.empty()) return;  // a silent log (the ranks other than 0)
   const std::string path = out_ + "/metrics.jsonl";
   std::vector<nlohmann::json> kept;
   if (resume_step >= 0 && file_exists(path)) {
@@ -71,6 +72,7 @@ RunLog::RunLog(const std::string& out_dir, int64_t resume_step, int64_t logging_
 RunLog::~RunLog() { end_progress(); }
 
 void RunLog::metrics(const nlohmann::json& m, int64_t step) {
+  if (out_.empty()) return;
   metrics_ << m.dump() << "\n";
   metrics_.flush();
   for (const auto& [k, v] : m.items())
@@ -79,11 +81,13 @@ void RunLog::metrics(const nlohmann::json& m, int64_t step) {
 }
 
 void RunLog::histogram(const std::string& tag, const std::vector<double>& values, int64_t step) {
+  if (out_.empty()) return;
   events_->histogram(tag, values, step);
   events_->flush();
 }
 
 void RunLog::text(const std::string& tag, const std::string& markdown, int64_t step) {
+  if (out_.empty()) return;
   events_->text(tag, markdown, step);
   events_->flush();
 }
@@ -94,6 +98,7 @@ void RunLog::end_progress() {
 }
 
 void RunLog::line(const std::string& text) {
+  if (out_.empty()) return;
   end_progress();
   fprintf(stderr, "grpo train: %s\n", text.c_str());
   log_ << timestamp() << " " << text << "\n";
@@ -101,6 +106,7 @@ void RunLog::line(const std::string& text) {
 }
 
 void RunLog::progress(const std::string& text, int64_t step) {
+  if (out_.empty()) return;
   log_ << timestamp() << " " << text << "\n";
   log_.flush();
   if (tty_) {

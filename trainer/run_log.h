@@ -20,7 +20,8 @@ namespace grpo::trainer {
 
 class RunLog {
  public:
-  // resume_step < 0: a fresh run (metrics.jsonl starts empty).
+  // resume_step < 0: a fresh run (metrics.jsonl starts empty). An empty out_dir makes a silent log
+  // that writes nothing anywhere (the ranks of a data-parallel job other than rank 0).
   RunLog(const std::string& out_dir, int64_t resume_step, int64_t logging_steps);
   ~RunLog();
 

@@ -1,5 +1,7 @@
 #include "trainer/train.h"
 
+#include "dist/communicator.h"
+
 #include <atomic>
 #include <filesystem>
 
@@ -38,6 +40,9 @@ void train(const Recipe& recipe, const TrainOptions& options) {
     std::string stem = std::filesystem::path(recipe.path).stem().string();
     out = "runs/" + (stem.empty() ? std::string("grpo") : stem);
   }
+  if (dist::read_dist_env() && (recipe.stages.size() != 1 || recipe.stages[0].type != StageType::Grpo))
+    throw Error(recipe.path + ": several ranks (WORLD_SIZE > 1) run single-stage grpo recipes; run other stage types "
+                "and multi-stage pipelines on one rank");
   if (recipe.stages.size() == 1) {
     run_stage(recipe.stages[0], recipe.path, out, options.resume);
     return;

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Data-parallel GRPO over c10d/Gloo on CPU, two ranks under `grpo launch` (fp32, tiny model):
+- 2 ranks x 4 prompts give the same weights after 3 steps as 1 rank x 8 prompts, for loss_type grpo
+  and dapo (max |diff| <= 1e-6; the ranks' mini-batches are the single rank's, so it is exact), with
+  the same per-step loss, reward and KL in metrics.jsonl (rewards vary within groups: the
+  advantages are not zero);
+- killed (SIGKILL to the launcher: every rank dies) after step 2 and resumed with --resume on 2
+  ranks, the job ends with the uninterrupted run's weights, bit for bit;
+- per_step_prompts that does not split over the ranks is refused, naming the key."""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_helpers import metrics, train  # noqa: E402
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--grpo", required=True)
+ap.add_argument("--source", required=True)
+ap.add_argument("--workdir", required=True)
+ap.add_argument("--port", type=int, default=29671)
+a = ap.parse_args()
+shutil.rmtree(a.workdir, ignore_errors=True)
+os.makedirs(a.workdir)
+ok = True
+
+
+def check(cond, what):
+    global ok
+    print(("PASS " if cond else "FAIL ") + what)
+    ok &= bool(cond)
+
+
+def recipe(tag, extra="", max_steps=3, save_every=0, base=None):
+    path = os.path.join(a.workdir, tag + ".yaml")
+    model = f"model_dir: {base}\nsft_steps: 0" if base else f"model_config: {a.source}/recipes/tiny_model.json\nsft_steps: 300"
+    with open(path, "w") as f:
+        f.write(f"""{model}
+tokenizer: builtin:bytes
+task: addition
+task_digits: 1
+train_size: 400
+eval_size: 16
+seed: 0
+sft_batch_size: 32
+sft_learning_rate: 0.002
+rewards: math
+max_steps: {max_steps}
+per_step_prompts: {7 if tag == "odd" else 8}
+num_generations: 4
+max_completion_length: 6
+learning_rate: 0.001
+beta: 0.04
+eval_every: 0
+save_every: {save_every}
+# the ranks' mini-batches (4 prompts x 4 samples each) are the single rank's two mini-batches
+mini_batch_size: 16
+recompute_old_logprobs: true
+{extra}""")
+    return path
+
+
+def launch(args, check_rc=True):
+    r = subprocess.run([a.grpo, "launch", "--nproc-per-node", "2", "--master-port", str(a.port), "--", a.grpo, *args],
+                       capture_output=True, text=True, timeout=600)
+    if check_rc and r.returncode != 0:
+        sys.exit(f"grpo launch failed:\n{r.stderr}")
+    return r
+
+
+def weights(d):
+    return load_file(os.path.join(d, "model.safetensors"))
+
+
+def max_diff(x, y):
+    return max((x[k] - y[k]).abs().max().item() for k in x)
+
+
+# One warm start (300 supervised steps, so that rewards vary within groups) that every run below
+# starts from.
+base = os.path.join(a.workdir, "base")
+train(a.grpo, recipe("base", max_steps=1), base)
+base += "/checkpoint-0"
+
+for loss in ("grpo", "dapo"):
+    rec = recipe(loss, f"loss_type: {loss}\n", base=base)
+    one, two = os.path.join(a.workdir, loss + "_1rank"), os.path.join(a.workdir, loss + "_2ranks")
+    train(a.grpo, rec, one)
+    launch(["train", rec, "--output", two])
+    w1, w2, w0 = weights(one + "/checkpoint-3"), weights(two + "/checkpoint-3"), weights(base)
+    d, moved = max_diff(w1, w2), max_diff(w1, w0)
+    check(d <= 1e-6 and moved > 1e-4, f"{loss}: 2 ranks x 4 prompts vs 1 rank x 8: max |weight diff| {d:.2e} "
+                                      f"after 3 steps (weights moved up to {moved:.2e})")
+    m1 = [m for m in metrics(one + "/metrics.jsonl") if "loss" in m]
+    m2 = [m for m in metrics(two + "/metrics.jsonl") if "loss" in m]
+    same = len(m1) == len(m2) == 3 and all(abs(x[k] - y[k]) <= 1e-6 for x, y in zip(m1, m2)
+                                            for k in ("loss", "reward", "reward_std", "kl", "grad_norm"))
+    varied = any(m["reward_std"] > 0 for m in m1)
+    check(same and varied, f"{loss}: per-step loss/reward/kl/grad_norm equal; rewards "
+                           f"{[round(m['reward'], 3) for m in m1]}, std {[round(m['reward_std'], 3) for m in m1]}")
+
+# Resume after SIGKILL of the whole job.
+rec = recipe("resume", max_steps=4, save_every=1, base=base)
+full = os.path.join(a.workdir, "resume_full")
+launch(["train", rec, "--output", full])
+part = os.path.join(a.workdir, "resume_killed")
+p = subprocess.Popen([a.grpo, "launch", "--nproc-per-node", "2", "--master-port", str(a.port), "--", a.grpo, "train",
+                      rec, "--output", part], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+deadline = time.time() + 300
+while time.time() < deadline and p.poll() is None:
+    path = part + "/metrics.jsonl"
+    if os.path.exists(path) and any(m.get("step", 0) >= 2 and "loss" in m for m in metrics(path)):
+        break
+    time.sleep(0.01)
+p.send_signal(signal.SIGKILL)
+p.wait()
+time.sleep(0.5)
+left = subprocess.run(["pgrep", "-f", part], capture_output=True, text=True).stdout.split()
+check(not left, f"SIGKILL of the launcher leaves no rank behind ({len(left)} left)")
+launch(["train", rec, "--output", part, "--resume"])
+d = max_diff(weights(full + "/checkpoint-4"), weights(part + "/checkpoint-4"))
+check(d == 0, f"killed after step 2 and resumed on 2 ranks: final weights equal the uninterrupted run's (max |diff| {d})")
+
+r = launch(["train", recipe("odd", base=base), "--output", os.path.join(a.workdir, "odd")], check_rc=False)
+check(r.returncode != 0 and "per_step_prompts" in r.stderr, "per_step_prompts 7 over 2 ranks is refused: " +
+      next((l for l in r.stderr.split("\n") if "per_step_prompts" in l), r.stderr.strip()[-200:]))
+print("data parallel:", "OK" if ok else "FAILED")
+sys.exit(0 if ok else 1)
