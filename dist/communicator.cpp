@@ -2,6 +2,9 @@
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef GRPO_WITH_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include <cstdlib>
 
@@ -31,14 +34,14 @@ int env_int(const char* name, std::optional<int> dflt, int lo, int hi) {
   return static_cast<int>(x);
 }
 
-// Gloo moves CPU tensors: device tensors go through a CPU copy and come back.
+// Gloo moves CPU tensors, NCCL tensors on the rank's GPU: others go through a copy there and back.
 template <typename F>
-void on_cpu(std::vector<at::Tensor>& tensors, F&& op) {
-  std::vector<at::Tensor> cpu;
-  for (auto& t : tensors) cpu.push_back(t.is_cpu() ? t : t.to(at::kCPU));
-  op(cpu);
+void on_device(const at::Device& device, std::vector<at::Tensor>& tensors, F&& op) {
+  std::vector<at::Tensor> moved;
+  for (auto& t : tensors) moved.push_back(t.device() == device && t.is_contiguous() ? t : t.to(device).contiguous());
+  op(moved);
   for (size_t i = 0; i < tensors.size(); ++i)
-    if (!tensors[i].is_cpu()) tensors[i].copy_(cpu[i]);
+    if (!moved[i].is_same(tensors[i])) tensors[i].copy_(moved[i]);
 }
 
 }  // namespace
@@ -47,7 +50,6 @@ std::optional<DistEnv> read_dist_env() {
   if (!env("WORLD_SIZE")) return std::nullopt;
   DistEnv e;
   e.world_size = env_int("WORLD_SIZE", std::nullopt, 1, 1 << 20);
-  if (e.world_size == 1) return std::nullopt;
   e.rank = env_int("RANK", std::nullopt, 0, e.world_size - 1);
   e.local_world_size = env_int("LOCAL_WORLD_SIZE", 1, 1, e.world_size);
   e.local_rank = env_int("LOCAL_RANK", 0, 0, e.local_world_size - 1);
@@ -58,7 +60,8 @@ std::optional<DistEnv> read_dist_env() {
 
 struct Communicator::Impl {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  c10::intrusive_ptr<c10d::Backend> pg;  // Gloo (CPU) or NCCL (CUDA)
+  at::Device device = at::kCPU;          // where the backend's tensors live
 
   // Starts and waits for one collective per tensor (Gloo reduces lists of same-shaped tensors only).
   template <typename Start>
@@ -79,9 +82,11 @@ Communicator::Communicator(DistEnv env, std::unique_ptr<Impl> impl) : env_(std::
 Communicator::~Communicator() = default;
 
 std::unique_ptr<Communicator> Communicator::connect(const DistEnv& e, at::Device device, std::chrono::milliseconds timeout) {
+#ifndef GRPO_WITH_NCCL
   if (device.is_cuda())
-    throw Error("several ranks on CUDA need the NCCL backend, which is not built yet; run data-parallel jobs on CPU "
-                "(Gloo) or one rank per job");
+    throw Error("ranks on CUDA need the NCCL backend, and this build has none (nccl.h was not found when it was "
+                "configured); run data-parallel jobs on CPU (Gloo)");
+#endif
   auto impl = std::make_unique<Impl>();
   try {
     c10d::TCPStoreOptions so;
@@ -91,10 +96,19 @@ std::unique_ptr<Communicator> Communicator::connect(const DistEnv& e, at::Device
     so.waitWorkers = true;
     so.timeout = timeout;
     impl->store = c10::make_intrusive<c10d::TCPStore>(e.master_addr, so);
-    auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
-    opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(
-        e.master_addr == "localhost" || e.master_addr.rfind("127.", 0) == 0 ? "127.0.0.1" : e.master_addr));
-    impl->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl->store, e.rank, e.world_size, opts);
+    if (device.is_cuda()) {
+#ifdef GRPO_WITH_NCCL
+      impl->device = device;
+      auto opts = c10d::ProcessGroupNCCL::Options::create();
+      opts->timeout = timeout;
+      impl->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl->store, e.rank, e.world_size, opts);
+#endif
+    } else {
+      auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(
+          e.master_addr == "localhost" || e.master_addr.rfind("127.", 0) == 0 ? "127.0.0.1" : e.master_addr));
+      impl->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl->store, e.rank, e.world_size, opts);
+    }
   } catch (const Error&) {
     throw;
   } catch (const std::exception& ex) {
@@ -105,7 +119,7 @@ std::unique_ptr<Communicator> Communicator::connect(const DistEnv& e, at::Device
 }
 
 void Communicator::all_reduce_sum(std::vector<at::Tensor>& tensors) {
-  on_cpu(tensors, [&](std::vector<at::Tensor>& t) {
+  on_device(impl_->device, tensors, [&](std::vector<at::Tensor>& t) {
     impl_->run(t, "all-reduce", rank(), [&](std::vector<at::Tensor>& one) { return impl_->pg->allreduce(one); });
   });
 }
@@ -113,7 +127,7 @@ void Communicator::all_reduce_sum(std::vector<at::Tensor>& tensors) {
 void Communicator::all_reduce_max(std::vector<at::Tensor>& tensors) {
   c10d::AllreduceOptions o;
   o.reduceOp = c10d::ReduceOp::MAX;
-  on_cpu(tensors, [&](std::vector<at::Tensor>& t) {
+  on_device(impl_->device, tensors, [&](std::vector<at::Tensor>& t) {
     impl_->run(t, "all-reduce (max)", rank(), [&](std::vector<at::Tensor>& one) { return impl_->pg->allreduce(one, o); });
   });
 }
@@ -121,7 +135,7 @@ void Communicator::all_reduce_max(std::vector<at::Tensor>& tensors) {
 void Communicator::all_reduce_min(std::vector<at::Tensor>& tensors) {
   c10d::AllreduceOptions o;
   o.reduceOp = c10d::ReduceOp::MIN;
-  on_cpu(tensors, [&](std::vector<at::Tensor>& t) {
+  on_device(impl_->device, tensors, [&](std::vector<at::Tensor>& t) {
     impl_->run(t, "all-reduce (min)", rank(), [&](std::vector<at::Tensor>& one) { return impl_->pg->allreduce(one, o); });
   });
 }
@@ -145,14 +159,14 @@ double Communicator::max(double value) {
 void Communicator::broadcast(std::vector<at::Tensor>& tensors, int root) {
   c10d::BroadcastOptions o;
   o.rootRank = root;
-  on_cpu(tensors, [&](std::vector<at::Tensor>& t) {
+  on_device(impl_->device, tensors, [&](std::vector<at::Tensor>& t) {
     impl_->run(t, "broadcast", rank(), [&](std::vector<at::Tensor>& one) { return impl_->pg->broadcast(one, o); });
   });
 }
 
 void Communicator::barrier() {
   std::vector<at::Tensor> t{at::zeros({1})};
-  all_reduce_sum(t);  // a collective every rank must reach
+  all_reduce_sum(t);  // a collective every rank must reach (on the backend's device)
 }
 
 }  // namespace grpo::dist

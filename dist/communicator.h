@@ -1,6 +1,6 @@
 // A rank's connection to the other ranks of a job, over PyTorch's c10d: the rendezvous through a
-// TCPStore at MASTER_ADDR:MASTER_PORT (rank 0 serves it) and the collectives of the Gloo backend,
-// the engine PyTorch's DDP uses on CPU. Ranks come from torchrun's environment variables, so a job
+// TCPStore at MASTER_ADDR:MASTER_PORT (rank 0 serves it) and the collectives of the Gloo backend
+// on CPU or the NCCL backend on CUDA (one GPU per rank), the engines PyTorch's DDP uses. Ranks come from torchrun's environment variables, so a job
 // starts under `grpo launch` or `torchrun --no-python` alike. Every collective has a timeout: a rank
 // that died makes the others fail with an error instead of hanging.
 #pragma once
@@ -22,14 +22,14 @@ struct DistEnv {
 };
 
 // torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT);
-// nullopt when WORLD_SIZE is unset or 1 (a single process). A malformed or missing variable is an
-// error naming it.
+// nullopt when WORLD_SIZE is unset (a process started on its own). A malformed or missing variable
+// is an error naming it.
 std::optional<DistEnv> read_dist_env();
 
 class Communicator {
  public:
-  // Joins the job (blocks until every rank has arrived, at most `timeout`). CPU tensors only
-  // (Gloo); a CUDA device is refused with an error until the NCCL path lands.
+  // Joins the job (blocks until every rank has arrived, at most `timeout`): Gloo when `device` is
+  // the CPU, NCCL on `device` when it is a GPU (refused with an error in a build without NCCL).
   static std::unique_ptr<Communicator> connect(const DistEnv& env, at::Device device,
                                                std::chrono::milliseconds timeout = std::chrono::minutes(10));
   ~Communicator();

@@ -852,8 +852,11 @@ void Trainer::run() {
 }  // namespace
 
 bool run_grpo_stage(const StageSettings& s, const std::string& recipe_path, const std::string& out_dir, bool resume) {
+  StageSettings stage = s;
+  if (auto env = dist::read_dist_env(); env && stage.model.device == "cuda")
+    stage.model.device = "cuda:" + std::to_string(env->local_rank);  // one GPU per local rank
   try {
-    Trainer(s, recipe_path, out_dir, resume).run();
+    Trainer(stage, recipe_path, out_dir, resume).run();
   } catch (const Stopped&) {
     return false;
   }

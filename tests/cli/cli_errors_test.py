@@ -79,9 +79,9 @@ def main():
         t["shape"] = [t["shape"][0] // 2, 2]
         return with_header(data, h)
 
-    bad_cfg = write("bad_config.json", json.dumps(dict(TINY, model_type="llama")))
+    bad_cfg = write("bad_config.json", json.dumps(dict(TINY, model_type="mistral")))
     cases = [
-        ("unknown model_type", ["init", "--config", bad_cfg, "--output", P("x")], ["bad_config.json", "model_type", "llama"]),
+        ("unknown model_type", ["init", "--config", bad_cfg, "--output", P("x")], ["bad_config.json", "model_type", "mistral"]),
         ("malformed config", ["init", "--config", write("m.json", "{oops"), "--output", P("x")], ["m.json", "JSON"]),
         ("missing config", ["init", "--config", P("nope.json"), "--output", P("x")], ["nope.json"]),
         ("truncated checkpoint",
