@@ -79,7 +79,13 @@ struct Communicator::Impl {
 };
 
 Communicator::Communicator(DistEnv env, std::unique_ptr<Impl> impl) : env_(std::move(env)), impl_(std::move(impl)) {}
-Communicator::~Communicator() = default;
+Communicator::~Communicator() {
+  // An orderly end of the backend (what destroy_process_group does in Python); never throws.
+  try {
+    if (impl_ && impl_->pg) impl_->pg->shutdown();
+  } catch (...) {
+  }
+}
 
 std::unique_ptr<Communicator> Communicator::connect(const DistEnv& e, at::Device device, std::chrono::milliseconds timeout) {
 #ifndef GRPO_WITH_NCCL
