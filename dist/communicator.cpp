@@ -162,6 +162,14 @@ double Communicator::max(double value) {
   return t[0].item<double>();
 }
 
+void Communicator::reduce_sum(std::vector<at::Tensor>& tensors, int root) {
+  c10d::ReduceOptions o;
+  o.rootRank = root;
+  on_device(impl_->device, tensors, [&](std::vector<at::Tensor>& t) {
+    impl_->run(t, "reduce", rank(), [&](std::vector<at::Tensor>& one) { return impl_->pg->reduce(one, o); });
+  });
+}
+
 void Communicator::broadcast(std::vector<at::Tensor>& tensors, int root) {
   c10d::BroadcastOptions o;
   o.rootRank = root;

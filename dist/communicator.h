@@ -46,6 +46,8 @@ class Communicator {
   // Sums of host values, one collective for the whole vector.
   std::vector<double> sum(const std::vector<double>& values);
   double max(double value);
+  // The element-wise sum over ranks into rank `root`'s tensors (the others' are left undefined in value).
+  void reduce_sum(std::vector<at::Tensor>& tensors, int root);
   // Rank `root`'s tensors, copied into every rank's.
   void broadcast(std::vector<at::Tensor>& tensors, int root = 0);
   void barrier();

@@ -40,6 +40,7 @@
 #include "trainer/train.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/json.h"
 
 namespace grpo::trainer {
 
@@ -101,6 +102,13 @@ class Trainer {
   // rolls out its share of the step's prompts and the gradients are summed across ranks.
   bool main_rank() const { return !comm_ || comm_->is_main(); }
   void all_reduce_gradients();
+  // ZeRO (zero_stage 1, 2): each trainable parameter has an owner rank, which holds its AdamW
+  // moments and updates it; the others receive it by broadcast.
+  bool sharded() const { return comm_ && s_.optim.zero_stage > 0; }
+  std::vector<Tensor> owned_parameters() const;
+  double reduce_gradients_to_owners();  // zero_stage 2; returns the global gradient norm, clipped
+  void broadcast_from_owners();
+  std::string optimizer_file(const std::string& dir) const;
   void reduce_batch(RolloutBatch& b);
   void reduce_update(UpdateStats& u);
   bool stop_everywhere();
@@ -128,6 +136,7 @@ class Trainer {
   std::unique_ptr<RunLog> log_;
   std::string resumed_from_;
   std::unique_ptr<dist::Communicator> comm_;  // null in a single-process run
+  std::vector<int> owner_;                     // zero_stage > 0: the owner rank of each trainable parameter
 };
 
 Trainer::Trainer(const StageSettings& s, const std::string& recipe_path, const std::string& out, bool resume_run)
@@ -174,8 +183,22 @@ Trainer::Trainer(const StageSettings& s, const std::string& recipe_path, const s
     }
   }
 
+  if (sharded()) {
+    // Each parameter to the least-loaded rank, largest first: about 1/N of the AdamW state per rank.
+    auto params = pol_.trainable_parameters();
+    std::vector<size_t> order(params.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return params[x].numel() > params[y].numel(); });
+    std::vector<int64_t> load(comm_->world_size(), 0);
+    owner_.assign(params.size(), 0);
+    for (size_t i : order) {
+      int r = (int)(std::min_element(load.begin(), load.end()) - load.begin());
+      owner_[i] = r;
+      load[r] += params[i].numel();
+    }
+  }
   optimizer_ = std::make_unique<torch::optim::AdamW>(
-      pol_.trainable_parameters(),
+      sharded() ? owned_parameters() : pol_.trainable_parameters(),
       torch::optim::AdamWOptions(s_.optim.learning_rate).weight_decay(s_.optim.weight_decay).betas({0.9, 0.99}));
   sft_optimizer_ = std::make_unique<torch::optim::AdamW>(
       pol_.trainable_parameters(), torch::optim::AdamWOptions(s_.warm_start.sft_learning_rate).weight_decay(0.0));
@@ -242,7 +265,16 @@ void Trainer::sync_policy() { pol_.sync(); }
 // ---- checkpoints (trainer/run_state.h): the fp32 weights as an HF directory with its tokenizer
 // and generation files, optimizer moments, RNG states, the refreshed reference, trainer_state.json.
 void Trainer::save(const std::string& name) {
-  if (!main_rank()) return comm_->barrier();  // rank 0 writes; the others wait until it is on disk
+  if (!main_rank()) {  // rank 0 writes the checkpoint; the others wait until it is on disk
+    comm_->barrier();
+    if (sharded() && st_.warm_start_done) {  // then each adds its share of the AdamW state
+      const std::string dir = out_ + "/" + name, file = optimizer_file(dir);
+      torch::save(*optimizer_, file + ".tmp");
+      std::filesystem::rename(file + ".tmp", file);
+    }
+    comm_->barrier();
+    return;
+  }
   store_.save(name, [&](const std::string& dir) {
     pol_.save_weights(dir, s_.checkpoint.save_bf16);
     torch::save(st_.warm_start_done ? *optimizer_ : *sft_optimizer_, dir + "/optimizer.pt");
@@ -263,9 +295,16 @@ void Trainer::save(const std::string& name) {
     }
     json j = to_json(state);
     j["recipe"] = recipe_path_;
+    if (comm_) {  // a sharded optimizer state resumes only with the same ranks
+      j["world_size"] = comm_->world_size();
+      j["zero_stage"] = s_.optim.zero_stage;
+    }
     write_file_atomic(dir + "/trainer_state.json", j.dump(2) + "\n");
   });
-  if (comm_) comm_->barrier();
+  if (comm_) {
+    comm_->barrier();
+    comm_->barrier();  // the other ranks' optimizer shards are written between the two
+  }
 }
 
 void Trainer::resume() {
@@ -288,7 +327,17 @@ void Trainer::resume() {
   }
   st_ = read_run_state(dir + "/trainer_state.json");
   if (!st_.warm_start_done && !st_.warm_start_rng.empty()) std::istringstream(st_.warm_start_rng) >> sft_rng_;
-  torch::load(st_.warm_start_done ? *optimizer_ : *sft_optimizer_, dir + "/optimizer.pt");
+  if (sharded() || (comm_ && st_.warm_start_done)) {
+    json j = parse_json(read_file(dir + "/trainer_state.json"), dir + "/trainer_state.json");
+    const int64_t w = j.value("world_size", int64_t(1)), z = j.value("zero_stage", int64_t(0));
+    if (st_.warm_start_done && (z > 0 || sharded()) && (w != comm_->world_size() || z != s_.optim.zero_stage))
+      throw Error(dir + ": written by " + std::to_string(w) + " rank(s) with zero_stage " + std::to_string(z) +
+                  "; resume it with the same (this job: " + std::to_string(comm_->world_size()) + " ranks, zero_stage " +
+                  std::to_string(s_.optim.zero_stage) + ")");
+  }
+  const std::string file = optimizer_file(dir);
+  if (!file_exists(file)) throw Error(dir + ": no " + std::filesystem::path(file).filename().string() + " for this rank");
+  torch::load(st_.warm_start_done ? *optimizer_ : *sft_optimizer_, file);
 }
 
 // ---- the frozen reference (beta > 0): the policy as GRPO starts, or as of the last refresh. Under
@@ -662,14 +711,25 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
       loss.backward();
       accumulate_gradients();
     }
-    if (comm_) all_reduce_gradients();  // the global batch's gradient on every rank
-    u.grad_norm = torch::nn::utils::clip_grad_norm_(pol_.trainable_parameters(), s_.optim.max_grad_norm);
+    if (comm_ && s_.optim.zero_stage == 2) {
+      u.grad_norm = reduce_gradients_to_owners();  // each owner holds its parameters' global gradient
+    } else {
+      if (comm_) all_reduce_gradients();  // the global batch's gradient on every rank
+      u.grad_norm = torch::nn::utils::clip_grad_norm_(pol_.trainable_parameters(), s_.optim.max_grad_norm);
+    }
     if (!std::isfinite(u.grad_norm) || !std::isfinite(u.loss))
       throw Error("step " + std::to_string(st_.step + 1) + ": the " + (std::isfinite(u.loss) ? "gradient norm" : "loss") +
                   " is not finite (loss " + std::to_string(u.loss) + ", gradient norm " + std::to_string(u.grad_norm) +
                   "); stopped before the update, so the weights and checkpoints so far are intact (lower learning_rate, "
                   "or resume from the last checkpoint)");
     optimizer_->step();
+    if (sharded()) {
+      broadcast_from_owners();
+      // The optimizer zeroes only its own parameters' gradients: the others' must not carry over.
+      auto params = pol_.trainable_parameters();
+      for (size_t i = 0; i < params.size(); ++i)
+        if (owner_[i] != comm_->rank()) params[i].mutable_grad() = Tensor();
+    }
     // Under LoRA the whole base is frozen, the balancing bias included (checkpoints hold the adapters alone).
     if (it == 0 && want_routing && comm_) comm_->all_reduce_sum(loads);  // expert loads over every rank's tokens
     if (it == 0 && want_routing)
@@ -775,6 +835,92 @@ void Trainer::reduce_update(UpdateStats& u) {
   u.clip_high = v[6];
   u.rollout_logprob_diff = v[7];
   u.model_flops = v[8];
+}
+
+std::vector<Tensor> Trainer::owned_parameters() const {
+  auto params = pol_.trainable_parameters();
+  std::vector<Tensor> out;
+  for (size_t i = 0; i < params.size(); ++i)
+    if (owner_[i] == comm_->rank()) out.push_back(params[i]);
+  return out;
+}
+
+// zero_stage 2: every owner's gradients summed onto it (one flat reduce per owner), the others'
+// copies dropped; the norm for clipping is the global one (squared norms summed over owners),
+// and the clipping coefficient is clip_grad_norm_'s.
+double Trainer::reduce_gradients_to_owners() {
+  auto params = pol_.trainable_parameters();
+  std::vector<Tensor> defined{at::zeros({(int64_t)params.size()}, at::kFloat)};
+  for (size_t i = 0; i < params.size(); ++i)
+    if (params[i].grad().defined()) defined[0][i] = 1;
+  comm_->all_reduce_max(defined);
+  std::vector<Tensor> mine;
+  for (int r = 0; r < comm_->world_size(); ++r) {
+    std::vector<Tensor> grads;
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (owner_[i] != r || defined[0][i].item<float>() == 0) continue;
+      if (!params[i].grad().defined()) params[i].mutable_grad() = at::zeros_like(params[i]);
+      grads.push_back(params[i].grad());
+    }
+    if (grads.empty()) continue;
+    std::vector<Tensor> flat;
+    for (auto& g : grads) flat.push_back(g.reshape({-1}));
+    std::vector<Tensor> buf{at::cat(flat)};
+    comm_->reduce_sum(buf, r);
+    if (r != comm_->rank()) {
+      for (size_t i = 0; i < params.size(); ++i)
+        if (owner_[i] == r) params[i].mutable_grad() = Tensor();  // only the owner keeps it
+      continue;
+    }
+    int64_t off = 0;
+    for (auto& g : grads) {
+      g.copy_(buf[0].narrow(0, off, g.numel()).view(g.sizes()));
+      off += g.numel();
+      mine.push_back(g);
+    }
+  }
+  // clip_grad_norm_'s arithmetic on the same numbers as one rank: every parameter's gradient norm
+  // (from its owner; zeros elsewhere, so the sum is exact), in parameter order, then the norm of those.
+  std::vector<Tensor> norms{at::zeros({(int64_t)params.size()}, at::kFloat)};
+  for (size_t i = 0; i < params.size(); ++i)
+    if (owner_[i] == comm_->rank() && params[i].grad().defined()) norms[0][i] = params[i].grad().norm(2).to(at::kCPU);
+  comm_->all_reduce_sum(norms);
+  std::vector<Tensor> with_grad;
+  for (size_t i = 0; i < params.size(); ++i)
+    if (defined[0][i].item<float>() != 0) with_grad.push_back(norms[0][i]);
+  if (with_grad.empty()) return 0.0;
+  Tensor total = with_grad.size() == 1 ? with_grad[0] : at::stack(with_grad).norm(2);
+  Tensor coef = at::clamp(s_.optim.max_grad_norm / (total + 1e-6), std::nullopt, 1.0);
+  for (auto& g : mine) g.mul_(coef.to(g.device()));
+  return total.item<double>();
+}
+
+// After each rank's optimizer step on its own parameters: every parameter from its owner.
+void Trainer::broadcast_from_owners() {
+  c10::NoGradGuard g;
+  auto params = pol_.trainable_parameters();
+  for (int r = 0; r < comm_->world_size(); ++r) {
+    std::vector<Tensor> owned;
+    for (size_t i = 0; i < params.size(); ++i)
+      if (owner_[i] == r) owned.push_back(params[i]);
+    if (owned.empty()) continue;
+    std::vector<Tensor> flat;
+    for (auto& t : owned) flat.push_back(t.detach().reshape({-1}));
+    std::vector<Tensor> buf{at::cat(flat)};
+    comm_->broadcast(buf, r);
+    int64_t off = 0;
+    for (auto& t : owned) {
+      t.copy_(buf[0].narrow(0, off, t.numel()).view(t.sizes()));
+      off += t.numel();
+    }
+  }
+}
+
+// Where this rank's optimizer state lives in a checkpoint: optimizer.pt, or with sharded AdamW
+// state after the warm start, rank r's own optimizer-rank<r>.pt (rank 0's is optimizer.pt).
+std::string Trainer::optimizer_file(const std::string& dir) const {
+  if (!sharded() || !st_.warm_start_done || comm_->rank() == 0) return dir + "/optimizer.pt";
+  return dir + "/optimizer-rank" + std::to_string(comm_->rank()) + ".pt";
 }
 
 double Trainer::learning_rate(int64_t step) const { return scheduled_learning_rate(s_.optim, step, s_.optim.max_steps); }

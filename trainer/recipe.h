@@ -120,6 +120,9 @@ struct OptimSettings {
   LrScheduler lr_scheduler_type = LrScheduler::Constant;
   int64_t ref_model_sync_steps = 0;  // copy the policy into the reference every K steps (0 = never)
   uint64_t seed = 0;
+  // Several ranks: 1 shards the AdamW state over the ranks (each parameter's moments live on one
+  // rank, which updates it and broadcasts it), 2 also reduces each gradient to that rank only.
+  int64_t zero_stage = 0;
 };
 
 struct MoESettings {

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Data-parallel GRPO over c10d/Gloo on CPU, two ranks under `grpo launch` (fp32, tiny model):
 - 2 ranks x 4 prompts give the same weights after 3 steps as 1 rank x 8 prompts, for loss_type grpo
-  and dapo (max |diff| <= 1e-6; the ranks' mini-batches are the single rank's, so it is exact), with
-  the same per-step loss, reward and KL in metrics.jsonl (rewards vary within groups: the
-  advantages are not zero);
+  and dapo and zero_stage 0, 1 and 2 (max |diff| <= 1e-6; the ranks' mini-batches are the single
+  rank's, so it is exact), with the same per-step loss, reward and KL in metrics.jsonl (rewards vary
+  within groups: the advantages are not zero);
 - killed (SIGKILL to the launcher: every rank dies) after step 2 and resumed with --resume on 2
-  ranks, the job ends with the uninterrupted run's weights, bit for bit;
+  ranks, the job ends with the uninterrupted run's weights, bit for bit, with zero_stage 0 and 2
+  (each rank's share of the AdamW state in its own file);
+- a zero_stage 2 checkpoint is refused by a job with another zero_stage, naming both;
 - per_step_prompts that does not split over the ranks is refused, naming the key."""
 import argparse
 import json
@@ -91,43 +93,55 @@ train(a.grpo, recipe("base", max_steps=1), base)
 base += "/checkpoint-0"
 
 for loss in ("grpo", "dapo"):
-    rec = recipe(loss, f"loss_type: {loss}\n", base=base)
-    one, two = os.path.join(a.workdir, loss + "_1rank"), os.path.join(a.workdir, loss + "_2ranks")
-    train(a.grpo, rec, one)
+  one = os.path.join(a.workdir, loss + "_1rank")
+  train(a.grpo, recipe(loss, f"loss_type: {loss}\n", base=base), one)
+  for zero in (0, 1, 2):
+    rec = recipe(f"{loss}_zero{zero}", f"loss_type: {loss}\nzero_stage: {zero}\n", base=base)
+    two = os.path.join(a.workdir, f"{loss}_zero{zero}_2ranks")
     launch(["train", rec, "--output", two])
     w1, w2, w0 = weights(one + "/checkpoint-3"), weights(two + "/checkpoint-3"), weights(base)
     d, moved = max_diff(w1, w2), max_diff(w1, w0)
-    check(d <= 1e-6 and moved > 1e-4, f"{loss}: 2 ranks x 4 prompts vs 1 rank x 8: max |weight diff| {d:.2e} "
-                                      f"after 3 steps (weights moved up to {moved:.2e})")
+    check(d <= 1e-6 and moved > 1e-4, f"{loss}, zero_stage {zero}: 2 ranks x 4 prompts vs 1 rank x 8: max |weight "
+                                      f"diff| {d:.2e} after 3 steps (weights moved up to {moved:.2e})")
     m1 = [m for m in metrics(one + "/metrics.jsonl") if "loss" in m]
     m2 = [m for m in metrics(two + "/metrics.jsonl") if "loss" in m]
     same = len(m1) == len(m2) == 3 and all(abs(x[k] - y[k]) <= 1e-6 for x, y in zip(m1, m2)
                                             for k in ("loss", "reward", "reward_std", "kl", "grad_norm"))
     varied = any(m["reward_std"] > 0 for m in m1)
-    check(same and varied, f"{loss}: per-step loss/reward/kl/grad_norm equal; rewards "
+    check(same and varied, f"{loss}, zero_stage {zero}: per-step loss/reward/kl/grad_norm equal; rewards "
                            f"{[round(m['reward'], 3) for m in m1]}, std {[round(m['reward_std'], 3) for m in m1]}")
 
 # Resume after SIGKILL of the whole job.
-rec = recipe("resume", max_steps=4, save_every=1, base=base)
-full = os.path.join(a.workdir, "resume_full")
-launch(["train", rec, "--output", full])
-part = os.path.join(a.workdir, "resume_killed")
-p = subprocess.Popen([a.grpo, "launch", "--nproc-per-node", "2", "--master-port", str(a.port), "--", a.grpo, "train",
-                      rec, "--output", part], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-deadline = time.time() + 300
-while time.time() < deadline and p.poll() is None:
-    path = part + "/metrics.jsonl"
-    if os.path.exists(path) and any(m.get("step", 0) >= 2 and "loss" in m for m in metrics(path)):
-        break
-    time.sleep(0.01)
-p.send_signal(signal.SIGKILL)
-p.wait()
-time.sleep(0.5)
-left = subprocess.run(["pgrep", "-f", part], capture_output=True, text=True).stdout.split()
-check(not left, f"SIGKILL of the launcher leaves no rank behind ({len(left)} left)")
-launch(["train", rec, "--output", part, "--resume"])
-d = max_diff(weights(full + "/checkpoint-4"), weights(part + "/checkpoint-4"))
-check(d == 0, f"killed after step 2 and resumed on 2 ranks: final weights equal the uninterrupted run's (max |diff| {d})")
+for zero in (0, 2):
+  rec = recipe(f"resume{zero}", f"zero_stage: {zero}\n", max_steps=4, save_every=1, base=base)
+  full = os.path.join(a.workdir, f"resume{zero}_full")
+  launch(["train", rec, "--output", full])
+  part = os.path.join(a.workdir, f"resume{zero}_killed")
+  p = subprocess.Popen([a.grpo, "launch", "--nproc-per-node", "2", "--master-port", str(a.port), "--", a.grpo, "train",
+                        rec, "--output", part], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and p.poll() is None:
+      path = part + "/metrics.jsonl"
+      if os.path.exists(path) and any(m.get("step", 0) >= 2 and "loss" in m for m in metrics(path)):
+          break
+      time.sleep(0.01)
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  time.sleep(0.5)
+  left = subprocess.run(["pgrep", "-f", part], capture_output=True, text=True).stdout.split()
+  check(not left, f"SIGKILL of the launcher leaves no rank behind ({len(left)} left)")
+  launch(["train", rec, "--output", part, "--resume"])
+  d = max_diff(weights(full + "/checkpoint-4"), weights(part + "/checkpoint-4"))
+  check(d == 0, f"zero_stage {zero}: killed after step 2 and resumed on 2 ranks: final weights equal the uninterrupted "
+                f"run's (max |diff| {d})")
+
+shards = sorted(f for f in os.listdir(os.path.join(a.workdir, "resume2_full", "checkpoint-4")) if f.startswith("optimizer"))
+check(shards == ["optimizer-rank1.pt", "optimizer.pt"], f"zero_stage 2 checkpoints hold each rank's AdamW state: {shards}")
+r = launch(["train", recipe("resume_other", "zero_stage: 1\n", max_steps=5, save_every=1, base=base), "--output",
+            os.path.join(a.workdir, "resume2_full"), "--resume"], check_rc=False)
+check(r.returncode != 0 and "zero_stage 2" in r.stderr and "zero_stage 1" in r.stderr,
+      "a zero_stage 2 checkpoint resumed with zero_stage 1 is refused: " +
+      next((l for l in r.stderr.split("\n") if "zero_stage" in l), r.stderr.strip()[-200:]))
 
 r = launch(["train", recipe("odd", base=base), "--output", os.path.join(a.workdir, "odd")], check_rc=False)
 check(r.returncode != 0 and "per_step_prompts" in r.stderr, "per_step_prompts 7 over 2 ranks is refused: " +
