@@ -8,6 +8,7 @@
   ranks, the job ends with the uninterrupted run's weights, bit for bit, with zero_stage 0 and 2
   (each rank's share of the AdamW state in its own file);
 - a zero_stage 2 checkpoint is refused by a job with another zero_stage, naming both;
+- rank 1 killed (SIGKILL) mid-run: the job ends at once with an error naming rank 1, no rank left;
 - per_step_prompts that does not split over the ranks is refused, naming the key."""
 import argparse
 import json
@@ -142,6 +143,37 @@ r = launch(["train", recipe("resume_other", "zero_stage: 1\n", max_steps=5, save
 check(r.returncode != 0 and "zero_stage 2" in r.stderr and "zero_stage 1" in r.stderr,
       "a zero_stage 2 checkpoint resumed with zero_stage 1 is refused: " +
       next((l for l in r.stderr.split("\n") if "zero_stage" in l), r.stderr.strip()[-200:]))
+
+# One rank killed mid-run: the launcher ends the job, naming that rank, and no rank is left.
+rec = recipe("kill_one", max_steps=200, base=base)
+out = os.path.join(a.workdir, "kill_one")
+p = subprocess.Popen([a.grpo, "launch", "--nproc-per-node", "2", "--master-port", str(a.port), "--grace-seconds", "5",
+                      "--", a.grpo, "train", rec, "--output", out], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                     text=True)
+deadline = time.time() + 120
+while time.time() < deadline and p.poll() is None:
+    path = out + "/metrics.jsonl"
+    if os.path.exists(path) and any(m.get("step", 0) >= 2 and "loss" in m for m in metrics(path)):
+        break
+    time.sleep(0.01)
+ranks = sorted(int(x) for x in subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split())
+t0 = time.time()
+def rank_of(pid):
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+    return int(env.get(b"RANK", b"-1"))
+
+
+victim = next((pid for pid in ranks if rank_of(pid) == 1), None)
+if len(ranks) == 2 and victim:
+    os.kill(victim, signal.SIGKILL)
+err = p.communicate(timeout=60)[1]
+took = time.time() - t0
+time.sleep(0.3)
+left = subprocess.run(["pgrep", "-f", out], capture_output=True, text=True).stdout.split()
+check(len(ranks) == 2 and p.returncode != 0 and "rank 1" in err and "signal 9" in err and took < 10 and not left,
+      f"rank 1 killed at step 2: the job ended in {took:.1f} s with exit {p.returncode}, no rank left ({len(left)}): "
+      + next((l for l in err.split("\n") if "grpo launch" in l), err.strip()[-200:]))
 
 r = launch(["train", recipe("odd", base=base), "--output", os.path.join(a.workdir, "odd")], check_rc=False)
 check(r.returncode != 0 and "per_step_prompts" in r.stderr, "per_step_prompts 7 over 2 ranks is refused: " +
