@@ -28,6 +28,7 @@
 #include "rpc/security.h"
 #include "rollout/engine.h"
 #include "text/tokenizer.h"
+#include "trainer/data_parallel.h"
 #include "trainer/dataset.h"
 #include "trainer/grpo_loss.h"
 #include "trainer/moe_balance.h"
@@ -101,16 +102,11 @@ class Trainer {
   // Data parallelism (several ranks): rank 0 logs, evaluates and writes checkpoints; every rank
   // rolls out its share of the step's prompts and the gradients are summed across ranks.
   bool main_rank() const { return !comm_ || comm_->is_main(); }
-  void all_reduce_gradients();
   // ZeRO (zero_stage 1, 2): each trainable parameter has an owner rank, which holds its AdamW
   // moments and updates it; the others receive it by broadcast.
   bool sharded() const { return comm_ && s_.optim.zero_stage > 0; }
   std::vector<Tensor> owned_parameters() const;
-  double reduce_gradients_to_owners();  // zero_stage 2; returns the global gradient norm, clipped
-  void broadcast_from_owners();
   std::string optimizer_file(const std::string& dir) const;
-  void reduce_batch(RolloutBatch& b);
-  void reduce_update(UpdateStats& u);
   bool stop_everywhere();
 
   const StageSettings s_;
@@ -183,20 +179,7 @@ Trainer::Trainer(const StageSettings& s, const std::string& recipe_path, const s
     }
   }
 
-  if (sharded()) {
-    // Each parameter to the least-loaded rank, largest first: about 1/N of the AdamW state per rank.
-    auto params = pol_.trainable_parameters();
-    std::vector<size_t> order(params.size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return params[x].numel() > params[y].numel(); });
-    std::vector<int64_t> load(comm_->world_size(), 0);
-    owner_.assign(params.size(), 0);
-    for (size_t i : order) {
-      int r = (int)(std::min_element(load.begin(), load.end()) - load.begin());
-      owner_[i] = r;
-      load[r] += params[i].numel();
-    }
-  }
+  if (sharded()) owner_ = assign_owners(pol_.trainable_parameters(), comm_->world_size());
   optimizer_ = std::make_unique<torch::optim::AdamW>(
       sharded() ? owned_parameters() : pol_.trainable_parameters(),
       torch::optim::AdamWOptions(s_.optim.learning_rate).weight_decay(s_.optim.weight_decay).betas({0.9, 0.99}));
@@ -712,9 +695,10 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
       accumulate_gradients();
     }
     if (comm_ && s_.optim.zero_stage == 2) {
-      u.grad_norm = reduce_gradients_to_owners();  // each owner holds its parameters' global gradient
+      // each owner holds its parameters' global gradient
+      u.grad_norm = reduce_gradients_to_owners(*comm_, pol_.trainable_parameters(), owner_, s_.optim.max_grad_norm);
     } else {
-      if (comm_) all_reduce_gradients();  // the global batch's gradient on every rank
+      if (comm_) all_reduce_gradients(*comm_, pol_.trainable_parameters());  // the global batch's gradient everywhere
       u.grad_norm = torch::nn::utils::clip_grad_norm_(pol_.trainable_parameters(), s_.optim.max_grad_norm);
     }
     if (!std::isfinite(u.grad_norm) || !std::isfinite(u.loss))
@@ -724,7 +708,7 @@ UpdateStats Trainer::update(const RolloutBatch& b) {
                   "or resume from the last checkpoint)");
     optimizer_->step();
     if (sharded()) {
-      broadcast_from_owners();
+      broadcast_from_owners(*comm_, pol_.trainable_parameters(), owner_);
       // The optimizer zeroes only its own parameters' gradients: the others' must not carry over.
       auto params = pol_.trainable_parameters();
       for (size_t i = 0; i < params.size(); ++i)
@@ -746,174 +730,12 @@ bool Trainer::stop_everywhere() {
   return stop_requested();
 }
 
-// Sums every trainable parameter's gradient over the ranks, in flat buckets of about 32 MiB. A
-// gradient no rank produced stays undefined (AdamW then skips the parameter, as on one rank); one
-// that only some ranks produced counts as zeros on the others.
-void Trainer::all_reduce_gradients() {
-  auto params = pol_.trainable_parameters();
-  std::vector<Tensor> defined{at::zeros({(int64_t)params.size()}, at::kFloat)};
-  for (size_t i = 0; i < params.size(); ++i)
-    if (params[i].grad().defined()) defined[0][i] = 1;
-  comm_->all_reduce_max(defined);
-  std::vector<Tensor> grads;
-  for (size_t i = 0; i < params.size(); ++i) {
-    if (defined[0][i].item<float>() == 0) continue;
-    if (!params[i].grad().defined()) params[i].mutable_grad() = at::zeros_like(params[i]);
-    grads.push_back(params[i].grad());
-  }
-  const int64_t bucket_bytes = int64_t(32) << 20;
-  for (size_t i = 0; i < grads.size();) {
-    std::vector<Tensor> bucket;
-    int64_t bytes = 0;
-    for (; i < grads.size() && (bucket.empty() || bytes + (int64_t)grads[i].nbytes() <= bucket_bytes); ++i) {
-      bucket.push_back(grads[i]);
-      bytes += grads[i].nbytes();
-    }
-    std::vector<Tensor> flat;
-    for (auto& g : bucket) flat.push_back(g.reshape({-1}));
-    std::vector<Tensor> buf{at::cat(flat)};
-    comm_->all_reduce_sum(buf);
-    int64_t off = 0;
-    for (auto& g : bucket) {
-      g.copy_(buf[0].narrow(0, off, g.numel()).view(g.sizes()));
-      off += g.numel();
-    }
-  }
-}
-
-// The step's rollout figures over all ranks: sums, extremes, the slowest rank's times. Rewards
-// are already global (sample() gathers them for the advantages).
-void Trainer::reduce_batch(RolloutBatch& b) {
-  std::vector<double> v = {b.accuracy_sum, (double)b.accuracy_count, b.length_sum, (double)b.truncated,
-                           (double)b.reward_errors, (double)b.groups, (double)b.zero_std_groups,
-                           (double)b.kept_groups, (double)b.tokens};
-  // Per-component sums travel when every rank has the same components (with rewards_by_source a
-  // rank may have scored no prompt of some source; then rank 0's own are logged).
-  std::string names;
-  for (const auto& [name, sum] : b.component_sums) names += name + "\n";
-  const double h = (double)(std::hash<std::string>{}(names) % 1000003);
-  const bool same = comm_->max(h) == -comm_->max(-h);
-  if (same)
-    for (const auto& [name, sum] : b.component_sums) {
-      v.push_back(sum);
-      v.push_back((double)b.component_counts[name]);
-    }
-  v = comm_->sum(v);
-  b.accuracy_sum = v[0];
-  b.accuracy_count = (int64_t)v[1];
-  b.length_sum = v[2];
-  b.truncated = (int64_t)v[3];
-  b.reward_errors = (int64_t)v[4];
-  b.groups = (int64_t)v[5];
-  b.zero_std_groups = (int64_t)v[6];
-  b.kept_groups = (int64_t)v[7];
-  b.tokens = (int64_t)v[8];
-  if (same) {
-    size_t k = 9;
-    for (auto& [name, sum] : b.component_sums) {
-      sum = v[k++];
-      b.component_counts[name] = (int64_t)v[k++];
-    }
-  }
-  b.length_max = (int64_t)comm_->max((double)b.length_max);
-  b.length_min = (int64_t)-comm_->max(b.length_min < 0 ? -1e18 : -(double)b.length_min);
-  b.time_rollout = comm_->max(b.time_rollout);
-  b.time_reward = comm_->max(b.time_reward);
-}
-
-// The update's figures are this rank's shares of global means (weighted by global token and
-// sequence counts): their sums over ranks are the global values.
-void Trainer::reduce_update(UpdateStats& u) {
-  auto v = comm_->sum({u.loss, u.kl, u.entropy, u.aux_loss, u.clip_fraction, u.clip_low, u.clip_high,
-                       u.rollout_logprob_diff, u.model_flops});
-  u.loss = v[0];
-  u.kl = v[1];
-  u.entropy = v[2];
-  u.aux_loss = v[3];
-  u.clip_fraction = v[4];
-  u.clip_low = v[5];
-  u.clip_high = v[6];
-  u.rollout_logprob_diff = v[7];
-  u.model_flops = v[8];
-}
-
 std::vector<Tensor> Trainer::owned_parameters() const {
   auto params = pol_.trainable_parameters();
   std::vector<Tensor> out;
   for (size_t i = 0; i < params.size(); ++i)
     if (owner_[i] == comm_->rank()) out.push_back(params[i]);
   return out;
-}
-
-// zero_stage 2: every owner's gradients summed onto it (one flat reduce per owner), the others'
-// copies dropped; the norm for clipping is the global one (squared norms summed over owners),
-// and the clipping coefficient is clip_grad_norm_'s.
-double Trainer::reduce_gradients_to_owners() {
-  auto params = pol_.trainable_parameters();
-  std::vector<Tensor> defined{at::zeros({(int64_t)params.size()}, at::kFloat)};
-  for (size_t i = 0; i < params.size(); ++i)
-    if (params[i].grad().defined()) defined[0][i] = 1;
-  comm_->all_reduce_max(defined);
-  std::vector<Tensor> mine;
-  for (int r = 0; r < comm_->world_size(); ++r) {
-    std::vector<Tensor> grads;
-    for (size_t i = 0; i < params.size(); ++i) {
-      if (owner_[i] != r || defined[0][i].item<float>() == 0) continue;
-      if (!params[i].grad().defined()) params[i].mutable_grad() = at::zeros_like(params[i]);
-      grads.push_back(params[i].grad());
-    }
-    if (grads.empty()) continue;
-    std::vector<Tensor> flat;
-    for (auto& g : grads) flat.push_back(g.reshape({-1}));
-    std::vector<Tensor> buf{at::cat(flat)};
-    comm_->reduce_sum(buf, r);
-    if (r != comm_->rank()) {
-      for (size_t i = 0; i < params.size(); ++i)
-        if (owner_[i] == r) params[i].mutable_grad() = Tensor();  // only the owner keeps it
-      continue;
-    }
-    int64_t off = 0;
-    for (auto& g : grads) {
-      g.copy_(buf[0].narrow(0, off, g.numel()).view(g.sizes()));
-      off += g.numel();
-      mine.push_back(g);
-    }
-  }
-  // clip_grad_norm_'s arithmetic on the same numbers as one rank: every parameter's gradient norm
-  // (from its owner; zeros elsewhere, so the sum is exact), in parameter order, then the norm of those.
-  std::vector<Tensor> norms{at::zeros({(int64_t)params.size()}, at::kFloat)};
-  for (size_t i = 0; i < params.size(); ++i)
-    if (owner_[i] == comm_->rank() && params[i].grad().defined()) norms[0][i] = params[i].grad().norm(2).to(at::kCPU);
-  comm_->all_reduce_sum(norms);
-  std::vector<Tensor> with_grad;
-  for (size_t i = 0; i < params.size(); ++i)
-    if (defined[0][i].item<float>() != 0) with_grad.push_back(norms[0][i]);
-  if (with_grad.empty()) return 0.0;
-  Tensor total = with_grad.size() == 1 ? with_grad[0] : at::stack(with_grad).norm(2);
-  Tensor coef = at::clamp(s_.optim.max_grad_norm / (total + 1e-6), std::nullopt, 1.0);
-  for (auto& g : mine) g.mul_(coef.to(g.device()));
-  return total.item<double>();
-}
-
-// After each rank's optimizer step on its own parameters: every parameter from its owner.
-void Trainer::broadcast_from_owners() {
-  c10::NoGradGuard g;
-  auto params = pol_.trainable_parameters();
-  for (int r = 0; r < comm_->world_size(); ++r) {
-    std::vector<Tensor> owned;
-    for (size_t i = 0; i < params.size(); ++i)
-      if (owner_[i] == r) owned.push_back(params[i]);
-    if (owned.empty()) continue;
-    std::vector<Tensor> flat;
-    for (auto& t : owned) flat.push_back(t.detach().reshape({-1}));
-    std::vector<Tensor> buf{at::cat(flat)};
-    comm_->broadcast(buf, r);
-    int64_t off = 0;
-    for (auto& t : owned) {
-      t.copy_(buf[0].narrow(0, off, t.numel()).view(t.sizes()));
-      off += t.numel();
-    }
-  }
 }
 
 // Where this rank's optimizer state lives in a checkpoint: optimizer.pt, or with sharded AdamW
@@ -953,8 +775,8 @@ void Trainer::run() {
     UpdateStats u = update(batch);
     const double t_train = comm_ ? comm_->max(seconds_since(t0)) : seconds_since(t0);
     if (comm_) {  // the step's figures over all ranks (update() used this rank's own batch)
-      reduce_batch(batch);
-      reduce_update(u);
+      reduce_batch(*comm_, batch);
+      reduce_update(*comm_, u);
     }
     st_.step = step;
     if (ref_ && s_.optim.ref_model_sync_steps > 0 && step % s_.optim.ref_model_sync_steps == 0)

@@ -1,0 +1,187 @@
+#include "trainer/data_parallel.h"
+
+#include <c10/core/GradMode.h>
+
+#include <algorithm>
+#include <functional>
+
+namespace grpo::trainer {
+
+using at::Tensor;
+
+std::vector<int> assign_owners(const std::vector<Tensor>& params, int world_size) {
+  // Largest first, each to the least-loaded rank: about 1/N of the elements per rank.
+  std::vector<size_t> order(params.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return params[x].numel() > params[y].numel(); });
+  std::vector<int64_t> load(world_size, 0);
+  std::vector<int> owner(params.size(), 0);
+  for (size_t i : order) {
+    int r = (int)(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[i] = r;
+    load[r] += params[i].numel();
+  }
+  return owner;
+}
+
+// Sums every trainable parameter's gradient over the ranks, in flat buckets of about 32 MiB. A
+// gradient no rank produced stays undefined (AdamW then skips the parameter, as on one rank); one
+// that only some ranks produced counts as zeros on the others.
+void all_reduce_gradients(dist::Communicator& comm, const std::vector<Tensor>& params) {
+  std::vector<Tensor> defined{at::zeros({(int64_t)params.size()}, at::kFloat)};
+  for (size_t i = 0; i < params.size(); ++i)
+    if (params[i].grad().defined()) defined[0][i] = 1;
+  comm.all_reduce_max(defined);
+  std::vector<Tensor> grads;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (defined[0][i].item<float>() == 0) continue;
+    if (!params[i].grad().defined()) params[i].mutable_grad() = at::zeros_like(params[i]);
+    grads.push_back(params[i].grad());
+  }
+  const int64_t bucket_bytes = int64_t(32) << 20;
+  for (size_t i = 0; i < grads.size();) {
+    std::vector<Tensor> bucket;
+    int64_t bytes = 0;
+    for (; i < grads.size() && (bucket.empty() || bytes + (int64_t)grads[i].nbytes() <= bucket_bytes); ++i) {
+      bucket.push_back(grads[i]);
+      bytes += grads[i].nbytes();
+    }
+    std::vector<Tensor> flat;
+    for (auto& g : bucket) flat.push_back(g.reshape({-1}));
+    std::vector<Tensor> buf{at::cat(flat)};
+    comm.all_reduce_sum(buf);
+    int64_t off = 0;
+    for (auto& g : bucket) {
+      g.copy_(buf[0].narrow(0, off, g.numel()).view(g.sizes()));
+      off += g.numel();
+    }
+  }
+}
+
+// The step's rollout figures over all ranks: sums, extremes, the slowest rank's times. Rewards
+// are already global (sample() gathers them for the advantages).
+void reduce_batch(dist::Communicator& comm, RolloutBatch& b) {
+  std::vector<double> v = {b.accuracy_sum, (double)b.accuracy_count, b.length_sum, (double)b.truncated,
+                           (double)b.reward_errors, (double)b.groups, (double)b.zero_std_groups,
+                           (double)b.kept_groups, (double)b.tokens};
+  // Per-component sums travel when every rank has the same components (with rewards_by_source a
+  // rank may have scored no prompt of some source; then rank 0's own are logged).
+  std::string names;
+  for (const auto& [name, sum] : b.component_sums) names += name + "\n";
+  const double h = (double)(std::hash<std::string>{}(names) % 1000003);
+  const bool same = comm.max(h) == -comm.max(-h);
+  if (same)
+    for (const auto& [name, sum] : b.component_sums) {
+      v.push_back(sum);
+      v.push_back((double)b.component_counts[name]);
+    }
+  v = comm.sum(v);
+  b.accuracy_sum = v[0];
+  b.accuracy_count = (int64_t)v[1];
+  b.length_sum = v[2];
+  b.truncated = (int64_t)v[3];
+  b.reward_errors = (int64_t)v[4];
+  b.groups = (int64_t)v[5];
+  b.zero_std_groups = (int64_t)v[6];
+  b.kept_groups = (int64_t)v[7];
+  b.tokens = (int64_t)v[8];
+  if (same) {
+    size_t k = 9;
+    for (auto& [name, sum] : b.component_sums) {
+      sum = v[k++];
+      b.component_counts[name] = (int64_t)v[k++];
+    }
+  }
+  b.length_max = (int64_t)comm.max((double)b.length_max);
+  b.length_min = (int64_t)-comm.max(b.length_min < 0 ? -1e18 : -(double)b.length_min);
+  b.time_rollout = comm.max(b.time_rollout);
+  b.time_reward = comm.max(b.time_reward);
+}
+
+// The update's figures are this rank's shares of global means (weighted by global token and
+// sequence counts): their sums over ranks are the global values.
+void reduce_update(dist::Communicator& comm, UpdateStats& u) {
+  auto v = comm.sum({u.loss, u.kl, u.entropy, u.aux_loss, u.clip_fraction, u.clip_low, u.clip_high,
+                       u.rollout_logprob_diff, u.model_flops});
+  u.loss = v[0];
+  u.kl = v[1];
+  u.entropy = v[2];
+  u.aux_loss = v[3];
+  u.clip_fraction = v[4];
+  u.clip_low = v[5];
+  u.clip_high = v[6];
+  u.rollout_logprob_diff = v[7];
+  u.model_flops = v[8];
+}
+
+// zero_stage 2: every owner's gradients summed onto it (one flat reduce per owner), the others'
+// copies dropped; the norm for clipping is the global one (squared norms summed over owners),
+// and the clipping coefficient is clip_grad_norm_'s.
+double reduce_gradients_to_owners(dist::Communicator& comm, const std::vector<Tensor>& params,
+                                  const std::vector<int>& owner, double max_grad_norm) {
+  std::vector<Tensor> defined{at::zeros({(int64_t)params.size()}, at::kFloat)};
+  for (size_t i = 0; i < params.size(); ++i)
+    if (params[i].grad().defined()) defined[0][i] = 1;
+  comm.all_reduce_max(defined);
+  std::vector<Tensor> mine;
+  for (int r = 0; r < comm.world_size(); ++r) {
+    std::vector<Tensor> grads;
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (owner[i] != r || defined[0][i].item<float>() == 0) continue;
+      if (!params[i].grad().defined()) params[i].mutable_grad() = at::zeros_like(params[i]);
+      grads.push_back(params[i].grad());
+    }
+    if (grads.empty()) continue;
+    std::vector<Tensor> flat;
+    for (auto& g : grads) flat.push_back(g.reshape({-1}));
+    std::vector<Tensor> buf{at::cat(flat)};
+    comm.reduce_sum(buf, r);
+    if (r != comm.rank()) {
+      for (size_t i = 0; i < params.size(); ++i)
+        if (owner[i] == r) params[i].mutable_grad() = Tensor();  // only the owner keeps it
+      continue;
+    }
+    int64_t off = 0;
+    for (auto& g : grads) {
+      g.copy_(buf[0].narrow(0, off, g.numel()).view(g.sizes()));
+      off += g.numel();
+      mine.push_back(g);
+    }
+  }
+  // clip_grad_norm_'s arithmetic on the same numbers as one rank: every parameter's gradient norm
+  // (from its owner; zeros elsewhere, so the sum is exact), in parameter order, then the norm of those.
+  std::vector<Tensor> norms{at::zeros({(int64_t)params.size()}, at::kFloat)};
+  for (size_t i = 0; i < params.size(); ++i)
+    if (owner[i] == comm.rank() && params[i].grad().defined()) norms[0][i] = params[i].grad().norm(2).to(at::kCPU);
+  comm.all_reduce_sum(norms);
+  std::vector<Tensor> with_grad;
+  for (size_t i = 0; i < params.size(); ++i)
+    if (defined[0][i].item<float>() != 0) with_grad.push_back(norms[0][i]);
+  if (with_grad.empty()) return 0.0;
+  Tensor total = with_grad.size() == 1 ? with_grad[0] : at::stack(with_grad).norm(2);
+  Tensor coef = at::clamp(max_grad_norm / (total + 1e-6), std::nullopt, 1.0);
+  for (auto& g : mine) g.mul_(coef.to(g.device()));
+  return total.item<double>();
+}
+
+// After each rank's optimizer step on its own parameters: every parameter from its owner.
+void broadcast_from_owners(dist::Communicator& comm, const std::vector<Tensor>& params, const std::vector<int>& owner) {
+  c10::NoGradGuard g;
+  for (int r = 0; r < comm.world_size(); ++r) {
+    std::vector<Tensor> owned;
+    for (size_t i = 0; i < params.size(); ++i)
+      if (owner[i] == r) owned.push_back(params[i]);
+    if (owned.empty()) continue;
+    std::vector<Tensor> flat;
+    for (auto& t : owned) flat.push_back(t.detach().reshape({-1}));
+    std::vector<Tensor> buf{at::cat(flat)};
+    comm.broadcast(buf, r);
+    int64_t off = 0;
+    for (auto& t : owned) {
+      t.copy_(buf[0].narrow(0, off, t.numel()).view(t.sizes()));
+      off += t.numel();
+    }
+  }
+}
+
+}  // namespace grpo::trainer
