@@ -122,9 +122,9 @@ struct Engine::Impl {
     Tensor src_t = at::from_blob(src.data(), {(int64_t)src.size()}, i64).to(dev);
     Tensor dst_t = at::from_blob(dst.data(), {(int64_t)dst.size()}, i64).to(dev);
     Tensor last_t = at::from_blob(last.data(), {B}, i64).to(dev);
-    std::vector<Tensor> latents;
-    Tensor h = model->hidden_states(input, std::nullopt, std::nullopt, &latents);  // right padding: causal is exact
-    for (int64_t l = 0; l < L; ++l) pool[l].index_copy_(0, dst_t, latents[l].reshape({B * T, D}).index_select(0, src_t));
+    std::vector<Tensor> rows;  // each layer's KV-cache rows of every prompt token
+    Tensor h = model->hidden_states(input, std::nullopt, std::nullopt, &rows);  // right padding: causal is exact
+    for (int64_t l = 0; l < L; ++l) pool[l].index_copy_(0, dst_t, rows[l].reshape({B * T, D}).index_select(0, src_t));
     Tensor logits = model->logits(h.reshape({B * T, -1}).index_select(0, last_t)).to(at::kFloat);  // (B, V)
     for (int64_t b = 0; b < B; ++b) prompt_logits[batch[b]->id] = logits[b];
     stats.prefill_tokens += (int64_t)src.size();

@@ -9,6 +9,41 @@ namespace grpo::trainer {
 
 using at::Tensor;
 
+namespace {
+
+// Whether any rank has a gradient for each tensor (one all-reduce of flags). Where some rank has
+// one, the ranks without it get zeros, so that every rank takes part in the same collectives.
+std::vector<bool> defined_anywhere(dist::Communicator& comm, const std::vector<Tensor>& params) {
+  std::vector<float> flags(params.size());
+  for (size_t i = 0; i < params.size(); ++i) flags[i] = params[i].grad().defined() ? 1.f : 0.f;
+  std::vector<Tensor> t{at::tensor(flags, at::kFloat)};
+  comm.all_reduce_max(t);
+  auto a = t[0].accessor<float, 1>();
+  std::vector<bool> out(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    out[i] = a[i] != 0;
+    if (out[i] && !params[i].grad().defined()) params[i].mutable_grad() = at::zeros_like(params[i]);
+  }
+  return out;
+}
+
+// Runs one collective over `tensors` flattened into a single buffer, then copies the result back.
+template <typename Collective>
+void through_flat_buffer(const std::vector<Tensor>& tensors, Collective&& collective) {
+  std::vector<Tensor> flat;
+  for (const auto& t : tensors) flat.push_back(t.detach().reshape({-1}));
+  std::vector<Tensor> buf{at::cat(flat)};
+  collective(buf);
+  int64_t off = 0;
+  for (const auto& t : tensors) {
+    Tensor dst = t.detach();
+    dst.copy_(buf[0].narrow(0, off, t.numel()).view(t.sizes()));
+    off += t.numel();
+  }
+}
+
+}  // namespace
+
 std::vector<int> assign_owners(const std::vector<Tensor>& params, int world_size) {
   // Largest first, each to the least-loaded rank: about 1/N of the elements per rank.
   std::vector<size_t> order(params.size());
@@ -28,16 +63,10 @@ std::vector<int> assign_owners(const std::vector<Tensor>& params, int world_size
 // gradient no rank produced stays undefined (AdamW then skips the parameter, as on one rank); one
 // that only some ranks produced counts as zeros on the others.
 void all_reduce_gradients(dist::Communicator& comm, const std::vector<Tensor>& params) {
-  std::vector<Tensor> defined{at::zeros({(int64_t)params.size()}, at::kFloat)};
-  for (size_t i = 0; i < params.size(); ++i)
-    if (params[i].grad().defined()) defined[0][i] = 1;
-  comm.all_reduce_max(defined);
+  const std::vector<bool> defined = defined_anywhere(comm, params);
   std::vector<Tensor> grads;
-  for (size_t i = 0; i < params.size(); ++i) {
-    if (defined[0][i].item<float>() == 0) continue;
-    if (!params[i].grad().defined()) params[i].mutable_grad() = at::zeros_like(params[i]);
-    grads.push_back(params[i].grad());
-  }
+  for (size_t i = 0; i < params.size(); ++i)
+    if (defined[i]) grads.push_back(params[i].grad());
   const int64_t bucket_bytes = int64_t(32) << 20;
   for (size_t i = 0; i < grads.size();) {
     std::vector<Tensor> bucket;
@@ -46,15 +75,7 @@ void all_reduce_gradients(dist::Communicator& comm, const std::vector<Tensor>& p
       bucket.push_back(grads[i]);
       bytes += grads[i].nbytes();
     }
-    std::vector<Tensor> flat;
-    for (auto& g : bucket) flat.push_back(g.reshape({-1}));
-    std::vector<Tensor> buf{at::cat(flat)};
-    comm.all_reduce_sum(buf);
-    int64_t off = 0;
-    for (auto& g : bucket) {
-      g.copy_(buf[0].narrow(0, off, g.numel()).view(g.sizes()));
-      off += g.numel();
-    }
+    through_flat_buffer(bucket, [&](std::vector<Tensor>& buf) { comm.all_reduce_sum(buf); });
   }
 }
 
@@ -119,33 +140,19 @@ void reduce_update(dist::Communicator& comm, UpdateStats& u) {
 // and the clipping coefficient is clip_grad_norm_'s.
 double reduce_gradients_to_owners(dist::Communicator& comm, const std::vector<Tensor>& params,
                                   const std::vector<int>& owner, double max_grad_norm) {
-  std::vector<Tensor> defined{at::zeros({(int64_t)params.size()}, at::kFloat)};
-  for (size_t i = 0; i < params.size(); ++i)
-    if (params[i].grad().defined()) defined[0][i] = 1;
-  comm.all_reduce_max(defined);
+  const std::vector<bool> defined = defined_anywhere(comm, params);
   std::vector<Tensor> mine;
   for (int r = 0; r < comm.world_size(); ++r) {
     std::vector<Tensor> grads;
-    for (size_t i = 0; i < params.size(); ++i) {
-      if (owner[i] != r || defined[0][i].item<float>() == 0) continue;
-      if (!params[i].grad().defined()) params[i].mutable_grad() = at::zeros_like(params[i]);
-      grads.push_back(params[i].grad());
-    }
+    for (size_t i = 0; i < params.size(); ++i)
+      if (owner[i] == r && defined[i]) grads.push_back(params[i].grad());
     if (grads.empty()) continue;
-    std::vector<Tensor> flat;
-    for (auto& g : grads) flat.push_back(g.reshape({-1}));
-    std::vector<Tensor> buf{at::cat(flat)};
-    comm.reduce_sum(buf, r);
-    if (r != comm.rank()) {
+    through_flat_buffer(grads, [&](std::vector<Tensor>& buf) { comm.reduce_sum(buf, r); });
+    if (r == comm.rank()) {
+      mine.insert(mine.end(), grads.begin(), grads.end());
+    } else {
       for (size_t i = 0; i < params.size(); ++i)
         if (owner[i] == r) params[i].mutable_grad() = Tensor();  // only the owner keeps it
-      continue;
-    }
-    int64_t off = 0;
-    for (auto& g : grads) {
-      g.copy_(buf[0].narrow(0, off, g.numel()).view(g.sizes()));
-      off += g.numel();
-      mine.push_back(g);
     }
   }
   // clip_grad_norm_'s arithmetic on the same numbers as one rank: every parameter's gradient norm
@@ -156,7 +163,7 @@ double reduce_gradients_to_owners(dist::Communicator& comm, const std::vector<Te
   comm.all_reduce_sum(norms);
   std::vector<Tensor> with_grad;
   for (size_t i = 0; i < params.size(); ++i)
-    if (defined[0][i].item<float>() != 0) with_grad.push_back(norms[0][i]);
+    if (defined[i]) with_grad.push_back(norms[0][i]);
   if (with_grad.empty()) return 0.0;
   Tensor total = with_grad.size() == 1 ? with_grad[0] : at::stack(with_grad).norm(2);
   Tensor coef = at::clamp(max_grad_norm / (total + 1e-6), std::nullopt, 1.0);
@@ -171,16 +178,7 @@ void broadcast_from_owners(dist::Communicator& comm, const std::vector<Tensor>& 
     std::vector<Tensor> owned;
     for (size_t i = 0; i < params.size(); ++i)
       if (owner[i] == r) owned.push_back(params[i]);
-    if (owned.empty()) continue;
-    std::vector<Tensor> flat;
-    for (auto& t : owned) flat.push_back(t.detach().reshape({-1}));
-    std::vector<Tensor> buf{at::cat(flat)};
-    comm.broadcast(buf, r);
-    int64_t off = 0;
-    for (auto& t : owned) {
-      t.copy_(buf[0].narrow(0, off, t.numel()).view(t.sizes()));
-      off += t.numel();
-    }
+    if (!owned.empty()) through_flat_buffer(owned, [&](std::vector<Tensor>& buf) { comm.broadcast(buf, r); });
   }
 }
 

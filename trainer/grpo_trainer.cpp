@@ -248,14 +248,17 @@ void Trainer::sync_policy() { pol_.sync(); }
 // ---- checkpoints (trainer/run_state.h): the fp32 weights as an HF directory with its tokenizer
 // and generation files, optimizer moments, RNG states, the refreshed reference, trainer_state.json.
 void Trainer::save(const std::string& name) {
-  if (!main_rank()) {  // rank 0 writes the checkpoint; the others wait until it is on disk
+  // Rank 0 writes the checkpoint while the others wait; with sharded AdamW state each of them then
+  // adds its own share, and rank 0 waits for that.
+  const bool shards = sharded() && st_.warm_start_done;
+  if (!main_rank()) {
     comm_->barrier();
-    if (sharded() && st_.warm_start_done) {  // then each adds its share of the AdamW state
+    if (shards) {
       const std::string dir = out_ + "/" + name, file = optimizer_file(dir);
       torch::save(*optimizer_, file + ".tmp");
       std::filesystem::rename(file + ".tmp", file);
+      comm_->barrier();
     }
-    comm_->barrier();
     return;
   }
   store_.save(name, [&](const std::string& dir) {
@@ -284,10 +287,8 @@ void Trainer::save(const std::string& name) {
     }
     write_file_atomic(dir + "/trainer_state.json", j.dump(2) + "\n");
   });
-  if (comm_) {
-    comm_->barrier();
-    comm_->barrier();  // the other ranks' optimizer shards are written between the two
-  }
+  if (comm_) comm_->barrier();
+  if (shards) comm_->barrier();  // the other ranks' optimizer shards are on disk
 }
 
 void Trainer::resume() {

@@ -79,6 +79,16 @@ def launch(args, check_rc=True):
     return r
 
 
+def wait_for_step(p, out, step, timeout):
+    """Waits until `out`'s metrics.jsonl has trained step `step` (or the job ended)."""
+    deadline = time.time() + timeout
+    path = out + "/metrics.jsonl"
+    while time.time() < deadline and p.poll() is None:
+        if os.path.exists(path) and any(m.get("step", 0) >= step and "loss" in m for m in metrics(path)):
+            return
+        time.sleep(0.01)
+
+
 def weights(d):
     return load_file(os.path.join(d, "model.safetensors"))
 
@@ -120,12 +130,7 @@ for zero in (0, 2):
   part = os.path.join(a.workdir, f"resume{zero}_killed")
   p = subprocess.Popen([a.grpo, "launch", "--nproc-per-node", "2", "--master-port", str(a.port), "--", a.grpo, "train",
                         rec, "--output", part], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while time.time() < deadline and p.poll() is None:
-      path = part + "/metrics.jsonl"
-      if os.path.exists(path) and any(m.get("step", 0) >= 2 and "loss" in m for m in metrics(path)):
-          break
-      time.sleep(0.01)
+  wait_for_step(p, part, 2, 300)
   p.send_signal(signal.SIGKILL)
   p.wait()
   time.sleep(0.5)
@@ -150,12 +155,7 @@ out = os.path.join(a.workdir, "kill_one")
 p = subprocess.Popen([a.grpo, "launch", "--nproc-per-node", "2", "--master-port", str(a.port), "--grace-seconds", "5",
                       "--", a.grpo, "train", rec, "--output", out], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                      text=True)
-deadline = time.time() + 120
-while time.time() < deadline and p.poll() is None:
-    path = out + "/metrics.jsonl"
-    if os.path.exists(path) and any(m.get("step", 0) >= 2 and "loss" in m for m in metrics(path)):
-        break
-    time.sleep(0.01)
+wait_for_step(p, out, 2, 120)
 ranks = sorted(int(x) for x in subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split())
 t0 = time.time()
 def rank_of(pid):
