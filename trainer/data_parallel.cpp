@@ -141,34 +141,123 @@ void reduce_update(dist::Communicator& comm, UpdateStats& u) {
 double reduce_gradients_to_owners(dist::Communicator& comm, const std::vector<Tensor>& params,
                                   const std::vector<int>& owner, double max_grad_norm) {
   const std::vector<bool> defined = defined_anywhere(comm, params);
-  std::vector<Tensor> mine;
   for (int r = 0; r < comm.world_size(); ++r) {
     std::vector<Tensor> grads;
     for (size_t i = 0; i < params.size(); ++i)
       if (owner[i] == r && defined[i]) grads.push_back(params[i].grad());
     if (grads.empty()) continue;
     through_flat_buffer(grads, [&](std::vector<Tensor>& buf) { comm.reduce_sum(buf, r); });
-    if (r == comm.rank()) {
-      mine.insert(mine.end(), grads.begin(), grads.end());
-    } else {
+    if (r != comm.rank())
       for (size_t i = 0; i < params.size(); ++i)
         if (owner[i] == r) params[i].mutable_grad() = Tensor();  // only the owner keeps it
-    }
   }
+  return clip_owned_gradients(comm, params, owner, max_grad_norm);
+}
+
+double clip_owned_gradients(dist::Communicator& comm, const std::vector<Tensor>& params, const std::vector<int>& owner,
+                            double max_grad_norm) {
   // clip_grad_norm_'s arithmetic on the same numbers as one rank: every parameter's gradient norm
   // (from its owner; zeros elsewhere, so the sum is exact), in parameter order, then the norm of those.
-  std::vector<Tensor> norms{at::zeros({(int64_t)params.size()}, at::kFloat)};
+  // A second row says which parameters have a gradient anywhere.
+  std::vector<Tensor> norms{at::zeros({2, (int64_t)params.size()}, at::kFloat)};
   for (size_t i = 0; i < params.size(); ++i)
-    if (owner[i] == comm.rank() && params[i].grad().defined()) norms[0][i] = params[i].grad().norm(2).to(at::kCPU);
+    if (owner[i] == comm.rank() && params[i].grad().defined()) {
+      norms[0][0][i] = params[i].grad().norm(2).to(at::kCPU);
+      norms[0][1][i] = 1;
+    }
   comm.all_reduce_sum(norms);
   std::vector<Tensor> with_grad;
   for (size_t i = 0; i < params.size(); ++i)
-    if (defined[i]) with_grad.push_back(norms[0][i]);
+    if (norms[0][1][i].item<float>() != 0) with_grad.push_back(norms[0][0][i]);
   if (with_grad.empty()) return 0.0;
   Tensor total = with_grad.size() == 1 ? with_grad[0] : at::stack(with_grad).norm(2);
   Tensor coef = at::clamp(max_grad_norm / (total + 1e-6), std::nullopt, 1.0);
-  for (auto& g : mine) g.mul_(coef.to(g.device()));
+  for (size_t i = 0; i < params.size(); ++i)
+    if (owner[i] == comm.rank() && params[i].grad().defined()) params[i].mutable_grad().mul_(coef.to(params[i].device()));
   return total.item<double>();
+}
+
+namespace {
+
+// The tensors [first, last) of `idx` in flat fp32 buckets of about 256 MiB: calls f(bucket indices).
+template <typename F>
+void in_buckets(const std::vector<size_t>& idx, const std::vector<Tensor>& shape_of, F&& f) {
+  const int64_t bucket_bytes = int64_t(256) << 20;
+  for (size_t k = 0; k < idx.size();) {
+    std::vector<size_t> b;
+    int64_t bytes = 0;
+    for (; k < idx.size() && (b.empty() || bytes + shape_of[idx[k]].numel() * 4 <= bucket_bytes); ++k) {
+      b.push_back(idx[k]);
+      bytes += shape_of[idx[k]].numel() * 4;
+    }
+    f(b);
+  }
+}
+
+}  // namespace
+
+void reduce_into_owner_masters(dist::Communicator& comm, const std::vector<Tensor>& compute, std::vector<Tensor>& grads,
+                               const std::vector<Tensor>& master, const std::vector<int>& owner) {
+  c10::NoGradGuard g;
+  std::vector<float> flags(grads.size());
+  for (size_t i = 0; i < grads.size(); ++i) flags[i] = grads[i].defined() ? 1.f : 0.f;
+  std::vector<Tensor> f{at::tensor(flags, at::kFloat)};
+  comm.all_reduce_max(f);
+  auto fa = f[0].accessor<float, 1>();
+  for (int r = 0; r < comm.world_size(); ++r) {
+    std::vector<size_t> idx;
+    for (size_t i = 0; i < grads.size(); ++i)
+      if (owner[i] == r && fa[i] != 0) idx.push_back(i);
+    in_buckets(idx, compute, [&](const std::vector<size_t>& b) {
+      std::vector<Tensor> flat;
+      for (size_t i : b)
+        flat.push_back(grads[i].defined() ? grads[i].detach().reshape({-1}).to(at::kFloat)
+                                          : at::zeros({compute[i].numel()}, compute[i].options().dtype(at::kFloat)));
+      std::vector<Tensor> buf{at::cat(flat)};
+      comm.reduce_sum(buf, r);
+      if (r != comm.rank()) return;
+      int64_t off = 0;
+      for (size_t i : b) {
+        Tensor sum = buf[0].narrow(0, off, compute[i].numel()).view(compute[i].sizes());
+        off += compute[i].numel();
+        Tensor mg = master[i];
+        if (mg.grad().defined()) mg.mutable_grad().add_(sum.to(mg.device()));
+        else mg.mutable_grad() = sum.to(mg.device()).clone();
+      }
+    });
+  }
+  for (auto& t : grads) t = Tensor();
+}
+
+std::vector<Tensor> gather_master_to_main(dist::Communicator& comm, const std::vector<Tensor>& compute,
+                                          const std::vector<Tensor>& master, const std::vector<int>& owner) {
+  c10::NoGradGuard g;
+  std::vector<Tensor> out(master.size());
+  for (int r = 1; r < comm.world_size(); ++r) {
+    std::vector<size_t> idx;
+    for (size_t i = 0; i < master.size(); ++i)
+      if (owner[i] == r) idx.push_back(i);
+    in_buckets(idx, compute, [&](const std::vector<size_t>& b) {
+      std::vector<Tensor> flat;
+      int64_t n = 0;
+      for (size_t i : b) n += compute[i].numel();
+      std::vector<Tensor> buf;
+      if (r == comm.rank()) {
+        for (size_t i : b) flat.push_back(master[i].detach().reshape({-1}));
+        buf.push_back(at::cat(flat));
+      } else {
+        buf.push_back(at::empty({n}, compute[b[0]].options().dtype(at::kFloat)));
+      }
+      comm.broadcast(buf, r);
+      if (comm.rank() != 0) return;
+      int64_t off = 0;
+      for (size_t i : b) {
+        out[i] = buf[0].narrow(0, off, compute[i].numel()).view(compute[i].sizes()).to(at::kCPU).clone();
+        off += compute[i].numel();
+      }
+    });
+  }
+  return out;
 }
 
 // After each rank's optimizer step on its own parameters: every parameter from its owner.

@@ -27,6 +27,24 @@ void all_reduce_gradients(dist::Communicator& comm, const std::vector<at::Tensor
 double reduce_gradients_to_owners(dist::Communicator& comm, const std::vector<at::Tensor>& params,
                                   const std::vector<int>& owner, double max_grad_norm);
 
+// A sharded fp32 master (zero_stage 1 and 2 with a bf16 compute copy): `grads[i]` (bf16 or fp32;
+// undefined where this rank has none) summed in fp32 over the ranks onto owner[i], in flat buckets,
+// and added into master[i]'s gradient there; `grads` are cleared. `compute[i]` gives each shape.
+// A gradient no rank has stays undefined on its owner.
+void reduce_into_owner_masters(dist::Communicator& comm, const std::vector<at::Tensor>& compute,
+                               std::vector<at::Tensor>& grads, const std::vector<at::Tensor>& master,
+                               const std::vector<int>& owner);
+
+// The owners' gradients clipped to max_grad_norm with clip_grad_norm_'s arithmetic over the global
+// norm (every tensor's norm from its owner, in parameter order). Returns that norm.
+double clip_owned_gradients(dist::Communicator& comm, const std::vector<at::Tensor>& params,
+                            const std::vector<int>& owner, double max_grad_norm);
+
+// A sharded fp32 master gathered for a checkpoint: on rank 0, the master tensors it does not hold,
+// on the CPU (the others left undefined); nothing kept on the other ranks.
+std::vector<at::Tensor> gather_master_to_main(dist::Communicator& comm, const std::vector<at::Tensor>& compute,
+                                              const std::vector<at::Tensor>& master, const std::vector<int>& owner);
+
 // After each rank's optimizer step on the tensors it owns: every tensor from its owner.
 void broadcast_from_owners(dist::Communicator& comm, const std::vector<at::Tensor>& params,
                            const std::vector<int>& owner);

@@ -122,13 +122,38 @@ void Policy::accumulate_gradients() {
   if (compute == master) return;
   c10::NoGradGuard g;
   auto m = master->parameters(), c = compute->parameters();
+  if (master_sharded() && held_grads.size() != m.size()) held_grads.resize(m.size());
   for (size_t i = 0; i < m.size(); ++i) {
     at::Tensor& grad = c[i].mutable_grad();
     if (!grad.defined()) continue;
-    if (m[i].grad().defined()) m[i].mutable_grad().add_(grad.to(at::kFloat));
-    else m[i].mutable_grad() = grad.to(at::kFloat);
+    at::Tensor& into = master_sharded() ? held_grads[i] : m[i].mutable_grad();
+    if (into.defined()) into.add_(grad.to(at::kFloat));
+    else into = grad.to(at::kFloat);
     grad = at::Tensor();
   }
+}
+
+void Policy::shard_master(const std::vector<bool>& owned) {
+  if (compute == master || has_lora()) throw Error("shard_master: only a full model with a bf16 compute copy has an fp32 master to shard");
+  auto m = master->parameters();
+  if (owned.size() != m.size()) throw Error("shard_master: ownership of " + std::to_string(owned.size()) + " tensors for " + std::to_string(m.size()) + " parameters");
+  c10::NoGradGuard g;
+  for (size_t i = 0; i < m.size(); ++i)
+    if (!owned[i]) {
+      m[i].set_data(at::empty({0}, m[i].options()));
+      m[i].mutable_grad() = at::Tensor();
+    }
+  mine = owned;
+}
+
+std::pair<int64_t, int64_t> Policy::master_bytes() const {
+  int64_t held = 0, all = 0;
+  auto m = master->parameters(), c = compute->parameters();
+  for (size_t i = 0; i < m.size(); ++i) {
+    held += m[i].numel() * 4;
+    all += c[i].numel() * 4;
+  }
+  return {held, all};
 }
 
 std::vector<at::Tensor> Policy::trainable_parameters() const {
@@ -168,7 +193,14 @@ void Policy::save_weights(const std::string& dir, bool bf16_copy) const {
 }
 
 void Policy::sync() {
-  if (compute != master) model::copy_weights(*compute, *master);
+  if (compute == master) return;
+  if (!master_sharded()) return model::copy_weights(*compute, *master);
+  c10::NoGradGuard g;
+  auto m = master->parameters(), c = compute->parameters();
+  for (size_t i = 0; i < m.size(); ++i)
+    if (mine[i]) c[i].copy_(m[i]);
+  auto mb = master->buffers(), cb = compute->buffers();
+  for (size_t i = 0; i < mb.size(); ++i) cb[i].copy_(mb[i]);
 }
 
 double scheduled_learning_rate(const OptimSettings& o, int64_t step, int64_t total_steps) {

@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/causal_lm.h"
@@ -40,9 +41,22 @@ struct Policy {
   std::vector<at::Tensor> trainable_parameters() const;
   std::vector<int64_t> encode(const std::string& text, bool special_tokens) const;
   // Adds the compute copy's gradients into the master's (in fp32) and clears them; no-op in fp32.
+  // With a sharded master they go into `held_grads` instead, every tensor's, until they are reduced
+  // onto their owners.
   void accumulate_gradients();
-  // Rounds the master weights into the compute copy; no-op in fp32.
+  // Rounds the master weights into the compute copy (with a sharded master: the tensors this rank
+  // holds, and every buffer); no-op in fp32.
   void sync();
+
+  // ZeRO with a bf16 compute copy (zero_stage 1 and 2, full fine-tuning): the fp32 master keeps only
+  // the tensors this rank owns, mine[i] for master parameter i; the others' data is released (an
+  // empty tensor, so that any use of it fails loudly) and their compute copy arrives from their owner.
+  std::vector<bool> mine;
+  std::vector<at::Tensor> held_grads;  // fp32, per master parameter, between backward passes and the reduce
+  bool master_sharded() const { return !mine.empty(); }
+  void shard_master(const std::vector<bool>& owned);
+  // Bytes of fp32 master weights this rank holds, and of the whole model.
+  std::pair<int64_t, int64_t> master_bytes() const;
   // The fp32 master weights as a Hugging Face directory with the tokenizer and generation files,
   // and with `bf16_copy` the same in bf16 under dir/bf16. Under LoRA: the adapter (PEFT's files)
   // with the tokenizer files, and with save_merged the merged model under dir/merged.

@@ -7,6 +7,12 @@
 - killed (SIGKILL to the launcher: every rank dies) after step 2 and resumed with --resume on 2
   ranks, the job ends with the uninterrupted run's weights, bit for bit, with zero_stage 0 and 2
   (each rank's share of the AdamW state in its own file);
+- with bf16 compute and zero_stage 1 and 2 (each rank keeping only its own share of the fp32
+  master weights) 2 ranks again equal 1 rank, within 1e-6, and a killed zero_stage 2 bf16 job
+  resumes to the same weights;
+- dapo with dynamic sampling on 2 ranks keeps the same groups per step and ends at the same
+  weights as 1 rank (within 1e-5: the ranks' mini-batches differ from the single rank's; refills
+  happen);
 - a zero_stage 2 checkpoint is refused by a job with another zero_stage, naming both;
 - rank 1 killed (SIGKILL) mid-run: the job ends at once with an error naming rank 1, no rank left;
 - per_step_prompts that does not split over the ranks is refused, naming the key."""
@@ -122,9 +128,46 @@ for loss in ("grpo", "dapo"):
     check(same and varied, f"{loss}, zero_stage {zero}: per-step loss/reward/kl/grad_norm equal; rewards "
                            f"{[round(m['reward'], 3) for m in m1]}, std {[round(m['reward_std'], 3) for m in m1]}")
 
+# bf16 compute: with zero_stage 1 and 2 each rank keeps only its own tensors' fp32 master weights
+# (and with 2 its own fp32 gradients, reduced after every mini-batch); the update is still the
+# single rank's.
+one = os.path.join(a.workdir, "bf16_1rank")
+train(a.grpo, recipe("bf16", "bf16: true\n", base=base), one)
+for zero in (1, 2):
+  two = os.path.join(a.workdir, f"bf16_zero{zero}_2ranks")
+  launch(["train", recipe(f"bf16_zero{zero}", f"bf16: true\nzero_stage: {zero}\n", base=base), "--output", two])
+  w1, w2, w0 = weights(one + "/checkpoint-3"), weights(two + "/checkpoint-3"), weights(base)
+  d, moved = max_diff(w1, w2), max_diff(w1, w0)
+  with open(two + "/train.log") as f:
+    line = next((l.strip() for l in f if "master weights" in l), "")
+  held = [float(x) for x in line.split("(this rank: ")[-1].split(" GB")[0].split(" of ")] if "this rank" in line else [1, 1]
+  check(d <= 1e-6 and moved > 1e-4 and held[0] < 0.75 * held[1],
+        f"bf16, zero_stage {zero}: 2 ranks vs 1 rank: max |fp32 weight diff| {d:.2e} (moved {moved:.2e}); rank 0 holds "
+        f"{held[0]} of {held[1]} GB of fp32 master weights")
+
+# Dynamic sampling (DAPO): the ranks agree on which groups the step keeps and on when to stop
+# refilling, so the kept groups are the single rank's (a rank may hold more or fewer than half).
+dyn = "loss_type: dapo\ndynamic_sampling: true\nmax_num_gen_batches: 4\n"
+one = os.path.join(a.workdir, "dyn_1rank")
+train(a.grpo, recipe("dyn", dyn, base=base), one)
+two = os.path.join(a.workdir, "dyn_2ranks")
+launch(["train", recipe("dyn2", dyn + "zero_stage: 2\n", base=base), "--output", two])
+d, moved = max_diff(weights(one + "/checkpoint-3"), weights(two + "/checkpoint-3")), max_diff(weights(one + "/checkpoint-3"), weights(base))
+m1 = [m for m in metrics(one + "/metrics.jsonl") if "loss" in m]
+m2 = [m for m in metrics(two + "/metrics.jsonl") if "loss" in m]
+shape = lambda ms: [(m["gen_batches"], m["kept_groups"]) for m in ms]
+refilled = any(g > 1 for g, _ in shape(m1))
+# The kept groups split unevenly over the ranks, so their mini-batches are not the single rank's:
+# rounding differs, and AdamW's normalised step turns that into up to ~1e-6 on tensors whose
+# gradient is near zero. A wrong choice of groups moves weights by ~lr (1e-3).
+check(d <= 1e-5 and moved > 1e-4 and shape(m1) == shape(m2) and refilled,
+      f"dynamic sampling on 2 ranks: max |weight diff| {d:.2e} against 1 rank (moved {moved:.2e}); (rollout batches, "
+      f"kept groups) per step {shape(m2)} vs 1 rank {shape(m1)}")
+
 # Resume after SIGKILL of the whole job.
-for zero in (0, 2):
-  rec = recipe(f"resume{zero}", f"zero_stage: {zero}\n", max_steps=4, save_every=1, base=base)
+for zero in (0, 2, "2bf16"):
+  extra = "zero_stage: 2\nbf16: true\n" if zero == "2bf16" else f"zero_stage: {zero}\n"
+  rec = recipe(f"resume{zero}", extra, max_steps=4, save_every=1, base=base)
   full = os.path.join(a.workdir, f"resume{zero}_full")
   launch(["train", rec, "--output", full])
   part = os.path.join(a.workdir, f"resume{zero}_killed")

@@ -1,0 +1,98 @@
+// The GRPO stage's trainer, private to trainer/: one class whose parts live in four files,
+//   grpo_trainer.cpp     set-up, the step loop, checkpoints and resume, the reference, data-parallel agreement;
+//   grpo_warm_start.cpp  the supervised warm start and the held-out evaluation;
+//   grpo_rollout.cpp     a step's samples: rollout, rewards, group advantages, dynamic sampling;
+//   grpo_update.cpp      the policy update: mini-batches, the GRPO loss, gradients (across ranks), AdamW.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/optim/adamw.h>
+
+#include <chrono>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "dist/communicator.h"
+#include "rewards/rpc.h"
+#include "rollout/engine.h"
+#include "trainer/dataset.h"
+#include "trainer/policy.h"
+#include "trainer/prompt_format.h"
+#include "trainer/recipe.h"
+#include "trainer/run_log.h"
+#include "trainer/run_state.h"
+#include "trainer/step_metrics.h"
+
+namespace grpo::trainer {
+
+using Clock = std::chrono::steady_clock;
+
+struct Stopped {};  // thrown after the checkpoint of a stop request is saved; run_grpo_stage returns false
+
+inline double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Pads per-sequence vectors (1-D tensors) into (B, T) and a mask.
+std::pair<at::Tensor, at::Tensor> pad(const std::vector<at::Tensor>& rows, int64_t T, at::ScalarType dtype);
+
+class GrpoTrainer {
+ public:
+  GrpoTrainer(const StageSettings& s, const std::string& recipe_path, const std::string& out, bool resume);
+  void run();
+
+ private:
+  std::shared_ptr<model::CausalLM> base_model(at::ScalarType dtype) const;  // the policy before any training
+  void resume();
+  void save(const std::string& name);
+  void build_reference();
+  void warm_start();
+  EvalResult evaluate();
+  RolloutBatch sample(int64_t step);
+  UpdateStats update(const RolloutBatch& b);
+  double learning_rate(int64_t step) const;
+  std::vector<rewards::RewardResult> score(const std::vector<rewards::RewardItem>& items, const std::string& what);
+  void accumulate_gradients();
+  void sync_policy();
+  std::vector<int64_t> encode(const std::string& s, bool special) const;
+  rollout::Request request(const Example& ex, int64_t index) const;
+  rewards::RewardItem reward_item(const Example& ex, const rollout::Completion& c) const;
+  // Data parallelism (several ranks): rank 0 logs, evaluates and writes checkpoints; every rank
+  // rolls out its share of the step's prompts and the gradients are summed across ranks.
+  bool main_rank() const { return !comm_ || comm_->is_main(); }
+  // ZeRO (zero_stage 1, 2): each trainable parameter has an owner rank, which holds its AdamW
+  // moments and updates it; the others receive it by broadcast.
+  bool sharded() const { return comm_ && s_.optim.zero_stage > 0; }
+  std::vector<at::Tensor> owned_parameters() const;
+  void shard_master();
+  std::string optimizer_file(const std::string& dir) const;
+  bool stop_everywhere();
+
+  const StageSettings s_;
+  const std::string recipe_path_, out_;
+  const at::Device device_;
+  const at::ScalarType compute_dtype_;
+  Policy pol_;                     // what the members below are taken from
+  std::unique_ptr<PromptFormat> format_;
+  std::string config_text_;        // the policy's config.json
+  std::shared_ptr<model::CausalLM> master_;  // fp32 weights: what the optimizer updates and checkpoints hold
+  std::shared_ptr<model::CausalLM> policy_;  // what computes: master_ itself in fp32, a bf16 copy with bf16
+  std::shared_ptr<model::CausalLM> ref_;     // frozen reference (beta > 0)
+  std::shared_ptr<const text::Tokenizer> tok_;
+  int64_t eos_ = -1;
+  Dataset data_;
+  std::unique_ptr<PromptOrder> order_;
+  std::unique_ptr<rewards::Scorer> scorer_;
+  std::unique_ptr<torch::optim::AdamW> optimizer_, sft_optimizer_;
+  std::mt19937_64 sft_rng_;
+  std::unique_ptr<rollout::Engine> engine_;
+  RunState st_;
+  CheckpointStore store_;
+  std::unique_ptr<RunLog> log_;
+  std::string resumed_from_;
+  std::unique_ptr<dist::Communicator> comm_;  // null in a single-process run
+  std::vector<int> owner_;                     // zero_stage > 0: the owner rank of each trainable parameter
+};
+
+}  // namespace grpo::trainer

@@ -1,0 +1,208 @@
+#include "trainer/grpo_trainer_impl.h"
+
+#include <c10/core/GradMode.h>
+#include <torch/nn/utils/clip_grad.h>
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "model/flops.h"
+#include "trainer/data_parallel.h"
+#include "trainer/grpo_loss.h"
+#include "trainer/moe_balance.h"
+#include "util/error.h"
+#include "util/json.h"
+
+namespace grpo::trainer {
+
+using at::Tensor;
+using json = nlohmann::json;
+using Model = model::CausalLM;
+
+namespace {
+
+// The update's mini-batches [s0, s0 + n): mini_batch_size sequences each, or as many consecutive
+// sequences as fit max_tokens_per_mini_batch once padded (n x the longest prompt + completion among
+// them; at least one), or the whole batch.
+std::vector<std::pair<int64_t, int64_t>> mini_batches(const RolloutBatch& b, const OptimSettings& o) {
+  const int64_t Bn = (int64_t)b.prompts.size();
+  std::vector<std::pair<int64_t, int64_t>> out;
+  if (o.max_tokens_per_mini_batch > 0) {
+    int64_t s0 = 0, longest = 0;
+    for (int64_t i = 0; i < Bn; ++i) {
+      const int64_t len = (int64_t)(b.prompts[i].size() + b.completions[i].size());
+      const int64_t n = i - s0 + 1;
+      if (n > 1 && n * std::max(longest, len) > o.max_tokens_per_mini_batch) {
+        out.emplace_back(s0, i - s0);
+        s0 = i;
+        longest = 0;
+      }
+      longest = std::max(longest, len);
+    }
+    if (s0 < Bn) out.emplace_back(s0, Bn - s0);
+    return out;
+  }
+  const int64_t mb = o.mini_batch_size > 0 ? o.mini_batch_size : std::max<int64_t>(Bn, 1);
+  for (int64_t s0 = 0; s0 < Bn; s0 += mb) out.emplace_back(s0, std::min(mb, Bn - s0));
+  return out;
+}
+
+}  // namespace
+
+// ---- num_iterations optimizer steps on one rollout batch, each over mini-batches whose losses
+// are weighted to add up to the whole batch's loss (tokens for dapo, sequences for grpo and dr_grpo).
+UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
+  UpdateStats u;
+  // With several ranks every rank takes part in every collective below, a rank with nothing to
+  // train on (dynamic sampling kept none of its groups, or its completions are all empty) too; the
+  // step is skipped only when no rank has anything.
+  const bool nothing = comm_ ? comm_->max(b.prompts.empty() ? 0.0 : 1.0) == 0 : b.prompts.empty();
+  if (nothing) return u;
+  const LossConfig& lc = s_.loss;
+  int64_t max_len = 1;
+  for (const auto& c : b.completions) max_len = std::max<int64_t>(max_len, c.size());
+  auto [old_t, mask] = pad(b.old_logp, max_len, at::kFloat);
+  Tensor adv_t = at::tensor(b.advantages, at::kDouble).to(at::kFloat).to(device_);
+  const int64_t Bn = (int64_t)b.prompts.size();
+  const auto chunks = mini_batches(b, s_.optim);
+  // Sequences [s0, s0 + n) of the batch: (prompts, completions).
+  auto mini_batch = [&](int64_t s0, int64_t n) {
+    using Rows = std::vector<std::vector<int64_t>>;
+    return std::make_pair(Rows(b.prompts.begin() + s0, b.prompts.begin() + s0 + n),
+                          Rows(b.completions.begin() + s0, b.completions.begin() + s0 + n));
+  };
+  // Log-probs of the whole batch under `m`, without a graph, in the training mini-batches.
+  auto batch_logprobs = [&](Model& m) {
+    c10::NoGradGuard g;
+    std::vector<Tensor> rows;
+    for (auto [s0, n] : chunks) {
+      const auto [ps, cs] = mini_batch(s0, n);
+      for (auto& t : m.completion_logprobs(ps, cs)) rows.push_back(t);
+    }
+    return pad(rows, max_len, at::kFloat).first;
+  };
+  Tensor ref_t;
+  if (ref_) {
+    ref_t = batch_logprobs(*ref_);
+  } else if (s_.loss.beta > 0 && pol_.has_lora()) {
+    model::AdaptersDisabled base(*policy_);
+    ref_t = batch_logprobs(*policy_);
+  }
+  Tensor rollout_t = old_t;  // the engine's log-probs, for the rollout_logprob_diff metric
+  // The training forward in the same mini-batches as below, so that the first update's ratio is 1.
+  if (s_.rollout.recompute_old_logprobs) old_t = batch_logprobs(*policy_);
+  double forward = 0;  // model FLOPs of one forward over the batch
+  for (int64_t i = 0; i < Bn; ++i) {
+    const int64_t C = (int64_t)b.completions[i].size();
+    forward += model::forward_flops(policy_->config(), (int64_t)b.prompts[i].size() + C - 1, C);
+  }
+  u.model_flops = forward * ((ref_t.defined() ? 1 : 0) + (s_.rollout.recompute_old_logprobs ? 1 : 0) +
+                             3 * s_.optim.num_iterations);
+  const size_t moe_count = moe_layers(*policy_).size();
+  const bool want_routing = moe_count > 0;
+  // Loss normalisers over the global batch: tokens (dapo) and sequences (grpo) of every rank.
+  double total_tokens = mask.sum().item<double>(), total_sequences = (double)Bn;
+  if (comm_) {
+    auto t = comm_->sum({total_tokens, total_sequences});
+    total_tokens = t[0];
+    total_sequences = t[1];
+  }
+  for (int64_t it = 0; it < s_.optim.num_iterations; ++it) {
+    optimizer_->zero_grad();
+    u.loss = u.clip_fraction = u.clip_low = u.clip_high = u.kl = u.aux_loss = u.entropy = 0;  // the last iteration's
+    std::vector<Tensor> loads(moe_count);
+    for (auto [s0, n] : chunks) {
+      const auto [ps, cs] = mini_batch(s0, n);
+      auto out = policy_->completion_forward(ps, cs, {/*entropy=*/true, /*routing=*/want_routing});
+      Tensor logp = pad(out.logprobs, max_len, at::kFloat).first;
+      Tensor cmask = mask.narrow(0, s0, n);
+      auto lo = grpo_loss({logp, old_t.narrow(0, s0, n), ref_t.defined() ? ref_t.narrow(0, s0, n) : Tensor(), cmask,
+                           adv_t.narrow(0, s0, n)},
+                          lc);
+      const double tw = cmask.sum().item<double>() / std::max(1.0, total_tokens);  // this chunk's share of tokens
+      const double w = lc.type == LossType::Dapo ? tw : (double)n / total_sequences;
+      Tensor loss = lo.loss * w;
+      u.loss += lo.loss.item<double>() * w;
+      u.clip_fraction += lo.clip_fraction * tw;
+      u.clip_low += lo.clip_low_fraction * tw;
+      u.clip_high += lo.clip_high_fraction * tw;
+      u.kl += lo.kl * tw;
+      u.entropy += (pad(out.entropy, max_len, at::kFloat).first * cmask).sum().item<double>() / std::max(1.0, total_tokens);
+      if (it == 0) {
+        c10::NoGradGuard g;
+        u.rollout_logprob_diff +=
+            ((logp - rollout_t.narrow(0, s0, n)).abs() * cmask).sum().item<double>() / std::max(1.0, total_tokens);
+      }
+      if (want_routing) {
+        if (out.routing.size() != moe_count) throw Error("MoE routing of an unexpected size in the training forward");
+        Tensor aux;
+        for (size_t l = 0; l < moe_count; ++l) {
+          const auto& r = out.routing[l];
+          if (it == 0) {  // the balancing bias moves once per step, from the load over real tokens
+            Tensor load = expert_load(r.experts, out.token_mask, r.scores.size(1));
+            loads[l] = loads[l].defined() ? loads[l] + load : load;
+          }
+          if (s_.moe.aux_loss_alpha > 0) {
+            Tensor a = sequence_aux_loss(r.scores, r.experts, out.token_mask, s_.moe.aux_loss_alpha);
+            aux = aux.defined() ? aux + a : a;
+          }
+        }
+        if (aux.defined()) {
+          loss = loss + aux * ((double)n / total_sequences);
+          u.aux_loss += aux.item<double>() * n / total_sequences;
+        }
+      }
+      loss.backward();
+      if (pol_.master_sharded() && s_.optim.zero_stage == 2) {  // onto the owners now: no full fp32 gradient here
+        std::vector<Tensor> grads;
+        for (auto& p : policy_->parameters()) grads.push_back(std::exchange(p.mutable_grad(), Tensor()));
+        reduce_into_owner_masters(*comm_, policy_->parameters(), grads, master_->parameters(), owner_);
+      } else {
+        accumulate_gradients();
+      }
+    }
+    if (pol_.master_sharded()) {
+      if (s_.optim.zero_stage == 1)  // the whole batch's fp32 gradients, held here, onto their owners
+        reduce_into_owner_masters(*comm_, policy_->parameters(), pol_.held_grads, master_->parameters(), owner_);
+      u.grad_norm = clip_owned_gradients(*comm_, master_->parameters(), owner_, s_.optim.max_grad_norm);
+    } else if (comm_ && s_.optim.zero_stage == 2) {
+      // each owner holds its parameters' global gradient
+      u.grad_norm = reduce_gradients_to_owners(*comm_, pol_.trainable_parameters(), owner_, s_.optim.max_grad_norm);
+    } else {
+      if (comm_) all_reduce_gradients(*comm_, pol_.trainable_parameters());  // the global batch's gradient everywhere
+      u.grad_norm = torch::nn::utils::clip_grad_norm_(pol_.trainable_parameters(), s_.optim.max_grad_norm);
+    }
+    if (!std::isfinite(u.grad_norm) || !std::isfinite(u.loss))
+      throw Error("step " + std::to_string(st_.step + 1) + ": the " + (std::isfinite(u.loss) ? "gradient norm" : "loss") +
+                  " is not finite (loss " + std::to_string(u.loss) + ", gradient norm " + std::to_string(u.grad_norm) +
+                  "); stopped before the update, so the weights and checkpoints so far are intact (lower learning_rate, "
+                  "or resume from the last checkpoint)");
+    optimizer_->step();
+    // Under LoRA the whole base is frozen, the balancing bias included (checkpoints hold the adapters alone).
+    if (it == 0 && want_routing && comm_) {  // expert loads over every rank's tokens
+      for (auto& l : loads)
+        if (!l.defined()) l = at::zeros({policy_->config().n_routed_experts}, at::TensorOptions(device_).dtype(at::kFloat));
+      comm_->all_reduce_sum(loads);
+    }
+    if (it == 0 && want_routing)
+      u.expert_spread = update_routing_bias(*master_, loads, pol_.has_lora() ? 0.0 : s_.moe.bias_update_speed);
+    if (pol_.master_sharded()) {
+      sync_policy();  // this rank's tensors (and the buffers) rounded into the bf16 copy
+      broadcast_from_owners(*comm_, policy_->parameters(), owner_);  // the others', in bf16, from their owners
+      continue;
+    }
+    if (sharded()) {
+      broadcast_from_owners(*comm_, pol_.trainable_parameters(), owner_);
+      // The optimizer zeroes only its own parameters' gradients: the others' must not carry over.
+      auto params = pol_.trainable_parameters();
+      for (size_t i = 0; i < params.size(); ++i)
+        if (owner_[i] != comm_->rank()) params[i].mutable_grad() = Tensor();
+    }
+    sync_policy();
+  }
+  return u;
+}
+
+
+}  // namespace grpo::trainer
