@@ -178,6 +178,22 @@ void Communicator::broadcast(std::vector<at::Tensor>& tensors, int root) {
   });
 }
 
+std::vector<std::string> Communicator::all_gather(const std::string& mine) {
+  std::vector<double> lengths(world_size(), 0.0);
+  lengths[rank()] = (double)mine.size();
+  lengths = sum(lengths);
+  std::vector<std::string> out(world_size());
+  for (int r = 0; r < world_size(); ++r) {
+    const int64_t n = (int64_t)lengths[r];
+    if (n == 0) continue;
+    std::vector<at::Tensor> t{r == rank() ? at::from_blob(const_cast<char*>(mine.data()), {n}, at::kByte).clone()
+                                          : at::empty({n}, at::kByte)};
+    broadcast(t, r);
+    out[r].assign(reinterpret_cast<const char*>(t[0].data_ptr<uint8_t>()), (size_t)n);
+  }
+  return out;
+}
+
 void Communicator::barrier() {
   std::vector<at::Tensor> t{at::zeros({1})};
   all_reduce_sum(t);  // a collective every rank must reach (on the backend's device)

@@ -51,6 +51,9 @@ class Communicator {
   // Rank `root`'s tensors, copied into every rank's.
   void broadcast(std::vector<at::Tensor>& tensors, int root = 0);
   void barrier();
+  // Every rank's string, in rank order, on every rank (the lengths in one all-reduce, then each
+  // rank's bytes by broadcast).
+  std::vector<std::string> all_gather(const std::string& mine);
 
  private:
   struct Impl;

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <functional>
 
+#include "trainer/train.h"
+
 namespace grpo::trainer {
 
 using at::Tensor;
@@ -269,6 +271,38 @@ void broadcast_from_owners(dist::Communicator& comm, const std::vector<Tensor>& 
       if (owner[i] == r) owned.push_back(params[i]);
     if (!owned.empty()) through_flat_buffer(owned, [&](std::vector<Tensor>& buf) { comm.broadcast(buf, r); });
   }
+}
+
+std::pair<int64_t, int64_t> StageRanks::share(int64_t count) const {
+  const int64_t per = (count + world() - 1) / world(), r = comm_ ? comm_->rank() : 0;
+  return {std::min(count, r * per), std::min(count, (r + 1) * per)};
+}
+
+void StageRanks::all_reduce_gradients(const std::vector<Tensor>& params) const {
+  if (comm_) trainer::all_reduce_gradients(*comm_, params);
+}
+
+void StageRanks::broadcast_from_main(std::vector<Tensor> tensors) const {
+  if (!comm_) return;
+  c10::NoGradGuard g;
+  comm_->broadcast(tensors, 0);
+}
+
+void StageRanks::agree_on_stop() const {
+  if (comm_ && comm_->max(stop_requested() ? 1.0 : 0.0) > 0) request_stop();
+}
+
+void StageRanks::on_main(const std::function<void()>& write) const {
+  if (!comm_) return write();
+  if (comm_->is_main()) {
+    try {
+      write();
+    } catch (...) {
+      comm_->barrier();
+      throw;
+    }
+  }
+  comm_->barrier();
 }
 
 }  // namespace grpo::trainer

@@ -6,6 +6,8 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
+#include <utility>
 #include <vector>
 
 #include "dist/communicator.h"
@@ -53,5 +55,29 @@ void broadcast_from_owners(dist::Communicator& comm, const std::vector<at::Tenso
 // update's (each rank holds its share of global means, so they add up).
 void reduce_batch(dist::Communicator& comm, RolloutBatch& b);
 void reduce_update(dist::Communicator& comm, UpdateStats& u);
+
+// What a supervised stage (sft, distill, reward_model) needs from the job's ranks; every call is
+// also right on one rank (a null communicator). Each step's examples are split over the ranks in
+// order, sums of the step's figures and gradients go over every rank, and rank 0 writes.
+class StageRanks {
+ public:
+  explicit StageRanks(dist::Communicator* comm) : comm_(comm) {}
+  bool main() const { return !comm_ || comm_->is_main(); }
+  int world() const { return comm_ ? comm_->world_size() : 1; }
+  dist::Communicator* comm() const { return comm_; }
+  // This rank's share [first, last) of `count` consecutive items: the r-th of W equal parts.
+  std::pair<int64_t, int64_t> share(int64_t count) const;
+  std::vector<double> sum(const std::vector<double>& values) const { return comm_ ? comm_->sum(values) : values; }
+  void all_reduce_gradients(const std::vector<at::Tensor>& params) const;
+  // Rank 0's tensors into every rank's (the starting weights).
+  void broadcast_from_main(std::vector<at::Tensor> tensors) const;
+  // A stop asked on any rank becomes a stop on every rank, at the same step.
+  void agree_on_stop() const;
+  // Rank 0 runs `write` while the others wait for it to finish.
+  void on_main(const std::function<void()>& write) const;
+
+ private:
+  dist::Communicator* comm_;
+};
 
 }  // namespace grpo::trainer

@@ -75,19 +75,20 @@ bool empty_or_absent(const std::string& dir) { return list_directory(dir).empty(
 
 }  // namespace
 
-GrpoTrainer::GrpoTrainer(const StageSettings& s, const std::string& recipe_path, const std::string& out, bool resume_run)
+GrpoTrainer::GrpoTrainer(const StageSettings& s, const std::string& recipe_path, const std::string& out, bool resume_run,
+                         dist::Communicator* comm)
     : s_(s),
       recipe_path_(recipe_path),
       out_(out),
       device_(s.model.device),
       compute_dtype_(s.model.bf16 ? at::kBFloat16 : at::kFloat),
-      store_(out, s.checkpoint.save_total_limit) {
-  if (auto env = dist::read_dist_env()) {
-    if (s_.rollout.per_step_prompts % env->world_size != 0)
+      store_(out, s.checkpoint.save_total_limit),
+      comm_(comm) {
+  if (comm_) {
+    if (s_.rollout.per_step_prompts % comm_->world_size() != 0)
       throw Error(recipe_path_ + ": key 'per_step_prompts': " + std::to_string(s_.rollout.per_step_prompts) +
-                  " prompts do not split evenly over " + std::to_string(env->world_size) +
+                  " prompts do not split evenly over " + std::to_string(comm_->world_size()) +
                   " ranks (per_step_prompts is the global batch; each rank rolls out an equal share)");
-    comm_ = dist::Communicator::connect(*env, device_);
   }
   if (main_rank() && !resume_run && !empty_or_absent(out_))
     throw Error(out_ + " already holds files of a run: pass --resume to continue it, or choose another --output");
@@ -430,12 +431,10 @@ void GrpoTrainer::run() {
              "; checkpoints, metrics.jsonl and train.log in " + out_);
 }
 
-bool run_grpo_stage(const StageSettings& s, const std::string& recipe_path, const std::string& out_dir, bool resume) {
-  StageSettings stage = s;
-  if (auto env = dist::read_dist_env(); env && stage.model.device == "cuda")
-    stage.model.device = "cuda:" + std::to_string(env->local_rank);  // one GPU per local rank
+bool run_grpo_stage(const StageSettings& s, const std::string& recipe_path, const std::string& out_dir, bool resume,
+                    dist::Communicator* comm) {
   try {
-    GrpoTrainer(stage, recipe_path, out_dir, resume).run();
+    GrpoTrainer(s, recipe_path, out_dir, resume, comm).run();
   } catch (const Stopped&) {
     return false;
   }

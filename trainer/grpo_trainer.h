@@ -7,9 +7,14 @@
 
 #include "trainer/recipe.h"
 
+namespace grpo::dist {
+class Communicator;
+}
+
 namespace grpo::trainer {
 
 // Returns false when a stop was requested (a checkpoint of the last finished step is saved).
-bool run_grpo_stage(const StageSettings& s, const std::string& recipe_path, const std::string& out_dir, bool resume);
+bool run_grpo_stage(const StageSettings& s, const std::string& recipe_path, const std::string& out_dir, bool resume,
+                   dist::Communicator* comm = nullptr);
 
 }  // namespace grpo::trainer

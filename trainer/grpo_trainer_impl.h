@@ -39,7 +39,9 @@ std::pair<at::Tensor, at::Tensor> pad(const std::vector<at::Tensor>& rows, int64
 
 class GrpoTrainer {
  public:
-  GrpoTrainer(const StageSettings& s, const std::string& recipe_path, const std::string& out, bool resume);
+  // `comm`: the job's other ranks (null on one rank).
+  GrpoTrainer(const StageSettings& s, const std::string& recipe_path, const std::string& out, bool resume,
+              dist::Communicator* comm);
   void run();
 
  private:
@@ -91,7 +93,7 @@ class GrpoTrainer {
   CheckpointStore store_;
   std::unique_ptr<RunLog> log_;
   std::string resumed_from_;
-  std::unique_ptr<dist::Communicator> comm_;  // null in a single-process run
+  dist::Communicator* comm_;  // null in a single-process run
   std::vector<int> owner_;                     // zero_stage > 0: the owner rank of each trainable parameter
 };
 

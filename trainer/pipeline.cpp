@@ -11,7 +11,8 @@ namespace grpo::trainer {
 
 using json = nlohmann::json;
 
-Pipeline::Pipeline(std::string out_dir, const Recipe& recipe, bool resume) : path_(out_dir + "/pipeline.json") {
+Pipeline::Pipeline(std::string out_dir, const Recipe& recipe, bool resume, bool writes)
+    : path_(out_dir + "/pipeline.json"), writes_(writes) {
   json stages = json::array();
   for (const auto& s : recipe.stages)
     stages.push_back({{"name", s.name}, {"type", to_string(s.type)}, {"status", "pending"}, {"output", nullptr},
@@ -30,7 +31,7 @@ Pipeline::Pipeline(std::string out_dir, const Recipe& recipe, bool resume) : pat
       if (prev[i].value("status", "") == "done") record_["stages"][i] = prev[i];
     }
   }
-  make_directories(out_dir);
+  if (writes_) make_directories(out_dir);
   write();
 }
 
@@ -57,6 +58,7 @@ void Pipeline::finish(size_t i, const std::string& output, const json& metrics) 
   record_["stages"][i]["output"] = output;
   record_["stages"][i]["metrics"] = metrics;
   write();
+  if (!writes_) return;
   std::string line;
   for (auto& [k, v] : metrics.items()) {
     char buf[64];
@@ -67,7 +69,9 @@ void Pipeline::finish(size_t i, const std::string& output, const json& metrics) 
           line.empty() ? "" : ": ", line.c_str());
 }
 
-void Pipeline::write() const { write_file_atomic(path_, record_.dump(2) + "\n"); }
+void Pipeline::write() const {
+  if (writes_) write_file_atomic(path_, record_.dump(2) + "\n");
+}
 
 json final_metrics(const std::string& stage_dir) {
   json out = json::object();

@@ -18,7 +18,8 @@ class Pipeline {
  public:
   // With `resume`, reads OUT/pipeline.json when there is one; its stages must be the recipe's
   // (same names and types, in order), or the error says which differs.
-  Pipeline(std::string out_dir, const Recipe& recipe, bool resume);
+  // With several ranks each keeps the record and only the main rank (`writes`) writes it.
+  Pipeline(std::string out_dir, const Recipe& recipe, bool resume, bool writes = true);
 
   bool done(size_t stage) const;
   // The final checkpoint of a finished stage; throws naming the stage when it has not finished.
@@ -31,6 +32,7 @@ class Pipeline {
  private:
   void write() const;
   std::string path_;
+  bool writes_ = true;
   nlohmann::json record_;
 };
 

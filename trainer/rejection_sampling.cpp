@@ -11,6 +11,8 @@
 #include "rewards/rpc.h"
 #include "rollout/engine.h"
 #include "rpc/security.h"
+#include "dist/communicator.h"
+#include "trainer/data_parallel.h"
 #include "trainer/dataset.h"
 #include "trainer/policy.h"
 #include "trainer/prompt_format.h"
@@ -32,11 +34,14 @@ using Clock = std::chrono::steady_clock;
 }  // namespace
 
 bool run_rejection_sampling_stage(const StageSettings& s, const std::string& recipe_path, const std::string& out,
-                                  bool resume) {
+                                  bool resume, dist::Communicator* comm) {
   const std::string partial = out + "/data.jsonl.partial", progress_path = out + "/progress.json";
-  if (!resume && !list_directory(out).empty())
+  // Several ranks: each samples and filters its share of every chunk of prompts; the kept samples
+  // and the statistics are gathered in prompt order, and rank 0 writes them.
+  const StageRanks ranks(comm);
+  if (ranks.main() && !resume && !list_directory(out).empty())
     throw Error(out + " already holds files of a run: pass --resume to continue it, or choose another --output");
-  make_directories(out);
+  if (ranks.main()) make_directories(out);
   if (file_exists(out + "/data.jsonl")) return true;  // finished before
   at::NoGradGuard no_grad;
   Policy pol = load_policy(s, recipe_path);
@@ -62,20 +67,22 @@ bool run_rejection_sampling_stage(const StageSettings& s, const std::string& rec
     json p = parse_json(read_file(progress_path), progress_path);
     done = p.at("prompts_done");
     stats = p.at("stats");
-    std::filesystem::resize_file(partial, p.at("bytes").get<int64_t>());  // drops a chunk written after the last record
-  } else {
+    if (ranks.main()) std::filesystem::resize_file(partial, p.at("bytes").get<int64_t>());  // drops a chunk written after the last record
+  } else if (ranks.main()) {
     write_file_atomic(partial, "");
   }
-  RunLog log(out, resume && done > 0 ? done : -1, s.checkpoint.logging_steps);
+  RunLog log(ranks.main() ? out : "", resume && done > 0 ? done : -1, s.checkpoint.logging_steps);
   if (done > 0) log.line(s.name + ": resumed after " + std::to_string(done) + " of " + std::to_string(prompts.size()) + " prompts");
   const int64_t chunk = std::max<int64_t>(1, s.rollout.per_step_prompts), total = (int64_t)prompts.size();
   const auto t0 = Clock::now();
   const int64_t start = done;
   while (done < total) {
     const int64_t n = std::min(chunk, total - done);
+    const auto [first, last] = ranks.share(n);  // this rank's prompts of the chunk
     std::vector<rollout::Request> reqs;
     std::vector<bool> past(n, false);
-    for (int64_t i = 0; i < n; ++i) {
+    std::map<std::string, int64_t> reasons;
+    for (int64_t i = first; i < last; ++i) {
       rollout::Request q;
       q.prompt_index = done + i;  // the random streams follow the prompt, whatever the chunking
       q.prompt_ids = format.prompt_ids(prompts[done + i]);
@@ -87,7 +94,7 @@ bool run_rejection_sampling_stage(const StageSettings& s, const std::string& rec
       q.params.seed = s.optim.seed;
       if ((int64_t)q.prompt_ids.size() >= engine.max_context()) {  // no room to sample: every sample rejected
         past[i] = true;
-        stats["rejected"]["prompt_past_context"] = stats["rejected"].value("prompt_past_context", 0) + s.rejection.num_samples;
+        reasons["prompt_past_context"] += s.rejection.num_samples;
         continue;
       }
       reqs.push_back(std::move(q));
@@ -102,8 +109,9 @@ bool run_rejection_sampling_stage(const StageSettings& s, const std::string& rec
     }
     std::vector<rewards::RewardResult> results = scorer->score(items);
     std::string lines;
-    std::map<std::string, int64_t> reasons;
-    for (int64_t i = 0; i < n; ++i) {
+    json kept_per_prompt = json::object();
+    int64_t kept_here = 0;
+    for (int64_t i = first; i < last; ++i) {
       const Example& ex = prompts[done + i];
       std::vector<Candidate> cands;
       for (size_t k = 0; k < comps.size(); ++k)
@@ -124,21 +132,35 @@ bool run_rejection_sampling_stage(const StageSettings& s, const std::string& rec
                      .dump() +
                  "\n";
       const std::string key = std::to_string(kept.size());
-      stats["kept_per_prompt"][key] = stats["kept_per_prompt"].value(key, 0) + 1;
-      stats["kept"] = stats["kept"].get<int64_t>() + (int64_t)kept.size();
+      kept_per_prompt[key] = kept_per_prompt.value(key, 0) + 1;
+      kept_here += (int64_t)kept.size();
     }
-    for (auto& [why, count] : reasons) stats["rejected"][why] = stats["rejected"].value(why, 0) + count;
+    // Every rank's share of the chunk, in rank (so prompt) order.
+    const std::string mine = json({{"lines", lines}, {"kept_per_prompt", kept_per_prompt}, {"kept", kept_here},
+                                   {"rejected", reasons}}).dump();
+    lines.clear();
+    for (const std::string& part : comm ? comm->all_gather(mine) : std::vector<std::string>{mine}) {
+      const json p = json::parse(part);
+      lines += p.at("lines").get<std::string>();
+      for (auto& [key, count] : p.at("kept_per_prompt").items())
+        stats["kept_per_prompt"][key] = stats["kept_per_prompt"].value(key, 0) + count.get<int64_t>();
+      stats["kept"] = stats["kept"].get<int64_t>() + p.at("kept").get<int64_t>();
+      for (auto& [why, count] : p.at("rejected").items())
+        stats["rejected"][why] = stats["rejected"].value(why, 0) + count.get<int64_t>();
+    }
     stats["prompts"] = stats["prompts"].get<int64_t>() + n;
     stats["samples"] = stats["samples"].get<int64_t>() + n * s.rejection.num_samples;
-    {
-      std::ofstream f(partial, std::ios::app | std::ios::binary);
-      f << lines;
-      f.flush();
-      if (!f) throw Error(partial + ": cannot append the kept samples (disk full?)");
-    }
     done += n;
-    write_file_atomic(progress_path,
-                      json({{"prompts_done", done}, {"bytes", (int64_t)std::filesystem::file_size(partial)}, {"stats", stats}}).dump() + "\n");
+    ranks.on_main([&] {
+      {
+        std::ofstream f(partial, std::ios::app | std::ios::binary);
+        f << lines;
+        f.flush();
+        if (!f) throw Error(partial + ": cannot append the kept samples (disk full?)");
+      }
+      write_file_atomic(progress_path, json({{"prompts_done", done}, {"bytes", (int64_t)std::filesystem::file_size(partial)},
+                                             {"stats", stats}}).dump() + "\n");
+    });
     const double kept_fraction = stats["kept"].get<double>() / std::max<double>(1, stats["samples"].get<double>());
     log.metrics({{"step", done}, {"kept", stats["kept"]}, {"samples", stats["samples"]}, {"kept_fraction", kept_fraction}}, done);
     const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -148,13 +170,16 @@ bool run_rejection_sampling_stage(const StageSettings& s, const std::string& rec
              (long long)stats["samples"].get<int64_t>(), 100 * kept_fraction, format_duration(elapsed).c_str(),
              format_duration(elapsed / (done - start) * (total - done)).c_str());
     log.progress(buf, done);
+    ranks.agree_on_stop();
     if (stop_requested() && done < total) {
       log.line("stopped after " + std::to_string(done) + " prompts; continue with --resume");
       return false;
     }
   }
-  write_file_atomic(out + "/stats.json", stats.dump(2) + "\n");
-  std::filesystem::rename(partial, out + "/data.jsonl");
+  ranks.on_main([&] {
+    write_file_atomic(out + "/stats.json", stats.dump(2) + "\n");
+    std::filesystem::rename(partial, out + "/data.jsonl");
+  });
   log.line(s.name + " done: kept " + std::to_string(stats["kept"].get<int64_t>()) + " of " +
            std::to_string(stats["samples"].get<int64_t>()) + " samples from " + std::to_string(total) +
            " prompts; rejected " + stats["rejected"].dump() + "; " + out + "/data.jsonl");

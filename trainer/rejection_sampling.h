@@ -11,10 +11,15 @@
 
 #include "trainer/recipe.h"
 
+namespace grpo::dist {
+class Communicator;
+}
+
 namespace grpo::trainer {
 
 // Returns false when a stop was requested (the chunks done so far are kept for --resume).
+// With several ranks each samples its share of every chunk of prompts and rank 0 writes the files.
 bool run_rejection_sampling_stage(const StageSettings& s, const std::string& recipe_path, const std::string& out_dir,
-                                  bool resume);
+                                  bool resume, dist::Communicator* comm = nullptr);
 
 }  // namespace grpo::trainer

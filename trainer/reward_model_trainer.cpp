@@ -11,6 +11,7 @@
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 #include "model/reward_model.h"
+#include "trainer/data_parallel.h"
 #include "trainer/policy.h"
 #include "trainer/preferences.h"
 #include "trainer/prompt_format.h"
@@ -19,6 +20,7 @@
 #include "trainer/train.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/json.h"
 
 namespace grpo::trainer {
 namespace {
@@ -35,7 +37,8 @@ struct TokenPair {
 
 class RewardModelStage {
  public:
-  RewardModelStage(const StageSettings& s, const std::string& recipe_path, const std::string& out, bool resume);
+  RewardModelStage(const StageSettings& s, const std::string& recipe_path, const std::string& out, bool resume,
+                   dist::Communicator* comm);
   bool run();
 
  private:
@@ -58,14 +61,17 @@ class RewardModelStage {
   CheckpointStore store_;
   std::unique_ptr<RunLog> log_;
   std::string resumed_from_;
+  // Several ranks (data parallel): each step's pairs split over the ranks, the loss a mean over
+  // every rank's pairs, gradients summed before clipping; rank 0 logs and writes checkpoints.
+  StageRanks ranks_;
 };
 
 RewardModelStage::RewardModelStage(const StageSettings& s, const std::string& recipe_path, const std::string& out,
-                                   bool resume_run)
-    : s_(s), recipe_path_(recipe_path), out_(out), store_(out, s.checkpoint.save_total_limit) {
-  if (!resume_run && !list_directory(out_).empty())
+                                   bool resume_run, dist::Communicator* comm)
+    : s_(s), recipe_path_(recipe_path), out_(out), store_(out, s.checkpoint.save_total_limit), ranks_(comm) {
+  if (ranks_.main() && !resume_run && !list_directory(out_).empty())
     throw Error(out_ + " already holds files of a run: pass --resume to continue it, or choose another --output");
-  make_directories(out_);
+  if (ranks_.main()) make_directories(out_);
   torch::manual_seed(s_.optim.seed);
   pol_ = load_policy(s_, recipe_path_, /*without_lm_head=*/true);
   pad_ = model::reward_pad_token_id(pol_.config_text, pol_.master->config());
@@ -82,10 +88,12 @@ RewardModelStage::RewardModelStage(const StageSettings& s, const std::string& re
   train_ = tokenise(data.train, &skipped);
   eval_ = tokenise(data.eval, &skipped);
   if (train_.empty()) throw Error(recipe_path_ + ": stage '" + s_.name + "': no preference pair fits max_length");
-  fprintf(stderr, "grpo train: %s: %zu training and %zu held-out preference pairs%s\n", s_.name.c_str(), train_.size(),
+  if (ranks_.main())
+    fprintf(stderr, "grpo train: %s: %zu training and %zu held-out preference pairs%s\n", s_.name.c_str(), train_.size(),
           eval_.size(), skipped ? (", " + std::to_string(skipped) + " longer than max_length skipped").c_str() : "");
   order_ = std::make_unique<PromptOrder>(train_.size(), s_.data.shuffle, s_.data.data_seed);
-  const int64_t B = s_.sft.per_device_train_batch_size, positions = (int64_t)train_.size() * s_.sft.num_train_epochs;
+  // per_device_train_batch_size pairs per rank and step.
+  const int64_t B = s_.sft.per_device_train_batch_size * ranks_.world(), positions = (int64_t)train_.size() * s_.sft.num_train_epochs;
   total_steps_ = (positions + B - 1) / B;
   if (s_.optim.max_steps > 0) total_steps_ = std::min(total_steps_, s_.optim.max_steps);
 
@@ -94,8 +102,11 @@ RewardModelStage::RewardModelStage(const StageSettings& s, const std::string& re
   optimizer_ = std::make_unique<torch::optim::AdamW>(
       params, torch::optim::AdamWOptions(s_.optim.learning_rate).weight_decay(s_.optim.weight_decay).betas({0.9, 0.999}));
   if (resume_run) resume();
+  std::vector<Tensor> start = params;  // every rank starts from rank 0's weights
+  for (auto& t : pol_.master->buffers()) start.push_back(t);
+  ranks_.broadcast_from_main(start);
   pol_.sync();
-  log_ = std::make_unique<RunLog>(out_, resumed_from_.empty() ? -1 : st_.step, s_.checkpoint.logging_steps);
+  log_ = std::make_unique<RunLog>(ranks_.main() ? out_ : "", resumed_from_.empty() ? -1 : st_.step, s_.checkpoint.logging_steps);
   if (!resumed_from_.empty()) log_->line("resumed from " + resumed_from_ + " (step " + std::to_string(st_.step) + ")");
 }
 
@@ -137,21 +148,26 @@ json RewardModelStage::evaluate(const std::vector<TokenPair>& pairs) {
   at::NoGradGuard g;
   double loss = 0, right = 0, margin = 0;
   const size_t B = (size_t)s_.sft.per_device_train_batch_size;
-  for (size_t i = 0; i < pairs.size(); i += B) {
+  const auto [first, last] = ranks_.share((int64_t)pairs.size());  // each rank its share, summed below
+  for (size_t i = first; i < (size_t)last; i += B) {
     std::vector<const TokenPair*> batch;
-    for (size_t j = i; j < std::min(pairs.size(), i + B); ++j) batch.push_back(&pairs[j]);
+    for (size_t j = i; j < std::min((size_t)last, i + B); ++j) batch.push_back(&pairs[j]);
     auto [c, r] = pair_rewards(*pol_.compute, score_, pad_, batch);
     Tensor d = c - r;
     loss -= at::log_sigmoid(d).sum().item<double>();
     right += d.gt(0).sum().item<double>();
     margin += d.sum().item<double>();
   }
+  const auto v = ranks_.sum({loss, right, margin});
+  loss = v[0];
+  right = v[1];
+  margin = v[2];
   const double n = std::max<double>(1, pairs.size());
   return {{"loss", loss / n}, {"accuracy", right / n}, {"margin", margin / n}};
 }
 
 void RewardModelStage::save() {
-  store_.save("checkpoint-" + std::to_string(st_.step), [&](const std::string& dir) {
+  ranks_.on_main([&] { store_.save("checkpoint-" + std::to_string(st_.step), [&](const std::string& dir) {
     model::save_reward_model(*pol_.master, score_->weight, pol_.config_text, pad_, dir);
     write_hub_files(pol_.hub, dir);
     if (s_.checkpoint.save_bf16) {
@@ -168,8 +184,9 @@ void RewardModelStage::save() {
     j["recipe"] = recipe_path_;
     j["stage_type"] = "reward_model";
     j["total_steps"] = total_steps_;
+    j["world_size"] = ranks_.world();  // the ranks split each step's pairs: resume with as many
     write_file_atomic(dir + "/trainer_state.json", j.dump(2) + "\n");
-  });
+  }); });
 }
 
 void RewardModelStage::resume() {
@@ -186,11 +203,15 @@ void RewardModelStage::resume() {
     score_->weight.copy_(saved.score->weight);
   }
   st_ = read_run_state(dir + "/trainer_state.json");
+  const int64_t w = parse_json(read_file(dir + "/trainer_state.json"), dir + "/trainer_state.json").value("world_size", int64_t(1));
+  if (w != ranks_.world())
+    throw Error(dir + ": written by " + std::to_string(w) + " rank(s); resume it with the same number (this job: " +
+                std::to_string(ranks_.world()) + ")");
   torch::load(*optimizer_, dir + "/optimizer.pt");
 }
 
 bool RewardModelStage::run() {
-  const int64_t B = s_.sft.per_device_train_batch_size, total_positions = (int64_t)train_.size() * s_.sft.num_train_epochs;
+  const int64_t B = s_.sft.per_device_train_batch_size * ranks_.world(), total_positions = (int64_t)train_.size() * s_.sft.num_train_epochs;
   if (st_.step == 0 && resumed_from_.empty() && !eval_.empty()) {
     json e = evaluate(eval_);
     log_->line(s_.name + ": eval_accuracy " + std::to_string(e["accuracy"].get<double>()) + " before training");
@@ -202,27 +223,35 @@ bool RewardModelStage::run() {
     const int64_t step = st_.step + 1;
     const double lr = scheduled_learning_rate(s_.optim, step, total_steps_);
     for (auto& g : optimizer_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    const int64_t p0 = st_.step * B, p1 = std::min(total_positions, step * B);
+    const auto [first, last] = ranks_.share(p1 - p0);  // this rank's pairs of the step
     std::vector<const TokenPair*> pairs;
-    for (int64_t p = st_.step * B; p < std::min(total_positions, step * B); ++p) pairs.push_back(&train_[order_->at(p)]);
-    const int64_t mb = s_.optim.mini_batch_size > 0 ? s_.optim.mini_batch_size : (int64_t)pairs.size();
+    for (int64_t p = p0 + first; p < p0 + last; ++p) pairs.push_back(&train_[order_->at(p)]);
+    const double step_pairs = (double)(p1 - p0);  // over every rank
+    const int64_t mb = s_.optim.mini_batch_size > 0 ? s_.optim.mini_batch_size : std::max<int64_t>(1, (int64_t)pairs.size());
     const auto t0 = Clock::now();
     optimizer_->zero_grad();
-    double loss = 0, right = 0, margin = 0;
-    int64_t tokens = 0;
+    double loss = 0, right = 0, margin = 0, tokens = 0;
     for (size_t i = 0; i < pairs.size(); i += mb) {
       std::vector<const TokenPair*> part(pairs.begin() + i, pairs.begin() + std::min(pairs.size(), i + (size_t)mb));
       auto [c, r] = pair_rewards(*pol_.compute, score_, pad_, part);
       Tensor d = c - r;
-      Tensor l = -at::log_sigmoid(d).sum() / (double)pairs.size();
+      Tensor l = -at::log_sigmoid(d).sum() / step_pairs;
       l.backward();
       pol_.accumulate_gradients();
       loss += l.item<double>();
       right += d.gt(0).sum().item<double>();
       margin += d.sum().item<double>();
-      for (const auto* p : part) tokens += (int64_t)(p->chosen.size() + p->rejected.size());
+      for (const auto* p : part) tokens += (double)(p->chosen.size() + p->rejected.size());
     }
     std::vector<Tensor> params = pol_.master->parameters();
     params.push_back(score_->weight);
+    ranks_.all_reduce_gradients(params);
+    const auto v = ranks_.sum({loss, right, margin, tokens});
+    loss = v[0];
+    right = v[1];
+    margin = v[2];
+    tokens = v[3];
     const double norm = torch::nn::utils::clip_grad_norm_(params, s_.optim.max_grad_norm);
     if (!std::isfinite(norm) || !std::isfinite(loss))
       throw Error(s_.name + " step " + std::to_string(step) + ": the loss (" + std::to_string(loss) +
@@ -232,11 +261,11 @@ bool RewardModelStage::run() {
     const double t_step = seconds_since(t0);
     st_.step = step;
     st_.position = std::min(total_positions, step * B);
-    st_.num_tokens += tokens;
+    st_.num_tokens += (int64_t)tokens;
     json m = {{"step", step},
               {"loss", loss},
-              {"accuracy", right / pairs.size()},
-              {"margin", margin / pairs.size()},
+              {"accuracy", right / step_pairs},
+              {"margin", margin / step_pairs},
               {"learning_rate", lr},
               {"grad_norm", norm},
               {"epoch", (double)st_.position / train_.size()},
@@ -259,6 +288,7 @@ bool RewardModelStage::run() {
     if (m.contains("eval_accuracy"))
       log_->line(s_.name + " step " + std::to_string(step) + ": eval_accuracy " + std::to_string(m["eval_accuracy"].get<double>()) +
                  ", eval_loss " + std::to_string(m["eval_loss"].get<double>()));
+    ranks_.agree_on_stop();
     if (!checkpoint_or_stop(step, total_steps_, s_.checkpoint.save_every, s_.name + " step ", *log_, [&] { save(); }))
       return false;
   }
@@ -269,8 +299,9 @@ bool RewardModelStage::run() {
 
 }  // namespace
 
-bool run_reward_model_stage(const StageSettings& s, const std::string& recipe_path, const std::string& out_dir, bool resume) {
-  return RewardModelStage(s, recipe_path, out_dir, resume).run();
+bool run_reward_model_stage(const StageSettings& s, const std::string& recipe_path, const std::string& out_dir, bool resume,
+                            dist::Communicator* comm) {
+  return RewardModelStage(s, recipe_path, out_dir, resume, comm).run();
 }
 
 }  // namespace grpo::trainer

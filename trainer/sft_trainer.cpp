@@ -8,7 +8,9 @@
 #include <chrono>
 #include <cmath>
 
+#include "dist/communicator.h"
 #include "model/checkpoint.h"
+#include "trainer/data_parallel.h"
 #include "trainer/dataset.h"
 #include "trainer/packing.h"
 #include "trainer/policy.h"
@@ -18,6 +20,7 @@
 #include "trainer/run_state.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/json.h"
 
 namespace grpo::trainer {
 
@@ -62,10 +65,12 @@ Batch make_batch(const std::vector<const PackedRow*>& rows) {
 
 class SftStage {
  public:
-  SftStage(const StageSettings& s, const std::string& recipe_path, const std::string& out, bool resume);
+  SftStage(const StageSettings& s, const std::string& recipe_path, const std::string& out, bool resume,
+           dist::Communicator* comm);
   bool run();
 
  private:
+
   std::vector<SftSequence> tokenise(const std::vector<Example>& examples) const;
   double eval_loss();
   void save();
@@ -82,13 +87,18 @@ class SftStage {
   CheckpointStore store_;
   std::unique_ptr<RunLog> log_;
   std::string resumed_from_;
+  // Several ranks (data parallel): each step's rows split over the ranks in order, the loss
+  // normalised by the step's trained tokens over every rank, gradients summed before clipping;
+  // rank 0 logs and writes checkpoints.
+  StageRanks ranks_;
 };
 
-SftStage::SftStage(const StageSettings& s, const std::string& recipe_path, const std::string& out, bool resume_run)
-    : s_(s), recipe_path_(recipe_path), out_(out), store_(out, s.checkpoint.save_total_limit) {
-  if (!resume_run && !list_directory(out_).empty())
+SftStage::SftStage(const StageSettings& s, const std::string& recipe_path, const std::string& out, bool resume_run,
+                   dist::Communicator* comm)
+    : s_(s), recipe_path_(recipe_path), out_(out), store_(out, s.checkpoint.save_total_limit), ranks_(comm) {
+  if (ranks_.main() && !resume_run && !list_directory(out_).empty())
     throw Error(out_ + " already holds files of a run: pass --resume to continue it, or choose another --output");
-  make_directories(out_);
+  if (ranks_.main()) make_directories(out_);
   torch::manual_seed(s_.optim.seed);
   pol_ = load_policy(s_, recipe_path_);
 
@@ -101,13 +111,15 @@ SftStage::SftStage(const StageSettings& s, const std::string& recipe_path, const
   eval_rows_ = pack_sequences(tokenise(data.eval), s_.sft.max_length, s_.sft.packing).rows;
   int64_t tokens = 0;
   for (const auto& r : rows_) tokens += r.length();
-  fprintf(stderr, "grpo train: %s: %zu examples in %zu rows of at most %lld tokens (%.0f%% filled)%s%s\n", s_.name.c_str(),
+  if (ranks_.main())
+    fprintf(stderr, "grpo train: %s: %zu examples in %zu rows of at most %lld tokens (%.0f%% filled)%s%s\n", s_.name.c_str(),
           data.train.size(), rows_.size(), (long long)s_.sft.max_length,
           100.0 * tokens / ((double)rows_.size() * s_.sft.max_length),
           train.truncated ? (", " + std::to_string(train.truncated) + " truncated").c_str() : "",
           train.dropped ? (", " + std::to_string(train.dropped) + " with nothing to learn skipped").c_str() : "");
   order_ = std::make_unique<PromptOrder>(rows_.size(), s_.data.shuffle, s_.data.data_seed);
-  const int64_t B = s_.sft.per_device_train_batch_size, positions = (int64_t)rows_.size() * s_.sft.num_train_epochs;
+  // per_device_train_batch_size rows per rank and step, so W ranks take W times as many per step.
+  const int64_t B = s_.sft.per_device_train_batch_size * ranks_.world(), positions = (int64_t)rows_.size() * s_.sft.num_train_epochs;
   total_steps_ = (positions + B - 1) / B;
   if (s_.optim.max_steps > 0) total_steps_ = std::min(total_steps_, s_.optim.max_steps);
 
@@ -115,8 +127,11 @@ SftStage::SftStage(const StageSettings& s, const std::string& recipe_path, const
       pol_.trainable_parameters(),
       torch::optim::AdamWOptions(s_.optim.learning_rate).weight_decay(s_.optim.weight_decay).betas({0.9, 0.999}));
   if (resume_run) resume();
+  std::vector<Tensor> start = pol_.master->parameters();  // every rank starts from rank 0's weights
+  for (auto& t : pol_.master->buffers()) start.push_back(t);
+  ranks_.broadcast_from_main(start);
   pol_.sync();
-  log_ = std::make_unique<RunLog>(out_, resumed_from_.empty() ? -1 : st_.step, s_.checkpoint.logging_steps);
+  log_ = std::make_unique<RunLog>(ranks_.main() ? out_ : "", resumed_from_.empty() ? -1 : st_.step, s_.checkpoint.logging_steps);
   if (!resumed_from_.empty()) log_->line("resumed from " + resumed_from_ + " (step " + std::to_string(st_.step) + ")");
 }
 
@@ -124,7 +139,7 @@ std::vector<SftSequence> SftStage::tokenise(const std::vector<Example>& examples
   std::vector<SftSequence> out;
   PromptFormat format(s_.data, pol_);
   for (const auto& ex : examples) out.push_back(format.sft_sequence(ex));
-  if (format.final_turn_only())
+  if (format.final_turn_only() && ranks_.main())
     fprintf(stderr, "grpo train: %s: the chat template rewrites earlier turns, so each conversation trains its final "
             "reply only\n", s_.name.c_str());
   return out;
@@ -134,30 +149,34 @@ std::vector<SftSequence> SftStage::tokenise(const std::vector<Example>& examples
 double SftStage::eval_loss() {
   if (eval_rows_.empty()) return std::nan("");
   at::NoGradGuard g;
-  double total = 0;
-  int64_t n = 0;
-  const int64_t B = s_.sft.per_device_train_batch_size;
-  for (size_t i = 0; i < eval_rows_.size(); i += B) {
+  double total = 0, n = 0;
+  const size_t B = (size_t)s_.sft.per_device_train_batch_size;
+  const auto [first, last] = ranks_.share((int64_t)eval_rows_.size());  // each rank its share of the rows
+  for (size_t i = first; i < (size_t)last; i += B) {
     std::vector<const PackedRow*> rows;
-    for (size_t j = i; j < std::min(eval_rows_.size(), i + B); ++j) rows.push_back(&eval_rows_[j]);
+    for (size_t j = i; j < std::min((size_t)last, i + B); ++j) rows.push_back(&eval_rows_[j]);
     Batch b = make_batch(rows);
     Tensor lp = pol_.compute->packed_target_logprobs(b.ids, b.segments, b.positions, b.targets);
     total -= lp.sum().item<double>();
     n += lp.numel();
   }
-  return n ? total / n : std::nan("");
+  const auto v = ranks_.sum({total, n});
+  total = v[0];
+  n = v[1];
+  return n > 0 ? total / n : std::nan("");
 }
 
 void SftStage::save() {
-  store_.save("checkpoint-" + std::to_string(st_.step), [&](const std::string& dir) {
+  ranks_.on_main([&] { store_.save("checkpoint-" + std::to_string(st_.step), [&](const std::string& dir) {
     pol_.save_weights(dir, s_.checkpoint.save_bf16);
     torch::save(*optimizer_, dir + "/optimizer.pt");
     json j = to_json(st_);
     j["recipe"] = recipe_path_;
     j["stage_type"] = "sft";
     j["total_steps"] = total_steps_;
+    j["world_size"] = ranks_.world();  // the ranks split each step's rows: resume with as many
     write_file_atomic(dir + "/trainer_state.json", j.dump(2) + "\n");
-  });
+  }); });
 }
 
 void SftStage::resume() {
@@ -170,11 +189,15 @@ void SftStage::resume() {
   auto saved = model::load_model(dir, {at::kFloat, at::kCPU});
   model::copy_weights(*pol_.master, *saved);
   st_ = read_run_state(dir + "/trainer_state.json");
+  const int64_t w = parse_json(read_file(dir + "/trainer_state.json"), dir + "/trainer_state.json").value("world_size", int64_t(1));
+  if (w != ranks_.world())
+    throw Error(dir + ": written by " + std::to_string(w) + " rank(s); resume it with the same number (this job: " +
+                std::to_string(ranks_.world()) + ")");
   torch::load(*optimizer_, dir + "/optimizer.pt");
 }
 
 bool SftStage::run() {
-  const int64_t B = s_.sft.per_device_train_batch_size, total_positions = (int64_t)rows_.size() * s_.sft.num_train_epochs;
+  const int64_t B = s_.sft.per_device_train_batch_size * ranks_.world(), total_positions = (int64_t)rows_.size() * s_.sft.num_train_epochs;
   if (st_.step == 0 && resumed_from_.empty()) {
     const double e = eval_loss();
     if (!std::isnan(e)) {
@@ -188,27 +211,35 @@ bool SftStage::run() {
     const int64_t step = st_.step + 1;
     const double lr = scheduled_learning_rate(s_.optim, step, total_steps_);
     for (auto& g : optimizer_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    // The step's rows, this rank's share of them: with W ranks, rank r takes the r-th of W equal parts.
+    const int64_t p0 = st_.step * B, p1 = std::min(total_positions, step * B);
+    const auto [first, last] = ranks_.share(p1 - p0);
     std::vector<const PackedRow*> rows;
-    for (int64_t p = st_.step * B; p < std::min(total_positions, step * B); ++p) rows.push_back(&rows_[order_->at(p)]);
+    for (int64_t p = p0 + first; p < p0 + last; ++p) rows.push_back(&rows_[order_->at(p)]);
     // Micro-batches of mini_batch_size rows; the loss is the mean over every trained token of the step.
-    const int64_t mb = s_.optim.mini_batch_size > 0 ? s_.optim.mini_batch_size : (int64_t)rows.size();
-    int64_t targets = 0, tokens = 0;
+    const int64_t mb = s_.optim.mini_batch_size > 0 ? s_.optim.mini_batch_size : std::max<int64_t>(1, (int64_t)rows.size());
+    double targets = 0, tokens = 0;
     std::vector<Batch> batches;
     for (size_t i = 0; i < rows.size(); i += mb) {
       batches.push_back(make_batch({rows.begin() + i, rows.begin() + std::min(rows.size(), i + (size_t)mb)}));
       targets += batches.back().targets_count;
       tokens += batches.back().tokens;
     }
+    const auto v = ranks_.sum({targets, tokens});  // over every rank's rows
+    targets = v[0];
+    tokens = v[1];
     const auto t0 = Clock::now();
     optimizer_->zero_grad();
     double loss = 0;
     for (const Batch& b : batches) {
       Tensor lp = pol_.compute->packed_target_logprobs(b.ids, b.segments, b.positions, b.targets);
-      Tensor part = -lp.sum() / (double)std::max<int64_t>(1, targets);
+      Tensor part = -lp.sum() / std::max(1.0, targets);
       part.backward();
       pol_.accumulate_gradients();
       loss += part.item<double>();
     }
+    ranks_.all_reduce_gradients(pol_.trainable_parameters());
+    loss = ranks_.sum({loss})[0];
     const double norm = torch::nn::utils::clip_grad_norm_(pol_.trainable_parameters(), s_.optim.max_grad_norm);
     if (!std::isfinite(norm) || !std::isfinite(loss))
       throw Error(s_.name + " step " + std::to_string(step) + ": the loss (" + std::to_string(loss) +
@@ -218,7 +249,7 @@ bool SftStage::run() {
     const double t_step = seconds_since(t0);
     st_.step = step;
     st_.position = std::min(total_positions, step * B);
-    st_.num_tokens += tokens;
+    st_.num_tokens += (int64_t)tokens;
 
     json m = {{"step", step},
               {"loss", loss},
@@ -237,6 +268,7 @@ bool SftStage::run() {
              format_duration(seconds_since(t_start)).c_str(), format_duration(per_step * (total_steps_ - step)).c_str());
     log_->progress(buf, step);
     if (m.contains("eval_loss")) log_->line(s_.name + " step " + std::to_string(step) + ": eval_loss " + std::to_string(m["eval_loss"].get<double>()));
+    ranks_.agree_on_stop();
     if (!checkpoint_or_stop(step, total_steps_, s_.checkpoint.save_every, s_.name + " step ", *log_, [&] { save(); }))
       return false;
   }
@@ -247,8 +279,9 @@ bool SftStage::run() {
 
 }  // namespace
 
-bool run_sft_stage(const StageSettings& s, const std::string& recipe_path, const std::string& out_dir, bool resume) {
-  return SftStage(s, recipe_path, out_dir, resume).run();
+bool run_sft_stage(const StageSettings& s, const std::string& recipe_path, const std::string& out_dir, bool resume,
+                   dist::Communicator* comm) {
+  return SftStage(s, recipe_path, out_dir, resume, comm).run();
 }
 
 }  // namespace grpo::trainer

@@ -1,9 +1,10 @@
 #include "trainer/train.h"
 
-#include "dist/communicator.h"
-
 #include <atomic>
 #include <filesystem>
+#include <memory>
+
+#include "dist/communicator.h"
 
 #include "trainer/grpo_trainer.h"
 #include "trainer/pipeline.h"
@@ -21,15 +22,39 @@ namespace {
 
 std::atomic<bool> g_stop{false};
 
-bool run_stage(const StageSettings& s, const std::string& recipe_path, const std::string& dir, bool resume) {
+bool run_stage(const StageSettings& settings, const std::string& recipe_path, const std::string& dir, bool resume,
+               dist::Communicator* comm) {
+  StageSettings s = settings;
+  if (auto env = dist::read_dist_env(); env && s.model.device == "cuda")
+    s.model.device = "cuda:" + std::to_string(env->local_rank);  // one GPU per local rank
+  bool finished = false;
   switch (s.type) {
     case StageType::Sft:
-    case StageType::Distill: return run_sft_stage(s, recipe_path, dir, resume);
-    case StageType::RewardModel: return run_reward_model_stage(s, recipe_path, dir, resume);
-    case StageType::RejectionSampling: return run_rejection_sampling_stage(s, recipe_path, dir, resume);
-    case StageType::Grpo: break;
+    case StageType::Distill: finished = run_sft_stage(s, recipe_path, dir, resume, comm); break;
+    case StageType::RewardModel: finished = run_reward_model_stage(s, recipe_path, dir, resume, comm); break;
+    case StageType::RejectionSampling: finished = run_rejection_sampling_stage(s, recipe_path, dir, resume, comm); break;
+    case StageType::Grpo: finished = run_grpo_stage(s, recipe_path, dir, resume, comm); break;
   }
-  return run_grpo_stage(s, recipe_path, dir, resume);
+  if (comm) comm->barrier();  // the stage's files are all written before any rank reads them
+  return finished;
+}
+
+// With several ranks, one connection for the whole job: NCCL when a stage runs on CUDA (one GPU per
+// local rank), else Gloo.
+std::unique_ptr<dist::Communicator> connect(const Recipe& recipe) {
+  auto env = dist::read_dist_env();
+  if (!env) return nullptr;
+  at::Device device = at::kCPU;
+  for (const auto& s : recipe.stages)
+    if (at::Device(s.model.device).is_cuda()) device = at::Device(at::kCUDA, env->local_rank);
+  return dist::Communicator::connect(*env, device);
+}
+
+// Whether `dir` holds files, as every rank sees it before any of them writes there.
+bool holds_files(const std::string& dir, dist::Communicator* comm) {
+  const bool files = !list_directory(dir).empty();
+  if (comm) comm->barrier();
+  return files;
 }
 
 }  // namespace
@@ -40,17 +65,15 @@ void train(const Recipe& recipe, const TrainOptions& options) {
     std::string stem = std::filesystem::path(recipe.path).stem().string();
     out = "runs/" + (stem.empty() ? std::string("grpo") : stem);
   }
-  if (dist::read_dist_env() && (recipe.stages.size() != 1 || recipe.stages[0].type != StageType::Grpo))
-    throw Error(recipe.path + ": several ranks (WORLD_SIZE > 1) run single-stage grpo recipes; run other stage types "
-                "and multi-stage pipelines on one rank");
+  std::unique_ptr<dist::Communicator> comm = connect(recipe);
   if (recipe.stages.size() == 1) {
-    run_stage(recipe.stages[0], recipe.path, out, options.resume);
+    run_stage(recipe.stages[0], recipe.path, out, options.resume, comm.get());
     return;
   }
   // Several stages: OUT/<stage>/ each, and OUT/pipeline.json with every stage's status and result.
-  if (!options.resume && !list_directory(out).empty())
+  if (!options.resume && holds_files(out, comm.get()))
     throw Error(out + " already holds files of a run: pass --resume to continue it, or choose another --output");
-  Pipeline pipeline(out, recipe, options.resume);
+  Pipeline pipeline(out, recipe, options.resume, !comm || comm->is_main());
   for (size_t i = 0; i < recipe.stages.size(); ++i) {
     if (pipeline.done(i)) continue;
     StageSettings stage = recipe.stages[i];
@@ -78,8 +101,9 @@ void train(const Recipe& recipe, const TrainOptions& options) {
       stage.rewards.options["reward_model"]["path"] = rm;
     }
     const std::string dir = out + "/" + stage.name;
+    const bool resume_stage = options.resume && holds_files(dir, comm.get());
     pipeline.start(i);
-    if (!run_stage(stage, recipe.path, dir, options.resume && !list_directory(dir).empty()) || stop_requested()) return;
+    if (!run_stage(stage, recipe.path, dir, resume_stage, comm.get()) || stop_requested()) return;
     pipeline.finish(i, stage.type == StageType::RejectionSampling ? dir + "/data.jsonl" : CheckpointStore(dir, 0).latest(),
                     final_metrics(dir));
   }

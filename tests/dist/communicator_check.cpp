@@ -44,6 +44,11 @@ int main(int argc, char** argv) {
   std::vector<at::Tensor> b{at::full({3}, (float)r), at::full({5}, (double)r * 2, at::kDouble)};
   comm->broadcast(b, root);
   expect(at::equal(b[0], at::full({3}, (float)root)) && at::equal(b[1], at::full({5}, 2.0 * root, at::kDouble)), "broadcast");
+  // Strings of different lengths (rank 1's empty), in rank order everywhere.
+  auto strings = comm->all_gather(r == 1 ? std::string() : std::string(r + 2, (char)('a' + r)) + std::string("\n\0x", 3));
+  bool same = (int)strings.size() == W;
+  for (int k = 0; same && k < W; ++k) same = strings[k] == (k == 1 ? std::string() : std::string(k + 2, (char)('a' + k)) + std::string("\n\0x", 3));
+  expect(same, "all_gather of strings");
   comm->barrier();
   printf("rank %d of %d (%s): %s\n", r, W, cuda ? "NCCL" : "Gloo", bad ? "FAILED" : "all collectives right");
   return bad ? 1 : 0;

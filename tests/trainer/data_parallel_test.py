@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Data-parallel GRPO over c10d/Gloo on CPU, two ranks under `grpo launch` (fp32, tiny model):
+"""Data-parallel training over c10d/Gloo on CPU, two ranks under `grpo launch` (fp32, tiny model):
 - 2 ranks x 4 prompts give the same weights after 3 steps as 1 rank x 8 prompts, for loss_type grpo
   and dapo and zero_stage 0, 1 and 2 (max |diff| <= 1e-6; the ranks' mini-batches are the single
   rank's, so it is exact), with the same per-step loss, reward and KL in metrics.jsonl (rewards vary
@@ -13,6 +13,9 @@
 - dapo with dynamic sampling on 2 ranks keeps the same groups per step and ends at the same
   weights as 1 rank (within 1e-5: the ranks' mini-batches differ from the single rank's; refills
   happen);
+- a recipe of stages (sft, rejection sampling, sft on its data, reward model, grpo) on 2 ranks
+  with half the per-device batch gives each stage the 1-rank result (weights within 1e-6, the
+  same rejection-sampling data);
 - a zero_stage 2 checkpoint is refused by a job with another zero_stage, naming both;
 - rank 1 killed (SIGKILL) mid-run: the job ends at once with an error naming rank 1, no rank left;
 - per_step_prompts that does not split over the ranks is refused, naming the key."""
@@ -163,6 +166,93 @@ refilled = any(g > 1 for g, _ in shape(m1))
 check(d <= 1e-5 and moved > 1e-4 and shape(m1) == shape(m2) and refilled,
       f"dynamic sampling on 2 ranks: max |weight diff| {d:.2e} against 1 rank (moved {moved:.2e}); (rollout batches, "
       f"kept groups) per step {shape(m2)} vs 1 rank {shape(m1)}")
+
+# A multi-stage recipe on 2 ranks: sft, rejection sampling, sft on its data, a reward model and grpo.
+# per_device_train_batch_size is per rank (2 x 4 rows per step = 1 x 8), per_step_prompts global.
+# Every step is whole (8 rows), so each rank's micro-batch is one of the single rank's.
+def pipeline_recipe(tag, B):
+    path = os.path.join(a.workdir, tag + ".yaml")
+    with open(path, "w") as f:
+        f.write(f"""model_dir: {base}
+tokenizer: builtin:bytes
+task: addition
+task_digits: 1
+train_size: 400
+eval_size: 16
+rewards: math
+sft_steps: 0
+seed: 0
+stages:
+  - name: sft
+    type: sft
+    max_length: 32
+    per_device_train_batch_size: {B}
+    mini_batch_size: 4
+    max_steps: 2
+    learning_rate: 0.001
+    eval_every: 1
+  - name: rs
+    type: rejection_sampling
+    model_dir: stage:sft
+    num_samples: 2
+    max_prompts: 30
+    per_step_prompts: 10
+    max_completion_length: 6
+    temperature: 1.0
+  - name: distill
+    type: sft
+    train_file: stage:rs
+    max_length: 32
+    packing: false
+    per_device_train_batch_size: {B}
+    mini_batch_size: 4
+    max_steps: 2
+    learning_rate: 0.001
+  - name: rm
+    type: reward_model
+    model_dir: stage:sft
+    task: addition_cot
+    train_size: 64
+    max_length: 96
+    per_device_train_batch_size: {B}
+    mini_batch_size: 4
+    max_steps: 4
+    learning_rate: 0.001
+    eval_every: 4
+  - name: rl
+    model_dir: stage:distill
+    per_step_prompts: 8
+    num_generations: 4
+    max_completion_length: 6
+    mini_batch_size: 16
+    recompute_old_logprobs: true
+    max_steps: 2
+    learning_rate: 0.001
+    beta: 0.04
+""")
+    return path
+
+
+one = os.path.join(a.workdir, "pipeline_1rank")
+train(a.grpo, pipeline_recipe("pipeline1", 8), one)
+two = os.path.join(a.workdir, "pipeline_2ranks")
+launch(["train", pipeline_recipe("pipeline2", 4), "--output", two])
+p1, p2 = (json.load(open(os.path.join(d, "pipeline.json"))) for d in (one, two))
+done = all(st["status"] == "done" for st in p2["stages"]) and len(p2["stages"]) == 5
+diffs = {}
+for s1, s2 in zip(p1["stages"], p2["stages"]):
+    if s1["type"] == "rejection_sampling":
+        same = open(s1["output"], "rb").read() == open(s2["output"], "rb").read()
+        diffs[s1["name"]] = "same data" if same else "DIFFERENT data"
+        continue
+    w1, w2 = weights(s1["output"]), weights(s2["output"])
+    diffs[s1["name"]] = max_diff(w1, w2) if w1.keys() == w2.keys() else float("inf")
+kept = json.load(open(os.path.join(two, "rs", "stats.json")))["kept"]
+check(done and diffs.get("rs") == "same data" and kept > 0 and
+      all(isinstance(v, str) or v <= 1e-6 for v in diffs.values()),
+      f"sft, rejection_sampling, sft, reward_model, grpo on 2 ranks vs 1 rank (pipeline.json all done: {done}; "
+      f"{kept} samples kept): max |weight diff| per stage "
+      + ", ".join(f"{k} {v if isinstance(v, str) else f'{v:.1e}'}" for k, v in diffs.items()))
 
 # Resume after SIGKILL of the whole job.
 for zero in (0, 2, "2bf16"):
