@@ -194,6 +194,49 @@ std::vector<std::string> Communicator::all_gather(const std::string& mine) {
   return out;
 }
 
+namespace {
+
+// Starts one collective on `flat` (moved to the backend's device if need be); the returned wait
+// finishes it and copies the result back.
+template <typename Start>
+std::unique_ptr<PendingCollective> start_on_device(const at::Device& device, at::Tensor flat, const char* what, int rank,
+                                                   Start&& start) {
+  at::Tensor moved = flat.device() == device && flat.is_contiguous() ? flat : flat.to(device).contiguous();
+  std::vector<at::Tensor> one{moved};
+  c10::intrusive_ptr<c10d::Work> work;
+  auto fail = [what, rank](const std::exception& e) {
+    return Error(std::string("rank ") + std::to_string(rank) + ": " + what + " across ranks failed (another rank " +
+                 "stopped or timed out?): " + e.what());
+  };
+  try {
+    work = start(one);
+  } catch (const std::exception& e) {
+    throw fail(e);
+  }
+  return std::make_unique<PendingCollective>([work, moved, flat, fail]() mutable {
+    try {
+      work->wait();
+    } catch (const std::exception& e) {
+      throw fail(e);
+    }
+    if (!moved.is_same(flat)) flat.copy_(moved);
+  });
+}
+
+}  // namespace
+
+std::unique_ptr<PendingCollective> Communicator::start_all_reduce_sum(at::Tensor flat) {
+  return start_on_device(impl_->device, std::move(flat), "all-reduce", rank(),
+                         [&](std::vector<at::Tensor>& one) { return impl_->pg->allreduce(one); });
+}
+
+std::unique_ptr<PendingCollective> Communicator::start_reduce_sum(at::Tensor flat, int root) {
+  c10d::ReduceOptions o;
+  o.rootRank = root;
+  return start_on_device(impl_->device, std::move(flat), "reduce", rank(),
+                         [&](std::vector<at::Tensor>& one) { return impl_->pg->reduce(one, o); });
+}
+
 void Communicator::barrier() {
   std::vector<at::Tensor> t{at::zeros({1})};
   all_reduce_sum(t);  // a collective every rank must reach (on the backend's device)

@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -25,6 +26,21 @@ struct DistEnv {
 // nullopt when WORLD_SIZE is unset (a process started on its own). A malformed or missing variable
 // is an error naming it.
 std::optional<DistEnv> read_dist_env();
+
+// A collective started and not yet waited for (communication overlapping compute): wait() returns
+// when its result is in the tensor it was started on, and throws like the blocking calls.
+class PendingCollective {
+ public:
+  explicit PendingCollective(std::function<void()> wait) : wait_(std::move(wait)) {}
+  void wait() {
+    auto w = std::move(wait_);
+    wait_ = nullptr;
+    if (w) w();
+  }
+
+ private:
+  std::function<void()> wait_;
+};
 
 class Communicator {
  public:
@@ -51,6 +67,10 @@ class Communicator {
   // Rank `root`'s tensors, copied into every rank's.
   void broadcast(std::vector<at::Tensor>& tensors, int root = 0);
   void barrier();
+  // Started now, finished by PendingCollective::wait(): the sum over ranks of `flat` (one tensor)
+  // into every rank's, or into rank `root`'s only. Collectives start in the same order on every rank.
+  std::unique_ptr<PendingCollective> start_all_reduce_sum(at::Tensor flat);
+  std::unique_ptr<PendingCollective> start_reduce_sum(at::Tensor flat, int root);
   // Every rank's string, in rank order, on every rank (the lengths in one all-reduce, then each
   // rank's bytes by broadcast).
   std::vector<std::string> all_gather(const std::string& mine);

@@ -24,6 +24,7 @@
 #include "trainer/recipe.h"
 #include "trainer/run_log.h"
 #include "trainer/run_state.h"
+#include "trainer/overlapped_reduce.h"
 #include "trainer/step_metrics.h"
 
 namespace grpo::trainer {
@@ -68,6 +69,7 @@ class GrpoTrainer {
   bool sharded() const { return comm_ && s_.optim.zero_stage > 0; }
   std::vector<at::Tensor> owned_parameters() const;
   void shard_master();
+  OverlappedReduce* overlapped_reduce();
   std::string optimizer_file(const std::string& dir) const;
   bool stop_everywhere();
 
@@ -94,7 +96,8 @@ class GrpoTrainer {
   std::unique_ptr<RunLog> log_;
   std::string resumed_from_;
   dist::Communicator* comm_;  // null in a single-process run
-  std::vector<int> owner_;                     // zero_stage > 0: the owner rank of each trainable parameter
+  std::vector<int> owner_;
+  std::unique_ptr<OverlappedReduce> overlap_;  // several ranks: the gradient exchange during backward                     // zero_stage > 0: the owner rank of each trainable parameter
 };
 
 }  // namespace grpo::trainer

@@ -11,6 +11,7 @@
 #include "trainer/data_parallel.h"
 #include "trainer/grpo_loss.h"
 #include "trainer/moe_balance.h"
+#include "trainer/overlapped_reduce.h"
 #include "util/error.h"
 #include "util/json.h"
 
@@ -49,6 +50,26 @@ std::vector<std::pair<int64_t, int64_t>> mini_batches(const RolloutBatch& b, con
 }
 
 }  // namespace
+
+// The overlapped gradient exchange, where this run has one: several ranks with overlap_grad_reduce,
+// replicas (zero_stage 0) or zero_stage 2 with a sharded fp32 master. Built at the first update
+// (after the master is sharded).
+OverlappedReduce* GrpoTrainer::overlapped_reduce() {
+  if (!comm_ || !s_.optim.overlap_grad_reduce) return nullptr;
+  const bool replicas = s_.optim.zero_stage == 0, to_owners = pol_.master_sharded() && s_.optim.zero_stage == 2;
+  if (!replicas && !to_owners) return nullptr;
+  if (!overlap_) {
+    std::vector<Tensor> master = pol_.trainable_parameters();
+    std::vector<Tensor> compute = pol_.has_lora() ? master : policy_->parameters();
+    overlap_ = std::make_unique<OverlappedReduce>(
+        *comm_, to_owners ? OverlappedReduce::Mode::ReduceToOwners : OverlappedReduce::Mode::AllReduce, compute, master,
+        to_owners ? owner_ : std::vector<int>{}, s_.optim.bucket_cap_mb);
+    log_->line("gradient exchange: " + std::to_string(overlap_->buckets()) + " bucket(s) of at most " +
+               std::to_string((int64_t)std::ceil(s_.optim.bucket_cap_mb * 1024)) + " KiB, " +
+               (to_owners ? "reduced onto their owners" : "all-reduced") + " during the backward pass");
+  }
+  return overlap_.get();
+}
 
 // ---- num_iterations optimizer steps on one rollout batch, each over mini-batches whose losses
 // are weighted to add up to the whole batch's loss (tokens for dapo, sequences for grpo and dr_grpo).
@@ -108,56 +129,72 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
     total_tokens = t[0];
     total_sequences = t[1];
   }
+  // zero_stage 2 with a sharded fp32 master: each backward pass's gradients go to their owners at
+  // once, so the ranks agree on the number of passes (a rank with fewer runs empty ones).
+  const bool per_pass = pol_.master_sharded() && s_.optim.zero_stage == 2;
+  const int64_t passes = per_pass ? (int64_t)comm_->max((double)chunks.size()) : (int64_t)chunks.size();
+  OverlappedReduce* overlap = overlapped_reduce();
   for (int64_t it = 0; it < s_.optim.num_iterations; ++it) {
     optimizer_->zero_grad();
     u.loss = u.clip_fraction = u.clip_low = u.clip_high = u.kl = u.aux_loss = u.entropy = 0;  // the last iteration's
+    u.grad_comm_overlap = overlap ? 0 : -1;
     std::vector<Tensor> loads(moe_count);
-    for (auto [s0, n] : chunks) {
-      const auto [ps, cs] = mini_batch(s0, n);
-      auto out = policy_->completion_forward(ps, cs, {/*entropy=*/true, /*routing=*/want_routing});
-      Tensor logp = pad(out.logprobs, max_len, at::kFloat).first;
-      Tensor cmask = mask.narrow(0, s0, n);
-      auto lo = grpo_loss({logp, old_t.narrow(0, s0, n), ref_t.defined() ? ref_t.narrow(0, s0, n) : Tensor(), cmask,
-                           adv_t.narrow(0, s0, n)},
-                          lc);
-      const double tw = cmask.sum().item<double>() / std::max(1.0, total_tokens);  // this chunk's share of tokens
-      const double w = lc.type == LossType::Dapo ? tw : (double)n / total_sequences;
-      Tensor loss = lo.loss * w;
-      u.loss += lo.loss.item<double>() * w;
-      u.clip_fraction += lo.clip_fraction * tw;
-      u.clip_low += lo.clip_low_fraction * tw;
-      u.clip_high += lo.clip_high_fraction * tw;
-      u.kl += lo.kl * tw;
-      u.entropy += (pad(out.entropy, max_len, at::kFloat).first * cmask).sum().item<double>() / std::max(1.0, total_tokens);
-      if (it == 0) {
-        c10::NoGradGuard g;
-        u.rollout_logprob_diff +=
-            ((logp - rollout_t.narrow(0, s0, n)).abs() * cmask).sum().item<double>() / std::max(1.0, total_tokens);
-      }
-      if (want_routing) {
-        if (out.routing.size() != moe_count) throw Error("MoE routing of an unexpected size in the training forward");
-        Tensor aux;
-        for (size_t l = 0; l < moe_count; ++l) {
-          const auto& r = out.routing[l];
-          if (it == 0) {  // the balancing bias moves once per step, from the load over real tokens
-            Tensor load = expert_load(r.experts, out.token_mask, r.scores.size(1));
-            loads[l] = loads[l].defined() ? loads[l] + load : load;
+    for (int64_t pass = 0; pass < passes; ++pass) {
+      // With overlap the gradient collectives start during the backward pass: every pass when each
+      // goes to the owners, else the last (the step's gradients are complete only then).
+      if (overlap && (per_pass || pass + 1 == passes)) overlap->arm();
+      if (pass < (int64_t)chunks.size()) {
+        const auto [s0, n] = chunks[pass];
+        const auto [ps, cs] = mini_batch(s0, n);
+        auto out = policy_->completion_forward(ps, cs, {/*entropy=*/true, /*routing=*/want_routing});
+        Tensor logp = pad(out.logprobs, max_len, at::kFloat).first;
+        Tensor cmask = mask.narrow(0, s0, n);
+        auto lo = grpo_loss({logp, old_t.narrow(0, s0, n), ref_t.defined() ? ref_t.narrow(0, s0, n) : Tensor(), cmask,
+                             adv_t.narrow(0, s0, n)},
+                            lc);
+        const double tw = cmask.sum().item<double>() / std::max(1.0, total_tokens);  // this chunk's share of tokens
+        const double w = lc.type == LossType::Dapo ? tw : (double)n / total_sequences;
+        Tensor loss = lo.loss * w;
+        u.loss += lo.loss.item<double>() * w;
+        u.clip_fraction += lo.clip_fraction * tw;
+        u.clip_low += lo.clip_low_fraction * tw;
+        u.clip_high += lo.clip_high_fraction * tw;
+        u.kl += lo.kl * tw;
+        u.entropy += (pad(out.entropy, max_len, at::kFloat).first * cmask).sum().item<double>() / std::max(1.0, total_tokens);
+        if (it == 0) {
+          c10::NoGradGuard g;
+          u.rollout_logprob_diff +=
+              ((logp - rollout_t.narrow(0, s0, n)).abs() * cmask).sum().item<double>() / std::max(1.0, total_tokens);
+        }
+        if (want_routing) {
+          if (out.routing.size() != moe_count) throw Error("MoE routing of an unexpected size in the training forward");
+          Tensor aux;
+          for (size_t l = 0; l < moe_count; ++l) {
+            const auto& r = out.routing[l];
+            if (it == 0) {  // the balancing bias moves once per step, from the load over real tokens
+              Tensor load = expert_load(r.experts, out.token_mask, r.scores.size(1));
+              loads[l] = loads[l].defined() ? loads[l] + load : load;
+            }
+            if (s_.moe.aux_loss_alpha > 0) {
+              Tensor a = sequence_aux_loss(r.scores, r.experts, out.token_mask, s_.moe.aux_loss_alpha);
+              aux = aux.defined() ? aux + a : a;
+            }
           }
-          if (s_.moe.aux_loss_alpha > 0) {
-            Tensor a = sequence_aux_loss(r.scores, r.experts, out.token_mask, s_.moe.aux_loss_alpha);
-            aux = aux.defined() ? aux + a : a;
+          if (aux.defined()) {
+            loss = loss + aux * ((double)n / total_sequences);
+            u.aux_loss += aux.item<double>() * n / total_sequences;
           }
         }
-        if (aux.defined()) {
-          loss = loss + aux * ((double)n / total_sequences);
-          u.aux_loss += aux.item<double>() * n / total_sequences;
-        }
+        loss.backward();
       }
-      loss.backward();
-      if (pol_.master_sharded() && s_.optim.zero_stage == 2) {  // onto the owners now: no full fp32 gradient here
-        std::vector<Tensor> grads;
-        for (auto& p : policy_->parameters()) grads.push_back(std::exchange(p.mutable_grad(), Tensor()));
-        reduce_into_owner_masters(*comm_, policy_->parameters(), grads, master_->parameters(), owner_);
+      if (per_pass) {  // onto the owners now: no full fp32 gradient on any rank
+        if (overlap) {
+          u.grad_comm_overlap += overlap->finish() / (double)passes;
+        } else {
+          std::vector<Tensor> grads;
+          for (auto& p : policy_->parameters()) grads.push_back(std::exchange(p.mutable_grad(), Tensor()));
+          reduce_into_owner_masters(*comm_, policy_->parameters(), grads, master_->parameters(), owner_);
+        }
       } else {
         accumulate_gradients();
       }
@@ -170,7 +207,9 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
       // each owner holds its parameters' global gradient
       u.grad_norm = reduce_gradients_to_owners(*comm_, pol_.trainable_parameters(), owner_, s_.optim.max_grad_norm);
     } else {
-      if (comm_) all_reduce_gradients(*comm_, pol_.trainable_parameters());  // the global batch's gradient everywhere
+      // the global batch's gradient everywhere
+      if (overlap) u.grad_comm_overlap = overlap->finish();
+      else if (comm_) all_reduce_gradients(*comm_, pol_.trainable_parameters());
       u.grad_norm = torch::nn::utils::clip_grad_norm_(pol_.trainable_parameters(), s_.optim.max_grad_norm);
     }
     if (!std::isfinite(u.grad_norm) || !std::isfinite(u.loss))

@@ -236,7 +236,10 @@ const std::vector<Key>& keys() {
       key("weight_decay", "optim", &S::optim, &OptimSettings::weight_decay, "AdamW weight decay"),
       key("max_grad_norm", "optim", &S::optim, &OptimSettings::max_grad_norm, "gradient clipping"),
       key("zero_stage", "optim", &S::optim, &OptimSettings::zero_stage,
-          "several ranks: 1 shards AdamW state over the ranks, 2 also the gradients (0: replicas)"),
+          "several ranks: 1 shards AdamW state (and the bf16 run's fp32 master) over the ranks, 2 also the gradients (0: replicas)"),
+      key("overlap_grad_reduce", "optim", &S::optim, &OptimSettings::overlap_grad_reduce,
+          "several ranks: start gradient collectives during the backward pass, bucket by bucket"),
+      key("bucket_cap_mb", "optim", &S::optim, &OptimSettings::bucket_cap_mb, "several ranks: MiB of gradients per collective"),
       key("warmup_ratio", "optim", &S::optim, &OptimSettings::warmup_ratio, "linear warm-up share of max_steps"),
       key("lr_scheduler_type", "optim", &S::optim, &OptimSettings::lr_scheduler_type, "constant or cosine"),
       key("ref_model_sync_steps", "optim", &S::optim, &OptimSettings::ref_model_sync_steps, "copy the policy into the reference every K steps"),
@@ -351,6 +354,7 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
   need(s.optim.max_steps >= 0, "max_steps", "must not be negative");
   need(s.optim.mini_batch_size >= 0, "mini_batch_size", "must not be negative");
   need(s.optim.zero_stage >= 0 && s.optim.zero_stage <= 2, "zero_stage", "must be 0, 1 or 2");
+  need(s.optim.bucket_cap_mb > 0, "bucket_cap_mb", "must be positive");
   need(s.optim.max_tokens_per_mini_batch >= 0, "max_tokens_per_mini_batch", "must not be negative");
   need(s.optim.warmup_ratio >= 0 && s.optim.warmup_ratio <= 1, "warmup_ratio", "must be in [0, 1]");
   need(s.loss.beta >= 0, "beta", "must not be negative");

@@ -123,6 +123,10 @@ struct OptimSettings {
   // Several ranks: 1 shards the AdamW state over the ranks (each parameter's moments live on one
   // rank, which updates it and broadcasts it), 2 also reduces each gradient to that rank only.
   int64_t zero_stage = 0;
+  // Several ranks: gradient collectives start bucket by bucket during the backward pass (zero_stage
+  // 0, and 2 with bf16), in buckets of about bucket_cap_mb MiB, as PyTorch DDP's.
+  bool overlap_grad_reduce = true;
+  double bucket_cap_mb = 25;
 };
 
 struct MoESettings {

@@ -60,6 +60,9 @@ struct UpdateStats {
   // Model FLOPs of the update (model/flops.h): reference and recomputed old log-probs (forward),
   // and every iteration's forward and backward.
   double model_flops = 0;
+  // Several ranks with overlap_grad_reduce: the share of gradient bytes whose collective started
+  // during the backward pass (-1: not measured).
+  double grad_comm_overlap = -1;
 };
 
 // The step's metrics (without "step" and the run's running total "num_tokens").

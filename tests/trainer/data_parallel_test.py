@@ -16,6 +16,8 @@
 - a recipe of stages (sft, rejection sampling, sft on its data, reward model, grpo) on 2 ranks
   with half the per-device batch gives each stage the 1-rank result (weights within 1e-6, the
   same rejection-sampling data);
+- the gradient exchange overlapped with the backward pass (the default) in small buckets, and not
+  overlapped, gives the same weights (perf/grad_comm_overlap: most bytes leave during backward);
 - a zero_stage 2 checkpoint is refused by a job with another zero_stage, naming both;
 - rank 1 killed (SIGKILL) mid-run: the job ends at once with an error naming rank 1, no rank left;
 - per_step_prompts that does not split over the ranks is refused, naming the key."""
@@ -131,22 +133,41 @@ for loss in ("grpo", "dapo"):
     check(same and varied, f"{loss}, zero_stage {zero}: per-step loss/reward/kl/grad_norm equal; rewards "
                            f"{[round(m['reward'], 3) for m in m1]}, std {[round(m['reward_std'], 3) for m in m1]}")
 
+# The gradient exchange of replicas without overlap, and in small buckets (many collectives, most of
+# them started from autograd hooks while the backward pass goes on): the same update.
+one = os.path.join(a.workdir, "grpo_1rank")
+for extra in ("overlap_grad_reduce: false\n", "bucket_cap_mb: 0.01\n"):
+  two = os.path.join(a.workdir, "grpo_zero0_" + ("off" if "false" in extra else "small"))
+  launch(["train", recipe(os.path.basename(two), "loss_type: grpo\n" + extra, base=base), "--output", two])
+  d = max_diff(weights(one + "/checkpoint-3"), weights(two + "/checkpoint-3"))
+  overlap = [m.get("perf/grad_comm_overlap") for m in metrics(two + "/metrics.jsonl") if "loss" in m]
+  with open(two + "/train.log") as f:
+    line = next((l.strip() for l in f if "gradient exchange" in l), "")
+  buckets = int(line.split("exchange: ")[1].split(" ")[0]) if line else 0
+  ok_overlap = (overlap[-1] is None and not line) if "false" in extra else \
+      (overlap[-1] is not None and overlap[-1] > 0.5 and buckets > 10)
+  check(d <= 1e-6 and ok_overlap, f"zero_stage 0, {extra.strip()}: max |weight diff| {d:.2e} against 1 rank; "
+                                  f"'{line}'; share of gradient bytes sent during backward {overlap[-1]}")
+
 # bf16 compute: with zero_stage 1 and 2 each rank keeps only its own tensors' fp32 master weights
 # (and with 2 its own fp32 gradients, reduced after every mini-batch); the update is still the
 # single rank's.
 one = os.path.join(a.workdir, "bf16_1rank")
 train(a.grpo, recipe("bf16", "bf16: true\n", base=base), one)
-for zero in (1, 2):
-  two = os.path.join(a.workdir, f"bf16_zero{zero}_2ranks")
-  launch(["train", recipe(f"bf16_zero{zero}", f"bf16: true\nzero_stage: {zero}\n", base=base), "--output", two])
+for zero, extra in ((1, ""), (2, ""), (2, "overlap_grad_reduce: false\n"), (2, "bucket_cap_mb: 0.01\n")):
+  two = os.path.join(a.workdir, f"bf16_zero{zero}_2ranks" + ("_off" if "false" in extra else "_small" if extra else ""))
+  launch(["train", recipe(os.path.basename(two), f"bf16: true\nzero_stage: {zero}\n{extra}", base=base), "--output", two])
   w1, w2, w0 = weights(one + "/checkpoint-3"), weights(two + "/checkpoint-3"), weights(base)
   d, moved = max_diff(w1, w2), max_diff(w1, w0)
   with open(two + "/train.log") as f:
     line = next((l.strip() for l in f if "master weights" in l), "")
   held = [float(x) for x in line.split("(this rank: ")[-1].split(" GB")[0].split(" of ")] if "this rank" in line else [1, 1]
-  check(d <= 1e-6 and moved > 1e-4 and held[0] < 0.75 * held[1],
-        f"bf16, zero_stage {zero}: 2 ranks vs 1 rank: max |fp32 weight diff| {d:.2e} (moved {moved:.2e}); rank 0 holds "
-        f"{held[0]} of {held[1]} GB of fp32 master weights")
+  overlap = [m.get("perf/grad_comm_overlap") for m in metrics(two + "/metrics.jsonl") if "loss" in m]
+  want_overlap = None if zero == 1 or "false" in extra else 0.5 if extra else 0.0  # share started during backward
+  check(d <= 1e-6 and moved > 1e-4 and held[0] < 0.75 * held[1] and
+        (overlap[-1] is None if want_overlap is None else overlap[-1] is not None and overlap[-1] > want_overlap - 1e-9),
+        f"bf16, zero_stage {zero} {extra.strip()}: 2 ranks vs 1 rank: max |fp32 weight diff| {d:.2e} (moved {moved:.2e}); "
+        f"rank 0 holds {held[0]} of {held[1]} GB of fp32 master weights; gradient bytes sent during backward {overlap[-1]}")
 
 # Dynamic sampling (DAPO): the ranks agree on which groups the step keeps and on when to stop
 # refilling, so the kept groups are the single rank's (a rank may hold more or fewer than half).
