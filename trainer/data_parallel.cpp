@@ -168,9 +168,11 @@ double clip_owned_gradients(dist::Communicator& comm, const std::vector<Tensor>&
       norms[0][1][i] = 1;
     }
   comm.all_reduce_sum(norms);
+  // The norm of the norms on the parameters' device, by the kernel clip_grad_norm_ uses there.
+  const Tensor all = params.empty() ? norms[0][0] : norms[0][0].to(params[0].device());
   std::vector<Tensor> with_grad;
   for (size_t i = 0; i < params.size(); ++i)
-    if (norms[0][1][i].item<float>() != 0) with_grad.push_back(norms[0][0][i]);
+    if (norms[0][1][i].item<float>() != 0) with_grad.push_back(all[i]);
   if (with_grad.empty()) return 0.0;
   Tensor total = with_grad.size() == 1 ? with_grad[0] : at::stack(with_grad).norm(2);
   Tensor coef = at::clamp(max_grad_norm / (total + 1e-6), std::nullopt, 1.0);
