@@ -125,7 +125,11 @@ void reduce_batch(dist::Communicator& comm, RolloutBatch& b) {
 // sequence counts): their sums over ranks are the global values.
 void reduce_update(dist::Communicator& comm, UpdateStats& u) {
   auto v = comm.sum({u.loss, u.kl, u.entropy, u.aux_loss, u.clip_fraction, u.clip_low, u.clip_high,
-                       u.rollout_logprob_diff, u.model_flops});
+                       u.rollout_logprob_diff, u.model_flops, u.is_ratio_mean, u.is_clipped});
+  u.is_ratio_mean = v[9];
+  u.is_clipped = v[10];
+  u.is_ratio_max = comm.max(u.is_ratio_max);
+  u.is_ratio_min = -comm.max(-u.is_ratio_min);
   u.loss = v[0];
   u.kl = v[1];
   u.entropy = v[2];

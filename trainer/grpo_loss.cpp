@@ -28,6 +28,18 @@ LossOutput grpo_loss(const LossInputs& in, const LossConfig& c) {
   Tensor unclipped = ratio * A;
   Tensor clipped = ratio.clamp(1 - c.epsilon_low, 1 + c.epsilon_high) * A;
   Tensor per_token = -at::min(unclipped, clipped);
+  Tensor rho, is_weight;  // rollout_is: (B, T) or (B, 1), no gradient
+  if (c.rollout_is != RolloutIs::Off) {
+    if (!in.rollout_logp.defined()) throw Error("grpo_loss: rollout_is needs the rollout engine's log-probs");
+    Tensor d = ((in.old_logp - in.rollout_logp) * m).detach();
+    Tensor log_rho = c.rollout_is == RolloutIs::Token      ? d
+                     : c.rollout_is == RolloutIs::Sequence ? d.sum(1, true)
+                                                           : d.sum(1, true) / m.sum(1, true).clamp_min(1);
+    rho = log_rho.clamp(-20, 20).exp();
+    const double C = c.rollout_is_threshold;
+    is_weight = c.rollout_is_mode == RolloutIsMode::Truncate ? rho.clamp_max(C) : rho * ((rho >= 1.0 / C) & (rho <= C));
+    per_token = per_token * is_weight;
+  }
   Tensor kl;
   if (c.beta != 0) {
     if (!in.ref_logp.defined()) throw Error("grpo_loss: beta != 0 needs reference log-probs");
@@ -63,6 +75,13 @@ LossOutput grpo_loss(const LossInputs& in, const LossConfig& c) {
     out.clip_high_fraction = high.to(m.scalar_type()).sum().item<double>() / n;
     out.ratio_mean = ((ratio * m).sum().item<double>()) / n;
     if (kl.defined()) out.kl = ((kl * m).sum().item<double>()) / n;
+    if (rho.defined()) {
+      Tensor r = rho.expand_as(m), w = is_weight.expand_as(m);
+      out.is_ratio_mean = (r * m).sum().item<double>() / n;
+      out.is_ratio_min = at::where(real, r, at::full_like(r, 1e30)).min().item<double>();
+      out.is_ratio_max = at::where(real, r, at::full_like(r, -1e30)).max().item<double>();
+      out.is_clipped_fraction = ((w != r) & real).to(m.scalar_type()).sum().item<double>() / n;
+    }
   }
   return out;
 }

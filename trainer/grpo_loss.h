@@ -6,6 +6,14 @@
 //   ratio_t  = exp(logp_t - old_logp_t)
 //   l_t      = -min(ratio_t A, clip(ratio_t, 1 - epsilon_low, 1 + epsilon_high) A) + beta KL_t
 //   KL_t     = k1: logp - ref;  k2: (logp - ref)^2 / 2;  k3: exp(ref - logp) - (ref - logp) - 1
+// With rollout_is, the policy term of l_t is weighted by w (no gradient), from the training
+// forward's pi_old over the engine's pi_rollout:
+//   token:     rho_t = exp(old_t - rollout_t)
+//   sequence:  rho   = exp(sum_t m_t (old_t - rollout_t))            (one weight per sequence)
+//   geometric: rho   = exp(sum_t m_t (old_t - rollout_t) / sum_t m_t)
+//   (the log-ratio clamped to [-20, 20] first)
+//   truncate:  w = min(rho, C)                       (TIS)
+//   mask:      w = rho if 1/C <= rho <= C, else 0    (masked IS, "icepop")
 //   loss     = grpo:    mean over sequences of (sum_t m_t l_t / sum_t m_t)
 //              dapo:    sum m l / sum m                       (token mean over the batch)
 //              dr_grpo: sum m l / (B * max_completion_length)  (a constant normaliser)
@@ -27,6 +35,7 @@ struct LossInputs {
   at::Tensor ref_logp;    // (B, T) reference model; undefined when beta == 0
   at::Tensor mask;        // (B, T) 1 for completion tokens, 0 for padding (and masked truncations)
   at::Tensor advantages;  // (B)
+  at::Tensor rollout_logp;  // (B, T) the rollout engine's log-probs; needed with rollout_is
 };
 
 struct LossOutput {
@@ -35,6 +44,9 @@ struct LossOutput {
   double clip_low_fraction = 0, clip_high_fraction = 0;  // ratio < 1 - eps_low with A < 0; > 1 + eps_high with A > 0
   double kl = 0;             // mean KL per masked token (0 when beta == 0)
   double ratio_mean = 0;
+  // rollout_is: the ratio rho over real tokens (each token counts its sequence's rho under
+  // sequence/geometric), and the share of tokens whose rho was truncated or masked.
+  double is_ratio_mean = 0, is_ratio_min = 0, is_ratio_max = 0, is_clipped_fraction = 0;
 };
 
 LossOutput grpo_loss(const LossInputs& in, const LossConfig& config);

@@ -110,7 +110,7 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
     model::AdaptersDisabled base(*policy_);
     ref_t = batch_logprobs(*policy_);
   }
-  Tensor rollout_t = old_t;  // the engine's log-probs, for the rollout_logprob_diff metric
+  Tensor rollout_t = old_t;  // the engine's log-probs: rollout_logprob_diff, and rollout_is's denominator
   // The training forward in the same mini-batches as below, so that the first update's ratio is 1.
   if (s_.rollout.recompute_old_logprobs) old_t = batch_logprobs(*policy_);
   double forward = 0;  // model FLOPs of one forward over the batch
@@ -137,6 +137,9 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
   for (int64_t it = 0; it < s_.optim.num_iterations; ++it) {
     optimizer_->zero_grad();
     u.loss = u.clip_fraction = u.clip_low = u.clip_high = u.kl = u.aux_loss = u.entropy = 0;  // the last iteration's
+    u.is_ratio_mean = u.is_clipped = 0;
+    u.is_ratio_min = 1e30;
+    u.is_ratio_max = -1e30;
     u.grad_comm_overlap = overlap ? 0 : -1;
     std::vector<Tensor> loads(moe_count);
     for (int64_t pass = 0; pass < passes; ++pass) {
@@ -150,7 +153,7 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
         Tensor logp = pad(out.logprobs, max_len, at::kFloat).first;
         Tensor cmask = mask.narrow(0, s0, n);
         auto lo = grpo_loss({logp, old_t.narrow(0, s0, n), ref_t.defined() ? ref_t.narrow(0, s0, n) : Tensor(), cmask,
-                             adv_t.narrow(0, s0, n)},
+                             adv_t.narrow(0, s0, n), rollout_t.narrow(0, s0, n)},
                             lc);
         const double tw = cmask.sum().item<double>() / std::max(1.0, total_tokens);  // this chunk's share of tokens
         const double w = lc.type == LossType::Dapo ? tw : (double)n / total_sequences;
@@ -160,6 +163,12 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
         u.clip_low += lo.clip_low_fraction * tw;
         u.clip_high += lo.clip_high_fraction * tw;
         u.kl += lo.kl * tw;
+        if (lc.rollout_is != RolloutIs::Off) {
+          u.is_ratio_mean += lo.is_ratio_mean * tw;
+          u.is_clipped += lo.is_clipped_fraction * tw;
+          u.is_ratio_min = std::min(u.is_ratio_min, lo.is_ratio_min);
+          u.is_ratio_max = std::max(u.is_ratio_max, lo.is_ratio_max);
+        }
         u.entropy += (pad(out.entropy, max_len, at::kFloat).first * cmask).sum().item<double>() / std::max(1.0, total_tokens);
         if (it == 0) {
           c10::NoGradGuard g;

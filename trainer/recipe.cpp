@@ -105,6 +105,8 @@ void convert(const YAML::Node& n, StageType& out) {
 }
 void convert(const YAML::Node& n, LossType& out) { out = parse_loss_type(n.as<std::string>()); }
 void convert(const YAML::Node& n, KlEstimator& out) { out = parse_kl_estimator(n.as<std::string>()); }
+void convert(const YAML::Node& n, RolloutIs& out) { out = parse_rollout_is(n.as<std::string>()); }
+void convert(const YAML::Node& n, RolloutIsMode& out) { out = parse_rollout_is_mode(n.as<std::string>()); }
 
 std::string show(const std::string& s) { return s.empty() ? "\"\"" : s; }
 std::string show(bool b) { return b ? "true" : "false"; }
@@ -127,6 +129,8 @@ std::string show(LrScheduler l) { return l == LrScheduler::Constant ? "constant"
 std::string show(ScaleRewards s) { return s == ScaleRewards::Group ? "group" : s == ScaleRewards::Batch ? "batch" : "none"; }
 std::string show(LossType t) { return to_string(t); }
 std::string show(KlEstimator k) { return to_string(k); }
+std::string show(RolloutIs r) { return to_string(r); }
+std::string show(RolloutIsMode m) { return to_string(m); }
 
 // ---- the key table.
 struct Key {
@@ -221,6 +225,10 @@ const std::vector<Key>& keys() {
       key("loss_type", "loss", &S::loss, &LossConfig::type, "grpo, dapo or dr_grpo"),
       key("beta", "loss", &S::loss, &LossConfig::beta, "KL coefficient (0: no reference model)"),
       key("kl_estimator", "loss", &S::loss, &LossConfig::kl, "k1, k2 or k3"),
+      key("rollout_is", "loss", &S::loss, &LossConfig::rollout_is,
+          "importance weights pi_old/pi_rollout on the policy loss: off, token, sequence or geometric"),
+      key("rollout_is_mode", "loss", &S::loss, &LossConfig::rollout_is_mode, "truncate (TIS: min(w, C)) or mask (0 outside [1/C, C])"),
+      key("rollout_is_threshold", "loss", &S::loss, &LossConfig::rollout_is_threshold, "C of rollout_is"),
       key("epsilon", "loss", &S::loss, &LossConfig::epsilon_low, "lower clip range (and upper unless epsilon_high)"),
       key("epsilon_high", "loss", &S::loss, &LossConfig::epsilon_high, "upper clip range (DAPO clip-higher)"),
       key("scale_rewards", "advantages", &S::advantages, &AdvantageSettings::scale_rewards, "group, batch or none (Dr. GRPO)"),
@@ -355,6 +363,9 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
   need(s.optim.mini_batch_size >= 0, "mini_batch_size", "must not be negative");
   need(s.optim.zero_stage >= 0 && s.optim.zero_stage <= 2, "zero_stage", "must be 0, 1 or 2");
   need(s.optim.bucket_cap_mb > 0, "bucket_cap_mb", "must be positive");
+  need(s.loss.rollout_is_threshold > 1, "rollout_is_threshold", "must be above 1");
+  need(s.loss.rollout_is == RolloutIs::Off || s.rollout.recompute_old_logprobs, "rollout_is",
+       "needs recompute_old_logprobs: true (the weight is the training forward's pi_old over the engine's log-probs)");
   need(s.optim.max_tokens_per_mini_batch >= 0, "max_tokens_per_mini_batch", "must not be negative");
   need(s.optim.warmup_ratio >= 0 && s.optim.warmup_ratio <= 1, "warmup_ratio", "must be in [0, 1]");
   need(s.loss.beta >= 0, "beta", "must not be negative");

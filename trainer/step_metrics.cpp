@@ -98,6 +98,13 @@ json step_metrics(const RolloutBatch& b, const UpdateStats& u, double lr, double
   for (const auto& [name, sum] : b.component_sums) m["rewards/" + name + "/mean"] = sum / b.component_counts.at(name);
   if (s.moe.aux_loss_alpha > 0) m["aux_loss"] = u.aux_loss;
   if (u.grad_comm_overlap >= 0) m["perf/grad_comm_overlap"] = u.grad_comm_overlap;
+  if (s.loss.rollout_is != RolloutIs::Off) {
+    m["rollout_is/ratio_mean"] = u.is_ratio_mean;
+    m["rollout_is/ratio_min"] = u.is_ratio_min;
+    m["rollout_is/ratio_max"] = u.is_ratio_max;
+    m[s.loss.rollout_is_mode == RolloutIsMode::Truncate ? "rollout_is/truncated_fraction" : "rollout_is/masked_fraction"] =
+        u.is_clipped;
+  }
   if (s.advantages.dynamic_sampling) {
     m["gen_batches"] = b.gen_batches;
     m["kept_groups"] = b.kept_groups;

@@ -63,6 +63,9 @@ struct UpdateStats {
   // Several ranks with overlap_grad_reduce: the share of gradient bytes whose collective started
   // during the backward pass (-1: not measured).
   double grad_comm_overlap = -1;
+  // rollout_is: the ratio pi_old / pi_rollout over real tokens (mean, extremes) and the share of
+  // tokens whose weight was truncated or masked.
+  double is_ratio_mean = 0, is_ratio_min = 0, is_ratio_max = 0, is_clipped = 0;
 };
 
 // The step's metrics (without "step" and the run's running total "num_tokens").

@@ -7,7 +7,9 @@
 - the sequence-wise MoE balance loss is reported and scales with aux_loss_alpha;
 - evaluation with k samples per prompt reports mean reward, mean accuracy and pass@k >= accuracy;
 - the rollout engine's log-probs (pi_old) equal the training forward's in fp32; with
-  recompute_old_logprobs the training forward supplies pi_old (ratio exactly 1 at the first update)."""
+  recompute_old_logprobs the training forward supplies pi_old (ratio exactly 1 at the first update);
+- rollout importance sampling (token level, truncated and masked) logs the ratio pi_old / pi_rollout
+  and the share of tokens truncated or masked; it needs recompute_old_logprobs."""
 import argparse
 import json
 import os
@@ -128,6 +130,24 @@ dyn10 = train("dynamic10", "dynamic_sampling: true\nmax_num_gen_batches: 3\naux_
               "save_every: 0\neval_every: 0\n")
 a1, a10 = m[1]["aux_loss"], metrics(dyn10)[1]["aux_loss"]
 check(m[1]["kept_groups"] > 0 and abs(a10 / a1 - 10) < 1e-3, f"balance loss scales with alpha: {a1:.6f} -> {a10:.6f}")
+
+# --- rollout importance sampling: bf16 makes the engine's pi_rollout differ from the training
+# forward's pi_old; the weights and their statistics are logged, and the loss changes with them.
+is_steps = {}
+for mode in ("truncate", "mask"):
+    is_steps[mode] = metrics(train("is_" + mode, one + "recompute_old_logprobs: true\nrollout_is: token\n"
+                                   f"rollout_is_mode: {mode}\nrollout_is_threshold: 1.0005\nmax_steps: 2\n"))[2]
+t, k = is_steps["truncate"], is_steps["mask"]
+check(t["rollout_is/ratio_min"] < 1 < t["rollout_is/ratio_max"] and 0 < t["rollout_is/truncated_fraction"] < 1
+      and 0 < k["rollout_is/masked_fraction"] < 1 and abs(t["rollout_is/ratio_mean"] - 1) < 0.05,
+      f"rollout_is token (C 1.0005): ratio mean {t['rollout_is/ratio_mean']:.4f} in [{t['rollout_is/ratio_min']:.5f}, "
+      f"{t['rollout_is/ratio_max']:.5f}]; truncated {t['rollout_is/truncated_fraction']:.3f}, masked "
+      f"{k['rollout_is/masked_fraction']:.3f} of the tokens")
+r = subprocess.run([a.grpo, "train", os.path.join(a.workdir, "bad_is.yaml"), "--output", os.path.join(a.workdir, "bad_is")],
+                   capture_output=True, text=True) if open(os.path.join(a.workdir, "bad_is.yaml"), "w").write(
+                       BASE + "rollout_is: sequence\n") else None
+check(r.returncode != 0 and "recompute_old_logprobs" in r.stderr,
+      "rollout_is without recompute_old_logprobs is refused: " + r.stderr.strip().splitlines()[-1][:160])
 
 print("ok" if not failures else f"FAIL: {len(failures)} checks")
 sys.exit(1 if failures else 0)

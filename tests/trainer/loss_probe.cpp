@@ -60,10 +60,18 @@ int main(int argc, char** argv) {
     lc.beta = c["beta"];
     lc.kl = parse_kl_estimator(c["kl"]);
     lc.max_completion_length = c["max_completion_length"];
+    if (c.contains("rollout_is")) {
+      lc.rollout_is = parse_rollout_is(c["rollout_is"]);
+      lc.rollout_is_mode = parse_rollout_is_mode(c["rollout_is_mode"]);
+      lc.rollout_is_threshold = c["rollout_is_threshold"];
+      in.rollout_logp = mat(c["rollout_logp"]);
+    }
     auto r = grpo_loss(in, lc);
     auto grads = torch::autograd::grad({r.loss}, {in.logp});
     Tensor g = grads[0].contiguous();
-    json o = {{"loss", r.loss.item<double>()}, {"clip_fraction", r.clip_fraction}, {"kl", r.kl}};
+    json o = {{"loss", r.loss.item<double>()}, {"clip_fraction", r.clip_fraction}, {"kl", r.kl},
+              {"is_ratio_mean", r.is_ratio_mean}, {"is_ratio_min", r.is_ratio_min}, {"is_ratio_max", r.is_ratio_max},
+              {"is_clipped_fraction", r.is_clipped_fraction}};
     o["advantages"] = std::vector<double>(adv.data_ptr<double>(), adv.data_ptr<double>() + adv.numel());
     o["grad"] = std::vector<double>(g.data_ptr<double>(), g.data_ptr<double>() + g.numel());
     out.push_back(o);

@@ -1,7 +1,8 @@
 """The GRPO objective (trainer/grpo_loss.cpp) against a plain PyTorch implementation of the
 published formulas: TRL's GRPO loss (clipped ratio, k3 KL, "grpo" aggregation, group std), DAPO
 (clip-higher, token mean over the batch), Dr. GRPO (no std scaling, constant normaliser), and the
-k1/k2 KL estimators; and DeepSeek-V3's sequence-wise MoE balance loss. Loss, gradient with respect to the policy log-probs, and advantages must agree
+k1/k2 KL estimators; rollout importance sampling (token, sequence and geometric ratios of pi_old over
+pi_rollout, truncated (TIS) or masked (icepop)); and DeepSeek-V3's sequence-wise MoE balance loss. Loss, gradient with respect to the policy log-probs, and advantages must agree
 within 1e-6 (float64) for every variant."""
 import argparse
 import itertools
@@ -35,6 +36,29 @@ def reference(c):
     coef_1 = torch.exp(logp - old)
     coef_2 = torch.clamp(coef_1, 1 - c["epsilon_low"], 1 + c["epsilon_high"])
     per_token = -torch.min(coef_1 * adv.unsqueeze(1), coef_2 * adv.unsqueeze(1))
+    stats = None
+    if c.get("rollout_is", "off") != "off":
+        # Rollout importance sampling as verl and the TIS / icepop write-ups define it: the training
+        # forward's pi_old over the inference engine's pi_rollout, per token or per sequence
+        # (product, or geometric mean, of the token ratios), truncated at C or masked outside [1/C, C].
+        rollout = torch.tensor(c["rollout_logp"], dtype=torch.float64)
+        C = c["rollout_is_threshold"]
+        log_rho = (old - rollout) * mask
+        if c["rollout_is"] == "sequence":
+            log_rho = log_rho.sum(-1, keepdim=True)
+        elif c["rollout_is"] == "geometric":
+            log_rho = log_rho.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
+        rho = torch.exp(torch.clamp(log_rho, -20.0, 20.0))
+        if c["rollout_is_mode"] == "truncate":
+            w = torch.clamp(rho, max=C)
+        else:
+            w = torch.where((rho >= 1.0 / C) & (rho <= C), rho, torch.zeros_like(rho))
+        per_token = per_token * w
+        r, ww = rho.expand_as(mask), w.expand_as(mask)
+        real = mask > 0
+        stats = {"is_ratio_mean": ((r * mask).sum() / mask.sum()).item(), "is_ratio_min": r[real].min().item(),
+                 "is_ratio_max": r[real].max().item(),
+                 "is_clipped_fraction": ((ww != r) & real).double().sum().item() / mask.sum().item()}
     if c["beta"] != 0:
         d = ref - logp
         kl = {"k1": -d, "k2": 0.5 * d ** 2, "k3": torch.exp(d) - d - 1}[c["kl"]]
@@ -47,7 +71,7 @@ def reference(c):
         L = c["max_completion_length"] or mask.shape[1]
         loss = (per_token * mask).sum() / (per_token.size(0) * L)
     loss.backward()
-    return loss.item(), logp.grad.reshape(-1).tolist(), adv.tolist()
+    return loss.item(), logp.grad.reshape(-1).tolist(), adv.tolist(), stats
 
 
 cases = []
@@ -72,6 +96,29 @@ for loss_type, beta, kl, scale, batch_std, eps_high in itertools.product(
         "ref_logp": (old + torch.randn(B, T, dtype=torch.float64) * 0.2).tolist(),
         "mask": mask.tolist(),
     })
+
+
+# Rollout importance sampling: each level and mode, with the engine's log-probs spread so that some
+# ratios pass C (and 1/C), on both loss types that weight tokens differently.
+is_cases = []
+for level, mode, loss_type, C in itertools.product(["token", "sequence", "geometric"], ["truncate", "mask"],
+                                                   ["grpo", "dapo"], [1.5, 2.0]):
+    G, groups, T = 4, 3, 7
+    B = G * groups
+    lengths = torch.randint(1, T + 1, (B,))
+    mask = (torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)).double()
+    old = -torch.rand(B, T, dtype=torch.float64) * 3
+    spread = 0.5 if level == "token" else 0.25 if level == "sequence" else 0.8
+    is_cases.append({
+        "loss_type": loss_type, "beta": 0.04, "kl": "k3", "scale_rewards": True, "batch_std": False,
+        "epsilon_low": 0.2, "epsilon_high": 0.28, "G": G, "max_completion_length": 0,
+        "rewards": torch.randint(0, 3, (B,)).double().tolist(), "old_logp": old.tolist(),
+        "logp": (old + torch.randn(B, T, dtype=torch.float64) * 0.3).tolist(),
+        "ref_logp": (old + torch.randn(B, T, dtype=torch.float64) * 0.2).tolist(), "mask": mask.tolist(),
+        "rollout_is": level, "rollout_is_mode": mode, "rollout_is_threshold": C,
+        "rollout_logp": (old + torch.randn(B, T, dtype=torch.float64) * spread).tolist(),
+    })
+cases += is_cases
 
 
 def aux_reference(c):
@@ -119,8 +166,12 @@ got = json.loads(r.stdout)
 got, got_aux = got[:len(cases)], got[len(cases):]
 worst = {"loss": 0.0, "grad": 0.0, "advantages": 0.0}
 clipped_cases = 0
+is_worst, is_clipped = 0.0, 0
 for c, g in zip(cases, got):
-    loss, grad, adv = reference(c)
+    loss, grad, adv, stats = reference(c)
+    if stats:
+        is_worst = max([is_worst] + [abs(stats[k] - g[k]) for k in stats])
+        is_clipped += stats["is_clipped_fraction"] > 0
     worst["loss"] = max(worst["loss"], abs(loss - g["loss"]))
     worst["grad"] = max(worst["grad"], max(abs(x - y) for x, y in zip(grad, g["grad"])))
     worst["advantages"] = max(worst["advantages"], max(abs(x - y) for x, y in zip(adv, g["advantages"])))
@@ -128,6 +179,9 @@ for c, g in zip(cases, got):
 print(f"{len(cases)} variants (loss_type x beta x kl x std scaling x group/batch std x clip-higher); "
       f"{clipped_cases} with clipped tokens")
 print("max |grpo - reference|: " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
+print(f"{len(is_cases)} rollout importance-sampling variants (token/sequence/geometric x truncate/mask x grpo/dapo x "
+      f"C 1.5/2), {is_clipped} with truncated or masked weights: included above; ratio statistics max |diff| "
+      f"{is_worst:.2e}")
 aux_worst = {"loss": 0.0, "grad": 0.0, "load": 0.0}
 for c, g in zip(aux_cases, got_aux):
     loss, grad, load = aux_reference(c)
@@ -137,6 +191,7 @@ for c, g in zip(aux_cases, got_aux):
 print(f"{len(aux_cases)} sequence-wise balance loss cases (softmax and sigmoid scores, padded sequences); "
       "max |grpo - reference| / alpha: " + ", ".join(f"{k} {v:.2e}" for k, v in aux_worst.items()))
 ok = all(v < 1e-6 for v in worst.values()) and clipped_cases > len(cases) // 2
+ok = ok and is_worst < 1e-6 and is_clipped >= len(is_cases) * 3 // 4
 ok = ok and all(v < 1e-6 for v in aux_worst.values())
 print("ok" if ok else "FAIL")
 sys.exit(0 if ok else 1)
