@@ -6,6 +6,9 @@
 #include <functional>
 
 #include "trainer/train.h"
+#include "util/error.h"
+#include "util/files.h"
+#include "util/json.h"
 
 namespace grpo::trainer {
 
@@ -13,20 +16,41 @@ using at::Tensor;
 
 namespace {
 
-// Whether any rank has a gradient for each tensor (one all-reduce of flags). Where some rank has
-// one, the ranks without it get zeros, so that every rank takes part in the same collectives.
-std::vector<bool> defined_anywhere(dist::Communicator& comm, const std::vector<Tensor>& params) {
-  std::vector<float> flags(params.size());
-  for (size_t i = 0; i < params.size(); ++i) flags[i] = params[i].grad().defined() ? 1.f : 0.f;
+// For each tensor, whether any rank has it (`here[i]` on this rank): one all-reduce of flags.
+std::vector<bool> anywhere(dist::Communicator& comm, const std::vector<bool>& here) {
+  std::vector<float> flags(here.begin(), here.end());
   std::vector<Tensor> t{at::tensor(flags, at::kFloat)};
   comm.all_reduce_max(t);
   auto a = t[0].accessor<float, 1>();
-  std::vector<bool> out(params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    out[i] = a[i] != 0;
-    if (out[i] && !params[i].grad().defined()) params[i].mutable_grad() = at::zeros_like(params[i]);
-  }
+  std::vector<bool> out(here.size());
+  for (size_t i = 0; i < here.size(); ++i) out[i] = a[i] != 0;
   return out;
+}
+
+// Whether any rank has a gradient for each tensor. Where some rank has one, the ranks without it
+// get zeros, so that every rank takes part in the same collectives.
+std::vector<bool> defined_anywhere(dist::Communicator& comm, const std::vector<Tensor>& params) {
+  std::vector<bool> here(params.size());
+  for (size_t i = 0; i < params.size(); ++i) here[i] = params[i].grad().defined();
+  std::vector<bool> out = anywhere(comm, here);
+  for (size_t i = 0; i < params.size(); ++i)
+    if (out[i] && !here[i]) params[i].mutable_grad() = at::zeros_like(params[i]);
+  return out;
+}
+
+// The tensors idx[...] in groups whose fp32 copies take at most `bucket_bytes` (at least one
+// tensor each), in order: calls f(group's indices). `shape_of[i]` gives tensor i's size.
+template <typename F>
+void in_buckets(const std::vector<size_t>& idx, const std::vector<Tensor>& shape_of, int64_t bucket_bytes, F&& f) {
+  for (size_t k = 0; k < idx.size();) {
+    std::vector<size_t> b;
+    int64_t bytes = 0;
+    for (; k < idx.size() && (b.empty() || bytes + shape_of[idx[k]].numel() * 4 <= bucket_bytes); ++k) {
+      b.push_back(idx[k]);
+      bytes += shape_of[idx[k]].numel() * 4;
+    }
+    f(b);
+  }
 }
 
 // Runs one collective over `tensors` flattened into a single buffer, then copies the result back.
@@ -66,19 +90,14 @@ std::vector<int> assign_owners(const std::vector<Tensor>& params, int world_size
 // that only some ranks produced counts as zeros on the others.
 void all_reduce_gradients(dist::Communicator& comm, const std::vector<Tensor>& params) {
   const std::vector<bool> defined = defined_anywhere(comm, params);
-  std::vector<Tensor> grads;
+  std::vector<size_t> idx;
   for (size_t i = 0; i < params.size(); ++i)
-    if (defined[i]) grads.push_back(params[i].grad());
-  const int64_t bucket_bytes = int64_t(32) << 20;
-  for (size_t i = 0; i < grads.size();) {
+    if (defined[i]) idx.push_back(i);
+  in_buckets(idx, params, int64_t(32) << 20, [&](const std::vector<size_t>& b) {
     std::vector<Tensor> bucket;
-    int64_t bytes = 0;
-    for (; i < grads.size() && (bucket.empty() || bytes + (int64_t)grads[i].nbytes() <= bucket_bytes); ++i) {
-      bucket.push_back(grads[i]);
-      bytes += grads[i].nbytes();
-    }
+    for (size_t i : b) bucket.push_back(params[i].grad());
     through_flat_buffer(bucket, [&](std::vector<Tensor>& buf) { comm.all_reduce_sum(buf); });
-  }
+  });
 }
 
 // The step's rollout figures over all ranks: sums, extremes, the slowest rank's times. Rewards
@@ -185,38 +204,17 @@ double clip_owned_gradients(dist::Communicator& comm, const std::vector<Tensor>&
   return total.item<double>();
 }
 
-namespace {
-
-// The tensors [first, last) of `idx` in flat fp32 buckets of about 256 MiB: calls f(bucket indices).
-template <typename F>
-void in_buckets(const std::vector<size_t>& idx, const std::vector<Tensor>& shape_of, F&& f) {
-  const int64_t bucket_bytes = int64_t(256) << 20;
-  for (size_t k = 0; k < idx.size();) {
-    std::vector<size_t> b;
-    int64_t bytes = 0;
-    for (; k < idx.size() && (b.empty() || bytes + shape_of[idx[k]].numel() * 4 <= bucket_bytes); ++k) {
-      b.push_back(idx[k]);
-      bytes += shape_of[idx[k]].numel() * 4;
-    }
-    f(b);
-  }
-}
-
-}  // namespace
-
 void reduce_into_owner_masters(dist::Communicator& comm, const std::vector<Tensor>& compute, std::vector<Tensor>& grads,
                                const std::vector<Tensor>& master, const std::vector<int>& owner) {
   c10::NoGradGuard g;
-  std::vector<float> flags(grads.size());
-  for (size_t i = 0; i < grads.size(); ++i) flags[i] = grads[i].defined() ? 1.f : 0.f;
-  std::vector<Tensor> f{at::tensor(flags, at::kFloat)};
-  comm.all_reduce_max(f);
-  auto fa = f[0].accessor<float, 1>();
+  std::vector<bool> here(grads.size());
+  for (size_t i = 0; i < grads.size(); ++i) here[i] = grads[i].defined();
+  const std::vector<bool> present = anywhere(comm, here);
   for (int r = 0; r < comm.world_size(); ++r) {
     std::vector<size_t> idx;
     for (size_t i = 0; i < grads.size(); ++i)
-      if (owner[i] == r && fa[i] != 0) idx.push_back(i);
-    in_buckets(idx, compute, [&](const std::vector<size_t>& b) {
+      if (owner[i] == r && present[i]) idx.push_back(i);
+    in_buckets(idx, compute, int64_t(256) << 20, [&](const std::vector<size_t>& b) {
       std::vector<Tensor> flat;
       for (size_t i : b)
         flat.push_back(grads[i].defined() ? grads[i].detach().reshape({-1}).to(at::kFloat)
@@ -245,7 +243,7 @@ std::vector<Tensor> gather_master_to_main(dist::Communicator& comm, const std::v
     std::vector<size_t> idx;
     for (size_t i = 0; i < master.size(); ++i)
       if (owner[i] == r) idx.push_back(i);
-    in_buckets(idx, compute, [&](const std::vector<size_t>& b) {
+    in_buckets(idx, compute, int64_t(256) << 20, [&](const std::vector<size_t>& b) {
       std::vector<Tensor> flat;
       int64_t n = 0;
       for (size_t i : b) n += compute[i].numel();
@@ -296,6 +294,14 @@ void StageRanks::broadcast_from_main(std::vector<Tensor> tensors) const {
 
 void StageRanks::agree_on_stop() const {
   if (comm_ && comm_->max(stop_requested() ? 1.0 : 0.0) > 0) request_stop();
+}
+
+void StageRanks::check_resumable(const std::string& dir) const {
+  const std::string path = dir + "/trainer_state.json";
+  const int64_t w = parse_json(read_file(path), path).value("world_size", int64_t(1));
+  if (w != world())
+    throw Error(dir + ": written by " + std::to_string(w) + " rank(s); resume it with the same number (this job: " +
+                std::to_string(world()) + ")");
 }
 
 void StageRanks::on_main(const std::function<void()>& write) const {

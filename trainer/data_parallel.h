@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -73,6 +74,9 @@ class StageRanks {
   void broadcast_from_main(std::vector<at::Tensor> tensors) const;
   // A stop asked on any rank becomes a stop on every rank, at the same step.
   void agree_on_stop() const;
+  // A checkpoint's trainer_state.json says how many ranks wrote it ("world_size", 1 when absent):
+  // each step's examples were split over them, so it resumes only with as many (else an error).
+  void check_resumable(const std::string& checkpoint_dir) const;
   // Rank 0 runs `write` while the others wait for it to finish.
   void on_main(const std::function<void()>& write) const;
 

@@ -20,7 +20,6 @@
 #include "trainer/run_state.h"
 #include "util/error.h"
 #include "util/files.h"
-#include "util/json.h"
 
 namespace grpo::trainer {
 
@@ -189,10 +188,7 @@ void SftStage::resume() {
   auto saved = model::load_model(dir, {at::kFloat, at::kCPU});
   model::copy_weights(*pol_.master, *saved);
   st_ = read_run_state(dir + "/trainer_state.json");
-  const int64_t w = parse_json(read_file(dir + "/trainer_state.json"), dir + "/trainer_state.json").value("world_size", int64_t(1));
-  if (w != ranks_.world())
-    throw Error(dir + ": written by " + std::to_string(w) + " rank(s); resume it with the same number (this job: " +
-                std::to_string(ranks_.world()) + ")");
+  ranks_.check_resumable(dir);
   torch::load(*optimizer_, dir + "/optimizer.pt");
 }
 
