@@ -187,8 +187,9 @@ void GrpoTrainer::sync_policy() { pol_.sync(); }
 // ---- checkpoints (trainer/run_state.h): the fp32 weights as an HF directory with its tokenizer
 // and generation files, optimizer moments, RNG states, the refreshed reference, trainer_state.json.
 void GrpoTrainer::save(const std::string& name) {
-  // Rank 0 writes the checkpoint while the others wait; with sharded AdamW state each of them then
-  // adds its own share, and rank 0 waits for that.
+  // Rank 0 writes the checkpoint while the others wait; with sharded AdamW state each of them adds
+  // its own share to the staged directory before rank 0 publishes it, so a kill at any moment
+  // leaves either the whole checkpoint or none.
   const bool shards = sharded() && st_.warm_start_done;
   // A sharded fp32 master is gathered onto rank 0 for the checkpoint (on the CPU), and let go after.
   std::vector<Tensor> gathered;
@@ -207,12 +208,10 @@ void GrpoTrainer::save(const std::string& name) {
     }
   } release{master, gathered, held_as};
   if (!main_rank()) {
-    comm_->barrier();
+    comm_->barrier();  // with shards: rank 0 has staged its part; without: the checkpoint is out
     if (shards) {
-      const std::string dir = out_ + "/" + name, file = optimizer_file(dir);
-      torch::save(*optimizer_, file + ".tmp");
-      std::filesystem::rename(file + ".tmp", file);
-      comm_->barrier();
+      torch::save(*optimizer_, optimizer_file(store_.staging_dir(name)));
+      comm_->barrier();  // this rank's share is in the staged directory
     }
     return;
   }
@@ -241,9 +240,12 @@ void GrpoTrainer::save(const std::string& name) {
       j["zero_stage"] = s_.optim.zero_stage;
     }
     write_file_atomic(dir + "/trainer_state.json", j.dump(2) + "\n");
+    if (shards) {  // the other ranks add their optimizer shards before the directory is published
+      comm_->barrier();
+      comm_->barrier();
+    }
   });
-  if (comm_) comm_->barrier();
-  if (shards) comm_->barrier();  // the other ranks' optimizer shards are on disk
+  if (comm_ && !shards) comm_->barrier();
 }
 
 void GrpoTrainer::resume() {

@@ -59,7 +59,7 @@ int64_t tree_bytes(const std::string& path) {
 }  // namespace
 
 void CheckpointStore::save(const std::string& name, const std::function<void(const std::string&)>& write) {
-  const std::string dir = out_ + "/" + name, tmp = dir + ".tmp";
+  const std::string dir = out_ + "/" + name, tmp = staging_dir(name);
   remove_tree(tmp);
   // Room for one more checkpoint the size of the last one, checked before writing: a serializer
   // that meets a full disk halfway may not fail cleanly.

@@ -31,8 +31,10 @@ class CheckpointStore {
  public:
   CheckpointStore(std::string out_dir, int64_t total_limit);
 
-  // Writes checkpoint `name`: `write(dir)` fills a fresh directory, which then replaces OUT/name.
+  // Writes checkpoint `name`: `write(dir)` fills a fresh directory (staging_dir(name)), which then
+  // replaces OUT/name.
   void save(const std::string& name, const std::function<void(const std::string& dir)>& write);
+  std::string staging_dir(const std::string& name) const { return out_ + "/" + name + ".tmp"; }
   // The newest complete checkpoint directory, or "" when there is none.
   std::string latest() const;
 
