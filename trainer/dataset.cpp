@@ -111,12 +111,15 @@ Dataset load_dataset(const DataSettings& d, const std::string& recipe_path) {
     out.eval = addition(d.task_digits, d.eval_size, d.data_seed + 7777, {}, eval_pairs);
     out.train = addition(d.task_digits, d.train_size, d.data_seed, eval_pairs, train_pairs);
     if (out.train.empty()) throw Error(recipe_path + ": key 'train_size': no addition problems left to train on");
-    if (d.task == Task::AdditionCot)
+    if (d.task == Task::AdditionCot) {  // half of the worked solutions check their sum (a style the
+      std::mt19937_64 rng(d.data_seed + 55);  // built-in preference pairs favour)
       for (auto* part : {&out.train, &out.eval})
         for (Example& ex : *part) {
           const size_t plus = ex.prompt.find('+');
-          ex.completion = addition_solution(std::stoll(ex.prompt.substr(0, plus)), std::stoll(ex.prompt.substr(plus + 1)));
+          ex.completion = addition_solution(std::stoll(ex.prompt.substr(0, plus)), std::stoll(ex.prompt.substr(plus + 1)),
+                                            rng() % 2 == 0);
         }
+    }
     if (d.general_share > 0) {  // built-in problems split between the sources "math" and "general"
       std::mt19937_64 rng(d.data_seed + 99);
       for (auto* part : {&out.train, &out.eval})
@@ -130,7 +133,7 @@ Dataset load_dataset(const DataSettings& d, const std::string& recipe_path) {
   return out;
 }
 
-std::string addition_solution(int64_t a, int64_t b) {
+std::string addition_solution(int64_t a, int64_t b, bool check) {
   std::string steps;
   int64_t carry = 0;
   for (int64_t x = a, y = b; x > 0 || y > 0 || steps.empty(); x /= 10, y /= 10) {
@@ -143,6 +146,7 @@ std::string addition_solution(int64_t a, int64_t b) {
     carry = s >= 10 ? 1 : 0;
     if (last) break;
   }
+  if (check) steps += "check: " + std::to_string(a + b) + "-" + std::to_string(b) + "=" + std::to_string(a) + "\n";
   return "<think>\n" + steps + "</think>\n<answer>\n" + std::to_string(a + b) + "\n</answer>";
 }
 

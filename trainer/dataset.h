@@ -25,7 +25,8 @@ struct Example {
 
 // A worked solution of a+b in the R1 format: column sums from the right, then the answer:
 // "<think>\n7+4=11, write 1 carry 1\n2+9+1=12, write 12\n</think>\n<answer>\n121\n</answer>".
-std::string addition_solution(int64_t a, int64_t b);
+// With `check`, the thought ends by verifying the sum: "...write 12\ncheck: 121-94=27\n</think>...".
+std::string addition_solution(int64_t a, int64_t b, bool check = false);
 
 struct Dataset {
   std::vector<Example> train, eval;

@@ -40,7 +40,9 @@ std::vector<PreferencePair> read_pairs(const DataSettings& d, const std::string&
   return out;
 }
 
-// The built-in pairs: the worked solution is preferred to one of three worse answers.
+// The built-in pairs: the worked solution that checks its sum is preferred to one of four worse
+// answers, one of them the same solution without the check (a style preference, as a helpfulness
+// reward model's, that the final RL stage can raise: half the cold-start solutions check).
 std::vector<PreferencePair> addition_pairs(const std::vector<Example>& problems, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::vector<PreferencePair> out;
@@ -49,16 +51,19 @@ std::vector<PreferencePair> addition_pairs(const std::vector<Example>& problems,
     const int64_t a = std::stoll(ex.prompt.substr(0, plus)), b = std::stoll(ex.prompt.substr(plus + 1));
     PreferencePair p;
     p.prompt = ex;
-    p.chosen = addition_solution(a, b);
+    p.chosen = addition_solution(a, b, true);
     const int64_t wrong = a + b + (rng() % 2 ? 1 : -1) * (rng() % 2 ? 1 : 10);
-    switch (rng() % 3) {
-      case 0: {  // the same work with a wrong sum
-        std::string s = p.chosen;
-        const std::string right = "<answer>\n" + std::to_string(a + b) + "\n</answer>";
-        p.rejected = s.replace(s.find(right), right.size(), "<answer>\n" + std::to_string(wrong) + "\n</answer>");
+    switch (rng() % 4) {
+      case 0: {  // the same work ending in a wrong sum, checked as if it were right
+        std::string s = addition_solution(a, b);
+        const std::string right = "</think>\n<answer>\n" + std::to_string(a + b) + "\n</answer>";
+        p.rejected = s.replace(s.find(right), right.size(),
+                               "check: " + std::to_string(wrong) + "-" + std::to_string(b) + "=" + std::to_string(wrong - b) +
+                                   "\n</think>\n<answer>\n" + std::to_string(wrong) + "\n</answer>");
         break;
       }
       case 1: p.rejected = std::to_string(a + b); break;  // no reasoning format
+      case 2: p.rejected = addition_solution(a, b); break;  // right, but no check
       default: {  // rambling to a wrong answer
         std::string ramble;
         for (uint64_t k = 0, n = 2 + rng() % 4; k < n; ++k) ramble += "hmm, let me think again\n";

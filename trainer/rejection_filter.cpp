@@ -78,8 +78,9 @@ std::string rejection_reason(const RejectionFilter& f, const Candidate& c) {
 }
 
 std::vector<size_t> select_samples(const RejectionFilter& f, const std::vector<Candidate>& samples,
-                                   std::map<std::string, int64_t>& reasons) {
+                                   std::map<std::string, int64_t>& reasons, std::vector<std::string>* why_out) {
   std::vector<size_t> kept;
+  if (why_out) why_out->assign(samples.size(), "");
   std::set<std::string> texts;
   for (size_t i = 0; i < samples.size(); ++i) {
     std::string why = rejection_reason(f, samples[i]);
@@ -87,8 +88,23 @@ std::vector<size_t> select_samples(const RejectionFilter& f, const std::vector<C
     if (why.empty() && f.max_kept_per_prompt > 0 && (int64_t)kept.size() >= f.max_kept_per_prompt) why = "over_limit";
     if (why.empty()) kept.push_back(i);
     else ++reasons[why];
+    if (why_out) (*why_out)[i] = why;
   }
   return kept;
+}
+
+std::vector<std::pair<size_t, size_t>> preference_pairs(const std::vector<Candidate>& samples,
+                                                        const std::vector<size_t>& kept,
+                                                        const std::vector<std::string>& why) {
+  std::vector<size_t> worse;
+  std::set<std::string> texts;
+  for (size_t i = 0; i < samples.size(); ++i)
+    if (!why[i].empty() && why[i] != "duplicate" && why[i] != "over_limit" && why[i] != "error" &&
+        texts.insert(trim(samples[i].completion)).second)
+      worse.push_back(i);
+  std::vector<std::pair<size_t, size_t>> pairs;
+  for (size_t j = 0; j < std::min(kept.size(), worse.size()); ++j) pairs.emplace_back(kept[j], worse[j]);
+  return pairs;
 }
 
 }  // namespace grpo::trainer

@@ -38,9 +38,17 @@ struct Candidate {
 std::string rejection_reason(const RejectionFilter& f, const Candidate& c);
 
 // The samples of one prompt kept, in order, after the filter, deduplication and the per-prompt cap;
-// `reasons` counts every drop (duplicate and over_limit included).
+// `reasons` counts every drop (duplicate and over_limit included). `why`, when given, receives each
+// sample's reason ("" for the kept ones).
 std::vector<size_t> select_samples(const RejectionFilter& f, const std::vector<Candidate>& samples,
-                                   std::map<std::string, int64_t>& reasons);
+                                   std::map<std::string, int64_t>& reasons, std::vector<std::string>* why = nullptr);
+
+// Preference pairs of one prompt, as (chosen, rejected) sample indices: the kept samples in order,
+// each with a distinct sample dropped for its quality (not a duplicate, over the cap or a reward
+// error), also in order; min(kept, such drops) pairs. `why` is select_samples' per-sample reason.
+std::vector<std::pair<size_t, size_t>> preference_pairs(const std::vector<Candidate>& samples,
+                                                        const std::vector<size_t>& kept,
+                                                        const std::vector<std::string>& why);
 
 // Share of whitespace-separated word 4-grams that repeat an earlier 4-gram (0 with fewer than 8 words).
 double repeated_ngram_share(const std::string& text);

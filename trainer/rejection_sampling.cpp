@@ -35,7 +35,10 @@ using Clock = std::chrono::steady_clock;
 
 bool run_rejection_sampling_stage(const StageSettings& s, const std::string& recipe_path, const std::string& out,
                                   bool resume, dist::Communicator* comm) {
-  const std::string partial = out + "/data.jsonl.partial", progress_path = out + "/progress.json";
+  // data.jsonl: the kept samples (an sft stage's data); pairs.jsonl: kept samples preferred to the
+  // same prompt's samples dropped for their quality (a reward_model stage's data).
+  const std::string partial = out + "/data.jsonl.partial", pairs_partial = out + "/pairs.jsonl.partial",
+                    progress_path = out + "/progress.json";
   // Several ranks: each samples and filters its share of every chunk of prompts; the kept samples
   // and the statistics are gathered in prompt order, and rank 0 writes them.
   const StageRanks ranks(comm);
@@ -62,14 +65,20 @@ bool run_rejection_sampling_stage(const StageSettings& s, const std::string& rec
 
   // Progress: prompts done, the size of data.jsonl.partial then, and the statistics so far.
   int64_t done = 0;
-  json stats = {{"prompts", 0}, {"samples", 0}, {"kept", 0}, {"kept_per_prompt", json::object()}, {"rejected", json::object()}};
+  json stats = {{"prompts", 0}, {"samples", 0}, {"kept", 0}, {"pairs", 0}, {"kept_per_prompt", json::object()},
+               {"rejected", json::object()}};
   if (resume && file_exists(progress_path)) {
     json p = parse_json(read_file(progress_path), progress_path);
     done = p.at("prompts_done");
     stats = p.at("stats");
-    if (ranks.main()) std::filesystem::resize_file(partial, p.at("bytes").get<int64_t>());  // drops a chunk written after the last record
+    if (ranks.main()) {  // drops a chunk written after the last record
+      std::filesystem::resize_file(partial, p.at("bytes").get<int64_t>());
+      if (!file_exists(pairs_partial)) write_file_atomic(pairs_partial, "");  // a run from before pairs were written
+      std::filesystem::resize_file(pairs_partial, p.value("pair_bytes", (int64_t)0));
+    }
   } else if (ranks.main()) {
     write_file_atomic(partial, "");
+    write_file_atomic(pairs_partial, "");
   }
   RunLog log(ranks.main() ? out : "", resume && done > 0 ? done : -1, s.checkpoint.logging_steps);
   if (done > 0) log.line(s.name + ": resumed after " + std::to_string(done) + " of " + std::to_string(prompts.size()) + " prompts");
@@ -108,9 +117,9 @@ bool run_rejection_sampling_stage(const StageSettings& s, const std::string& rec
       items.push_back(std::move(it));
     }
     std::vector<rewards::RewardResult> results = scorer->score(items);
-    std::string lines;
+    std::string lines, pair_lines;
     json kept_per_prompt = json::object();
-    int64_t kept_here = 0;
+    int64_t kept_here = 0, pairs_here = 0;
     for (int64_t i = first; i < last; ++i) {
       const Example& ex = prompts[done + i];
       std::vector<Candidate> cands;
@@ -124,24 +133,31 @@ bool run_rejection_sampling_stage(const StageSettings& s, const std::string& rec
           if (language) c.language_share = language->score(items[k]).reward;
           cands.push_back(std::move(c));
         }
-      std::vector<size_t> kept = past[i] ? std::vector<size_t>{} : select_samples(s.filter, cands, reasons);
+      std::vector<std::string> why;
+      std::vector<size_t> kept = past[i] ? std::vector<size_t>{} : select_samples(s.filter, cands, reasons, &why);
+      const json prompt = ex.messages.is_array() ? json::parse(format.prompt_messages(ex).dump()) : json(ex.prompt);
       for (size_t k : kept)
-        lines += json({{"prompt", ex.messages.is_array() ? json::parse(format.prompt_messages(ex).dump()) : json(ex.prompt)},
-                       {"completion", cands[k].completion},
-                       {"answer", ex.answer}})
-                     .dump() +
-                 "\n";
+        lines += json({{"prompt", prompt}, {"completion", cands[k].completion}, {"answer", ex.answer}}).dump() + "\n";
+      if (!past[i])
+        for (auto [good, bad] : preference_pairs(cands, kept, why)) {
+          pair_lines += json({{"prompt", prompt}, {"chosen", cands[good].completion}, {"rejected", cands[bad].completion},
+                              {"rejected_because", why[bad]}}).dump() + "\n";
+          ++pairs_here;
+        }
       const std::string key = std::to_string(kept.size());
       kept_per_prompt[key] = kept_per_prompt.value(key, 0) + 1;
       kept_here += (int64_t)kept.size();
     }
     // Every rank's share of the chunk, in rank (so prompt) order.
-    const std::string mine = json({{"lines", lines}, {"kept_per_prompt", kept_per_prompt}, {"kept", kept_here},
-                                   {"rejected", reasons}}).dump();
+    const std::string mine = json({{"lines", lines}, {"pair_lines", pair_lines}, {"kept_per_prompt", kept_per_prompt},
+                                   {"kept", kept_here}, {"pairs", pairs_here}, {"rejected", reasons}}).dump();
     lines.clear();
+    pair_lines.clear();
     for (const std::string& part : comm ? comm->all_gather(mine) : std::vector<std::string>{mine}) {
       const json p = json::parse(part);
       lines += p.at("lines").get<std::string>();
+      pair_lines += p.at("pair_lines").get<std::string>();
+      stats["pairs"] = stats["pairs"].get<int64_t>() + p.at("pairs").get<int64_t>();
       for (auto& [key, count] : p.at("kept_per_prompt").items())
         stats["kept_per_prompt"][key] = stats["kept_per_prompt"].value(key, 0) + count.get<int64_t>();
       stats["kept"] = stats["kept"].get<int64_t>() + p.at("kept").get<int64_t>();
@@ -152,13 +168,14 @@ bool run_rejection_sampling_stage(const StageSettings& s, const std::string& rec
     stats["samples"] = stats["samples"].get<int64_t>() + n * s.rejection.num_samples;
     done += n;
     ranks.on_main([&] {
-      {
-        std::ofstream f(partial, std::ios::app | std::ios::binary);
-        f << lines;
+      for (auto [path, text] : {std::pair{&partial, &lines}, std::pair{&pairs_partial, &pair_lines}}) {
+        std::ofstream f(*path, std::ios::app | std::ios::binary);
+        f << *text;
         f.flush();
-        if (!f) throw Error(partial + ": cannot append the kept samples (disk full?)");
+        if (!f) throw Error(*path + ": cannot append the chunk's samples (disk full?)");
       }
       write_file_atomic(progress_path, json({{"prompts_done", done}, {"bytes", (int64_t)std::filesystem::file_size(partial)},
+                                             {"pair_bytes", (int64_t)std::filesystem::file_size(pairs_partial)},
                                              {"stats", stats}}).dump() + "\n");
     });
     const double kept_fraction = stats["kept"].get<double>() / std::max<double>(1, stats["samples"].get<double>());
@@ -178,11 +195,13 @@ bool run_rejection_sampling_stage(const StageSettings& s, const std::string& rec
   }
   ranks.on_main([&] {
     write_file_atomic(out + "/stats.json", stats.dump(2) + "\n");
-    std::filesystem::rename(partial, out + "/data.jsonl");
+    std::filesystem::rename(pairs_partial, out + "/pairs.jsonl");
+    std::filesystem::rename(partial, out + "/data.jsonl");  // last: its presence marks the stage done
   });
   log.line(s.name + " done: kept " + std::to_string(stats["kept"].get<int64_t>()) + " of " +
            std::to_string(stats["samples"].get<int64_t>()) + " samples from " + std::to_string(total) +
-           " prompts; rejected " + stats["rejected"].dump() + "; " + out + "/data.jsonl");
+           " prompts; rejected " + stats["rejected"].dump() + "; " + out + "/data.jsonl; " +
+           std::to_string(stats["pairs"].get<int64_t>()) + " preference pairs in " + out + "/pairs.jsonl");
   return true;
 }
 

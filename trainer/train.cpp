@@ -82,11 +82,15 @@ void train(const Recipe& recipe, const TrainOptions& options) {
     const std::string& f = stage.data.train_file;
     if (f.rfind("stage:", 0) == 0) {  // the dataset a rejection-sampling stage wrote
       const std::string source = f.substr(6);
+      const bool pairs = stage.type == StageType::RewardModel;  // its preference pairs, else its kept samples
       stage.data.train_file = pipeline.output_of(source);
+      if (pairs) stage.data.train_file = std::filesystem::path(stage.data.train_file).replace_filename("pairs.jsonl");
       if (std::filesystem::file_size(stage.data.train_file) == 0)
-        throw Error("stage '" + source + "' kept no sample (its stats.json says why): stage '" + stage.name +
-                    "' has nothing to learn");
+        throw Error("stage '" + source + "' " + (pairs ? "wrote no preference pair" : "kept no sample") +
+                    " (its stats.json says why): stage '" + stage.name + "' has nothing to learn");
       stage.data.task = Task::Jsonl;
+      stage.data.chosen_field = "chosen";
+      stage.data.rejected_field = "rejected";
       stage.data.prompt_field = "prompt";
       stage.data.completion_field = "completion";
       stage.data.answer_field = "answer";

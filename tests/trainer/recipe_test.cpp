@@ -172,6 +172,8 @@ TEST(Dataset, WorkedAdditionSolutionsPassTheFormatAndMathRewards) {
   EXPECT_EQ(addition_solution(27, 94), "<think>\n7+4=11, write 1 carry 1\n2+9+1=12, write 12\n</think>\n<answer>\n121\n</answer>");
   EXPECT_EQ(addition_solution(5, 3), "<think>\n5+3=8, write 8\n</think>\n<answer>\n8\n</answer>");
   EXPECT_EQ(addition_solution(50, 7), "<think>\n0+7=7, write 7\n5+0=5, write 5\n</think>\n<answer>\n57\n</answer>");
+  EXPECT_EQ(addition_solution(27, 94, true),
+            "<think>\n7+4=11, write 1 carry 1\n2+9+1=12, write 12\ncheck: 121-94=27\n</think>\n<answer>\n121\n</answer>");
   DataSettings d;
   d.task = Task::AdditionCot;
   d.train_size = 300;

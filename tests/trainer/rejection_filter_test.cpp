@@ -88,6 +88,26 @@ TEST(RejectionFilter, DuplicatesAndTheCapComeAfterTheFilters) {
   EXPECT_EQ(select_samples(f, s, reasons), (std::vector<size_t>{1, 2, 3, 4}));
 }
 
+TEST(RejectionFilter, PreferencePairsPutKeptSamplesAboveQualityDrops) {
+  RejectionFilter f;
+  f.max_kept_per_prompt = 2;
+  std::map<std::string, int64_t> reasons;
+  std::vector<std::string> why;
+  std::vector<Candidate> s = {sample("wrong <answer>1</answer>", 0), sample("A <answer>59</answer>", 1),
+                              sample("wrong <answer>1</answer>\n", 0),  // the same wrong text: one pair only
+                              sample("A <answer>59</answer>", 1),         // a duplicate: no pair
+                              sample("B <answer>59</answer>", 1), sample("C <answer>59</answer>", 1),  // C: over the cap
+                              sample("wrong <answer>7</answer>", 0), sample("wrong <answer>8</answer>", 0)};
+  const std::vector<size_t> kept = select_samples(f, s, reasons, &why);
+  EXPECT_EQ(kept, (std::vector<size_t>{1, 4}));
+  EXPECT_EQ(why, (std::vector<std::string>{"incorrect", "", "incorrect", "duplicate", "", "over_limit", "incorrect", "incorrect"}));
+  // Kept 1 and 4 against the first two distinct wrong samples, 0 and 6; sample 7 has no partner.
+  EXPECT_EQ(preference_pairs(s, kept, why), (std::vector<std::pair<size_t, size_t>>{{1, 0}, {4, 6}}));
+  // Nothing kept, or nothing dropped for its quality: no pair.
+  EXPECT_TRUE(preference_pairs(s, {}, why).empty());
+  EXPECT_TRUE(preference_pairs(s, kept, std::vector<std::string>(s.size(), "duplicate")).empty());
+}
+
 TEST(RejectionFilter, RepetitionMeasures) {
   EXPECT_EQ(repeated_ngram_share("one two three"), 0);
   EXPECT_EQ(repeated_ngram_share("a b c d e f g h i j"), 0);
