@@ -49,6 +49,8 @@ struct Engine::Impl {
   int32_t dummy_block = -1;
   std::unique_ptr<DecodeGraphs> graphs;
   int64_t* weight_version = nullptr;
+  int64_t moe_layers = 0;  // MoE layers among the L (routing records: tokens x moe_layers x top-k)
+  std::vector<Tensor>* decode_routing = nullptr;  // receives each MoE layer's experts (B, k) when set
 
   Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* tok, EngineOptions o)
       : model(std::move(m)), tokenizer(tok), opt(o), cfg(model->config()) {
@@ -79,7 +81,9 @@ struct Engine::Impl {
     // Zeroed: masked attention positions are multiplied by probability 0, and 0 * NaN from
     // uninitialised memory would poison the sum. Freed blocks keep finite values.
     pool = at::zeros({L, num_blocks * bs, D}, at::TensorOptions().dtype(dtype).device(dev));
-    use_graphs = opt.cuda_graphs && dev.is_cuda() && num_blocks > 1;
+    for (int64_t l = 0; l < L; ++l) moe_layers += model->model->layers[l]->as<DecoderLayer>()->moe ? 1 : 0;
+    if (opt.record_routing && moe_layers == 0) throw Error("rollout engine: record_routing needs a model with MoE layers");
+    use_graphs = opt.cuda_graphs && dev.is_cuda() && num_blocks > 1 && !opt.record_routing;
     if (use_graphs) {
       // The graphs' MoE must not synchronise with the host: only the grouped-GEMM path qualifies.
       auto layer = model->model->layers[L - 1]->as<DecoderLayer>();
@@ -123,13 +127,31 @@ struct Engine::Impl {
     Tensor dst_t = at::from_blob(dst.data(), {(int64_t)dst.size()}, i64).to(dev);
     Tensor last_t = at::from_blob(last.data(), {B}, i64).to(dev);
     std::vector<Tensor> rows;  // each layer's KV-cache rows of every prompt token
-    Tensor h = model->hidden_states(input, std::nullopt, std::nullopt, &rows);  // right padding: causal is exact
+    std::vector<model::RouterImpl::Routing> routing;
+    Tensor h = model->hidden_states(input, std::nullopt, std::nullopt, &rows,
+                                    opt.record_routing ? &routing : nullptr);  // right padding: causal is exact
     for (int64_t l = 0; l < L; ++l) pool[l].index_copy_(0, dst_t, rows[l].reshape({B * T, D}).index_select(0, src_t));
+    if (opt.record_routing) {  // (B*T, MoE layers, k) on the host, then each prompt's rows
+      std::vector<Tensor> experts;
+      for (const auto& r : routing) experts.push_back(r.experts);
+      const std::vector<int16_t> rec = host_experts(experts);
+      const int64_t per_token = (int64_t)rec.size() / (B * T);
+      for (int64_t b = 0; b < B; ++b) {
+        const auto first = rec.begin() + b * T * per_token;
+        batch[b]->prompt_routing.assign(first, first + batch[b]->prompt_len() * per_token);
+      }
+    }
     Tensor logits = model->logits(h.reshape({B * T, -1}).index_select(0, last_t)).to(at::kFloat);  // (B, V)
     for (int64_t b = 0; b < B; ++b) prompt_logits[batch[b]->id] = logits[b];
     stats.prefill_tokens += (int64_t)src.size();
     stats.prefill_calls += 1;
     stats.prefill_seconds += seconds_since(t0);
+  }
+
+  // Each MoE layer's experts (N, k) as int16 on the host, token-major: (N, MoE layers, k).
+  static std::vector<int16_t> host_experts(const std::vector<Tensor>& experts) {
+    Tensor all = at::stack(experts, 1).to(at::kShort).to(at::kCPU).contiguous();
+    return std::vector<int16_t>(all.data_ptr<int16_t>(), all.data_ptr<int16_t>() + all.numel());
   }
 
   // --- samples -------------------------------------------------------------------------------
@@ -206,7 +228,9 @@ struct Engine::Impl {
     for (int64_t l = 0; l < L; ++l) {
       auto layer = model->model->layers[l]->as<DecoderLayer>();
       x = x + layer->self_attn->decode(layer->input_layernorm(x), rope, pool[l], slots, gather_idx, invalid, Lpad);
-      x = x + layer->feed_forward(layer->post_attention_layernorm(x));
+      model::RouterImpl::Routing r;
+      x = x + layer->feed_forward(layer->post_attention_layernorm(x), decode_routing && layer->moe ? &r : nullptr);
+      if (decode_routing && layer->moe) decode_routing->push_back(r.experts);
     }
     return model->logits(model->model->norm(x)).to(at::kFloat);  // (B, V)
   }
@@ -235,7 +259,16 @@ struct Engine::Impl {
       for (size_t i = 0; i < s.table.size(); ++i) host[4 * Bp + b * nb + i] = s.table[i];
     }
     Tensor host_t = at::from_blob(host.data(), {(int64_t)host.size()}, at::TensorOptions().dtype(at::kLong));
+    std::vector<Tensor> experts;
+    if (opt.record_routing) decode_routing = &experts;  // record_routing runs without graphs
     Tensor logits = use_graphs ? graphs->run(host_t, Bp, nb, B) : decode_forward(host_t.to(model->device()), B, nb);
+    decode_routing = nullptr;
+    if (opt.record_routing) {  // each row's experts follow its sequence
+      const std::vector<int16_t> rec = host_experts(experts);
+      const size_t per_token = rec.size() / B;
+      for (int64_t b = 0; b < B; ++b)
+        seqs[b]->routing.insert(seqs[b]->routing.end(), rec.begin() + b * per_token, rec.begin() + (b + 1) * per_token);
+    }
 
     std::vector<float> temp(B), topp(B), u(B);
     std::vector<int64_t> topk(B);
@@ -280,6 +313,7 @@ std::vector<Completion> Engine::step() {
   std::vector<Completion> done;
   impl_->admit(done);
   impl_->decode(done);
+  for (const Completion& c : done) impl_->stats.routing_bytes += (int64_t)(c.routed_experts.size() * sizeof(int16_t));
   return done;
 }
 

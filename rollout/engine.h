@@ -51,6 +51,9 @@ struct EngineOptions {
   // On CUDA (with the grouped-GEMM MoE, i.e. bf16), replay the decode step as a CUDA graph per
   // (batch, block-table) size bucket instead of launching its kernels one by one.
   bool cuda_graphs = true;
+  // Record the experts every MoE layer routed each token to (Completion::routed_experts), for
+  // routing replay in training. The decode step then runs without CUDA graphs.
+  bool record_routing = false;
 };
 
 struct EngineStats {
@@ -59,6 +62,7 @@ struct EngineStats {
   int64_t finished = 0;
   double prefill_seconds = 0, decode_seconds = 0, sample_seconds = 0;
   int64_t num_blocks = 0, peak_blocks_used = 0;
+  int64_t routing_bytes = 0;  // routed-expert records handed out (record_routing), 2 bytes per index
 };
 
 class Engine {

@@ -182,6 +182,11 @@ Completion Scheduler::finish(Sequence& s, FinishReason why) {
   c.logprobs = std::move(s.logprobs);
   c.finish_reason = why;
   c.weight_version = g.weight_version;
+  if (!g.prompt_routing.empty()) {
+    c.routed_experts.reserve(g.prompt_routing.size() + s.routing.size());
+    c.routed_experts = g.prompt_routing;
+    c.routed_experts.insert(c.routed_experts.end(), s.routing.begin(), s.routing.end());
+  }
   if (tokenizer_) {
     // Ids past the tokenizer's vocabulary (checkpoints pad their embedding matrix) have no text.
     std::vector<int32_t> ids;

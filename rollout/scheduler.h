@@ -33,6 +33,7 @@ struct Group {  // one prompt and its n samples
   std::vector<int32_t> blocks;        // floor(P/bs) full prompt blocks, then the partial one if any
   int64_t started = 0, unfinished = 0;
   int64_t weight_version = 0;         // at admission
+  std::vector<int16_t> prompt_routing;  // experts of the prompt tokens, when the engine records them
   int64_t prompt_len() const { return (int64_t)req.prompt_ids.size(); }
   bool all_started() const { return started == req.params.n; }
 };
@@ -44,6 +45,7 @@ struct Sequence {  // one sample of a group
   int64_t reserved = 0;        // own blocks still reserved, not yet taken
   std::vector<int64_t> tokens;
   std::vector<float> logprobs;
+  std::vector<int16_t> routing;  // experts of the tokens fed back, when the engine records them
   // Where the last token goes in the cache when it is fed back (prompt + tokens - 1).
   int64_t position() const { return group->prompt_len() + (int64_t)tokens.size() - 1; }
 };

@@ -40,6 +40,10 @@ struct Completion {
   std::string text;  // decoded completion (a trailing stop token id is not decoded); "" without a tokenizer
   FinishReason finish_reason = FinishReason::Length;
   int64_t weight_version = 0;
+  // With EngineOptions::record_routing: the experts that served each token the model read, i.e.
+  // prompt + token_ids[:-1], (tokens x MoE layers x top-k), token-major; what routing replay imposes
+  // on the training forward (CausalLM::CompletionOptions::replay_experts). Empty otherwise.
+  std::vector<int16_t> routed_experts;
 };
 
 }  // namespace grpo::rollout

@@ -96,8 +96,8 @@ class GrpoTrainer {
   std::unique_ptr<RunLog> log_;
   std::string resumed_from_;
   dist::Communicator* comm_;  // null in a single-process run
-  std::vector<int> owner_;
-  std::unique_ptr<OverlappedReduce> overlap_;  // several ranks: the gradient exchange during backward                     // zero_stage > 0: the owner rank of each trainable parameter
+  std::vector<int> owner_;                     // zero_stage > 0: the owner rank of each trainable parameter
+  std::unique_ptr<OverlappedReduce> overlap_;  // several ranks: the gradient exchange during backward
 };
 
 }  // namespace grpo::trainer

@@ -93,26 +93,38 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
     return std::make_pair(Rows(b.prompts.begin() + s0, b.prompts.begin() + s0 + n),
                           Rows(b.completions.begin() + s0, b.completions.begin() + s0 + n));
   };
-  // Log-probs of the whole batch under `m`, without a graph, in the training mini-batches.
-  auto batch_logprobs = [&](Model& m) {
+  // The policy's forward options for sequences [s0, s0 + n): routing replay imposes their records.
+  auto policy_options = [&](int64_t s0, int64_t n, bool entropy, bool routing) {
+    Model::CompletionOptions o{entropy, routing, {}};
+    if (s_.moe.routing_replay)
+      for (int64_t i = s0; i < s0 + n; ++i) o.replay_experts.push_back(&b.routed_experts.at(i));
+    return o;
+  };
+  if (s_.moe.routing_replay) {
+    for (const auto& r : b.routed_experts) u.routing_replay_mb += (double)(r.size() * sizeof(int16_t)) / (1 << 20);
+  }
+  // Log-probs of the whole batch under `m`, without a graph, in the training mini-batches; the
+  // policy's own forward replays the rollout's routing when asked, the reference's never does.
+  auto batch_logprobs = [&](Model& m, bool replay) {
     c10::NoGradGuard g;
     std::vector<Tensor> rows;
     for (auto [s0, n] : chunks) {
       const auto [ps, cs] = mini_batch(s0, n);
-      for (auto& t : m.completion_logprobs(ps, cs)) rows.push_back(t);
+      const Model::CompletionOptions o = replay ? policy_options(s0, n, false, false) : Model::CompletionOptions{};
+      for (auto& t : m.completion_forward(ps, cs, o).logprobs) rows.push_back(t);
     }
     return pad(rows, max_len, at::kFloat).first;
   };
   Tensor ref_t;
   if (ref_) {
-    ref_t = batch_logprobs(*ref_);
+    ref_t = batch_logprobs(*ref_, false);
   } else if (s_.loss.beta > 0 && pol_.has_lora()) {
     model::AdaptersDisabled base(*policy_);
-    ref_t = batch_logprobs(*policy_);
+    ref_t = batch_logprobs(*policy_, false);
   }
   Tensor rollout_t = old_t;  // the engine's log-probs: rollout_logprob_diff, and rollout_is's denominator
   // The training forward in the same mini-batches as below, so that the first update's ratio is 1.
-  if (s_.rollout.recompute_old_logprobs) old_t = batch_logprobs(*policy_);
+  if (s_.rollout.recompute_old_logprobs) old_t = batch_logprobs(*policy_, true);
   double forward = 0;  // model FLOPs of one forward over the batch
   for (int64_t i = 0; i < Bn; ++i) {
     const int64_t C = (int64_t)b.completions[i].size();
@@ -142,6 +154,7 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
     u.is_ratio_max = -1e30;
     u.grad_comm_overlap = overlap ? 0 : -1;
     std::vector<Tensor> loads(moe_count);
+    double agree_sum = 0, agree_count = 0;  // routing replay, first iteration: (token, layer) pairs
     for (int64_t pass = 0; pass < passes; ++pass) {
       // With overlap the gradient collectives start during the backward pass: every pass when each
       // goes to the owners, else the last (the step's gradients are complete only then).
@@ -149,7 +162,7 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
       if (pass < (int64_t)chunks.size()) {
         const auto [s0, n] = chunks[pass];
         const auto [ps, cs] = mini_batch(s0, n);
-        auto out = policy_->completion_forward(ps, cs, {/*entropy=*/true, /*routing=*/want_routing});
+        auto out = policy_->completion_forward(ps, cs, policy_options(s0, n, /*entropy=*/true, /*routing=*/want_routing));
         Tensor logp = pad(out.logprobs, max_len, at::kFloat).first;
         Tensor cmask = mask.narrow(0, s0, n);
         auto lo = grpo_loss({logp, old_t.narrow(0, s0, n), ref_t.defined() ? ref_t.narrow(0, s0, n) : Tensor(), cmask,
@@ -183,6 +196,12 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
             if (it == 0) {  // the balancing bias moves once per step, from the load over real tokens
               Tensor load = expert_load(r.experts, out.token_mask, r.scores.size(1));
               loads[l] = loads[l].defined() ? loads[l] + load : load;
+              if (r.own_experts.defined()) {  // replayed: would the router have chosen the same experts?
+                c10::NoGradGuard g;
+                Tensor same = std::get<0>(r.own_experts.sort(1)).eq(std::get<0>(r.experts.sort(1))).all(1).to(at::kFloat);
+                agree_sum += (same * out.token_mask.reshape({-1})).sum().item<double>();
+                agree_count += out.token_mask.sum().item<double>();
+              }
             }
             if (s_.moe.aux_loss_alpha > 0) {
               Tensor a = sequence_aux_loss(r.scores, r.experts, out.token_mask, s_.moe.aux_loss_alpha);
@@ -233,6 +252,7 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
         if (!l.defined()) l = at::zeros({policy_->config().n_routed_experts}, at::TensorOptions(device_).dtype(at::kFloat));
       comm_->all_reduce_sum(loads);
     }
+    if (it == 0 && agree_count > 0) u.routing_agreement = agree_sum / agree_count;
     if (it == 0 && want_routing)
       u.expert_spread = update_routing_bias(*master_, loads, pol_.has_lora() ? 0.0 : s_.moe.bias_update_speed);
     if (pol_.master_sharded()) {

@@ -254,6 +254,7 @@ const std::vector<Key>& keys() {
       key("seed", "optim", &S::optim, &OptimSettings::seed, "sampling and warm-start seed"),
       key("bias_update_speed", "moe", &S::moe, &MoESettings::bias_update_speed, "aux-loss-free expert balancing (0: off)"),
       key("aux_loss_alpha", "moe", &S::moe, &MoESettings::aux_loss_alpha, "sequence-wise balance loss weight (0: off)"),
+      key("routing_replay", "moe", &S::moe, &MoESettings::routing_replay, "train on the experts the rollout routed each token to"),
       key("eval_every", "eval", &S::eval, &EvalSettings::eval_every, "evaluate every N steps (0: never)"),
       key("eval_num_generations", "eval", &S::eval, &EvalSettings::eval_num_generations, "k samples per eval prompt (0: greedy only)"),
       key("save_every", "checkpoint", &S::checkpoint, &CheckpointSettings::save_every, "checkpoint every N steps (0: at the end only)"),

@@ -132,6 +132,10 @@ struct OptimSettings {
 struct MoESettings {
   double bias_update_speed = 0.001;  // aux-loss-free balancing of e_score_correction_bias (0 = off)
   double aux_loss_alpha = 0.0;       // DeepSeek-V3's sequence-wise balance loss (0 = off)
+  // Routing replay: the rollout engine records the experts that served every token, and the policy's
+  // training forwards (recomputed pi_old and the update) impose them, so each sample's gradient
+  // reaches the experts that produced it. The router's weights still come from the training forward.
+  bool routing_replay = false;
 };
 
 struct EvalSettings {

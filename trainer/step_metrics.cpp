@@ -98,6 +98,10 @@ json step_metrics(const RolloutBatch& b, const UpdateStats& u, double lr, double
   for (const auto& [name, sum] : b.component_sums) m["rewards/" + name + "/mean"] = sum / b.component_counts.at(name);
   if (s.moe.aux_loss_alpha > 0) m["aux_loss"] = u.aux_loss;
   if (u.grad_comm_overlap >= 0) m["perf/grad_comm_overlap"] = u.grad_comm_overlap;
+  if (s.moe.routing_replay) {
+    m["routing/replay_mb"] = u.routing_replay_mb;
+    if (u.routing_agreement >= 0) m["routing/agreement"] = u.routing_agreement;
+  }
   if (s.loss.rollout_is != RolloutIs::Off) {
     m["rollout_is/ratio_mean"] = u.is_ratio_mean;
     m["rollout_is/ratio_min"] = u.is_ratio_min;

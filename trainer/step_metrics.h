@@ -35,6 +35,7 @@ struct EvalResult {
 struct RolloutBatch {
   std::vector<std::vector<int64_t>> prompts, completions;  // non-empty completions of kept groups
   std::vector<at::Tensor> old_logp;                        // (C_i) fp32 on the device: pi_old
+  std::vector<std::vector<int16_t>> routed_experts;        // routing_replay: each sample's record (Completion's)
   std::vector<double> advantages;
   // Over every sampled completion:
   std::vector<double> rewards;
@@ -66,6 +67,10 @@ struct UpdateStats {
   // rollout_is: the ratio pi_old / pi_rollout over real tokens (mean, extremes) and the share of
   // tokens whose weight was truncated or masked.
   double is_ratio_mean = 0, is_ratio_min = 0, is_ratio_max = 0, is_clipped = 0;
+  // routing_replay: the share of (real token, MoE layer) whose own top-k in the first training
+  // forward equals the rollout's (the agreement without replay; with it, 1 by construction), and
+  // the size of the step's records.
+  double routing_agreement = -1, routing_replay_mb = 0;
 };
 
 // The step's metrics (without "step" and the run's running total "num_tokens").

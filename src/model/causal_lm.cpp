@@ -38,14 +38,14 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer_idx, bool
   }
 }
 
-Tensor DecoderLayerImpl::feed_forward(const Tensor& x, RouterImpl::Routing* routing) {
-  return moe ? moe->forward(x, routing) : dense_mlp(x);
+Tensor DecoderLayerImpl::feed_forward(const Tensor& x, RouterImpl::Routing* routing, const Tensor& replay) {
+  return moe ? moe->forward(x, routing, replay) : dense_mlp(x);
 }
 
 Tensor DecoderLayerImpl::forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask, Tensor* cache_rows,
-                                 RouterImpl::Routing* routing) {
+                                 RouterImpl::Routing* routing, const Tensor& replay) {
   Tensor h = x + self_attn->forward(input_layernorm(x), rope, mask, cache_rows);
-  return h + feed_forward(post_attention_layernorm(h), routing);
+  return h + feed_forward(post_attention_layernorm(h), routing, replay);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ RopeTables CausalLM::rope_tables(const Tensor& position_ids, at::ScalarType dtyp
 
 Tensor CausalLM::hidden_states(const Tensor& input_ids, const std::optional<Tensor>& attention_mask,
                                           const std::optional<Tensor>& position_ids, std::vector<Tensor>* cache_rows,
-                                          std::vector<RouterImpl::Routing>* routing) {
+                                          std::vector<RouterImpl::Routing>* routing, const std::vector<Tensor>* replay) {
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   const auto dev = device();
   Tensor ids = input_ids.to(dev);
@@ -116,7 +116,7 @@ Tensor CausalLM::hidden_states(const Tensor& input_ids, const std::optional<Tens
     allowed = allowed | at::eye(T, at::TensorOptions().dtype(at::kBool).device(dev)).unsqueeze(0);
     mask.allowed = allowed.unsqueeze(1);
   }
-  return run_layers(ids, pos, mask, cache_rows, routing);
+  return run_layers(ids, pos, mask, cache_rows, routing, replay);
 }
 
 namespace {
@@ -153,25 +153,35 @@ struct LayerCheckpoint : torch::autograd::Function<LayerCheckpoint> {
 }  // namespace
 
 Tensor CausalLM::run_layers(const Tensor& ids, const Tensor& pos, const AttentionMask& mask,
-                                       std::vector<Tensor>* cache_rows, std::vector<RouterImpl::Routing>* routing) {
+                                       std::vector<Tensor>* cache_rows, std::vector<RouterImpl::Routing>* routing,
+                                       const std::vector<Tensor>* replay) {
   Tensor h = model->embed_tokens(ids);
   RopeTables rope = rope_tables(pos, h.scalar_type());
   if (cache_rows) cache_rows->assign(config_.num_hidden_layers, Tensor());
   if (routing) routing->clear();
+  size_t moe_index = 0;
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     auto layer = model->layers[i]->as<DecoderLayer>();
     RouterImpl::Routing* r = nullptr;
     if (routing && layer->moe) r = &routing->emplace_back();
+    Tensor imposed;
+    if (replay && layer->moe) {
+      if (moe_index >= replay->size()) throw Error("routing replay: fewer expert records than MoE layers");
+      imposed = (*replay)[moe_index++];
+    }
     if (gradient_checkpointing && at::GradMode::is_enabled() && !cache_rows) {
       auto call = c10::make_intrusive<LayerCall>();
-      call->run = [layer, rope, mask](const Tensor& x, RouterImpl::Routing* rr) { return layer->forward(x, rope, mask, nullptr, rr); };
+      // The recomputation in the backward pass replays the same experts as the forward.
+      call->run = [layer, rope, mask, imposed](const Tensor& x, RouterImpl::Routing* rr) {
+        return layer->forward(x, rope, mask, nullptr, rr, imposed);
+      };
       call->routing = r;
       // The input must take part in the graph even when nothing before it is trained (LoRA with a
       // frozen embedding), or no gradient would reach the layer's adapters.
       if (!h.requires_grad()) h = h.detach().requires_grad_(true);
       h = LayerCheckpoint::apply(h, call);
     } else {
-      h = layer->forward(h, rope, mask, cache_rows ? &(*cache_rows)[i] : nullptr, r);
+      h = layer->forward(h, rope, mask, cache_rows ? &(*cache_rows)[i] : nullptr, r, imposed);
     }
   }
   return model->norm(h);
@@ -222,6 +232,43 @@ std::vector<Tensor> CausalLM::completion_logprobs(const std::vector<std::vector<
   return completion_forward(prompts, completions, {}).logprobs;
 }
 
+std::vector<Tensor> CausalLM::replay_tensors(const std::vector<const std::vector<int16_t>*>& records,
+                                             const std::vector<std::vector<int64_t>>& prompts,
+                                             const std::vector<std::vector<int64_t>>& completions, int64_t T) {
+  const int64_t B = (int64_t)prompts.size();
+  if (records.empty()) return {};
+  if ((int64_t)records.size() != B)
+    throw Error("routing replay: " + std::to_string(records.size()) + " expert records for " + std::to_string(B) + " sequences");
+  int64_t moe_layers = 0;
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) moe_layers += model->layers[i]->as<DecoderLayer>()->moe ? 1 : 0;
+  const int64_t k = config_.num_experts_per_tok, E = config_.n_routed_experts;
+  if (moe_layers == 0) throw Error("routing replay: the model has no MoE layer");
+  // (MoE layers, B*T, k); padding tokens take expert 0 (their outputs reach no real token).
+  std::vector<int64_t> buf(moe_layers * B * T * k, 0);
+  for (int64_t b = 0; b < B; ++b) {
+    const std::vector<int16_t>* r = records[b];
+    const int64_t len = (int64_t)prompts[b].size() + std::max<int64_t>(0, (int64_t)completions[b].size() - 1);
+    if (!r || (int64_t)r->size() != len * moe_layers * k)
+      throw Error("routing replay: sequence " + std::to_string(b) + " has " + (r ? std::to_string(r->size()) : "no") +
+                  " recorded expert indices, expected " + std::to_string(len) + " tokens x " + std::to_string(moe_layers) +
+                  " MoE layers x " + std::to_string(k));
+    for (int64_t t = 0; t < len; ++t)
+      for (int64_t l = 0; l < moe_layers; ++l)
+        for (int64_t j = 0; j < k; ++j) {
+          const int64_t e = (*r)[(t * moe_layers + l) * k + j];
+          if (e < 0 || e >= E)
+            throw Error("routing replay: sequence " + std::to_string(b) + " names expert " + std::to_string(e) +
+                        " of " + std::to_string(E));
+          buf[((l * B + b) * T + t) * k + j] = e;
+        }
+  }
+  Tensor all = at::from_blob(buf.data(), {moe_layers, B * T, k}, at::TensorOptions().dtype(at::kLong)).to(device());
+  if (all.device().is_cpu()) all = all.clone();  // from_blob over buf, which goes away
+  std::vector<Tensor> out;
+  for (int64_t l = 0; l < moe_layers; ++l) out.push_back(all[l]);
+  return out;
+}
+
 CausalLM::CompletionOutputs CausalLM::completion_forward(
     const std::vector<std::vector<int64_t>>& prompts, const std::vector<std::vector<int64_t>>& completions,
     const CompletionOptions& options) {
@@ -261,8 +308,10 @@ CausalLM::CompletionOutputs CausalLM::completion_forward(
   auto long_opts = at::TensorOptions().dtype(at::kLong);
   // Copies (not views of the vectors): autograd keeps index tensors for the backward pass.
   Tensor input = at::from_blob(ids.data(), {B, T}, long_opts).clone().to(dev);
+  std::vector<Tensor> replay = replay_tensors(options.replay_experts, prompts, completions, T);
   // Right padding: plain causal attention is exact.
-  Tensor h = hidden_states(input, std::nullopt, std::nullopt, nullptr, options.routing ? &result.routing : nullptr);
+  Tensor h = hidden_states(input, std::nullopt, std::nullopt, nullptr, options.routing ? &result.routing : nullptr,
+                           replay.empty() ? nullptr : &replay);
   result.token_mask = at::from_blob(real.data(), {B, T}, at::TensorOptions().dtype(at::kFloat)).clone().to(dev);
   std::vector<Tensor> flat_lp, flat_entropy;
   if (!rows.empty()) {

@@ -30,9 +30,9 @@ struct DecoderLayerImpl : torch::nn::Module {
   // `mtp`: also registers the MTP module parts (embed_tokens, enorm, hnorm, eh_proj, shared_head).
   DecoderLayerImpl(const ModelConfig& c, int64_t layer_idx, bool mtp);
   Tensor forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask, Tensor* cache_rows = nullptr,
-                 RouterImpl::Routing* routing = nullptr);
-  // The feed-forward half: dense MLP or MoE, whichever this layer has (`routing`: see MoEImpl).
-  Tensor feed_forward(const Tensor& x, RouterImpl::Routing* routing = nullptr);
+                 RouterImpl::Routing* routing = nullptr, const Tensor& replay = {});
+  // The feed-forward half: dense MLP or MoE, whichever this layer has (`routing`, `replay`: see MoEImpl).
+  Tensor feed_forward(const Tensor& x, RouterImpl::Routing* routing = nullptr, const Tensor& replay = {});
 
   std::shared_ptr<AttentionImpl> self_attn;  // MLA (DeepSeek) or grouped-query attention
   MLP dense_mlp{nullptr};  // registered as "mlp" when the layer is dense
@@ -66,11 +66,13 @@ class CausalLM : public torch::nn::Module {
   // or right-padded batches (plain causal attention is then exact for every real token).
   // position_ids (B, T): default 0..T-1. Returns the final-norm hidden states (B, T, H).
   // `cache_rows`, when given, receives each layer's KV-cache rows (see AttentionImpl::forward);
-  // `routing` each MoE layer's routing, in layer order.
+  // `routing` each MoE layer's routing, in layer order; `replay`, when given, each MoE layer's
+  // imposed experts (B*T, k) int64, in layer order (routing replay, RouterImpl::forward).
   Tensor hidden_states(const Tensor& input_ids, const std::optional<Tensor>& attention_mask = std::nullopt,
                        const std::optional<Tensor>& position_ids = std::nullopt,
                        std::vector<Tensor>* cache_rows = nullptr,
-                       std::vector<RouterImpl::Routing>* routing = nullptr);
+                       std::vector<RouterImpl::Routing>* routing = nullptr,
+                       const std::vector<Tensor>* replay = nullptr);
   // Packed rows (several examples per row, for SFT): segment_ids (B, T) int64 names each token's
   // example, and a token attends only to earlier tokens of its own segment; position_ids (B, T)
   // restart at 0 in every segment. Returns log p(targets[b, t] | the segment up to t) in fp32 for
@@ -93,12 +95,17 @@ class CausalLM : public torch::nn::Module {
   struct CompletionOptions {
     bool entropy = false;  // per-token entropy of the policy (no graph)
     bool routing = false;  // each MoE layer's routing
+    // Routing replay: per sequence, the experts that served it in the rollout (Completion::
+    // routed_experts: prompt + completion[:-1] tokens x MoE layers x k), or null for none (then
+    // no sequence may have one). The MoE layers use them instead of their own top-k.
+    std::vector<const std::vector<int16_t>*> replay_experts;
   };
   struct CompletionOutputs {
     std::vector<Tensor> logprobs;  // per sequence (C_i), fp32: as completion_logprobs
     std::vector<Tensor> entropy;   // per sequence (C_i), fp32, nats; when asked
     // Per MoE layer, over the right-padded (B, T) batch flattened to B*T tokens, sequence b being
     // prompt_b + completion_b[:-1]; when asked. token_mask (B, T) fp32 marks the real tokens.
+    // With replay, `experts` are the replayed ones and `own_experts` the router's own choice.
     std::vector<RouterImpl::Routing> routing;
     Tensor token_mask;
   };
@@ -124,7 +131,12 @@ class CausalLM : public torch::nn::Module {
 
  private:
   Tensor run_layers(const Tensor& ids, const Tensor& pos, const AttentionMask& mask, std::vector<Tensor>* cache_rows,
-                    std::vector<RouterImpl::Routing>* routing);
+                    std::vector<RouterImpl::Routing>* routing, const std::vector<Tensor>* replay = nullptr);
+  // CompletionOptions::replay_experts as one (B*T, k) int64 tensor per MoE layer over the
+  // right-padded batch of width T; empty without replay.
+  std::vector<Tensor> replay_tensors(const std::vector<const std::vector<int16_t>*>& records,
+                                     const std::vector<std::vector<int64_t>>& prompts,
+                                     const std::vector<std::vector<int64_t>>& completions, int64_t T);
   // log p(target) (and the entropy when `entropy` is given) of hidden rows hs (M, H), the output
   // projection taken in chunks so that (M, V) fp32 logits never exist at once.
   Tensor target_logprobs(const Tensor& hs, const Tensor& targets, Tensor* entropy);

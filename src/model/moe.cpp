@@ -5,6 +5,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <string>
+
+#include "util/error.h"
 
 namespace grpo::model {
 
@@ -14,7 +17,7 @@ RouterImpl::RouterImpl(const ModelConfig& c) : config(c) {
     e_score_correction_bias = register_buffer("e_score_correction_bias", torch::zeros({c.n_routed_experts}));
 }
 
-RouterImpl::Routing RouterImpl::forward(const Tensor& x) {
+RouterImpl::Routing RouterImpl::forward(const Tensor& x, const Tensor& replay) {
   const ModelConfig& c = config;
   const int64_t N = x.size(0), E = c.n_routed_experts, k = c.num_experts_per_tok;
   // Gate logits in fp32 whatever the model dtype.
@@ -33,10 +36,18 @@ RouterImpl::Routing RouterImpl::forward(const Tensor& x) {
     choice = choice.masked_fill(expert_mask.logical_not(), -std::numeric_limits<float>::infinity());
   }
   Tensor idx = std::get<1>(choice.topk(k, -1, true, false));
+  Tensor own;
+  if (replay.defined()) {
+    if (replay.dim() != 2 || replay.size(0) != N || replay.size(1) != k)
+      throw Error("routing replay: expected (" + std::to_string(N) + ", " + std::to_string(k) + ") expert indices, got " +
+                  std::to_string(replay.dim()) + "-d of " + std::to_string(replay.numel()));
+    own = idx;
+    idx = replay.to(idx.device(), at::kLong);
+  }
   Tensor w = scores.gather(1, idx);
   if (c.norm_topk_prob) w = w / (w.sum(-1, true) + 1e-20);
   w = w * c.routed_scaling_factor;
-  return {idx, w, scores};
+  return {idx, w, scores, own};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -162,9 +173,9 @@ MoEImpl::MoEImpl(const ModelConfig& c) {
         register_module("shared_experts", MLP(c.hidden_size, c.moe_intermediate_size * c.n_shared_experts));
 }
 
-Tensor MoEImpl::forward(const Tensor& x, RouterImpl::Routing* routing_out) {
+Tensor MoEImpl::forward(const Tensor& x, RouterImpl::Routing* routing_out, const Tensor& replay) {
   Tensor flat = x.reshape({-1, x.size(-1)});
-  auto routing = gate(flat);
+  auto routing = gate(flat, replay);
   Tensor load;  // tokens per expert (E)
   {
     at::NoGradGuard no_grad;

@@ -21,9 +21,12 @@ struct RouterImpl : torch::nn::Module {
     Tensor experts;  // (N, k) int64
     Tensor weights;  // (N, k) fp32: unbiased scores, normalised if norm_topk_prob, times routed_scaling_factor
     Tensor scores;   // (N, E) fp32 gate scores (for load statistics and auxiliary losses)
+    Tensor own_experts;  // (N, k) int64: the router's own choice when `experts` was replayed; else undefined
   };
-  // x (N, H) -> routing of each of the N tokens to k experts.
-  Routing forward(const Tensor& x);
+  // x (N, H) -> routing of each of the N tokens to k experts. `replay` (N, k) int64, when defined,
+  // imposes the experts (routing replay: those that served the tokens in the rollout); the weights
+  // are still this router's scores of them, so the gate is trained as usual.
+  Routing forward(const Tensor& x, const Tensor& replay = {});
   Tensor weight;                   // (E, H) fp32 in every model dtype
   Tensor e_score_correction_bias;  // (E) fp32 buffer; noaux_tc only; selection only
   ModelConfig config;
@@ -63,7 +66,8 @@ struct MoEImpl : torch::nn::Module {
   explicit MoEImpl(const ModelConfig& c);
   // (B, T, H) -> (B, T, H). `routing`, when given, receives this forward's routing over the
   // N = B*T tokens in (batch, position) order (its scores keep their graph: balance losses).
-  Tensor forward(const Tensor& x, RouterImpl::Routing* routing = nullptr);
+  // `replay` (N, k) int64, when defined, imposes the experts (RouterImpl::forward).
+  Tensor forward(const Tensor& x, RouterImpl::Routing* routing = nullptr, const Tensor& replay = {});
   Router gate{nullptr};
   RoutedExperts experts{nullptr};
   MLP shared_experts{nullptr};  // null when n_shared_experts == 0

@@ -9,7 +9,9 @@
 - the rollout engine's log-probs (pi_old) equal the training forward's in fp32; with
   recompute_old_logprobs the training forward supplies pi_old (ratio exactly 1 at the first update);
 - rollout importance sampling (token level, truncated and masked) logs the ratio pi_old / pi_rollout
-  and the share of tokens truncated or masked; it needs recompute_old_logprobs."""
+  and the share of tokens truncated or masked; it needs recompute_old_logprobs;
+- routing replay logs the size of the rollout's expert records and the training router's agreement
+  with them, trains as the plain run does when they agree, and is refused for a model without MoE."""
 import argparse
 import json
 import os
@@ -148,6 +150,28 @@ r = subprocess.run([a.grpo, "train", os.path.join(a.workdir, "bad_is.yaml"), "--
                        BASE + "rollout_is: sequence\n") else None
 check(r.returncode != 0 and "recompute_old_logprobs" in r.stderr,
       "rollout_is without recompute_old_logprobs is refused: " + r.stderr.strip().splitlines()[-1][:160])
+
+# --- routing replay: in fp32 the rollout's experts are (near-ties aside) the training router's own,
+# so the replayed run trains as the plain one.
+plain_rr = metrics(train("plain_rr", "beta: 0.0\nmax_steps: 2\nsave_every: 0\neval_every: 0\nshuffle: false\n"))
+replay = metrics(train("replay", "beta: 0.0\nmax_steps: 2\nsave_every: 0\neval_every: 0\nshuffle: false\n"
+                       "routing_replay: true\nrecompute_old_logprobs: true\n"))
+agree = [replay[s]["routing/agreement"] for s in (1, 2)]
+mb = [replay[s]["routing/replay_mb"] for s in (1, 2)]
+loss_gap = max(abs(plain_rr[s]["loss"] - replay[s]["loss"]) for s in (1, 2))
+check(all(0.97 <= x <= 1 for x in agree) and all(x > 0 for x in mb) and loss_gap < 1e-4,
+      f"routing_replay: router agreement with the rollout {agree}, records {[round(x, 4) for x in mb]} MB a step, "
+      f"|loss - plain run's| <= {loss_gap:.1e}")
+dense = os.path.join(a.workdir, "dense.json")
+open(dense, "w").write(json.dumps({"model_type": "qwen2", "vocab_size": 300, "hidden_size": 32, "intermediate_size": 48,
+                                   "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                   "max_position_embeddings": 256}))
+open(os.path.join(a.workdir, "dense_rr.yaml"), "w").write(
+    BASE.replace(f"{a.source}/recipes/tiny_model.json", dense) + "routing_replay: true\n")
+r = subprocess.run([a.grpo, "train", os.path.join(a.workdir, "dense_rr.yaml"), "--output", os.path.join(a.workdir, "dense_rr")],
+                   capture_output=True, text=True)
+check(r.returncode != 0 and "routing_replay" in r.stderr and "MoE" in r.stderr,
+      "routing_replay on a dense model is refused: " + (r.stderr.strip().splitlines() or [""])[-1][:160])
 
 print("ok" if not failures else f"FAIL: {len(failures)} checks")
 sys.exit(1 if failures else 0)
