@@ -15,7 +15,7 @@ using Model = model::CausalLM;
 // ---- rollout: G completions for each of per_step_prompts prompts, scored, with group-normalised
 // advantages. Dynamic sampling (DAPO) drops groups whose rewards are all equal (they carry no
 // signal) and samples further prompts, up to max_num_gen_batches batches, to refill the step.
-RolloutBatch GrpoTrainer::sample(int64_t step) {
+RolloutBatch GrpoTrainer::sample(int64_t step, rollout::Engine& engine, int64_t position) {
   RolloutBatch b;
   const int64_t G = s_.rollout.num_generations, n = s_.rollout.per_step_prompts;
   // With several ranks, this rank rolls out prompts [first, first + nl) of the step's n; prompt
@@ -29,7 +29,7 @@ RolloutBatch GrpoTrainer::sample(int64_t step) {
     std::vector<rollout::Request> reqs;
     std::vector<const Example*> examples;
     for (int64_t i = first; i < first + nl; ++i) {
-      examples.push_back(&data_.train[order_->at(st_.position + i)]);
+      examples.push_back(&data_.train[order_->at(position + i)]);
       // prompt_index feeds the random streams: later rounds draw fresh ones.
       rollout::Request q = request(*examples.back(), round * n + i);
       q.params.n = G;
@@ -38,10 +38,10 @@ RolloutBatch GrpoTrainer::sample(int64_t step) {
       q.params.seed = s_.optim.seed * 1000003 + step;
       reqs.push_back(q);
     }
-    st_.position += n;
-    engine_->weight_version = step;
+    position += n;
+    engine.weight_version = step;
     auto t0 = Clock::now();
-    auto comps = engine_->generate(reqs);
+    auto comps = engine.generate(reqs);
     b.time_rollout += seconds_since(t0);
     ++b.gen_batches;
 
@@ -93,7 +93,7 @@ RolloutBatch GrpoTrainer::sample(int64_t step) {
         const bool truncated = c.finish_reason == rollout::FinishReason::Length;
         b.prompts.push_back(reqs[g].prompt_ids);
         b.completions.push_back(c.token_ids);
-        b.old_logp.push_back(at::tensor(c.logprobs, at::kFloat).to(device_));
+        b.old_logp.push_back(at::tensor(c.logprobs, at::kFloat));  // on the host: the trainer moves them
         if (s_.moe.routing_replay) b.routed_experts.push_back(c.routed_experts);
         // Truncated completions are masked out entirely when asked (their reward still counts in the group).
         b.advantages.push_back(truncated && s_.advantages.mask_truncated_completions ? 0.0 : adv_a[g * G + j]);
@@ -102,6 +102,7 @@ RolloutBatch GrpoTrainer::sample(int64_t step) {
     }
     if (!s_.advantages.dynamic_sampling || kept_everywhere == n) break;
   }
+  b.position_end = position;
   return b;
 }
 

@@ -2,6 +2,9 @@
 #include "trainer/grpo_trainer_impl.h"
 
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <ATen/Context.h>
 #include <c10/core/GradMode.h>
@@ -17,6 +20,7 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -151,6 +155,13 @@ GrpoTrainer::GrpoTrainer(const StageSettings& s, const std::string& recipe_path,
   if (s_.moe.routing_replay && moe_layers(*policy_).empty())
     throw Error(recipe_path_ + ": key 'routing_replay': the model has no MoE layer to replay");
   engine_ = std::make_unique<rollout::Engine>(policy_, tok_.get(), eo);
+  if (s_.rollout.async_rollout >= 0) {
+    if (comm_)
+      throw Error(recipe_path_ + ": key 'async_rollout': asynchronous rollout runs on one rank for now (the rollout "
+                  "thread's collectives would interleave with the update's)");
+    rollout_model_ = pol_.replica();
+    rollout_engine_ = std::make_unique<rollout::Engine>(rollout_model_, tok_.get(), eo);
+  }
 
   // Prompts that leave no room for a completion are dropped now, named, not met mid-run.
   auto length = [&](const Example& ex) { return (int64_t)format_->prompt_ids(ex).size(); };
@@ -367,6 +378,35 @@ double GrpoTrainer::learning_rate(int64_t step) const { return scheduled_learnin
 
 // ---------------------------------------------------------------------------------------------
 // The loop, top to bottom: sample and score, advantages, update, log, evaluate, save.
+RolloutBatch GrpoTrainer::next_batch(int64_t step) {
+  if (!rollout_engine_) return sample(step, *engine_, st_.position);
+  if (!pending_.valid()) launch_rollout(step, st_.position);  // the first step, and the first after a resume
+  const auto t0 = Clock::now();
+  RolloutBatch b = pending_.get();
+  b.time_wait = seconds_since(t0);
+  // One-step-off: the next batch is drawn by these weights while this one trains.
+  if (s_.rollout.async_rollout == 1 && step < s_.optim.max_steps) launch_rollout(step + 1, b.position_end);
+  return b;
+}
+
+// Copies the weights as they stand into the rollout model and draws step `step`'s batch from it in
+// a second thread (on CUDA, on a stream of its own). The weights have seen st_.step updates.
+void GrpoTrainer::launch_rollout(int64_t step, int64_t position) {
+  model::copy_weights(*rollout_model_, *policy_);
+  const int64_t weights_step = st_.step;
+  const int device = device_.is_cuda() ? (device_.index() >= 0 ? device_.index() : c10::cuda::current_device()) : -1;
+  if (device >= 0) c10::cuda::getCurrentCUDAStream(device).synchronize();  // the copy lands before the thread reads
+  pending_ = std::async(std::launch::async, [this, step, position, weights_step, device] {
+    c10::NoGradGuard no_grad;
+    std::optional<c10::cuda::CUDAStreamGuard> stream;
+    if (device >= 0) stream.emplace(c10::cuda::getStreamFromPool(false, device));
+    RolloutBatch b = sample(step, *rollout_engine_, position);
+    if (device >= 0) c10::cuda::getCurrentCUDAStream(device).synchronize();
+    b.weights_step = weights_step;
+    return b;
+  });
+}
+
 void GrpoTrainer::run() {
   if (!st_.warm_start_done && s_.warm_start.sft_steps > 0) {
     warm_start();
@@ -389,7 +429,8 @@ void GrpoTrainer::run() {
     for (auto& g : optimizer_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
 
     if (device_.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device_.index() < 0 ? 0 : device_.index());
-    RolloutBatch batch = sample(step);  // rollout, rewards, advantages
+    RolloutBatch batch = next_batch(step);  // rollout, rewards, advantages
+    st_.position = batch.position_end;
     auto t0 = Clock::now();
     UpdateStats u = update(batch);
     const double t_train = comm_ ? comm_->max(seconds_since(t0)) : seconds_since(t0);
@@ -398,6 +439,7 @@ void GrpoTrainer::run() {
       reduce_update(*comm_, u);
     }
     st_.step = step;
+    if (s_.rollout.async_rollout == 0 && step < max_steps) launch_rollout(step + 1, st_.position);
     if (ref_ && s_.optim.ref_model_sync_steps > 0 && step % s_.optim.ref_model_sync_steps == 0)
       model::copy_weights(*ref_, *policy_);
 
@@ -405,6 +447,10 @@ void GrpoTrainer::run() {
     json m = step_metrics(batch, u, lr, t_train, s_);
     m["step"] = step;
     m["num_tokens"] = st_.num_tokens;
+    if (batch.weights_step >= 0) {  // async_rollout: updates the sampling weights lacked, and the wait
+      m["async/staleness"] = step - 1 - batch.weights_step;
+      m["time_rollout_wait"] = batch.time_wait;
+    }
     if (device_.is_cuda()) {  // the step's peak of memory held by tensors, and by PyTorch's caching allocator
       using c10::CachingAllocator::StatType;
       auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index() < 0 ? 0 : device_.index());
@@ -414,6 +460,7 @@ void GrpoTrainer::run() {
     const bool eval_now = s_.eval.eval_every > 0 && (step % s_.eval.eval_every == 0 || step == max_steps);
     EvalResult e;
     if (eval_now && main_rank()) {
+      if (pending_.valid()) pending_.wait();  // the rollout thread's rewards are not shared with evaluation
       e = evaluate();
       e.add_to(m);
     }

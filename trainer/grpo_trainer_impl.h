@@ -9,6 +9,7 @@
 #include <torch/optim/adamw.h>
 
 #include <chrono>
+#include <future>
 #include <memory>
 #include <random>
 #include <string>
@@ -52,7 +53,12 @@ class GrpoTrainer {
   void build_reference();
   void warm_start();
   EvalResult evaluate();
-  RolloutBatch sample(int64_t step);
+  // The step's samples from `engine`, drawing prompts from data position `position` on.
+  RolloutBatch sample(int64_t step, rollout::Engine& engine, int64_t position);
+  // The step's batch: sampled now, or (async_rollout) the one drawn in the background, after
+  // launching the next one when one-step-off.
+  RolloutBatch next_batch(int64_t step);
+  void launch_rollout(int64_t step, int64_t position);
   UpdateStats update(const RolloutBatch& b);
   double learning_rate(int64_t step) const;
   std::vector<rewards::RewardResult> score(const std::vector<rewards::RewardItem>& items, const std::string& what);
@@ -98,6 +104,11 @@ class GrpoTrainer {
   dist::Communicator* comm_;  // null in a single-process run
   std::vector<int> owner_;                     // zero_stage > 0: the owner rank of each trainable parameter
   std::unique_ptr<OverlappedReduce> overlap_;  // several ranks: the gradient exchange during backward
+  // async_rollout: the policy's copy that samples in a second thread, its engine, and the batch it
+  // is drawing (declared last: destroyed, so waited for, before anything it uses).
+  std::shared_ptr<model::CausalLM> rollout_model_;
+  std::unique_ptr<rollout::Engine> rollout_engine_;
+  std::future<RolloutBatch> pending_;
 };
 
 }  // namespace grpo::trainer

@@ -83,7 +83,8 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
   const LossConfig& lc = s_.loss;
   int64_t max_len = 1;
   for (const auto& c : b.completions) max_len = std::max<int64_t>(max_len, c.size());
-  auto [old_t, mask] = pad(b.old_logp, max_len, at::kFloat);
+  auto [old_host, mask_host] = pad(b.old_logp, max_len, at::kFloat);  // the rollout's, padded on the host
+  Tensor old_t = old_host.to(device_), mask = mask_host.to(device_);
   Tensor adv_t = at::tensor(b.advantages, at::kDouble).to(at::kFloat).to(device_);
   const int64_t Bn = (int64_t)b.prompts.size();
   const auto chunks = mini_batches(b, s_.optim);

@@ -59,6 +59,15 @@ void setup_lora(Policy& p, const StageSettings& s, const std::string& recipe_pat
 
 }  // namespace
 
+std::shared_ptr<model::CausalLM> Policy::replica() const {
+  auto m = std::make_shared<Model>(compute->config());
+  m->to_device_dtype(compute->device(), compute->dtype());
+  if (has_lora()) model::add_lora(*m, lora, 0);
+  model::copy_weights(*m, *compute);
+  for (auto& p : m->parameters()) p.set_requires_grad(false);
+  return m;
+}
+
 Policy load_policy(const StageSettings& s, const std::string& recipe_path, bool without_lm_head) {
   Policy p;
   std::string base_dir;  // the base of an adapter in model_dir

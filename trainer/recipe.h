@@ -103,6 +103,11 @@ struct RolloutSettings {
   int64_t kv_cache_mb = 0;  // the engine's KV cache budget; 0 = 1024 on CPU, 4096 on CUDA
   int64_t max_batch = 0;    // sequences decoded together; 0 = max(64, per_step_prompts * num_generations)
   bool recompute_old_logprobs = false;  // pi_old from the training forward instead of the engine (verl's way)
+  // Asynchronous rollout on a copy of the policy, in a second thread (a second CUDA stream), with
+  // this staleness bound: 1 = one-step-off (step t+1's samples are drawn by the weights before step
+  // t's update while step t trains); 0 = the same machinery started after the update (equals the
+  // synchronous loop); -1 = off.
+  int64_t async_rollout = -1;
 };
 
 struct AdvantageSettings {

@@ -72,6 +72,7 @@ RunLog::RunLog(const std::string& out_dir, int64_t resume_step, int64_t logging_
 RunLog::~RunLog() { end_progress(); }
 
 void RunLog::metrics(const nlohmann::json& m, int64_t step) {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   if (out_.empty()) return;
   metrics_ << m.dump() << "\n";
   metrics_.flush();
@@ -81,12 +82,14 @@ void RunLog::metrics(const nlohmann::json& m, int64_t step) {
 }
 
 void RunLog::histogram(const std::string& tag, const std::vector<double>& values, int64_t step) {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   if (out_.empty()) return;
   events_->histogram(tag, values, step);
   events_->flush();
 }
 
 void RunLog::text(const std::string& tag, const std::string& markdown, int64_t step) {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   if (out_.empty()) return;
   events_->text(tag, markdown, step);
   events_->flush();
@@ -98,6 +101,7 @@ void RunLog::end_progress() {
 }
 
 void RunLog::line(const std::string& text) {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   if (out_.empty()) return;
   end_progress();
   fprintf(stderr, "grpo train: %s\n", text.c_str());
@@ -106,6 +110,7 @@ void RunLog::line(const std::string& text) {
 }
 
 void RunLog::progress(const std::string& text, int64_t step) {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   if (out_.empty()) return;
   log_ << timestamp() << " " << text << "\n";
   log_.flush();

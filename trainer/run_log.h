@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@
 
 namespace grpo::trainer {
 
+// Thread-safe: a rollout thread (async_rollout) may report while the trainer does.
 class RunLog {
  public:
   // resume_step < 0: a fresh run (metrics.jsonl starts empty). An empty out_dir makes a silent log
@@ -42,6 +44,7 @@ class RunLog {
   bool progress_open_ = false;
   std::ofstream metrics_, log_;
   std::unique_ptr<EventWriter> events_;
+  std::recursive_mutex mutex_;
 };
 
 // "1:02:03" / "4:05" for a number of seconds.

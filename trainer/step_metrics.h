@@ -34,7 +34,7 @@ struct EvalResult {
 // One step's training data: the kept groups' sequences, and statistics over every sample drawn.
 struct RolloutBatch {
   std::vector<std::vector<int64_t>> prompts, completions;  // non-empty completions of kept groups
-  std::vector<at::Tensor> old_logp;                        // (C_i) fp32 on the device: pi_old
+  std::vector<at::Tensor> old_logp;                        // (C_i) fp32: pi_old (the rollout's)
   std::vector<std::vector<int16_t>> routed_experts;        // routing_replay: each sample's record (Completion's)
   std::vector<double> advantages;
   // Over every sampled completion:
@@ -48,6 +48,11 @@ struct RolloutBatch {
   int64_t tokens = 0;                        // prompt + completion tokens trained on
   std::vector<std::string> samples;          // the step's first few completions, as markdown
   double time_rollout = 0, time_reward = 0;  // seconds
+  int64_t position_end = 0;                  // the data position after the prompts drawn
+  // async_rollout: the updates the sampling weights had seen, and the seconds the trainer waited
+  // for the batch (-1: synchronous rollout).
+  int64_t weights_step = -1;
+  double time_wait = -1;
   void add_sample(const rewards::RewardResult& result, const rollout::Completion& completion,
                   const std::string& prompt, const std::string& reference);
 };
