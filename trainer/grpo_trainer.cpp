@@ -429,6 +429,7 @@ void GrpoTrainer::run() {
     for (auto& g : optimizer_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
 
     if (device_.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device_.index() < 0 ? 0 : device_.index());
+    const auto t_step = Clock::now();
     RolloutBatch batch = next_batch(step);  // rollout, rewards, advantages
     st_.position = batch.position_end;
     auto t0 = Clock::now();
@@ -464,6 +465,7 @@ void GrpoTrainer::run() {
       e = evaluate();
       e.add_to(m);
     }
+    m["time_step"] = seconds_since(t_step);  // wall clock: the batch (or the wait for it), the update, evaluation
     log_->metrics(m, step);
     log_->histogram("rewards", batch.rewards, step);
     if (eval_now) {
