@@ -50,7 +50,6 @@ struct Engine::Impl {
   std::unique_ptr<DecodeGraphs> graphs;
   int64_t* weight_version = nullptr;
   int64_t moe_layers = 0;  // MoE layers among the L (routing records: tokens x moe_layers x top-k)
-  std::vector<Tensor>* decode_routing = nullptr;  // receives each MoE layer's experts (B, k) when set
 
   Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* tok, EngineOptions o)
       : model(std::move(m)), tokenizer(tok), opt(o), cfg(model->config()) {
@@ -83,7 +82,7 @@ struct Engine::Impl {
     pool = at::zeros({L, num_blocks * bs, D}, at::TensorOptions().dtype(dtype).device(dev));
     for (int64_t l = 0; l < L; ++l) moe_layers += model->model->layers[l]->as<DecoderLayer>()->moe ? 1 : 0;
     if (opt.record_routing && moe_layers == 0) throw Error("rollout engine: record_routing needs a model with MoE layers");
-    use_graphs = opt.cuda_graphs && dev.is_cuda() && num_blocks > 1 && !opt.record_routing;
+    use_graphs = opt.cuda_graphs && dev.is_cuda() && num_blocks > 1;
     if (use_graphs) {
       // The graphs' MoE must not synchronise with the host: only the grouped-GEMM path qualifies.
       auto layer = model->model->layers[L - 1]->as<DecoderLayer>();
@@ -150,7 +149,7 @@ struct Engine::Impl {
 
   // Each MoE layer's experts (N, k) as int16 on the host, token-major: (N, MoE layers, k).
   static std::vector<int16_t> host_experts(const std::vector<Tensor>& experts) {
-    Tensor all = at::stack(experts, 1).to(at::kShort).to(at::kCPU).contiguous();
+    Tensor all = at::cat(experts, 1).to(at::kShort).to(at::kCPU).contiguous();
     return std::vector<int16_t>(all.data_ptr<int16_t>(), all.data_ptr<int16_t>() + all.numel());
   }
 
@@ -214,7 +213,9 @@ struct Engine::Impl {
   // --- decode --------------------------------------------------------------------------------
   // The decode forward for a batch of B rows whose inputs are packed in one int64 device tensor:
   // [tokens (B) | positions (B) | write slots (B) | lengths (B) | block tables (B, nblk)].
-  // Returns next-token logits (B, V) fp32. Free of host synchronisation, so a CUDA graph can hold it.
+  // Returns next-token logits (B, V) fp32, followed with record_routing by each MoE layer's experts
+  // as fp32 columns (B, MoE layers x k), so that one static graph output carries both. Free of host
+  // synchronisation, so a CUDA graph can hold it.
   Tensor decode_forward(const Tensor& packed, int64_t B, int64_t nblk) {
     const auto dev = packed.device();
     const int64_t Lpad = nblk * bs;
@@ -225,14 +226,18 @@ struct Engine::Impl {
     Tensor invalid = (at::arange(Lpad, i64).unsqueeze(0) >= lens.unsqueeze(1)).unsqueeze(1);  // (B, 1, Lpad)
     Tensor x = model->model->embed_tokens(tok);  // (B, H)
     model::RopeTables rope = model->rope_tables(pos.view({B, 1}), x.scalar_type());
+    std::vector<Tensor> experts;
     for (int64_t l = 0; l < L; ++l) {
       auto layer = model->model->layers[l]->as<DecoderLayer>();
       x = x + layer->self_attn->decode(layer->input_layernorm(x), rope, pool[l], slots, gather_idx, invalid, Lpad);
       model::RouterImpl::Routing r;
-      x = x + layer->feed_forward(layer->post_attention_layernorm(x), decode_routing && layer->moe ? &r : nullptr);
-      if (decode_routing && layer->moe) decode_routing->push_back(r.experts);
+      const bool record = opt.record_routing && layer->moe;
+      x = x + layer->feed_forward(layer->post_attention_layernorm(x), record ? &r : nullptr);
+      if (record) experts.push_back(r.experts);
     }
-    return model->logits(model->model->norm(x)).to(at::kFloat);  // (B, V)
+    Tensor logits = model->logits(model->model->norm(x)).to(at::kFloat);  // (B, V)
+    if (opt.record_routing) logits = at::cat({logits, at::cat(experts, 1).to(at::kFloat)}, 1);  // exact below 2^24
+    return logits;
   }
 
   void decode(std::vector<Completion>& done) {
@@ -259,12 +264,11 @@ struct Engine::Impl {
       for (size_t i = 0; i < s.table.size(); ++i) host[4 * Bp + b * nb + i] = s.table[i];
     }
     Tensor host_t = at::from_blob(host.data(), {(int64_t)host.size()}, at::TensorOptions().dtype(at::kLong));
-    std::vector<Tensor> experts;
-    if (opt.record_routing) decode_routing = &experts;  // record_routing runs without graphs
     Tensor logits = use_graphs ? graphs->run(host_t, Bp, nb, B) : decode_forward(host_t.to(model->device()), B, nb);
-    decode_routing = nullptr;
     if (opt.record_routing) {  // each row's experts follow its sequence
-      const std::vector<int16_t> rec = host_experts(experts);
+      const int64_t V = cfg.vocab_size;
+      const std::vector<int16_t> rec = host_experts({logits.narrow(1, V, logits.size(1) - V)});
+      logits = logits.narrow(1, 0, V).contiguous();
       const size_t per_token = rec.size() / B;
       for (int64_t b = 0; b < B; ++b)
         seqs[b]->routing.insert(seqs[b]->routing.end(), rec.begin() + b * per_token, rec.begin() + (b + 1) * per_token);

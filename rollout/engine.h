@@ -52,7 +52,7 @@ struct EngineOptions {
   // (batch, block-table) size bucket instead of launching its kernels one by one.
   bool cuda_graphs = true;
   // Record the experts every MoE layer routed each token to (Completion::routed_experts), for
-  // routing replay in training. The decode step then runs without CUDA graphs.
+  // routing replay in training; CUDA graphs of the decode step carry them out with the logits.
   bool record_routing = false;
 };
 

@@ -54,7 +54,8 @@ YAML
   "$build/bin/grpo" train "$work/$1.yaml" --output "$work/$1" >"$work/$1.log" 2>&1 &
   local pid=$!
   while kill -0 "$pid" 2>/dev/null; do
-    if [ "$(grep -c '"time_train"' "$work/$1/metrics.jsonl" 2>/dev/null || true)" -ge "$steps" ]; then kill -9 "$pid"; break; fi
+    local n; n=$(grep -c '"time_train"' "$work/$1/metrics.jsonl" 2>/dev/null || true)
+    if [ "${n:-0}" -ge "$steps" ]; then kill -9 "$pid"; break; fi
     sleep 1
   done
   wait "$pid" 2>/dev/null || true

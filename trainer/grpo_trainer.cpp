@@ -399,7 +399,8 @@ void GrpoTrainer::launch_rollout(int64_t step, int64_t position) {
   pending_ = std::async(std::launch::async, [this, step, position, weights_step, device] {
     c10::NoGradGuard no_grad;
     std::optional<c10::cuda::CUDAStreamGuard> stream;
-    if (device >= 0) stream.emplace(c10::cuda::getStreamFromPool(false, device));
+    // High priority: the decode step's small kernels get the SMs as the update's large ones free them.
+    if (device >= 0) stream.emplace(c10::cuda::getStreamFromPool(true, device));
     RolloutBatch b = sample(step, *rollout_engine_, position);
     if (device >= 0) c10::cuda::getCurrentCUDAStream(device).synchronize();
     b.weights_step = weights_step;

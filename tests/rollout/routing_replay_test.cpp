@@ -183,3 +183,47 @@ TEST(RoutingReplay, BadRecordsAreErrorsThatNameTheSequence) {
   o.replay_experts[1] = &outside;
   EXPECT_THROW(r.model->completion_forward(r.prompts, r.completions, o), Error);
 }
+
+// On CUDA in bf16 the decode step runs as CUDA graphs, whose one static output carries the experts
+// out with the logits. The records must be those of the right rows and layers: they agree with the
+// training forward's own routing (bf16 near-ties aside), where misplaced columns would agree by chance only.
+TEST(RoutingReplayCuda, GraphsCarryTheRecordsOut) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  auto m = std::make_shared<model::CausalLM>(parse_model_config(kTinyV3, "tiny"));
+  model::init_weights(*m, 5);
+  {
+    at::NoGradGuard g;
+    for (auto& p : m->parameters())
+      if (p.dim() > 1) p.mul_(3);
+  }
+  m->to_device_dtype(at::kCUDA, at::kBFloat16);
+  rollout::EngineOptions eo;
+  eo.record_routing = true;
+  eo.block_size = 8;
+  eo.kv_cache_bytes = 64 << 20;
+  rollout::Engine engine(m, nullptr, eo);
+  std::mt19937 rng(3);
+  std::vector<rollout::Request> reqs;
+  for (int i = 0; i < 7; ++i) {  // 21 sequences: padded to a graph batch of 32
+    rollout::Request q;
+    q.prompt_index = i;
+    for (int t = 0, n = 1 + (int)(rng() % 40); t < n; ++t) q.prompt_ids.push_back(rng() % 61);
+    q.params.n = 3;
+    q.params.max_new_tokens = 30;
+    q.params.seed = 2;
+    reqs.push_back(q);
+  }
+  Rollout r;
+  for (auto& c : engine.generate(reqs)) {
+    r.prompts.push_back(reqs[c.prompt_index].prompt_ids);
+    r.completions.push_back(c.token_ids);
+    r.records.push_back(c.routed_experts);
+    const int64_t tokens = (int64_t)(r.prompts.back().size() + c.token_ids.size()) - 1;
+    ASSERT_EQ((int64_t)c.routed_experts.size(), tokens * kMoeLayers * kTopK);
+  }
+  at::NoGradGuard g;
+  auto own = m->completion_forward(r.prompts, r.completions, {false, true, {}});
+  auto replayed = m->completion_forward(r.prompts, r.completions, replaying(r));
+  const double agree = agreement(experts_of(replayed.routing, false), experts_of(own.routing, false), own.token_mask);
+  EXPECT_GE(agree, 0.8) << "records and the training router agree on " << agree << " of (token, layer)";
+}
