@@ -156,6 +156,7 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
     u.grad_comm_overlap = overlap ? 0 : -1;
     std::vector<Tensor> loads(moe_count);
     double agree_sum = 0, agree_count = 0;  // routing replay, first iteration: (token, layer) pairs
+    std::vector<Tensor> token_diffs;        // first iteration: |log pi_train - log pi_rollout| per real token
     for (int64_t pass = 0; pass < passes; ++pass) {
       // With overlap the gradient collectives start during the backward pass: every pass when each
       // goes to the owners, else the last (the step's gradients are complete only then).
@@ -186,8 +187,9 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
         u.entropy += (pad(out.entropy, max_len, at::kFloat).first * cmask).sum().item<double>() / std::max(1.0, total_tokens);
         if (it == 0) {
           c10::NoGradGuard g;
-          u.rollout_logprob_diff +=
-              ((logp - rollout_t.narrow(0, s0, n)).abs() * cmask).sum().item<double>() / std::max(1.0, total_tokens);
+          Tensor diff = (logp - rollout_t.narrow(0, s0, n)).abs();
+          u.rollout_logprob_diff += (diff * cmask).sum().item<double>() / std::max(1.0, total_tokens);
+          token_diffs.push_back(diff.masked_select(cmask.to(at::kBool)).to(at::kCPU));
         }
         if (want_routing) {
           if (out.routing.size() != moe_count) throw Error("MoE routing of an unexpected size in the training forward");
@@ -254,6 +256,15 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
       comm_->all_reduce_sum(loads);
     }
     if (it == 0 && agree_count > 0) u.routing_agreement = agree_sum / agree_count;
+    if (it == 0 && !token_diffs.empty()) {  // the spread of this rank's per-token differences
+      Tensor d = at::cat(token_diffs).to(at::kDouble);
+      if (d.numel() > 0) {
+        Tensor q = at::quantile(d, at::tensor({0.5, 0.99}, at::kDouble));
+        u.rollout_logprob_diff_p50 = q[0].item<double>();
+        u.rollout_logprob_diff_p99 = q[1].item<double>();
+        u.rollout_logprob_diff_max = d.max().item<double>();
+      }
+    }
     if (it == 0 && want_routing)
       u.expert_spread = update_routing_bias(*master_, loads, pol_.has_lora() ? 0.0 : s_.moe.bias_update_speed);
     if (pol_.master_sharded()) {

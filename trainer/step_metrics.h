@@ -63,6 +63,7 @@ struct UpdateStats {
   // Mean |log pi_train - log pi_rollout| per token before the first update: how far the training
   // forward is from the engine's sampling-time log-probs (bf16 kernels differ; 0 up to fp32 noise).
   double rollout_logprob_diff = 0;
+  double rollout_logprob_diff_p50 = 0, rollout_logprob_diff_p99 = 0, rollout_logprob_diff_max = 0;  // its spread
   // Model FLOPs of the update (model/flops.h): reference and recomputed old log-probs (forward),
   // and every iteration's forward and backward.
   double model_flops = 0;
