@@ -162,4 +162,60 @@ if "resumed from" not in open(os.path.join(cut, "train.log")).read():
 if a_t.keys() != b_t.keys() or any(a_t[k] != b_t[k] for k in a_t):
     sys.exit("the resumed reward model differs from the uninterrupted one")
 print(f"killed after step 20 and resumed: all {len(a_t)} tensors (score.weight included) bit-identical")
+
+# A reward model from a rejection-sampling stage's pairs: a briefly trained policy is right on some
+# samples and wrong on others; each pair puts a kept (right) sample above a dropped one of the same
+# prompt, and the reward_model stage reads them with train_file: stage:NAME.
+PAIRS = f"""model_config: {a.source}/recipes/tiny_model.json
+tokenizer: builtin:bytes
+task_digits: 1
+train_size: 60
+eval_size: 8
+seed: 0
+stages:
+  - name: sft
+    type: sft
+    task: addition_cot
+    max_length: 128
+    per_device_train_batch_size: 8
+    num_train_epochs: 25
+    learning_rate: 0.003
+  - name: rejection
+    type: rejection_sampling
+    model_dir: stage:sft
+    task: addition
+    rewards: math
+    num_samples: 4
+    per_step_prompts: 30
+    max_completion_length: 64
+    temperature: 1.0
+  - name: rm_pairs
+    type: reward_model
+    model_dir: stage:sft
+    train_file: stage:rejection
+    max_length: 128
+    per_device_train_batch_size: 4
+    max_steps: 4
+"""
+pr = os.path.join(a.workdir, "pairs.yaml")
+open(pr, "w").write(PAIRS)
+pout = os.path.join(a.workdir, "pairs")
+r = subprocess.run([a.grpo, "train", pr, "--output", pout], capture_output=True, text=True)
+if r.returncode != 0:
+    sys.exit(f"rejection -> reward_model pipeline failed:\n{r.stderr[-3000:]}")
+stats = json.load(open(os.path.join(pout, "rejection", "stats.json")))
+pairs = [json.loads(l) for l in open(os.path.join(pout, "rejection", "pairs.jsonl"))]
+quality = {"incorrect", "truncated", "too_short", "too_long", "language", "repeated_ngrams", "repeated_paragraph"}
+kept = {}
+for line in open(os.path.join(pout, "rejection", "data.jsonl")):
+    k = json.loads(line)
+    kept.setdefault(k["prompt"], set()).add(k["completion"])
+# Each chosen is a kept sample of its prompt; each rejected a different sample, dropped for its quality.
+bad = [p for p in pairs if p["chosen"] not in kept.get(p["prompt"], set()) or p["chosen"] == p["rejected"]
+       or not (p["rejected_because"] in quality or p["rejected_because"].startswith("reward:"))]
+trained = [json.loads(l) for l in open(os.path.join(pout, "rm_pairs", "metrics.jsonl"))]
+print(f"rejection stage: {stats['kept']} kept of {stats['samples']}, {stats['pairs']} pairs ({len(pairs)} lines); "
+      f"reward model trained {max(m['step'] for m in trained)} steps on them")
+if not pairs or len(pairs) != stats["pairs"] or len(pairs) > stats["kept"] or bad:
+    sys.exit(f"preference pairs wrong: {len(pairs)} lines, {len(bad)} bad, first bad {bad[:1]}")
 print("PASS")
