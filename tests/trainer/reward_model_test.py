@@ -79,7 +79,9 @@ if not comps:
     sys.exit(f"the final stage logged no reward_model component: {final[-1]}")
 
 # transformers scores the checkpoint as grpo does.
-items = [{"prompt": "12+30=", "completion": "<think>\n2+0=2, write 2\n1+3=4, write 4\n</think>\n<answer>\n42\n</answer>"},
+# The first is the preferred style (a worked solution that checks its sum), the others worse answers.
+items = [{"prompt": "12+30=",
+          "completion": "<think>\n2+0=2, write 2\n1+3=4, write 4\ncheck: 42-30=12\n</think>\n<answer>\n42\n</answer>"},
          {"prompt": "12+30=", "completion": "42"},
          {"prompt": "7+5=", "completion": "<think>\nhmm, let me think again\n</think>\n<answer>\n13\n</answer>"},
          {"prompt": "99+1=", "completion": ""}]
@@ -110,7 +112,7 @@ print(f"transformers AutoModelForSequenceClassification vs grpo: {[round(x, 4) f
 if diff > 1e-4:
     sys.exit("scores differ")
 if not (ours[0] > ours[1] and ours[0] > ours[2]):
-    sys.exit("the trained model does not prefer the worked solution")
+    sys.exit("the trained model does not prefer the checked worked solution")
 
 # The reward worker serves the same scores.
 port_file = os.path.join(a.workdir, "port")
