@@ -49,7 +49,6 @@ struct Engine::Impl {
   int32_t dummy_block = -1;
   std::unique_ptr<DecodeGraphs> graphs;
   int64_t* weight_version = nullptr;
-  int64_t moe_layers = 0;  // MoE layers among the L (routing records: tokens x moe_layers x top-k)
 
   Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* tok, EngineOptions o)
       : model(std::move(m)), tokenizer(tok), opt(o), cfg(model->config()) {
@@ -80,6 +79,7 @@ struct Engine::Impl {
     // Zeroed: masked attention positions are multiplied by probability 0, and 0 * NaN from
     // uninitialised memory would poison the sum. Freed blocks keep finite values.
     pool = at::zeros({L, num_blocks * bs, D}, at::TensorOptions().dtype(dtype).device(dev));
+    int64_t moe_layers = 0;
     for (int64_t l = 0; l < L; ++l) moe_layers += model->model->layers[l]->as<DecoderLayer>()->moe ? 1 : 0;
     if (opt.record_routing && moe_layers == 0) throw Error("rollout engine: record_routing needs a model with MoE layers");
     use_graphs = opt.cuda_graphs && dev.is_cuda() && num_blocks > 1;
