@@ -14,6 +14,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "model/batch_invariant.h"
 #include "rollout/decode_graphs.h"
 #include "rollout/scheduler.h"
 #include "text/tokenizer.h"
@@ -49,6 +50,9 @@ struct Engine::Impl {
   int32_t dummy_block = -1;
   std::unique_ptr<DecodeGraphs> graphs;
   int64_t* weight_version = nullptr;
+  // The model's batch-invariant forward (model/batch_invariant.h) serves prefill and decode, and
+  // the returned log-probs are its fixed-order log-softmax: what training computes, to the bit.
+  bool invariant = false;
 
   Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* tok, EngineOptions o)
       : model(std::move(m)), tokenizer(tok), opt(o), cfg(model->config()) {
@@ -82,7 +86,11 @@ struct Engine::Impl {
     int64_t moe_layers = 0;
     for (int64_t l = 0; l < L; ++l) moe_layers += model->model->layers[l]->as<DecoderLayer>()->moe ? 1 : 0;
     if (opt.record_routing && moe_layers == 0) throw Error("rollout engine: record_routing needs a model with MoE layers");
-    use_graphs = opt.cuda_graphs && dev.is_cuda() && num_blocks > 1;
+    invariant = model->batch_invariant;
+    if (invariant && !dev.is_cpu())
+      throw Error("rollout engine: the batch-invariant forward (exact_rollout) runs on the CPU only for now; the model is on " +
+                  dev.str());
+    use_graphs = opt.cuda_graphs && dev.is_cuda() && num_blocks > 1 && !invariant;
     if (use_graphs) {
       // The graphs' MoE must not synchronise with the host: only the grouped-GEMM path qualifies.
       auto layer = model->model->layers[L - 1]->as<DecoderLayer>();
@@ -106,6 +114,12 @@ struct Engine::Impl {
   // --- prefill -------------------------------------------------------------------------------
   void prefill(const std::vector<Group*>& batch) {
     auto t0 = std::chrono::steady_clock::now();
+    if (invariant) {
+      prefill_invariant(batch);
+      stats.prefill_calls += 1;
+      stats.prefill_seconds += seconds_since(t0);
+      return;
+    }
     const auto dev = model->device();
     const int64_t B = (int64_t)batch.size();
     int64_t T = 0;
@@ -147,6 +161,76 @@ struct Engine::Impl {
     stats.prefill_seconds += seconds_since(t0);
   }
 
+  // Prefill through the batch-invariant forward: every prompt token writes its cache rows and
+  // attends to its prompt's earlier slots through the group's block table.
+  void prefill_invariant(const std::vector<Group*>& batch) {
+    std::vector<int64_t> ids, pos, slots, table, start, count, last, first;
+    for (Group* g : batch) {
+      const auto& p = g->req.prompt_ids;
+      const int64_t table_at = (int64_t)table.size();
+      first.push_back((int64_t)ids.size());
+      for (int32_t blk : g->blocks) table.push_back(blk);
+      for (int64_t t = 0; t < (int64_t)p.size(); ++t) {
+        ids.push_back(p[t]);
+        pos.push_back(t);
+        slots.push_back((int64_t)g->blocks[t / bs] * bs + t % bs);
+        start.push_back(table_at);
+        count.push_back(t + 1);
+      }
+      last.push_back((int64_t)ids.size() - 1);
+    }
+    std::vector<Tensor> experts;
+    Tensor h = model::invariant::hidden_states(*model, invariant_rows(ids, pos, slots, table, start, count),
+                                               pool.unbind(0), opt.record_routing ? &experts : nullptr);
+    if (opt.record_routing) {
+      const std::vector<int16_t> rec = host_experts(experts);
+      const int64_t per_token = (int64_t)rec.size() / (int64_t)ids.size();
+      for (size_t b = 0; b < batch.size(); ++b) {
+        const auto from = rec.begin() + first[b] * per_token;
+        batch[b]->prompt_routing.assign(from, from + batch[b]->prompt_len() * per_token);
+      }
+    }
+    Tensor logits = model::invariant::logits(*model, h.index_select(0, at::tensor(last, at::kLong)));
+    for (size_t b = 0; b < batch.size(); ++b) prompt_logits[batch[b]->id] = logits[b];
+    stats.prefill_tokens += (int64_t)ids.size();
+  }
+
+  model::invariant::TokenRows invariant_rows(const std::vector<int64_t>& ids, const std::vector<int64_t>& pos,
+                                             const std::vector<int64_t>& slots, const std::vector<int64_t>& table,
+                                             const std::vector<int64_t>& start, const std::vector<int64_t>& count) const {
+    auto i64 = [](const std::vector<int64_t>& v) { return at::tensor(v, at::TensorOptions().dtype(at::kLong)); };
+    model::invariant::TokenRows rows;
+    rows.ids = i64(ids);
+    rows.positions = i64(pos);
+    rows.write_slots = i64(slots);
+    rows.keys.table = i64(table);
+    rows.keys.table_start = i64(start);
+    rows.keys.num_keys = i64(count);
+    rows.keys.block_size = bs;
+    return rows;
+  }
+
+  // One decode step through the batch-invariant forward: (B, V) fp32 logits, followed with
+  // record_routing by the experts' columns, as decode_forward returns them.
+  Tensor decode_invariant(const std::vector<Sequence*>& seqs) {
+    std::vector<int64_t> ids, pos, slots, table, start, count;
+    for (const Sequence* s : seqs) {
+      const int64_t p = s->position();
+      ids.push_back(s->tokens.back());
+      pos.push_back(p);
+      slots.push_back((int64_t)s->table[p / bs] * bs + p % bs);
+      start.push_back((int64_t)table.size());
+      count.push_back(p + 1);
+      for (int32_t blk : s->table) table.push_back(blk);
+    }
+    std::vector<Tensor> experts;
+    Tensor h = model::invariant::hidden_states(*model, invariant_rows(ids, pos, slots, table, start, count),
+                                               pool.unbind(0), opt.record_routing ? &experts : nullptr);
+    Tensor logits = model::invariant::logits(*model, h);
+    if (opt.record_routing) logits = at::cat({logits, at::cat(experts, 1).to(at::kFloat)}, 1);
+    return logits;
+  }
+
   // Each MoE layer's experts (N, k) as int16 on the host, token-major: (N, MoE layers, k).
   static std::vector<int16_t> host_experts(const std::vector<Tensor>& experts) {
     Tensor all = at::cat(experts, 1).to(at::kShort).to(at::kCPU).contiguous();
@@ -186,6 +270,7 @@ struct Engine::Impl {
                           const std::vector<float>& u, std::vector<Completion>& done) {
     auto t0 = std::chrono::steady_clock::now();
     auto [tok, lp] = sample_tokens(logits, temp, topk, topp, u);
+    if (invariant) lp = model::invariant::log_softmax(logits).gather(1, tok.unsqueeze(1)).squeeze(1);
     Tensor host = at::stack({tok.to(at::kDouble), lp.to(at::kDouble)}).to(at::kCPU);
     stats.sample_seconds += seconds_since(t0);
     auto acc = host.accessor<double, 2>();
@@ -264,7 +349,9 @@ struct Engine::Impl {
       for (size_t i = 0; i < s.table.size(); ++i) host[4 * Bp + b * nb + i] = s.table[i];
     }
     Tensor host_t = at::from_blob(host.data(), {(int64_t)host.size()}, at::TensorOptions().dtype(at::kLong));
-    Tensor logits = use_graphs ? graphs->run(host_t, Bp, nb, B) : decode_forward(host_t.to(model->device()), B, nb);
+    Tensor logits = invariant    ? decode_invariant(seqs)
+                    : use_graphs ? graphs->run(host_t, Bp, nb, B)
+                                 : decode_forward(host_t.to(model->device()), B, nb);
     if (opt.record_routing) {  // each row's experts follow its sequence
       const int64_t V = cfg.vocab_size;
       const std::vector<int16_t> rec = host_experts({logits.narrow(1, V, logits.size(1) - V)});

@@ -64,6 +64,7 @@ std::shared_ptr<model::CausalLM> Policy::replica() const {
   m->to_device_dtype(compute->device(), compute->dtype());
   if (has_lora()) model::add_lora(*m, lora, 0);
   model::copy_weights(*m, *compute);
+  m->batch_invariant = compute->batch_invariant;
   for (auto& p : m->parameters()) p.set_requires_grad(false);
   return m;
 }
@@ -92,6 +93,7 @@ Policy load_policy(const StageSettings& s, const std::string& recipe_path, bool 
     p.sync();
   }
   p.compute->gradient_checkpointing = s.model.gradient_checkpointing;
+  p.compute->batch_invariant = s.rollout.exact_rollout;
   if (s.model.tokenizer == "builtin:bytes")
     p.tok = std::make_shared<const text::Tokenizer>(text::Tokenizer::byte_level());
   else

@@ -108,6 +108,9 @@ struct RolloutSettings {
   // t's update while step t trains); 0 = the same machinery started after the update (equals the
   // synchronous loop); -1 = off.
   int64_t async_rollout = -1;
+  // The engine and the training forward both compute through the batch-invariant forward
+  // (model/batch_invariant.h): the rollout's log-probs equal the training forward's to the bit.
+  bool exact_rollout = false;
 };
 
 struct AdvantageSettings {

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <functional>
 
+#include "model/batch_invariant.h"
 #include "model/deepseek.h"
 #include "model/llama.h"
 #include "util/error.h"
@@ -147,6 +148,17 @@ struct LayerCheckpoint : torch::autograd::Function<LayerCheckpoint> {
     }
     torch::autograd::backward({y}, {grad[0]});
     return {x.grad(), Tensor()};
+  }
+};
+
+// Returns `values` in the forward pass and hands the gradient to `differentiable` in the backward
+// pass: the batch-invariant forward's log-probs with the ordinary forward's gradient.
+struct TakeValues : torch::autograd::Function<TakeValues> {
+  static Tensor forward(torch::autograd::AutogradContext*, const Tensor& differentiable, const Tensor& values) {
+    return values.clone();
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*, torch::autograd::variable_list grad) {
+    return {grad[0], Tensor()};
   }
 };
 
@@ -309,6 +321,29 @@ CausalLM::CompletionOutputs CausalLM::completion_forward(
   // Copies (not views of the vectors): autograd keeps index tensors for the backward pass.
   Tensor input = at::from_blob(ids.data(), {B, T}, long_opts).clone().to(dev);
   std::vector<Tensor> replay = replay_tensors(options.replay_experts, prompts, completions, T);
+  invariant::CompletionValues exact;
+  if (batch_invariant) {
+    if (!replay.empty())
+      throw Error("completion_logprobs: routing replay is redundant with the batch-invariant forward, which routes as the rollout did");
+    exact = invariant::completion_logprobs(*this, prompts, completions);
+    if (!at::GradMode::is_enabled() && !options.entropy && !options.routing) {
+      int64_t offset = 0;
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t n = (int64_t)completions[b].size();
+        result.logprobs[b] = exact.logprobs.narrow(0, offset, n);
+        offset += n;
+      }
+      result.token_mask = at::from_blob(real.data(), {B, T}, at::TensorOptions().dtype(at::kFloat)).clone().to(dev);
+      return result;
+    }
+    // The gradient's forward uses the experts that the values' forward chose.
+    std::vector<int64_t> token_rows;
+    for (int64_t i = 0; i < B * T; ++i)
+      if (real[i] != 0.f) token_rows.push_back(i);
+    Tensor at_rows = at::tensor(token_rows, long_opts).to(dev);
+    for (const Tensor& e : exact.experts)
+      replay.push_back(at::zeros({B * T, e.size(1)}, long_opts.device(dev)).index_copy_(0, at_rows, e.to(dev)));
+  }
   // Right padding: plain causal attention is exact.
   Tensor h = hidden_states(input, std::nullopt, std::nullopt, nullptr, options.routing ? &result.routing : nullptr,
                            replay.empty() ? nullptr : &replay);
@@ -319,6 +354,7 @@ CausalLM::CompletionOutputs CausalLM::completion_forward(
     Tensor tgt = at::from_blob(targets.data(), {(int64_t)targets.size()}, long_opts).clone().to(dev);
     Tensor ent;
     flat_lp.push_back(target_logprobs(h.reshape({B * T, -1}).index_select(0, row_idx), tgt, options.entropy ? &ent : nullptr));
+    if (batch_invariant) flat_lp.back() = TakeValues::apply(flat_lp.back(), exact.logprobs.to(dev));
     if (options.entropy) flat_entropy.push_back(ent);
   }
   // Splits the flat per-token values back into sequences.

@@ -128,6 +128,10 @@ class CausalLM : public torch::nn::Module {
   // mode on, each layer keeps only its input and runs again in the backward pass. Gradients are
   // those of the plain forward; MoE routing returned from such a forward carries no graph.
   bool gradient_checkpointing = false;
+  // Batch-invariant values (model/batch_invariant.h): completion_forward's log-probs come from the
+  // batch-invariant forward, equal to the last bit to what the rollout engine computes for the same
+  // tokens; their gradient flows through the ordinary forward, which imposes the same experts.
+  bool batch_invariant = false;
 
  private:
   Tensor run_layers(const Tensor& ids, const Tensor& pos, const AttentionMask& mask, std::vector<Tensor>* cache_rows,

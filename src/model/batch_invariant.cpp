@@ -1,0 +1,211 @@
+#include "model/batch_invariant.h"
+
+#include <c10/core/GradMode.h>
+
+#include <limits>
+#include <string>
+
+#include "model/deepseek.h"
+#include "model/llama.h"
+#include "util/error.h"
+
+namespace grpo::model::invariant {
+
+namespace {
+
+// y = x W^T (+ b), rounded to the weight's dtype; an adapter adds scaling * (x A^T) B^T in fp32
+// before that rounding, as LinearImpl does.
+Tensor linear(LinearImpl& l, const Tensor& x) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = l.out_features;
+  const auto dtype = l.weight.scalar_type();
+  Tensor x2 = x.reshape({-1, x.size(-1)});
+  Tensor y = invariant::matmul_nt(x2, l.weight);
+  if (l.bias.defined()) y = y + l.bias.to(at::kFloat);
+  y = y.to(dtype);
+  if (l.has_lora() && l.lora_enabled) {
+    Tensor delta = invariant::matmul_nt(invariant::matmul_nt(x2, l.lora_A->weight), l.lora_B->weight) * l.lora_scaling;
+    y = (y.to(at::kFloat) + delta).to(dtype);
+  }
+  return y.view(shape);
+}
+
+Tensor norm(RMSNormImpl& n, const Tensor& x) { return n.weight * invariant::rms_normalize(x, n.eps).to(x.scalar_type()); }
+
+Tensor mlp(MLPImpl& m, const Tensor& x) {
+  Tensor up = linear(*m.up_proj, x);
+  return linear(*m.down_proj, invariant::silu(linear(*m.gate_proj, x)).to(up.scalar_type()) * up);
+}
+
+// DeepSeek's MLA in the absorbed form: scores = [q_nope W_uk | q_pe] . [latent | k_pe],
+// out = (p . latent) W_uv^T, per head; the cache keeps [latent | k_pe].
+Tensor mla(MLAImpl& a, const Tensor& x, const RopeTables& rope, Tensor& cache, const TokenRows& rows) {
+  const int64_t N = x.size(0), nh = a.num_heads, dn = a.qk_nope_head_dim, dr = a.qk_rope_head_dim,
+                dv = a.v_head_dim, r = a.kv_lora_rank;
+  const auto dtype = x.scalar_type();
+  Tensor q = a.q_proj ? linear(*a.q_proj, x) : linear(*a.q_b_proj, norm(*a.q_a_layernorm, linear(*a.q_a_proj, x)));
+  q = q.view({N, nh, dn + dr});
+  Tensor q_pe = apply_rope(q.narrow(-1, dn, dr), rope, a.rope_interleave);
+  Tensor comp = linear(*a.kv_a_proj_with_mqa, x);
+  Tensor latent = norm(*a.kv_a_layernorm, comp.narrow(-1, 0, r));
+  Tensor k_pe = apply_rope(comp.narrow(-1, r, dr).view({N, 1, dr}), rope, a.rope_interleave).view({N, dr});
+  cache.index_copy_(0, rows.write_slots, at::cat({latent, k_pe}, -1).to(cache.scalar_type()));
+  Tensor w = a.kv_b_proj->effective_weight().view({nh, dn + dv, r});
+  std::vector<Tensor> q_lat(nh), out(nh);
+  for (int64_t h = 0; h < nh; ++h)
+    q_lat[h] = invariant::matmul_nt(q.select(1, h).narrow(-1, 0, dn), w[h].narrow(0, 0, dn).t()).to(dtype);  // (N, r)
+  Tensor qc = at::cat({at::stack(q_lat, 1), q_pe}, -1);                                         // (N, nh, r + dr)
+  HeadLayout heads;
+  heads.key_width = r + dr;
+  heads.value_width = r;
+  Tensor o_lat = invariant::attention(qc, cache, rows.keys, heads, a.softmax_scale).to(dtype);  // (N, nh, r)
+  for (int64_t h = 0; h < nh; ++h) out[h] = invariant::matmul_nt(o_lat.select(1, h), w[h].narrow(0, dn, dv)).to(dtype);
+  return linear(*a.o_proj, at::stack(out, 1).reshape({N, nh * dv}));
+}
+
+// Grouped-query attention; the cache keeps [k (nkv*hd) | v (nkv*hd)].
+Tensor gqa(GroupedQueryAttentionImpl& a, const Tensor& x, const RopeTables& rope, Tensor& cache,
+           const TokenRows& rows) {
+  const int64_t N = x.size(0), nh = a.num_heads, nkv = a.num_kv_heads, hd = a.head_dim;
+  Tensor q = linear(*a.q_proj, x).view({N, nh, hd});
+  Tensor k = linear(*a.k_proj, x).view({N, nkv, hd});
+  Tensor v = linear(*a.v_proj, x).view({N, nkv, hd});
+  if (a.q_norm) {
+    q = norm(*a.q_norm, q);
+    k = norm(*a.k_norm, k);
+  }
+  q = apply_rope(q, rope, false);
+  k = apply_rope(k, rope, false);
+  cache.index_copy_(0, rows.write_slots, at::cat({k.reshape({N, nkv * hd}), v.reshape({N, nkv * hd})}, -1));
+  HeadLayout heads{nkv, 0, hd, hd, nkv * hd, hd, hd};
+  Tensor o = invariant::attention(q, cache, rows.keys, heads, a.softmax_scale).to(x.scalar_type());
+  return linear(*a.o_proj, o.reshape({N, nh * hd}));
+}
+
+// The routed experts plus the shared ones. Each token's k contributions are summed in its top-k
+// order, each rounded to the model dtype first (as the ordinary forward's index_add does).
+Tensor moe(MoEImpl& m, const Tensor& x, Tensor* experts_out) {
+  const RouterImpl& router = *m.gate;
+  const ModelConfig& c = router.config;
+  const int64_t N = x.size(0), E = c.n_routed_experts, k = c.num_experts_per_tok, H = x.size(1);
+  const auto dtype = x.scalar_type();
+  Tensor logits = invariant::matmul_nt(x, router.weight);
+  Tensor scores = c.scoring_func == ScoringFunc::Softmax ? invariant::softmax(logits) : invariant::sigmoid(logits);
+  Tensor choice = c.topk_method == TopkMethod::NoauxTc ? scores + router.e_score_correction_bias.to(at::kFloat) : scores;
+  if (c.topk_method != TopkMethod::Greedy && c.n_group > 1) {
+    Tensor grouped = choice.view({N, c.n_group, E / c.n_group});
+    Tensor group_scores = c.topk_method == TopkMethod::NoauxTc ? invariant::row_sum(std::get<0>(grouped.topk(2, -1)).reshape({-1, 2})).view({N, c.n_group})
+                                                               : std::get<0>(grouped.max(-1));
+    Tensor group_idx = std::get<1>(group_scores.topk(c.topk_group, -1, true, false));
+    Tensor group_mask = at::zeros_like(group_scores, at::kBool).scatter_(1, group_idx, true);
+    Tensor expert_mask = group_mask.unsqueeze(-1).expand({N, c.n_group, E / c.n_group}).reshape({N, E});
+    choice = choice.masked_fill(expert_mask.logical_not(), -std::numeric_limits<float>::infinity());
+  }
+  Tensor idx = std::get<1>(choice.topk(k, -1, true, false));
+  Tensor w = scores.gather(1, idx);
+  if (c.norm_topk_prob) w = w / (invariant::row_sum(w).unsqueeze(1) + 1e-20);
+  w = w * c.routed_scaling_factor;
+  if (experts_out) *experts_out = idx;
+
+  RoutedExpertsImpl& ex = *m.experts;
+  const int64_t I = ex.intermediate;
+  Tensor pair_expert = idx.reshape({-1});  // pair n*k + j: token n's j-th expert
+  Tensor xs = x.index_select(0, at::arange(N, at::kLong).repeat_interleave(k));
+  const bool lora_gu = ex.gate_up_lora_A.defined() && ex.lora_enabled, lora_down = ex.down_lora_A.defined() && ex.lora_enabled;
+  Tensor gu = invariant::expert_matmul_nt(xs, ex.gate_up_proj, pair_expert).to(dtype);
+  if (lora_gu)
+    gu = (gu.to(at::kFloat) + invariant::expert_matmul_nt(invariant::expert_matmul_nt(xs, ex.gate_up_lora_A, pair_expert), ex.gate_up_lora_B,
+                                               pair_expert) * ex.gate_up_lora_scaling).to(dtype);
+  Tensor h = invariant::silu(gu.narrow(-1, 0, I)).to(dtype) * gu.narrow(-1, I, I);
+  Tensor y = invariant::expert_matmul_nt(h, ex.down_proj, pair_expert).to(dtype);
+  if (lora_down)
+    y = (y.to(at::kFloat) + invariant::expert_matmul_nt(invariant::expert_matmul_nt(h, ex.down_lora_A, pair_expert), ex.down_lora_B,
+                                             pair_expert) * ex.down_lora_scaling).to(dtype);
+  Tensor parts = (y * w.reshape({-1, 1})).to(dtype).view({N, k, H});
+  Tensor out = parts.select(1, 0);
+  for (int64_t j = 1; j < k; ++j) out = out + parts.select(1, j);
+  if (m.shared_experts) out = out + mlp(*m.shared_experts, x);
+  return out;
+}
+
+}  // namespace
+
+Tensor hidden_states(CausalLM& model, const TokenRows& rows, const std::vector<Tensor>& caches,
+                     std::vector<Tensor>* experts) {
+  at::NoGradGuard no_grad;
+  const ModelConfig& c = model.config();
+  const int64_t L = c.num_hidden_layers;
+  if (caches.size() != 1 && (int64_t)caches.size() != L)
+    throw Error("batch-invariant forward: expected 1 or " + std::to_string(L) + " cache tensors, got " +
+                std::to_string(caches.size()));
+  const auto dtype = model.dtype();
+  Tensor h = model.model->embed_tokens->weight.index_select(0, rows.ids);
+  auto [cos, sin] = invariant::rope_cos_sin(rows.positions, rope_inv_freq(c));
+  const double factor = c.rope_attention_factor();
+  RopeTables rope{(cos * factor).to(dtype).unsqueeze(1), (sin * factor).to(dtype).unsqueeze(1)};  // (N, 1, d/2)
+  if (experts) experts->clear();
+  for (int64_t l = 0; l < L; ++l) {
+    auto layer = model.model->layers[l]->as<DecoderLayer>();
+    Tensor cache = caches.size() == 1 ? caches[0] : caches[l];
+    Tensor a_in = norm(*layer->input_layernorm, h);
+    Tensor attn;
+    if (auto* m = dynamic_cast<MLAImpl*>(layer->self_attn.get()))
+      attn = mla(*m, a_in, rope, cache, rows);
+    else
+      attn = gqa(*dynamic_cast<GroupedQueryAttentionImpl*>(layer->self_attn.get()), a_in, rope, cache, rows);
+    h = h + attn;
+    Tensor f_in = norm(*layer->post_attention_layernorm, h);
+    h = h + (layer->moe ? moe(*layer->moe, f_in, experts ? &experts->emplace_back() : nullptr)
+                        : mlp(*layer->dense_mlp, f_in));
+  }
+  return norm(*model.model->norm, h);
+}
+
+Tensor logits(CausalLM& model, const Tensor& hidden) {
+  at::NoGradGuard no_grad;
+  return invariant::matmul_nt(hidden, model.lm_head_weight()).to(model.dtype()).to(at::kFloat);
+}
+
+Tensor next_token_logprobs(CausalLM& model, const Tensor& hidden) { return invariant::log_softmax(logits(model, hidden)); }
+
+CompletionValues completion_logprobs(CausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
+                                     const std::vector<std::vector<int64_t>>& completions) {
+  at::NoGradGuard no_grad;
+  std::vector<int64_t> ids, pos, start, count, target_rows, targets;
+  for (size_t b = 0; b < prompts.size(); ++b) {
+    const int64_t first = (int64_t)ids.size(), p = (int64_t)prompts[b].size();
+    const auto& cb = completions[b];
+    for (int64_t t : prompts[b]) ids.push_back(t);
+    for (size_t j = 0; j + 1 < cb.size(); ++j) ids.push_back(cb[j]);
+    for (int64_t t = 0; t < (int64_t)ids.size() - first; ++t) {
+      pos.push_back(t);
+      start.push_back(first);
+      count.push_back(t + 1);
+    }
+    for (size_t j = 0; j < cb.size(); ++j) {
+      target_rows.push_back(first + p - 1 + (int64_t)j);
+      targets.push_back(cb[j]);
+    }
+  }
+  auto i64 = [](const std::vector<int64_t>& v) { return at::tensor(v, at::TensorOptions().dtype(at::kLong)); };
+  const int64_t N = (int64_t)ids.size();
+  TokenRows rows;
+  rows.ids = i64(ids);
+  rows.positions = i64(pos);
+  rows.write_slots = at::arange(N, at::kLong);
+  rows.keys.table = rows.write_slots;
+  rows.keys.table_start = i64(start);
+  rows.keys.num_keys = i64(count);
+  Tensor cache = at::zeros({N, model.config().kv_cache_width()}, at::TensorOptions().dtype(model.dtype()));
+  CompletionValues out;
+  Tensor h = hidden_states(model, rows, {cache}, &out.experts);
+  if (targets.empty()) {
+    out.logprobs = at::empty({0}, at::TensorOptions().dtype(at::kFloat));
+    return out;
+  }
+  Tensor lp = next_token_logprobs(model, h.index_select(0, i64(target_rows)));
+  out.logprobs = lp.gather(1, i64(targets).unsqueeze(1)).squeeze(1);
+  return out;
+}
+
+}  // namespace grpo::model::invariant

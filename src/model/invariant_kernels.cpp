@@ -1,0 +1,244 @@
+#include "model/invariant_kernels.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "util/error.h"
+
+namespace grpo::model::invariant {
+
+namespace {
+
+void require_cpu(const Tensor& t, const char* what) {
+  if (!t.device().is_cpu())
+    throw Error(std::string("batch-invariant kernels run on the CPU only for now; ") + what + " is on " +
+                t.device().str());
+}
+
+Tensor f32(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
+
+// sum_k a[k] b[k]: eight interleaved fp32 partial sums, combined as a fixed tree, then the tail.
+template <typename T>
+inline float dot(const float* a, const T* b, int64_t K) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8)
+    for (int u = 0; u < 8; ++u) acc[u] += a[k + u] * static_cast<float>(b[k + u]);
+  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; k < K; ++k) s += a[k] * static_cast<float>(b[k]);
+  return s;
+}
+
+// Rows [begin, end) of out (M, N) = x (M, K) times the row-major weights chosen per row.
+template <typename T, typename WeightOf>
+void rows_times_weights(const float* x, float* out, int64_t M, int64_t N, int64_t K, WeightOf weight_of) {
+  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      const T* w = weight_of(m);
+      for (int64_t n = 0; n < N; ++n) out[m * N + n] = dot(x + m * K, w + n * K, K);
+    }
+  });
+}
+
+}  // namespace
+
+Tensor matmul_nt(const Tensor& x, const Tensor& w) {
+  require_cpu(x, "the input");
+  require_cpu(w, "the weight");
+  if (x.dim() != 2 || w.dim() != 2 || x.size(1) != w.size(1))
+    throw Error("invariant matmul_nt: expected x (M, K) and w (N, K), got " + std::to_string(x.dim()) + "-d and " +
+                std::to_string(w.dim()) + "-d of mismatched K");
+  const int64_t M = x.size(0), N = w.size(0), K = x.size(1);
+  Tensor xf = f32(x), wc = w.contiguous();
+  Tensor out = at::empty({M, N}, at::TensorOptions().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, wc.scalar_type(), "invariant_matmul_nt", [&] {
+    const scalar_t* wp = wc.data_ptr<scalar_t>();
+    rows_times_weights<scalar_t>(xf.data_ptr<float>(), out.data_ptr<float>(), M, N, K, [&](int64_t) { return wp; });
+  });
+  return out;
+}
+
+Tensor expert_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& expert) {
+  require_cpu(x, "the input");
+  require_cpu(w, "the expert weights");
+  if (x.dim() != 2 || w.dim() != 3 || x.size(1) != w.size(2) || expert.numel() != x.size(0))
+    throw Error("invariant expert_matmul_nt: expected x (M, K), w (E, N, K), expert (M)");
+  const int64_t M = x.size(0), E = w.size(0), N = w.size(1), K = x.size(1);
+  Tensor xf = f32(x), wc = w.contiguous(), ex = expert.to(at::kCPU, at::kLong).contiguous();
+  const int64_t* e = ex.data_ptr<int64_t>();
+  for (int64_t m = 0; m < M; ++m)
+    if (e[m] < 0 || e[m] >= E) throw Error("invariant expert_matmul_nt: row " + std::to_string(m) + " names expert " +
+                                           std::to_string(e[m]) + " of " + std::to_string(E));
+  Tensor out = at::empty({M, N}, at::TensorOptions().dtype(at::kFloat));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, wc.scalar_type(), "invariant_expert_matmul_nt", [&] {
+    const scalar_t* wp = wc.data_ptr<scalar_t>();
+    rows_times_weights<scalar_t>(xf.data_ptr<float>(), out.data_ptr<float>(), M, N, K,
+                                 [&](int64_t m) { return wp + e[m] * N * K; });
+  });
+  return out;
+}
+
+Tensor rms_normalize(const Tensor& x, double eps) {
+  require_cpu(x, "the input");
+  Tensor xf = f32(x).view({-1, x.size(-1)});
+  const int64_t M = xf.size(0), D = xf.size(1);
+  Tensor out = at::empty_like(xf);
+  const float* in = xf.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      const float* r = in + m * D;
+      const float mean = dot(r, r, D) / static_cast<float>(D);
+      const float scale = 1.0f / std::sqrt(mean + static_cast<float>(eps));
+      for (int64_t d = 0; d < D; ++d) o[m * D + d] = r[d] * scale;
+    }
+  });
+  return out.view(x.sizes());
+}
+
+namespace {
+
+// Applies f(row in, row out, D) to every row of fp32 (M, D).
+template <typename F>
+Tensor per_row(const Tensor& x, int64_t out_width, F f) {
+  require_cpu(x, "the input");
+  Tensor xf = f32(x).view({-1, x.size(-1)});
+  const int64_t M = xf.size(0), D = xf.size(1);
+  Tensor out = at::empty({M, out_width < 0 ? D : out_width}, at::TensorOptions().dtype(at::kFloat));
+  const float* in = xf.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const int64_t W = out.size(1);
+  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) f(in + m * D, o + m * W, D);
+  });
+  return out;
+}
+
+float row_max(const float* r, int64_t D) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t d = 0; d < D; ++d) m = r[d] > m ? r[d] : m;
+  return m;
+}
+
+}  // namespace
+
+Tensor softmax(const Tensor& x) {
+  return per_row(x, -1, [](const float* r, float* o, int64_t D) {
+    const float m = row_max(r, D);
+    float s = 0;
+    for (int64_t d = 0; d < D; ++d) s += (o[d] = std::exp(r[d] - m));
+    for (int64_t d = 0; d < D; ++d) o[d] = o[d] / s;
+  }).view(x.sizes());
+}
+
+Tensor log_softmax(const Tensor& x) {
+  return per_row(x, -1, [](const float* r, float* o, int64_t D) {
+    const float m = row_max(r, D);
+    float s = 0;
+    for (int64_t d = 0; d < D; ++d) s += std::exp(r[d] - m);
+    const float lse = m + std::log(s);
+    for (int64_t d = 0; d < D; ++d) o[d] = r[d] - lse;
+  }).view(x.sizes());
+}
+
+Tensor row_sum(const Tensor& x) {
+  return per_row(x, 1, [](const float* r, float* o, int64_t D) {
+    float s = 0;
+    for (int64_t d = 0; d < D; ++d) s += r[d];
+    o[0] = s;
+  }).view({-1});
+}
+
+Tensor silu(const Tensor& x) {
+  return per_row(x.reshape({-1, 1}), -1, [](const float* r, float* o, int64_t) {
+    o[0] = r[0] / (1.0f + std::exp(-r[0]));
+  }).view(x.sizes());
+}
+
+Tensor sigmoid(const Tensor& x) {
+  return per_row(x.reshape({-1, 1}), -1, [](const float* r, float* o, int64_t) {
+    o[0] = 1.0f / (1.0f + std::exp(-r[0]));
+  }).view(x.sizes());
+}
+
+std::pair<Tensor, Tensor> rope_cos_sin(const Tensor& positions, const Tensor& inv_freq) {
+  require_cpu(positions, "the positions");
+  Tensor pos = positions.to(at::kLong).contiguous().view({-1}), inv = f32(inv_freq.to(at::kCPU));
+  const int64_t N = pos.size(0), H = inv.size(0);
+  auto opts = at::TensorOptions().dtype(at::kFloat);
+  Tensor c = at::empty({N, H}, opts), s = at::empty({N, H}, opts);
+  const int64_t* p = pos.data_ptr<int64_t>();
+  const float* f = inv.data_ptr<float>();
+  float *cp = c.data_ptr<float>(), *sp = s.data_ptr<float>();
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n)
+      for (int64_t i = 0; i < H; ++i) {
+        const float angle = static_cast<float>(p[n]) * f[i];
+        cp[n * H + i] = std::cos(angle);
+        sp[n * H + i] = std::sin(angle);
+      }
+  });
+  return {c, s};
+}
+
+Tensor attention(const Tensor& q, const Tensor& cache, const KeyLayout& keys, const HeadLayout& hl, double scale) {
+  require_cpu(q, "the queries");
+  require_cpu(cache, "the cache");
+  if (q.dim() != 3 || q.size(2) != hl.key_width || cache.dim() != 2)
+    throw Error("invariant attention: expected queries (N, heads, key_width) and a cache (S, width)");
+  const int64_t N = q.size(0), heads = q.size(1), S = cache.size(0), width = cache.size(1);
+  const int64_t group = heads / hl.kv_heads, dk = hl.key_width, dv = hl.value_width, bs = keys.block_size;
+  Tensor qf = f32(q), cc = cache.contiguous();
+  Tensor table = keys.table.to(at::kCPU, at::kLong).contiguous(), start = keys.table_start.to(at::kCPU, at::kLong).contiguous(),
+         count = keys.num_keys.to(at::kCPU, at::kLong).contiguous();
+  if (start.numel() != N || count.numel() != N) throw Error("invariant attention: key layout is not one entry per query");
+  const int64_t *tb = table.data_ptr<int64_t>(), *st = start.data_ptr<int64_t>(), *cn = count.data_ptr<int64_t>();
+  const int64_t table_len = table.numel();
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t blocks = cn[n] < 1 ? -1 : (cn[n] - 1) / bs + 1;
+    if (blocks < 1 || st[n] < 0 || st[n] + blocks > table_len)
+      throw Error("invariant attention: query " + std::to_string(n) + " has " + std::to_string(cn[n]) +
+                  " keys outside its block table");
+    for (int64_t b = 0; b < blocks; ++b)
+      if (tb[st[n] + b] < 0 || (tb[st[n] + b] + 1) * bs > S)
+        throw Error("invariant attention: query " + std::to_string(n) + " reads block " + std::to_string(tb[st[n] + b]) +
+                    " outside the cache of " + std::to_string(S) + " rows");
+  }
+  Tensor out = at::empty({N, heads, dv}, at::TensorOptions().dtype(at::kFloat));
+  const float* qp = qf.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float sc = static_cast<float>(scale);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, cc.scalar_type(), "invariant_attention", [&] {
+    const scalar_t* cp = cc.data_ptr<scalar_t>();
+    at::parallel_for(0, N * heads, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> p;
+      std::vector<float> acc(dv);
+      for (int64_t nh = begin; nh < end; ++nh) {
+        const int64_t n = nh / heads, h = nh % heads, g = h / group, L = cn[n];
+        const float* qr = qp + nh * dk;
+        auto row = [&](int64_t j) { return cp + (tb[st[n] + j / bs] * bs + j % bs) * width; };
+        p.resize(L);
+        float m = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < L; ++j) {
+          p[j] = dot(qr, row(j) + hl.key_base + g * hl.key_stride, dk) * sc;
+          m = p[j] > m ? p[j] : m;
+        }
+        float l = 0;
+        for (int64_t j = 0; j < L; ++j) l += (p[j] = std::exp(p[j] - m));
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int64_t j = 0; j < L; ++j) {
+          const scalar_t* v = row(j) + hl.value_base + g * hl.value_stride;
+          for (int64_t d = 0; d < dv; ++d) acc[d] += p[j] * static_cast<float>(v[d]);
+        }
+        for (int64_t d = 0; d < dv; ++d) op[nh * dv + d] = acc[d] / l;
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace grpo::model::invariant

@@ -1,0 +1,64 @@
+// Batch-invariant kernels: every output row is computed by the same code, in the same reduction
+// order, whatever the other rows, their number, or the row's position among them. Library kernels
+// give no such promise (a matrix product may split its reduction by the batch size; a vectorised
+// loop and its scalar tail may round a transcendental function differently), so the batch-
+// invariant forward (model/batch_invariant.h) computes through these alone wherever a reduction
+// or a transcendental function is involved. Inputs of any floating dtype are read exactly; all
+// arithmetic is fp32; results are fp32 for the caller to round where the model rounds.
+//
+// CPU only for now. The file is compiled without floating-point contraction, so that no call site
+// fuses a product into an addition where another does not.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace grpo::model::invariant {
+
+using at::Tensor;
+
+// x (M, K), w (N, K) -> (M, N) fp32: sum_k x[m, k] w[n, k] in a fixed order.
+Tensor matmul_nt(const Tensor& x, const Tensor& w);
+
+// The routed experts' products: row m uses weight w[expert[m]] of w (E, N, K). x (M, K),
+// expert (M) int64 -> (M, N) fp32, each row as matmul_nt would compute it alone.
+Tensor expert_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& expert);
+
+// x (M, D) -> x * rsqrt(mean(x^2) + eps), fp32 (RMSNorm before its weight).
+Tensor rms_normalize(const Tensor& x, double eps);
+
+// Row-wise softmax, log-softmax and sum of fp32 (M, D).
+Tensor softmax(const Tensor& x);
+Tensor log_softmax(const Tensor& x);
+Tensor row_sum(const Tensor& x);  // (M)
+
+// Elementwise, fp32 out: x * sigmoid(x), and sigmoid(x).
+Tensor silu(const Tensor& x);
+Tensor sigmoid(const Tensor& x);
+
+// RoPE angles: cos and sin of position * inv_freq, each (N, d/2) fp32, for positions (N) int64.
+std::pair<Tensor, Tensor> rope_cos_sin(const Tensor& positions, const Tensor& inv_freq);
+
+// Where attention reads its keys: token n attends to keys 0 .. num_keys[n]-1 of its sequence,
+// key j living in cache row table[table_start[n] + j / block_size] * block_size + j % block_size
+// (a paged cache; a contiguous one is block_size 1 with table = row numbers).
+struct KeyLayout {
+  Tensor table;        // int64
+  Tensor table_start;  // (N) int64
+  Tensor num_keys;     // (N) int64, >= 1
+  int64_t block_size = 1;
+};
+
+// Where a query head finds its key and value inside a cache row: kv head g's key is the
+// key_width values from key_base + g * key_stride, its value the value_width values from
+// value_base + g * value_stride; query head h reads kv head h / (heads / kv_heads).
+struct HeadLayout {
+  int64_t kv_heads = 1, key_base = 0, key_stride = 0, key_width = 0, value_base = 0, value_stride = 0,
+          value_width = 0;
+};
+
+// Softmax attention of queries q (N, heads, key_width) over the cache rows `cache` (S, width):
+// scores q.k * scale, softmax over the token's keys in key order, the weighted sum of values.
+// Returns (N, heads, value_width) fp32.
+Tensor attention(const Tensor& q, const Tensor& cache, const KeyLayout& keys, const HeadLayout& heads, double scale);
+
+}  // namespace grpo::model::invariant
