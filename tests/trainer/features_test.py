@@ -8,6 +8,8 @@
 - evaluation with k samples per prompt reports mean reward, mean accuracy and pass@k >= accuracy;
 - the rollout engine's log-probs (pi_old) equal the training forward's in fp32; with
   recompute_old_logprobs the training forward supplies pi_old (ratio exactly 1 at the first update);
+- exact_rollout: in bf16 the engine's log-probs equal the training forward's to the bit (diff 0, first
+  update's ratio exactly 1 with the engine's pi_old);
 - rollout importance sampling (token level, truncated and masked) logs the ratio pi_old / pi_rollout
   and the share of tokens truncated or masked; it needs recompute_old_logprobs;
 - routing replay logs the size of the rollout's expert records and the training router's agreement
@@ -115,6 +117,17 @@ recomputed_loss = metrics(train("bf16_recomputed_old", one + "recompute_old_logp
 check(abs(recomputed_loss) < 1e-6 < abs(engine["loss"]) and engine["frac_reward_zero_std"] < 1,
       f"recompute_old_logprobs: first-step loss {recomputed_loss:.1e} (ratio 1), {engine['loss']:.1e} with the engine's "
       f"pi_old ({engine['frac_reward_zero_std']:.2f} of the groups without signal)")
+
+# exact_rollout: the engine and the trainer share the batch-invariant forward, so in bf16 the
+# engine's pi_old equals the training forward's to the bit: the first update's ratio is exactly 1
+# without recomputing pi_old, and every step's per-token difference is 0.
+exact_one = metrics(train("bf16_exact_one", one + "exact_rollout: true\n"))[1]
+exact = metrics(train("bf16_exact", "bf16: true\nexact_rollout: true\nmax_steps: 4\nsave_every: 0\neval_every: 0\n"))
+exact_max = max(exact[s]["rollout_logprob_diff/max"] for s in range(1, 5))
+check(exact_one["rollout_logprob_diff/max"] == 0 and abs(exact_one["loss"]) < 1e-6 and exact_max == 0
+      and all(exact[s]["rollout_logprob_diff"] == 0 for s in range(1, 5)) and exact[4]["grad_norm"] > 0,
+      f"exact_rollout (bf16): first-step loss {exact_one['loss']:.1e} with the engine's pi_old (ratio 1); max per-token "
+      f"|engine - training| over 4 steps {exact_max} (against {spread[0][2]:.1e} without)")
 
 # --- dynamic sampling, balance loss, k-sample evaluation
 dyn = train("dynamic", "dynamic_sampling: true\nmax_num_gen_batches: 3\naux_loss_alpha: 0.001\nmax_steps: 5\n"
