@@ -7,7 +7,8 @@
 #   scripts/bench_rollout.sh --soak [SECONDS]
 #                                       the rollout server under 64 clients for SECONDS (60), a quarter
 #                                       of the calls hostile (past the limits, bad ids, hang-ups, ...)
-# Environment: BUILD (build dir; default build, or build-gpu for gpu), BATCHES, PROMPT, NEW.
+# Environment: BUILD (build dir; default build, or build-gpu for gpu), BATCHES, PROMPT, NEW; on CPU,
+# EXACT=1 adds bf16 runs with and without exact_rollout (the batch-invariant forward).
 if [ "${1:-}" = --soak ]; then
   source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" cpu
   cmake --build "$build" --target bench_rollout_soak >/dev/null
@@ -44,6 +45,12 @@ else
     --new-tokens "$new" --label "grpo (KV cache)" --nocache-batches "${NOCACHE_BATCHES:-1,16,64,256}" | tee -a "$log"
   "$py" scripts/bench/hf_generate.py --model "$work/model" --device cpu --dtype float32 --batches "$batches" \
     --prompt-len "$prompt" --new-tokens "$new" | tee -a "$log" || echo "transformers baseline failed"
+  if [ -n "${EXACT:-}" ]; then  # the exact_rollout mode's cost, against the ordinary forward in the same dtype
+    for flag in "" --exact; do
+      "$bin" --model "$work/model" --device cpu --dtype bfloat16 --batches "$batches" --prompt-len "$prompt" \
+        --new-tokens "$new" --label "grpo bf16 ${flag:-(ordinary)}" --nocache-batches "" $flag | tee -a "$log"
+    done
+  fi
 fi
 echo
 "$py" scripts/bench/rollout_table.py < "$log" | tee "$work/table.md"

@@ -69,11 +69,14 @@ int main(int argc, char** argv) {
   app.add_option("--nocache-steps", nocache_steps);
   app.add_option("--kv-cache-mb", kv_mb);
   app.add_flag("--no-graphs", no_graphs, "launch the decode step's kernels one by one");
+  bool exact = false;
+  app.add_flag("--exact", exact, "the batch-invariant forward (exact_rollout)");
   app.add_option("--label", label);
   CLI11_PARSE(app, argc, argv);
 
   const at::Device dev(device);
   auto model = model::load_model(model_dir, {model::parse_dtype_name(dtype), dev});
+  model->batch_invariant = exact;
   const auto& c = model->config();
   const int64_t elem = c10::elementSize(model->dtype());
   c10::NoGradGuard no_grad;

@@ -33,6 +33,22 @@ inline float dot(const float* a, const T* b, int64_t K) {
   return s;
 }
 
+// dot() of four rows against one weight row, which is read once: each row's arithmetic is exactly
+// dot()'s, so a row's result does not depend on whether it was computed in a block of four.
+inline void dot4(const float* const a[4], const float* b, int64_t K, float* out, int64_t stride) {
+  float acc[4][8] = {};
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8)
+    for (int r = 0; r < 4; ++r)
+      for (int u = 0; u < 8; ++u) acc[r][u] += a[r][k + u] * b[k + u];
+  for (int r = 0; r < 4; ++r) {
+    const float* c = acc[r];
+    float s = ((c[0] + c[1]) + (c[2] + c[3])) + ((c[4] + c[5]) + (c[6] + c[7]));
+    for (int64_t t = k; t < K; ++t) s += a[r][t] * b[t];
+    out[r * stride] = s;
+  }
+}
+
 // Rows [begin, end) of out (M, N) = x (M, K) times the row-major weights chosen per row.
 template <typename T, typename WeightOf>
 void rows_times_weights(const float* x, float* out, int64_t M, int64_t N, int64_t K, WeightOf weight_of) {
@@ -53,11 +69,22 @@ Tensor matmul_nt(const Tensor& x, const Tensor& w) {
     throw Error("invariant matmul_nt: expected x (M, K) and w (N, K), got " + std::to_string(x.dim()) + "-d and " +
                 std::to_string(w.dim()) + "-d of mismatched K");
   const int64_t M = x.size(0), N = w.size(0), K = x.size(1);
-  Tensor xf = f32(x), wc = w.contiguous();
+  Tensor xf = f32(x), wf = f32(w);
   Tensor out = at::empty({M, N}, at::TensorOptions().dtype(at::kFloat));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, wc.scalar_type(), "invariant_matmul_nt", [&] {
-    const scalar_t* wp = wc.data_ptr<scalar_t>();
-    rows_times_weights<scalar_t>(xf.data_ptr<float>(), out.data_ptr<float>(), M, N, K, [&](int64_t) { return wp; });
+  const float *xp = xf.data_ptr<float>(), *wp = wf.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t blocks = (M + 3) / 4;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t m = blk * 4;
+      if (m + 4 <= M) {
+        const float* rows[4] = {xp + m * K, xp + (m + 1) * K, xp + (m + 2) * K, xp + (m + 3) * K};
+        for (int64_t n = 0; n < N; ++n) dot4(rows, wp + n * K, K, op + m * N + n, N);
+      } else {
+        for (int64_t r = m; r < M; ++r)
+          for (int64_t n = 0; n < N; ++n) op[r * N + n] = dot(xp + r * K, wp + n * K, K);
+      }
+    }
   });
   return out;
 }
