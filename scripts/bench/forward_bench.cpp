@@ -11,6 +11,7 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <algorithm>
 #include <iostream>
 
 #include "model/checkpoint.h"
@@ -21,6 +22,28 @@
 
 using namespace grpo;
 using at::Tensor;
+
+namespace {
+
+// The device's bf16 matrix-product rate, TFLOP/s: 8192^3 products, best of three timings of 10.
+double matmul_tflops(const at::Device& device) {
+  if (!device.is_cuda()) return 0;
+  auto opts = at::TensorOptions().dtype(at::kBFloat16).device(device);
+  const int64_t n = 8192;
+  Tensor a = at::randn({n, n}, opts), b = at::randn({n, n}, opts);
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    torch::cuda::synchronize();
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 10; ++i) at::mm(a, b);
+    torch::cuda::synchronize();
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 10 * 2.0 * n * n * n / sec / 1e12);
+  }
+  return best;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"forward+backward benchmark"};
@@ -35,8 +58,10 @@ int main(int argc, char** argv) {
   app.add_option("--seq", seq);
   app.add_option("--iters", iters);
   app.add_option("--warmup", warmup);
-  app.add_option("--peak-tflops", peak_tflops, "for MFU");
+  app.add_option("--peak-tflops", peak_tflops, "for MFU (0: measure the device's bf16 matrix-product rate)");
   app.add_option("--label", label);
+  bool json = false;
+  app.add_flag("--json", json, "print a JSON line instead of a table row");
   CLI11_PARSE(app, argc, argv);
   try {
     std::string text = read_file(config_path);
@@ -76,6 +101,13 @@ int main(int argc, char** argv) {
     double tps = tokens / sec;
     // forward + backward (twice the forward) per token
     double tflops = tps * 3.0 * model::forward_flops(c, seq - 1, seq - 1) / double(seq - 1) / 1e12;
+    if (peak_tflops <= 0) peak_tflops = matmul_tflops(device);
+    if (json) {
+      printf("{\"kind\": \"train\", \"engine\": \"%s\", \"layers\": %lld, \"batch\": %lld, \"seq\": %lld, "
+             "\"tokens_s\": %.1f, \"tflops\": %.2f, \"peak_tflops\": %.1f}\n",
+             label.c_str(), (long long)c.num_hidden_layers, (long long)batch, (long long)seq, tps, tflops, peak_tflops);
+      return 0;
+    }
     printf("| %s | %s | %s | %lld | %.1fM | %lld x %lld | %.0f | %.2f | %s |\n", label.c_str(), device_name.c_str(),
            dtype_name.c_str(), (long long)c.num_hidden_layers, n_params / 1e6, (long long)batch, (long long)seq, tps,
            tflops, device.is_cuda() ? (std::to_string(100.0 * tflops / peak_tflops).substr(0, 5) + "%").c_str() : "-");

@@ -3,6 +3,7 @@
 same config (random weights), printed as a row of the same table."""
 import argparse
 import json
+import sys
 import time
 
 import torch
@@ -18,6 +19,7 @@ ap.add_argument("--seq", type=int, default=256)
 ap.add_argument("--iters", type=int, default=5)
 ap.add_argument("--warmup", type=int, default=2)
 ap.add_argument("--label", default="transformers")
+ap.add_argument("--json", action="store_true", help="print a JSON line instead of a table row")
 a = ap.parse_args()
 cfg = json.load(open(a.config))
 if a.layers:
@@ -54,4 +56,8 @@ if a.device.startswith("cuda"):
     torch.cuda.synchronize()
 sec = time.perf_counter() - t0
 tps = a.batch * (a.seq - 1) * a.iters / sec
+if a.json:
+    print(json.dumps({"kind": "train", "engine": a.label, "layers": cfg["num_hidden_layers"], "batch": a.batch,
+                      "seq": a.seq, "tokens_s": round(tps, 1)}))
+    sys.exit(0)
 print(f"| {a.label} | {a.device} | {a.dtype} | {cfg['num_hidden_layers']} | {n / 1e6:.1f}M | {a.batch} x {a.seq} | {tps:.0f} | - | - |")

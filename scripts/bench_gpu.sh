@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The GPU benchmark in one call: builds, checks the CUDA paths against their CPU / fp32 references
+# (the CUDA tests of test_model and test_rollout), measures the machine's own limits (bf16
+# matrix-product rate, device copy bandwidth), then training forward+backward and decode of the
+# DeepSeek-V2-Lite shape (random weights, bf16, GRPO_BENCH_LAYERS layers, default 12 of 27) with
+# transformers in the same run as the baseline, and prints one table (bench-out/gpu/table.md).
+#   scripts/bench_gpu.sh
+# Environment: BUILD (build dir, default build-gpu), CMAKE_ARGS (extra configure arguments),
+# PROMPTS (decode contexts, default 128,1024,2048), BATCHES (default 1,128,256), NEW (128).
+source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
+[ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRPO_ASAN_TESTS=OFF \
+  -DGRPO_PYTHON="$(command -v "$py")" ${CMAKE_ARGS:-} >/dev/null
+cmake --build "$build" --target grpo bench_forward bench_rollout test_model test_rollout >/dev/null
+work=${GRPO_BENCH_DIR:-bench-out/gpu}
+mkdir -p "$work"
+log="$work/results.jsonl"
+: > "$log"
+L=${GRPO_BENCH_LAYERS:-12}
+
+# Correctness first: a fast wrong kernel is worth nothing.
+for t in test_model test_rollout; do
+  if "$build/tests/$t" --gtest_filter='*Cuda*' > "$work/$t.log" 2>&1; then ok=true; else ok=false; fi
+  passed=$(grep -c '^\[       OK \]' "$work/$t.log" || true)
+  echo "{\"kind\": \"check\", \"suite\": \"$t (CUDA tests)\", \"passed\": $passed, \"ok\": $ok}" | tee -a "$log"
+done
+
+# Training: forward+backward tokens/s and MFU against the matrix-product rate measured here.
+for shape in "1 4096" "8 1024"; do
+  set -- $shape
+  "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
+    --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json --label grpo | tee -a "$log"
+  "$py" scripts/bench/hf_forward.py --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
+    --batch "$1" --seq "$2" --iters 3 --warmup 1 --json --label transformers | tee -a "$log" || echo "transformers failed"
+done
+
+# Decode: tokens/s and the fraction of the memory roofline (weights + latent KV cache read per
+# step over the copy bandwidth measured here).
+"$py" - "$L" "$work/config.json" <<'PY'
+import json, sys
+c = json.load(open("scripts/bench/v2_lite.json")); c["num_hidden_layers"] = int(sys.argv[1])
+json.dump(c, open(sys.argv[2], "w"))
+PY
+[ -f "$work/model/config.json" ] || "$build/bin/grpo" init --config "$work/config.json" --output "$work/model" --dtype bfloat16 >/dev/null
+IFS=, read -ra prompts <<< "${PROMPTS:-128,1024,2048}"
+for p in "${prompts[@]}"; do
+  "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
+    --prompt-len "$p" --new-tokens "${NEW:-128}" --nocache-batches "" --label grpo | tee -a "$log"
+done
+"$py" scripts/bench/hf_generate.py --model "$work/model" --device cuda --dtype bfloat16 --batches 1,128 \
+  --prompt-len 1024 --new-tokens "${NEW:-128}" | tee -a "$log" || echo "transformers generate failed"
+echo
+"$py" scripts/bench/gpu_table.py < "$log" | tee "$work/table.md"
