@@ -87,9 +87,6 @@ struct Engine::Impl {
     for (int64_t l = 0; l < L; ++l) moe_layers += model->model->layers[l]->as<DecoderLayer>()->moe ? 1 : 0;
     if (opt.record_routing && moe_layers == 0) throw Error("rollout engine: record_routing needs a model with MoE layers");
     invariant = model->batch_invariant;
-    if (invariant && !dev.is_cpu())
-      throw Error("rollout engine: the batch-invariant forward (exact_rollout) runs on the CPU only for now; the model is on " +
-                  dev.str());
     use_graphs = opt.cuda_graphs && dev.is_cuda() && num_blocks > 1 && !invariant;
     if (use_graphs) {
       // The graphs' MoE must not synchronise with the host: only the grouped-GEMM path qualifies.
@@ -190,7 +187,7 @@ struct Engine::Impl {
         batch[b]->prompt_routing.assign(from, from + batch[b]->prompt_len() * per_token);
       }
     }
-    Tensor logits = model::invariant::logits(*model, h.index_select(0, at::tensor(last, at::kLong)));
+    Tensor logits = model::invariant::logits(*model, h.index_select(0, at::tensor(last, at::kLong).to(model->device())));
     for (size_t b = 0; b < batch.size(); ++b) prompt_logits[batch[b]->id] = logits[b];
     stats.prefill_tokens += (int64_t)ids.size();
   }
@@ -198,7 +195,8 @@ struct Engine::Impl {
   model::invariant::TokenRows invariant_rows(const std::vector<int64_t>& ids, const std::vector<int64_t>& pos,
                                              const std::vector<int64_t>& slots, const std::vector<int64_t>& table,
                                              const std::vector<int64_t>& start, const std::vector<int64_t>& count) const {
-    auto i64 = [](const std::vector<int64_t>& v) { return at::tensor(v, at::TensorOptions().dtype(at::kLong)); };
+    const auto dev = model->device();
+    auto i64 = [&](const std::vector<int64_t>& v) { return at::tensor(v, at::TensorOptions().dtype(at::kLong)).to(dev); };
     model::invariant::TokenRows rows;
     rows.ids = i64(ids);
     rows.positions = i64(pos);

@@ -223,7 +223,7 @@ const std::vector<Key>& keys() {
       key("max_batch", "rollout", &S::rollout, &RolloutSettings::max_batch, "sequences decoded together (0: max(64, prompts x G))"),
       key("recompute_old_logprobs", "rollout", &S::rollout, &RolloutSettings::recompute_old_logprobs, "pi_old from the training forward"),
       key("exact_rollout", "rollout", &S::rollout, &RolloutSettings::exact_rollout,
-          "batch-invariant forward in the engine and the trainer: rollout log-probs equal training's to the bit (CPU)"),
+          "batch-invariant forward in the engine and the trainer: rollout log-probs equal training's to the bit"),
       key("async_rollout", "rollout", &S::rollout, &RolloutSettings::async_rollout, "rollout in a second thread, at most this stale: 1 one-step-off, 0, -1 off"),
       key("loss_type", "loss", &S::loss, &LossConfig::type, "grpo, dapo or dr_grpo"),
       key("beta", "loss", &S::loss, &LossConfig::beta, "KL coefficient (0: no reference model)"),
@@ -372,8 +372,6 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
        "must be 1 (one-step-off), 0 (asynchronous machinery, no staleness) or -1 (off)");
   need(!s.rollout.exact_rollout || !s.moe.routing_replay, "routing_replay",
        "is redundant with exact_rollout (the batch-invariant forward routes every token as the rollout did)");
-  need(!s.rollout.exact_rollout || s.model.device == "cpu", "exact_rollout",
-       "runs on the CPU only for now (device: " + s.model.device + ")");
   need(s.loss.rollout_is == RolloutIs::Off || s.rollout.recompute_old_logprobs, "rollout_is",
        "needs recompute_old_logprobs: true (the weight is the training forward's pi_old over the engine's log-probs)");
   need(s.optim.max_tokens_per_mini_batch >= 0, "max_tokens_per_mini_batch", "must not be negative");

@@ -136,9 +136,27 @@ int main(int argc, char** argv) {
     engine.generate(make(B, std::min<int64_t>(new_tokens, 8)));  // warm-up (and graph capture)
     auto before = engine.stats();
     double t0 = now();
-    auto out = engine.generate(make(B, new_tokens));
+    auto reqs = make(B, new_tokens);
+    auto out = engine.generate(reqs);
     sync(dev);
     double total = now() - t0;
+    // The engine's log-probs against the training forward's, over the first few samples.
+    double diff = 0;
+    {
+      std::vector<std::vector<int64_t>> ps, cs;
+      std::vector<const rollout::Completion*> picked;
+      for (size_t i = 0; i < out.size() && i < 8; ++i) {
+        ps.push_back(reqs[out[i].prompt_index].prompt_ids);
+        cs.push_back(out[i].token_ids);
+        picked.push_back(&out[i]);
+      }
+      auto lp = model->completion_logprobs(ps, cs);
+      for (size_t i = 0; i < lp.size(); ++i) {
+        Tensor host = lp[i].to(at::kCPU);
+        for (int64_t j = 0; j < host.numel(); ++j)
+          diff = std::max(diff, std::abs((double)host[j].item<float>() - picked[i]->logprobs[j]));
+      }
+    }
     auto after = engine.stats();
     double decode_s = after.decode_seconds - before.decode_seconds;
     int64_t steps = after.decode_steps - before.decode_steps;
@@ -148,10 +166,10 @@ int main(int argc, char** argv) {
     double bytes = weight_bytes(B) + kv_bytes;
     printf("{\"kind\": \"decode\", \"engine\": \"%s\", \"batch\": %lld, \"prompt\": %lld, \"new\": %lld, "
            "\"decode_tok_s\": %.1f, \"ms_per_step\": %.3f, \"bytes_per_step\": %.4g, \"roofline\": %.4f, "
-           "\"prefill_tok_s\": %.1f, \"total_s\": %.3f}\n",
+           "\"prefill_tok_s\": %.1f, \"total_s\": %.3f, \"logprob_diff_max\": %.3g}\n",
            label.c_str(), (long long)B, (long long)prompt_len, (long long)new_tokens, toks / decode_s, ms_step, bytes,
            bytes / (ms_step / 1e3) / bw, (after.prefill_tokens - before.prefill_tokens) / (after.prefill_seconds - before.prefill_seconds),
-           total);
+           total, diff);
     fflush(stdout);
   }
 

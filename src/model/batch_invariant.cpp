@@ -101,7 +101,8 @@ Tensor moe(MoEImpl& m, const Tensor& x, Tensor* experts_out) {
     Tensor expert_mask = group_mask.unsqueeze(-1).expand({N, c.n_group, E / c.n_group}).reshape({N, E});
     choice = choice.masked_fill(expert_mask.logical_not(), -std::numeric_limits<float>::infinity());
   }
-  Tensor idx = std::get<1>(choice.topk(k, -1, true, false));
+  // Ascending expert ids: topk's own order may depend on the call's size.
+  Tensor idx = std::get<0>(std::get<1>(choice.topk(k, -1, true, false)).sort(-1));
   Tensor w = scores.gather(1, idx);
   if (c.norm_topk_prob) w = w / (invariant::row_sum(w).unsqueeze(1) + 1e-20);
   w = w * c.routed_scaling_factor;
@@ -110,7 +111,7 @@ Tensor moe(MoEImpl& m, const Tensor& x, Tensor* experts_out) {
   RoutedExpertsImpl& ex = *m.experts;
   const int64_t I = ex.intermediate;
   Tensor pair_expert = idx.reshape({-1});  // pair n*k + j: token n's j-th expert
-  Tensor xs = x.index_select(0, at::arange(N, at::kLong).repeat_interleave(k));
+  Tensor xs = x.index_select(0, at::arange(N, x.options().dtype(at::kLong)).repeat_interleave(k));
   const bool lora_gu = ex.gate_up_lora_A.defined() && ex.lora_enabled, lora_down = ex.down_lora_A.defined() && ex.lora_enabled;
   Tensor gu = invariant::expert_matmul_nt(xs, ex.gate_up_proj, pair_expert).to(dtype);
   if (lora_gu)
@@ -187,20 +188,21 @@ CompletionValues completion_logprobs(CausalLM& model, const std::vector<std::vec
       targets.push_back(cb[j]);
     }
   }
-  auto i64 = [](const std::vector<int64_t>& v) { return at::tensor(v, at::TensorOptions().dtype(at::kLong)); };
+  const auto dev = model.device();
+  auto i64 = [&](const std::vector<int64_t>& v) { return at::tensor(v, at::TensorOptions().dtype(at::kLong)).to(dev); };
   const int64_t N = (int64_t)ids.size();
   TokenRows rows;
   rows.ids = i64(ids);
   rows.positions = i64(pos);
-  rows.write_slots = at::arange(N, at::kLong);
+  rows.write_slots = at::arange(N, at::TensorOptions().dtype(at::kLong).device(dev));
   rows.keys.table = rows.write_slots;
   rows.keys.table_start = i64(start);
   rows.keys.num_keys = i64(count);
-  Tensor cache = at::zeros({N, model.config().kv_cache_width()}, at::TensorOptions().dtype(model.dtype()));
+  Tensor cache = at::zeros({N, model.config().kv_cache_width()}, at::TensorOptions().dtype(model.dtype()).device(dev));
   CompletionValues out;
   Tensor h = hidden_states(model, rows, {cache}, &out.experts);
   if (targets.empty()) {
-    out.logprobs = at::empty({0}, at::TensorOptions().dtype(at::kFloat));
+    out.logprobs = at::empty({0}, at::TensorOptions().dtype(at::kFloat).device(dev));
     return out;
   }
   Tensor lp = next_token_logprobs(model, h.index_select(0, i64(target_rows)));

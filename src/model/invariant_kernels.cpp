@@ -8,16 +8,31 @@
 #include <vector>
 
 #include "util/error.h"
+#ifdef GRPO_INVARIANT_CUDA
+#include "model/invariant_kernels_cuda.h"
+#endif
 
 namespace grpo::model::invariant {
 
 namespace {
 
-void require_cpu(const Tensor& t, const char* what) {
-  if (!t.device().is_cpu())
-    throw Error(std::string("batch-invariant kernels run on the CPU only for now; ") + what + " is on " +
-                t.device().str());
+// On CUDA the kernels of invariant_kernels_cuda.cu serve; this says whether to hand over.
+bool on_cuda(const Tensor& t) {
+  if (!t.is_cuda()) return false;
+#ifdef GRPO_INVARIANT_CUDA
+  return true;
+#else
+  throw Error("batch-invariant kernels: this build has no CUDA kernels (no CUDA compiler was found at configure time)");
+#endif
 }
+
+#ifdef GRPO_INVARIANT_CUDA
+#define GRPO_ON_CUDA(t, call) \
+  if (on_cuda(t)) return cuda::call
+#else
+#define GRPO_ON_CUDA(t, call) \
+  if (on_cuda(t)) throw Error("unreachable")
+#endif
 
 Tensor f32(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
@@ -63,11 +78,10 @@ void rows_times_weights(const float* x, float* out, int64_t M, int64_t N, int64_
 }  // namespace
 
 Tensor matmul_nt(const Tensor& x, const Tensor& w) {
-  require_cpu(x, "the input");
-  require_cpu(w, "the weight");
   if (x.dim() != 2 || w.dim() != 2 || x.size(1) != w.size(1))
     throw Error("invariant matmul_nt: expected x (M, K) and w (N, K), got " + std::to_string(x.dim()) + "-d and " +
                 std::to_string(w.dim()) + "-d of mismatched K");
+  GRPO_ON_CUDA(x, matmul_nt(x, w));
   const int64_t M = x.size(0), N = w.size(0), K = x.size(1);
   Tensor xf = f32(x), wf = f32(w);
   Tensor out = at::empty({M, N}, at::TensorOptions().dtype(at::kFloat));
@@ -90,10 +104,9 @@ Tensor matmul_nt(const Tensor& x, const Tensor& w) {
 }
 
 Tensor expert_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& expert) {
-  require_cpu(x, "the input");
-  require_cpu(w, "the expert weights");
   if (x.dim() != 2 || w.dim() != 3 || x.size(1) != w.size(2) || expert.numel() != x.size(0))
     throw Error("invariant expert_matmul_nt: expected x (M, K), w (E, N, K), expert (M)");
+  GRPO_ON_CUDA(x, expert_matmul_nt(x, w, expert));
   const int64_t M = x.size(0), E = w.size(0), N = w.size(1), K = x.size(1);
   Tensor xf = f32(x), wc = w.contiguous(), ex = expert.to(at::kCPU, at::kLong).contiguous();
   const int64_t* e = ex.data_ptr<int64_t>();
@@ -110,7 +123,7 @@ Tensor expert_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& expert) 
 }
 
 Tensor rms_normalize(const Tensor& x, double eps) {
-  require_cpu(x, "the input");
+  GRPO_ON_CUDA(x, rms_normalize(x, eps));
   Tensor xf = f32(x).view({-1, x.size(-1)});
   const int64_t M = xf.size(0), D = xf.size(1);
   Tensor out = at::empty_like(xf);
@@ -132,7 +145,6 @@ namespace {
 // Applies f(row in, row out, D) to every row of fp32 (M, D).
 template <typename F>
 Tensor per_row(const Tensor& x, int64_t out_width, F f) {
-  require_cpu(x, "the input");
   Tensor xf = f32(x).view({-1, x.size(-1)});
   const int64_t M = xf.size(0), D = xf.size(1);
   Tensor out = at::empty({M, out_width < 0 ? D : out_width}, at::TensorOptions().dtype(at::kFloat));
@@ -154,6 +166,7 @@ float row_max(const float* r, int64_t D) {
 }  // namespace
 
 Tensor softmax(const Tensor& x) {
+  GRPO_ON_CUDA(x, softmax(x));
   return per_row(x, -1, [](const float* r, float* o, int64_t D) {
     const float m = row_max(r, D);
     float s = 0;
@@ -163,6 +176,7 @@ Tensor softmax(const Tensor& x) {
 }
 
 Tensor log_softmax(const Tensor& x) {
+  GRPO_ON_CUDA(x, log_softmax(x));
   return per_row(x, -1, [](const float* r, float* o, int64_t D) {
     const float m = row_max(r, D);
     float s = 0;
@@ -173,6 +187,7 @@ Tensor log_softmax(const Tensor& x) {
 }
 
 Tensor row_sum(const Tensor& x) {
+  GRPO_ON_CUDA(x, row_sum(x));
   return per_row(x, 1, [](const float* r, float* o, int64_t D) {
     float s = 0;
     for (int64_t d = 0; d < D; ++d) s += r[d];
@@ -181,19 +196,21 @@ Tensor row_sum(const Tensor& x) {
 }
 
 Tensor silu(const Tensor& x) {
+  GRPO_ON_CUDA(x, silu(x));
   return per_row(x.reshape({-1, 1}), -1, [](const float* r, float* o, int64_t) {
     o[0] = r[0] / (1.0f + std::exp(-r[0]));
   }).view(x.sizes());
 }
 
 Tensor sigmoid(const Tensor& x) {
+  GRPO_ON_CUDA(x, sigmoid(x));
   return per_row(x.reshape({-1, 1}), -1, [](const float* r, float* o, int64_t) {
     o[0] = 1.0f / (1.0f + std::exp(-r[0]));
   }).view(x.sizes());
 }
 
 std::pair<Tensor, Tensor> rope_cos_sin(const Tensor& positions, const Tensor& inv_freq) {
-  require_cpu(positions, "the positions");
+  GRPO_ON_CUDA(positions, rope_cos_sin(positions, inv_freq));
   Tensor pos = positions.to(at::kLong).contiguous().view({-1}), inv = f32(inv_freq.to(at::kCPU));
   const int64_t N = pos.size(0), H = inv.size(0);
   auto opts = at::TensorOptions().dtype(at::kFloat);
@@ -213,8 +230,6 @@ std::pair<Tensor, Tensor> rope_cos_sin(const Tensor& positions, const Tensor& in
 }
 
 Tensor attention(const Tensor& q, const Tensor& cache, const KeyLayout& keys, const HeadLayout& hl, double scale) {
-  require_cpu(q, "the queries");
-  require_cpu(cache, "the cache");
   if (q.dim() != 3 || q.size(2) != hl.key_width || cache.dim() != 2)
     throw Error("invariant attention: expected queries (N, heads, key_width) and a cache (S, width)");
   const int64_t N = q.size(0), heads = q.size(1), S = cache.size(0), width = cache.size(1);
@@ -235,6 +250,15 @@ Tensor attention(const Tensor& q, const Tensor& cache, const KeyLayout& keys, co
         throw Error("invariant attention: query " + std::to_string(n) + " reads block " + std::to_string(tb[st[n] + b]) +
                     " outside the cache of " + std::to_string(S) + " rows");
   }
+#ifdef GRPO_INVARIANT_CUDA
+  if (on_cuda(q)) {
+    const auto dev = q.device();
+    return cuda::attention(q, cache, table.to(dev), start.to(dev), count.to(dev), count.max().item<int64_t>(), bs,
+                           hl.kv_heads, hl.key_base, hl.key_stride, dk, hl.value_base, hl.value_stride, dv, scale);
+  }
+#else
+  on_cuda(q);
+#endif
   Tensor out = at::empty({N, heads, dv}, at::TensorOptions().dtype(at::kFloat));
   const float* qp = qf.data_ptr<float>();
   float* op = out.data_ptr<float>();

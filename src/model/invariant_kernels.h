@@ -6,8 +6,10 @@
 // or a transcendental function is involved. Inputs of any floating dtype are read exactly; all
 // arithmetic is fp32; results are fp32 for the caller to round where the model rounds.
 //
-// CPU only for now. The file is compiled without floating-point contraction, so that no call site
-// fuses a product into an addition where another does not.
+// CPU kernels here; on CUDA, those of invariant_kernels_cuda.cu (tensor-core products in fixed
+// k order, no split-K), when the build found a CUDA compiler. Both are compiled without
+// floating-point contraction, so that no call site fuses a product into an addition where another
+// does not.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -4,6 +4,7 @@
 // adapters too; and the training forward's gradient is the ordinary forward's.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 
 #include <random>
 
@@ -35,7 +36,7 @@ const char* kTinyQwen2 = R"({
   "model_type": "qwen2", "vocab_size": 61, "hidden_size": 32, "intermediate_size": 48,
   "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128})";
 
-std::shared_ptr<model::CausalLM> tiny(const char* config, bool lora = false) {
+std::shared_ptr<model::CausalLM> tiny(const char* config, bool lora = false, at::Device device = at::kCPU) {
   auto m = std::make_shared<model::CausalLM>(parse_model_config(config, "tiny"));
   model::init_weights(*m, 5);
   at::NoGradGuard g;
@@ -48,7 +49,7 @@ std::shared_ptr<model::CausalLM> tiny(const char* config, bool lora = false) {
     for (auto& item : m->named_parameters())
       if (item.key().find("lora_B") != std::string::npos) item.value().normal_(0, 0.05);  // adapters that change the output
   }
-  m->to_device_dtype(at::kCPU, at::kBFloat16);
+  m->to_device_dtype(device, at::kBFloat16);
   return m;
 }
 
@@ -94,14 +95,15 @@ double max_diff(model::CausalLM& m, const Samples& s) {
   double worst = 0;
   for (size_t i = 0; i < lp.size(); ++i) {
     EXPECT_EQ(lp[i].numel(), (int64_t)s.logprobs[i].size());
-    auto a = lp[i].accessor<float, 1>();
+    Tensor host = lp[i].to(at::kCPU);
+    auto a = host.accessor<float, 1>();
     for (int64_t j = 0; j < lp[i].numel(); ++j) worst = std::max(worst, std::abs((double)a[j] - s.logprobs[i][j]));
   }
   return worst;
 }
 
-void expect_exact(const char* config, bool lora) {
-  auto m = tiny(config, lora);
+void expect_exact(const char* config, bool lora, at::Device device = at::kCPU) {
+  auto m = tiny(config, lora, device);
   auto reqs = requests(6, 0, 11);
   m->batch_invariant = false;
   const double fast = max_diff(*m, generate(m, reqs, 64, 16));
@@ -126,8 +128,8 @@ TEST(ExactRollout, MlaMoeWithLoraEqualsTrainingBitForBit) { expect_exact(kTinyV3
 
 // The same request gives the same tokens and log-probs alone, among others, decoded one sequence
 // at a time, and with another block size.
-TEST(ExactRollout, BatchCompositionChangesNothing) {
-  auto m = tiny(kTinyV3);
+void expect_batch_invariance(at::Device device) {
+  auto m = tiny(kTinyV3, false, device);
   m->batch_invariant = true;
   auto mine = requests(1, 100, 5);
   auto crowd = requests(7, 0, 9);
@@ -148,6 +150,8 @@ TEST(ExactRollout, BatchCompositionChangesNothing) {
     EXPECT_EQ(alone.logprobs[a], serial.logprobs[c]);
   }
 }
+
+TEST(ExactRollout, BatchCompositionChangesNothing) { expect_batch_invariance(at::kCPU); }
 
 // The values come from the batch-invariant forward, the gradient from the ordinary one: for a
 // dense model the gradient equals the ordinary forward's exactly, and for MoE the ordinary
@@ -188,4 +192,18 @@ TEST(ExactRollout, GradientIsTheOrdinaryForwards) {
   ASSERT_EQ(out.routing.size(), values.experts.size());
   for (size_t l = 0; l < values.experts.size(); ++l)
     EXPECT_TRUE(at::equal(out.routing[l].experts, values.experts[l])) << "MoE layer " << l;  // one unpadded sequence
+}
+
+// The same on CUDA, through the tensor-core kernels of invariant_kernels_cuda.cu.
+TEST(ExactRolloutCuda, EngineEqualsTrainingBitForBit) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  expect_exact(kTinyV3, false, at::Device(at::kCUDA, 0));
+  expect_exact(kTinyQwen3Moe, false, at::Device(at::kCUDA, 0));
+  expect_exact(kTinyQwen2, true, at::Device(at::kCUDA, 0));
+  expect_exact(kTinyV3, true, at::Device(at::kCUDA, 0));
+}
+
+TEST(ExactRolloutCuda, BatchCompositionChangesNothing) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  expect_batch_invariance(at::Device(at::kCUDA, 0));
 }
