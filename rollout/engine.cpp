@@ -201,9 +201,10 @@ struct Engine::Impl {
     rows.ids = i64(ids);
     rows.positions = i64(pos);
     rows.write_slots = i64(slots);
-    rows.keys.table = i64(table);
-    rows.keys.table_start = i64(start);
-    rows.keys.num_keys = i64(count);
+    auto host = [](const std::vector<int64_t>& v) { return at::tensor(v, at::TensorOptions().dtype(at::kLong)); };
+    rows.keys.table = host(table);  // checked on the host, then moved, once per forward
+    rows.keys.table_start = host(start);
+    rows.keys.num_keys = host(count);
     rows.keys.block_size = bs;
     return rows;
   }

@@ -50,17 +50,18 @@ Tensor mla(MLAImpl& a, const Tensor& x, const RopeTables& rope, Tensor& cache, c
   Tensor latent = norm(*a.kv_a_layernorm, comp.narrow(-1, 0, r));
   Tensor k_pe = apply_rope(comp.narrow(-1, r, dr).view({N, 1, dr}), rope, a.rope_interleave).view({N, dr});
   cache.index_copy_(0, rows.write_slots, at::cat({latent, k_pe}, -1).to(cache.scalar_type()));
+  // Per head: q_lat = q_nope W_uk (r), out = o_lat W_uv^T (dv); head-major rows, one grouped product each.
   Tensor w = a.kv_b_proj->effective_weight().view({nh, dn + dv, r});
-  std::vector<Tensor> q_lat(nh), out(nh);
-  for (int64_t h = 0; h < nh; ++h)
-    q_lat[h] = invariant::matmul_nt(q.select(1, h).narrow(-1, 0, dn), w[h].narrow(0, 0, dn).t()).to(dtype);  // (N, r)
-  Tensor qc = at::cat({at::stack(q_lat, 1), q_pe}, -1);                                         // (N, nh, r + dr)
+  const RowGroups by_head = contiguous_groups(nh, N, x.device());
+  Tensor q_nope = q.narrow(-1, 0, dn).transpose(0, 1).reshape({nh * N, dn});
+  Tensor q_lat = invariant::grouped_matmul_nt(q_nope, w.narrow(1, 0, dn).transpose(1, 2), by_head).to(dtype);
+  Tensor qc = at::cat({q_lat.view({nh, N, r}).transpose(0, 1), q_pe}, -1);  // (N, nh, r + dr)
   HeadLayout heads;
   heads.key_width = r + dr;
   heads.value_width = r;
   Tensor o_lat = invariant::attention(qc, cache, rows.keys, heads, a.softmax_scale).to(dtype);  // (N, nh, r)
-  for (int64_t h = 0; h < nh; ++h) out[h] = invariant::matmul_nt(o_lat.select(1, h), w[h].narrow(0, dn, dv)).to(dtype);
-  return linear(*a.o_proj, at::stack(out, 1).reshape({N, nh * dv}));
+  Tensor o = invariant::grouped_matmul_nt(o_lat.transpose(0, 1).reshape({nh * N, r}), w.narrow(1, dn, dv), by_head);
+  return linear(*a.o_proj, o.to(dtype).view({nh, N, dv}).transpose(0, 1).reshape({N, nh * dv}));
 }
 
 // Grouped-query attention; the cache keeps [k (nkv*hd) | v (nkv*hd)].
@@ -110,19 +111,21 @@ Tensor moe(MoEImpl& m, const Tensor& x, Tensor* experts_out) {
 
   RoutedExpertsImpl& ex = *m.experts;
   const int64_t I = ex.intermediate;
-  Tensor pair_expert = idx.reshape({-1});  // pair n*k + j: token n's j-th expert
-  Tensor xs = x.index_select(0, at::arange(N, x.options().dtype(at::kLong)).repeat_interleave(k));
+  // (token, expert) pairs n*k + j, grouped by expert; every product runs in that order.
+  const RowGroups g = group_rows(idx.reshape({-1}), E);
+  Tensor xs = x.index_select(0, at::div(g.order, k, "floor"));
   const bool lora_gu = ex.gate_up_lora_A.defined() && ex.lora_enabled, lora_down = ex.down_lora_A.defined() && ex.lora_enabled;
-  Tensor gu = invariant::expert_matmul_nt(xs, ex.gate_up_proj, pair_expert).to(dtype);
+  Tensor gu = invariant::grouped_matmul_nt(xs, ex.gate_up_proj, g).to(dtype);
   if (lora_gu)
-    gu = (gu.to(at::kFloat) + invariant::expert_matmul_nt(invariant::expert_matmul_nt(xs, ex.gate_up_lora_A, pair_expert), ex.gate_up_lora_B,
-                                               pair_expert) * ex.gate_up_lora_scaling).to(dtype);
+    gu = (gu.to(at::kFloat) + invariant::grouped_matmul_nt(invariant::grouped_matmul_nt(xs, ex.gate_up_lora_A, g),
+                                                           ex.gate_up_lora_B, g) * ex.gate_up_lora_scaling).to(dtype);
   Tensor h = invariant::silu(gu.narrow(-1, 0, I)).to(dtype) * gu.narrow(-1, I, I);
-  Tensor y = invariant::expert_matmul_nt(h, ex.down_proj, pair_expert).to(dtype);
+  Tensor y = invariant::grouped_matmul_nt(h, ex.down_proj, g).to(dtype);
   if (lora_down)
-    y = (y.to(at::kFloat) + invariant::expert_matmul_nt(invariant::expert_matmul_nt(h, ex.down_lora_A, pair_expert), ex.down_lora_B,
-                                             pair_expert) * ex.down_lora_scaling).to(dtype);
-  Tensor parts = (y * w.reshape({-1, 1})).to(dtype).view({N, k, H});
+    y = (y.to(at::kFloat) + invariant::grouped_matmul_nt(invariant::grouped_matmul_nt(h, ex.down_lora_A, g),
+                                                         ex.down_lora_B, g) * ex.down_lora_scaling).to(dtype);
+  Tensor grouped = (y * w.reshape({-1}).index_select(0, g.order).unsqueeze(1)).to(dtype);
+  Tensor parts = at::empty_like(grouped).index_copy_(0, g.order, grouped).view({N, k, H});
   Tensor out = parts.select(1, 0);
   for (int64_t j = 1; j < k; ++j) out = out + parts.select(1, j);
   if (m.shared_experts) out = out + mlp(*m.shared_experts, x);
@@ -131,7 +134,7 @@ Tensor moe(MoEImpl& m, const Tensor& x, Tensor* experts_out) {
 
 }  // namespace
 
-Tensor hidden_states(CausalLM& model, const TokenRows& rows, const std::vector<Tensor>& caches,
+Tensor hidden_states(CausalLM& model, const TokenRows& in, const std::vector<Tensor>& caches,
                      std::vector<Tensor>* experts) {
   at::NoGradGuard no_grad;
   const ModelConfig& c = model.config();
@@ -140,6 +143,10 @@ Tensor hidden_states(CausalLM& model, const TokenRows& rows, const std::vector<T
     throw Error("batch-invariant forward: expected 1 or " + std::to_string(L) + " cache tensors, got " +
                 std::to_string(caches.size()));
   const auto dtype = model.dtype();
+  const auto dev = model.device();
+  // On the model's device; the key layout checked once for the whole forward.
+  TokenRows rows{in.ids.to(dev), in.positions.to(dev), in.write_slots.to(dev),
+                 checked_keys(in.keys, caches[0].size(0), dev)};
   Tensor h = model.model->embed_tokens->weight.index_select(0, rows.ids);
   auto [cos, sin] = invariant::rope_cos_sin(rows.positions, rope_inv_freq(c));
   const double factor = c.rope_attention_factor();
@@ -195,9 +202,9 @@ CompletionValues completion_logprobs(CausalLM& model, const std::vector<std::vec
   rows.ids = i64(ids);
   rows.positions = i64(pos);
   rows.write_slots = at::arange(N, at::TensorOptions().dtype(at::kLong).device(dev));
-  rows.keys.table = rows.write_slots;
-  rows.keys.table_start = i64(start);
-  rows.keys.num_keys = i64(count);
+  rows.keys.table = at::arange(N, at::TensorOptions().dtype(at::kLong));  // built and checked on the host
+  rows.keys.table_start = at::tensor(start, at::TensorOptions().dtype(at::kLong));
+  rows.keys.num_keys = at::tensor(count, at::TensorOptions().dtype(at::kLong));
   Tensor cache = at::zeros({N, model.config().kv_cache_width()}, at::TensorOptions().dtype(model.dtype()).device(dev));
   CompletionValues out;
   Tensor h = hidden_states(model, rows, {cache}, &out.experts);

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <numeric>
 #include <limits>
 #include <vector>
 
@@ -103,18 +104,48 @@ Tensor matmul_nt(const Tensor& x, const Tensor& w) {
   return out;
 }
 
-Tensor expert_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& expert) {
-  if (x.dim() != 2 || w.dim() != 3 || x.size(1) != w.size(2) || expert.numel() != x.size(0))
-    throw Error("invariant expert_matmul_nt: expected x (M, K), w (E, N, K), expert (M)");
-  GRPO_ON_CUDA(x, expert_matmul_nt(x, w, expert));
-  const int64_t M = x.size(0), E = w.size(0), N = w.size(1), K = x.size(1);
-  Tensor xf = f32(x), wc = w.contiguous(), ex = expert.to(at::kCPU, at::kLong).contiguous();
+RowGroups group_rows(const Tensor& group_of_row, int64_t groups) {
+  Tensor g = group_of_row.to(at::kLong).reshape({-1});
+  RowGroups out;
+  out.order = std::get<1>(g.sort(/*stable=*/true, 0, false));
+  out.group = g.index_select(0, out.order);
+  Tensor counts = at::zeros({groups}, g.options()).index_add_(0, g, at::ones_like(g)).to(at::kCPU);
+  const int64_t* c = counts.data_ptr<int64_t>();
+  if (std::accumulate(c, c + groups, int64_t(0)) != g.numel())
+    throw Error("invariant group_rows: a row names a group outside [0, " + std::to_string(groups) + ")");
+#ifdef GRPO_INVARIANT_CUDA
+  if (g.is_cuda()) {
+    out.tiles = cuda::group_tiles(std::vector<int64_t>(c, c + groups), g.device());
+    out.num_tiles = out.tiles.numel() / 3;
+  }
+#endif
+  return out;
+}
+
+RowGroups contiguous_groups(int64_t groups, int64_t rows_per_group, at::Device device) {
+  RowGroups out;
+  out.group = at::arange(groups, at::TensorOptions().dtype(at::kLong).device(device)).repeat_interleave(rows_per_group);
+#ifdef GRPO_INVARIANT_CUDA
+  if (device.is_cuda()) {
+    out.tiles = cuda::group_tiles(std::vector<int64_t>(groups, rows_per_group), device);
+    out.num_tiles = out.tiles.numel() / 3;
+  }
+#endif
+  return out;
+}
+
+Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const RowGroups& groups) {
+  if (x.dim() != 2 || w.dim() != 3 || x.size(1) != w.size(2) || groups.group.numel() != x.size(0))
+    throw Error("invariant grouped_matmul_nt: expected x (M, K), w (G, N, K), a group for each of the M rows");
+  GRPO_ON_CUDA(x, grouped_matmul_nt(x, w, groups.tiles, groups.num_tiles));
+  const int64_t M = x.size(0), G = w.size(0), N = w.size(1), K = x.size(1);
+  Tensor xf = f32(x), wc = w.contiguous(), ex = groups.group.to(at::kCPU, at::kLong).contiguous();
   const int64_t* e = ex.data_ptr<int64_t>();
   for (int64_t m = 0; m < M; ++m)
-    if (e[m] < 0 || e[m] >= E) throw Error("invariant expert_matmul_nt: row " + std::to_string(m) + " names expert " +
-                                           std::to_string(e[m]) + " of " + std::to_string(E));
+    if (e[m] < 0 || e[m] >= G) throw Error("invariant grouped_matmul_nt: row " + std::to_string(m) + " names group " +
+                                           std::to_string(e[m]) + " of " + std::to_string(G));
   Tensor out = at::empty({M, N}, at::TensorOptions().dtype(at::kFloat));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, wc.scalar_type(), "invariant_expert_matmul_nt", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, wc.scalar_type(), "invariant_grouped_matmul_nt", [&] {
     const scalar_t* wp = wc.data_ptr<scalar_t>();
     rows_times_weights<scalar_t>(xf.data_ptr<float>(), out.data_ptr<float>(), M, N, K,
                                  [&](int64_t m) { return wp + e[m] * N * K; });
@@ -229,17 +260,14 @@ std::pair<Tensor, Tensor> rope_cos_sin(const Tensor& positions, const Tensor& in
   return {c, s};
 }
 
-Tensor attention(const Tensor& q, const Tensor& cache, const KeyLayout& keys, const HeadLayout& hl, double scale) {
-  if (q.dim() != 3 || q.size(2) != hl.key_width || cache.dim() != 2)
-    throw Error("invariant attention: expected queries (N, heads, key_width) and a cache (S, width)");
-  const int64_t N = q.size(0), heads = q.size(1), S = cache.size(0), width = cache.size(1);
-  const int64_t group = heads / hl.kv_heads, dk = hl.key_width, dv = hl.value_width, bs = keys.block_size;
-  Tensor qf = f32(q), cc = cache.contiguous();
+KeyLayout checked_keys(const KeyLayout& keys, int64_t S, at::Device device) {
   Tensor table = keys.table.to(at::kCPU, at::kLong).contiguous(), start = keys.table_start.to(at::kCPU, at::kLong).contiguous(),
          count = keys.num_keys.to(at::kCPU, at::kLong).contiguous();
-  if (start.numel() != N || count.numel() != N) throw Error("invariant attention: key layout is not one entry per query");
+  const int64_t N = start.numel(), bs = keys.block_size;
+  if (count.numel() != N) throw Error("invariant attention: key layout is not one entry per query");
   const int64_t *tb = table.data_ptr<int64_t>(), *st = start.data_ptr<int64_t>(), *cn = count.data_ptr<int64_t>();
   const int64_t table_len = table.numel();
+  int64_t max_keys = 0;
   for (int64_t n = 0; n < N; ++n) {
     const int64_t blocks = cn[n] < 1 ? -1 : (cn[n] - 1) / bs + 1;
     if (blocks < 1 || st[n] < 0 || st[n] + blocks > table_len)
@@ -249,16 +277,29 @@ Tensor attention(const Tensor& q, const Tensor& cache, const KeyLayout& keys, co
       if (tb[st[n] + b] < 0 || (tb[st[n] + b] + 1) * bs > S)
         throw Error("invariant attention: query " + std::to_string(n) + " reads block " + std::to_string(tb[st[n] + b]) +
                     " outside the cache of " + std::to_string(S) + " rows");
+    max_keys = std::max(max_keys, cn[n]);
   }
+  KeyLayout out{table.to(device), start.to(device), count.to(device), bs, max_keys};
+  return out;
+}
+
+Tensor attention(const Tensor& q, const Tensor& cache, const KeyLayout& unchecked, const HeadLayout& hl, double scale) {
+  if (q.dim() != 3 || q.size(2) != hl.key_width || cache.dim() != 2)
+    throw Error("invariant attention: expected queries (N, heads, key_width) and a cache (S, width)");
+  const KeyLayout keys = unchecked.max_keys < 0 ? checked_keys(unchecked, cache.size(0), q.device()) : unchecked;
+  const int64_t N = q.size(0), heads = q.size(1), width = cache.size(1);
+  if (keys.table_start.numel() != N) throw Error("invariant attention: key layout is not one entry per query");
+  const int64_t group = heads / hl.kv_heads, dk = hl.key_width, dv = hl.value_width, bs = keys.block_size;
 #ifdef GRPO_INVARIANT_CUDA
-  if (on_cuda(q)) {
-    const auto dev = q.device();
-    return cuda::attention(q, cache, table.to(dev), start.to(dev), count.to(dev), count.max().item<int64_t>(), bs,
-                           hl.kv_heads, hl.key_base, hl.key_stride, dk, hl.value_base, hl.value_stride, dv, scale);
-  }
+  if (on_cuda(q))
+    return cuda::attention(q, cache, keys.table, keys.table_start, keys.num_keys, keys.max_keys, bs, hl.kv_heads,
+                           hl.key_base, hl.key_stride, dk, hl.value_base, hl.value_stride, dv, scale);
 #else
   on_cuda(q);
 #endif
+  Tensor qf = f32(q), cc = cache.contiguous();
+  const int64_t *tb = keys.table.data_ptr<int64_t>(), *st = keys.table_start.data_ptr<int64_t>(),
+                *cn = keys.num_keys.data_ptr<int64_t>();
   Tensor out = at::empty({N, heads, dv}, at::TensorOptions().dtype(at::kFloat));
   const float* qp = qf.data_ptr<float>();
   float* op = out.data_ptr<float>();

@@ -21,9 +21,21 @@ using at::Tensor;
 // x (M, K), w (N, K) -> (M, N) fp32: sum_k x[m, k] w[n, k] in a fixed order.
 Tensor matmul_nt(const Tensor& x, const Tensor& w);
 
-// The routed experts' products: row m uses weight w[expert[m]] of w (E, N, K). x (M, K),
-// expert (M) int64 -> (M, N) fp32, each row as matmul_nt would compute it alone.
-Tensor expert_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& expert);
+// Rows grouped by the weight they use (the routed experts' tokens, the heads of MLA's absorbed
+// products): the rows in group order, and where each group's rows are.
+struct RowGroups {
+  Tensor order;  // (M) int64: grouped position -> original row; undefined when already grouped
+  Tensor group;  // (M) int64: each grouped row's group
+  Tensor tiles;  // CUDA: (tiles, 3) int64 (group, first row, rows) on the device
+  int64_t num_tiles = 0;
+};
+// Groups rows by `group_of_row` (M) int64 in [0, groups), stable (on CUDA: one host sync).
+RowGroups group_rows(const Tensor& group_of_row, int64_t groups);
+// Rows already grouped: `groups` runs of `rows_per_group` rows (no host sync).
+RowGroups contiguous_groups(int64_t groups, int64_t rows_per_group, at::Device device);
+// x (M, K) in group order, w (G, N, K): grouped row m times w[group[m]], (M, N) fp32, each row as
+// matmul_nt would compute it alone.
+Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const RowGroups& groups);
 
 // x (M, D) -> x * rsqrt(mean(x^2) + eps), fp32 (RMSNorm before its weight).
 Tensor rms_normalize(const Tensor& x, double eps);
@@ -48,7 +60,11 @@ struct KeyLayout {
   Tensor table_start;  // (N) int64
   Tensor num_keys;     // (N) int64, >= 1
   int64_t block_size = 1;
+  int64_t max_keys = -1;  // set by checked_keys: the layout is valid and on the queries' device
 };
+// Checks every token's keys against a cache of `cache_rows` rows (on the host, where the layout
+// is built) and moves the layout to `device`: one check and one copy per forward, not per layer.
+KeyLayout checked_keys(const KeyLayout& keys, int64_t cache_rows, at::Device device);
 
 // Where a query head finds its key and value inside a cache row: kv head g's key is the
 // key_width values from key_base + g * key_stride, its value the value_width values from

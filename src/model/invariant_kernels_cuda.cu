@@ -15,6 +15,7 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -27,13 +28,13 @@ namespace {
 
 using namespace nvcuda;
 
-constexpr int kBM = 16, kBN = 64, kBK = 32, kWarps = 4, kPad = 8;
+constexpr int kBM = 16, kBN = 64, kBK = 128, kWarps = 4, kPad = 8;
 
 // out rows [row0, row0 + rows) of x (sorted for experts) times w (N, K) [+ expert * N * K].
 // Tile table (expert, first row, rows) per blockIdx.x when given; else tile = 16 consecutive rows.
 __global__ void gemm_nt_bf16_kernel(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
                                     float* __restrict__ out, int64_t M, int64_t N, int64_t K,
-                                    const int64_t* __restrict__ tiles) {
+                                    const int64_t* __restrict__ tiles, bool vec) {
   __shared__ __align__(32) __nv_bfloat16 As[kBM][kBK + kPad];
   __shared__ __align__(32) __nv_bfloat16 Bs[kBN][kBK + kPad];
   __shared__ __align__(32) float Cs[kWarps][16][16];
@@ -53,15 +54,31 @@ __global__ void gemm_nt_bf16_kernel(const __nv_bfloat16* __restrict__ x, const _
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
   wmma::fill_fragment(acc, 0.0f);
   for (int64_t k0 = 0; k0 < K; k0 += kBK) {
-    for (int i = threadIdx.x; i < kBM * kBK; i += blockDim.x) {
-      const int r = i / kBK, c = i % kBK;
-      const int64_t k = k0 + c;
-      As[r][c] = (r < rows && k < K) ? x[(row0 + r) * K + k] : zero;
-    }
-    for (int i = threadIdx.x; i < kBN * kBK; i += blockDim.x) {
-      const int r = i / kBK, c = i % kBK;
-      const int64_t n = col0 + r, k = k0 + c;
-      Bs[r][c] = (n < N && k < K) ? wp[n * K + k] : zero;
+    if (vec) {  // K % 8 == 0 and 16-byte aligned rows: eight values per load, all in range or none
+      constexpr int V = kBK / 8;
+      const uint4 none = make_uint4(0, 0, 0, 0);
+      for (int i = threadIdx.x; i < kBM * V; i += blockDim.x) {
+        const int r = i / V, c = (i % V) * 8;
+        const int64_t k = k0 + c;
+        *reinterpret_cast<uint4*>(&As[r][c]) =
+            (r < rows && k < K) ? *reinterpret_cast<const uint4*>(x + (row0 + r) * K + k) : none;
+      }
+      for (int i = threadIdx.x; i < kBN * V; i += blockDim.x) {
+        const int r = i / V, c = (i % V) * 8;
+        const int64_t n = col0 + r, k = k0 + c;
+        *reinterpret_cast<uint4*>(&Bs[r][c]) = (n < N && k < K) ? *reinterpret_cast<const uint4*>(wp + n * K + k) : none;
+      }
+    } else {
+      for (int i = threadIdx.x; i < kBM * kBK; i += blockDim.x) {
+        const int r = i / kBK, c = i % kBK;
+        const int64_t k = k0 + c;
+        As[r][c] = (r < rows && k < K) ? x[(row0 + r) * K + k] : zero;
+      }
+      for (int i = threadIdx.x; i < kBN * kBK; i += blockDim.x) {
+        const int r = i / kBK, c = i % kBK;
+        const int64_t n = col0 + r, k = k0 + c;
+        Bs[r][c] = (n < N && k < K) ? wp[n * K + k] : zero;
+      }
     }
     __syncthreads();
     for (int kk = 0; kk < kBK; kk += 16) {
@@ -234,18 +251,6 @@ void check_launch(const char* what) {
   if (e != cudaSuccess) throw Error(std::string("batch-invariant CUDA kernel ") + what + ": " + cudaGetErrorString(e));
 }
 
-// (expert, first row, rows) tiles of at most 16 rows over rows sorted by expert, from per-expert counts.
-Tensor expert_tiles(const Tensor& counts_host, const at::Device& dev) {
-  std::vector<int64_t> t;
-  const int64_t* c = counts_host.data_ptr<int64_t>();
-  int64_t offset = 0;
-  for (int64_t e = 0; e < counts_host.numel(); ++e) {
-    for (int64_t s = 0; s < c[e]; s += kBM) t.insert(t.end(), {e, offset + s, std::min<int64_t>(kBM, c[e] - s)});
-    offset += c[e];
-  }
-  return at::tensor(t, at::TensorOptions().dtype(at::kLong)).to(dev);
-}
-
 Tensor gemm(const Tensor& x, const Tensor& w, int64_t M, int64_t N, int64_t K, const Tensor& tiles, int64_t num_tiles) {
   const c10::cuda::CUDAGuard guard(x.device());
   Tensor out = at::empty({M, N}, x.options().dtype(at::kFloat));
@@ -254,9 +259,11 @@ Tensor gemm(const Tensor& x, const Tensor& w, int64_t M, int64_t N, int64_t K, c
   const int64_t* tp = tiles.defined() ? tiles.data_ptr<int64_t>() : nullptr;
   if (w.scalar_type() == at::kBFloat16) {
     Tensor xb = x.to(at::kBFloat16).contiguous(), wb = w.contiguous();
+    auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+    const bool vec = K % 8 == 0 && aligned(xb) && aligned(wb);
     gemm_nt_bf16_kernel<<<grid, kWarps * 32, 0, stream()>>>(
         reinterpret_cast<const __nv_bfloat16*>(xb.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(wb.data_ptr()),
-        out.data_ptr<float>(), M, N, K, tp);
+        out.data_ptr<float>(), M, N, K, tp, vec);
   } else {
     Tensor xf = x.to(at::kFloat).contiguous(), wf = w.to(at::kFloat).contiguous();
     gemm_nt_f32_kernel<<<grid, kBM * kBN, 0, stream()>>>(xf.data_ptr<float>(), wf.data_ptr<float>(),
@@ -273,15 +280,18 @@ Tensor matmul_nt(const Tensor& x, const Tensor& w) {
   return gemm(x, w, M, N, K, Tensor(), (M + kBM - 1) / kBM);
 }
 
-Tensor expert_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& expert) {
-  const int64_t M = x.size(0), E = w.size(0), N = w.size(1), K = x.size(1);
-  Tensor ex = expert.to(x.device(), at::kLong).reshape({-1});
-  Tensor counts = at::zeros({E}, ex.options()).index_add_(0, ex, at::ones_like(ex)).to(at::kCPU);
-  if (counts.sum().item<int64_t>() != M) throw Error("invariant expert_matmul_nt: an expert index is out of range");
-  Tensor order = std::get<1>(ex.sort(/*stable=*/true, 0, false));
-  Tensor tiles = expert_tiles(counts, x.device());
-  Tensor sorted = gemm(x.index_select(0, order), w, M, N, K, tiles, tiles.numel() / 3);
-  return at::empty_like(sorted).index_copy_(0, order, sorted);
+Tensor group_tiles(const std::vector<int64_t>& sizes, at::Device device) {
+  std::vector<int64_t> t;
+  int64_t offset = 0;
+  for (size_t g = 0; g < sizes.size(); ++g) {
+    for (int64_t s = 0; s < sizes[g]; s += kBM) t.insert(t.end(), {(int64_t)g, offset + s, std::min<int64_t>(kBM, sizes[g] - s)});
+    offset += sizes[g];
+  }
+  return at::tensor(t, at::TensorOptions().dtype(at::kLong)).to(device);
+}
+
+Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& tiles, int64_t num_tiles) {
+  return gemm(x, w, x.size(0), w.size(1), x.size(1), tiles, num_tiles);
 }
 
 namespace {

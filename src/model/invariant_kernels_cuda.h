@@ -5,13 +5,16 @@
 #include <ATen/ATen.h>
 
 #include <utility>
+#include <vector>
 
 namespace grpo::model::invariant::cuda {
 
 using at::Tensor;
 
 Tensor matmul_nt(const Tensor& x, const Tensor& w);
-Tensor expert_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& expert);
+// (group, first row, rows) tiles of at most 16 rows, on `device`, for groups of the given sizes.
+Tensor group_tiles(const std::vector<int64_t>& sizes, at::Device device);
+Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& tiles, int64_t num_tiles);
 Tensor rms_normalize(const Tensor& x, double eps);
 Tensor softmax(const Tensor& x);
 Tensor log_softmax(const Tensor& x);
