@@ -83,9 +83,7 @@ struct Engine::Impl {
     // Zeroed: masked attention positions are multiplied by probability 0, and 0 * NaN from
     // uninitialised memory would poison the sum. Freed blocks keep finite values.
     pool = at::zeros({L, num_blocks * bs, D}, at::TensorOptions().dtype(dtype).device(dev));
-    int64_t moe_layers = 0;
-    for (int64_t l = 0; l < L; ++l) moe_layers += model->model->layers[l]->as<DecoderLayer>()->moe ? 1 : 0;
-    if (opt.record_routing && moe_layers == 0) throw Error("rollout engine: record_routing needs a model with MoE layers");
+    if (opt.record_routing && model->num_moe_layers() == 0) throw Error("rollout engine: record_routing needs a model with MoE layers");
     invariant = model->batch_invariant;
     use_graphs = opt.cuda_graphs && dev.is_cuda() && num_blocks > 1 && !invariant;
     if (use_graphs) {

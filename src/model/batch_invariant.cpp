@@ -92,18 +92,9 @@ Tensor moe(MoEImpl& m, const Tensor& x, Tensor* experts_out) {
   const auto dtype = x.scalar_type();
   Tensor logits = invariant::matmul_nt(x, router.weight);
   Tensor scores = c.scoring_func == ScoringFunc::Softmax ? invariant::softmax(logits) : invariant::sigmoid(logits);
-  Tensor choice = c.topk_method == TopkMethod::NoauxTc ? scores + router.e_score_correction_bias.to(at::kFloat) : scores;
-  if (c.topk_method != TopkMethod::Greedy && c.n_group > 1) {
-    Tensor grouped = choice.view({N, c.n_group, E / c.n_group});
-    Tensor group_scores = c.topk_method == TopkMethod::NoauxTc ? invariant::row_sum(std::get<0>(grouped.topk(2, -1)).reshape({-1, 2})).view({N, c.n_group})
-                                                               : std::get<0>(grouped.max(-1));
-    Tensor group_idx = std::get<1>(group_scores.topk(c.topk_group, -1, true, false));
-    Tensor group_mask = at::zeros_like(group_scores, at::kBool).scatter_(1, group_idx, true);
-    Tensor expert_mask = group_mask.unsqueeze(-1).expand({N, c.n_group, E / c.n_group}).reshape({N, E});
-    choice = choice.masked_fill(expert_mask.logical_not(), -std::numeric_limits<float>::infinity());
-  }
-  // Ascending expert ids: topk's own order may depend on the call's size.
-  Tensor idx = std::get<0>(std::get<1>(choice.topk(k, -1, true, false)).sort(-1));
+  // Ascending expert ids: topk's own order may depend on the call's size. (A group's score, the
+  // sum of its best two, adds two numbers: the same in any order.)
+  Tensor idx = std::get<0>(router.top_experts(scores).sort(-1));
   Tensor w = scores.gather(1, idx);
   if (c.norm_topk_prob) w = w / (invariant::row_sum(w).unsqueeze(1) + 1e-20);
   w = w * c.routed_scaling_factor;

@@ -235,6 +235,12 @@ Tensor CausalLM::target_logprobs(const Tensor& hs, const Tensor& tgt, Tensor* en
   return lp.empty() ? empty : at::cat(lp, 0);
 }
 
+int64_t CausalLM::num_moe_layers() const {
+  int64_t n = 0;
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) n += config_.is_moe_layer(i) ? 1 : 0;
+  return n;
+}
+
 Tensor CausalLM::lm_head_weight() { return lm_head ? lm_head->weight : model->embed_tokens->weight; }
 
 Tensor CausalLM::logits(const Tensor& hidden) { return at::linear(hidden, lm_head_weight()); }
@@ -251,8 +257,7 @@ std::vector<Tensor> CausalLM::replay_tensors(const std::vector<const std::vector
   if (records.empty()) return {};
   if ((int64_t)records.size() != B)
     throw Error("routing replay: " + std::to_string(records.size()) + " expert records for " + std::to_string(B) + " sequences");
-  int64_t moe_layers = 0;
-  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) moe_layers += model->layers[i]->as<DecoderLayer>()->moe ? 1 : 0;
+  const int64_t moe_layers = num_moe_layers();
   const int64_t k = config_.num_experts_per_tok, E = config_.n_routed_experts;
   if (moe_layers == 0) throw Error("routing replay: the model has no MoE layer");
   // (MoE layers, B*T, k); padding tokens take expert 0 (their outputs reach no real token).

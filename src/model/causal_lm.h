@@ -61,6 +61,8 @@ class CausalLM : public torch::nn::Module {
   explicit CausalLM(ModelConfig config);
 
   const ModelConfig& config() const { return config_; }
+  // Decoder layers whose feed-forward half is routed experts.
+  int64_t num_moe_layers() const;
 
   // input_ids (B, T) int64. attention_mask (B, T), 1 = token, 0 = padding: omit it for unpadded
   // or right-padded batches (plain causal attention is then exact for every real token).

@@ -23,19 +23,7 @@ RouterImpl::Routing RouterImpl::forward(const Tensor& x, const Tensor& replay) {
   // Gate logits in fp32 whatever the model dtype.
   Tensor logits = at::linear(x.to(at::kFloat), weight.to(at::kFloat));
   Tensor scores = c.scoring_func == ScoringFunc::Softmax ? logits.softmax(-1) : logits.sigmoid();
-  Tensor choice = c.topk_method == TopkMethod::NoauxTc ? scores + e_score_correction_bias : scores;
-  if (c.topk_method != TopkMethod::Greedy && c.n_group > 1) {
-    Tensor grouped = choice.view({N, c.n_group, E / c.n_group});
-    // A group's score: its best expert (V2) or the sum of its best two (V3, noaux_tc).
-    Tensor group_scores = c.topk_method == TopkMethod::NoauxTc
-                              ? std::get<0>(grouped.topk(2, -1)).sum(-1)
-                              : std::get<0>(grouped.max(-1));
-    Tensor group_idx = std::get<1>(group_scores.topk(c.topk_group, -1, true, false));
-    Tensor group_mask = at::zeros_like(group_scores, at::kBool).scatter_(1, group_idx, true);
-    Tensor expert_mask = group_mask.unsqueeze(-1).expand({N, c.n_group, E / c.n_group}).reshape({N, E});
-    choice = choice.masked_fill(expert_mask.logical_not(), -std::numeric_limits<float>::infinity());
-  }
-  Tensor idx = std::get<1>(choice.topk(k, -1, true, false));
+  Tensor idx = top_experts(scores);
   Tensor own;
   if (replay.defined()) {
     if (replay.dim() != 2 || replay.size(0) != N || replay.size(1) != k)
@@ -48,6 +36,24 @@ RouterImpl::Routing RouterImpl::forward(const Tensor& x, const Tensor& replay) {
   if (c.norm_topk_prob) w = w / (w.sum(-1, true) + 1e-20);
   w = w * c.routed_scaling_factor;
   return {idx, w, scores, own};
+}
+
+Tensor RouterImpl::top_experts(const Tensor& scores) const {
+  const ModelConfig& c = config;
+  const int64_t N = scores.size(0), E = c.n_routed_experts;
+  Tensor choice = c.topk_method == TopkMethod::NoauxTc ? scores + e_score_correction_bias : scores;
+  if (c.topk_method != TopkMethod::Greedy && c.n_group > 1) {
+    Tensor grouped = choice.view({N, c.n_group, E / c.n_group});
+    // A group's score: its best expert (V2) or the sum of its best two (V3, noaux_tc).
+    Tensor group_scores = c.topk_method == TopkMethod::NoauxTc
+                              ? std::get<0>(grouped.topk(2, -1)).sum(-1)
+                              : std::get<0>(grouped.max(-1));
+    Tensor group_idx = std::get<1>(group_scores.topk(c.topk_group, -1, true, false));
+    Tensor group_mask = at::zeros_like(group_scores, at::kBool).scatter_(1, group_idx, true);
+    Tensor expert_mask = group_mask.unsqueeze(-1).expand({N, c.n_group, E / c.n_group}).reshape({N, E});
+    choice = choice.masked_fill(expert_mask.logical_not(), -std::numeric_limits<float>::infinity());
+  }
+  return std::get<1>(choice.topk(c.num_experts_per_tok, -1, true, false));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -27,6 +27,10 @@ struct RouterImpl : torch::nn::Module {
   // imposes the experts (routing replay: those that served the tokens in the rollout); the weights
   // are still this router's scores of them, so the gate is trained as usual.
   Routing forward(const Tensor& x, const Tensor& replay = {});
+  // Gate scores (N, E) fp32 -> the chosen experts (N, k) int64, in topk's order: the scores plus
+  // e_score_correction_bias (noaux_tc), limited to the best topk_group groups (group-limited and
+  // noaux_tc with n_group > 1), then the top k.
+  Tensor top_experts(const Tensor& scores) const;
   Tensor weight;                   // (E, H) fp32 in every model dtype
   Tensor e_score_correction_bias;  // (E) fp32 buffer; noaux_tc only; selection only
   ModelConfig config;
