@@ -105,16 +105,16 @@ Tensor moe(MoEImpl& m, const Tensor& x, Tensor* experts_out) {
   // (token, expert) pairs n*k + j, grouped by expert; every product runs in that order.
   const RowGroups g = group_rows(idx.reshape({-1}), E);
   Tensor xs = x.index_select(0, at::div(g.order, k, "floor"));
-  const bool lora_gu = ex.gate_up_lora_A.defined() && ex.lora_enabled, lora_down = ex.down_lora_A.defined() && ex.lora_enabled;
-  Tensor gu = invariant::grouped_matmul_nt(xs, ex.gate_up_proj, g).to(dtype);
-  if (lora_gu)
-    gu = (gu.to(at::kFloat) + invariant::grouped_matmul_nt(invariant::grouped_matmul_nt(xs, ex.gate_up_lora_A, g),
-                                                           ex.gate_up_lora_B, g) * ex.gate_up_lora_scaling).to(dtype);
+  // Each expert product rounded to the model dtype, with its adapter's side path added in fp32 first.
+  auto product = [&](const Tensor& in, const Tensor& W, const Tensor& A, const Tensor& B, double scaling) {
+    Tensor out = invariant::grouped_matmul_nt(in, W, g).to(dtype);
+    if (!A.defined() || !ex.lora_enabled) return out;
+    Tensor delta = invariant::grouped_matmul_nt(invariant::grouped_matmul_nt(in, A, g), B, g) * scaling;
+    return (out.to(at::kFloat) + delta).to(dtype);
+  };
+  Tensor gu = product(xs, ex.gate_up_proj, ex.gate_up_lora_A, ex.gate_up_lora_B, ex.gate_up_lora_scaling);
   Tensor h = invariant::silu(gu.narrow(-1, 0, I)).to(dtype) * gu.narrow(-1, I, I);
-  Tensor y = invariant::grouped_matmul_nt(h, ex.down_proj, g).to(dtype);
-  if (lora_down)
-    y = (y.to(at::kFloat) + invariant::grouped_matmul_nt(invariant::grouped_matmul_nt(h, ex.down_lora_A, g),
-                                                         ex.down_lora_B, g) * ex.down_lora_scaling).to(dtype);
+  Tensor y = product(h, ex.down_proj, ex.down_lora_A, ex.down_lora_B, ex.down_lora_scaling);
   Tensor grouped = (y * w.reshape({-1}).index_select(0, g.order).unsqueeze(1)).to(dtype);
   Tensor parts = at::empty_like(grouped).index_copy_(0, g.order, grouped).view({N, k, H});
   Tensor out = parts.select(1, 0);
