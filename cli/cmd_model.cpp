@@ -95,6 +95,13 @@ int run_logprobs(const LogprobsArgs& args) {
     auto len = [&](size_t i) { return (int64_t)(prompts[i].size() + completions[i].size()); };
     std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return len(a) > len(b); });
     std::vector<std::vector<float>> results(prompts.size());
+    const int64_t depths = args.mtp ? model->config().num_nextn_predict_layers : 0;
+    if (args.mtp && depths == 0) throw Error(args.model + ": --mtp: the model has no MTP module (num_nextn_predict_layers)");
+    std::vector<std::vector<std::vector<float>>> mtp_results(prompts.size(), std::vector<std::vector<float>>(depths));
+    auto floats = [](const at::Tensor& t) {
+      at::Tensor c = t.to(at::kCPU).contiguous();
+      return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+    };
     at::InferenceMode inference;
     const bool tty = stderr_is_tty();
     auto t0 = std::chrono::steady_clock::now();
@@ -107,10 +114,12 @@ int run_logprobs(const LogprobsArgs& args) {
         bp.push_back(prompts[order[k]]);
         bc.push_back(completions[order[k]]);
       }
-      auto lps = model->completion_logprobs(bp, bc);
+      model::CausalLM::CompletionOptions options;
+      options.mtp_depths = depths;
+      auto out = model->completion_forward(bp, bc, options);
       for (size_t k = s; k < e; ++k) {
-        at::Tensor t = lps[k - s].to(at::kCPU).contiguous();
-        results[order[k]].assign(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
+        results[order[k]] = floats(out.logprobs[k - s]);
+        for (int64_t d = 0; d < depths; ++d) mtp_results[order[k]][d] = floats(out.mtp_logprobs[d][k - s]);
         done_tokens += len(order[k]);
       }
       s = e;
@@ -121,9 +130,17 @@ int run_logprobs(const LogprobsArgs& args) {
     }
     if (tty) fprintf(stderr, "\n");
     std::string out;
-    for (const auto& r : results) {
+    for (size_t i = 0; i < results.size(); ++i) {
       json row = {{"logprobs", json::array()}};
-      for (float v : r) row["logprobs"].push_back(static_cast<double>(v));
+      for (float v : results[i]) row["logprobs"].push_back(static_cast<double>(v));
+      if (args.mtp) {
+        row["mtp_logprobs"] = json::array();
+        for (const auto& d : mtp_results[i]) {
+          json a = json::array();
+          for (float v : d) a.push_back(static_cast<double>(v));
+          row["mtp_logprobs"].push_back(a);
+        }
+      }
       out += row.dump() + "\n";
     }
     write_file_atomic(args.output, out);

@@ -47,6 +47,7 @@ int run_merge_adapter(const MergeAdapterArgs& args);
 struct LogprobsArgs {
   std::string model, input, output, dtype = "float32", device = "cpu";
   int64_t batch_tokens = 16384;  // padded tokens per forward batch
+  bool mtp = false;  // also each MTP module's log-probs of the completion tokens it predicts
 };
 int run_logprobs(const LogprobsArgs& args);
 

@@ -48,6 +48,9 @@ int main(int argc, char** argv) {
   c_lp->add_option("--dtype", lp.dtype, "compute dtype: float32|bfloat16")->capture_default_str();
   c_lp->add_option("--device", lp.device, "cpu|cuda|cuda:N")->capture_default_str();
   c_lp->add_option("--batch-tokens", lp.batch_tokens, "padded tokens per forward batch")->capture_default_str();
+  c_lp->add_flag("--mtp", lp.mtp,
+                 "also \"mtp_logprobs\": per MTP module k, log p of completion tokens j >= max(0, k + 1 - prompt "
+                 "length), predicted k + 1 places ahead");
 
   TokenizeArgs tk;
   auto* c_tk = app.add_subcommand("tokenize", "Print token ids of each input line (byte-level BPE tokenizer.json)");

@@ -144,7 +144,8 @@ void reduce_batch(dist::Communicator& comm, RolloutBatch& b) {
 // sequence counts): their sums over ranks are the global values.
 void reduce_update(dist::Communicator& comm, UpdateStats& u) {
   auto v = comm.sum({u.loss, u.kl, u.entropy, u.aux_loss, u.clip_fraction, u.clip_low, u.clip_high,
-                       u.rollout_logprob_diff, u.model_flops, u.is_ratio_mean, u.is_clipped});
+                       u.rollout_logprob_diff, u.model_flops, u.is_ratio_mean, u.is_clipped, u.mtp_loss});
+  u.mtp_loss = v[11];
   u.is_ratio_mean = v[9];
   u.is_clipped = v[10];
   u.is_ratio_max = comm.max(u.is_ratio_max);

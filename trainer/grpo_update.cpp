@@ -95,8 +95,12 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
                           Rows(b.completions.begin() + s0, b.completions.begin() + s0 + n));
   };
   // The policy's forward options for sequences [s0, s0 + n): routing replay imposes their records.
-  auto policy_options = [&](int64_t s0, int64_t n, bool entropy, bool routing) {
+  auto policy_options = [&](int64_t s0, int64_t n, bool entropy, bool routing, bool mtp) {
     Model::CompletionOptions o{entropy, routing, {}};
+    if (mtp && s_.model.mtp_loss_weight > 0) {  // the MTP modules learn on the completions
+      o.mtp_depths = policy_->config().num_nextn_predict_layers;
+      o.mtp_detached = true;
+    }
     if (s_.moe.routing_replay)
       for (int64_t i = s0; i < s0 + n; ++i) o.replay_experts.push_back(&b.routed_experts.at(i));
     return o;
@@ -111,7 +115,7 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
     std::vector<Tensor> rows;
     for (auto [s0, n] : chunks) {
       const auto [ps, cs] = mini_batch(s0, n);
-      const Model::CompletionOptions o = replay ? policy_options(s0, n, false, false) : Model::CompletionOptions{};
+      const Model::CompletionOptions o = replay ? policy_options(s0, n, false, false, false) : Model::CompletionOptions{};
       for (auto& t : m.completion_forward(ps, cs, o).logprobs) rows.push_back(t);
     }
     return pad(rows, max_len, at::kFloat).first;
@@ -149,7 +153,7 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
   OverlappedReduce* overlap = overlapped_reduce();
   for (int64_t it = 0; it < s_.optim.num_iterations; ++it) {
     optimizer_->zero_grad();
-    u.loss = u.clip_fraction = u.clip_low = u.clip_high = u.kl = u.aux_loss = u.entropy = 0;  // the last iteration's
+    u.loss = u.clip_fraction = u.clip_low = u.clip_high = u.kl = u.aux_loss = u.entropy = u.mtp_loss = 0;  // the last iteration's
     u.is_ratio_mean = u.is_clipped = 0;
     u.is_ratio_min = 1e30;
     u.is_ratio_max = -1e30;
@@ -164,7 +168,7 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
       if (pass < (int64_t)chunks.size()) {
         const auto [s0, n] = chunks[pass];
         const auto [ps, cs] = mini_batch(s0, n);
-        auto out = policy_->completion_forward(ps, cs, policy_options(s0, n, /*entropy=*/true, /*routing=*/want_routing));
+        auto out = policy_->completion_forward(ps, cs, policy_options(s0, n, /*entropy=*/true, /*routing=*/want_routing, /*mtp=*/true));
         Tensor logp = pad(out.logprobs, max_len, at::kFloat).first;
         Tensor cmask = mask.narrow(0, s0, n);
         auto lo = grpo_loss({logp, old_t.narrow(0, s0, n), ref_t.defined() ? ref_t.narrow(0, s0, n) : Tensor(), cmask,
@@ -215,6 +219,16 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
             loss = loss + aux * ((double)n / total_sequences);
             u.aux_loss += aux.item<double>() * n / total_sequences;
           }
+        }
+        if (!out.mtp_logprobs.empty()) {
+          // DeepSeek-V3's L_MTP = lambda / D * sum_k mean(-log p_k), here a mean over the batch's
+          // completion tokens; the main hidden states enter detached, so the policy's gradient is GRPO's alone.
+          Tensor nll;
+          for (const auto& depth : out.mtp_logprobs)
+            for (const Tensor& t : depth) nll = nll.defined() ? nll - t.sum() : -t.sum();
+          nll = nll / ((double)out.mtp_logprobs.size() * std::max(1.0, total_tokens));
+          u.mtp_loss += nll.item<double>();
+          loss = loss + nll * s_.model.mtp_loss_weight;
         }
         loss.backward();
       }

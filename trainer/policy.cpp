@@ -100,6 +100,9 @@ Policy load_policy(const StageSettings& s, const std::string& recipe_path, bool 
     p.tok = std::make_shared<const text::Tokenizer>(
         text::Tokenizer::load(s.model.tokenizer.empty() ? s.model.model_dir + "/tokenizer.json" : s.model.tokenizer));
   const auto& mc = p.master->config();
+  if (s.model.mtp_loss_weight > 0 && mc.num_nextn_predict_layers == 0)
+    throw Error(recipe_path + ": stage '" + s.name + "': mtp_loss_weight: the model has no MTP module " +
+                "(num_nextn_predict_layers is 0, or its checkpoint holds none)");
   if (auto id = p.tok->token_to_id("</s>")) p.eos = *id;
   if (mc.eos_token_id) p.eos = *mc.eos_token_id;
   if (p.eos < 0 || p.eos >= mc.vocab_size) throw Error(recipe_path + ": no usable eos token id (set eos_token_id)");

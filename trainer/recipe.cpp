@@ -162,6 +162,9 @@ const std::vector<Key>& keys() {
       key("use_rslora", "model", &S::model, &ModelSettings::use_rslora, "rank-stabilised LoRA: scale by lora_alpha / sqrt(lora_r)"),
       key("gradient_checkpointing", "model", &S::model, &ModelSettings::gradient_checkpointing,
           "keep only each decoder layer's input and recompute the layer in the backward pass (less activation memory)"),
+      key("mtp_loss_weight", "model", &S::model, &ModelSettings::mtp_loss_weight,
+          "DeepSeek-V3's MTP loss weight: the MTP modules learn to predict 2..D+1 tokens ahead (sft: with the "
+          "model, as in pre-training; grpo: on the completions, the policy's gradient untouched; 0: off)"),
       key("lora_save_merged", "model", &S::model, &ModelSettings::lora_save_merged,
           "LoRA checkpoints also hold the merged full model (merged/)"),
       key("task", "data", &S::data, &DataSettings::task, "addition, addition_cot (worked R1-format solutions) or jsonl"),
@@ -351,6 +354,11 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
        "cannot be combined with aux_loss_alpha > 0 yet (the balance loss needs the routing's graph)");
   need(!s.model.gradient_checkpointing || s.model.lora_dropout == 0, "gradient_checkpointing",
        "cannot be combined with lora_dropout > 0 yet (the recomputed layer would draw other dropout masks)");
+  need(s.model.mtp_loss_weight >= 0, "mtp_loss_weight", "must not be negative");
+  need(s.model.lora_r == 0 || s.model.mtp_loss_weight == 0, "mtp_loss_weight",
+       "needs full fine-tuning (under LoRA the MTP modules are frozen with the base)");
+  need(s.model.mtp_loss_weight == 0 || s.type == StageType::Sft || s.type == StageType::Grpo, "mtp_loss_weight",
+       "is for sft and grpo stages");
   need(s.model.lora_r == 0 || s.optim.ref_model_sync_steps == 0, "ref_model_sync_steps",
        "cannot refresh the reference under LoRA (the reference is the base, the adapters switched off)");
   need(s.model.lora_r == 0 || s.type != StageType::RewardModel, "lora_r", "reward_model stages train the full model (LoRA is for sft, grpo and distill stages)");

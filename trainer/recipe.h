@@ -43,6 +43,9 @@ struct ModelSettings {
   bool use_rslora = false;
   bool lora_save_merged = false;  // checkpoints also hold the merged full model under merged/
   bool gradient_checkpointing = false;  // recompute each decoder layer in the backward pass (less memory)
+  // DeepSeek-V3's multi-token prediction loss weight (lambda): the model's MTP modules learn to
+  // predict the tokens 2 .. D+1 places ahead, keeping them fit as speculative-decoding drafts (0 = off).
+  double mtp_loss_weight = 0;
 };
 
 struct DataSettings {

@@ -35,9 +35,10 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 struct Batch {
   Tensor ids, segments, positions, targets;
   int64_t targets_count = 0, tokens = 0;
+  std::vector<int64_t> mtp_targets_count;  // per MTP depth k: targets k places further on in the same segment
 };
 
-Batch make_batch(const std::vector<const PackedRow*>& rows) {
+Batch make_batch(const std::vector<const PackedRow*>& rows, int64_t mtp_depths) {
   int64_t T = 1;
   for (const auto* r : rows) T = std::max(T, r->length());
   const int64_t B = (int64_t)rows.size();
@@ -52,6 +53,11 @@ Batch make_batch(const std::vector<const PackedRow*>& rows) {
       b.targets_count += rows[i]->targets[t] >= 0;
       ++b.tokens;
     }
+  b.mtp_targets_count.assign(mtp_depths, 0);
+  for (const PackedRow* r : rows)
+    for (int64_t k = 1; k <= mtp_depths; ++k)
+      for (int64_t t = 0; t + k < r->length(); ++t)
+        b.mtp_targets_count[k - 1] += r->segments[t + k] == r->segments[t] && r->targets[t + k] >= 0;
   auto longs = [&](std::vector<int64_t>& v) {
     return at::from_blob(v.data(), {B, T}, at::TensorOptions().dtype(at::kLong)).clone();
   };
@@ -90,6 +96,7 @@ class SftStage {
   // normalised by the step's trained tokens over every rank, gradients summed before clipping;
   // rank 0 logs and writes checkpoints.
   StageRanks ranks_;
+  int64_t mtp_depths_ = 0;  // MTP modules trained (mtp_loss_weight > 0)
 };
 
 SftStage::SftStage(const StageSettings& s, const std::string& recipe_path, const std::string& out, bool resume_run,
@@ -100,6 +107,7 @@ SftStage::SftStage(const StageSettings& s, const std::string& recipe_path, const
   if (ranks_.main()) make_directories(out_);
   torch::manual_seed(s_.optim.seed);
   pol_ = load_policy(s_, recipe_path_);
+  if (s_.model.mtp_loss_weight > 0) mtp_depths_ = pol_.master->config().num_nextn_predict_layers;
 
   DataSettings d = s_.data;
   if (d.task == Task::Jsonl) d.answer_field = d.completion_field;  // the completion is what is learnt
@@ -154,7 +162,7 @@ double SftStage::eval_loss() {
   for (size_t i = first; i < (size_t)last; i += B) {
     std::vector<const PackedRow*> rows;
     for (size_t j = i; j < std::min((size_t)last, i + B); ++j) rows.push_back(&eval_rows_[j]);
-    Batch b = make_batch(rows);
+    Batch b = make_batch(rows, 0);
     Tensor lp = pol_.compute->packed_target_logprobs(b.ids, b.segments, b.positions, b.targets);
     total -= lp.sum().item<double>();
     n += lp.numel();
@@ -215,27 +223,42 @@ bool SftStage::run() {
     // Micro-batches of mini_batch_size rows; the loss is the mean over every trained token of the step.
     const int64_t mb = s_.optim.mini_batch_size > 0 ? s_.optim.mini_batch_size : std::max<int64_t>(1, (int64_t)rows.size());
     double targets = 0, tokens = 0;
+    std::vector<double> mtp_targets(mtp_depths_, 0.0);
     std::vector<Batch> batches;
     for (size_t i = 0; i < rows.size(); i += mb) {
-      batches.push_back(make_batch({rows.begin() + i, rows.begin() + std::min(rows.size(), i + (size_t)mb)}));
+      batches.push_back(make_batch({rows.begin() + i, rows.begin() + std::min(rows.size(), i + (size_t)mb)}, mtp_depths_));
       targets += batches.back().targets_count;
       tokens += batches.back().tokens;
+      for (int64_t k = 0; k < mtp_depths_; ++k) mtp_targets[k] += batches.back().mtp_targets_count[k];
     }
-    const auto v = ranks_.sum({targets, tokens});  // over every rank's rows
+    std::vector<double> counts = {targets, tokens};
+    counts.insert(counts.end(), mtp_targets.begin(), mtp_targets.end());
+    const auto v = ranks_.sum(counts);  // over every rank's rows
     targets = v[0];
     tokens = v[1];
+    for (int64_t k = 0; k < mtp_depths_; ++k) mtp_targets[k] = v[2 + k];
     const auto t0 = Clock::now();
     optimizer_->zero_grad();
-    double loss = 0;
+    double loss = 0, mtp_loss = 0;
     for (const Batch& b : batches) {
-      Tensor lp = pol_.compute->packed_target_logprobs(b.ids, b.segments, b.positions, b.targets);
-      Tensor part = -lp.sum() / std::max(1.0, targets);
+      auto out = pol_.compute->packed_logprobs(b.ids, b.segments, b.positions, b.targets, mtp_depths_);
+      Tensor part = -out.logprobs.sum() / std::max(1.0, targets);
+      loss += part.item<double>();
+      // DeepSeek-V3's L_MTP = lambda / D * sum_k (mean cross-entropy of depth k), through the whole model.
+      for (int64_t k = 0; k < mtp_depths_; ++k) {
+        Tensor nll = -out.mtp[k].sum() / (std::max(1.0, mtp_targets[k]) * mtp_depths_);
+        mtp_loss += nll.item<double>();
+        part = part + nll * s_.model.mtp_loss_weight;
+      }
       part.backward();
       pol_.accumulate_gradients();
-      loss += part.item<double>();
     }
     ranks_.all_reduce_gradients(pol_.trainable_parameters());
-    loss = ranks_.sum({loss})[0];
+    {
+      const auto l = ranks_.sum({loss, mtp_loss});
+      loss = l[0];
+      mtp_loss = l[1];
+    }
     const double norm = torch::nn::utils::clip_grad_norm_(pol_.trainable_parameters(), s_.optim.max_grad_norm);
     if (!std::isfinite(norm) || !std::isfinite(loss))
       throw Error(s_.name + " step " + std::to_string(step) + ": the loss (" + std::to_string(loss) +
@@ -254,6 +277,7 @@ bool SftStage::run() {
               {"epoch", (double)st_.position / rows_.size()},
               {"num_tokens", st_.num_tokens},
               {"tokens_per_second", tokens / std::max(t_step, 1e-9)}};
+    if (mtp_depths_ > 0) m["mtp_loss"] = mtp_loss;
     const bool eval_now = s_.eval.eval_every > 0 && (step % s_.eval.eval_every == 0 || step == total_steps_);
     if (eval_now && !eval_rows_.empty()) m["eval_loss"] = eval_loss();
     log_->metrics(m, step);

@@ -100,6 +100,7 @@ json step_metrics(const RolloutBatch& b, const UpdateStats& u, double lr, double
   // Each component's mean over the samples it scored (with rewards_by_source, not every sample).
   for (const auto& [name, sum] : b.component_sums) m["rewards/" + name + "/mean"] = sum / b.component_counts.at(name);
   if (s.moe.aux_loss_alpha > 0) m["aux_loss"] = u.aux_loss;
+  if (s.model.mtp_loss_weight > 0) m["mtp_loss"] = u.mtp_loss;
   if (u.grad_comm_overlap >= 0) m["perf/grad_comm_overlap"] = u.grad_comm_overlap;
   if (s.moe.routing_replay) {
     m["routing/replay_mb"] = u.routing_replay_mb;

@@ -59,6 +59,7 @@ struct RolloutBatch {
 
 struct UpdateStats {
   double loss = 0, kl = 0, entropy = 0, grad_norm = 0, aux_loss = 0, expert_spread = 0;
+  double mtp_loss = 0;  // mtp_loss_weight: the MTP modules' mean cross-entropy on the completions (before the weight)
   double clip_fraction = 0, clip_low = 0, clip_high = 0;  // shares of completion tokens
   // Mean |log pi_train - log pi_rollout| per token before the first update: how far the training
   // forward is from the engine's sampling-time log-probs (bf16 kernels differ; 0 up to fp32 noise).

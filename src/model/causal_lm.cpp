@@ -43,6 +43,15 @@ Tensor DecoderLayerImpl::feed_forward(const Tensor& x, RouterImpl::Routing* rout
   return moe ? moe->forward(x, routing, replay) : dense_mlp(x);
 }
 
+Tensor DecoderLayerImpl::mtp_forward(const Tensor& previous, const Tensor& next_ids, const RopeTables& rope,
+                                     const AttentionMask& mask, Tensor* cache_rows) {
+  if (!eh_proj) throw Error("mtp_forward: this decoder layer is not an MTP module");
+  Tensor x = eh_proj(at::cat({enorm(embed_tokens(next_ids)), hnorm(previous)}, -1));
+  return forward(x, rope, mask, cache_rows);
+}
+
+Tensor DecoderLayerImpl::mtp_logits(const Tensor& h) { return shared_head_head(shared_head_norm(h)); }
+
 Tensor DecoderLayerImpl::forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask, Tensor* cache_rows,
                                  RouterImpl::Routing* routing, const Tensor& replay) {
   Tensor h = x + self_attn->forward(input_layernorm(x), rope, mask, cache_rows);
@@ -200,29 +209,78 @@ Tensor CausalLM::run_layers(const Tensor& ids, const Tensor& pos, const Attentio
 }
 
 Tensor CausalLM::packed_target_logprobs(const Tensor& input_ids, const Tensor& segment_ids,
-                                                   const Tensor& position_ids, const Tensor& targets) {
+                                        const Tensor& position_ids, const Tensor& targets) {
+  return packed_logprobs(input_ids, segment_ids, position_ids, targets, 0).logprobs;
+}
+
+CausalLM::PackedLogprobs CausalLM::packed_logprobs(const Tensor& input_ids, const Tensor& segment_ids,
+                                                   const Tensor& position_ids, const Tensor& targets,
+                                                   int64_t mtp_depths, bool mtp_detached) {
   const auto dev = device();
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
   for (const Tensor* t : {&segment_ids, &position_ids, &targets})
     if (t->dim() != 2 || t->size(0) != B || t->size(1) != T)
       throw Error("packed_target_logprobs: segment_ids, position_ids and targets must be (B, T) like input_ids");
-  Tensor seg = segment_ids.to(dev);
+  Tensor seg = segment_ids.to(dev), ids = input_ids.to(dev), pos = position_ids.to(dev), all_tgt = targets.to(dev);
   Tensor causal = at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(dev)).tril();
   AttentionMask mask;
   mask.allowed = (causal.unsqueeze(0) & seg.unsqueeze(2).eq(seg.unsqueeze(1))).unsqueeze(1);  // (B, 1, T, T)
-  Tensor h = run_layers(input_ids.to(dev), position_ids.to(dev), mask, nullptr, nullptr);
-  Tensor tgt = targets.to(dev).reshape({-1});
-  Tensor rows = tgt.ge(0).nonzero().squeeze(1);
-  return target_logprobs(h.reshape({B * T, -1}).index_select(0, rows), tgt.index_select(0, rows), nullptr);
+  Tensor h = run_layers(ids, pos, mask, nullptr, nullptr);
+  PackedLogprobs out;
+  auto select = [&](const Tensor& hidden, const Tensor& tgt2d, int64_t depth) {
+    Tensor tgt = tgt2d.reshape({-1});
+    Tensor rows = tgt.ge(0).nonzero().squeeze(1);
+    Tensor hs = hidden.reshape({B * T, -1}).index_select(0, rows);
+    return target_logprobs(hs, tgt.index_select(0, rows), nullptr, depth);
+  };
+  out.logprobs = select(h, all_tgt, 0);
+  if (mtp_depths <= 0) return out;
+  // Module k at position t embeds token t + k and predicts targets[t + k], both only within t's segment.
+  std::vector<Tensor> next_ids, mtp_targets;
+  for (int64_t k = 1; k <= mtp_depths; ++k) {
+    Tensor same = at::zeros({B, T}, at::TensorOptions().dtype(at::kBool).device(dev));
+    Tensor next = at::zeros_like(ids), tgt = at::full_like(all_tgt, -100);
+    if (k < T) {
+      Tensor s = seg.narrow(1, k, T - k).eq(seg.narrow(1, 0, T - k));
+      same.narrow(1, 0, T - k).copy_(s);
+      next.narrow(1, 0, T - k).copy_(ids.narrow(1, k, T - k));
+      tgt.narrow(1, 0, T - k).copy_(all_tgt.narrow(1, k, T - k));
+    }
+    next_ids.push_back(next.masked_fill(same.logical_not(), 0));
+    mtp_targets.push_back(tgt.masked_fill(same.logical_not(), -100));
+  }
+  std::vector<Tensor> hk = run_mtp(h, next_ids, pos, mask, mtp_detached);
+  for (int64_t k = 1; k <= mtp_depths; ++k) out.mtp.push_back(select(hk[k - 1], mtp_targets[k - 1], k));
+  return out;
 }
 
-Tensor CausalLM::target_logprobs(const Tensor& hs, const Tensor& tgt, Tensor* entropy) {
+DecoderLayerImpl& CausalLM::mtp_module(int64_t depth) {
+  if (depth < 1 || depth > config_.num_nextn_predict_layers)
+    throw Error("MTP depth " + std::to_string(depth) + " asked of a model with " +
+                std::to_string(config_.num_nextn_predict_layers) + " MTP module(s) (num_nextn_predict_layers)");
+  return *model->layers[config_.num_hidden_layers + depth - 1]->as<DecoderLayer>();
+}
+
+std::vector<Tensor> CausalLM::run_mtp(const Tensor& h, const std::vector<Tensor>& next_ids, const Tensor& pos,
+                                      const AttentionMask& mask, bool detached) {
+  RopeTables rope = rope_tables(pos, h.scalar_type());
+  std::vector<Tensor> out;
+  Tensor previous = detached ? h.detach() : h;
+  for (size_t k = 1; k <= next_ids.size(); ++k) {
+    previous = mtp_module((int64_t)k).mtp_forward(previous, next_ids[k - 1], rope, mask);
+    out.push_back(previous);
+  }
+  return out;
+}
+
+Tensor CausalLM::target_logprobs(const Tensor& hs, const Tensor& tgt, Tensor* entropy, int64_t mtp_depth) {
+  DecoderLayerImpl* mtp = mtp_depth > 0 ? &mtp_module(mtp_depth) : nullptr;
   const int64_t V = config_.vocab_size, M = hs.size(0);
   const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 27) / (4 * V));
   std::vector<Tensor> lp, ent;
   for (int64_t s = 0; s < M; s += chunk) {
     int64_t n = std::min(chunk, M - s);
-    Tensor lg = logits(hs.narrow(0, s, n)).to(at::kFloat);
+    Tensor lg = (mtp ? mtp->mtp_logits(hs.narrow(0, s, n)) : logits(hs.narrow(0, s, n))).to(at::kFloat);
     Tensor lse = lg.logsumexp(-1);
     lp.push_back(lg.gather(1, tgt.narrow(0, s, n).unsqueeze(1)).squeeze(1) - lse);
     if (entropy) {  // H = logsumexp - sum softmax * logits
@@ -331,7 +389,7 @@ CausalLM::CompletionOutputs CausalLM::completion_forward(
     if (!replay.empty())
       throw Error("completion_logprobs: routing replay is redundant with the batch-invariant forward, which routes as the rollout did");
     exact = invariant::completion_logprobs(*this, prompts, completions);
-    if (!at::GradMode::is_enabled() && !options.entropy && !options.routing) {
+    if (!at::GradMode::is_enabled() && !options.entropy && !options.routing && options.mtp_depths == 0) {
       int64_t offset = 0;
       for (int64_t b = 0; b < B; ++b) {
         const int64_t n = (int64_t)completions[b].size();
@@ -374,7 +432,50 @@ CausalLM::CompletionOutputs CausalLM::completion_forward(
   };
   per_sequence(flat_lp, result.logprobs);
   if (options.entropy) per_sequence(flat_entropy, result.entropy);
+  if (options.mtp_depths > 0) result.mtp_logprobs = completion_mtp_logprobs(h, input, prompts, completions, options);
   return result;
+}
+
+std::vector<std::vector<Tensor>> CausalLM::completion_mtp_logprobs(
+    const Tensor& h, const Tensor& input, const std::vector<std::vector<int64_t>>& prompts,
+    const std::vector<std::vector<int64_t>>& completions, const CompletionOptions& options) {
+  const int64_t B = input.size(0), T = input.size(1), D = options.mtp_depths;
+  const auto dev = h.device();
+  auto long_opts = at::TensorOptions().dtype(at::kLong);
+  // Module k at position t embeds the token at t + k: the right-padded inputs shifted left by k.
+  std::vector<Tensor> next_ids;
+  for (int64_t k = 1; k <= D; ++k) {
+    Tensor next = at::zeros_like(input);
+    if (k < T) next.narrow(1, 0, T - k).copy_(input.narrow(1, k, T - k));
+    next_ids.push_back(next);
+  }
+  Tensor pos = at::arange(T, long_opts.device(dev)).unsqueeze(0).expand({B, T});
+  std::vector<Tensor> hk = run_mtp(h, next_ids, pos, AttentionMask{}, options.mtp_detached);
+  std::vector<std::vector<Tensor>> out(D, std::vector<Tensor>(B));
+  for (int64_t k = 1; k <= D; ++k) {
+    // Completion token j (position P + j of prompt + completion) from position P + j - k - 1.
+    std::vector<int64_t> rows, targets, counts;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t P = (int64_t)prompts[b].size(), C = (int64_t)completions[b].size();
+      const int64_t first = std::max<int64_t>(0, k + 1 - P);
+      for (int64_t j = first; j < C; ++j) {
+        rows.push_back(b * T + P + j - k - 1);
+        targets.push_back(completions[b][j]);
+      }
+      counts.push_back(std::max<int64_t>(0, C - first));
+    }
+    Tensor lp = at::empty({0}, at::TensorOptions().dtype(at::kFloat).device(dev));
+    if (!rows.empty()) {
+      Tensor row_idx = at::tensor(rows, long_opts).to(dev), tgt = at::tensor(targets, long_opts).to(dev);
+      lp = target_logprobs(hk[k - 1].reshape({B * T, -1}).index_select(0, row_idx), tgt, nullptr, k);
+    }
+    int64_t offset = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      out[k - 1][b] = lp.narrow(0, offset, counts[b]);
+      offset += counts[b];
+    }
+  }
+  return out;
 }
 
 }  // namespace grpo::model

@@ -33,6 +33,15 @@ struct DecoderLayerImpl : torch::nn::Module {
                  RouterImpl::Routing* routing = nullptr, const Tensor& replay = {});
   // The feed-forward half: dense MLP or MoE, whichever this layer has (`routing`, `replay`: see MoEImpl).
   Tensor feed_forward(const Tensor& x, RouterImpl::Routing* routing = nullptr, const Tensor& replay = {});
+  // DeepSeek-V3's multi-token prediction module (MTP layers only): combines the hidden states of the
+  // depth before (the main model's final-norm output for depth 1) with the embedding of the token
+  // one place further ahead, eh_proj([enorm(embed(next_ids)); hnorm(previous)]), and runs them
+  // through this layer's attention and feed-forward. Returns this depth's hidden states (B, T, H),
+  // which the next depth takes as `previous`.
+  Tensor mtp_forward(const Tensor& previous, const Tensor& next_ids, const RopeTables& rope, const AttentionMask& mask,
+                     Tensor* cache_rows = nullptr);
+  // The module's prediction: shared_head.head(shared_head.norm(h)), in the model dtype.
+  Tensor mtp_logits(const Tensor& h);
 
   std::shared_ptr<AttentionImpl> self_attn;  // MLA (DeepSeek) or grouped-query attention
   MLP dense_mlp{nullptr};  // registered as "mlp" when the layer is dense
@@ -81,10 +90,22 @@ class CausalLM : public torch::nn::Module {
   // every position whose target is >= 0, flattened in row-major order (differentiable).
   Tensor packed_target_logprobs(const Tensor& input_ids, const Tensor& segment_ids, const Tensor& position_ids,
                                 const Tensor& targets);
+  // The same forward, and with `mtp_depths` > 0 also the first mtp_depths MTP modules': module k
+  // predicts at position t the token targets[b, t + k] (the token k + 1 places ahead) wherever that
+  // target is >= 0 and in t's segment, in row-major order of t. `mtp_detached`: the MTP modules read
+  // the main model's hidden states without a gradient (their loss then trains them alone).
+  struct PackedLogprobs {
+    Tensor logprobs;           // as packed_target_logprobs
+    std::vector<Tensor> mtp;   // per depth k = 1..mtp_depths
+  };
+  PackedLogprobs packed_logprobs(const Tensor& input_ids, const Tensor& segment_ids, const Tensor& position_ids,
+                                 const Tensor& targets, int64_t mtp_depths, bool mtp_detached = false);
   // hidden (..., H) -> logits (..., V) in the model dtype.
   Tensor logits(const Tensor& hidden);
   // Weight of the output projection (the embedding when tied).
   Tensor lm_head_weight();
+  // MTP module `depth` (1 .. num_nextn_predict_layers); throws naming the depth when there is none.
+  DecoderLayerImpl& mtp_module(int64_t depth);
 
   // The trainer's core need: log p(completion_i[j] | prompt_i, completion_i[<j]) for every
   // completion token, in fp32. Sequences are right-padded into one batch; only the positions
@@ -101,6 +122,11 @@ class CausalLM : public torch::nn::Module {
     // routed_experts: prompt + completion[:-1] tokens x MoE layers x k), or null for none (then
     // no sequence may have one). The MoE layers use them instead of their own top-k.
     std::vector<const std::vector<int16_t>*> replay_experts;
+    // The first mtp_depths MTP modules' log-probs of the completion tokens they predict (depth k
+    // predicts completion token j from position prompt + j - k - 1, so from j = max(0, k + 1 -
+    // prompt length) on). `mtp_detached`: see packed_logprobs.
+    int64_t mtp_depths = 0;
+    bool mtp_detached = false;
   };
   struct CompletionOutputs {
     std::vector<Tensor> logprobs;  // per sequence (C_i), fp32: as completion_logprobs
@@ -110,6 +136,7 @@ class CausalLM : public torch::nn::Module {
     // With replay, `experts` are the replayed ones and `own_experts` the router's own choice.
     std::vector<RouterImpl::Routing> routing;
     Tensor token_mask;
+    std::vector<std::vector<Tensor>> mtp_logprobs;  // [depth - 1][sequence], fp32; when asked
   };
   CompletionOutputs completion_forward(const std::vector<std::vector<int64_t>>& prompts,
                                        const std::vector<std::vector<int64_t>>& completions,
@@ -145,7 +172,17 @@ class CausalLM : public torch::nn::Module {
                                      const std::vector<std::vector<int64_t>>& completions, int64_t T);
   // log p(target) (and the entropy when `entropy` is given) of hidden rows hs (M, H), the output
   // projection taken in chunks so that (M, V) fp32 logits never exist at once.
-  Tensor target_logprobs(const Tensor& hs, const Tensor& targets, Tensor* entropy);
+  // CompletionOutputs::mtp_logprobs from the main hidden states h (B, T, H) of the right-padded input (B, T).
+  std::vector<std::vector<Tensor>> completion_mtp_logprobs(const Tensor& h, const Tensor& input,
+                                                           const std::vector<std::vector<int64_t>>& prompts,
+                                                           const std::vector<std::vector<int64_t>>& completions,
+                                                           const CompletionOptions& options);
+  // `mtp_depth` > 0: through MTP module mtp_depth's own head instead of the model's.
+  Tensor target_logprobs(const Tensor& hs, const Tensor& targets, Tensor* entropy, int64_t mtp_depth = 0);
+  // Runs MTP modules 1..depths over main hidden states h (B, T, H) of ids (B, T) at positions pos;
+  // next_ids[k - 1] (B, T) is what module k embeds at each position. Returns each depth's hidden states.
+  std::vector<Tensor> run_mtp(const Tensor& h, const std::vector<Tensor>& next_ids, const Tensor& pos,
+                              const AttentionMask& mask, bool detached);
 
   ModelConfig config_;
   Tensor inv_freq_;  // (rope_dim/2) fp32, CPU
