@@ -1,0 +1,133 @@
+"""The MTP loss (mtp_loss_weight) end to end on the built-in tiny model with one MTP module (fp32, CPU):
+- an sft stage trains the module with the model: mtp_loss is logged every step and falls, the
+  checkpoint holds the module under DeepSeek-V3's names, and `grpo logprobs --mtp` reads it back;
+- a grpo stage trains the module on the completions while the policy's own update stays GRPO's:
+  with and without the MTP loss (same seed, no gradient clipping), every main-model tensor after the
+  steps is bit-identical and only the module's tensors differ;
+- a model without an MTP module, and LoRA, are refused with the key named."""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_helpers import metrics, tensors, train  # noqa: E402
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--grpo", required=True)
+ap.add_argument("--source", required=True)
+ap.add_argument("--workdir", required=True)
+a = ap.parse_args()
+shutil.rmtree(a.workdir, ignore_errors=True)
+os.makedirs(a.workdir)
+ok = True
+
+
+def check(cond, what):
+    global ok
+    print(("PASS " if cond else "FAIL ") + what)
+    ok &= bool(cond)
+
+
+cfg = json.load(open(os.path.join(a.source, "recipes/tiny_model.json")))
+L = cfg["num_hidden_layers"]
+cfg["num_nextn_predict_layers"] = 1
+config_path = os.path.join(a.workdir, "tiny_mtp.json")
+json.dump(cfg, open(config_path, "w"))
+
+
+def recipe(name, text):
+    path = os.path.join(a.workdir, name + ".yaml")
+    open(path, "w").write(text)
+    return path
+
+
+# --- sft: the module learns with the model ------------------------------------------------------
+sft_dir = os.path.join(a.workdir, "sft")
+train(a.grpo, recipe("sft", f"""model_config: {config_path}
+tokenizer: builtin:bytes
+type: sft
+task: addition_cot
+train_size: 400
+eval_size: 16
+max_length: 128
+per_device_train_batch_size: 8
+max_steps: 60
+num_train_epochs: 4
+learning_rate: 0.003
+mtp_loss_weight: 0.3
+save_every: 60
+eval_every: 0
+seed: 0
+"""), sft_dir)
+m = [r for r in metrics(os.path.join(sft_dir, "metrics.jsonl")) if "loss" in r]
+mtp = [r.get("mtp_loss") for r in m]
+check(len(m) == 60 and all(v is not None for v in mtp), f"sft logs mtp_loss on all {len(m)} steps")
+first, last = sum(mtp[:3]) / 3, sum(mtp[-3:]) / 3
+check(last < 0.6 * first, f"sft: mtp_loss falls from {first:.3f} to {last:.3f}")
+ck = os.path.join(sft_dir, "checkpoint-60")
+names = tensors(os.path.join(ck, "model.safetensors"))
+mtp_names = [k for k in names if k.startswith(f"model.layers.{L}.")]
+check(f"model.layers.{L}.eh_proj.weight" in names and f"model.layers.{L}.shared_head.head.weight" in names,
+      f"the checkpoint holds the MTP module as model.layers.{L}.* ({len(mtp_names)} tensors)")
+rows = os.path.join(a.workdir, "rows.jsonl")
+with open(rows, "w") as f:
+    f.write(json.dumps({"prompt_ids": [49, 50, 43], "completion_ids": [51, 52, 53, 54]}) + "\n")
+out = os.path.join(a.workdir, "rows.out.jsonl")
+subprocess.run([a.grpo, "logprobs", "--model", ck, "--input", rows, "--output", out, "--mtp"], check=True)
+got = json.loads(open(out).read())
+check(len(got["mtp_logprobs"]) == 1 and len(got["mtp_logprobs"][0]) == 4
+      and all(v < 0 for v in got["mtp_logprobs"][0]), "grpo logprobs --mtp reads the trained module")
+
+# --- grpo: the module learns on the completions, the policy's update is untouched ---------------
+def grpo_run(tag, weight):
+    out_dir = os.path.join(a.workdir, tag)
+    train(a.grpo, recipe(tag, f"""model_dir: {ck}
+tokenizer: builtin:bytes
+task: addition
+train_size: 64
+eval_size: 8
+rewards: math,format:0.1
+per_step_prompts: 8
+num_generations: 4
+max_completion_length: 100
+max_steps: 2
+learning_rate: 0.002
+max_grad_norm: 1.0e9
+mtp_loss_weight: {weight}
+save_every: 2
+eval_every: 0
+seed: 0
+"""), out_dir)
+    return out_dir
+
+
+with_mtp, without = grpo_run("grpo_mtp", 1.0), grpo_run("grpo_plain", 0)
+gm = metrics(os.path.join(with_mtp, "metrics.jsonl"))
+check(all("mtp_loss" in r and r["mtp_loss"] > 0 for r in gm if "loss" in r), "grpo logs mtp_loss every step")
+check(all("mtp_loss" not in r for r in metrics(os.path.join(without, "metrics.jsonl"))), "no mtp_loss when the weight is 0")
+t1 = tensors(os.path.join(with_mtp, "checkpoint-2", "model.safetensors"))
+t0 = tensors(os.path.join(without, "checkpoint-2", "model.safetensors"))
+start = tensors(os.path.join(ck, "model.safetensors"))
+main = [k for k in t0 if not k.startswith(f"model.layers.{L}.")]
+changed = [k for k in main if t0[k] != start[k]]
+check(len(changed) > 10, f"the policy trained ({len(changed)} main tensors moved)")
+check(all(t1[k] == t0[k] for k in main), f"all {len(main)} main-model tensors bit-identical with and without the MTP loss")
+moved = [k for k in mtp_names if t1[k] != start[k]]
+check(len(moved) > 5 and all(t0[k] == start[k] for k in mtp_names),
+      f"the MTP module trains only with the loss on ({len(moved)} of {len(mtp_names)} tensors moved)")
+
+# --- refusals -----------------------------------------------------------------------------------
+def refused(tag, text, words):
+    r = subprocess.run([a.grpo, "train", recipe(tag, text), "--output", os.path.join(a.workdir, tag)],
+                       capture_output=True, text=True)
+    check(r.returncode != 0 and all(w in r.stderr for w in words), f"{tag} refused: {r.stderr.strip()[-160:]}")
+
+
+base = f"tokenizer: builtin:bytes\ntask: addition\nmax_steps: 1\nmtp_loss_weight: 0.5\n"
+refused("no_module", f"model_config: {a.source}/recipes/tiny_model.json\n" + base, ["mtp_loss_weight", "no MTP module"])
+refused("lora", f"model_config: {config_path}\nlora_r: 4\n" + base, ["mtp_loss_weight", "LoRA"])
+print("mtp:", "OK" if ok else "FAILED")
+sys.exit(0 if ok else 1)
