@@ -54,6 +54,12 @@ struct EngineOptions {
   // Record the experts every MoE layer routed each token to (Completion::routed_experts), for
   // routing replay in training; CUDA graphs of the decode step carry them out with the logits.
   bool record_routing = false;
+  // Speculative decoding with the model's first MTP module (DeepSeek-V3's multi-token prediction)
+  // as the draft: each step the module proposes the next token, one forward of the policy checks it
+  // and gives the token after it, and the acceptance rule (rollout/speculative.h) keeps every token
+  // distributed exactly as the policy's sampling; log-probs are the policy's. The module keeps its
+  // own cache layer. Not with record_routing or the batch-invariant forward.
+  bool speculative_mtp = false;
 };
 
 struct EngineStats {
@@ -63,6 +69,7 @@ struct EngineStats {
   double prefill_seconds = 0, decode_seconds = 0, sample_seconds = 0;
   int64_t num_blocks = 0, peak_blocks_used = 0;
   int64_t routing_bytes = 0;  // routed-expert records handed out (record_routing), 2 bytes per index
+  int64_t draft_tokens = 0, accepted_drafts = 0;  // speculative_mtp: drafts checked and kept
 };
 
 class Engine {

@@ -22,8 +22,9 @@ int64_t Scheduler::max_new_tokens(const Request& r) const {
 }
 
 int64_t Scheduler::own_blocks(int64_t prompt_len, int64_t max_new) const {
-  // A sample's cache holds at most P + max_new - 1 tokens (its last token is never fed back).
-  return blocks_for(prompt_len + max_new - 1) - prompt_len / limits_.block_size;
+  // A sample's cache holds at most P + max_new - 1 tokens (its last token is never fed back), and
+  // the rows of the drafts it checks beyond them.
+  return blocks_for(prompt_len + max_new - 1 + limits_.lookahead) - prompt_len / limits_.block_size;
 }
 
 void Scheduler::check(const Request& r, int64_t vocab_size, int64_t max_samples, const std::string& where) const {
@@ -133,9 +134,12 @@ std::vector<Sequence*> Scheduler::start_samples(std::vector<BlockCopy>* copies) 
   return fresh;
 }
 
-void Scheduler::grow() {
+void Scheduler::grow(int64_t ahead) {
   for (auto& s : running_)
-    if (s->position() / limits_.block_size >= (int64_t)s->table.size()) {
+    while ((s->position() + ahead) / limits_.block_size >= (int64_t)s->table.size()) {
+      if (s->reserved <= 0)
+        throw Error("rollout scheduler: a sequence needs a cache block beyond its reservation (position " +
+                    std::to_string(s->position() + ahead) + ")");
       s->table.push_back(blocks_.take_reserved());
       s->reserved -= 1;
     }
@@ -225,13 +229,32 @@ void Scheduler::advance(const std::vector<Sequence*>& seqs, const std::vector<in
   if (tokens.size() != seqs.size() || logprobs.size() != seqs.size())
     throw Error("rollout scheduler: " + std::to_string(seqs.size()) + " sequences but " +
                 std::to_string(tokens.size()) + " tokens");
+  std::vector<std::vector<int64_t>> t(seqs.size());
+  std::vector<std::vector<float>> lp(seqs.size());
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    t[i] = {tokens[i]};
+    lp[i] = {logprobs[i]};
+  }
+  advance(seqs, t, lp, done);
+}
+
+void Scheduler::advance(const std::vector<Sequence*>& seqs, const std::vector<std::vector<int64_t>>& tokens,
+                        const std::vector<std::vector<float>>& logprobs, std::vector<Completion>& done) {
+  if (tokens.size() != seqs.size() || logprobs.size() != seqs.size())
+    throw Error("rollout scheduler: " + std::to_string(seqs.size()) + " sequences but " +
+                std::to_string(tokens.size()) + " token lists");
   std::vector<Sequence*> ended;
   std::vector<Group*> touched;  // each once, in order; released only after every append
   for (size_t i = 0; i < seqs.size(); ++i) {
     Group* g = seqs[i]->group;
     if (std::find(touched.begin(), touched.end(), g) == touched.end()) touched.push_back(g);
+    if (tokens[i].empty() || tokens[i].size() != logprobs[i].size())
+      throw Error("rollout scheduler: sequence " + std::to_string(i) + " gets " + std::to_string(tokens[i].size()) +
+                  " tokens and " + std::to_string(logprobs[i].size()) + " log-probs");
     FinishReason why;
-    if (!append(*seqs[i], tokens[i], logprobs[i], &why)) continue;
+    bool finished = false;
+    for (size_t j = 0; j < tokens[i].size() && !finished; ++j) finished = append(*seqs[i], tokens[i][j], logprobs[i][j], &why);
+    if (!finished) continue;
     done.push_back(finish(*seqs[i], why));
     ended.push_back(seqs[i]);
   }

@@ -55,6 +55,7 @@ struct SchedulerLimits {
   int64_t max_prefill_tokens = 8192;  // padded prompt tokens (longest x prompts) per prefill
   int64_t block_size = 16;
   int64_t max_context = 0;            // prompt + completion
+  int64_t lookahead = 0;              // cache rows a sample writes past its last fed-back token (drafts)
 };
 
 // A block the engine must copy before the sequence's first decode step: the prompt's partial block.
@@ -85,13 +86,18 @@ class Scheduler {
   // Samples of prefilled prompts to start now, while slots are free, with the partial-block copies
   // they need. They are not running until their first token is recorded with advance().
   std::vector<Sequence*> start_samples(std::vector<BlockCopy>* copies);
-  // Gives every running sequence the block its next cache write lands in.
-  void grow();
+  // Gives every running sequence the block its next cache write lands in, and the ones of the
+  // `ahead` writes after it (speculative decoding writes a draft token's rows too).
+  void grow(int64_t ahead = 0);
   // Records one sampled token (and its log-probability) for each of `seqs`, which are either the
   // running sequences in order or the ones start_samples just returned. Finished sequences become
   // completions in `done` and give their blocks back; the rest run.
   void advance(const std::vector<Sequence*>& seqs, const std::vector<int64_t>& tokens,
                const std::vector<float>& logprobs, std::vector<Completion>& done);
+  // The same with several tokens per sequence (speculative decoding), recorded in order until the
+  // sequence ends; the ones after its end are dropped.
+  void advance(const std::vector<Sequence*>& seqs, const std::vector<std::vector<int64_t>>& tokens,
+               const std::vector<std::vector<float>>& logprobs, std::vector<Completion>& done);
 
   // Drops a request: waiting, its samples not started, and its running sequences (no completion);
   // their blocks go back. False when no such request is queued or running.

@@ -12,6 +12,8 @@
 #include <random>
 
 #include "common/byte_tokenizer.h"
+#include "common/chi_square.h"
+#include "common/tiny_models.h"
 #include "model/checkpoint.h"
 #include "text/tokenizer.h"
 #include "util/error.h"
@@ -19,20 +21,10 @@
 using namespace grpo;
 using namespace grpo::rollout;
 using at::Tensor;
+using grpo::testing::kTinyV3;
+using grpo::testing::tiny;
 
 namespace {
-
-// DeepSeek-V3 style: q-LoRA, sigmoid noaux_tc routing with groups, YaRN (positions pass the
-// original 64), a dense first layer.
-const char* kTinyV3 = R"({
-  "model_type": "deepseek_v3", "vocab_size": 97, "hidden_size": 32, "intermediate_size": 48,
-  "moe_intermediate_size": 16, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 4,
-  "q_lora_rank": 24, "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8,
-  "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 3, "n_group": 4, "topk_group": 2,
-  "first_k_dense_replace": 1, "norm_topk_prob": true, "routed_scaling_factor": 2.5,
-  "max_position_embeddings": 256, "num_nextn_predict_layers": 0,
-  "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
-                   "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}})";
 
 // DeepSeek-V2 style: plain q_proj, softmax greedy routing, no YaRN; the vocabulary of the byte-level
 // tokenizer below (256 bytes + 2 merges).
@@ -60,18 +52,6 @@ const char* kTinyQwen3Moe = R"({
   "rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                       "original_max_position_embeddings": 16, "rope_theta": 10000.0}})";
 
-std::shared_ptr<model::CausalLM> tiny(const char* config, double scale = 8) {
-  auto m = std::make_shared<model::CausalLM>(parse_model_config(config, "tiny"));
-  model::init_weights(*m, 3);
-  at::NoGradGuard g;
-  for (auto& p : m->parameters())
-    if (p.dim() > 1) p.mul_(scale);  // far from uniform: sampling and routing matter
-  for (auto& kv : m->named_parameters())
-    if (kv.key().size() > 5 && kv.key().substr(kv.key().size() - 5) == ".bias") kv.value().uniform_(-0.5, 0.5);
-  for (auto& kv : m->named_buffers()) kv.value().uniform_(0, 0.05);
-  return m;
-}
-
 std::vector<std::vector<int64_t>> prompts(int count, int min_len, int max_len, int vocab, uint32_t seed) {
   std::mt19937 rng(seed);
   std::vector<std::vector<int64_t>> out;
@@ -95,34 +75,6 @@ Tensor full_logits(model::CausalLM& m, const std::vector<int64_t>& ids) {
   at::NoGradGuard g;
   Tensor x = at::tensor(ids, at::kLong).unsqueeze(0);
   return m.logits(m.hidden_states(x))[0].to(at::kFloat);
-}
-
-// Upper regularised incomplete gamma Q(a, x): the chi-square survival function is Q(df/2, x/2).
-double gamma_q(double a, double x) {
-  if (x < a + 1) {  // series for P
-    double sum = 1 / a, term = sum;
-    for (int n = 1; n < 1000; ++n) {
-      term *= x / (a + n);
-      sum += term;
-      if (term < sum * 1e-15) break;
-    }
-    return 1 - sum * std::exp(-x + a * std::log(x) - std::lgamma(a));
-  }
-  // Continued fraction for Q (modified Lentz).
-  double b = x + 1 - a, c = 1e300, d = 1 / b, h = d;
-  for (int i = 1; i < 1000; ++i) {
-    double an = -i * (i - a);
-    b += 2;
-    d = an * d + b;
-    if (std::fabs(d) < 1e-300) d = 1e-300;
-    c = b + an / c;
-    if (std::fabs(c) < 1e-300) c = 1e-300;
-    d = 1 / d;
-    double del = d * c;
-    h *= del;
-    if (std::fabs(del - 1) < 1e-15) break;
-  }
-  return std::exp(-x + a * std::log(x) - std::lgamma(a)) * h;
 }
 
 void expect_logprobs_match_recompute(model::CausalLM& m, const std::vector<Request>& rs,
