@@ -1,0 +1,144 @@
+// The rollout engine's insides (rollout/engine.h), private to the engine's sources: engine.cpp
+// (prefill, plain decode steps, the public interface) and speculative_decode.cpp (decode steps
+// with the MTP module's drafts).
+#pragma once
+
+#include <c10/core/GradMode.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <torch/cuda.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <string>
+#include <unordered_map>
+
+#include "model/batch_invariant.h"
+#include "rollout/decode_graphs.h"
+#include "rollout/engine.h"
+#include "rollout/scheduler.h"
+#include "rollout/speculative.h"
+#include "text/tokenizer.h"
+#include "util/error.h"
+
+namespace grpo::rollout {
+
+using at::Tensor;
+using model::DecoderLayer;
+
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+struct Engine::Impl {
+  std::shared_ptr<model::CausalLM> model;
+  const text::Tokenizer* tokenizer;
+  EngineOptions opt;
+  ModelConfig cfg;
+  int64_t L = 0, D = 0, bs = 0, num_blocks = 0, ctx = 0;
+  Tensor pool;  // (L, num_blocks * bs, D): each token slot's cache row (ModelConfig::kv_cache_width)
+  std::unique_ptr<Scheduler> sched;
+  std::unordered_map<uint64_t, Tensor> prompt_logits;  // group id -> (V) fp32 next-token logits after the prompt
+  EngineStats stats;
+  // CUDA graphs of the decode step (rollout/decode_graphs.h); padded rows read and write only
+  // `dummy_block`, which the scheduler's block pool never hands out.
+  bool use_graphs = false;
+  int32_t dummy_block = -1;
+  std::unique_ptr<DecodeGraphs> graphs;
+  int64_t* weight_version = nullptr;
+  // The model's batch-invariant forward (model/batch_invariant.h) serves prefill and decode, and
+  // the returned log-probs are its fixed-order log-softmax: what training computes, to the bit.
+  bool invariant = false;
+  // Speculative decoding with the MTP module (EngineOptions::speculative_mtp). Its cache is layer L
+  // of the pool, and its row for position i (the main model's hidden state at i with the token at
+  // i + 1) sits in the slot of position i + 1, so that a prompt's rows are the same for every sample
+  // and sit in the prompt's shared blocks. `pending` holds, per running sequence, the rows whose
+  // tokens are known but which the module has not read yet; `prompt_hidden` the prompt's last
+  // hidden state until each of its samples has its first row.
+  bool spec = false;
+  struct Pending {
+    int64_t first_position = 0;   // of the first row
+    Tensor hidden;                // (rows, H) main final-norm hidden states, model dtype
+    std::vector<int64_t> tokens;  // the token at position + 1 of each row
+  };
+  std::unordered_map<const Sequence*, Pending> pending;
+  std::unordered_map<uint64_t, Tensor> prompt_hidden;
+
+  Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* tok, EngineOptions o);
+
+  void check(const Request& r, const std::string& where) const;
+
+  // --- prefill -------------------------------------------------------------------------------
+  void prefill(const std::vector<Group*>& batch);
+
+  // The MTP module's cache rows of the prompt tokens whose next token is known: row i (hidden state
+  // at i, token i + 1) for i < P - 1, into the slot of position i + 1.
+  void prefill_mtp(const std::vector<Group*>& batch, const Tensor& input, const Tensor& h, int64_t T);
+
+  // Prefill through the batch-invariant forward: every prompt token writes its cache rows and
+  // attends to its prompt's earlier slots through the group's block table.
+  void prefill_invariant(const std::vector<Group*>& batch);
+
+  model::invariant::TokenRows invariant_rows(const std::vector<int64_t>& ids, const std::vector<int64_t>& pos,
+                                             const std::vector<int64_t>& slots, const std::vector<int64_t>& table,
+                                             const std::vector<int64_t>& start, const std::vector<int64_t>& count) const;
+
+  // One decode step through the batch-invariant forward: (B, V) fp32 logits, followed with
+  // record_routing by the experts' columns, as decode_forward returns them.
+  Tensor decode_invariant(const std::vector<Sequence*>& seqs);
+
+  // Each MoE layer's experts (N, k) as int16 on the host, token-major: (N, MoE layers, k).
+  static std::vector<int16_t> host_experts(const std::vector<Tensor>& experts);
+
+  // --- samples -------------------------------------------------------------------------------
+  // Starts waiting samples of prefilled prompts while slots are free; their first token comes
+  // from the prompt's logits.
+  void start_samples(std::vector<Completion>& done);
+
+  // Samples one token per row of `logits` and hands them to the scheduler.
+  void sample_and_advance(const Tensor& logits, const std::vector<Sequence*>& seqs, const std::vector<float>& temp,
+                          const std::vector<int64_t>& topk, const std::vector<float>& topp,
+                          const std::vector<float>& u, std::vector<Completion>& done);
+
+  // Starts samples, then prefills admitted prompts and starts theirs, while slots and cache allow.
+  void admit(std::vector<Completion>& done);
+
+  // --- decode --------------------------------------------------------------------------------
+  // The decode forward for a batch of B rows whose inputs are packed in one int64 device tensor:
+  // [tokens (B) | positions (B) | write slots (B) | lengths (B) | block tables (B, nblk)].
+  // Returns next-token logits (B, V) fp32, followed with record_routing by each MoE layer's experts
+  // as fp32 columns (B, MoE layers x k), and with speculative decoding by the final-norm hidden
+  // states (B, H) as fp32 columns, so that one static graph output carries them all. Free of host
+  // synchronisation, so a CUDA graph can hold it.
+  Tensor decode_forward(const Tensor& packed, int64_t B, int64_t nblk);
+
+  // A decode forward's inputs, unpacked: B rows, each reading the cache through its block table.
+  struct PagedRows {
+    Tensor tokens, positions, slots;  // (B)
+    Tensor gather_idx;                // (B * Lpad) cache rows of each row's block table
+    Tensor invalid;                   // (B, 1, Lpad) key positions at or past the row's length
+    int64_t Lpad = 0;
+  };
+  PagedRows unpack(const Tensor& packed, int64_t B, int64_t nblk) const;
+
+  // The MTP module over packed rows (as decode_forward's; a row's length counts the slots it reads)
+  // given the main model's final-norm hidden states h (R, H): writes its cache rows into layer L of
+  // the pool and returns its next-token logits (R, V) fp32. The slot of position 0 holds no MTP row.
+  Tensor mtp_forward(const Tensor& packed, int64_t R, int64_t nblk, const Tensor& h);
+
+  void decode(std::vector<Completion>& done);
+
+  int64_t slot(const Sequence& s, int64_t position) const;
+
+  // One speculative step of every running sequence, whose last token t_n sits at position n:
+  // the MTP module reads the sequence's pending rows and drafts d for position n + 1; the policy
+  // reads t_n and d in one forward (two rows per sequence); d is kept or replaced by the acceptance
+  // rule, and when kept the policy's token after it comes too: one or two tokens per step.
+  void decode_speculative(std::vector<Completion>& done);
+};
+
+}  // namespace grpo::rollout
