@@ -75,6 +75,7 @@ struct GenerateArgs {
   std::vector<int64_t> stop_token_ids;
   bool ignore_eos = false;
   int64_t max_batch = 256, block_size = 16, kv_cache_mb = 0;
+  bool speculative_mtp = false;
   SecurityArgs security;  // with --server
 };
 int run_generate(const GenerateArgs& args);
@@ -83,6 +84,7 @@ struct ServeArgs {
   std::string model, host = "127.0.0.1", dtype = "float32", device = "cpu", port_file;
   int port = 50061;
   int64_t max_batch = 256, block_size = 16, kv_cache_mb = 0;
+  bool speculative_mtp = false;
   int64_t max_samples = 1024, max_prompts = 4096, max_total_samples = 65536, max_new_tokens = 0,
           max_prompt_bytes = 1 << 20;
   SecurityArgs security;

@@ -25,6 +25,10 @@ Tensor sampling_probs(const Tensor& logits, const std::vector<float>& temperatur
   Tensor settings = at::from_blob(packed.data(), {4, B, 1}, f32).to(dev);
   Tensor temp = settings[0], kk = settings[1], pp = settings[2], greedy = settings[3].to(at::kBool);
   Tensor probs = (logits / temp).softmax(-1);
+  Tensor onehot = at::zeros_like(probs).scatter_(1, logits.argmax(-1, true), 1.0);
+  bool filter = false;
+  for (int64_t b = 0; b < B; ++b) filter |= packed[B + b] < V || top_p[b] < 1;
+  if (!filter) return at::where(greedy, onehot, probs);
   // The same filter as sample_tokens, undone into vocabulary order.
   auto sorted = probs.sort(-1, /*descending=*/true);
   Tensor sp = std::get<0>(sorted), si = std::get<1>(sorted);
@@ -34,7 +38,6 @@ Tensor sampling_probs(const Tensor& logits, const std::vector<float>& temperatur
   sp = sp * ((before < pp * sp.sum(-1, true)) | (rank == 0));
   Tensor kept = at::zeros_like(probs).scatter_(1, si, sp);
   kept = kept / kept.sum(-1, true);
-  Tensor onehot = at::zeros_like(probs).scatter_(1, logits.argmax(-1, true), 1.0);
   return at::where(greedy, onehot, kept);
 }
 

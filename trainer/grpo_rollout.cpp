@@ -41,8 +41,11 @@ RolloutBatch GrpoTrainer::sample(int64_t step, rollout::Engine& engine, int64_t 
     position += n;
     engine.weight_version = step;
     auto t0 = Clock::now();
+    const rollout::EngineStats before = engine.stats();
     auto comps = engine.generate(reqs);
     b.time_rollout += seconds_since(t0);
+    b.draft_tokens += engine.stats().draft_tokens - before.draft_tokens;
+    b.accepted_drafts += engine.stats().accepted_drafts - before.accepted_drafts;
     ++b.gen_batches;
 
     std::vector<rewards::RewardItem> items;

@@ -152,6 +152,7 @@ GrpoTrainer::GrpoTrainer(const StageSettings& s, const std::string& recipe_path,
   const int64_t cache_mb = s_.rollout.kv_cache_mb > 0 ? s_.rollout.kv_cache_mb : device_.is_cuda() ? 4096 : 1024;
   eo.kv_cache_bytes = cache_mb << 20;  // the optimizer's moments are allocated at the first step: leave them room
   eo.record_routing = s_.moe.routing_replay;
+  eo.speculative_mtp = s_.rollout.speculative_mtp;
   if (s_.moe.routing_replay && moe_layers(*policy_).empty())
     throw Error(recipe_path_ + ": key 'routing_replay': the model has no MoE layer to replay");
   engine_ = std::make_unique<rollout::Engine>(policy_, tok_.get(), eo);

@@ -225,6 +225,8 @@ const std::vector<Key>& keys() {
       key("kv_cache_mb", "rollout", &S::rollout, &RolloutSettings::kv_cache_mb, "engine KV cache budget (0: 1024 on CPU, 4096 on CUDA)"),
       key("max_batch", "rollout", &S::rollout, &RolloutSettings::max_batch, "sequences decoded together (0: max(64, prompts x G))"),
       key("recompute_old_logprobs", "rollout", &S::rollout, &RolloutSettings::recompute_old_logprobs, "pi_old from the training forward"),
+      key("speculative_mtp", "rollout", &S::rollout, &RolloutSettings::speculative_mtp,
+          "speculative decoding with the model's MTP module as the draft (DeepSeek-V3); samples keep the policy's distribution"),
       key("exact_rollout", "rollout", &S::rollout, &RolloutSettings::exact_rollout,
           "batch-invariant forward in the engine and the trainer: rollout log-probs equal training's to the bit"),
       key("async_rollout", "rollout", &S::rollout, &RolloutSettings::async_rollout, "rollout in a second thread, at most this stale: 1 one-step-off, 0, -1 off"),
@@ -378,6 +380,8 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
   need(s.loss.rollout_is_threshold > 1, "rollout_is_threshold", "must be above 1");
   need(s.rollout.async_rollout >= -1 && s.rollout.async_rollout <= 1, "async_rollout",
        "must be 1 (one-step-off), 0 (asynchronous machinery, no staleness) or -1 (off)");
+  need(!s.rollout.speculative_mtp || (!s.rollout.exact_rollout && !s.moe.routing_replay), "speculative_mtp",
+       "cannot be combined with exact_rollout or routing_replay yet");
   need(!s.rollout.exact_rollout || !s.moe.routing_replay, "routing_replay",
        "is redundant with exact_rollout (the batch-invariant forward routes every token as the rollout did)");
   need(s.loss.rollout_is == RolloutIs::Off || s.rollout.recompute_old_logprobs, "rollout_is",

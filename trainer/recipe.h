@@ -114,6 +114,9 @@ struct RolloutSettings {
   // The engine and the training forward both compute through the batch-invariant forward
   // (model/batch_invariant.h): the rollout's log-probs equal the training forward's to the bit.
   bool exact_rollout = false;
+  // Speculative decoding with the model's MTP module as the draft (rollout/speculative.h): samples
+  // keep the policy's distribution; the module's acceptance decides the speed-up.
+  bool speculative_mtp = false;
 };
 
 struct AdvantageSettings {

@@ -117,6 +117,7 @@ json step_metrics(const RolloutBatch& b, const UpdateStats& u, double lr, double
     m["gen_batches"] = b.gen_batches;
     m["kept_groups"] = b.kept_groups;
   }
+  if (b.draft_tokens > 0) m["rollout/draft_acceptance"] = (double)b.accepted_drafts / b.draft_tokens;
   return m;
 }
 

@@ -71,6 +71,10 @@ int main(int argc, char** argv) {
   app.add_flag("--no-graphs", no_graphs, "launch the decode step's kernels one by one");
   bool exact = false;
   app.add_flag("--exact", exact, "the batch-invariant forward (exact_rollout)");
+  bool speculative = false;
+  app.add_flag("--speculative-mtp", speculative, "speculative decoding with the model's MTP module as the draft");
+  double temperature = 1.0;
+  app.add_option("--temperature", temperature);
   app.add_option("--label", label);
   CLI11_PARSE(app, argc, argv);
 
@@ -119,9 +123,10 @@ int main(int argc, char** argv) {
     o.kv_cache_bytes = kv_mb * (int64_t(1) << 20);
     o.cuda_graphs = !no_graphs;
     o.max_prefill_tokens = std::max<int64_t>(8192, prompt_len);
+    o.speculative_mtp = speculative;
     rollout::Engine engine(model, nullptr, o);
     rollout::SamplingParams sp;
-    sp.temperature = 1.0;
+    sp.temperature = temperature;
     sp.max_new_tokens = new_tokens;
     auto make = [&](int64_t count, int64_t max_new) {
       std::vector<rollout::Request> rs;
@@ -166,10 +171,13 @@ int main(int argc, char** argv) {
     double bytes = weight_bytes(B) + kv_bytes;
     printf("{\"kind\": \"decode\", \"engine\": \"%s\", \"batch\": %lld, \"prompt\": %lld, \"new\": %lld, "
            "\"decode_tok_s\": %.1f, \"ms_per_step\": %.3f, \"bytes_per_step\": %.4g, \"roofline\": %.4f, "
-           "\"prefill_tok_s\": %.1f, \"total_s\": %.3f, \"logprob_diff_max\": %.3g}\n",
+           "\"prefill_tok_s\": %.1f, \"total_s\": %.3f, \"logprob_diff_max\": %.3g, \"draft_acceptance\": %.4f}\n",
            label.c_str(), (long long)B, (long long)prompt_len, (long long)new_tokens, toks / decode_s, ms_step, bytes,
            bytes / (ms_step / 1e3) / bw, (after.prefill_tokens - before.prefill_tokens) / (after.prefill_seconds - before.prefill_seconds),
-           total, diff);
+           total, diff,
+           after.draft_tokens > before.draft_tokens
+               ? (double)(after.accepted_drafts - before.accepted_drafts) / (after.draft_tokens - before.draft_tokens)
+               : -1.0);
     fflush(stdout);
   }
 
