@@ -53,6 +53,14 @@ Engine::Impl::Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* to
     graphs = std::make_unique<DecodeGraphs>(
         [this](const Tensor& packed, int64_t B, int64_t nblk) { return decode_forward(packed, B, nblk); }, dummy_block,
         bs, dev);
+    if (spec) {
+      mtp_hidden = at::zeros({DecodeGraphs::bucket(2 * opt.max_batch), cfg.hidden_size}, pool.options());
+      mtp_graphs = std::make_unique<DecodeGraphs>(
+          [this](const Tensor& packed, int64_t R, int64_t nblk) {
+            return mtp_forward(packed, R, nblk, mtp_hidden.narrow(0, 0, R));
+          },
+          dummy_block, bs, dev);
+    }
   }
   sched = std::make_unique<Scheduler>(SchedulerLimits{opt.max_batch, opt.max_prefill_tokens, bs, ctx, spec ? 1 : 0},
                                       usable, tok);
@@ -403,7 +411,7 @@ const EngineStats& Engine::stats() const {
   impl_->stats.finished = impl_->sched->finished();
   return impl_->stats;
 }
-int64_t Engine::blocks_in_use() const { return impl_->num_blocks - impl_->sched->blocks().free(); }
+int64_t Engine::blocks_in_use() const { return impl_->sched->blocks().usable() - impl_->sched->blocks().free(); }
 int64_t Engine::running() const { return (int64_t)impl_->sched->running().size(); }
 int64_t Engine::waiting() const { return impl_->sched->waiting_prompts() + impl_->sched->unstarted_samples(); }
 

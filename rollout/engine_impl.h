@@ -67,6 +67,10 @@ struct Engine::Impl {
   };
   std::unordered_map<const Sequence*, Pending> pending;
   std::unordered_map<uint64_t, Tensor> prompt_hidden;
+  // With CUDA graphs the module's forward is replayed too: its hidden-state input lives in
+  // `mtp_hidden` (rows x H, the most rows a step can have), which the graphs read in place.
+  std::unique_ptr<DecodeGraphs> mtp_graphs;
+  Tensor mtp_hidden;
 
   Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* tok, EngineOptions o);
 

@@ -72,7 +72,14 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
   std::vector<int64_t> last_rows;
   int64_t R = 0;
   for (const Sequence* s : seqs) R += (int64_t)pending.at(s).tokens.size();
-  std::vector<int64_t> mp(4 * R + R * nblk, 0);
+  const int64_t nb = use_graphs ? DecodeGraphs::bucket(nblk) : nblk;
+  const int64_t Rm = use_graphs ? DecodeGraphs::bucket(R) : R;
+  std::vector<int64_t> mp(4 * Rm + Rm * nb, use_graphs ? dummy_block : 0);
+  if (use_graphs) {
+    mtp_graphs->pad_rows(mp, Rm, nb, R);
+    // A padding row reads two slots of the dummy block: the first is masked as no MTP row.
+    for (int64_t p = R; p < Rm; ++p) mp[3 * Rm + p] = 2;
+  }
   int64_t r = 0;
   for (const Sequence* s : seqs) {
     const Pending& pd = pending.at(s);
@@ -80,15 +87,21 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
     for (size_t k = 0; k < pd.tokens.size(); ++k, ++r) {
       const int64_t i = pd.first_position + (int64_t)k;
       mp[r] = pd.tokens[k];
-      mp[R + r] = i;
-      mp[2 * R + r] = slot(*s, i + 1);
-      mp[3 * R + r] = i + 2;
-      for (size_t t = 0; t < s->table.size(); ++t) mp[4 * R + r * nblk + t] = s->table[t];
+      mp[Rm + r] = i;
+      mp[2 * Rm + r] = slot(*s, i + 1);
+      mp[3 * Rm + r] = i + 2;
+      for (size_t t = 0; t < s->table.size(); ++t) mp[4 * Rm + r * nb + t] = s->table[t];
     }
     last_rows.push_back(r - 1);
   }
-  Tensor mtp_in = at::tensor(mp, at::kLong).to(dev);
-  Tensor draft_logits = mtp_forward(mtp_in, R, nblk, at::cat(hidden)).index_select(0, at::tensor(last_rows, at::kLong).to(dev));
+  Tensor mtp_logits;
+  if (use_graphs) {
+    mtp_hidden.narrow(0, 0, R).copy_(at::cat(hidden));
+    mtp_logits = mtp_graphs->run(at::from_blob(mp.data(), {(int64_t)mp.size()}, at::kLong), Rm, nb, R);
+  } else {
+    mtp_logits = mtp_forward(at::tensor(mp, at::kLong).to(dev), R, nb, at::cat(hidden));
+  }
+  Tensor draft_logits = mtp_logits.index_select(0, at::tensor(last_rows, at::kLong).to(dev));
   Tensor q = sampling_probs(draft_logits, temp, topk, topp);
   Tensor draft = sample_from(q, device_floats(u_draft));
   Tensor draft_host = draft.to(at::kCPU);
@@ -97,7 +110,6 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
   // 2. The check: rows (t_n at n) and (d at n + 1) of every sequence in one forward.
   const int64_t rows = 2 * B;
   const int64_t Rp = use_graphs ? DecodeGraphs::bucket(rows) : rows;
-  const int64_t nb = use_graphs ? DecodeGraphs::bucket(nblk) : nblk;
   std::vector<int64_t> host(4 * Rp + Rp * nb, use_graphs ? dummy_block : 0);
   if (use_graphs) graphs->pad_rows(host, Rp, nb, rows);
   for (int64_t b = 0; b < B; ++b) {
