@@ -496,10 +496,11 @@ TEST(EngineCuda, GraphsEqualEagerDecodeInBf16) {
   // The graph batch is padded to its bucket, so its bf16 GEMMs have other shapes (and kernels) than
   // eager's: sampled tokens part at near-ties (652-840 of 840 tokens in identical prefixes over 14
   // runs on H100s), mean |dlogprob| about 1e-3 on the shared prefixes, single tokens up to 0.10. A
-  // wrong cache or block table diverges within a few tokens and by whole nats.
+  // wrong cache or block table diverges within a few tokens and by whole nats. Single tokens have
+  // reached 0.256 on an H200, so the worst token is bounded loosely and the mean is the real check.
   EXPECT_GT(same, total / 2);
   EXPECT_LT(sum / std::max<int64_t>(1, same), 0.01);
-  EXPECT_LT(worst, 0.25);
+  EXPECT_LT(worst, 0.5);
   // Against the bf16 recompute.
   std::vector<std::vector<int64_t>> ps, comps;
   for (const auto& c : out[1]) {
