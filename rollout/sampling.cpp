@@ -26,6 +26,14 @@ float sample_uniform(uint64_t seed, int64_t prompt_index, int64_t sample_index, 
   return static_cast<float>(h >> 40) * (1.0f / 16777216.0f);  // 24 bits: exact in fp32, < 1
 }
 
+Tensor keep_nucleus(const Tensor& sorted_probs, const Tensor& kk, const Tensor& pp) {
+  const int64_t V = sorted_probs.size(1);
+  Tensor rank = at::arange(V, sorted_probs.options()).unsqueeze(0);
+  Tensor sp = sorted_probs * (rank < kk);
+  Tensor before = sp.cumsum(-1) - sp;
+  return sp * ((before < pp * sp.sum(-1, true)) | (rank == 0));
+}
+
 std::pair<Tensor, Tensor> sample_tokens(const Tensor& logits, const std::vector<float>& temperature,
                                         const std::vector<int64_t>& top_k, const std::vector<float>& top_p,
                                         const std::vector<float>& uniform) {
@@ -52,14 +60,8 @@ std::pair<Tensor, Tensor> sample_tokens(const Tensor& logits, const std::vector<
   Tensor probs = (logits / temp).softmax(-1);
   Tensor token;
   if (filter) {
-    // Sort descending; keep the top k, then the smallest prefix whose mass before each kept token
-    // is below top_p of the top-k mass (transformers' and vLLM's order: temperature, top-k, top-p).
     auto sorted = probs.sort(-1, /*descending=*/true);
-    Tensor sp = std::get<0>(sorted), si = std::get<1>(sorted);
-    Tensor rank = at::arange(V, f32.device(dev)).unsqueeze(0);
-    sp = sp * (rank < kk);
-    Tensor before = sp.cumsum(-1) - sp;
-    sp = sp * ((before < pp * sp.sum(-1, true)) | (rank == 0));
+    Tensor sp = keep_nucleus(std::get<0>(sorted), kk, pp), si = std::get<1>(sorted);
     Tensor cdf = sp.cumsum(-1);
     Tensor pick = at::searchsorted(cdf, u * cdf.narrow(1, V - 1, 1), false, /*right=*/true).clamp_max(V - 1);
     // Rounding can put the target at the very end of the CDF: fall back to the most likely token.

@@ -31,12 +31,7 @@ Tensor sampling_probs(const Tensor& logits, const std::vector<float>& temperatur
   if (!filter) return at::where(greedy, onehot, probs);
   // The same filter as sample_tokens, undone into vocabulary order.
   auto sorted = probs.sort(-1, /*descending=*/true);
-  Tensor sp = std::get<0>(sorted), si = std::get<1>(sorted);
-  Tensor rank = at::arange(V, f32.device(dev)).unsqueeze(0);
-  sp = sp * (rank < kk);
-  Tensor before = sp.cumsum(-1) - sp;
-  sp = sp * ((before < pp * sp.sum(-1, true)) | (rank == 0));
-  Tensor kept = at::zeros_like(probs).scatter_(1, si, sp);
+  Tensor kept = at::zeros_like(probs).scatter_(1, std::get<1>(sorted), keep_nucleus(std::get<0>(sorted), kk, pp));
   kept = kept / kept.sum(-1, true);
   return at::where(greedy, onehot, kept);
 }

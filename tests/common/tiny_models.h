@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 
 #include <memory>
+#include <stdexcept>
+#include <string>
 
 #include "config/model_config.h"
 #include "model/causal_lm.h"
@@ -23,20 +25,17 @@ inline const char* kTinyV3 = R"({
   "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
                    "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}})";
 
-// The same with one MTP module (DeepSeek-V3's multi-token prediction), for speculative decoding.
-inline const char* kTinyV3Mtp = R"({
-  "model_type": "deepseek_v3", "vocab_size": 97, "hidden_size": 32, "intermediate_size": 48,
-  "moe_intermediate_size": 16, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 4,
-  "q_lora_rank": 24, "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8,
-  "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 3, "n_group": 4, "topk_group": 2,
-  "first_k_dense_replace": 1, "norm_topk_prob": true, "routed_scaling_factor": 2.5,
-  "max_position_embeddings": 256, "num_nextn_predict_layers": 1,
-  "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
-                   "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}})";
+// A config with `n` MTP modules (DeepSeek-V3's multi-token prediction) instead of none.
+inline std::string with_mtp_modules(const std::string& config, int n) {
+  const std::string none = "\"num_nextn_predict_layers\": 0";
+  const size_t at = config.find(none);
+  if (at == std::string::npos) throw std::runtime_error("with_mtp_modules: the config has no num_nextn_predict_layers 0");
+  return config.substr(0, at) + "\"num_nextn_predict_layers\": " + std::to_string(n) + config.substr(at + none.size());
+}
 
 // Random weights (seed 3) with every matrix scaled by `scale`, biases and buffers drawn wider, so
 // that outputs are far from uniform: sampling and routing matter.
-inline std::shared_ptr<model::CausalLM> tiny(const char* config, double scale = 8) {
+inline std::shared_ptr<model::CausalLM> tiny(const std::string& config, double scale = 8) {
   auto m = std::make_shared<model::CausalLM>(parse_model_config(config, "tiny"));
   model::init_weights(*m, 3);
   at::NoGradGuard g;

@@ -13,6 +13,7 @@
 
 #include "common/byte_tokenizer.h"
 #include "common/chi_square.h"
+#include "common/engine_checks.h"
 #include "common/tiny_models.h"
 #include "model/checkpoint.h"
 #include "text/tokenizer.h"
@@ -79,20 +80,7 @@ Tensor full_logits(model::CausalLM& m, const std::vector<int64_t>& ids) {
 
 void expect_logprobs_match_recompute(model::CausalLM& m, const std::vector<Request>& rs,
                                      const std::vector<Completion>& cs) {
-  std::vector<std::vector<int64_t>> ps, comps;
-  for (const auto& c : cs) {
-    ps.push_back(rs[c.prompt_index].prompt_ids);
-    comps.push_back(c.token_ids);
-  }
-  at::NoGradGuard g;
-  auto ref = m.completion_logprobs(ps, comps);
-  double worst = 0;
-  for (size_t i = 0; i < cs.size(); ++i) {
-    ASSERT_EQ(cs[i].logprobs.size(), cs[i].token_ids.size());
-    ASSERT_EQ(ref[i].numel(), (int64_t)cs[i].token_ids.size());
-    for (size_t j = 0; j < cs[i].logprobs.size(); ++j)
-      worst = std::max(worst, std::fabs((double)cs[i].logprobs[j] - ref[i][j].item<double>()));
-  }
+  const double worst = grpo::testing::logprob_gap(m, rs, cs).first;
   EXPECT_LT(worst, 1e-4);
   std::cout << "max |engine - recompute| log-prob: " << worst << "\n";
 }
@@ -212,31 +200,13 @@ TEST_P(EngineSampling, FollowsTheFilteredDistribution) {
   EXPECT_EQ(e.stats().prefill_calls, 1);  // one prefill for all 20000 samples
   std::vector<int64_t> count(V, 0);
   for (const auto& c : cs) count[c.token_ids[0]]++;
-  // Pool categories with expected count < 5 into one bin.
-  double chi2 = 0, pooled_e = 0, pooled_o = 0;
+  for (int64_t i = 0; i < V; ++i)
+    if (expect[i] == 0) ASSERT_EQ(count[i], 0) << "token " << i << " is filtered out but was sampled";
   int bins = 0;
-  for (int64_t i = 0; i < V; ++i) {
-    if (expect[i] == 0) {
-      ASSERT_EQ(count[i], 0) << "token " << i << " is filtered out but was sampled";
-      continue;
-    }
-    double ei = expect[i] * N;
-    if (ei < 5) {
-      pooled_e += ei;
-      pooled_o += count[i];
-      continue;
-    }
-    chi2 += (count[i] - ei) * (count[i] - ei) / ei;
-    ++bins;
-  }
-  if (pooled_e > 0) {
-    chi2 += (pooled_o - pooled_e) * (pooled_o - pooled_e) / pooled_e;
-    ++bins;
-  }
+  const double pvalue = chi_square_pvalue(std::vector<double>(count.begin(), count.end()), expect, &bins);
   ASSERT_GE(bins, 5);
-  double pvalue = gamma_q((bins - 1) / 2.0, chi2 / 2);
-  std::cout << "T=" << f.temperature << " top_k=" << f.top_k << " top_p=" << f.top_p << ": chi2 " << chi2
-            << " over " << bins << " bins, p = " << pvalue << "\n";
+  std::cout << "T=" << f.temperature << " top_k=" << f.top_k << " top_p=" << f.top_p << ": chi-square over " << bins
+            << " bins, p = " << pvalue << "\n";
   EXPECT_GT(pvalue, 1e-3);
 }
 INSTANTIATE_TEST_SUITE_P(Filters, EngineSampling,

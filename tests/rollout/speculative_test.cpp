@@ -10,6 +10,7 @@
 #include <random>
 
 #include "common/chi_square.h"
+#include "common/engine_checks.h"
 #include "common/tiny_models.h"
 #include "rollout/engine.h"
 #include "rollout/speculative.h"
@@ -19,10 +20,13 @@ using namespace grpo;
 using namespace grpo::rollout;
 using at::Tensor;
 using grpo::testing::kTinyV3;
-using grpo::testing::kTinyV3Mtp;
+using grpo::testing::logprob_gap;
+using grpo::testing::with_mtp_modules;
 using grpo::testing::tiny;
 
 namespace {
+
+const std::string kTinyV3Mtp = with_mtp_modules(kTinyV3, 1);
 
 std::vector<double> to_vector(const Tensor& t) {
   Tensor c = t.to(at::kDouble).contiguous();
@@ -74,30 +78,6 @@ std::vector<Request> random_requests(int count, int min_len, int max_len, const 
     rs.push_back({i, p, sp});
   }
   return rs;
-}
-
-// max and mean |engine - recompute| over every completion token.
-std::pair<double, double> logprob_gap(model::CausalLM& m, const std::vector<Request>& rs, const std::vector<Completion>& cs) {
-  std::vector<std::vector<int64_t>> ps, comps;
-  for (const auto& c : cs) {
-    ps.push_back(rs[c.prompt_index].prompt_ids);
-    comps.push_back(c.token_ids);
-  }
-  at::NoGradGuard g;
-  auto ref = m.completion_logprobs(ps, comps);
-  double worst = 0, sum = 0;
-  int64_t n = 0;
-  for (size_t i = 0; i < cs.size(); ++i) {
-    EXPECT_EQ(cs[i].logprobs.size(), cs[i].token_ids.size());
-    auto r = to_vector(ref[i].to(at::kCPU));
-    for (size_t j = 0; j < r.size(); ++j) {
-      const double d = std::fabs((double)cs[i].logprobs[j] - r[j]);
-      worst = std::max(worst, d);
-      sum += d;
-      ++n;
-    }
-  }
-  return {worst, sum / std::max<int64_t>(1, n)};
 }
 
 }  // namespace
