@@ -127,7 +127,8 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
   Tensor host_t = at::from_blob(host.data(), {(int64_t)host.size()}, at::TensorOptions().dtype(at::kLong));
   Tensor out = use_graphs ? graphs->run(host_t, Rp, nb, rows) : decode_forward(host_t.to(dev), rows, nb);
   Tensor logits = out.narrow(1, 0, V).view({B, 2, V});
-  Tensor h = out.narrow(1, V, out.size(1) - V).to(model->dtype()).view({B, 2, -1});
+  // A copy: with graphs `out` is the graph's static output, which the next replay overwrites.
+  Tensor h = out.narrow(1, V, out.size(1) - V).to(model->dtype(), /*non_blocking=*/false, /*copy=*/true).view({B, 2, -1});
   Tensor l1 = logits.select(1, 0).contiguous(), l2 = logits.select(1, 1).contiguous();
 
   // 3. The verdict, and the policy's token after a kept draft.
