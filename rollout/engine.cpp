@@ -277,8 +277,7 @@ Tensor Engine::Impl::decode_forward(const Tensor& packed, int64_t B, int64_t nbl
   std::vector<Tensor> experts;
   for (int64_t l = 0; l < L; ++l) {
     auto layer = model->model->layers[l]->as<DecoderLayer>();
-    x = x + layer->self_attn->decode(layer->input_layernorm(x), rope, pool[l], in.slots, in.gather_idx, in.invalid,
-                                     in.Lpad);
+    x = x + layer->self_attn->decode(layer->input_layernorm(x), rope, pool[l], in.kv);
     model::RouterImpl::Routing r;
     const bool record = opt.record_routing && layer->moe;
     x = x + layer->feed_forward(layer->post_attention_layernorm(x), record ? &r : nullptr);
@@ -291,16 +290,21 @@ Tensor Engine::Impl::decode_forward(const Tensor& packed, int64_t B, int64_t nbl
   return logits;
 }
 
-Engine::Impl::PagedRows Engine::Impl::unpack(const Tensor& packed, int64_t B, int64_t nblk) const {
+Engine::Impl::PagedRows Engine::Impl::unpack(const Tensor& packed, int64_t B, int64_t nblk, int64_t key_start) const {
   auto i64 = at::TensorOptions().dtype(at::kLong).device(packed.device());
   PagedRows r;
-  r.Lpad = nblk * bs;
+  model::PagedKV& kv = r.kv;
   r.tokens = packed.narrow(0, 0, B);
   r.positions = packed.narrow(0, B, B);
-  r.slots = packed.narrow(0, 2 * B, B);
-  Tensor lens = packed.narrow(0, 3 * B, B), table = packed.narrow(0, 4 * B, B * nblk).view({B, nblk});
-  r.gather_idx = (table.unsqueeze(-1) * bs + at::arange(bs, i64)).view({B * r.Lpad});
-  r.invalid = (at::arange(r.Lpad, i64).unsqueeze(0) >= lens.unsqueeze(1)).unsqueeze(1);
+  kv.write_slots = packed.narrow(0, 2 * B, B);
+  kv.lens = packed.narrow(0, 3 * B, B);
+  kv.table = packed.narrow(0, 4 * B, B * nblk).view({B, nblk});
+  kv.block_size = bs;
+  kv.key_start = key_start;
+  kv.Lpad = nblk * bs;
+  kv.gather_idx = (kv.table.unsqueeze(-1) * bs + at::arange(bs, i64)).view({B * kv.Lpad});
+  Tensor key = at::arange(kv.Lpad, i64).unsqueeze(0);
+  kv.invalid = ((key >= kv.lens.unsqueeze(1)) | (key < key_start)).unsqueeze(1);
   return r;
 }
 

@@ -121,13 +121,12 @@ struct Engine::Impl {
   Tensor decode_forward(const Tensor& packed, int64_t B, int64_t nblk);
 
   // A decode forward's inputs, unpacked: B rows, each reading the cache through its block table.
+  // Keys are read from position key_start on.
   struct PagedRows {
-    Tensor tokens, positions, slots;  // (B)
-    Tensor gather_idx;                // (B * Lpad) cache rows of each row's block table
-    Tensor invalid;                   // (B, 1, Lpad) key positions at or past the row's length
-    int64_t Lpad = 0;
+    Tensor tokens, positions;  // (B)
+    model::PagedKV kv;
   };
-  PagedRows unpack(const Tensor& packed, int64_t B, int64_t nblk) const;
+  PagedRows unpack(const Tensor& packed, int64_t B, int64_t nblk, int64_t key_start = 0) const;
 
   // The MTP module over packed rows (as decode_forward's; a row's length counts the slots it reads)
   // given the main model's final-norm hidden states h (R, H): writes its cache rows into layer L of

@@ -29,12 +29,11 @@ void Engine::Impl::prefill_mtp(const std::vector<Group*>& batch, const Tensor& i
 // given the main model's final-norm hidden states h (R, H): writes its cache rows into layer L of
 // the pool and returns its next-token logits (R, V) fp32. The slot of position 0 holds no MTP row.
 Tensor Engine::Impl::mtp_forward(const Tensor& packed, int64_t R, int64_t nblk, const Tensor& h) {
-  PagedRows in = unpack(packed, R, nblk);
-  Tensor invalid = in.invalid | (at::arange(in.Lpad, in.invalid.options().dtype(at::kLong)) == 0).view({1, 1, -1});
+  PagedRows in = unpack(packed, R, nblk, /*key_start=*/1);
   model::DecoderLayerImpl& m = model->mtp_module(1);
   Tensor x = m.eh_proj(at::cat({m.enorm(m.embed_tokens(in.tokens)), m.hnorm(h)}, -1));
   model::RopeTables rope = model->rope_tables(in.positions.view({R, 1}), x.scalar_type());
-  x = x + m.self_attn->decode(m.input_layernorm(x), rope, pool[L], in.slots, in.gather_idx, invalid, in.Lpad);
+  x = x + m.self_attn->decode(m.input_layernorm(x), rope, pool[L], in.kv);
   x = x + m.feed_forward(m.post_attention_layernorm(x));
   return m.mtp_logits(x).to(at::kFloat);
 }

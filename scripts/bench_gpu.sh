@@ -45,6 +45,9 @@ IFS=, read -ra prompts <<< "${PROMPTS:-128,1024,2048}"
 for p in "${prompts[@]}"; do
   "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
     --prompt-len "$p" --new-tokens "${NEW:-128}" --nocache-batches "" --label grpo | tee -a "$log"
+  # The same decode with the attention over a gathered copy of the cache: the paged kernel's baseline.
+  "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
+    --prompt-len "$p" --new-tokens "${NEW:-128}" --nocache-batches "" --gather-attention --label grpo-gathered | tee -a "$log"
 done
 "$py" scripts/bench/hf_generate.py --model "$work/model" --device cuda --dtype bfloat16 --batches 1,128 \
   --prompt-len 1024 --new-tokens "${NEW:-128}" | tee -a "$log" || echo "transformers generate failed"

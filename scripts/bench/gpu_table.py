@@ -33,8 +33,20 @@ for r in train:
           + (f"{base:.0f} | {r['tokens_s'] / base:.2f}x |" if base else "- | - |"))
 hf_decode = {(r["batch"], r["prompt"]): r["decode_tok_s"] for r in decode if r["engine"].startswith("transformers")}
 for r in decode:
-    if r["engine"].startswith("transformers"):
+    if r["engine"] != "grpo":
         continue
     base = hf_decode.get((r["batch"], r["prompt"]))
     print(f"| decode | V2-Lite shape, bf16, CUDA graphs | {r['batch']} | {r['prompt']} + {r['new']} | {r['decode_tok_s']:.0f} | "
           f"roofline {100 * r['roofline']:.1f}% | " + (f"{base:.0f} | {r['decode_tok_s'] / base:.2f}x |" if base else "- | - |"))
+gathered = {(r["batch"], r["prompt"]): r for r in decode if r["engine"] == "grpo-gathered"}
+if gathered:
+    print()
+    print("Decode attention: the paged MLA kernel against the same engine attending over a gathered copy of the cache")
+    print()
+    print("| batch | context | paged ms/step | gathered ms/step | paged tokens/s | gathered tokens/s | speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for r in decode:
+        g = gathered.get((r["batch"], r["prompt"])) if r["engine"] == "grpo" else None
+        if g:
+            print(f"| {r['batch']} | {r['prompt']} + {r['new']} | {r['ms_per_step']:.2f} | {g['ms_per_step']:.2f} | "
+                  f"{r['decode_tok_s']:.0f} | {g['decode_tok_s']:.0f} | {r['decode_tok_s'] / g['decode_tok_s']:.2f}x |")

@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "model/checkpoint.h"
+#include "model/deepseek.h"
 #include "rollout/engine.h"
 
 using namespace grpo;
@@ -73,6 +74,9 @@ int main(int argc, char** argv) {
   app.add_flag("--exact", exact, "the batch-invariant forward (exact_rollout)");
   bool speculative = false;
   app.add_flag("--speculative-mtp", speculative, "speculative decoding with the model's MTP module as the draft");
+  bool gather_attention = false;
+  app.add_flag("--gather-attention", gather_attention,
+               "MLA decode attention over a gathered copy of the cache instead of the paged kernel");
   double temperature = 1.0;
   app.add_option("--temperature", temperature);
   app.add_option("--label", label);
@@ -81,6 +85,7 @@ int main(int argc, char** argv) {
   const at::Device dev(device);
   auto model = model::load_model(model_dir, {model::parse_dtype_name(dtype), dev});
   model->batch_invariant = exact;
+  model::MLAImpl::paged_kernel() = !gather_attention;
   const auto& c = model->config();
   const int64_t elem = c10::elementSize(model->dtype());
   c10::NoGradGuard no_grad;

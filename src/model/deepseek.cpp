@@ -2,6 +2,10 @@
 
 #include <ATen/ops/scaled_dot_product_attention.h>
 
+#ifdef GRPO_PAGED_MLA_CUDA
+#include "model/paged_mla_cuda.h"
+#endif
+
 namespace grpo::model {
 
 MLAImpl::MLAImpl(const ModelConfig& c)
@@ -53,8 +57,12 @@ Tensor MLAImpl::forward(const Tensor& x, const RopeTables& rope, const Attention
   return o_proj(out);
 }
 
-Tensor MLAImpl::decode(const Tensor& x, const RopeTables& rope, Tensor cache, const Tensor& write_slots,
-                       const Tensor& gather_idx, const Tensor& invalid, int64_t Lpad) {
+bool& MLAImpl::paged_kernel() {
+  static bool on = true;
+  return on;
+}
+
+Tensor MLAImpl::decode(const Tensor& x, const RopeTables& rope, Tensor cache, const PagedKV& paged) {
   const int64_t B = x.size(0), nh = num_heads, dn = qk_nope_head_dim, dr = qk_rope_head_dim,
                 dv = v_head_dim, r = kv_lora_rank, D = r + dr;
   Tensor q = q_proj ? q_proj(x) : q_b_proj(q_a_layernorm(q_a_proj(x)));
@@ -63,15 +71,23 @@ Tensor MLAImpl::decode(const Tensor& x, const RopeTables& rope, Tensor cache, co
   Tensor comp = kv_a_proj_with_mqa(x);  // (B, r + dr)
   Tensor lat = kv_a_layernorm(comp.narrow(-1, 0, r));
   Tensor kpe = apply_rope(comp.narrow(-1, r, dr).view({B, 1, 1, dr}), rope, rope_interleave).view({B, dr});
-  cache.index_copy_(0, write_slots, at::cat({lat, kpe}, -1));
+  cache.index_copy_(0, paged.write_slots, at::cat({lat, kpe}, -1));
   // Absorbed form: scores = [q_nope W_uk | q_pe] . [latent | k_pe]; out = (p . latent) W_uv^T.
   Tensor w = kv_b_proj->effective_weight().view({nh, dn + dv, r});
   Tensor q_lat = at::bmm(q.narrow(-1, 0, dn).transpose(0, 1), w.narrow(1, 0, dn)).transpose(0, 1);  // (B, nh, r)
   Tensor qc = at::cat({q_lat, q_pe}, -1);                                                            // (B, nh, D)
-  Tensor kv = cache.index_select(0, gather_idx).view({B, Lpad, D});
-  Tensor scores = at::bmm(qc, kv.transpose(1, 2)).to(at::kFloat) * softmax_scale;  // (B, nh, Lpad)
-  Tensor probs = masked_softmax(scores, invalid, x.scalar_type());
-  Tensor o_lat = at::bmm(probs, kv.narrow(-1, 0, r));                                              // (B, nh, r)
+  Tensor o_lat;                                                                                      // (B, nh, r)
+#ifdef GRPO_PAGED_MLA_CUDA
+  if (paged_kernel() && cuda::paged_mla_supported(qc, cache, r))
+    o_lat = cuda::paged_mla_decode(qc, cache, paged.table, paged.lens, paged.block_size, paged.key_start, r,
+                                   softmax_scale);
+#endif
+  if (!o_lat.defined()) {
+    Tensor kv = cache.index_select(0, paged.gather_idx).view({B, paged.Lpad, D});
+    Tensor scores = at::bmm(qc, kv.transpose(1, 2)).to(at::kFloat) * softmax_scale;  // (B, nh, Lpad)
+    Tensor probs = masked_softmax(scores, paged.invalid, x.scalar_type());
+    o_lat = at::bmm(probs, kv.narrow(-1, 0, r));
+  }
   Tensor o = at::bmm(o_lat.transpose(0, 1), w.narrow(1, dn, dv).transpose(1, 2)).transpose(0, 1);  // (B, nh, dv)
   return o_proj(o.reshape({B, nh * dv}));
 }

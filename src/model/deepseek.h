@@ -21,9 +21,14 @@ struct MLAImpl : AttentionImpl {
   Tensor forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask, Tensor* cache_rows) override;
 
   // One decode step in the absorbed form ("MQA mode": kv_b_proj folded into the query and the
-  // output), reading the latent cache instead of expanding keys and values.
-  Tensor decode(const Tensor& x, const RopeTables& rope, Tensor cache, const Tensor& write_slots,
-                const Tensor& gather_idx, const Tensor& invalid, int64_t Lpad) override;
+  // output), reading the latent cache instead of expanding keys and values. On CUDA in bf16 the
+  // attention reads the paged cache in place (model/paged_mla_cuda.h); elsewhere it gathers the
+  // rows of each block table into one padded tensor first.
+  Tensor decode(const Tensor& x, const RopeTables& rope, Tensor cache, const PagedKV& kv) override;
+
+  // Whether decode may use the paged CUDA kernel (on by default; benchmarks and tests turn it off
+  // to measure or check against the gathered form). Read when a decode step is built or captured.
+  static bool& paged_kernel();
 
   int64_t num_heads, qk_nope_head_dim, qk_rope_head_dim, v_head_dim, kv_lora_rank;
   double softmax_scale;

@@ -54,6 +54,21 @@ struct AttentionMask {
   std::optional<Tensor> allowed;  // bool (B, 1, T, T); nullopt = plain causal
 };
 
+// What a decode step's attention reads of the paged KV cache. Row b's keys are the positions
+// [key_start, lens[b]) of its block table: position p lives in cache row
+// table[b][p / block_size] * block_size + p % block_size. The same keys as one padded gather,
+// for attention without a paged kernel: rows gather_idx[b * Lpad .. (b + 1) * Lpad), those where
+// `invalid` is true masked.
+struct PagedKV {
+  Tensor write_slots;  // (B) the cache row of each row's new token
+  Tensor table;        // (B, nblk) int64 block ids
+  Tensor lens;         // (B) int64
+  int64_t block_size = 0, key_start = 0;
+  Tensor gather_idx;  // (B * Lpad) int64
+  Tensor invalid;     // (B, 1, Lpad) bool
+  int64_t Lpad = 0;
+};
+
 // What the decoder and the rollout engine need of an attention module.
 struct AttentionImpl : torch::nn::Module {
   // x (B, T, H) -> (B, T, H). When `cache_rows` is given it receives what the KV cache keeps of
@@ -61,11 +76,9 @@ struct AttentionImpl : torch::nn::Module {
   virtual Tensor forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask, Tensor* cache_rows) = 0;
 
   // One decode step over the paged cache. x (B, H): one new token per row; its cache row is
-  // written to rows `write_slots` (B) of `cache` (S, kv_cache_width); row b attends to the cache
-  // rows gather_idx[b * Lpad .. (b + 1) * Lpad), those where `invalid` (B, 1, Lpad) is true masked.
-  // Returns (B, H). No host synchronisation, so a CUDA graph can capture it.
-  virtual Tensor decode(const Tensor& x, const RopeTables& rope, Tensor cache, const Tensor& write_slots,
-                        const Tensor& gather_idx, const Tensor& invalid, int64_t Lpad) = 0;
+  // written to rows kv.write_slots of `cache` (S, kv_cache_width); row b attends to its keys in
+  // `kv`. Returns (B, H). No host synchronisation, so a CUDA graph can capture it.
+  virtual Tensor decode(const Tensor& x, const RopeTables& rope, Tensor cache, const PagedKV& kv) = 0;
 };
 
 // softmax(scores masked by `invalid`) in fp32, rounded to `dtype`: the decode steps' attention weights.

@@ -23,8 +23,7 @@ namespace grpo::model {
 struct GroupedQueryAttentionImpl : AttentionImpl {
   explicit GroupedQueryAttentionImpl(const ModelConfig& c);
   Tensor forward(const Tensor& x, const RopeTables& rope, const AttentionMask& mask, Tensor* cache_rows) override;
-  Tensor decode(const Tensor& x, const RopeTables& rope, Tensor cache, const Tensor& write_slots,
-                const Tensor& gather_idx, const Tensor& invalid, int64_t Lpad) override;
+  Tensor decode(const Tensor& x, const RopeTables& rope, Tensor cache, const PagedKV& kv) override;
 
   int64_t num_heads, num_kv_heads, head_dim;
   double softmax_scale;

@@ -25,12 +25,23 @@ inline const char* kTinyV3 = R"({
   "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
                    "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}})";
 
+// `config` with its one occurrence of `from` replaced by `to`.
+inline std::string replace_in_config(const std::string& config, const std::string& from, const std::string& to) {
+  const size_t at = config.find(from);
+  if (at == std::string::npos) throw std::runtime_error("tiny config: no '" + from + "' to replace");
+  return config.substr(0, at) + to + config.substr(at + from.size());
+}
+
 // A config with `n` MTP modules (DeepSeek-V3's multi-token prediction) instead of none.
 inline std::string with_mtp_modules(const std::string& config, int n) {
-  const std::string none = "\"num_nextn_predict_layers\": 0";
-  const size_t at = config.find(none);
-  if (at == std::string::npos) throw std::runtime_error("with_mtp_modules: the config has no num_nextn_predict_layers 0");
-  return config.substr(0, at) + "\"num_nextn_predict_layers\": " + std::to_string(n) + config.substr(at + none.size());
+  return replace_in_config(config, "\"num_nextn_predict_layers\": 0", "\"num_nextn_predict_layers\": " + std::to_string(n));
+}
+
+// kTinyV3 (or a variant) with the latent widths the paged MLA decode kernel takes (rank 64, rope
+// key 16) instead of 16 and 4, so that its bf16 CUDA decode goes through the kernel.
+inline std::string with_paged_mla_widths(const std::string& config) {
+  return replace_in_config(config, "\"kv_lora_rank\": 16, \"qk_nope_head_dim\": 8, \"qk_rope_head_dim\": 4",
+                           "\"kv_lora_rank\": 64, \"qk_nope_head_dim\": 8, \"qk_rope_head_dim\": 16");
 }
 
 // Random weights (seed 3) with every matrix scaled by `scale`, biases and buffers drawn wider, so

@@ -22,6 +22,7 @@ using at::Tensor;
 using grpo::testing::kTinyV3;
 using grpo::testing::logprob_gap;
 using grpo::testing::with_mtp_modules;
+using grpo::testing::with_paged_mla_widths;
 using grpo::testing::tiny;
 
 namespace {
@@ -260,7 +261,10 @@ TEST(SpeculativeEngine, NeedsAnMtpModule) {
 
 TEST(SpeculativeEngineCuda, Bf16GraphsAgreeWithRecompute) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
-  auto m = tiny(kTinyV3Mtp, 3);
+  // The second config's widths take the paged MLA kernel (the MTP layer's reads skip position 0).
+  for (const std::string& cfg : {kTinyV3Mtp, with_paged_mla_widths(kTinyV3Mtp)}) {
+  SCOPED_TRACE(cfg);
+  auto m = tiny(cfg, 3);
   m->to_device_dtype(at::kCUDA, at::kFloat);
   SamplingParams sp;
   sp.temperature = 0;
@@ -282,4 +286,5 @@ TEST(SpeculativeEngineCuda, Bf16GraphsAgreeWithRecompute) {
   // wrong cache row or position moves whole nats.
   EXPECT_LT(mean, 0.01);
   EXPECT_LT(worst, 0.5);
+  }
 }

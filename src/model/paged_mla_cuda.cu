@@ -1,0 +1,344 @@
+// Paged MLA decode attention (model/paged_mla_cuda.h).
+//
+// Pass 1, one block per (key split, row, 16-head tile), four warps:
+//   - the 16 queries sit in shared memory; key tiles of 32 rows are copied in with cp.async, two
+//     buffers, so the next tile loads while this one is used;
+//   - scores: warp w computes the 16 x 8 scores of keys 8w..8w+7 over the whole row width
+//     (mma.m16n8k16, bf16 in, fp32 accumulate);
+//   - softmax: running maximum and sum per head in fp32 (base-2 exponentials with the scale
+//     folded in); the tile's weights are rounded to bf16 for the next product, and the sum counts
+//     the rounded weights, so that the weights used are the weights normalised;
+//   - weighted latent: warp w keeps r / 4 output columns in registers, rescaled when a head's
+//     maximum grows, and adds weights (16 x 32) times the tile's latents (32 x r / 4).
+//   It writes the unnormalised output, the maximum and the sum of its split.
+// Pass 2, one block per (row, head): combines the splits.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "model/paged_mla_cuda.h"
+#include "util/error.h"
+
+namespace grpo::model::cuda {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kHeads = 16;  // heads per block: the m of one tensor-core step
+constexpr int kKeys = 32;   // keys per tile: eight per warp
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kPad = 8;  // bf16 of padding per shared row: conflict-free fragment loads
+
+__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// 16 bytes global -> shared, zero-filled when !valid (the source is then not read).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const uint32_t s = (uint32_t)__cvta_generic_to_shared(dst);
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ uint32_t load_pair(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+__device__ __forceinline__ uint32_t pack_pair(bf16 lo, bf16 hi) {
+  return (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
+}
+
+struct Shapes {
+  int heads, D, DP, stride;  // row width, padded to 16, shared row stride
+  int64_t nblk, block_size, key_start, keys_per_split;
+  int splits;
+  float scale_log2;
+};
+
+__host__ __device__ inline size_t smem_bytes(int stride) {
+  return (size_t)(kHeads + 2 * kKeys) * stride * sizeof(bf16) + kHeads * kKeys * sizeof(float) +
+         kHeads * (kKeys + kPad) * sizeof(bf16) + 3 * kHeads * sizeof(float);
+}
+
+template <int R>
+__global__ void __launch_bounds__(kThreads) paged_mla_split_kernel(const bf16* __restrict__ q,
+                                                                   const bf16* __restrict__ cache,
+                                                                   const int64_t* __restrict__ table,
+                                                                   const int64_t* __restrict__ lens, Shapes s,
+                                                                   float* __restrict__ part_o,
+                                                                   float* __restrict__ part_ml) {
+  constexpr int NT = R / 32;  // 8-column tiles per warp
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem);          // [kHeads][stride]
+  bf16* Ks = Qs + kHeads * s.stride;                  // [2][kKeys][stride]
+  float* Ss = reinterpret_cast<float*>(Ks + 2 * kKeys * s.stride);  // [kHeads][kKeys]
+  bf16* Ps = reinterpret_cast<bf16*>(Ss + kHeads * kKeys);          // [kHeads][kKeys + kPad]
+  float* m_s = reinterpret_cast<float*>(Ps + kHeads * (kKeys + kPad));
+  float* l_s = m_s + kHeads;
+  float* alpha_s = l_s + kHeads;
+
+  const int split = blockIdx.x, h0 = blockIdx.z * kHeads, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int64_t b = blockIdx.y;
+  const int64_t len = lens[b];
+  const int64_t begin = max(s.key_start, (int64_t)split * s.keys_per_split);
+  const int64_t end = min(len, (int64_t)(split + 1) * s.keys_per_split);
+  const int64_t* row_table = table + b * s.nblk;
+  const int chunks = s.D / 8;  // 16-byte pieces of a cache row
+
+  // Queries (zero rows past the last head, zero columns past D), and the zero tail of the keys.
+  for (int i = tid; i < kHeads * (s.DP / 8); i += kThreads) {
+    const int h = i / (s.DP / 8), c = i % (s.DP / 8);
+    const bool valid = h0 + h < s.heads && c < chunks;
+    cp_async16(Qs + h * s.stride + 8 * c, valid ? q + ((b * s.heads + h0 + h) * s.D + 8 * c) : q, valid);
+  }
+  for (int i = tid; i < 2 * kKeys * (s.DP / 8 - chunks); i += kThreads) {
+    const int row = i / (s.DP / 8 - chunks), c = chunks + i % (s.DP / 8 - chunks);
+    *reinterpret_cast<uint4*>(Ks + row * s.stride + 8 * c) = make_uint4(0, 0, 0, 0);
+  }
+  if (tid < kHeads) {
+    m_s[tid] = -INFINITY;
+    l_s[tid] = 0.0f;
+  }
+  auto load_tile = [&](int64_t first, int buf) {
+    bf16* dst = Ks + buf * kKeys * s.stride;
+    for (int i = tid; i < kKeys * chunks; i += kThreads) {
+      const int j = i / chunks, c = i % chunks;
+      const int64_t p = first + j;
+      const bool valid = p < end;
+      const int64_t row = valid ? row_table[p / s.block_size] * s.block_size + p % s.block_size : 0;
+      cp_async16(dst + j * s.stride + 8 * c, cache + row * s.D + 8 * c, valid);
+    }
+  };
+
+  float o[NT][4];
+#pragma unroll
+  for (int n = 0; n < NT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+
+  const int64_t tiles = end > begin ? (end - begin + kKeys - 1) / kKeys : 0;
+  if (tiles > 0) load_tile(begin, 0);
+  cp_async_commit();
+  for (int64_t it = 0; it < tiles; ++it) {
+    const int buf = (int)(it & 1);
+    const int64_t first = begin + it * kKeys;
+    if (it + 1 < tiles) load_tile(first + kKeys, buf ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const bf16* K = Ks + buf * kKeys * s.stride;
+
+    // Scores of keys 8 * warp .. + 7 for the 16 heads.
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const bf16* krow = K + (warp * 8 + g) * s.stride + 2 * t;
+    for (int k0 = 0; k0 < s.DP; k0 += 16) {
+      const uint32_t a[4] = {load_pair(Qs + g * s.stride + k0 + 2 * t), load_pair(Qs + (g + 8) * s.stride + k0 + 2 * t),
+                             load_pair(Qs + g * s.stride + k0 + 2 * t + 8),
+                             load_pair(Qs + (g + 8) * s.stride + k0 + 2 * t + 8)};
+      const uint32_t bb[2] = {load_pair(krow + k0), load_pair(krow + k0 + 8)};
+      mma_bf16(c, a, bb);
+    }
+    {
+      const int key = warp * 8 + 2 * t;
+      const bool v0 = first + key < end, v1 = first + key + 1 < end;
+      Ss[g * kKeys + key] = v0 ? c[0] * s.scale_log2 : -INFINITY;
+      Ss[g * kKeys + key + 1] = v1 ? c[1] * s.scale_log2 : -INFINITY;
+      Ss[(g + 8) * kKeys + key] = v0 ? c[2] * s.scale_log2 : -INFINITY;
+      Ss[(g + 8) * kKeys + key + 1] = v1 ? c[3] * s.scale_log2 : -INFINITY;
+    }
+    __syncthreads();
+
+    // Online softmax: eight threads per head, four keys each.
+    {
+      const int row = tid / 8, sub = tid % 8;
+      float x[4], mx = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        x[i] = Ss[row * kKeys + sub * 4 + i];
+        mx = fmaxf(mx, x[i]);
+      }
+#pragma unroll
+      for (int off = 4; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      const float m_old = m_s[row];
+      const float m_new = fmaxf(m_old, mx);
+      const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
+      float sum = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const bf16 p = __float2bfloat16(x[i] == -INFINITY ? 0.0f : exp2f(x[i] - m_new));
+        Ps[row * (kKeys + kPad) + sub * 4 + i] = p;
+        sum += __bfloat162float(p);
+      }
+#pragma unroll
+      for (int off = 4; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      __syncwarp();
+      if (sub == 0) {
+        m_s[row] = m_new;
+        l_s[row] = l_s[row] * alpha + sum;
+        alpha_s[row] = alpha;
+      }
+    }
+    __syncthreads();
+
+    // Weighted latents: columns warp * R / 4 .. + R / 4.
+    const float a_lo = alpha_s[g], a_hi = alpha_s[g + 8];
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      o[n][0] *= a_lo;
+      o[n][1] *= a_lo;
+      o[n][2] *= a_hi;
+      o[n][3] *= a_hi;
+    }
+#pragma unroll
+    for (int ks = 0; ks < kKeys / 16; ++ks) {
+      const bf16* P = Ps + ks * 16 + 2 * t;
+      const uint32_t a[4] = {load_pair(P + g * (kKeys + kPad)), load_pair(P + (g + 8) * (kKeys + kPad)),
+                             load_pair(P + g * (kKeys + kPad) + 8), load_pair(P + (g + 8) * (kKeys + kPad) + 8)};
+      const bf16* V = K + (ks * 16 + 2 * t) * s.stride + warp * (R / 4) + g;
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        const bf16* v = V + n * 8;
+        const uint32_t bb[2] = {pack_pair(v[0], v[s.stride]), pack_pair(v[8 * s.stride], v[9 * s.stride])};
+        mma_bf16(o[n], a, bb);
+      }
+    }
+    __syncthreads();  // the buffer is refilled by the next iteration's load
+  }
+  cp_async_wait<0>();
+
+  const int64_t base = (b * s.splits + split) * s.heads;
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    const int col = warp * (R / 4) + n * 8 + 2 * t;
+    if (h0 + g < s.heads) {
+      float* dst = part_o + (base + h0 + g) * R + col;
+      dst[0] = o[n][0];
+      dst[1] = o[n][1];
+    }
+    if (h0 + g + 8 < s.heads) {
+      float* dst = part_o + (base + h0 + g + 8) * R + col;
+      dst[0] = o[n][2];
+      dst[1] = o[n][3];
+    }
+  }
+  if (tid < kHeads && h0 + tid < s.heads) {
+    part_ml[2 * (base + h0 + tid)] = m_s[tid];
+    part_ml[2 * (base + h0 + tid) + 1] = l_s[tid];
+  }
+}
+
+// out[b, h, :] = sum over splits of o * 2^(m - M) / sum of l * 2^(m - M).
+__global__ void paged_mla_combine_kernel(const float* __restrict__ part_o, const float* __restrict__ part_ml,
+                                         bf16* __restrict__ out, int heads, int splits, int R) {
+  const int64_t b = blockIdx.x / heads, h = blockIdx.x % heads;
+  float M = -INFINITY;
+  for (int sp = 0; sp < splits; ++sp) M = fmaxf(M, part_ml[2 * ((b * splits + sp) * heads + h)]);
+  float L = 0.0f;
+  for (int sp = 0; sp < splits; ++sp) {
+    const float* ml = part_ml + 2 * ((b * splits + sp) * heads + h);
+    if (ml[0] != -INFINITY) L += ml[1] * exp2f(ml[0] - M);
+  }
+  const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+  for (int col = threadIdx.x; col < R; col += blockDim.x) {
+    float acc = 0.0f;
+    for (int sp = 0; sp < splits; ++sp) {
+      const float m = part_ml[2 * ((b * splits + sp) * heads + h)];
+      if (m != -INFINITY) acc += part_o[((b * splits + sp) * heads + h) * R + col] * exp2f(m - M);
+    }
+    out[(b * heads + h) * R + col] = __float2bfloat16(acc * inv);
+  }
+}
+
+void check_launch(const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) throw Error(std::string("paged MLA decode kernel (") + what + "): " + cudaGetErrorString(e));
+}
+
+template <int R>
+void launch(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens, Shapes s, int head_tiles,
+            const Tensor& part_o, const Tensor& part_ml) {
+  const size_t smem = smem_bytes(s.stride);
+  static std::array<std::atomic<bool>, 64> configured{};  // the opt-in above 48 KB, once per device
+  const int device = q.get_device();
+  if (device >= (int)configured.size() || !configured[device].exchange(true))
+    cudaFuncSetAttribute(paged_mla_split_kernel<R>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  const dim3 grid((unsigned)s.splits, (unsigned)q.size(0), (unsigned)head_tiles);
+  paged_mla_split_kernel<R><<<grid, kThreads, smem, at::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const bf16*>(q.data_ptr()), reinterpret_cast<const bf16*>(cache.data_ptr()),
+      table.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), s, part_o.data_ptr<float>(), part_ml.data_ptr<float>());
+  check_launch("split");
+}
+
+bool rank_supported(int64_t r) { return r == 64 || r == 128 || r == 256 || r == 512; }
+
+}  // namespace
+
+bool paged_mla_supported(const Tensor& q, const Tensor& cache, int64_t latent_rank) {
+  return q.is_cuda() && q.scalar_type() == at::kBFloat16 && cache.scalar_type() == at::kBFloat16 &&
+         cache.size(-1) % 8 == 0 && rank_supported(latent_rank) && latent_rank <= cache.size(-1) &&
+         smem_bytes((int)((cache.size(-1) + 15) / 16 * 16 + kPad)) <= 200 * 1024;
+}
+
+Tensor paged_mla_decode(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens,
+                        int64_t block_size, int64_t key_start, int64_t latent_rank, double scale) {
+  if (!paged_mla_supported(q, cache, latent_rank))
+    throw Error("paged MLA decode: unsupported dtype or shape (row width " + std::to_string(cache.size(-1)) +
+                ", latent rank " + std::to_string(latent_rank) + ")");
+  const c10::cuda::CUDAGuard guard(q.device());
+  const Tensor qc = q.contiguous(), tab = table.contiguous(), ln = lens.contiguous();
+  const int64_t B = qc.size(0), heads = qc.size(1), D = qc.size(2), nblk = tab.size(1);
+  if (D != cache.size(1) || !cache.is_contiguous())
+    throw Error("paged MLA decode: query width " + std::to_string(D) + " against cache rows of " +
+                std::to_string(cache.size(1)));
+  Shapes s;
+  s.heads = (int)heads;
+  s.D = (int)D;
+  s.DP = (int)((D + 15) / 16 * 16);
+  s.stride = s.DP + kPad;
+  s.nblk = nblk;
+  s.block_size = block_size;
+  s.key_start = key_start;
+  s.scale_log2 = (float)(scale * M_LOG2E);
+  const int head_tiles = (int)((heads + kHeads - 1) / kHeads);
+  // Enough blocks for two rounds over the multiprocessors, but at least two tiles per split.
+  const int64_t max_keys = nblk * block_size;
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t want = std::max<int64_t>(1, (2 * sms + B * head_tiles - 1) / (B * head_tiles));
+  const int64_t most = std::max<int64_t>(1, (max_keys + 2 * kKeys - 1) / (2 * kKeys));
+  const int64_t splits = std::min(want, most);
+  s.keys_per_split = ((max_keys + splits - 1) / splits + kKeys - 1) / kKeys * kKeys;
+  s.splits = (int)((max_keys + s.keys_per_split - 1) / s.keys_per_split);
+
+  auto f32 = qc.options().dtype(at::kFloat);
+  Tensor part_o = at::empty({B, s.splits, heads, latent_rank}, f32);
+  Tensor part_ml = at::empty({B, s.splits, heads, 2}, f32);
+  switch (latent_rank) {
+    case 64: launch<64>(qc, cache, tab, ln, s, head_tiles, part_o, part_ml); break;
+    case 128: launch<128>(qc, cache, tab, ln, s, head_tiles, part_o, part_ml); break;
+    case 256: launch<256>(qc, cache, tab, ln, s, head_tiles, part_o, part_ml); break;
+    default: launch<512>(qc, cache, tab, ln, s, head_tiles, part_o, part_ml); break;
+  }
+  Tensor out = at::empty({B, heads, latent_rank}, qc.options());
+  paged_mla_combine_kernel<<<(unsigned)(B * heads), 128, 0, at::cuda::getCurrentCUDAStream()>>>(
+      part_o.data_ptr<float>(), part_ml.data_ptr<float>(), reinterpret_cast<bf16*>(out.data_ptr()), (int)heads,
+      s.splits, (int)latent_rank);
+  check_launch("combine");
+  return out;
+}
+
+}  // namespace grpo::model::cuda

@@ -1,0 +1,29 @@
+// Decode attention of DeepSeek's multi-head latent attention (MLA) straight from the paged KV
+// cache, on CUDA (compiled when the CUDA compiler is found, which defines GRPO_PAGED_MLA_CUDA).
+//
+// In the absorbed form every head reads the same cache row per key, [latent (r) | k_pe (dr)], so
+// one thread block loads a run of keys once for 16 heads and computes their scores and weighted
+// latents with bf16 tensor-core steps (fp32 accumulation, softmax in fp32 with an online maximum),
+// reading each key's row through the sequence's block table: no gathered copy of the cache. Long
+// contexts are split across blocks (flash-decoding) and the pieces combined by a second kernel.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace grpo::model::cuda {
+
+using at::Tensor;
+
+// Whether paged_mla_decode takes this problem: bf16 on CUDA, the row width D a multiple of 8 and
+// the latent rank r one of 64, 128, 256 or 512.
+bool paged_mla_supported(const Tensor& q, const Tensor& cache, int64_t latent_rank);
+
+// q (B, heads, D): [q_nope absorbed into the latent (r) | q_pe (dr)]; cache (S, D) rows
+// [latent | k_pe]; table (B, nblk) int64 block ids; lens (B) int64. Row b attends to the key
+// positions [key_start, lens[b]) of its table (position p in row table[b][p / block_size] *
+// block_size + p % block_size) and gets softmax(scale * q . k) . latent, (B, heads, r) in bf16.
+// A row with no keys gets zeros. No host synchronisation: CUDA graphs can hold it.
+Tensor paged_mla_decode(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens,
+                        int64_t block_size, int64_t key_start, int64_t latent_rank, double scale);
+
+}  // namespace grpo::model::cuda

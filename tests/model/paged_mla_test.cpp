@@ -1,0 +1,172 @@
+// The paged MLA decode kernel against a float64 reference of the absorbed attention: rows read
+// their keys through shuffled block tables, with lengths that end inside a block, a first key
+// skipped (the MTP layer's cache), a row with no keys, head counts that fill one 16-head tile, part
+// of one, and more than one, and row widths that are and are not multiples of 16. And MLA's decode
+// with the kernel against its gathered form and an fp32 model. CUDA only (skipped elsewhere).
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "model/deepseek.h"
+#include "model/layers.h"
+
+#ifdef GRPO_PAGED_MLA_CUDA
+#include "model/paged_mla_cuda.h"
+#endif
+
+using namespace grpo;
+using namespace grpo::model;
+using at::Tensor;
+
+namespace {
+
+struct Case {
+  int64_t heads, rank, rope, block_size, key_start;
+  std::vector<int64_t> lens;
+};
+
+// The paged cache of a few rows: blocks handed out in a shuffled order, so that a kernel ignoring
+// the tables (or reading them with the wrong block size) reads other rows' keys.
+struct Paged {
+  Tensor cache, table, lens;  // on the device
+  int64_t nblk = 0;
+};
+
+Paged make_paged(const Case& c, at::Device dev, uint64_t seed) {
+  const int64_t B = (int64_t)c.lens.size(), D = c.rank + c.rope;
+  const int64_t longest = *std::max_element(c.lens.begin(), c.lens.end());
+  Paged p;
+  p.nblk = (longest + c.block_size - 1) / c.block_size + 1;  // one spare block past the longest row
+  std::vector<int64_t> ids(B * p.nblk + 3);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), std::mt19937_64(seed));
+  at::manual_seed(seed);
+  p.cache = at::randn({(int64_t)ids.size() * c.block_size, D}).to(dev, at::kBFloat16);
+  p.table = at::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + B * p.nblk)).view({B, p.nblk}).to(dev);
+  p.lens = at::tensor(c.lens).to(dev);
+  return p;
+}
+
+// softmax(scale * q . k) . latent over keys [key_start, len) of each row, in float64.
+Tensor reference(const Tensor& q, const Paged& p, const Case& c, double scale) {
+  const int64_t B = q.size(0), R = c.rank;
+  Tensor cache = p.cache.to(at::kCPU, at::kDouble), table = p.table.cpu(), qd = q.to(at::kCPU, at::kDouble);
+  Tensor out = at::zeros({B, c.heads, R}, at::kDouble);
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<int64_t> rows;
+    for (int64_t pos = c.key_start; pos < c.lens[b]; ++pos)
+      rows.push_back(table[b][pos / c.block_size].item<int64_t>() * c.block_size + pos % c.block_size);
+    if (rows.empty()) continue;
+    Tensor k = cache.index_select(0, at::tensor(rows));             // (n, D)
+    Tensor probs = at::softmax(at::matmul(qd[b], k.t()) * scale, -1);  // (heads, n)
+    out[b] = at::matmul(probs, k.narrow(1, 0, R));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(PagedMla, KernelEqualsReferenceOnCuda) {
+#ifndef GRPO_PAGED_MLA_CUDA
+  GTEST_SKIP() << "built without the CUDA kernels";
+#else
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  const std::vector<Case> cases = {
+      {16, 512, 64, 16, 0, {1, 7, 33, 200, 517, 1100}},  // DeepSeek-V2/V3's widths, one head tile
+      {16, 512, 64, 16, 1, {1, 2, 64, 65, 300}},          // the MTP layer's first key skipped; row 0 has none
+      {4, 64, 16, 4, 0, {3, 5, 90}},                      // width 80: a zero tail pads it to 96
+      {20, 128, 64, 8, 0, {40, 129, 2049}},               // two head tiles, the second partly empty
+  };
+  uint64_t seed = 7;
+  for (const Case& c : cases) {
+    SCOPED_TRACE("heads " + std::to_string(c.heads) + ", rank " + std::to_string(c.rank) + ", key_start " +
+                 std::to_string(c.key_start));
+    const Paged p = make_paged(c, at::kCUDA, seed++);
+    ASSERT_TRUE(cuda::paged_mla_supported(p.cache, p.cache, c.rank));
+    const double scale = 1.0 / std::sqrt(192.0);
+    Tensor q = (at::randn({(int64_t)c.lens.size(), c.heads, c.rank + c.rope}) * 2).to(at::kCUDA, at::kBFloat16);
+    Tensor got = cuda::paged_mla_decode(q, p.cache, p.table, p.lens, c.block_size, c.key_start, c.rank, scale);
+    Tensor want = reference(q, p, c, scale);
+    const double err = (got.to(at::kCPU, at::kDouble) - want).abs().max().item<double>();
+    // bf16 weights into the second product and a bf16 output: a few parts in a thousand of values
+    // whose spread is about 1. A wrong key, a wrong length or a missed rescale is off by 0.1 or more.
+    EXPECT_LT(err, 0.02);
+    for (size_t b = 0; b < c.lens.size(); ++b)
+      if (c.lens[b] <= c.key_start) EXPECT_EQ(got[b].abs().max().item<float>(), 0.0f) << "a row without keys";
+  }
+#endif
+}
+
+TEST(PagedMla, DecodeMatchesGatheredFormOnCuda) {
+#ifndef GRPO_PAGED_MLA_CUDA
+  GTEST_SKIP() << "built without the CUDA kernels";
+#else
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  ModelConfig cfg;
+  cfg.model_type = "deepseek_v2";
+  cfg.hidden_size = 256;
+  cfg.num_attention_heads = 16;
+  cfg.q_lora_rank = std::nullopt;
+  cfg.kv_lora_rank = 512;
+  cfg.qk_nope_head_dim = 128;
+  cfg.qk_rope_head_dim = 64;
+  cfg.v_head_dim = 128;
+  cfg.rms_norm_eps = 1e-6;
+  at::manual_seed(3);
+  MLA fp32(cfg);
+  for (auto& w : fp32->parameters())
+    if (w.dim() > 1) w.data().normal_(0, 0.05);
+  MLA bf(cfg);
+  {
+    at::NoGradGuard g;
+    for (auto& kv : fp32->named_parameters()) bf->named_parameters()[kv.key()].copy_(kv.value());
+  }
+  bf->to(at::kCUDA, at::kBFloat16);
+  fp32->to(at::kCUDA);
+  const Case c{16, 512, 64, 16, 0, {5, 70, 513}};
+  const Paged p = make_paged(c, at::kCUDA, 11);
+  const int64_t B = 3, bs = c.block_size, Lpad = p.nblk * bs;
+  std::vector<int64_t> slots, positions;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t pos = c.lens[b] - 1;  // each row's new token is its last key
+    positions.push_back(pos);
+    slots.push_back(p.table[b][pos / bs].item<int64_t>() * bs + pos % bs);
+  }
+  auto i64 = at::TensorOptions().dtype(at::kLong).device(at::kCUDA);
+  PagedKV kv;
+  kv.write_slots = at::tensor(slots).to(at::kCUDA);
+  kv.table = p.table;
+  kv.lens = p.lens;
+  kv.block_size = bs;
+  kv.Lpad = Lpad;
+  kv.gather_idx = (p.table.unsqueeze(-1) * bs + at::arange(bs, i64)).view({B * Lpad});
+  kv.invalid = (at::arange(Lpad, i64).unsqueeze(0) >= p.lens.unsqueeze(1)).unsqueeze(1);
+  Tensor x = at::randn({B, cfg.hidden_size}, at::TensorOptions().device(at::kCUDA));
+  Tensor pos = at::tensor(positions).to(at::kCUDA).view({B, 1});
+  const Tensor freqs = (pos.to(at::kFloat).unsqueeze(-1) * rope_inv_freq(cfg).to(at::kCUDA)).unsqueeze(2);
+  auto run = [&](MLA& m, at::ScalarType dt, bool paged) {
+    MLAImpl::paged_kernel() = paged;
+    Tensor cache = p.cache.to(dt);
+    RopeTables rope{freqs.cos().to(dt), freqs.sin().to(dt)};
+    Tensor out = m->decode(x.to(dt), rope, cache, kv).to(at::kFloat);
+    MLAImpl::paged_kernel() = true;
+    return std::make_pair(out, cache.to(at::kFloat));
+  };
+  auto [want, cache_f] = run(fp32, at::kFloat, false);
+  auto [paged, cache_p] = run(bf, at::kBFloat16, true);
+  auto [gathered, cache_g] = run(bf, at::kBFloat16, false);
+  EXPECT_TRUE(at::equal(cache_p, cache_g)) << "both forms write the same cache rows";
+  const double scale = want.abs().max().item<double>();
+  const double err_paged = (paged - want).abs().max().item<double>() / scale;
+  const double err_gathered = (gathered - want).abs().max().item<double>() / scale;
+  // The kernel keeps the scores in fp32 where the gathered form rounds them to bf16: it should be
+  // no further from the fp32 model than the gathered form (bf16 weights dominate both).
+  EXPECT_LT(err_paged, 0.05);
+  EXPECT_LT(err_paged, 1.25 * err_gathered + 1e-3) << "paged " << err_paged << ", gathered " << err_gathered;
+#endif
+}
