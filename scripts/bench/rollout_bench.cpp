@@ -16,6 +16,7 @@
 #include <random>
 #include <sstream>
 
+#include "kernel_profile.h"
 #include "model/checkpoint.h"
 #include "model/deepseek.h"
 #include "rollout/engine.h"
@@ -77,6 +78,10 @@ int main(int argc, char** argv) {
   bool gather_attention = false;
   app.add_flag("--gather-attention", gather_attention,
                "MLA decode attention over a gathered copy of the cache instead of the paged kernel");
+  int64_t profile_top = 0, profile_steps = 16;
+  app.add_option("--profile", profile_top,
+                 "after each batch, print the N kernels taking the most device time over --profile-steps decode steps");
+  app.add_option("--profile-steps", profile_steps);
   double temperature = 1.0;
   app.add_option("--temperature", temperature);
   app.add_option("--label", label);
@@ -184,6 +189,28 @@ int main(int argc, char** argv) {
                ? (double)(after.accepted_drafts - before.accepted_drafts) / (after.draft_tokens - before.draft_tokens)
                : -1.0);
     fflush(stdout);
+    if (profile_top > 0) {
+      // Two runs on the same prompts, one token and 1 + profile_steps: the difference is decode alone.
+      auto prompts = make(B, 1);
+      auto longer = prompts;
+      for (auto& r : longer) r.params.max_new_tokens = 1 + profile_steps;
+      auto one = bench::cuda_kernel_times([&] { engine.generate(prompts); sync(dev); });
+      auto more = bench::cuda_kernel_times([&] { engine.generate(longer); sync(dev); });
+      auto diff = bench::kernel_time_difference(more, one);
+      double total = 0;
+      for (const auto& [name, t] : diff) total += t.ms;
+      for (size_t i = 0; i < diff.size() && (int64_t)i < profile_top; ++i) {
+        std::string name = diff[i].first.substr(0, 90);
+        std::replace(name.begin(), name.end(), '"', '\'');
+        printf("{\"kind\": \"profile\", \"engine\": \"%s\", \"batch\": %lld, \"kernel\": \"%s\", \"calls_per_step\": %.1f, "
+               "\"us_per_step\": %.1f, \"share\": %.3f}\n",
+               label.c_str(), (long long)B, name.c_str(), (double)diff[i].second.calls / profile_steps,
+               1e3 * diff[i].second.ms / profile_steps, diff[i].second.ms / total);
+      }
+      printf("{\"kind\": \"profile\", \"engine\": \"%s\", \"batch\": %lld, \"kernel\": \"(all)\", \"us_per_step\": %.1f}\n",
+             label.c_str(), (long long)B, 1e3 * total / profile_steps);
+      fflush(stdout);
+    }
   }
 
   // Baseline: no KV cache, a full forward over prompt + generated tokens for every new token.

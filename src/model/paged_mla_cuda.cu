@@ -11,7 +11,7 @@
 //   - weighted latent: warp w keeps r / 4 output columns in registers, rescaled when a head's
 //     maximum grows, and adds weights (16 x 32) times the tile's latents (32 x r / 4).
 //   It writes the unnormalised output, the maximum and the sum of its split.
-// Pass 2, one block per (row, head): combines the splits.
+// Pass 2, one block per (row, head, 128 output columns): combines the splits.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -38,6 +38,7 @@ constexpr int kKeys = 32;   // keys per tile: eight per warp
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kPad = 8;  // bf16 of padding per shared row: conflict-free fragment loads
+constexpr int kMaxSplits = 256;
 
 __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
   asm volatile(
@@ -116,14 +117,19 @@ __global__ void __launch_bounds__(kThreads) paged_mla_split_kernel(const bf16* _
     m_s[tid] = -INFINITY;
     l_s[tid] = 0.0f;
   }
+  // Warp w copies keys 8w..8w+7 of the tile, a lane every 32nd piece of a row: one block-table
+  // lookup per key (32-bit arithmetic), none per piece.
+  const int bs = (int)s.block_size;
   auto load_tile = [&](int64_t first, int buf) {
-    bf16* dst = Ks + buf * kKeys * s.stride;
-    for (int i = tid; i < kKeys * chunks; i += kThreads) {
-      const int j = i / chunks, c = i % chunks;
-      const int64_t p = first + j;
+#pragma unroll
+    for (int jj = 0; jj < kKeys / kWarps; ++jj) {
+      const int j = warp * (kKeys / kWarps) + jj;
+      const int p = (int)(first + j);
       const bool valid = p < end;
-      const int64_t row = valid ? row_table[p / s.block_size] * s.block_size + p % s.block_size : 0;
-      cp_async16(dst + j * s.stride + 8 * c, cache + row * s.D + 8 * c, valid);
+      const int64_t row = valid ? row_table[p / bs] * s.block_size + p % bs : 0;
+      const bf16* src = cache + row * s.D;
+      bf16* dst = Ks + (buf * kKeys + j) * s.stride;
+      for (int c = lane; c < chunks; c += 32) cp_async16(dst + 8 * c, src + 8 * c, valid);
     }
   };
 
@@ -242,26 +248,50 @@ __global__ void __launch_bounds__(kThreads) paged_mla_split_kernel(const bf16* _
   }
 }
 
-// out[b, h, :] = sum over splits of o * 2^(m - M) / sum of l * 2^(m - M).
-__global__ void paged_mla_combine_kernel(const float* __restrict__ part_o, const float* __restrict__ part_ml,
-                                         bf16* __restrict__ out, int heads, int splits, int R) {
+// Max (max = true) or sum over the block's threads, returned to all of them.
+__device__ float block_reduce(float v, bool max, float* scratch) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    const float o = __shfl_xor_sync(0xffffffffu, v, off);
+    v = max ? fmaxf(v, o) : v + o;
+  }
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = scratch[0];
+  for (int w = 1; w < kWarps; ++w) v = max ? fmaxf(v, scratch[w]) : v + scratch[w];
+  __syncthreads();
+  return v;
+}
+
+// out[b, h, :] = sum over splits of o * 2^(m - M) / sum of l * 2^(m - M). The splits' weights
+// are computed once, in parallel, so that the column loop's loads are independent.
+__global__ void __launch_bounds__(kThreads) paged_mla_combine_kernel(const float* __restrict__ part_o,
+                                                                     const float* __restrict__ part_ml,
+                                                                     bf16* __restrict__ out, int heads, int splits,
+                                                                     int R) {
+  __shared__ float w[kMaxSplits];
+  __shared__ float scratch[kWarps];
   const int64_t b = blockIdx.x / heads, h = blockIdx.x % heads;
-  float M = -INFINITY;
-  for (int sp = 0; sp < splits; ++sp) M = fmaxf(M, part_ml[2 * ((b * splits + sp) * heads + h)]);
-  float L = 0.0f;
-  for (int sp = 0; sp < splits; ++sp) {
-    const float* ml = part_ml + 2 * ((b * splits + sp) * heads + h);
-    if (ml[0] != -INFINITY) L += ml[1] * exp2f(ml[0] - M);
+  const float* ml = part_ml + 2 * (b * splits * heads + h);  // split sp at ml[2 * sp * heads]
+  float m = -INFINITY;
+  for (int sp = threadIdx.x; sp < splits; sp += kThreads) m = fmaxf(m, ml[2 * sp * heads]);
+  const float M = block_reduce(m, true, scratch);
+  float l = 0.0f;
+  for (int sp = threadIdx.x; sp < splits; sp += kThreads) {
+    const float m_sp = ml[2 * sp * heads];
+    const float e = m_sp == -INFINITY ? 0.0f : exp2f(m_sp - M);
+    w[sp] = e;
+    l += ml[2 * sp * heads + 1] * e;
   }
+  const float L = block_reduce(l, false, scratch);  // its barrier also publishes w
   const float inv = L > 0.0f ? 1.0f / L : 0.0f;
-  for (int col = threadIdx.x; col < R; col += blockDim.x) {
-    float acc = 0.0f;
-    for (int sp = 0; sp < splits; ++sp) {
-      const float m = part_ml[2 * ((b * splits + sp) * heads + h)];
-      if (m != -INFINITY) acc += part_o[((b * splits + sp) * heads + h) * R + col] * exp2f(m - M);
-    }
-    out[(b * heads + h) * R + col] = __float2bfloat16(acc * inv);
-  }
+  const float* o = part_o + (b * splits * heads + h) * R;  // split sp at o[sp * heads * R]
+  const int col = blockIdx.y * kThreads + threadIdx.x;     // one output column per thread
+  if (col >= R) return;
+  float acc = 0.0f;
+#pragma unroll 4
+  for (int sp = 0; sp < splits; ++sp) acc += w[sp] * o[(int64_t)sp * heads * R + col];
+  out[(b * heads + h) * R + col] = __float2bfloat16(acc * inv);
 }
 
 void check_launch(const char* what) {
@@ -316,11 +346,12 @@ Tensor paged_mla_decode(const Tensor& q, const Tensor& cache, const Tensor& tabl
   s.scale_log2 = (float)(scale * M_LOG2E);
   const int head_tiles = (int)((heads + kHeads - 1) / kHeads);
   // Enough blocks for two rounds over the multiprocessors, but at least two tiles per split.
+  if (nblk * block_size >= (int64_t)1 << 31) throw Error("paged MLA decode: more than 2^31 key positions");
   const int64_t max_keys = nblk * block_size;
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int64_t want = std::max<int64_t>(1, (2 * sms + B * head_tiles - 1) / (B * head_tiles));
   const int64_t most = std::max<int64_t>(1, (max_keys + 2 * kKeys - 1) / (2 * kKeys));
-  const int64_t splits = std::min(want, most);
+  const int64_t splits = std::min({want, most, (int64_t)kMaxSplits});
   s.keys_per_split = ((max_keys + splits - 1) / splits + kKeys - 1) / kKeys * kKeys;
   s.splits = (int)((max_keys + s.keys_per_split - 1) / s.keys_per_split);
 
@@ -334,7 +365,8 @@ Tensor paged_mla_decode(const Tensor& q, const Tensor& cache, const Tensor& tabl
     default: launch<512>(qc, cache, tab, ln, s, head_tiles, part_o, part_ml); break;
   }
   Tensor out = at::empty({B, heads, latent_rank}, qc.options());
-  paged_mla_combine_kernel<<<(unsigned)(B * heads), 128, 0, at::cuda::getCurrentCUDAStream()>>>(
+  const dim3 combine_grid((unsigned)(B * heads), (unsigned)((latent_rank + kThreads - 1) / kThreads));
+  paged_mla_combine_kernel<<<combine_grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       part_o.data_ptr<float>(), part_ml.data_ptr<float>(), reinterpret_cast<bf16*>(out.data_ptr()), (int)heads,
       s.splits, (int)latent_rank);
   check_launch("combine");
