@@ -4,8 +4,11 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
-#include <numeric>
+#include <cstdint>
+#include <cstring>
 #include <limits>
+#include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "util/error.h"
@@ -37,9 +40,12 @@ bool on_cuda(const Tensor& t) {
 
 Tensor f32(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
+// The helpers below are inlined into the callers compiled for several instruction sets.
+#define GRPO_INLINE inline __attribute__((always_inline))
+
 // sum_k a[k] b[k]: eight interleaved fp32 partial sums, combined as a fixed tree, then the tail.
 template <typename T>
-inline float dot(const float* a, const T* b, int64_t K) {
+GRPO_INLINE float dot(const float* a, const T* b, int64_t K) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t k = 0;
   for (; k + 8 <= K; k += 8)
@@ -49,31 +55,119 @@ inline float dot(const float* a, const T* b, int64_t K) {
   return s;
 }
 
+// The same arithmetic for fp32 and bf16 weights written with eight-lane vectors: lane u is partial
+// sum u, each step one multiply and one add per lane (no contraction), so the results equal the
+// scalar loop's bit for bit while the compiler keeps the eight sums in one register.
+#pragma GCC diagnostic ignored "-Wpsabi"  // the vector helpers are inline: no ABI crosses a call
+typedef float v8f __attribute__((vector_size(32)));
+typedef uint16_t v8u16 __attribute__((vector_size(16)));
+typedef uint32_t v8u32 __attribute__((vector_size(32)));
+
+GRPO_INLINE v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+GRPO_INLINE v8f load8(const c10::BFloat16* p) {  // exact: a bf16 is the top half of its fp32
+  v8u16 h;
+  std::memcpy(&h, p, sizeof h);
+  const v8u32 bits = __builtin_convertvector(h, v8u32) << 16;
+  v8f v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+GRPO_INLINE float tree(const v8f c) { return ((c[0] + c[1]) + (c[2] + c[3])) + ((c[4] + c[5]) + (c[6] + c[7])); }
+
+template <typename T>
+GRPO_INLINE float dot8(const float* a, const T* b, int64_t K) {
+  v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) acc += load8(a + k) * load8(b + k);
+  float s = tree(acc);
+  for (; k < K; ++k) s += a[k] * static_cast<float>(b[k]);
+  return s;
+}
+GRPO_INLINE float dot(const float* a, const float* b, int64_t K) { return dot8(a, b, K); }
+GRPO_INLINE float dot(const float* a, const c10::BFloat16* b, int64_t K) { return dot8(a, b, K); }
+
 // dot() of four rows against one weight row, which is read once: each row's arithmetic is exactly
 // dot()'s, so a row's result does not depend on whether it was computed in a block of four.
-inline void dot4(const float* const a[4], const float* b, int64_t K, float* out, int64_t stride) {
-  float acc[4][8] = {};
+template <typename T>
+GRPO_INLINE void dot4(const float* const a[4], const T* b, int64_t K, float* out, int64_t stride) {
+  v8f acc[4] = {};
   int64_t k = 0;
-  for (; k + 8 <= K; k += 8)
-    for (int r = 0; r < 4; ++r)
-      for (int u = 0; u < 8; ++u) acc[r][u] += a[r][k + u] * b[k + u];
+  for (; k + 8 <= K; k += 8) {
+    const v8f bv = load8(b + k);
+    for (int r = 0; r < 4; ++r) acc[r] += load8(a[r] + k) * bv;
+  }
   for (int r = 0; r < 4; ++r) {
-    const float* c = acc[r];
-    float s = ((c[0] + c[1]) + (c[2] + c[3])) + ((c[4] + c[5]) + (c[6] + c[7]));
-    for (int64_t t = k; t < K; ++t) s += a[r][t] * b[t];
+    float s = tree(acc[r]);
+    for (int64_t t = k; t < K; ++t) s += a[r][t] * static_cast<float>(b[t]);
     out[r * stride] = s;
   }
 }
 
-// Rows [begin, end) of out (M, N) = x (M, K) times the row-major weights chosen per row.
-template <typename T, typename WeightOf>
-void rows_times_weights(const float* x, float* out, int64_t M, int64_t N, int64_t K, WeightOf weight_of) {
-  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      const T* w = weight_of(m);
-      for (int64_t n = 0; n < N; ++n) out[m * N + n] = dot(x + m * K, w + n * K, K);
+// The products' loops are compiled for AVX-512, AVX2 and the baseline, and the CPU picks one at
+// load time. Every clone does each output's arithmetic in the same order (eight interleaved
+// partial sums, a fixed tree, no contraction): wider vectors change the speed, not the results.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define GRPO_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define GRPO_VECTOR_CLONES
+#endif
+
+// Row blocks [begin, end) of four rows of out (M, N) = x (M, K) w (N, K)^T, for fp32 and bf16
+// weights (read as they are: no fp32 copy of the weights per call).
+template <typename T>
+GRPO_INLINE void matmul_row_blocks(const float* xp, const T* wp, float* op, int64_t M, int64_t N, int64_t K, int64_t begin,
+                              int64_t end) {
+  for (int64_t blk = begin; blk < end; ++blk) {
+    const int64_t m = blk * 4;
+    if (m + 4 <= M) {
+      const float* rows[4] = {xp + m * K, xp + (m + 1) * K, xp + (m + 2) * K, xp + (m + 3) * K};
+      for (int64_t n = 0; n < N; ++n) dot4(rows, wp + n * K, K, op + m * N + n, N);
+    } else {
+      for (int64_t r = m; r < M; ++r)
+        for (int64_t n = 0; n < N; ++n) op[r * N + n] = dot(xp + r * K, wp + n * K, K);
     }
-  });
+  }
+}
+GRPO_VECTOR_CLONES void matmul_row_blocks(const float* xp, const float* wp, float* op, int64_t M, int64_t N, int64_t K,
+                                          int64_t begin, int64_t end) {
+  matmul_row_blocks<float>(xp, wp, op, M, N, K, begin, end);
+}
+GRPO_VECTOR_CLONES void matmul_row_blocks(const float* xp, const c10::BFloat16* wp, float* op, int64_t M, int64_t N,
+                                          int64_t K, int64_t begin, int64_t end) {
+  matmul_row_blocks<c10::BFloat16>(xp, wp, op, M, N, K, begin, end);
+}
+
+// Rows [begin, end) of out (M, N) = x (M, K) times w[group[m]] (N, K) of w (G, N, K); four rows
+// of one group at a time where they come in fours (the same results as one at a time).
+template <typename T>
+GRPO_INLINE void grouped_rows(const float* x, const T* w, const int64_t* group, float* out, int64_t N, int64_t K,
+                         int64_t begin, int64_t end) {
+  for (int64_t m = begin; m < end;) {
+    const T* wm = w + group[m] * N * K;
+    constexpr bool vector = std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>;
+    if (vector && m + 4 <= end && group[m + 3] == group[m] && group[m + 1] == group[m] && group[m + 2] == group[m]) {
+      const float* rows[4] = {x + m * K, x + (m + 1) * K, x + (m + 2) * K, x + (m + 3) * K};
+      if constexpr (vector)
+        for (int64_t n = 0; n < N; ++n) dot4(rows, wm + n * K, K, out + m * N + n, N);
+      m += 4;
+    } else {
+      for (int64_t n = 0; n < N; ++n) out[m * N + n] = dot(x + m * K, wm + n * K, K);
+      m += 1;
+    }
+  }
+}
+// The weight types models use get the vector clones (overloads chosen over the template).
+GRPO_VECTOR_CLONES void grouped_rows(const float* x, const c10::BFloat16* w, const int64_t* group, float* out,
+                                     int64_t N, int64_t K, int64_t begin, int64_t end) {
+  grouped_rows<c10::BFloat16>(x, w, group, out, N, K, begin, end);
+}
+GRPO_VECTOR_CLONES void grouped_rows(const float* x, const float* w, const int64_t* group, float* out, int64_t N,
+                                     int64_t K, int64_t begin, int64_t end) {
+  grouped_rows<float>(x, w, group, out, N, K, begin, end);
 }
 
 }  // namespace
@@ -84,22 +178,16 @@ Tensor matmul_nt(const Tensor& x, const Tensor& w) {
                 std::to_string(w.dim()) + "-d of mismatched K");
   GRPO_ON_CUDA(x, matmul_nt(x, w));
   const int64_t M = x.size(0), N = w.size(0), K = x.size(1);
-  Tensor xf = f32(x), wf = f32(w);
+  Tensor xf = f32(x);
+  Tensor wc = w.scalar_type() == at::kBFloat16 ? w.contiguous() : f32(w);
   Tensor out = at::empty({M, N}, at::TensorOptions().dtype(at::kFloat));
-  const float *xp = xf.data_ptr<float>(), *wp = wf.data_ptr<float>();
+  const float* xp = xf.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t blocks = (M + 3) / 4;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t m = blk * 4;
-      if (m + 4 <= M) {
-        const float* rows[4] = {xp + m * K, xp + (m + 1) * K, xp + (m + 2) * K, xp + (m + 3) * K};
-        for (int64_t n = 0; n < N; ++n) dot4(rows, wp + n * K, K, op + m * N + n, N);
-      } else {
-        for (int64_t r = m; r < M; ++r)
-          for (int64_t n = 0; n < N; ++n) op[r * N + n] = dot(xp + r * K, wp + n * K, K);
-      }
-    }
+  at::parallel_for(0, (M + 3) / 4, 1, [&](int64_t begin, int64_t end) {
+    if (wc.scalar_type() == at::kBFloat16)
+      matmul_row_blocks(xp, wc.data_ptr<c10::BFloat16>(), op, M, N, K, begin, end);
+    else
+      matmul_row_blocks(xp, wc.data_ptr<float>(), op, M, N, K, begin, end);
   });
   return out;
 }
@@ -145,10 +233,11 @@ Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const RowGroups& grou
     if (e[m] < 0 || e[m] >= G) throw Error("invariant grouped_matmul_nt: row " + std::to_string(m) + " names group " +
                                            std::to_string(e[m]) + " of " + std::to_string(G));
   Tensor out = at::empty({M, N}, at::TensorOptions().dtype(at::kFloat));
+  const float* xp = xf.data_ptr<float>();
+  float* op = out.data_ptr<float>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, wc.scalar_type(), "invariant_grouped_matmul_nt", [&] {
     const scalar_t* wp = wc.data_ptr<scalar_t>();
-    rows_times_weights<scalar_t>(xf.data_ptr<float>(), out.data_ptr<float>(), M, N, K,
-                                 [&](int64_t m) { return wp + e[m] * N * K; });
+    at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) { grouped_rows(xp, wp, e, op, N, K, begin, end); });
   });
   return out;
 }
@@ -260,6 +349,54 @@ std::pair<Tensor, Tensor> rope_cos_sin(const Tensor& positions, const Tensor& in
   return {c, s};
 }
 
+namespace {
+
+// What attention's (query, head) rows need: queries, output, the key layout and the head layout.
+struct Attend {
+  const float* q;
+  float* out;
+  const int64_t *table, *start, *count;
+  int64_t heads, group, dk, dv, block_size, width, key_base, key_stride, value_base, value_stride;
+  float scale;
+};
+
+// Rows [begin, end) of (query, head): scores in key order, softmax, the weighted sum of values in
+// key order.
+template <typename T>
+GRPO_INLINE void attend(const Attend& a, const T* cache, int64_t begin, int64_t end) {
+  std::vector<float> p;
+  std::vector<float> acc(a.dv);
+  for (int64_t nh = begin; nh < end; ++nh) {
+    const int64_t n = nh / a.heads, h = nh % a.heads, g = h / a.group, L = a.count[n], bs = a.block_size;
+    const float* qr = a.q + nh * a.dk;
+    auto row = [&](int64_t j) { return cache + (a.table[a.start[n] + j / bs] * bs + j % bs) * a.width; };
+    p.resize(L);
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < L; ++j) {
+      p[j] = dot(qr, row(j) + a.key_base + g * a.key_stride, a.dk) * a.scale;
+      m = p[j] > m ? p[j] : m;
+    }
+    float l = 0;
+    for (int64_t j = 0; j < L; ++j) l += (p[j] = std::exp(p[j] - m));
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    float* ac = acc.data();
+    for (int64_t j = 0; j < L; ++j) {
+      const T* v = row(j) + a.value_base + g * a.value_stride;
+      const float pj = p[j];
+      for (int64_t d = 0; d < a.dv; ++d) ac[d] += pj * static_cast<float>(v[d]);
+    }
+    for (int64_t d = 0; d < a.dv; ++d) a.out[nh * a.dv + d] = ac[d] / l;
+  }
+}
+GRPO_VECTOR_CLONES void attend(const Attend& a, const c10::BFloat16* cache, int64_t begin, int64_t end) {
+  attend<c10::BFloat16>(a, cache, begin, end);
+}
+GRPO_VECTOR_CLONES void attend(const Attend& a, const float* cache, int64_t begin, int64_t end) {
+  attend<float>(a, cache, begin, end);
+}
+
+}  // namespace
+
 KeyLayout checked_keys(const KeyLayout& keys, int64_t S, at::Device device) {
   Tensor table = keys.table.to(at::kCPU, at::kLong).contiguous(), start = keys.table_start.to(at::kCPU, at::kLong).contiguous(),
          count = keys.num_keys.to(at::kCPU, at::kLong).contiguous();
@@ -303,32 +440,11 @@ Tensor attention(const Tensor& q, const Tensor& cache, const KeyLayout& unchecke
   Tensor out = at::empty({N, heads, dv}, at::TensorOptions().dtype(at::kFloat));
   const float* qp = qf.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const float sc = static_cast<float>(scale);
+  const Attend args{qp, op, tb, st, cn, heads, group, dk, dv, bs, width, hl.key_base, hl.key_stride, hl.value_base,
+                    hl.value_stride, static_cast<float>(scale)};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, cc.scalar_type(), "invariant_attention", [&] {
     const scalar_t* cp = cc.data_ptr<scalar_t>();
-    at::parallel_for(0, N * heads, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> p;
-      std::vector<float> acc(dv);
-      for (int64_t nh = begin; nh < end; ++nh) {
-        const int64_t n = nh / heads, h = nh % heads, g = h / group, L = cn[n];
-        const float* qr = qp + nh * dk;
-        auto row = [&](int64_t j) { return cp + (tb[st[n] + j / bs] * bs + j % bs) * width; };
-        p.resize(L);
-        float m = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < L; ++j) {
-          p[j] = dot(qr, row(j) + hl.key_base + g * hl.key_stride, dk) * sc;
-          m = p[j] > m ? p[j] : m;
-        }
-        float l = 0;
-        for (int64_t j = 0; j < L; ++j) l += (p[j] = std::exp(p[j] - m));
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int64_t j = 0; j < L; ++j) {
-          const scalar_t* v = row(j) + hl.value_base + g * hl.value_stride;
-          for (int64_t d = 0; d < dv; ++d) acc[d] += p[j] * static_cast<float>(v[d]);
-        }
-        for (int64_t d = 0; d < dv; ++d) op[nh * dv + d] = acc[d] / l;
-      }
-    });
+    at::parallel_for(0, N * heads, 1, [&](int64_t begin, int64_t end) { attend(args, cp, begin, end); });
   });
   return out;
 }

@@ -1,0 +1,117 @@
+// The batch-invariant CPU kernels against scalar references written from their documented order
+// (eight interleaved fp32 partial sums, a fixed tree, then the tail; keys in order): bit for bit,
+// whatever instruction set the machine's clone uses, for fp32 and bf16 weights, row counts that do
+// and do not fill blocks of four, and a K with a tail. A kernel that reassociated, contracted a
+// product into an addition or changed the tree would differ in the last bits.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "model/invariant_kernels.h"
+
+using namespace grpo::model;
+using at::Tensor;
+
+namespace {
+
+float reference_dot(const float* a, const float* b, int64_t K) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8)
+    for (int u = 0; u < 8; ++u) {
+      const float p = a[k + u] * b[k + u];  // rounded before the addition: no contraction
+      acc[u] = acc[u] + p;
+    }
+  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; k < K; ++k) {
+    const float p = a[k] * b[k];
+    s = s + p;
+  }
+  return s;
+}
+
+// out[m, n] = reference_dot(x[m], w[group[m], n]) over fp32 copies (bf16 widens exactly).
+Tensor reference_products(const Tensor& x, const Tensor& w, const std::vector<int64_t>& group) {
+  const Tensor xf = x.to(at::kFloat).contiguous(), wf = w.to(at::kFloat).contiguous();
+  const int64_t M = xf.size(0), K = xf.size(1), N = wf.size(-2);
+  Tensor out = at::empty({M, N});
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n)
+      out[m][n] = reference_dot(xf[m].data_ptr<float>(), wf.view({-1, N, K})[group[m]][n].data_ptr<float>(), K);
+  return out;
+}
+
+}  // namespace
+
+TEST(InvariantKernels, MatmulEqualsTheDocumentedOrderBitForBit) {
+  at::manual_seed(1);
+  for (auto dtype : {at::kFloat, at::kBFloat16})
+    for (int64_t M : {1, 3, 4, 9, 64}) {
+      const int64_t K = 203, N = 37;  // K: 25 steps of eight and a tail of three
+      Tensor x = at::randn({M, K}).to(dtype), w = at::randn({N, K}).to(dtype);
+      Tensor got = invariant::matmul_nt(x, w);
+      Tensor want = reference_products(x, w, std::vector<int64_t>(M, 0));
+      EXPECT_TRUE(at::equal(got, want)) << "dtype " << dtype << ", rows " << M << ": max |diff| "
+                                        << (got - want).abs().max().item<float>();
+      // And a row alone gives what it gives among the others.
+      EXPECT_TRUE(at::equal(invariant::matmul_nt(x.narrow(0, M - 1, 1), w), got.narrow(0, M - 1, 1)));
+    }
+}
+
+TEST(InvariantKernels, GroupedMatmulEqualsTheDocumentedOrderBitForBit) {
+  at::manual_seed(2);
+  // Runs of one group long enough for blocks of four, and short ones that are not.
+  const std::vector<int64_t> group = {0, 0, 0, 0, 0, 0, 1, 2, 2, 2, 2, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4, 4, 4};
+  const int64_t M = (int64_t)group.size(), K = 77, N = 19, G = 5;
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    Tensor x = at::randn({M, K}).to(dtype), w = at::randn({G, N, K}).to(dtype);
+    invariant::RowGroups rg;
+    rg.group = at::tensor(group);
+    Tensor got = invariant::grouped_matmul_nt(x, w, rg);
+    Tensor want = reference_products(x, w, group);
+    EXPECT_TRUE(at::equal(got, want)) << "dtype " << dtype << ": max |diff| " << (got - want).abs().max().item<float>();
+  }
+}
+
+TEST(InvariantKernels, AttentionEqualsTheDocumentedOrderBitForBit) {
+  at::manual_seed(3);
+  const int64_t heads = 4, kv_heads = 2, dk = 21, dv = 13, bs = 4, blocks = 12;
+  const int64_t width = kv_heads * (dk + dv);  // [k (kv_heads x dk) | v (kv_heads x dv)]
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    Tensor cache = at::randn({blocks * bs, width}).to(dtype);
+    // Two queries: 7 keys from blocks 5, 2; 13 keys from blocks 9, 0, 11, 3.
+    invariant::KeyLayout keys{at::tensor(std::vector<int64_t>{5, 2, 9, 0, 11, 3}), at::tensor(std::vector<int64_t>{0, 2}),
+                              at::tensor(std::vector<int64_t>{7, 13}), bs};
+    invariant::HeadLayout hl{kv_heads, 0, dk, dk, kv_heads * dk, dv, dv};
+    Tensor q = at::randn({2, heads, dk});
+    const double scale = 0.3;
+    Tensor got = invariant::attention(q, cache, keys, hl, scale);
+    const Tensor cf = cache.to(at::kFloat).contiguous();
+    const std::vector<std::vector<int64_t>> tables = {{5, 2}, {9, 0, 11, 3}};
+    const std::vector<int64_t> counts = {7, 13};
+    for (int64_t n = 0; n < 2; ++n)
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t g = h / (heads / kv_heads), L = counts[n];
+        std::vector<float> p(L);
+        float m = -std::numeric_limits<float>::infinity();
+        auto row = [&](int64_t j) { return cf[tables[n][j / bs] * bs + j % bs].data_ptr<float>(); };
+        for (int64_t j = 0; j < L; ++j) {
+          p[j] = reference_dot(q[n][h].contiguous().data_ptr<float>(), row(j) + g * dk, dk) * (float)scale;
+          m = p[j] > m ? p[j] : m;
+        }
+        float l = 0;
+        for (int64_t j = 0; j < L; ++j) l += (p[j] = std::exp(p[j] - m));
+        for (int64_t d = 0; d < dv; ++d) {
+          float acc = 0;
+          for (int64_t j = 0; j < L; ++j) {
+            const float t = p[j] * row(j)[kv_heads * dk + g * dv + d];
+            acc = acc + t;
+          }
+          EXPECT_EQ(got[n][h][d].item<float>(), acc / l) << "dtype " << dtype << ", query " << n << ", head " << h;
+        }
+      }
+  }
+}
