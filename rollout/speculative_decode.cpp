@@ -9,8 +9,7 @@ namespace grpo::rollout {
 void Engine::Impl::prefill_mtp(const std::vector<Group*>& batch, const Tensor& input, const Tensor& h, int64_t T) {
   const auto dev = model->device();
   const int64_t B = (int64_t)batch.size();
-  Tensor next = at::zeros_like(input);
-  if (T > 1) next.narrow(1, 0, T - 1).copy_(input.narrow(1, 1, T - 1));
+  Tensor next = model::shifted_left(input, 1);
   Tensor pos = at::arange(T, at::TensorOptions().dtype(at::kLong).device(dev)).unsqueeze(0).expand({B, T});
   Tensor rows;
   model->mtp_module(1).mtp_forward(h, next, model->rope_tables(pos, h.scalar_type()), model::AttentionMask{}, &rows);

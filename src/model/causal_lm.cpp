@@ -238,19 +238,20 @@ CausalLM::PackedLogprobs CausalLM::packed_logprobs(const Tensor& input_ids, cons
   // Module k at position t embeds token t + k and predicts targets[t + k], both only within t's segment.
   std::vector<Tensor> next_ids, mtp_targets;
   for (int64_t k = 1; k <= mtp_depths; ++k) {
-    Tensor same = at::zeros({B, T}, at::TensorOptions().dtype(at::kBool).device(dev));
-    Tensor next = at::zeros_like(ids), tgt = at::full_like(all_tgt, -100);
-    if (k < T) {
-      Tensor s = seg.narrow(1, k, T - k).eq(seg.narrow(1, 0, T - k));
-      same.narrow(1, 0, T - k).copy_(s);
-      next.narrow(1, 0, T - k).copy_(ids.narrow(1, k, T - k));
-      tgt.narrow(1, 0, T - k).copy_(all_tgt.narrow(1, k, T - k));
-    }
-    next_ids.push_back(next.masked_fill(same.logical_not(), 0));
-    mtp_targets.push_back(tgt.masked_fill(same.logical_not(), -100));
+    // Past the row's end the shifted segment is -1, no segment's id: those places are masked too.
+    Tensor other = shifted_left(seg, k, -1).ne(seg);
+    next_ids.push_back(shifted_left(ids, k).masked_fill(other, 0));
+    mtp_targets.push_back(shifted_left(all_tgt, k, -100).masked_fill(other, -100));
   }
   std::vector<Tensor> hk = run_mtp(h, next_ids, pos, mask, mtp_detached);
   for (int64_t k = 1; k <= mtp_depths; ++k) out.mtp.push_back(select(hk[k - 1], mtp_targets[k - 1], k));
+  return out;
+}
+
+Tensor shifted_left(const Tensor& x, int64_t k, int64_t fill) {
+  const int64_t T = x.size(1);
+  Tensor out = at::full_like(x, fill);
+  if (k < T) out.narrow(1, 0, T - k).copy_(x.narrow(1, k, T - k));
   return out;
 }
 
@@ -444,11 +445,7 @@ std::vector<std::vector<Tensor>> CausalLM::completion_mtp_logprobs(
   auto long_opts = at::TensorOptions().dtype(at::kLong);
   // Module k at position t embeds the token at t + k: the right-padded inputs shifted left by k.
   std::vector<Tensor> next_ids;
-  for (int64_t k = 1; k <= D; ++k) {
-    Tensor next = at::zeros_like(input);
-    if (k < T) next.narrow(1, 0, T - k).copy_(input.narrow(1, k, T - k));
-    next_ids.push_back(next);
-  }
+  for (int64_t k = 1; k <= D; ++k) next_ids.push_back(shifted_left(input, k));
   Tensor pos = at::arange(T, long_opts.device(dev)).unsqueeze(0).expand({B, T});
   std::vector<Tensor> hk = run_mtp(h, next_ids, pos, AttentionMask{}, options.mtp_detached);
   std::vector<std::vector<Tensor>> out(D, std::vector<Tensor>(B));

@@ -57,6 +57,10 @@ struct DecoderLayerImpl : torch::nn::Module {
 };
 TORCH_MODULE(DecoderLayer);
 
+// x (B, T) shifted left by k along the sequence, `fill` in the last k places: at position t, the
+// value of position t + k, which is what MTP module k reads there (the token k places ahead).
+Tensor shifted_left(const Tensor& x, int64_t k, int64_t fill = 0);
+
 struct DecoderModelImpl : torch::nn::Module {
   explicit DecoderModelImpl(const ModelConfig& c);
   torch::nn::Embedding embed_tokens{nullptr};

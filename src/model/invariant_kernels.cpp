@@ -76,7 +76,7 @@ GRPO_INLINE v8f load8(const c10::BFloat16* p) {  // exact: a bf16 is the top hal
   std::memcpy(&v, &bits, sizeof v);
   return v;
 }
-GRPO_INLINE float tree(const v8f c) { return ((c[0] + c[1]) + (c[2] + c[3])) + ((c[4] + c[5]) + (c[6] + c[7])); }
+GRPO_INLINE float tree(const v8f& c) { return ((c[0] + c[1]) + (c[2] + c[3])) + ((c[4] + c[5]) + (c[6] + c[7])); }
 
 template <typename T>
 GRPO_INLINE float dot8(const float* a, const T* b, int64_t K) {

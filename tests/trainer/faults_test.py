@@ -6,7 +6,6 @@
 - a reward worker killed mid-run: the run carries on with the other and says so;
 - a full disk while saving (as root, on a small tmpfs): one line saying so, the last checkpoint
   and `latest` stay valid, and --resume works once space is freed."""
-import argparse
 import json
 import os
 import shutil
@@ -15,20 +14,11 @@ import subprocess
 import sys
 import time
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--grpo", required=True)
-ap.add_argument("--source", required=True)
-ap.add_argument("--workdir", required=True)
-a = ap.parse_args()
-shutil.rmtree(a.workdir, ignore_errors=True)
-os.makedirs(a.workdir)
-failures = []
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_helpers import Checks, test_args  # noqa: E402
 
-
-def check(ok, what):
-    print(("ok    " if ok else "FAIL  ") + what, flush=True)
-    if not ok:
-        failures.append(what)
+a = test_args()
+check = Checks()
 
 
 BASE = f"""model_config: {a.source}/recipes/tiny_model.json
@@ -156,6 +146,4 @@ if os.geteuid() == 0 and shutil.which("mount"):
         print("skip  full disk: cannot mount a tmpfs here")
 else:
     print("skip  full disk: needs root to mount a small tmpfs")
-
-print(f"{len(failures)} failure(s)")
-sys.exit(1 if failures else 0)
+check.finish()

@@ -18,23 +18,18 @@
   each update) the run equals the synchronous loop bit for bit, in fp32 and bf16; one-step-off, the
   first step equals the synchronous one, the later ones train on samples one update old (logged),
   whose importance ratios pi_old / pi_rollout then spread far wider; such a run resumes."""
-import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import torch
 from safetensors import safe_open
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--grpo", required=True)
-ap.add_argument("--source", required=True)
-ap.add_argument("--workdir", required=True)
-a = ap.parse_args()
-shutil.rmtree(a.workdir, ignore_errors=True)
-os.makedirs(a.workdir)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_helpers import Checks, test_args  # noqa: E402
+
+a = test_args()
 
 BASE = f"""model_config: {a.source}/recipes/tiny_model.json
 task: addition
@@ -48,7 +43,6 @@ max_completion_length: 4
 learning_rate: 0.0005
 beta: 0.02
 """
-failures = []
 
 
 def train(name, body, *extra):
@@ -73,10 +67,7 @@ def metrics(out):
     return rows
 
 
-def check(ok, what):
-    print(("ok    " if ok else "FAIL  ") + what)
-    if not ok:
-        failures.append(what)
+check = Checks()
 
 
 # --- bf16 compute, fp32 master weights
@@ -237,5 +228,4 @@ check(all(s in resumed and "loss" in resumed[s] for s in range(1, 5)) and same_r
       "async_rollout 1 resumes at step 2 (the batch in flight is drawn again, by the checkpoint's weights: staleness "
       f"{resumed[3]['async/staleness']} at step 3)")
 
-print("ok" if not failures else f"FAIL: {len(failures)} checks")
-sys.exit(1 if failures else 0)
+check.finish()

@@ -9,23 +9,15 @@
   sft stage from that adapter (model_dir: stage:NAME, lora_r 0) starts from the merged model, so its
   held-out loss before training equals the LoRA stage's last one;
 - gate_proj without up_proj (one fused weight in the experts) is refused."""
-import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run_helpers import kill_when, metrics, tensors, train  # noqa: E402
+from run_helpers import Checks, kill_when, metrics, tensors, test_args, train  # noqa: E402
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--grpo", required=True)
-ap.add_argument("--source", required=True)
-ap.add_argument("--workdir", required=True)
-a = ap.parse_args()
-shutil.rmtree(a.workdir, ignore_errors=True)
-os.makedirs(a.workdir)
+a = test_args()
 
 RECIPE = f"""model_config: {a.source}/recipes/tiny_model.json
 tokenizer: builtin:bytes
@@ -79,13 +71,9 @@ stages:
 """
 recipe = os.path.join(a.workdir, "r.yaml")
 open(recipe, "w").write(RECIPE)
-failed = []
 
 
-def check(ok, what):
-    print(("PASS " if ok else "FAIL ") + what)
-    if not ok:
-        failed.append(what)
+check = Checks()
 
 
 full = os.path.join(a.workdir, "full")
@@ -129,4 +117,4 @@ open(bad, "w").write(f"type: sft\nmodel_config: {a.source}/recipes/tiny_model.js
                      "lora_r: 4\nlora_target_modules: [gate_proj]\n")
 r = subprocess.run([a.grpo, "train", bad, "--output", os.path.join(a.workdir, "bad")], capture_output=True, text=True)
 check(r.returncode != 0 and "gate_proj and up_proj" in r.stderr, "gate_proj without up_proj is refused: " + r.stderr.strip()[-120:])
-sys.exit(1 if failed else 0)
+check.finish()

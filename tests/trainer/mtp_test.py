@@ -6,30 +6,16 @@
   steps is bit-identical and only the module's tensors differ;
 - the trained module drafts for speculative_mtp: a grpo run with it keeps most of its first step's drafts;
 - a model without an MTP module, and LoRA, are refused with the key named."""
-import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run_helpers import metrics, tensors, train  # noqa: E402
+from run_helpers import Checks, metrics, tensors, test_args, train  # noqa: E402
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--grpo", required=True)
-ap.add_argument("--source", required=True)
-ap.add_argument("--workdir", required=True)
-a = ap.parse_args()
-shutil.rmtree(a.workdir, ignore_errors=True)
-os.makedirs(a.workdir)
-ok = True
-
-
-def check(cond, what):
-    global ok
-    print(("PASS " if cond else "FAIL ") + what)
-    ok &= bool(cond)
+a = test_args()
+check = Checks()
 
 
 cfg = json.load(open(os.path.join(a.source, "recipes/tiny_model.json")))
@@ -137,5 +123,4 @@ def refused(tag, text, words):
 base = f"tokenizer: builtin:bytes\ntask: addition\nmax_steps: 1\nmtp_loss_weight: 0.5\n"
 refused("no_module", f"model_config: {a.source}/recipes/tiny_model.json\n" + base, ["mtp_loss_weight", "no MTP module"])
 refused("lora", f"model_config: {config_path}\nlora_r: 4\n" + base, ["mtp_loss_weight", "LoRA"])
-print("mtp:", "OK" if ok else "FAILED")
-sys.exit(0 if ok else 1)
+check.finish()

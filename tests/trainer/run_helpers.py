@@ -1,12 +1,44 @@
-"""What the trainer tests share: running `grpo train`, reading metrics.jsonl and safetensors files,
-and killing a run (SIGKILL, no graceful save) once its metrics reach a step."""
+"""What the trainer tests share: their command line and checks, running `grpo train`, reading
+metrics.jsonl and safetensors files, and killing a run (SIGKILL, no graceful save) once its metrics
+reach a step."""
+import argparse
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
 import sys
 import time
+
+
+def test_args(*required):
+    """The command line of a trainer test: --grpo, --source, --workdir and the `required` options
+    named; the working folder starts empty."""
+    ap = argparse.ArgumentParser()
+    for name in ("--grpo", "--source", "--workdir", *required):
+        ap.add_argument(name, required=True)
+    a = ap.parse_args()
+    shutil.rmtree(a.workdir, ignore_errors=True)
+    os.makedirs(a.workdir)
+    return a
+
+
+class Checks:
+    """check(ok, what) prints each check as it is made; check.finish() ends the test, failing when
+    any check failed."""
+
+    def __init__(self):
+        self.failures = []
+
+    def __call__(self, ok, what):
+        print(("ok    " if ok else "FAIL  ") + what, flush=True)
+        if not ok:
+            self.failures.append(what)
+
+    def finish(self):
+        print("ok" if not self.failures else f"FAIL: {len(self.failures)} checks")
+        sys.exit(1 if self.failures else 0)
 
 
 def train(grpo, recipe, out, *extra):

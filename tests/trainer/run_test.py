@@ -12,11 +12,9 @@
 - dataset columns other than prompt/answer reach the rewards as metadata (the example plugin's
   `keywords` reward reads them, loaded through reward_plugins);
 - a reward spec that no worker can serve stops the run before any training, naming the keys."""
-import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -24,21 +22,11 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--grpo", required=True)
-ap.add_argument("--source", required=True)
-ap.add_argument("--plugin", required=True)
-ap.add_argument("--workdir", required=True)
-a = ap.parse_args()
-shutil.rmtree(a.workdir, ignore_errors=True)
-os.makedirs(a.workdir)
-failures = []
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_helpers import Checks, test_args  # noqa: E402
 
-
-def check(ok, what):
-    print(("ok    " if ok else "FAIL  ") + what)
-    if not ok:
-        failures.append(what)
+a = test_args("--plugin")
+check = Checks()
 
 
 BASE = f"""model_config: {a.source}/recipes/tiny_model.json
@@ -165,5 +153,4 @@ r = grpo_train(bad, os.path.join(a.workdir, "bad_worker"))
 check(r.returncode != 0 and "reward_workers" in r.stderr and "warm start" not in r.stderr,
       f"an unreachable reward worker stops the run before the warm start: {r.stderr.strip()[:160]}")
 
-print("ok" if not failures else f"FAIL: {len(failures)} checks")
-sys.exit(1 if failures else 0)
+check.finish()
