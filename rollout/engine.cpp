@@ -19,6 +19,16 @@ Engine::Impl::Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* to
   ctx = opt.max_context > 0 ? opt.max_context : cfg.max_position_embeddings;
   const auto dev = model->device();
   const auto dtype = model->dtype();
+  fp8 = opt.fp8;
+  if (fp8) {
+    if (model->batch_invariant) throw Error("rollout engine: fp8 weights cannot be combined with the batch-invariant forward (exact_rollout)");
+    if (dev.is_cuda() && !model::fp8::native(dev))
+      throw Error("rollout engine: fp8 weights need a Hopper GPU (compute capability 9.x: the 128 x 128 block-scaled "
+                  "FP8 product exists there only)");
+    if (dev.is_cuda() && dtype != at::kBFloat16) throw Error("rollout engine: fp8 weights on the GPU need a bf16 model");
+    refresh_fp8();  // allocates the copies now, before the KV cache takes its share of the free memory
+    if (stats.fp8_layers == 0) throw Error("rollout engine: fp8 weights: no layer has sizes that are multiples of 16");
+  }
   int64_t budget = opt.kv_cache_bytes;
   if (budget <= 0) {
     if (dev.is_cuda()) {
@@ -361,6 +371,15 @@ void Engine::Impl::decode(std::vector<Completion>& done) {
   stats.decode_seconds += seconds_since(t0);
 }
 
+void Engine::Impl::refresh_fp8() {
+  auto t0 = std::chrono::steady_clock::now();
+  stats.fp8_bytes = model::fp8::quantize_model(*model);
+  stats.fp8_layers = model::fp8::quantized_layers(*model);
+  stats.fp8_quantizations += 1;
+  if (pool.defined() && pool.is_cuda()) torch::cuda::synchronize(pool.device().index());
+  stats.fp8_seconds += seconds_since(t0);
+}
+
 int64_t Engine::Impl::slot(const Sequence& s, int64_t position) const {
   return (int64_t)s.table[position / bs] * bs + position % bs;
 }
@@ -389,6 +408,12 @@ bool Engine::cancel(uint64_t request_id) {
 
 std::vector<Completion> Engine::step() {
   c10::NoGradGuard no_grad;
+  if (impl_->fp8 && impl_->fp8_version != weight_version) {
+    // The first step refills the copies too: the weights may have changed since construction.
+    impl_->refresh_fp8();
+    impl_->fp8_version = weight_version;
+  }
+  model::fp8::Scope fp8_scope(impl_->fp8);
   std::vector<Completion> done;
   impl_->admit(done);
   impl_->decode(done);

@@ -60,6 +60,14 @@ struct EngineOptions {
   // distributed exactly as the policy's sampling; log-probs are the policy's. The module keeps its
   // own cache layer. Not with record_routing or the batch-invariant forward.
   bool speculative_mtp = false;
+  // FP8 (e4m3) weights for the matrix products of the decoder layers (model/fp8.h: 128 x 128
+  // block scales as DeepSeek-V3 ships them, per-row scales for the routed experts), kept beside
+  // the policy's weights and requantized whenever weight_version changes (and before the first
+  // step). The output projection stays in the model dtype, so log-probs come from the same head;
+  // the drift from the bf16 policy is what the trainer's rollout_is correction is for. Runs the
+  // FP8 kernels on Hopper GPUs with a bf16 model; on CPU an emulation of the same arithmetic (for
+  // tests). Not with the batch-invariant forward.
+  bool fp8 = false;
 };
 
 struct EngineStats {
@@ -70,6 +78,8 @@ struct EngineStats {
   int64_t num_blocks = 0, peak_blocks_used = 0;
   int64_t routing_bytes = 0;  // routed-expert records handed out (record_routing), 2 bytes per index
   int64_t draft_tokens = 0, accepted_drafts = 0;  // speculative_mtp: drafts checked and kept
+  int64_t fp8_bytes = 0, fp8_layers = 0, fp8_quantizations = 0;  // fp8: the copies' size, layers, refreshes
+  double fp8_seconds = 0;                                         // fp8: time spent requantizing
 };
 
 class Engine {

@@ -14,10 +14,12 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
 #include "model/batch_invariant.h"
+#include "model/fp8.h"
 #include "rollout/decode_graphs.h"
 #include "rollout/engine.h"
 #include "rollout/scheduler.h"
@@ -53,6 +55,11 @@ struct Engine::Impl {
   // The model's batch-invariant forward (model/batch_invariant.h) serves prefill and decode, and
   // the returned log-probs are its fixed-order log-softmax: what training computes, to the bit.
   bool invariant = false;
+  // FP8 copies of the weights (EngineOptions::fp8), last filled by a step at weight_version
+  // `fp8_version` (none yet: the first step fills them).
+  bool fp8 = false;
+  std::optional<int64_t> fp8_version;
+  void refresh_fp8();
   // Speculative decoding with the MTP module (EngineOptions::speculative_mtp). Its cache is layer L
   // of the pool, and its row for position i (the main model's hidden state at i with the token at
   // i + 1) sits in the slot of position i + 1, so that a prompt's rows are the same for every sample

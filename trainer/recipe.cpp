@@ -103,6 +103,9 @@ void convert(const YAML::Node& n, StageType& out) {
                                                {"rejection_sampling", StageType::RejectionSampling},
                                                {"reward_model", StageType::RewardModel}, {"distill", StageType::Distill}});
 }
+void convert(const YAML::Node& n, RolloutQuantization& out) {
+  out = pick<RolloutQuantization>(n.as<std::string>(), {{"none", RolloutQuantization::None}, {"fp8", RolloutQuantization::Fp8}});
+}
 void convert(const YAML::Node& n, LossType& out) { out = parse_loss_type(n.as<std::string>()); }
 void convert(const YAML::Node& n, KlEstimator& out) { out = parse_kl_estimator(n.as<std::string>()); }
 void convert(const YAML::Node& n, RolloutIs& out) { out = parse_rollout_is(n.as<std::string>()); }
@@ -127,6 +130,7 @@ std::string show(const std::map<std::string, std::string>& m) { return nlohmann:
 std::string show(Task t) { return t == Task::Addition ? "addition" : t == Task::AdditionCot ? "addition_cot" : "jsonl"; }
 std::string show(LrScheduler l) { return l == LrScheduler::Constant ? "constant" : "cosine"; }
 std::string show(ScaleRewards s) { return s == ScaleRewards::Group ? "group" : s == ScaleRewards::Batch ? "batch" : "none"; }
+std::string show(RolloutQuantization q) { return q == RolloutQuantization::Fp8 ? "fp8" : "none"; }
 std::string show(LossType t) { return to_string(t); }
 std::string show(KlEstimator k) { return to_string(k); }
 std::string show(RolloutIs r) { return to_string(r); }
@@ -229,6 +233,8 @@ const std::vector<Key>& keys() {
           "speculative decoding with the model's MTP module as the draft (DeepSeek-V3); samples keep the policy's distribution"),
       key("exact_rollout", "rollout", &S::rollout, &RolloutSettings::exact_rollout,
           "batch-invariant forward in the engine and the trainer: rollout log-probs equal training's to the bit"),
+      key("rollout_quantization", "rollout", &S::rollout, &RolloutSettings::quantization,
+          "none, or fp8: the engine decodes with FP8 copies of the weights (DeepSeek-V3's 128x128 block scales)"),
       key("async_rollout", "rollout", &S::rollout, &RolloutSettings::async_rollout, "rollout in a second thread, at most this stale: 1 one-step-off, 0, -1 off"),
       key("loss_type", "loss", &S::loss, &LossConfig::type, "grpo, dapo or dr_grpo"),
       key("beta", "loss", &S::loss, &LossConfig::beta, "KL coefficient (0: no reference model)"),
@@ -382,6 +388,8 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
        "must be 1 (one-step-off), 0 (asynchronous machinery, no staleness) or -1 (off)");
   need(!s.rollout.speculative_mtp || (!s.rollout.exact_rollout && !s.moe.routing_replay), "speculative_mtp",
        "cannot be combined with exact_rollout or routing_replay yet");
+  need(s.rollout.quantization == RolloutQuantization::None || !s.rollout.exact_rollout, "rollout_quantization",
+       "fp8 cannot be combined with exact_rollout (FP8 products cannot equal the bf16 training forward)");
   need(!s.rollout.exact_rollout || !s.moe.routing_replay, "routing_replay",
        "is redundant with exact_rollout (the batch-invariant forward routes every token as the rollout did)");
   need(s.loss.rollout_is == RolloutIs::Off || s.rollout.recompute_old_logprobs, "rollout_is",

@@ -28,6 +28,7 @@ enum class Task { Addition, AdditionCot, Jsonl };
 enum class LrScheduler { Constant, Cosine };  // after a linear warm-up of warmup_ratio * max_steps
 enum class ScaleRewards { Group, Batch, None };
 enum class StageType { Grpo, Sft, RejectionSampling, RewardModel, Distill };
+enum class RolloutQuantization { None, Fp8 };  // the engine's weights: the policy's own, or FP8 copies
 
 struct ModelSettings {
   std::string model_dir;     // HF checkpoint directory, or "stage:NAME" for an earlier stage's result; or
@@ -117,6 +118,9 @@ struct RolloutSettings {
   // Speculative decoding with the model's MTP module as the draft (rollout/speculative.h): samples
   // keep the policy's distribution; the module's acceptance decides the speed-up.
   bool speculative_mtp = false;
+  // fp8: the engine decodes with FP8 copies of the policy's weights (rollout/engine.h), requantized
+  // after every update; the trainer still trains the bf16 weights. Pair with rollout_is for the drift.
+  RolloutQuantization quantization = RolloutQuantization::None;
 };
 
 struct AdvantageSettings {

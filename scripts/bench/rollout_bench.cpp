@@ -19,6 +19,7 @@
 #include "kernel_profile.h"
 #include "model/checkpoint.h"
 #include "model/deepseek.h"
+#include "model/moe.h"
 #include "rollout/engine.h"
 
 using namespace grpo;
@@ -75,6 +76,8 @@ int main(int argc, char** argv) {
   app.add_flag("--exact", exact, "the batch-invariant forward (exact_rollout)");
   bool speculative = false;
   app.add_flag("--speculative-mtp", speculative, "speculative decoding with the model's MTP module as the draft");
+  bool fp8 = false;
+  app.add_flag("--fp8", fp8, "decode with FP8 copies of the weights (128x128 block scales, per-row for the experts)");
   bool gather_attention = false;
   app.add_flag("--gather-attention", gather_attention,
                "MLA decode attention over a gathered copy of the cache instead of the paged kernel");
@@ -134,7 +137,21 @@ int main(int argc, char** argv) {
     o.cuda_graphs = !no_graphs;
     o.max_prefill_tokens = std::max<int64_t>(8192, prompt_len);
     o.speculative_mtp = speculative;
+    o.fp8 = fp8;
     rollout::Engine engine(model, nullptr, o);
+    if (fp8 && B == parse_list(batches).front()) {
+      // The bytes a step reads: the quantized layers' values take 1 byte (+ their scales).
+      int64_t dense_q = 0, expert_q = 0;
+      for (const auto& m : model->modules()) {
+        if (auto* lin = dynamic_cast<model::LinearImpl*>(m.get()); lin && lin->fp8.defined())
+          dense_q += lin->weight.numel() * (elem - 1) - lin->fp8.scale.numel() * 4;
+        if (auto* ex = dynamic_cast<model::RoutedExpertsImpl*>(m.get()); ex && ex->fp8_gate_up.defined())
+          expert_q += (ex->gate_up_proj.numel() + ex->down_proj.numel()) * (elem - 1) -
+                      (ex->fp8_gate_up.scale.numel() + ex->fp8_down.scale.numel()) * 4;
+      }
+      dense_bytes -= dense_q;
+      expert_bytes -= expert_q;
+    }
     rollout::SamplingParams sp;
     sp.temperature = temperature;
     sp.max_new_tokens = new_tokens;
@@ -156,7 +173,8 @@ int main(int argc, char** argv) {
     sync(dev);
     double total = now() - t0;
     // The engine's log-probs against the training forward's, over the first few samples.
-    double diff = 0;
+    double diff = 0, diff_sum = 0;
+    int64_t diff_n = 0;
     {
       std::vector<std::vector<int64_t>> ps, cs;
       std::vector<const rollout::Completion*> picked;
@@ -168,8 +186,12 @@ int main(int argc, char** argv) {
       auto lp = model->completion_logprobs(ps, cs);
       for (size_t i = 0; i < lp.size(); ++i) {
         Tensor host = lp[i].to(at::kCPU);
-        for (int64_t j = 0; j < host.numel(); ++j)
-          diff = std::max(diff, std::abs((double)host[j].item<float>() - picked[i]->logprobs[j]));
+        for (int64_t j = 0; j < host.numel(); ++j) {
+          const double d = std::abs((double)host[j].item<float>() - picked[i]->logprobs[j]);
+          diff = std::max(diff, d);
+          diff_sum += d;
+          ++diff_n;
+        }
       }
     }
     auto after = engine.stats();
@@ -181,10 +203,11 @@ int main(int argc, char** argv) {
     double bytes = weight_bytes(B) + kv_bytes;
     printf("{\"kind\": \"decode\", \"engine\": \"%s\", \"batch\": %lld, \"prompt\": %lld, \"new\": %lld, "
            "\"decode_tok_s\": %.1f, \"ms_per_step\": %.3f, \"bytes_per_step\": %.4g, \"roofline\": %.4f, "
-           "\"prefill_tok_s\": %.1f, \"total_s\": %.3f, \"logprob_diff_max\": %.3g, \"draft_acceptance\": %.4f}\n",
+           "\"prefill_tok_s\": %.1f, \"total_s\": %.3f, \"logprob_diff_max\": %.3g, \"logprob_diff_mean\": %.3g, "
+           "\"draft_acceptance\": %.4f}\n",
            label.c_str(), (long long)B, (long long)prompt_len, (long long)new_tokens, toks / decode_s, ms_step, bytes,
            bytes / (ms_step / 1e3) / bw, (after.prefill_tokens - before.prefill_tokens) / (after.prefill_seconds - before.prefill_seconds),
-           total, diff,
+           total, diff, diff_n ? diff_sum / diff_n : 0.0,
            after.draft_tokens > before.draft_tokens
                ? (double)(after.accepted_drafts - before.accepted_drafts) / (after.draft_tokens - before.draft_tokens)
                : -1.0);

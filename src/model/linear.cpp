@@ -12,6 +12,7 @@ LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias) : in_features(in
 }
 
 Tensor LinearImpl::forward(const Tensor& x) {
+  if (fp8.defined() && fp8::active()) return fp8::linear(x, fp8, bias, x.scalar_type());
   Tensor y = at::linear(x, weight, bias);
   if (!lora_A || !lora_enabled) return y;
   Tensor a = x.to(lora_A->weight.scalar_type());

@@ -11,6 +11,8 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
+#include "model/fp8.h"
+
 namespace grpo::model {
 
 using at::Tensor;
@@ -35,6 +37,8 @@ struct LinearImpl : torch::nn::Module {
   torch::nn::Linear lora_A{nullptr}, lora_B{nullptr};
   double lora_scaling = 0, lora_dropout = 0;
   bool lora_enabled = true;  // false: the base layer alone (the reference model under LoRA)
+  // The rollout engine's FP8 copy of effective_weight() (model/fp8.h), used inside an fp8::Scope.
+  fp8::Weight fp8;
 };
 TORCH_MODULE(Linear);
 

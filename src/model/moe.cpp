@@ -124,7 +124,10 @@ Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const 
   // captured CUDA graph). The grouped path runs the side path as grouped GEMMs in bf16 when the
   // rank meets their 16-byte alignment, and forms the weight otherwise.
   const bool lora_gu = gate_up_lora_A.defined() && lora_enabled, lora_down = down_lora_A.defined() && lora_enabled;
-  if (use_grouped_mm(x)) {
+  if (fp8_gate_up.defined() && fp8::active()) {
+    // The FP8 copies hold the adapters merged.
+    ys = fp8::grouped(swiglu(fp8::grouped(xs, fp8_gate_up, counts)), fp8_down, counts);
+  } else if (use_grouped_mm(x)) {
     // One grouped GEMM over all experts (CUDA, bf16): no host sync, no per-expert launches.
     Tensor offsets = counts.cumsum(0).to(at::kInt);
     auto aligned = [](const Tensor& a) { return !a.defined() || a.size(1) % 8 == 0; };

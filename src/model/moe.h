@@ -63,6 +63,10 @@ struct RoutedExpertsImpl : torch::nn::Module {
   Tensor down_lora_A, down_lora_B;        // (E, r, I), (E, H, r)
   double gate_up_lora_scaling = 0, down_lora_scaling = 0;
   bool lora_enabled = true;
+
+  // The rollout engine's FP8 copies of the effective stacks, one scale per expert output row
+  // (model/fp8.h), used inside an fp8::Scope.
+  fp8::Weight fp8_gate_up, fp8_down;
 };
 TORCH_MODULE(RoutedExperts);
 

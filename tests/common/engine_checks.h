@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 #include <utility>
 #include <vector>
 
@@ -12,6 +13,26 @@
 #include "rollout/types.h"
 
 namespace grpo::testing {
+
+// `count` prompts of random tokens below `vocab`, of lengths in [min_len, max_len].
+inline std::vector<std::vector<int64_t>> prompts(int count, int min_len, int max_len, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<std::vector<int64_t>> out;
+  for (int i = 0; i < count; ++i) {
+    int len = min_len + (int)(rng() % (max_len - min_len + 1));
+    std::vector<int64_t> p;
+    for (int t = 0; t < len; ++t) p.push_back(rng() % vocab);
+    out.push_back(p);
+  }
+  return out;
+}
+
+// One request per prompt, all with `sp`.
+inline std::vector<rollout::Request> requests(const std::vector<std::vector<int64_t>>& ps, const rollout::SamplingParams& sp) {
+  std::vector<rollout::Request> rs;
+  for (size_t i = 0; i < ps.size(); ++i) rs.push_back({(int64_t)i, ps[i], sp});
+  return rs;
+}
 
 // max and mean |engine log-prob - CausalLM::completion_logprobs| over every completion token of
 // `cs`, whose prompts are those of `rs` by prompt_index.

@@ -27,6 +27,8 @@ using at::Tensor;
 using grpo::testing::kTinyV3;
 using grpo::testing::tiny;
 using grpo::testing::logprob_gap;
+using grpo::testing::prompts;
+using grpo::testing::requests;
 using grpo::testing::with_paged_mla_widths;
 
 namespace {
@@ -56,24 +58,6 @@ const char* kTinyQwen3Moe = R"({
   "max_position_embeddings": 256,
   "rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                       "original_max_position_embeddings": 16, "rope_theta": 10000.0}})";
-
-std::vector<std::vector<int64_t>> prompts(int count, int min_len, int max_len, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<std::vector<int64_t>> out;
-  for (int i = 0; i < count; ++i) {
-    int len = min_len + (int)(rng() % (max_len - min_len + 1));
-    std::vector<int64_t> p;
-    for (int t = 0; t < len; ++t) p.push_back(rng() % vocab);
-    out.push_back(p);
-  }
-  return out;
-}
-
-std::vector<Request> requests(const std::vector<std::vector<int64_t>>& ps, const SamplingParams& sp) {
-  std::vector<Request> rs;
-  for (size_t i = 0; i < ps.size(); ++i) rs.push_back({(int64_t)i, ps[i], sp});
-  return rs;
-}
 
 // Full-forward logits (T, V) of one sequence, fp32.
 Tensor full_logits(model::CausalLM& m, const std::vector<int64_t>& ids) {
