@@ -50,3 +50,18 @@ if gathered:
         if g:
             print(f"| {r['batch']} | {r['prompt']} + {r['new']} | {r['ms_per_step']:.2f} | {g['ms_per_step']:.2f} | "
                   f"{r['decode_tok_s']:.0f} | {g['decode_tok_s']:.0f} | {r['decode_tok_s'] / g['decode_tok_s']:.2f}x |")
+fp8 = {(r["batch"], r["prompt"]): r for r in decode if r["engine"] == "grpo-fp8"}
+if fp8:
+    print()
+    print("Decode with FP8 weights (e4m3; 128 x 128 block scales, per-row for the routed experts) against bf16 in the same")
+    print("run; log-prob drift: |engine - bf16 training forward| over the first 8 completions of each row")
+    print()
+    print("| batch | context | bf16 ms/step | fp8 ms/step | speed-up | fp8 roofline (fp8 bytes) | bf16 drift mean / max | fp8 drift mean / max |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in decode:
+        f = fp8.get((r["batch"], r["prompt"])) if r["engine"] == "grpo" else None
+        if f:
+            print(f"| {r['batch']} | {r['prompt']} + {r['new']} | {r['ms_per_step']:.2f} | {f['ms_per_step']:.2f} | "
+                  f"{r['ms_per_step'] / f['ms_per_step']:.2f}x | {100 * f['roofline']:.1f}% | "
+                  f"{r.get('logprob_diff_mean', 0):.4f} / {r['logprob_diff_max']:.3f} | "
+                  f"{f.get('logprob_diff_mean', 0):.4f} / {f['logprob_diff_max']:.3f} |")
