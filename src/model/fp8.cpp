@@ -5,6 +5,7 @@
 #include <ATen/ops/_scaled_mm.h>
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
 #include <string>
 
 #include "model/linear.h"
@@ -23,10 +24,17 @@ thread_local bool g_active = false;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// s = amax / 448, and 1 where the group is all zeros (its values quantize to 0 whatever s is).
-Tensor scale_of(const Tensor& amax) { return at::where(amax > 0, amax / kMax, at::ones_like(amax)); }
+// s = amax / 448, and 1 where the group is all zeros (its values quantize to 0 whatever s is). A
+// true division by a tensor: ATen's CUDA division by a scalar multiplies by its reciprocal, which
+// is not the same rounding.
+Tensor scale_of(const Tensor& amax) {
+  return at::where(amax > 0, amax / at::full_like(amax, kMax), at::ones_like(amax));
+}
 
-// One matrix (N, K) -> e4m3 values and its scales, per 128 x 128 block or per row.
+int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// One matrix (N, K) -> e4m3 values and its scales, per 128 x 128 block (K padded to kPadCols) or
+// per row.
 std::pair<Tensor, Tensor> quantize_matrix(const Tensor& w, bool rows) {
   Tensor wf = w.to(at::kFloat);
   const int64_t N = wf.size(0), K = wf.size(1);
@@ -34,10 +42,10 @@ std::pair<Tensor, Tensor> quantize_matrix(const Tensor& w, bool rows) {
     Tensor s = scale_of(wf.abs().amax(-1));
     return {(wf / s.unsqueeze(1)).to(at::kFloat8_e4m3fn), s};
   }
-  const int64_t nb = ceil_div(N, kBlock), kb = ceil_div(K, kBlock);
-  Tensor blocks = at::constant_pad_nd(wf, {0, kb * kBlock - K, 0, nb * kBlock - N}).view({nb, kBlock, kb, kBlock});
+  const int64_t nb = ceil_div(N, kBlock), Kp = round_up(K, kPadCols), kb = Kp / kBlock;
+  Tensor blocks = at::constant_pad_nd(wf, {0, Kp - K, 0, nb * kBlock - N}).view({nb, kBlock, kb, kBlock});
   Tensor s = scale_of(blocks.abs().amax({1, 3}));  // (nb, kb)
-  Tensor q = (blocks / s.view({nb, 1, kb, 1})).view({nb * kBlock, kb * kBlock}).narrow(0, 0, N).narrow(1, 0, K);
+  Tensor q = (blocks / s.view({nb, 1, kb, 1})).view({nb * kBlock, Kp}).narrow(0, 0, N);
   return {q.to(at::kFloat8_e4m3fn), s};
 }
 
@@ -75,6 +83,7 @@ int64_t bytes_of(const Weight& w) {
 void quantize_weight(const Tensor& w, Weight& out, bool rows) {
   at::NoGradGuard no_grad;
   Tensor src = w.detach();
+  out.cols = src.size(-1);
   if (src.dim() == 2) {
     auto [q, s] = quantize_matrix(src, rows);
     store(out.q, q, "weight");
@@ -100,7 +109,8 @@ void quantize_weight(const Tensor& w, Weight& out, bool rows) {
   }
 }
 
-std::pair<Tensor, Tensor> quantize_activations_reference(const Tensor& x, int64_t group) {
+std::pair<Tensor, Tensor> quantize_activations_reference(const Tensor& x, int64_t group, int64_t cols,
+                                                         int64_t row_multiple) {
   if (x.dim() != 2) throw Error("fp8: activations must be (M, K)");
   Tensor xf = x.to(at::kFloat);
   if (group == 0) {
@@ -108,26 +118,27 @@ std::pair<Tensor, Tensor> quantize_activations_reference(const Tensor& x, int64_
     return {(xf / s.unsqueeze(1)).to(at::kFloat8_e4m3fn), s};
   }
   if (group != kBlock) throw Error("fp8: activation groups are 128 columns or whole rows");
-  const int64_t M = xf.size(0), K = xf.size(1), G = ceil_div(K, kBlock);
-  Tensor blocks = at::constant_pad_nd(xf, {0, G * kBlock - K}).view({M, G, kBlock});
-  Tensor s = scale_of(blocks.abs().amax(-1));  // (M, G)
-  Tensor q = (blocks / s.unsqueeze(-1)).view({M, G * kBlock}).narrow(1, 0, K).to(at::kFloat8_e4m3fn);
-  return {q, s.t().contiguous().t()};  // M contiguous, as _scaled_mm reads 1 x 128 scales
+  const int64_t M = xf.size(0), K = xf.size(1), Mp = round_up(M, row_multiple), Kp = std::max(K, cols);
+  const int64_t G = ceil_div(Kp, kBlock);
+  Tensor blocks = at::constant_pad_nd(xf, {0, G * kBlock - K, 0, Mp - M}).view({Mp, G, kBlock});
+  Tensor s = scale_of(blocks.abs().amax(-1));  // (Mp, G)
+  Tensor q = (blocks / s.unsqueeze(-1)).view({Mp, G * kBlock}).narrow(1, 0, Kp).to(at::kFloat8_e4m3fn);
+  return {q, s.t().contiguous().t()};  // Mp contiguous, as _scaled_mm reads 1 x 128 scales
 }
 
-std::pair<Tensor, Tensor> quantize_activations(const Tensor& x, int64_t group) {
+std::pair<Tensor, Tensor> quantize_activations(const Tensor& x, int64_t group, int64_t cols, int64_t row_multiple) {
 #ifdef GRPO_FP8_CUDA
-  if (x.is_cuda() && cuda::fp8_quantize_supported(x)) return cuda::fp8_quantize(x, group);
+  if (x.is_cuda() && cuda::fp8_quantize_supported(x)) return cuda::fp8_quantize(x, group, cols, row_multiple);
 #endif
-  return quantize_activations_reference(x, group);
+  return quantize_activations_reference(x, group, cols, row_multiple);
 }
 
 Tensor dequantize(const Weight& w, bool rows) {
   Tensor q = w.q.to(at::kFloat);
   if (rows) return q * w.scale.unsqueeze(-1);
-  const int64_t N = q.size(-2), K = q.size(-1);
+  const int64_t N = q.size(-2), Kp = q.size(-1);
   Tensor s = w.scale.repeat_interleave(kBlock, -2).repeat_interleave(kBlock, -1);
-  return q * s.narrow(-2, 0, N).narrow(-1, 0, K);
+  return (q * s.narrow(-2, 0, N).narrow(-1, 0, Kp)).narrow(-1, 0, w.cols);
 }
 
 bool native(const at::Device& device) {
@@ -136,24 +147,28 @@ bool native(const at::Device& device) {
 }
 
 Tensor linear(const Tensor& x, const Weight& w, const Tensor& bias, at::ScalarType out_dtype) {
-  const int64_t K = x.size(-1), N = w.q.size(0);
+  const int64_t K = x.size(-1), N = w.q.size(0), Kp = w.q.size(1);
+  if (K != w.cols) throw Error("fp8 linear: input width " + std::to_string(K) + ", weight width " + std::to_string(w.cols));
   Tensor x2 = x.reshape({-1, K}).contiguous();
-  auto [q, s] = quantize_activations(x2, kBlock);
+  const int64_t M = x2.size(0);
   Tensor y;
   if (native(x.device())) {
+    auto [q, s] = quantize_activations(x2, kBlock, Kp, kPadRows);
     const bool fused_bias = bias.defined() && bias.scalar_type() == at::kBFloat16 && out_dtype == at::kBFloat16;
     y = at::_scaled_mm(q, w.q.t(), s, w.scale.t(), fused_bias ? std::optional<Tensor>(bias) : std::nullopt,
                        std::nullopt, out_dtype);
+    if (y.size(0) != M) y = y.narrow(0, 0, M);
     if (bias.defined() && !fused_bias) y = (y.to(at::kFloat) + bias.to(at::kFloat)).to(out_dtype);
   } else {
-    Tensor xd = q.to(at::kFloat) * s.repeat_interleave(kBlock, 1).narrow(1, 0, K);
-    y = at::matmul(xd, dequantize(w).t());
+    auto [q, s] = quantize_activations(x2, kBlock, Kp);
+    Tensor xd = q.to(at::kFloat) * s.repeat_interleave(kBlock, 1).narrow(1, 0, Kp);
+    y = at::matmul(xd.narrow(1, 0, K), dequantize(w).t());
     if (bias.defined()) y = y + bias.to(at::kFloat);
     y = y.to(out_dtype);
   }
   auto shape = x.sizes().vec();
   shape.back() = N;
-  return y.view(shape);
+  return y.reshape(shape);
 }
 
 Tensor grouped(const Tensor& x, const Weight& w, const Tensor& counts) {

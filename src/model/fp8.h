@@ -29,13 +29,21 @@ namespace grpo::model::fp8 {
 
 using at::Tensor;
 
-constexpr int64_t kBlock = 128;   // block side of the weight scales, group of the activation scales
-constexpr double kMax = 448.0;    // largest finite e4m3 value
+constexpr int64_t kBlock = 128;  // block side of the weight scales, group of the activation scales
+constexpr double kMax = 448.0;   // largest finite e4m3 value
+// cuBLAS's block-scaled product on Hopper wants the scales' leading dimensions 16-byte aligned:
+// the 128-column groups of K a multiple of 4 (else it returns wrong sums, unchecked), the rows of
+// the activations a multiple of 4 (else it refuses). Block-scaled weights are stored with K padded
+// by zero columns to a multiple of 512, and the activations padded to match.
+constexpr int64_t kPadCols = 4 * kBlock;
+constexpr int64_t kPadRows = 4;
 
-// A weight (N, K) in e4m3 and its scales: (ceil(N/128), ceil(K/128)) for blocks, (N) per row;
-// the routed experts' stacks carry a leading expert dimension on both.
+// A weight (N, K) in e4m3 and its scales. Blocks: q (N, Kp) with Kp = K rounded up to 512 (zero
+// columns), scales (ceil(N/128), Kp/128). Rows: q (N, K), scales (N). The routed experts' stacks
+// carry a leading expert dimension on both. `cols` is K.
 struct Weight {
   Tensor q, scale;
+  int64_t cols = 0;
   bool defined() const { return q.defined(); }
 };
 
@@ -44,15 +52,18 @@ struct Weight {
 // them stay valid). `rows`: one scale per output row instead of per 128 x 128 block.
 void quantize_weight(const Tensor& w, Weight& out, bool rows = false);
 
-// Activations (M, K) -> e4m3 (M, K) and scales: group 128 gives (M, ceil(K/128)) in the layout
-// `_scaled_mm` asks for (M contiguous: strides (1, M)); group 0 gives one scale per row, (M).
+// Activations (M, K) -> e4m3 and scales. Group 128: the input is taken as zero-padded to
+// (Mp, Kp), Mp = M rounded up to `row_multiple`, Kp = max(K, cols) (a multiple of 128 when above
+// K), giving q (Mp, Kp) and scales (Mp, ceil(Kp/128)) in the layout `_scaled_mm` asks for (Mp
+// contiguous: strides (1, Mp)). Group 0: q (M, K) and one scale per row, (M).
 // s = amax / 448 (1 for an all-zero group), q = x / s rounded to nearest. On CUDA one kernel.
-std::pair<Tensor, Tensor> quantize_activations(const Tensor& x, int64_t group);
+std::pair<Tensor, Tensor> quantize_activations(const Tensor& x, int64_t group, int64_t cols = 0, int64_t row_multiple = 1);
 
 // The same in ATen operations: the reference the CUDA kernel equals bit for bit.
-std::pair<Tensor, Tensor> quantize_activations_reference(const Tensor& x, int64_t group);
+std::pair<Tensor, Tensor> quantize_activations_reference(const Tensor& x, int64_t group, int64_t cols = 0,
+                                                         int64_t row_multiple = 1);
 
-// Dequantized fp32 copy of a quantized weight (or activation block-scaled with `group`).
+// Dequantized fp32 copy of a quantized weight, (N, K) (or (E, N, K)).
 Tensor dequantize(const Weight& w, bool rows = false);
 
 // y = x W^T (+ bias) with x quantized per 1 x 128 and W per 128 x 128, rounded to `out_dtype`.

@@ -10,6 +10,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "model/fp8_cuda.h"
@@ -31,19 +32,21 @@ __device__ __forceinline__ __nv_fp8_storage_t to_e4m3(float v) {
 
 __device__ __forceinline__ float scale_of(float amax) { return amax > 0.0f ? __fdiv_rn(amax, kFp8Max) : 1.0f; }
 
+// x (M, K) read as zero-padded to (Mp, Kp); q (Mp, Kp); scale (G, Mp).
 template <typename T>
 __global__ void quantize_groups_kernel(const T* __restrict__ x, __nv_fp8_storage_t* __restrict__ q,
-                                       float* __restrict__ scale, int64_t M, int64_t K, int64_t G) {
+                                       float* __restrict__ scale, int64_t M, int64_t K, int64_t Mp, int64_t Kp,
+                                       int64_t G) {
   const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
-  if (warp >= M * G) return;
+  if (warp >= Mp * G) return;
   const int64_t m = warp / G, g = warp % G;
   const int64_t col0 = g * kGroup + lane * 4;
   float v[4];
   float amax = 0.0f;
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    v[j] = col0 + j < K ? to_float(x[m * K + col0 + j]) : 0.0f;
+    v[j] = m < M && col0 + j < K ? to_float(x[m * K + col0 + j]) : 0.0f;
     amax = fmaxf(amax, fabsf(v[j]));
   }
 #pragma unroll
@@ -51,8 +54,8 @@ __global__ void quantize_groups_kernel(const T* __restrict__ x, __nv_fp8_storage
   const float s = scale_of(amax);
 #pragma unroll
   for (int j = 0; j < 4; ++j)
-    if (col0 + j < K) q[m * K + col0 + j] = to_e4m3(__fdiv_rn(v[j], s));
-  if (lane == 0) scale[g * M + m] = s;  // M contiguous
+    if (col0 + j < Kp) q[m * Kp + col0 + j] = to_e4m3(__fdiv_rn(v[j], s));
+  if (lane == 0) scale[g * Mp + m] = s;  // Mp contiguous
 }
 
 template <typename T>
@@ -79,16 +82,16 @@ __global__ void quantize_rows_kernel(const T* __restrict__ x, __nv_fp8_storage_t
 
 template <typename T>
 void launch(const Tensor& x, const Tensor& q, const Tensor& scale, int64_t group) {
-  const int64_t M = x.size(0), K = x.size(1);
+  const int64_t M = x.size(0), K = x.size(1), Mp = q.size(0), Kp = q.size(1);
   auto stream = at::cuda::getCurrentCUDAStream();
   auto* qp = reinterpret_cast<__nv_fp8_storage_t*>(q.data_ptr());
   const T* xp = reinterpret_cast<const T*>(x.data_ptr());
   if (group == 0) {
     quantize_rows_kernel<T><<<(unsigned)M, 256, 0, stream>>>(xp, qp, scale.data_ptr<float>(), K);
   } else {
-    const int64_t G = (K + kGroup - 1) / kGroup, warps = M * G;
+    const int64_t G = (Kp + kGroup - 1) / kGroup, warps = Mp * G;
     const int64_t blocks = (warps + 7) / 8;
-    quantize_groups_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(xp, qp, scale.data_ptr<float>(), M, K, G);
+    quantize_groups_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(xp, qp, scale.data_ptr<float>(), M, K, Mp, Kp, G);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -100,15 +103,17 @@ bool fp8_quantize_supported(const Tensor& x) {
          (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat);
 }
 
-std::pair<Tensor, Tensor> fp8_quantize(const Tensor& x, int64_t group) {
+std::pair<Tensor, Tensor> fp8_quantize(const Tensor& x, int64_t group, int64_t cols, int64_t row_multiple) {
   if (!fp8_quantize_supported(x)) throw Error("fp8_quantize: expected a contiguous (M, K) bf16 or fp32 CUDA tensor");
   if (group != 0 && group != kGroup) throw Error("fp8_quantize: groups are 128 columns or whole rows");
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t M = x.size(0), K = x.size(1);
-  Tensor q = at::empty({M, K}, x.options().dtype(at::kFloat8_e4m3fn));
+  const int64_t Mp = group == 0 ? M : (M + row_multiple - 1) / row_multiple * row_multiple;
+  const int64_t Kp = group == 0 ? K : std::max(K, cols);
+  Tensor q = at::empty({Mp, Kp}, x.options().dtype(at::kFloat8_e4m3fn));
   Tensor scale = group == 0 ? at::empty({M}, x.options().dtype(at::kFloat))
-                            : at::empty({(K + kGroup - 1) / kGroup, M}, x.options().dtype(at::kFloat));
-  if (M > 0 && K > 0) {
+                            : at::empty({(Kp + kGroup - 1) / kGroup, Mp}, x.options().dtype(at::kFloat));
+  if (Mp > 0 && Kp > 0) {
     if (x.scalar_type() == at::kBFloat16)
       launch<__nv_bfloat16>(x, q, scale, group);
     else

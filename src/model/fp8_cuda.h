@@ -14,8 +14,9 @@ using at::Tensor;
 // x (M, K) contiguous, bf16 or fp32, on CUDA.
 bool fp8_quantize_supported(const Tensor& x);
 
-// As fp8::quantize_activations_reference, bit for bit: group 128 -> e4m3 (M, K) and scales
-// (M, ceil(K/128)) with strides (1, M); group 0 -> one scale per row, (M).
-std::pair<Tensor, Tensor> fp8_quantize(const Tensor& x, int64_t group);
+// As fp8::quantize_activations_reference, bit for bit: group 128 -> e4m3 (Mp, Kp) of the input
+// zero-padded (Mp = M rounded up to row_multiple, Kp = max(K, cols)) and scales (Mp, ceil(Kp/128))
+// with strides (1, Mp); group 0 -> e4m3 (M, K) and one scale per row, (M).
+std::pair<Tensor, Tensor> fp8_quantize(const Tensor& x, int64_t group, int64_t cols = 0, int64_t row_multiple = 1);
 
 }  // namespace grpo::model::cuda

@@ -43,7 +43,7 @@ Tensor spread(int64_t rows, int64_t cols, uint64_t seed) {
 Tensor reference_product(const Tensor& qa, const Tensor& sa, const fp8::Weight& w) {
   const int64_t K = qa.size(1), N = w.q.size(0);
   Tensor a = qa.to(at::kDouble) * sa.to(at::kDouble).repeat_interleave(128, 1).narrow(1, 0, K);
-  Tensor b = w.q.to(at::kDouble) *
+  Tensor b = w.q.narrow(1, 0, K).to(at::kDouble) *
              w.scale.to(at::kDouble).repeat_interleave(128, 0).repeat_interleave(128, 1).narrow(0, 0, N).narrow(1, 0, K);
   return at::matmul(a, b.t());
 }
@@ -60,7 +60,11 @@ TEST(Fp8, WeightBlocksScaleByTheirOwnMaximum) {
   fp8::Weight q;
   fp8::quantize_weight(w, q);
   ASSERT_EQ(q.q.scalar_type(), at::kFloat8_e4m3fn);
-  ASSERT_EQ(q.scale.sizes(), (at::IntArrayRef{2, 3}));
+  // K padded with zero columns to 512: four column blocks, the last all zeros (scale 1).
+  ASSERT_EQ(q.q.sizes(), (at::IntArrayRef{200, 512}));
+  ASSERT_EQ(q.scale.sizes(), (at::IntArrayRef{2, 4}));
+  EXPECT_TRUE((q.scale.select(1, 3) == 1).all().item<bool>());
+  EXPECT_TRUE((q.q.narrow(1, 300, 212).to(at::kFloat) == 0).all().item<bool>());
   for (int64_t i = 0; i < 2; ++i)
     for (int64_t j = 0; j < 3; ++j) {
       Tensor block = w.narrow(0, 128 * i, std::min<int64_t>(128, 200 - 128 * i)).narrow(1, 128 * j, std::min<int64_t>(128, 300 - 128 * j));
@@ -89,7 +93,7 @@ TEST(Fp8, RequantizingOverwritesTheCopiesInPlace) {
   fp8::quantize_weight(w * 3, fresh);
   EXPECT_TRUE(at::equal(q.q.view(at::kByte), fresh.q.view(at::kByte)));
   EXPECT_TRUE(at::equal(q.scale, fresh.scale));
-  EXPECT_THROW(fp8::quantize_weight(spread(64, 112, 2), q), std::exception);
+  EXPECT_THROW(fp8::quantize_weight(spread(80, 96, 2), q), std::exception);
 }
 
 TEST(Fp8, ExpertStacksScalePerOutputRow) {
@@ -114,6 +118,14 @@ TEST(Fp8, ActivationScalesAreGroupsOf128InColumnMajorLayout) {
     EXPECT_EQ(s[0][g].item<float>(), x[0].narrow(0, 128 * g, std::min<int64_t>(128, 300 - 128 * g)).abs().max().item<float>() / 448.0f);
   EXPECT_TRUE((s[2] == 1).all().item<bool>());  // an all-zero group
   EXPECT_TRUE((q[2].to(at::kFloat) == 0).all().item<bool>());
+  // Padded for cuBLAS: rows to a multiple of 4, columns to the weight's 512; zero groups scale 1.
+  auto [qp, sp] = fp8::quantize_activations_reference(x, 128, 512, 4);
+  ASSERT_EQ(qp.sizes(), (at::IntArrayRef{8, 512}));
+  ASSERT_EQ(sp.sizes(), (at::IntArrayRef{8, 4}));
+  EXPECT_EQ(sp.stride(1), 8);
+  EXPECT_TRUE(at::equal(sp.narrow(0, 0, 5).narrow(1, 0, 3), s));
+  EXPECT_TRUE((sp.narrow(0, 5, 3) == 1).all().item<bool>() && (sp.select(1, 3) == 1).all().item<bool>());
+  EXPECT_TRUE(at::equal(qp.narrow(0, 0, 5).narrow(1, 0, 300).view(at::kByte), q.view(at::kByte)));
   auto [qr, sr] = fp8::quantize_activations_reference(x, 0);
   ASSERT_EQ(sr.sizes(), (at::IntArrayRef{5}));
   EXPECT_EQ(sr[1].item<float>(), x[1].abs().max().item<float>() / 448.0f);
@@ -204,9 +216,12 @@ TEST(Fp8Cuda, KernelQuantizerEqualsReferenceBitForBit) {
       for (int64_t K : {16, 128, 1008, 2048}) {
         Tensor x = spread(M, K, M * K).to(at::kCUDA, dtype);
         if (M > 2) x[2].zero_();
-        for (int64_t group : {0, 128}) {
-          auto [q, s] = model::cuda::fp8_quantize(x, group);
-          auto [qr, sr] = fp8::quantize_activations_reference(x, group);
+        for (int64_t group : {0, 128, -1}) {
+          // -1: groups of 128, padded as the block-scaled product asks (rows to 4, columns to 512).
+          const int64_t g = group < 0 ? 128 : group, cols = group < 0 ? (K + 511) / 512 * 512 : 0;
+          const int64_t rows = group < 0 ? 4 : 1;
+          auto [q, s] = model::cuda::fp8_quantize(x, g, cols, rows);
+          auto [qr, sr] = fp8::quantize_activations_reference(x, g, cols, rows);
           EXPECT_TRUE(at::equal(q.view(at::kByte), qr.view(at::kByte))) << M << "x" << K << " group " << group;
           EXPECT_TRUE(at::equal(s, sr)) << M << "x" << K << " group " << group;
           EXPECT_EQ(s.strides(), sr.strides());
@@ -219,16 +234,20 @@ TEST(Fp8Cuda, KernelsAgreeWithTheEmulation) {
   if (!at::hasCUDA() || !fp8::native(at::Device(at::kCUDA, 0)))
     GTEST_SKIP() << "needs a Hopper GPU (runs on the GPU machine)";
   // Dense: 1 x 128 activations times 128 x 128 weight blocks, against the float64 sum.
+  // K 1008 and 1408: 8 and 11 column blocks (the latter padded to 12 for cuBLAS); M 1 and 37 are
+  // padded to a multiple of 4.
+  for (int64_t K : {1008, 1408})
   for (int64_t M : {1, 37, 256}) {
-    Tensor w = spread(384, 1008, 8), x = spread(M, 1008, 9 + M);
+    Tensor w = spread(384, K, 8), x = spread(M, K, 9 + M);
     fp8::Weight q;
     fp8::quantize_weight(w.to(at::kCUDA, at::kBFloat16), q);
     Tensor xb = x.to(at::kCUDA, at::kBFloat16);
     Tensor y = fp8::linear(xb, q, {}, at::kBFloat16);
+    ASSERT_EQ(y.sizes(), (at::IntArrayRef{M, 384}));
     auto [qa, sa] = fp8::quantize_activations_reference(xb, 128);
-    fp8::Weight host{q.q.cpu(), q.scale.cpu()};
+    fp8::Weight host{q.q.cpu(), q.scale.cpu(), q.cols};
     const double err = max_rel(y, reference_product(qa.cpu(), sa.cpu(), host));
-    std::cout << "M " << M << ": max |_scaled_mm - float64| / max = " << err << "\n";
+    std::cout << "M " << M << ", K " << K << ": max |_scaled_mm - float64| / max = " << err << "\n";
     EXPECT_LT(err, 8e-3);  // bf16 output rounding (2^-8) and fp32 sums
   }
   // Routed experts: per-row scales, uneven groups, an empty expert.
@@ -239,7 +258,7 @@ TEST(Fp8Cuda, KernelsAgreeWithTheEmulation) {
   fp8::quantize_weight(w.to(at::kCUDA, at::kBFloat16), q, /*rows=*/true);
   Tensor xb = x.to(at::kCUDA, at::kBFloat16);
   Tensor y = fp8::grouped(xb, q, counts.to(at::kCUDA));
-  fp8::Weight host{q.q.cpu(), q.scale.cpu()};
+  fp8::Weight host{q.q.cpu(), q.scale.cpu(), q.cols};
   Tensor want = fp8::grouped(xb.cpu().to(at::kFloat), host, counts);
   const double err = max_rel(y, want);
   std::cout << "grouped: max |_scaled_grouped_mm - emulation| / max = " << err << "\n";

@@ -12,6 +12,8 @@
   update's ratio exactly 1 with the engine's pi_old);
 - rollout importance sampling (token level, truncated and masked) logs the ratio pi_old / pi_rollout
   and the share of tokens truncated or masked; it needs recompute_old_logprobs;
+- FP8 rollout weights: the engine's log-probs drift further from the bf16 training forward than
+  bf16's own, the run trains, and rollout_is logs the ratios; with exact_rollout it is refused;
 - routing replay logs the size of the rollout's expert records and the training router's agreement
   with them, trains as the plain run does when they agree, and is refused for a model without MoE;
 - asynchronous rollout: with staleness 0 (the rollout thread on a copy of the policy, started after
@@ -164,6 +166,24 @@ r = subprocess.run([a.grpo, "train", os.path.join(a.workdir, "bad_is.yaml"), "--
                        BASE + "rollout_is: sequence\n") else None
 check(r.returncode != 0 and "recompute_old_logprobs" in r.stderr,
       "rollout_is without recompute_old_logprobs is refused: " + r.stderr.strip().splitlines()[-1][:160])
+
+# --- FP8 rollout weights: the engine decodes with e4m3 copies of the weights (an emulation of the
+# FP8 products on the CPU), requantized after every update: its log-probs drift further from the
+# bf16 training forward than bf16's own, and rollout_is weighs the difference.
+fp8_recipe = "bf16: true\nmax_steps: 3\nsave_every: 0\neval_every: 0\nrecompute_old_logprobs: true\nrollout_is: token\n"
+bf16_run = metrics(train("bf16_for_fp8", fp8_recipe))
+fp8_run = metrics(train("fp8", fp8_recipe + "rollout_quantization: fp8\n"))
+drift = [(bf16_run[s]["rollout_logprob_diff"], fp8_run[s]["rollout_logprob_diff"]) for s in (1, 2, 3)]
+check(all(2 * b < f < 0.1 for b, f in drift) and fp8_run[3]["grad_norm"] > 0
+      and fp8_run[3]["rollout_is/ratio_min"] < 1 < fp8_run[3]["rollout_is/ratio_max"],
+      "rollout_quantization fp8: mean per-token |engine - training| per step " +
+      ", ".join(f"{f:.4f} (bf16 {b:.4f})" for b, f in drift) +
+      f"; step 3's importance ratios in [{fp8_run[3]['rollout_is/ratio_min']:.3f}, {fp8_run[3]['rollout_is/ratio_max']:.3f}]")
+open(os.path.join(a.workdir, "fp8_exact.yaml"), "w").write(BASE + "rollout_quantization: fp8\nexact_rollout: true\n")
+r = subprocess.run([a.grpo, "train", os.path.join(a.workdir, "fp8_exact.yaml"), "--output", os.path.join(a.workdir, "fp8_exact")],
+                   capture_output=True, text=True)
+check(r.returncode != 0 and "rollout_quantization" in r.stderr,
+      "rollout_quantization fp8 with exact_rollout is refused: " + (r.stderr.strip().splitlines() or [""])[-1][:160])
 
 # --- routing replay: in fp32 the rollout's experts are (near-ties aside) the training router's own,
 # so the replayed run trains as the plain one.
