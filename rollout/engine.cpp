@@ -301,7 +301,6 @@ Tensor Engine::Impl::decode_forward(const Tensor& packed, int64_t B, int64_t nbl
 }
 
 Engine::Impl::PagedRows Engine::Impl::unpack(const Tensor& packed, int64_t B, int64_t nblk, int64_t key_start) const {
-  auto i64 = at::TensorOptions().dtype(at::kLong).device(packed.device());
   PagedRows r;
   model::PagedKV& kv = r.kv;
   r.tokens = packed.narrow(0, 0, B);
@@ -311,10 +310,6 @@ Engine::Impl::PagedRows Engine::Impl::unpack(const Tensor& packed, int64_t B, in
   kv.table = packed.narrow(0, 4 * B, B * nblk).view({B, nblk});
   kv.block_size = bs;
   kv.key_start = key_start;
-  kv.Lpad = nblk * bs;
-  kv.gather_idx = (kv.table.unsqueeze(-1) * bs + at::arange(bs, i64)).view({B * kv.Lpad});
-  Tensor key = at::arange(kv.Lpad, i64).unsqueeze(0);
-  kv.invalid = ((key >= kv.lens.unsqueeze(1)) | (key < key_start)).unsqueeze(1);
   return r;
 }
 

@@ -83,9 +83,9 @@ Tensor MLAImpl::decode(const Tensor& x, const RopeTables& rope, Tensor cache, co
                                    softmax_scale);
 #endif
   if (!o_lat.defined()) {
-    Tensor kv = cache.index_select(0, paged.gather_idx).view({B, paged.Lpad, D});
+    Tensor kv = cache.index_select(0, paged.gather_index()).view({B, paged.padded_keys(), D});
     Tensor scores = at::bmm(qc, kv.transpose(1, 2)).to(at::kFloat) * softmax_scale;  // (B, nh, Lpad)
-    Tensor probs = masked_softmax(scores, paged.invalid, x.scalar_type());
+    Tensor probs = masked_softmax(scores, paged.invalid(), x.scalar_type());
     o_lat = at::bmm(probs, kv.narrow(-1, 0, r));
   }
   Tensor o = at::bmm(o_lat.transpose(0, 1), w.narrow(1, dn, dv).transpose(1, 2)).transpose(0, 1);  // (B, nh, dv)

@@ -78,6 +78,20 @@ Tensor apply_rope(const Tensor& x, const RopeTables& rope, bool interleave) {
   return at::cat({x1 * rope.cos - x2 * rope.sin, x2 * rope.cos + x1 * rope.sin}, -1);
 }
 
+const Tensor& PagedKV::gather_index() const {
+  if (!gather_index_.defined())
+    gather_index_ = (table.unsqueeze(-1) * block_size + at::arange(block_size, table.options())).view({-1});
+  return gather_index_;
+}
+
+const Tensor& PagedKV::invalid() const {
+  if (!invalid_.defined()) {
+    Tensor key = at::arange(padded_keys(), lens.options()).unsqueeze(0);
+    invalid_ = ((key >= lens.unsqueeze(1)) | (key < key_start)).unsqueeze(1);
+  }
+  return invalid_;
+}
+
 Tensor masked_softmax(const Tensor& scores, const Tensor& invalid, at::ScalarType dtype) {
   return scores.masked_fill(invalid, -std::numeric_limits<float>::infinity()).softmax(-1).to(dtype);
 }

@@ -56,17 +56,23 @@ struct AttentionMask {
 
 // What a decode step's attention reads of the paged KV cache. Row b's keys are the positions
 // [key_start, lens[b]) of its block table: position p lives in cache row
-// table[b][p / block_size] * block_size + p % block_size. The same keys as one padded gather,
-// for attention without a paged kernel: rows gather_idx[b * Lpad .. (b + 1) * Lpad), those where
-// `invalid` is true masked.
+// table[b][p / block_size] * block_size + p % block_size.
 struct PagedKV {
   Tensor write_slots;  // (B) the cache row of each row's new token
   Tensor table;        // (B, nblk) int64 block ids
   Tensor lens;         // (B) int64
   int64_t block_size = 0, key_start = 0;
-  Tensor gather_idx;  // (B * Lpad) int64
-  Tensor invalid;     // (B, 1, Lpad) bool
-  int64_t Lpad = 0;
+
+  // The same keys as one padded gather, for attention without a paged kernel: cache rows
+  // gather_index()[b * padded_keys() .. (b + 1) * padded_keys()), those where invalid() is true
+  // masked. Built on the first call and shared by the step's layers; a step whose attention reads
+  // the cache in place never builds them.
+  int64_t padded_keys() const { return table.size(1) * block_size; }
+  const Tensor& gather_index() const;  // (B * padded_keys()) int64
+  const Tensor& invalid() const;       // (B, 1, padded_keys()) bool
+
+ private:
+  mutable Tensor gather_index_, invalid_;
 };
 
 // What the decoder and the rollout engine need of an attention module.

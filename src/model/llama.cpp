@@ -63,12 +63,12 @@ Tensor GroupedQueryAttentionImpl::decode(const Tensor& x, const RopeTables& rope
   q = apply_rope(q.unsqueeze(1), rope, false).squeeze(1);
   k = apply_rope(k.unsqueeze(1), rope, false).squeeze(1);
   cache.index_copy_(0, paged.write_slots, at::cat({k.reshape({B, nkv * hd}), v.reshape({B, nkv * hd})}, -1));
-  Tensor kv = cache.index_select(0, paged.gather_idx).view({B, paged.Lpad, 2, nkv, hd});
+  Tensor kv = cache.index_select(0, paged.gather_index()).view({B, paged.padded_keys(), 2, nkv, hd});
   Tensor keys = kv.select(2, 0).permute({0, 2, 3, 1});     // (B, nkv, hd, Lpad)
   Tensor values = kv.select(2, 1).transpose(1, 2);         // (B, nkv, Lpad, hd)
   Tensor qg = q.view({B, nkv, groups, hd});                // query heads grouped by their key/value head
   Tensor scores = at::matmul(qg, keys).to(at::kFloat) * softmax_scale;  // (B, nkv, groups, Lpad)
-  Tensor probs = masked_softmax(scores, paged.invalid.unsqueeze(1), x.scalar_type());
+  Tensor probs = masked_softmax(scores, paged.invalid().unsqueeze(1), x.scalar_type());
   Tensor o = at::matmul(probs, values);                    // (B, nkv, groups, hd)
   return o_proj(o.reshape({B, num_heads * hd}));
 }

@@ -130,22 +130,18 @@ TEST(PagedMla, DecodeMatchesGatheredFormOnCuda) {
   fp32->to(at::kCUDA);
   const Case c{16, 512, 64, 16, 0, {5, 70, 513}};
   const Paged p = make_paged(c, at::kCUDA, 11);
-  const int64_t B = 3, bs = c.block_size, Lpad = p.nblk * bs;
+  const int64_t B = 3, bs = c.block_size;
   std::vector<int64_t> slots, positions;
   for (int64_t b = 0; b < B; ++b) {
     const int64_t pos = c.lens[b] - 1;  // each row's new token is its last key
     positions.push_back(pos);
     slots.push_back(p.table[b][pos / bs].item<int64_t>() * bs + pos % bs);
   }
-  auto i64 = at::TensorOptions().dtype(at::kLong).device(at::kCUDA);
   PagedKV kv;
   kv.write_slots = at::tensor(slots).to(at::kCUDA);
   kv.table = p.table;
   kv.lens = p.lens;
-  kv.block_size = bs;
-  kv.Lpad = Lpad;
-  kv.gather_idx = (p.table.unsqueeze(-1) * bs + at::arange(bs, i64)).view({B * Lpad});
-  kv.invalid = (at::arange(Lpad, i64).unsqueeze(0) >= p.lens.unsqueeze(1)).unsqueeze(1);
+  kv.block_size = bs;  // the gathered form builds its indices from the tables (PagedKV::gather_index)
   Tensor x = at::randn({B, cfg.hidden_size}, at::TensorOptions().device(at::kCUDA));
   Tensor pos = at::tensor(positions).to(at::kCUDA).view({B, 1});
   const Tensor freqs = (pos.to(at::kFloat).unsqueeze(-1) * rope_inv_freq(cfg).to(at::kCUDA)).unsqueeze(2);

@@ -30,18 +30,27 @@ model::MLAImpl& attention(model::CausalLM& m, int64_t layer) {
   return *m.model->layers[layer]->as<model::DecoderLayer>()->self_attn->as<model::MLAImpl>();
 }
 
+// Two samples per prompt of `count` random prompts; an engine with small blocks and `cache_mb`.
+struct Setup {
+  std::vector<Request> requests;
+  EngineOptions options;
+};
+Setup setup(int count, int min_len, int max_len, int64_t max_new, uint64_t seed, int64_t cache_mb) {
+  SamplingParams sp;
+  sp.n = 2;
+  sp.max_new_tokens = max_new;
+  sp.seed = seed;
+  Setup s{requests(prompts(count, min_len, max_len, 97, (uint32_t)seed + 1), sp), {}};
+  s.options.block_size = 8;
+  s.options.kv_cache_bytes = cache_mb << 20;
+  return s;
+}
+
 }  // namespace
 
 TEST(Fp8Rollout, LogprobsDriftByFp8ErrorAndFollowTheWeights) {
   auto m = fp8_model();
-  SamplingParams sp;
-  sp.n = 2;
-  sp.max_new_tokens = 24;
-  sp.seed = 11;
-  auto rs = requests(prompts(4, 3, 30, 97, 6), sp);
-  EngineOptions o;
-  o.block_size = 8;
-  o.kv_cache_bytes = 16 << 20;
+  auto [rs, o] = setup(4, 3, 30, 24, 11, 16);
   auto [plain_worst, plain_mean] = logprob_gap(*m, rs, Engine(m, nullptr, o).generate(rs));
   o.fp8 = true;
   Engine e(m, nullptr, o);
@@ -84,14 +93,7 @@ TEST(Fp8RolloutCuda, Bf16LogprobsNearRecomputeWithGraphs) {
     GTEST_SKIP() << "needs a Hopper GPU (runs on the GPU machine)";
   auto m = fp8_model();
   m->to_device_dtype(at::kCUDA, at::kBFloat16);
-  SamplingParams sp;
-  sp.n = 2;
-  sp.max_new_tokens = 50;
-  sp.seed = 5;
-  auto rs = requests(prompts(6, 20, 150, 97, 4), sp);
-  EngineOptions o;
-  o.block_size = 8;
-  o.kv_cache_bytes = 64 << 20;
+  auto [rs, o] = setup(6, 20, 150, 50, 5, 64);
   auto [plain_worst, plain_mean] = logprob_gap(*m, rs, Engine(m, nullptr, o).generate(rs));
   o.fp8 = true;
   Engine e(m, nullptr, o);
