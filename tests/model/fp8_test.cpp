@@ -224,7 +224,10 @@ TEST(Fp8Cuda, KernelQuantizerEqualsReferenceBitForBit) {
           auto [qr, sr] = fp8::quantize_activations_reference(x, g, cols, rows);
           EXPECT_TRUE(at::equal(q.view(at::kByte), qr.view(at::kByte))) << M << "x" << K << " group " << group;
           EXPECT_TRUE(at::equal(s, sr)) << M << "x" << K << " group " << group;
-          EXPECT_EQ(s.strides(), sr.strides());
+          if (g == 128) {  // Mp contiguous, as _scaled_mm reads them (a size-1 dimension's stride is free)
+            EXPECT_TRUE(s.size(0) == 1 || s.stride(0) == 1);
+            EXPECT_TRUE(s.size(1) == 1 || s.stride(1) == s.size(0));
+          }
         }
       }
 #endif
