@@ -46,6 +46,8 @@ RolloutBatch GrpoTrainer::sample(int64_t step, rollout::Engine& engine, int64_t 
     b.time_rollout += seconds_since(t0);
     b.draft_tokens += engine.stats().draft_tokens - before.draft_tokens;
     b.accepted_drafts += engine.stats().accepted_drafts - before.accepted_drafts;
+    if (engine.stats().fp8_layers > 0)
+      b.time_fp8_quantize = std::max(0.0, b.time_fp8_quantize) + engine.stats().fp8_seconds - before.fp8_seconds;
     ++b.gen_batches;
 
     std::vector<rewards::RewardItem> items;

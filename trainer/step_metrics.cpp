@@ -118,6 +118,7 @@ json step_metrics(const RolloutBatch& b, const UpdateStats& u, double lr, double
     m["kept_groups"] = b.kept_groups;
   }
   if (b.draft_tokens > 0) m["rollout/draft_acceptance"] = (double)b.accepted_drafts / b.draft_tokens;
+  if (b.time_fp8_quantize >= 0) m["rollout/fp8_quantize_s"] = b.time_fp8_quantize;
   return m;
 }
 

@@ -46,6 +46,7 @@ struct RolloutBatch {
   int64_t truncated = 0, reward_errors = 0, length_min = -1, length_max = 0;
   int64_t groups = 0, zero_std_groups = 0, kept_groups = 0, gen_batches = 0;
   int64_t draft_tokens = 0, accepted_drafts = 0;  // speculative_mtp: the MTP drafts checked and kept
+  double time_fp8_quantize = -1;  // rollout_quantization fp8: seconds spent refilling the FP8 copies (-1: off)
   int64_t tokens = 0;                        // prompt + completion tokens trained on
   std::vector<std::string> samples;          // the step's first few completions, as markdown
   double time_rollout = 0, time_reward = 0;  // seconds

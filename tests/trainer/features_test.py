@@ -175,10 +175,12 @@ bf16_run = metrics(train("bf16_for_fp8", fp8_recipe))
 fp8_run = metrics(train("fp8", fp8_recipe + "rollout_quantization: fp8\n"))
 drift = [(bf16_run[s]["rollout_logprob_diff"], fp8_run[s]["rollout_logprob_diff"]) for s in (1, 2, 3)]
 check(all(2 * b < f < 0.1 for b, f in drift) and fp8_run[3]["grad_norm"] > 0
+      and all(fp8_run[s]["rollout/fp8_quantize_s"] > 0 for s in (1, 2, 3)) and "rollout/fp8_quantize_s" not in bf16_run[1]
       and fp8_run[3]["rollout_is/ratio_min"] < 1 < fp8_run[3]["rollout_is/ratio_max"],
       "rollout_quantization fp8: mean per-token |engine - training| per step " +
       ", ".join(f"{f:.4f} (bf16 {b:.4f})" for b, f in drift) +
-      f"; step 3's importance ratios in [{fp8_run[3]['rollout_is/ratio_min']:.3f}, {fp8_run[3]['rollout_is/ratio_max']:.3f}]")
+      f"; step 3's importance ratios in [{fp8_run[3]['rollout_is/ratio_min']:.3f}, {fp8_run[3]['rollout_is/ratio_max']:.3f}]"
+      f"; requantizing took {fp8_run[2]['rollout/fp8_quantize_s'] * 1e3:.1f} ms at step 2")
 open(os.path.join(a.workdir, "fp8_exact.yaml"), "w").write(BASE + "rollout_quantization: fp8\nexact_rollout: true\n")
 r = subprocess.run([a.grpo, "train", os.path.join(a.workdir, "fp8_exact.yaml"), "--output", os.path.join(a.workdir, "fp8_exact")],
                    capture_output=True, text=True)
