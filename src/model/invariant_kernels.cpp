@@ -148,10 +148,10 @@ GRPO_INLINE void grouped_rows(const float* x, const T* w, const int64_t* group, 
                          int64_t begin, int64_t end) {
   for (int64_t m = begin; m < end;) {
     const T* wm = w + group[m] * N * K;
-    constexpr bool vector = std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>;
-    if (vector && m + 4 <= end && group[m + 3] == group[m] && group[m + 1] == group[m] && group[m + 2] == group[m]) {
+    constexpr bool vectorized = std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>;
+    if (vectorized && m + 4 <= end && group[m + 3] == group[m] && group[m + 1] == group[m] && group[m + 2] == group[m]) {
       const float* rows[4] = {x + m * K, x + (m + 1) * K, x + (m + 2) * K, x + (m + 3) * K};
-      if constexpr (vector)
+      if constexpr (vectorized)
         for (int64_t n = 0; n < N; ++n) dot4(rows, wm + n * K, K, out + m * N + n, N);
       m += 4;
     } else {
