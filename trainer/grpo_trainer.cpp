@@ -1,4 +1,6 @@
 #include "trainer/grpo_trainer.h"
+
+#include "model/fp8.h"
 #include "trainer/grpo_trainer_impl.h"
 
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -157,6 +159,10 @@ GrpoTrainer::GrpoTrainer(const StageSettings& s, const std::string& recipe_path,
   if (s_.moe.routing_replay && moe_layers(*policy_).empty())
     throw Error(recipe_path_ + ": key 'routing_replay': the model has no MoE layer to replay");
   engine_ = std::make_unique<rollout::Engine>(policy_, tok_.get(), eo);
+  if (eo.fp8 && main_rank())
+    fprintf(stderr, "grpo train: the rollout engine decodes with FP8 copies of %lld layers (%.1f MiB)%s\n",
+            (long long)engine_->stats().fp8_layers, engine_->stats().fp8_bytes / 1048576.0,
+            model::fp8::native(device_) ? "" : "; no Hopper GPU here: the FP8 products are emulated (slower than bf16)");
   if (s_.rollout.async_rollout >= 0) {
     if (comm_)
       throw Error(recipe_path_ + ": key 'async_rollout': asynchronous rollout runs on one rank for now (the rollout "
