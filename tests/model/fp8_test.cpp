@@ -206,6 +206,27 @@ TEST(Fp8, LayersUseTheirCopiesOnlyInsideAScope) {
   EXPECT_LT(err, 0.1);
 }
 
+TEST(Fp8, CopiesHoldTheAdaptersMerged) {
+  // Under LoRA the rollout decodes with W + scaling B A: the copy is of the merged weight, and the
+  // adapter's side path is not added again inside the scope.
+  auto m = grpo::testing::tiny(grpo::testing::with_paged_mla_widths(grpo::testing::kTinyV3), 1);
+  auto& o_proj = *m->model->layers[1]->as<DecoderLayer>()->self_attn->as<MLAImpl>()->o_proj;
+  o_proj.add_lora(4, 2.0, 0.0, at::make_generator<at::CPUGeneratorImpl>(5));
+  {
+    at::NoGradGuard g;
+    o_proj.lora_B->weight.normal_(0, 0.5);
+  }
+  fp8::quantize_model(*m);
+  fp8::Weight merged, base;
+  fp8::quantize_weight(o_proj.effective_weight(), merged);
+  fp8::quantize_weight(o_proj.weight, base);
+  EXPECT_TRUE(at::equal(o_proj.fp8.q.view(at::kByte), merged.q.view(at::kByte)));
+  EXPECT_FALSE(at::equal(merged.q.view(at::kByte), base.q.view(at::kByte)));
+  Tensor x = at::randn({3, 32});
+  fp8::Scope on(true);
+  EXPECT_TRUE(at::equal(o_proj.forward(x), fp8::linear(x, merged, {}, at::kFloat)));
+}
+
 TEST(Fp8Cuda, KernelQuantizerEqualsReferenceBitForBit) {
 #ifndef GRPO_FP8_CUDA
   GTEST_SKIP() << "built without the CUDA kernels";
