@@ -160,9 +160,10 @@ Tensor linear(const Tensor& x, const Weight& w, const Tensor& bias, at::ScalarTy
     if (y.size(0) != M) y = y.narrow(0, 0, M);
     if (bias.defined() && !fused_bias) y = (y.to(at::kFloat) + bias.to(at::kFloat)).to(out_dtype);
   } else {
-    auto [q, s] = quantize_activations(x2, kBlock, Kp);
-    Tensor xd = q.to(at::kFloat) * s.repeat_interleave(kBlock, 1).narrow(1, 0, Kp);
-    y = at::matmul(xd.narrow(1, 0, K), dequantize(w).t());
+    // Unpadded: the zero columns cuBLAS needs change no group's maximum and add nothing here.
+    auto [q, s] = quantize_activations(x2, kBlock);
+    Tensor xd = q.to(at::kFloat) * s.repeat_interleave(kBlock, 1).narrow(1, 0, K);
+    y = at::matmul(xd, dequantize(w).t());
     if (bias.defined()) y = y + bias.to(at::kFloat);
     y = y.to(out_dtype);
   }
