@@ -51,8 +51,9 @@ Engine::Impl::Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* to
   pool = at::zeros({cache_layers, num_blocks * bs, D}, at::TensorOptions().dtype(dtype).device(dev));
   if (opt.record_routing && model->num_moe_layers() == 0) throw Error("rollout engine: record_routing needs a model with MoE layers");
   invariant = model->batch_invariant;
-  use_graphs = opt.cuda_graphs && dev.is_cuda() && num_blocks > 1 && !invariant;
-  if (use_graphs) {
+  if (invariant) inv_freq = model::rope_inv_freq(cfg).to(dev);
+  use_graphs = opt.cuda_graphs && dev.is_cuda() && num_blocks > 1;
+  if (use_graphs && !invariant) {
     // The graphs' MoE must not synchronise with the host: only the grouped-GEMM path qualifies.
     auto layer = model->model->layers[L - 1]->as<DecoderLayer>();
     if (layer->moe && !layer->moe->experts->use_grouped_mm(pool)) use_graphs = false;
@@ -61,8 +62,10 @@ Engine::Impl::Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* to
   if (use_graphs) {
     dummy_block = static_cast<int32_t>(num_blocks - 1);
     graphs = std::make_unique<DecodeGraphs>(
-        [this](const Tensor& packed, int64_t B, int64_t nblk) { return decode_forward(packed, B, nblk); }, dummy_block,
-        bs, dev);
+        [this](const Tensor& packed, int64_t B, int64_t nblk) {
+          return invariant ? decode_invariant(packed, B, nblk) : decode_forward(packed, B, nblk);
+        },
+        dummy_block, bs, dev);
     if (spec) {
       mtp_hidden = at::zeros({DecodeGraphs::bucket(2 * opt.max_batch), cfg.hidden_size}, pool.options());
       mtp_graphs = std::make_unique<DecodeGraphs>(
@@ -189,20 +192,21 @@ model::invariant::TokenRows Engine::Impl::invariant_rows(const std::vector<int64
   return rows;
 }
 
-Tensor Engine::Impl::decode_invariant(const std::vector<Sequence*>& seqs) {
-  std::vector<int64_t> ids, pos, slots, table, start, count;
-  for (const Sequence* s : seqs) {
-    const int64_t p = s->position();
-    ids.push_back(s->tokens.back());
-    pos.push_back(p);
-    slots.push_back((int64_t)s->table[p / bs] * bs + p % bs);
-    start.push_back((int64_t)table.size());
-    count.push_back(p + 1);
-    for (int32_t blk : s->table) table.push_back(blk);
-  }
+Tensor Engine::Impl::decode_invariant(const Tensor& packed, int64_t B, int64_t nblk) {
+  PagedRows in = unpack(packed, B, nblk);
+  model::invariant::TokenRows rows;
+  rows.ids = in.tokens;
+  rows.positions = in.positions;
+  rows.write_slots = in.kv.write_slots;
+  // Built by the scheduler, so valid: no host check (which a CUDA graph could not hold).
+  rows.keys.table = in.kv.table.reshape({-1});
+  rows.keys.table_start = at::arange(B, packed.options()) * nblk;
+  rows.keys.num_keys = in.kv.lens;
+  rows.keys.block_size = bs;
+  rows.keys.max_keys = nblk * bs;
+  rows.inv_freq = inv_freq;
   std::vector<Tensor> experts;
-  Tensor h = model::invariant::hidden_states(*model, invariant_rows(ids, pos, slots, table, start, count),
-                                             pool.unbind(0), opt.record_routing ? &experts : nullptr);
+  Tensor h = model::invariant::hidden_states(*model, rows, pool.unbind(0), opt.record_routing ? &experts : nullptr);
   Tensor logits = model::invariant::logits(*model, h);
   if (opt.record_routing) logits = at::cat({logits, at::cat(experts, 1).to(at::kFloat)}, 1);
   return logits;
@@ -338,9 +342,9 @@ void Engine::Impl::decode(std::vector<Completion>& done) {
     for (size_t i = 0; i < s.table.size(); ++i) host[4 * Bp + b * nb + i] = s.table[i];
   }
   Tensor host_t = at::from_blob(host.data(), {(int64_t)host.size()}, at::TensorOptions().dtype(at::kLong));
-  Tensor logits = invariant    ? decode_invariant(seqs)
-                  : use_graphs ? graphs->run(host_t, Bp, nb, B)
-                               : decode_forward(host_t.to(model->device()), B, nb);
+  Tensor logits = use_graphs ? graphs->run(host_t, Bp, nb, B)
+                  : invariant ? decode_invariant(host_t.to(model->device()), B, nb)
+                              : decode_forward(host_t.to(model->device()), B, nb);
   if (opt.record_routing) {  // each row's experts follow its sequence
     const int64_t V = cfg.vocab_size;
     const std::vector<int16_t> rec = host_experts({logits.narrow(1, V, logits.size(1) - V)});

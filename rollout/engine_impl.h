@@ -98,9 +98,12 @@ struct Engine::Impl {
                                              const std::vector<int64_t>& slots, const std::vector<int64_t>& table,
                                              const std::vector<int64_t>& start, const std::vector<int64_t>& count) const;
 
-  // One decode step through the batch-invariant forward: (B, V) fp32 logits, followed with
-  // record_routing by the experts' columns, as decode_forward returns them.
-  Tensor decode_invariant(const std::vector<Sequence*>& seqs);
+  // One decode step through the batch-invariant forward, from the packed input decode_forward
+  // reads: (B, V) fp32 logits, followed with record_routing by the experts' columns, as
+  // decode_forward returns them. No host synchronisation: CUDA graphs hold it too (a padded row's
+  // values never reach a real row's).
+  Tensor decode_invariant(const Tensor& packed, int64_t B, int64_t nblk);
+  Tensor inv_freq;  // the rotary frequencies on the model's device, for decode_invariant
 
   // Each MoE layer's experts (N, k) as int16 on the host, token-major: (N, MoE layers, k).
   static std::vector<int16_t> host_experts(const std::vector<Tensor>& experts);

@@ -7,6 +7,9 @@
 
 #include "model/deepseek.h"
 #include "model/llama.h"
+#ifdef GRPO_PAGED_MLA_CUDA
+#include "model/paged_mla_cuda.h"
+#endif
 #include "util/error.h"
 
 namespace grpo::model::invariant {
@@ -20,21 +23,22 @@ Tensor linear(LinearImpl& l, const Tensor& x) {
   shape.back() = l.out_features;
   const auto dtype = l.weight.scalar_type();
   Tensor x2 = x.reshape({-1, x.size(-1)});
+  const bool adapter = l.has_lora() && l.lora_enabled;
+  if (!l.bias.defined() && !adapter) return invariant::matmul_nt(x2, l.weight, dtype).view(shape);
   Tensor y = invariant::matmul_nt(x2, l.weight);
   if (l.bias.defined()) y = y + l.bias.to(at::kFloat);
   y = y.to(dtype);
-  if (l.has_lora() && l.lora_enabled) {
+  if (adapter) {
     Tensor delta = invariant::matmul_nt(invariant::matmul_nt(x2, l.lora_A->weight), l.lora_B->weight) * l.lora_scaling;
     y = (y.to(at::kFloat) + delta).to(dtype);
   }
   return y.view(shape);
 }
 
-Tensor norm(RMSNormImpl& n, const Tensor& x) { return n.weight * invariant::rms_normalize(x, n.eps).to(x.scalar_type()); }
+Tensor norm(RMSNormImpl& n, const Tensor& x) { return invariant::rms_norm(x, n.weight, n.eps); }
 
 Tensor mlp(MLPImpl& m, const Tensor& x) {
-  Tensor up = linear(*m.up_proj, x);
-  return linear(*m.down_proj, invariant::silu(linear(*m.gate_proj, x)).to(up.scalar_type()) * up);
+  return linear(*m.down_proj, invariant::swiglu(linear(*m.gate_proj, x), linear(*m.up_proj, x)));
 }
 
 // DeepSeek's MLA in the absorbed form: scores = [q_nope W_uk | q_pe] . [latent | k_pe],
@@ -54,14 +58,20 @@ Tensor mla(MLAImpl& a, const Tensor& x, const RopeTables& rope, Tensor& cache, c
   Tensor w = a.kv_b_proj->effective_weight().view({nh, dn + dv, r});
   const RowGroups by_head = contiguous_groups(nh, N, x.device());
   Tensor q_nope = q.narrow(-1, 0, dn).transpose(0, 1).reshape({nh * N, dn});
-  Tensor q_lat = invariant::grouped_matmul_nt(q_nope, w.narrow(1, 0, dn).transpose(1, 2), by_head).to(dtype);
+  Tensor q_lat = invariant::grouped_matmul_nt(q_nope, w.narrow(1, 0, dn).transpose(1, 2), by_head, dtype);
   Tensor qc = at::cat({q_lat.view({nh, N, r}).transpose(0, 1), q_pe}, -1);  // (N, nh, r + dr)
   HeadLayout heads;
   heads.key_width = r + dr;
   heads.value_width = r;
-  Tensor o_lat = invariant::attention(qc, cache, rows.keys, heads, a.softmax_scale).to(dtype);  // (N, nh, r)
-  Tensor o = invariant::grouped_matmul_nt(o_lat.transpose(0, 1).reshape({nh * N, r}), w.narrow(1, dn, dv), by_head);
-  return linear(*a.o_proj, o.to(dtype).view({nh, N, dv}).transpose(0, 1).reshape({N, nh * dv}));
+  Tensor o_lat;  // (N, nh, r)
+#ifdef GRPO_PAGED_MLA_CUDA
+  if (cuda::paged_mla_supported(qc, cache, r))  // the tensor-core kernel, its keys split at fixed positions
+    o_lat = cuda::paged_mla_attention_invariant(qc, cache, rows.keys.table, rows.keys.table_start, rows.keys.num_keys,
+                                                rows.keys.max_keys, rows.keys.block_size, r, a.softmax_scale);
+#endif
+  if (!o_lat.defined()) o_lat = invariant::attention(qc, cache, rows.keys, heads, a.softmax_scale).to(dtype);
+  Tensor o = invariant::grouped_matmul_nt(o_lat.transpose(0, 1).reshape({nh * N, r}), w.narrow(1, dn, dv), by_head, dtype);
+  return linear(*a.o_proj, o.view({nh, N, dv}).transpose(0, 1).reshape({N, nh * dv}));
 }
 
 // Grouped-query attention; the cache keeps [k (nkv*hd) | v (nkv*hd)].
@@ -88,7 +98,7 @@ Tensor gqa(GroupedQueryAttentionImpl& a, const Tensor& x, const RopeTables& rope
 Tensor moe(MoEImpl& m, const Tensor& x, Tensor* experts_out) {
   const RouterImpl& router = *m.gate;
   const ModelConfig& c = router.config;
-  const int64_t N = x.size(0), E = c.n_routed_experts, k = c.num_experts_per_tok, H = x.size(1);
+  const int64_t E = c.n_routed_experts, k = c.num_experts_per_tok;
   const auto dtype = x.scalar_type();
   Tensor logits = invariant::matmul_nt(x, router.weight);
   Tensor scores = c.scoring_func == ScoringFunc::Softmax ? invariant::softmax(logits) : invariant::sigmoid(logits);
@@ -107,18 +117,15 @@ Tensor moe(MoEImpl& m, const Tensor& x, Tensor* experts_out) {
   Tensor xs = x.index_select(0, at::div(g.order, k, "floor"));
   // Each expert product rounded to the model dtype, with its adapter's side path added in fp32 first.
   auto product = [&](const Tensor& in, const Tensor& W, const Tensor& A, const Tensor& B, double scaling) {
+    if (!A.defined() || !ex.lora_enabled) return invariant::grouped_matmul_nt(in, W, g, dtype);
     Tensor out = invariant::grouped_matmul_nt(in, W, g).to(dtype);
-    if (!A.defined() || !ex.lora_enabled) return out;
     Tensor delta = invariant::grouped_matmul_nt(invariant::grouped_matmul_nt(in, A, g), B, g) * scaling;
     return (out.to(at::kFloat) + delta).to(dtype);
   };
   Tensor gu = product(xs, ex.gate_up_proj, ex.gate_up_lora_A, ex.gate_up_lora_B, ex.gate_up_lora_scaling);
-  Tensor h = invariant::silu(gu.narrow(-1, 0, I)).to(dtype) * gu.narrow(-1, I, I);
+  Tensor h = invariant::swiglu(gu.narrow(-1, 0, I), gu.narrow(-1, I, I));
   Tensor y = product(h, ex.down_proj, ex.down_lora_A, ex.down_lora_B, ex.down_lora_scaling);
-  Tensor grouped = (y * w.reshape({-1}).index_select(0, g.order).unsqueeze(1)).to(dtype);
-  Tensor parts = at::empty_like(grouped).index_copy_(0, g.order, grouped).view({N, k, H});
-  Tensor out = parts.select(1, 0);
-  for (int64_t j = 1; j < k; ++j) out = out + parts.select(1, j);
+  Tensor out = invariant::combine_experts(y, g.order, w, k);
   if (m.shared_experts) out = out + mlp(*m.shared_experts, x);
   return out;
 }
@@ -137,9 +144,10 @@ Tensor hidden_states(CausalLM& model, const TokenRows& in, const std::vector<Ten
   const auto dev = model.device();
   // On the model's device; the key layout checked once for the whole forward.
   TokenRows rows{in.ids.to(dev), in.positions.to(dev), in.write_slots.to(dev),
-                 checked_keys(in.keys, caches[0].size(0), dev)};
+                 in.keys.max_keys >= 0 ? in.keys : checked_keys(in.keys, caches[0].size(0), dev),
+                 in.inv_freq.defined() ? in.inv_freq : rope_inv_freq(c)};
   Tensor h = model.model->embed_tokens->weight.index_select(0, rows.ids);
-  auto [cos, sin] = invariant::rope_cos_sin(rows.positions, rope_inv_freq(c));
+  auto [cos, sin] = invariant::rope_cos_sin(rows.positions, rows.inv_freq);
   const double factor = c.rope_attention_factor();
   RopeTables rope{(cos * factor).to(dtype).unsqueeze(1), (sin * factor).to(dtype).unsqueeze(1)};  // (N, 1, d/2)
   if (experts) experts->clear();
@@ -162,7 +170,7 @@ Tensor hidden_states(CausalLM& model, const TokenRows& in, const std::vector<Ten
 
 Tensor logits(CausalLM& model, const Tensor& hidden) {
   at::NoGradGuard no_grad;
-  return invariant::matmul_nt(hidden, model.lm_head_weight()).to(model.dtype()).to(at::kFloat);
+  return invariant::matmul_nt(hidden, model.lm_head_weight(), model.dtype()).to(at::kFloat);
 }
 
 Tensor next_token_logprobs(CausalLM& model, const Tensor& hidden) { return invariant::log_softmax(logits(model, hidden)); }

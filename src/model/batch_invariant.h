@@ -22,12 +22,15 @@
 namespace grpo::model::invariant {
 
 // The tokens of one call, flattened: their ids and positions, the cache row each writes its keys
-// to, and the keys each attends to (itself last).
+// to, and the keys each attends to (itself last). A key layout whose max_keys is set is taken as
+// valid and on the model's device (checked_keys' result, or the engine's own decode step inside a
+// CUDA graph, where a host check cannot run); otherwise it is checked on the host.
 struct TokenRows {
   Tensor ids;          // (N) int64
   Tensor positions;    // (N) int64
   Tensor write_slots;  // (N) int64
   KeyLayout keys;
+  Tensor inv_freq;  // optional: rope_inv_freq(config) already on the model's device (no host copy)
 };
 
 // Runs the decoder over the rows. caches[l] (S, kv_cache_width) is layer l's cache (one tensor may

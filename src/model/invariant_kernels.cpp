@@ -172,11 +172,11 @@ GRPO_VECTOR_CLONES void grouped_rows(const float* x, const float* w, const int64
 
 }  // namespace
 
-Tensor matmul_nt(const Tensor& x, const Tensor& w) {
+Tensor matmul_nt(const Tensor& x, const Tensor& w, std::optional<at::ScalarType> round_to) {
   if (x.dim() != 2 || w.dim() != 2 || x.size(1) != w.size(1))
     throw Error("invariant matmul_nt: expected x (M, K) and w (N, K), got " + std::to_string(x.dim()) + "-d and " +
                 std::to_string(w.dim()) + "-d of mismatched K");
-  GRPO_ON_CUDA(x, matmul_nt(x, w));
+  GRPO_ON_CUDA(x, matmul_nt(x, w, round_to));
   const int64_t M = x.size(0), N = w.size(0), K = x.size(1);
   Tensor xf = f32(x);
   Tensor wc = w.scalar_type() == at::kBFloat16 ? w.contiguous() : f32(w);
@@ -189,43 +189,46 @@ Tensor matmul_nt(const Tensor& x, const Tensor& w) {
     else
       matmul_row_blocks(xp, wc.data_ptr<float>(), op, M, N, K, begin, end);
   });
-  return out;
+  return round_to ? out.to(*round_to) : out;
 }
 
 RowGroups group_rows(const Tensor& group_of_row, int64_t groups) {
   Tensor g = group_of_row.to(at::kLong).reshape({-1});
   RowGroups out;
+#ifdef GRPO_INVARIANT_CUDA
+  if (g.is_cuda()) {  // no host synchronisation: CUDA graphs can hold it
+    cuda::GroupedRows d = cuda::group_rows(g, groups);
+    return {d.order, d.group, d.tiles, d.num_tiles};
+  }
+#endif
   out.order = std::get<1>(g.sort(/*stable=*/true, 0, false));
   out.group = g.index_select(0, out.order);
-  Tensor counts = at::zeros({groups}, g.options()).index_add_(0, g, at::ones_like(g)).to(at::kCPU);
+  Tensor counts = at::zeros({groups}, g.options()).index_add_(0, g, at::ones_like(g));
   const int64_t* c = counts.data_ptr<int64_t>();
   if (std::accumulate(c, c + groups, int64_t(0)) != g.numel())
     throw Error("invariant group_rows: a row names a group outside [0, " + std::to_string(groups) + ")");
-#ifdef GRPO_INVARIANT_CUDA
-  if (g.is_cuda()) {
-    out.tiles = cuda::group_tiles(std::vector<int64_t>(c, c + groups), g.device());
-    out.num_tiles = out.tiles.numel() / 3;
-  }
-#endif
   return out;
 }
 
 RowGroups contiguous_groups(int64_t groups, int64_t rows_per_group, at::Device device) {
   RowGroups out;
-  out.group = at::arange(groups, at::TensorOptions().dtype(at::kLong).device(device)).repeat_interleave(rows_per_group);
+  out.group = at::arange(groups, at::TensorOptions().dtype(at::kLong).device(device))
+                  .unsqueeze(1)
+                  .expand({groups, rows_per_group})
+                  .reshape({-1});
 #ifdef GRPO_INVARIANT_CUDA
   if (device.is_cuda()) {
-    out.tiles = cuda::group_tiles(std::vector<int64_t>(groups, rows_per_group), device);
-    out.num_tiles = out.tiles.numel() / 3;
+    out.tiles = cuda::contiguous_tiles(groups, rows_per_group, device);
+    out.num_tiles = out.tiles.size(0);
   }
 #endif
   return out;
 }
 
-Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const RowGroups& groups) {
+Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const RowGroups& groups, std::optional<at::ScalarType> round_to) {
   if (x.dim() != 2 || w.dim() != 3 || x.size(1) != w.size(2) || groups.group.numel() != x.size(0))
     throw Error("invariant grouped_matmul_nt: expected x (M, K), w (G, N, K), a group for each of the M rows");
-  GRPO_ON_CUDA(x, grouped_matmul_nt(x, w, groups.tiles, groups.num_tiles));
+  GRPO_ON_CUDA(x, grouped_matmul_nt(x, w, groups.tiles, groups.num_tiles, round_to));
   const int64_t M = x.size(0), G = w.size(0), N = w.size(1), K = x.size(1);
   Tensor xf = f32(x), wc = w.contiguous(), ex = groups.group.to(at::kCPU, at::kLong).contiguous();
   const int64_t* e = ex.data_ptr<int64_t>();
@@ -239,7 +242,7 @@ Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const RowGroups& grou
     const scalar_t* wp = wc.data_ptr<scalar_t>();
     at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) { grouped_rows(xp, wp, e, op, N, K, begin, end); });
   });
-  return out;
+  return round_to ? out.to(*round_to) : out;
 }
 
 Tensor rms_normalize(const Tensor& x, double eps) {
@@ -396,6 +399,32 @@ GRPO_VECTOR_CLONES void attend(const Attend& a, const float* cache, int64_t begi
 }
 
 }  // namespace
+
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+#ifdef GRPO_INVARIANT_CUDA
+  if (on_cuda(x) && weight.scalar_type() == x.scalar_type()) return cuda::rms_norm(x, weight, eps);
+#endif
+  return weight * rms_normalize(x, eps).to(x.scalar_type());
+}
+
+Tensor swiglu(const Tensor& gate, const Tensor& up) {
+#ifdef GRPO_INVARIANT_CUDA
+  if (on_cuda(gate) && gate.scalar_type() == up.scalar_type()) return cuda::swiglu(gate, up);
+#endif
+  return invariant::silu(gate).to(up.scalar_type()) * up;
+}
+
+Tensor combine_experts(const Tensor& y, const Tensor& order, const Tensor& weights, int64_t k) {
+  if (y.dim() != 2 || order.numel() != y.size(0) || weights.numel() != y.size(0) || k < 1 || y.size(0) % k != 0)
+    throw Error("invariant combine_experts: expected y (N * k, H) with an order and a weight per row");
+  GRPO_ON_CUDA(y, combine_experts(y, order, weights, k));
+  const auto dtype = y.scalar_type();
+  Tensor grouped = (y * weights.reshape({-1}).index_select(0, order).unsqueeze(1)).to(dtype);
+  Tensor parts = at::empty_like(grouped).index_copy_(0, order, grouped).view({-1, k, y.size(1)});
+  Tensor out = parts.select(1, 0);
+  for (int64_t j = 1; j < k; ++j) out = out + parts.select(1, j);
+  return out;
+}
 
 KeyLayout checked_keys(const KeyLayout& keys, int64_t S, at::Device device) {
   Tensor table = keys.table.to(at::kCPU, at::kLong).contiguous(), start = keys.table_start.to(at::kCPU, at::kLong).contiguous(),

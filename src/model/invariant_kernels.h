@@ -14,31 +14,39 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 namespace grpo::model::invariant {
 
 using at::Tensor;
 
-// x (M, K), w (N, K) -> (M, N) fp32: sum_k x[m, k] w[n, k] in a fixed order.
-Tensor matmul_nt(const Tensor& x, const Tensor& w);
+// x (M, K), w (N, K) -> (M, N) fp32: sum_k x[m, k] w[n, k] in a fixed order; with round_to, that
+// result rounded to round_to as .to(round_to) rounds it (on CUDA written so by the product).
+Tensor matmul_nt(const Tensor& x, const Tensor& w, std::optional<at::ScalarType> round_to = std::nullopt);
 
 // Rows grouped by the weight they use (the routed experts' tokens, the heads of MLA's absorbed
 // products): the rows in group order, and where each group's rows are.
 struct RowGroups {
   Tensor order;  // (M) int64: grouped position -> original row; undefined when already grouped
   Tensor group;  // (M) int64: each grouped row's group
-  Tensor tiles;  // CUDA: (tiles, 3) int64 (group, first row, rows) on the device
+  Tensor tiles;  // CUDA: (tiles, 3) int64 (group, first row, rows) on the device; slots may hold 0 rows
   int64_t num_tiles = 0;
 };
-// Groups rows by `group_of_row` (M) int64 in [0, groups), stable (on CUDA: one host sync).
+// Groups rows by `group_of_row` (M) int64 in [0, groups), stable. On CUDA without host
+// synchronisation (CUDA graphs can hold it); the tile table is then sized for the worst case.
 RowGroups group_rows(const Tensor& group_of_row, int64_t groups);
 // Rows already grouped: `groups` runs of `rows_per_group` rows (no host sync).
 RowGroups contiguous_groups(int64_t groups, int64_t rows_per_group, at::Device device);
 // x (M, K) in group order, w (G, N, K): grouped row m times w[group[m]], (M, N) fp32, each row as
 // matmul_nt would compute it alone.
-Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const RowGroups& groups);
+Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const RowGroups& groups,
+                         std::optional<at::ScalarType> round_to = std::nullopt);
 
 // x (M, D) -> x * rsqrt(mean(x^2) + eps), fp32 (RMSNorm before its weight).
 Tensor rms_normalize(const Tensor& x, double eps);
+// RMSNorm: weight * rms_normalize(x) rounded to x's dtype, the product rounded as ATen rounds it
+// (one kernel on CUDA).
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);
 
 // Row-wise softmax, log-softmax and sum of fp32 (M, D).
 Tensor softmax(const Tensor& x);
@@ -47,6 +55,15 @@ Tensor row_sum(const Tensor& x);  // (M)
 
 // Elementwise, fp32 out: x * sigmoid(x), and sigmoid(x).
 Tensor silu(const Tensor& x);
+// SwiGLU's product: silu(gate) rounded to up's dtype, times up (one kernel on CUDA).
+Tensor swiglu(const Tensor& gate, const Tensor& up);
+
+// The routed experts' outputs summed per token: y (N * k, H) holds the (token, choice) pairs'
+// outputs in grouped order, `order` (N * k) the pair n * k + j of each grouped row, `weights`
+// (N * k) fp32 the pairs' routing weights. Token n gets the sum over j = 0 .. k-1, in that order,
+// of y's row times its weight rounded to y's dtype, each addition rounded to y's dtype (as the
+// ordinary forward's index_add does). (N, H) in y's dtype.
+Tensor combine_experts(const Tensor& y, const Tensor& order, const Tensor& weights, int64_t k);
 Tensor sigmoid(const Tensor& x);
 
 // RoPE angles: cos and sin of position * inv_freq, each (N, d/2) fp32, for positions (N) int64.

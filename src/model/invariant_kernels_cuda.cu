@@ -2,8 +2,10 @@
 // is computed by one fixed sequence of operations that depends on the problem's inner sizes alone
 // (K, the row length, the keys read), never on the number of rows, the row's position, or the
 // tiles around it:
-//   - products: bf16 tensor-core steps of k = 16 in increasing k, accumulated in fp32, no split-K;
-//     the tile shapes only decide which outputs a block computes, not how;
+//   - products: bf16 tensor-core steps of 16 values of k (a fixed interleaving within each 32),
+//     in increasing k, accumulated in fp32, within eight parts of K whose bounds depend on K
+//     alone, the parts then added in order (fp32 weights: lane l of a warp sums k = l, l + 32,
+//     ..., then a fixed tree); the tile shapes only decide which outputs a block computes, not how;
 //   - row reductions: thread t sums elements t, t + 256, ... in order, then a fixed tree;
 //   - attention: one block per (query, head), one score per key (a warp's fixed shuffle tree),
 //     softmax and the weighted sum of values in key order.
@@ -12,9 +14,10 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
-#include <mma.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -26,100 +29,214 @@ namespace grpo::model::invariant::cuda {
 
 namespace {
 
-using namespace nvcuda;
+constexpr int kBM = 16;  // rows per tile: the m of one tensor-core step
 
-constexpr int kBM = 16, kBN = 64, kBK = 128, kWarps = 4, kPad = 8;
+// Products x W^T. A block computes one tile of rows (kBM; of one group when a tile table is
+// given) times kTileN columns of W. Its kParts warps each sum a fixed part of K, parts of
+// part_len = ceil(K / 32 / kParts) * 32 values whatever the problem, and the parts are added in
+// part order: an output's value depends on K alone, never on M, the tile or the grid.
+constexpr int kParts = 8;
+constexpr int kTileN = 32;  // bf16: four 8-column tensor-core tiles per warp
 
-// out rows [row0, row0 + rows) of x (sorted for experts) times w (N, K) [+ expert * N * K].
-// Tile table (expert, first row, rows) per blockIdx.x when given; else tile = 16 consecutive rows.
-__global__ void gemm_nt_bf16_kernel(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
-                                    float* __restrict__ out, int64_t M, int64_t N, int64_t K,
-                                    const int64_t* __restrict__ tiles, bool vec) {
-  __shared__ __align__(32) __nv_bfloat16 As[kBM][kBK + kPad];
-  __shared__ __align__(32) __nv_bfloat16 Bs[kBN][kBK + kPad];
-  __shared__ __align__(32) float Cs[kWarps][16][16];
-  int64_t row0, rows;
-  const __nv_bfloat16* wp = w;
-  if (tiles) {
-    wp = w + tiles[3 * blockIdx.x] * N * K;
-    row0 = tiles[3 * blockIdx.x + 1];
-    rows = tiles[3 * blockIdx.x + 2];
-  } else {
-    row0 = (int64_t)blockIdx.x * kBM;
-    rows = min((int64_t)kBM, M - row0);
+int64_t part_length(int64_t K) { return (K + 32 * kParts - 1) / (32 * kParts) * 32; }
+
+// Where a block's rows are: (weight offset in groups, first row, rows).
+struct Tile {
+  int64_t group, row0, rows;
+};
+__device__ __forceinline__ Tile tile_of(const int64_t* tiles, int64_t M) {
+  if (tiles) return {tiles[3 * blockIdx.x], tiles[3 * blockIdx.x + 1], tiles[3 * blockIdx.x + 2]};
+  const int64_t row0 = (int64_t)blockIdx.x * kBM;
+  return {0, row0, min((int64_t)kBM, M - row0)};
+}
+
+__device__ __forceinline__ void mma_bf16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Elements k .. k + 7 of a row (null: a row outside the problem), zero past K. Vec: K % 8 == 0
+// and 16-byte aligned rows, so the eight are one load.
+template <bool Vec>
+__device__ __forceinline__ uint4 eight_at(const __nv_bfloat16* row, int64_t k, int64_t K) {
+  if (!row || k >= K) return make_uint4(0, 0, 0, 0);
+  if (Vec) return __ldg(reinterpret_cast<const uint4*>(row + k));
+  unsigned short v[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = k + i < K ? __bfloat16_as_ushort(row[k + i]) : 0;
+  return make_uint4(v[0] | (uint32_t)v[1] << 16, v[2] | (uint32_t)v[3] << 16, v[4] | (uint32_t)v[5] << 16,
+                    v[6] | (uint32_t)v[7] << 16);
+}
+
+// bf16 tensor-core steps (m16n8k16, fp32 accumulation), two per 32 values of K, in increasing
+// order within each part. Lane (g, t) loads values 8t .. 8t + 7 of a 32-value chunk of its rows
+// of x and W in one piece and gives them to the two steps as the pairs the fragments expect
+// (the first step sums values 8t .. 8t + 3 of every t, the second 8t + 4 .. 8t + 7): the same
+// sum, with loads four times wider than the fragments' own layout. Operands come straight from
+// global memory (the weights are read once per tile, and a decode step has one or a few tiles).
+template <bool Vec>
+__global__ void __launch_bounds__(kParts * 32) gemm_nt_bf16_kernel(const __nv_bfloat16* __restrict__ x,
+                                                                    const __nv_bfloat16* __restrict__ w,
+                                                                    void* __restrict__ out, bool bf16_out, int64_t M,
+                                                                    int64_t N, int64_t K, int64_t part_len,
+                                                                    const int64_t* __restrict__ tiles) {
+  __shared__ float partial[kParts][kBM][kTileN + 1];
+  const Tile tile = tile_of(tiles, M);
+  if (tile.rows == 0) return;  // an unused slot of a table sized for the worst case
+  const __nv_bfloat16* wp = w + tile.group * N * K;
+  const int64_t col0 = (int64_t)blockIdx.y * kTileN;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const __nv_bfloat16* xr0 = g < tile.rows ? x + (tile.row0 + g) * K : nullptr;
+  const __nv_bfloat16* xr1 = g + 8 < tile.rows ? x + (tile.row0 + g + 8) * K : nullptr;
+  const __nv_bfloat16* wr[kTileN / 8];
+#pragma unroll
+  for (int j = 0; j < kTileN / 8; ++j) {
+    const int64_t n = col0 + 8 * j + g;
+    wr[j] = n < N ? wp + n * K : nullptr;
   }
-  const int64_t col0 = (int64_t)blockIdx.y * kBN;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const __nv_bfloat16 zero = __float2bfloat16(0.0f);
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-  wmma::fill_fragment(acc, 0.0f);
-  for (int64_t k0 = 0; k0 < K; k0 += kBK) {
-    if (vec) {  // K % 8 == 0 and 16-byte aligned rows: eight values per load, all in range or none
-      constexpr int V = kBK / 8;
-      const uint4 none = make_uint4(0, 0, 0, 0);
-      for (int i = threadIdx.x; i < kBM * V; i += blockDim.x) {
-        const int r = i / V, c = (i % V) * 8;
-        const int64_t k = k0 + c;
-        *reinterpret_cast<uint4*>(&As[r][c]) =
-            (r < rows && k < K) ? *reinterpret_cast<const uint4*>(x + (row0 + r) * K + k) : none;
-      }
-      for (int i = threadIdx.x; i < kBN * V; i += blockDim.x) {
-        const int r = i / V, c = (i % V) * 8;
-        const int64_t n = col0 + r, k = k0 + c;
-        *reinterpret_cast<uint4*>(&Bs[r][c]) = (n < N && k < K) ? *reinterpret_cast<const uint4*>(wp + n * K + k) : none;
-      }
-    } else {
-      for (int i = threadIdx.x; i < kBM * kBK; i += blockDim.x) {
-        const int r = i / kBK, c = i % kBK;
-        const int64_t k = k0 + c;
-        As[r][c] = (r < rows && k < K) ? x[(row0 + r) * K + k] : zero;
-      }
-      for (int i = threadIdx.x; i < kBN * kBK; i += blockDim.x) {
-        const int r = i / kBK, c = i % kBK;
-        const int64_t n = col0 + r, k = k0 + c;
-        Bs[r][c] = (n < N && k < K) ? wp[n * K + k] : zero;
-      }
+  float c[kTileN / 8][4] = {};
+  const int64_t begin = warp * part_len, end = min(K, begin + part_len);
+#pragma unroll 2
+  for (int64_t k0 = begin; k0 < end; k0 += 32) {
+    const int64_t k = k0 + 8 * t;
+    const uint4 a_lo = eight_at<Vec>(xr0, k, K), a_hi = eight_at<Vec>(xr1, k, K);
+    uint4 b[kTileN / 8];
+#pragma unroll
+    for (int j = 0; j < kTileN / 8; ++j) b[j] = eight_at<Vec>(wr[j], k, K);
+#pragma unroll
+    for (int j = 0; j < kTileN / 8; ++j) {
+      mma_bf16(c[j], a_lo.x, a_hi.x, a_lo.y, a_hi.y, b[j].x, b[j].y);
+      mma_bf16(c[j], a_lo.z, a_hi.z, a_lo.w, a_hi.w, b[j].z, b[j].w);
     }
-    __syncthreads();
-    for (int kk = 0; kk < kBK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
-      wmma::load_matrix_sync(a, &As[0][kk], kBK + kPad);
-      wmma::load_matrix_sync(b, &Bs[warp * 16][kk], kBK + kPad);
-      wmma::mma_sync(acc, a, b, acc);
-    }
-    __syncthreads();
   }
-  wmma::store_matrix_sync(&Cs[warp][0][0], acc, 16, wmma::mem_row_major);
-  __syncwarp();
-  for (int i = lane; i < 256; i += 32) {
-    const int r = i / 16, c = i % 16;
-    const int64_t n = col0 + warp * 16 + c;
-    if (r < rows && n < N) out[(row0 + r) * N + n] = Cs[warp][r][c];
+#pragma unroll
+  for (int j = 0; j < kTileN / 8; ++j) {
+    partial[warp][g][8 * j + 2 * t] = c[j][0];
+    partial[warp][g][8 * j + 2 * t + 1] = c[j][1];
+    partial[warp][g + 8][8 * j + 2 * t] = c[j][2];
+    partial[warp][g + 8][8 * j + 2 * t + 1] = c[j][3];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kBM * kTileN; i += blockDim.x) {
+    const int r = i / kTileN, cc = i % kTileN;
+    const int64_t n = col0 + cc;
+    if (r >= tile.rows || n >= N) continue;
+    float sum = partial[0][r][cc];
+#pragma unroll
+    for (int p = 1; p < kParts; ++p) sum += partial[p][r][cc];
+    if (bf16_out)
+      static_cast<__nv_bfloat16*>(out)[(tile.row0 + r) * N + n] = __float2bfloat16_rn(sum);
+    else
+      static_cast<float*>(out)[(tile.row0 + r) * N + n] = sum;
   }
 }
 
-// fp32 products on CUDA cores: one thread per output, k in increasing order.
-__global__ void gemm_nt_f32_kernel(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out,
-                                   int64_t M, int64_t N, int64_t K, const int64_t* __restrict__ tiles) {
-  int64_t row0, rows;
-  const float* wp = w;
-  if (tiles) {
-    wp = w + tiles[3 * blockIdx.x] * N * K;
-    row0 = tiles[3 * blockIdx.x + 1];
-    rows = tiles[3 * blockIdx.x + 2];
-  } else {
-    row0 = (int64_t)blockIdx.x * kBM;
-    rows = min((int64_t)kBM, M - row0);
+// fp32 products on CUDA cores (the MoE router's weights are fp32): warp j of a block takes column
+// col0 + j for every row of the tile; lane l sums k = l, l + 32, ... in order, then a fixed tree
+// over the lanes.
+constexpr int kF32Cols = 8;
+
+__global__ void __launch_bounds__(kF32Cols * 32) gemm_nt_f32_kernel(const float* __restrict__ x,
+                                                                     const float* __restrict__ w,
+                                                                     float* __restrict__ out, int64_t M, int64_t N,
+                                                                     int64_t K, const int64_t* __restrict__ tiles) {
+  const Tile tile = tile_of(tiles, M);
+  const int lane = threadIdx.x % 32;
+  const int64_t n = (int64_t)blockIdx.y * kF32Cols + threadIdx.x / 32;
+  if (n >= N) return;
+  const float* b = w + (tile.group * N + n) * K;
+  for (int64_t r = 0; r < tile.rows; ++r) {
+    const float* a = x + (tile.row0 + r) * K;
+    float s = 0;
+#pragma unroll 8
+    for (int64_t k = lane; k < K; k += 32) s += a[k] * b[k];
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0) out[(tile.row0 + r) * N + n] = s;
   }
-  const int r = threadIdx.x / kBN;
-  const int64_t n = (int64_t)blockIdx.y * kBN + threadIdx.x % kBN;
-  if (r >= rows || n >= N) return;
-  const float* a = x + (row0 + r) * K;
-  const float* b = wp + n * K;
-  float s = 0;
-  for (int64_t k = 0; k < K; ++k) s += a[k] * b[k];
-  out[(row0 + r) * N + n] = s;
+}
+
+// Grouping rows by their group id on the device, stable, with no host synchronisation (CUDA
+// graphs can hold it). One block counts the rows of each group, lays the groups out in id order
+// and writes the tile table; the slots a table sized for the worst case does not use get 0 rows.
+constexpr int kGroupThreads = 1024;
+
+__global__ void group_layout_kernel(const int64_t* __restrict__ g, int64_t M, int G, int64_t* __restrict__ offsets,
+                                    int64_t* __restrict__ tiles, int64_t max_tiles) {
+  extern __shared__ unsigned int counts[];  // G
+  for (int e = threadIdx.x; e < G; e += blockDim.x) counts[e] = 0;
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < M; i += blockDim.x) {
+    const int64_t e = g[i];
+    CUDA_KERNEL_ASSERT(e >= 0 && e < G);
+    atomicAdd(&counts[e], 1u);
+  }
+  __syncthreads();
+  __shared__ int64_t used_tiles;
+  if (threadIdx.x == 0) {  // offsets[e]: first row of group e; offsets[G + 1 + e]: its first tile
+    int64_t row = 0, tile = 0;
+    for (int e = 0; e < G; ++e) {
+      offsets[e] = row;
+      offsets[G + 1 + e] = tile;
+      row += counts[e];
+      tile += (counts[e] + kBM - 1) / kBM;
+    }
+    offsets[G] = row;
+    offsets[2 * G + 1] = tile;
+    used_tiles = tile;
+  }
+  __syncthreads();
+  for (int64_t t = used_tiles + threadIdx.x; t < max_tiles; t += blockDim.x)
+    tiles[3 * t] = tiles[3 * t + 1] = tiles[3 * t + 2] = 0;
+}
+
+// One block per group: its tiles, and each of its rows' place, in row order (a block-wide scan of
+// "row i is mine" over the rows, a chunk of blockDim rows at a time).
+__global__ void group_place_kernel(const int64_t* __restrict__ g, int64_t M, int G, const int64_t* __restrict__ offsets,
+                                   int64_t* __restrict__ tiles, int64_t* __restrict__ order, int64_t* __restrict__ group) {
+  __shared__ int warp_rows[kGroupThreads / 32];
+  const int e = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int64_t first = offsets[e], count = offsets[e + 1] - first, first_tile = offsets[G + 1 + e];
+  for (int64_t s = (int64_t)threadIdx.x * kBM; s < count; s += (int64_t)blockDim.x * kBM) {
+    int64_t* t = tiles + 3 * (first_tile + s / kBM);
+    t[0] = e;
+    t[1] = first + s;
+    t[2] = min((int64_t)kBM, count - s);
+  }
+  int64_t placed = 0;
+  for (int64_t chunk = 0; chunk < M && placed < count; chunk += blockDim.x) {
+    const int64_t i = chunk + threadIdx.x;
+    const bool mine = i < M && g[i] == e;
+    const unsigned ballot = __ballot_sync(0xffffffffu, mine);
+    if (lane == 0) warp_rows[warp] = __popc(ballot);
+    __syncthreads();
+    int64_t before = 0, total = 0;
+    for (int w = 0; w < warps; ++w) {
+      if (w < warp) before += warp_rows[w];
+      total += warp_rows[w];
+    }
+    if (mine) {
+      const int64_t at = first + placed + before + __popc(ballot & ((1u << lane) - 1u));
+      order[at] = i;
+      group[at] = e;
+    }
+    placed += total;
+    __syncthreads();
+  }
+}
+
+// Tiles of `groups` runs of `rows` consecutive rows.
+__global__ void contiguous_tiles_kernel(int64_t groups, int64_t rows, int64_t* __restrict__ tiles) {
+  const int64_t per_group = (rows + kBM - 1) / kBM;
+  const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= groups * per_group) return;
+  const int64_t e = t / per_group, s = (t % per_group) * kBM;
+  tiles[3 * t] = e;
+  tiles[3 * t + 1] = e * rows + s;
+  tiles[3 * t + 2] = min((int64_t)kBM, rows - s);
 }
 
 constexpr int kRowThreads = 256;
@@ -244,6 +361,53 @@ __global__ void attention_kernel(const float* __restrict__ q, const T* __restric
   }
 }
 
+// RMSNorm with its weight, one block per row: the sum of squares as row_kernel's mode 0, then
+// weight * (x * scale rounded to T), rounded to T.
+template <typename T>
+__global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int64_t D,
+                                float eps) {
+  __shared__ float scratch[kRowThreads];
+  const T* r = x + (int64_t)blockIdx.x * D;
+  float s = 0;
+  for (int64_t d = threadIdx.x; d < D; d += kRowThreads) s += (float)r[d] * (float)r[d];
+  const float total = block_reduce(s, scratch, Add());
+  const float scale = 1.0f / sqrtf(total / (float)D + eps);
+  for (int64_t d = threadIdx.x; d < D; d += kRowThreads)
+    out[(int64_t)blockIdx.x * D + d] = (T)((float)w[d] * (float)(T)((float)r[d] * scale));
+}
+
+// (silu(gate) rounded to T) * up, rounded to T; gate and up rows of I values at row strides sg, su.
+template <typename T>
+__global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out, int64_t M,
+                              int64_t I, int64_t sg, int64_t su) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= M * I) return;
+  const int64_t m = i / I, c = i % I;
+  const float v = (float)gate[m * sg + c];
+  out[i] = (T)((float)(T)(v / (1.0f + expf(-v))) * (float)up[m * su + c]);
+}
+
+// combine_experts: each grouped row's output times its weight, rounded, put in its pair's place;
+// then each token's k parts added in order.
+template <typename T>
+__global__ void weigh_pairs_kernel(const T* __restrict__ y, const int64_t* __restrict__ order,
+                                   const float* __restrict__ weights, T* __restrict__ parts, int64_t rows, int64_t H) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= rows * H) return;
+  const int64_t r = i / H, h = i % H, pair = order[r];
+  parts[pair * H + h] = (T)((float)y[i] * weights[pair]);
+}
+
+template <typename T>
+__global__ void sum_parts_kernel(const T* __restrict__ parts, T* __restrict__ out, int64_t N, int64_t k, int64_t H) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= N * H) return;
+  const int64_t n = i / H, h = i % H;
+  T acc = parts[n * k * H + h];
+  for (int64_t j = 1; j < k; ++j) acc = (T)((float)acc + (float)parts[(n * k + j) * H + h]);
+  out[i] = acc;
+}
+
 cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
 
 void check_launch(const char* what) {
@@ -251,47 +415,78 @@ void check_launch(const char* what) {
   if (e != cudaSuccess) throw Error(std::string("batch-invariant CUDA kernel ") + what + ": " + cudaGetErrorString(e));
 }
 
-Tensor gemm(const Tensor& x, const Tensor& w, int64_t M, int64_t N, int64_t K, const Tensor& tiles, int64_t num_tiles) {
+Tensor gemm(const Tensor& x, const Tensor& w, int64_t M, int64_t N, int64_t K, const Tensor& tiles, int64_t num_tiles,
+            std::optional<at::ScalarType> round_to) {
   const c10::cuda::CUDAGuard guard(x.device());
-  Tensor out = at::empty({M, N}, x.options().dtype(at::kFloat));
-  if (M == 0 || N == 0) return out;
-  const dim3 grid((unsigned)num_tiles, (unsigned)((N + kBN - 1) / kBN));
+  const bool bf16 = w.scalar_type() == at::kBFloat16;
+  const bool bf16_out = bf16 && round_to == at::kBFloat16;  // rounded by the product itself
+  Tensor out = at::empty({M, N}, x.options().dtype(bf16_out ? at::kBFloat16 : at::kFloat));
+  if (M == 0 || N == 0 || num_tiles == 0) return out;
   const int64_t* tp = tiles.defined() ? tiles.data_ptr<int64_t>() : nullptr;
-  if (w.scalar_type() == at::kBFloat16) {
+  if (bf16) {
     Tensor xb = x.to(at::kBFloat16).contiguous(), wb = w.contiguous();
     auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
-    const bool vec = K % 8 == 0 && aligned(xb) && aligned(wb);
-    gemm_nt_bf16_kernel<<<grid, kWarps * 32, 0, stream()>>>(
-        reinterpret_cast<const __nv_bfloat16*>(xb.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(wb.data_ptr()),
-        out.data_ptr<float>(), M, N, K, tp, vec);
+    const dim3 grid((unsigned)num_tiles, (unsigned)((N + kTileN - 1) / kTileN));
+    auto* xp = reinterpret_cast<const __nv_bfloat16*>(xb.data_ptr());
+    auto* wp = reinterpret_cast<const __nv_bfloat16*>(wb.data_ptr());
+    // The same arithmetic either way; only the loads differ.
+    if (K % 8 == 0 && aligned(xb) && aligned(wb))
+      gemm_nt_bf16_kernel<true><<<grid, kParts * 32, 0, stream()>>>(xp, wp, out.data_ptr(), bf16_out, M, N, K,
+                                                                     part_length(K), tp);
+    else
+      gemm_nt_bf16_kernel<false><<<grid, kParts * 32, 0, stream()>>>(xp, wp, out.data_ptr(), bf16_out, M, N, K,
+                                                                      part_length(K), tp);
   } else {
     Tensor xf = x.to(at::kFloat).contiguous(), wf = w.to(at::kFloat).contiguous();
-    gemm_nt_f32_kernel<<<grid, kBM * kBN, 0, stream()>>>(xf.data_ptr<float>(), wf.data_ptr<float>(),
-                                                          out.data_ptr<float>(), M, N, K, tp);
+    const dim3 grid((unsigned)num_tiles, (unsigned)((N + kF32Cols - 1) / kF32Cols));
+    gemm_nt_f32_kernel<<<grid, kF32Cols * 32, 0, stream()>>>(xf.data_ptr<float>(), wf.data_ptr<float>(),
+                                                        out.data_ptr<float>(), M, N, K, tp);
   }
   check_launch("gemm");
-  return out;
+  return round_to && !bf16_out ? out.to(*round_to) : out;
 }
 
 }  // namespace
 
-Tensor matmul_nt(const Tensor& x, const Tensor& w) {
+Tensor matmul_nt(const Tensor& x, const Tensor& w, std::optional<at::ScalarType> round_to) {
   const int64_t M = x.size(0), N = w.size(0), K = x.size(1);
-  return gemm(x, w, M, N, K, Tensor(), (M + kBM - 1) / kBM);
+  return gemm(x, w, M, N, K, Tensor(), (M + kBM - 1) / kBM, round_to);
 }
 
-Tensor group_tiles(const std::vector<int64_t>& sizes, at::Device device) {
-  std::vector<int64_t> t;
-  int64_t offset = 0;
-  for (size_t g = 0; g < sizes.size(); ++g) {
-    for (int64_t s = 0; s < sizes[g]; s += kBM) t.insert(t.end(), {(int64_t)g, offset + s, std::min<int64_t>(kBM, sizes[g] - s)});
-    offset += sizes[g];
-  }
-  return at::tensor(t, at::TensorOptions().dtype(at::kLong)).to(device);
+GroupedRows group_rows(const Tensor& group_of_row, int64_t groups) {
+  const c10::cuda::CUDAGuard guard(group_of_row.device());
+  if (groups < 1 || groups > 8192) throw Error("invariant group_rows: " + std::to_string(groups) + " groups (1 to 8192 on CUDA)");
+  Tensor g = group_of_row.to(at::kLong).contiguous().view({-1});
+  const int64_t M = g.numel();
+  GroupedRows out;
+  out.order = at::empty({M}, g.options());
+  out.group = at::empty({M}, g.options());
+  out.num_tiles = (M + kBM - 1) / kBM + groups;  // each group's tiles, at most one of them partly filled
+  out.tiles = at::empty({out.num_tiles, 3}, g.options());
+  Tensor offsets = at::empty({2 * (groups + 1)}, g.options());
+  group_layout_kernel<<<1, kGroupThreads, groups * sizeof(unsigned int), stream()>>>(
+      g.data_ptr<int64_t>(), M, (int)groups, offsets.data_ptr<int64_t>(), out.tiles.data_ptr<int64_t>(), out.num_tiles);
+  check_launch("group_layout");
+  group_place_kernel<<<(unsigned)groups, kGroupThreads, 0, stream()>>>(g.data_ptr<int64_t>(), M, (int)groups,
+                                                                       offsets.data_ptr<int64_t>(), out.tiles.data_ptr<int64_t>(),
+                                                                       out.order.data_ptr<int64_t>(), out.group.data_ptr<int64_t>());
+  check_launch("group_place");
+  return out;
 }
 
-Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& tiles, int64_t num_tiles) {
-  return gemm(x, w, x.size(0), w.size(1), x.size(1), tiles, num_tiles);
+Tensor contiguous_tiles(int64_t groups, int64_t rows, at::Device device) {
+  const c10::cuda::CUDAGuard guard(device);
+  const int64_t n = groups * ((rows + kBM - 1) / kBM);
+  Tensor tiles = at::empty({n, 3}, at::TensorOptions().dtype(at::kLong).device(device));
+  if (n == 0) return tiles;
+  contiguous_tiles_kernel<<<(unsigned)((n + 255) / 256), 256, 0, stream()>>>(groups, rows, tiles.data_ptr<int64_t>());
+  check_launch("contiguous_tiles");
+  return tiles;
+}
+
+Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& tiles, int64_t num_tiles,
+                         std::optional<at::ScalarType> round_to) {
+  return gemm(x, w, x.size(0), w.size(1), x.size(1), tiles, num_tiles, round_to);
 }
 
 namespace {
@@ -324,6 +519,46 @@ Tensor log_softmax(const Tensor& x) { return rows(x, 2, 0); }
 Tensor row_sum(const Tensor& x) { return rows(x, 3, 0); }
 Tensor silu(const Tensor& x) { return elementwise(x, 0); }
 Tensor sigmoid(const Tensor& x) { return elementwise(x, 1); }
+
+// CUDA's own types for ATen's floating types.
+template <typename scalar_t>
+using device_t = std::conditional_t<std::is_same_v<scalar_t, at::BFloat16>, __nv_bfloat16,
+                                    std::conditional_t<std::is_same_v<scalar_t, at::Half>, __half, scalar_t>>;
+
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  Tensor xc = x.contiguous(), wc = weight.contiguous();
+  const int64_t D = x.size(-1), M = D == 0 ? 0 : xc.numel() / D;
+  Tensor out = at::empty(xc.sizes(), xc.options());
+  if (M == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xc.scalar_type(), "invariant_rms_norm_cuda", [&] {
+    using T = device_t<scalar_t>;
+    rms_norm_kernel<T><<<(unsigned)M, kRowThreads, 0, stream()>>>(reinterpret_cast<const T*>(xc.data_ptr()),
+                                                                  reinterpret_cast<const T*>(wc.data_ptr()),
+                                                                  reinterpret_cast<T*>(out.data_ptr()), D, (float)eps);
+  });
+  check_launch("rms_norm");
+  return out;
+}
+
+Tensor swiglu(const Tensor& gate, const Tensor& up) {
+  const c10::cuda::CUDAGuard guard(gate.device());
+  const int64_t I = gate.size(-1);
+  Tensor g2 = gate.reshape({-1, I}), u2 = up.reshape({-1, I});
+  if (g2.stride(1) != 1) g2 = g2.contiguous();
+  if (u2.stride(1) != 1) u2 = u2.contiguous();
+  const int64_t M = g2.size(0);
+  Tensor out = at::empty({M, I}, g2.options());
+  if (M * I == 0) return out.view(gate.sizes());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g2.scalar_type(), "invariant_swiglu_cuda", [&] {
+    using T = device_t<scalar_t>;
+    swiglu_kernel<T><<<(unsigned)((M * I + 255) / 256), 256, 0, stream()>>>(
+        reinterpret_cast<const T*>(g2.data_ptr()), reinterpret_cast<const T*>(u2.data_ptr()),
+        reinterpret_cast<T*>(out.data_ptr()), M, I, g2.stride(0), u2.stride(0));
+  });
+  check_launch("swiglu");
+  return out.view(gate.sizes());
+}
 
 std::pair<Tensor, Tensor> rope_cos_sin(const Tensor& positions, const Tensor& inv_freq) {
   const c10::cuda::CUDAGuard guard(positions.device());
@@ -359,13 +594,34 @@ Tensor attention(const Tensor& q, const Tensor& cache, const Tensor& table, cons
     using T = std::conditional_t<std::is_same_v<scalar_t, at::BFloat16>, __nv_bfloat16,
                                  std::conditional_t<std::is_same_v<scalar_t, at::Half>, __half, scalar_t>>;
     auto kernel = attention_kernel<T>;
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)limit);
+    static std::array<std::atomic<bool>, 64> configured{};  // the opt-in above 48 KB, once per device (not in a graph)
+    const int device = q.get_device();
+    if (device >= (int)configured.size() || !configured[device].exchange(true))
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)limit);
     kernel<<<(unsigned)(N * heads), kAttnThreads, smem, stream()>>>(
         qf.data_ptr<float>(), reinterpret_cast<const T*>(cc.data_ptr()), cc.size(1), table.data_ptr<int64_t>(),
         start.data_ptr<int64_t>(), count.data_ptr<int64_t>(), block_size, (int)heads, (int)(heads / kv_heads), key_base,
         key_stride, key_width, value_base, value_stride, value_width, (float)scale, out.data_ptr<float>());
   });
   check_launch("attention");
+  return out;
+}
+
+Tensor combine_experts(const Tensor& y, const Tensor& order, const Tensor& weights, int64_t k) {
+  const c10::cuda::CUDAGuard guard(y.device());
+  Tensor yc = y.contiguous(), oc = order.to(at::kLong).contiguous(), wc = weights.to(at::kFloat).contiguous();
+  const int64_t rows = yc.size(0), H = yc.size(1), N = rows / k;
+  Tensor parts = at::empty_like(yc), out = at::empty({N, H}, yc.options());
+  if (rows * H == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, yc.scalar_type(), "invariant_combine_experts_cuda", [&] {
+    using T = device_t<scalar_t>;
+    weigh_pairs_kernel<T><<<(unsigned)((rows * H + 255) / 256), 256, 0, stream()>>>(
+        reinterpret_cast<const T*>(yc.data_ptr()), oc.data_ptr<int64_t>(), wc.data_ptr<float>(),
+        reinterpret_cast<T*>(parts.data_ptr()), rows, H);
+    sum_parts_kernel<T><<<(unsigned)((N * H + 255) / 256), 256, 0, stream()>>>(
+        reinterpret_cast<const T*>(parts.data_ptr()), reinterpret_cast<T*>(out.data_ptr()), N, k, H);
+  });
+  check_launch("combine_experts");
   return out;
 }
 

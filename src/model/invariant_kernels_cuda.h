@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -11,11 +12,24 @@ namespace grpo::model::invariant::cuda {
 
 using at::Tensor;
 
-Tensor matmul_nt(const Tensor& x, const Tensor& w);
-// (group, first row, rows) tiles of at most 16 rows, on `device`, for groups of the given sizes.
-Tensor group_tiles(const std::vector<int64_t>& sizes, at::Device device);
-Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& tiles, int64_t num_tiles);
+Tensor matmul_nt(const Tensor& x, const Tensor& w, std::optional<at::ScalarType> round_to);
+// Rows grouped by group id (M) int64 in [0, groups), stable, on the device without host
+// synchronisation: the grouped order, each grouped row's group, and the products' tile table
+// (group, first row, rows) of at most 16 rows a tile, sized for the worst case (unused slots hold
+// 0 rows). A group id out of range stops the kernel with a device-side assertion.
+struct GroupedRows {
+  Tensor order, group, tiles;
+  int64_t num_tiles = 0;
+};
+GroupedRows group_rows(const Tensor& group_of_row, int64_t groups);
+// The tile table of `groups` runs of `rows` consecutive rows.
+Tensor contiguous_tiles(int64_t groups, int64_t rows, at::Device device);
+Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& tiles, int64_t num_tiles,
+                         std::optional<at::ScalarType> round_to);
 Tensor rms_normalize(const Tensor& x, double eps);
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);  // weight of x's dtype
+Tensor swiglu(const Tensor& gate, const Tensor& up);  // of one dtype
+Tensor combine_experts(const Tensor& y, const Tensor& order, const Tensor& weights, int64_t k);
 Tensor softmax(const Tensor& x);
 Tensor log_softmax(const Tensor& x);
 Tensor row_sum(const Tensor& x);

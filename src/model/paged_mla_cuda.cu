@@ -39,6 +39,7 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kPad = 8;  // bf16 of padding per shared row: conflict-free fragment loads
 constexpr int kMaxSplits = 256;
+constexpr int64_t kInvariantSplitKeys = 256;  // keys per split of the batch-invariant form
 
 __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
   asm volatile(
@@ -81,7 +82,8 @@ template <int R>
 __global__ void __launch_bounds__(kThreads) paged_mla_split_kernel(const bf16* __restrict__ q,
                                                                    const bf16* __restrict__ cache,
                                                                    const int64_t* __restrict__ table,
-                                                                   const int64_t* __restrict__ lens, Shapes s,
+                                                                   const int64_t* __restrict__ lens,
+                                                                   const int64_t* __restrict__ starts, Shapes s,
                                                                    float* __restrict__ part_o,
                                                                    float* __restrict__ part_ml) {
   constexpr int NT = R / 32;  // 8-column tiles per warp
@@ -100,7 +102,7 @@ __global__ void __launch_bounds__(kThreads) paged_mla_split_kernel(const bf16* _
   const int64_t len = lens[b];
   const int64_t begin = max(s.key_start, (int64_t)split * s.keys_per_split);
   const int64_t end = min(len, (int64_t)(split + 1) * s.keys_per_split);
-  const int64_t* row_table = table + b * s.nblk;
+  const int64_t* row_table = table + (starts ? starts[b] : b * s.nblk);
   const int chunks = s.D / 8;  // 16-byte pieces of a cache row
 
   // Queries (zero rows past the last head, zero columns past D), and the zero tail of the keys.
@@ -281,7 +283,7 @@ __global__ void __launch_bounds__(kThreads) paged_mla_combine_kernel(const float
     const float m_sp = ml[2 * sp * heads];
     const float e = m_sp == -INFINITY ? 0.0f : exp2f(m_sp - M);
     w[sp] = e;
-    l += ml[2 * sp * heads + 1] * e;
+    l = __fadd_rn(l, __fmul_rn(ml[2 * sp * heads + 1], e));  // never contracted: see the column loop
   }
   const float L = block_reduce(l, false, scratch);  // its barrier also publishes w
   const float inv = L > 0.0f ? 1.0f / L : 0.0f;
@@ -289,8 +291,10 @@ __global__ void __launch_bounds__(kThreads) paged_mla_combine_kernel(const float
   const int col = blockIdx.y * kThreads + threadIdx.x;     // one output column per thread
   if (col >= R) return;
   float acc = 0.0f;
+  // Explicit roundings, never fused: however the compiler unrolls the loop, split sp adds the
+  // same value, so the empty splits past a row's keys (exact zeros) change nothing.
 #pragma unroll 4
-  for (int sp = 0; sp < splits; ++sp) acc += w[sp] * o[(int64_t)sp * heads * R + col];
+  for (int sp = 0; sp < splits; ++sp) acc = __fadd_rn(acc, __fmul_rn(w[sp], o[(int64_t)sp * heads * R + col]));
   out[(b * heads + h) * R + col] = __float2bfloat16(acc * inv);
 }
 
@@ -300,8 +304,8 @@ void check_launch(const char* what) {
 }
 
 template <int R>
-void launch(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens, Shapes s, int head_tiles,
-            const Tensor& part_o, const Tensor& part_ml) {
+void launch(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens, const int64_t* starts, Shapes s,
+            int head_tiles, const Tensor& part_o, const Tensor& part_ml) {
   const size_t smem = smem_bytes(s.stride);
   static std::array<std::atomic<bool>, 64> configured{};  // the opt-in above 48 KB, once per device
   const int device = q.get_device();
@@ -310,7 +314,7 @@ void launch(const Tensor& q, const Tensor& cache, const Tensor& table, const Ten
   const dim3 grid((unsigned)s.splits, (unsigned)q.size(0), (unsigned)head_tiles);
   paged_mla_split_kernel<R><<<grid, kThreads, smem, at::cuda::getCurrentCUDAStream()>>>(
       reinterpret_cast<const bf16*>(q.data_ptr()), reinterpret_cast<const bf16*>(cache.data_ptr()),
-      table.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), s, part_o.data_ptr<float>(), part_ml.data_ptr<float>());
+      table.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), starts, s, part_o.data_ptr<float>(), part_ml.data_ptr<float>());
   check_launch("split");
 }
 
@@ -324,26 +328,59 @@ bool paged_mla_supported(const Tensor& q, const Tensor& cache, int64_t latent_ra
          smem_bytes((int)((cache.size(-1) + 15) / 16 * 16 + kPad)) <= 200 * 1024;
 }
 
-Tensor paged_mla_decode(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens,
-                        int64_t block_size, int64_t key_start, int64_t latent_rank, double scale) {
+namespace {
+
+// Runs both passes over rows [0, B) of q, lens and starts (or of the table's rows when starts is
+// null), s.splits splits of s.keys_per_split keys each, into out (B, heads, r).
+void run(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens, const int64_t* starts, Shapes s,
+         int64_t latent_rank, const Tensor& out) {
+  const int64_t B = q.size(0), heads = q.size(1);
+  const int head_tiles = (int)((heads + kHeads - 1) / kHeads);
+  auto f32 = q.options().dtype(at::kFloat);
+  Tensor part_o = at::empty({B, s.splits, heads, latent_rank}, f32);
+  Tensor part_ml = at::empty({B, s.splits, heads, 2}, f32);
+  switch (latent_rank) {
+    case 64: launch<64>(q, cache, table, lens, starts, s, head_tiles, part_o, part_ml); break;
+    case 128: launch<128>(q, cache, table, lens, starts, s, head_tiles, part_o, part_ml); break;
+    case 256: launch<256>(q, cache, table, lens, starts, s, head_tiles, part_o, part_ml); break;
+    default: launch<512>(q, cache, table, lens, starts, s, head_tiles, part_o, part_ml); break;
+  }
+  const dim3 combine_grid((unsigned)(B * heads), (unsigned)((latent_rank + kThreads - 1) / kThreads));
+  paged_mla_combine_kernel<<<combine_grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      part_o.data_ptr<float>(), part_ml.data_ptr<float>(), reinterpret_cast<bf16*>(out.data_ptr()), (int)heads,
+      s.splits, (int)latent_rank);
+  check_launch("combine");
+}
+
+Shapes shapes(const Tensor& q, const Tensor& cache, int64_t block_size, int64_t key_start, int64_t latent_rank,
+              double scale, const char* what) {
   if (!paged_mla_supported(q, cache, latent_rank))
-    throw Error("paged MLA decode: unsupported dtype or shape (row width " + std::to_string(cache.size(-1)) +
+    throw Error(std::string(what) + ": unsupported dtype or shape (row width " + std::to_string(cache.size(-1)) +
                 ", latent rank " + std::to_string(latent_rank) + ")");
-  const c10::cuda::CUDAGuard guard(q.device());
-  const Tensor qc = q.contiguous(), tab = table.contiguous(), ln = lens.contiguous();
-  const int64_t B = qc.size(0), heads = qc.size(1), D = qc.size(2), nblk = tab.size(1);
-  if (D != cache.size(1) || !cache.is_contiguous())
-    throw Error("paged MLA decode: query width " + std::to_string(D) + " against cache rows of " +
+  if (q.size(2) != cache.size(1) || !cache.is_contiguous())
+    throw Error(std::string(what) + ": query width " + std::to_string(q.size(2)) + " against cache rows of " +
                 std::to_string(cache.size(1)));
   Shapes s;
-  s.heads = (int)heads;
-  s.D = (int)D;
-  s.DP = (int)((D + 15) / 16 * 16);
+  s.heads = (int)q.size(1);
+  s.D = (int)q.size(2);
+  s.DP = (s.D + 15) / 16 * 16;
   s.stride = s.DP + kPad;
-  s.nblk = nblk;
+  s.nblk = 0;
   s.block_size = block_size;
   s.key_start = key_start;
   s.scale_log2 = (float)(scale * M_LOG2E);
+  return s;
+}
+
+}  // namespace
+
+Tensor paged_mla_decode(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens,
+                        int64_t block_size, int64_t key_start, int64_t latent_rank, double scale) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  const Tensor qc = q.contiguous(), tab = table.contiguous(), ln = lens.contiguous();
+  Shapes s = shapes(qc, cache, block_size, key_start, latent_rank, scale, "paged MLA decode");
+  const int64_t B = qc.size(0), heads = qc.size(1), nblk = tab.size(1);
+  s.nblk = nblk;
   const int head_tiles = (int)((heads + kHeads - 1) / kHeads);
   // Enough blocks for two rounds over the multiprocessors, but at least two tiles per split.
   if (nblk * block_size >= (int64_t)1 << 31) throw Error("paged MLA decode: more than 2^31 key positions");
@@ -354,22 +391,34 @@ Tensor paged_mla_decode(const Tensor& q, const Tensor& cache, const Tensor& tabl
   const int64_t splits = std::min({want, most, (int64_t)kMaxSplits});
   s.keys_per_split = ((max_keys + splits - 1) / splits + kKeys - 1) / kKeys * kKeys;
   s.splits = (int)((max_keys + s.keys_per_split - 1) / s.keys_per_split);
-
-  auto f32 = qc.options().dtype(at::kFloat);
-  Tensor part_o = at::empty({B, s.splits, heads, latent_rank}, f32);
-  Tensor part_ml = at::empty({B, s.splits, heads, 2}, f32);
-  switch (latent_rank) {
-    case 64: launch<64>(qc, cache, tab, ln, s, head_tiles, part_o, part_ml); break;
-    case 128: launch<128>(qc, cache, tab, ln, s, head_tiles, part_o, part_ml); break;
-    case 256: launch<256>(qc, cache, tab, ln, s, head_tiles, part_o, part_ml); break;
-    default: launch<512>(qc, cache, tab, ln, s, head_tiles, part_o, part_ml); break;
-  }
   Tensor out = at::empty({B, heads, latent_rank}, qc.options());
-  const dim3 combine_grid((unsigned)(B * heads), (unsigned)((latent_rank + kThreads - 1) / kThreads));
-  paged_mla_combine_kernel<<<combine_grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      part_o.data_ptr<float>(), part_ml.data_ptr<float>(), reinterpret_cast<bf16*>(out.data_ptr()), (int)heads,
-      s.splits, (int)latent_rank);
-  check_launch("combine");
+  run(qc, cache, tab, ln, nullptr, s, latent_rank, out);
+  return out;
+}
+
+Tensor paged_mla_attention_invariant(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& starts,
+                                     const Tensor& lens, int64_t max_keys, int64_t block_size, int64_t latent_rank,
+                                     double scale) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  const Tensor qc = q.contiguous(), tab = table.contiguous(), st = starts.contiguous(), ln = lens.contiguous();
+  Shapes s = shapes(qc, cache, block_size, 0, latent_rank, scale, "batch-invariant MLA attention");
+  if (max_keys > kMaxSplits * kInvariantSplitKeys)
+    throw Error("batch-invariant MLA attention: " + std::to_string(max_keys) + " keys; at most " +
+                std::to_string(kMaxSplits * kInvariantSplitKeys) + " are supported");
+  const int64_t B = qc.size(0), heads = qc.size(1);
+  // Splits at fixed key positions: a row's pieces, and the order they are combined in, depend on
+  // its own keys alone. More splits than a row needs add exact zeros to its sums.
+  s.keys_per_split = kInvariantSplitKeys;
+  s.splits = (int)std::max<int64_t>(1, (max_keys + kInvariantSplitKeys - 1) / kInvariantSplitKeys);
+  Tensor out = at::empty({B, heads, latent_rank}, qc.options());
+  // Rows a launch at a time: the grid's second dimension, and the partial results' workspace.
+  const int64_t per_row = (int64_t)s.splits * heads * latent_rank * (int64_t)sizeof(float);
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(65535, ((int64_t)256 << 20) / per_row));
+  for (int64_t r0 = 0; r0 < B; r0 += chunk) {
+    const int64_t n = std::min(chunk, B - r0);
+    run(qc.narrow(0, r0, n), cache, tab, ln.narrow(0, r0, n), st.narrow(0, r0, n).data_ptr<int64_t>(), s, latent_rank,
+        out.narrow(0, r0, n));
+  }
   return out;
 }
 

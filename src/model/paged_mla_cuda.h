@@ -26,4 +26,13 @@ bool paged_mla_supported(const Tensor& q, const Tensor& cache, int64_t latent_ra
 Tensor paged_mla_decode(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens,
                         int64_t block_size, int64_t key_start, int64_t latent_rank, double scale);
 
+// The batch-invariant form (model/batch_invariant.h): row b reads its keys [0, lens[b]) through the
+// flat table from table[starts[b]] on, and the keys are split at fixed positions (every 256 keys),
+// whatever the batch, so that a row's result depends on its own keys alone: a decode step, a
+// prefill and a training forward over whole sequences give it bit for bit. max_keys: at least the
+// largest of lens (at most 65,536). Rows are launched in chunks: any count of rows.
+Tensor paged_mla_attention_invariant(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& starts,
+                                     const Tensor& lens, int64_t max_keys, int64_t block_size, int64_t latent_rank,
+                                     double scale);
+
 }  // namespace grpo::model::cuda

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -114,4 +115,46 @@ TEST(InvariantKernels, AttentionEqualsTheDocumentedOrderBitForBit) {
         }
       }
   }
+}
+
+// On CUDA (invariant_kernels_cuda.cu): a row's product is the same bits alone, among 37 or 300
+// rows, and in a grouped call among other groups' rows; the bf16-rounded form is the fp32 result
+// rounded; the products are close to fp64 (the parts of K are all added). K = 2048 and 1408 (the
+// V2-Lite shapes), 40 (parts shorter than one step), 33 (odd: the unaligned loads).
+TEST(InvariantKernelsCuda, ProductsDependOnTheRowAlone) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const at::Device cuda(at::kCUDA, 0);
+  at::manual_seed(3);
+  for (int64_t K : {2048, 1408, 40, 33})
+    for (auto dtype : {at::kBFloat16, at::kFloat}) {
+      const int64_t N = 100, M = 300, G = 5;
+      Tensor x = at::randn({M, K}).to(cuda, dtype), w = at::randn({G, N, K}).to(cuda, dtype);
+      Tensor all = invariant::matmul_nt(x, w[1]);
+      for (int64_t m : {0, 17, 299}) {
+        EXPECT_TRUE(at::equal(invariant::matmul_nt(x.narrow(0, m, 1), w[1]), all.narrow(0, m, 1))) << K << " row " << m;
+        const int64_t from = std::min<int64_t>(m, M - 37);  // 37 rows holding row m
+        EXPECT_TRUE(at::equal(invariant::matmul_nt(x.narrow(0, from, 37), w[1]).narrow(0, m - from, 1), all.narrow(0, m, 1)));
+      }
+      Tensor exact = at::matmul(x.to(at::kDouble), w[1].to(at::kDouble).t());
+      EXPECT_LT((all.to(at::kDouble) - exact).abs().max().item<double>(), 1e-3 * std::sqrt((double)K)) << K;
+      if (dtype == at::kBFloat16)
+        EXPECT_TRUE(at::equal(invariant::matmul_nt(x, w[1], at::kBFloat16), all.to(at::kBFloat16))) << K;
+      // Grouped: rows of random groups, each as the plain product with its group's weight.
+      Tensor group_of_row = at::randint(G, {M}, at::TensorOptions().dtype(at::kLong).device(cuda));
+      invariant::RowGroups g = invariant::group_rows(group_of_row, G);
+      Tensor grouped = invariant::grouped_matmul_nt(x.index_select(0, g.order), w, g);
+      Tensor host_order = g.order.cpu(), host_group = g.group.cpu(), host_of_row = group_of_row.cpu();
+      for (int64_t i = 1; i < M; ++i) {  // stable: rows of one group in row order
+        ASSERT_EQ(host_group[i].item<int64_t>(), host_of_row[host_order[i].item<int64_t>()].item<int64_t>());
+        if (host_group[i].item<int64_t>() == host_group[i - 1].item<int64_t>())
+          ASSERT_LT(host_order[i - 1].item<int64_t>(), host_order[i].item<int64_t>());
+        else
+          ASSERT_LT(host_group[i - 1].item<int64_t>(), host_group[i].item<int64_t>());
+      }
+      for (int64_t i : {0, 150, 299}) {
+        const int64_t row = host_order[i].item<int64_t>(), e = host_group[i].item<int64_t>();
+        EXPECT_TRUE(at::equal(grouped.narrow(0, i, 1), invariant::matmul_nt(x.narrow(0, row, 1), w[e])))
+            << K << " grouped row " << i;
+      }
+    }
 }

@@ -26,6 +26,16 @@ const char* kTinyV3 = R"({
   "first_k_dense_replace": 1, "norm_topk_prob": true, "routed_scaling_factor": 2.5,
   "max_position_embeddings": 128, "num_nextn_predict_layers": 0})";
 
+// Latent rank 64 and rows of 80: on CUDA the absorbed attention runs the tensor-core paged MLA
+// kernel (its keys split every 256), which the rank-16 model above does not qualify for.
+const char* kTinyV3Rank64 = R"({
+  "model_type": "deepseek_v3", "vocab_size": 61, "hidden_size": 32, "intermediate_size": 48,
+  "moe_intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+  "q_lora_rank": 24, "kv_lora_rank": 64, "qk_nope_head_dim": 8, "qk_rope_head_dim": 16, "v_head_dim": 8,
+  "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 3, "n_group": 4, "topk_group": 2,
+  "first_k_dense_replace": 1, "norm_topk_prob": true, "routed_scaling_factor": 2.5,
+  "max_position_embeddings": 1024, "num_nextn_predict_layers": 0})";
+
 const char* kTinyQwen3Moe = R"({
   "model_type": "qwen3_moe", "vocab_size": 61, "hidden_size": 32, "intermediate_size": 48,
   "moe_intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -53,13 +63,14 @@ std::shared_ptr<model::CausalLM> tiny(const char* config, bool lora = false, at:
   return m;
 }
 
-std::vector<rollout::Request> requests(int count, int first_index, uint32_t seed) {
+// Prompts of min_len to min_len + 16 tokens.
+std::vector<rollout::Request> requests(int count, int first_index, uint32_t seed, int min_len = 3) {
   std::mt19937 rng(seed);
   std::vector<rollout::Request> reqs;
   for (int i = 0; i < count; ++i) {
     rollout::Request q;
     q.prompt_index = first_index + i;
-    for (int t = 0, n = 3 + (int)(rng() % 17); t < n; ++t) q.prompt_ids.push_back(rng() % 61);
+    for (int t = 0, n = min_len + (int)(rng() % 17); t < n; ++t) q.prompt_ids.push_back(rng() % 61);
     q.params.n = 3;
     q.params.max_new_tokens = 12 + i;
     q.params.seed = 7;
@@ -102,9 +113,9 @@ double max_diff(model::CausalLM& m, const Samples& s) {
   return worst;
 }
 
-void expect_exact(const char* config, bool lora, at::Device device = at::kCPU) {
+void expect_exact(const char* config, bool lora, at::Device device = at::kCPU, int min_prompt = 3) {
   auto m = tiny(config, lora, device);
-  auto reqs = requests(6, 0, 11);
+  auto reqs = requests(6, 0, 11, min_prompt);
   m->batch_invariant = false;
   const double fast = max_diff(*m, generate(m, reqs, 64, 16));
   m->batch_invariant = true;
@@ -128,11 +139,11 @@ TEST(ExactRollout, MlaMoeWithLoraEqualsTrainingBitForBit) { expect_exact(kTinyV3
 
 // The same request gives the same tokens and log-probs alone, among others, decoded one sequence
 // at a time, and with another block size.
-void expect_batch_invariance(at::Device device) {
-  auto m = tiny(kTinyV3, false, device);
+void expect_batch_invariance(at::Device device, const char* config = kTinyV3, int min_prompt = 3) {
+  auto m = tiny(config, false, device);
   m->batch_invariant = true;
-  auto mine = requests(1, 100, 5);
-  auto crowd = requests(7, 0, 9);
+  auto mine = requests(1, 100, 5, min_prompt);
+  auto crowd = requests(7, 0, 9, min_prompt);
   crowd.insert(crowd.begin() + 3, mine[0]);
   Samples alone = generate(m, mine, 64, 16), together = generate(m, crowd, 64, 16), serial = generate(m, crowd, 1, 4);
   auto find = [&](const Samples& s, size_t sample) {
@@ -206,4 +217,14 @@ TEST(ExactRolloutCuda, EngineEqualsTrainingBitForBit) {
 TEST(ExactRolloutCuda, BatchCompositionChangesNothing) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   expect_batch_invariance(at::Device(at::kCUDA, 0));
+}
+
+// The paged MLA kernel's form: prompts of 3-19 tokens, and of 250-266, whose keys cross the
+// kernel's split at 256 while decoding, among rows of other lengths (the CUDA graphs' padded
+// block tables hold more splits than a row needs).
+TEST(ExactRolloutCuda, TensorCoreMlaEqualsTrainingBitForBit) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  expect_exact(kTinyV3Rank64, false, at::Device(at::kCUDA, 0));
+  expect_exact(kTinyV3Rank64, true, at::Device(at::kCUDA, 0), 250);
+  expect_batch_invariance(at::Device(at::kCUDA, 0), kTinyV3Rank64, 250);
 }
