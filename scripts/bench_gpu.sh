@@ -5,7 +5,7 @@
 # DeepSeek-V2-Lite shape (random weights, bf16, GRPO_BENCH_LAYERS layers, default 12 of 27) with
 # transformers in the same run as the baseline, and prints one table (bench-out/gpu/table.md).
 #   scripts/bench_gpu.sh
-# Decode runs three ways per context: paged MLA kernel, gathered attention, FP8 weights.
+# Decode runs four ways per context: paged MLA kernel, gathered attention, FP8 weights, exact_rollout.
 # Environment: BUILD (build dir, default build-gpu), CMAKE_ARGS (extra configure arguments),
 # PROMPTS (decode contexts, default 128,1024,2048), BATCHES (default 1,128,256), NEW (128).
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
@@ -52,6 +52,9 @@ for p in "${prompts[@]}"; do
   # FP8 weights (128 x 128 block scales): speed, and log-prob drift from the bf16 policy.
   "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
     --prompt-len "$p" --new-tokens "${NEW:-128}" --nocache-batches "" --fp8 --label grpo-fp8 | tee -a "$log"
+  # exact_rollout: the batch-invariant forward's cost (its log-probs equal training's to the bit).
+  "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
+    --prompt-len "$p" --new-tokens "${NEW:-128}" --nocache-batches "" --exact --label grpo-exact | tee -a "$log"
 done
 "$py" scripts/bench/hf_generate.py --model "$work/model" --device cuda --dtype bfloat16 --batches 1,128 \
   --prompt-len 1024 --new-tokens "${NEW:-128}" | tee -a "$log" || echo "transformers generate failed"

@@ -38,30 +38,39 @@ for r in decode:
     base = hf_decode.get((r["batch"], r["prompt"]))
     print(f"| decode | V2-Lite shape, bf16, CUDA graphs | {r['batch']} | {r['prompt']} + {r['new']} | {r['decode_tok_s']:.0f} | "
           f"roofline {100 * r['roofline']:.1f}% | " + (f"{base:.0f} | {r['decode_tok_s'] / base:.2f}x |" if base else "- | - |"))
-gathered = {(r["batch"], r["prompt"]): r for r in decode if r["engine"] == "grpo-gathered"}
-if gathered:
+
+
+def compare(engine, title, header, cells):
+    """A table of the plain decode rows against the same batch and context run as `engine`."""
+    other = {(r["batch"], r["prompt"]): r for r in decode if r["engine"] == engine}
+    if not other:
+        return
     print()
-    print("Decode attention: the paged MLA kernel against the same engine attending over a gathered copy of the cache")
+    print(title)
     print()
-    print("| batch | context | paged ms/step | gathered ms/step | paged tokens/s | gathered tokens/s | speed-up |")
-    print("|---|---|---|---|---|---|---|")
+    print("| batch | context | " + " | ".join(header) + " |")
+    print("|---|---|" + "---|" * len(header))
     for r in decode:
-        g = gathered.get((r["batch"], r["prompt"])) if r["engine"] == "grpo" else None
-        if g:
-            print(f"| {r['batch']} | {r['prompt']} + {r['new']} | {r['ms_per_step']:.2f} | {g['ms_per_step']:.2f} | "
-                  f"{r['decode_tok_s']:.0f} | {g['decode_tok_s']:.0f} | {r['decode_tok_s'] / g['decode_tok_s']:.2f}x |")
-fp8 = {(r["batch"], r["prompt"]): r for r in decode if r["engine"] == "grpo-fp8"}
-if fp8:
-    print()
-    print("Decode with FP8 weights (e4m3; 128 x 128 block scales, per-row for the routed experts) against bf16 in the same")
-    print("run; log-prob drift: |engine - bf16 training forward| over the first 8 completions of each row")
-    print()
-    print("| batch | context | bf16 ms/step | fp8 ms/step | speed-up | fp8 roofline (fp8 bytes) | bf16 drift mean / max | fp8 drift mean / max |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in decode:
-        f = fp8.get((r["batch"], r["prompt"])) if r["engine"] == "grpo" else None
-        if f:
-            print(f"| {r['batch']} | {r['prompt']} + {r['new']} | {r['ms_per_step']:.2f} | {f['ms_per_step']:.2f} | "
-                  f"{r['ms_per_step'] / f['ms_per_step']:.2f}x | {100 * f['roofline']:.1f}% | "
-                  f"{r.get('logprob_diff_mean', 0):.4f} / {r['logprob_diff_max']:.3f} | "
-                  f"{f.get('logprob_diff_mean', 0):.4f} / {f['logprob_diff_max']:.3f} |")
+        o = other.get((r["batch"], r["prompt"])) if r["engine"] == "grpo" else None
+        if o:
+            print(f"| {r['batch']} | {r['prompt']} + {r['new']} | " + " | ".join(cells(r, o)) + " |")
+
+
+def drift(r):
+    return f"{r.get('logprob_diff_mean', 0):.4f} / {r['logprob_diff_max']:.3f}"
+
+
+compare("grpo-gathered", "Decode attention: the paged MLA kernel against the same engine attending over a gathered copy of the cache",
+        ["paged ms/step", "gathered ms/step", "paged tokens/s", "gathered tokens/s", "speed-up"],
+        lambda r, g: [f"{r['ms_per_step']:.2f}", f"{g['ms_per_step']:.2f}", f"{r['decode_tok_s']:.0f}",
+                      f"{g['decode_tok_s']:.0f}", f"{r['decode_tok_s'] / g['decode_tok_s']:.2f}x"])
+compare("grpo-fp8", "Decode with FP8 weights (e4m3; 128 x 128 block scales, per-row for the routed experts) against bf16 in the same\n"
+        "run; log-prob drift: |engine - bf16 training forward| over the first 8 completions of each row",
+        ["bf16 ms/step", "fp8 ms/step", "speed-up", "fp8 roofline (fp8 bytes)", "bf16 drift mean / max", "fp8 drift mean / max"],
+        lambda r, f: [f"{r['ms_per_step']:.2f}", f"{f['ms_per_step']:.2f}", f"{r['ms_per_step'] / f['ms_per_step']:.2f}x",
+                      f"{100 * f['roofline']:.1f}%", drift(r), drift(f)])
+compare("grpo-exact", "Decode with exact_rollout (the batch-invariant forward, CUDA graphs) against the ordinary engine in the same\n"
+        "run; log-prob drift: |engine - training forward| over the first 8 completions of each row (0: equal bit for bit)",
+        ["ordinary ms/step", "exact ms/step", "cost", "exact tokens/s", "ordinary drift mean / max", "exact drift mean / max"],
+        lambda r, e: [f"{r['ms_per_step']:.2f}", f"{e['ms_per_step']:.2f}", f"{e['ms_per_step'] / r['ms_per_step']:.2f}x",
+                      f"{e['decode_tok_s']:.0f}", drift(r), drift(e)])
