@@ -8,7 +8,10 @@
 //     ..., then a fixed tree); the tile shapes only decide which outputs a block computes, not how;
 //   - row reductions: thread t sums elements t, t + 256, ... in order, then a fixed tree;
 //   - attention: one block per (query, head), one score per key (a warp's fixed shuffle tree),
-//     softmax and the weighted sum of values in key order.
+//     softmax and the weighted sum of values in key order (MLA with latent ranks of 64-512 uses
+//     the tensor-core paged kernel instead, model/paged_mla_cuda.h, its keys split every 256);
+//   - the grouping of rows by expert is a counting sort on the device: no host synchronisation,
+//     so the engine replays the decode step as CUDA graphs.
 // Compiled without contraction (--fmad=false), like the CPU file.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -64,12 +67,15 @@ __device__ __forceinline__ void mma_bf16(float c[4], uint32_t a0, uint32_t a1, u
 template <bool Vec>
 __device__ __forceinline__ uint4 eight_at(const __nv_bfloat16* row, int64_t k, int64_t K) {
   if (!row || k >= K) return make_uint4(0, 0, 0, 0);
-  if (Vec) return __ldg(reinterpret_cast<const uint4*>(row + k));
-  unsigned short v[8];
+  if constexpr (Vec) {
+    return __ldg(reinterpret_cast<const uint4*>(row + k));
+  } else {
+    unsigned short v[8];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) v[i] = k + i < K ? __bfloat16_as_ushort(row[k + i]) : 0;
-  return make_uint4(v[0] | (uint32_t)v[1] << 16, v[2] | (uint32_t)v[3] << 16, v[4] | (uint32_t)v[5] << 16,
-                    v[6] | (uint32_t)v[7] << 16);
+    for (int i = 0; i < 8; ++i) v[i] = k + i < K ? __bfloat16_as_ushort(row[k + i]) : 0;
+    return make_uint4(v[0] | (uint32_t)v[1] << 16, v[2] | (uint32_t)v[3] << 16, v[4] | (uint32_t)v[5] << 16,
+                      v[6] | (uint32_t)v[7] << 16);
+  }
 }
 
 // bf16 tensor-core steps (m16n8k16, fp32 accumulation), two per 32 values of K, in increasing
@@ -78,61 +84,91 @@ __device__ __forceinline__ uint4 eight_at(const __nv_bfloat16* row, int64_t k, i
 // (the first step sums values 8t .. 8t + 3 of every t, the second 8t + 4 .. 8t + 7): the same
 // sum, with loads four times wider than the fragments' own layout. Operands come straight from
 // global memory (the weights are read once per tile, and a decode step has one or a few tiles).
-template <bool Vec>
+// R: row tiles per block (R > 1 only without a tile table): each weight load serves R tiles.
+template <bool Vec, int R>
 __global__ void __launch_bounds__(kParts * 32) gemm_nt_bf16_kernel(const __nv_bfloat16* __restrict__ x,
                                                                     const __nv_bfloat16* __restrict__ w,
                                                                     void* __restrict__ out, bool bf16_out, int64_t M,
                                                                     int64_t N, int64_t K, int64_t part_len,
                                                                     const int64_t* __restrict__ tiles) {
-  __shared__ float partial[kParts][kBM][kTileN + 1];
-  const Tile tile = tile_of(tiles, M);
+  extern __shared__ float partial[];  // [kParts][R * kBM][kTileN + 1]
+  Tile tile = tile_of(tiles, M);
+  if (R > 1) {
+    tile.row0 = (int64_t)blockIdx.x * R * kBM;
+    tile.rows = min((int64_t)R * kBM, M - tile.row0);
+  }
   if (tile.rows == 0) return;  // an unused slot of a table sized for the worst case
   const __nv_bfloat16* wp = w + tile.group * N * K;
   const int64_t col0 = (int64_t)blockIdx.y * kTileN;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const __nv_bfloat16* xr0 = g < tile.rows ? x + (tile.row0 + g) * K : nullptr;
-  const __nv_bfloat16* xr1 = g + 8 < tile.rows ? x + (tile.row0 + g + 8) * K : nullptr;
+  const __nv_bfloat16 *xr0[R], *xr1[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    xr0[r] = r * kBM + g < tile.rows ? x + (tile.row0 + r * kBM + g) * K : nullptr;
+    xr1[r] = r * kBM + g + 8 < tile.rows ? x + (tile.row0 + r * kBM + g + 8) * K : nullptr;
+  }
   const __nv_bfloat16* wr[kTileN / 8];
 #pragma unroll
   for (int j = 0; j < kTileN / 8; ++j) {
     const int64_t n = col0 + 8 * j + g;
     wr[j] = n < N ? wp + n * K : nullptr;
   }
-  float c[kTileN / 8][4] = {};
+  float c[R][kTileN / 8][4] = {};
   const int64_t begin = warp * part_len, end = min(K, begin + part_len);
 #pragma unroll 2
   for (int64_t k0 = begin; k0 < end; k0 += 32) {
     const int64_t k = k0 + 8 * t;
-    const uint4 a_lo = eight_at<Vec>(xr0, k, K), a_hi = eight_at<Vec>(xr1, k, K);
     uint4 b[kTileN / 8];
 #pragma unroll
     for (int j = 0; j < kTileN / 8; ++j) b[j] = eight_at<Vec>(wr[j], k, K);
 #pragma unroll
-    for (int j = 0; j < kTileN / 8; ++j) {
-      mma_bf16(c[j], a_lo.x, a_hi.x, a_lo.y, a_hi.y, b[j].x, b[j].y);
-      mma_bf16(c[j], a_lo.z, a_hi.z, a_lo.w, a_hi.w, b[j].z, b[j].w);
+    for (int r = 0; r < R; ++r) {
+      const uint4 a_lo = eight_at<Vec>(xr0[r], k, K), a_hi = eight_at<Vec>(xr1[r], k, K);
+#pragma unroll
+      for (int j = 0; j < kTileN / 8; ++j) {
+        mma_bf16(c[r][j], a_lo.x, a_hi.x, a_lo.y, a_hi.y, b[j].x, b[j].y);
+        mma_bf16(c[r][j], a_lo.z, a_hi.z, a_lo.w, a_hi.w, b[j].z, b[j].w);
+      }
     }
   }
+  constexpr int kRows = R * kBM, kStride = kTileN + 1;
+  float* mine = partial + warp * kRows * kStride;
 #pragma unroll
-  for (int j = 0; j < kTileN / 8; ++j) {
-    partial[warp][g][8 * j + 2 * t] = c[j][0];
-    partial[warp][g][8 * j + 2 * t + 1] = c[j][1];
-    partial[warp][g + 8][8 * j + 2 * t] = c[j][2];
-    partial[warp][g + 8][8 * j + 2 * t + 1] = c[j][3];
-  }
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int j = 0; j < kTileN / 8; ++j) {
+      const int lo = r * kBM + g, hi = lo + 8, col = 8 * j + 2 * t;
+      mine[lo * kStride + col] = c[r][j][0];
+      mine[lo * kStride + col + 1] = c[r][j][1];
+      mine[hi * kStride + col] = c[r][j][2];
+      mine[hi * kStride + col + 1] = c[r][j][3];
+    }
   __syncthreads();
-  for (int i = threadIdx.x; i < kBM * kTileN; i += blockDim.x) {
+  for (int i = threadIdx.x; i < kRows * kTileN; i += blockDim.x) {
     const int r = i / kTileN, cc = i % kTileN;
     const int64_t n = col0 + cc;
     if (r >= tile.rows || n >= N) continue;
-    float sum = partial[0][r][cc];
+    float sum = partial[r * kStride + cc];
 #pragma unroll
-    for (int p = 1; p < kParts; ++p) sum += partial[p][r][cc];
+    for (int p = 1; p < kParts; ++p) sum += partial[(p * kRows + r) * kStride + cc];
     if (bf16_out)
       static_cast<__nv_bfloat16*>(out)[(tile.row0 + r) * N + n] = __float2bfloat16_rn(sum);
     else
       static_cast<float*>(out)[(tile.row0 + r) * N + n] = sum;
   }
+}
+
+template <bool Vec, int R>
+void launch_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, void* out, bool bf16_out, int64_t M, int64_t N,
+                 int64_t K, const int64_t* tiles, int64_t blocks, at::Device device, cudaStream_t stream) {
+  const size_t smem = (size_t)kParts * R * kBM * (kTileN + 1) * sizeof(float);
+  if (smem > 48 * 1024) {
+    static std::array<std::atomic<bool>, 64> configured{};  // the opt-in above 48 KB, once per device (not in a graph)
+    if (device.index() >= (int)configured.size() || !configured[device.index()].exchange(true))
+      cudaFuncSetAttribute(gemm_nt_bf16_kernel<Vec, R>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  }
+  const dim3 grid((unsigned)blocks, (unsigned)((N + kTileN - 1) / kTileN));
+  gemm_nt_bf16_kernel<Vec, R><<<grid, kParts * 32, smem, stream>>>(x, w, out, bf16_out, M, N, K, part_length(K), tiles);
 }
 
 // fp32 products on CUDA cores (the MoE router's weights are fp32): warp j of a block takes column
@@ -426,16 +462,17 @@ Tensor gemm(const Tensor& x, const Tensor& w, int64_t M, int64_t N, int64_t K, c
   if (bf16) {
     Tensor xb = x.to(at::kBFloat16).contiguous(), wb = w.contiguous();
     auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
-    const dim3 grid((unsigned)num_tiles, (unsigned)((N + kTileN - 1) / kTileN));
     auto* xp = reinterpret_cast<const __nv_bfloat16*>(xb.data_ptr());
     auto* wp = reinterpret_cast<const __nv_bfloat16*>(wb.data_ptr());
-    // The same arithmetic either way; only the loads differ.
-    if (K % 8 == 0 && aligned(xb) && aligned(wb))
-      gemm_nt_bf16_kernel<true><<<grid, kParts * 32, 0, stream()>>>(xp, wp, out.data_ptr(), bf16_out, M, N, K,
-                                                                     part_length(K), tp);
-    else
-      gemm_nt_bf16_kernel<false><<<grid, kParts * 32, 0, stream()>>>(xp, wp, out.data_ptr(), bf16_out, M, N, K,
-                                                                      part_length(K), tp);
+    // The same arithmetic whichever form: only the loads, and which outputs a block computes, differ.
+    const bool vec = K % 8 == 0 && aligned(xb) && aligned(wb);
+    const bool wide = !tp && M > 2 * kBM;  // four row tiles a block
+    const int64_t blocks = wide ? (M + 4 * kBM - 1) / (4 * kBM) : num_tiles;
+    void* op = out.data_ptr();
+    if (vec && wide) launch_bf16<true, 4>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
+    else if (vec) launch_bf16<true, 1>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
+    else if (wide) launch_bf16<false, 4>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
+    else launch_bf16<false, 1>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
   } else {
     Tensor xf = x.to(at::kFloat).contiguous(), wf = w.to(at::kFloat).contiguous();
     const dim3 grid((unsigned)num_tiles, (unsigned)((N + kF32Cols - 1) / kF32Cols));
