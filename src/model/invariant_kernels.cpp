@@ -203,7 +203,7 @@ RowGroups group_rows(const Tensor& group_of_row, int64_t groups) {
 #endif
   out.order = std::get<1>(g.sort(/*stable=*/true, 0, false));
   out.group = g.index_select(0, out.order);
-  Tensor counts = at::zeros({groups}, g.options()).index_add_(0, g, at::ones_like(g));
+  Tensor counts = at::zeros({groups}, g.options()).index_add_(0, g, at::ones_like(g)).to(at::kCPU);
   const int64_t* c = counts.data_ptr<int64_t>();
   if (std::accumulate(c, c + groups, int64_t(0)) != g.numel())
     throw Error("invariant group_rows: a row names a group outside [0, " + std::to_string(groups) + ")");
