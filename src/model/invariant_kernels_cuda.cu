@@ -208,7 +208,7 @@ __global__ void group_layout_kernel(const int64_t* __restrict__ g, int64_t M, in
   for (int64_t i = threadIdx.x; i < M; i += blockDim.x) {
     const int64_t e = g[i];
     CUDA_KERNEL_ASSERT(e >= 0 && e < G);
-    atomicAdd(&counts[e], 1u);
+    if (e >= 0 && e < G) atomicAdd(&counts[e], 1u);  // never outside the array, asserts or not
   }
   __syncthreads();
   __shared__ int64_t used_tiles;
