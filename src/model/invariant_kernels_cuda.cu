@@ -628,8 +628,7 @@ Tensor attention(const Tensor& q, const Tensor& cache, const Tensor& table, cons
   if (smem > limit)
     throw Error("batch-invariant attention: " + std::to_string(max_keys) + " keys exceed the block's shared memory");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, cc.scalar_type(), "invariant_attention_cuda", [&] {
-    using T = std::conditional_t<std::is_same_v<scalar_t, at::BFloat16>, __nv_bfloat16,
-                                 std::conditional_t<std::is_same_v<scalar_t, at::Half>, __half, scalar_t>>;
+    using T = device_t<scalar_t>;
     auto kernel = attention_kernel<T>;
     static std::array<std::atomic<bool>, 64> configured{};  // the opt-in above 48 KB, once per device (not in a graph)
     const int device = q.get_device();
