@@ -12,6 +12,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -51,10 +52,14 @@ def main():
           f"a killed rank ends the job with an error naming it (exit {r.returncode}): {r.stderr.strip()}")
     check(took < 5 and not alive(marker), f"the other ranks stopped at once ({took:.1f} s), none left")
 
+    # Rank 0 fails only once rank 1 has set its trap: otherwise a fast machine can deliver SIGTERM
+    # before the trap exists, and rank 1 would end at once instead of outliving the grace period.
     marker = "grpo-launch-test-" + uuid.uuid4().hex
+    ready = os.path.join(tempfile.mkdtemp(prefix="grpo-launch-"), "trap-set")
     t0 = time.time()
     r = subprocess.run([a.grpo, "launch", "--nproc-per-node", "2", "--grace-seconds", "1", "--", "sh", "-c",
-                        f'if [ "$RANK" = 0 ]; then exit 3; fi; trap "" TERM; while true; do sleep 0.1; done; : {marker}'],
+                        f'if [ "$RANK" = 0 ]; then while [ ! -e {ready} ]; do sleep 0.05; done; exit 3; fi; '
+                        f'trap "" TERM; touch {ready}; while true; do sleep 0.1; done; : {marker}'],
                        capture_output=True, text=True, timeout=60)
     took = time.time() - t0
     time.sleep(0.2)
