@@ -12,8 +12,6 @@ Engine::Impl::Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* to
   spec = opt.speculative_mtp;
   if (spec && cfg.num_nextn_predict_layers < 1)
     throw Error("rollout engine: speculative_mtp needs a model with an MTP module (num_nextn_predict_layers)");
-  if (spec && (opt.record_routing || model->batch_invariant))
-    throw Error("rollout engine: speculative_mtp cannot be combined with record_routing or the batch-invariant forward");
   const int64_t cache_layers = L + (spec ? 1 : 0);
   bs = opt.block_size;
   ctx = opt.max_context > 0 ? opt.max_context : cfg.max_position_embeddings;
@@ -161,7 +159,7 @@ void Engine::Impl::prefill_invariant(const std::vector<Group*>& batch) {
   }
   std::vector<Tensor> experts;
   Tensor h = model::invariant::hidden_states(*model, invariant_rows(ids, pos, slots, table, start, count),
-                                             pool.unbind(0), opt.record_routing ? &experts : nullptr);
+                                             pool.narrow(0, 0, L).unbind(0), opt.record_routing ? &experts : nullptr);
   if (opt.record_routing) {
     const std::vector<int16_t> rec = host_experts(experts);
     const int64_t per_token = (int64_t)rec.size() / (int64_t)ids.size();
@@ -170,8 +168,25 @@ void Engine::Impl::prefill_invariant(const std::vector<Group*>& batch) {
       batch[b]->prompt_routing.assign(from, from + batch[b]->prompt_len() * per_token);
     }
   }
-  Tensor logits = model::invariant::logits(*model, h.index_select(0, at::tensor(last, at::kLong).to(model->device())));
+  const auto dev = model->device();
+  Tensor last_h = h.index_select(0, at::tensor(last, at::kLong).to(dev));
+  Tensor logits = model::invariant::logits(*model, last_h);
   for (size_t b = 0; b < batch.size(); ++b) prompt_logits[batch[b]->id] = logits[b];
+  if (spec) {  // the draft's prompt rows, from the prompts' hidden states laid out (B, T) as prefill_mtp reads them
+    const int64_t B = (int64_t)batch.size();
+    int64_t T = 0;
+    for (Group* g : batch) T = std::max<int64_t>(T, g->prompt_len());
+    std::vector<int64_t> padded(B * T, 0), where;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < batch[b]->prompt_len(); ++t) {
+        padded[b * T + t] = ids[first[b] + t];
+        where.push_back(b * T + t);
+      }
+    Tensor input = at::tensor(padded, at::kLong).view({B, T}).to(dev);
+    Tensor hp = at::zeros({B * T, h.size(1)}, h.options()).index_copy_(0, at::tensor(where, at::kLong).to(dev), h);
+    prefill_mtp(batch, input, hp.view({B, T, -1}), T);
+    for (int64_t b = 0; b < B; ++b) prompt_hidden[batch[b]->id] = last_h[b];
+  }
   stats.prefill_tokens += (int64_t)ids.size();
 }
 
@@ -206,9 +221,10 @@ Tensor Engine::Impl::decode_invariant(const Tensor& packed, int64_t B, int64_t n
   rows.keys.max_keys = nblk * bs;
   rows.inv_freq = inv_freq;
   std::vector<Tensor> experts;
-  Tensor h = model::invariant::hidden_states(*model, rows, pool.unbind(0), opt.record_routing ? &experts : nullptr);
+  Tensor h = model::invariant::hidden_states(*model, rows, pool.narrow(0, 0, L).unbind(0), opt.record_routing ? &experts : nullptr);
   Tensor logits = model::invariant::logits(*model, h);
   if (opt.record_routing) logits = at::cat({logits, at::cat(experts, 1).to(at::kFloat)}, 1);
+  if (spec) logits = at::cat({logits, h.to(at::kFloat)}, 1);
   return logits;
 }
 

@@ -58,7 +58,10 @@ struct EngineOptions {
   // as the draft: each step the module proposes the next token, one forward of the policy checks it
   // and gives the token after it, and the acceptance rule (rollout/speculative.h) keeps every token
   // distributed exactly as the policy's sampling; log-probs are the policy's. The module keeps its
-  // own cache layer. Not with record_routing or the batch-invariant forward.
+  // own cache layer. With the batch-invariant forward the policy's check runs through it, so the
+  // log-probs still equal training's to the bit; the draft runs the ordinary kernels (it only
+  // decides how many tokens a step keeps, never their distribution), so which tokens a seed draws
+  // may then depend on the batch. With record_routing, the check's rows carry the records.
   bool speculative_mtp = false;
   // FP8 (e4m3) weights for the matrix products of the decoder layers (model/fp8.h: 128 x 128
   // block scales as DeepSeek-V3 ships them, per-row scales for the routed experts), kept beside

@@ -187,6 +187,11 @@ Completion Scheduler::finish(Sequence& s, FinishReason why) {
   c.finish_reason = why;
   c.weight_version = g.weight_version;
   if (!g.prompt_routing.empty()) {
+    // A speculative step reads a kept draft before it knows whether the sequence ends there: the
+    // records of tokens past token_ids[:-1] are dropped.
+    const size_t per_token = g.prompt_routing.size() / g.prompt_len();
+    const size_t read = c.token_ids.empty() ? 0 : (c.token_ids.size() - 1) * per_token;
+    if (s.routing.size() > read) s.routing.resize(read);
     c.routed_experts.reserve(g.prompt_routing.size() + s.routing.size());
     c.routed_experts = g.prompt_routing;
     c.routed_experts.insert(c.routed_experts.end(), s.routing.begin(), s.routing.end());

@@ -123,19 +123,27 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
     }
   }
   Tensor host_t = at::from_blob(host.data(), {(int64_t)host.size()}, at::TensorOptions().dtype(at::kLong));
-  Tensor out = use_graphs ? graphs->run(host_t, Rp, nb, rows) : decode_forward(host_t.to(dev), rows, nb);
+  Tensor out = use_graphs   ? graphs->run(host_t, Rp, nb, rows)
+               : invariant ? decode_invariant(host_t.to(dev), rows, nb)
+                           : decode_forward(host_t.to(dev), rows, nb);
+  // Columns: logits (V), with record_routing each MoE layer's experts, then the hidden state (H).
+  const int64_t H = cfg.hidden_size;
   Tensor logits = out.narrow(1, 0, V).view({B, 2, V});
   // A copy: with graphs `out` is the graph's static output, which the next replay overwrites.
-  Tensor h = out.narrow(1, V, out.size(1) - V).to(model->dtype(), /*non_blocking=*/false, /*copy=*/true).view({B, 2, -1});
+  Tensor h = out.narrow(1, out.size(1) - H, H).to(model->dtype(), /*non_blocking=*/false, /*copy=*/true).view({B, 2, -1});
   Tensor l1 = logits.select(1, 0).contiguous(), l2 = logits.select(1, 1).contiguous();
+  std::vector<int16_t> records;  // (2B rows, MoE layers x k)
+  if (opt.record_routing) records = host_experts({out.narrow(0, 0, rows).narrow(1, V, out.size(1) - V - H)});
 
   // 3. The verdict, and the policy's token after a kept draft.
   auto ts = std::chrono::steady_clock::now();
   SpeculativeVerdict v = accept_or_resample(sampling_probs(l1, temp, topk, topp), q, draft, device_floats(u_accept),
                                             device_floats(u_residual));
   Tensor bonus = sample_from(sampling_probs(l2, temp, topk, topp), device_floats(u_bonus));
-  Tensor lp1 = l1.log_softmax(-1).gather(1, v.token.unsqueeze(1)).squeeze(1);
-  Tensor lp2 = l2.log_softmax(-1).gather(1, bonus.unsqueeze(1)).squeeze(1);
+  // With the batch-invariant forward, its fixed-order log-softmax: the training forward's.
+  auto log_softmax = [&](const Tensor& l) { return invariant ? model::invariant::log_softmax(l) : l.log_softmax(-1); };
+  Tensor lp1 = log_softmax(l1).gather(1, v.token.unsqueeze(1)).squeeze(1);
+  Tensor lp2 = log_softmax(l2).gather(1, bonus.unsqueeze(1)).squeeze(1);
   Tensor res = at::stack({v.token.to(at::kDouble), v.accepted.to(at::kDouble), bonus.to(at::kDouble),
                           lp1.to(at::kDouble), lp2.to(at::kDouble)}).to(at::kCPU);
   stats.sample_seconds += seconds_since(ts);
@@ -154,6 +162,11 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
     // The module's next rows: hidden state at n with the token now at n + 1, and when the draft
     // was kept, at n + 1 with the token after it.
     next[seqs[b]] = {seqs[b]->position(), h[b].narrow(0, 0, kept ? 2 : 1), tokens[b]};
+    if (opt.record_routing) {  // t_n was read, and a kept draft too (finish drops it if the sequence ends there)
+      const size_t per_token = records.size() / rows;
+      const auto row = records.begin() + 2 * b * per_token;
+      seqs[b]->routing.insert(seqs[b]->routing.end(), row, row + (kept ? 2 : 1) * per_token);
+    }
     stats.draft_tokens += 1;
     stats.accepted_drafts += kept ? 1 : 0;
     stats.decode_tokens += (int64_t)tokens[b].size();

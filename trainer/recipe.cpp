@@ -386,8 +386,6 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
   need(s.loss.rollout_is_threshold > 1, "rollout_is_threshold", "must be above 1");
   need(s.rollout.async_rollout >= -1 && s.rollout.async_rollout <= 1, "async_rollout",
        "must be 1 (one-step-off), 0 (asynchronous machinery, no staleness) or -1 (off)");
-  need(!s.rollout.speculative_mtp || (!s.rollout.exact_rollout && !s.moe.routing_replay), "speculative_mtp",
-       "cannot be combined with exact_rollout or routing_replay yet");
   need(s.rollout.quantization == RolloutQuantization::None || !s.rollout.exact_rollout, "rollout_quantization",
        "fp8 cannot be combined with exact_rollout (FP8 products cannot equal the bf16 training forward)");
   need(!s.rollout.exact_rollout || !s.moe.routing_replay, "routing_replay",

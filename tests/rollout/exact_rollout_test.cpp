@@ -8,6 +8,7 @@
 
 #include <random>
 
+#include "common/tiny_models.h"
 #include "model/batch_invariant.h"
 #include "model/checkpoint.h"
 #include "model/lora.h"
@@ -163,6 +164,34 @@ void expect_batch_invariance(at::Device device, const char* config = kTinyV3, in
 }
 
 TEST(ExactRollout, BatchCompositionChangesNothing) { expect_batch_invariance(at::kCPU); }
+
+// Speculative decoding: the MTP module drafts, the batch-invariant forward checks two rows a step
+// (the last token and the draft, which reads the row written beside it). The log-probs of every
+// kept token, draft or not, still equal training's to the bit, across block sizes and batches.
+TEST(ExactRollout, SpeculativeDecodingKeepsTheLogprobsExact) {
+  const std::string config = grpo::testing::with_mtp_modules(kTinyV3, 1);
+  auto m = tiny(config.c_str());
+  m->batch_invariant = true;
+  auto reqs = requests(6, 0, 11);
+  for (int64_t block_size : {4, 16}) {
+    rollout::EngineOptions eo;
+    eo.max_batch = block_size == 4 ? 64 : 5;
+    eo.block_size = block_size;
+    eo.speculative_mtp = true;
+    rollout::Engine engine(m, nullptr, eo);
+    Samples s;
+    for (auto& c : engine.generate(reqs)) {
+      s.prompts.push_back(reqs[c.prompt_index].prompt_ids);
+      s.completions.push_back(c.token_ids);
+      s.logprobs.push_back(c.logprobs);
+    }
+    const auto& st = engine.stats();
+    EXPECT_EQ(max_diff(*m, s), 0.0) << "block size " << block_size;
+    EXPECT_GT(st.accepted_drafts, 0);
+    EXPECT_LT(st.accepted_drafts, st.draft_tokens);
+    EXPECT_GT(st.decode_tokens, st.decode_steps);  // kept drafts: more tokens than steps
+  }
+}
 
 // The values come from the batch-invariant forward, the gradient from the ordinary one: for a
 // dense model the gradient equals the ordinary forward's exactly, and for MoE the ordinary

@@ -33,9 +33,13 @@ struct Rollout {
   std::vector<std::vector<int16_t>> records;
 };
 
-Rollout sample() {
+// With `speculative`, the model has an MTP module that drafts (EngineOptions::speculative_mtp), and
+// a stop token ends some samples, at a kept draft among others.
+Rollout sample(bool speculative = false) {
   Rollout r;
-  r.model = std::make_shared<model::CausalLM>(parse_model_config(kTinyV3, "tiny"));
+  std::string config = kTinyV3;
+  if (speculative) config.replace(config.find("\"num_nextn_predict_layers\": 0"), 29, "\"num_nextn_predict_layers\": 1");
+  r.model = std::make_shared<model::CausalLM>(parse_model_config(config, "tiny"));
   model::init_weights(*r.model, 5);
   {
     at::NoGradGuard g;
@@ -44,6 +48,8 @@ Rollout sample() {
   }
   rollout::EngineOptions eo;
   eo.record_routing = true;
+  eo.speculative_mtp = speculative;
+  eo.block_size = speculative ? 4 : eo.block_size;
   rollout::Engine engine(r.model, nullptr, eo);
   std::mt19937 rng(11);
   std::vector<rollout::Request> reqs;
@@ -54,6 +60,11 @@ Rollout sample() {
     q.params.n = 3;
     q.params.max_new_tokens = 10 + i;
     q.params.seed = 7;
+    if (speculative) {
+      q.params.n = 6;
+      q.params.max_new_tokens = 24;
+      q.params.stop_token_ids = {5, 6, 7};
+    }
     reqs.push_back(q);
   }
   for (auto& c : engine.generate(reqs)) {
@@ -65,6 +76,10 @@ Rollout sample() {
   int64_t bytes = 0;
   for (auto& rec : r.records) bytes += (int64_t)(rec.size() * sizeof(int16_t));
   EXPECT_EQ(engine.stats().routing_bytes, bytes);
+  if (speculative) {
+    EXPECT_GT(engine.stats().accepted_drafts, 0);
+    EXPECT_LT(engine.stats().accepted_drafts, engine.stats().draft_tokens);
+  }
   return r;
 }
 
@@ -141,6 +156,28 @@ TEST(RoutingReplay, ImposesTheRecordedExpertsWhenTheRouterWouldChooseOthers) {
   EXPECT_DOUBLE_EQ(agreement(first(experts_of(replayed.routing, true)), first(experts_of(own.routing, false)), own.token_mask),
                    1.0);
   EXPECT_LT(agreement(experts_of(replayed.routing, false), experts_of(replayed.routing, true), own.token_mask), 0.8);
+  EXPECT_LT(max_logprob_diff(r, replayed.logprobs), 2e-5);
+}
+
+// Speculative decoding reads two rows a step (the last token and the draft): the records keep
+// the rows of the tokens the sequence kept, never a rejected draft's nor one past the end, and
+// replaying them reproduces the rollout's log-probs under a perturbed router.
+TEST(RoutingReplay, SpeculativeDecodingRecordsTheTokensItKept) {
+  Rollout r = sample(/*speculative=*/true);
+  int stopped = 0;
+  for (size_t i = 0; i < r.records.size(); ++i) {
+    const int64_t tokens = (int64_t)(r.prompts[i].size() + r.completions[i].size()) - 1;
+    ASSERT_EQ((int64_t)r.records[i].size(), tokens * kMoeLayers * kTopK) << "sample " << i;
+    stopped += r.completions[i].size() < 24;
+  }
+  EXPECT_GT(stopped, 0);
+  at::NoGradGuard g;
+  auto before = r.model->completion_forward(r.prompts, r.completions, replaying(r));
+  EXPECT_LT(max_logprob_diff(r, before.logprobs), 2e-5);
+  perturb_bias(*r.model);
+  auto own = r.model->completion_forward(r.prompts, r.completions, {false, true, {}});
+  auto replayed = r.model->completion_forward(r.prompts, r.completions, replaying(r));
+  EXPECT_GT(max_logprob_diff(r, own.logprobs), 1e-2);
   EXPECT_LT(max_logprob_diff(r, replayed.logprobs), 2e-5);
 }
 

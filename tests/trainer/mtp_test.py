@@ -4,7 +4,8 @@
 - a grpo stage trains the module on the completions while the policy's own update stays GRPO's:
   with and without the MTP loss (same seed, no gradient clipping), every main-model tensor after the
   steps is bit-identical and only the module's tensors differ;
-- the trained module drafts for speculative_mtp: a grpo run with it keeps most of its first step's drafts;
+- the trained module drafts for speculative_mtp: a grpo run with it keeps most of its first step's drafts,
+  and with exact_rollout (bf16) the engine's log-probs still equal the training forward's to the bit;
 - a model without an MTP module, and LoRA, are refused with the key named."""
 import json
 import os
@@ -69,7 +70,7 @@ check(len(got["mtp_logprobs"]) == 1 and len(got["mtp_logprobs"][0]) == 4
       and all(v < 0 for v in got["mtp_logprobs"][0]), "grpo logprobs --mtp reads the trained module")
 
 # --- grpo: the module learns on the completions, the policy's update is untouched ---------------
-def grpo_run(tag, weight, speculative=False):
+def grpo_run(tag, weight, speculative=False, extra=""):
     out_dir = os.path.join(a.workdir, tag)
     train(a.grpo, recipe(tag, f"""model_dir: {ck}
 tokenizer: builtin:bytes
@@ -88,7 +89,7 @@ speculative_mtp: {str(speculative).lower()}
 save_every: 2
 eval_every: 0
 seed: 0
-"""), out_dir)
+""" + extra), out_dir)
     return out_dir
 
 
@@ -112,6 +113,15 @@ acc = [r.get("rollout/draft_acceptance", 0) for r in spec if "loss" in r]
 # The first step samples from the sft checkpoint the module was trained with; the policy then moves
 # at this run's large learning rate, and the module follows it a step behind.
 check(len(acc) == 2 and acc[0] > 0.5 and min(acc) > 0.2, f"speculative_mtp with the trained module keeps {acc} of its drafts")
+
+# With exact_rollout (bf16) the policy's check of the drafts runs through the batch-invariant
+# forward: kept drafts and all, the engine's log-probs equal the training forward's to the bit.
+exact = [r for r in metrics(os.path.join(grpo_run("grpo_spec_exact", 1.0, speculative=True,
+                                                  extra="bf16: true\nexact_rollout: true\n"), "metrics.jsonl"))
+         if "loss" in r]
+check(len(exact) == 2 and all(r["rollout_logprob_diff/max"] == 0 and r["rollout/draft_acceptance"] > 0.2 for r in exact),
+      "speculative_mtp with exact_rollout (bf16): max per-token |engine - training| "
+      f"{[r['rollout_logprob_diff/max'] for r in exact]}, drafts kept {[r['rollout/draft_acceptance'] for r in exact]}")
 
 # --- refusals -----------------------------------------------------------------------------------
 def refused(tag, text, words):

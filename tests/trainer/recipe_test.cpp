@@ -151,9 +151,11 @@ TEST(Recipe, SftStagesTakeTheirKeysAndStartFromEarlierStages) {
   EXPECT_NE(error_of([&] { load_recipe(path); }).find("'stage:b' names no earlier stage"), std::string::npos);
   path = write_recipe("bad_type.yaml", std::string(kMinimal) + "type: dpo\n");
   EXPECT_NE(error_of([&] { load_recipe(path); }).find("key 'type': 'dpo': expected grpo, sft"), std::string::npos);
-  path = write_recipe("spec_exact.yaml", std::string(kMinimal) + "speculative_mtp: true\nexact_rollout: true\n");
-  EXPECT_NE(error_of([&] { load_recipe(path); }).find("key 'speculative_mtp': cannot be combined with exact_rollout"),
-            std::string::npos);
+  // Speculative decoding combines with the exact mode and with routing replay.
+  r = load_recipe(write_recipe("spec_exact.yaml", std::string(kMinimal) + "speculative_mtp: true\nexact_rollout: true\n"));
+  EXPECT_TRUE(r.stages[0].rollout.speculative_mtp && r.stages[0].rollout.exact_rollout);
+  r = load_recipe(write_recipe("spec_replay.yaml", std::string(kMinimal) + "speculative_mtp: true\nrouting_replay: true\n"));
+  EXPECT_TRUE(r.stages[0].rollout.speculative_mtp && r.stages[0].moe.routing_replay);
   path = write_recipe("mtp_rm.yaml", std::string(kMinimal) + "type: reward_model\nmtp_loss_weight: 0.1\n");
   EXPECT_NE(error_of([&] { load_recipe(path); }).find("key 'mtp_loss_weight': is for sft and grpo stages"), std::string::npos);
   path = write_recipe("bad_len.yaml", std::string(kMinimal) + "type: sft\nmax_length: 1\n");
