@@ -168,9 +168,9 @@ TEST(ExactRollout, BatchCompositionChangesNothing) { expect_batch_invariance(at:
 // Speculative decoding: the MTP module drafts, the batch-invariant forward checks two rows a step
 // (the last token and the draft, which reads the row written beside it). The log-probs of every
 // kept token, draft or not, still equal training's to the bit, across block sizes and batches.
-TEST(ExactRollout, SpeculativeDecodingKeepsTheLogprobsExact) {
-  const std::string config = grpo::testing::with_mtp_modules(kTinyV3, 1);
-  auto m = tiny(config.c_str());
+void expect_speculative_exact(const char* base, at::Device device) {
+  const std::string config = grpo::testing::with_mtp_modules(base, 1);
+  auto m = tiny(config.c_str(), false, device);
   m->batch_invariant = true;
   auto reqs = requests(6, 0, 11);
   for (int64_t block_size : {4, 16}) {
@@ -192,6 +192,8 @@ TEST(ExactRollout, SpeculativeDecodingKeepsTheLogprobsExact) {
     EXPECT_GT(st.decode_tokens, st.decode_steps);  // kept drafts: more tokens than steps
   }
 }
+
+TEST(ExactRollout, SpeculativeDecodingKeepsTheLogprobsExact) { expect_speculative_exact(kTinyV3, at::kCPU); }
 
 // The values come from the batch-invariant forward, the gradient from the ordinary one: for a
 // dense model the gradient equals the ordinary forward's exactly, and for MoE the ordinary
@@ -251,6 +253,13 @@ TEST(ExactRolloutCuda, BatchCompositionChangesNothing) {
 // The paged MLA kernel's form: prompts of 3-19 tokens, and of 250-266, whose keys cross the
 // kernel's split at 256 while decoding, among rows of other lengths (the CUDA graphs' padded
 // block tables hold more splits than a row needs).
+// Through CUDA graphs: the check's two rows per sequence in graph buckets, the MTP module's own graphs.
+TEST(ExactRolloutCuda, SpeculativeDecodingKeepsTheLogprobsExact) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  expect_speculative_exact(kTinyV3, at::Device(at::kCUDA, 0));
+  expect_speculative_exact(kTinyV3Rank64, at::Device(at::kCUDA, 0));
+}
+
 TEST(ExactRolloutCuda, TensorCoreMlaEqualsTrainingBitForBit) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   expect_exact(kTinyV3Rank64, false, at::Device(at::kCUDA, 0));
