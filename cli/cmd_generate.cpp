@@ -62,9 +62,10 @@ json completion_json(const Completion& c) {
 }
 
 rollout::EngineOptions engine_options(int64_t max_batch, int64_t block_size, int64_t kv_cache_mb, bool speculative_mtp,
-                                      bool fp8) {
+                                      int64_t num_speculative_tokens, bool fp8) {
   rollout::EngineOptions o;
   o.speculative_mtp = speculative_mtp;
+  o.num_speculative_tokens = num_speculative_tokens;
   o.fp8 = fp8;
   o.max_batch = max_batch;
   o.block_size = block_size;
@@ -104,7 +105,9 @@ int run_generate(const GenerateArgs& a) {
     if (!a.server.empty())
       backend = std::make_unique<rollout::RolloutClient>(a.server, a.timeout, 30, to_security(a.security));
     else
-      backend = local_backend(a.model, a.dtype, a.device, engine_options(a.max_batch, a.block_size, a.kv_cache_mb, a.speculative_mtp, a.fp8));
+      backend = local_backend(a.model, a.dtype, a.device,
+                              engine_options(a.max_batch, a.block_size, a.kv_cache_mb, a.speculative_mtp,
+                                             a.num_speculative_tokens, a.fp8));
 
     // Completions go to OUT.partial as they finish (nothing finished is lost if the run stops);
     // OUT is written at the end, ordered by prompt and sample.
@@ -154,7 +157,9 @@ int run_rollout_server(const ServeArgs& a) {
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, nullptr);
-    auto backend = local_backend(a.model, a.dtype, a.device, engine_options(a.max_batch, a.block_size, a.kv_cache_mb, a.speculative_mtp, a.fp8));
+    auto backend = local_backend(a.model, a.dtype, a.device,
+                                 engine_options(a.max_batch, a.block_size, a.kv_cache_mb, a.speculative_mtp,
+                                                a.num_speculative_tokens, a.fp8));
     rollout::RolloutServerOptions so;
     so.limits = {a.max_samples, a.max_prompts, a.max_total_samples, a.max_new_tokens, a.max_prompt_bytes};
     so.security = to_security(a.security);

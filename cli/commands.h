@@ -76,6 +76,7 @@ struct GenerateArgs {
   bool ignore_eos = false;
   int64_t max_batch = 256, block_size = 16, kv_cache_mb = 0;
   bool speculative_mtp = false;
+  int64_t num_speculative_tokens = 1;
   bool fp8 = false;
   SecurityArgs security;  // with --server
 };
@@ -86,6 +87,7 @@ struct ServeArgs {
   int port = 50061;
   int64_t max_batch = 256, block_size = 16, kv_cache_mb = 0;
   bool speculative_mtp = false;
+  int64_t num_speculative_tokens = 1;
   bool fp8 = false;
   int64_t max_samples = 1024, max_prompts = 4096, max_total_samples = 65536, max_new_tokens = 0,
           max_prompt_bytes = 1 << 20;

@@ -90,6 +90,8 @@ int main(int argc, char** argv) {
   c_gen->add_option("--block-size", gen.block_size, "tokens per KV-cache block")->capture_default_str();
   c_gen->add_option("--kv-cache-mb", gen.kv_cache_mb, "KV-cache budget in MiB (0: 256 MiB on CPU, half the free GPU memory)")->capture_default_str();
   c_gen->add_flag("--speculative-mtp", gen.speculative_mtp, "speculative decoding with the model's MTP module as the draft");
+  c_gen->add_option("--num-speculative-tokens", gen.num_speculative_tokens, "drafts per speculative step (the MTP module chained)")
+      ->capture_default_str();
   c_gen->add_flag("--fp8", gen.fp8, "decode with FP8 copies of the weights (128x128 block scales; Hopper GPUs, bf16 models)");
 
   ServeArgs srv;
@@ -104,6 +106,8 @@ int main(int argc, char** argv) {
   c_srv->add_option("--block-size", srv.block_size, "tokens per KV-cache block")->capture_default_str();
   c_srv->add_option("--kv-cache-mb", srv.kv_cache_mb, "KV-cache budget in MiB (0: 256 MiB on CPU, half the free GPU memory)")->capture_default_str();
   c_srv->add_flag("--speculative-mtp", srv.speculative_mtp, "speculative decoding with the model's MTP module as the draft");
+  c_srv->add_option("--num-speculative-tokens", srv.num_speculative_tokens, "drafts per speculative step (the MTP module chained)")
+      ->capture_default_str();
   c_srv->add_flag("--fp8", srv.fp8, "decode with FP8 copies of the weights (128x128 block scales; Hopper GPUs, bf16 models)");
 
   auto server_security = [](CLI::App* c, SecurityArgs& s) {

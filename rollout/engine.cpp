@@ -12,6 +12,9 @@ Engine::Impl::Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* to
   spec = opt.speculative_mtp;
   if (spec && cfg.num_nextn_predict_layers < 1)
     throw Error("rollout engine: speculative_mtp needs a model with an MTP module (num_nextn_predict_layers)");
+  if (opt.num_speculative_tokens < 1 || opt.num_speculative_tokens > 16)
+    throw Error("rollout engine: num_speculative_tokens must be in [1, 16], got " + std::to_string(opt.num_speculative_tokens));
+  const int64_t lookahead = spec ? opt.num_speculative_tokens : 0;  // cache rows written past the last token
   const int64_t cache_layers = L + (spec ? 1 : 0);
   bs = opt.block_size;
   ctx = opt.max_context > 0 ? opt.max_context : cfg.max_position_embeddings;
@@ -65,7 +68,7 @@ Engine::Impl::Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* to
         },
         dummy_block, bs, dev);
     if (spec) {
-      mtp_hidden = at::zeros({DecodeGraphs::bucket(2 * opt.max_batch), cfg.hidden_size}, pool.options());
+      mtp_hidden = at::zeros({DecodeGraphs::bucket((lookahead + 1) * opt.max_batch), cfg.hidden_size}, pool.options());
       mtp_graphs = std::make_unique<DecodeGraphs>(
           [this](const Tensor& packed, int64_t R, int64_t nblk) {
             return mtp_forward(packed, R, nblk, mtp_hidden.narrow(0, 0, R));
@@ -73,7 +76,7 @@ Engine::Impl::Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* to
           dummy_block, bs, dev);
     }
   }
-  sched = std::make_unique<Scheduler>(SchedulerLimits{opt.max_batch, opt.max_prefill_tokens, bs, ctx, spec ? 1 : 0},
+  sched = std::make_unique<Scheduler>(SchedulerLimits{opt.max_batch, opt.max_prefill_tokens, bs, ctx, lookahead},
                                       usable, tok);
   stats.num_blocks = usable;
 }

@@ -63,6 +63,10 @@ struct EngineOptions {
   // decides how many tokens a step keeps, never their distribution), so which tokens a seed draws
   // may then depend on the batch. With record_routing, the check's rows carry the records.
   bool speculative_mtp = false;
+  // Drafts per speculative step (vLLM's name): the module is chained, each draft read back with the
+  // module's own output standing in for the policy's hidden state (EAGLE-style chaining); the check reads all of them in one forward and keeps a prefix, so a step gives 1 to
+  // num_speculative_tokens + 1 tokens.
+  int64_t num_speculative_tokens = 1;
   // FP8 (e4m3) weights for the matrix products of the decoder layers (model/fp8.h: 128 x 128
   // block scales as DeepSeek-V3 ships them, per-row scales for the routed experts), kept beside
   // the policy's weights and requantized whenever weight_version changes (and before the first
@@ -80,7 +84,7 @@ struct EngineStats {
   double prefill_seconds = 0, decode_seconds = 0, sample_seconds = 0;
   int64_t num_blocks = 0, peak_blocks_used = 0;
   int64_t routing_bytes = 0;  // routed-expert records handed out (record_routing), 2 bytes per index
-  int64_t draft_tokens = 0, accepted_drafts = 0;  // speculative_mtp: drafts checked and kept
+  int64_t draft_tokens = 0, accepted_drafts = 0;  // speculative_mtp: drafts proposed (k a sequence and step) and kept
   int64_t fp8_bytes = 0, fp8_layers = 0, fp8_quantizations = 0;  // fp8: the copies' size, layers, refreshes
   double fp8_seconds = 0;                                         // fp8: time spent requantizing
 };

@@ -75,7 +75,8 @@ struct Engine::Impl {
   std::unordered_map<const Sequence*, Pending> pending;
   std::unordered_map<uint64_t, Tensor> prompt_hidden;
   // With CUDA graphs the module's forward is replayed too: its hidden-state input lives in
-  // `mtp_hidden` (rows x H, the most rows a step can have), which the graphs read in place.
+  // `mtp_hidden` (rows x H, the most rows a call can have: k + 1 pending rows a sequence), which
+  // the graphs read in place.
   std::unique_ptr<DecodeGraphs> mtp_graphs;
   Tensor mtp_hidden;
 
@@ -139,18 +140,19 @@ struct Engine::Impl {
   PagedRows unpack(const Tensor& packed, int64_t B, int64_t nblk, int64_t key_start = 0) const;
 
   // The MTP module over packed rows (as decode_forward's; a row's length counts the slots it reads)
-  // given the main model's final-norm hidden states h (R, H): writes its cache rows into layer L of
-  // the pool and returns its next-token logits (R, V) fp32. The slot of position 0 holds no MTP row.
+  // given the hidden states h (R, H) it combines with the rows' tokens: writes its cache rows into
+  // layer L of the pool and returns (R, V + H) fp32, its next-token logits and its own output through
+  // shared_head.norm (a chained draft's stand-in hidden state). Position 0's slot holds no MTP row.
   Tensor mtp_forward(const Tensor& packed, int64_t R, int64_t nblk, const Tensor& h);
 
   void decode(std::vector<Completion>& done);
 
   int64_t slot(const Sequence& s, int64_t position) const;
 
-  // One speculative step of every running sequence, whose last token t_n sits at position n:
-  // the MTP module reads the sequence's pending rows and drafts d for position n + 1; the policy
-  // reads t_n and d in one forward (two rows per sequence); d is kept or replaced by the acceptance
-  // rule, and when kept the policy's token after it comes too: one or two tokens per step.
+  // One speculative step of every running sequence, whose last token t_n sits at position n: the
+  // MTP module drafts k = num_speculative_tokens tokens (the first from its pending rows, each next
+  // one from the draft before it), the policy reads t_n and the drafts in one forward, and the
+  // acceptance rule keeps a prefix of the drafts plus one token of the policy's: 1 to k + 1 tokens.
   void decode_speculative(std::vector<Completion>& done);
 };
 

@@ -25,8 +25,10 @@ void Engine::Impl::prefill_mtp(const std::vector<Group*>& batch, const Tensor& i
 }
 
 // The MTP module over packed rows (as decode_forward's; a row's length counts the slots it reads)
-// given the main model's final-norm hidden states h (R, H): writes its cache rows into layer L of
-// the pool and returns its next-token logits (R, V) fp32. The slot of position 0 holds no MTP row.
+// given the hidden states it combines with the rows' tokens, h (R, H): writes its cache rows into
+// layer L of the pool and returns (R, V + H) fp32: its next-token logits, then its own output
+// through shared_head.norm, the stand-in for the policy's hidden state when a draft is chained
+// onto a draft. The slot of position 0 holds no MTP row.
 Tensor Engine::Impl::mtp_forward(const Tensor& packed, int64_t R, int64_t nblk, const Tensor& h) {
   PagedRows in = unpack(packed, R, nblk, /*key_start=*/1);
   model::DecoderLayerImpl& m = model->mtp_module(1);
@@ -34,91 +36,129 @@ Tensor Engine::Impl::mtp_forward(const Tensor& packed, int64_t R, int64_t nblk, 
   model::RopeTables rope = model->rope_tables(in.positions.view({R, 1}), x.scalar_type());
   x = x + m.self_attn->decode(m.input_layernorm(x), rope, pool[L], in.kv);
   x = x + m.feed_forward(m.post_attention_layernorm(x));
-  return m.mtp_logits(x).to(at::kFloat);
+  Tensor normed = m.shared_head_norm(x);
+  return at::cat({m.shared_head_head(normed).to(at::kFloat), normed.to(at::kFloat)}, 1);
 }
 
-// One speculative step of every running sequence, whose last token t_n sits at position n:
-// the MTP module reads the sequence's pending rows and drafts d for position n + 1; the policy
-// reads t_n and d in one forward (two rows per sequence); d is kept or replaced by the acceptance
-// rule, and when kept the policy's token after it comes too: one or two tokens per step.
+// One speculative step of every running sequence, whose last token t_n sits at position n, with
+// k = num_speculative_tokens drafts:
+// 1. the MTP module reads the sequence's pending rows and drafts d_1 for position n + 1; then, k - 1
+//    times, it reads its last draft with its own output in place of the policy's hidden state and
+//    drafts the next position;
+// 2. the policy reads t_n, d_1 .. d_k in one forward (k + 1 rows per sequence);
+// 3. the drafts are checked in order by the acceptance rule; the first rejected one is replaced by
+//    a draw from the residual and ends the step; when all are kept the policy's token after d_k
+//    comes too: 1 to k + 1 tokens per step.
+// Draft i (0-based) decides completion index j + i and takes its uniforms there (streams 1-3); the
+// token after all k takes stream 0's at j + k. A step that ends earlier leaves the later indices'
+// numbers unused by anything it kept, so the next step may draw them anew.
 void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
   auto t0 = std::chrono::steady_clock::now();
-  sched->grow(/*ahead=*/1);  // t_n's and d's cache rows
+  const int64_t k = opt.num_speculative_tokens, K = k + 1;
+  sched->grow(/*ahead=*/k);  // the rows of t_n and of the k drafts
   const std::vector<Sequence*> seqs = sched->running();
-  const int64_t B = (int64_t)seqs.size(), V = cfg.vocab_size;
+  const int64_t B = (int64_t)seqs.size(), V = cfg.vocab_size, H = cfg.hidden_size;
   const auto dev = model->device();
   int64_t nblk = 0;
   for (const Sequence* s : seqs) nblk = std::max<int64_t>(nblk, s->table.size());
-  std::vector<float> temp(B), topp(B), u_draft(B), u_accept(B), u_residual(B), u_bonus(B);
-  std::vector<int64_t> topk(B);
+  const int64_t nb = use_graphs ? DecodeGraphs::bucket(nblk) : nblk;
+  // Sampling settings per sequence, and per check row (K rows per sequence, sequence-major).
+  std::vector<float> temp(B), topp(B), temp_k(B * K), topp_k(B * K), u_bonus(B);
+  std::vector<int64_t> topk(B), topk_k(B * K);
+  std::vector<std::vector<float>> u_draft(k, std::vector<float>(B)), u_accept = u_draft, u_residual = u_draft;
   for (int64_t b = 0; b < B; ++b) {
     const Sequence& s = *seqs[b];
     const auto& p = s.group->req.params;
-    const int64_t j = (int64_t)s.tokens.size();  // the completion index of the token decided now
+    const int64_t j = (int64_t)s.tokens.size();  // the completion index of the first token decided now
+    const int64_t pi = s.group->req.prompt_index;
     temp[b] = (float)p.temperature;
     topp[b] = (float)p.top_p;
     topk[b] = p.top_k;
-    u_draft[b] = stream_uniform(1, p.seed, s.group->req.prompt_index, s.sample, j);
-    u_accept[b] = stream_uniform(2, p.seed, s.group->req.prompt_index, s.sample, j);
-    u_residual[b] = stream_uniform(3, p.seed, s.group->req.prompt_index, s.sample, j);
-    u_bonus[b] = stream_uniform(0, p.seed, s.group->req.prompt_index, s.sample, j + 1);
+    for (int64_t i = 0; i < K; ++i) {
+      temp_k[b * K + i] = temp[b];
+      topp_k[b * K + i] = topp[b];
+      topk_k[b * K + i] = topk[b];
+    }
+    for (int64_t i = 0; i < k; ++i) {
+      u_draft[i][b] = stream_uniform(1, p.seed, pi, s.sample, j + i);
+      u_accept[i][b] = stream_uniform(2, p.seed, pi, s.sample, j + i);
+      u_residual[i][b] = stream_uniform(3, p.seed, pi, s.sample, j + i);
+    }
+    u_bonus[b] = stream_uniform(0, p.seed, pi, s.sample, j + k);
   }
   auto device_floats = [&](const std::vector<float>& v) { return at::tensor(v, at::kFloat).to(dev); };
 
-  // 1. The draft: the MTP module over each sequence's pending rows; the last one predicts n + 1.
-  std::vector<Tensor> hidden;
-  std::vector<int64_t> last_rows;
-  int64_t R = 0;
-  for (const Sequence* s : seqs) R += (int64_t)pending.at(s).tokens.size();
-  const int64_t nb = use_graphs ? DecodeGraphs::bucket(nblk) : nblk;
-  const int64_t Rm = use_graphs ? DecodeGraphs::bucket(R) : R;
-  std::vector<int64_t> mp(4 * Rm + Rm * nb, use_graphs ? dummy_block : 0);
-  if (use_graphs) {
-    mtp_graphs->pad_rows(mp, Rm, nb, R);
-    // A padding row reads two slots of the dummy block: the first is masked as no MTP row.
-    for (int64_t p = R; p < Rm; ++p) mp[3 * Rm + p] = 2;
-  }
-  int64_t r = 0;
-  for (const Sequence* s : seqs) {
-    const Pending& pd = pending.at(s);
-    hidden.push_back(pd.hidden);
-    for (size_t k = 0; k < pd.tokens.size(); ++k, ++r) {
-      const int64_t i = pd.first_position + (int64_t)k;
-      mp[r] = pd.tokens[k];
-      mp[Rm + r] = i;
-      mp[2 * Rm + r] = slot(*s, i + 1);
-      mp[3 * Rm + r] = i + 2;
-      for (size_t t = 0; t < s->table.size(); ++t) mp[4 * Rm + r * nb + t] = s->table[t];
+  // 1. The drafts. `mp` packs the module's rows as decode_forward's input: the row of position i
+  // (a hidden state at i, the token at i + 1) writes the module's slot of i + 1 and reads i + 2 slots.
+  std::vector<Tensor> q(k), draft(k);
+  std::vector<std::vector<int64_t>> d(k);  // the drafts on the host, [i][b]
+  Tensor stand_in;                         // (B, H): the module's output at each sequence's last row
+  for (int64_t i = 0; i < k; ++i) {
+    std::vector<std::pair<int64_t, int64_t>> rows;  // (sequence, position)
+    std::vector<int64_t> tokens, last_rows;
+    std::vector<Tensor> hidden;
+    for (int64_t b = 0; b < B; ++b) {
+      const Sequence* s = seqs[b];
+      if (i == 0) {  // the pending rows, whose tokens and policy hidden states are known
+        const Pending& pd = pending.at(s);
+        hidden.push_back(pd.hidden);
+        for (size_t r = 0; r < pd.tokens.size(); ++r) {
+          rows.emplace_back(b, pd.first_position + (int64_t)r);
+          tokens.push_back(pd.tokens[r]);
+        }
+      } else {  // the last draft at n + i, after the module's own row at n + i - 1
+        rows.emplace_back(b, s->position() + i - 1);
+        tokens.push_back(d[i - 1][b]);
+      }
+      last_rows.push_back((int64_t)rows.size() - 1);
     }
-    last_rows.push_back(r - 1);
+    Tensor h_in = i == 0 ? at::cat(hidden) : stand_in;
+    const int64_t R = (int64_t)rows.size();
+    const int64_t Rm = use_graphs ? DecodeGraphs::bucket(R) : R;
+    std::vector<int64_t> mp(4 * Rm + Rm * nb, use_graphs ? dummy_block : 0);
+    if (use_graphs) {
+      mtp_graphs->pad_rows(mp, Rm, nb, R);
+      // A padding row reads two slots of the dummy block: the first is masked as no MTP row.
+      for (int64_t p = R; p < Rm; ++p) mp[3 * Rm + p] = 2;
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      const Sequence& s = *seqs[rows[r].first];
+      const int64_t pos = rows[r].second;
+      mp[r] = tokens[r];
+      mp[Rm + r] = pos;
+      mp[2 * Rm + r] = slot(s, pos + 1);
+      mp[3 * Rm + r] = pos + 2;
+      for (size_t t = 0; t < s.table.size(); ++t) mp[4 * Rm + r * nb + t] = s.table[t];
+    }
+    Tensor out;
+    if (use_graphs) {
+      mtp_hidden.narrow(0, 0, R).copy_(h_in);
+      out = mtp_graphs->run(at::from_blob(mp.data(), {(int64_t)mp.size()}, at::kLong), Rm, nb, R);
+    } else {
+      out = mtp_forward(at::tensor(mp, at::kLong).to(dev), R, nb, h_in);
+    }
+    Tensor last = out.index_select(0, at::tensor(last_rows, at::kLong).to(dev));  // a copy, past the next replay
+    q[i] = sampling_probs(last.narrow(1, 0, V), temp, topk, topp);
+    draft[i] = sample_from(q[i], device_floats(u_draft[i]));
+    Tensor host = draft[i].to(at::kCPU);
+    d[i].assign(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + B);
+    if (i + 1 < k) stand_in = last.narrow(1, V, H).to(model->dtype());
   }
-  Tensor mtp_logits;
-  if (use_graphs) {
-    mtp_hidden.narrow(0, 0, R).copy_(at::cat(hidden));
-    mtp_logits = mtp_graphs->run(at::from_blob(mp.data(), {(int64_t)mp.size()}, at::kLong), Rm, nb, R);
-  } else {
-    mtp_logits = mtp_forward(at::tensor(mp, at::kLong).to(dev), R, nb, at::cat(hidden));
-  }
-  Tensor draft_logits = mtp_logits.index_select(0, at::tensor(last_rows, at::kLong).to(dev));
-  Tensor q = sampling_probs(draft_logits, temp, topk, topp);
-  Tensor draft = sample_from(q, device_floats(u_draft));
-  Tensor draft_host = draft.to(at::kCPU);
-  const int64_t* d = draft_host.data_ptr<int64_t>();
 
-  // 2. The check: rows (t_n at n) and (d at n + 1) of every sequence in one forward.
-  const int64_t rows = 2 * B;
+  // 2. The check: rows t_n at n, d_1 at n + 1, ..., d_k at n + k of every sequence in one forward.
+  const int64_t rows = K * B;
   const int64_t Rp = use_graphs ? DecodeGraphs::bucket(rows) : rows;
   std::vector<int64_t> host(4 * Rp + Rp * nb, use_graphs ? dummy_block : 0);
   if (use_graphs) graphs->pad_rows(host, Rp, nb, rows);
   for (int64_t b = 0; b < B; ++b) {
     const Sequence& s = *seqs[b];
     const int64_t n = s.position();
-    for (int64_t k = 0; k < 2; ++k) {
-      const int64_t row = 2 * b + k;
-      host[row] = k == 0 ? s.tokens.back() : d[b];
-      host[Rp + row] = n + k;
-      host[2 * Rp + row] = slot(s, n + k);
-      host[3 * Rp + row] = n + k + 1;
+    for (int64_t i = 0; i < K; ++i) {
+      const int64_t row = K * b + i;
+      host[row] = i == 0 ? s.tokens.back() : d[i - 1][b];
+      host[Rp + row] = n + i;
+      host[2 * Rp + row] = slot(s, n + i);
+      host[3 * Rp + row] = n + i + 1;
       for (size_t t = 0; t < s.table.size(); ++t) host[4 * Rp + row * nb + t] = s.table[t];
     }
   }
@@ -127,49 +167,50 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
                : invariant ? decode_invariant(host_t.to(dev), rows, nb)
                            : decode_forward(host_t.to(dev), rows, nb);
   // Columns: logits (V), with record_routing each MoE layer's experts, then the hidden state (H).
-  const int64_t H = cfg.hidden_size;
-  Tensor logits = out.narrow(1, 0, V).view({B, 2, V});
+  Tensor logits = out.narrow(1, 0, V).contiguous();  // (K B, V), sequence-major
   // A copy: with graphs `out` is the graph's static output, which the next replay overwrites.
-  Tensor h = out.narrow(1, out.size(1) - H, H).to(model->dtype(), /*non_blocking=*/false, /*copy=*/true).view({B, 2, -1});
-  Tensor l1 = logits.select(1, 0).contiguous(), l2 = logits.select(1, 1).contiguous();
-  std::vector<int16_t> records;  // (2B rows, MoE layers x k)
+  Tensor h = out.narrow(1, out.size(1) - H, H).to(model->dtype(), /*non_blocking=*/false, /*copy=*/true).view({B, K, H});
+  std::vector<int16_t> records;  // (K B rows, MoE layers x k)
   if (opt.record_routing) records = host_experts({out.narrow(0, 0, rows).narrow(1, V, out.size(1) - V - H)});
 
-  // 3. The verdict, and the policy's token after a kept draft.
+  // 3. The verdicts in order, and the policy's token after the last draft.
   auto ts = std::chrono::steady_clock::now();
-  SpeculativeVerdict v = accept_or_resample(sampling_probs(l1, temp, topk, topp), q, draft, device_floats(u_accept),
-                                            device_floats(u_residual));
-  Tensor bonus = sample_from(sampling_probs(l2, temp, topk, topp), device_floats(u_bonus));
+  Tensor p = sampling_probs(logits, temp_k, topk_k, topp_k).view({B, K, V});
+  std::vector<Tensor> candidate, kept;  // per row i: the token decided at n + 1 + i if the step gets there
+  for (int64_t i = 0; i < k; ++i) {
+    SpeculativeVerdict v = accept_or_resample(p.select(1, i), q[i], draft[i], device_floats(u_accept[i]),
+                                              device_floats(u_residual[i]));
+    candidate.push_back(v.token);
+    kept.push_back(v.accepted);
+  }
+  candidate.push_back(sample_from(p.select(1, k), device_floats(u_bonus)));
+  Tensor cand = at::stack(candidate, 1);  // (B, K)
   // With the batch-invariant forward, its fixed-order log-softmax: the training forward's.
-  auto log_softmax = [&](const Tensor& l) { return invariant ? model::invariant::log_softmax(l) : l.log_softmax(-1); };
-  Tensor lp1 = log_softmax(l1).gather(1, v.token.unsqueeze(1)).squeeze(1);
-  Tensor lp2 = log_softmax(l2).gather(1, bonus.unsqueeze(1)).squeeze(1);
-  Tensor res = at::stack({v.token.to(at::kDouble), v.accepted.to(at::kDouble), bonus.to(at::kDouble),
-                          lp1.to(at::kDouble), lp2.to(at::kDouble)}).to(at::kCPU);
+  Tensor lsm = invariant ? model::invariant::log_softmax(logits) : logits.log_softmax(-1);
+  Tensor lp = lsm.view({B, K, V}).gather(2, cand.unsqueeze(2)).squeeze(2);
+  Tensor res = at::cat({cand.to(at::kDouble), at::stack(kept, 1).to(at::kDouble), lp.to(at::kDouble)}, 1).to(at::kCPU);
   stats.sample_seconds += seconds_since(ts);
-  auto a = res.accessor<double, 2>();
+  auto a = res.accessor<double, 2>();  // row b: candidates (K) | kept (k) | log-probs (K)
   std::vector<std::vector<int64_t>> tokens(B);
   std::vector<std::vector<float>> logprobs(B);
   std::unordered_map<const Sequence*, Pending> next;
   for (int64_t b = 0; b < B; ++b) {
-    const bool kept = a[1][b] != 0;
-    tokens[b] = {(int64_t)a[0][b]};
-    logprobs[b] = {(float)a[3][b]};
-    if (kept) {
-      tokens[b].push_back((int64_t)a[2][b]);
-      logprobs[b].push_back((float)a[4][b]);
+    int64_t m = 0;  // drafts kept: the first m, then the residual's draw (or, all kept, the token after)
+    while (m < k && a[b][K + m] != 0) ++m;
+    for (int64_t i = 0; i <= m; ++i) {
+      tokens[b].push_back((int64_t)a[b][i]);
+      logprobs[b].push_back((float)a[b][K + k + i]);
     }
-    // The module's next rows: hidden state at n with the token now at n + 1, and when the draft
-    // was kept, at n + 1 with the token after it.
-    next[seqs[b]] = {seqs[b]->position(), h[b].narrow(0, 0, kept ? 2 : 1), tokens[b]};
-    if (opt.record_routing) {  // t_n was read, and a kept draft too (finish drops it if the sequence ends there)
+    // The module's next rows: the policy's hidden states at n .. n + m with the tokens now after them.
+    next[seqs[b]] = {seqs[b]->position(), h[b].narrow(0, 0, m + 1), tokens[b]};
+    if (opt.record_routing) {  // t_n and the kept drafts were read (finish drops one the sequence ends at)
       const size_t per_token = records.size() / rows;
-      const auto row = records.begin() + 2 * b * per_token;
-      seqs[b]->routing.insert(seqs[b]->routing.end(), row, row + (kept ? 2 : 1) * per_token);
+      const auto first = records.begin() + K * b * per_token;
+      seqs[b]->routing.insert(seqs[b]->routing.end(), first, first + (m + 1) * per_token);
     }
-    stats.draft_tokens += 1;
-    stats.accepted_drafts += kept ? 1 : 0;
-    stats.decode_tokens += (int64_t)tokens[b].size();
+    stats.draft_tokens += k;
+    stats.accepted_drafts += m;
+    stats.decode_tokens += m + 1;
   }
   sched->advance(seqs, tokens, logprobs, done);
   pending.clear();

@@ -155,6 +155,7 @@ GrpoTrainer::GrpoTrainer(const StageSettings& s, const std::string& recipe_path,
   eo.kv_cache_bytes = cache_mb << 20;  // the optimizer's moments are allocated at the first step: leave them room
   eo.record_routing = s_.moe.routing_replay;
   eo.speculative_mtp = s_.rollout.speculative_mtp;
+  eo.num_speculative_tokens = s_.rollout.num_speculative_tokens;
   eo.fp8 = s_.rollout.quantization == RolloutQuantization::Fp8;
   if (s_.moe.routing_replay && moe_layers(*policy_).empty())
     throw Error(recipe_path_ + ": key 'routing_replay': the model has no MoE layer to replay");

@@ -231,6 +231,8 @@ const std::vector<Key>& keys() {
       key("recompute_old_logprobs", "rollout", &S::rollout, &RolloutSettings::recompute_old_logprobs, "pi_old from the training forward"),
       key("speculative_mtp", "rollout", &S::rollout, &RolloutSettings::speculative_mtp,
           "speculative decoding with the model's MTP module as the draft (DeepSeek-V3); samples keep the policy's distribution"),
+      key("num_speculative_tokens", "rollout", &S::rollout, &RolloutSettings::num_speculative_tokens,
+          "drafts per speculative step (the MTP module chained on its own drafts)"),
       key("exact_rollout", "rollout", &S::rollout, &RolloutSettings::exact_rollout,
           "batch-invariant forward in the engine and the trainer: rollout log-probs equal training's to the bit"),
       key("rollout_quantization", "rollout", &S::rollout, &RolloutSettings::quantization,
@@ -377,6 +379,8 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
   need(s.rollout.top_p > 0 && s.rollout.top_p <= 1, "top_p", "must be in (0, 1]");
   need(s.rollout.kv_cache_mb >= 0, "kv_cache_mb", "must not be negative");
   need(s.rollout.max_batch >= 0, "max_batch", "must not be negative");
+  need(s.rollout.num_speculative_tokens >= 1 && s.rollout.num_speculative_tokens <= 16, "num_speculative_tokens",
+       "must be in [1, 16]");
   need(s.optim.learning_rate > 0, "learning_rate", "must be positive");
   need(s.optim.num_iterations >= 1, "num_iterations", "must be at least 1");
   need(s.optim.max_steps >= 0, "max_steps", "must not be negative");

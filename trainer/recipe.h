@@ -118,6 +118,8 @@ struct RolloutSettings {
   // Speculative decoding with the model's MTP module as the draft (rollout/speculative.h): samples
   // keep the policy's distribution; the module's acceptance decides the speed-up.
   bool speculative_mtp = false;
+  // Drafts per speculative step (the module chained on its own drafts); a step keeps 1 to this + 1 tokens.
+  int64_t num_speculative_tokens = 1;
   // fp8: the engine decodes with FP8 copies of the policy's weights (rollout/engine.h), requantized
   // after every update; the trainer still trains the bf16 weights. Pair with rollout_is for the drift.
   RolloutQuantization quantization = RolloutQuantization::None;

@@ -62,6 +62,7 @@ bool run_rejection_sampling_stage(const StageSettings& s, const std::string& rec
   eo.max_batch = std::max<int64_t>(64, s.rollout.per_step_prompts * s.rejection.num_samples);
   eo.kv_cache_bytes = (s.rollout.kv_cache_mb > 0 ? s.rollout.kv_cache_mb : 1024) << 20;
   eo.speculative_mtp = s.rollout.speculative_mtp;
+  eo.num_speculative_tokens = s.rollout.num_speculative_tokens;
   eo.fp8 = s.rollout.quantization == RolloutQuantization::Fp8;
   rollout::Engine engine(pol.compute, pol.tok.get(), eo);
 

@@ -76,6 +76,8 @@ int main(int argc, char** argv) {
   app.add_flag("--exact", exact, "the batch-invariant forward (exact_rollout)");
   bool speculative = false;
   app.add_flag("--speculative-mtp", speculative, "speculative decoding with the model's MTP module as the draft");
+  int64_t drafts = 1;
+  app.add_option("--num-speculative-tokens", drafts, "drafts per speculative step");
   bool fp8 = false;
   app.add_flag("--fp8", fp8, "decode with FP8 copies of the weights (128x128 block scales, per-row for the experts)");
   bool gather_attention = false;
@@ -137,6 +139,7 @@ int main(int argc, char** argv) {
     o.cuda_graphs = !no_graphs;
     o.max_prefill_tokens = std::max<int64_t>(8192, prompt_len);
     o.speculative_mtp = speculative;
+    o.num_speculative_tokens = drafts;
     o.fp8 = fp8;
     rollout::Engine engine(model, nullptr, o);
     if (fp8 && B == parse_list(batches).front()) {

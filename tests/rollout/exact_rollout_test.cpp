@@ -165,19 +165,20 @@ void expect_batch_invariance(at::Device device, const char* config = kTinyV3, in
 
 TEST(ExactRollout, BatchCompositionChangesNothing) { expect_batch_invariance(at::kCPU); }
 
-// Speculative decoding: the MTP module drafts, the batch-invariant forward checks two rows a step
-// (the last token and the draft, which reads the row written beside it). The log-probs of every
-// kept token, draft or not, still equal training's to the bit, across block sizes and batches.
+// Speculative decoding: the MTP module drafts (one, then three a step), the batch-invariant forward
+// checks the last token and the drafts in one call, each draft reading the rows written beside it.
+// The log-probs of every kept token, draft or not, still equal training's to the bit.
 void expect_speculative_exact(const char* base, at::Device device) {
   const std::string config = grpo::testing::with_mtp_modules(base, 1);
   auto m = tiny(config.c_str(), false, device);
   m->batch_invariant = true;
   auto reqs = requests(6, 0, 11);
-  for (int64_t block_size : {4, 16}) {
+  for (int64_t block_size : {4, 16}) {  // one draft a step, then three
     rollout::EngineOptions eo;
     eo.max_batch = block_size == 4 ? 64 : 5;
     eo.block_size = block_size;
     eo.speculative_mtp = true;
+    eo.num_speculative_tokens = block_size == 4 ? 1 : 3;
     rollout::Engine engine(m, nullptr, eo);
     Samples s;
     for (auto& c : engine.generate(reqs)) {
@@ -253,7 +254,7 @@ TEST(ExactRolloutCuda, BatchCompositionChangesNothing) {
 // The paged MLA kernel's form: prompts of 3-19 tokens, and of 250-266, whose keys cross the
 // kernel's split at 256 while decoding, among rows of other lengths (the CUDA graphs' padded
 // block tables hold more splits than a row needs).
-// Through CUDA graphs: the check's two rows per sequence in graph buckets, the MTP module's own graphs.
+// Through CUDA graphs: the check's rows (2 and 4 per sequence) in graph buckets, the MTP module's own graphs.
 TEST(ExactRolloutCuda, SpeculativeDecodingKeepsTheLogprobsExact) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   expect_speculative_exact(kTinyV3, at::Device(at::kCUDA, 0));

@@ -49,6 +49,7 @@ Rollout sample(bool speculative = false) {
   rollout::EngineOptions eo;
   eo.record_routing = true;
   eo.speculative_mtp = speculative;
+  eo.num_speculative_tokens = 2;
   eo.block_size = speculative ? 4 : eo.block_size;
   rollout::Engine engine(r.model, nullptr, eo);
   std::mt19937 rng(11);
@@ -159,9 +160,9 @@ TEST(RoutingReplay, ImposesTheRecordedExpertsWhenTheRouterWouldChooseOthers) {
   EXPECT_LT(max_logprob_diff(r, replayed.logprobs), 2e-5);
 }
 
-// Speculative decoding reads two rows a step (the last token and the draft): the records keep
-// the rows of the tokens the sequence kept, never a rejected draft's nor one past the end, and
-// replaying them reproduces the rollout's log-probs under a perturbed router.
+// Speculative decoding (two drafts a step) reads three rows a step, the last token and the drafts:
+// the records keep the rows of the tokens the sequence kept, never a rejected draft's nor one past
+// the end, and replaying them reproduces the rollout's log-probs under a perturbed router.
 TEST(RoutingReplay, SpeculativeDecodingRecordsTheTokensItKept) {
   Rollout r = sample(/*speculative=*/true);
   int stopped = 0;

@@ -56,13 +56,15 @@ std::vector<double> filtered(const Tensor& z, double temperature, int64_t top_k,
   return out;
 }
 
+// `drafts`: num_speculative_tokens.
 std::vector<Completion> run(std::shared_ptr<model::CausalLM> m, const std::vector<Request>& rs, bool speculative,
-                            EngineStats* stats = nullptr, int64_t block_size = 4) {
+                            EngineStats* stats = nullptr, int64_t block_size = 4, int64_t drafts = 1) {
   EngineOptions o;
   o.block_size = block_size;
   o.max_batch = 512;
   o.kv_cache_bytes = 160 << 20;
   o.speculative_mtp = speculative;
+  o.num_speculative_tokens = drafts;
   Engine e(std::move(m), nullptr, o);
   auto cs = e.generate(rs);
   if (stats) *stats = e.stats();
@@ -129,8 +131,11 @@ TEST(SpeculativeEngine, GreedyEqualsPlainGreedy) {
   sp.temperature = 0;
   sp.max_new_tokens = 30;
   auto rs = random_requests(12, 1, 40, sp, 3);
+  auto plain = run(m, rs, false);
+  for (int64_t drafts : {1, 3}) {
+  SCOPED_TRACE("drafts " + std::to_string(drafts));
   EngineStats st;
-  auto plain = run(m, rs, false), spec = run(m, rs, true, &st);
+  auto spec = run(m, rs, true, &st, 4, drafts);
   ASSERT_EQ(plain.size(), spec.size());
   double worst = 0;
   for (size_t i = 0; i < plain.size(); ++i) {
@@ -138,10 +143,12 @@ TEST(SpeculativeEngine, GreedyEqualsPlainGreedy) {
     for (size_t j = 0; j < std::min(plain[i].logprobs.size(), spec[i].logprobs.size()); ++j)
       worst = std::max(worst, (double)std::fabs(plain[i].logprobs[j] - spec[i].logprobs[j]));
   }
-  std::cout << "greedy: " << st.accepted_drafts << " of " << st.draft_tokens << " drafts kept, " << st.decode_steps
-            << " steps for " << st.decode_tokens << " tokens; max |dlogprob| vs plain " << worst << "\n";
+  std::cout << "greedy, " << drafts << " drafts a step: " << st.accepted_drafts << " of " << st.draft_tokens
+            << " drafts kept, " << st.decode_steps << " steps for " << st.decode_tokens
+            << " tokens; max |dlogprob| vs plain " << worst << "\n";
   EXPECT_LT(worst, 1e-5);
   EXPECT_GT(st.draft_tokens, 0);
+  }
 }
 
 TEST(SpeculativeEngine, LogprobsEqualRecomputeAcrossBlocksAndBatches) {
@@ -152,18 +159,22 @@ TEST(SpeculativeEngine, LogprobsEqualRecomputeAcrossBlocksAndBatches) {
   sp.seed = 7;
   sp.stop_token_ids = {5};
   auto rs = random_requests(10, 1, 50, sp, 9);
-  EngineStats st;
-  auto cs = run(m, rs, true, &st, /*block_size=*/4);
-  const double worst = logprob_gap(*m, rs, cs).first;
-  std::cout << "sampled: max |engine - recompute| " << worst << "; " << st.accepted_drafts << " of " << st.draft_tokens
-            << " drafts kept\n";
-  EXPECT_LT(worst, 1e-5);
-  EXPECT_GT(st.accepted_drafts, 0);
-  EXPECT_LT(st.accepted_drafts, st.draft_tokens);
-  // Reproducible by seed, whatever else shares the batch: each request alone gives the same.
-  for (size_t i = 0; i < rs.size(); i += 3) {
-    auto alone = run(m, {rs[i]}, true);
-    for (int64_t s = 0; s < sp.n; ++s) EXPECT_EQ(alone[s].token_ids, cs[i * sp.n + s].token_ids) << "request " << i;
+  for (int64_t drafts : {1, 3}) {
+    SCOPED_TRACE("drafts " + std::to_string(drafts));
+    EngineStats st;
+    auto cs = run(m, rs, true, &st, /*block_size=*/4, drafts);
+    const double worst = logprob_gap(*m, rs, cs).first;
+    std::cout << "sampled, " << drafts << " drafts a step: max |engine - recompute| " << worst << "; "
+              << st.accepted_drafts << " of " << st.draft_tokens << " drafts kept, " << st.decode_tokens << " tokens in "
+              << st.decode_steps << " steps\n";
+    EXPECT_LT(worst, 1e-5);
+    EXPECT_GT(st.accepted_drafts, 0);
+    EXPECT_LT(st.accepted_drafts, st.draft_tokens);
+    // Reproducible by seed, whatever else shares the batch: each request alone gives the same.
+    for (size_t i = 0; i < rs.size(); i += 3) {
+      auto alone = run(m, {rs[i]}, true, nullptr, 4, drafts);
+      for (int64_t s = 0; s < sp.n; ++s) EXPECT_EQ(alone[s].token_ids, cs[i * sp.n + s].token_ids) << "request " << i;
+    }
   }
 }
 
@@ -173,6 +184,7 @@ struct Filter {
   double temperature;
   int64_t top_k;
   double top_p;
+  int64_t drafts = 1;  // num_speculative_tokens: with 2 or more, the 3rd token comes from a chained draft
 };
 class SpeculativeSampling : public ::testing::TestWithParam<Filter> {};
 
@@ -224,7 +236,7 @@ TEST_P(SpeculativeSampling, SamplesFollowThePolicy) {
   sp.top_p = f.top_p;
   sp.seed = 99;
   EngineStats st;
-  auto cs = run(m, {{0, prompt, sp}}, true, &st, 16);
+  auto cs = run(m, {{0, prompt, sp}}, true, &st, 16, f.drafts);
   std::vector<double> c1(V, 0.0), c2(V, 0.0);
   for (const auto& c : cs) {
     ASSERT_EQ(c.token_ids.size(), 3u);
@@ -233,7 +245,8 @@ TEST_P(SpeculativeSampling, SamplesFollowThePolicy) {
   }
   int b1 = 0, b2 = 0;
   const double pv1 = chi_square_pvalue(c1, m1, &b1), pv2 = chi_square_pvalue(c2, m2, &b2);
-  std::cout << "T=" << f.temperature << " top_k=" << f.top_k << " top_p=" << f.top_p << ": token 2 p = " << pv1
+  std::cout << "T=" << f.temperature << " top_k=" << f.top_k << " top_p=" << f.top_p << " drafts=" << f.drafts
+            << ": token 2 p = " << pv1
             << " (" << b1 << " bins), token 3 p = " << pv2 << " (" << b2 << " bins); " << st.accepted_drafts << " of "
             << st.draft_tokens << " drafts kept\n";
   EXPECT_GE(b1, 5);
@@ -245,7 +258,8 @@ TEST_P(SpeculativeSampling, SamplesFollowThePolicy) {
   (void)P;
 }
 INSTANTIATE_TEST_SUITE_P(Filters, SpeculativeSampling,
-                         ::testing::Values(Filter{1.0, 0, 1.0}, Filter{0.8, 20, 0.9}));
+                         ::testing::Values(Filter{1.0, 0, 1.0}, Filter{0.8, 20, 0.9}, Filter{1.0, 0, 1.0, 3},
+                                           Filter{0.8, 20, 0.9, 2}));
 
 TEST(SpeculativeEngine, NeedsAnMtpModule) {
   EngineOptions o;
@@ -263,28 +277,34 @@ TEST(SpeculativeEngineCuda, Bf16GraphsAgreeWithRecompute) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
   // The second config's widths take the paged MLA kernel (the MTP layer's reads skip position 0).
   for (const std::string& cfg : {kTinyV3Mtp, with_paged_mla_widths(kTinyV3Mtp)}) {
-  SCOPED_TRACE(cfg);
-  auto m = tiny(cfg, 3);
-  m->to_device_dtype(at::kCUDA, at::kFloat);
-  SamplingParams sp;
-  sp.temperature = 0;
-  sp.max_new_tokens = 30;
-  auto rs = random_requests(12, 1, 40, sp, 3);
-  auto plain = run(m, rs, false), spec = run(m, rs, true);
-  for (size_t i = 0; i < plain.size(); ++i) EXPECT_EQ(plain[i].token_ids, spec[i].token_ids) << "fp32 greedy, request " << i;
-  m->to_device_dtype(at::kCUDA, at::kBFloat16);  // graphs with the grouped-GEMM MoE
-  sp.temperature = 1;
-  sp.n = 4;
-  rs = random_requests(12, 1, 40, sp, 4);
-  EngineStats st;
-  auto cs = run(m, rs, true, &st);
-  const auto [worst, mean] = logprob_gap(*m, rs, cs);
-  std::cout << "CUDA bf16 sampled: |engine - recompute| mean " << mean << ", max " << worst << "; " << st.accepted_drafts
-            << " of " << st.draft_tokens << " drafts kept\n";
-  // bf16 products of other shapes (two rows per sequence, graph padding) round differently from the
-  // recompute's: single tokens reach 0.25 on these peaked weights, the mean stays near 2e-3. A
-  // wrong cache row or position moves whole nats.
-  EXPECT_LT(mean, 0.01);
-  EXPECT_LT(worst, 0.5);
+    SCOPED_TRACE(cfg);
+    auto m = tiny(cfg, 3);
+    m->to_device_dtype(at::kCUDA, at::kFloat);
+    SamplingParams sp;
+    sp.temperature = 0;
+    sp.max_new_tokens = 30;
+    auto rs = random_requests(12, 1, 40, sp, 3);
+    auto plain = run(m, rs, false);
+    for (int64_t drafts : {1, 3}) {
+      auto spec = run(m, rs, true, nullptr, 4, drafts);
+      for (size_t i = 0; i < plain.size(); ++i)
+        EXPECT_EQ(plain[i].token_ids, spec[i].token_ids) << "fp32 greedy, " << drafts << " drafts, request " << i;
+    }
+    m->to_device_dtype(at::kCUDA, at::kBFloat16);  // graphs with the grouped-GEMM MoE
+    sp.temperature = 1;
+    sp.n = 4;
+    rs = random_requests(12, 1, 40, sp, 4);
+    for (int64_t drafts : {1, 3}) {
+      EngineStats st;
+      auto cs = run(m, rs, true, &st, 4, drafts);
+      const auto [worst, mean] = logprob_gap(*m, rs, cs);
+      std::cout << "CUDA bf16 sampled, " << drafts << " drafts: |engine - recompute| mean " << mean << ", max "
+                << worst << "; " << st.accepted_drafts << " of " << st.draft_tokens << " drafts kept\n";
+      // bf16 products of other shapes (several rows per sequence, graph padding) round differently
+      // from the recompute's: single tokens reach 0.25 on these peaked weights, the mean stays near
+      // 2e-3. A wrong cache row or position moves whole nats.
+      EXPECT_LT(mean, 0.01);
+      EXPECT_LT(worst, 0.5);
+    }
   }
 }
