@@ -83,6 +83,14 @@ std::vector<Request> random_requests(int count, int min_len, int max_len, const 
   return rs;
 }
 
+// 12 greedy requests of 1-40 prompt tokens, 30 new tokens each.
+std::vector<Request> greedy_requests() {
+  SamplingParams sp;
+  sp.temperature = 0;
+  sp.max_new_tokens = 30;
+  return random_requests(12, 1, 40, sp, 3);
+}
+
 }  // namespace
 
 TEST(SpeculativeRule, KeptTokensFollowThePolicy) {
@@ -127,27 +135,24 @@ TEST(SpeculativeRule, GreedyKeepsTheArgmax) {
 
 TEST(SpeculativeEngine, GreedyEqualsPlainGreedy) {
   auto m = tiny(kTinyV3Mtp);
-  SamplingParams sp;
-  sp.temperature = 0;
-  sp.max_new_tokens = 30;
-  auto rs = random_requests(12, 1, 40, sp, 3);
+  auto rs = greedy_requests();
   auto plain = run(m, rs, false);
   for (int64_t drafts : {1, 3}) {
-  SCOPED_TRACE("drafts " + std::to_string(drafts));
-  EngineStats st;
-  auto spec = run(m, rs, true, &st, 4, drafts);
-  ASSERT_EQ(plain.size(), spec.size());
-  double worst = 0;
-  for (size_t i = 0; i < plain.size(); ++i) {
-    EXPECT_EQ(plain[i].token_ids, spec[i].token_ids) << "request " << i;
-    for (size_t j = 0; j < std::min(plain[i].logprobs.size(), spec[i].logprobs.size()); ++j)
-      worst = std::max(worst, (double)std::fabs(plain[i].logprobs[j] - spec[i].logprobs[j]));
-  }
-  std::cout << "greedy, " << drafts << " drafts a step: " << st.accepted_drafts << " of " << st.draft_tokens
-            << " drafts kept, " << st.decode_steps << " steps for " << st.decode_tokens
-            << " tokens; max |dlogprob| vs plain " << worst << "\n";
-  EXPECT_LT(worst, 1e-5);
-  EXPECT_GT(st.draft_tokens, 0);
+    SCOPED_TRACE("drafts " + std::to_string(drafts));
+    EngineStats st;
+    auto spec = run(m, rs, true, &st, 4, drafts);
+    ASSERT_EQ(plain.size(), spec.size());
+    double worst = 0;
+    for (size_t i = 0; i < plain.size(); ++i) {
+      EXPECT_EQ(plain[i].token_ids, spec[i].token_ids) << "request " << i;
+      for (size_t j = 0; j < std::min(plain[i].logprobs.size(), spec[i].logprobs.size()); ++j)
+        worst = std::max(worst, (double)std::fabs(plain[i].logprobs[j] - spec[i].logprobs[j]));
+    }
+    std::cout << "greedy, " << drafts << " drafts a step: " << st.accepted_drafts << " of " << st.draft_tokens
+              << " drafts kept, " << st.decode_steps << " steps for " << st.decode_tokens
+              << " tokens; max |dlogprob| vs plain " << worst << "\n";
+    EXPECT_LT(worst, 1e-5);
+    EXPECT_GT(st.draft_tokens, 0);
   }
 }
 
@@ -280,10 +285,7 @@ TEST(SpeculativeEngineCuda, Bf16GraphsAgreeWithRecompute) {
     SCOPED_TRACE(cfg);
     auto m = tiny(cfg, 3);
     m->to_device_dtype(at::kCUDA, at::kFloat);
-    SamplingParams sp;
-    sp.temperature = 0;
-    sp.max_new_tokens = 30;
-    auto rs = random_requests(12, 1, 40, sp, 3);
+    auto rs = greedy_requests();
     auto plain = run(m, rs, false);
     for (int64_t drafts : {1, 3}) {
       auto spec = run(m, rs, true, nullptr, 4, drafts);
@@ -291,7 +293,8 @@ TEST(SpeculativeEngineCuda, Bf16GraphsAgreeWithRecompute) {
         EXPECT_EQ(plain[i].token_ids, spec[i].token_ids) << "fp32 greedy, " << drafts << " drafts, request " << i;
     }
     m->to_device_dtype(at::kCUDA, at::kBFloat16);  // graphs with the grouped-GEMM MoE
-    sp.temperature = 1;
+    SamplingParams sp;
+    sp.max_new_tokens = 30;
     sp.n = 4;
     rs = random_requests(12, 1, 40, sp, 4);
     for (int64_t drafts : {1, 3}) {
