@@ -141,8 +141,8 @@ struct Engine::Impl {
 
   // The MTP module over packed rows (as decode_forward's; a row's length counts the slots it reads)
   // given the hidden states h (R, H) it combines with the rows' tokens: writes its cache rows into
-  // layer L of the pool and returns (R, V + H) fp32, its next-token logits and its own output through
-  // shared_head.norm (a chained draft's stand-in hidden state). Position 0's slot holds no MTP row.
+  // layer L of the pool and returns (R, V + H) fp32, its next-token logits and its own output (a
+  // chained draft's stand-in for the policy's hidden state). Position 0's slot holds no MTP row.
   Tensor mtp_forward(const Tensor& packed, int64_t R, int64_t nblk, const Tensor& h);
 
   void decode(std::vector<Completion>& done);

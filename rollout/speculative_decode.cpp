@@ -26,9 +26,9 @@ void Engine::Impl::prefill_mtp(const std::vector<Group*>& batch, const Tensor& i
 
 // The MTP module over packed rows (as decode_forward's; a row's length counts the slots it reads)
 // given the hidden states it combines with the rows' tokens, h (R, H): writes its cache rows into
-// layer L of the pool and returns (R, V + H) fp32: its next-token logits, then its own output
-// through shared_head.norm, the stand-in for the policy's hidden state when a draft is chained
-// onto a draft. The slot of position 0 holds no MTP row.
+// layer L of the pool and returns (R, V + H) fp32: its next-token logits, then its own output,
+// which a chained draft reads in place of the policy's hidden state (as DeepSeek-V3's module of
+// depth k + 1 reads depth k's output). The slot of position 0 holds no MTP row.
 Tensor Engine::Impl::mtp_forward(const Tensor& packed, int64_t R, int64_t nblk, const Tensor& h) {
   PagedRows in = unpack(packed, R, nblk, /*key_start=*/1);
   model::DecoderLayerImpl& m = model->mtp_module(1);
@@ -36,8 +36,7 @@ Tensor Engine::Impl::mtp_forward(const Tensor& packed, int64_t R, int64_t nblk, 
   model::RopeTables rope = model->rope_tables(in.positions.view({R, 1}), x.scalar_type());
   x = x + m.self_attn->decode(m.input_layernorm(x), rope, pool[L], in.kv);
   x = x + m.feed_forward(m.post_attention_layernorm(x));
-  Tensor normed = m.shared_head_norm(x);
-  return at::cat({m.shared_head_head(normed).to(at::kFloat), normed.to(at::kFloat)}, 1);
+  return at::cat({m.mtp_logits(x).to(at::kFloat), x.to(at::kFloat)}, 1);
 }
 
 // One speculative step of every running sequence, whose last token t_n sits at position n, with
