@@ -13,7 +13,8 @@ Engine::Impl::Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* to
   if (spec && cfg.num_nextn_predict_layers < 1)
     throw Error("rollout engine: speculative_mtp needs a model with an MTP module (num_nextn_predict_layers)");
   if (opt.num_speculative_tokens < 1 || opt.num_speculative_tokens > 16)
-    throw Error("rollout engine: num_speculative_tokens must be in [1, 16], got " + std::to_string(opt.num_speculative_tokens));
+    throw Error("rollout engine: num_speculative_tokens must be in [1, 16], got " +
+                std::to_string(opt.num_speculative_tokens));
   const int64_t lookahead = spec ? opt.num_speculative_tokens : 0;  // cache rows written past the last token
   const int64_t cache_layers = L + (spec ? 1 : 0);
   bs = opt.block_size;
@@ -162,7 +163,7 @@ void Engine::Impl::prefill_invariant(const std::vector<Group*>& batch) {
   }
   std::vector<Tensor> experts;
   Tensor h = model::invariant::hidden_states(*model, invariant_rows(ids, pos, slots, table, start, count),
-                                             pool.narrow(0, 0, L).unbind(0), opt.record_routing ? &experts : nullptr);
+                                             main_caches(), opt.record_routing ? &experts : nullptr);
   if (opt.record_routing) {
     const std::vector<int16_t> rec = host_experts(experts);
     const int64_t per_token = (int64_t)rec.size() / (int64_t)ids.size();
@@ -224,7 +225,7 @@ Tensor Engine::Impl::decode_invariant(const Tensor& packed, int64_t B, int64_t n
   rows.keys.max_keys = nblk * bs;
   rows.inv_freq = inv_freq;
   std::vector<Tensor> experts;
-  Tensor h = model::invariant::hidden_states(*model, rows, pool.narrow(0, 0, L).unbind(0), opt.record_routing ? &experts : nullptr);
+  Tensor h = model::invariant::hidden_states(*model, rows, main_caches(), opt.record_routing ? &experts : nullptr);
   Tensor logits = model::invariant::logits(*model, h);
   if (opt.record_routing) logits = at::cat({logits, at::cat(experts, 1).to(at::kFloat)}, 1);
   if (spec) logits = at::cat({logits, h.to(at::kFloat)}, 1);

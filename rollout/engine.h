@@ -64,8 +64,8 @@ struct EngineOptions {
   // may then depend on the batch. With record_routing, the check's rows carry the records.
   bool speculative_mtp = false;
   // Drafts per speculative step (vLLM's name): the module is chained, each draft read back with the
-  // module's own output standing in for the policy's hidden state (EAGLE-style chaining); the check reads all of them in one forward and keeps a prefix, so a step gives 1 to
-  // num_speculative_tokens + 1 tokens.
+  // module's own output standing in for the policy's hidden state; the check reads them all in one
+  // forward and keeps a prefix, so a step gives 1 to num_speculative_tokens + 1 tokens.
   int64_t num_speculative_tokens = 1;
   // FP8 (e4m3) weights for the matrix products of the decoder layers (model/fp8.h: 128 x 128
   // block scales as DeepSeek-V3 ships them, per-row scales for the routed experts), kept beside

@@ -104,6 +104,8 @@ struct Engine::Impl {
   // decode_forward returns them. No host synchronisation: CUDA graphs hold it too (a padded row's
   // values never reach a real row's).
   Tensor decode_invariant(const Tensor& packed, int64_t B, int64_t nblk);
+  // The decoder layers' caches, one per layer (the MTP module's layer L left out).
+  std::vector<Tensor> main_caches() const { return pool.narrow(0, 0, L).unbind(0); }
   Tensor inv_freq;  // the rotary frequencies on the model's device, for decode_invariant
 
   // Each MoE layer's experts (N, k) as int16 on the host, token-major: (N, MoE layers, k).

@@ -93,7 +93,7 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
   std::vector<std::vector<int64_t>> d(k);  // the drafts on the host, [i][b]
   Tensor stand_in;                         // (B, H): the module's output at each sequence's last row
   for (int64_t i = 0; i < k; ++i) {
-    std::vector<std::pair<int64_t, int64_t>> rows;  // (sequence, position)
+    std::vector<std::pair<int64_t, int64_t>> mtp_rows;  // (sequence, position)
     std::vector<int64_t> tokens, last_rows;
     std::vector<Tensor> hidden;
     for (int64_t b = 0; b < B; ++b) {
@@ -102,17 +102,17 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
         const Pending& pd = pending.at(s);
         hidden.push_back(pd.hidden);
         for (size_t r = 0; r < pd.tokens.size(); ++r) {
-          rows.emplace_back(b, pd.first_position + (int64_t)r);
+          mtp_rows.emplace_back(b, pd.first_position + (int64_t)r);
           tokens.push_back(pd.tokens[r]);
         }
       } else {  // the last draft at n + i, after the module's own row at n + i - 1
-        rows.emplace_back(b, s->position() + i - 1);
+        mtp_rows.emplace_back(b, s->position() + i - 1);
         tokens.push_back(d[i - 1][b]);
       }
-      last_rows.push_back((int64_t)rows.size() - 1);
+      last_rows.push_back((int64_t)mtp_rows.size() - 1);
     }
     Tensor h_in = i == 0 ? at::cat(hidden) : stand_in;
-    const int64_t R = (int64_t)rows.size();
+    const int64_t R = (int64_t)mtp_rows.size();
     const int64_t Rm = use_graphs ? DecodeGraphs::bucket(R) : R;
     std::vector<int64_t> mp(4 * Rm + Rm * nb, use_graphs ? dummy_block : 0);
     if (use_graphs) {
@@ -121,8 +121,8 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
       for (int64_t p = R; p < Rm; ++p) mp[3 * Rm + p] = 2;
     }
     for (int64_t r = 0; r < R; ++r) {
-      const Sequence& s = *seqs[rows[r].first];
-      const int64_t pos = rows[r].second;
+      const Sequence& s = *seqs[mtp_rows[r].first];
+      const int64_t pos = mtp_rows[r].second;
       mp[r] = tokens[r];
       mp[Rm + r] = pos;
       mp[2 * Rm + r] = slot(s, pos + 1);
@@ -168,7 +168,9 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
   // Columns: logits (V), with record_routing each MoE layer's experts, then the hidden state (H).
   Tensor logits = out.narrow(1, 0, V).contiguous();  // (K B, V), sequence-major
   // A copy: with graphs `out` is the graph's static output, which the next replay overwrites.
-  Tensor h = out.narrow(1, out.size(1) - H, H).to(model->dtype(), /*non_blocking=*/false, /*copy=*/true).view({B, K, H});
+  Tensor h = out.narrow(1, out.size(1) - H, H)
+                 .to(model->dtype(), /*non_blocking=*/false, /*copy=*/true)
+                 .view({B, K, H});
   std::vector<int16_t> records;  // (K B rows, MoE layers x k)
   if (opt.record_routing) records = host_experts({out.narrow(0, 0, rows).narrow(1, V, out.size(1) - V - H)});
 
