@@ -7,7 +7,9 @@
 #   scripts/bench_gpu.sh
 # Decode runs four ways per context: paged MLA kernel, gathered attention, FP8 weights, exact_rollout.
 # Environment: BUILD (build dir, default build-gpu), CMAKE_ARGS (extra configure arguments),
-# PROMPTS (decode contexts, default 128,1024,2048), BATCHES (default 1,128,256), NEW (128).
+# PROMPTS (decode contexts, default 128,1024,2048), BATCHES (default 1,128,256), NEW (128);
+# SPEC_DRAFTS (say 1,2,3; default none): also speculative decoding with an MTP module at each of
+# these num_speculative_tokens, against the same model decoding plainly (1,024-token contexts).
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRPO_ASAN_TESTS=OFF \
   -DGRPO_PYTHON="$(command -v "$py")" ${CMAKE_ARGS:-} >/dev/null
@@ -56,6 +58,23 @@ for p in "${prompts[@]}"; do
   "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
     --prompt-len "$p" --new-tokens "${NEW:-128}" --nocache-batches "" --exact --label grpo-exact | tee -a "$log"
 done
+if [ -n "${SPEC_DRAFTS:-}" ]; then
+  # The same shape plus one MTP module (random weights: the acceptance says little, the step cost much).
+  "$py" - "$work/config.json" "$work/config_mtp.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); c["num_nextn_predict_layers"] = 1
+json.dump(c, open(sys.argv[2], "w"))
+PY
+  [ -f "$work/model_mtp/config.json" ] || "$build/bin/grpo" init --config "$work/config_mtp.json" --output "$work/model_mtp" \
+    --dtype bfloat16 >/dev/null
+  spec_run() {  # label, extra flags
+    "$build/scripts/bench/bench_rollout" --model "$work/model_mtp" --device cuda --dtype bfloat16 --batches 1,16,128 \
+      --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" --label "$1" "${@:2}" | tee -a "$log"
+  }
+  spec_run grpo-mtp-plain
+  IFS=, read -ra drafts <<< "$SPEC_DRAFTS"
+  for k in "${drafts[@]}"; do spec_run "grpo-spec-$k" --speculative-mtp --num-speculative-tokens "$k"; done
+fi
 "$py" scripts/bench/hf_generate.py --model "$work/model" --device cuda --dtype bfloat16 --batches 1,128 \
   --prompt-len 1024 --new-tokens "${NEW:-128}" | tee -a "$log" || echo "transformers generate failed"
 echo

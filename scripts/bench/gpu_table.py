@@ -74,3 +74,31 @@ compare("grpo-exact", "Decode with exact_rollout (the batch-invariant forward, C
         ["ordinary ms/step", "exact ms/step", "cost", "exact tokens/s", "ordinary drift mean / max", "exact drift mean / max"],
         lambda r, e: [f"{r['ms_per_step']:.2f}", f"{e['ms_per_step']:.2f}", f"{e['ms_per_step'] / r['ms_per_step']:.2f}x",
                       f"{e['decode_tok_s']:.0f}", drift(r), drift(e)])
+
+
+def speculative():
+    """Speculative decoding at each num_speculative_tokens against the same MTP model decoding plainly."""
+    plain = {(r["batch"], r["prompt"]): r for r in decode if r["engine"] == "grpo-mtp-plain"}
+    spec = sorted((r for r in decode if r["engine"].startswith("grpo-spec-")),
+                  key=lambda r: (r["prompt"], r["batch"], int(r["engine"].rsplit("-", 1)[1])))
+    if not plain or not spec:
+        return
+    print()
+    print("Speculative decoding with the MTP module (random weights) against the same model decoding plainly, same run;\n"
+          "tokens per check = 1 + drafts x acceptance")
+    print()
+    print("| batch | context | drafts a step | plain ms/step | speculative ms/step | step cost | acceptance | "
+          "tokens per check | plain tokens/s | speculative tokens/s | speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in spec:
+        p = plain.get((r["batch"], r["prompt"]))
+        if not p:
+            continue
+        k = int(r["engine"].rsplit("-", 1)[1])
+        acc = r.get("draft_acceptance", 0)
+        print(f"| {r['batch']} | {r['prompt']} + {r['new']} | {k} | {p['ms_per_step']:.2f} | {r['ms_per_step']:.2f} | "
+              f"{r['ms_per_step'] / p['ms_per_step']:.2f}x | {acc:.2f} | {1 + k * acc:.2f} | {p['decode_tok_s']:.0f} | "
+              f"{r['decode_tok_s']:.0f} | {r['decode_tok_s'] / p['decode_tok_s']:.2f}x |")
+
+
+speculative()
