@@ -251,9 +251,6 @@ TEST(ExactRolloutCuda, BatchCompositionChangesNothing) {
   expect_batch_invariance(at::Device(at::kCUDA, 0));
 }
 
-// The paged MLA kernel's form: prompts of 3-19 tokens, and of 250-266, whose keys cross the
-// kernel's split at 256 while decoding, among rows of other lengths (the CUDA graphs' padded
-// block tables hold more splits than a row needs).
 // Through CUDA graphs: the check's rows (2 and 4 per sequence) in graph buckets, the MTP module's own graphs.
 TEST(ExactRolloutCuda, SpeculativeDecodingKeepsTheLogprobsExact) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
@@ -261,6 +258,9 @@ TEST(ExactRolloutCuda, SpeculativeDecodingKeepsTheLogprobsExact) {
   expect_speculative_exact(kTinyV3Rank64, at::Device(at::kCUDA, 0));
 }
 
+// The paged MLA kernel's form: prompts of 3-19 tokens, and of 250-266, whose keys cross the
+// kernel's split at 256 while decoding, among rows of other lengths (the CUDA graphs' padded
+// block tables hold more splits than a row needs).
 TEST(ExactRolloutCuda, TensorCoreMlaEqualsTrainingBitForBit) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   expect_exact(kTinyV3Rank64, false, at::Device(at::kCUDA, 0));

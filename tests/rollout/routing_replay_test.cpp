@@ -6,6 +6,7 @@
 
 #include <random>
 
+#include "common/tiny_models.h"
 #include "model/checkpoint.h"
 #include "rollout/engine.h"
 #include "util/error.h"
@@ -37,8 +38,7 @@ struct Rollout {
 // a stop token ends some samples, at a kept draft among others.
 Rollout sample(bool speculative = false) {
   Rollout r;
-  std::string config = kTinyV3;
-  if (speculative) config.replace(config.find("\"num_nextn_predict_layers\": 0"), 29, "\"num_nextn_predict_layers\": 1");
+  const std::string config = speculative ? grpo::testing::with_mtp_modules(kTinyV3, 1) : kTinyV3;
   r.model = std::make_shared<model::CausalLM>(parse_model_config(config, "tiny"));
   model::init_weights(*r.model, 5);
   {
@@ -48,9 +48,11 @@ Rollout sample(bool speculative = false) {
   }
   rollout::EngineOptions eo;
   eo.record_routing = true;
-  eo.speculative_mtp = speculative;
-  eo.num_speculative_tokens = 2;
-  eo.block_size = speculative ? 4 : eo.block_size;
+  if (speculative) {
+    eo.speculative_mtp = true;
+    eo.num_speculative_tokens = 2;
+    eo.block_size = 4;
+  }
   rollout::Engine engine(r.model, nullptr, eo);
   std::mt19937 rng(11);
   std::vector<rollout::Request> reqs;
