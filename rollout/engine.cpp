@@ -1,5 +1,6 @@
 #include "rollout/engine.h"
 
+#include "model/fused_kernels.h"
 #include "rollout/engine_impl.h"
 
 namespace grpo::rollout {
@@ -53,6 +54,7 @@ Engine::Impl::Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* to
   pool = at::zeros({cache_layers, num_blocks * bs, D}, at::TensorOptions().dtype(dtype).device(dev));
   if (opt.record_routing && model->num_moe_layers() == 0) throw Error("rollout engine: record_routing needs a model with MoE layers");
   invariant = model->batch_invariant;
+  fused = opt.fused_kernels && !invariant;
   if (invariant) inv_freq = model::rope_inv_freq(cfg).to(dev);
   use_graphs = opt.cuda_graphs && dev.is_cuda() && num_blocks > 1;
   if (use_graphs && !invariant) {
@@ -433,6 +435,7 @@ std::vector<Completion> Engine::step() {
     impl_->fp8_version = weight_version;
   }
   model::fp8::Scope fp8_scope(impl_->fp8);
+  model::fused::Scope fused_scope(impl_->fused);
   std::vector<Completion> done;
   impl_->admit(done);
   impl_->decode(done);

@@ -58,6 +58,7 @@ struct Engine::Impl {
   // FP8 copies of the weights (EngineOptions::fp8), last filled by a step at weight_version
   // `fp8_version` (none yet: the first step fills them).
   bool fp8 = false;
+  bool fused = true;  // fused kernels in the ordinary forwards (EngineOptions::fused_kernels)
   std::optional<int64_t> fp8_version;
   void refresh_fp8();
   // Speculative decoding with the MTP module (EngineOptions::speculative_mtp). Its cache is layer L

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <limits>
 
+#include "model/fused_kernels.h"
+
 namespace grpo::model {
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
@@ -10,6 +12,8 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
 }
 
 Tensor RMSNormImpl::forward(const Tensor& x) {
+  if (fused::active(x))
+    if (Tensor y = fused::rms_norm(x, weight, eps); y.defined()) return y;
   auto xf = x.to(at::kFloat);
   auto variance = xf.pow(2).mean(-1, /*keepdim=*/true);
   xf = xf * at::rsqrt(variance + eps);
@@ -23,7 +27,12 @@ MLPImpl::MLPImpl(int64_t hidden, int64_t intermediate) {
   down_proj = register_module("down_proj", Linear(intermediate, hidden));
 }
 
-Tensor MLPImpl::forward(const Tensor& x) { return down_proj(at::silu(gate_proj(x)) * up_proj(x)); }
+Tensor MLPImpl::forward(const Tensor& x) {
+  Tensor gate = gate_proj(x), up = up_proj(x);
+  if (fused::active(x))
+    if (Tensor h = fused::swiglu(gate, up); h.defined()) return down_proj(h);
+  return down_proj(at::silu(gate) * up);
+}
 
 // ---------------------------------------------------------------------------------------------
 Tensor rope_inv_freq(const ModelConfig& c) {
@@ -66,6 +75,8 @@ Tensor rope_inv_freq(const ModelConfig& c) {
 }
 
 Tensor apply_rope(const Tensor& x, const RopeTables& rope, bool interleave) {
+  if (fused::active(x))
+    if (Tensor y = fused::rope(x, rope, interleave); y.defined()) return y;
   const int64_t d = x.size(-1);
   Tensor x1, x2;
   if (interleave) {

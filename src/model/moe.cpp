@@ -7,6 +7,7 @@
 #include <limits>
 #include <string>
 
+#include "model/fused_kernels.h"
 #include "util/error.h"
 
 namespace grpo::model {
@@ -96,7 +97,10 @@ Tensor RoutedExpertsImpl::effective_down() const {
 
 // gu (n, 2I): gate columns then up columns -> silu(gate) * up, (n, I).
 Tensor RoutedExpertsImpl::swiglu(const Tensor& gu) const {
-  return at::silu(gu.narrow(-1, 0, intermediate)) * gu.narrow(-1, intermediate, intermediate);
+  Tensor gate = gu.narrow(-1, 0, intermediate), up = gu.narrow(-1, intermediate, intermediate);
+  if (fused::active(gu))
+    if (Tensor h = fused::swiglu(gate, up); h.defined()) return h;
+  return at::silu(gate) * up;
 }
 
 bool RoutedExpertsImpl::use_grouped_mm(const Tensor& x) const {
@@ -117,8 +121,13 @@ Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const 
   Tensor flat = experts.reshape({-1});  // (N*k)
   Tensor order = std::get<1>(flat.sort(/*stable=*/true, 0, false));
   Tensor token = at::div(order, k, "floor");
-  Tensor xs = x.index_select(0, token);                 // (N*k, H), grouped by expert
-  Tensor ys;
+  Tensor ys = products(x.index_select(0, token), counts, Tensor());  // (N*k, H), grouped by expert
+  Tensor ws = weights.reshape({-1}).index_select(0, order).unsqueeze(1);  // fp32
+  ys = (ys * ws).to(x.scalar_type());
+  return at::zeros({N, H}, x.options()).index_add(0, token, ys);
+}
+
+Tensor RoutedExpertsImpl::products(const Tensor& xs, const Tensor& counts, const Tensor& ends_in) const {
   // Adapters act as a low-rank side path, x W^T + scaling (x A^T) B^T, never as a formed W + B A:
   // forming it would write a second copy of every expert weight per forward (and keep one per
   // captured CUDA graph). The grouped path runs the side path as grouped GEMMs in bf16 when the
@@ -126,10 +135,11 @@ Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const 
   const bool lora_gu = gate_up_lora_A.defined() && lora_enabled, lora_down = down_lora_A.defined() && lora_enabled;
   if (fp8_gate_up.defined() && fp8::active()) {
     // The FP8 copies hold the adapters merged.
-    ys = fp8::grouped(swiglu(fp8::grouped(xs, fp8_gate_up, counts)), fp8_down, counts);
-  } else if (use_grouped_mm(x)) {
+    return fp8::grouped(swiglu(fp8::grouped(xs, fp8_gate_up, counts)), fp8_down, counts);
+  }
+  if (use_grouped_mm(xs)) {
     // One grouped GEMM over all experts (CUDA, bf16): no host sync, no per-expert launches.
-    Tensor offsets = counts.cumsum(0).to(at::kInt);
+    Tensor offsets = ends_in.defined() ? ends_in : counts.cumsum(0).to(at::kInt);
     auto aligned = [](const Tensor& a) { return !a.defined() || a.size(1) % 8 == 0; };
     const bool side = aligned(gate_up_lora_A) && aligned(down_lora_A);
     auto product = [&](const Tensor& in, const Tensor& w, bool lora, const Tensor& A, const Tensor& B, double s,
@@ -142,35 +152,31 @@ Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const 
     };
     Tensor gu = product(xs, gate_up_proj, lora_gu, gate_up_lora_A, gate_up_lora_B, gate_up_lora_scaling,
                         lora_gu && !side ? effective_gate_up() : Tensor());  // (N*k, 2I)
-    ys = product(swiglu(gu), down_proj, lora_down, down_lora_A, down_lora_B, down_lora_scaling,
-                 lora_down && !side ? effective_down() : Tensor());  // (N*k, H)
-  } else {
-    // One matmul per expert over its contiguous block. unbind() (not indexing) so that backward
-    // assembles each weight gradient once instead of once per expert. Adapters in fp32, as LinearImpl.
-    Tensor cpu_counts = counts.to(at::kCPU);  // one host sync per layer
-    const int64_t* cnt = cpu_counts.data_ptr<int64_t>();
-    std::vector<Tensor> w_gu = gate_up_proj.unbind(0), w_down = down_proj.unbind(0);
-    std::vector<Tensor> a_gu, b_gu, a_down, b_down;
-    if (lora_gu) a_gu = gate_up_lora_A.unbind(0), b_gu = gate_up_lora_B.unbind(0);
-    if (lora_down) a_down = down_lora_A.unbind(0), b_down = down_lora_B.unbind(0);
-    std::vector<Tensor> outs;
-    int64_t offset = 0;
-    for (int64_t e = 0; e < num_experts; ++e) {
-      if (cnt[e] == 0) continue;
-      Tensor xe = xs.narrow(0, offset, cnt[e]);
-      Tensor gu = at::matmul(xe, w_gu[e].t());  // (n_e, 2I)
-      if (lora_gu) gu = add_low_rank(gu, xe, a_gu[e], b_gu[e], gate_up_lora_scaling);
-      Tensor h = swiglu(gu);
-      Tensor y = at::matmul(h, w_down[e].t());  // (n_e, H)
-      if (lora_down) y = add_low_rank(y, h, a_down[e], b_down[e], down_lora_scaling);
-      outs.push_back(y);
-      offset += cnt[e];
-    }
-    ys = at::cat(outs, 0);
+    return product(swiglu(gu), down_proj, lora_down, down_lora_A, down_lora_B, down_lora_scaling,
+                   lora_down && !side ? effective_down() : Tensor());  // (N*k, H)
   }
-  Tensor ws = weights.reshape({-1}).index_select(0, order).unsqueeze(1);  // fp32
-  ys = (ys * ws).to(x.scalar_type());
-  return at::zeros({N, H}, x.options()).index_add(0, token, ys);
+  // One matmul per expert over its contiguous block. unbind() (not indexing) so that backward
+  // assembles each weight gradient once instead of once per expert. Adapters in fp32, as LinearImpl.
+  Tensor cpu_counts = counts.to(at::kCPU);  // one host sync per layer
+  const int64_t* cnt = cpu_counts.data_ptr<int64_t>();
+  std::vector<Tensor> w_gu = gate_up_proj.unbind(0), w_down = down_proj.unbind(0);
+  std::vector<Tensor> a_gu, b_gu, a_down, b_down;
+  if (lora_gu) a_gu = gate_up_lora_A.unbind(0), b_gu = gate_up_lora_B.unbind(0);
+  if (lora_down) a_down = down_lora_A.unbind(0), b_down = down_lora_B.unbind(0);
+  std::vector<Tensor> outs;
+  int64_t offset = 0;
+  for (int64_t e = 0; e < num_experts; ++e) {
+    if (cnt[e] == 0) continue;
+    Tensor xe = xs.narrow(0, offset, cnt[e]);
+    Tensor gu = at::matmul(xe, w_gu[e].t());  // (n_e, 2I)
+    if (lora_gu) gu = add_low_rank(gu, xe, a_gu[e], b_gu[e], gate_up_lora_scaling);
+    Tensor h = swiglu(gu);
+    Tensor y = at::matmul(h, w_down[e].t());  // (n_e, H)
+    if (lora_down) y = add_low_rank(y, h, a_down[e], b_down[e], down_lora_scaling);
+    outs.push_back(y);
+    offset += cnt[e];
+  }
+  return at::cat(outs, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -185,12 +191,19 @@ MoEImpl::MoEImpl(const ModelConfig& c) {
 Tensor MoEImpl::forward(const Tensor& x, RouterImpl::Routing* routing_out, const Tensor& replay) {
   Tensor flat = x.reshape({-1, x.size(-1)});
   auto routing = gate(flat, replay);
+  if (routing_out) *routing_out = routing;
+  if (fused::active(flat) && experts->use_grouped_mm(flat)) {
+    // Inference on CUDA: the grouping and the weighted sum (with the shared experts) one kernel each.
+    fused::ExpertGroups groups = fused::group_by_expert(routing.experts, experts->num_experts);
+    Tensor ys = experts->products(flat.index_select(0, groups.token), groups.counts, groups.ends);
+    Tensor shared = shared_experts ? shared_experts(x).reshape(flat.sizes()) : Tensor();
+    return fused::combine_experts(ys, groups, routing.weights, shared).view(x.sizes());
+  }
   Tensor load;  // tokens per expert (E)
   {
     at::NoGradGuard no_grad;
     load = RoutedExpertsImpl::count(routing.experts, experts->num_experts);
   }
-  if (routing_out) *routing_out = routing;
   Tensor out = experts(flat, routing.experts, routing.weights, load).view(x.sizes());
   if (shared_experts) out = out + shared_experts(x);
   return out;

@@ -44,6 +44,9 @@ struct RoutedExpertsImpl : torch::nn::Module {
   // grouped GEMM on CUDA in bf16 (no host synchronisation, so CUDA graphs can capture it), a
   // matmul per expert otherwise (GRPO_MOE_LOOP=1 forces the latter, for comparison).
   Tensor forward(const Tensor& x, const Tensor& experts, const Tensor& weights, const Tensor& counts = {});
+  // The experts' MLPs over rows xs (M, H) already grouped by expert, counts (E) rows each; `ends`
+  // (E) int32, the cumulative counts, when the caller has them (else computed) -> (M, H).
+  Tensor products(const Tensor& xs, const Tensor& counts, const Tensor& ends) const;
   // Tokens routed to each of `num_experts` experts, (E) int64; no host synchronisation.
   static Tensor count(const Tensor& experts, int64_t num_experts);
   bool use_grouped_mm(const Tensor& x) const;

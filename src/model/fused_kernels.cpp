@@ -1,0 +1,84 @@
+#include "model/fused_kernels.h"
+
+#include <ATen/core/grad_mode.h>
+
+#include "model/layers.h"
+#include "util/error.h"
+
+#ifdef GRPO_INVARIANT_CUDA
+#include "model/fused_kernels_cuda.h"
+#include "model/invariant_kernels_cuda.h"
+#endif
+
+namespace grpo::model::fused {
+
+namespace {
+thread_local bool g_on = false;
+
+bool float_type(const Tensor& t) {
+  const auto s = t.scalar_type();
+  return s == at::kFloat || s == at::kBFloat16 || s == at::kHalf;
+}
+}  // namespace
+
+Scope::Scope(bool on) : previous_(g_on) { g_on = on; }
+Scope::~Scope() { g_on = previous_; }
+
+bool active(const Tensor& x) {
+#ifdef GRPO_INVARIANT_CUDA
+  return g_on && !at::GradMode::is_enabled() && x.is_cuda();
+#else
+  (void)x;
+  return false;
+#endif
+}
+
+#ifdef GRPO_INVARIANT_CUDA
+
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  if (!float_type(x) || weight.scalar_type() != x.scalar_type() || weight.dim() != 1 || x.dim() == 0 ||
+      weight.size(0) != x.size(-1))
+    return {};
+  return invariant::cuda::rms_norm(x, weight, eps);
+}
+
+Tensor rope(const Tensor& x, const RopeTables& rope, bool interleave) {
+  const Tensor &c = rope.cos, &s = rope.sin;
+  if (x.dim() != 4 || !float_type(x) || x.stride(3) != 1 || x.size(3) % 2 != 0) return {};
+  const int64_t half = x.size(3) / 2;
+  for (const Tensor* t : {&c, &s})
+    if (t->scalar_type() != x.scalar_type() || t->dim() != 4 || t->size(0) != x.size(0) || t->size(1) != x.size(1) ||
+        t->size(2) != 1 || t->size(3) != half || !t->is_contiguous() || t->device() != x.device())
+      return {};
+  return cuda::rope(x, c, s, interleave);
+}
+
+Tensor swiglu(const Tensor& gate, const Tensor& up) {
+  if (!float_type(gate) || up.scalar_type() != gate.scalar_type() || gate.sizes() != up.sizes()) return {};
+  return invariant::cuda::swiglu(gate, up);
+}
+
+ExpertGroups group_by_expert(const Tensor& experts, int64_t num_experts) {
+  if (experts.dim() != 2) throw Error("fused group_by_expert: expected (tokens, k) expert indices");
+  cuda::ExpertGroups g = cuda::group_by_expert(experts, num_experts);
+  return {g.token, g.inverse, g.counts, g.ends};
+}
+
+Tensor combine_experts(const Tensor& y, const ExpertGroups& groups, const Tensor& weights, const Tensor& shared) {
+  if (weights.dim() != 2) throw Error("fused combine_experts: expected (tokens, k) weights");
+  return cuda::combine_experts(y, groups.inverse, weights, weights.size(1), shared);
+}
+
+#else
+
+Tensor rms_norm(const Tensor&, const Tensor&, double) { return {}; }
+Tensor rope(const Tensor&, const RopeTables&, bool) { return {}; }
+Tensor swiglu(const Tensor&, const Tensor&) { return {}; }
+ExpertGroups group_by_expert(const Tensor&, int64_t) { throw Error("fused kernels: built without CUDA"); }
+Tensor combine_experts(const Tensor&, const ExpertGroups&, const Tensor&, const Tensor&) {
+  throw Error("fused kernels: built without CUDA");
+}
+
+#endif
+
+}  // namespace grpo::model::fused

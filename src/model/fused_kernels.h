@@ -1,0 +1,57 @@
+// Fused CUDA kernels for the rollout engine's ordinary (not batch-invariant) forwards.
+//
+// A decode step at small batches is bound by kernel launches, not bytes: an ATen RMSNorm is eight
+// kernels, a RoPE seven, an MoE layer's routing and combination a dozen. These replace each chain
+// with one kernel. They have no backward, so the layers use them only inside a Scope (the rollout
+// engine opens one around its forwards), with gradients off, on CUDA. Training forwards never use
+// them: the policy's own forward and its recomputed log-probs run the same ATen kernels as before.
+//
+// Results: RoPE, SwiGLU and the experts' combination round where the ATen chains round and agree
+// with them to the bit; RMSNorm sums a row's squares in another order (fp32), so it agrees to
+// rounding.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace grpo::model {
+struct RopeTables;
+}
+
+namespace grpo::model::fused {
+
+using at::Tensor;
+
+// Layers use the fused kernels only while a Scope with `on` is alive on this thread.
+class Scope {
+ public:
+  explicit Scope(bool on);
+  ~Scope();
+  Scope(const Scope&) = delete;
+  Scope& operator=(const Scope&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// A Scope is on, gradients are off, x is on CUDA and the kernels were built.
+bool active(const Tensor& x);
+
+// Each returns an undefined tensor where its kernel does not apply (dtype, shape): the caller
+// then runs its ATen form.
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);  // weight * (x / rms(x) in x's dtype)
+Tensor rope(const Tensor& x, const RopeTables& rope, bool interleave);  // as apply_rope
+Tensor swiglu(const Tensor& gate, const Tensor& up);                   // silu(gate) * up
+
+// The routed pairs (N, k) grouped by expert for grouped GEMMs, in pair order within an expert.
+struct ExpertGroups {
+  Tensor token;    // (N k) int64: the token of each grouped row
+  Tensor inverse;  // (N k) int64: the grouped row of each pair
+  Tensor counts;   // (E) int64: rows per expert
+  Tensor ends;     // (E) int32: the end of each expert's rows (the offsets of at::_grouped_mm)
+};
+ExpertGroups group_by_expert(const Tensor& experts, int64_t num_experts);
+// sum over slots j of (y[inverse[n, j]] * weights[n, j]) in x's dtype, plus `shared` (N, H) if
+// defined: the MoE's output, as (y * w).to(dtype) index-added into zeros, then + shared.
+Tensor combine_experts(const Tensor& y, const ExpertGroups& groups, const Tensor& weights, const Tensor& shared);
+
+}  // namespace grpo::model::fused

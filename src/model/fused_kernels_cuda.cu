@@ -1,0 +1,189 @@
+// Fused CUDA kernels of the rollout engine's ordinary forwards (model/fused_kernels_cuda.h).
+//
+// Each replaces a chain of ATen kernels whose launches, not their bytes, cost a decode step its
+// time at small batches. RoPE and the expert combination round exactly where the ATen chain
+// rounds (every product and sum rounded to the tensor's dtype, no fused multiply-add).
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <string>
+#include <type_traits>
+
+#include "model/fused_kernels_cuda.h"
+#include "util/error.h"
+
+namespace grpo::model::fused::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
+
+void check_launch(const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) throw Error(std::string("fused kernel (") + what + "): " + cudaGetErrorString(e));
+}
+
+template <typename scalar_t>
+using device_t = std::conditional_t<std::is_same_v<scalar_t, at::BFloat16>, __nv_bfloat16,
+                                    std::conditional_t<std::is_same_v<scalar_t, at::Half>, __half, scalar_t>>;
+
+// One rounding to T, as ATen rounds a result of T's arithmetic.
+template <typename T>
+__device__ __forceinline__ float rnd(float v) {
+  return (float)(T)v;
+}
+template <>
+__device__ __forceinline__ float rnd<float>(float v) {
+  return v;
+}
+
+// RoPE over x (B, T, heads, d) at strides xs (last stride 1) with tables (B, T, d/2): every
+// product and every sum rounded to T, as ATen's x1 * cos - x2 * sin and x2 * cos + x1 * sin.
+struct RopeShape {
+  int64_t T, heads, half;
+  int64_t xs0, xs1, xs2;
+  bool interleave;
+};
+
+template <typename T>
+__global__ void rope_kernel(const T* __restrict__ x, const T* __restrict__ cos, const T* __restrict__ sin,
+                            T* __restrict__ out, RopeShape s, int64_t n) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;  // over (B, T, heads, half)
+  if (i >= n) return;
+  const int64_t j = i % s.half, h = (i / s.half) % s.heads, bt = i / (s.half * s.heads);
+  const int64_t b = bt / s.T, t = bt % s.T;
+  const T* row = x + b * s.xs0 + t * s.xs1 + h * s.xs2;
+  const float x1 = (float)row[s.interleave ? 2 * j : j], x2 = (float)row[s.interleave ? 2 * j + 1 : j + s.half];
+  const float c = (float)cos[bt * s.half + j], sn = (float)sin[bt * s.half + j];
+  T* o = out + (bt * s.heads + h) * 2 * s.half;
+  o[j] = (T)__fsub_rn(rnd<T>(__fmul_rn(x1, c)), rnd<T>(__fmul_rn(x2, sn)));
+  o[j + s.half] = (T)__fadd_rn(rnd<T>(__fmul_rn(x2, c)), rnd<T>(__fmul_rn(x1, sn)));
+}
+
+// One block per expert e: its row count and the end of its run (the inclusive cumulative count,
+// as grouped GEMMs take it), then its pairs in pair order (a block-wide scan of "pair i is mine",
+// a chunk of blockDim pairs at a time): token[row] = i / k, inverse[i] = row.
+__global__ void group_kernel(const int64_t* __restrict__ experts, int64_t M, int64_t k, int E,
+                             int64_t* __restrict__ token, int64_t* __restrict__ inverse, int64_t* __restrict__ counts,
+                             int32_t* __restrict__ ends) {
+  __shared__ int warp_rows[kThreads / 32];
+  __shared__ unsigned long long sums[2];
+  const int e = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (threadIdx.x == 0) sums[0] = sums[1] = 0;
+  __syncthreads();
+  unsigned long long below = 0, mine = 0;
+  for (int64_t i = threadIdx.x; i < M; i += blockDim.x) {
+    const int64_t x = experts[i];
+    CUDA_KERNEL_ASSERT(x >= 0 && x < E);
+    below += x < e;
+    mine += x == e;
+  }
+  atomicAdd(&sums[0], below);
+  atomicAdd(&sums[1], mine);
+  __syncthreads();
+  const int64_t first = (int64_t)sums[0], count = (int64_t)sums[1];
+  if (threadIdx.x == 0) {
+    counts[e] = count;
+    ends[e] = (int32_t)(first + count);
+  }
+  int64_t placed = 0;
+  for (int64_t chunk = 0; chunk < M && placed < count; chunk += blockDim.x) {
+    const int64_t i = chunk + threadIdx.x;
+    const bool is_mine = i < M && experts[i] == e;
+    const unsigned ballot = __ballot_sync(0xffffffffu, is_mine);
+    if (lane == 0) warp_rows[warp] = __popc(ballot);
+    __syncthreads();
+    int64_t before = 0, total = 0;
+    for (int w = 0; w < kThreads / 32; ++w) {
+      if (w < warp) before += warp_rows[w];
+      total += warp_rows[w];
+    }
+    if (is_mine) {
+      const int64_t row = first + placed + before + __popc(ballot & ((1u << lane) - 1u));
+      token[row] = i / k;
+      inverse[i] = row;
+    }
+    placed += total;
+    __syncthreads();
+  }
+}
+
+// out[n, h] = (((y[inv[n,0]] w[n,0]) + (y[inv[n,1]] w[n,1])) + ...) + shared[n, h]: each weighted
+// part rounded to T as (y * w).to(T), each sum rounded to T as index_add into T does, in pair order.
+template <typename T>
+__global__ void combine_kernel(const T* __restrict__ y, const int64_t* __restrict__ inverse,
+                               const float* __restrict__ weights, const T* __restrict__ shared, T* __restrict__ out,
+                               int64_t N, int64_t k, int64_t H) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= N * H) return;
+  const int64_t n = i / H, h = i % H;
+  float acc = 0.0f;
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t pair = n * k + j;
+    const float part = rnd<T>(__fmul_rn((float)y[inverse[pair] * H + h], weights[pair]));
+    acc = rnd<T>(__fadd_rn(acc, part));
+  }
+  if (shared) acc = __fadd_rn(acc, (float)shared[i]);
+  out[i] = (T)acc;
+}
+
+}  // namespace
+
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool interleave) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t B = x.size(0), T = x.size(1), heads = x.size(2), d = x.size(3);
+  Tensor out = at::empty({B, T, heads, d}, x.options());
+  const int64_t n = B * T * heads * (d / 2);
+  if (n == 0) return out;
+  const RopeShape s{T, heads, d / 2, x.stride(0), x.stride(1), x.stride(2), interleave};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "fused_rope_cuda", [&] {
+    using D = device_t<scalar_t>;
+    rope_kernel<D><<<(unsigned)((n + kThreads - 1) / kThreads), kThreads, 0, stream()>>>(
+        reinterpret_cast<const D*>(x.data_ptr()), reinterpret_cast<const D*>(cos.data_ptr()),
+        reinterpret_cast<const D*>(sin.data_ptr()), reinterpret_cast<D*>(out.data_ptr()), s, n);
+  });
+  check_launch("rope");
+  return out;
+}
+
+ExpertGroups group_by_expert(const Tensor& experts, int64_t num_experts) {
+  const c10::cuda::CUDAGuard guard(experts.device());
+  Tensor flat = experts.to(at::kLong).contiguous().view({-1});
+  const int64_t M = flat.numel();
+  ExpertGroups g;
+  g.token = at::empty({M}, flat.options());
+  g.inverse = at::empty({M}, flat.options());
+  g.counts = at::empty({num_experts}, flat.options());
+  g.ends = at::empty({num_experts}, flat.options().dtype(at::kInt));
+  if (num_experts == 0) return g;
+  group_kernel<<<(unsigned)num_experts, kThreads, 0, stream()>>>(
+      flat.data_ptr<int64_t>(), M, experts.size(-1), (int)num_experts, g.token.data_ptr<int64_t>(),
+      g.inverse.data_ptr<int64_t>(), g.counts.data_ptr<int64_t>(), g.ends.data_ptr<int32_t>());
+  check_launch("group_by_expert");
+  return g;
+}
+
+Tensor combine_experts(const Tensor& y, const Tensor& inverse, const Tensor& weights, int64_t k, const Tensor& shared) {
+  const c10::cuda::CUDAGuard guard(y.device());
+  const Tensor yc = y.contiguous(), w = weights.to(at::kFloat).contiguous(), inv = inverse.contiguous();
+  const int64_t H = yc.size(1), N = k == 0 ? 0 : yc.size(0) / k;
+  Tensor sh = shared.defined() ? shared.reshape({N, H}).contiguous() : Tensor();
+  Tensor out = at::empty({N, H}, yc.options());
+  if (N * H == 0) return sh.defined() ? sh.clone() : out.zero_();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, yc.scalar_type(), "fused_combine_experts_cuda", [&] {
+    using D = device_t<scalar_t>;
+    combine_kernel<D><<<(unsigned)((N * H + kThreads - 1) / kThreads), kThreads, 0, stream()>>>(
+        reinterpret_cast<const D*>(yc.data_ptr()), inv.data_ptr<int64_t>(), w.data_ptr<float>(),
+        sh.defined() ? reinterpret_cast<const D*>(sh.data_ptr()) : nullptr, reinterpret_cast<D*>(out.data_ptr()), N,
+        k, H);
+  });
+  check_launch("combine_experts");
+  return out;
+}
+
+}  // namespace grpo::model::fused::cuda

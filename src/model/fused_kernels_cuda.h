@@ -1,0 +1,24 @@
+// The CUDA side of model/fused_kernels.h (compiled when the CUDA compiler is found). Inputs on one
+// CUDA device; the shapes are checked by the callers in model/fused_kernels.cpp.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace grpo::model::fused::cuda {
+
+using at::Tensor;
+
+// x (B, T, heads, d), last stride 1; cos, sin contiguous (B, T, 1, d / 2) of x's dtype.
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool interleave);
+
+struct ExpertGroups {
+  Tensor token;    // (N k) int64: the token of each grouped row, rows grouped by expert, pair order within
+  Tensor inverse;  // (N k) int64: the grouped row of each (token, slot) pair
+  Tensor counts;   // (E) int64: rows per expert
+  Tensor ends;     // (E) int32: the end of each expert's rows (the grouped GEMMs' offsets)
+};
+ExpertGroups group_by_expert(const Tensor& experts, int64_t num_experts);
+// y (N k, H) grouped rows; weights (N, k) fp32; shared (N, H) or undefined.
+Tensor combine_experts(const Tensor& y, const Tensor& inverse, const Tensor& weights, int64_t k, const Tensor& shared);
+
+}  // namespace grpo::model::fused::cuda

@@ -1,0 +1,149 @@
+// The fused inference kernels (model/fused_kernels.h) against the ATen chains they replace.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "common/tiny_models.h"
+#include "model/fused_kernels.h"
+#include "model/layers.h"
+
+namespace grpo::model {
+namespace {
+
+using at::Tensor;
+
+const at::TensorOptions kCuda = at::TensorOptions().device(at::kCUDA);
+
+float max_rel(const Tensor& a, const Tensor& b) {
+  Tensor d = (a.to(at::kFloat) - b.to(at::kFloat)).abs().max();
+  return (d / b.to(at::kFloat).abs().max().clamp_min(1e-6)).item<float>();
+}
+
+TEST(FusedKernels, OffOutsideAScopeAndOnCpu) {
+  Tensor cpu = at::randn({2, 4});
+  RMSNorm norm(4, 1e-6);
+  at::NoGradGuard g;
+  Tensor want = norm(cpu);
+  EXPECT_FALSE(fused::active(cpu));
+  fused::Scope on(true);
+  EXPECT_FALSE(fused::active(cpu));  // the kernels are CUDA's
+  EXPECT_TRUE(at::equal(norm(cpu), want));
+}
+
+TEST(FusedKernelsCuda, OnlyInsideAScopeWithoutGradients) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  Tensor x = at::ones({2, 4}, kCuda);
+  EXPECT_FALSE(fused::active(x));
+  fused::Scope on(true);
+  EXPECT_FALSE(fused::active(x));  // gradients on: training forwards keep ATen's kernels
+  at::NoGradGuard g;
+  EXPECT_TRUE(fused::active(x));
+  fused::Scope off(false);
+  EXPECT_FALSE(fused::active(x));
+}
+
+// RoPE rounds where ATen's chain rounds: equal to the bit, in fp32 and bf16, both pairings, on a
+// strided view (the queries' rope columns).
+TEST(FusedKernelsCuda, RopeEqualsAtenBitForBit) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  at::manual_seed(0);
+  for (auto dtype : {at::kFloat, at::kBFloat16})
+    for (bool interleave : {true, false}) {
+      const int64_t B = 3, T = 5, heads = 4, d = 16;
+      Tensor q = at::randn({B, T, heads, 24 + d}, kCuda.dtype(dtype)) * 3;
+      Tensor x = q.narrow(-1, 24, d);
+      Tensor angle = at::rand({B, T, 1, d / 2}, kCuda) * 40;
+      RopeTables rope{(angle.cos() * 1.3).to(dtype), (angle.sin() * 1.3).to(dtype)};
+      at::NoGradGuard g;
+      Tensor want = apply_rope(x, rope, interleave);
+      fused::Scope on(true);
+      Tensor got = apply_rope(x, rope, interleave);
+      EXPECT_TRUE(at::equal(got, want)) << "dtype " << dtype << " interleave " << interleave << ": "
+                                        << (got.to(at::kFloat) - want.to(at::kFloat)).abs().max().item<float>();
+      EXPECT_TRUE(at::equal(fused::rope(x, rope, interleave), want));
+      // A table of another shape is not the kernel's: the ATen form runs.
+      RopeTables wide{rope.cos.expand({B, T, heads, d / 2}), rope.sin.expand({B, T, heads, d / 2})};
+      EXPECT_FALSE(fused::rope(x, wide, interleave).defined());
+    }
+}
+
+TEST(FusedKernelsCuda, NormAndSwigluAgreeWithAten) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  at::manual_seed(1);
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    RMSNorm norm(96, 1e-6);
+    MLP mlp(96, 40);
+    norm->to(at::kCUDA, dtype);
+    mlp->to(at::kCUDA, dtype);
+    at::NoGradGuard g;
+    norm->weight.uniform_(0.5, 1.5);
+    for (auto& p : mlp->parameters()) p.uniform_(-0.3, 0.3);
+    Tensor x = at::randn({7, 96}, kCuda.dtype(dtype)) * 4;
+    Tensor want_norm = norm(x), want_mlp = mlp(x);
+    fused::Scope on(true);
+    Tensor got_norm = norm(x), got_mlp = mlp(x);
+    // RMSNorm sums the squares in another order: one rounding of the dtype apart at most.
+    const float tol = dtype == at::kFloat ? 4e-6f : 8e-3f;
+    EXPECT_LT(max_rel(got_norm, want_norm), tol) << dtype;
+    // SwiGLU rounds as ATen does.
+    Tensor gate = at::randn({7, 40}, kCuda.dtype(dtype)) * 3, up = at::randn({7, 40}, kCuda.dtype(dtype));
+    EXPECT_TRUE(at::equal(fused::swiglu(gate, up), at::silu(gate) * up)) << dtype;
+    EXPECT_LT(max_rel(got_mlp, want_mlp), tol) << dtype;
+  }
+}
+
+// The grouping: rows by expert in pair order (a stable sort's), the counts, their running ends,
+// and each pair's row.
+TEST(FusedKernelsCuda, GroupByExpertIsTheStableSort) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  at::manual_seed(2);
+  for (int64_t N : {1, 5, 300, 2000}) {
+    const int64_t E = 64, k = 6;
+    Tensor experts = std::get<1>(at::rand({N, E}, kCuda).topk(k, -1));
+    fused::ExpertGroups g = fused::group_by_expert(experts, E);
+    Tensor order = std::get<1>(experts.reshape({-1}).sort(/*stable=*/true, 0, false));
+    EXPECT_TRUE(at::equal(g.token, at::div(order, k, "floor"))) << N;
+    Tensor counts = at::bincount(experts.reshape({-1}), {}, E);
+    EXPECT_TRUE(at::equal(g.counts, counts)) << N;
+    EXPECT_TRUE(at::equal(g.ends, counts.cumsum(0).to(at::kInt))) << N;
+    EXPECT_TRUE(at::equal(g.inverse.index_select(0, order), at::arange(N * k, kCuda.dtype(at::kLong)))) << N;
+  }
+}
+
+// A whole MoE layer (routing, grouped experts, shared expert) inside and outside a Scope; and the
+// combination against ATen's weighted index_add when the slots' sum has one order (k = 1) and
+// when the slots are added in another order.
+TEST(FusedKernelsCuda, MoeLayerAgreesWithAten) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  auto m = grpo::testing::tiny(grpo::testing::kTinyV3, 1);
+  m->to_device_dtype(at::kCUDA, at::kBFloat16);
+  auto moe = m->model->layers[1]->as<DecoderLayer>()->moe;
+  at::manual_seed(3);
+  at::NoGradGuard g;
+  for (int64_t N : {1, 16, 256}) {
+    Tensor x = at::randn({1, N, 32}, kCuda.dtype(at::kBFloat16));
+    RouterImpl::Routing want_routing, got_routing;
+    Tensor want = moe(x, &want_routing);
+    Tensor got;
+    {
+      fused::Scope on(true);
+      got = moe(x, &got_routing);
+    }
+    EXPECT_TRUE(at::equal(got_routing.experts, want_routing.experts)) << N;
+    // The slots are summed in slot order here and in atomics' order by index_add: a rounding of
+    // bf16 apart at most per sum.
+    EXPECT_LT(max_rel(got, want), 2e-2) << N;
+
+    // One slot: the sum has a single order, so the combination equals ATen's to the bit.
+    Tensor flat = x.view({N, 32});
+    Tensor first = want_routing.experts.narrow(1, 0, 1).contiguous(), w = want_routing.weights.narrow(1, 0, 1).contiguous();
+    Tensor one_aten = moe->experts(flat, first, w);
+    fused::ExpertGroups groups = fused::group_by_expert(first, moe->experts->num_experts);
+    Tensor ys = moe->experts->products(flat.index_select(0, groups.token), groups.counts, groups.ends);
+    EXPECT_TRUE(at::equal(fused::combine_experts(ys, groups, w, {}), one_aten)) << N;
+    Tensor shared = at::randn({N, 32}, kCuda.dtype(at::kBFloat16));
+    EXPECT_TRUE(at::equal(fused::combine_experts(ys, groups, w, shared), one_aten + shared)) << N;
+  }
+}
+
+}  // namespace
+}  // namespace grpo::model
