@@ -60,6 +60,7 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
 
 ExpertGroups group_by_expert(const Tensor& experts, int64_t num_experts) {
   if (experts.dim() != 2) throw Error("fused group_by_expert: expected (tokens, k) expert indices");
+  if (experts.numel() >= ((int64_t)1 << 31)) throw Error("fused group_by_expert: 2^31 routed pairs or more");
   cuda::ExpertGroups g = cuda::group_by_expert(experts, num_experts);
   return {g.token, g.inverse, g.counts, g.ends};
 }

@@ -72,19 +72,24 @@ __global__ void group_kernel(const int64_t* __restrict__ experts, int64_t M, int
                              int64_t* __restrict__ token, int64_t* __restrict__ inverse, int64_t* __restrict__ counts,
                              int32_t* __restrict__ ends) {
   __shared__ int warp_rows[kThreads / 32];
-  __shared__ unsigned long long sums[2];
+  __shared__ unsigned int sums[2];
   const int e = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (threadIdx.x == 0) sums[0] = sums[1] = 0;
   __syncthreads();
-  unsigned long long below = 0, mine = 0;
+  unsigned int below = 0, mine = 0;
   for (int64_t i = threadIdx.x; i < M; i += blockDim.x) {
     const int64_t x = experts[i];
     CUDA_KERNEL_ASSERT(x >= 0 && x < E);
     below += x < e;
     mine += x == e;
   }
-  atomicAdd(&sums[0], below);
-  atomicAdd(&sums[1], mine);
+  // A warp's sums first: one shared atomic per warp, not one per thread.
+  below = __reduce_add_sync(0xffffffffu, below);
+  mine = __reduce_add_sync(0xffffffffu, mine);
+  if (lane == 0) {
+    atomicAdd(&sums[0], below);
+    atomicAdd(&sums[1], mine);
+  }
   __syncthreads();
   const int64_t first = (int64_t)sums[0], count = (int64_t)sums[1];
   if (threadIdx.x == 0) {

@@ -4,12 +4,14 @@
 //   - the 16 queries sit in shared memory; key tiles of 32 rows are copied in with cp.async, two
 //     buffers, so the next tile loads while this one is used;
 //   - scores: warp w computes the 16 x 8 scores of keys 8w..8w+7 over the whole row width
-//     (mma.m16n8k16, bf16 in, fp32 accumulate);
+//     (mma.m16n8k16, bf16 in, fp32 accumulate; fragments by ldmatrix, two independent sums over
+//     alternate 16-column steps so that the products need not wait on each other);
 //   - softmax: running maximum and sum per head in fp32 (base-2 exponentials with the scale
 //     folded in); the tile's weights are rounded to bf16 for the next product, and the sum counts
 //     the rounded weights, so that the weights used are the weights normalised;
 //   - weighted latent: warp w keeps r / 4 output columns in registers, rescaled when a head's
-//     maximum grows, and adds weights (16 x 32) times the tile's latents (32 x r / 4).
+//     maximum grows, and adds weights (16 x 32) times the tile's latents (32 x r / 4), the
+//     latents' fragments read transposed by ldmatrix.
 //   It writes the unnormalised output, the maximum and the sum of its split.
 // Pass 2, one block per (row, head, 128 output columns): combines the splits.
 #include <ATen/ATen.h>
@@ -49,6 +51,25 @@ __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// Fragments straight from shared memory: lane l gives the address of row l % 8 of 8 x 8 matrix
+// l / 8 (16 bytes each); x4 loads four matrices, x2 two, .trans transposes each.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const bf16* p) {
+  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const bf16* p) {
+  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const bf16* p) {
+  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
 // 16 bytes global -> shared, zero-filled when !valid (the source is then not read).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
   const uint32_t s = (uint32_t)__cvta_generic_to_shared(dst);
@@ -62,14 +83,12 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 __device__ __forceinline__ uint32_t load_pair(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
-__device__ __forceinline__ uint32_t pack_pair(bf16 lo, bf16 hi) {
-  return (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
-}
 
 struct Shapes {
   int heads, D, DP, stride;  // row width, padded to 16, shared row stride
   int64_t nblk, block_size, key_start, keys_per_split;
   int splits;
+  bool balanced;  // each row's keys in `splits` even pieces (whole tiles) of its own length
   float scale_log2;
 };
 
@@ -97,11 +116,12 @@ __global__ void __launch_bounds__(kThreads) paged_mla_split_kernel(const bf16* _
   float* alpha_s = l_s + kHeads;
 
   const int split = blockIdx.x, h0 = blockIdx.z * kHeads, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int g = lane / 4, t = lane % 4;
+  const int g = lane / 4, t = lane % 4, mi = lane / 8, ri = lane % 8;
   const int64_t b = blockIdx.y;
   const int64_t len = lens[b];
-  const int64_t begin = max(s.key_start, (int64_t)split * s.keys_per_split);
-  const int64_t end = min(len, (int64_t)(split + 1) * s.keys_per_split);
+  const int64_t per = s.balanced ? ((len + s.splits - 1) / s.splits + kKeys - 1) / kKeys * kKeys : s.keys_per_split;
+  const int64_t begin = max(s.key_start, (int64_t)split * per);
+  const int64_t end = min(len, (int64_t)(split + 1) * per);
   const int64_t* row_table = table + (starts ? starts[b] : b * s.nblk);
   const int chunks = s.D / 8;  // 16-byte pieces of a cache row
 
@@ -151,15 +171,31 @@ __global__ void __launch_bounds__(kThreads) paged_mla_split_kernel(const bf16* _
     __syncthreads();
     const bf16* K = Ks + buf * kKeys * s.stride;
 
-    // Scores of keys 8 * warp .. + 7 for the 16 heads.
-    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    const bf16* krow = K + (warp * 8 + g) * s.stride + 2 * t;
-    for (int k0 = 0; k0 < s.DP; k0 += 16) {
-      const uint32_t a[4] = {load_pair(Qs + g * s.stride + k0 + 2 * t), load_pair(Qs + (g + 8) * s.stride + k0 + 2 * t),
-                             load_pair(Qs + g * s.stride + k0 + 2 * t + 8),
-                             load_pair(Qs + (g + 8) * s.stride + k0 + 2 * t + 8)};
-      const uint32_t bb[2] = {load_pair(krow + k0), load_pair(krow + k0 + 8)};
-      mma_bf16(c, a, bb);
+    // Scores of keys 8 * warp .. + 7 for the 16 heads: fragments by ldmatrix (queries: rows
+    // mi % 2 * 8 + ri, columns mi / 2 * 8 of a 16 x 16 block; keys: key ri, columns mi * 8 of
+    // a 32-column block, two steps' worth), two independent sums over alternate 16-column steps.
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f}, c2[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    {
+      const bf16* qa = Qs + (ri + 8 * (mi & 1)) * s.stride + 8 * (mi >> 1);
+      const bf16* kb = K + (warp * 8 + ri) * s.stride + 8 * mi;
+      int k0 = 0;
+      for (; k0 + 32 <= s.DP; k0 += 32) {
+        uint32_t a[4], a2[4], bb[4];
+        ldmatrix_x4(a, qa + k0);
+        ldmatrix_x4(a2, qa + k0 + 16);
+        ldmatrix_x4(bb, kb + k0);
+        const uint32_t b0[2] = {bb[0], bb[1]}, b1[2] = {bb[2], bb[3]};
+        mma_bf16(c, a, b0);
+        mma_bf16(c2, a2, b1);
+      }
+      if (k0 < s.DP) {  // the last 16 columns
+        uint32_t a[4], bb[2];
+        ldmatrix_x4(a, qa + k0);
+        ldmatrix_x2(bb, kb + k0);
+        mma_bf16(c, a, bb);
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) c[i] += c2[i];
     }
     {
       const int key = warp * 8 + 2 * t;
@@ -217,12 +253,16 @@ __global__ void __launch_bounds__(kThreads) paged_mla_split_kernel(const bf16* _
       const bf16* P = Ps + ks * 16 + 2 * t;
       const uint32_t a[4] = {load_pair(P + g * (kKeys + kPad)), load_pair(P + (g + 8) * (kKeys + kPad)),
                              load_pair(P + g * (kKeys + kPad) + 8), load_pair(P + (g + 8) * (kKeys + kPad) + 8)};
-      const bf16* V = K + (ks * 16 + 2 * t) * s.stride + warp * (R / 4) + g;
+      // Values by ldmatrix.trans: key ks * 16 + mi % 2 * 8 + ri, columns mi / 2 * 8 on: two
+      // 8-column tiles a load.
+      const bf16* V = K + (ks * 16 + ri + 8 * (mi & 1)) * s.stride + warp * (R / 4) + 8 * (mi >> 1);
 #pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        const bf16* v = V + n * 8;
-        const uint32_t bb[2] = {pack_pair(v[0], v[s.stride]), pack_pair(v[8 * s.stride], v[9 * s.stride])};
-        mma_bf16(o[n], a, bb);
+      for (int n = 0; n < NT; n += 2) {
+        uint32_t bb[4];
+        ldmatrix_x4_trans(bb, V + n * 8);
+        const uint32_t b0[2] = {bb[0], bb[1]}, b1[2] = {bb[2], bb[3]};
+        mma_bf16(o[n], a, b0);
+        mma_bf16(o[n + 1], a, b1);
       }
     }
     __syncthreads();  // the buffer is refilled by the next iteration's load
@@ -331,7 +371,7 @@ bool paged_mla_supported(const Tensor& q, const Tensor& cache, int64_t latent_ra
 namespace {
 
 // Runs both passes over rows [0, B) of q, lens and starts (or of the table's rows when starts is
-// null), s.splits splits of s.keys_per_split keys each, into out (B, heads, r).
+// null), s.splits splits (of s.keys_per_split keys each, or even pieces of each row), into out (B, heads, r).
 void run(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens, const int64_t* starts, Shapes s,
          int64_t latent_rank, const Tensor& out) {
   const int64_t B = q.size(0), heads = q.size(1);
@@ -368,6 +408,7 @@ Shapes shapes(const Tensor& q, const Tensor& cache, int64_t block_size, int64_t 
   s.nblk = 0;
   s.block_size = block_size;
   s.key_start = key_start;
+  s.balanced = false;
   s.scale_log2 = (float)(scale * M_LOG2E);
   return s;
 }
@@ -382,15 +423,17 @@ Tensor paged_mla_decode(const Tensor& q, const Tensor& cache, const Tensor& tabl
   const int64_t B = qc.size(0), heads = qc.size(1), nblk = tab.size(1);
   s.nblk = nblk;
   const int head_tiles = (int)((heads + kHeads - 1) / kHeads);
-  // Enough blocks for two rounds over the multiprocessors, but at least two tiles per split.
+  // Splits: as many as keep every block of the step resident at once (two blocks fit a
+  // multiprocessor), at most one per two tiles of the table. Each row's keys are split evenly by
+  // its own length (the kernel reads it), not by the table's capacity, which CUDA graphs round up.
   if (nblk * block_size >= (int64_t)1 << 31) throw Error("paged MLA decode: more than 2^31 key positions");
   const int64_t max_keys = nblk * block_size;
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t want = std::max<int64_t>(1, (2 * sms + B * head_tiles - 1) / (B * head_tiles));
+  const int64_t want = std::max<int64_t>(1, 2 * sms / (B * head_tiles));
   const int64_t most = std::max<int64_t>(1, (max_keys + 2 * kKeys - 1) / (2 * kKeys));
-  const int64_t splits = std::min({want, most, (int64_t)kMaxSplits});
-  s.keys_per_split = ((max_keys + splits - 1) / splits + kKeys - 1) / kKeys * kKeys;
-  s.splits = (int)((max_keys + s.keys_per_split - 1) / s.keys_per_split);
+  s.splits = (int)std::min({want, most, (int64_t)kMaxSplits});
+  s.balanced = true;
+  s.keys_per_split = 0;
   Tensor out = at::empty({B, heads, latent_rank}, qc.options());
   run(qc, cache, tab, ln, nullptr, s, latent_rank, out);
   return out;
