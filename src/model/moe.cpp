@@ -20,7 +20,7 @@ RouterImpl::RouterImpl(const ModelConfig& c) : config(c) {
 
 RouterImpl::Routing RouterImpl::forward(const Tensor& x, const Tensor& replay) {
   const ModelConfig& c = config;
-  const int64_t N = x.size(0), E = c.n_routed_experts, k = c.num_experts_per_tok;
+  const int64_t N = x.size(0), k = c.num_experts_per_tok;
   // Gate logits in fp32 whatever the model dtype.
   Tensor logits = at::linear(x.to(at::kFloat), weight.to(at::kFloat));
   Tensor scores = c.scoring_func == ScoringFunc::Softmax ? logits.softmax(-1) : logits.sigmoid();
