@@ -11,11 +11,12 @@
   master weights) 2 ranks again equal 1 rank, within 1e-6, and a killed zero_stage 2 bf16 job
   resumes to the same weights;
 - dapo with dynamic sampling on 2 ranks keeps the same groups per step and ends at the same
-  weights as 1 rank (within 1e-5: the ranks' mini-batches differ from the single rank's; refills
-  happen);
+  weights as 1 rank (within 1e-4: the ranks' mini-batches differ from the single rank's, so
+  rounding differs; refills happen);
 - a recipe of stages (sft, rejection sampling, sft on its data, reward model, grpo) on 2 ranks
   with half the per-device batch gives each stage the 1-rank result (weights within 1e-6, the
-  same rejection-sampling data);
+  same rejection-sampling data; the grpo stage within 1e-4, as it starts from the rounding
+  differences of the stages before);
 - the gradient exchange overlapped with the backward pass (the default) in small buckets, and not
   overlapped, gives the same weights (perf/grad_comm_overlap: most bytes leave during backward);
 - a zero_stage 2 checkpoint is refused by a job with another zero_stage, naming both;
@@ -182,9 +183,10 @@ m2 = [m for m in metrics(two + "/metrics.jsonl") if "loss" in m]
 shape = lambda ms: [(m["gen_batches"], m["kept_groups"]) for m in ms]
 refilled = any(g > 1 for g, _ in shape(m1))
 # The kept groups split unevenly over the ranks, so their mini-batches are not the single rank's:
-# rounding differs, and AdamW's normalised step turns that into up to ~1e-6 on tensors whose
-# gradient is near zero. A wrong choice of groups moves weights by ~lr (1e-3).
-check(d <= 1e-5 and moved > 1e-4 and shape(m1) == shape(m2) and refilled,
+# rounding differs, and AdamW's normalised step turns that into more on tensors whose gradient is
+# near zero: up to ~1e-6 on a Xeon, 1.7e-5 on an AMD EPYC, whose matrix products round differently
+# with the row count. A wrong choice of groups moves weights by ~lr (1e-3).
+check(d <= 1e-4 and moved > 1e-4 and shape(m1) == shape(m2) and refilled,
       f"dynamic sampling on 2 ranks: max |weight diff| {d:.2e} against 1 rank (moved {moved:.2e}); (rollout batches, "
       f"kept groups) per step {shape(m2)} vs 1 rank {shape(m1)}")
 
@@ -269,8 +271,11 @@ for s1, s2 in zip(p1["stages"], p2["stages"]):
     w1, w2 = weights(s1["output"]), weights(s2["output"])
     diffs[s1["name"]] = max_diff(w1, w2) if w1.keys() == w2.keys() else float("inf")
 kept = json.load(open(os.path.join(two, "rs", "stats.json")))["kept"]
+# The grpo stage starts from the distill stage's weights, equal to rounding (up to 2e-7 on an AMD
+# EPYC), which AdamW's normalised steps grow as above (1.4e-5 there); wrong samples would move
+# weights by ~lr (1e-3).
 check(done and diffs.get("rs") == "same data" and kept > 0 and
-      all(isinstance(v, str) or v <= 1e-6 for v in diffs.values()),
+      all(isinstance(v, str) or v <= (1e-4 if k == "rl" else 1e-6) for k, v in diffs.items()),
       f"sft, rejection_sampling, sft, reward_model, grpo on 2 ranks vs 1 rank (pipeline.json all done: {done}; "
       f"{kept} samples kept): max |weight diff| per stage "
       + ", ".join(f"{k} {v if isinstance(v, str) else f'{v:.1e}'}" for k, v in diffs.items()))
