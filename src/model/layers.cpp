@@ -28,10 +28,12 @@ MLPImpl::MLPImpl(int64_t hidden, int64_t intermediate) {
 }
 
 Tensor MLPImpl::forward(const Tensor& x) {
-  Tensor gate = gate_proj(x), up = up_proj(x);
-  if (fused::active(x))
+  if (fused::active(x)) {
+    Tensor gate = gate_proj(x), up = up_proj(x);
     if (Tensor h = fused::swiglu(gate, up); h.defined()) return down_proj(h);
-  return down_proj(at::silu(gate) * up);
+    return down_proj(at::silu(gate) * up);
+  }
+  return down_proj(at::silu(gate_proj(x)) * up_proj(x));
 }
 
 // ---------------------------------------------------------------------------------------------

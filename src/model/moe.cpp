@@ -97,10 +97,10 @@ Tensor RoutedExpertsImpl::effective_down() const {
 
 // gu (n, 2I): gate columns then up columns -> silu(gate) * up, (n, I).
 Tensor RoutedExpertsImpl::swiglu(const Tensor& gu) const {
-  Tensor gate = gu.narrow(-1, 0, intermediate), up = gu.narrow(-1, intermediate, intermediate);
   if (fused::active(gu))
-    if (Tensor h = fused::swiglu(gate, up); h.defined()) return h;
-  return at::silu(gate) * up;
+    if (Tensor h = fused::swiglu(gu.narrow(-1, 0, intermediate), gu.narrow(-1, intermediate, intermediate)); h.defined())
+      return h;
+  return at::silu(gu.narrow(-1, 0, intermediate)) * gu.narrow(-1, intermediate, intermediate);
 }
 
 bool RoutedExpertsImpl::use_grouped_mm(const Tensor& x) const {
