@@ -3,6 +3,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "rollout/upload.h"
+
 namespace grpo::rollout {
 
 DecodeGraphs::DecodeGraphs(Forward forward, int32_t dummy_block, int64_t block_size, at::Device device)
@@ -47,9 +49,10 @@ DecodeGraphs::Graph& DecodeGraphs::graph_for(int64_t Bb, int64_t nb) {
   return *g;
 }
 
-at::Tensor DecodeGraphs::run(const at::Tensor& packed, int64_t Bb, int64_t nb, int64_t B) {
+at::Tensor DecodeGraphs::run(const at::Tensor& packed, int64_t Bb, int64_t nb, int64_t B, const Fill& fill) {
   Graph& g = graph_for(Bb, nb);
-  g.packed.copy_(packed);
+  upload_into(g.packed, packed);
+  if (fill) fill(g.packed);
   g.graph.replay();
   return g.logits.narrow(0, 0, B);
 }

@@ -25,7 +25,10 @@ class DecodeGraphs {
   // Rows [from, Bb) of a packed input for (Bb, nb) set to padding rows.
   void pad_rows(std::vector<int64_t>& packed, int64_t Bb, int64_t nb, int64_t from) const;
   // Replays the graph for (Bb, nb) on `packed` (host, Bb rows) and returns the first B rows' logits.
-  at::Tensor run(const at::Tensor& packed, int64_t Bb, int64_t nb, int64_t B);
+  // `fill`, when given, writes inputs already on the device into the graph's static input after
+  // the host ones (the speculative step's drafts), so that the host never waits for them.
+  using Fill = std::function<void(const at::Tensor& packed)>;
+  at::Tensor run(const at::Tensor& packed, int64_t Bb, int64_t nb, int64_t B, const Fill& fill = {});
 
  private:
   struct Graph {

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <ATen/ops/searchsorted.h>
 
+#include "rollout/upload.h"
+
 namespace grpo::rollout {
 
 using at::Tensor;
@@ -53,7 +55,7 @@ std::pair<Tensor, Tensor> sample_tokens(const Tensor& logits, const std::vector<
     packed[2 * B + b] = top_p[b];
     packed[3 * B + b] = uniform[b];
   }
-  Tensor settings = at::from_blob(packed.data(), {4, B, 1}, f32).to(dev);
+  Tensor settings = upload(at::from_blob(packed.data(), {4, B, 1}, f32), dev);
   Tensor temp = settings[0], kk = settings[1], pp = settings[2], u = settings[3];
 
   Tensor logp = logits.log_softmax(-1);
@@ -75,7 +77,7 @@ std::pair<Tensor, Tensor> sample_tokens(const Tensor& logits, const std::vector<
   if (any_greedy) {
     std::vector<uint8_t> g(B);
     for (int64_t b = 0; b < B; ++b) g[b] = temperature[b] == 0;
-    Tensor greedy = at::from_blob(g.data(), {B, 1}, at::TensorOptions().dtype(at::kBool)).to(dev);
+    Tensor greedy = upload(at::from_blob(g.data(), {B, 1}, at::TensorOptions().dtype(at::kBool)), dev);
     token = at::where(greedy, logits.argmax(-1, true), token);
   }
   Tensor lp = logp.gather(1, token);

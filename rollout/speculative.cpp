@@ -4,6 +4,7 @@
 #include <ATen/ops/searchsorted.h>
 
 #include "rollout/sampling.h"
+#include "rollout/upload.h"
 
 namespace grpo::rollout {
 
@@ -22,7 +23,7 @@ Tensor sampling_probs(const Tensor& logits, const std::vector<float>& temperatur
     packed[2 * B + b] = top_p[b];
     packed[3 * B + b] = greedy ? 1.0f : 0.0f;
   }
-  Tensor settings = at::from_blob(packed.data(), {4, B, 1}, f32).to(dev);
+  Tensor settings = upload(at::from_blob(packed.data(), {4, B, 1}, f32), dev);
   Tensor temp = settings[0], kk = settings[1], pp = settings[2], greedy = settings[3].to(at::kBool);
   Tensor probs = (logits / temp).softmax(-1);
   Tensor onehot = at::zeros_like(probs).scatter_(1, logits.argmax(-1, true), 1.0);

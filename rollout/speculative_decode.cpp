@@ -1,6 +1,7 @@
 // Speculative decoding with the MTP module as the draft (EngineOptions::speculative_mtp): the
 // module's prompt rows, its decode forward, and the engine's draft-then-check step.
 #include "rollout/engine_impl.h"
+#include "rollout/upload.h"
 
 namespace grpo::rollout {
 
@@ -51,6 +52,9 @@ Tensor Engine::Impl::mtp_forward(const Tensor& packed, int64_t R, int64_t nblk, 
 // Draft i (0-based) decides completion index j + i and takes its uniforms there (streams 1-3); the
 // token after all k takes stream 0's at j + k. A step that ends earlier leaves the later indices'
 // numbers unused by anything it kept, so the next step may draw them anew.
+// The drafts never leave the device: the host lays out every row's position, slot and table, the
+// drafts' tokens are written into the forwards' inputs on the device, every input goes up from
+// pinned memory, and the host waits once, for the step's result.
 void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
   auto t0 = std::chrono::steady_clock::now();
   const int64_t k = opt.num_speculative_tokens, K = k + 1;
@@ -85,13 +89,12 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
     }
     u_bonus[b] = stream_uniform(0, p.seed, pi, s.sample, j + k);
   }
-  auto device_floats = [&](const std::vector<float>& v) { return at::tensor(v, at::kFloat).to(dev); };
+  auto device_floats = [&](const std::vector<float>& v) { return upload(v, at::kFloat, dev); };
 
   // 1. The drafts. `mp` packs the module's rows as decode_forward's input: the row of position i
   // (a hidden state at i, the token at i + 1) writes the module's slot of i + 1 and reads i + 2 slots.
-  std::vector<Tensor> q(k), draft(k);
-  std::vector<std::vector<int64_t>> d(k);  // the drafts on the host, [i][b]
-  Tensor stand_in;                         // (B, H): the module's output at each sequence's last row
+  std::vector<Tensor> q(k), draft(k);  // draft[i]: (B) int64 on the device
+  Tensor stand_in;                     // (B, H): the module's output at each sequence's last row
   for (int64_t i = 0; i < k; ++i) {
     std::vector<std::pair<int64_t, int64_t>> mtp_rows;  // (sequence, position)
     std::vector<int64_t> tokens, last_rows;
@@ -105,9 +108,9 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
           mtp_rows.emplace_back(b, pd.first_position + (int64_t)r);
           tokens.push_back(pd.tokens[r]);
         }
-      } else {  // the last draft at n + i, after the module's own row at n + i - 1
+      } else {  // the last draft at n + i, after the module's own row at n + i - 1 (row b; its token on the device)
         mtp_rows.emplace_back(b, s->position() + i - 1);
-        tokens.push_back(d[i - 1][b]);
+        tokens.push_back(0);
       }
       last_rows.push_back((int64_t)mtp_rows.size() - 1);
     }
@@ -129,18 +132,20 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
       mp[3 * Rm + r] = pos + 2;
       for (size_t t = 0; t < s.table.size(); ++t) mp[4 * Rm + r * nb + t] = s.table[t];
     }
+    DecodeGraphs::Fill fill;  // the previous draft as the tokens of rows 0 .. B - 1
+    if (i > 0) fill = [&](const Tensor& packed) { packed.narrow(0, 0, B).copy_(draft[i - 1]); };
     Tensor out;
     if (use_graphs) {
       mtp_hidden.narrow(0, 0, R).copy_(h_in);
-      out = mtp_graphs->run(at::from_blob(mp.data(), {(int64_t)mp.size()}, at::kLong), Rm, nb, R);
+      out = mtp_graphs->run(at::from_blob(mp.data(), {(int64_t)mp.size()}, at::kLong), Rm, nb, R, fill);
     } else {
-      out = mtp_forward(at::tensor(mp, at::kLong).to(dev), R, nb, h_in);
+      Tensor in = upload(mp, at::kLong, dev);
+      if (fill) fill(in);
+      out = mtp_forward(in, R, nb, h_in);
     }
-    Tensor last = out.index_select(0, at::tensor(last_rows, at::kLong).to(dev));  // a copy, past the next replay
+    Tensor last = out.index_select(0, upload(last_rows, at::kLong, dev));  // a copy, past the next replay
     q[i] = sampling_probs(last.narrow(1, 0, V), temp, topk, topp);
     draft[i] = sample_from(q[i], device_floats(u_draft[i]));
-    Tensor host = draft[i].to(at::kCPU);
-    d[i].assign(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + B);
     if (i + 1 < k) stand_in = last.narrow(1, V, H).to(model->dtype());
   }
 
@@ -154,7 +159,7 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
     const int64_t n = s.position();
     for (int64_t i = 0; i < K; ++i) {
       const int64_t row = K * b + i;
-      host[row] = i == 0 ? s.tokens.back() : d[i - 1][b];
+      host[row] = i == 0 ? s.tokens.back() : 0;  // the drafts' tokens come on the device
       host[Rp + row] = n + i;
       host[2 * Rp + row] = slot(s, n + i);
       host[3 * Rp + row] = n + i + 1;
@@ -162,9 +167,17 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
     }
   }
   Tensor host_t = at::from_blob(host.data(), {(int64_t)host.size()}, at::TensorOptions().dtype(at::kLong));
-  Tensor out = use_graphs   ? graphs->run(host_t, Rp, nb, rows)
-               : invariant ? decode_invariant(host_t.to(dev), rows, nb)
-                           : decode_forward(host_t.to(dev), rows, nb);
+  // Rows K b + 1 .. K b + k: the drafts d_1 .. d_k.
+  const Tensor drafts = at::stack(draft, 1);  // (B, k)
+  auto fill = [&](const Tensor& packed) { packed.narrow(0, 0, rows).view({B, K}).narrow(1, 1, k).copy_(drafts); };
+  Tensor out;
+  if (use_graphs) {
+    out = graphs->run(host_t, Rp, nb, rows, fill);
+  } else {
+    Tensor in = upload(host_t, dev);
+    fill(in);
+    out = invariant ? decode_invariant(in, rows, nb) : decode_forward(in, rows, nb);
+  }
   // Columns: logits (V), with record_routing each MoE layer's experts, then the hidden state (H).
   Tensor logits = out.narrow(1, 0, V).contiguous();  // (K B, V), sequence-major
   // A copy: with graphs `out` is the graph's static output, which the next replay overwrites.
