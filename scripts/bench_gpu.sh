@@ -5,7 +5,8 @@
 # DeepSeek-V2-Lite shape (random weights, bf16, GRPO_BENCH_LAYERS layers, default 12 of 27) with
 # transformers in the same run as the baseline, and prints one table (bench-out/gpu/table.md).
 #   scripts/bench_gpu.sh
-# Decode runs four ways per context: paged MLA kernel, gathered attention, FP8 weights, exact_rollout.
+# Decode runs four ways per context: paged MLA kernel, gathered attention, FP8 weights, exact_rollout;
+# and at 1,024 tokens of prompt with ATen's kernel chains instead of the fused kernels.
 # Environment: BUILD (build dir, default build-gpu), CMAKE_ARGS (extra configure arguments),
 # PROMPTS (decode contexts, default 128,1024,2048), BATCHES (default 1,128,256), NEW (128);
 # SPEC_DRAFTS (say 1,2,3; default none): also speculative decoding with an MTP module at each of
@@ -58,6 +59,9 @@ for p in "${prompts[@]}"; do
   "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
     --prompt-len "$p" --new-tokens "${NEW:-128}" --nocache-batches "" --exact --label grpo-exact | tee -a "$log"
 done
+# ATen's kernel chains instead of the fused RMSNorm, RoPE, SwiGLU and MoE kernels: their baseline.
+"$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
+  --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" --no-fused-kernels --label grpo-unfused | tee -a "$log"
 if [ -n "${SPEC_DRAFTS:-}" ]; then
   # The same shape plus one MTP module (random weights: the acceptance says little, the step cost much).
   "$py" - "$work/config.json" "$work/config_mtp.json" <<'PY'

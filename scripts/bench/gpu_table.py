@@ -75,6 +75,12 @@ compare("grpo-exact", "Decode with exact_rollout (the batch-invariant forward, C
         lambda r, e: [f"{r['ms_per_step']:.2f}", f"{e['ms_per_step']:.2f}", f"{e['ms_per_step'] / r['ms_per_step']:.2f}x",
                       f"{e['decode_tok_s']:.0f}", drift(r), drift(e)])
 
+compare("grpo-unfused", "Decode with the fused kernels (RMSNorm, RoPE, SwiGLU, the MoE's grouping and weighted sum) against ATen's\n"
+        "kernel chains in the same run",
+        ["fused ms/step", "ATen chains ms/step", "speed-up", "fused roofline", "ATen chains roofline"],
+        lambda r, u: [f"{r['ms_per_step']:.2f}", f"{u['ms_per_step']:.2f}", f"{u['ms_per_step'] / r['ms_per_step']:.2f}x",
+                      f"{100 * r['roofline']:.1f}%", f"{100 * u['roofline']:.1f}%"])
+
 
 def speculative():
     """Speculative decoding at each num_speculative_tokens against the same MTP model decoding plainly."""
