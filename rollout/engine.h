@@ -75,9 +75,9 @@ struct EngineOptions {
   // FP8 kernels on Hopper GPUs with a bf16 model; on CPU an emulation of the same arithmetic (for
   // tests). Not with the batch-invariant forward.
   bool fp8 = false;
-  // On CUDA, the ordinary forward's RMSNorm, RoPE, SwiGLU and the MoE's grouping and weighted sum run as one
-  // fused kernel each (model/fused_kernels.h) instead of chains of ATen kernels: fewer launches
-  // per decode step. Off gives the ATen kernels training runs (for comparison). The batch-invariant
+  // On CUDA, the ordinary forward's RMSNorm, RoPE, SwiGLU and the MoE's grouping and weighted
+  // sum run as one fused kernel each (model/fused_kernels.h) instead of chains of ATen kernels:
+  // fewer launches per decode step. Off gives the ATen kernels training runs (for comparison). The batch-invariant
   // forward has its own kernels and ignores this.
   bool fused_kernels = true;
 };

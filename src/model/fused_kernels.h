@@ -1,8 +1,8 @@
 // Fused CUDA kernels for the rollout engine's ordinary (not batch-invariant) forwards.
 //
 // A decode step at small batches is bound by kernel launches, not bytes: an ATen RMSNorm is eight
-// kernels, a RoPE seven, an MoE layer's grouping of tokens by expert and weighted sum a dozen. These replace each chain
-// with one kernel. They have no backward, so the layers use them only inside a Scope (the rollout
+// kernels, a RoPE seven, an MoE layer's grouping of tokens by expert and weighted sum a dozen.
+// These replace each chain with one kernel. They have no backward, so the layers use them only inside a Scope (the rollout
 // engine opens one around its forwards), with gradients off, on CUDA. Training forwards never use
 // them: the policy's own forward and its recomputed log-probs run the same ATen kernels as before.
 //
