@@ -33,8 +33,9 @@ inline at::Tensor upload(const at::Tensor& host, at::Device device) {
 
 template <typename T>
 at::Tensor upload(const std::vector<T>& values, at::ScalarType dtype, at::Device device) {
-  return upload(at::from_blob(const_cast<T*>(values.data()), {(int64_t)values.size()}, at::TensorOptions().dtype(dtype)),
-                device);
+  const at::Tensor host =
+      at::from_blob(const_cast<T*>(values.data()), {(int64_t)values.size()}, at::TensorOptions().dtype(dtype));
+  return upload(host, device);
 }
 
 }  // namespace grpo::rollout

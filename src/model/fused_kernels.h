@@ -2,9 +2,10 @@
 //
 // A decode step at small batches is bound by kernel launches, not bytes: an ATen RMSNorm is eight
 // kernels, a RoPE seven, an MoE layer's grouping of tokens by expert and weighted sum a dozen.
-// These replace each chain with one kernel. They have no backward, so the layers use them only inside a Scope (the rollout
-// engine opens one around its forwards), with gradients off, on CUDA. Training forwards never use
-// them: the policy's own forward and its recomputed log-probs run the same ATen kernels as before.
+// These replace each chain with one kernel. They have no backward, so the layers use them only
+// inside a Scope (the rollout engine opens one around its forwards), with gradients off, on CUDA.
+// Training forwards never use them: the policy's own forward and its recomputed log-probs run the
+// same ATen kernels as before.
 //
 // Results: RoPE, SwiGLU and the experts' combination round where the ATen chains round and agree
 // with them to the bit; RMSNorm sums a row's squares in another order (fp32), so it agrees to

@@ -135,7 +135,8 @@ TEST(FusedKernelsCuda, MoeLayerAgreesWithAten) {
 
     // One slot: the sum has a single order, so the combination equals ATen's to the bit.
     Tensor flat = x.view({N, 32});
-    Tensor first = want_routing.experts.narrow(1, 0, 1).contiguous(), w = want_routing.weights.narrow(1, 0, 1).contiguous();
+    Tensor first = want_routing.experts.narrow(1, 0, 1).contiguous();
+    Tensor w = want_routing.weights.narrow(1, 0, 1).contiguous();
     Tensor one_aten = moe->experts(flat, first, w);
     fused::ExpertGroups groups = fused::group_by_expert(first, moe->experts->num_experts);
     Tensor ys = moe->experts->products(flat.index_select(0, groups.token), groups.counts, groups.ends);
