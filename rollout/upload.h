@@ -23,9 +23,9 @@ inline void upload_into(const at::Tensor& dst, const at::Tensor& host) {
   dst.copy_(pinned, /*non_blocking=*/true);
 }
 
-// `host` (CPU) on `device`, as upload_into.
+// `host` (CPU) on `device`, as upload_into: a copy on any device, never `host` itself.
 inline at::Tensor upload(const at::Tensor& host, at::Device device) {
-  if (!device.is_cuda()) return host.to(device);
+  if (!device.is_cuda()) return host.to(device, /*non_blocking=*/false, /*copy=*/true);
   at::Tensor out = at::empty(host.sizes(), host.options().device(device));
   upload_into(out, host);
   return out;
