@@ -3,17 +3,10 @@
 // Each replaces a chain of ATen kernels whose launches, not their bytes, cost a decode step its
 // time at small batches. RoPE and the expert combination round exactly where the ATen chain
 // rounds (every product and sum rounded to the tensor's dtype, no fused multiply-add).
-#include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
-#include <string>
-#include <type_traits>
-
+#include "model/cuda_launch.h"
 #include "model/fused_kernels_cuda.h"
-#include "util/error.h"
 
 namespace grpo::model::fused::cuda {
 
@@ -21,16 +14,9 @@ namespace {
 
 constexpr int kThreads = 256;
 
-cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
-
-void check_launch(const char* what) {
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) throw Error(std::string("fused kernel (") + what + "): " + cudaGetErrorString(e));
-}
-
-template <typename scalar_t>
-using device_t = std::conditional_t<std::is_same_v<scalar_t, at::BFloat16>, __nv_bfloat16,
-                                    std::conditional_t<std::is_same_v<scalar_t, at::Half>, __half, scalar_t>>;
+using cuda_launch::device_t;
+using cuda_launch::stream;
+void check_launch(const char* what) { cuda_launch::check("fused kernel", what); }
 
 // One rounding to T, as ATen rounds a result of T's arithmetic.
 template <typename T>

@@ -25,6 +25,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "model/cuda_launch.h"
 #include "model/invariant_kernels_cuda.h"
 #include "util/error.h"
 
@@ -444,12 +445,8 @@ __global__ void sum_parts_kernel(const T* __restrict__ parts, T* __restrict__ ou
   out[i] = acc;
 }
 
-cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
-
-void check_launch(const char* what) {
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) throw Error(std::string("batch-invariant CUDA kernel ") + what + ": " + cudaGetErrorString(e));
-}
+using cuda_launch::stream;
+void check_launch(const char* what) { cuda_launch::check("batch-invariant CUDA kernel", what); }
 
 Tensor gemm(const Tensor& x, const Tensor& w, int64_t M, int64_t N, int64_t K, const Tensor& tiles, int64_t num_tiles,
             std::optional<at::ScalarType> round_to) {
@@ -557,10 +554,7 @@ Tensor row_sum(const Tensor& x) { return rows(x, 3, 0); }
 Tensor silu(const Tensor& x) { return elementwise(x, 0); }
 Tensor sigmoid(const Tensor& x) { return elementwise(x, 1); }
 
-// CUDA's own types for ATen's floating types.
-template <typename scalar_t>
-using device_t = std::conditional_t<std::is_same_v<scalar_t, at::BFloat16>, __nv_bfloat16,
-                                    std::conditional_t<std::is_same_v<scalar_t, at::Half>, __half, scalar_t>>;
+using cuda_launch::device_t;
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   const c10::cuda::CUDAGuard guard(x.device());

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <string>
 
+#include "model/cuda_launch.h"
 #include "model/paged_mla_cuda.h"
 #include "util/error.h"
 
@@ -338,10 +339,7 @@ __global__ void __launch_bounds__(kThreads) paged_mla_combine_kernel(const float
   out[(b * heads + h) * R + col] = __float2bfloat16(acc * inv);
 }
 
-void check_launch(const char* what) {
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) throw Error(std::string("paged MLA decode kernel (") + what + "): " + cudaGetErrorString(e));
-}
+void check_launch(const char* what) { cuda_launch::check("paged MLA decode kernel", what); }
 
 template <int R>
 void launch(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens, const int64_t* starts, Shapes s,
