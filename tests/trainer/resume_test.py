@@ -11,6 +11,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_helpers import metrics  # noqa: E402
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--grpo", required=True)
 ap.add_argument("--source", required=True)
@@ -193,15 +196,15 @@ for name, extra in (("tokens", "max_tokens_per_mini_batch: 40\n"), ("checkpointi
 
 cut = os.path.join(a.workdir, "cut")
 p = subprocess.Popen([a.grpo, "train", recipe, "--output", cut], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-metrics = os.path.join(cut, "metrics.jsonl")
+metrics_path = os.path.join(cut, "metrics.jsonl")
 deadline = time.time() + 120
 while time.time() < deadline:
-    if os.path.exists(metrics) and any(json.loads(l).get("step", 0) >= 8 for l in open(metrics) if l.strip()):
+    if any(m.get("step", 0) >= 8 for m in metrics(metrics_path)):
         break
     time.sleep(0.01)
 p.send_signal(signal.SIGKILL)
 p.wait()
-killed_at = max(json.loads(l)["step"] for l in open(metrics) if l.strip())
+killed_at = max(m["step"] for m in metrics(metrics_path))
 latest = open(os.path.join(cut, "latest")).read().strip()
 r = subprocess.run([a.grpo, "train", recipe, "--output", cut, "--resume"], capture_output=True, text=True)
 if r.returncode != 0:

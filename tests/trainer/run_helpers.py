@@ -50,7 +50,10 @@ def train(grpo, recipe, out, *extra):
 
 
 def metrics(path):
-    return [json.loads(l) for l in open(path) if l.strip()]
+    """The lines of a metrics.jsonl the trainer has finished writing. While it runs, or after it was
+    killed, the last line may be cut part-way (the trainer drops such a line when it resumes)."""
+    text = open(path).read() if os.path.exists(path) else ""
+    return [json.loads(l) for l in text.split("\n")[:-1] if l.strip()]
 
 
 def tensors(path):
