@@ -20,8 +20,6 @@ namespace grpo::model::fp8 {
 
 namespace {
 
-thread_local bool g_active = false;
-
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // s = amax / 448, and 1 where the group is all zeros (its values quantize to 0 whatever s is). A
@@ -195,9 +193,6 @@ Tensor grouped(const Tensor& x, const Weight& w, const Tensor& counts) {
   return at::cat(outs, 0).to(x.scalar_type());
 }
 
-Scope::Scope(bool on) : previous_(g_active) { g_active = on; }
-Scope::~Scope() { g_active = previous_; }
-bool active() { return g_active; }
 
 int64_t quantize_model(torch::nn::Module& model) {
   int64_t bytes = 0;

@@ -25,6 +25,8 @@
 #include <cstdint>
 #include <utility>
 
+#include "util/scoped_flag.h"
+
 namespace grpo::model::fp8 {
 
 using at::Tensor;
@@ -80,17 +82,8 @@ Tensor grouped(const Tensor& x, const Weight& w, const Tensor& counts);
 bool native(const at::Device& device);
 
 // Layers use their FP8 copies only while a Scope with `on` is alive on this thread.
-class Scope {
- public:
-  explicit Scope(bool on);
-  ~Scope();
-  Scope(const Scope&) = delete;
-  Scope& operator=(const Scope&) = delete;
-
- private:
-  bool previous_;
-};
-bool active();
+using Scope = ScopedFlag<struct Fp8Tag>;
+inline bool active() { return Scope::on(); }
 
 // Gives every eligible layer of `model` its FP8 copy (allocated on the first call) and fills it
 // from the current weights (LoRA adapters merged). Call again after the weights change. Returns

@@ -13,20 +13,15 @@
 namespace grpo::model::fused {
 
 namespace {
-thread_local bool g_on = false;
-
 bool float_type(const Tensor& t) {
   const auto s = t.scalar_type();
   return s == at::kFloat || s == at::kBFloat16 || s == at::kHalf;
 }
 }  // namespace
 
-Scope::Scope(bool on) : previous_(g_on) { g_on = on; }
-Scope::~Scope() { g_on = previous_; }
-
 bool active(const Tensor& x) {
 #ifdef GRPO_INVARIANT_CUDA
-  return g_on && !at::GradMode::is_enabled() && x.is_cuda();
+  return Scope::on() && !at::GradMode::is_enabled() && x.is_cuda();
 #else
   (void)x;
   return false;

@@ -14,6 +14,8 @@
 
 #include <ATen/ATen.h>
 
+#include "util/scoped_flag.h"
+
 namespace grpo::model {
 struct RopeTables;
 }
@@ -23,16 +25,7 @@ namespace grpo::model::fused {
 using at::Tensor;
 
 // Layers use the fused kernels only while a Scope with `on` is alive on this thread.
-class Scope {
- public:
-  explicit Scope(bool on);
-  ~Scope();
-  Scope(const Scope&) = delete;
-  Scope& operator=(const Scope&) = delete;
-
- private:
-  bool previous_;
-};
+using Scope = ScopedFlag<struct FusedKernelsTag>;
 
 // A Scope is on, gradients are off, x is on CUDA and the kernels were built.
 bool active(const Tensor& x);
