@@ -2,6 +2,9 @@
 
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "util/error.h"
 
 namespace grpo::trainer {
@@ -66,24 +69,36 @@ LossOutput grpo_loss(const LossInputs& in, const LossConfig& c) {
   out.loss = loss;
   {
     c10::NoGradGuard g;
-    double n = std::max(1.0, m.sum().item<double>());
-    Tensor real = m > 0;
-    out.clip_fraction = (((clipped < unclipped) & real).to(m.scalar_type()).sum().item<double>()) / n;
+    Tensor real = m > 0, zero = at::zeros({}, m.options().dtype(at::kDouble));
+    auto count = [&](const Tensor& which) { return (which & real).to(m.scalar_type()).sum(); };
     // TRL's clip_ratio/low_mean and high_mean: the ratio beyond the range on the side that clips.
-    Tensor low = (ratio < 1 - c.epsilon_low) & (A < 0) & real, high = (ratio > 1 + c.epsilon_high) & (A > 0) & real;
-    out.clip_low_fraction = low.to(m.scalar_type()).sum().item<double>() / n;
-    out.clip_high_fraction = high.to(m.scalar_type()).sum().item<double>() / n;
-    out.ratio_mean = ((ratio * m).sum().item<double>()) / n;
-    if (kl.defined()) out.kl = ((kl * m).sum().item<double>()) / n;
+    Tensor low = (ratio < 1 - c.epsilon_low) & (A < 0), high = (ratio > 1 + c.epsilon_high) & (A > 0);
+    std::vector<Tensor> s = {m.sum(), count(clipped < unclipped), count(low), count(high), (ratio * m).sum(),
+                             kl.defined() ? (kl * m).sum() : zero};
     if (rho.defined()) {
       Tensor r = rho.expand_as(m), w = is_weight.expand_as(m);
-      out.is_ratio_mean = (r * m).sum().item<double>() / n;
-      out.is_ratio_min = at::where(real, r, at::full_like(r, 1e30)).min().item<double>();
-      out.is_ratio_max = at::where(real, r, at::full_like(r, -1e30)).max().item<double>();
-      out.is_clipped_fraction = ((w != r) & real).to(m.scalar_type()).sum().item<double>() / n;
+      s.insert(s.end(), {(r * m).sum(), at::where(real, r, at::full_like(r, 1e30)).min(),
+                         at::where(real, r, at::full_like(r, -1e30)).max(), count(w != r)});
+    } else {
+      s.insert(s.end(), {zero, zero, zero, zero});
     }
+    for (Tensor& t : s) t = t.to(at::kDouble);
+    out.stats = at::stack(s);
   }
   return out;
+}
+
+LossStats::LossStats(const double* v) {
+  const double n = std::max(1.0, v[kTokens]);
+  clip_fraction = v[kClipped] / n;
+  clip_low_fraction = v[kClippedLow] / n;
+  clip_high_fraction = v[kClippedHigh] / n;
+  ratio_mean = v[kRatioSum] / n;
+  kl = v[kKlSum] / n;
+  is_ratio_mean = v[kIsRatioSum] / n;
+  is_ratio_min = v[kIsRatioMin];
+  is_ratio_max = v[kIsRatioMax];
+  is_clipped_fraction = v[kIsClipped] / n;
 }
 
 Tensor sequence_aux_loss(const Tensor& scores, const Tensor& experts, const Tensor& mask, double alpha) {

@@ -38,15 +38,36 @@ struct LossInputs {
   at::Tensor rollout_logp;  // (B, T) the rollout engine's log-probs; needed with rollout_is
 };
 
+// The loss's statistics over the real tokens, in LossOutput::stats (float64, on the loss's device,
+// so that computing them costs no host synchronisation): counts and sums, turned into the logged
+// shares and means by LossStats.
+enum LossStat : int64_t {
+  kTokens,        // real tokens
+  kClipped,       // tokens where the clipped term was chosen
+  kClippedLow,    // ratio < 1 - eps_low with A < 0
+  kClippedHigh,   // ratio > 1 + eps_high with A > 0
+  kRatioSum,      // sum of the ratio pi / pi_old
+  kKlSum,         // sum of the per-token KL (0 when beta == 0)
+  kIsRatioSum,    // rollout_is: sum of rho (each token counts its sequence's rho under sequence/geometric)
+  kIsRatioMin,    // rollout_is: smallest and largest rho
+  kIsRatioMax,
+  kIsClipped,     // rollout_is: tokens whose rho was truncated or masked
+  kLossStatCount
+};
+
 struct LossOutput {
-  at::Tensor loss;           // scalar
+  at::Tensor loss;   // scalar
+  at::Tensor stats;  // (kLossStatCount) float64
+};
+
+// Shares and means per real token, from the kLossStatCount values of LossOutput::stats.
+struct LossStats {
+  explicit LossStats(const double* stats);
   double clip_fraction = 0;  // share of masked tokens where the clipped term was chosen
-  double clip_low_fraction = 0, clip_high_fraction = 0;  // ratio < 1 - eps_low with A < 0; > 1 + eps_high with A > 0
+  double clip_low_fraction = 0, clip_high_fraction = 0;
   double kl = 0;             // mean KL per masked token (0 when beta == 0)
   double ratio_mean = 0;
-  // rollout_is: the ratio rho over real tokens (each token counts its sequence's rho under
-  // sequence/geometric), and the share of tokens whose rho was truncated or masked.
-  double is_ratio_mean = 0, is_ratio_min = 0, is_ratio_max = 0, is_clipped_fraction = 0;
+  double is_ratio_mean = 0, is_ratio_min = 0, is_ratio_max = 0, is_clipped_fraction = 0;  // rollout_is
 };
 
 LossOutput grpo_loss(const LossInputs& in, const LossConfig& config);

@@ -9,6 +9,7 @@
 
 #include "model/flops.h"
 #include "trainer/data_parallel.h"
+#include "trainer/device_scalars.h"
 #include "trainer/grpo_loss.h"
 #include "trainer/moe_balance.h"
 #include "trainer/overlapped_reduce.h"
@@ -140,7 +141,8 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
   const size_t moe_count = moe_layers(*policy_).size();
   const bool want_routing = moe_count > 0;
   // Loss normalisers over the global batch: tokens (dapo) and sequences (grpo) of every rank.
-  double total_tokens = mask.sum().item<double>(), total_sequences = (double)Bn;
+  // Counted on the host copy of the mask: no wait for the device.
+  double total_tokens = mask_host.sum().item<double>(), total_sequences = (double)Bn;
   if (comm_) {
     auto t = comm_->sum({total_tokens, total_sequences});
     total_tokens = t[0];
@@ -159,8 +161,18 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
     u.is_ratio_max = -1e30;
     u.grad_comm_overlap = overlap ? 0 : -1;
     std::vector<Tensor> loads(moe_count);
-    double agree_sum = 0, agree_count = 0;  // routing replay, first iteration: (token, layer) pairs
-    std::vector<Tensor> token_diffs;        // first iteration: |log pi_train - log pi_rollout| per real token
+    // The statistics stay on the device until every pass has run: one host synchronisation per
+    // iteration for them all. Per pass, where its values sit in `scalars`:
+    struct PassStats {
+      int64_t n = 0;
+      double w = 0, tw = 0;
+      size_t loss = 0, stats = 0, entropy = 0, diff = 0, aux = 0, mtp = 0;
+      std::vector<size_t> agree;  // routing replay, first iteration: (same, tokens) per MoE layer
+      bool has_aux = false, has_mtp = false;
+    };
+    DeviceScalars scalars;
+    std::vector<PassStats> stats;
+    std::vector<Tensor> diffs, diff_masks;  // first iteration: |log pi_train - log pi_rollout|, real tokens
     for (int64_t pass = 0; pass < passes; ++pass) {
       // With overlap the gradient collectives start during the backward pass: every pass when each
       // goes to the owners, else the last (the step's gradients are complete only then).
@@ -174,26 +186,21 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
         auto lo = grpo_loss({logp, old_t.narrow(0, s0, n), ref_t.defined() ? ref_t.narrow(0, s0, n) : Tensor(), cmask,
                              adv_t.narrow(0, s0, n), rollout_t.narrow(0, s0, n)},
                             lc);
-        const double tw = cmask.sum().item<double>() / std::max(1.0, total_tokens);  // this chunk's share of tokens
-        const double w = lc.type == LossType::Dapo ? tw : (double)n / total_sequences;
-        Tensor loss = lo.loss * w;
-        u.loss += lo.loss.item<double>() * w;
-        u.clip_fraction += lo.clip_fraction * tw;
-        u.clip_low += lo.clip_low_fraction * tw;
-        u.clip_high += lo.clip_high_fraction * tw;
-        u.kl += lo.kl * tw;
-        if (lc.rollout_is != RolloutIs::Off) {
-          u.is_ratio_mean += lo.is_ratio_mean * tw;
-          u.is_clipped += lo.is_clipped_fraction * tw;
-          u.is_ratio_min = std::min(u.is_ratio_min, lo.is_ratio_min);
-          u.is_ratio_max = std::max(u.is_ratio_max, lo.is_ratio_max);
-        }
-        u.entropy += (pad(out.entropy, max_len, at::kFloat).first * cmask).sum().item<double>() / std::max(1.0, total_tokens);
+        PassStats pass_stats;
+        pass_stats.n = n;
+        // this chunk's share of tokens, from the host copy of the mask
+        pass_stats.tw = mask_host.narrow(0, s0, n).sum().item<double>() / std::max(1.0, total_tokens);
+        pass_stats.w = lc.type == LossType::Dapo ? pass_stats.tw : (double)n / total_sequences;
+        Tensor loss = lo.loss * pass_stats.w;
+        pass_stats.loss = scalars.add(lo.loss);
+        pass_stats.stats = scalars.add(lo.stats);
+        pass_stats.entropy = scalars.add((pad(out.entropy, max_len, at::kFloat).first * cmask).sum());
         if (it == 0) {
           c10::NoGradGuard g;
           Tensor diff = (logp - rollout_t.narrow(0, s0, n)).abs();
-          u.rollout_logprob_diff += (diff * cmask).sum().item<double>() / std::max(1.0, total_tokens);
-          token_diffs.push_back(diff.masked_select(cmask.to(at::kBool)).to(at::kCPU));
+          pass_stats.diff = scalars.add((diff * cmask).sum());
+          diffs.push_back(diff);
+          diff_masks.push_back(cmask.to(at::kBool));
         }
         if (want_routing) {
           if (out.routing.size() != moe_count) throw Error("MoE routing of an unexpected size in the training forward");
@@ -206,8 +213,8 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
               if (r.own_experts.defined()) {  // replayed: would the router have chosen the same experts?
                 c10::NoGradGuard g;
                 Tensor same = std::get<0>(r.own_experts.sort(1)).eq(std::get<0>(r.experts.sort(1))).all(1).to(at::kFloat);
-                agree_sum += (same * out.token_mask.reshape({-1})).sum().item<double>();
-                agree_count += out.token_mask.sum().item<double>();
+                pass_stats.agree.push_back(scalars.add(
+                    at::stack({(same * out.token_mask.reshape({-1})).sum(), out.token_mask.sum().to(at::kFloat)})));
               }
             }
             if (s_.moe.aux_loss_alpha > 0) {
@@ -217,7 +224,8 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
           }
           if (aux.defined()) {
             loss = loss + aux * ((double)n / total_sequences);
-            u.aux_loss += aux.item<double>() * n / total_sequences;
+            pass_stats.aux = scalars.add(aux);
+            pass_stats.has_aux = true;
           }
         }
         if (!out.mtp_logprobs.empty()) {
@@ -227,10 +235,12 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
           for (const auto& depth : out.mtp_logprobs)
             for (const Tensor& t : depth) nll = nll.defined() ? nll - t.sum() : -t.sum();
           nll = nll / ((double)out.mtp_logprobs.size() * std::max(1.0, total_tokens));
-          u.mtp_loss += nll.item<double>();
+          pass_stats.mtp = scalars.add(nll);
+          pass_stats.has_mtp = true;
           loss = loss + nll * s_.model.mtp_loss_weight;
         }
         loss.backward();
+        stats.push_back(std::move(pass_stats));
       }
       if (per_pass) {  // onto the owners now: no full fp32 gradient on any rank
         if (overlap) {
@@ -243,6 +253,28 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
       } else {
         accumulate_gradients();
       }
+    }
+    // The statistics of every pass, summed in pass order as doubles.
+    const std::vector<double> v = scalars.read();
+    double agree_sum = 0, agree_count = 0;
+    for (const PassStats& p : stats) {
+      const LossStats lo(&v[p.stats]);
+      u.loss += v[p.loss] * p.w;
+      u.clip_fraction += lo.clip_fraction * p.tw;
+      u.clip_low += lo.clip_low_fraction * p.tw;
+      u.clip_high += lo.clip_high_fraction * p.tw;
+      u.kl += lo.kl * p.tw;
+      if (lc.rollout_is != RolloutIs::Off) {
+        u.is_ratio_mean += lo.is_ratio_mean * p.tw;
+        u.is_clipped += lo.is_clipped_fraction * p.tw;
+        u.is_ratio_min = std::min(u.is_ratio_min, lo.is_ratio_min);
+        u.is_ratio_max = std::max(u.is_ratio_max, lo.is_ratio_max);
+      }
+      u.entropy += v[p.entropy] / std::max(1.0, total_tokens);
+      if (it == 0) u.rollout_logprob_diff += v[p.diff] / std::max(1.0, total_tokens);
+      for (size_t a : p.agree) agree_sum += v[a], agree_count += v[a + 1];
+      if (p.has_aux) u.aux_loss += v[p.aux] * p.n / total_sequences;
+      if (p.has_mtp) u.mtp_loss += v[p.mtp];
     }
     if (pol_.master_sharded()) {
       if (s_.optim.zero_stage == 1)  // the whole batch's fp32 gradients, held here, onto their owners
@@ -270,8 +302,8 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
       comm_->all_reduce_sum(loads);
     }
     if (it == 0 && agree_count > 0) u.routing_agreement = agree_sum / agree_count;
-    if (it == 0 && !token_diffs.empty()) {  // the spread of this rank's per-token differences
-      Tensor d = at::cat(token_diffs).to(at::kDouble);
+    if (it == 0 && !diffs.empty()) {  // the spread of this rank's per-token differences
+      Tensor d = at::cat(diffs).masked_select(at::cat(diff_masks)).to(at::kCPU).to(at::kDouble);
       if (d.numel() > 0) {
         Tensor q = at::quantile(d, at::tensor({0.5, 0.99}, at::kDouble));
         u.rollout_logprob_diff_p50 = q[0].item<double>();

@@ -12,6 +12,7 @@
 #include "model/checkpoint.h"
 #include "trainer/data_parallel.h"
 #include "trainer/dataset.h"
+#include "trainer/device_scalars.h"
 #include "trainer/packing.h"
 #include "trainer/policy.h"
 #include "trainer/prompt_format.h"
@@ -239,19 +240,26 @@ bool SftStage::run() {
     for (int64_t k = 0; k < mtp_depths_; ++k) mtp_targets[k] = v[2 + k];
     const auto t0 = Clock::now();
     optimizer_->zero_grad();
-    double loss = 0, mtp_loss = 0;
+    // Each micro-batch's loss terms stay on the device until all have run: one host sync a step.
+    DeviceScalars terms;  // per micro-batch: the loss, then one term per MTP depth
     for (const Batch& b : batches) {
       auto out = pol_.compute->packed_logprobs(b.ids, b.segments, b.positions, b.targets, mtp_depths_);
       Tensor part = -out.logprobs.sum() / std::max(1.0, targets);
-      loss += part.item<double>();
+      terms.add(part);
       // DeepSeek-V3's L_MTP = lambda / D * sum_k (mean cross-entropy of depth k), through the whole model.
       for (int64_t k = 0; k < mtp_depths_; ++k) {
         Tensor nll = -out.mtp[k].sum() / (std::max(1.0, mtp_targets[k]) * mtp_depths_);
-        mtp_loss += nll.item<double>();
+        terms.add(nll);
         part = part + nll * s_.model.mtp_loss_weight;
       }
       part.backward();
       pol_.accumulate_gradients();
+    }
+    double loss = 0, mtp_loss = 0;
+    const std::vector<double> term = terms.read();
+    for (size_t i = 0; i < term.size(); i += 1 + mtp_depths_) {
+      loss += term[i];
+      for (int64_t k = 0; k < mtp_depths_; ++k) mtp_loss += term[i + 1 + k];
     }
     ranks_.all_reduce_gradients(pol_.trainable_parameters());
     {

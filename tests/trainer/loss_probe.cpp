@@ -69,9 +69,11 @@ int main(int argc, char** argv) {
     auto r = grpo_loss(in, lc);
     auto grads = torch::autograd::grad({r.loss}, {in.logp});
     Tensor g = grads[0].contiguous();
-    json o = {{"loss", r.loss.item<double>()}, {"clip_fraction", r.clip_fraction}, {"kl", r.kl},
-              {"is_ratio_mean", r.is_ratio_mean}, {"is_ratio_min", r.is_ratio_min}, {"is_ratio_max", r.is_ratio_max},
-              {"is_clipped_fraction", r.is_clipped_fraction}};
+    Tensor raw = r.stats.contiguous();
+    const LossStats st(raw.data_ptr<double>());
+    json o = {{"loss", r.loss.item<double>()}, {"clip_fraction", st.clip_fraction}, {"kl", st.kl},
+              {"is_ratio_mean", st.is_ratio_mean}, {"is_ratio_min", st.is_ratio_min}, {"is_ratio_max", st.is_ratio_max},
+              {"is_clipped_fraction", st.is_clipped_fraction}};
     o["advantages"] = std::vector<double>(adv.data_ptr<double>(), adv.data_ptr<double>() + adv.numel());
     o["grad"] = std::vector<double>(g.data_ptr<double>(), g.data_ptr<double>() + g.numel());
     out.push_back(o);
