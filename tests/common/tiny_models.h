@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include <memory>
 #include <stdexcept>
@@ -45,16 +46,18 @@ inline std::string with_paged_mla_widths(const std::string& config) {
 }
 
 // Random weights (seed 3) with every matrix scaled by `scale`, biases and buffers drawn wider, so
-// that outputs are far from uniform: sampling and routing matter.
+// that outputs are far from uniform: sampling and routing matter. The draws use their own
+// generator: the model does not depend on what the process drew before.
 inline std::shared_ptr<model::CausalLM> tiny(const std::string& config, double scale = 8) {
   auto m = std::make_shared<model::CausalLM>(parse_model_config(config, "tiny"));
   model::init_weights(*m, 3);
   at::NoGradGuard g;
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
   for (auto& p : m->parameters())
     if (p.dim() > 1) p.mul_(scale);  // far from uniform: sampling and routing matter
   for (auto& kv : m->named_parameters())
-    if (kv.key().size() > 5 && kv.key().substr(kv.key().size() - 5) == ".bias") kv.value().uniform_(-0.5, 0.5);
-  for (auto& kv : m->named_buffers()) kv.value().uniform_(0, 0.05);
+    if (kv.key().size() > 5 && kv.key().substr(kv.key().size() - 5) == ".bias") kv.value().uniform_(-0.5, 0.5, gen);
+  for (auto& kv : m->named_buffers()) kv.value().uniform_(0, 0.05, gen);
   return m;
 }
 
