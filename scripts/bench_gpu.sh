@@ -10,7 +10,8 @@
 # Environment: BUILD (build dir, default build-gpu), CMAKE_ARGS (extra configure arguments),
 # PROMPTS (decode contexts, default 128,1024,2048), BATCHES (default 1,128,256), NEW (128);
 # SPEC_DRAFTS (say 1,2,3; default none): also speculative decoding with an MTP module at each of
-# these num_speculative_tokens, against the same model decoding plainly (1,024-token contexts).
+# these num_speculative_tokens, against the same model decoding plainly (1,024-token contexts);
+# TRAIN_PROFILE (say 15; default 0): also the N kernels taking the most time in a training step.
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRPO_ASAN_TESTS=OFF \
   -DGRPO_PYTHON="$(command -v "$py")" ${CMAKE_ARGS:-} >/dev/null
@@ -32,7 +33,7 @@ done
 for shape in "1 4096" "8 1024"; do
   set -- $shape
   "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
-    --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json --label grpo | tee -a "$log"
+    --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json --label grpo --profile "${TRAIN_PROFILE:-0}" | tee -a "$log"
   "$py" scripts/bench/hf_forward.py --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
     --batch "$1" --seq "$2" --iters 3 --warmup 1 --json --label transformers | tee -a "$log" || echo "transformers failed"
 done

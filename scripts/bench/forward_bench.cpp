@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <iostream>
 
+#include "kernel_profile.h"
 #include "model/checkpoint.h"
 #include "model/causal_lm.h"
 #include "model/flops.h"
@@ -62,6 +63,9 @@ int main(int argc, char** argv) {
   app.add_option("--label", label);
   bool json = false;
   app.add_flag("--json", json, "print a JSON line instead of a table row");
+  int64_t profile_top = 0;
+  app.add_option("--profile", profile_top,
+                 "after the timing, print the N kernels taking the most device time in one forward+backward step");
   CLI11_PARSE(app, argc, argv);
   try {
     std::string text = read_file(config_path);
@@ -102,6 +106,27 @@ int main(int argc, char** argv) {
     // forward + backward (twice the forward) per token
     double tflops = tps * 3.0 * model::forward_flops(c, seq - 1, seq - 1) / double(seq - 1) / 1e12;
     if (peak_tflops <= 0) peak_tflops = matmul_tflops(device);
+    if (profile_top > 0 && device.is_cuda()) {
+      // One profiled step: device time per kernel, largest first, with its share of the step.
+      auto times = bench::kernel_time_difference(bench::cuda_kernel_times([&] {
+                                                   step();
+                                                   sync();
+                                                 }),
+                                                 {});
+      double total = 0;
+      for (const auto& [name, t] : times) total += t.ms;
+      for (size_t i = 0; i < times.size() && (int64_t)i < profile_top; ++i) {
+        std::string name = times[i].first.substr(0, 90);
+        std::replace(name.begin(), name.end(), '"', '\'');
+        printf("{\"kind\": \"train_profile\", \"batch\": %lld, \"seq\": %lld, \"kernel\": \"%s\", \"calls\": %lld, "
+               "\"ms\": %.3f, \"share\": %.3f}\n",
+               (long long)batch, (long long)seq, name.c_str(), (long long)times[i].second.calls, times[i].second.ms,
+               times[i].second.ms / total);
+      }
+      printf("{\"kind\": \"train_profile\", \"batch\": %lld, \"seq\": %lld, \"kernel\": \"(all)\", \"ms\": %.3f, "
+             "\"step_ms\": %.3f}\n",
+             (long long)batch, (long long)seq, total, 1e3 * sec / iters);
+    }
     if (json) {
       printf("{\"kind\": \"train\", \"engine\": \"%s\", \"layers\": %lld, \"batch\": %lld, \"seq\": %lld, "
              "\"tokens_s\": %.1f, \"tflops\": %.2f, \"peak_tflops\": %.1f}\n",

@@ -5,13 +5,13 @@ same run (the same shape, batch and context)."""
 import json
 import sys
 
-checks, train, decode, device = [], [], [], None
+checks, train, decode, train_profile, device = [], [], [], [], None
 for line in sys.stdin:
     line = line.strip()
     if not line.startswith("{"):
         continue
     r = json.loads(line)
-    {"check": checks, "train": train, "decode": decode}.get(r["kind"], []).append(r)
+    {"check": checks, "train": train, "decode": decode, "train_profile": train_profile}.get(r["kind"], []).append(r)
     if r["kind"] == "device":
         device = r
 
@@ -108,3 +108,24 @@ def speculative():
 
 
 speculative()
+
+
+def training_profile():
+    """Where one training forward+backward step's device time goes (bench_forward --profile)."""
+    if not train_profile:
+        return
+    for shape in sorted({(r["batch"], r["seq"]) for r in train_profile}):
+        rows = [r for r in train_profile if (r["batch"], r["seq"]) == shape]
+        whole = next((r for r in rows if r["kernel"] == "(all)"), None)
+        print()
+        print(f"Training step, batch {shape[0]} x {shape[1]}: kernels by device time"
+              + (f" ({whole['ms']:.1f} ms of kernels in a {whole['step_ms']:.1f} ms step)" if whole else ""))
+        print()
+        print("| kernel | calls | ms | share |")
+        print("|---|---|---|---|")
+        for r in rows:
+            if r["kernel"] != "(all)":
+                print(f"| {r['kernel']} | {r['calls']} | {r['ms']:.2f} | {100 * r['share']:.1f}% |")
+
+
+training_profile()
