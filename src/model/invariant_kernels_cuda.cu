@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "model/cuda_launch.h"
+#include "model/mma.cuh"
 #include "model/invariant_kernels_cuda.h"
 #include "util/error.h"
 
@@ -52,15 +53,6 @@ __device__ __forceinline__ Tile tile_of(const int64_t* tiles, int64_t M) {
   if (tiles) return {tiles[3 * blockIdx.x], tiles[3 * blockIdx.x + 1], tiles[3 * blockIdx.x + 2]};
   const int64_t row0 = (int64_t)blockIdx.x * kBM;
   return {0, row0, min((int64_t)kBM, M - row0)};
-}
-
-__device__ __forceinline__ void mma_bf16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                         uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 // Elements k .. k + 7 of a row (null: a row outside the problem), zero past K. Vec: K % 8 == 0

@@ -27,6 +27,7 @@
 #include <string>
 
 #include "model/cuda_launch.h"
+#include "model/mma.cuh"
 #include "model/paged_mla_cuda.h"
 #include "util/error.h"
 
@@ -43,14 +44,6 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kPad = 8;  // bf16 of padding per shared row: conflict-free fragment loads
 constexpr int kMaxSplits = 256;
 constexpr int64_t kInvariantSplitKeys = 256;  // keys per split of the batch-invariant form
-
-__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 
 // Fragments straight from shared memory: lane l gives the address of row l % 8 of 8 x 8 matrix
 // l / 8 (16 bytes each); x4 loads four matrices, x2 two, .trans transposes each.

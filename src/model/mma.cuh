@@ -1,0 +1,25 @@
+// One tensor-core step for the project's CUDA kernels: C += A B with A 16 x 16 (row-major
+// fragments a0..a3), B 16 x 8 (column fragments b0, b1), bf16 operands and fp32 accumulators
+// (PTX mma.sync.m16n8k16). Lane (g = lane / 4, t = lane % 4) holds rows g and g + 8 of A at
+// columns 2t, 2t + 1 (a0, a1) and 2t + 8, 2t + 9 (a2, a3), rows 2t, 2t + 1 (b0) and 2t + 8,
+// 2t + 9 (b1) of B's column g, and C's rows g (c0, c1) and g + 8 (c2, c3) at columns 2t, 2t + 1.
+#pragma once
+
+#include <cstdint>
+
+namespace grpo::model {
+
+__device__ __forceinline__ void mma_bf16(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+  mma_bf16(c, a[0], a[1], a[2], a[3], b[0], b[1]);
+}
+
+}  // namespace grpo::model
