@@ -1,6 +1,9 @@
 // The fused inference kernels (model/fused_kernels.h) against the ATen chains they replace.
 #include <ATen/ATen.h>
+#include <ATen/ops/_grouped_mm.h>
 #include <gtest/gtest.h>
+
+#include <vector>
 
 #include "common/tiny_models.h"
 #include "model/fused_kernels.h"
@@ -144,6 +147,56 @@ TEST(FusedKernelsCuda, MoeLayerAgreesWithAten) {
     Tensor shared = at::randn({N, 32}, kCuda.dtype(at::kBFloat16));
     EXPECT_TRUE(at::equal(fused::combine_experts(ys, groups, w, shared), one_aten + shared)) << N;
   }
+}
+
+// The grouped products for few rows per expert against fp32 products per expert: experts with no
+// row, one row, more than 32 rows (several passes over the weights), K not a multiple of 32 and N
+// not a multiple of a warp's 32 features; then at DeepSeek-V2-Lite's expert shapes on a decode
+// step's routing, against at::_grouped_mm. Each output is one bf16 rounding of an fp32 sum, so
+// within a bf16 step of the fp32 product.
+TEST(FusedKernelsCuda, ExpertProductsEqualPerExpertProducts) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  at::manual_seed(4);
+  const auto bf16 = kCuda.dtype(at::kBFloat16);
+  auto check = [&](const Tensor& x, const Tensor& w, const Tensor& ends, const Tensor& want, const char* what) {
+    Tensor got = fused::expert_products(x, w, ends);
+    ASSERT_TRUE(got.defined()) << what;
+    ASSERT_EQ(got.sizes(), want.sizes()) << what;
+    Tensor err = (got.to(at::kFloat) - want).abs() - want.abs() * (1.0 / 128) - 1e-3;
+    EXPECT_LE(err.max().item<float>(), 0) << what << ": largest |got - want| "
+                                           << (got.to(at::kFloat) - want).abs().max().item<float>();
+  };
+  {
+    const int64_t K = 200, N = 200;
+    const std::vector<int64_t> counts = {0, 1, 7, 33, 70, 9};
+    const int64_t E = (int64_t)counts.size();
+    int64_t R = 0;
+    for (int64_t c : counts) R += c;
+    Tensor x = at::randn({R, K}, bf16), w = (at::randn({E, N, K}, bf16) * 0.1).to(at::kBFloat16);
+    Tensor ends = at::tensor(counts, at::kLong).cumsum(0).to(at::kInt).to(at::kCUDA);
+    std::vector<Tensor> parts;
+    int64_t start = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      parts.push_back(at::matmul(x.narrow(0, start, counts[e]).to(at::kFloat), w[e].to(at::kFloat).t()));
+      start += counts[e];
+    }
+    check(x, w, ends, at::cat(parts), "uneven experts");
+  }
+  {
+    const int64_t E = 64, k = 6, H = 2048, I = 1408;
+    Tensor experts = std::get<1>(at::rand({128, E}, kCuda).topk(k, -1));
+    fused::ExpertGroups g = fused::group_by_expert(experts, E);
+    Tensor xs = at::randn({128, H}, bf16).index_select(0, g.token);
+    Tensor gate_up = (at::randn({E, 2 * I, H}, bf16) * 0.02).to(at::kBFloat16);
+    Tensor down = (at::randn({E, H, I}, bf16) * 0.02).to(at::kBFloat16);
+    check(xs, gate_up, g.ends, at::_grouped_mm(xs, gate_up.transpose(1, 2), g.ends).to(at::kFloat), "gate_up");
+    Tensor h = at::randn({xs.size(0), I}, bf16);
+    check(h, down, g.ends, at::_grouped_mm(h, down.transpose(1, 2), g.ends).to(at::kFloat), "down");
+  }
+  // Where it does not apply: fp32, and K not a multiple of 8.
+  Tensor ends = at::full({2}, 4, kCuda.dtype(at::kInt));
+  EXPECT_FALSE(fused::expert_products(at::randn({4, 16}, kCuda), at::randn({2, 8, 16}, kCuda), ends).defined());
+  EXPECT_FALSE(fused::expert_products(at::randn({4, 12}, bf16), at::randn({2, 8, 12}, bf16), ends).defined());
 }
 
 }  // namespace
