@@ -15,7 +15,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRPO_ASAN_TESTS=OFF \
   -DGRPO_PYTHON="$(command -v "$py")" ${CMAKE_ARGS:-} >/dev/null
-cmake --build "$build" --target grpo bench_forward bench_rollout test_model test_rollout >/dev/null
+cmake --build "$build" --target grpo bench_forward bench_rollout bench_expert_products test_model test_rollout >/dev/null
 work=${GRPO_BENCH_DIR:-bench-out/gpu}
 mkdir -p "$work"
 log="$work/results.jsonl"
@@ -37,6 +37,10 @@ for shape in "1 4096" "8 1024"; do
   "$py" scripts/bench/hf_forward.py --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
     --batch "$1" --seq "$2" --iters 3 --warmup 1 --json --label transformers | tee -a "$log" || echo "transformers failed"
 done
+
+# The routed experts' products of one MoE layer at decode, at::_grouped_mm against
+# fused::expert_products (few rows per expert), as a fraction of the copy bandwidth.
+"$build/scripts/bench/bench_expert_products" | tee -a "$log"
 
 # Decode: tokens/s and the fraction of the memory roofline (weights + latent KV cache read per
 # step over the copy bandwidth measured here).

@@ -5,13 +5,13 @@ same run (the same shape, batch and context)."""
 import json
 import sys
 
-checks, train, decode, train_profile, device = [], [], [], [], None
+checks, train, decode, train_profile, experts, device = [], [], [], [], [], None
 for line in sys.stdin:
     line = line.strip()
     if not line.startswith("{"):
         continue
     r = json.loads(line)
-    {"check": checks, "train": train, "decode": decode, "train_profile": train_profile}.get(r["kind"], []).append(r)
+    {"check": checks, "train": train, "decode": decode, "train_profile": train_profile, "expert_products": experts}.get(r["kind"], []).append(r)
     if r["kind"] == "device":
         device = r
 
@@ -129,3 +129,21 @@ def training_profile():
 
 
 training_profile()
+
+
+def expert_products():
+    """One MoE layer's routed-expert products at decode: at::_grouped_mm against fused::expert_products."""
+    if not experts:
+        return
+    print()
+    print("Routed experts' products of one MoE layer at decode (gate_up and down), same inputs, same run")
+    print()
+    print("| tokens | active experts | at::_grouped_mm us | fused us | speed-up | grouped_mm of copy bw | fused of copy bw |")
+    print("|---|---|---|---|---|---|---|")
+    for r in experts:
+        rate = lambda us: 100 * r["bytes"] / (us / 1e6) / r["copy_bandwidth"]
+        print(f"| {r['tokens']} | {r['active_experts']} | {r['grouped_mm_us']:.1f} | {r['fused_us']:.1f} | "
+              f"{r['grouped_mm_us'] / r['fused_us']:.2f}x | {rate(r['grouped_mm_us']):.1f}% | {rate(r['fused_us']):.1f}% |")
+
+
+expert_products()
