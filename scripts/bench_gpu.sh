@@ -67,6 +67,10 @@ done
 # ATen's kernel chains instead of the fused RMSNorm, RoPE, SwiGLU and MoE kernels: their baseline.
 "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
   --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" --no-fused-kernels --label grpo-unfused | tee -a "$log"
+# The MoE's routed experts through fused::expert_products (opt-in) instead of at::_grouped_mm.
+GRPO_FUSED_EXPERT_PRODUCTS=1 "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 \
+  --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
+  --label grpo-expert-products | tee -a "$log"
 if [ -n "${SPEC_DRAFTS:-}" ]; then
   # The same shape plus one MTP module (random weights: the acceptance says little, the step cost much).
   "$py" - "$work/config.json" "$work/config_mtp.json" <<'PY'

@@ -3,6 +3,8 @@
 #include <ATen/core/grad_mode.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "model/layers.h"
 #include "util/error.h"
@@ -28,6 +30,11 @@ bool active(const Tensor& x) {
   (void)x;
   return false;
 #endif
+}
+
+bool expert_products_enabled() {
+  const char* v = std::getenv("GRPO_FUSED_EXPERT_PRODUCTS");
+  return v && std::string(v) == "1";
 }
 
 #ifdef GRPO_INVARIANT_CUDA

@@ -55,5 +55,8 @@ Tensor combine_experts(const Tensor& y, const ExpertGroups& groups, const Tensor
 // padding. Undefined where it does not apply: not bf16 on CUDA, K % 8 != 0, not 16-byte aligned,
 // or more than 32 rows per expert on average.
 Tensor expert_products(const Tensor& x, const Tensor& w, const Tensor& ends);
+// Whether the MoE layers use expert_products inside a Scope: only with the environment variable
+// GRPO_FUSED_EXPERT_PRODUCTS=1 set while it is being measured against at::_grouped_mm.
+bool expert_products_enabled();
 
 }  // namespace grpo::model::fused

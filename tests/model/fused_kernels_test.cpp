@@ -3,6 +3,7 @@
 #include <ATen/ops/_grouped_mm.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <vector>
 
 #include "common/tiny_models.h"
@@ -192,6 +193,24 @@ TEST(FusedKernelsCuda, ExpertProductsEqualPerExpertProducts) {
     check(xs, gate_up, g.ends, at::_grouped_mm(xs, gate_up.transpose(1, 2), g.ends).to(at::kFloat), "gate_up");
     Tensor h = at::randn({xs.size(0), I}, bf16);
     check(h, down, g.ends, at::_grouped_mm(h, down.transpose(1, 2), g.ends).to(at::kFloat), "down");
+  }
+  // In a MoE layer (GRPO_FUSED_EXPERT_PRODUCTS=1, inside a Scope) against the same layer through
+  // at::_grouped_mm: outputs within bf16 roundings.
+  {
+    auto m = grpo::testing::tiny(grpo::testing::kTinyV3, 1);
+    m->to_device_dtype(at::kCUDA, at::kBFloat16);
+    auto moe = m->model->layers[1]->as<DecoderLayer>()->moe;
+    at::NoGradGuard no_grad;
+    fused::Scope on(true);
+    for (int64_t N : {1, 16, 80}) {
+      Tensor x = at::randn({1, N, 32}, bf16);
+      Tensor want = moe->forward(x);
+      ::setenv("GRPO_FUSED_EXPERT_PRODUCTS", "1", 1);
+      EXPECT_TRUE(fused::expert_products_enabled());
+      Tensor got = moe->forward(x);
+      ::unsetenv("GRPO_FUSED_EXPERT_PRODUCTS");
+      EXPECT_LT(max_rel(got, want), 2e-2) << N;
+    }
   }
   // Where it does not apply: fp32, and K not a multiple of 8.
   Tensor ends = at::full({2}, 4, kCuda.dtype(at::kInt));
