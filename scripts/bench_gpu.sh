@@ -34,6 +34,10 @@ for shape in "1 4096" "8 1024"; do
   set -- $shape
   "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
     --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json --label grpo --profile "${TRAIN_PROFILE:-0}" | tee -a "$log"
+  # MLA's values padded to the query width, so that SDPA's flash kernels apply.
+  "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
+    --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json --label "grpo, values padded" --mla-pad-values \
+    | tee -a "$log"
   "$py" scripts/bench/hf_forward.py --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
     --batch "$1" --seq "$2" --iters 3 --warmup 1 --json --label transformers | tee -a "$log" || echo "transformers failed"
 done
