@@ -11,7 +11,11 @@
 # PROMPTS (decode contexts, default 128,1024,2048), BATCHES (default 1,128,256), NEW (128);
 # SPEC_DRAFTS (say 1,2,3; default none): also speculative decoding with an MTP module at each of
 # these num_speculative_tokens, against the same model decoding plainly (1,024-token contexts);
-# TRAIN_PROFILE (say 15; default 0): also the N kernels taking the most time in a training step.
+# TRAIN_PROFILE (say 15; default 0): also the N kernels taking the most time in a training step;
+# PARTS (default checks,train,experts,decode,variants,fused,transformers): the parts to run, for a
+# call that must fit a time limit (decode: the plain engine per context; variants: gathered
+# attention, FP8 and exact_rollout per context; fused: ATen's chains and fused::expert_products at
+# 1,024 tokens; transformers: its generate() as the decode baseline).
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRPO_ASAN_TESTS=OFF \
   -DGRPO_PYTHON="$(command -v "$py")" ${CMAKE_ARGS:-} >/dev/null
@@ -21,16 +25,17 @@ mkdir -p "$work"
 log="$work/results.jsonl"
 : > "$log"
 L=${GRPO_BENCH_LAYERS:-12}
+want() { [[ ",${PARTS:-checks,train,experts,decode,variants,fused,transformers}," == *",$1,"* ]]; }
 
 # Correctness first: a fast wrong kernel is worth nothing.
-for t in test_model test_rollout; do
+want checks && for t in test_model test_rollout; do
   if "$build/tests/$t" --gtest_filter='*Cuda*' > "$work/$t.log" 2>&1; then ok=true; else ok=false; fi
   passed=$(grep -c '^\[       OK \]' "$work/$t.log" || true)
   echo "{\"kind\": \"check\", \"suite\": \"$t (CUDA tests)\", \"passed\": $passed, \"ok\": $ok}" | tee -a "$log"
 done
 
 # Training: forward+backward tokens/s and MFU against the matrix-product rate measured here.
-for shape in "1 4096" "8 1024"; do
+want train && for shape in "1 4096" "8 1024"; do
   set -- $shape
   "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
     --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json --label grpo --profile "${TRAIN_PROFILE:-0}" | tee -a "$log"
@@ -44,7 +49,7 @@ done
 
 # The routed experts' products of one MoE layer at decode, at::_grouped_mm against
 # fused::expert_products (few rows per expert), as a fraction of the copy bandwidth.
-"$build/scripts/bench/bench_expert_products" | tee -a "$log"
+if want experts; then "$build/scripts/bench/bench_expert_products" | tee -a "$log"; fi
 
 # Decode: tokens/s and the fraction of the memory roofline (weights + latent KV cache read per
 # step over the copy bandwidth measured here).
@@ -56,8 +61,11 @@ PY
 [ -f "$work/model/config.json" ] || "$build/bin/grpo" init --config "$work/config.json" --output "$work/model" --dtype bfloat16 >/dev/null
 IFS=, read -ra prompts <<< "${PROMPTS:-128,1024,2048}"
 for p in "${prompts[@]}"; do
-  "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
-    --prompt-len "$p" --new-tokens "${NEW:-128}" --nocache-batches "" --label grpo | tee -a "$log"
+  if want decode; then
+    "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
+      --prompt-len "$p" --new-tokens "${NEW:-128}" --nocache-batches "" --label grpo | tee -a "$log"
+  fi
+  want variants || continue
   # The same decode with the attention over a gathered copy of the cache: the paged kernel's baseline.
   "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
     --prompt-len "$p" --new-tokens "${NEW:-128}" --nocache-batches "" --gather-attention --label grpo-gathered | tee -a "$log"
@@ -69,10 +77,10 @@ for p in "${prompts[@]}"; do
     --prompt-len "$p" --new-tokens "${NEW:-128}" --nocache-batches "" --exact --label grpo-exact | tee -a "$log"
 done
 # ATen's kernel chains instead of the fused RMSNorm, RoPE, SwiGLU and MoE kernels: their baseline.
-"$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
+want fused && "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
   --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" --no-fused-kernels --label grpo-unfused | tee -a "$log"
 # The MoE's routed experts through fused::expert_products (opt-in) instead of at::_grouped_mm.
-GRPO_FUSED_EXPERT_PRODUCTS=1 "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 \
+want fused && GRPO_FUSED_EXPERT_PRODUCTS=1 "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 \
   --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
   --label grpo-expert-products | tee -a "$log"
 if [ -n "${SPEC_DRAFTS:-}" ]; then
@@ -92,7 +100,9 @@ PY
   IFS=, read -ra drafts <<< "$SPEC_DRAFTS"
   for k in "${drafts[@]}"; do spec_run "grpo-spec-$k" --speculative-mtp --num-speculative-tokens "$k"; done
 fi
-"$py" scripts/bench/hf_generate.py --model "$work/model" --device cuda --dtype bfloat16 --batches 1,128 \
-  --prompt-len 1024 --new-tokens "${NEW:-128}" | tee -a "$log" || echo "transformers generate failed"
+if want transformers; then
+  "$py" scripts/bench/hf_generate.py --model "$work/model" --device cuda --dtype bfloat16 --batches 1,128 \
+    --prompt-len 1024 --new-tokens "${NEW:-128}" | tee -a "$log" || echo "transformers generate failed"
+fi
 echo
 "$py" scripts/bench/gpu_table.py < "$log" | tee "$work/table.md"
