@@ -79,10 +79,13 @@ done
 # ATen's kernel chains instead of the fused RMSNorm, RoPE, SwiGLU and MoE kernels: their baseline.
 want fused && "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
   --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" --no-fused-kernels --label grpo-unfused | tee -a "$log"
-# The MoE's routed experts through fused::expert_products (opt-in) instead of at::_grouped_mm.
-want fused && GRPO_FUSED_EXPERT_PRODUCTS=1 "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 \
-  --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
-  --label grpo-expert-products | tee -a "$log"
+# The kernels on trial (GRPO_FUSED_TRIAL), each alone: the routed experts through
+# fused::expert_products instead of at::_grouped_mm; the router after its logits in one kernel.
+for trial in expert_products router; do
+  want fused && GRPO_FUSED_TRIAL=$trial "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
+    --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
+    --label "grpo-trial-$trial" | tee -a "$log"
+done
 if [ -n "${SPEC_DRAFTS:-}" ]; then
   # The same shape plus one MTP module (random weights: the acceptance says little, the step cost much).
   "$py" - "$work/config.json" "$work/config_mtp.json" <<'PY'

@@ -81,12 +81,14 @@ compare("grpo-unfused", "Decode with the fused kernels (RMSNorm, RoPE, SwiGLU, t
         ["fused ms/step", "ATen chains ms/step", "speed-up", "fused roofline", "ATen chains roofline"],
         lambda r, u: [f"{r['ms_per_step']:.2f}", f"{u['ms_per_step']:.2f}", f"{u['ms_per_step'] / r['ms_per_step']:.2f}x",
                       f"{100 * r['roofline']:.1f}%", f"{100 * u['roofline']:.1f}%"])
-compare("grpo-expert-products", "Decode with the routed experts through fused::expert_products (GRPO_FUSED_EXPERT_PRODUCTS=1)\n"
-        "against at::_grouped_mm in the same run",
-        ["grouped_mm ms/step", "expert_products ms/step", "speed-up", "grouped_mm roofline", "expert_products roofline",
-         "grouped_mm drift mean / max", "expert_products drift mean / max"],
-        lambda r, x: [f"{r['ms_per_step']:.2f}", f"{x['ms_per_step']:.2f}", f"{r['ms_per_step'] / x['ms_per_step']:.2f}x",
-                      f"{100 * r['roofline']:.1f}%", f"{100 * x['roofline']:.1f}%", drift(r), drift(x)])
+for trial, what in (("expert_products", "the routed experts through fused::expert_products"),
+                    ("router", "the router after its logits in one kernel")):
+    compare(f"grpo-trial-{trial}", f"Decode with {what} (GRPO_FUSED_TRIAL={trial}) against the default kernels\n"
+            "in the same run",
+            ["default ms/step", "trial ms/step", "speed-up", "default roofline", "trial roofline",
+             "default drift mean / max", "trial drift mean / max"],
+            lambda r, x: [f"{r['ms_per_step']:.2f}", f"{x['ms_per_step']:.2f}", f"{r['ms_per_step'] / x['ms_per_step']:.2f}x",
+                          f"{100 * r['roofline']:.1f}%", f"{100 * x['roofline']:.1f}%", drift(r), drift(x)])
 
 
 def speculative():

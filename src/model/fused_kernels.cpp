@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <sstream>
 #include <string>
 
 #include "model/layers.h"
@@ -32,9 +33,13 @@ bool active(const Tensor& x) {
 #endif
 }
 
-bool expert_products_enabled() {
-  const char* v = std::getenv("GRPO_FUSED_EXPERT_PRODUCTS");
-  return v && std::string(v) == "1";
+bool trial(const std::string& kernel) {
+  const char* v = std::getenv("GRPO_FUSED_TRIAL");
+  if (!v) return false;
+  std::stringstream list(v);
+  for (std::string name; std::getline(list, name, ',');)
+    if (name == kernel) return true;
+  return false;
 }
 
 #ifdef GRPO_INVARIANT_CUDA
@@ -85,6 +90,21 @@ Tensor expert_products(const Tensor& x, const Tensor& w, const Tensor& ends) {
   return cuda::expert_products(x, w, ends);
 }
 
+Routing route(const Tensor& logits, const Tensor& bias, const ModelConfig& c) {
+  const int64_t E = logits.dim() == 2 ? logits.size(1) : 0;
+  const bool group_limited = c.topk_method != TopkMethod::Greedy && c.n_group > 1;
+  const bool noaux_tc = c.topk_method == TopkMethod::NoauxTc;
+  if (logits.dim() != 2 || !logits.is_cuda() || logits.scalar_type() != at::kFloat || E == 0 || E > 512 ||
+      E != c.n_routed_experts || c.num_experts_per_tok < 1 || c.num_experts_per_tok > 32 || c.num_experts_per_tok > E ||
+      (noaux_tc && (!bias.defined() || bias.numel() != E)) ||
+      (group_limited && (c.n_group > 32 || E % c.n_group != 0 || c.topk_group < 1 || c.topk_group > c.n_group)))
+    return {};
+  cuda::Routing r = cuda::route(logits, noaux_tc ? bias.to(logits.device(), at::kFloat).contiguous() : Tensor(),
+                                c.num_experts_per_tok, c.n_group, c.topk_group, c.scoring_func == ScoringFunc::Sigmoid,
+                                noaux_tc, group_limited, c.norm_topk_prob, c.routed_scaling_factor);
+  return {r.scores, r.experts, r.weights};
+}
+
 #else
 
 Tensor rms_norm(const Tensor&, const Tensor&, double) { return {}; }
@@ -95,6 +115,7 @@ Tensor combine_experts(const Tensor&, const ExpertGroups&, const Tensor&, const 
   throw Error("fused kernels: built without CUDA");
 }
 Tensor expert_products(const Tensor&, const Tensor&, const Tensor&) { return {}; }
+Routing route(const Tensor&, const Tensor&, const ModelConfig&) { return {}; }
 
 #endif
 

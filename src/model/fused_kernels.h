@@ -14,6 +14,9 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
+
+#include "config/model_config.h"
 #include "util/scoped_flag.h"
 
 namespace grpo::model {
@@ -55,8 +58,19 @@ Tensor combine_experts(const Tensor& y, const ExpertGroups& groups, const Tensor
 // padding. Undefined where it does not apply: not bf16 on CUDA, K % 8 != 0, not 16-byte aligned,
 // or more than 32 rows per expert on average.
 Tensor expert_products(const Tensor& x, const Tensor& w, const Tensor& ends);
-// Whether the MoE layers use expert_products inside a Scope: only with the environment variable
-// GRPO_FUSED_EXPERT_PRODUCTS=1 set while it is being measured against at::_grouped_mm.
-bool expert_products_enabled();
+
+// The router after its fp32 logits (N, E): the gate scores, the k chosen experts (best first) and
+// their weights, as RouterImpl computes them with ATen (softmax or sigmoid scores, greedy,
+// group-limited or noaux_tc selection, normalised, scaled), in one kernel. Undefined members where
+// it does not apply (logits not fp32 on CUDA, more than 512 experts, 32 groups or 32 chosen).
+struct Routing {
+  Tensor scores, experts, weights;
+};
+Routing route(const Tensor& logits, const Tensor& bias, const ModelConfig& config);
+
+// Kernels on trial: used inside a Scope only when named in the environment variable
+// GRPO_FUSED_TRIAL (a comma-separated list: expert_products, router) while they are measured
+// against the ATen kernels they would replace.
+bool trial(const std::string& kernel);
 
 }  // namespace grpo::model::fused

@@ -203,6 +203,110 @@ __global__ void __launch_bounds__(kExpertWarps * 32)
   }
 }
 
+// The router after its logits, one warp per token: scores (softmax or sigmoid), the choice
+// (scores + the selection bias for noaux_tc), the best topk_group groups where routing is
+// group-limited (a group's score: its best choice, or the sum of its best two for noaux_tc), the
+// k best choices among them in descending order (ties to the lower index), and their weights:
+// the unbiased scores, divided by their sum (plus 1e-20) when normalised, times the scaling.
+// Up to kRouterMaxExperts experts and 32 groups; the scores and choices of a warp's token sit in
+// shared memory.
+constexpr int kRouterWarps = 4;
+constexpr int kRouterMaxExperts = 512;
+
+struct RouterShape {
+  int64_t N;
+  int E, k, groups, topk_group;
+  bool sigmoid, noaux_tc, group_limited, normalise;
+  float scaling;
+};
+
+// The larger of (v, i) and (w, j): the higher value, the lower index on a tie.
+__device__ __forceinline__ void keep_best(float& v, int& i, float w, int j) {
+  if (w > v || (w == v && j < i)) v = w, i = j;
+}
+
+__device__ __forceinline__ void warp_best(float& v, int& i) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) keep_best(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
+}
+
+__global__ void __launch_bounds__(kRouterWarps * 32)
+    route_kernel(const float* __restrict__ logits, const float* __restrict__ bias, float* __restrict__ scores,
+                 int64_t* __restrict__ experts, float* __restrict__ weights, RouterShape s) {
+  __shared__ float score_of[kRouterWarps][kRouterMaxExperts], choice_of[kRouterWarps][kRouterMaxExperts];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t n = (int64_t)blockIdx.x * kRouterWarps + warp;
+  if (n >= s.N) return;  // no block-wide synchronisation below
+  const float* row = logits + n * s.E;
+  float* sc = score_of[warp];
+  float* ch = choice_of[warp];
+  const float inf = __int_as_float(0x7f800000);
+  if (s.sigmoid) {
+    for (int e = lane; e < s.E; e += 32) sc[e] = 1.0f / (1.0f + expf(-row[e]));
+  } else {
+    float top = -inf;
+    for (int e = lane; e < s.E; e += 32) top = fmaxf(top, row[e]);
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, o));
+    float sum = 0.0f;
+    for (int e = lane; e < s.E; e += 32) {
+      sc[e] = expf(row[e] - top);
+      sum += sc[e];
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    for (int e = lane; e < s.E; e += 32) sc[e] /= sum;
+  }
+  for (int e = lane; e < s.E; e += 32) {
+    ch[e] = s.noaux_tc ? sc[e] + bias[e] : sc[e];
+    scores[n * s.E + e] = sc[e];
+  }
+  __syncwarp();
+  if (s.group_limited && s.groups > 1) {
+    const int size = s.E / s.groups;
+    float group_score = -inf;
+    if (lane < s.groups) {
+      float best = -inf, second = -inf;
+      for (int e = lane * size; e < (lane + 1) * size; ++e) {
+        const float v = ch[e];
+        if (v > best) second = best, best = v;
+        else if (v > second) second = v;
+      }
+      group_score = s.noaux_tc ? best + second : best;
+    }
+    bool kept = false;  // lane g: group g is among the topk_group best
+    for (int r = 0; r < s.topk_group; ++r) {
+      float v = kept ? -inf : group_score;
+      int i = lane < s.groups && !kept ? lane : 1 << 30;
+      warp_best(v, i);
+      if (lane == i) kept = true;
+    }
+    __syncwarp();
+    if (lane < s.groups && !kept)
+      for (int e = lane * size; e < (lane + 1) * size; ++e) ch[e] = -inf;
+    __syncwarp();
+  }
+  float sum = 0.0f, w_mine = 0.0f;
+  int mine = -1;  // lane j < k: the j-th expert chosen
+  for (int j = 0; j < s.k; ++j) {
+    float v = -inf;
+    int i = 1 << 30;
+    for (int e = lane; e < s.E; e += 32) keep_best(v, i, ch[e], e);
+    warp_best(v, i);
+    const float w = sc[i];
+    if (lane == j) mine = i, w_mine = w;
+    sum += w;
+    __syncwarp();
+    if (lane == 0) ch[i] = -inf;  // taken
+    __syncwarp();
+  }
+  if (lane < s.k) {
+    float w = s.normalise ? w_mine / (sum + 1e-20f) : w_mine;
+    experts[n * s.k + lane] = mine;
+    weights[n * s.k + lane] = w * s.scaling;
+  }
+}
+
 }  // namespace
 
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool interleave) {
@@ -268,6 +372,22 @@ Tensor expert_products(const Tensor& x, const Tensor& w, const Tensor& ends) {
       ends.data_ptr<int32_t>(), reinterpret_cast<__nv_bfloat16*>(y.data_ptr()), N, K);
   check_launch("expert_products");
   return y;
+}
+
+Routing route(const Tensor& logits, const Tensor& bias, int64_t k, int64_t groups, int64_t topk_group, bool sigmoid,
+               bool noaux_tc, bool group_limited, bool normalise, double scaling) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const Tensor l = logits.contiguous();
+  const int64_t N = l.size(0), E = l.size(1);
+  Routing r{at::empty({N, E}, l.options()), at::empty({N, k}, l.options().dtype(at::kLong)), at::empty({N, k}, l.options())};
+  if (N == 0) return r;
+  const RouterShape s{N,       (int)E,         (int)k,        (int)groups, (int)topk_group, sigmoid,
+                      noaux_tc, group_limited, normalise, (float)scaling};
+  route_kernel<<<(unsigned)((N + kRouterWarps - 1) / kRouterWarps), kRouterWarps * 32, 0, stream()>>>(
+      l.data_ptr<float>(), noaux_tc ? bias.data_ptr<float>() : nullptr, r.scores.data_ptr<float>(),
+      r.experts.data_ptr<int64_t>(), r.weights.data_ptr<float>(), s);
+  check_launch("route");
+  return r;
 }
 
 }  // namespace grpo::model::fused::cuda

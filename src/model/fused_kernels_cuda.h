@@ -25,4 +25,13 @@ Tensor combine_experts(const Tensor& y, const Tensor& inverse, const Tensor& wei
 // (the end of each expert's rows); K % 8 == 0, x and w 16-byte aligned -> (R, N) bf16.
 Tensor expert_products(const Tensor& x, const Tensor& w, const Tensor& ends);
 
+// logits (N, E) fp32; bias (E) fp32 when noaux_tc; E <= 512, groups <= 32 dividing E, k <= 32.
+struct Routing {
+  Tensor scores;   // (N, E) fp32
+  Tensor experts;  // (N, k) int64, best first
+  Tensor weights;  // (N, k) fp32
+};
+Routing route(const Tensor& logits, const Tensor& bias, int64_t k, int64_t groups, int64_t topk_group, bool sigmoid,
+              bool noaux_tc, bool group_limited, bool normalise, double scaling);
+
 }  // namespace grpo::model::fused::cuda

@@ -3,12 +3,14 @@
 #include <ATen/ops/_grouped_mm.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <vector>
 
 #include "common/tiny_models.h"
 #include "model/fused_kernels.h"
 #include "model/layers.h"
+#include "model/moe.h"
 
 namespace grpo::model {
 namespace {
@@ -194,7 +196,7 @@ TEST(FusedKernelsCuda, ExpertProductsEqualPerExpertProducts) {
     Tensor h = at::randn({xs.size(0), I}, bf16);
     check(h, down, g.ends, at::_grouped_mm(h, down.transpose(1, 2), g.ends).to(at::kFloat), "down");
   }
-  // In a MoE layer (GRPO_FUSED_EXPERT_PRODUCTS=1, inside a Scope) against the same layer through
+  // In a MoE layer (GRPO_FUSED_TRIAL=expert_products, inside a Scope) against the same layer through
   // at::_grouped_mm: outputs within bf16 roundings.
   {
     auto m = grpo::testing::tiny(grpo::testing::kTinyV3, 1);
@@ -205,10 +207,10 @@ TEST(FusedKernelsCuda, ExpertProductsEqualPerExpertProducts) {
     for (int64_t N : {1, 16, 80}) {
       Tensor x = at::randn({1, N, 32}, bf16);
       Tensor want = moe->forward(x);
-      ::setenv("GRPO_FUSED_EXPERT_PRODUCTS", "1", 1);
-      EXPECT_TRUE(fused::expert_products_enabled());
+      ::setenv("GRPO_FUSED_TRIAL", "expert_products", 1);
+      EXPECT_TRUE(fused::trial("expert_products"));
       Tensor got = moe->forward(x);
-      ::unsetenv("GRPO_FUSED_EXPERT_PRODUCTS");
+      ::unsetenv("GRPO_FUSED_TRIAL");
       EXPECT_LT(max_rel(got, want), 2e-2) << N;
     }
   }
@@ -216,6 +218,52 @@ TEST(FusedKernelsCuda, ExpertProductsEqualPerExpertProducts) {
   Tensor ends = at::full({2}, 4, kCuda.dtype(at::kInt));
   EXPECT_FALSE(fused::expert_products(at::randn({4, 16}, kCuda), at::randn({2, 8, 16}, kCuda), ends).defined());
   EXPECT_FALSE(fused::expert_products(at::randn({4, 12}, bf16), at::randn({2, 8, 12}, bf16), ends).defined());
+}
+
+// The router kernel against RouterImpl's ATen chain on the same logits, for DeepSeek-V3's routing
+// (sigmoid, noaux_tc with a bias, groups scored by their best two, normalised and scaled), at 8 and
+// 256 experts, for V2's group-limited softmax, and for plain greedy softmax: the same experts in the
+// same order wherever the choice is not within rounding of a tie, and the same weights and scores.
+TEST(FusedKernelsCuda, RouterEqualsAten) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  using grpo::testing::replace_in_config;
+  const std::string v3 = grpo::testing::kTinyV3;
+  const std::string wide = replace_in_config(
+      replace_in_config(v3, "\"n_routed_experts\": 8", "\"n_routed_experts\": 256"),
+      "\"num_experts_per_tok\": 3, \"n_group\": 4, \"topk_group\": 2",
+      "\"num_experts_per_tok\": 8, \"n_group\": 8, \"topk_group\": 4");
+  const std::string v2_groups = replace_in_config(
+      v3, "\"norm_topk_prob\": true", "\"norm_topk_prob\": false, \"scoring_func\": \"softmax\", \"topk_method\": \"group_limited_greedy\"");
+  const std::string greedy = replace_in_config(
+      replace_in_config(v3, "\"n_group\": 4, \"topk_group\": 2", "\"n_group\": 1, \"topk_group\": 1"),
+      "\"norm_topk_prob\": true", "\"norm_topk_prob\": false, \"scoring_func\": \"softmax\", \"topk_method\": \"greedy\"");
+  at::manual_seed(6);
+  at::NoGradGuard no_grad;
+  for (const auto& [name, text] : {std::pair{"v3", v3}, {"v3 256 experts", wide}, {"v2 groups", v2_groups},
+                                   {"greedy", greedy}}) {
+    const ModelConfig c = parse_model_config(text, name);
+    Router router(c);
+    router->to(at::kCUDA);
+    router->weight.normal_(0, 1.0 / std::sqrt((double)c.hidden_size));  // logits of about unit spread
+    if (router->e_score_correction_bias.defined()) router->e_score_correction_bias.uniform_(-0.1, 0.1);
+    for (int64_t N : {1, 7, 300}) {
+      Tensor x = at::randn({N, c.hidden_size}, kCuda);
+      RouterImpl::Routing want = router->forward(x, Tensor());
+      Tensor logits = at::linear(x, router->weight);
+      fused::Routing got = fused::route(logits, router->e_score_correction_bias, c);
+      ASSERT_TRUE(got.experts.defined()) << name;
+      EXPECT_LT(max_rel(got.scores, want.scores), 1e-6) << name << " N " << N;
+      // Rows whose k-th and (k+1)-th choices are within rounding may order them either way.
+      Tensor choice = want.scores + (router->e_score_correction_bias.defined() ? router->e_score_correction_bias : at::zeros({}, kCuda));
+      Tensor sorted = std::get<0>(choice.sort(-1, true));
+      Tensor clear = (sorted.narrow(1, 0, c.num_experts_per_tok + 1).diff(1, 1).abs() > 1e-5).all(1);
+      Tensor same = (got.experts == want.experts).all(1);
+      EXPECT_TRUE(same.logical_or(clear.logical_not()).all().item<bool>()) << name << " N " << N;
+      EXPECT_GT(clear.sum().item<int64_t>(), N / 2) << name << ": the check must compare most rows";
+      Tensor w_diff = (got.weights - want.weights).abs().masked_select(same.unsqueeze(1).expand_as(got.weights));
+      if (w_diff.numel() > 0) EXPECT_LT(w_diff.max().item<float>(), 1e-6 * c.routed_scaling_factor * 4) << name;
+    }
+  }
 }
 
 }  // namespace
