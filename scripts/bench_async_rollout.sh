@@ -9,7 +9,8 @@
 # differ only in what is measured. Prints per mode the mean step time over the steps after the
 # first, its split, the speed-up over sync, rollout_logprob_diff, and for routing replay the
 # training router's agreement with the rollout's experts and the size of the records.
-#   scripts/bench_async_rollout.sh gpu   (LAYERS 8, STEPS 4, PROMPTS 16, G 8, LENGTH 512)
+#   scripts/bench_async_rollout.sh gpu   (LAYERS 8, STEPS 4, PROMPTS 16, G 8, LENGTH 512;
+#   ROLLOUT_DEVICE=cuda:1 on a machine with two GPUs: also one-step-off with the copy on that GPU)
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" "${1:-gpu}"
 cmake --build "$build" --target grpo >/dev/null
 work=bench-out/async-rollout
@@ -64,11 +65,18 @@ YAML
 run sync ""
 run async1 "async_rollout: 1"
 run replay "routing_replay: true"
-"$py" - "$work" "$steps" "${LAYERS:-8}" <<'PY'
+# On a machine with a second GPU (ROLLOUT_DEVICE=cuda:1): the sampling copy there.
+modes="sync async1 replay"
+if [ -n "${ROLLOUT_DEVICE:-}" ]; then
+  run async1_device "async_rollout: 1
+rollout_device: $ROLLOUT_DEVICE"
+  modes="$modes async1_device"
+fi
+"$py" - "$work" "$steps" "${LAYERS:-8}" "$modes" "${ROLLOUT_DEVICE:-}" <<'PY'
 import json, os, sys
-work, steps = sys.argv[1], int(sys.argv[2])
+work, steps, modes = sys.argv[1], int(sys.argv[2]), sys.argv[4].split()
 rows = {}
-for mode in ("sync", "async1", "replay"):
+for mode in modes:
     lines = [json.loads(l) for l in open(os.path.join(work, mode, "metrics.jsonl"))]
     m = [x for x in lines if "time_train" in x and x["step"] >= 2]
     rows[mode] = m
@@ -78,13 +86,15 @@ base = sum(step_time(x, "sync") for x in rows["sync"]) / len(rows["sync"])
 print(f"\nV2-Lite shape, {sys.argv[3]} layers, LoRA r16, bf16; steps 2..{steps} averaged")
 print("| mode | s/step | rollout s | train s | waited for batch s | speed-up vs sync | rollout_logprob_diff | routing agreement | replay MB/step |")
 print("|---|---|---|---|---|---|---|---|---|")
-for mode, label in (("sync", "sync"), ("async1", "async_rollout 1"), ("replay", "routing_replay")):
-    m = rows[mode]
+labels = {"sync": "sync", "async1": "async_rollout 1", "replay": "routing_replay",
+          "async1_device": f"async_rollout 1, rollout_device {sys.argv[5]}"}
+for mode in modes:
+    label, m = labels[mode], rows[mode]
     avg = lambda k: sum(x.get(k, 0) for x in m) / len(m)
     st = sum(step_time(x, mode) for x in m) / len(m)
     agree = f"{avg('routing/agreement'):.4f}" if mode == "replay" else "-"
     mb = f"{avg('routing/replay_mb'):.1f}" if mode == "replay" else "-"
-    wait = f"{avg('time_rollout_wait'):.2f}" if mode == "async1" else "-"
+    wait = f"{avg('time_rollout_wait'):.2f}" if mode.startswith("async1") else "-"
     print(f"| {label} | {st:.2f} | {avg('time_rollout'):.2f} | {avg('time_train'):.2f} | {wait} | {base / st:.2f}x | "
           f"{avg('rollout_logprob_diff'):.2e} | {agree} | {mb} |")
 PY

@@ -168,8 +168,14 @@ GrpoTrainer::GrpoTrainer(const StageSettings& s, const std::string& recipe_path,
     if (comm_)
       throw Error(recipe_path_ + ": key 'async_rollout': asynchronous rollout runs on one rank for now (the rollout "
                   "thread's collectives would interleave with the update's)");
-    rollout_model_ = pol_.replica();
-    rollout_engine_ = std::make_unique<rollout::Engine>(rollout_model_, tok_.get(), eo);
+    const at::Device rd = rollout_device();
+    rollout_model_ = pol_.replica(rd);
+    rollout::EngineOptions ro = eo;
+    if (s_.rollout.kv_cache_mb == 0) ro.kv_cache_bytes = int64_t(rd.is_cuda() ? 4096 : 1024) << 20;
+    rollout_engine_ = std::make_unique<rollout::Engine>(rollout_model_, tok_.get(), ro);
+    if (rd != device_ && main_rank())
+      fprintf(stderr, "grpo train: the asynchronous rollout samples on %s, the update trains on %s\n", rd.str().c_str(),
+              device_.str().c_str());
   }
 
   // Prompts that leave no room for a completion are dropped now, named, not met mid-run.
@@ -180,6 +186,10 @@ GrpoTrainer::GrpoTrainer(const StageSettings& s, const std::string& recipe_path,
   }
   if (data_.train.empty()) throw Error(recipe_path_ + ": no training prompt fits the model's context");
   order_ = std::make_unique<PromptOrder>(data_.train.size(), s_.data.shuffle, s_.data.data_seed);
+}
+
+at::Device GrpoTrainer::rollout_device() const {
+  return s_.rollout.rollout_device.empty() ? device_ : at::Device(s_.rollout.rollout_device);
 }
 
 std::shared_ptr<Model> GrpoTrainer::base_model(at::ScalarType dtype) const { return load_base_model(s_, config_text_, dtype); }
@@ -403,8 +413,11 @@ RolloutBatch GrpoTrainer::next_batch(int64_t step) {
 void GrpoTrainer::launch_rollout(int64_t step, int64_t position) {
   model::copy_weights(*rollout_model_, *policy_);
   const int64_t weights_step = st_.step;
-  const int device = device_.is_cuda() ? (device_.index() >= 0 ? device_.index() : c10::cuda::current_device()) : -1;
-  if (device >= 0) c10::cuda::getCurrentCUDAStream(device).synchronize();  // the copy lands before the thread reads
+  auto index = [](const at::Device& d) { return d.is_cuda() ? (d.index() >= 0 ? d.index() : c10::cuda::current_device()) : -1; };
+  const int device = index(rollout_device());
+  // The copy lands before the thread reads (a copy between GPUs runs on one of the two devices' streams).
+  for (int d : {index(device_), device})
+    if (d >= 0) c10::cuda::getCurrentCUDAStream(d).synchronize();
   pending_ = std::async(std::launch::async, [this, step, position, weights_step, device] {
     c10::NoGradGuard no_grad;
     std::optional<c10::cuda::CUDAStreamGuard> stream;

@@ -59,6 +59,7 @@ class GrpoTrainer {
   // launching the next one when one-step-off.
   RolloutBatch next_batch(int64_t step);
   void launch_rollout(int64_t step, int64_t position);
+  at::Device rollout_device() const;  // async_rollout: where the sampling copy lives
   UpdateStats update(const RolloutBatch& b);
   double learning_rate(int64_t step) const;
   std::vector<rewards::RewardResult> score(const std::vector<rewards::RewardItem>& items, const std::string& what);

@@ -59,9 +59,9 @@ void setup_lora(Policy& p, const StageSettings& s, const std::string& recipe_pat
 
 }  // namespace
 
-std::shared_ptr<model::CausalLM> Policy::replica() const {
+std::shared_ptr<model::CausalLM> Policy::replica(const at::Device& device) const {
   auto m = std::make_shared<Model>(compute->config());
-  m->to_device_dtype(compute->device(), compute->dtype());
+  m->to_device_dtype(device, compute->dtype());
   if (has_lora()) model::add_lora(*m, lora, 0);
   model::copy_weights(*m, *compute);
   m->batch_invariant = compute->batch_invariant;

@@ -47,9 +47,9 @@ struct Policy {
   // Rounds the master weights into the compute copy (with a sharded master: the tensors this rank
   // holds, and every buffer); no-op in fp32.
   void sync();
-  // A frozen copy of the compute model, adapters included, with its current weights (what an
-  // asynchronous rollout samples from while the compute model trains).
-  std::shared_ptr<Model> replica() const;
+  // A frozen copy of the compute model on `device`, adapters included, with its current weights
+  // (what an asynchronous rollout samples from while the compute model trains).
+  std::shared_ptr<Model> replica(const at::Device& device) const;
 
   // ZeRO with a bf16 compute copy (zero_stage 1 and 2, full fine-tuning): the fp32 master keeps only
   // the tensors this rank owns, mine[i] for master parameter i; the others' data is released (an

@@ -238,6 +238,7 @@ const std::vector<Key>& keys() {
       key("rollout_quantization", "rollout", &S::rollout, &RolloutSettings::quantization,
           "none, or fp8: the engine decodes with FP8 copies of the weights (DeepSeek-V3's 128x128 block scales)"),
       key("async_rollout", "rollout", &S::rollout, &RolloutSettings::async_rollout, "rollout in a second thread, at most this stale: 1 one-step-off, 0, -1 off"),
+      key("rollout_device", "rollout", &S::rollout, &RolloutSettings::rollout_device, "with async_rollout: the device of the sampling copy (cpu, cuda or cuda:N; default the training device)"),
       key("loss_type", "loss", &S::loss, &LossConfig::type, "grpo, dapo or dr_grpo"),
       key("beta", "loss", &S::loss, &LossConfig::beta, "KL coefficient (0: no reference model)"),
       key("kl_estimator", "loss", &S::loss, &LossConfig::kl, "k1, k2 or k3"),
@@ -412,9 +413,15 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
   need(s.eval.eval_num_generations >= 0, "eval_num_generations", "must not be negative");
   need(s.checkpoint.save_total_limit >= 0, "save_total_limit", "must not be negative");
   need(s.warm_start.sft_steps >= 0 && s.warm_start.sft_batch_size >= 1, "sft_batch_size", "must be at least 1");
-  const std::string& d = s.model.device;
-  bool cuda_n = d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.find_first_not_of("0123456789", 5) == std::string::npos;
-  need(d == "cpu" || d == "cuda" || cuda_n, "device", "'" + d + "' is not a device (cpu, cuda or cuda:N)");
+  auto is_device = [](const std::string& d) {
+    const bool cuda_n = d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.find_first_not_of("0123456789", 5) == std::string::npos;
+    return d == "cpu" || d == "cuda" || cuda_n;
+  };
+  need(is_device(s.model.device), "device", "'" + s.model.device + "' is not a device (cpu, cuda or cuda:N)");
+  const std::string& rd = s.rollout.rollout_device;
+  need(rd.empty() || is_device(rd), "rollout_device", "'" + rd + "' is not a device (cpu, cuda or cuda:N)");
+  need(rd.empty() || s.rollout.async_rollout >= 0, "rollout_device",
+       "needs async_rollout: 0 or 1 (the plain loop samples with the training policy itself)");
   // Rewards: the spec, its options and plugins are checked now, not at the first step.
   try {
     rewards::RewardRegistry& registry = rewards::default_registry();  // plugins register where the run finds them

@@ -112,6 +112,9 @@ struct RolloutSettings {
   // t's update while step t trains); 0 = the same machinery started after the update (equals the
   // synchronous loop); -1 = off.
   int64_t async_rollout = -1;
+  // With async_rollout: the device of the policy's copy that samples (cpu, cuda or cuda:N; empty:
+  // the training device). On a second GPU the rollout no longer shares the trainer's.
+  std::string rollout_device;
   // The engine and the training forward both compute through the batch-invariant forward
   // (model/batch_invariant.h): the rollout's log-probs equal the training forward's to the bit.
   bool exact_rollout = false;

@@ -17,7 +17,8 @@
 - routing replay logs the size of the rollout's expert records and the training router's agreement
   with them, trains as the plain run does when they agree, and is refused for a model without MoE;
 - asynchronous rollout: with staleness 0 (the rollout thread on a copy of the policy, started after
-  each update) the run equals the synchronous loop bit for bit, in fp32 and bf16; one-step-off, the
+  each update) the run equals the synchronous loop bit for bit, in fp32 and bf16, and with the copy
+  on the device rollout_device names (the key refused without async_rollout); one-step-off, the
   first step equals the synchronous one, the later ones train on samples one update old (logged),
   whose importance ratios pi_old / pi_rollout then spread far wider; such a run resumes."""
 import json
@@ -232,6 +233,19 @@ for dtype in ("fp32", "bf16"):
           "steps, equal the synchronous run's")
     if dtype == "fp32":
         sync_fp32, async0_fp32 = sync_m, async0
+# The sampling copy on a device named by rollout_device (here the CPU again: the path that moves the
+# copy and sizes its cache runs; a second GPU is the use), and the key refused without async_rollout.
+device_dir = train("async0_device", run4 + "async_rollout: 0\nrollout_device: cpu\n")
+check(same_run(sync_fp32, metrics(device_dir), range(1, 5)),
+      "async_rollout 0 with rollout_device: cpu equals the synchronous run")
+for name, body, needle in (("no_async", "rollout_device: cpu\n", "needs async_rollout"),
+                           ("bad_device", "async_rollout: 1\nrollout_device: gpu1\n", "is not a device")):
+    path = os.path.join(a.workdir, f"device_{name}.yaml")
+    open(path, "w").write(BASE + body)
+    r = subprocess.run([a.grpo, "train", path, "--output", os.path.join(a.workdir, f"device_{name}")],
+                       capture_output=True, text=True)
+    check(r.returncode != 0 and "rollout_device" in r.stderr and needle in r.stderr,
+          f"rollout_device ({name}) is refused: " + (r.stderr.strip().splitlines() or [""])[-1][:160])
 async1_dir = train("async1", run4 + "async_rollout: 1\n")
 async1 = metrics(async1_dir)
 spread = lambda m, s: m[s]["rollout_is/ratio_max"] - m[s]["rollout_is/ratio_min"]
