@@ -118,11 +118,9 @@ int main(int argc, char** argv) {
                                                    sync();
                                                  }),
                                                  {});
-      double total = 0;
-      for (const auto& [name, t] : times) total += t.ms;
+      const double total = bench::total_ms(times);
       for (size_t i = 0; i < times.size() && (int64_t)i < profile_top; ++i) {
-        std::string name = times[i].first.substr(0, 90);
-        std::replace(name.begin(), name.end(), '"', '\'');
+        const std::string name = bench::json_label(times[i].first);
         printf("{\"kind\": \"train_profile\", \"batch\": %lld, \"seq\": %lld, \"kernel\": \"%s\", \"calls\": %lld, "
                "\"ms\": %.3f, \"share\": %.3f}\n",
                (long long)batch, (long long)seq, name.c_str(), (long long)times[i].second.calls, times[i].second.ms,

@@ -54,4 +54,18 @@ inline std::vector<std::pair<std::string, KernelTime>> kernel_time_difference(
   return out;
 }
 
+// The device time of all kernels of such a list.
+inline double total_ms(const std::vector<std::pair<std::string, KernelTime>>& times) {
+  double total = 0;
+  for (const auto& entry : times) total += entry.second.ms;
+  return total;
+}
+
+// A kernel's name for a JSON string: its first 90 characters, double quotes made single.
+inline std::string json_label(const std::string& name) {
+  std::string out = name.substr(0, 90);
+  std::replace(out.begin(), out.end(), '"', '\'');
+  return out;
+}
+
 }  // namespace grpo::bench

@@ -226,11 +226,9 @@ int main(int argc, char** argv) {
       auto one = bench::cuda_kernel_times([&] { engine.generate(prompts); sync(dev); });
       auto more = bench::cuda_kernel_times([&] { engine.generate(longer); sync(dev); });
       auto diff = bench::kernel_time_difference(more, one);
-      double total = 0;
-      for (const auto& [name, t] : diff) total += t.ms;
+      const double total = bench::total_ms(diff);
       for (size_t i = 0; i < diff.size() && (int64_t)i < profile_top; ++i) {
-        std::string name = diff[i].first.substr(0, 90);
-        std::replace(name.begin(), name.end(), '"', '\'');
+        const std::string name = bench::json_label(diff[i].first);
         printf("{\"kind\": \"profile\", \"engine\": \"%s\", \"batch\": %lld, \"kernel\": \"%s\", \"calls_per_step\": %.1f, "
                "\"us_per_step\": %.1f, \"share\": %.3f}\n",
                label.c_str(), (long long)B, name.c_str(), (double)diff[i].second.calls / profile_steps,
