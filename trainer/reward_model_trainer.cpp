@@ -12,6 +12,7 @@
 #include "model/checkpoint.h"
 #include "model/reward_model.h"
 #include "trainer/data_parallel.h"
+#include "trainer/device_scalars.h"
 #include "trainer/policy.h"
 #include "trainer/preferences.h"
 #include "trainer/prompt_format.h"
@@ -146,6 +147,7 @@ std::pair<Tensor, Tensor> pair_rewards(model::CausalLM& backbone, const torch::n
 json RewardModelStage::evaluate(const std::vector<TokenPair>& pairs) {
   at::NoGradGuard g;
   double loss = 0, right = 0, margin = 0;
+  DeviceScalars sums;  // read once, after every batch
   const size_t B = (size_t)s_.sft.per_device_train_batch_size;
   const auto [first, last] = ranks_.share((int64_t)pairs.size());  // each rank its share, summed below
   for (size_t i = first; i < (size_t)last; i += B) {
@@ -153,9 +155,13 @@ json RewardModelStage::evaluate(const std::vector<TokenPair>& pairs) {
     for (size_t j = i; j < std::min((size_t)last, i + B); ++j) batch.push_back(&pairs[j]);
     auto [c, r] = pair_rewards(*pol_.compute, score_, pad_, batch);
     Tensor d = c - r;
-    loss -= at::log_sigmoid(d).sum().item<double>();
-    right += d.gt(0).sum().item<double>();
-    margin += d.sum().item<double>();
+    sums.add(at::stack({at::log_sigmoid(d).sum().to(at::kDouble), d.gt(0).sum().to(at::kDouble), d.sum().to(at::kDouble)}));
+  }
+  const std::vector<double> per_batch = sums.read();  // (log-sigmoid sum, right, margin) per batch, in order
+  for (size_t i = 0; i < per_batch.size(); i += 3) {
+    loss -= per_batch[i];
+    right += per_batch[i + 1];
+    margin += per_batch[i + 2];
   }
   const auto v = ranks_.sum({loss, right, margin});
   loss = v[0];
@@ -228,6 +234,7 @@ bool RewardModelStage::run() {
     const auto t0 = Clock::now();
     optimizer_->zero_grad();
     double loss = 0, right = 0, margin = 0, tokens = 0;
+    DeviceScalars sums;  // (loss, right, margin) per micro-batch, read once after the last
     for (size_t i = 0; i < pairs.size(); i += mb) {
       std::vector<const TokenPair*> part(pairs.begin() + i, pairs.begin() + std::min(pairs.size(), i + (size_t)mb));
       auto [c, r] = pair_rewards(*pol_.compute, score_, pad_, part);
@@ -235,10 +242,14 @@ bool RewardModelStage::run() {
       Tensor l = -at::log_sigmoid(d).sum() / step_pairs;
       l.backward();
       pol_.accumulate_gradients();
-      loss += l.item<double>();
-      right += d.gt(0).sum().item<double>();
-      margin += d.sum().item<double>();
+      sums.add(at::stack({l.detach().to(at::kDouble), d.gt(0).sum().to(at::kDouble), d.detach().sum().to(at::kDouble)}));
       for (const auto* p : part) tokens += (double)(p->chosen.size() + p->rejected.size());
+    }
+    const std::vector<double> per_batch = sums.read();
+    for (size_t i = 0; i < per_batch.size(); i += 3) {
+      loss += per_batch[i];
+      right += per_batch[i + 1];
+      margin += per_batch[i + 2];
     }
     std::vector<Tensor> params = pol_.master->parameters();
     params.push_back(score_->weight);
