@@ -151,8 +151,12 @@ GrpoTrainer::GrpoTrainer(const StageSettings& s, const std::string& recipe_path,
   eo.max_batch = s_.rollout.max_batch > 0
                      ? s_.rollout.max_batch
                      : std::max<int64_t>(64, s_.rollout.per_step_prompts * s_.rollout.num_generations);
-  const int64_t cache_mb = s_.rollout.kv_cache_mb > 0 ? s_.rollout.kv_cache_mb : device_.is_cuda() ? 4096 : 1024;
-  eo.kv_cache_bytes = cache_mb << 20;  // the optimizer's moments are allocated at the first step: leave them room
+  // The KV cache budget of an engine on `d`: kv_cache_mb, or 4096 MiB on CUDA and 1024 on the CPU (the
+  // optimizer's moments are allocated at the first step: leave them room).
+  auto cache_bytes = [&](const at::Device& d) {
+    return (s_.rollout.kv_cache_mb > 0 ? s_.rollout.kv_cache_mb : d.is_cuda() ? int64_t(4096) : int64_t(1024)) << 20;
+  };
+  eo.kv_cache_bytes = cache_bytes(device_);
   eo.record_routing = s_.moe.routing_replay;
   eo.speculative_mtp = s_.rollout.speculative_mtp;
   eo.num_speculative_tokens = s_.rollout.num_speculative_tokens;
@@ -171,7 +175,7 @@ GrpoTrainer::GrpoTrainer(const StageSettings& s, const std::string& recipe_path,
     const at::Device rd = rollout_device();
     rollout_model_ = pol_.replica(rd);
     rollout::EngineOptions ro = eo;
-    if (s_.rollout.kv_cache_mb == 0) ro.kv_cache_bytes = int64_t(rd.is_cuda() ? 4096 : 1024) << 20;
+    ro.kv_cache_bytes = cache_bytes(rd);
     rollout_engine_ = std::make_unique<rollout::Engine>(rollout_model_, tok_.get(), ro);
     if (rd != device_ && main_rank())
       fprintf(stderr, "grpo train: the asynchronous rollout samples on %s, the update trains on %s\n", rd.str().c_str(),
@@ -413,7 +417,9 @@ RolloutBatch GrpoTrainer::next_batch(int64_t step) {
 void GrpoTrainer::launch_rollout(int64_t step, int64_t position) {
   model::copy_weights(*rollout_model_, *policy_);
   const int64_t weights_step = st_.step;
-  auto index = [](const at::Device& d) { return d.is_cuda() ? (d.index() >= 0 ? d.index() : c10::cuda::current_device()) : -1; };
+  auto index = [](const at::Device& d) {
+    return d.is_cuda() ? (d.index() >= 0 ? d.index() : c10::cuda::current_device()) : -1;
+  };
   const int device = index(rollout_device());
   // The copy lands before the thread reads (a copy between GPUs runs on one of the two devices' streams).
   for (int d : {index(device_), device})
