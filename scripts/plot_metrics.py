@@ -9,7 +9,9 @@ import sys
 
 src, dst = sys.argv[1], sys.argv[2]
 train, evals = {}, {}
-for line in open(src):
+for line in open(src).read().split("\n")[:-1]:  # whole lines: a live run may be writing the last
+    if not line.strip():
+        continue
     m = json.loads(line)
     if "reward" in m and "loss" in m:
         train[m["step"]] = m["reward"]
