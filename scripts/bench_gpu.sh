@@ -12,20 +12,22 @@
 # SPEC_DRAFTS (say 1,2,3; default none): also speculative decoding with an MTP module at each of
 # these num_speculative_tokens, against the same model decoding plainly (1,024-token contexts);
 # TRAIN_PROFILE (say 15; default 0): also the N kernels taking the most time in a training step;
-# PARTS (default checks,train,experts,decode,variants,fused,transformers): the parts to run, for a
-# call that must fit a time limit (decode: the plain engine per context; variants: gathered
-# attention, FP8 and exact_rollout per context; fused: ATen's chains and fused::expert_products at
-# 1,024 tokens; transformers: its generate() as the decode baseline).
+# PARTS (default checks,train,experts,decode,variants,fused,exact,transformers): the parts to run,
+# for a call that must fit a time limit (decode: the plain engine per context; variants: gathered
+# attention, FP8 and exact_rollout per context; fused: ATen's chains and the kernels on trial at
+# 1,024 tokens; exact: the batch-invariant products alone and exact_rollout at 1,024 tokens, each
+# with and without the wide products on trial; transformers: its generate() as the decode baseline).
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRPO_ASAN_TESTS=OFF \
   -DGRPO_PYTHON="$(command -v "$py")" ${CMAKE_ARGS:-} >/dev/null
-cmake --build "$build" --target grpo bench_forward bench_rollout bench_expert_products test_model test_rollout >/dev/null
+cmake --build "$build" --target grpo bench_forward bench_rollout bench_expert_products bench_invariant test_model test_rollout \
+  >/dev/null
 work=${GRPO_BENCH_DIR:-bench-out/gpu}
 mkdir -p "$work"
 log="$work/results.jsonl"
 : > "$log"
 L=${GRPO_BENCH_LAYERS:-12}
-want() { [[ ",${PARTS:-checks,train,experts,decode,variants,fused,transformers}," == *",$1,"* ]]; }
+want() { [[ ",${PARTS:-checks,train,experts,decode,variants,fused,exact,transformers}," == *",$1,"* ]]; }
 
 # Correctness first: a fast wrong kernel is worth nothing.
 want checks && for t in test_model test_rollout; do
@@ -79,13 +81,27 @@ done
 # ATen's kernel chains instead of the fused RMSNorm, RoPE, SwiGLU and MoE kernels: their baseline.
 want fused && "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
   --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" --no-fused-kernels --label grpo-unfused | tee -a "$log"
-# The kernels on trial (GRPO_FUSED_TRIAL), each alone: the routed experts through
+# The kernels on trial (GRPO_KERNEL_TRIAL), each alone: the routed experts through
 # fused::expert_products instead of at::_grouped_mm; the router after its logits in one kernel.
 for trial in expert_products router; do
-  want fused && GRPO_FUSED_TRIAL=$trial "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
+  want fused && GRPO_KERNEL_TRIAL=$trial "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
     --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
     --label "grpo-trial-$trial" | tee -a "$log"
 done
+# The batch-invariant products alone (the V2-Lite projections' K = N = 2048, and gate_up's rows over
+# 64 experts), default kernel and wide kernel against ATen's bf16 product; then exact_rollout at
+# 1,024 tokens with the wide products on trial (its prefill and training forwards take them), next
+# to the same run without (the "variants" part) or here when that part is off.
+if want exact; then
+  "$build/scripts/bench/bench_invariant" --device cuda | tee -a "$log"
+  "$build/scripts/bench/bench_invariant" --device cuda --groups 64 --n 2816 --rows 4096,16384,65536 | tee -a "$log"
+  want variants || "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 \
+    --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" --exact \
+    --label grpo-exact | tee -a "$log"
+  GRPO_KERNEL_TRIAL=wide_products "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
+    --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
+    --exact --label grpo-exact-trial-wide_products | tee -a "$log"
+fi
 if [ -n "${SPEC_DRAFTS:-}" ]; then
   # The same shape plus one MTP module (random weights: the acceptance says little, the step cost much).
   "$py" - "$work/config.json" "$work/config_mtp.json" <<'PY'

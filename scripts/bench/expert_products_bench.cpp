@@ -12,38 +12,16 @@
 #include <torch/cuda.h>
 
 #include <CLI/CLI.hpp>
-#include <chrono>
 #include <cstdio>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "model/fused_kernels.h"
-
-namespace {
+#include "timing.h"
 
 using at::Tensor;
-
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-// Seconds per call of f on the device, over enough calls for about a quarter of a second.
-template <typename F>
-double seconds_per_call(F f) {
-  f();
-  torch::cuda::synchronize();
-  int64_t n = 0;
-  const double t0 = now();
-  double dt = 0;
-  do {
-    for (int i = 0; i < 10; ++i) f();
-    n += 10;
-    torch::cuda::synchronize();
-    dt = now() - t0;
-  } while (dt < 0.25);
-  return dt / n;
-}
-
-}  // namespace
+using grpo::bench::seconds_per_call;
 
 int main(int argc, char** argv) {
   CLI::App app{"grouped expert products at decode: at::_grouped_mm against fused::expert_products"};
@@ -65,7 +43,7 @@ int main(int argc, char** argv) {
   Tensor gate_up = at::randn({E, 2 * I, H}, bf16) * 0.02, down = at::randn({E, H, I}, bf16) * 0.02;
   // Device copy bandwidth (bytes read + written per second) of a 1 GiB buffer.
   Tensor a = at::ones({int64_t(1) << 30}, bf16.dtype(at::kByte)), b = at::empty_like(a);
-  const double bandwidth = 2.0 * a.numel() / seconds_per_call([&] { b.copy_(a); });
+  const double bandwidth = 2.0 * a.numel() / seconds_per_call([&] { b.copy_(a); }, true);
   a = b = Tensor();
   printf("| tokens | rows per active expert | grouped_mm us | fused us | speed-up | grouped_mm of copy bw | fused of copy bw |\n");
   printf("|---|---|---|---|---|---|---|\n");
@@ -95,7 +73,7 @@ int main(int argc, char** argv) {
     // The two agree (within a bf16 rounding of the outputs) before either is timed.
     const Tensor want = grouped().to(at::kFloat), got = fused().to(at::kFloat);
     const double err = ((got - want).abs().max() / want.abs().max()).item<double>();
-    const double t_grouped = seconds_per_call(grouped), t_fused = seconds_per_call(fused);
+    const double t_grouped = seconds_per_call(grouped, true), t_fused = seconds_per_call(fused, true);
     printf("{\"kind\": \"expert_products\", \"tokens\": %lld, \"active_experts\": %lld, \"bytes\": %.4g, "
            "\"grouped_mm_us\": %.2f, \"fused_us\": %.2f, \"copy_bandwidth\": %.4g, \"max_rel_diff\": %.3g}\n",
            (long long)N, (long long)active, bytes, 1e6 * t_grouped, 1e6 * t_fused, bandwidth, err);

@@ -5,13 +5,14 @@ same run (the same shape, batch and context)."""
 import json
 import sys
 
-checks, train, decode, train_profile, experts, device = [], [], [], [], [], None
+checks, train, decode, train_profile, experts, products, device = [], [], [], [], [], [], None
 for line in sys.stdin:
     line = line.strip()
     if not line.startswith("{"):
         continue
     r = json.loads(line)
-    {"check": checks, "train": train, "decode": decode, "train_profile": train_profile, "expert_products": experts}.get(r["kind"], []).append(r)
+    {"check": checks, "train": train, "decode": decode, "train_profile": train_profile, "expert_products": experts,
+     "invariant_matmul": products}.get(r["kind"], []).append(r)
     if r["kind"] == "device":
         device = r
 
@@ -83,12 +84,50 @@ compare("grpo-unfused", "Decode with the fused kernels (RMSNorm, RoPE, SwiGLU, t
                       f"{100 * r['roofline']:.1f}%", f"{100 * u['roofline']:.1f}%"])
 for trial, what in (("expert_products", "the routed experts through fused::expert_products"),
                     ("router", "the router after its logits in one kernel")):
-    compare(f"grpo-trial-{trial}", f"Decode with {what} (GRPO_FUSED_TRIAL={trial}) against the default kernels\n"
+    compare(f"grpo-trial-{trial}", f"Decode with {what} (GRPO_KERNEL_TRIAL={trial}) against the default kernels\n"
             "in the same run",
             ["default ms/step", "trial ms/step", "speed-up", "default roofline", "trial roofline",
              "default drift mean / max", "trial drift mean / max"],
             lambda r, x: [f"{r['ms_per_step']:.2f}", f"{x['ms_per_step']:.2f}", f"{r['ms_per_step'] / x['ms_per_step']:.2f}x",
                           f"{100 * r['roofline']:.1f}%", f"{100 * x['roofline']:.1f}%", drift(r), drift(x)])
+
+
+def exact_prefill():
+    """exact_rollout with the wide products on trial against exact_rollout with the default kernels, and the
+    batch-invariant products alone against ATen's."""
+    if products:
+        print()
+        print("Batch-invariant products alone (bf16, rounded to bf16), against ATen's bf16 product on the same inputs, same run")
+        print()
+        print("| rows | groups | N x K | default TFLOP/s | wide TFLOP/s | ATen TFLOP/s | wide / default | wide / ATen | wide bits equal |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in products:
+            wide = r.get("wide_gflops")
+            print(f"| {r['rows']} | {r['groups']} | {r['n']} x {r['k']} | {r['invariant_gflops'] / 1e3:.1f} | "
+                  + (f"{wide / 1e3:.1f}" if wide else "-") + f" | {r['aten_bf16_gflops'] / 1e3:.1f} | "
+                  + (f"{wide / r['invariant_gflops']:.2f}x | {wide / r['aten_bf16_gflops']:.2f} | {r['wide_equal']} |" if wide else "- | - | - |"))
+    base = {(r["batch"], r["prompt"]): r for r in decode if r["engine"] == "grpo-exact"}
+    plain = {(r["batch"], r["prompt"]): r for r in decode if r["engine"] == "grpo"}
+    rows = [r for r in decode if r["engine"] == "grpo-exact-trial-wide_products" and (r["batch"], r["prompt"]) in base]
+    if not rows:
+        return
+    print()
+    print("exact_rollout with the wide products on trial (GRPO_KERNEL_TRIAL=wide_products) against exact_rollout with the\n"
+          "default kernels and the ordinary engine, same run; prefill tokens/s, decode ms/step, drift (0: equal bit for bit)")
+    print()
+    print("| batch | context | ordinary prefill tok/s | exact prefill tok/s | wide prefill tok/s | prefill speed-up | "
+          "wide prefill cost vs ordinary | exact ms/step | wide ms/step | exact drift max | wide drift max |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        e = base[(r["batch"], r["prompt"])]
+        o = plain.get((r["batch"], r["prompt"]))
+        print(f"| {r['batch']} | {r['prompt']} + {r['new']} | " + (f"{o['prefill_tok_s']:.0f}" if o else "-")
+              + f" | {e['prefill_tok_s']:.0f} | {r['prefill_tok_s']:.0f} | {r['prefill_tok_s'] / e['prefill_tok_s']:.2f}x | "
+              + (f"{o['prefill_tok_s'] / r['prefill_tok_s']:.2f}x" if o else "-")
+              + f" | {e['ms_per_step']:.2f} | {r['ms_per_step']:.2f} | {e['logprob_diff_max']:.3g} | {r['logprob_diff_max']:.3g} |")
+
+
+exact_prefill()
 
 
 def speculative():

@@ -1,55 +1,116 @@
-// The batch-invariant CPU product (model/invariant_kernels.h matmul_nt) against ATen's own bf16
-// product on the same inputs: ms per call and GFLOP/s for a few row counts, as JSON lines.
-//   bench_invariant [--k 512] [--n 1024] [--rows 1,16,64,256]
+// The batch-invariant product (model/invariant_kernels.h matmul_nt, and grouped_matmul_nt over
+// --groups weights) against ATen's own bf16 product on the same inputs: ms per call and GFLOP/s
+// for a few row counts, as JSON lines (kind "invariant_matmul"). On CUDA, where the rows are many
+// enough, also the wide kernel on trial (GRPO_KERNEL_TRIAL=wide_products, set here around its
+// calls), checked equal to the default kernel's bits before it is timed.
+//   bench_invariant [--device cpu|cuda] [--k 512] [--n 1024] [--rows 1,16,64,256] [--groups 1]
+// On CUDA the defaults are the V2-Lite shape's projections: K = N = 2048, 1 to 65,536 rows.
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <torch/cuda.h>
 
 #include <CLI/CLI.hpp>
-#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <sstream>
 #include <string>
 
 #include "model/invariant_kernels.h"
+#ifdef GRPO_PAGED_MLA_CUDA
+#include "model/invariant_kernels_cuda.h"
+#endif
+#include "timing.h"
 
 namespace {
 
-// Seconds per call of f, over enough calls for about a quarter of a second (after one warm-up).
-template <typename F>
-double seconds_per_call(F f) {
-  f();
-  int64_t n = 0;
-  const auto t0 = std::chrono::steady_clock::now();
-  double dt = 0;
-  do {
-    f();
-    ++n;
-    dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  } while (dt < 0.25);
-  return dt / n;
-}
+using at::Tensor;
+namespace invariant = grpo::model::invariant;
+
+struct Trial {  // the wide kernel on trial, within this scope
+  Trial() { ::setenv("GRPO_KERNEL_TRIAL", "wide_products", 1); }
+  ~Trial() { ::unsetenv("GRPO_KERNEL_TRIAL"); }
+};
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"batch-invariant CPU product benchmark"};
-  int64_t K = 512, N = 1024;
-  std::string rows = "1,16,64,256";
-  app.add_option("--k", K);
-  app.add_option("--n", N);
-  app.add_option("--rows", rows);
+  CLI::App app{"batch-invariant product benchmark"};
+  std::string device = "cpu", rows;
+  int64_t K = 0, N = 0, G = 1;
+  app.add_option("--device", device)->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--k", K, "inner size (default 512 on the CPU, 2048 on CUDA)");
+  app.add_option("--n", N, "output columns (default 1024 on the CPU, 2048 on CUDA)");
+  app.add_option("--rows", rows, "row counts (default 1,16,64,256 on the CPU, 1,64,256,1024,4096,16384,65536 on CUDA)");
+  app.add_option("--groups", G, "weights the rows are spread over at random (grouped_matmul_nt when above 1)");
   CLI11_PARSE(app, argc, argv);
+  const bool cuda = device == "cuda";
+  if (cuda && !torch::cuda::is_available()) {
+    fprintf(stderr, "bench_invariant: no CUDA device\n");
+    return 1;
+  }
+  if (K == 0) K = cuda ? 2048 : 512;
+  if (N == 0) N = cuda ? 2048 : 1024;
+  if (rows.empty()) rows = cuda ? "1,64,256,1024,4096,16384,65536" : "1,16,64,256";
+  c10::NoGradGuard no_grad;
   at::manual_seed(0);
-  const at::Tensor w = at::randn({N, K}).to(at::kBFloat16);
+  const auto bf16 = at::TensorOptions().device(cuda ? at::kCUDA : at::kCPU).dtype(at::kBFloat16);
+  const Tensor w = at::randn({G, N, K}, bf16);
   std::stringstream list(rows);
   for (std::string item; std::getline(list, item, ',');) {
     const int64_t M = std::stoll(item);
-    const at::Tensor x = at::randn({M, K}).to(at::kBFloat16);
-    const double inv = seconds_per_call([&] { grpo::model::invariant::matmul_nt(x, w); });
-    const double lib = seconds_per_call([&] { at::matmul(x, w.t()); });
+    const Tensor x = at::randn({M, K}, bf16);
+    // Rows grouped by a random weight, as the routed experts' rows are; each weight's rows then in
+    // one product of ATen's (the library's per-group form, for the baseline).
+    Tensor order, counts;
+    invariant::RowGroups plain, wide;
+    if (G > 1) {
+      Tensor group_of_row = at::randint(G, {M}, bf16.dtype(at::kLong));
+      plain = invariant::group_rows(group_of_row, G);
+      {
+        Trial on;
+        wide = invariant::group_rows(group_of_row, G);
+      }
+      counts = at::bincount(group_of_row, {}, G).cpu();
+    }
+    const Tensor xs = G > 1 ? x.index_select(0, plain.order) : x;
+    auto product = [&](const invariant::RowGroups& g) {
+      return G > 1 ? invariant::grouped_matmul_nt(xs, w, g, at::kBFloat16) : invariant::matmul_nt(x, w[0], at::kBFloat16);
+    };
+    auto library = [&] {
+      if (G == 1) return at::matmul(x, w[0].t());
+      int64_t first = 0;
+      Tensor out = at::empty({M, N}, bf16);
+      for (int64_t e = 0; e < G; ++e) {
+        const int64_t n = counts[e].item<int64_t>();
+        if (n > 0) out.narrow(0, first, n).copy_(at::matmul(xs.narrow(0, first, n), w[e].t()));
+        first += n;
+      }
+      return out;
+    };
     const double flop = 2.0 * M * N * K;
-    printf("{\"kind\": \"invariant_matmul\", \"rows\": %lld, \"n\": %lld, \"k\": %lld, \"invariant_ms\": %.4f, "
-           "\"invariant_gflops\": %.2f, \"aten_bf16_ms\": %.4f, \"slowdown\": %.2f}\n",
-           (long long)M, (long long)N, (long long)K, inv * 1e3, flop / inv / 1e9, lib * 1e3, inv / lib);
+    const double inv = grpo::bench::seconds_per_call([&] { product(plain); }, cuda);
+    const double lib = grpo::bench::seconds_per_call(library, cuda);
+    std::string wide_fields;
+#ifdef GRPO_PAGED_MLA_CUDA
+    if (cuda) {
+      const Tensor want = product(plain);  // the default kernel's (outside the trial)
+      Trial on;
+      if (invariant::cuda::use_wide_products(M, G)) {
+        const bool equal = at::equal(product(wide), want);
+        const double t = grpo::bench::seconds_per_call([&] { product(wide); }, cuda);
+        char buf[160];
+        snprintf(buf, sizeof(buf), ", \"wide_ms\": %.4f, \"wide_gflops\": %.2f, \"wide_equal\": %s", t * 1e3,
+                 flop / t / 1e9, equal ? "true" : "false");
+        wide_fields = buf;
+      }
+    }
+#endif
+    printf("{\"kind\": \"invariant_matmul\", \"device\": \"%s\", \"rows\": %lld, \"groups\": %lld, \"n\": %lld, "
+           "\"k\": %lld, \"invariant_ms\": %.4f, \"invariant_gflops\": %.2f, \"aten_bf16_ms\": %.4f, "
+           "\"aten_bf16_gflops\": %.2f, \"slowdown\": %.2f%s}\n",
+           device.c_str(), (long long)M, (long long)G, (long long)N, (long long)K, inv * 1e3, flop / inv / 1e9, lib * 1e3,
+           flop / lib / 1e9, inv / lib, wide_fields.c_str());
+    fflush(stdout);
   }
   return 0;
 }

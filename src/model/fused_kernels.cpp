@@ -3,8 +3,6 @@
 #include <ATen/core/grad_mode.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <sstream>
 #include <string>
 
 #include "model/layers.h"
@@ -31,15 +29,6 @@ bool active(const Tensor& x) {
   (void)x;
   return false;
 #endif
-}
-
-bool trial(const std::string& kernel) {
-  const char* v = std::getenv("GRPO_FUSED_TRIAL");
-  if (!v) return false;
-  std::stringstream list(v);
-  for (std::string name; std::getline(list, name, ',');)
-    if (name == kernel) return true;
-  return false;
 }
 
 #ifdef GRPO_INVARIANT_CUDA

@@ -14,7 +14,6 @@
 
 #include <ATen/ATen.h>
 
-#include <string>
 
 #include "config/model_config.h"
 #include "util/scoped_flag.h"
@@ -67,10 +66,5 @@ struct Routing {
   Tensor scores, experts, weights;
 };
 Routing route(const Tensor& logits, const Tensor& bias, const ModelConfig& config);
-
-// Kernels on trial: used inside a Scope only when named in the environment variable
-// GRPO_FUSED_TRIAL (a comma-separated list: expert_products, router) while they are measured
-// against the ATen kernels they would replace.
-bool trial(const std::string& kernel);
 
 }  // namespace grpo::model::fused

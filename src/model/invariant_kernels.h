@@ -31,6 +31,8 @@ struct RowGroups {
   Tensor group;  // (M) int64: each grouped row's group
   Tensor tiles;  // CUDA: (tiles, 3) int64 (group, first row, rows) on the device; slots may hold 0 rows
   int64_t num_tiles = 0;
+  Tensor wide_tiles;  // CUDA, products of many rows: the same with tiles of up to 128 rows, or undefined
+  int64_t num_wide_tiles = 0;
 };
 // Groups rows by `group_of_row` (M) int64 in [0, groups), stable. On CUDA without host
 // synchronisation (CUDA graphs can hold it); the tile table is then sized for the worst case.

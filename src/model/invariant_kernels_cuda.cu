@@ -27,6 +27,7 @@
 
 #include "model/cuda_launch.h"
 #include "model/mma.cuh"
+#include "model/invariant_gemm_cuda.h"
 #include "model/invariant_kernels_cuda.h"
 #include "util/error.h"
 
@@ -36,14 +37,12 @@ namespace {
 
 constexpr int kBM = 16;  // rows per tile: the m of one tensor-core step
 
-// Products x W^T. A block computes one tile of rows (kBM; of one group when a tile table is
-// given) times kTileN columns of W. Its kParts warps each sum a fixed part of K, parts of
-// part_len = ceil(K / 32 / kParts) * 32 values whatever the problem, and the parts are added in
-// part order: an output's value depends on K alone, never on M, the tile or the grid.
-constexpr int kParts = 8;
+// Products x W^T, in the order invariant_gemm_cuda.h states (whose wide kernel takes products of
+// many rows). A block computes one tile of rows (kBM; of one group when a tile table is given)
+// times kTileN columns of W. Its kParts warps each sum a fixed part of K, and the parts are added
+// in part order: an output's value depends on K alone, never on M, the tile or the grid.
+constexpr int kParts = kProductParts;
 constexpr int kTileN = 32;  // bf16: four 8-column tensor-core tiles per warp
-
-int64_t part_length(int64_t K) { return (K + 32 * kParts - 1) / (32 * kParts) * 32; }
 
 // Where a block's rows are: (weight offset in groups, first row, rows).
 struct Tile {
@@ -161,7 +160,8 @@ void launch_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, void* out, bool
       cudaFuncSetAttribute(gemm_nt_bf16_kernel<Vec, R>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   }
   const dim3 grid((unsigned)blocks, (unsigned)((N + kTileN - 1) / kTileN));
-  gemm_nt_bf16_kernel<Vec, R><<<grid, kParts * 32, smem, stream>>>(x, w, out, bf16_out, M, N, K, part_length(K), tiles);
+  gemm_nt_bf16_kernel<Vec, R><<<grid, kParts * 32, smem, stream>>>(x, w, out, bf16_out, M, N, K,
+                                                                   product_part_length(K), tiles);
 }
 
 // fp32 products on CUDA cores (the MoE router's weights are fp32): warp j of a block takes column
@@ -190,11 +190,13 @@ __global__ void __launch_bounds__(kF32Cols * 32) gemm_nt_f32_kernel(const float*
 
 // Grouping rows by their group id on the device, stable, with no host synchronisation (CUDA
 // graphs can hold it). One block counts the rows of each group, lays the groups out in id order
-// and writes the tile table; the slots a table sized for the worst case does not use get 0 rows.
+// and clears the slots of the tile tables (16-row tiles, and kWideRows-row ones when wide_tiles
+// is given) that a table sized for the worst case does not use.
 constexpr int kGroupThreads = 1024;
 
 __global__ void group_layout_kernel(const int64_t* __restrict__ g, int64_t M, int G, int64_t* __restrict__ offsets,
-                                    int64_t* __restrict__ tiles, int64_t max_tiles) {
+                                    int64_t* __restrict__ tiles, int64_t max_tiles, int64_t* __restrict__ wide_tiles,
+                                    int64_t max_wide_tiles) {
   extern __shared__ unsigned int counts[];  // G
   for (int e = threadIdx.x; e < G; e += blockDim.x) counts[e] = 0;
   __syncthreads();
@@ -204,37 +206,52 @@ __global__ void group_layout_kernel(const int64_t* __restrict__ g, int64_t M, in
     if (e >= 0 && e < G) atomicAdd(&counts[e], 1u);  // never outside the array, asserts or not
   }
   __syncthreads();
-  __shared__ int64_t used_tiles;
-  if (threadIdx.x == 0) {  // offsets[e]: first row of group e; offsets[G + 1 + e]: its first tile
-    int64_t row = 0, tile = 0;
+  __shared__ int64_t used_tiles, used_wide_tiles;
+  if (threadIdx.x == 0) {  // offsets[e]: first row of group e; offsets[G + 1 + e], [2G + 2 + e]: its first tiles
+    int64_t row = 0, tile = 0, wide = 0;
     for (int e = 0; e < G; ++e) {
       offsets[e] = row;
       offsets[G + 1 + e] = tile;
+      offsets[2 * G + 2 + e] = wide;
       row += counts[e];
       tile += (counts[e] + kBM - 1) / kBM;
+      wide += (counts[e] + kWideRows - 1) / kWideRows;
     }
     offsets[G] = row;
     offsets[2 * G + 1] = tile;
+    offsets[3 * G + 2] = wide;
     used_tiles = tile;
+    used_wide_tiles = wide;
   }
   __syncthreads();
   for (int64_t t = used_tiles + threadIdx.x; t < max_tiles; t += blockDim.x)
     tiles[3 * t] = tiles[3 * t + 1] = tiles[3 * t + 2] = 0;
+  if (wide_tiles)
+    for (int64_t t = used_wide_tiles + threadIdx.x; t < max_wide_tiles; t += blockDim.x)
+      wide_tiles[3 * t] = wide_tiles[3 * t + 1] = wide_tiles[3 * t + 2] = 0;
+}
+
+// Group e's tiles of `tile_rows` rows from slot first_tile on, its rows from `first` on.
+__device__ void write_tiles(int64_t* __restrict__ tiles, int e, int64_t first, int64_t count, int64_t first_tile,
+                           int64_t tile_rows) {
+  for (int64_t s = (int64_t)threadIdx.x * tile_rows; s < count; s += (int64_t)blockDim.x * tile_rows) {
+    int64_t* t = tiles + 3 * (first_tile + s / tile_rows);
+    t[0] = e;
+    t[1] = first + s;
+    t[2] = min(tile_rows, count - s);
+  }
 }
 
 // One block per group: its tiles, and each of its rows' place, in row order (a block-wide scan of
 // "row i is mine" over the rows, a chunk of blockDim rows at a time).
 __global__ void group_place_kernel(const int64_t* __restrict__ g, int64_t M, int G, const int64_t* __restrict__ offsets,
-                                   int64_t* __restrict__ tiles, int64_t* __restrict__ order, int64_t* __restrict__ group) {
+                                   int64_t* __restrict__ tiles, int64_t* __restrict__ wide_tiles,
+                                   int64_t* __restrict__ order, int64_t* __restrict__ group) {
   __shared__ int warp_rows[kGroupThreads / 32];
   const int e = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  const int64_t first = offsets[e], count = offsets[e + 1] - first, first_tile = offsets[G + 1 + e];
-  for (int64_t s = (int64_t)threadIdx.x * kBM; s < count; s += (int64_t)blockDim.x * kBM) {
-    int64_t* t = tiles + 3 * (first_tile + s / kBM);
-    t[0] = e;
-    t[1] = first + s;
-    t[2] = min((int64_t)kBM, count - s);
-  }
+  const int64_t first = offsets[e], count = offsets[e + 1] - first;
+  write_tiles(tiles, e, first, count, offsets[G + 1 + e], kBM);
+  if (wide_tiles) write_tiles(wide_tiles, e, first, count, offsets[2 * G + 2 + e], kWideRows);
   int64_t placed = 0;
   for (int64_t chunk = 0; chunk < M && placed < count; chunk += blockDim.x) {
     const int64_t i = chunk + threadIdx.x;
@@ -257,15 +274,15 @@ __global__ void group_place_kernel(const int64_t* __restrict__ g, int64_t M, int
   }
 }
 
-// Tiles of `groups` runs of `rows` consecutive rows.
-__global__ void contiguous_tiles_kernel(int64_t groups, int64_t rows, int64_t* __restrict__ tiles) {
-  const int64_t per_group = (rows + kBM - 1) / kBM;
+// Tiles of `tile_rows` rows over `groups` runs of `rows` consecutive rows.
+__global__ void contiguous_tiles_kernel(int64_t groups, int64_t rows, int64_t tile_rows, int64_t* __restrict__ tiles) {
+  const int64_t per_group = (rows + tile_rows - 1) / tile_rows;
   const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= groups * per_group) return;
-  const int64_t e = t / per_group, s = (t % per_group) * kBM;
+  const int64_t e = t / per_group, s = (t % per_group) * tile_rows;
   tiles[3 * t] = e;
   tiles[3 * t + 1] = e * rows + s;
-  tiles[3 * t + 2] = min((int64_t)kBM, rows - s);
+  tiles[3 * t + 2] = min(tile_rows, rows - s);
 }
 
 constexpr int kRowThreads = 256;
@@ -440,8 +457,10 @@ __global__ void sum_parts_kernel(const T* __restrict__ parts, T* __restrict__ ou
 using cuda_launch::stream;
 void check_launch(const char* what) { cuda_launch::check("batch-invariant CUDA kernel", what); }
 
+// wide_tiles: the kWideRows-row tile table of grouped rows, or undefined; for a plain product
+// (no tiles), `wide` says whether to take the wide kernel.
 Tensor gemm(const Tensor& x, const Tensor& w, int64_t M, int64_t N, int64_t K, const Tensor& tiles, int64_t num_tiles,
-            std::optional<at::ScalarType> round_to) {
+            const Tensor& wide_tiles, int64_t num_wide_tiles, bool wide, std::optional<at::ScalarType> round_to) {
   const c10::cuda::CUDAGuard guard(x.device());
   const bool bf16 = w.scalar_type() == at::kBFloat16;
   const bool bf16_out = bf16 && round_to == at::kBFloat16;  // rounded by the product itself
@@ -455,12 +474,15 @@ Tensor gemm(const Tensor& x, const Tensor& w, int64_t M, int64_t N, int64_t K, c
     auto* wp = reinterpret_cast<const __nv_bfloat16*>(wb.data_ptr());
     // The same arithmetic whichever form: only the loads, and which outputs a block computes, differ.
     const bool vec = K % 8 == 0 && aligned(xb) && aligned(wb);
-    const bool wide = !tp && M > 2 * kBM;  // four row tiles a block
-    const int64_t blocks = wide ? (M + 4 * kBM - 1) / (4 * kBM) : num_tiles;
+    const bool four = !tp && M > 2 * kBM;  // four row tiles a block
+    const int64_t blocks = four ? (M + 4 * kBM - 1) / (4 * kBM) : num_tiles;
     void* op = out.data_ptr();
-    if (vec && wide) launch_bf16<true, 4>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
+    if (vec && tp && wide_tiles.defined())
+      wide_gemm_bf16(xp, wp, op, bf16_out, M, N, K, wide_tiles.data_ptr<int64_t>(), num_wide_tiles, x.device(), stream());
+    else if (vec && !tp && wide) wide_gemm_bf16(xp, wp, op, bf16_out, M, N, K, nullptr, 0, x.device(), stream());
+    else if (vec && four) launch_bf16<true, 4>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
     else if (vec) launch_bf16<true, 1>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
-    else if (wide) launch_bf16<false, 4>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
+    else if (four) launch_bf16<false, 4>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
     else launch_bf16<false, 1>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
   } else {
     Tensor xf = x.to(at::kFloat).contiguous(), wf = w.to(at::kFloat).contiguous();
@@ -476,7 +498,7 @@ Tensor gemm(const Tensor& x, const Tensor& w, int64_t M, int64_t N, int64_t K, c
 
 Tensor matmul_nt(const Tensor& x, const Tensor& w, std::optional<at::ScalarType> round_to) {
   const int64_t M = x.size(0), N = w.size(0), K = x.size(1);
-  return gemm(x, w, M, N, K, Tensor(), (M + kBM - 1) / kBM, round_to);
+  return gemm(x, w, M, N, K, Tensor(), (M + kBM - 1) / kBM, Tensor(), 0, use_wide_products(M, 1), round_to);
 }
 
 GroupedRows group_rows(const Tensor& group_of_row, int64_t groups) {
@@ -489,30 +511,38 @@ GroupedRows group_rows(const Tensor& group_of_row, int64_t groups) {
   out.group = at::empty({M}, g.options());
   out.num_tiles = (M + kBM - 1) / kBM + groups;  // each group's tiles, at most one of them partly filled
   out.tiles = at::empty({out.num_tiles, 3}, g.options());
-  Tensor offsets = at::empty({2 * (groups + 1)}, g.options());
+  int64_t* wide = nullptr;
+  if (use_wide_products(M, groups)) {
+    out.num_wide_tiles = (M + kWideRows - 1) / kWideRows + groups;
+    out.wide_tiles = at::empty({out.num_wide_tiles, 3}, g.options());
+    wide = out.wide_tiles.data_ptr<int64_t>();
+  }
+  Tensor offsets = at::empty({3 * (groups + 1)}, g.options());
   group_layout_kernel<<<1, kGroupThreads, groups * sizeof(unsigned int), stream()>>>(
-      g.data_ptr<int64_t>(), M, (int)groups, offsets.data_ptr<int64_t>(), out.tiles.data_ptr<int64_t>(), out.num_tiles);
+      g.data_ptr<int64_t>(), M, (int)groups, offsets.data_ptr<int64_t>(), out.tiles.data_ptr<int64_t>(), out.num_tiles,
+      wide, out.num_wide_tiles);
   check_launch("group_layout");
-  group_place_kernel<<<(unsigned)groups, kGroupThreads, 0, stream()>>>(g.data_ptr<int64_t>(), M, (int)groups,
-                                                                       offsets.data_ptr<int64_t>(), out.tiles.data_ptr<int64_t>(),
-                                                                       out.order.data_ptr<int64_t>(), out.group.data_ptr<int64_t>());
+  group_place_kernel<<<(unsigned)groups, kGroupThreads, 0, stream()>>>(
+      g.data_ptr<int64_t>(), M, (int)groups, offsets.data_ptr<int64_t>(), out.tiles.data_ptr<int64_t>(), wide,
+      out.order.data_ptr<int64_t>(), out.group.data_ptr<int64_t>());
   check_launch("group_place");
   return out;
 }
 
-Tensor contiguous_tiles(int64_t groups, int64_t rows, at::Device device) {
+Tensor contiguous_tiles(int64_t groups, int64_t rows, at::Device device, int64_t tile_rows) {
   const c10::cuda::CUDAGuard guard(device);
-  const int64_t n = groups * ((rows + kBM - 1) / kBM);
+  const int64_t n = groups * ((rows + tile_rows - 1) / tile_rows);
   Tensor tiles = at::empty({n, 3}, at::TensorOptions().dtype(at::kLong).device(device));
   if (n == 0) return tiles;
-  contiguous_tiles_kernel<<<(unsigned)((n + 255) / 256), 256, 0, stream()>>>(groups, rows, tiles.data_ptr<int64_t>());
+  contiguous_tiles_kernel<<<(unsigned)((n + 255) / 256), 256, 0, stream()>>>(groups, rows, tile_rows,
+                                                                            tiles.data_ptr<int64_t>());
   check_launch("contiguous_tiles");
   return tiles;
 }
 
 Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& tiles, int64_t num_tiles,
-                         std::optional<at::ScalarType> round_to) {
-  return gemm(x, w, x.size(0), w.size(1), x.size(1), tiles, num_tiles, round_to);
+                         const Tensor& wide_tiles, int64_t num_wide_tiles, std::optional<at::ScalarType> round_to) {
+  return gemm(x, w, x.size(0), w.size(1), x.size(1), tiles, num_tiles, wide_tiles, num_wide_tiles, false, round_to);
 }
 
 namespace {

@@ -13,19 +13,29 @@ namespace grpo::model::invariant::cuda {
 using at::Tensor;
 
 Tensor matmul_nt(const Tensor& x, const Tensor& w, std::optional<at::ScalarType> round_to);
+// Rows of a tile of the wide products (invariant_gemm_cuda.h), and whether products over `rows`
+// rows in `groups` groups (1 for a plain product) take that kernel: while it is on trial
+// (model/kernel_trial.h, "wide_products"), for at least 1,024 rows and 64 a group on average
+// (decode's products keep the kernel made for them). Either kernel gives the same bits.
+constexpr int64_t kWideRows = 128;
+bool use_wide_products(int64_t rows, int64_t groups);
+
 // Rows grouped by group id (M) int64 in [0, groups), stable, on the device without host
 // synchronisation: the grouped order, each grouped row's group, and the products' tile table
 // (group, first row, rows) of at most 16 rows a tile, sized for the worst case (unused slots hold
-// 0 rows). A group id out of range stops the kernel with a device-side assertion.
+// 0 rows); where use_wide_products(M, groups), a second table of tiles of kWideRows rows. A group
+// id out of range stops the kernel with a device-side assertion.
 struct GroupedRows {
-  Tensor order, group, tiles;
-  int64_t num_tiles = 0;
+  Tensor order, group, tiles, wide_tiles;
+  int64_t num_tiles = 0, num_wide_tiles = 0;
 };
 GroupedRows group_rows(const Tensor& group_of_row, int64_t groups);
-// The tile table of `groups` runs of `rows` consecutive rows.
-Tensor contiguous_tiles(int64_t groups, int64_t rows, at::Device device);
+// The tile table of `groups` runs of `rows` consecutive rows, tiles of at most tile_rows (16 or
+// kWideRows).
+Tensor contiguous_tiles(int64_t groups, int64_t rows, at::Device device, int64_t tile_rows = 16);
+// wide_tiles: the table of kWideRows-row tiles, or undefined (the 16-row tiles serve).
 Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& tiles, int64_t num_tiles,
-                         std::optional<at::ScalarType> round_to);
+                         const Tensor& wide_tiles, int64_t num_wide_tiles, std::optional<at::ScalarType> round_to);
 Tensor rms_normalize(const Tensor& x, double eps);
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);  // weight of x's dtype
 Tensor swiglu(const Tensor& gate, const Tensor& up);  // of one dtype

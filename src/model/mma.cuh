@@ -1,4 +1,6 @@
-// One tensor-core step for the project's CUDA kernels: C += A B with A 16 x 16 (row-major
+// What the project's CUDA kernels share on the device.
+//
+// One tensor-core step: C += A B with A 16 x 16 (row-major
 // fragments a0..a3), B 16 x 8 (column fragments b0, b1), bf16 operands and fp32 accumulators
 // (PTX mma.sync.m16n8k16). Lane (g = lane / 4, t = lane % 4) holds rows g and g + 8 of A at
 // columns 2t, 2t + 1 (a0, a1) and 2t + 8, 2t + 9 (a2, a3), rows 2t, 2t + 1 (b0) and 2t + 8,
@@ -20,6 +22,20 @@ __device__ __forceinline__ void mma_bf16(float c[4], uint32_t a0, uint32_t a1, u
 
 __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
   mma_bf16(c, a[0], a[1], a[2], a[3], b[0], b[1]);
+}
+
+// Asynchronous copies global -> shared (cp.async, sm_80 on): 16 bytes, zero-filled when !valid
+// (the source is then not read); a group of them is committed, and waited for with at most N
+// younger groups still in flight.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const uint32_t s = (uint32_t)__cvta_generic_to_shared(dst);
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 }  // namespace grpo::model

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "model/fused_kernels.h"
+#include "model/kernel_trial.h"
 #include "util/error.h"
 
 namespace grpo::model {
@@ -23,7 +24,7 @@ RouterImpl::Routing RouterImpl::forward(const Tensor& x, const Tensor& replay) {
   const int64_t N = x.size(0), k = c.num_experts_per_tok;
   // Gate logits in fp32 whatever the model dtype.
   Tensor logits = at::linear(x.to(at::kFloat), weight.to(at::kFloat));
-  if (!replay.defined() && fused::active(logits) && fused::trial("router"))
+  if (!replay.defined() && fused::active(logits) && kernel_on_trial("router"))
     if (fused::Routing r = fused::route(logits, e_score_correction_bias, c); r.experts.defined())
       return {r.experts, r.weights, r.scores, Tensor()};
   Tensor scores = c.scoring_func == ScoringFunc::Softmax ? logits.softmax(-1) : logits.sigmoid();
@@ -142,7 +143,7 @@ Tensor RoutedExpertsImpl::products(const Tensor& xs, const Tensor& counts, const
   }
   if (use_grouped_mm(xs)) {
     // Decode's few rows per expert (inference, opt-in): products that read each weight once.
-    if (ends_in.defined() && !lora_gu && !lora_down && fused::trial("expert_products"))
+    if (ends_in.defined() && !lora_gu && !lora_down && kernel_on_trial("expert_products"))
       if (Tensor gu = fused::expert_products(xs, gate_up_proj, ends_in); gu.defined())
         if (Tensor y = fused::expert_products(swiglu(gu).contiguous(), down_proj, ends_in); y.defined()) return y;
     // One grouped GEMM over all experts (CUDA, bf16): no host sync, no per-expert launches.

@@ -9,6 +9,7 @@
 
 #include "common/tiny_models.h"
 #include "model/fused_kernels.h"
+#include "model/kernel_trial.h"
 #include "model/layers.h"
 #include "model/moe.h"
 
@@ -196,7 +197,7 @@ TEST(FusedKernelsCuda, ExpertProductsEqualPerExpertProducts) {
     Tensor h = at::randn({xs.size(0), I}, bf16);
     check(h, down, g.ends, at::_grouped_mm(h, down.transpose(1, 2), g.ends).to(at::kFloat), "down");
   }
-  // In a MoE layer (GRPO_FUSED_TRIAL=expert_products, inside a Scope) against the same layer through
+  // In a MoE layer (GRPO_KERNEL_TRIAL=expert_products, inside a Scope) against the same layer through
   // at::_grouped_mm: outputs within bf16 roundings.
   {
     auto m = grpo::testing::tiny(grpo::testing::kTinyV3, 1);
@@ -207,10 +208,10 @@ TEST(FusedKernelsCuda, ExpertProductsEqualPerExpertProducts) {
     for (int64_t N : {1, 16, 80}) {
       Tensor x = at::randn({1, N, 32}, bf16);
       Tensor want = moe->forward(x);
-      ::setenv("GRPO_FUSED_TRIAL", "expert_products", 1);
-      EXPECT_TRUE(fused::trial("expert_products"));
+      ::setenv("GRPO_KERNEL_TRIAL", "expert_products", 1);
+      EXPECT_TRUE(kernel_on_trial("expert_products"));
       Tensor got = moe->forward(x);
-      ::unsetenv("GRPO_FUSED_TRIAL");
+      ::unsetenv("GRPO_KERNEL_TRIAL");
       EXPECT_LT(max_rel(got, want), 2e-2) << N;
     }
   }

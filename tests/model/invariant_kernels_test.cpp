@@ -8,10 +8,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "model/invariant_kernels.h"
+#ifdef GRPO_PAGED_MLA_CUDA
+#include "model/invariant_kernels_cuda.h"
+#endif
 
 using namespace grpo::model;
 using at::Tensor;
@@ -157,4 +162,66 @@ TEST(InvariantKernelsCuda, ProductsDependOnTheRowAlone) {
             << K << " grouped row " << i;
       }
     }
+}
+
+// The wide products (invariant_gemm_cuda.h, on trial: GRPO_KERNEL_TRIAL=wide_products) against the
+// decode kernel, bit for bit: plain products of 1,300 rows, fp32 and rounded to bf16, with K of the
+// V2-Lite shapes, a K whose last part ends inside a 32-value step (1000), and one shorter than a
+// part (24: seven empty parts); N = 300, not a multiple of the 128-column tile. Then grouped
+// products through the 128-row tile tables, with a group of no rows, one of one row and one of 129
+// (a full tile and one row), and the per-head runs of MLA's absorbed products. A row alone (the
+// decode kernel) equals its row of the wide product.
+TEST(InvariantKernelsCuda, WideProductsEqualTheDecodeKernelBitForBit) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+#ifdef GRPO_PAGED_MLA_CUDA
+  struct Trial {  // the wide kernel, for products of many rows, within this scope
+    Trial() { ::setenv("GRPO_KERNEL_TRIAL", "wide_products", 1); }
+    ~Trial() { ::unsetenv("GRPO_KERNEL_TRIAL"); }
+  };
+  const at::Device cuda(at::kCUDA, 0);
+  const auto bf16 = at::TensorOptions().device(cuda).dtype(at::kBFloat16);
+  at::manual_seed(5);
+  for (int64_t K : {2048, 1408, 1000, 24}) {
+    SCOPED_TRACE("K " + std::to_string(K));
+    const int64_t M = 1300, N = 300, G = 6;
+    Tensor x = at::randn({M, K}, bf16), w = at::randn({G, N, K}, bf16);
+    const Tensor small = invariant::matmul_nt(x, w[2]), small16 = invariant::matmul_nt(x, w[2], at::kBFloat16);
+    Tensor wide, wide16;
+    {
+      Trial on;
+      ASSERT_TRUE(invariant::cuda::use_wide_products(M, 1));
+      wide = invariant::matmul_nt(x, w[2]);
+      wide16 = invariant::matmul_nt(x, w[2], at::kBFloat16);
+      for (int64_t m : {(int64_t)0, (int64_t)127, (int64_t)128, M - 1})
+        EXPECT_TRUE(at::equal(invariant::matmul_nt(x.narrow(0, m, 1), w[2]), wide.narrow(0, m, 1))) << "row " << m;
+    }
+    EXPECT_TRUE(at::equal(wide, small));
+    EXPECT_TRUE(at::equal(wide16, small16));
+
+    // Rows of groups 1 (one row), 2 (129 rows) and 3-5 (the rest); group 0 has none.
+    std::vector<int64_t> ids(M);
+    for (int64_t m = 0; m < M; ++m) ids[m] = m == 7 ? 1 : m % 8 == 0 && m < 8 * 129 ? 2 : 3 + m % 3;
+    const Tensor group_of_row = at::tensor(ids, at::TensorOptions().dtype(at::kLong)).to(cuda);
+    const invariant::RowGroups plain = invariant::group_rows(group_of_row, G);
+    const Tensor xs = x.index_select(0, plain.order);
+    const Tensor want = invariant::grouped_matmul_nt(xs, w, plain, at::kBFloat16);
+    EXPECT_FALSE(plain.wide_tiles.defined());
+    {
+      Trial on;
+      const invariant::RowGroups g = invariant::group_rows(group_of_row, G);
+      ASSERT_TRUE(g.wide_tiles.defined());
+      EXPECT_TRUE(at::equal(g.order, plain.order));
+      EXPECT_TRUE(at::equal(invariant::grouped_matmul_nt(xs, w, g, at::kBFloat16), want)) << "grouped";
+      const invariant::RowGroups heads = invariant::contiguous_groups(G, 200, cuda);
+      ASSERT_TRUE(heads.wide_tiles.defined());
+      Tensor xh = x.narrow(0, 0, 200 * G);
+      Tensor got = invariant::grouped_matmul_nt(xh, w, heads);
+      ::unsetenv("GRPO_KERNEL_TRIAL");
+      EXPECT_TRUE(at::equal(got, invariant::grouped_matmul_nt(xh, w, invariant::contiguous_groups(G, 200, cuda))))
+          << "runs of 200 rows";
+    }
+  }
+#else
+  GTEST_SKIP() << "built without the CUDA kernels";
+#endif
 }

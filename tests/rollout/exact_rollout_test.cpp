@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 
+#include <cstdlib>
 #include <random>
 
 #include "common/tiny_models.h"
@@ -264,6 +265,21 @@ TEST(ExactRolloutCuda, SpeculativeDecodingKeepsTheLogprobsExact) {
 TEST(ExactRolloutCuda, TensorCoreMlaEqualsTrainingBitForBit) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   expect_exact(kTinyV3Rank64, false, at::Device(at::kCUDA, 0));
+  expect_exact(kTinyV3Rank64, true, at::Device(at::kCUDA, 0), 250);
+  expect_batch_invariance(at::Device(at::kCUDA, 0), kTinyV3Rank64, 250);
+}
+
+// With the wide products on trial (GRPO_KERNEL_TRIAL=wide_products): the prefill of six prompts of
+// 250-266 tokens and the training forward over whole sequences (thousands of rows for the dense,
+// expert and per-head products) take the 128 x 128 tiled kernel, the decode steps the kernel made
+// for few rows. The engine's log-probs still equal training's bit for bit, alone or in a crowd.
+TEST(ExactRolloutCuda, WideProductsKeepTheEngineExact) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  struct Trial {
+    Trial() { ::setenv("GRPO_KERNEL_TRIAL", "wide_products", 1); }
+    ~Trial() { ::unsetenv("GRPO_KERNEL_TRIAL"); }
+  } on;
+  expect_exact(kTinyV3Rank64, false, at::Device(at::kCUDA, 0), 250);
   expect_exact(kTinyV3Rank64, true, at::Device(at::kCUDA, 0), 250);
   expect_batch_invariance(at::Device(at::kCUDA, 0), kTinyV3Rank64, 250);
 }

@@ -1,0 +1,17 @@
+// Kernels on trial: a new kernel that has not yet been measured against the one it would replace
+// runs only when named in the environment variable GRPO_KERNEL_TRIAL, a comma-separated list:
+//   expert_products  decode's routed experts through fused::expert_products (fused_kernels.h)
+//   router           the router after its logits through fused::route (fused_kernels.h)
+//   wide_products    the batch-invariant products of many rows (a prefill, a training forward)
+//                    through the 128 x 128 tiled kernel (invariant_gemm_cuda.h)
+// so that one build measures both. Once measured, a kernel becomes the default or is dropped.
+#pragma once
+
+#include <string_view>
+
+namespace grpo::model {
+
+// Whether `kernel` is named in GRPO_KERNEL_TRIAL (read at each call: tests set it).
+bool kernel_on_trial(std::string_view kernel);
+
+}  // namespace grpo::model
