@@ -198,7 +198,7 @@ RowGroups group_rows(const Tensor& group_of_row, int64_t groups) {
 #ifdef GRPO_INVARIANT_CUDA
   if (g.is_cuda()) {  // no host synchronisation: CUDA graphs can hold it
     cuda::GroupedRows d = cuda::group_rows(g, groups);
-    return {d.order, d.group, d.tiles, d.num_tiles, d.wide_tiles, d.num_wide_tiles};
+    return {d.order, d.group, d.tiles, d.num_tiles, d.tile_rows, d.wide_tiles, d.num_wide_tiles};
   }
 #endif
   out.order = std::get<1>(g.sort(/*stable=*/true, 0, false));
@@ -218,7 +218,8 @@ RowGroups contiguous_groups(int64_t groups, int64_t rows_per_group, at::Device d
                   .reshape({-1});
 #ifdef GRPO_INVARIANT_CUDA
   if (device.is_cuda()) {
-    out.tiles = cuda::contiguous_tiles(groups, rows_per_group, device);
+    out.tile_rows = cuda::grouped_tile_rows(groups * rows_per_group, groups);
+    out.tiles = cuda::contiguous_tiles(groups, rows_per_group, device, out.tile_rows);
     out.num_tiles = out.tiles.size(0);
     if (cuda::use_wide_products(groups * rows_per_group, groups)) {
       out.wide_tiles = cuda::contiguous_tiles(groups, rows_per_group, device, cuda::kWideRows);
@@ -232,8 +233,8 @@ RowGroups contiguous_groups(int64_t groups, int64_t rows_per_group, at::Device d
 Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const RowGroups& groups, std::optional<at::ScalarType> round_to) {
   if (x.dim() != 2 || w.dim() != 3 || x.size(1) != w.size(2) || groups.group.numel() != x.size(0))
     throw Error("invariant grouped_matmul_nt: expected x (M, K), w (G, N, K), a group for each of the M rows");
-  GRPO_ON_CUDA(x, grouped_matmul_nt(x, w, groups.tiles, groups.num_tiles, groups.wide_tiles, groups.num_wide_tiles,
-                                     round_to));
+  GRPO_ON_CUDA(x, grouped_matmul_nt(x, w, groups.tiles, groups.num_tiles, groups.tile_rows, groups.wide_tiles,
+                                     groups.num_wide_tiles, round_to));
   const int64_t M = x.size(0), G = w.size(0), N = w.size(1), K = x.size(1);
   Tensor xf = f32(x), wc = w.contiguous(), ex = groups.group.to(at::kCPU, at::kLong).contiguous();
   const int64_t* e = ex.data_ptr<int64_t>();

@@ -31,6 +31,7 @@ struct RowGroups {
   Tensor group;  // (M) int64: each grouped row's group
   Tensor tiles;  // CUDA: (tiles, 3) int64 (group, first row, rows) on the device; slots may hold 0 rows
   int64_t num_tiles = 0;
+  int64_t tile_rows = 16;  // CUDA: the most rows a tile holds
   Tensor wide_tiles;  // CUDA, products of many rows: the same with tiles of up to 128 rows, or undefined
   int64_t num_wide_tiles = 0;
 };

@@ -29,6 +29,7 @@
 #include "model/mma.cuh"
 #include "model/invariant_gemm_cuda.h"
 #include "model/invariant_kernels_cuda.h"
+#include "model/kernel_trial.h"
 #include "util/error.h"
 
 namespace grpo::model::invariant::cuda {
@@ -76,7 +77,7 @@ __device__ __forceinline__ uint4 eight_at(const __nv_bfloat16* row, int64_t k, i
 // (the first step sums values 8t .. 8t + 3 of every t, the second 8t + 4 .. 8t + 7): the same
 // sum, with loads four times wider than the fragments' own layout. Operands come straight from
 // global memory (the weights are read once per tile, and a decode step has one or a few tiles).
-// R: row tiles per block (R > 1 only without a tile table): each weight load serves R tiles.
+// R: row tiles per block (a table's tiles of up to R * 16 rows): each weight load serves R tiles.
 template <bool Vec, int R>
 __global__ void __launch_bounds__(kParts * 32) gemm_nt_bf16_kernel(const __nv_bfloat16* __restrict__ x,
                                                                     const __nv_bfloat16* __restrict__ w,
@@ -85,7 +86,7 @@ __global__ void __launch_bounds__(kParts * 32) gemm_nt_bf16_kernel(const __nv_bf
                                                                     const int64_t* __restrict__ tiles) {
   extern __shared__ float partial[];  // [kParts][R * kBM][kTileN + 1]
   Tile tile = tile_of(tiles, M);
-  if (R > 1) {
+  if (R > 1 && !tiles) {
     tile.row0 = (int64_t)blockIdx.x * R * kBM;
     tile.rows = min((int64_t)R * kBM, M - tile.row0);
   }
@@ -190,13 +191,13 @@ __global__ void __launch_bounds__(kF32Cols * 32) gemm_nt_f32_kernel(const float*
 
 // Grouping rows by their group id on the device, stable, with no host synchronisation (CUDA
 // graphs can hold it). One block counts the rows of each group, lays the groups out in id order
-// and clears the slots of the tile tables (16-row tiles, and kWideRows-row ones when wide_tiles
-// is given) that a table sized for the worst case does not use.
+// and clears the slots of the tile tables (tiles of tile_rows rows, and of kWideRows rows when
+// wide_tiles is given) that a table sized for the worst case does not use.
 constexpr int kGroupThreads = 1024;
 
 __global__ void group_layout_kernel(const int64_t* __restrict__ g, int64_t M, int G, int64_t* __restrict__ offsets,
-                                    int64_t* __restrict__ tiles, int64_t max_tiles, int64_t* __restrict__ wide_tiles,
-                                    int64_t max_wide_tiles) {
+                                    int64_t* __restrict__ tiles, int64_t max_tiles, int64_t tile_rows,
+                                    int64_t* __restrict__ wide_tiles, int64_t max_wide_tiles) {
   extern __shared__ unsigned int counts[];  // G
   for (int e = threadIdx.x; e < G; e += blockDim.x) counts[e] = 0;
   __syncthreads();
@@ -214,7 +215,7 @@ __global__ void group_layout_kernel(const int64_t* __restrict__ g, int64_t M, in
       offsets[G + 1 + e] = tile;
       offsets[2 * G + 2 + e] = wide;
       row += counts[e];
-      tile += (counts[e] + kBM - 1) / kBM;
+      tile += (counts[e] + tile_rows - 1) / tile_rows;
       wide += (counts[e] + kWideRows - 1) / kWideRows;
     }
     offsets[G] = row;
@@ -245,12 +246,12 @@ __device__ void write_tiles(int64_t* __restrict__ tiles, int e, int64_t first, i
 // One block per group: its tiles, and each of its rows' place, in row order (a block-wide scan of
 // "row i is mine" over the rows, a chunk of blockDim rows at a time).
 __global__ void group_place_kernel(const int64_t* __restrict__ g, int64_t M, int G, const int64_t* __restrict__ offsets,
-                                   int64_t* __restrict__ tiles, int64_t* __restrict__ wide_tiles,
+                                   int64_t* __restrict__ tiles, int64_t tile_rows, int64_t* __restrict__ wide_tiles,
                                    int64_t* __restrict__ order, int64_t* __restrict__ group) {
   __shared__ int warp_rows[kGroupThreads / 32];
   const int e = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   const int64_t first = offsets[e], count = offsets[e + 1] - first;
-  write_tiles(tiles, e, first, count, offsets[G + 1 + e], kBM);
+  write_tiles(tiles, e, first, count, offsets[G + 1 + e], tile_rows);
   if (wide_tiles) write_tiles(wide_tiles, e, first, count, offsets[2 * G + 2 + e], kWideRows);
   int64_t placed = 0;
   for (int64_t chunk = 0; chunk < M && placed < count; chunk += blockDim.x) {
@@ -457,10 +458,12 @@ __global__ void sum_parts_kernel(const T* __restrict__ parts, T* __restrict__ ou
 using cuda_launch::stream;
 void check_launch(const char* what) { cuda_launch::check("batch-invariant CUDA kernel", what); }
 
-// wide_tiles: the kWideRows-row tile table of grouped rows, or undefined; for a plain product
-// (no tiles), `wide` says whether to take the wide kernel.
+// tiles: the table of grouped rows (tiles of up to tile_rows rows: 16, 32 or 64), or undefined;
+// wide_tiles: their kWideRows-row table, or undefined; for a plain product (no tiles), `wide` says
+// whether to take the wide kernel.
 Tensor gemm(const Tensor& x, const Tensor& w, int64_t M, int64_t N, int64_t K, const Tensor& tiles, int64_t num_tiles,
-            const Tensor& wide_tiles, int64_t num_wide_tiles, bool wide, std::optional<at::ScalarType> round_to) {
+            int64_t tile_rows, const Tensor& wide_tiles, int64_t num_wide_tiles, bool wide,
+            std::optional<at::ScalarType> round_to) {
   const c10::cuda::CUDAGuard guard(x.device());
   const bool bf16 = w.scalar_type() == at::kBFloat16;
   const bool bf16_out = bf16 && round_to == at::kBFloat16;  // rounded by the product itself
@@ -474,16 +477,22 @@ Tensor gemm(const Tensor& x, const Tensor& w, int64_t M, int64_t N, int64_t K, c
     auto* wp = reinterpret_cast<const __nv_bfloat16*>(wb.data_ptr());
     // The same arithmetic whichever form: only the loads, and which outputs a block computes, differ.
     const bool vec = K % 8 == 0 && aligned(xb) && aligned(wb);
-    const bool four = !tp && M > 2 * kBM;  // four row tiles a block
-    const int64_t blocks = four ? (M + 4 * kBM - 1) / (4 * kBM) : num_tiles;
+    // Row tiles a block: the table's tiles' (of 16, 32 or 64 rows), or four for a plain product
+    // of more than 32 rows.
+    const int64_t per_block = tp ? tile_rows / kBM : M > 2 * kBM ? 4 : 1;
+    const int64_t blocks = tp ? num_tiles : (M + per_block * kBM - 1) / (per_block * kBM);
     void* op = out.data_ptr();
+    auto launch = [&](auto vec_form) {
+      constexpr bool V = decltype(vec_form)::value;
+      if (per_block == 4) launch_bf16<V, 4>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
+      else if (per_block == 2) launch_bf16<V, 2>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
+      else launch_bf16<V, 1>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
+    };
     if (vec && tp && wide_tiles.defined())
       wide_gemm_bf16(xp, wp, op, bf16_out, M, N, K, wide_tiles.data_ptr<int64_t>(), num_wide_tiles, x.device(), stream());
     else if (vec && !tp && wide) wide_gemm_bf16(xp, wp, op, bf16_out, M, N, K, nullptr, 0, x.device(), stream());
-    else if (vec && four) launch_bf16<true, 4>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
-    else if (vec) launch_bf16<true, 1>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
-    else if (four) launch_bf16<false, 4>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
-    else launch_bf16<false, 1>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
+    else if (vec) launch(std::true_type());
+    else launch(std::false_type());
   } else {
     Tensor xf = x.to(at::kFloat).contiguous(), wf = w.to(at::kFloat).contiguous();
     const dim3 grid((unsigned)num_tiles, (unsigned)((N + kF32Cols - 1) / kF32Cols));
@@ -496,9 +505,14 @@ Tensor gemm(const Tensor& x, const Tensor& w, int64_t M, int64_t N, int64_t K, c
 
 }  // namespace
 
+int64_t grouped_tile_rows(int64_t rows, int64_t groups) {
+  if (!kernel_on_trial("tall_tiles")) return kBM;
+  return rows >= 48 * groups ? 4 * kBM : rows >= 16 * groups ? 2 * kBM : kBM;
+}
+
 Tensor matmul_nt(const Tensor& x, const Tensor& w, std::optional<at::ScalarType> round_to) {
   const int64_t M = x.size(0), N = w.size(0), K = x.size(1);
-  return gemm(x, w, M, N, K, Tensor(), (M + kBM - 1) / kBM, Tensor(), 0, use_wide_products(M, 1), round_to);
+  return gemm(x, w, M, N, K, Tensor(), (M + kBM - 1) / kBM, kBM, Tensor(), 0, use_wide_products(M, 1), round_to);
 }
 
 GroupedRows group_rows(const Tensor& group_of_row, int64_t groups) {
@@ -509,7 +523,8 @@ GroupedRows group_rows(const Tensor& group_of_row, int64_t groups) {
   GroupedRows out;
   out.order = at::empty({M}, g.options());
   out.group = at::empty({M}, g.options());
-  out.num_tiles = (M + kBM - 1) / kBM + groups;  // each group's tiles, at most one of them partly filled
+  out.tile_rows = grouped_tile_rows(M, groups);
+  out.num_tiles = (M + out.tile_rows - 1) / out.tile_rows + groups;  // each group's tiles, at most one partly filled
   out.tiles = at::empty({out.num_tiles, 3}, g.options());
   int64_t* wide = nullptr;
   if (use_wide_products(M, groups)) {
@@ -520,11 +535,11 @@ GroupedRows group_rows(const Tensor& group_of_row, int64_t groups) {
   Tensor offsets = at::empty({3 * (groups + 1)}, g.options());
   group_layout_kernel<<<1, kGroupThreads, groups * sizeof(unsigned int), stream()>>>(
       g.data_ptr<int64_t>(), M, (int)groups, offsets.data_ptr<int64_t>(), out.tiles.data_ptr<int64_t>(), out.num_tiles,
-      wide, out.num_wide_tiles);
+      out.tile_rows, wide, out.num_wide_tiles);
   check_launch("group_layout");
   group_place_kernel<<<(unsigned)groups, kGroupThreads, 0, stream()>>>(
-      g.data_ptr<int64_t>(), M, (int)groups, offsets.data_ptr<int64_t>(), out.tiles.data_ptr<int64_t>(), wide,
-      out.order.data_ptr<int64_t>(), out.group.data_ptr<int64_t>());
+      g.data_ptr<int64_t>(), M, (int)groups, offsets.data_ptr<int64_t>(), out.tiles.data_ptr<int64_t>(), out.tile_rows,
+      wide, out.order.data_ptr<int64_t>(), out.group.data_ptr<int64_t>());
   check_launch("group_place");
   return out;
 }
@@ -540,9 +555,12 @@ Tensor contiguous_tiles(int64_t groups, int64_t rows, at::Device device, int64_t
   return tiles;
 }
 
-Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& tiles, int64_t num_tiles,
+Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& tiles, int64_t num_tiles, int64_t tile_rows,
                          const Tensor& wide_tiles, int64_t num_wide_tiles, std::optional<at::ScalarType> round_to) {
-  return gemm(x, w, x.size(0), w.size(1), x.size(1), tiles, num_tiles, wide_tiles, num_wide_tiles, false, round_to);
+  if (tile_rows != kBM && tile_rows != 2 * kBM && tile_rows != 4 * kBM)
+    throw Error("invariant grouped_matmul_nt: tiles of " + std::to_string(tile_rows) + " rows (16, 32 or 64)");
+  return gemm(x, w, x.size(0), w.size(1), x.size(1), tiles, num_tiles, tile_rows, wide_tiles, num_wide_tiles, false,
+              round_to);
 }
 
 namespace {

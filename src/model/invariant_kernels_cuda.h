@@ -20,21 +20,27 @@ Tensor matmul_nt(const Tensor& x, const Tensor& w, std::optional<at::ScalarType>
 constexpr int64_t kWideRows = 128;
 bool use_wide_products(int64_t rows, int64_t groups);
 
+// Rows a tile of grouped products holds (the decode kernel reads each weight once per tile): 16;
+// or, while on trial (model/kernel_trial.h, "tall_tiles"), 32 where the groups hold 16 rows or more
+// on average and 64 where they hold 48 or more. Either gives the same bits.
+int64_t grouped_tile_rows(int64_t rows, int64_t groups);
+
 // Rows grouped by group id (M) int64 in [0, groups), stable, on the device without host
 // synchronisation: the grouped order, each grouped row's group, and the products' tile table
-// (group, first row, rows) of at most 16 rows a tile, sized for the worst case (unused slots hold
-// 0 rows); where use_wide_products(M, groups), a second table of tiles of kWideRows rows. A group
-// id out of range stops the kernel with a device-side assertion.
+// (group, first row, rows) of at most tile_rows = grouped_tile_rows(M, groups) rows a tile, sized
+// for the worst case (unused slots hold 0 rows); where use_wide_products(M, groups), a second table
+// of tiles of kWideRows rows. A group id out of range stops the kernel with a device-side assertion.
 struct GroupedRows {
   Tensor order, group, tiles, wide_tiles;
-  int64_t num_tiles = 0, num_wide_tiles = 0;
+  int64_t num_tiles = 0, tile_rows = 16, num_wide_tiles = 0;
 };
 GroupedRows group_rows(const Tensor& group_of_row, int64_t groups);
 // The tile table of `groups` runs of `rows` consecutive rows, tiles of at most tile_rows (16 or
 // kWideRows).
 Tensor contiguous_tiles(int64_t groups, int64_t rows, at::Device device, int64_t tile_rows = 16);
-// wide_tiles: the table of kWideRows-row tiles, or undefined (the 16-row tiles serve).
-Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& tiles, int64_t num_tiles,
+// tiles: of up to tile_rows (16, 32 or 64) rows; wide_tiles: the table of kWideRows-row tiles, or
+// undefined (`tiles` serve).
+Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& tiles, int64_t num_tiles, int64_t tile_rows,
                          const Tensor& wide_tiles, int64_t num_wide_tiles, std::optional<at::ScalarType> round_to);
 Tensor rms_normalize(const Tensor& x, double eps);
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);  // weight of x's dtype

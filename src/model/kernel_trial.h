@@ -4,6 +4,8 @@
 //   router           the router after its logits through fused::route (fused_kernels.h)
 //   wide_products    the batch-invariant products of many rows (a prefill, a training forward)
 //                    through the 128 x 128 tiled kernel (invariant_gemm_cuda.h)
+//   tall_tiles       the batch-invariant grouped products of decode in tiles of 32 or 64 rows of a
+//                    group, where groups hold that many (invariant_kernels_cuda.h)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 #pragma once
 

@@ -225,3 +225,41 @@ TEST(InvariantKernelsCuda, WideProductsEqualTheDecodeKernelBitForBit) {
   GTEST_SKIP() << "built without the CUDA kernels";
 #endif
 }
+
+// Tall tiles (on trial: GRPO_KERNEL_TRIAL=tall_tiles): grouped products whose tiles hold 32 or 64
+// rows of a group, so that a decode step reads each expert's (or head's) weights once per 32 or 64
+// of its rows instead of once per 16, give the bits of the 16-row tiles: 400 rows over 16 groups
+// (32-row tiles), 1,300 over 6 (64-row tiles), 100 over 16 (16-row tiles still), and 16 runs of 256
+// rows (MLA's per-head products at batch 256).
+TEST(InvariantKernelsCuda, TallTilesGiveTheBitsOfShortOnes) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const at::Device cuda(at::kCUDA, 0);
+  const auto bf16 = at::TensorOptions().device(cuda).dtype(at::kBFloat16);
+  at::manual_seed(9);
+  struct Case {
+    int64_t rows, groups, tile_rows;
+  };
+  for (const Case& c : {Case{400, 16, 32}, Case{1300, 6, 64}, Case{100, 16, 16}})
+    for (int64_t K : {2048, 200}) {
+      SCOPED_TRACE(std::to_string(c.rows) + " rows, " + std::to_string(c.groups) + " groups, K " + std::to_string(K));
+      Tensor x = at::randn({c.rows, K}, bf16), w = at::randn({c.groups, 96, K}, bf16);
+      Tensor group_of_row = at::randint(c.groups, {c.rows}, bf16.dtype(at::kLong));
+      const invariant::RowGroups plain = invariant::group_rows(group_of_row, c.groups);
+      ASSERT_EQ(plain.tile_rows, 16);
+      const Tensor xs = x.index_select(0, plain.order);
+      ::setenv("GRPO_KERNEL_TRIAL", "tall_tiles", 1);
+      const invariant::RowGroups tall = invariant::group_rows(group_of_row, c.groups);
+      ::unsetenv("GRPO_KERNEL_TRIAL");
+      EXPECT_EQ(tall.tile_rows, c.tile_rows);
+      EXPECT_TRUE(at::equal(invariant::grouped_matmul_nt(xs, w, tall), invariant::grouped_matmul_nt(xs, w, plain)));
+      EXPECT_TRUE(at::equal(invariant::grouped_matmul_nt(xs, w, tall, at::kBFloat16),
+                            invariant::grouped_matmul_nt(xs, w, plain, at::kBFloat16)));
+    }
+  Tensor x = at::randn({16 * 256, 128}, bf16), w = at::randn({16, 512, 128}, bf16);
+  ::setenv("GRPO_KERNEL_TRIAL", "tall_tiles", 1);
+  const invariant::RowGroups tall = invariant::contiguous_groups(16, 256, cuda);
+  ::unsetenv("GRPO_KERNEL_TRIAL");
+  EXPECT_EQ(tall.tile_rows, 64);
+  EXPECT_TRUE(at::equal(invariant::grouped_matmul_nt(x, w, tall),
+                        invariant::grouped_matmul_nt(x, w, invariant::contiguous_groups(16, 256, cuda))));
+}
