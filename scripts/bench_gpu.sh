@@ -90,16 +90,16 @@ for trial in expert_products router; do
 done
 # The batch-invariant products alone (the V2-Lite projections' K = N = 2048, and gate_up's rows over
 # 64 experts), default kernel and wide kernel against ATen's bf16 product; then exact_rollout at
-# 1,024 tokens with the exact mode's kernels on trial (the wide products serve its prefill, tall
-# tiles its decode steps' grouped products), next to the same run without (the "variants" part) or
-# here when that part is off.
+# 1,024 tokens with the exact mode's kernels on trial (the wide products and four query rows an
+# attention block serve its prefill, tall tiles its decode steps' grouped products), next to the
+# same run without (the "variants" part) or here when that part is off.
 if want exact; then
   "$build/scripts/bench/bench_invariant" --device cuda | tee -a "$log"
   "$build/scripts/bench/bench_invariant" --device cuda --groups 64 --n 2816 --rows 4096,16384,65536 | tee -a "$log"
   want variants || "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 \
     --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" --exact \
     --label grpo-exact | tee -a "$log"
-  GRPO_KERNEL_TRIAL=wide_products,tall_tiles "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
+  GRPO_KERNEL_TRIAL=wide_products,tall_tiles,query_tiles "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
     --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
     --exact --label grpo-exact-trial | tee -a "$log"
 fi

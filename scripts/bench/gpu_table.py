@@ -112,7 +112,7 @@ def exact_prefill():
     if not rows:
         return
     print()
-    print("exact_rollout with its kernels on trial (GRPO_KERNEL_TRIAL=wide_products,tall_tiles) against exact_rollout with\n"
+    print("exact_rollout with its kernels on trial (GRPO_KERNEL_TRIAL=wide_products,tall_tiles,query_tiles) against exact_rollout with\n"
           "the default kernels and the ordinary engine, same run; prefill tokens/s, decode ms/step, drift (0: equal bit for bit)")
     print()
     print("| batch | context | ordinary prefill tok/s | exact prefill tok/s | trial prefill tok/s | prefill speed-up | "

@@ -67,7 +67,8 @@ Tensor mla(MLAImpl& a, const Tensor& x, const RopeTables& rope, Tensor& cache, c
 #ifdef GRPO_PAGED_MLA_CUDA
   if (cuda::paged_mla_supported(qc, cache, r))  // the tensor-core kernel, its keys split at fixed positions
     o_lat = cuda::paged_mla_attention_invariant(qc, cache, rows.keys.table, rows.keys.table_start, rows.keys.num_keys,
-                                                rows.keys.max_keys, rows.keys.block_size, r, a.softmax_scale);
+                                                rows.keys.max_keys, rows.keys.block_size, r, a.softmax_scale,
+                                                rows.keys.query_runs);
 #endif
   if (!o_lat.defined()) o_lat = invariant::attention(qc, cache, rows.keys, heads, a.softmax_scale).to(dtype);
   Tensor o = invariant::grouped_matmul_nt(o_lat.transpose(0, 1).reshape({nh * N, r}), w.narrow(1, dn, dv), by_head, dtype);

@@ -439,8 +439,9 @@ KeyLayout checked_keys(const KeyLayout& keys, int64_t S, at::Device device) {
   if (count.numel() != N) throw Error("invariant attention: key layout is not one entry per query");
   const int64_t *tb = table.data_ptr<int64_t>(), *st = start.data_ptr<int64_t>(), *cn = count.data_ptr<int64_t>();
   const int64_t table_len = table.numel();
-  int64_t max_keys = 0;
+  int64_t max_keys = 0, runs = 0;
   for (int64_t n = 0; n < N; ++n) {
+    if (n == 0 || st[n] != st[n - 1]) ++runs;
     const int64_t blocks = cn[n] < 1 ? -1 : (cn[n] - 1) / bs + 1;
     if (blocks < 1 || st[n] < 0 || st[n] + blocks > table_len)
       throw Error("invariant attention: query " + std::to_string(n) + " has " + std::to_string(cn[n]) +
@@ -451,7 +452,7 @@ KeyLayout checked_keys(const KeyLayout& keys, int64_t S, at::Device device) {
                     " outside the cache of " + std::to_string(S) + " rows");
     max_keys = std::max(max_keys, cn[n]);
   }
-  KeyLayout out{table.to(device), start.to(device), count.to(device), bs, max_keys};
+  KeyLayout out{table.to(device), start.to(device), count.to(device), bs, max_keys, N >= 2 * runs};
   return out;
 }
 

@@ -81,6 +81,7 @@ struct KeyLayout {
   Tensor num_keys;     // (N) int64, >= 1
   int64_t block_size = 1;
   int64_t max_keys = -1;  // set by checked_keys: the layout is valid and on the queries' device
+  bool query_runs = false;  // set by checked_keys: consecutive tokens read one table, two or more a run on average
 };
 // Checks every token's keys against a cache of `cache_rows` rows (on the host, where the layout
 // is built) and moves the layout to `device`: one check and one copy per forward, not per layer.

@@ -1,6 +1,7 @@
 // Paged MLA decode attention (model/paged_mla_cuda.h).
 //
-// Pass 1, one block per (key split, row, 16-head tile), four warps:
+// Pass 1, one block per (key split, row, 16-head tile), four warps (or per four rows of one
+// sequence, four warps each, sharing the key tiles: the batch-invariant form's query tiles):
 //   - the 16 queries sit in shared memory; key tiles of 32 rows are copied in with cp.async, two
 //     buffers, so the next tile loads while this one is used;
 //   - scores: warp w computes the 16 x 8 scores of keys 8w..8w+7 over the whole row width
@@ -25,8 +26,10 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "model/cuda_launch.h"
+#include "model/kernel_trial.h"
 #include "model/mma.cuh"
 #include "model/paged_mla_cuda.h"
 #include "util/error.h"
@@ -44,6 +47,7 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kPad = 8;  // bf16 of padding per shared row: conflict-free fragment loads
 constexpr int kMaxSplits = 256;
 constexpr int64_t kInvariantSplitKeys = 256;  // keys per split of the batch-invariant form
+constexpr int kRunQueries = 4;  // query rows a block for runs of one sequence's tokens
 
 // Fragments straight from shared memory: lane l gives the address of row l % 8 of 8 x 8 matrix
 // l / 8 (16 bytes each); x4 loads four matrices, x2 two, .trans transposes each.
@@ -68,207 +72,257 @@ __device__ __forceinline__ uint32_t load_pair(const bf16* p) { return *reinterpr
 
 struct Shapes {
   int heads, D, DP, stride;  // row width, padded to 16, shared row stride
-  int64_t nblk, block_size, key_start, keys_per_split;
+  int64_t rows, nblk, block_size, key_start, keys_per_split;
   int splits;
   bool balanced;  // each row's keys in `splits` even pieces (whole tiles) of its own length
   float scale_log2;
 };
 
-__host__ __device__ inline size_t smem_bytes(int stride) {
-  return (size_t)(kHeads + 2 * kKeys) * stride * sizeof(bf16) + kHeads * kKeys * sizeof(float) +
-         kHeads * (kKeys + kPad) * sizeof(bf16) + 3 * kHeads * sizeof(float);
+// Q: the query rows a block serves (pass 1 below).
+__host__ __device__ inline size_t smem_bytes(int stride, int Q = 1) {
+  return (size_t)(Q * kHeads + 2 * kKeys) * stride * sizeof(bf16) +
+         Q * ((size_t)kHeads * kKeys * sizeof(float) + kHeads * (kKeys + kPad) * sizeof(bf16) + 3 * kHeads * sizeof(float));
 }
 
-template <int R>
-__global__ void __launch_bounds__(kThreads) paged_mla_split_kernel(const bf16* __restrict__ q,
-                                                                   const bf16* __restrict__ cache,
-                                                                   const int64_t* __restrict__ table,
-                                                                   const int64_t* __restrict__ lens,
-                                                                   const int64_t* __restrict__ starts, Shapes s,
-                                                                   float* __restrict__ part_o,
-                                                                   float* __restrict__ part_ml) {
+// Q query rows a block: 1, or 4 for runs of one sequence's tokens (a prefill, a training forward
+// in the batch-invariant form), whose keys are then read once for the four. Each row has its own
+// four warps, queries, scores and running softmax, and computes exactly what a block of its own
+// would (the same tiles of keys from the same split start; keys past its own end weigh 0); the
+// key tiles are loaded once for the rows of a pass. Rows of the group that read different block
+// tables (another sequence) take a pass of their own.
+template <int R, int Q>
+__global__ void __launch_bounds__(kThreads * Q) paged_mla_split_kernel(const bf16* __restrict__ q,
+                                                                       const bf16* __restrict__ cache,
+                                                                       const int64_t* __restrict__ table,
+                                                                       const int64_t* __restrict__ lens,
+                                                                       const int64_t* __restrict__ starts, Shapes s,
+                                                                       float* __restrict__ part_o,
+                                                                       float* __restrict__ part_ml) {
   constexpr int NT = R / 32;  // 8-column tiles per warp
   extern __shared__ __align__(16) unsigned char smem[];
-  bf16* Qs = reinterpret_cast<bf16*>(smem);          // [kHeads][stride]
-  bf16* Ks = Qs + kHeads * s.stride;                  // [2][kKeys][stride]
-  float* Ss = reinterpret_cast<float*>(Ks + 2 * kKeys * s.stride);  // [kHeads][kKeys]
-  bf16* Ps = reinterpret_cast<bf16*>(Ss + kHeads * kKeys);          // [kHeads][kKeys + kPad]
-  float* m_s = reinterpret_cast<float*>(Ps + kHeads * (kKeys + kPad));
+  const int tid = threadIdx.x, slot = tid / kThreads, ltid = tid % kThreads, warp = ltid / 32, lane = tid % 32;
+  bf16* Qs = reinterpret_cast<bf16*>(smem) + slot * kHeads * s.stride;        // [Q][kHeads][stride]: this row's
+  bf16* Ks = reinterpret_cast<bf16*>(smem) + Q * kHeads * s.stride;           // [2][kKeys][stride]
+  float* Ss = reinterpret_cast<float*>(Ks + 2 * kKeys * s.stride);            // [Q][kHeads][kKeys]
+  bf16* Ps = reinterpret_cast<bf16*>(Ss + Q * kHeads * kKeys);                // [Q][kHeads][kKeys + kPad]
+  float* m_s = reinterpret_cast<float*>(Ps + Q * kHeads * (kKeys + kPad)) + slot * 3 * kHeads;  // [Q][3][kHeads]
+  Ss += slot * kHeads * kKeys;
+  Ps += slot * kHeads * (kKeys + kPad);
   float* l_s = m_s + kHeads;
   float* alpha_s = l_s + kHeads;
 
-  const int split = blockIdx.x, h0 = blockIdx.z * kHeads, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int split = blockIdx.x, h0 = blockIdx.z * kHeads;
   const int g = lane / 4, t = lane % 4, mi = lane / 8, ri = lane % 8;
-  const int64_t b = blockIdx.y;
-  const int64_t len = lens[b];
-  const int64_t per = s.balanced ? ((len + s.splits - 1) / s.splits + kKeys - 1) / kKeys * kKeys : s.keys_per_split;
-  const int64_t begin = max(s.key_start, (int64_t)split * per);
-  const int64_t end = min(len, (int64_t)(split + 1) * per);
-  const int64_t* row_table = table + (starts ? starts[b] : b * s.nblk);
+  const int64_t row0 = (int64_t)blockIdx.y * Q, b = row0 + slot;
   const int chunks = s.D / 8;  // 16-byte pieces of a cache row
 
-  // Queries (zero rows past the last head, zero columns past D), and the zero tail of the keys.
-  for (int i = tid; i < kHeads * (s.DP / 8); i += kThreads) {
-    const int h = i / (s.DP / 8), c = i % (s.DP / 8);
-    const bool valid = h0 + h < s.heads && c < chunks;
-    cp_async16(Qs + h * s.stride + 8 * c, valid ? q + ((b * s.heads + h0 + h) * s.D + 8 * c) : q, valid);
-  }
-  for (int i = tid; i < 2 * kKeys * (s.DP / 8 - chunks); i += kThreads) {
+  // The zero tail of the keys (columns past D), once.
+  for (int i = tid; i < 2 * kKeys * (s.DP / 8 - chunks); i += kThreads * Q) {
     const int row = i / (s.DP / 8 - chunks), c = chunks + i % (s.DP / 8 - chunks);
     *reinterpret_cast<uint4*>(Ks + row * s.stride + 8 * c) = make_uint4(0, 0, 0, 0);
   }
-  if (tid < kHeads) {
-    m_s[tid] = -INFINITY;
-    l_s[tid] = 0.0f;
-  }
-  // Warp w copies keys 8w..8w+7 of the tile, a lane every 32nd piece of a row: one block-table
-  // lookup per key (32-bit arithmetic), none per piece.
   const int bs = (int)s.block_size;
-  auto load_tile = [&](int64_t first, int buf) {
+  // One pass: the rows of the group that read the block table from lead_start on (`mine`: this
+  // slot's row is one), keys [begin, end) of the split for all of them, [begin, my_end) for this
+  // slot's row.
+  auto pass = [&](int64_t lead_start, int64_t begin, int64_t end, int64_t my_end, bool mine) {
+    const int64_t* row_table = table + lead_start;
+
+    // This row's queries (zero rows past the last head, zero columns past D; zeros for a slot
+    // outside the pass), and its running softmax.
+    for (int i = ltid; i < kHeads * (s.DP / 8); i += kThreads) {
+      const int h = i / (s.DP / 8), c = i % (s.DP / 8);
+      const bool valid = mine && h0 + h < s.heads && c < chunks;
+      cp_async16(Qs + h * s.stride + 8 * c, valid ? q + ((b * s.heads + h0 + h) * s.D + 8 * c) : q, valid);
+    }
+    if (ltid < kHeads) {
+      m_s[ltid] = -INFINITY;
+      l_s[ltid] = 0.0f;
+    }
+    // Warp w of the block copies keys (8 / Q) w .. of the tile, a lane every 32nd piece of a row:
+    // one block-table lookup per key (32-bit arithmetic), none per piece.
+    auto load_tile = [&](int64_t first, int buf) {
 #pragma unroll
-    for (int jj = 0; jj < kKeys / kWarps; ++jj) {
-      const int j = warp * (kKeys / kWarps) + jj;
-      const int p = (int)(first + j);
-      const bool valid = p < end;
-      const int64_t row = valid ? row_table[p / bs] * s.block_size + p % bs : 0;
-      const bf16* src = cache + row * s.D;
-      bf16* dst = Ks + (buf * kKeys + j) * s.stride;
-      for (int c = lane; c < chunks; c += 32) cp_async16(dst + 8 * c, src + 8 * c, valid);
+      for (int jj = 0; jj < kKeys / (kWarps * Q); ++jj) {
+        const int j = (tid / 32) * (kKeys / (kWarps * Q)) + jj;
+        const int p = (int)(first + j);
+        const bool valid = p < end;
+        const int64_t row = valid ? row_table[p / bs] * s.block_size + p % bs : 0;
+        const bf16* src = cache + row * s.D;
+        bf16* dst = Ks + (buf * kKeys + j) * s.stride;
+        for (int c = lane; c < chunks; c += 32) cp_async16(dst + 8 * c, src + 8 * c, valid);
+      }
+    };
+
+    float o[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+
+    const int64_t tiles = end > begin ? (end - begin + kKeys - 1) / kKeys : 0;
+    if (tiles > 0) load_tile(begin, 0);
+    cp_async_commit();
+    for (int64_t it = 0; it < tiles; ++it) {
+      const int buf = (int)(it & 1);
+      const int64_t first = begin + it * kKeys;
+      if (it + 1 < tiles) load_tile(first + kKeys, buf ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+      const bf16* K = Ks + buf * kKeys * s.stride;
+
+      // Scores of keys 8 * warp .. + 7 for the 16 heads: fragments by ldmatrix (queries: rows
+      // mi % 2 * 8 + ri, columns mi / 2 * 8 of a 16 x 16 block; keys: key ri, columns mi * 8 of
+      // a 32-column block, two steps' worth), two independent sums over alternate 16-column steps.
+      float c[4] = {0.0f, 0.0f, 0.0f, 0.0f}, c2[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      {
+        const bf16* qa = Qs + (ri + 8 * (mi & 1)) * s.stride + 8 * (mi >> 1);
+        const bf16* kb = K + (warp * 8 + ri) * s.stride + 8 * mi;
+        int k0 = 0;
+        for (; k0 + 32 <= s.DP; k0 += 32) {
+          uint32_t a[4], a2[4], bb[4];
+          ldmatrix_x4(a, qa + k0);
+          ldmatrix_x4(a2, qa + k0 + 16);
+          ldmatrix_x4(bb, kb + k0);
+          const uint32_t b0[2] = {bb[0], bb[1]}, b1[2] = {bb[2], bb[3]};
+          mma_bf16(c, a, b0);
+          mma_bf16(c2, a2, b1);
+        }
+        if (k0 < s.DP) {  // the last 16 columns
+          uint32_t a[4], bb[2];
+          ldmatrix_x4(a, qa + k0);
+          ldmatrix_x2(bb, kb + k0);
+          mma_bf16(c, a, bb);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) c[i] += c2[i];
+      }
+      {
+        const int key = warp * 8 + 2 * t;
+        const bool v0 = first + key < my_end, v1 = first + key + 1 < my_end;
+        Ss[g * kKeys + key] = v0 ? c[0] * s.scale_log2 : -INFINITY;
+        Ss[g * kKeys + key + 1] = v1 ? c[1] * s.scale_log2 : -INFINITY;
+        Ss[(g + 8) * kKeys + key] = v0 ? c[2] * s.scale_log2 : -INFINITY;
+        Ss[(g + 8) * kKeys + key + 1] = v1 ? c[3] * s.scale_log2 : -INFINITY;
+      }
+      __syncthreads();
+
+      // Online softmax: eight threads per head, four keys each.
+      {
+        const int row = ltid / 8, sub = ltid % 8;
+        float x[4], mx = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          x[i] = Ss[row * kKeys + sub * 4 + i];
+          mx = fmaxf(mx, x[i]);
+        }
+#pragma unroll
+        for (int off = 4; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+        const float m_old = m_s[row];
+        const float m_new = fmaxf(m_old, mx);
+        const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
+        float sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const bf16 p = __float2bfloat16(x[i] == -INFINITY ? 0.0f : exp2f(x[i] - m_new));
+          Ps[row * (kKeys + kPad) + sub * 4 + i] = p;
+          sum += __bfloat162float(p);
+        }
+#pragma unroll
+        for (int off = 4; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+        __syncwarp();
+        if (sub == 0) {
+          m_s[row] = m_new;
+          l_s[row] = l_s[row] * alpha + sum;
+          alpha_s[row] = alpha;
+        }
+      }
+      __syncthreads();
+
+      // Weighted latents: columns warp * R / 4 .. + R / 4.
+      const float a_lo = alpha_s[g], a_hi = alpha_s[g + 8];
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        o[n][0] *= a_lo;
+        o[n][1] *= a_lo;
+        o[n][2] *= a_hi;
+        o[n][3] *= a_hi;
+      }
+#pragma unroll
+      for (int ks = 0; ks < kKeys / 16; ++ks) {
+        const bf16* P = Ps + ks * 16 + 2 * t;
+        const uint32_t a[4] = {load_pair(P + g * (kKeys + kPad)), load_pair(P + (g + 8) * (kKeys + kPad)),
+                               load_pair(P + g * (kKeys + kPad) + 8), load_pair(P + (g + 8) * (kKeys + kPad) + 8)};
+        // Values by ldmatrix.trans: key ks * 16 + mi % 2 * 8 + ri, columns mi / 2 * 8 on: two
+        // 8-column tiles a load.
+        const bf16* V = K + (ks * 16 + ri + 8 * (mi & 1)) * s.stride + warp * (R / 4) + 8 * (mi >> 1);
+#pragma unroll
+        for (int n = 0; n < NT; n += 2) {
+          uint32_t bb[4];
+          ldmatrix_x4_trans(bb, V + n * 8);
+          const uint32_t b0[2] = {bb[0], bb[1]}, b1[2] = {bb[2], bb[3]};
+          mma_bf16(o[n], a, b0);
+          mma_bf16(o[n + 1], a, b1);
+        }
+      }
+      __syncthreads();  // the buffer is refilled by the next iteration's load
+    }
+    cp_async_wait<0>();
+
+    if (mine) {
+      const int64_t base = (b * s.splits + split) * s.heads;
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        const int col = warp * (R / 4) + n * 8 + 2 * t;
+        if (h0 + g < s.heads) {
+          float* dst = part_o + (base + h0 + g) * R + col;
+          dst[0] = o[n][0];
+          dst[1] = o[n][1];
+        }
+        if (h0 + g + 8 < s.heads) {
+          float* dst = part_o + (base + h0 + g + 8) * R + col;
+          dst[0] = o[n][2];
+          dst[1] = o[n][3];
+        }
+      }
+      if (ltid < kHeads && h0 + ltid < s.heads) {
+        part_ml[2 * (base + h0 + ltid)] = m_s[ltid];
+        part_ml[2 * (base + h0 + ltid) + 1] = l_s[ltid];
+      }
     }
   };
 
-  float o[NT][4];
-#pragma unroll
-  for (int n = 0; n < NT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-
-  const int64_t tiles = end > begin ? (end - begin + kKeys - 1) / kKeys : 0;
-  if (tiles > 0) load_tile(begin, 0);
-  cp_async_commit();
-  for (int64_t it = 0; it < tiles; ++it) {
-    const int buf = (int)(it & 1);
-    const int64_t first = begin + it * kKeys;
-    if (it + 1 < tiles) load_tile(first + kKeys, buf ^ 1);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    const bf16* K = Ks + buf * kKeys * s.stride;
-
-    // Scores of keys 8 * warp .. + 7 for the 16 heads: fragments by ldmatrix (queries: rows
-    // mi % 2 * 8 + ri, columns mi / 2 * 8 of a 16 x 16 block; keys: key ri, columns mi * 8 of
-    // a 32-column block, two steps' worth), two independent sums over alternate 16-column steps.
-    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f}, c2[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    {
-      const bf16* qa = Qs + (ri + 8 * (mi & 1)) * s.stride + 8 * (mi >> 1);
-      const bf16* kb = K + (warp * 8 + ri) * s.stride + 8 * mi;
-      int k0 = 0;
-      for (; k0 + 32 <= s.DP; k0 += 32) {
-        uint32_t a[4], a2[4], bb[4];
-        ldmatrix_x4(a, qa + k0);
-        ldmatrix_x4(a2, qa + k0 + 16);
-        ldmatrix_x4(bb, kb + k0);
-        const uint32_t b0[2] = {bb[0], bb[1]}, b1[2] = {bb[2], bb[3]};
-        mma_bf16(c, a, b0);
-        mma_bf16(c2, a2, b1);
-      }
-      if (k0 < s.DP) {  // the last 16 columns
-        uint32_t a[4], bb[2];
-        ldmatrix_x4(a, qa + k0);
-        ldmatrix_x2(bb, kb + k0);
-        mma_bf16(c, a, bb);
-      }
-#pragma unroll
-      for (int i = 0; i < 4; ++i) c[i] += c2[i];
-    }
-    {
-      const int key = warp * 8 + 2 * t;
-      const bool v0 = first + key < end, v1 = first + key + 1 < end;
-      Ss[g * kKeys + key] = v0 ? c[0] * s.scale_log2 : -INFINITY;
-      Ss[g * kKeys + key + 1] = v1 ? c[1] * s.scale_log2 : -INFINITY;
-      Ss[(g + 8) * kKeys + key] = v0 ? c[2] * s.scale_log2 : -INFINITY;
-      Ss[(g + 8) * kKeys + key + 1] = v1 ? c[3] * s.scale_log2 : -INFINITY;
-    }
-    __syncthreads();
-
-    // Online softmax: eight threads per head, four keys each.
-    {
-      const int row = tid / 8, sub = tid % 8;
-      float x[4], mx = -INFINITY;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        x[i] = Ss[row * kKeys + sub * 4 + i];
-        mx = fmaxf(mx, x[i]);
-      }
-#pragma unroll
-      for (int off = 4; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-      const float m_old = m_s[row];
-      const float m_new = fmaxf(m_old, mx);
-      const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
-      float sum = 0.0f;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const bf16 p = __float2bfloat16(x[i] == -INFINITY ? 0.0f : exp2f(x[i] - m_new));
-        Ps[row * (kKeys + kPad) + sub * 4 + i] = p;
-        sum += __bfloat162float(p);
-      }
-#pragma unroll
-      for (int off = 4; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-      __syncwarp();
-      if (sub == 0) {
-        m_s[row] = m_new;
-        l_s[row] = l_s[row] * alpha + sum;
-        alpha_s[row] = alpha;
-      }
-    }
-    __syncthreads();
-
-    // Weighted latents: columns warp * R / 4 .. + R / 4.
-    const float a_lo = alpha_s[g], a_hi = alpha_s[g + 8];
-#pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      o[n][0] *= a_lo;
-      o[n][1] *= a_lo;
-      o[n][2] *= a_hi;
-      o[n][3] *= a_hi;
-    }
-#pragma unroll
-    for (int ks = 0; ks < kKeys / 16; ++ks) {
-      const bf16* P = Ps + ks * 16 + 2 * t;
-      const uint32_t a[4] = {load_pair(P + g * (kKeys + kPad)), load_pair(P + (g + 8) * (kKeys + kPad)),
-                             load_pair(P + g * (kKeys + kPad) + 8), load_pair(P + (g + 8) * (kKeys + kPad) + 8)};
-      // Values by ldmatrix.trans: key ks * 16 + mi % 2 * 8 + ri, columns mi / 2 * 8 on: two
-      // 8-column tiles a load.
-      const bf16* V = K + (ks * 16 + ri + 8 * (mi & 1)) * s.stride + warp * (R / 4) + 8 * (mi >> 1);
-#pragma unroll
-      for (int n = 0; n < NT; n += 2) {
-        uint32_t bb[4];
-        ldmatrix_x4_trans(bb, V + n * 8);
-        const uint32_t b0[2] = {bb[0], bb[1]}, b1[2] = {bb[2], bb[3]};
-        mma_bf16(o[n], a, b0);
-        mma_bf16(o[n + 1], a, b1);
-      }
-    }
-    __syncthreads();  // the buffer is refilled by the next iteration's load
+  if constexpr (Q == 1) {  // a block of its own: the row's keys alone
+    const int64_t len = lens[b];
+    const int64_t per = s.balanced ? ((len + s.splits - 1) / s.splits + kKeys - 1) / kKeys * kKeys : s.keys_per_split;
+    const int64_t end = min(len, (int64_t)(split + 1) * per);
+    pass(starts ? starts[b] : b * s.nblk, max(s.key_start, (int64_t)split * per), end, end, true);
+    return;
   }
-  cp_async_wait<0>();
-
-  const int64_t base = (b * s.splits + split) * s.heads;
+  unsigned done = 0;  // the rows served by earlier passes
+  for (;;) {
+    // This pass: the first row not yet served, and the group's rows that read its block table.
+    int lead = -1;
 #pragma unroll
-  for (int n = 0; n < NT; ++n) {
-    const int col = warp * (R / 4) + n * 8 + 2 * t;
-    if (h0 + g < s.heads) {
-      float* dst = part_o + (base + h0 + g) * R + col;
-      dst[0] = o[n][0];
-      dst[1] = o[n][1];
+    for (int j = 0; j < Q; ++j)
+      if (lead < 0 && !(done >> j & 1) && row0 + j < s.rows) lead = j;
+    if (lead < 0) break;
+    const int64_t lead_start = starts ? starts[row0 + lead] : (row0 + lead) * s.nblk;
+    const int64_t per = s.keys_per_split;  // (the host gives runs fixed splits, never balanced ones)
+    const int64_t begin = max(s.key_start, (int64_t)split * per);
+    int64_t end = 0, my_end = 0;  // the pass's last key + 1, and this slot's row's
+    unsigned active = 0;
+#pragma unroll
+    for (int j = 0; j < Q; ++j) {
+      const int64_t r = row0 + j;
+      if ((done >> j & 1) || r >= s.rows || (starts ? starts[r] : r * s.nblk) != lead_start) continue;
+      active |= 1u << j;
+      const int64_t e = min(lens[r], (int64_t)(split + 1) * per);
+      end = max(end, e);
+      if (j == slot) my_end = e;
     }
-    if (h0 + g + 8 < s.heads) {
-      float* dst = part_o + (base + h0 + g + 8) * R + col;
-      dst[0] = o[n][2];
-      dst[1] = o[n][3];
-    }
-  }
-  if (tid < kHeads && h0 + tid < s.heads) {
-    part_ml[2 * (base + h0 + tid)] = m_s[tid];
-    part_ml[2 * (base + h0 + tid) + 1] = l_s[tid];
+    done |= active;
+    pass(lead_start, begin, end, my_end, active >> slot & 1);
+    __syncthreads();  // the next pass refills the queries and resets the softmax
   }
 }
 
@@ -322,16 +376,16 @@ __global__ void __launch_bounds__(kThreads) paged_mla_combine_kernel(const float
 
 void check_launch(const char* what) { cuda_launch::check("paged MLA decode kernel", what); }
 
-template <int R>
+template <int R, int Q>
 void launch(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens, const int64_t* starts, Shapes s,
             int head_tiles, const Tensor& part_o, const Tensor& part_ml) {
-  const size_t smem = smem_bytes(s.stride);
+  const size_t smem = smem_bytes(s.stride, Q);
   static std::array<std::atomic<bool>, 64> configured{};  // the opt-in above 48 KB, once per device
   const int device = q.get_device();
   if (device >= (int)configured.size() || !configured[device].exchange(true))
-    cudaFuncSetAttribute(paged_mla_split_kernel<R>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-  const dim3 grid((unsigned)s.splits, (unsigned)q.size(0), (unsigned)head_tiles);
-  paged_mla_split_kernel<R><<<grid, kThreads, smem, at::cuda::getCurrentCUDAStream()>>>(
+    cudaFuncSetAttribute(paged_mla_split_kernel<R, Q>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  const dim3 grid((unsigned)s.splits, (unsigned)((s.rows + Q - 1) / Q), (unsigned)head_tiles);
+  paged_mla_split_kernel<R, Q><<<grid, kThreads * Q, smem, at::cuda::getCurrentCUDAStream()>>>(
       reinterpret_cast<const bf16*>(q.data_ptr()), reinterpret_cast<const bf16*>(cache.data_ptr()),
       table.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), starts, s, part_o.data_ptr<float>(), part_ml.data_ptr<float>());
   check_launch("split");
@@ -350,19 +404,26 @@ bool paged_mla_supported(const Tensor& q, const Tensor& cache, int64_t latent_ra
 namespace {
 
 // Runs both passes over rows [0, B) of q, lens and starts (or of the table's rows when starts is
-// null), s.splits splits (of s.keys_per_split keys each, or even pieces of each row), into out (B, heads, r).
+// null), s.splits splits (of s.keys_per_split keys each, or even pieces of each row), into out (B, heads, r),
+// queries rows a block (1 or kRunQueries).
 void run(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens, const int64_t* starts, Shapes s,
-         int64_t latent_rank, const Tensor& out) {
+         int64_t latent_rank, const Tensor& out, int queries) {
   const int64_t B = q.size(0), heads = q.size(1);
+  s.rows = B;
   const int head_tiles = (int)((heads + kHeads - 1) / kHeads);
   auto f32 = q.options().dtype(at::kFloat);
   Tensor part_o = at::empty({B, s.splits, heads, latent_rank}, f32);
   Tensor part_ml = at::empty({B, s.splits, heads, 2}, f32);
+  auto go = [&](auto rank) {
+    constexpr int R = decltype(rank)::value;
+    if (queries == kRunQueries) launch<R, kRunQueries>(q, cache, table, lens, starts, s, head_tiles, part_o, part_ml);
+    else launch<R, 1>(q, cache, table, lens, starts, s, head_tiles, part_o, part_ml);
+  };
   switch (latent_rank) {
-    case 64: launch<64>(q, cache, table, lens, starts, s, head_tiles, part_o, part_ml); break;
-    case 128: launch<128>(q, cache, table, lens, starts, s, head_tiles, part_o, part_ml); break;
-    case 256: launch<256>(q, cache, table, lens, starts, s, head_tiles, part_o, part_ml); break;
-    default: launch<512>(q, cache, table, lens, starts, s, head_tiles, part_o, part_ml); break;
+    case 64: go(std::integral_constant<int, 64>()); break;
+    case 128: go(std::integral_constant<int, 128>()); break;
+    case 256: go(std::integral_constant<int, 256>()); break;
+    default: go(std::integral_constant<int, 512>()); break;
   }
   const dim3 combine_grid((unsigned)(B * heads), (unsigned)((latent_rank + kThreads - 1) / kThreads));
   paged_mla_combine_kernel<<<combine_grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -384,6 +445,7 @@ Shapes shapes(const Tensor& q, const Tensor& cache, int64_t block_size, int64_t 
   s.D = (int)q.size(2);
   s.DP = (s.D + 15) / 16 * 16;
   s.stride = s.DP + kPad;
+  s.rows = q.size(0);
   s.nblk = 0;
   s.block_size = block_size;
   s.key_start = key_start;
@@ -414,13 +476,13 @@ Tensor paged_mla_decode(const Tensor& q, const Tensor& cache, const Tensor& tabl
   s.balanced = true;
   s.keys_per_split = 0;
   Tensor out = at::empty({B, heads, latent_rank}, qc.options());
-  run(qc, cache, tab, ln, nullptr, s, latent_rank, out);
+  run(qc, cache, tab, ln, nullptr, s, latent_rank, out, 1);
   return out;
 }
 
 Tensor paged_mla_attention_invariant(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& starts,
                                      const Tensor& lens, int64_t max_keys, int64_t block_size, int64_t latent_rank,
-                                     double scale) {
+                                     double scale, bool query_runs) {
   const c10::cuda::CUDAGuard guard(q.device());
   const Tensor qc = q.contiguous(), tab = table.contiguous(), st = starts.contiguous(), ln = lens.contiguous();
   Shapes s = shapes(qc, cache, block_size, 0, latent_rank, scale, "batch-invariant MLA attention");
@@ -433,13 +495,27 @@ Tensor paged_mla_attention_invariant(const Tensor& q, const Tensor& cache, const
   s.keys_per_split = kInvariantSplitKeys;
   s.splits = (int)std::max<int64_t>(1, (max_keys + kInvariantSplitKeys - 1) / kInvariantSplitKeys);
   Tensor out = at::empty({B, heads, latent_rank}, qc.options());
-  // Rows a launch at a time: the grid's second dimension, and the partial results' workspace.
+  // Runs of one sequence's tokens take kRunQueries rows a block (on trial: "query_tiles"), where
+  // their shared memory fits.
+  static const int64_t smem_limit = [] {
+    int dev = 0, v = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    return (int64_t)v;
+  }();
+  const int queries = query_runs && (int64_t)smem_bytes(s.stride, kRunQueries) <= smem_limit &&
+                              kernel_on_trial("query_tiles")
+                          ? kRunQueries
+                          : 1;
+  // Rows a launch at a time (a whole number of blocks' rows): the grid's second dimension, and the
+  // partial results' workspace.
   const int64_t per_row = (int64_t)s.splits * heads * latent_rank * (int64_t)sizeof(float);
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(65535, ((int64_t)256 << 20) / per_row));
+  const int64_t most = std::min<int64_t>(65535, ((int64_t)256 << 20) / per_row);
+  const int64_t chunk = std::max<int64_t>(queries, most / queries * queries);
   for (int64_t r0 = 0; r0 < B; r0 += chunk) {
     const int64_t n = std::min(chunk, B - r0);
     run(qc.narrow(0, r0, n), cache, tab, ln.narrow(0, r0, n), st.narrow(0, r0, n).data_ptr<int64_t>(), s, latent_rank,
-        out.narrow(0, r0, n));
+        out.narrow(0, r0, n), queries);
   }
   return out;
 }

@@ -8,8 +8,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "model/deepseek.h"
@@ -164,5 +166,50 @@ TEST(PagedMla, DecodeMatchesGatheredFormOnCuda) {
   // no further from the fp32 model than the gathered form (bf16 weights dominate both).
   EXPECT_LT(err_paged, 0.05);
   EXPECT_LT(err_paged, 1.25 * err_gathered + 1e-3) << "paged " << err_paged << ", gathered " << err_gathered;
+#endif
+}
+
+// The batch-invariant form with runs of one sequence's tokens (a prefill, a training forward):
+// with four rows a block (on trial: GRPO_KERNEL_TRIAL=query_tiles), every row's result is the bits
+// it gets in a block of its own. Sequences of 5, 300 and 701 tokens (runs that end inside a group
+// of four, rows whose keys stop short of the group's last key and of a 256-key split), then rows
+// of different sequences side by side (a pass per row), at V2-Lite's widths and at rank 64.
+TEST(PagedMla, QueryTilesGiveEachRowItsOwnBitsOnCuda) {
+#ifndef GRPO_PAGED_MLA_CUDA
+  GTEST_SKIP() << "built without the CUDA kernels";
+#else
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  for (const Case& c : {Case{16, 512, 64, 16, 0, {5, 300, 701}}, Case{20, 64, 16, 8, 0, {5, 300, 701}}}) {
+    SCOPED_TRACE("heads " + std::to_string(c.heads) + ", rank " + std::to_string(c.rank));
+    const Paged p = make_paged(c, at::kCUDA, 21);
+    std::vector<int64_t> starts, lens;  // the tokens of each sequence in turn, then the first token of each
+    for (size_t i = 0; i < c.lens.size(); ++i)
+      for (int64_t pos = 0; pos < c.lens[i]; ++pos) {
+        starts.push_back((int64_t)i * p.nblk);
+        lens.push_back(pos + 1);
+      }
+    for (int k = 0; k < 6; ++k) {
+      starts.push_back((int64_t)(k % c.lens.size()) * p.nblk);
+      lens.push_back(c.lens[k % c.lens.size()] - k);
+    }
+    const int64_t N = (int64_t)starts.size(), longest = *std::max_element(lens.begin(), lens.end());
+    const Tensor st = at::tensor(starts).to(at::kCUDA), ln = at::tensor(lens).to(at::kCUDA);
+    const Tensor table = p.table.reshape({-1});
+    Tensor q = (at::randn({N, c.heads, c.rank + c.rope}) * 2).to(at::kCUDA, at::kBFloat16);
+    const double scale = 1.0 / std::sqrt(192.0);
+    const Tensor alone = cuda::paged_mla_attention_invariant(q, p.cache, table, st, ln, longest, c.block_size, c.rank,
+                                                             scale, /*query_runs=*/false);
+    ::setenv("GRPO_KERNEL_TRIAL", "query_tiles", 1);
+    const Tensor runs = cuda::paged_mla_attention_invariant(q, p.cache, table, st, ln, longest, c.block_size, c.rank,
+                                                            scale, /*query_runs=*/true);
+    ::unsetenv("GRPO_KERNEL_TRIAL");
+    EXPECT_TRUE(at::equal(runs, alone));
+    // And each row as a decode step would give it: itself alone in the call.
+    for (int64_t n : {(int64_t)0, (int64_t)4, (int64_t)304, N - 1}) {
+      const Tensor one = cuda::paged_mla_attention_invariant(q.narrow(0, n, 1), p.cache, table, st.narrow(0, n, 1),
+                                                             ln.narrow(0, n, 1), longest, c.block_size, c.rank, scale);
+      EXPECT_TRUE(at::equal(one, runs.narrow(0, n, 1))) << "row " << n;
+    }
+  }
 #endif
 }

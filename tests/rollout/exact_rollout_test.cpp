@@ -269,15 +269,16 @@ TEST(ExactRolloutCuda, TensorCoreMlaEqualsTrainingBitForBit) {
   expect_batch_invariance(at::Device(at::kCUDA, 0), kTinyV3Rank64, 250);
 }
 
-// With the exact mode's kernels on trial (GRPO_KERNEL_TRIAL=wide_products,tall_tiles): the prefill
-// of six prompts of 250-266 tokens and the training forward over whole sequences (thousands of rows
-// for the dense, expert and per-head products) take the 128 x 128 tiled kernel, the decode steps
-// the kernel made for few rows, with tiles of 32 rows for the per-head products. The engine's
-// log-probs still equal training's bit for bit, alone or in a crowd.
+// With the exact mode's kernels on trial (GRPO_KERNEL_TRIAL=wide_products,tall_tiles,query_tiles):
+// the prefill of six prompts of 250-266 tokens and the training forward over whole sequences
+// (thousands of rows for the dense, expert and per-head products) take the 128 x 128 tiled kernel
+// and the attention four query rows a block, the decode steps the kernels made for few rows, with
+// tiles of 32 rows for the per-head products. The engine's log-probs still equal training's bit for
+// bit, alone or in a crowd.
 TEST(ExactRolloutCuda, KernelsOnTrialKeepTheEngineExact) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   struct Trial {
-    Trial() { ::setenv("GRPO_KERNEL_TRIAL", "wide_products,tall_tiles", 1); }
+    Trial() { ::setenv("GRPO_KERNEL_TRIAL", "wide_products,tall_tiles,query_tiles", 1); }
     ~Trial() { ::unsetenv("GRPO_KERNEL_TRIAL"); }
   } on;
   expect_exact(kTinyV3Rank64, false, at::Device(at::kCUDA, 0), 250);
