@@ -10,6 +10,9 @@
 #                  bf16 reference copy).
 #   scripts/bench_grpo_step.sh gpu   (MODEL default v2_lite; STEPS default 2; LENGTH 1024; TOKENS per
 #                                     mini-batch 32768; CHECKPOINTING true)
+# EXACT=1: with exact_rollout (the batch-invariant forward in the engine and for the update's values):
+# the GRPO-shaped cost of the exact mode, to set against a run without it. GRPO_KERNEL_TRIAL passes
+# through to the run (src/model/kernel_trial.h).
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" "${1:-gpu}"
 cmake --build "$build" --target grpo >/dev/null
 model=${MODEL:-v2_lite}
@@ -18,7 +21,7 @@ case "$model" in
   qwen) config=scripts/bench/qwen2_5_1_5b.json; lora=${LORA_R:-0}; lr=0.000001 ;;
   *) echo "MODEL must be v2_lite or qwen" >&2; exit 2 ;;
 esac
-work=bench-out/grpo-step-$model
+work=bench-out/grpo-step-$model${EXACT:+-exact}
 rm -rf "$work"; mkdir -p "$work"
 "$py" - "$config" "$work" <<'PY'
 import json, sys
@@ -49,6 +52,7 @@ max_steps: ${STEPS:-2}
 eval_every: 0
 save_every: 0
 sft_steps: 0
+exact_rollout: $([ -n "${EXACT:-}" ] && echo true || echo false)
 YAML
 # Stopped (SIGKILL) once the last step's metrics are written: the final checkpoint of a random
 # 16B base would write 64 GB of fp32 weights, which is not what is measured here.
@@ -63,7 +67,7 @@ while kill -0 "$pid" 2>/dev/null; do
 done
 wait "$pid" 2>/dev/null || true
 tr '\r' '\n' <"$work/log" | grep -v "^\s*$" | tail -4
-"$py" - "$work/run/metrics.jsonl" "$model" "$lora" <<'PY'
+"$py" - "$work/run/metrics.jsonl" "$model" "$lora" "${EXACT:-}" "${GRPO_KERNEL_TRIAL:-}" <<'PY'
 import json, sys, time
 import torch
 # The machine's bf16 matrix-product rate, measured now: 8192^3 products.
@@ -80,6 +84,8 @@ peak = 20 * 2 * 8192 ** 3 / (time.perf_counter() - t) / 1e12
 m = [x for x in map(json.loads, open(sys.argv[1])) if "time_train" in x][-1]
 total = m["time_rollout"] + m["time_reward"] + m["time_train"]
 name = {"v2_lite": "V2-Lite 27 layers, LoRA r" + sys.argv[3], "qwen": "Qwen2.5-1.5B, full fine-tuning"}[sys.argv[2]]
+if sys.argv[4]:
+    name += ", exact_rollout" + (f" (kernels on trial: {sys.argv[5]})" if sys.argv[5] else "")
 tf = m["perf/train_tflops"]
 print(f"\nbf16 matrix-product rate measured in this run: {peak:.0f} TFLOP/s")
 print("| model | step | samples | mean completion | rollout s | reward s | train s | total s | tokens/s | train TFLOP/s | train MFU | peak allocated GB | peak reserved GB | rollout_logprob_diff |")
