@@ -5,6 +5,7 @@
 // rounds (every product and sum rounded to the tensor's dtype, no fused multiply-add).
 #include <c10/cuda/CUDAGuard.h>
 
+#include "model/block_place.cuh"
 #include "model/cuda_launch.h"
 #include "model/mma.cuh"
 #include "model/fused_kernels_cuda.h"
@@ -60,7 +61,7 @@ __global__ void group_kernel(const int64_t* __restrict__ experts, int64_t M, int
                              int32_t* __restrict__ ends) {
   __shared__ int warp_rows[kThreads / 32];
   __shared__ unsigned int sums[2];
-  const int e = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int e = blockIdx.x, lane = threadIdx.x % 32;
   if (threadIdx.x == 0) sums[0] = sums[1] = 0;
   __syncthreads();
   unsigned int below = 0, mine = 0;
@@ -83,26 +84,10 @@ __global__ void group_kernel(const int64_t* __restrict__ experts, int64_t M, int
     counts[e] = count;
     ends[e] = (int32_t)(first + count);
   }
-  int64_t placed = 0;
-  for (int64_t chunk = 0; chunk < M && placed < count; chunk += blockDim.x) {
-    const int64_t i = chunk + threadIdx.x;
-    const bool is_mine = i < M && experts[i] == e;
-    const unsigned ballot = __ballot_sync(0xffffffffu, is_mine);
-    if (lane == 0) warp_rows[warp] = __popc(ballot);
-    __syncthreads();
-    int64_t before = 0, total = 0;
-    for (int w = 0; w < kThreads / 32; ++w) {
-      if (w < warp) before += warp_rows[w];
-      total += warp_rows[w];
-    }
-    if (is_mine) {
-      const int64_t row = first + placed + before + __popc(ballot & ((1u << lane) - 1u));
-      token[row] = i / k;
-      inverse[i] = row;
-    }
-    placed += total;
-    __syncthreads();
-  }
+  place_in_row_order(M, count, warp_rows, [&](int64_t i) { return experts[i] == e; }, [&](int64_t i, int64_t rank) {
+    token[first + rank] = i / k;
+    inverse[i] = first + rank;
+  });
 }
 
 // out[n, h] = (((y[inv[n,0]] w[n,0]) + (y[inv[n,1]] w[n,1])) + ...) + shared[n, h]: each weighted

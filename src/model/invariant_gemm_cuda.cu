@@ -3,12 +3,12 @@
 // One block of 8 warps per 128 x 128 tile of outputs (one row tile, one column tile; consecutive
 // blocks take the same rows and successive columns, so x is read from memory once and w stays in
 // L2), two blocks a multiprocessor. K goes through shared memory 32 values at a time, in kStages
-// buffers filled by cp.async while earlier ones are used. Warp (wm, wn) computes rows 64 wm .. + 64 and columns 32 wn .. + 32:
-// 4 x 4 tensor-core tiles, each fed as gemm_nt_bf16_kernel feeds its own (lane (g, t) reads values
-// 8t .. 8t + 7 of a row in one 16-byte load, here from shared memory, where rows of 64 bytes make
-// the loads of a quarter-warp fall in distinct banks). A part's running sum (acc, in registers) is
-// added to the total (in shared memory) at the part's last chunk. Compiled without contraction (--fmad=false), like the other
-// batch-invariant kernels.
+// buffers filled by cp.async while earlier ones are used. Warp (wm, wn) computes rows 64 wm .. + 64
+// and columns 32 wn .. + 32: 4 x 4 tensor-core tiles, each fed as gemm_nt_bf16_kernel feeds its
+// own (lane (g, t) reads values 8t .. 8t + 7 of a row in one 16-byte load, here from shared
+// memory, where rows of 64 bytes make the loads of a quarter-warp fall in distinct banks). A part's
+// running sum (acc, in registers) is added to the total (in shared memory) at the part's last
+// chunk. Compiled without contraction (--fmad=false), like the other batch-invariant kernels.
 #include "model/invariant_gemm_cuda.h"
 
 #include <array>
@@ -86,25 +86,25 @@ __global__ void __launch_bounds__(kThreads, 2) wide_gemm_kernel(const bf16* __re
     }
   };
 
-  float acc[4][4][4];
-#pragma unroll
-  for (int r = 0; r < 4; ++r)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.0f;
-  // total = acc for the first part, total + acc for the others; acc back to 0.
-  auto fold = [&](bool first) {
+  // f(r, j, e) for each of the thread's sums: row tile r, column tile j, element e of the fragment
+  // (rows g and g + 8, columns 2t and 2t + 1).
+  auto each_sum = [](auto f) {
 #pragma unroll
     for (int r = 0; r < 4; ++r)
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float& total = totals[((r * 4 + j) * 4 + e) * kThreads];
-          total = first ? acc[r][j][e] : __fadd_rn(total, acc[r][j][e]);
-          acc[r][j][e] = 0.0f;
-        }
+        for (int e = 0; e < 4; ++e) f(r, j, e);
+  };
+  float acc[4][4][4];
+  each_sum([&](int r, int j, int e) { acc[r][j][e] = 0.0f; });
+  // total = acc for the first part, total + acc for the others; acc back to 0.
+  auto fold = [&](bool first) {
+    each_sum([&](int r, int j, int e) {
+      float& total = totals[((r * 4 + j) * 4 + e) * kThreads];
+      total = first ? acc[r][j][e] : __fadd_rn(total, acc[r][j][e]);
+      acc[r][j][e] = 0.0f;
+    });
   };
 
   const int chunks = (int)((K + kChunk - 1) / kChunk), per_part = (int)(part_len / kChunk);
@@ -143,22 +143,17 @@ __global__ void __launch_bounds__(kThreads, 2) wide_gemm_kernel(const bf16* __re
   cp_async_wait<0>();
   for (; part < kProductParts; ++part) fold(part == 0);  // the empty parts past K: each adds 0
 
-#pragma unroll
-  for (int r = 0; r < 4; ++r)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = wm * 64 + 16 * r + g + (e >= 2 ? 8 : 0);
-        const int64_t n = col0 + wn * 32 + 8 * j + 2 * t + (e & 1);
-        if (row >= rows || n >= N) continue;
-        const int64_t at = (row0 + row) * N + n;
-        const float total = totals[((r * 4 + j) * 4 + e) * kThreads];
-        if (bf16_out)
-          static_cast<bf16*>(out)[at] = __float2bfloat16_rn(total);
-        else
-          static_cast<float*>(out)[at] = total;
-      }
+  each_sum([&](int r, int j, int e) {
+    const int row = wm * 64 + 16 * r + g + (e >= 2 ? 8 : 0);
+    const int64_t n = col0 + wn * 32 + 8 * j + 2 * t + (e & 1);
+    if (row >= rows || n >= N) return;
+    const int64_t at = (row0 + row) * N + n;
+    const float total = totals[((r * 4 + j) * 4 + e) * kThreads];
+    if (bf16_out)
+      static_cast<bf16*>(out)[at] = __float2bfloat16_rn(total);
+    else
+      static_cast<float*>(out)[at] = total;
+  });
 }
 
 }  // namespace

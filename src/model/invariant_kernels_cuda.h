@@ -13,6 +13,9 @@ namespace grpo::model::invariant::cuda {
 using at::Tensor;
 
 Tensor matmul_nt(const Tensor& x, const Tensor& w, std::optional<at::ScalarType> round_to);
+// Rows of a product tile of the decode kernel: the m of one tensor-core step.
+constexpr int64_t kTileRows = 16;
+
 // Rows of a tile of the wide products (invariant_gemm_cuda.h), and whether products over `rows`
 // rows in `groups` groups (1 for a plain product) take that kernel: while it is on trial
 // (model/kernel_trial.h, "wide_products"), for at least 1,024 rows and 64 a group on average
@@ -20,6 +23,7 @@ Tensor matmul_nt(const Tensor& x, const Tensor& w, std::optional<at::ScalarType>
 constexpr int64_t kWideRows = 128;
 bool use_wide_products(int64_t rows, int64_t groups);
 
+// invariant_grouping_cuda.cu:
 // Rows a tile of grouped products holds (the decode kernel reads each weight once per tile): 16;
 // or, while on trial (model/kernel_trial.h, "tall_tiles"), 32 where the groups hold 16 rows or more
 // on average and 64 where they hold 48 or more. Either gives the same bits.
@@ -32,12 +36,12 @@ int64_t grouped_tile_rows(int64_t rows, int64_t groups);
 // of tiles of kWideRows rows. A group id out of range stops the kernel with a device-side assertion.
 struct GroupedRows {
   Tensor order, group, tiles, wide_tiles;
-  int64_t num_tiles = 0, tile_rows = 16, num_wide_tiles = 0;
+  int64_t num_tiles = 0, tile_rows = kTileRows, num_wide_tiles = 0;
 };
 GroupedRows group_rows(const Tensor& group_of_row, int64_t groups);
 // The tile table of `groups` runs of `rows` consecutive rows, tiles of at most tile_rows (16 or
 // kWideRows).
-Tensor contiguous_tiles(int64_t groups, int64_t rows, at::Device device, int64_t tile_rows = 16);
+Tensor contiguous_tiles(int64_t groups, int64_t rows, at::Device device, int64_t tile_rows = kTileRows);
 // tiles: of up to tile_rows (16, 32 or 64) rows; wide_tiles: the table of kWideRows-row tiles, or
 // undefined (`tiles` serve).
 Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& tiles, int64_t num_tiles, int64_t tile_rows,
