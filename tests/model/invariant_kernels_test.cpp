@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "model/invariant_kernels.h"
+#include "model/kernel_trial.h"
 #ifdef GRPO_PAGED_MLA_CUDA
 #include "model/invariant_kernels_cuda.h"
 #endif
@@ -51,6 +52,42 @@ Tensor reference_products(const Tensor& x, const Tensor& w, const std::vector<in
 }
 
 }  // namespace
+
+// The switch for kernels on trial: a name counts only as a whole item of GRPO_KERNEL_TRIAL's
+// comma-separated list.
+TEST(KernelTrial, NamesAreWholeItemsOfTheList) {
+  ::unsetenv("GRPO_KERNEL_TRIAL");
+  EXPECT_FALSE(kernel_on_trial("wide_products"));
+  ::setenv("GRPO_KERNEL_TRIAL", "router,wide_products,,tall_tiles", 1);
+  EXPECT_TRUE(kernel_on_trial("router"));
+  EXPECT_TRUE(kernel_on_trial("wide_products"));
+  EXPECT_TRUE(kernel_on_trial("tall_tiles"));
+  EXPECT_FALSE(kernel_on_trial("wide"));
+  EXPECT_FALSE(kernel_on_trial("products"));
+  EXPECT_FALSE(kernel_on_trial("query_tiles"));
+  ::setenv("GRPO_KERNEL_TRIAL", "query_tiles", 1);
+  EXPECT_TRUE(kernel_on_trial("query_tiles"));
+  EXPECT_FALSE(kernel_on_trial("router"));
+  ::unsetenv("GRPO_KERNEL_TRIAL");
+}
+
+// checked_keys says when the queries come in runs of one sequence's tokens (a prefill, a training
+// forward over whole sequences: two or more rows a run on average), which the attention may serve
+// several at a time, and not for a decode step's rows, one per sequence.
+TEST(InvariantKernels, CheckedKeysFindRunsOfOneSequence) {
+  invariant::KeyLayout prefill;
+  prefill.table = at::arange(12, at::TensorOptions().dtype(at::kLong));
+  prefill.table_start = at::tensor(std::vector<int64_t>{0, 0, 0, 0, 0, 4, 4, 4, 8});
+  prefill.num_keys = at::tensor(std::vector<int64_t>{1, 2, 3, 4, 5, 1, 2, 3, 1});
+  prefill.block_size = 2;
+  const invariant::KeyLayout runs = invariant::checked_keys(prefill, 24, at::kCPU);
+  EXPECT_TRUE(runs.query_runs);
+  EXPECT_EQ(runs.max_keys, 5);
+  invariant::KeyLayout decode = prefill;
+  decode.table_start = at::tensor(std::vector<int64_t>{0, 4, 8});
+  decode.num_keys = at::tensor(std::vector<int64_t>{7, 3, 2});
+  EXPECT_FALSE(invariant::checked_keys(decode, 24, at::kCPU).query_runs);
+}
 
 TEST(InvariantKernels, MatmulEqualsTheDocumentedOrderBitForBit) {
   at::manual_seed(1);
