@@ -101,7 +101,7 @@ if want exact; then
     --label grpo-exact | tee -a "$log"
   GRPO_KERNEL_TRIAL=wide_products,tall_tiles,query_tiles "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
     --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
-    --exact --label grpo-exact-trial | tee -a "$log"
+    --exact --label grpo-exact-trial --profile "${EXACT_PROFILE:-0}" | tee -a "$log"
 fi
 if [ -n "${SPEC_DRAFTS:-}" ]; then
   # The same shape plus one MTP module (random weights: the acceptance says little, the step cost much).

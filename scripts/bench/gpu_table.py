@@ -6,13 +6,14 @@ import json
 import sys
 
 checks, train, decode, train_profile, experts, products, device = [], [], [], [], [], [], None
+decode_profile, prefill_profile = [], []
 for line in sys.stdin:
     line = line.strip()
     if not line.startswith("{"):
         continue
     r = json.loads(line)
     {"check": checks, "train": train, "decode": decode, "train_profile": train_profile, "expert_products": experts,
-     "invariant_matmul": products}.get(r["kind"], []).append(r)
+     "invariant_matmul": products, "profile": decode_profile, "prefill_profile": prefill_profile}.get(r["kind"], []).append(r)
     if r["kind"] == "device":
         device = r
 
@@ -131,6 +132,27 @@ def exact_prefill():
 
 
 exact_prefill()
+
+
+def engine_profiles():
+    """Where a prefill and a decode step of each profiled engine go (bench_rollout --profile)."""
+    for rows, what, unit in ((prefill_profile, "prefill", "ms"), (decode_profile, "decode step", "us_per_step")):
+        for engine, batch in sorted({(r["engine"], r["batch"]) for r in rows}):
+            mine = [r for r in rows if (r["engine"], r["batch"]) == (engine, batch)]
+            whole = next((r for r in mine if r["kernel"] == "(all)"), None)
+            print()
+            print(f"{engine}, batch {batch}: the {what}'s kernels by device time"
+                  + (f" ({whole[unit]:.1f} {'ms' if unit == 'ms' else 'us a step'} of kernels)" if whole else ""))
+            print()
+            print("| kernel | " + ("calls | ms" if unit == "ms" else "calls a step | us a step") + " | share |")
+            print("|---|---|---|---|")
+            for r in mine:
+                if r["kernel"] != "(all)":
+                    calls = r["calls"] if unit == "ms" else f"{r['calls_per_step']:.1f}"
+                    print(f"| {r['kernel']} | {calls} | {r[unit]:.2f} | {100 * r['share']:.1f}% |")
+
+
+engine_profiles()
 
 
 def speculative():

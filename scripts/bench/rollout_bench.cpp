@@ -87,7 +87,8 @@ int main(int argc, char** argv) {
                "MLA decode attention over a gathered copy of the cache instead of the paged kernel");
   int64_t profile_top = 0, profile_steps = 16;
   app.add_option("--profile", profile_top,
-                 "after each batch, print the N kernels taking the most device time over --profile-steps decode steps");
+                 "after each batch, print the N kernels taking the most device time over --profile-steps decode steps, "
+                 "and in the prefill");
   app.add_option("--profile-steps", profile_steps);
   double temperature = 1.0;
   app.add_option("--temperature", temperature);
@@ -225,6 +226,16 @@ int main(int argc, char** argv) {
       for (auto& r : longer) r.params.max_new_tokens = 1 + profile_steps;
       auto one = bench::cuda_kernel_times([&] { engine.generate(prompts); sync(dev); });
       auto more = bench::cuda_kernel_times([&] { engine.generate(longer); sync(dev); });
+      // The one-token run is the prefill (and one sampling step): where the prefill's time goes.
+      const auto prefill = bench::kernel_time_difference(one, {});
+      const double prefill_ms = bench::total_ms(prefill);
+      for (size_t i = 0; i < prefill.size() && (int64_t)i < profile_top; ++i)
+        printf("{\"kind\": \"prefill_profile\", \"engine\": \"%s\", \"batch\": %lld, \"kernel\": \"%s\", "
+               "\"calls\": %lld, \"ms\": %.3f, \"share\": %.3f}\n",
+               label.c_str(), (long long)B, bench::json_label(prefill[i].first).c_str(), (long long)prefill[i].second.calls,
+               prefill[i].second.ms, prefill[i].second.ms / prefill_ms);
+      printf("{\"kind\": \"prefill_profile\", \"engine\": \"%s\", \"batch\": %lld, \"kernel\": \"(all)\", \"ms\": %.3f}\n",
+             label.c_str(), (long long)B, prefill_ms);
       auto diff = bench::kernel_time_difference(more, one);
       const double total = bench::total_ms(diff);
       for (size_t i = 0; i < diff.size() && (int64_t)i < profile_top; ++i) {
