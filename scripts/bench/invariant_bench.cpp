@@ -11,27 +11,18 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
-#include <cstdlib>
 #include <sstream>
 #include <string>
 
 #include "model/invariant_kernels.h"
+#include "model/kernel_trial.h"
 #ifdef GRPO_PAGED_MLA_CUDA
 #include "model/invariant_kernels_cuda.h"
 #endif
 #include "timing.h"
 
-namespace {
-
 using at::Tensor;
 namespace invariant = grpo::model::invariant;
-
-struct Trial {  // the wide kernel on trial, within this scope
-  Trial() { ::setenv("GRPO_KERNEL_TRIAL", "wide_products", 1); }
-  ~Trial() { ::unsetenv("GRPO_KERNEL_TRIAL"); }
-};
-
-}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"batch-invariant product benchmark"};
@@ -67,7 +58,7 @@ int main(int argc, char** argv) {
       Tensor group_of_row = at::randint(G, {M}, bf16.dtype(at::kLong));
       plain = invariant::group_rows(group_of_row, G);
       {
-        Trial on;
+        grpo::model::KernelTrialScope trial("wide_products");
         wide = invariant::group_rows(group_of_row, G);
       }
       counts = at::bincount(group_of_row, {}, G).cpu();
@@ -94,7 +85,7 @@ int main(int argc, char** argv) {
 #ifdef GRPO_PAGED_MLA_CUDA
     if (cuda) {
       const Tensor want = product(plain);  // the default kernel's (outside the trial)
-      Trial on;
+      grpo::model::KernelTrialScope trial("wide_products");
       if (invariant::cuda::use_wide_products(M, G)) {
         const bool equal = at::equal(product(wide), want);
         const double t = grpo::bench::seconds_per_call([&] { product(wide); }, cuda);

@@ -15,4 +15,16 @@ bool kernel_on_trial(std::string_view kernel) {
   }
 }
 
+KernelTrialScope::KernelTrialScope(const std::string& names) {
+  if (const char* v = std::getenv("GRPO_KERNEL_TRIAL")) previous_ = v;
+  ::setenv("GRPO_KERNEL_TRIAL", names.c_str(), 1);
+}
+
+KernelTrialScope::~KernelTrialScope() {
+  if (previous_)
+    ::setenv("GRPO_KERNEL_TRIAL", previous_->c_str(), 1);
+  else
+    ::unsetenv("GRPO_KERNEL_TRIAL");
+}
+
 }  // namespace grpo::model

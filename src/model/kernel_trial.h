@@ -11,11 +11,26 @@
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 #pragma once
 
+#include <optional>
+#include <string>
 #include <string_view>
 
 namespace grpo::model {
 
 // Whether `kernel` is named in GRPO_KERNEL_TRIAL (read at each call: tests set it).
 bool kernel_on_trial(std::string_view kernel);
+
+// Puts exactly `names` on trial (GRPO_KERNEL_TRIAL; "" for none) for its lifetime, then restores
+// the variable as it was: for tests and benchmarks that run the same work with and without.
+class KernelTrialScope {
+ public:
+  explicit KernelTrialScope(const std::string& names);
+  ~KernelTrialScope();
+  KernelTrialScope(const KernelTrialScope&) = delete;
+  KernelTrialScope& operator=(const KernelTrialScope&) = delete;
+
+ private:
+  std::optional<std::string> previous_;
+};
 
 }  // namespace grpo::model

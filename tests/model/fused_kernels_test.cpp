@@ -208,10 +208,12 @@ TEST(FusedKernelsCuda, ExpertProductsEqualPerExpertProducts) {
     for (int64_t N : {1, 16, 80}) {
       Tensor x = at::randn({1, N, 32}, bf16);
       Tensor want = moe->forward(x);
-      ::setenv("GRPO_KERNEL_TRIAL", "expert_products", 1);
-      EXPECT_TRUE(kernel_on_trial("expert_products"));
-      Tensor got = moe->forward(x);
-      ::unsetenv("GRPO_KERNEL_TRIAL");
+      Tensor got;
+      {
+        KernelTrialScope trial("expert_products");
+        EXPECT_TRUE(kernel_on_trial("expert_products"));
+        got = moe->forward(x);
+      }
       EXPECT_LT(max_rel(got, want), 2e-2) << N;
     }
   }

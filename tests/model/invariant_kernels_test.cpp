@@ -58,17 +58,22 @@ Tensor reference_products(const Tensor& x, const Tensor& w, const std::vector<in
 TEST(KernelTrial, NamesAreWholeItemsOfTheList) {
   ::unsetenv("GRPO_KERNEL_TRIAL");
   EXPECT_FALSE(kernel_on_trial("wide_products"));
-  ::setenv("GRPO_KERNEL_TRIAL", "router,wide_products,,tall_tiles", 1);
-  EXPECT_TRUE(kernel_on_trial("router"));
-  EXPECT_TRUE(kernel_on_trial("wide_products"));
-  EXPECT_TRUE(kernel_on_trial("tall_tiles"));
-  EXPECT_FALSE(kernel_on_trial("wide"));
-  EXPECT_FALSE(kernel_on_trial("products"));
-  EXPECT_FALSE(kernel_on_trial("query_tiles"));
-  ::setenv("GRPO_KERNEL_TRIAL", "query_tiles", 1);
-  EXPECT_TRUE(kernel_on_trial("query_tiles"));
-  EXPECT_FALSE(kernel_on_trial("router"));
-  ::unsetenv("GRPO_KERNEL_TRIAL");
+  {
+    KernelTrialScope outer("router,wide_products,,tall_tiles");
+    EXPECT_TRUE(kernel_on_trial("router"));
+    EXPECT_TRUE(kernel_on_trial("wide_products"));
+    EXPECT_TRUE(kernel_on_trial("tall_tiles"));
+    EXPECT_FALSE(kernel_on_trial("wide"));
+    EXPECT_FALSE(kernel_on_trial("products"));
+    EXPECT_FALSE(kernel_on_trial("query_tiles"));
+    {
+      KernelTrialScope inner("query_tiles");
+      EXPECT_TRUE(kernel_on_trial("query_tiles"));
+      EXPECT_FALSE(kernel_on_trial("router"));
+    }
+    EXPECT_TRUE(kernel_on_trial("router")) << "the outer list is back";
+  }
+  EXPECT_EQ(std::getenv("GRPO_KERNEL_TRIAL"), nullptr);
 }
 
 // checked_keys says when the queries come in runs of one sequence's tokens (a prefill, a training
@@ -211,10 +216,6 @@ TEST(InvariantKernelsCuda, ProductsDependOnTheRowAlone) {
 TEST(InvariantKernelsCuda, WideProductsEqualTheDecodeKernelBitForBit) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
 #ifdef GRPO_PAGED_MLA_CUDA
-  struct Trial {  // the wide kernel, for products of many rows, within this scope
-    Trial() { ::setenv("GRPO_KERNEL_TRIAL", "wide_products", 1); }
-    ~Trial() { ::unsetenv("GRPO_KERNEL_TRIAL"); }
-  };
   const at::Device cuda(at::kCUDA, 0);
   const auto bf16 = at::TensorOptions().device(cuda).dtype(at::kBFloat16);
   at::manual_seed(5);
@@ -225,7 +226,7 @@ TEST(InvariantKernelsCuda, WideProductsEqualTheDecodeKernelBitForBit) {
     const Tensor small = invariant::matmul_nt(x, w[2]), small16 = invariant::matmul_nt(x, w[2], at::kBFloat16);
     Tensor wide, wide16;
     {
-      Trial on;
+      KernelTrialScope trial("wide_products");
       ASSERT_TRUE(invariant::cuda::use_wide_products(M, 1));
       wide = invariant::matmul_nt(x, w[2]);
       wide16 = invariant::matmul_nt(x, w[2], at::kBFloat16);
@@ -244,7 +245,7 @@ TEST(InvariantKernelsCuda, WideProductsEqualTheDecodeKernelBitForBit) {
     const Tensor want = invariant::grouped_matmul_nt(xs, w, plain, at::kBFloat16);
     EXPECT_FALSE(plain.wide_tiles.defined());
     {
-      Trial on;
+      KernelTrialScope trial("wide_products");
       const invariant::RowGroups g = invariant::group_rows(group_of_row, G);
       ASSERT_TRUE(g.wide_tiles.defined());
       EXPECT_TRUE(at::equal(g.order, plain.order));
@@ -253,7 +254,7 @@ TEST(InvariantKernelsCuda, WideProductsEqualTheDecodeKernelBitForBit) {
       ASSERT_TRUE(heads.wide_tiles.defined());
       Tensor xh = x.narrow(0, 0, 200 * G);
       Tensor got = invariant::grouped_matmul_nt(xh, w, heads);
-      ::unsetenv("GRPO_KERNEL_TRIAL");
+      KernelTrialScope none("");
       EXPECT_TRUE(at::equal(got, invariant::grouped_matmul_nt(xh, w, invariant::contiguous_groups(G, 200, cuda))))
           << "runs of 200 rows";
     }
@@ -284,18 +285,20 @@ TEST(InvariantKernelsCuda, TallTilesGiveTheBitsOfShortOnes) {
       const invariant::RowGroups plain = invariant::group_rows(group_of_row, c.groups);
       ASSERT_EQ(plain.tile_rows, 16);
       const Tensor xs = x.index_select(0, plain.order);
-      ::setenv("GRPO_KERNEL_TRIAL", "tall_tiles", 1);
-      const invariant::RowGroups tall = invariant::group_rows(group_of_row, c.groups);
-      ::unsetenv("GRPO_KERNEL_TRIAL");
+      const invariant::RowGroups tall = [&] {
+        KernelTrialScope trial("tall_tiles");
+        return invariant::group_rows(group_of_row, c.groups);
+      }();
       EXPECT_EQ(tall.tile_rows, c.tile_rows);
       EXPECT_TRUE(at::equal(invariant::grouped_matmul_nt(xs, w, tall), invariant::grouped_matmul_nt(xs, w, plain)));
       EXPECT_TRUE(at::equal(invariant::grouped_matmul_nt(xs, w, tall, at::kBFloat16),
                             invariant::grouped_matmul_nt(xs, w, plain, at::kBFloat16)));
     }
   Tensor x = at::randn({16 * 256, 128}, bf16), w = at::randn({16, 512, 128}, bf16);
-  ::setenv("GRPO_KERNEL_TRIAL", "tall_tiles", 1);
-  const invariant::RowGroups tall = invariant::contiguous_groups(16, 256, cuda);
-  ::unsetenv("GRPO_KERNEL_TRIAL");
+  const invariant::RowGroups tall = [&] {
+    KernelTrialScope trial("tall_tiles");
+    return invariant::contiguous_groups(16, 256, cuda);
+  }();
   EXPECT_EQ(tall.tile_rows, 64);
   EXPECT_TRUE(at::equal(invariant::grouped_matmul_nt(x, w, tall),
                         invariant::grouped_matmul_nt(x, w, invariant::contiguous_groups(16, 256, cuda))));

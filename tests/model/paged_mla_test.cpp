@@ -8,13 +8,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "model/deepseek.h"
+#include "model/kernel_trial.h"
 #include "model/layers.h"
 
 #ifdef GRPO_PAGED_MLA_CUDA
@@ -199,10 +199,11 @@ TEST(PagedMla, QueryTilesGiveEachRowItsOwnBitsOnCuda) {
     const double scale = 1.0 / std::sqrt(192.0);
     const Tensor alone = cuda::paged_mla_attention_invariant(q, p.cache, table, st, ln, longest, c.block_size, c.rank,
                                                              scale, /*query_runs=*/false);
-    ::setenv("GRPO_KERNEL_TRIAL", "query_tiles", 1);
-    const Tensor runs = cuda::paged_mla_attention_invariant(q, p.cache, table, st, ln, longest, c.block_size, c.rank,
-                                                            scale, /*query_runs=*/true);
-    ::unsetenv("GRPO_KERNEL_TRIAL");
+    const Tensor runs = [&] {
+      KernelTrialScope trial("query_tiles");
+      return cuda::paged_mla_attention_invariant(q, p.cache, table, st, ln, longest, c.block_size, c.rank, scale,
+                                                 /*query_runs=*/true);
+    }();
     EXPECT_TRUE(at::equal(runs, alone));
     // And each row as a decode step would give it: itself alone in the call.
     for (int64_t n : {(int64_t)0, (int64_t)4, (int64_t)304, N - 1}) {

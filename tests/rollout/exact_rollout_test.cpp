@@ -6,12 +6,12 @@
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 
-#include <cstdlib>
 #include <random>
 
 #include "common/tiny_models.h"
 #include "model/batch_invariant.h"
 #include "model/checkpoint.h"
+#include "model/kernel_trial.h"
 #include "model/lora.h"
 #include "rollout/engine.h"
 
@@ -277,10 +277,7 @@ TEST(ExactRolloutCuda, TensorCoreMlaEqualsTrainingBitForBit) {
 // bit, alone or in a crowd.
 TEST(ExactRolloutCuda, KernelsOnTrialKeepTheEngineExact) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  struct Trial {
-    Trial() { ::setenv("GRPO_KERNEL_TRIAL", "wide_products,tall_tiles,query_tiles", 1); }
-    ~Trial() { ::unsetenv("GRPO_KERNEL_TRIAL"); }
-  } on;
+  model::KernelTrialScope trial("wide_products,tall_tiles,query_tiles");
   expect_exact(kTinyV3Rank64, false, at::Device(at::kCUDA, 0), 250);
   expect_exact(kTinyV3Rank64, true, at::Device(at::kCUDA, 0), 250);
   expect_batch_invariance(at::Device(at::kCUDA, 0), kTinyV3Rank64, 250);
