@@ -3,7 +3,6 @@
 #include <ATen/core/grad_mode.h>
 
 #include <cstdint>
-#include <string>
 
 #include "model/layers.h"
 #include "util/error.h"
