@@ -5,18 +5,20 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <numeric>
-#include <type_traits>
 #include <vector>
 
+#include "model/invariant_products.h"
+#include "model/invariant_vector.h"
 #include "util/error.h"
 #ifdef GRPO_INVARIANT_CUDA
 #include "model/invariant_kernels_cuda.h"
 #endif
 
 namespace grpo::model::invariant {
+
+using cpu::dot;
 
 namespace {
 
@@ -40,136 +42,6 @@ bool on_cuda(const Tensor& t) {
 
 Tensor f32(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
-// The helpers below are inlined into the callers compiled for several instruction sets.
-#define GRPO_INLINE inline __attribute__((always_inline))
-
-// sum_k a[k] b[k]: eight interleaved fp32 partial sums, combined as a fixed tree, then the tail.
-template <typename T>
-GRPO_INLINE float dot(const float* a, const T* b, int64_t K) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t k = 0;
-  for (; k + 8 <= K; k += 8)
-    for (int u = 0; u < 8; ++u) acc[u] += a[k + u] * static_cast<float>(b[k + u]);
-  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; k < K; ++k) s += a[k] * static_cast<float>(b[k]);
-  return s;
-}
-
-// The same arithmetic for fp32 and bf16 weights written with eight-lane vectors: lane u is partial
-// sum u, each step one multiply and one add per lane (no contraction), so the results equal the
-// scalar loop's bit for bit while the compiler keeps the eight sums in one register.
-#pragma GCC diagnostic ignored "-Wpsabi"  // the vector helpers are inline: no ABI crosses a call
-typedef float v8f __attribute__((vector_size(32)));
-typedef uint16_t v8u16 __attribute__((vector_size(16)));
-typedef uint32_t v8u32 __attribute__((vector_size(32)));
-
-GRPO_INLINE v8f load8(const float* p) {
-  v8f v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-GRPO_INLINE v8f load8(const c10::BFloat16* p) {  // exact: a bf16 is the top half of its fp32
-  v8u16 h;
-  std::memcpy(&h, p, sizeof h);
-  const v8u32 bits = __builtin_convertvector(h, v8u32) << 16;
-  v8f v;
-  std::memcpy(&v, &bits, sizeof v);
-  return v;
-}
-GRPO_INLINE float tree(const v8f& c) { return ((c[0] + c[1]) + (c[2] + c[3])) + ((c[4] + c[5]) + (c[6] + c[7])); }
-
-template <typename T>
-GRPO_INLINE float dot8(const float* a, const T* b, int64_t K) {
-  v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t k = 0;
-  for (; k + 8 <= K; k += 8) acc += load8(a + k) * load8(b + k);
-  float s = tree(acc);
-  for (; k < K; ++k) s += a[k] * static_cast<float>(b[k]);
-  return s;
-}
-GRPO_INLINE float dot(const float* a, const float* b, int64_t K) { return dot8(a, b, K); }
-GRPO_INLINE float dot(const float* a, const c10::BFloat16* b, int64_t K) { return dot8(a, b, K); }
-
-// dot() of four rows against one weight row, which is read once: each row's arithmetic is exactly
-// dot()'s, so a row's result does not depend on whether it was computed in a block of four.
-template <typename T>
-GRPO_INLINE void dot4(const float* const a[4], const T* b, int64_t K, float* out, int64_t stride) {
-  v8f acc[4] = {};
-  int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    const v8f bv = load8(b + k);
-    for (int r = 0; r < 4; ++r) acc[r] += load8(a[r] + k) * bv;
-  }
-  for (int r = 0; r < 4; ++r) {
-    float s = tree(acc[r]);
-    for (int64_t t = k; t < K; ++t) s += a[r][t] * static_cast<float>(b[t]);
-    out[r * stride] = s;
-  }
-}
-
-// The products' loops are compiled for AVX-512, AVX2 and the baseline, and the CPU picks one at
-// load time. Every clone does each output's arithmetic in the same order (eight interleaved
-// partial sums, a fixed tree, no contraction): wider vectors change the speed, not the results.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define GRPO_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define GRPO_VECTOR_CLONES
-#endif
-
-// Row blocks [begin, end) of four rows of out (M, N) = x (M, K) w (N, K)^T, for fp32 and bf16
-// weights (read as they are: no fp32 copy of the weights per call).
-template <typename T>
-GRPO_INLINE void matmul_row_blocks(const float* xp, const T* wp, float* op, int64_t M, int64_t N, int64_t K, int64_t begin,
-                              int64_t end) {
-  for (int64_t blk = begin; blk < end; ++blk) {
-    const int64_t m = blk * 4;
-    if (m + 4 <= M) {
-      const float* rows[4] = {xp + m * K, xp + (m + 1) * K, xp + (m + 2) * K, xp + (m + 3) * K};
-      for (int64_t n = 0; n < N; ++n) dot4(rows, wp + n * K, K, op + m * N + n, N);
-    } else {
-      for (int64_t r = m; r < M; ++r)
-        for (int64_t n = 0; n < N; ++n) op[r * N + n] = dot(xp + r * K, wp + n * K, K);
-    }
-  }
-}
-GRPO_VECTOR_CLONES void matmul_row_blocks(const float* xp, const float* wp, float* op, int64_t M, int64_t N, int64_t K,
-                                          int64_t begin, int64_t end) {
-  matmul_row_blocks<float>(xp, wp, op, M, N, K, begin, end);
-}
-GRPO_VECTOR_CLONES void matmul_row_blocks(const float* xp, const c10::BFloat16* wp, float* op, int64_t M, int64_t N,
-                                          int64_t K, int64_t begin, int64_t end) {
-  matmul_row_blocks<c10::BFloat16>(xp, wp, op, M, N, K, begin, end);
-}
-
-// Rows [begin, end) of out (M, N) = x (M, K) times w[group[m]] (N, K) of w (G, N, K); four rows
-// of one group at a time where they come in fours (the same results as one at a time).
-template <typename T>
-GRPO_INLINE void grouped_rows(const float* x, const T* w, const int64_t* group, float* out, int64_t N, int64_t K,
-                         int64_t begin, int64_t end) {
-  for (int64_t m = begin; m < end;) {
-    const T* wm = w + group[m] * N * K;
-    constexpr bool vectorized = std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>;
-    if (vectorized && m + 4 <= end && group[m + 3] == group[m] && group[m + 1] == group[m] && group[m + 2] == group[m]) {
-      const float* rows[4] = {x + m * K, x + (m + 1) * K, x + (m + 2) * K, x + (m + 3) * K};
-      if constexpr (vectorized)
-        for (int64_t n = 0; n < N; ++n) dot4(rows, wm + n * K, K, out + m * N + n, N);
-      m += 4;
-    } else {
-      for (int64_t n = 0; n < N; ++n) out[m * N + n] = dot(x + m * K, wm + n * K, K);
-      m += 1;
-    }
-  }
-}
-// The weight types models use get the vector clones (overloads chosen over the template).
-GRPO_VECTOR_CLONES void grouped_rows(const float* x, const c10::BFloat16* w, const int64_t* group, float* out,
-                                     int64_t N, int64_t K, int64_t begin, int64_t end) {
-  grouped_rows<c10::BFloat16>(x, w, group, out, N, K, begin, end);
-}
-GRPO_VECTOR_CLONES void grouped_rows(const float* x, const float* w, const int64_t* group, float* out, int64_t N,
-                                     int64_t K, int64_t begin, int64_t end) {
-  grouped_rows<float>(x, w, group, out, N, K, begin, end);
-}
-
 }  // namespace
 
 Tensor matmul_nt(const Tensor& x, const Tensor& w, std::optional<at::ScalarType> round_to) {
@@ -177,18 +49,10 @@ Tensor matmul_nt(const Tensor& x, const Tensor& w, std::optional<at::ScalarType>
     throw Error("invariant matmul_nt: expected x (M, K) and w (N, K), got " + std::to_string(x.dim()) + "-d and " +
                 std::to_string(w.dim()) + "-d of mismatched K");
   GRPO_ON_CUDA(x, matmul_nt(x, w, round_to));
-  const int64_t M = x.size(0), N = w.size(0), K = x.size(1);
-  Tensor xf = f32(x);
-  Tensor wc = w.scalar_type() == at::kBFloat16 ? w.contiguous() : f32(w);
+  const int64_t M = x.size(0), N = w.size(0);
+  Tensor xf = f32(x), wc = w.contiguous();
   Tensor out = at::empty({M, N}, at::TensorOptions().dtype(at::kFloat));
-  const float* xp = xf.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, (M + 3) / 4, 1, [&](int64_t begin, int64_t end) {
-    if (wc.scalar_type() == at::kBFloat16)
-      matmul_row_blocks(xp, wc.data_ptr<c10::BFloat16>(), op, M, N, K, begin, end);
-    else
-      matmul_row_blocks(xp, wc.data_ptr<float>(), op, M, N, K, begin, end);
-  });
+  cpu::products(xf.data_ptr<float>(), wc, nullptr, out.data_ptr<float>(), M);
   return round_to ? out.to(*round_to) : out;
 }
 
@@ -235,19 +99,14 @@ Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const RowGroups& grou
     throw Error("invariant grouped_matmul_nt: expected x (M, K), w (G, N, K), a group for each of the M rows");
   GRPO_ON_CUDA(x, grouped_matmul_nt(x, w, groups.tiles, groups.num_tiles, groups.tile_rows, groups.wide_tiles,
                                      groups.num_wide_tiles, round_to));
-  const int64_t M = x.size(0), G = w.size(0), N = w.size(1), K = x.size(1);
+  const int64_t M = x.size(0), G = w.size(0), N = w.size(1);
   Tensor xf = f32(x), wc = w.contiguous(), ex = groups.group.to(at::kCPU, at::kLong).contiguous();
   const int64_t* e = ex.data_ptr<int64_t>();
   for (int64_t m = 0; m < M; ++m)
     if (e[m] < 0 || e[m] >= G) throw Error("invariant grouped_matmul_nt: row " + std::to_string(m) + " names group " +
                                            std::to_string(e[m]) + " of " + std::to_string(G));
   Tensor out = at::empty({M, N}, at::TensorOptions().dtype(at::kFloat));
-  const float* xp = xf.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, wc.scalar_type(), "invariant_grouped_matmul_nt", [&] {
-    const scalar_t* wp = wc.data_ptr<scalar_t>();
-    at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) { grouped_rows(xp, wp, e, op, N, K, begin, end); });
-  });
+  cpu::products(xf.data_ptr<float>(), wc, e, out.data_ptr<float>(), M);
   return round_to ? out.to(*round_to) : out;
 }
 
