@@ -45,9 +45,10 @@ Tensor reference_products(const Tensor& x, const Tensor& w, const std::vector<in
   const Tensor xf = x.to(at::kFloat).contiguous(), wf = w.to(at::kFloat).contiguous();
   const int64_t M = xf.size(0), K = xf.size(1), N = wf.size(-2);
   Tensor out = at::empty({M, N});
+  const float *xp = xf.data_ptr<float>(), *wp = wf.data_ptr<float>();
+  float* op = out.data_ptr<float>();
   for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n)
-      out[m][n] = reference_dot(xf[m].data_ptr<float>(), wf.view({-1, N, K})[group[m]][n].data_ptr<float>(), K);
+    for (int64_t n = 0; n < N; ++n) op[m * N + n] = reference_dot(xp + m * K, wp + (group[m] * N + n) * K, K);
   return out;
 }
 
@@ -124,6 +125,28 @@ TEST(InvariantKernels, GroupedMatmulEqualsTheDocumentedOrderBitForBit) {
   }
 }
 
+// Products large enough to be cut into several weight chunks and row panels and shared among
+// threads: still each output in the documented order. Runs of one group that end inside a block of
+// four, a K whose rows do not fill a step, fp32, bf16 and fp16 weights.
+TEST(InvariantKernels, LargeProductsEqualTheDocumentedOrderBitForBit) {
+  at::manual_seed(4);
+  const int64_t M = 150, K = 1003, N = 141, G = 3;
+  std::vector<int64_t> group(M);
+  for (int64_t m = 0; m < M; ++m) group[m] = m < 67 ? 0 : m < 69 ? 1 : 2;
+  for (auto dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+    Tensor x = at::randn({M, K}).to(at::kBFloat16), w = at::randn({G, N, K}).to(dtype);
+    Tensor plain = invariant::matmul_nt(x, w[2]);
+    Tensor want_plain = reference_products(x, w[2], std::vector<int64_t>(M, 0));
+    EXPECT_TRUE(at::equal(plain, want_plain)) << "dtype " << dtype << ": max |diff| "
+                                              << (plain - want_plain).abs().max().item<float>();
+    invariant::RowGroups rg;
+    rg.group = at::tensor(group);
+    Tensor grouped = invariant::grouped_matmul_nt(x, w, rg);
+    Tensor want = reference_products(x, w, group);
+    EXPECT_TRUE(at::equal(grouped, want)) << "dtype " << dtype << ": max |diff| " << (grouped - want).abs().max().item<float>();
+  }
+}
+
 TEST(InvariantKernels, AttentionEqualsTheDocumentedOrderBitForBit) {
   at::manual_seed(3);
   const int64_t heads = 4, kv_heads = 2, dk = 21, dv = 13, bs = 4, blocks = 12;
@@ -184,8 +207,9 @@ TEST(InvariantKernelsCuda, ProductsDependOnTheRowAlone) {
       }
       Tensor exact = at::matmul(x.to(at::kDouble), w[1].to(at::kDouble).t());
       EXPECT_LT((all.to(at::kDouble) - exact).abs().max().item<double>(), 1e-3 * std::sqrt((double)K)) << K;
-      if (dtype == at::kBFloat16)
+      if (dtype == at::kBFloat16) {
         EXPECT_TRUE(at::equal(invariant::matmul_nt(x, w[1], at::kBFloat16), all.to(at::kBFloat16))) << K;
+      }
       // Grouped: rows of random groups, each as the plain product with its group's weight.
       Tensor group_of_row = at::randint(G, {M}, at::TensorOptions().dtype(at::kLong).device(cuda));
       invariant::RowGroups g = invariant::group_rows(group_of_row, G);
