@@ -19,6 +19,7 @@
 namespace grpo::model::invariant {
 
 using cpu::dot;
+using cpu::dot_tile;
 
 namespace {
 
@@ -228,39 +229,76 @@ struct Attend {
   float scale;
 };
 
-// Rows [begin, end) of (query, head): scores in key order, softmax, the weighted sum of values in
-// key order.
-template <typename T>
-GRPO_INLINE void attend(const Attend& a, const T* cache, int64_t begin, int64_t end) {
-  std::vector<float> p;
-  std::vector<float> acc(a.dv);
-  for (int64_t nh = begin; nh < end; ++nh) {
-    const int64_t n = nh / a.heads, h = nh % a.heads, g = h / a.group, L = a.count[n], bs = a.block_size;
-    const float* qr = a.q + nh * a.dk;
-    auto row = [&](int64_t j) { return cache + (a.table[a.start[n] + j / bs] * bs + j % bs) * a.width; };
-    p.resize(L);
+// Query n's heads h0 .. h0 + R - 1, which read the same keys (one kv head): scores in key order,
+// softmax, the weighted sum of values in key order; each head's arithmetic as if it were alone,
+// four keys' scores at a time (R x 4 sums in flight) and each value row read once for the R heads.
+template <int R, typename T>
+GRPO_INLINE void attend_heads(const Attend& a, const T* cache, int64_t n, int64_t h0, std::vector<float>& p,
+                              std::vector<float>& acc) {
+  const int64_t g = h0 / a.group, L = a.count[n], bs = a.block_size;
+  auto row = [&](int64_t j) { return cache + (a.table[a.start[n] + j / bs] * bs + j % bs) * a.width; };
+  const float* q[R];
+  for (int r = 0; r < R; ++r) q[r] = a.q + (n * a.heads + h0 + r) * a.dk;
+  p.resize(R * L);
+  float s[R * 4];
+  int64_t j = 0;
+  for (; j + 4 <= L; j += 4) {
+    const T* k[4];
+    for (int c = 0; c < 4; ++c) k[c] = row(j + c) + a.key_base + g * a.key_stride;
+    dot_tile<R, 4>(q, k, a.dk, s, 4);
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < 4; ++c) p[r * L + j + c] = s[r * 4 + c] * a.scale;
+  }
+  for (; j < L; ++j) {
+    const T* k = row(j) + a.key_base + g * a.key_stride;
+    dot_tile<R, 1>(q, &k, a.dk, s, 1);
+    for (int r = 0; r < R; ++r) p[r * L + j] = s[r] * a.scale;
+  }
+  float l[R];
+  for (int r = 0; r < R; ++r) {
+    float* pr = p.data() + r * L;
     float m = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < L; ++j) {
-      p[j] = dot(qr, row(j) + a.key_base + g * a.key_stride, a.dk) * a.scale;
-      m = p[j] > m ? p[j] : m;
+    for (int64_t i = 0; i < L; ++i) m = pr[i] > m ? pr[i] : m;
+    l[r] = 0;
+    for (int64_t i = 0; i < L; ++i) l[r] += (pr[i] = std::exp(pr[i] - m));
+  }
+  acc.assign(R * a.dv, 0.0f);
+  for (int64_t i = 0; i < L; ++i) {
+    const T* v = row(i) + a.value_base + g * a.value_stride;
+    for (int r = 0; r < R; ++r) {
+      float* ac = acc.data() + r * a.dv;
+      const float pi = p[r * L + i];
+      for (int64_t d = 0; d < a.dv; ++d) ac[d] += pi * static_cast<float>(v[d]);
     }
-    float l = 0;
-    for (int64_t j = 0; j < L; ++j) l += (p[j] = std::exp(p[j] - m));
-    std::fill(acc.begin(), acc.end(), 0.0f);
-    float* ac = acc.data();
-    for (int64_t j = 0; j < L; ++j) {
-      const T* v = row(j) + a.value_base + g * a.value_stride;
-      const float pj = p[j];
-      for (int64_t d = 0; d < a.dv; ++d) ac[d] += pj * static_cast<float>(v[d]);
-    }
-    for (int64_t d = 0; d < a.dv; ++d) a.out[nh * a.dv + d] = ac[d] / l;
+  }
+  for (int r = 0; r < R; ++r)
+    for (int64_t d = 0; d < a.dv; ++d) a.out[(n * a.heads + h0 + r) * a.dv + d] = acc[r * a.dv + d] / l[r];
+}
+
+// Units [begin, end) of R heads of one query (query unit / (heads / R), heads from unit % (heads / R) * R).
+template <typename T>
+GRPO_INLINE void attend_units(const Attend& a, const T* cache, int R, int64_t begin, int64_t end) {
+  std::vector<float> p, acc;
+  const int64_t per_query = a.heads / R;
+  for (int64_t u = begin; u < end; ++u) {
+    const int64_t n = u / per_query, h0 = u % per_query * R;
+    if (R == 4)
+      attend_heads<4>(a, cache, n, h0, p, acc);
+    else if (R == 2)
+      attend_heads<2>(a, cache, n, h0, p, acc);
+    else
+      attend_heads<1>(a, cache, n, h0, p, acc);
   }
 }
-GRPO_VECTOR_CLONES void attend(const Attend& a, const c10::BFloat16* cache, int64_t begin, int64_t end) {
-  attend<c10::BFloat16>(a, cache, begin, end);
+GRPO_VECTOR_CLONES void attend(const Attend& a, const c10::BFloat16* cache, int R, int64_t begin, int64_t end) {
+  attend_units(a, cache, R, begin, end);
 }
-GRPO_VECTOR_CLONES void attend(const Attend& a, const float* cache, int64_t begin, int64_t end) {
-  attend<float>(a, cache, begin, end);
+GRPO_VECTOR_CLONES void attend(const Attend& a, const float* cache, int R, int64_t begin, int64_t end) {
+  attend_units(a, cache, R, begin, end);
+}
+template <typename T>
+void attend(const Attend& a, const T* cache, int R, int64_t begin, int64_t end) {
+  attend_units(a, cache, R, begin, end);
 }
 
 }  // namespace
@@ -337,9 +375,12 @@ Tensor attention(const Tensor& q, const Tensor& cache, const KeyLayout& unchecke
   float* op = out.data_ptr<float>();
   const Attend args{qp, op, tb, st, cn, heads, group, dk, dv, bs, width, hl.key_base, hl.key_stride, hl.value_base,
                     hl.value_stride, static_cast<float>(scale)};
+  // Heads of one kv head in fours (or twos) where that still leaves every thread a unit.
+  int R = group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
+  while (R > 1 && N * heads / R < at::get_num_threads()) R /= 2;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, cc.scalar_type(), "invariant_attention", [&] {
     const scalar_t* cp = cc.data_ptr<scalar_t>();
-    at::parallel_for(0, N * heads, 1, [&](int64_t begin, int64_t end) { attend(args, cp, begin, end); });
+    at::parallel_for(0, N * heads / R, 1, [&](int64_t begin, int64_t end) { attend(args, cp, R, begin, end); });
   });
   return out;
 }

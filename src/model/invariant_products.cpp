@@ -31,34 +31,21 @@ struct Plan {
   std::vector<RowBlock> blocks;
 };
 
-// out[r, c] (row stride N) = dot(x[r], w[c]) for R rows of x and C rows of w, each weight vector
-// read once for the R rows: R x C sums in flight, each in invariant_vector.h's order exactly.
-template <int R, int C, typename T>
-GRPO_INLINE void tile(const float* x, const T* w, int64_t K, float* out, int64_t N) {
-  v8f acc[R][C] = {};
-  int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    v8f wv[C];
-    for (int c = 0; c < C; ++c) wv[c] = load8(w + c * K + k);
-    for (int r = 0; r < R; ++r) {
-      const v8f xv = load8(x + r * K + k);
-      for (int c = 0; c < C; ++c) acc[r][c] += xv * wv[c];
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) {
-      float s = tree(acc[r][c]);
-      for (int64_t t = k; t < K; ++t) s += x[r * K + t] * static_cast<float>(w[c * K + t]);
-      out[r * N + c] = s;
-    }
-}
-
 // R rows against weight rows [n0, n1): tiles of C weight rows, then single ones.
 template <int R, int C, typename T>
 GRPO_INLINE void row_block(const float* x, const T* w, int64_t K, float* out, int64_t N, int64_t n0, int64_t n1) {
+  const float* rows[R];
+  for (int r = 0; r < R; ++r) rows[r] = x + r * K;
   int64_t n = n0;
-  for (; n + C <= n1; n += C) tile<R, C>(x, w + n * K, K, out + n, N);
-  for (; n < n1; ++n) tile<R, 1>(x, w + n * K, K, out + n, N);
+  for (; n + C <= n1; n += C) {
+    const T* cols[C];
+    for (int c = 0; c < C; ++c) cols[c] = w + (n + c) * K;
+    dot_tile<R, C>(rows, cols, K, out + n, N);
+  }
+  for (; n < n1; ++n) {
+    const T* col = w + n * K;
+    dot_tile<R, 1>(rows, &col, K, out + n, N);
+  }
 }
 
 template <int C, typename T>

@@ -66,4 +66,27 @@ GRPO_INLINE float dot(const float* a, const T* b, int64_t K) {
   return s;
 }
 
+// out[r * stride + c] = dot(a[r], b[c], K) for R rows a and C rows b, each b vector read once for
+// the R rows: R x C sums in flight (the latency of one addition hides behind the others), each in
+// the order above exactly.
+template <int R, int C, typename T>
+GRPO_INLINE void dot_tile(const float* const* a, const T* const* b, int64_t K, float* out, int64_t stride) {
+  v8f acc[R][C] = {};
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    v8f bv[C];
+    for (int c = 0; c < C; ++c) bv[c] = load8(b[c] + k);
+    for (int r = 0; r < R; ++r) {
+      const v8f av = load8(a[r] + k);
+      for (int c = 0; c < C; ++c) acc[r][c] += av * bv[c];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) {
+      float s = tree(acc[r][c]);
+      for (int64_t t = k; t < K; ++t) s += a[r][t] * static_cast<float>(b[c][t]);
+      out[r * stride + c] = s;
+    }
+}
+
 }  // namespace grpo::model::invariant::cpu

@@ -147,44 +147,48 @@ TEST(InvariantKernels, LargeProductsEqualTheDocumentedOrderBitForBit) {
   }
 }
 
+// Heads sharing a kv head in fours (8 of 2 and 8 of 1), in twos (4 of 2) and alone (3 of 1);
+// keys in fours and a remainder; a key width with a tail.
 TEST(InvariantKernels, AttentionEqualsTheDocumentedOrderBitForBit) {
   at::manual_seed(3);
-  const int64_t heads = 4, kv_heads = 2, dk = 21, dv = 13, bs = 4, blocks = 12;
-  const int64_t width = kv_heads * (dk + dv);  // [k (kv_heads x dk) | v (kv_heads x dv)]
-  for (auto dtype : {at::kFloat, at::kBFloat16}) {
-    Tensor cache = at::randn({blocks * bs, width}).to(dtype);
-    // Two queries: 7 keys from blocks 5, 2; 13 keys from blocks 9, 0, 11, 3.
-    invariant::KeyLayout keys{at::tensor(std::vector<int64_t>{5, 2, 9, 0, 11, 3}), at::tensor(std::vector<int64_t>{0, 2}),
-                              at::tensor(std::vector<int64_t>{7, 13}), bs};
-    invariant::HeadLayout hl{kv_heads, 0, dk, dk, kv_heads * dk, dv, dv};
-    Tensor q = at::randn({2, heads, dk});
-    const double scale = 0.3;
-    Tensor got = invariant::attention(q, cache, keys, hl, scale);
-    const Tensor cf = cache.to(at::kFloat).contiguous();
-    const std::vector<std::vector<int64_t>> tables = {{5, 2}, {9, 0, 11, 3}};
-    const std::vector<int64_t> counts = {7, 13};
-    for (int64_t n = 0; n < 2; ++n)
-      for (int64_t h = 0; h < heads; ++h) {
-        const int64_t g = h / (heads / kv_heads), L = counts[n];
-        std::vector<float> p(L);
-        float m = -std::numeric_limits<float>::infinity();
-        auto row = [&](int64_t j) { return cf[tables[n][j / bs] * bs + j % bs].data_ptr<float>(); };
-        for (int64_t j = 0; j < L; ++j) {
-          p[j] = reference_dot(q[n][h].contiguous().data_ptr<float>(), row(j) + g * dk, dk) * (float)scale;
-          m = p[j] > m ? p[j] : m;
-        }
-        float l = 0;
-        for (int64_t j = 0; j < L; ++j) l += (p[j] = std::exp(p[j] - m));
-        for (int64_t d = 0; d < dv; ++d) {
-          float acc = 0;
+  const int64_t dk = 21, dv = 13, bs = 4, blocks = 12;
+  for (auto [heads, kv_heads] : std::vector<std::pair<int64_t, int64_t>>{{4, 2}, {8, 2}, {8, 1}, {3, 1}})
+    for (auto dtype : {at::kFloat, at::kBFloat16}) {
+      const int64_t width = kv_heads * (dk + dv);  // [k (kv_heads x dk) | v (kv_heads x dv)]
+      Tensor cache = at::randn({blocks * bs, width}).to(dtype);
+      // Two queries: 7 keys from blocks 5, 2; 13 keys from blocks 9, 0, 11, 3.
+      invariant::KeyLayout keys{at::tensor(std::vector<int64_t>{5, 2, 9, 0, 11, 3}), at::tensor(std::vector<int64_t>{0, 2}),
+                                at::tensor(std::vector<int64_t>{7, 13}), bs};
+      invariant::HeadLayout hl{kv_heads, 0, dk, dk, kv_heads * dk, dv, dv};
+      Tensor q = at::randn({2, heads, dk});
+      const double scale = 0.3;
+      Tensor got = invariant::attention(q, cache, keys, hl, scale);
+      const Tensor cf = cache.to(at::kFloat).contiguous();
+      const std::vector<std::vector<int64_t>> tables = {{5, 2}, {9, 0, 11, 3}};
+      const std::vector<int64_t> counts = {7, 13};
+      for (int64_t n = 0; n < 2; ++n)
+        for (int64_t h = 0; h < heads; ++h) {
+          const int64_t g = h / (heads / kv_heads), L = counts[n];
+          std::vector<float> p(L);
+          float m = -std::numeric_limits<float>::infinity();
+          auto row = [&](int64_t j) { return cf[tables[n][j / bs] * bs + j % bs].data_ptr<float>(); };
           for (int64_t j = 0; j < L; ++j) {
-            const float t = p[j] * row(j)[kv_heads * dk + g * dv + d];
-            acc = acc + t;
+            p[j] = reference_dot(q[n][h].contiguous().data_ptr<float>(), row(j) + g * dk, dk) * (float)scale;
+            m = p[j] > m ? p[j] : m;
           }
-          EXPECT_EQ(got[n][h][d].item<float>(), acc / l) << "dtype " << dtype << ", query " << n << ", head " << h;
+          float l = 0;
+          for (int64_t j = 0; j < L; ++j) l += (p[j] = std::exp(p[j] - m));
+          for (int64_t d = 0; d < dv; ++d) {
+            float acc = 0;
+            for (int64_t j = 0; j < L; ++j) {
+              const float t = p[j] * row(j)[kv_heads * dk + g * dv + d];
+              acc = acc + t;
+            }
+            EXPECT_EQ(got[n][h][d].item<float>(), acc / l)
+                << heads << " heads of " << kv_heads << ", dtype " << dtype << ", query " << n << ", head " << h;
+          }
         }
-      }
-  }
+    }
 }
 
 // On CUDA (invariant_kernels_cuda.cu): a row's product is the same bits alone, among 37 or 300
