@@ -99,7 +99,8 @@ RolloutBatch GrpoTrainer::sample(int64_t step, rollout::Engine& engine, int64_t 
         b.prompts.push_back(reqs[g].prompt_ids);
         b.completions.push_back(c.token_ids);
         b.old_logp.push_back(at::tensor(c.logprobs, at::kFloat));  // on the host: the trainer moves them
-        if (s_.moe.routing_replay) b.routed_experts.push_back(c.routed_experts);
+        // routing_replay, and exact_rollout's update (empty records for a model without MoE layers)
+        if (s_.moe.routing_replay || s_.rollout.exact_rollout) b.routed_experts.push_back(c.routed_experts);
         // Truncated completions are masked out entirely when asked (their reward still counts in the group).
         b.advantages.push_back(truncated && s_.advantages.mask_truncated_completions ? 0.0 : adv_a[g * G + j]);
         b.tokens += (int64_t)(c.token_ids.size() + reqs[g].prompt_ids.size());

@@ -157,7 +157,8 @@ GrpoTrainer::GrpoTrainer(const StageSettings& s, const std::string& recipe_path,
     return (s_.rollout.kv_cache_mb > 0 ? s_.rollout.kv_cache_mb : d.is_cuda() ? int64_t(4096) : int64_t(1024)) << 20;
   };
   eo.kv_cache_bytes = cache_bytes(device_);
-  eo.record_routing = s_.moe.routing_replay;
+  // exact_rollout: the records stand in for the batch-invariant forward's routing in the update.
+  eo.record_routing = s_.moe.routing_replay || (s_.rollout.exact_rollout && !moe_layers(*policy_).empty());
   eo.speculative_mtp = s_.rollout.speculative_mtp;
   eo.num_speculative_tokens = s_.rollout.num_speculative_tokens;
   eo.fp8 = s_.rollout.quantization == RolloutQuantization::Fp8;

@@ -95,20 +95,36 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
     return std::make_pair(Rows(b.prompts.begin() + s0, b.prompts.begin() + s0 + n),
                           Rows(b.completions.begin() + s0, b.completions.begin() + s0 + n));
   };
-  // The policy's forward options for sequences [s0, s0 + n): routing replay imposes their records.
-  auto policy_options = [&](int64_t s0, int64_t n, bool entropy, bool routing, bool mtp) {
-    Model::CompletionOptions o{entropy, routing, {}};
+  // exact_rollout: a batch drawn with the very weights the first iteration trains (the synchronous
+  // rollout, or the asynchronous one without staleness on this device) carries the batch-invariant
+  // forward's values (the engine's log-probs) and routing (its records), equal to the bit; the
+  // first iteration takes them instead of running that forward, but on check steps.
+  const int64_t step = st_.step + 1, check_every = s_.rollout.exact_rollout_check_every;
+  const bool drawn_with_these_weights =
+      b.weights_step < 0 || (b.weights_step == st_.step && rollout_device() == device_);
+  const bool check_step = check_every > 0 && (step - 1) % check_every == 0;
+  const bool engine_values = s_.rollout.exact_rollout && drawn_with_these_weights && !check_step &&
+                             b.routed_experts.size() == b.prompts.size();
+  const bool has_moe = !moe_layers(*policy_).empty();
+  // The policy's forward options for sequences [s0, s0 + n): routing replay imposes their records;
+  // `fresh` (the weights the batch was drawn with) lets exact_rollout take the engine's values.
+  auto policy_options = [&](int64_t s0, int64_t n, bool entropy, bool routing, bool mtp, bool fresh) {
+    Model::CompletionOptions o;
+    o.entropy = entropy;
+    o.routing = routing;
     if (mtp && s_.model.mtp_loss_weight > 0) {  // the MTP modules learn on the completions
       o.mtp_depths = policy_->config().num_nextn_predict_layers;
       o.mtp_detached = true;
     }
-    if (s_.moe.routing_replay)
+    const bool known = fresh && engine_values;
+    if (s_.moe.routing_replay || (known && has_moe))
       for (int64_t i = s0; i < s0 + n; ++i) o.replay_experts.push_back(&b.routed_experts.at(i));
+    if (known)
+      for (int64_t i = s0; i < s0 + n; ++i) o.invariant_logprobs.push_back(b.old_logp.at(i));
     return o;
   };
-  if (s_.moe.routing_replay) {
-    for (const auto& r : b.routed_experts) u.routing_replay_mb += (double)(r.size() * sizeof(int16_t)) / (1 << 20);
-  }
+  for (const auto& r : b.routed_experts) u.routing_replay_mb += (double)(r.size() * sizeof(int16_t)) / (1 << 20);
+  u.logprob_diff_measured = !engine_values;
   // Log-probs of the whole batch under `m`, without a graph, in the training mini-batches; the
   // policy's own forward replays the rollout's routing when asked, the reference's never does.
   auto batch_logprobs = [&](Model& m, bool replay) {
@@ -116,7 +132,7 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
     std::vector<Tensor> rows;
     for (auto [s0, n] : chunks) {
       const auto [ps, cs] = mini_batch(s0, n);
-      const Model::CompletionOptions o = replay ? policy_options(s0, n, false, false, false) : Model::CompletionOptions{};
+      const Model::CompletionOptions o = replay ? policy_options(s0, n, false, false, false, true) : Model::CompletionOptions{};
       for (auto& t : m.completion_forward(ps, cs, o).logprobs) rows.push_back(t);
     }
     return pad(rows, max_len, at::kFloat).first;
@@ -180,7 +196,8 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
       if (pass < (int64_t)chunks.size()) {
         const auto [s0, n] = chunks[pass];
         const auto [ps, cs] = mini_batch(s0, n);
-        auto out = policy_->completion_forward(ps, cs, policy_options(s0, n, /*entropy=*/true, /*routing=*/want_routing, /*mtp=*/true));
+        auto out = policy_->completion_forward(
+            ps, cs, policy_options(s0, n, /*entropy=*/true, /*routing=*/want_routing, /*mtp=*/true, /*fresh=*/it == 0));
         Tensor logp = pad(out.logprobs, max_len, at::kFloat).first;
         Tensor cmask = mask.narrow(0, s0, n);
         auto lo = grpo_loss({logp, old_t.narrow(0, s0, n), ref_t.defined() ? ref_t.narrow(0, s0, n) : Tensor(), cmask,
@@ -310,6 +327,11 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
         u.rollout_logprob_diff_p99 = q[1].item<double>();
         u.rollout_logprob_diff_max = d.max().item<double>();
       }
+      if (s_.rollout.exact_rollout && drawn_with_these_weights && u.rollout_logprob_diff_max > 0)
+        log_->line("warning: step " + std::to_string(step) + ": exact_rollout's engine log-probs differ from the " +
+                   "batch-invariant training forward's by up to " + std::to_string(u.rollout_logprob_diff_max) +
+                   "; steps between checks take the engine's as the training forward's (exact_rollout_check_every: 1 " +
+                   "recomputes them on every step)");
     }
     if (it == 0 && want_routing)
       u.expert_spread = update_routing_bias(*master_, loads, pol_.has_lora() ? 0.0 : s_.moe.bias_update_speed);

@@ -235,6 +235,8 @@ const std::vector<Key>& keys() {
           "drafts per speculative step (the MTP module chained on its own drafts)"),
       key("exact_rollout", "rollout", &S::rollout, &RolloutSettings::exact_rollout,
           "batch-invariant forward in the engine and the trainer: rollout log-probs equal training's to the bit"),
+      key("exact_rollout_check_every", "rollout", &S::rollout, &RolloutSettings::exact_rollout_check_every,
+          "with exact_rollout: the update reuses the engine's values; every this many steps it recomputes them and reports rollout_logprob_diff (1: every step, 0: never)"),
       key("rollout_quantization", "rollout", &S::rollout, &RolloutSettings::quantization,
           "none, or fp8: the engine decodes with FP8 copies of the weights (DeepSeek-V3's 128x128 block scales)"),
       key("async_rollout", "rollout", &S::rollout, &RolloutSettings::async_rollout, "rollout in a second thread, at most this stale: 1 one-step-off, 0, -1 off"),
@@ -393,6 +395,7 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
        "must be 1 (one-step-off), 0 (asynchronous machinery, no staleness) or -1 (off)");
   need(s.rollout.quantization == RolloutQuantization::None || !s.rollout.exact_rollout, "rollout_quantization",
        "fp8 cannot be combined with exact_rollout (FP8 products cannot equal the bf16 training forward)");
+  need(s.rollout.exact_rollout_check_every >= 0, "exact_rollout_check_every", "must not be negative");
   need(!s.rollout.exact_rollout || !s.moe.routing_replay, "routing_replay",
        "is redundant with exact_rollout (the batch-invariant forward routes every token as the rollout did)");
   need(s.loss.rollout_is == RolloutIs::Off || s.rollout.recompute_old_logprobs, "rollout_is",

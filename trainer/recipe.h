@@ -118,6 +118,11 @@ struct RolloutSettings {
   // The engine and the training forward both compute through the batch-invariant forward
   // (model/batch_invariant.h): the rollout's log-probs equal the training forward's to the bit.
   bool exact_rollout = false;
+  // With exact_rollout: the update's first pass over a batch sampled with the weights it trains
+  // takes the engine's log-probs and routing records for the batch-invariant forward's, which they
+  // equal to the bit, and skips that forward; every this many steps (from step 1) it runs the
+  // forward anyway and reports rollout_logprob_diff from it. 1: every step; 0: never.
+  int64_t exact_rollout_check_every = 10;
   // Speculative decoding with the model's MTP module as the draft (rollout/speculative.h): samples
   // keep the policy's distribution; the module's acceptance decides the speed-up.
   bool speculative_mtp = false;

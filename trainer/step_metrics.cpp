@@ -87,10 +87,6 @@ json step_metrics(const RolloutBatch& b, const UpdateStats& u, double lr, double
             {"completions/clipped_ratio", b.truncated / N},
             {"frac_reward_zero_std", (double)b.zero_std_groups / std::max<int64_t>(1, b.groups)},
             {"reward_errors", b.reward_errors},
-            {"rollout_logprob_diff", u.rollout_logprob_diff},
-            {"rollout_logprob_diff/p50", u.rollout_logprob_diff_p50},
-            {"rollout_logprob_diff/p99", u.rollout_logprob_diff_p99},
-            {"rollout_logprob_diff/max", u.rollout_logprob_diff_max},
             {"expert_load_max_over_mean", u.expert_spread},
             {"time_rollout", b.time_rollout},
             {"time_reward", b.time_reward},
@@ -102,7 +98,13 @@ json step_metrics(const RolloutBatch& b, const UpdateStats& u, double lr, double
   if (s.moe.aux_loss_alpha > 0) m["aux_loss"] = u.aux_loss;
   if (s.model.mtp_loss_weight > 0) m["mtp_loss"] = u.mtp_loss;
   if (u.grad_comm_overlap >= 0) m["perf/grad_comm_overlap"] = u.grad_comm_overlap;
-  if (s.moe.routing_replay) {
+  if (u.logprob_diff_measured) {
+    m["rollout_logprob_diff"] = u.rollout_logprob_diff;
+    m["rollout_logprob_diff/p50"] = u.rollout_logprob_diff_p50;
+    m["rollout_logprob_diff/p99"] = u.rollout_logprob_diff_p99;
+    m["rollout_logprob_diff/max"] = u.rollout_logprob_diff_max;
+  }
+  if (s.moe.routing_replay || s.rollout.exact_rollout) {
     m["routing/replay_mb"] = u.routing_replay_mb;
     if (u.routing_agreement >= 0) m["routing/agreement"] = u.routing_agreement;
   }

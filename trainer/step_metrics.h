@@ -67,6 +67,9 @@ struct UpdateStats {
   // forward is from the engine's sampling-time log-probs (bf16 kernels differ; 0 up to fp32 noise).
   double rollout_logprob_diff = 0;
   double rollout_logprob_diff_p50 = 0, rollout_logprob_diff_p99 = 0, rollout_logprob_diff_max = 0;  // its spread
+  // False where exact_rollout took the engine's values for the training forward's (equal by
+  // construction, so there was nothing to measure): the step logs no rollout_logprob_diff.
+  bool logprob_diff_measured = true;
   // Model FLOPs of the update (model/flops.h): reference and recomputed old log-probs (forward),
   // and every iteration's forward and backward.
   double model_flops = 0;
@@ -79,7 +82,7 @@ struct UpdateStats {
   // routing_replay: the share of (real token, MoE layer) whose own top-k in the first training
   // forward equals the rollout's (the agreement without replay; with it, 1 by construction), and
   // the size of the step's records.
-  double routing_agreement = -1, routing_replay_mb = 0;
+  double routing_agreement = -1, routing_replay_mb = 0;  // routing_replay_mb: the records held (replay, exact_rollout)
 };
 
 // The step's metrics (without "step" and the run's running total "num_tokens").

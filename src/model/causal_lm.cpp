@@ -386,10 +386,25 @@ CausalLM::CompletionOutputs CausalLM::completion_forward(
   Tensor input = at::from_blob(ids.data(), {B, T}, long_opts).clone().to(dev);
   std::vector<Tensor> replay = replay_tensors(options.replay_experts, prompts, completions, T);
   invariant::CompletionValues exact;
-  if (batch_invariant) {
+  const bool values_known = batch_invariant && !options.invariant_logprobs.empty();
+  if (values_known) {  // the engine's values and routing stand in for the batch-invariant forward
+    if ((int64_t)options.invariant_logprobs.size() != B)
+      throw Error("completion_logprobs: " + std::to_string(options.invariant_logprobs.size()) +
+                  " sequences of known log-probs for " + std::to_string(B) + " sequences");
+    for (int64_t b = 0; b < B; ++b)
+      if (options.invariant_logprobs[b].numel() != (int64_t)completions[b].size())
+        throw Error("completion_logprobs: sequence " + std::to_string(b) + " has " +
+                    std::to_string(options.invariant_logprobs[b].numel()) + " known log-probs for " +
+                    std::to_string(completions[b].size()) + " completion tokens");
+    if (replay.empty() && num_moe_layers() > 0)
+      throw Error("completion_logprobs: known batch-invariant log-probs need the routing records they came with");
+    exact.logprobs = at::cat(options.invariant_logprobs).to(at::kFloat);
+  } else if (batch_invariant) {
     if (!replay.empty())
       throw Error("completion_logprobs: routing replay is redundant with the batch-invariant forward, which routes as the rollout did");
     exact = invariant::completion_logprobs(*this, prompts, completions);
+  }
+  if (batch_invariant) {
     if (!at::GradMode::is_enabled() && !options.entropy && !options.routing && options.mtp_depths == 0) {
       int64_t offset = 0;
       for (int64_t b = 0; b < B; ++b) {

@@ -131,6 +131,11 @@ class CausalLM : public torch::nn::Module {
     // prompt length) on). `mtp_detached`: see packed_logprobs.
     int64_t mtp_depths = 0;
     bool mtp_detached = false;
+    // With batch_invariant: the batch-invariant forward's log-probs when they are already known,
+    // per sequence (C_i) fp32: the rollout engine's, for these tokens under these very weights,
+    // which equal them to the last bit. With replay_experts (the engine's routing records, which
+    // are that forward's routing) they stand in for the forward, which is then skipped.
+    std::vector<Tensor> invariant_logprobs;
   };
   struct CompletionOutputs {
     std::vector<Tensor> logprobs;  // per sequence (C_i), fp32: as completion_logprobs

@@ -9,7 +9,9 @@
 - the rollout engine's log-probs (pi_old) equal the training forward's in fp32; with
   recompute_old_logprobs the training forward supplies pi_old (ratio exactly 1 at the first update);
 - exact_rollout: in bf16 the engine's log-probs equal the training forward's to the bit (diff 0, first
-  update's ratio exactly 1 with the engine's pi_old);
+  update's ratio exactly 1 with the engine's pi_old); the update that takes the engine's values and
+  routing records instead of running the batch-invariant forward trains bit for bit as the one that
+  runs it;
 - rollout importance sampling (token level, truncated and masked) logs the ratio pi_old / pi_rollout
   and the share of tokens truncated or masked; it needs recompute_old_logprobs;
 - FP8 rollout weights: the engine's log-probs drift further from the bf16 training forward than
@@ -73,6 +75,18 @@ def metrics(out):
 check = Checks()
 
 
+def same_run(x, y, steps):
+    keys = ("loss", "reward", "kl", "grad_norm", "completions/mean_length")
+    return all(x[s][k] == y[s][k] for s in steps for k in keys)
+
+
+def same_weights(x, y, step):
+    with safe_open(os.path.join(x, f"checkpoint-{step}", "model.safetensors"), "pt") as f, \
+            safe_open(os.path.join(y, f"checkpoint-{step}", "model.safetensors"), "pt") as g:
+        return all(torch.equal(f.get_tensor(n), g.get_tensor(n)) for n in f.keys())
+
+
+
 # --- bf16 compute, fp32 master weights
 full = train("bf16", "bf16: true\nmax_steps: 6\nsave_every: 3\neval_every: 0\n")
 cut = train("bf16_cut", "bf16: true\nmax_steps: 3\nsave_every: 3\neval_every: 0\n")
@@ -115,13 +129,26 @@ check(abs(recomputed_loss) < 1e-6 < abs(engine["loss"]) and engine["frac_reward_
 # exact_rollout: the engine and the trainer share the batch-invariant forward, so in bf16 the
 # engine's pi_old equals the training forward's to the bit: the first update's ratio is exactly 1
 # without recomputing pi_old, and every step's per-token difference is 0.
-exact_one = metrics(train("bf16_exact_one", one + "exact_rollout: true\n"))[1]
-exact = metrics(train("bf16_exact", "bf16: true\nexact_rollout: true\nmax_steps: 4\nsave_every: 0\neval_every: 0\n"))
+# exact_rollout_check_every: 1 runs the batch-invariant training forward on every step to measure it.
+exact_one = metrics(train("bf16_exact_one", one + "exact_rollout: true\nexact_rollout_check_every: 1\n"))[1]
+exact4 = "bf16: true\nexact_rollout: true\nmax_steps: 4\nsave_every: 4\neval_every: 0\n"
+checked_dir = train("bf16_exact", exact4 + "exact_rollout_check_every: 1\n")
+exact = metrics(checked_dir)
 exact_max = max(exact[s]["rollout_logprob_diff/max"] for s in range(1, 5))
 check(exact_one["rollout_logprob_diff/max"] == 0 and abs(exact_one["loss"]) < 1e-6 and exact_max == 0
       and all(exact[s]["rollout_logprob_diff"] == 0 for s in range(1, 5)) and exact[4]["grad_norm"] > 0,
       f"exact_rollout (bf16): first-step loss {exact_one['loss']:.1e} with the engine's pi_old (ratio 1); max per-token "
       f"|engine - training| over 4 steps {exact_max} (against {spread[0][2]:.1e} without)")
+# By default the update takes the engine's log-probs and routing records for that forward's (they
+# are equal), running it only on check steps (1, 11, ...): the same training, bit for bit.
+reused_dir = train("bf16_exact_reused", exact4)
+reused = metrics(reused_dir)
+check(same_run(exact, reused, range(1, 5)) and same_weights(checked_dir, reused_dir, 4)
+      and reused[1]["rollout_logprob_diff/max"] == 0 and not any("rollout_logprob_diff" in reused[s] for s in (2, 3, 4))
+      and reused[4]["routing/replay_mb"] > 0,
+      "exact_rollout with the engine's values reused (steps 2-4): per-step loss, reward, kl, grad norm, length and the "
+      f"weights after 4 steps equal the run that recomputes them; update {sum(reused[s]['time_train'] for s in (2, 3, 4)):.2f} s "
+      f"against {sum(exact[s]['time_train'] for s in (2, 3, 4)):.2f} s; records {reused[4]['routing/replay_mb']:.3f} MiB")
 
 # --- dynamic sampling, balance loss, k-sample evaluation
 dyn = train("dynamic", "dynamic_sampling: true\nmax_num_gen_batches: 3\naux_loss_alpha: 0.001\nmax_steps: 5\n"
@@ -211,17 +238,6 @@ check(r.returncode != 0 and "routing_replay" in r.stderr and "MoE" in r.stderr,
       "routing_replay on a dense model is refused: " + (r.stderr.strip().splitlines() or [""])[-1][:160])
 
 # --- asynchronous rollout
-def same_run(x, y, steps):
-    keys = ("loss", "reward", "kl", "grad_norm", "completions/mean_length")
-    return all(x[s][k] == y[s][k] for s in steps for k in keys)
-
-
-def same_weights(x, y, step):
-    with safe_open(os.path.join(x, f"checkpoint-{step}", "model.safetensors"), "pt") as f, \
-            safe_open(os.path.join(y, f"checkpoint-{step}", "model.safetensors"), "pt") as g:
-        return all(torch.equal(f.get_tensor(n), g.get_tensor(n)) for n in f.keys())
-
-
 run4 = "max_steps: 4\nsave_every: 2\neval_every: 0\nbeta: 0.0\nrecompute_old_logprobs: true\nrollout_is: token\n"
 for dtype in ("fp32", "bf16"):
     extra = run4 + ("bf16: true\n" if dtype == "bf16" else "")

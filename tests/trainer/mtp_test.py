@@ -117,7 +117,8 @@ check(len(acc) == 2 and acc[0] > 0.5 and min(acc) > 0.2, f"speculative_mtp with 
 # With exact_rollout (bf16) the policy's check of the drafts runs through the batch-invariant
 # forward: kept drafts and all, the engine's log-probs equal the training forward's to the bit.
 exact = [r for r in metrics(os.path.join(grpo_run("grpo_spec_exact", 1.0, speculative=True,
-                                                  extra="bf16: true\nexact_rollout: true\nnum_speculative_tokens: 3\n"), "metrics.jsonl"))
+                                                  extra="bf16: true\nexact_rollout: true\nexact_rollout_check_every: 1\n"
+                                                        "num_speculative_tokens: 3\n"), "metrics.jsonl"))
          if "loss" in r]
 check(len(exact) == 2 and all(r["rollout_logprob_diff/max"] == 0 and r["rollout/draft_acceptance"] > 0.2 for r in exact),
       "speculative_mtp with exact_rollout (bf16): max per-token |engine - training| "
