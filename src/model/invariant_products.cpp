@@ -19,7 +19,8 @@ struct RowBlock {
 
 // One call's work: the row blocks in panels of kPanelBlocks, the weights in chunks; an item is a
 // (panel, chunk) pair, its tiles row block by row block, so that the chunk stays in cache while the
-// panel's blocks pass over it, and the panel while the chunks pass (items go chunk by chunk).
+// panel's blocks pass over it. Items run panel by panel, each panel's chunks in turn, so that the
+// panel stays in cache while its chunks pass; threads take contiguous runs of items.
 constexpr int64_t kPanelBlocks = 16;
 
 struct Plan {

@@ -2,8 +2,8 @@
 // invariant_kernels.h hand over here): out[m, n] = dot(x[m], w[group[m], n]) in the order of
 // invariant_vector.h, whatever the other rows. The speed comes from computing tiles of up to four
 // rows by four weight rows at once (sixteen independent sums in flight, each in its own order),
-// from walking the weights in chunks that stay in cache while every row block passes over them,
-// and from sharing the (row block, chunk) pairs out among the threads.
+// from walking the weights in chunks that stay in cache while a panel of row blocks passes over
+// them, and from sharing the (panel, chunk) pairs out among the threads.
 #pragma once
 
 #include <ATen/ATen.h>
