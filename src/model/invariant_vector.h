@@ -17,9 +17,9 @@ namespace grpo::model::invariant::cpu {
 // The helpers are inlined into callers compiled for several instruction sets.
 #define GRPO_INLINE inline __attribute__((always_inline))
 
-// The loops that call them are compiled for AVX-512 (with 256-bit registers 16-31), AVX2 and the baseline, and the CPU picks one at
-// load time. Every clone does each output's arithmetic in the same order: wider vectors change the
-// speed, not the results.
+// The loops that call them are compiled for AVX-512 (x86-64-v4: 32 vector registers), AVX2 and
+// the baseline, and the CPU picks one at load time. Every clone does each output's arithmetic in
+// the same order: more registers and wider vectors change the speed, not the results.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
 #define GRPO_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
