@@ -132,7 +132,8 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
     std::vector<Tensor> rows;
     for (auto [s0, n] : chunks) {
       const auto [ps, cs] = mini_batch(s0, n);
-      const Model::CompletionOptions o = replay ? policy_options(s0, n, false, false, false, true) : Model::CompletionOptions{};
+      const Model::CompletionOptions o =
+          replay ? policy_options(s0, n, false, false, false, /*fresh=*/true) : Model::CompletionOptions{};
       for (auto& t : m.completion_forward(ps, cs, o).logprobs) rows.push_back(t);
     }
     return pad(rows, max_len, at::kFloat).first;
