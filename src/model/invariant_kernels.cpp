@@ -3,6 +3,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -42,6 +43,10 @@ bool on_cuda(const Tensor& t) {
 #endif
 
 Tensor f32(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
+
+// The least rows of width D worth a thread of the row-wise loops: about 16K values, so that a
+// decode step's small tensors are not shared out (waking a thread costs more than they do).
+int64_t rows_per_thread(int64_t D) { return std::max<int64_t>(1, (16 << 10) / std::max<int64_t>(D, 1)); }
 
 }  // namespace
 
@@ -118,7 +123,7 @@ Tensor rms_normalize(const Tensor& x, double eps) {
   Tensor out = at::empty_like(xf);
   const float* in = xf.data_ptr<float>();
   float* o = out.data_ptr<float>();
-  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, M, rows_per_thread(D), [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) {
       const float* r = in + m * D;
       const float mean = dot(r, r, D) / static_cast<float>(D);
@@ -140,7 +145,7 @@ Tensor per_row(const Tensor& x, int64_t out_width, F f) {
   const float* in = xf.data_ptr<float>();
   float* o = out.data_ptr<float>();
   const int64_t W = out.size(1);
-  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, M, rows_per_thread(D), [&](int64_t begin, int64_t end) {
     for (int64_t m = begin; m < end; ++m) f(in + m * D, o + m * W, D);
   });
   return out;
@@ -207,7 +212,7 @@ std::pair<Tensor, Tensor> rope_cos_sin(const Tensor& positions, const Tensor& in
   const int64_t* p = pos.data_ptr<int64_t>();
   const float* f = inv.data_ptr<float>();
   float *cp = c.data_ptr<float>(), *sp = s.data_ptr<float>();
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N, rows_per_thread(H), [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n)
       for (int64_t i = 0; i < H; ++i) {
         const float angle = static_cast<float>(p[n]) * f[i];
