@@ -93,8 +93,11 @@ void run(const Plan& p, const T* w, int64_t begin, int64_t end) {
 // registers: 32 vector registers with AVX-512 (VL), 16 with AVX2; the baseline's eight-lane vectors
 // take two registers each.
 int tile_columns() {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(GRPO_CLONE_X86_64_V4)
   static const int columns = __builtin_cpu_supports("x86-64-v4") ? 4 : __builtin_cpu_supports("avx2") ? 2 : 1;
+  return columns;
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  static const int columns = __builtin_cpu_supports("avx2") ? 2 : 1;
   return columns;
 #else
   return 2;

@@ -20,8 +20,14 @@ namespace grpo::model::invariant::cpu {
 // The loops that call them are compiled for AVX-512 (x86-64-v4: 32 vector registers), AVX2 and
 // the baseline, and the CPU picks one at load time. Every clone does each output's arithmetic in
 // the same order: more registers and wider vectors change the speed, not the results.
+// (GCC before 12 knows no x86-64-v4 clone: AVX-512F alone, with 16 registers, serves instead.)
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#if __GNUC__ >= 12
 #define GRPO_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#define GRPO_CLONE_X86_64_V4 1
+#else
+#define GRPO_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 #else
 #define GRPO_VECTOR_CLONES
 #endif
@@ -30,6 +36,7 @@ namespace grpo::model::invariant::cpu {
 typedef float v8f __attribute__((vector_size(32)));
 typedef uint16_t v8u16 __attribute__((vector_size(16)));
 typedef uint16_t v16u16 __attribute__((vector_size(32)));
+typedef uint32_t v8u32 __attribute__((vector_size(32)));
 
 GRPO_INLINE v8f load8(const float* p) {
   v8f v;
@@ -37,14 +44,19 @@ GRPO_INLINE v8f load8(const float* p) {
   return v;
 }
 // Exact: a bf16 is the top half of its fp32, so each value goes above a zero half (one permute with
-// AVX-512; a widening and a shift compile to five operations).
+// AVX-512; a widening and a shift compile to five operations, which GCC before 12, without
+// __builtin_shufflevector, takes).
 GRPO_INLINE v8f load8(const c10::BFloat16* p) {
   v8u16 h;
   std::memcpy(&h, p, sizeof h);
+#if defined(__clang__) || __GNUC__ >= 12
   const v8u16 zero = {};
-  const v16u16 halves = __builtin_shufflevector(zero, h, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+  const v16u16 bits = __builtin_shufflevector(zero, h, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+#else
+  const v8u32 bits = __builtin_convertvector(h, v8u32) << 16;
+#endif
   v8f v;
-  std::memcpy(&v, &halves, sizeof v);
+  std::memcpy(&v, &bits, sizeof v);
   return v;
 }
 template <typename T>
