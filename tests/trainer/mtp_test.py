@@ -5,7 +5,8 @@
   with and without the MTP loss (same seed, no gradient clipping), every main-model tensor after the
   steps is bit-identical and only the module's tensors differ;
 - the trained module drafts for speculative_mtp: a grpo run with it keeps most of its first step's drafts,
-  and with exact_rollout (bf16) the engine's log-probs still equal the training forward's to the bit;
+  and with exact_rollout (bf16) the engine's log-probs still equal the training forward's to the bit
+  (and taking them for the training forward's trains to the same weights);
 - a model without an MTP module, and LoRA, are refused with the key named."""
 import json
 import os
@@ -116,13 +117,20 @@ check(len(acc) == 2 and acc[0] > 0.5 and min(acc) > 0.2, f"speculative_mtp with 
 
 # With exact_rollout (bf16) the policy's check of the drafts runs through the batch-invariant
 # forward: kept drafts and all, the engine's log-probs equal the training forward's to the bit.
-exact = [r for r in metrics(os.path.join(grpo_run("grpo_spec_exact", 1.0, speculative=True,
-                                                  extra="bf16: true\nexact_rollout: true\nexact_rollout_check_every: 1\n"
-                                                        "num_speculative_tokens: 3\n"), "metrics.jsonl"))
-         if "loss" in r]
+spec_exact = "bf16: true\nexact_rollout: true\nnum_speculative_tokens: 3\n"
+checked_dir = grpo_run("grpo_spec_exact", 1.0, speculative=True, extra=spec_exact + "exact_rollout_check_every: 1\n")
+exact = [r for r in metrics(os.path.join(checked_dir, "metrics.jsonl")) if "loss" in r]
 check(len(exact) == 2 and all(r["rollout_logprob_diff/max"] == 0 and r["rollout/draft_acceptance"] > 0.2 for r in exact),
       "speculative_mtp with exact_rollout (bf16): max per-token |engine - training| "
       f"{[r['rollout_logprob_diff/max'] for r in exact]}, drafts kept {[r['rollout/draft_acceptance'] for r in exact]}")
+# By default step 2 takes the engine's values and routing records (the kept tokens' rows) for the
+# batch-invariant forward's: the same weights after it.
+reused_dir = grpo_run("grpo_spec_exact_reused", 1.0, speculative=True, extra=spec_exact)
+reused = [r for r in metrics(os.path.join(reused_dir, "metrics.jsonl")) if "loss" in r]
+check(len(reused) == 2 and "rollout_logprob_diff" not in reused[1]
+      and tensors(os.path.join(reused_dir, "checkpoint-2", "model.safetensors"))
+      == tensors(os.path.join(checked_dir, "checkpoint-2", "model.safetensors")),
+      "speculative_mtp with exact_rollout taking the engine's values on step 2: the same weights as recomputing them")
 
 # --- refusals -----------------------------------------------------------------------------------
 def refused(tag, text, words):
