@@ -105,7 +105,7 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
   const bool check_step = check_every > 0 && (step - 1) % check_every == 0;
   const bool engine_values = s_.rollout.exact_rollout && drawn_with_these_weights && !check_step &&
                              b.routed_experts.size() == b.prompts.size();
-  const bool has_moe = !moe_layers(*policy_).empty();
+  const size_t moe_count = moe_layers(*policy_).size();
   // The policy's forward options for sequences [s0, s0 + n): routing replay imposes their records;
   // `fresh` (the weights the batch was drawn with) lets exact_rollout take the engine's values.
   auto policy_options = [&](int64_t s0, int64_t n, bool entropy, bool routing, bool mtp, bool fresh) {
@@ -117,7 +117,7 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
       o.mtp_detached = true;
     }
     const bool known = fresh && engine_values;
-    if (s_.moe.routing_replay || (known && has_moe))
+    if (s_.moe.routing_replay || (known && moe_count > 0))
       for (int64_t i = s0; i < s0 + n; ++i) o.replay_experts.push_back(&b.routed_experts.at(i));
     if (known)
       for (int64_t i = s0; i < s0 + n; ++i) o.invariant_logprobs.push_back(b.old_logp.at(i));
@@ -155,7 +155,6 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
   }
   u.model_flops = forward * ((ref_t.defined() ? 1 : 0) + (s_.rollout.recompute_old_logprobs ? 1 : 0) +
                              3 * s_.optim.num_iterations);
-  const size_t moe_count = moe_layers(*policy_).size();
   const bool want_routing = moe_count > 0;
   // Loss normalisers over the global batch: tokens (dapo) and sequences (grpo) of every rank.
   // Counted on the host copy of the mask: no wait for the device.
