@@ -415,13 +415,16 @@ CausalLM::CompletionOutputs CausalLM::completion_forward(
       result.token_mask = at::from_blob(real.data(), {B, T}, at::TensorOptions().dtype(at::kFloat)).clone().to(dev);
       return result;
     }
-    // The gradient's forward uses the experts that the values' forward chose.
-    std::vector<int64_t> token_rows;
-    for (int64_t i = 0; i < B * T; ++i)
-      if (real[i] != 0.f) token_rows.push_back(i);
-    Tensor at_rows = at::tensor(token_rows, long_opts).to(dev);
-    for (const Tensor& e : exact.experts)
-      replay.push_back(at::zeros({B * T, e.size(1)}, long_opts.device(dev)).index_copy_(0, at_rows, e.to(dev)));
+    // The gradient's forward uses the experts that the values' forward chose (with known values,
+    // the routing records already in `replay`).
+    if (!exact.experts.empty()) {
+      std::vector<int64_t> token_rows;
+      for (int64_t i = 0; i < B * T; ++i)
+        if (real[i] != 0.f) token_rows.push_back(i);
+      Tensor at_rows = at::tensor(token_rows, long_opts).to(dev);
+      for (const Tensor& e : exact.experts)
+        replay.push_back(at::zeros({B * T, e.size(1)}, long_opts.device(dev)).index_copy_(0, at_rows, e.to(dev)));
+    }
   }
   // Right padding: plain causal attention is exact.
   Tensor h = hidden_states(input, std::nullopt, std::nullopt, nullptr, options.routing ? &result.routing : nullptr,
