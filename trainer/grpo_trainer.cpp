@@ -485,8 +485,10 @@ void GrpoTrainer::run() {
     if (device_.is_cuda()) {  // the step's peak of memory held by tensors, and by PyTorch's caching allocator
       using c10::CachingAllocator::StatType;
       auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index() < 0 ? 0 : device_.index());
-      m["memory/peak_allocated_gb"] = stats.allocated_bytes[static_cast<size_t>(StatType::AGGREGATE)].peak / 1e9;
-      m["memory/peak_reserved_gb"] = stats.reserved_bytes[static_cast<size_t>(StatType::AGGREGATE)].peak / 1e9;
+      const double allocated = stats.allocated_bytes[static_cast<size_t>(StatType::AGGREGATE)].peak / 1e9;
+      const double reserved = stats.reserved_bytes[static_cast<size_t>(StatType::AGGREGATE)].peak / 1e9;
+      m["memory/peak_allocated_gb"] = comm_ ? comm_->max(allocated) : allocated;  // the fullest GPU's
+      m["memory/peak_reserved_gb"] = comm_ ? comm_->max(reserved) : reserved;
     }
     const bool eval_now = s_.eval.eval_every > 0 && (step % s_.eval.eval_every == 0 || step == max_steps);
     EvalResult e;

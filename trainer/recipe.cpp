@@ -267,6 +267,8 @@ const std::vector<Key>& keys() {
       key("overlap_grad_reduce", "optim", &S::optim, &OptimSettings::overlap_grad_reduce,
           "several ranks: start gradient collectives during the backward pass, bucket by bucket"),
       key("bucket_cap_mb", "optim", &S::optim, &OptimSettings::bucket_cap_mb, "several ranks: MiB of gradients per collective"),
+      key("ddp_timeout", "optim", &S::optim, &OptimSettings::ddp_timeout,
+          "several ranks: seconds a collective waits for the others before failing"),
       key("warmup_ratio", "optim", &S::optim, &OptimSettings::warmup_ratio, "linear warm-up share of max_steps"),
       key("lr_scheduler_type", "optim", &S::optim, &OptimSettings::lr_scheduler_type, "constant or cosine"),
       key("ref_model_sync_steps", "optim", &S::optim, &OptimSettings::ref_model_sync_steps, "copy the policy into the reference every K steps"),
@@ -390,6 +392,7 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
   need(s.optim.mini_batch_size >= 0, "mini_batch_size", "must not be negative");
   need(s.optim.zero_stage >= 0 && s.optim.zero_stage <= 2, "zero_stage", "must be 0, 1 or 2");
   need(s.optim.bucket_cap_mb > 0, "bucket_cap_mb", "must be positive");
+  need(s.optim.ddp_timeout > 0, "ddp_timeout", "must be positive (seconds)");
   need(s.loss.rollout_is_threshold > 1, "rollout_is_threshold", "must be above 1");
   need(s.rollout.async_rollout >= -1 && s.rollout.async_rollout <= 1, "async_rollout",
        "must be 1 (one-step-off), 0 (asynchronous machinery, no staleness) or -1 (off)");

@@ -155,6 +155,9 @@ struct OptimSettings {
   // 0, and 2 with bf16), in buckets of about bucket_cap_mb MiB, as PyTorch DDP's.
   bool overlap_grad_reduce = true;
   double bucket_cap_mb = 25;
+  // Several ranks: seconds a collective (or joining the job) waits for the other ranks before it
+  // fails with an error, as TrainingArguments' ddp_timeout. The job takes the largest of its stages'.
+  double ddp_timeout = 1800;
 };
 
 struct MoESettings {

@@ -1,6 +1,8 @@
 #include "trainer/train.h"
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <memory>
 
@@ -45,9 +47,12 @@ std::unique_ptr<dist::Communicator> connect(const Recipe& recipe) {
   auto env = dist::read_dist_env();
   if (!env) return nullptr;
   at::Device device = at::kCPU;
-  for (const auto& s : recipe.stages)
+  double timeout = 0;
+  for (const auto& s : recipe.stages) {
     if (at::Device(s.model.device).is_cuda()) device = at::Device(at::kCUDA, env->local_rank);
-  return dist::Communicator::connect(*env, device);
+    timeout = std::max(timeout, s.optim.ddp_timeout);
+  }
+  return dist::Communicator::connect(*env, device, std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000)));
 }
 
 // Whether `dir` holds files, as every rank sees it before any of them writes there.

@@ -21,6 +21,8 @@
   overlapped, gives the same weights (perf/grad_comm_overlap: most bytes leave during backward);
 - a zero_stage 2 checkpoint is refused by a job with another zero_stage, naming both;
 - rank 1 killed (SIGKILL) mid-run: the job ends at once with an error naming rank 1, no rank left;
+- ranks started without the launcher (`ddp_timeout: 5`): rank 1 frozen (SIGSTOP) mid-run, rank 0
+  ends within the timeout with an error naming the collective; rank 1 killed, rank 0 ends at once;
 - per_step_prompts that does not split over the ranks is refused, naming the key."""
 import argparse
 import json
@@ -333,6 +335,34 @@ left = subprocess.run(["pgrep", "-f", out], capture_output=True, text=True).stdo
 check(len(ranks) == 2 and p.returncode != 0 and "rank 1" in err and "signal 9" in err and took < 10 and not left,
       f"rank 1 killed at step 2: the job ended in {took:.1f} s with exit {p.returncode}, no rank left ({len(left)}): "
       + next((l for l in err.split("\n") if "grpo launch" in l), err.strip()[-200:]))
+
+# Ranks started by hand, with no launcher to stop the others (as under a scheduler that starts each
+# rank itself): rank 1 frozen (SIGSTOP) mid-run, rank 0 ends within ddp_timeout with an error naming
+# the collective; rank 1 killed (SIGKILL), rank 0 ends at once.
+for how in ("frozen", "killed"):
+  rec = recipe("alone_" + how, "ddp_timeout: 5\n", max_steps=200, base=base)
+  out = os.path.join(a.workdir, "alone_" + how)
+  ranks = [subprocess.Popen([a.grpo, "train", rec, "--output", out], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "WORLD_SIZE": "2", "RANK": str(r), "LOCAL_RANK": str(r),
+                                 "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(a.port + 1)})
+           for r in (0, 1)]
+  wait_for_step(ranks[0], out, 2, 120)
+  t0 = time.time()
+  ranks[1].send_signal(signal.SIGSTOP if how == "frozen" else signal.SIGKILL)
+  try:
+    err = ranks[0].communicate(timeout=60)[1]
+  except subprocess.TimeoutExpired:
+    ranks[0].kill()
+    err = ranks[0].communicate()[1] + " (still running after 60 s)"
+  took = time.time() - t0
+  ranks[1].kill()
+  ranks[1].communicate()
+  line = next((l for l in err.split("\n") if "across ranks failed" in l), err.strip()[-300:])
+  limit = 5 + 10 if how == "frozen" else 10
+  check(ranks[0].returncode not in (0, None) and "across ranks failed" in line and took < limit,
+        f"no launcher, rank 1 {how} at step 2: rank 0 ended in {took:.1f} s (ddp_timeout 5) with exit "
+        f"{ranks[0].returncode}: {line[:300]}")
 
 r = launch(["train", recipe("odd", base=base), "--output", os.path.join(a.workdir, "odd")], check_rc=False)
 check(r.returncode != 0 and "per_step_prompts" in r.stderr, "per_step_prompts 7 over 2 ranks is refused: " +
