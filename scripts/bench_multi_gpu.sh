@@ -123,15 +123,9 @@ if want kill && [ "$have" -ge 2 ]; then
   tiny_recipe "$out/kill.yaml" 8 1000 "ddp_timeout: ${KILL_TIMEOUT:-60}"
   "$py" - "$grpo" "$out" >> "$log" <<'PY'
 import json, os, signal, subprocess, sys, time
+sys.path.insert(0, "scripts/bench")
+import ranks_by_hand
 grpo, out = sys.argv[1:3]
-
-def started(run, procs):  # until step 2 is logged (the ranks are then mid-step 3), or a rank ended
-    path = run + "/metrics.jsonl"
-    while all(p.poll() is None for p in procs):
-        if os.path.exists(path) and sum('"time_train"' in l for l in open(path)) >= 2:
-            return True
-        time.sleep(0.01)
-    return False
 
 def rank_pids(launcher):
     kids = subprocess.run(["pgrep", "-P", str(launcher)], capture_output=True, text=True).stdout.split()
@@ -143,7 +137,7 @@ run = out + "/kill-launch"
 p = subprocess.Popen([grpo, "launch", "--nproc-per-node", "2", "--master-port", "29744", "--grace-seconds", "10",
                       "--", grpo, "train", out + "/kill.yaml", "--output", run],
                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-ok = started(run, [p])
+ok = ranks_by_hand.wait_for_step([p], run, 2, 1200)  # then mid-step 3
 pids = rank_pids(p.pid)
 t0 = time.time()
 os.kill(pids[1], signal.SIGKILL)
@@ -153,29 +147,9 @@ left = [q for q in pids.values() if os.path.exists(f"/proc/{q}") and open(f"/pro
 line = next((l for l in err.split("\n") if "grpo launch" in l), err.strip()[-300:])
 print(json.dumps({"part": "kill", "how": "rank 1 SIGKILL under grpo launch", "seconds_to_end": round(took, 2),
                   "ranks_left": len(left), "exit": p.returncode, "error": line[:300], "ok": ok and not left}))
-
-# Ranks started by hand: no launcher stops rank 0; the collective's timeout must.
-run = out + "/kill-alone"
-env = lambda r: {**os.environ, "WORLD_SIZE": "2", "RANK": str(r), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": "2",
-                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29745"}
-ranks = [subprocess.Popen([grpo, "train", out + "/kill.yaml", "--output", run], env=env(r),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-ok = started(run, ranks)
-t0 = time.time()
-ranks[1].send_signal(signal.SIGSTOP)
-try:
-    err = ranks[0].communicate(timeout=900)[1]
-except subprocess.TimeoutExpired:
-    ranks[0].kill()
-    err = ranks[0].communicate()[1] + "\n(rank 0 still running after 900 s; killed)"
-took = time.time() - t0
-ranks[1].kill()
-ranks[1].communicate()
-lines = [l for l in err.split("\n") if "error" in l.lower() or "timed out" in l.lower() or "timeout" in l.lower()]
-print(json.dumps({"part": "kill", "how": "rank 1 SIGSTOP, no launcher", "seconds_to_end": round(took, 2),
-                  "exit": ranks[0].returncode, "error": (lines[-1] if lines else err.strip()[-300:])[:300],
-                  "ok": ok and ranks[0].returncode not in (0, None)}))
 PY
+  # Ranks started by hand: no launcher stops rank 0; the collective's timeout must.
+  "$py" scripts/bench/ranks_by_hand.py "$grpo" "$out/kill.yaml" "$out/kill-alone" 29745 >> "$log"
   tail -2 "$log"
 fi
 

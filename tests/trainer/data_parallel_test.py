@@ -45,6 +45,9 @@ ap.add_argument("--source", required=True)
 ap.add_argument("--workdir", required=True)
 ap.add_argument("--port", type=int, default=29671)
 a = ap.parse_args()
+sys.path.insert(0, os.path.join(a.source, "scripts", "bench"))
+import ranks_by_hand  # noqa: E402
+
 shutil.rmtree(a.workdir, ignore_errors=True)
 os.makedirs(a.workdir)
 ok = True
@@ -342,27 +345,13 @@ check(len(ranks) == 2 and p.returncode != 0 and "rank 1" in err and "signal 9" i
 for how in ("frozen", "killed"):
   rec = recipe("alone_" + how, "ddp_timeout: 5\n", max_steps=200, base=base)
   out = os.path.join(a.workdir, "alone_" + how)
-  ranks = [subprocess.Popen([a.grpo, "train", rec, "--output", out], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "WORLD_SIZE": "2", "RANK": str(r), "LOCAL_RANK": str(r),
-                                 "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(a.port + 1)})
-           for r in (0, 1)]
-  wait_for_step(ranks[0], out, 2, 120)
-  t0 = time.time()
-  ranks[1].send_signal(signal.SIGSTOP if how == "frozen" else signal.SIGKILL)
-  try:
-    err = ranks[0].communicate(timeout=60)[1]
-  except subprocess.TimeoutExpired:
-    ranks[0].kill()
-    err = ranks[0].communicate()[1] + " (still running after 60 s)"
-  took = time.time() - t0
-  ranks[1].kill()
-  ranks[1].communicate()
-  line = next((l for l in err.split("\n") if "across ranks failed" in l), err.strip()[-300:])
+  ranks = ranks_by_hand.start(a.grpo, rec, out, a.port + 1)
+  ranks_by_hand.wait_for_step(ranks, out, 2, 120)
+  code, took, err = ranks_by_hand.stop_one(ranks, 1, signal.SIGSTOP if how == "frozen" else signal.SIGKILL, 60)
+  line = ranks_by_hand.error_line(err)
   limit = 5 + 10 if how == "frozen" else 10
-  check(ranks[0].returncode not in (0, None) and "across ranks failed" in line and took < limit,
-        f"no launcher, rank 1 {how} at step 2: rank 0 ended in {took:.1f} s (ddp_timeout 5) with exit "
-        f"{ranks[0].returncode}: {line[:300]}")
+  check(code not in (0, None) and "across ranks failed" in line and took < limit,
+        f"no launcher, rank 1 {how} at step 2: rank 0 ended in {took:.1f} s (ddp_timeout 5) with exit {code}: {line}")
 
 r = launch(["train", recipe("odd", base=base), "--output", os.path.join(a.workdir, "odd")], check_rc=False)
 check(r.returncode != 0 and "per_step_prompts" in r.stderr, "per_step_prompts 7 over 2 ranks is refused: " +
