@@ -12,22 +12,22 @@
 # SPEC_DRAFTS (say 1,2,3; default none): also speculative decoding with an MTP module at each of
 # these num_speculative_tokens, against the same model decoding plainly (1,024-token contexts);
 # TRAIN_PROFILE (say 15; default 0): also the N kernels taking the most time in a training step;
-# PARTS (default checks,train,experts,decode,variants,fused,exact,transformers): the parts to run,
+# PARTS (default checks,train,decode,variants,fused,exact,transformers): the parts to run,
 # for a call that must fit a time limit (decode: the plain engine per context; variants: gathered
 # attention, FP8 and exact_rollout per context; fused: ATen's chains and the kernels on trial at
 # 1,024 tokens; exact: the batch-invariant products alone and exact_rollout at 1,024 tokens, each
-# with and without the wide products on trial; transformers: its generate() as the decode baseline).
+# with and without the tall tiles on trial; transformers: its generate() as the decode baseline).
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRPO_ASAN_TESTS=OFF \
   -DGRPO_PYTHON="$(command -v "$py")" ${CMAKE_ARGS:-} >/dev/null
-cmake --build "$build" --target grpo bench_forward bench_rollout bench_expert_products bench_invariant test_model test_rollout \
+cmake --build "$build" --target grpo bench_forward bench_rollout bench_invariant test_model test_rollout \
   >/dev/null
 work=${GRPO_BENCH_DIR:-bench-out/gpu}
 mkdir -p "$work"
 log="$work/results.jsonl"
 : > "$log"
 L=${GRPO_BENCH_LAYERS:-12}
-want() { [[ ",${PARTS:-checks,train,experts,decode,variants,fused,exact,transformers}," == *",$1,"* ]]; }
+want() { [[ ",${PARTS:-checks,train,decode,variants,fused,exact,transformers}," == *",$1,"* ]]; }
 
 # Correctness first: a fast wrong kernel is worth nothing.
 want checks && for t in test_model test_rollout; do
@@ -41,17 +41,9 @@ want train && for shape in "1 4096" "8 1024"; do
   set -- $shape
   "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
     --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json --label grpo --profile "${TRAIN_PROFILE:-0}" | tee -a "$log"
-  # MLA's values padded to the query width, so that SDPA's flash kernels apply.
-  "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
-    --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json --label "grpo, values padded" --mla-pad-values \
-    | tee -a "$log"
   "$py" scripts/bench/hf_forward.py --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
     --batch "$1" --seq "$2" --iters 3 --warmup 1 --json --label transformers | tee -a "$log" || echo "transformers failed"
 done
-
-# The routed experts' products of one MoE layer at decode, at::_grouped_mm against
-# fused::expert_products (few rows per expert), as a fraction of the copy bandwidth.
-if want experts; then "$build/scripts/bench/bench_expert_products" | tee -a "$log"; fi
 
 # Decode: tokens/s and the fraction of the memory roofline (weights + latent KV cache read per
 # step over the copy bandwidth measured here).
@@ -78,28 +70,33 @@ for p in "${prompts[@]}"; do
   "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
     --prompt-len "$p" --new-tokens "${NEW:-128}" --nocache-batches "" --exact --label grpo-exact | tee -a "$log"
 done
+# The plain engine at 1,024 tokens, the baseline of the fused and exact parts, when the decode part
+# did not run it.
+if ! { want decode && [[ ",${PROMPTS:-128,1024,2048}," == *",1024,"* ]]; } && { want fused || want exact; }; then
+  "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
+    --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" --label grpo | tee -a "$log"
+fi
 # ATen's kernel chains instead of the fused RMSNorm, RoPE, SwiGLU and MoE kernels: their baseline.
 want fused && "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
   --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" --no-fused-kernels --label grpo-unfused | tee -a "$log"
-# The kernels on trial (GRPO_KERNEL_TRIAL), each alone: the routed experts through
-# fused::expert_products instead of at::_grouped_mm; the router after its logits in one kernel.
-for trial in expert_products router; do
+# The kernel on trial (GRPO_KERNEL_TRIAL): the router after its logits in one kernel.
+for trial in router; do
   want fused && GRPO_KERNEL_TRIAL=$trial "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
     --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
     --label "grpo-trial-$trial" | tee -a "$log"
 done
 # The batch-invariant products alone (the V2-Lite projections' K = N = 2048, and gate_up's rows over
-# 64 experts), default kernel and wide kernel against ATen's bf16 product; then exact_rollout at
-# 1,024 tokens with the exact mode's kernels on trial (the wide products and four query rows an
-# attention block serve its prefill, tall tiles its decode steps' grouped products), next to the
-# same run without (the "variants" part) or here when that part is off.
+# 64 experts: decode's 768 and 1,536 rows at batch 128 and 256, a prefill's more) against ATen's
+# bf16 product; then exact_rollout at 1,024 tokens with the exact mode's kernel on trial (tall tiles
+# for its decode steps' grouped products), next to the same run without (the "variants" part) or
+# here when that part is off, and the ordinary engine (the "decode" part, or here).
 if want exact; then
   "$build/scripts/bench/bench_invariant" --device cuda | tee -a "$log"
-  "$build/scripts/bench/bench_invariant" --device cuda --groups 64 --n 2816 --rows 4096,16384,65536 | tee -a "$log"
+  "$build/scripts/bench/bench_invariant" --device cuda --groups 64 --n 2816 --rows 768,1536,4096,16384,65536 | tee -a "$log"
   want variants || "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 \
     --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" --exact \
     --label grpo-exact | tee -a "$log"
-  GRPO_KERNEL_TRIAL=wide_products,tall_tiles,query_tiles "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
+  GRPO_KERNEL_TRIAL=tall_tiles "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
     --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
     --exact --label grpo-exact-trial --profile "${EXACT_PROFILE:-0}" | tee -a "$log"
 fi

@@ -64,9 +64,6 @@ int main(int argc, char** argv) {
   app.add_option("--label", label);
   bool json = false;
   app.add_flag("--json", json, "print a JSON line instead of a table row");
-  bool pad_values = false;
-  app.add_flag("--mla-pad-values", pad_values,
-               "pad MLA's values to the query width before attention (SDPA's flash kernels take one width)");
   int64_t profile_top = 0;
   app.add_option("--profile", profile_top,
                  "after the timing, print the N kernels taking the most device time in one forward+backward step");
@@ -74,7 +71,6 @@ int main(int argc, char** argv) {
   try {
     std::string text = read_file(config_path);
     ModelConfig c = parse_model_config(text, config_path);
-    model::MLAImpl::pad_values() = pad_values;
     if (layers > 0) c.num_hidden_layers = layers;
     c.num_nextn_predict_layers = 0;
     const at::Device device(device_name);

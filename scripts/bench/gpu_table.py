@@ -5,14 +5,14 @@ same run (the same shape, batch and context)."""
 import json
 import sys
 
-checks, train, decode, train_profile, experts, products, device = [], [], [], [], [], [], None
+checks, train, decode, train_profile, products, device = [], [], [], [], [], None
 decode_profile, prefill_profile = [], []
 for line in sys.stdin:
     line = line.strip()
     if not line.startswith("{"):
         continue
     r = json.loads(line)
-    {"check": checks, "train": train, "decode": decode, "train_profile": train_profile, "expert_products": experts,
+    {"check": checks, "train": train, "decode": decode, "train_profile": train_profile,
      "invariant_matmul": products, "profile": decode_profile, "prefill_profile": prefill_profile}.get(r["kind"], []).append(r)
     if r["kind"] == "device":
         device = r
@@ -83,8 +83,7 @@ compare("grpo-unfused", "Decode with the fused kernels (RMSNorm, RoPE, SwiGLU, t
         ["fused ms/step", "ATen chains ms/step", "speed-up", "fused roofline", "ATen chains roofline"],
         lambda r, u: [f"{r['ms_per_step']:.2f}", f"{u['ms_per_step']:.2f}", f"{u['ms_per_step'] / r['ms_per_step']:.2f}x",
                       f"{100 * r['roofline']:.1f}%", f"{100 * u['roofline']:.1f}%"])
-for trial, what in (("expert_products", "the routed experts through fused::expert_products"),
-                    ("router", "the router after its logits in one kernel")):
+for trial, what in (("router", "the router after its logits in one kernel"),):
     compare(f"grpo-trial-{trial}", f"Decode with {what} (GRPO_KERNEL_TRIAL={trial}) against the default kernels\n"
             "in the same run",
             ["default ms/step", "trial ms/step", "speed-up", "default roofline", "trial roofline",
@@ -100,20 +99,18 @@ def exact_prefill():
         print()
         print("Batch-invariant products alone (bf16, rounded to bf16), against ATen's bf16 product on the same inputs, same run")
         print()
-        print("| rows | groups | N x K | default TFLOP/s | wide TFLOP/s | ATen TFLOP/s | wide / default | wide / ATen | wide bits equal |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| rows | groups | N x K | batch-invariant TFLOP/s | ATen TFLOP/s | batch-invariant / ATen |")
+        print("|---|---|---|---|---|---|")
         for r in products:
-            wide = r.get("wide_gflops")
             print(f"| {r['rows']} | {r['groups']} | {r['n']} x {r['k']} | {r['invariant_gflops'] / 1e3:.1f} | "
-                  + (f"{wide / 1e3:.1f}" if wide else "-") + f" | {r['aten_bf16_gflops'] / 1e3:.1f} | "
-                  + (f"{wide / r['invariant_gflops']:.2f}x | {wide / r['aten_bf16_gflops']:.2f} | {r['wide_equal']} |" if wide else "- | - | - |"))
+                  f"{r['aten_bf16_gflops'] / 1e3:.1f} | {r['invariant_gflops'] / r['aten_bf16_gflops']:.2f} |")
     base = {(r["batch"], r["prompt"]): r for r in decode if r["engine"] == "grpo-exact"}
     plain = {(r["batch"], r["prompt"]): r for r in decode if r["engine"] == "grpo"}
     rows = [r for r in decode if r["engine"] == "grpo-exact-trial" and (r["batch"], r["prompt"]) in base]
     if not rows:
         return
     print()
-    print("exact_rollout with its kernels on trial (GRPO_KERNEL_TRIAL=wide_products,tall_tiles,query_tiles) against exact_rollout with\n"
+    print("exact_rollout with its kernel on trial (GRPO_KERNEL_TRIAL=tall_tiles) against exact_rollout with\n"
           "the default kernels and the ordinary engine, same run; prefill tokens/s, decode ms/step, drift (0: equal bit for bit)")
     print()
     print("| batch | context | ordinary prefill tok/s | exact prefill tok/s | trial prefill tok/s | prefill speed-up | "
@@ -202,21 +199,3 @@ def training_profile():
 
 
 training_profile()
-
-
-def expert_products():
-    """One MoE layer's routed-expert products at decode: at::_grouped_mm against fused::expert_products."""
-    if not experts:
-        return
-    print()
-    print("Routed experts' products of one MoE layer at decode (gate_up and down), same inputs, same run")
-    print()
-    print("| tokens | active experts | at::_grouped_mm us | fused us | speed-up | grouped_mm of copy bw | fused of copy bw |")
-    print("|---|---|---|---|---|---|---|")
-    for r in experts:
-        rate = lambda us: 100 * r["bytes"] / (us / 1e6) / r["copy_bandwidth"]
-        print(f"| {r['tokens']} | {r['active_experts']} | {r['grouped_mm_us']:.1f} | {r['fused_us']:.1f} | "
-              f"{r['grouped_mm_us'] / r['fused_us']:.2f}x | {rate(r['grouped_mm_us']):.1f}% | {rate(r['fused_us']):.1f}% |")
-
-
-expert_products()

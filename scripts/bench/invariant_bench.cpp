@@ -1,8 +1,7 @@
 // The batch-invariant product (model/invariant_kernels.h matmul_nt, and grouped_matmul_nt over
 // --groups weights) against ATen's own bf16 product on the same inputs: ms per call and GFLOP/s
-// for a few row counts, as JSON lines (kind "invariant_matmul"). On CUDA, where the rows are many
-// enough, also the wide kernel on trial (GRPO_KERNEL_TRIAL=wide_products, set here around its
-// calls), checked equal to the default kernel's bits before it is timed.
+// for a few row counts, as JSON lines (kind "invariant_matmul"). On CUDA, 1,024 rows or more take
+// the wide kernel (invariant_gemm_cuda.h), fewer the decode kernel.
 //   bench_invariant [--device cpu|cuda] [--k 512] [--n 1024] [--rows 1,16,64,256] [--groups 1]
 // On CUDA the defaults are the V2-Lite shape's projections: K = N = 2048, 1 to 65,536 rows.
 #include <ATen/ATen.h>
@@ -15,10 +14,6 @@
 #include <string>
 
 #include "model/invariant_kernels.h"
-#include "model/kernel_trial.h"
-#ifdef GRPO_PAGED_MLA_CUDA
-#include "model/invariant_kernels_cuda.h"
-#endif
 #include "timing.h"
 
 using at::Tensor;
@@ -53,19 +48,16 @@ int main(int argc, char** argv) {
     // Rows grouped by a random weight, as the routed experts' rows are; each weight's rows then in
     // one product of ATen's (the library's per-group form, for the baseline).
     Tensor order, counts;
-    invariant::RowGroups plain, wide;
+    invariant::RowGroups groups;
     if (G > 1) {
       Tensor group_of_row = at::randint(G, {M}, bf16.dtype(at::kLong));
-      plain = invariant::group_rows(group_of_row, G);
-      {
-        grpo::model::KernelTrialScope trial("wide_products");
-        wide = invariant::group_rows(group_of_row, G);
-      }
+      groups = invariant::group_rows(group_of_row, G);
       counts = at::bincount(group_of_row, {}, G).cpu();
     }
-    const Tensor xs = G > 1 ? x.index_select(0, plain.order) : x;
-    auto product = [&](const invariant::RowGroups& g) {
-      return G > 1 ? invariant::grouped_matmul_nt(xs, w, g, at::kBFloat16) : invariant::matmul_nt(x, w[0], at::kBFloat16);
+    const Tensor xs = G > 1 ? x.index_select(0, groups.order) : x;
+    auto product = [&] {
+      return G > 1 ? invariant::grouped_matmul_nt(xs, w, groups, at::kBFloat16)
+                   : invariant::matmul_nt(x, w[0], at::kBFloat16);
     };
     auto library = [&] {
       if (G == 1) return at::matmul(x, w[0].t());
@@ -79,28 +71,13 @@ int main(int argc, char** argv) {
       return out;
     };
     const double flop = 2.0 * M * N * K;
-    const double inv = grpo::bench::seconds_per_call([&] { product(plain); }, cuda);
+    const double inv = grpo::bench::seconds_per_call(product, cuda);
     const double lib = grpo::bench::seconds_per_call(library, cuda);
-    std::string wide_fields;
-#ifdef GRPO_PAGED_MLA_CUDA
-    if (cuda) {
-      const Tensor want = product(plain);  // the default kernel's (outside the trial)
-      grpo::model::KernelTrialScope trial("wide_products");
-      if (invariant::cuda::use_wide_products(M, G)) {
-        const bool equal = at::equal(product(wide), want);
-        const double t = grpo::bench::seconds_per_call([&] { product(wide); }, cuda);
-        char buf[160];
-        snprintf(buf, sizeof(buf), ", \"wide_ms\": %.4f, \"wide_gflops\": %.2f, \"wide_equal\": %s", t * 1e3,
-                 flop / t / 1e9, equal ? "true" : "false");
-        wide_fields = buf;
-      }
-    }
-#endif
     printf("{\"kind\": \"invariant_matmul\", \"device\": \"%s\", \"rows\": %lld, \"groups\": %lld, \"n\": %lld, "
            "\"k\": %lld, \"invariant_ms\": %.4f, \"invariant_gflops\": %.2f, \"aten_bf16_ms\": %.4f, "
-           "\"aten_bf16_gflops\": %.2f, \"slowdown\": %.2f%s}\n",
+           "\"aten_bf16_gflops\": %.2f, \"slowdown\": %.2f}\n",
            device.c_str(), (long long)M, (long long)G, (long long)N, (long long)K, inv * 1e3, flop / inv / 1e9, lib * 1e3,
-           flop / lib / 1e9, inv / lib, wide_fields.c_str());
+           flop / lib / 1e9, inv / lib);
     fflush(stdout);
   }
   return 0;

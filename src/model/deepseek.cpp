@@ -51,24 +51,15 @@ Tensor MLAImpl::forward(const Tensor& x, const RopeTables& rope, const Attention
   Tensor query = at::cat({q_nope, q_pe}, -1).transpose(1, 2);  // (B, nh, T, dq)
   Tensor key = at::cat({k_nope, k_pe.expand({B, T, num_heads, qk_rope_head_dim})}, -1).transpose(1, 2);
   Tensor value = v.transpose(1, 2);  // (B, nh, T, dv)
-  const int64_t dq = qk_nope_head_dim + qk_rope_head_dim;
-  const bool pad = pad_values() && v_head_dim < dq;
-  if (pad) value = at::constant_pad_nd(value, {0, dq - v_head_dim});
   Tensor out = mask.allowed
                    ? at::scaled_dot_product_attention(query, key, value, *mask.allowed, 0.0, false, softmax_scale)
                    : at::scaled_dot_product_attention(query, key, value, {}, 0.0, true, softmax_scale);
-  if (pad) out = out.narrow(-1, 0, v_head_dim);
   out = out.transpose(1, 2).reshape({B, T, num_heads * v_head_dim});
   return o_proj(out);
 }
 
 bool& MLAImpl::paged_kernel() {
   static bool on = true;
-  return on;
-}
-
-bool& MLAImpl::pad_values() {
-  static bool on = false;
   return on;
 }
 

@@ -30,12 +30,6 @@ struct MLAImpl : AttentionImpl {
   // to measure or check against the gathered form). Read when a decode step is built or captured.
   static bool& paged_kernel();
 
-  // Whether forward pads the values with zeros to the query/key width before attention (off by
-  // default; being measured): MLA's values (v_head_dim) are narrower than its queries and keys
-  // (nope + rope), and SDPA's flash kernels take one width for all three. The output is the same
-  // (the padded columns are dropped), gradients included.
-  static bool& pad_values();
-
   int64_t num_heads, qk_nope_head_dim, qk_rope_head_dim, v_head_dim, kv_lora_rank;
   double softmax_scale;
   bool rope_interleave;

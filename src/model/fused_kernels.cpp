@@ -67,17 +67,6 @@ Tensor combine_experts(const Tensor& y, const ExpertGroups& groups, const Tensor
   return cuda::combine_experts(y, groups.inverse, weights, weights.size(1), shared);
 }
 
-Tensor expert_products(const Tensor& x, const Tensor& w, const Tensor& ends) {
-  auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
-  if (x.dim() != 2 || w.dim() != 3 || !x.is_cuda() || x.device() != w.device() || ends.device() != x.device() ||
-      x.scalar_type() != at::kBFloat16 || w.scalar_type() != at::kBFloat16 || ends.scalar_type() != at::kInt ||
-      !x.is_contiguous() || !w.is_contiguous() || !ends.is_contiguous() || w.size(2) != x.size(1) ||
-      ends.numel() != w.size(0) || x.size(1) % 8 != 0 || !aligned(x) || !aligned(w) ||
-      x.size(0) > 32 * w.size(0) || w.size(0) > 65535)
-    return {};
-  return cuda::expert_products(x, w, ends);
-}
-
 Routing route(const Tensor& logits, const Tensor& bias, const ModelConfig& c) {
   const int64_t E = logits.dim() == 2 ? logits.size(1) : 0;
   const bool group_limited = c.topk_method != TopkMethod::Greedy && c.n_group > 1;
@@ -102,7 +91,6 @@ ExpertGroups group_by_expert(const Tensor&, int64_t) { throw Error("fused kernel
 Tensor combine_experts(const Tensor&, const ExpertGroups&, const Tensor&, const Tensor&) {
   throw Error("fused kernels: built without CUDA");
 }
-Tensor expert_products(const Tensor&, const Tensor&, const Tensor&) { return {}; }
 Routing route(const Tensor&, const Tensor&, const ModelConfig&) { return {}; }
 
 #endif

@@ -50,14 +50,6 @@ ExpertGroups group_by_expert(const Tensor& experts, int64_t num_experts);
 // defined: the MoE's output, as (y * w).to(dtype) index-added into zeros, then + shared.
 Tensor combine_experts(const Tensor& y, const ExpertGroups& groups, const Tensor& weights, const Tensor& shared);
 
-// x_e W_e^T for the rows of each expert e: x (R, K) grouped by expert as group_by_expert groups
-// them (`ends` its ends), W (E, N, K) -> (R, N), fp32 sums rounded to bf16 once. Reads each
-// weight once per 32 rows of its expert (tensor-core steps with the weights as the 16-row operand):
-// for decode's few rows per expert, where grouped GEMM tiles of 64-128 rows mostly multiply
-// padding. Undefined where it does not apply: not bf16 on CUDA, K % 8 != 0, not 16-byte aligned,
-// or more than 32 rows per expert on average.
-Tensor expert_products(const Tensor& x, const Tensor& w, const Tensor& ends);
-
 // The router after its fp32 logits (N, E): the gate scores, the k chosen experts (best first) and
 // their weights, as RouterImpl computes them with ATen (softmax or sigmoid scores, greedy,
 // group-limited or noaux_tc selection, normalised, scaled), in one kernel. Undefined members where

@@ -7,7 +7,6 @@
 
 #include "model/block_place.cuh"
 #include "model/cuda_launch.h"
-#include "model/mma.cuh"
 #include "model/fused_kernels_cuda.h"
 
 namespace grpo::model::fused::cuda {
@@ -107,85 +106,6 @@ __global__ void combine_kernel(const T* __restrict__ y, const int64_t* __restric
   }
   if (shared) acc = __fadd_rn(acc, (float)shared[i]);
   out[i] = (T)acc;
-}
-
-// Grouped products for few rows per expert (decode): y[r] = x[r] W[e]^T for the rows r of each
-// expert e (rows grouped by expert, e's ending at ends[e]), W (E, N, K) with K contiguous. Such
-// products are bound by reading W, so each weight element is read once per 32 rows of its expert:
-// tensor-core steps take 16 weight rows as the 16-row operand and 8 of the expert's rows as the
-// 8-column one. A warp computes 32 features (two 16-row operands share each row fragment) for up to
-// 32 rows at a time, a block four warps. Lane (g, t) loads k = 8t .. 8t + 7 of each 32-value chunk
-// in one 16-byte load per row and gives them to two steps (k 8t .. 8t + 3, then 8t + 4 .. 8t + 7;
-// the same sum, with loads four times wider than the fragments). Needs K % 8 == 0 and 16-byte
-// aligned x and W.
-constexpr int kExpertWarps = 4;
-constexpr int kWarpFeatures = 32;
-constexpr int kBlockFeatures = kExpertWarps * kWarpFeatures;
-constexpr int kRowTiles = 4;  // 8-row operands per pass: 32 rows
-
-__device__ __forceinline__ uint4 load8(const __nv_bfloat16* p, bool ok) {
-  return ok ? __ldg(reinterpret_cast<const uint4*>(p)) : make_uint4(0, 0, 0, 0);
-}
-
-__global__ void __launch_bounds__(kExpertWarps * 32)
-    expert_products_kernel(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
-                           const int32_t* __restrict__ ends, __nv_bfloat16* __restrict__ y, int64_t N, int64_t K) {
-  const int e = blockIdx.y;
-  const int64_t start = e ? ends[e - 1] : 0, rows = ends[e] - start;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int64_t n0 = (int64_t)blockIdx.x * kBlockFeatures + warp * kWarpFeatures;
-  if (rows <= 0 || n0 >= N) return;  // no block-wide synchronisation below: warps leave alone
-  // This lane's weight rows: features n0 + 16 m + 8 h + g (i = 2 m + h).
-  const __nv_bfloat16* wr[4];
-  bool wok[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int64_t n = n0 + 16 * (i / 2) + 8 * (i % 2) + g;
-    wok[i] = n < N;
-    wr[i] = w + ((int64_t)e * N + (wok[i] ? n : 0)) * K;
-  }
-  for (int64_t base = 0; base < rows; base += 8 * kRowTiles) {
-    const __nv_bfloat16* xr[kRowTiles];
-    bool xok[kRowTiles];
-#pragma unroll
-    for (int j = 0; j < kRowTiles; ++j) {
-      const int64_t r = base + 8 * j + g;
-      xok[j] = r < rows;
-      xr[j] = x + (start + (xok[j] ? r : 0)) * K;
-    }
-    const bool any[kRowTiles] = {true, base + 8 < rows, base + 16 < rows, base + 24 < rows};
-    float c[2][kRowTiles][4] = {};
-#pragma unroll 4  // four chunks' weight loads in flight per lane
-    for (int64_t k0 = 0; k0 < K; k0 += 32) {
-      const int64_t k = k0 + 8 * t;
-      const bool in = k < K;
-      uint4 a[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = load8(wr[i] + k, wok[i] && in);
-#pragma unroll
-      for (int j = 0; j < kRowTiles; ++j) {
-        if (!any[j]) continue;  // the same for the whole warp
-        const uint4 b = load8(xr[j] + k, xok[j] && in);
-#pragma unroll
-        for (int m = 0; m < 2; ++m) {
-          mma_bf16(c[m][j], a[2 * m].x, a[2 * m + 1].x, a[2 * m].y, a[2 * m + 1].y, b.x, b.y);
-          mma_bf16(c[m][j], a[2 * m].z, a[2 * m + 1].z, a[2 * m].w, a[2 * m + 1].w, b.z, b.w);
-        }
-      }
-    }
-    // c[m][j]: features n0 + 16 m + g (0, 1) and + 8 (2, 3), rows base + 8 j + 2t (0, 2) and + 1 (1, 3).
-#pragma unroll
-    for (int m = 0; m < 2; ++m)
-#pragma unroll
-      for (int j = 0; j < kRowTiles; ++j) {
-        if (!any[j]) continue;
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const int64_t r = base + 8 * j + 2 * t + (q % 2), n = n0 + 16 * m + g + 8 * (q / 2);
-          if (r < rows && n < N) y[(start + r) * N + n] = __float2bfloat16_rn(c[m][j][q]);
-        }
-      }
-  }
 }
 
 // The router after its logits, one warp per token: scores (softmax or sigmoid), the choice
@@ -344,19 +264,6 @@ Tensor combine_experts(const Tensor& y, const Tensor& inverse, const Tensor& wei
   });
   check_launch("combine_experts");
   return out;
-}
-
-Tensor expert_products(const Tensor& x, const Tensor& w, const Tensor& ends) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t R = x.size(0), K = x.size(1), E = w.size(0), N = w.size(1);
-  Tensor y = at::empty({R, N}, x.options());
-  if (R == 0 || N == 0 || E == 0) return y;
-  const dim3 grid((unsigned)((N + kBlockFeatures - 1) / kBlockFeatures), (unsigned)E);
-  expert_products_kernel<<<grid, kExpertWarps * 32, 0, stream()>>>(
-      reinterpret_cast<const __nv_bfloat16*>(x.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(w.data_ptr()),
-      ends.data_ptr<int32_t>(), reinterpret_cast<__nv_bfloat16*>(y.data_ptr()), N, K);
-  check_launch("expert_products");
-  return y;
 }
 
 Routing route(const Tensor& logits, const Tensor& bias, int64_t k, int64_t groups, int64_t topk_group, bool sigmoid,

@@ -21,10 +21,6 @@ ExpertGroups group_by_expert(const Tensor& experts, int64_t num_experts);
 // y (N k, H) grouped rows; weights (N, k) fp32; shared (N, H) or undefined.
 Tensor combine_experts(const Tensor& y, const Tensor& inverse, const Tensor& weights, int64_t k, const Tensor& shared);
 
-// x (R, K) bf16 contiguous, rows grouped by expert; w (E, N, K) bf16 contiguous; ends (E) int32
-// (the end of each expert's rows); K % 8 == 0, x and w 16-byte aligned -> (R, N) bf16.
-Tensor expert_products(const Tensor& x, const Tensor& w, const Tensor& ends);
-
 // logits (N, E) fp32; bias (E) fp32 when noaux_tc; E <= 512, groups <= 32 dividing E, k <= 32.
 struct Routing {
   Tensor scores;   // (N, E) fp32

@@ -17,9 +17,9 @@ Tensor matmul_nt(const Tensor& x, const Tensor& w, std::optional<at::ScalarType>
 constexpr int64_t kTileRows = 16;
 
 // Rows of a tile of the wide products (invariant_gemm_cuda.h), and whether products over `rows`
-// rows in `groups` groups (1 for a plain product) take that kernel: while it is on trial
-// (model/kernel_trial.h, "wide_products"), for at least 1,024 rows and 64 a group on average
-// (decode's products keep the kernel made for them). Either kernel gives the same bits.
+// rows in `groups` groups (1 for a plain product) take that kernel: for at least 1,024 rows and 64
+// a group on average (a prefill, a training forward; decode's products keep the kernel made for
+// them). Either kernel gives the same bits.
 constexpr int64_t kWideRows = 128;
 bool use_wide_products(int64_t rows, int64_t groups);
 

@@ -1,13 +1,8 @@
 // Kernels on trial: a new kernel that has not yet been measured against the one it would replace
 // runs only when named in the environment variable GRPO_KERNEL_TRIAL, a comma-separated list:
-//   expert_products  decode's routed experts through fused::expert_products (fused_kernels.h)
 //   router           the router after its logits through fused::route (fused_kernels.h)
-//   wide_products    the batch-invariant products of many rows (a prefill, a training forward)
-//                    through the 128 x 128 tiled kernel (invariant_gemm_cuda.h)
 //   tall_tiles       the batch-invariant grouped products of decode in tiles of 32 or 64 rows of a
 //                    group, where groups hold that many (invariant_kernels_cuda.h)
-//   query_tiles      the batch-invariant MLA attention of a prefill or a training forward four
-//                    query rows a block, one read of their keys (paged_mla_cuda.h)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 #pragma once
 

@@ -142,10 +142,6 @@ Tensor RoutedExpertsImpl::products(const Tensor& xs, const Tensor& counts, const
     return fp8::grouped(swiglu(fp8::grouped(xs, fp8_gate_up, counts)), fp8_down, counts);
   }
   if (use_grouped_mm(xs)) {
-    // Decode's few rows per expert (inference, opt-in): products that read each weight once.
-    if (ends_in.defined() && !lora_gu && !lora_down && kernel_on_trial("expert_products"))
-      if (Tensor gu = fused::expert_products(xs, gate_up_proj, ends_in); gu.defined())
-        if (Tensor y = fused::expert_products(swiglu(gu).contiguous(), down_proj, ends_in); y.defined()) return y;
     // One grouped GEMM over all experts (CUDA, bf16): no host sync, no per-expert launches.
     Tensor offsets = ends_in.defined() ? ends_in : counts.cumsum(0).to(at::kInt);
     auto aligned = [](const Tensor& a) { return !a.defined() || a.size(1) % 8 == 0; };

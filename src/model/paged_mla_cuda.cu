@@ -29,7 +29,6 @@
 #include <type_traits>
 
 #include "model/cuda_launch.h"
-#include "model/kernel_trial.h"
 #include "model/mma.cuh"
 #include "model/paged_mla_cuda.h"
 #include "util/error.h"
@@ -495,18 +494,14 @@ Tensor paged_mla_attention_invariant(const Tensor& q, const Tensor& cache, const
   s.keys_per_split = kInvariantSplitKeys;
   s.splits = (int)std::max<int64_t>(1, (max_keys + kInvariantSplitKeys - 1) / kInvariantSplitKeys);
   Tensor out = at::empty({B, heads, latent_rank}, qc.options());
-  // Runs of one sequence's tokens take kRunQueries rows a block (on trial: "query_tiles"), where
-  // their shared memory fits.
+  // Runs of one sequence's tokens take kRunQueries rows a block, where their shared memory fits.
   static const int64_t smem_limit = [] {
     int dev = 0, v = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     return (int64_t)v;
   }();
-  const int queries = query_runs && (int64_t)smem_bytes(s.stride, kRunQueries) <= smem_limit &&
-                              kernel_on_trial("query_tiles")
-                          ? kRunQueries
-                          : 1;
+  const int queries = query_runs && (int64_t)smem_bytes(s.stride, kRunQueries) <= smem_limit ? kRunQueries : 1;
   // Rows a launch at a time (a whole number of blocks' rows): the grid's second dimension, and the
   // partial results' workspace.
   const int64_t per_row = (int64_t)s.splits * heads * latent_rank * (int64_t)sizeof(float);

@@ -31,9 +31,8 @@ Tensor paged_mla_decode(const Tensor& q, const Tensor& cache, const Tensor& tabl
 // whatever the batch, so that a row's result depends on its own keys alone: a decode step, a
 // prefill and a training forward over whole sequences give it bit for bit. max_keys: at least the
 // largest of lens (at most 65,536). Rows are launched in chunks: any count of rows. query_runs: the
-// rows come in runs of one sequence's tokens (a prefill, a training forward); while on trial
-// (model/kernel_trial.h, "query_tiles"), a block then serves four rows with one read of their keys,
-// each row's result the same bits.
+// rows come in runs of one sequence's tokens (a prefill, a training forward): a block then serves
+// four rows with one read of their keys, each row's result the same bits.
 Tensor paged_mla_attention_invariant(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& starts,
                                      const Tensor& lens, int64_t max_keys, int64_t block_size, int64_t latent_rank,
                                      double scale, bool query_runs = false);

@@ -234,58 +234,65 @@ TEST(InvariantKernelsCuda, ProductsDependOnTheRowAlone) {
     }
 }
 
-// The wide products (invariant_gemm_cuda.h, on trial: GRPO_KERNEL_TRIAL=wide_products) against the
-// decode kernel, bit for bit: plain products of 1,300 rows, fp32 and rounded to bf16, with K of the
-// V2-Lite shapes, a K whose last part ends inside a 32-value step (1000), and one shorter than a
-// part (24: seven empty parts); N = 300, not a multiple of the 128-column tile. Then grouped
-// products through the 128-row tile tables, with a group of no rows, one of one row and one of 129
-// (a full tile and one row), and the per-head runs of MLA's absorbed products. A row alone (the
-// decode kernel) equals its row of the wide product.
+// The wide products (invariant_gemm_cuda.h: 1,024 rows or more, 64 a group on average) against
+// the decode kernel, bit for bit: plain products of 1,300 rows, fp32 and rounded to bf16, with K of
+// the V2-Lite shapes, a K whose last part ends inside a 32-value step (1000), and one shorter than
+// a part (24: seven empty parts); N = 300, not a multiple of the 128-column tile. The decode
+// kernel's bits come from the same rows in calls of fewer than 1,024. Then grouped products
+// through the 128-row tile tables, with a group of no rows, one of one row and one of 129 (a full
+// tile and one row), and the per-head runs of MLA's absorbed products, against each group's rows
+// through the decode kernel. A row alone (the decode kernel) equals its row of the wide product.
 TEST(InvariantKernelsCuda, WideProductsEqualTheDecodeKernelBitForBit) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
 #ifdef GRPO_PAGED_MLA_CUDA
   const at::Device cuda(at::kCUDA, 0);
   const auto bf16 = at::TensorOptions().device(cuda).dtype(at::kBFloat16);
   at::manual_seed(5);
+  // The rows [first, first + n) of x times w, through the decode kernel (fewer than 1,024 a call).
+  auto narrow_calls = [](const Tensor& x, const Tensor& w, std::optional<at::ScalarType> round_to) {
+    std::vector<Tensor> parts;
+    for (int64_t m = 0; m < x.size(0); m += 600) {
+      const Tensor rows = x.narrow(0, m, std::min<int64_t>(600, x.size(0) - m));
+      EXPECT_FALSE(invariant::cuda::use_wide_products(rows.size(0), 1));
+      parts.push_back(invariant::matmul_nt(rows, w, round_to));
+    }
+    return at::cat(parts);
+  };
   for (int64_t K : {2048, 1408, 1000, 24}) {
     SCOPED_TRACE("K " + std::to_string(K));
     const int64_t M = 1300, N = 300, G = 6;
     Tensor x = at::randn({M, K}, bf16), w = at::randn({G, N, K}, bf16);
-    const Tensor small = invariant::matmul_nt(x, w[2]), small16 = invariant::matmul_nt(x, w[2], at::kBFloat16);
-    Tensor wide, wide16;
-    {
-      KernelTrialScope trial("wide_products");
-      ASSERT_TRUE(invariant::cuda::use_wide_products(M, 1));
-      wide = invariant::matmul_nt(x, w[2]);
-      wide16 = invariant::matmul_nt(x, w[2], at::kBFloat16);
-      for (int64_t m : {(int64_t)0, (int64_t)127, (int64_t)128, M - 1})
-        EXPECT_TRUE(at::equal(invariant::matmul_nt(x.narrow(0, m, 1), w[2]), wide.narrow(0, m, 1))) << "row " << m;
-    }
-    EXPECT_TRUE(at::equal(wide, small));
-    EXPECT_TRUE(at::equal(wide16, small16));
+    ASSERT_TRUE(invariant::cuda::use_wide_products(M, 1));
+    const Tensor wide = invariant::matmul_nt(x, w[2]), wide16 = invariant::matmul_nt(x, w[2], at::kBFloat16);
+    for (int64_t m : {(int64_t)0, (int64_t)127, (int64_t)128, M - 1})
+      EXPECT_TRUE(at::equal(invariant::matmul_nt(x.narrow(0, m, 1), w[2]), wide.narrow(0, m, 1))) << "row " << m;
+    EXPECT_TRUE(at::equal(wide, narrow_calls(x, w[2], std::nullopt)));
+    EXPECT_TRUE(at::equal(wide16, narrow_calls(x, w[2], at::kBFloat16)));
 
     // Rows of groups 1 (one row), 2 (129 rows) and 3-5 (the rest); group 0 has none.
     std::vector<int64_t> ids(M);
     for (int64_t m = 0; m < M; ++m) ids[m] = m == 7 ? 1 : m % 8 == 0 && m < 8 * 129 ? 2 : 3 + m % 3;
     const Tensor group_of_row = at::tensor(ids, at::TensorOptions().dtype(at::kLong)).to(cuda);
-    const invariant::RowGroups plain = invariant::group_rows(group_of_row, G);
-    const Tensor xs = x.index_select(0, plain.order);
-    const Tensor want = invariant::grouped_matmul_nt(xs, w, plain, at::kBFloat16);
-    EXPECT_FALSE(plain.wide_tiles.defined());
-    {
-      KernelTrialScope trial("wide_products");
-      const invariant::RowGroups g = invariant::group_rows(group_of_row, G);
-      ASSERT_TRUE(g.wide_tiles.defined());
-      EXPECT_TRUE(at::equal(g.order, plain.order));
-      EXPECT_TRUE(at::equal(invariant::grouped_matmul_nt(xs, w, g, at::kBFloat16), want)) << "grouped";
-      const invariant::RowGroups heads = invariant::contiguous_groups(G, 200, cuda);
-      ASSERT_TRUE(heads.wide_tiles.defined());
-      Tensor xh = x.narrow(0, 0, 200 * G);
-      Tensor got = invariant::grouped_matmul_nt(xh, w, heads);
-      KernelTrialScope none("");
-      EXPECT_TRUE(at::equal(got, invariant::grouped_matmul_nt(xh, w, invariant::contiguous_groups(G, 200, cuda))))
-          << "runs of 200 rows";
+    const invariant::RowGroups g = invariant::group_rows(group_of_row, G);
+    ASSERT_TRUE(g.wide_tiles.defined());
+    const Tensor xs = x.index_select(0, g.order);
+    const Tensor got = invariant::grouped_matmul_nt(xs, w, g, at::kBFloat16);
+    const Tensor grouped_ids = g.group.cpu();
+    int64_t first = 0;
+    for (int64_t e = 0; e < G; ++e) {  // the grouped order holds each group's rows together, in group order
+      const int64_t n = grouped_ids.eq(e).sum().item<int64_t>();
+      if (n > 0) {
+        EXPECT_TRUE(at::equal(got.narrow(0, first, n), narrow_calls(xs.narrow(0, first, n), w[e], at::kBFloat16)))
+            << "grouped, group " << e;
+      }
+      first += n;
     }
+    const invariant::RowGroups heads = invariant::contiguous_groups(G, 200, cuda);
+    ASSERT_TRUE(heads.wide_tiles.defined());
+    const Tensor xh = x.narrow(0, 0, 200 * G), per_head = invariant::grouped_matmul_nt(xh, w, heads);
+    for (int64_t e = 0; e < G; ++e)
+      EXPECT_TRUE(at::equal(per_head.narrow(0, 200 * e, 200), narrow_calls(xh.narrow(0, 200 * e, 200), w[e], std::nullopt)))
+          << "runs of 200 rows, head " << e;
   }
 #else
   GTEST_SKIP() << "built without the CUDA kernels";

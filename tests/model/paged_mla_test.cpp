@@ -14,7 +14,6 @@
 #include <vector>
 
 #include "model/deepseek.h"
-#include "model/kernel_trial.h"
 #include "model/layers.h"
 
 #ifdef GRPO_PAGED_MLA_CUDA
@@ -170,7 +169,7 @@ TEST(PagedMla, DecodeMatchesGatheredFormOnCuda) {
 }
 
 // The batch-invariant form with runs of one sequence's tokens (a prefill, a training forward):
-// with four rows a block (on trial: GRPO_KERNEL_TRIAL=query_tiles), every row's result is the bits
+// with four rows a block (query_runs), every row's result is the bits
 // it gets in a block of its own. Sequences of 5, 300 and 701 tokens (runs that end inside a group
 // of four, rows whose keys stop short of the group's last key and of a 256-key split), then rows
 // of different sequences side by side (a pass per row), at V2-Lite's widths and at rank 64.
@@ -199,11 +198,8 @@ TEST(PagedMla, QueryTilesGiveEachRowItsOwnBitsOnCuda) {
     const double scale = 1.0 / std::sqrt(192.0);
     const Tensor alone = cuda::paged_mla_attention_invariant(q, p.cache, table, st, ln, longest, c.block_size, c.rank,
                                                              scale, /*query_runs=*/false);
-    const Tensor runs = [&] {
-      KernelTrialScope trial("query_tiles");
-      return cuda::paged_mla_attention_invariant(q, p.cache, table, st, ln, longest, c.block_size, c.rank, scale,
-                                                 /*query_runs=*/true);
-    }();
+    const Tensor runs = cuda::paged_mla_attention_invariant(q, p.cache, table, st, ln, longest, c.block_size, c.rank,
+                                                            scale, /*query_runs=*/true);
     EXPECT_TRUE(at::equal(runs, alone));
     // And each row as a decode step would give it: itself alone in the call.
     for (int64_t n : {(int64_t)0, (int64_t)4, (int64_t)304, N - 1}) {
