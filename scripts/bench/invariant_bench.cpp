@@ -1,7 +1,9 @@
 // The batch-invariant product (model/invariant_kernels.h matmul_nt, and grouped_matmul_nt over
 // --groups weights) against ATen's own bf16 product on the same inputs: ms per call and GFLOP/s
 // for a few row counts, as JSON lines (kind "invariant_matmul"). On CUDA, 1,024 rows or more take
-// the wide kernel (invariant_gemm_cuda.h), fewer the decode kernel.
+// the wide kernel (invariant_gemm_cuda.h), fewer the decode kernel; grouped products of fewer rows
+// also through the kernel on trial "staged_tiles" (set here around its calls), checked equal to
+// the default's bits before it is timed.
 //   bench_invariant [--device cpu|cuda] [--k 512] [--n 1024] [--rows 1,16,64,256] [--groups 1]
 // On CUDA the defaults are the V2-Lite shape's projections: K = N = 2048, 1 to 65,536 rows.
 #include <ATen/ATen.h>
@@ -14,6 +16,7 @@
 #include <string>
 
 #include "model/invariant_kernels.h"
+#include "model/kernel_trial.h"
 #include "timing.h"
 
 using at::Tensor;
@@ -48,11 +51,15 @@ int main(int argc, char** argv) {
     // Rows grouped by a random weight, as the routed experts' rows are; each weight's rows then in
     // one product of ATen's (the library's per-group form, for the baseline).
     Tensor order, counts;
-    invariant::RowGroups groups;
+    invariant::RowGroups groups, staged;
     if (G > 1) {
       Tensor group_of_row = at::randint(G, {M}, bf16.dtype(at::kLong));
       groups = invariant::group_rows(group_of_row, G);
       counts = at::bincount(group_of_row, {}, G).cpu();
+      if (cuda && !groups.wide_tiles.defined()) {
+        grpo::model::KernelTrialScope trial("staged_tiles");
+        staged = invariant::group_rows(group_of_row, G);
+      }
     }
     const Tensor xs = G > 1 ? x.index_select(0, groups.order) : x;
     auto product = [&] {
@@ -73,11 +80,23 @@ int main(int argc, char** argv) {
     const double flop = 2.0 * M * N * K;
     const double inv = grpo::bench::seconds_per_call(product, cuda);
     const double lib = grpo::bench::seconds_per_call(library, cuda);
+    std::string staged_fields;
+    if (staged.order.defined()) {
+      const Tensor want = product();
+      grpo::model::KernelTrialScope trial("staged_tiles");
+      auto staged_product = [&] { return invariant::grouped_matmul_nt(xs, w, staged, at::kBFloat16); };
+      const bool equal = at::equal(staged_product(), want);
+      const double t = grpo::bench::seconds_per_call(staged_product, cuda);
+      char buf[200];
+      snprintf(buf, sizeof(buf), ", \"staged_ms\": %.4f, \"staged_gflops\": %.2f, \"staged_tile_rows\": %lld, \"staged_equal\": %s",
+               t * 1e3, flop / t / 1e9, (long long)staged.tile_rows, equal ? "true" : "false");
+      staged_fields = buf;
+    }
     printf("{\"kind\": \"invariant_matmul\", \"device\": \"%s\", \"rows\": %lld, \"groups\": %lld, \"n\": %lld, "
            "\"k\": %lld, \"invariant_ms\": %.4f, \"invariant_gflops\": %.2f, \"aten_bf16_ms\": %.4f, "
-           "\"aten_bf16_gflops\": %.2f, \"slowdown\": %.2f}\n",
+           "\"aten_bf16_gflops\": %.2f, \"slowdown\": %.2f%s}\n",
            device.c_str(), (long long)M, (long long)G, (long long)N, (long long)K, inv * 1e3, flop / inv / 1e9, lib * 1e3,
-           flop / lib / 1e9, inv / lib);
+           flop / lib / 1e9, inv / lib, staged_fields.c_str());
     fflush(stdout);
   }
   return 0;

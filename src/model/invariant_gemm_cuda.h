@@ -27,9 +27,12 @@ constexpr int kProductParts = 8;
 inline int64_t product_part_length(int64_t K) { return (K + 32 * kProductParts - 1) / (32 * kProductParts) * 32; }
 
 // out (M, N) = x (M, K) times w[group] (N, K) transposed, fp32 (bf16 when bf16_out, rounded once).
-// x and w bf16, K % 8 == 0, both 16-byte aligned. tiles: null (one group, rows in tiles of 128) or
-// a table of num_tiles slots (group, first row, rows <= kWideRows, invariant_kernels_cuda.h); slots with 0 rows are skipped.
+// x and w bf16, K % 8 == 0, both 16-byte aligned. tiles: null (one group, rows in tiles of
+// tile_rows) or a table of num_tiles slots (group, first row, rows <= tile_rows,
+// invariant_kernels_cuda.h); slots with 0 rows are skipped. tile_rows: 128 (kWideRows), or 16, 32
+// or 64 (decode's grouped products, on trial).
 void wide_gemm_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, void* out, bool bf16_out, int64_t M, int64_t N,
-                    int64_t K, const int64_t* tiles, int64_t num_tiles, at::Device device, cudaStream_t stream);
+                    int64_t K, const int64_t* tiles, int64_t num_tiles, at::Device device, cudaStream_t stream,
+                    int64_t tile_rows = kWideRows);
 
 }  // namespace grpo::model::invariant::cuda

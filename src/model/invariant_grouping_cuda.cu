@@ -106,7 +106,7 @@ void check_launch(const char* what) { cuda_launch::check("batch-invariant CUDA k
 
 int64_t grouped_tile_rows(int64_t rows, int64_t groups) {
   // The row counts first: most calls (few rows a group) never read the environment.
-  if (rows < 16 * groups || !kernel_on_trial("tall_tiles")) return kTileRows;
+  if (rows < 16 * groups || !(kernel_on_trial("tall_tiles") || use_staged_tiles())) return kTileRows;
   return rows >= 48 * groups ? 4 * kTileRows : 2 * kTileRows;
 }
 

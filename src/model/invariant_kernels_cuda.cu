@@ -393,6 +393,8 @@ Tensor gemm(const Tensor& x, const Tensor& w, int64_t M, int64_t N, int64_t K, c
     if (vec && tp && wide_tiles.defined())
       wide_gemm_bf16(xp, wp, op, bf16_out, M, N, K, wide_tiles.data_ptr<int64_t>(), num_wide_tiles, x.device(), stream());
     else if (vec && !tp && wide) wide_gemm_bf16(xp, wp, op, bf16_out, M, N, K, nullptr, 0, x.device(), stream());
+    else if (vec && tp && use_staged_tiles())
+      wide_gemm_bf16(xp, wp, op, bf16_out, M, N, K, tp, num_tiles, x.device(), stream(), tile_rows);
     else if (vec) launch(std::true_type());
     else launch(std::false_type());
   } else {

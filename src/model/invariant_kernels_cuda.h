@@ -22,11 +22,15 @@ constexpr int64_t kTileRows = 16;
 // them). Either kernel gives the same bits.
 constexpr int64_t kWideRows = 128;
 bool use_wide_products(int64_t rows, int64_t groups);
+// Whether grouped products of fewer rows (decode's) take the wide kernel too, in tiles of their
+// table's 16, 32 or 64 rows staged through shared memory: while on trial (model/kernel_trial.h,
+// "staged_tiles"; it also takes the 32- and 64-row tiles of "tall_tiles"). The same bits.
+bool use_staged_tiles();
 
 // invariant_grouping_cuda.cu:
 // Rows a tile of grouped products holds (the decode kernel reads each weight once per tile): 16;
-// or, while on trial (model/kernel_trial.h, "tall_tiles"), 32 where the groups hold 16 rows or more
-// on average and 64 where they hold 48 or more. Either gives the same bits.
+// or, while on trial (model/kernel_trial.h, "tall_tiles" or "staged_tiles"), 32 where the groups
+// hold 16 rows or more on average and 64 where they hold 48 or more. Either gives the same bits.
 int64_t grouped_tile_rows(int64_t rows, int64_t groups);
 
 // Rows grouped by group id (M) int64 in [0, groups), stable, on the device without host

@@ -3,6 +3,8 @@
 //   router           the router after its logits through fused::route (fused_kernels.h)
 //   tall_tiles       the batch-invariant grouped products of decode in tiles of 32 or 64 rows of a
 //                    group, where groups hold that many (invariant_kernels_cuda.h)
+//   staged_tiles     the same tiles (and 16-row ones) through the wide kernel, staged in shared
+//                    memory (invariant_gemm_cuda.h)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 #pragma once
 

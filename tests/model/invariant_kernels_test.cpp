@@ -302,8 +302,10 @@ TEST(InvariantKernelsCuda, WideProductsEqualTheDecodeKernelBitForBit) {
 // Tall tiles (on trial: GRPO_KERNEL_TRIAL=tall_tiles): grouped products whose tiles hold 32 or 64
 // rows of a group, so that a decode step reads each expert's (or head's) weights once per 32 or 64
 // of its rows instead of once per 16, give the bits of the 16-row tiles: 400 rows over 16 groups
-// (32-row tiles), 1,300 over 6 (64-row tiles), 100 over 16 (16-row tiles still), and 16 runs of 256
-// rows (MLA's per-head products at batch 256).
+// (32-row tiles), 900 over 6 (64-row tiles), 100 over 16 (16-row tiles still), and 8 runs of 120
+// rows (MLA's per-head products at batch 120), all below the wide products' 1,024 rows. So do the
+// same tiles staged through shared memory by the wide kernel (on trial: "staged_tiles"), 16-row
+// tiles included.
 TEST(InvariantKernelsCuda, TallTilesGiveTheBitsOfShortOnes) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   const at::Device cuda(at::kCUDA, 0);
@@ -312,29 +314,44 @@ TEST(InvariantKernelsCuda, TallTilesGiveTheBitsOfShortOnes) {
   struct Case {
     int64_t rows, groups, tile_rows;
   };
-  for (const Case& c : {Case{400, 16, 32}, Case{1300, 6, 64}, Case{100, 16, 16}})
+  // The grouped product under the kernels on trial `trial` ("" for none): the choice of kernel is
+  // made at each call.
+  auto product = [](const Tensor& x, const Tensor& w, const invariant::RowGroups& g, const char* trial,
+                    std::optional<at::ScalarType> round_to) {
+    KernelTrialScope scope(trial);
+    return invariant::grouped_matmul_nt(x, w, g, round_to);
+  };
+  auto groups_under = [](const char* trial, auto&& make) {
+    KernelTrialScope scope(trial);
+    return make();
+  };
+  for (const Case& c : {Case{400, 16, 32}, Case{900, 6, 64}, Case{100, 16, 16}})
     for (int64_t K : {2048, 200}) {
       SCOPED_TRACE(std::to_string(c.rows) + " rows, " + std::to_string(c.groups) + " groups, K " + std::to_string(K));
       Tensor x = at::randn({c.rows, K}, bf16), w = at::randn({c.groups, 96, K}, bf16);
       Tensor group_of_row = at::randint(c.groups, {c.rows}, bf16.dtype(at::kLong));
       const invariant::RowGroups plain = invariant::group_rows(group_of_row, c.groups);
       ASSERT_EQ(plain.tile_rows, 16);
+      ASSERT_FALSE(plain.wide_tiles.defined());
       const Tensor xs = x.index_select(0, plain.order);
-      const invariant::RowGroups tall = [&] {
-        KernelTrialScope trial("tall_tiles");
-        return invariant::group_rows(group_of_row, c.groups);
-      }();
-      EXPECT_EQ(tall.tile_rows, c.tile_rows);
-      EXPECT_TRUE(at::equal(invariant::grouped_matmul_nt(xs, w, tall), invariant::grouped_matmul_nt(xs, w, plain)));
-      EXPECT_TRUE(at::equal(invariant::grouped_matmul_nt(xs, w, tall, at::kBFloat16),
-                            invariant::grouped_matmul_nt(xs, w, plain, at::kBFloat16)));
+      for (const char* trial : {"tall_tiles", "staged_tiles"}) {
+        SCOPED_TRACE(trial);
+        const invariant::RowGroups tall = groups_under(trial, [&] { return invariant::group_rows(group_of_row, c.groups); });
+        EXPECT_EQ(tall.tile_rows, c.tile_rows);
+        for (auto round_to : {std::optional<at::ScalarType>(), std::optional<at::ScalarType>(at::kBFloat16)}) {
+          const Tensor want = product(xs, w, plain, "", round_to);
+          EXPECT_TRUE(at::equal(product(xs, w, tall, trial, round_to), want));
+          EXPECT_TRUE(at::equal(product(xs, w, plain, trial, round_to), want)) << "16-row tiles";
+        }
+      }
     }
-  Tensor x = at::randn({16 * 256, 128}, bf16), w = at::randn({16, 512, 128}, bf16);
-  const invariant::RowGroups tall = [&] {
-    KernelTrialScope trial("tall_tiles");
-    return invariant::contiguous_groups(16, 256, cuda);
-  }();
-  EXPECT_EQ(tall.tile_rows, 64);
-  EXPECT_TRUE(at::equal(invariant::grouped_matmul_nt(x, w, tall),
-                        invariant::grouped_matmul_nt(x, w, invariant::contiguous_groups(16, 256, cuda))));
+  Tensor x = at::randn({8 * 120, 128}, bf16), w = at::randn({8, 512, 128}, bf16);
+  const invariant::RowGroups plain = invariant::contiguous_groups(8, 120, cuda);
+  ASSERT_FALSE(plain.wide_tiles.defined());
+  const Tensor want = product(x, w, plain, "", std::nullopt);
+  for (const char* trial : {"tall_tiles", "staged_tiles"}) {
+    const invariant::RowGroups tall = groups_under(trial, [&] { return invariant::contiguous_groups(8, 120, cuda); });
+    EXPECT_EQ(tall.tile_rows, 64) << trial;
+    EXPECT_TRUE(at::equal(product(x, w, tall, trial, std::nullopt), want)) << trial;
+  }
 }
