@@ -55,8 +55,9 @@ if want scaling; then
   for n in $(echo "${GPUS:-1,2,4,8}" | tr ',' ' '); do
     [ "$n" -gt "$have" ] && { echo "scaling: $n ranks skipped ($have here)"; continue; }
     dir="$out/scaling-$n"
-    MODEL=$step_model NPROC=$n GRPO_STEP_DIR="$dir" PORT=29741 bash scripts/bench_grpo_step.sh "$mode" | tail -3
-    record scaling "$n" "$dir/run"
+    MODEL=$step_model NPROC=$n GRPO_STEP_DIR="$dir" PORT=29741 bash scripts/bench_grpo_step.sh "$mode" | tail -3 ||
+      echo "scaling: $n ranks failed; the run's output is in $dir/log"
+    if [ -s "$dir/run/metrics.jsonl" ]; then record scaling "$n" "$dir/run"; fi
   done
 fi
 
