@@ -57,7 +57,7 @@ if want scaling; then
     dir="$out/scaling-$n"
     MODEL=$step_model NPROC=$n GRPO_STEP_DIR="$dir" PORT=29741 bash scripts/bench_grpo_step.sh "$mode" | tail -3 ||
       echo "scaling: $n ranks failed; the run's output is in $dir/log"
-    if [ -s "$dir/run/metrics.jsonl" ]; then record scaling "$n" "$dir/run"; fi
+    if grep -qs '"time_train"' "$dir/run/metrics.jsonl"; then record scaling "$n" "$dir/run"; fi
   done
 fi
 
@@ -66,10 +66,11 @@ if want zero; then
   dir="$out/zero2-$n"
   MODEL=$step_model LORA_R=0 ZERO=2 NPROC=$n GRPO_STEP_DIR="$dir" PORT=29742 STEPS=${STEPS:-1} \
     bash scripts/bench_grpo_step.sh "$mode" | tail -3 || true
-  if [ -s "$dir/run/metrics.jsonl" ]; then
+  if grep -qs '"time_train"' "$dir/run/metrics.jsonl"; then
     record zero2 "$n" "$dir/run"
   else  # out of memory, most likely: the error is the result
-    err=$(grep -m1 -i "error\|out of memory" "$dir/log" | cut -c1-300 | "$py" -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))')
+    err=$({ grep -m1 -i "error\|out of memory" "$dir/log" || echo "no step trained"; } | cut -c1-300 |
+          "$py" -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))')
     echo "{\"part\": \"zero2\", \"ranks\": $n, \"error\": $err}" | tee -a "$log"
   fi
 fi
