@@ -248,7 +248,7 @@ TEST(InvariantKernelsCuda, WideProductsEqualTheDecodeKernelBitForBit) {
   const at::Device cuda(at::kCUDA, 0);
   const auto bf16 = at::TensorOptions().device(cuda).dtype(at::kBFloat16);
   at::manual_seed(5);
-  // The rows [first, first + n) of x times w, through the decode kernel (fewer than 1,024 a call).
+  // x times w, through the decode kernel: the rows in calls of fewer than 1,024.
   auto narrow_calls = [](const Tensor& x, const Tensor& w, std::optional<at::ScalarType> round_to) {
     std::vector<Tensor> parts;
     for (int64_t m = 0; m < x.size(0); m += 600) {
