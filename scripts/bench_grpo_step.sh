@@ -16,7 +16,11 @@
 # the GRPO-shaped cost of the exact mode, to set against a run without it. Step 1 recomputes the
 # update's values through the batch-invariant forward (a check step), later steps take the engine's
 # (exact_rollout_check_every); the table shows the last step. GRPO_KERNEL_TRIAL passes through to
-# the run (src/model/kernel_trial.h).
+# the run (src/model/kernel_trial.h). CHECK_EVERY=K: exact_rollout_check_every (0: no check step, so
+# step 1 already reuses the engine's values).
+# PROFILE=N: step N runs under the profiler (profile_steps); its tables of where the rollout's and the
+# update's time went are printed after the step table, and its Chrome traces stay in the run's
+# profile/ directory. A profiled last step's times include the profiler's overhead (the table says so).
 # The run's directory is bench-out/grpo-step-<model>[-exact]-<N>rank (GRPO_STEP_DIR overrides).
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" "${1:-gpu}"
 cmake --build "$build" --target grpo >/dev/null
@@ -69,6 +73,8 @@ eval_every: 0
 save_every: 0
 sft_steps: 0
 exact_rollout: $([ -n "${EXACT:-}" ] && echo true || echo false)
+exact_rollout_check_every: ${CHECK_EVERY:-10}
+profile_steps: [${PROFILE:-}]
 YAML
 # Stopped (SIGKILL; the ranks follow their launcher) once the last step's metrics are written: the
 # final checkpoint of a random 16B base would write 64 GB of fp32 weights, which is not measured here.
@@ -78,7 +84,9 @@ cmd=("$build/bin/grpo" train "$work/recipe.yaml" --output "$work/run")
 pid=$!
 while kill -0 "$pid" 2>/dev/null; do
   done_steps=$(grep -c '"time_train"' "$work/run/metrics.jsonl" 2>/dev/null || true)
-  if [ "${done_steps:-0}" -ge "${STEPS:-2}" ]; then
+  # A profiled step's tables are written just after its metrics.
+  profiled=$([ -z "${PROFILE:-}" ] || ls "$work"/run/profile/step-"$PROFILE"{,-rank-0}.md 2>/dev/null || true)
+  if [ "${done_steps:-0}" -ge "${STEPS:-2}" ] && { [ -z "${PROFILE:-}" ] || [ -n "$profiled" ]; }; then
     kill -9 "$pid"; break
   fi
   sleep 1
@@ -86,10 +94,10 @@ done
 wait "$pid" 2>/dev/null || true
 tr '\r' '\n' <"$work/log" | grep -v "^\s*$" | tail -4
 "$py" - "$work/run/metrics.jsonl" "$model" "$lora" "${EXACT:-}" "${GRPO_KERNEL_TRIAL:-}" "$device" "$nproc" \
-  "${ZERO:-0}" "${LAYERS:-}" <<'PY'
+  "${ZERO:-0}" "${LAYERS:-}" "${PROFILE:-}" <<'PY'
 import json, sys, time
 import torch
-model, lora, exact, trial, device, nproc, zero, layers = sys.argv[2:10]
+model, lora, exact, trial, device, nproc, zero, layers, profiled = sys.argv[2:11]
 # The machine's bf16 matrix-product rate, measured now (8192^3 products on a GPU, 2048^3 on CPU).
 n = 8192 if device == "cuda" else 2048
 a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
@@ -116,6 +124,8 @@ if int(zero) > 0:
     name += f", zero_stage {zero}"
 if exact:
     name += ", exact_rollout" + (f" (kernels on trial: {trial})" if trial else "")
+if profiled and int(profiled) == m["step"]:
+    name += " (this step ran under the profiler)"
 tf = m["perf/train_tflops"]
 print(f"\nbf16 matrix-product rate measured in this run: {peak:.0f} TFLOP/s per {'GPU' if device == 'cuda' else 'CPU'}")
 print("| model | ranks | step | mean completion | rollout s | reward s | train s | total s | tokens/s | train TFLOP/s | train MFU per rank | peak allocated GB | peak reserved GB | rollout_logprob_diff |")
@@ -124,3 +134,8 @@ print(f"| {name} | {nproc} | {m['step']} | {m['completions/mean_length']:.0f} | 
       f"{m['time_train']:.1f} | {total:.1f} | {m['tokens_per_second']:.0f} | {tf:.1f} | {100 * tf / peak / int(nproc):.1f}% | "
       f"{m.get('memory/peak_allocated_gb', 0):.1f} | {m.get('memory/peak_reserved_gb', 0):.1f} | {diff:.2e} |")
 PY
+if [ -n "${PROFILE:-}" ]; then
+  for f in "$work"/run/profile/step-"$PROFILE"{,-rank-0}.md; do
+    if [ -f "$f" ]; then echo; cat "$f"; fi
+  done
+fi

@@ -140,6 +140,8 @@ GrpoTrainer::GrpoTrainer(const StageSettings& s, const std::string& recipe_path,
     comm_->broadcast(ts, 0);
   }
   sync_policy();
+  profiler_ = StepProfiler(out_ + "/profile", s_.checkpoint.profile_steps, device_.is_cuda(), comm_ ? comm_->rank() : 0,
+                           comm_ ? comm_->world_size() : 1);
   const bool resumed = !resumed_from_.empty();
   log_ = std::make_unique<RunLog>(main_rank() ? out_ : "", resumed ? st_.step : -1, s_.checkpoint.logging_steps);
   if (resumed)
@@ -460,10 +462,12 @@ void GrpoTrainer::run() {
 
     if (device_.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device_.index() < 0 ? 0 : device_.index());
     const auto t_step = Clock::now();
-    RolloutBatch batch = next_batch(step);  // rollout, rewards, advantages
+    RolloutBatch batch;
+    profiler_.phase(step, "rollout", [&] { batch = next_batch(step); });  // rollout, rewards, advantages
     st_.position = batch.position_end;
     auto t0 = Clock::now();
-    UpdateStats u = update(batch);
+    UpdateStats u;
+    profiler_.phase(step, "update", [&] { u = update(batch); });
     const double t_train = comm_ ? comm_->max(seconds_since(t0)) : seconds_since(t0);
     if (comm_) {  // the step's figures over all ranks (update() used this rank's own batch)
       reduce_batch(*comm_, batch);
@@ -508,6 +512,8 @@ void GrpoTrainer::run() {
     const double per_step = seconds_since(t_start) / (step - start_step);
     log_->progress(progress_line(m, step, max_steps, per_step, per_step * (max_steps - step)), step);
     if (eval_now) log_->line("step " + std::to_string(step) + " " + e.describe());
+    if (const std::string md = profiler_.finish(step); !md.empty() && main_rank())
+      log_->line("step " + std::to_string(step) + " ran under the profiler: " + md);
     stop_everywhere();
     if (!checkpoint_or_stop(step, max_steps, s_.checkpoint.save_every, "step ", *log_,
                             [&] { save("checkpoint-" + std::to_string(step)); }))

@@ -27,6 +27,7 @@
 #include "trainer/run_state.h"
 #include "trainer/overlapped_reduce.h"
 #include "trainer/step_metrics.h"
+#include "trainer/step_profile.h"
 
 namespace grpo::trainer {
 
@@ -105,6 +106,7 @@ class GrpoTrainer {
   dist::Communicator* comm_;  // null in a single-process run
   std::vector<int> owner_;                     // zero_stage > 0: the owner rank of each trainable parameter
   std::unique_ptr<OverlappedReduce> overlap_;  // several ranks: the gradient exchange during backward
+  StepProfiler profiler_;                      // profile_steps
   // async_rollout: the policy's copy that samples in a second thread, its engine, and the batch it
   // is drawing (declared last: destroyed, so waited for, before anything it uses).
   std::shared_ptr<model::CausalLM> rollout_model_;

@@ -31,6 +31,16 @@ void convert(const YAML::Node& n, std::vector<std::string>& out) {
   if (n.IsSequence()) out = n.as<std::vector<std::string>>();
   else out = split_list(n.as<std::string>());  // "a,b" as well as [a, b]
 }
+void convert(const YAML::Node& n, std::vector<int64_t>& out) {  // [2, 5], "2,5" or 2
+  out.clear();
+  try {
+    if (n.IsSequence()) out = n.as<std::vector<int64_t>>();
+    else
+      for (const auto& x : split_list(n.as<std::string>())) out.push_back(YAML::Load(x).as<int64_t>());
+  } catch (const YAML::Exception&) {
+    throw Error("expected whole numbers, such as [2, 5] or 2,5");
+  }
+}
 void convert(const YAML::Node& n, std::map<std::string, double>& out) {
   if (!n.IsMap()) throw Error("expected a mapping of reward names to minimum values, such as {format: 1}");
   out.clear();
@@ -124,6 +134,7 @@ std::string show(const std::vector<std::string>& v) {
   for (const auto& x : v) out += (out.empty() ? "" : ",") + x;
   return out.empty() ? "[]" : out;
 }
+std::string show(const std::vector<int64_t>& v) { return nlohmann::json(v).dump(); }
 std::string show(const nlohmann::json& j) { return j.dump(); }
 std::string show(const std::map<std::string, double>& m) { return nlohmann::json(m).dump(); }
 std::string show(const std::map<std::string, std::string>& m) { return nlohmann::json(m).dump(); }
@@ -282,6 +293,8 @@ const std::vector<Key>& keys() {
       key("save_total_limit", "checkpoint", &S::checkpoint, &CheckpointSettings::save_total_limit, "keep the newest N checkpoint-N, N > 0 (0: all)"),
       key("save_bf16", "checkpoint", &S::checkpoint, &CheckpointSettings::save_bf16, "also write bf16 weights in each checkpoint's bf16/"),
       key("logging_steps", "checkpoint", &S::checkpoint, &CheckpointSettings::logging_steps, "console line every N steps off a terminal"),
+      key("profile_steps", "checkpoint", &S::checkpoint, &CheckpointSettings::profile_steps,
+          "grpo: steps to run under the PyTorch profiler, e.g. [2]: profile/step-N-<phase>.json (Chrome traces) and step-N.md (where the time went)"),
   };
   return table;
 }
@@ -418,6 +431,7 @@ void check(StageSettings& s, const std::set<std::string>& given, const std::stri
   need(s.moe.aux_loss_alpha >= 0, "aux_loss_alpha", "must not be negative");
   need(s.eval.eval_num_generations >= 0, "eval_num_generations", "must not be negative");
   need(s.checkpoint.save_total_limit >= 0, "save_total_limit", "must not be negative");
+  for (int64_t step : s.checkpoint.profile_steps) need(step >= 1, "profile_steps", "steps count from 1");
   need(s.warm_start.sft_steps >= 0 && s.warm_start.sft_batch_size >= 1, "sft_batch_size", "must be at least 1");
   auto is_device = [](const std::string& d) {
     const bool cuda_n = d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.find_first_not_of("0123456789", 5) == std::string::npos;

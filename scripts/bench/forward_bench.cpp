@@ -19,6 +19,7 @@
 #include "model/causal_lm.h"
 #include "model/deepseek.h"
 #include "model/flops.h"
+#include "profile/profiler.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -109,12 +110,14 @@ int main(int argc, char** argv) {
     if (peak_tflops <= 0) peak_tflops = matmul_tflops(device);
     if (profile_top > 0 && device.is_cuda()) {
       // One profiled step: device time per kernel, largest first, with its share of the step.
-      auto times = bench::kernel_time_difference(bench::cuda_kernel_times([&] {
-                                                   step();
-                                                   sync();
-                                                 }),
-                                                 {});
-      const double total = bench::total_ms(times);
+      auto times = profile::difference(profile::record(
+                                           [&] {
+                                             step();
+                                             sync();
+                                           },
+                                           true)
+                                           .device);
+      const double total = profile::total_ms(times);
       for (size_t i = 0; i < times.size() && (int64_t)i < profile_top; ++i) {
         const std::string name = bench::json_label(times[i].first);
         printf("{\"kind\": \"train_profile\", \"batch\": %lld, \"seq\": %lld, \"kernel\": \"%s\", \"calls\": %lld, "

@@ -20,6 +20,7 @@
 #include "model/checkpoint.h"
 #include "model/deepseek.h"
 #include "model/moe.h"
+#include "profile/profiler.h"
 #include "rollout/engine.h"
 
 using namespace grpo;
@@ -224,11 +225,11 @@ int main(int argc, char** argv) {
       auto prompts = make(B, 1);
       auto longer = prompts;
       for (auto& r : longer) r.params.max_new_tokens = 1 + profile_steps;
-      auto one = bench::cuda_kernel_times([&] { engine.generate(prompts); sync(dev); });
-      auto more = bench::cuda_kernel_times([&] { engine.generate(longer); sync(dev); });
+      auto one = profile::record([&] { engine.generate(prompts); sync(dev); }, true).device;
+      auto more = profile::record([&] { engine.generate(longer); sync(dev); }, true).device;
       // The one-token run is the prefill (and one sampling step): where the prefill's time goes.
-      const auto prefill = bench::kernel_time_difference(one, {});
-      const double prefill_ms = bench::total_ms(prefill);
+      const auto prefill = profile::difference(one);
+      const double prefill_ms = profile::total_ms(prefill);
       for (size_t i = 0; i < prefill.size() && (int64_t)i < profile_top; ++i)
         printf("{\"kind\": \"prefill_profile\", \"engine\": \"%s\", \"batch\": %lld, \"kernel\": \"%s\", "
                "\"calls\": %lld, \"ms\": %.3f, \"share\": %.3f}\n",
@@ -236,8 +237,8 @@ int main(int argc, char** argv) {
                prefill[i].second.ms, prefill[i].second.ms / prefill_ms);
       printf("{\"kind\": \"prefill_profile\", \"engine\": \"%s\", \"batch\": %lld, \"kernel\": \"(all)\", \"ms\": %.3f}\n",
              label.c_str(), (long long)B, prefill_ms);
-      auto diff = bench::kernel_time_difference(more, one);
-      const double total = bench::total_ms(diff);
+      auto diff = profile::difference(more, one);
+      const double total = profile::total_ms(diff);
       for (size_t i = 0; i < diff.size() && (int64_t)i < profile_top; ++i) {
         const std::string name = bench::json_label(diff[i].first);
         printf("{\"kind\": \"profile\", \"engine\": \"%s\", \"batch\": %lld, \"kernel\": \"%s\", \"calls_per_step\": %.1f, "

@@ -2,6 +2,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <cmath>
@@ -42,6 +43,9 @@ bool on_cuda(const Tensor& t) {
   if (on_cuda(t)) throw Error("unreachable")
 #endif
 
+// Each kernel is named in the profiler's records (profile/profiler.h), as ATen's operators are.
+#define GRPO_RECORD(name) RECORD_FUNCTION("grpo::invariant::" name, c10::ArrayRef<const c10::IValue>{})
+
 Tensor f32(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
 // The least rows of width D worth a thread of the row-wise loops: about 16K values, so that a
@@ -51,6 +55,7 @@ int64_t rows_per_thread(int64_t D) { return std::max<int64_t>(1, (16 << 10) / st
 }  // namespace
 
 Tensor matmul_nt(const Tensor& x, const Tensor& w, std::optional<at::ScalarType> round_to) {
+  GRPO_RECORD("matmul_nt");
   if (x.dim() != 2 || w.dim() != 2 || x.size(1) != w.size(1))
     throw Error("invariant matmul_nt: expected x (M, K) and w (N, K), got " + std::to_string(x.dim()) + "-d and " +
                 std::to_string(w.dim()) + "-d of mismatched K");
@@ -101,6 +106,7 @@ RowGroups contiguous_groups(int64_t groups, int64_t rows_per_group, at::Device d
 }
 
 Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const RowGroups& groups, std::optional<at::ScalarType> round_to) {
+  GRPO_RECORD("grouped_matmul_nt");
   if (x.dim() != 2 || w.dim() != 3 || x.size(1) != w.size(2) || groups.group.numel() != x.size(0))
     throw Error("invariant grouped_matmul_nt: expected x (M, K), w (G, N, K), a group for each of the M rows");
   GRPO_ON_CUDA(x, grouped_matmul_nt(x, w, groups.tiles, groups.num_tiles, groups.tile_rows, groups.wide_tiles,
@@ -117,6 +123,7 @@ Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const RowGroups& grou
 }
 
 Tensor rms_normalize(const Tensor& x, double eps) {
+  GRPO_RECORD("rms_normalize");
   GRPO_ON_CUDA(x, rms_normalize(x, eps));
   Tensor xf = f32(x).view({-1, x.size(-1)});
   const int64_t M = xf.size(0), D = xf.size(1);
@@ -160,6 +167,7 @@ float row_max(const float* r, int64_t D) {
 }  // namespace
 
 Tensor softmax(const Tensor& x) {
+  GRPO_RECORD("softmax");
   GRPO_ON_CUDA(x, softmax(x));
   return per_row(x, -1, [](const float* r, float* o, int64_t D) {
     const float m = row_max(r, D);
@@ -170,6 +178,7 @@ Tensor softmax(const Tensor& x) {
 }
 
 Tensor log_softmax(const Tensor& x) {
+  GRPO_RECORD("log_softmax");
   GRPO_ON_CUDA(x, log_softmax(x));
   return per_row(x, -1, [](const float* r, float* o, int64_t D) {
     const float m = row_max(r, D);
@@ -181,6 +190,7 @@ Tensor log_softmax(const Tensor& x) {
 }
 
 Tensor row_sum(const Tensor& x) {
+  GRPO_RECORD("row_sum");
   GRPO_ON_CUDA(x, row_sum(x));
   return per_row(x, 1, [](const float* r, float* o, int64_t D) {
     float s = 0;
@@ -190,6 +200,7 @@ Tensor row_sum(const Tensor& x) {
 }
 
 Tensor silu(const Tensor& x) {
+  GRPO_RECORD("silu");
   GRPO_ON_CUDA(x, silu(x));
   return per_row(x.reshape({-1, 1}), -1, [](const float* r, float* o, int64_t) {
     o[0] = r[0] / (1.0f + std::exp(-r[0]));
@@ -197,6 +208,7 @@ Tensor silu(const Tensor& x) {
 }
 
 Tensor sigmoid(const Tensor& x) {
+  GRPO_RECORD("sigmoid");
   GRPO_ON_CUDA(x, sigmoid(x));
   return per_row(x.reshape({-1, 1}), -1, [](const float* r, float* o, int64_t) {
     o[0] = 1.0f / (1.0f + std::exp(-r[0]));
@@ -309,6 +321,7 @@ void attend(const Attend& a, const T* cache, int R, int64_t begin, int64_t end) 
 }  // namespace
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  GRPO_RECORD("rms_norm");
 #ifdef GRPO_INVARIANT_CUDA
   if (on_cuda(x) && weight.scalar_type() == x.scalar_type()) return cuda::rms_norm(x, weight, eps);
 #endif
@@ -316,6 +329,7 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
 }
 
 Tensor swiglu(const Tensor& gate, const Tensor& up) {
+  GRPO_RECORD("swiglu");
 #ifdef GRPO_INVARIANT_CUDA
   if (on_cuda(gate) && gate.scalar_type() == up.scalar_type()) return cuda::swiglu(gate, up);
 #endif
@@ -323,6 +337,7 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
 }
 
 Tensor combine_experts(const Tensor& y, const Tensor& order, const Tensor& weights, int64_t k) {
+  GRPO_RECORD("combine_experts");
   if (y.dim() != 2 || order.numel() != y.size(0) || weights.numel() != y.size(0) || k < 1 || y.size(0) % k != 0)
     throw Error("invariant combine_experts: expected y (N * k, H) with an order and a weight per row");
   GRPO_ON_CUDA(y, combine_experts(y, order, weights, k));
@@ -359,6 +374,7 @@ KeyLayout checked_keys(const KeyLayout& keys, int64_t S, at::Device device) {
 }
 
 Tensor attention(const Tensor& q, const Tensor& cache, const KeyLayout& unchecked, const HeadLayout& hl, double scale) {
+  GRPO_RECORD("attention");
   if (q.dim() != 3 || q.size(2) != hl.key_width || cache.dim() != 2)
     throw Error("invariant attention: expected queries (N, heads, key_width) and a cache (S, width)");
   const KeyLayout keys = unchecked.max_keys < 0 ? checked_keys(unchecked, cache.size(0), q.device()) : unchecked;

@@ -62,6 +62,13 @@ TEST(Recipe, KeysBecomeTypedSettingsWithDefaults) {
   EXPECT_EQ(s.rollout.kv_cache_mb, 64);  // written inside its section's mapping
   EXPECT_EQ(s.rollout.num_generations, 8);  // default
   EXPECT_EQ(s.loss.max_completion_length, s.rollout.max_completion_length);
+  EXPECT_TRUE(s.checkpoint.profile_steps.empty());
+  EXPECT_EQ(load_recipe(write_recipe("steps.yaml", std::string(kMinimal) + "profile_steps: [2, 5]\n"))
+                .stages[0].checkpoint.profile_steps,
+            (std::vector<int64_t>{2, 5}));
+  EXPECT_EQ(load_recipe(write_recipe("steps_text.yaml", std::string(kMinimal) + "profile_steps: 3,4\n"))
+                .stages[0].checkpoint.profile_steps,
+            (std::vector<int64_t>{3, 4}));
 }
 
 TEST(Recipe, ErrorsNameTheFileAndTheKey) {
@@ -77,6 +84,10 @@ TEST(Recipe, ErrorsNameTheFileAndTheKey) {
   EXPECT_NE(error_of([&] { load_recipe(path); }).find("belongs to section 'loss'"), std::string::npos);
   path = write_recipe("range.yaml", std::string(kMinimal) + "num_generations: 1\n");
   EXPECT_NE(error_of([&] { load_recipe(path); }).find("key 'num_generations': must be at least 2"), std::string::npos);
+  path = write_recipe("profile.yaml", std::string(kMinimal) + "profile_steps: [0]\n");
+  EXPECT_NE(error_of([&] { load_recipe(path); }).find("key 'profile_steps': steps count from 1"), std::string::npos);
+  path = write_recipe("profile_text.yaml", std::string(kMinimal) + "profile_steps: two\n");
+  EXPECT_NE(error_of([&] { load_recipe(path); }).find("key 'profile_steps': expected whole numbers"), std::string::npos);
   path = write_recipe("device.yaml", std::string(kMinimal) + "device: tpu\n");
   EXPECT_NE(error_of([&] { load_recipe(path); }).find("key 'device'"), std::string::npos);
   // A key that is not plain text (YAML's "? " complex key), and a stage name that is a list: clear

@@ -9,6 +9,8 @@
   frac_reward_zero_std, completions/*, clip_ratio/*, num_tokens) and train.log has the console lines
   with timestamps;
 - key=value overrides on the command line reach the run;
+- profile_steps: the step named runs under the profiler and writes Chrome traces of its rollout and
+  update and a table of where their time went; the other steps write nothing;
 - dataset columns other than prompt/answer reach the rewards as metadata (the example plugin's
   `keywords` reward reads them, loaded through reward_plugins);
 - a reward spec that no worker can serve stops the run before any training, naming the keys."""
@@ -56,8 +58,8 @@ def grpo_train(path, out, *extra):
 
 # --- a run with checkpoints every step, two kept, a bf16 export, and an override
 out = os.path.join(a.workdir, "run")
-r = grpo_train(recipe("run", "max_steps: 9\nsave_every: 1\nsave_total_limit: 2\nsave_bf16: true\n"), out, "max_steps=4",
-               "eval_every=2")
+r = grpo_train(recipe("run", "max_steps: 9\nsave_every: 1\nsave_total_limit: 2\nsave_bf16: true\nprofile_steps: [3]\n"),
+               out, "max_steps=4", "eval_every=2")
 if r.returncode != 0:
     sys.exit(f"grpo train failed:\n{r.stderr}")
 ckpts = sorted(d for d in os.listdir(out) if d.startswith("checkpoint-"))
@@ -91,6 +93,29 @@ check(len(acc.Scalars("reward")) == 4 and len(hist) == 4 and hist[0].histogram_v
       and len(texts) == 2 and "**completion**" in texts[0],
       f"TensorBoard: {len(acc.Scalars('reward'))} reward points, {len(hist)} reward histograms of "
       f"{hist[0].histogram_value.num if hist else 0:.0f} samples, {len(texts)} completions texts")
+
+# profile_steps: [3]: step 3's rollout and update traced, and tabled; no other step.
+prof = os.path.join(out, "profile")
+files = sorted(os.listdir(prof)) if os.path.isdir(prof) else []
+check(files == ["step-3-rollout.json", "step-3-update.json", "step-3.md"], f"profile/ holds step 3's files only: {files}")
+if files:
+    def ops(name):
+        events = json.load(open(os.path.join(prof, name)))["traceEvents"]
+        return {e.get("name", "") for e in events}
+    rollout_ops, update_ops = ops("step-3-rollout.json"), ops("step-3-update.json")
+    backward = [n for n in update_ops if "Backward" in n]
+    check(any(n in rollout_ops for n in ("aten::mm", "aten::addmm", "aten::bmm")) and backward
+          and not any("Backward" in n for n in rollout_ops),
+          f"the traces: {len(rollout_ops)} operators in the rollout's (no backward), {len(update_ops)} in the "
+          f"update's, {len(backward)} of them backward ({sorted(backward)[:2]})")
+    md = open(os.path.join(prof, "step-3.md")).read()
+    sections = re.findall(r"^## (\w+): ([0-9.]+) s wall", md, re.M)
+    rows = [l for l in md.splitlines() if re.match(r"\| aten::\w+ \| \d+ \| [0-9.]+ \| [0-9.]+% \|$", l)]
+    shares = [float(l.split("|")[4].strip().rstrip("%")) for l in rows]
+    check([name for name, _ in sections] == ["rollout", "update"] and all(float(t) > 0 for _, t in sections)
+          and len(rows) >= 10 and sum(shares) <= 200.5,
+          f"step-3.md: sections {sections}, {len(rows)} operator rows, their shares within each phase's 100%")
+    check(any("step 3 ran under the profiler" in l for l in log), "train.log names the profiled step")
 
 r = grpo_train(recipe("run"), out)
 check(r.returncode != 0 and "--resume" in r.stderr and out in r.stderr,
