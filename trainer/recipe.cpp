@@ -294,7 +294,7 @@ const std::vector<Key>& keys() {
       key("save_bf16", "checkpoint", &S::checkpoint, &CheckpointSettings::save_bf16, "also write bf16 weights in each checkpoint's bf16/"),
       key("logging_steps", "checkpoint", &S::checkpoint, &CheckpointSettings::logging_steps, "console line every N steps off a terminal"),
       key("profile_steps", "checkpoint", &S::checkpoint, &CheckpointSettings::profile_steps,
-          "grpo: steps to run under the PyTorch profiler, e.g. [2]: profile/step-N-<phase>.json (Chrome traces) and step-N.md (where the time went)"),
+          "grpo, sft: steps to run under the PyTorch profiler, e.g. [2]: profile/step-N-<phase>.json (Chrome traces) and step-N.md (where the time went)"),
   };
   return table;
 }

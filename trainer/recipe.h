@@ -178,8 +178,8 @@ struct CheckpointSettings {
   int64_t save_every = 50, save_total_limit = 0;  // keep the newest N checkpoint-* (0 = all)
   bool save_bf16 = false;                         // also write model weights in bf16 under bf16/
   int64_t logging_steps = 1;                      // console lines when not on a terminal
-  // grpo: steps run under the PyTorch profiler (trainer/step_profile.h): Chrome traces and a table
-  // of where each phase's time went, under <output>/profile/.
+  // grpo, sft: steps run under the PyTorch profiler (trainer/step_profile.h): Chrome traces and a
+  // table of where each phase's time went, under <output>/profile/.
   std::vector<int64_t> profile_steps;
 };
 

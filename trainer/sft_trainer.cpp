@@ -19,6 +19,7 @@
 #include "trainer/run_log.h"
 #include "trainer/train.h"
 #include "trainer/run_state.h"
+#include "trainer/step_profile.h"
 #include "util/error.h"
 #include "util/files.h"
 
@@ -79,6 +80,11 @@ class SftStage {
 
   std::vector<SftSequence> tokenise(const std::vector<Example>& examples) const;
   double eval_loss();
+  struct StepResult {
+    double loss = 0, mtp_loss = 0, norm = 0;
+  };
+  StepResult train_on(const std::vector<Batch>& batches, double targets, const std::vector<double>& mtp_targets,
+                      int64_t step);
   void save();
   void resume();
 
@@ -98,6 +104,7 @@ class SftStage {
   // rank 0 logs and writes checkpoints.
   StageRanks ranks_;
   int64_t mtp_depths_ = 0;  // MTP modules trained (mtp_loss_weight > 0)
+  StepProfiler profiler_;   // profile_steps
 };
 
 SftStage::SftStage(const StageSettings& s, const std::string& recipe_path, const std::string& out, bool resume_run,
@@ -109,6 +116,8 @@ SftStage::SftStage(const StageSettings& s, const std::string& recipe_path, const
   torch::manual_seed(s_.optim.seed);
   pol_ = load_policy(s_, recipe_path_);
   if (s_.model.mtp_loss_weight > 0) mtp_depths_ = pol_.master->config().num_nextn_predict_layers;
+  profiler_ = StepProfiler(out_ + "/profile", s_.checkpoint.profile_steps, at::Device(s_.model.device).is_cuda(),
+                           ranks_.comm() ? ranks_.comm()->rank() : 0, ranks_.world());
 
   DataSettings d = s_.data;
   if (d.task == Task::Jsonl) d.answer_field = d.completion_field;  // the completion is what is learnt
@@ -201,6 +210,47 @@ void SftStage::resume() {
   torch::load(*optimizer_, dir + "/optimizer.pt");
 }
 
+// One optimizer step over the step's micro-batches: the loss (the mean over every trained token of
+// the step, over all ranks), the MTP loss, and the gradient norm before clipping.
+SftStage::StepResult SftStage::train_on(const std::vector<Batch>& batches, double targets,
+                                        const std::vector<double>& mtp_targets, int64_t step) {
+  double loss = 0, mtp_loss = 0;
+  optimizer_->zero_grad();
+  // Each micro-batch's loss terms stay on the device until all have run: one host sync a step.
+  DeviceScalars terms;  // per micro-batch: the loss, then one term per MTP depth
+  for (const Batch& b : batches) {
+    auto out = pol_.compute->packed_logprobs(b.ids, b.segments, b.positions, b.targets, mtp_depths_);
+    Tensor part = -out.logprobs.sum() / std::max(1.0, targets);
+    terms.add(part);
+    // DeepSeek-V3's L_MTP = lambda / D * sum_k (mean cross-entropy of depth k), through the whole model.
+    for (int64_t k = 0; k < mtp_depths_; ++k) {
+      Tensor nll = -out.mtp[k].sum() / (std::max(1.0, mtp_targets[k]) * mtp_depths_);
+      terms.add(nll);
+      part = part + nll * s_.model.mtp_loss_weight;
+    }
+    part.backward();
+    pol_.accumulate_gradients();
+  }
+  const std::vector<double> term = terms.read();
+  for (size_t i = 0; i < term.size(); i += 1 + mtp_depths_) {
+    loss += term[i];
+    for (int64_t k = 0; k < mtp_depths_; ++k) mtp_loss += term[i + 1 + k];
+  }
+  ranks_.all_reduce_gradients(pol_.trainable_parameters());
+  {
+    const auto l = ranks_.sum({loss, mtp_loss});
+    loss = l[0];
+    mtp_loss = l[1];
+  }
+  const double norm = torch::nn::utils::clip_grad_norm_(pol_.trainable_parameters(), s_.optim.max_grad_norm);
+  if (!std::isfinite(norm) || !std::isfinite(loss))
+    throw Error(s_.name + " step " + std::to_string(step) + ": the loss (" + std::to_string(loss) +
+                ") or gradient norm (" + std::to_string(norm) + ") is not finite; stopped before the update");
+  optimizer_->step();
+  pol_.sync();
+  return {loss, mtp_loss, norm};
+}
+
 bool SftStage::run() {
   const int64_t B = s_.sft.per_device_train_batch_size * ranks_.world(), total_positions = (int64_t)rows_.size() * s_.sft.num_train_epochs;
   if (st_.step == 0 && resumed_from_.empty()) {
@@ -239,40 +289,9 @@ bool SftStage::run() {
     tokens = v[1];
     for (int64_t k = 0; k < mtp_depths_; ++k) mtp_targets[k] = v[2 + k];
     const auto t0 = Clock::now();
-    optimizer_->zero_grad();
-    // Each micro-batch's loss terms stay on the device until all have run: one host sync a step.
-    DeviceScalars terms;  // per micro-batch: the loss, then one term per MTP depth
-    for (const Batch& b : batches) {
-      auto out = pol_.compute->packed_logprobs(b.ids, b.segments, b.positions, b.targets, mtp_depths_);
-      Tensor part = -out.logprobs.sum() / std::max(1.0, targets);
-      terms.add(part);
-      // DeepSeek-V3's L_MTP = lambda / D * sum_k (mean cross-entropy of depth k), through the whole model.
-      for (int64_t k = 0; k < mtp_depths_; ++k) {
-        Tensor nll = -out.mtp[k].sum() / (std::max(1.0, mtp_targets[k]) * mtp_depths_);
-        terms.add(nll);
-        part = part + nll * s_.model.mtp_loss_weight;
-      }
-      part.backward();
-      pol_.accumulate_gradients();
-    }
-    double loss = 0, mtp_loss = 0;
-    const std::vector<double> term = terms.read();
-    for (size_t i = 0; i < term.size(); i += 1 + mtp_depths_) {
-      loss += term[i];
-      for (int64_t k = 0; k < mtp_depths_; ++k) mtp_loss += term[i + 1 + k];
-    }
-    ranks_.all_reduce_gradients(pol_.trainable_parameters());
-    {
-      const auto l = ranks_.sum({loss, mtp_loss});
-      loss = l[0];
-      mtp_loss = l[1];
-    }
-    const double norm = torch::nn::utils::clip_grad_norm_(pol_.trainable_parameters(), s_.optim.max_grad_norm);
-    if (!std::isfinite(norm) || !std::isfinite(loss))
-      throw Error(s_.name + " step " + std::to_string(step) + ": the loss (" + std::to_string(loss) +
-                  ") or gradient norm (" + std::to_string(norm) + ") is not finite; stopped before the update");
-    optimizer_->step();
-    pol_.sync();
+    StepResult r;
+    profiler_.phase(step, "train", [&] { r = train_on(batches, targets, mtp_targets, step); });
+    const auto [loss, mtp_loss, norm] = r;
     const double t_step = seconds_since(t0);
     st_.step = step;
     st_.position = std::min(total_positions, step * B);
@@ -296,6 +315,8 @@ bool SftStage::run() {
              format_duration(seconds_since(t_start)).c_str(), format_duration(per_step * (total_steps_ - step)).c_str());
     log_->progress(buf, step);
     if (m.contains("eval_loss")) log_->line(s_.name + " step " + std::to_string(step) + ": eval_loss " + std::to_string(m["eval_loss"].get<double>()));
+    if (const std::string md = profiler_.finish(step); !md.empty() && ranks_.main())
+      log_->line(s_.name + " step " + std::to_string(step) + " ran under the profiler: " + md);
     ranks_.agree_on_stop();
     if (!checkpoint_or_stop(step, total_steps_, s_.checkpoint.save_every, s_.name + " step ", *log_, [&] { save(); }))
       return false;

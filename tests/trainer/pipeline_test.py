@@ -8,7 +8,7 @@ and losses as an uninterrupted run, and that packing changes nothing but the spe
 step's loss with and without packing is the same to 1e-6 when one row holds the whole batch).
 Then a rejection-sampling stage from the sft result feeding an sft stage of the base (distillation):
 its statistics add up, it keeps only right answers, and killed mid-way it resumes to the same data
-and the same distilled weights."""
+and the same distilled weights. An sft step under profile_steps writes its trace and table."""
 import argparse
 import json
 import os
@@ -249,6 +249,7 @@ per_device_train_batch_size: 4
 max_steps: 1
 eval_every: 0
 shuffle: false
+profile_steps: [1]
 """)
     out = os.path.join(a.workdir, f"one_{packing}")
     subprocess.run([a.grpo, "train", one, "--output", out], check=True, capture_output=True)
@@ -256,4 +257,14 @@ shuffle: false
 print(f"first step loss: packed {loss_true:.9f}, unpacked {loss_false:.9f}")
 if abs(loss_true - loss_false) > 1e-6:
     sys.exit("packing changes the loss")
+# profile_steps in an sft stage: the step's training (forward, backward, AdamW) traced and tabled.
+prof = os.path.join(a.workdir, "one_true", "profile")
+files = sorted(os.listdir(prof)) if os.path.isdir(prof) else []
+md = open(os.path.join(prof, "step-1.md")).read() if "step-1.md" in files else ""
+names = {e.get("name", "") for e in json.load(open(os.path.join(prof, "step-1-train.json")))["traceEvents"]} \
+    if "step-1-train.json" in files else set()
+print(f"sft profile_steps [1]: {files}; {sum('Backward' in n for n in names)} backward operators in the trace")
+if files != ["step-1-train.json", "step-1.md"] or "## train:" not in md or "aten::mm" not in md \
+        or not any("Backward" in n for n in names) or not any("adamw" in n.lower() or "Optimizer" in n or "aten::addcdiv" in n for n in names):
+    sys.exit("the sft stage's profiled step did not write its trace and table")
 print("ok")
