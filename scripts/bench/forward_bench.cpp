@@ -6,6 +6,8 @@
 // head) + attention scores and values (2 * heads * (qk_dim + v_dim) * keys attended, keys = T/2 on
 // average under the causal mask).
 #include <ATen/ATen.h>
+#include <ATen/SDPBackend.h>
+#include <ATen/ops/_fused_sdp_choice.h>
 #include <torch/cuda.h>
 
 #include <CLI/CLI.hpp>
@@ -44,6 +46,22 @@ double matmul_tflops(const at::Device& device) {
     best = std::max(best, 10 * 2.0 * n * n * n / sec / 1e12);
   }
   return best;
+}
+
+// The kernel PyTorch's scaled_dot_product_attention picks for this model's causal attention of
+// T tokens (as the timed steps called it, with the kernels on trial as they were).
+std::string attention_backend(const ModelConfig& c, int64_t B, int64_t T, at::Device device, at::ScalarType dtype) {
+  const int64_t nh = c.num_attention_heads;
+  const int64_t dk = c.mla() ? c.qk_head_dim() : c.head_dim, dv = c.mla() ? c.v_head_dim : dk;
+  const auto o = at::TensorOptions().dtype(dtype).device(device);
+  const Tensor q = at::empty({B, nh, T, dk}, o), v = at::empty({B, nh, T, dv}, o);
+  switch (static_cast<at::SDPBackend>(at::_fused_sdp_choice(q, q, v, {}, 0.0, true, c.softmax_scale()))) {
+    case at::SDPBackend::math: return "math";
+    case at::SDPBackend::flash_attention: return "flash";
+    case at::SDPBackend::efficient_attention: return "efficient";
+    case at::SDPBackend::cudnn_attention: return "cudnn";
+    default: return "other";
+  }
 }
 
 }  // namespace
@@ -131,8 +149,9 @@ int main(int argc, char** argv) {
     }
     if (json) {
       printf("{\"kind\": \"train\", \"engine\": \"%s\", \"layers\": %lld, \"batch\": %lld, \"seq\": %lld, "
-             "\"tokens_s\": %.1f, \"tflops\": %.2f, \"peak_tflops\": %.1f}\n",
-             label.c_str(), (long long)c.num_hidden_layers, (long long)batch, (long long)seq, tps, tflops, peak_tflops);
+             "\"tokens_s\": %.1f, \"tflops\": %.2f, \"peak_tflops\": %.1f, \"attention\": \"%s\"}\n",
+             label.c_str(), (long long)c.num_hidden_layers, (long long)batch, (long long)seq, tps, tflops, peak_tflops,
+             attention_backend(c, batch, seq - 1, device, dtype).c_str());
       return 0;
     }
     printf("| %s | %s | %s | %lld | %.1fM | %lld x %lld | %.0f | %.2f | %s |\n", label.c_str(), device_name.c_str(),

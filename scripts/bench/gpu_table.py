@@ -31,7 +31,8 @@ for r in train:
         continue
     base = hf_train.get((r["batch"], r["seq"]))
     variant = "" if r["engine"] == "grpo" else f" ({r['engine'].removeprefix('grpo, ')})"
-    print(f"| train fwd+bwd{variant} | V2-Lite shape, {r['layers']} layers, bf16 | {r['batch']} | {r['seq']} | {r['tokens_s']:.0f} | "
+    attention = f", {r['attention']} attention" if r.get("attention") else ""
+    print(f"| train fwd+bwd{variant} | V2-Lite shape, {r['layers']} layers, bf16{attention} | {r['batch']} | {r['seq']} | {r['tokens_s']:.0f} | "
           f"MFU {100 * r['tflops'] / r['peak_tflops']:.1f}% ({r['tflops']:.0f} TFLOP/s) | "
           + (f"{base:.0f} | {r['tokens_s'] / base:.2f}x |" if base else "- | - |"))
 hf_decode = {(r["batch"], r["prompt"]): r["decode_tok_s"] for r in decode if r["engine"].startswith("transformers")}

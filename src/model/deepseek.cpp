@@ -1,7 +1,5 @@
 #include "model/deepseek.h"
 
-#include <ATen/ops/constant_pad_nd.h>
-#include <ATen/ops/scaled_dot_product_attention.h>
 
 #ifdef GRPO_PAGED_MLA_CUDA
 #include "model/paged_mla_cuda.h"
@@ -51,9 +49,7 @@ Tensor MLAImpl::forward(const Tensor& x, const RopeTables& rope, const Attention
   Tensor query = at::cat({q_nope, q_pe}, -1).transpose(1, 2);  // (B, nh, T, dq)
   Tensor key = at::cat({k_nope, k_pe.expand({B, T, num_heads, qk_rope_head_dim})}, -1).transpose(1, 2);
   Tensor value = v.transpose(1, 2);  // (B, nh, T, dv)
-  Tensor out = mask.allowed
-                   ? at::scaled_dot_product_attention(query, key, value, *mask.allowed, 0.0, false, softmax_scale)
-                   : at::scaled_dot_product_attention(query, key, value, {}, 0.0, true, softmax_scale);
+  Tensor out = causal_attention(query, key, value, mask, softmax_scale);
   out = out.transpose(1, 2).reshape({B, T, num_heads * v_head_dim});
   return o_proj(out);
 }

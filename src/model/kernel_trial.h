@@ -5,6 +5,7 @@
 //                    group, where groups hold that many (invariant_kernels_cuda.h)
 //   staged_tiles     the same tiles (and 16-row ones) through the wide kernel, staged in shared
 //                    memory (invariant_gemm_cuda.h)
+//   cudnn_attention  cuDNN's fused attention first for the training forward's attention (layers.h)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 #pragma once
 

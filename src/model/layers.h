@@ -54,6 +54,14 @@ struct AttentionMask {
   std::optional<Tensor> allowed;  // bool (B, 1, T, T); nullopt = plain causal
 };
 
+// softmax(q k^T * scale, causal or as `mask` allows) v over (B, heads, T, d) tensors, through
+// PyTorch's scaled_dot_product_attention. On CUDA with `cudnn_attention` on trial
+// (model/kernel_trial.h), cuDNN's attention is tried first: PyTorch admits it for MLA's 192-wide
+// queries and keys with 128-wide values on Hopper with cuDNN 9.10 or later; its flash kernel
+// takes equal widths only. Where cuDNN declines, the usual order follows.
+Tensor causal_attention(const Tensor& query, const Tensor& key, const Tensor& value, const AttentionMask& mask,
+                        double scale);
+
 // What a decode step's attention reads of the paged KV cache. Row b's keys are the positions
 // [key_start, lens[b]) of its block table: position p lives in cache row
 // table[b][p / block_size] * block_size + p % block_size.

@@ -1,7 +1,5 @@
 #include "model/llama.h"
 
-#include <ATen/ops/scaled_dot_product_attention.h>
-
 namespace grpo::model {
 
 GroupedQueryAttentionImpl::GroupedQueryAttentionImpl(const ModelConfig& c)
@@ -49,9 +47,7 @@ Tensor GroupedQueryAttentionImpl::forward(const Tensor& x, const RopeTables& rop
   Tensor query = q.transpose(1, 2);  // (B, nh, T, hd)
   Tensor key = k.transpose(1, 2).repeat_interleave(groups, 1);
   Tensor value = v.transpose(1, 2).repeat_interleave(groups, 1);
-  Tensor out = mask.allowed
-                   ? at::scaled_dot_product_attention(query, key, value, *mask.allowed, 0.0, false, softmax_scale)
-                   : at::scaled_dot_product_attention(query, key, value, {}, 0.0, true, softmax_scale);
+  Tensor out = causal_attention(query, key, value, mask, softmax_scale);
   return o_proj(out.transpose(1, 2).reshape({B, T, num_heads * head_dim}));
 }
 
