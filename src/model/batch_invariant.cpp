@@ -6,6 +6,7 @@
 #include <string>
 
 #include "model/deepseek.h"
+#include "model/fused_kernels.h"
 #include "model/llama.h"
 #ifdef GRPO_PAGED_MLA_CUDA
 #include "model/paged_mla_cuda.h"
@@ -37,6 +38,17 @@ Tensor linear(LinearImpl& l, const Tensor& x) {
 
 Tensor norm(RMSNormImpl& n, const Tensor& x) { return invariant::rms_norm(x, n.weight, n.eps); }
 
+// RoPE of rows x (N, heads, d) by tables (N, 1, d/2). On CUDA one fused kernel, which rounds where
+// apply_rope's seven ATen kernels round and equals them to the bit (fused_kernels.h); an
+// elementwise result is batch-invariant either way.
+Tensor rope(const Tensor& x, const RopeTables& t, bool interleave) {
+  if (x.is_cuda())
+    if (Tensor y = fused::rope(x.unsqueeze(0), RopeTables{t.cos.unsqueeze(0), t.sin.unsqueeze(0)}, interleave);
+        y.defined())
+      return y.squeeze(0);
+  return apply_rope(x, t, interleave);
+}
+
 Tensor mlp(MLPImpl& m, const Tensor& x) {
   return linear(*m.down_proj, invariant::swiglu(linear(*m.gate_proj, x), linear(*m.up_proj, x)));
 }
@@ -49,10 +61,10 @@ Tensor mla(MLAImpl& a, const Tensor& x, const RopeTables& rope, Tensor& cache, c
   const auto dtype = x.scalar_type();
   Tensor q = a.q_proj ? linear(*a.q_proj, x) : linear(*a.q_b_proj, norm(*a.q_a_layernorm, linear(*a.q_a_proj, x)));
   q = q.view({N, nh, dn + dr});
-  Tensor q_pe = apply_rope(q.narrow(-1, dn, dr), rope, a.rope_interleave);
+  Tensor q_pe = invariant::rope(q.narrow(-1, dn, dr), rope, a.rope_interleave);
   Tensor comp = linear(*a.kv_a_proj_with_mqa, x);
   Tensor latent = norm(*a.kv_a_layernorm, comp.narrow(-1, 0, r));
-  Tensor k_pe = apply_rope(comp.narrow(-1, r, dr).view({N, 1, dr}), rope, a.rope_interleave).view({N, dr});
+  Tensor k_pe = invariant::rope(comp.narrow(-1, r, dr).view({N, 1, dr}), rope, a.rope_interleave).view({N, dr});
   cache.index_copy_(0, rows.write_slots, at::cat({latent, k_pe}, -1).to(cache.scalar_type()));
   // Per head: q_lat = q_nope W_uk (r), out = o_lat W_uv^T (dv); head-major rows, one grouped product each.
   Tensor w = a.kv_b_proj->effective_weight().view({nh, dn + dv, r});
@@ -86,8 +98,8 @@ Tensor gqa(GroupedQueryAttentionImpl& a, const Tensor& x, const RopeTables& rope
     q = norm(*a.q_norm, q);
     k = norm(*a.k_norm, k);
   }
-  q = apply_rope(q, rope, false);
-  k = apply_rope(k, rope, false);
+  q = invariant::rope(q, rope, false);
+  k = invariant::rope(k, rope, false);
   cache.index_copy_(0, rows.write_slots, at::cat({k.reshape({N, nkv * hd}), v.reshape({N, nkv * hd})}, -1));
   HeadLayout heads{nkv, 0, hd, hd, nkv * hd, hd, hd};
   Tensor o = invariant::attention(q, cache, rows.keys, heads, a.softmax_scale).to(x.scalar_type());
