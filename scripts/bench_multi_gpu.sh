@@ -10,8 +10,12 @@
 #   kill:     rank 1 killed (SIGKILL) mid-step under `grpo launch`: how long until every process has
 #             ended, and the error; then ranks started by hand (no launcher) with rank 1 frozen
 #             (SIGSTOP): rank 0 ends within ddp_timeout (KILL_TIMEOUT, default 60 s), and its error.
+#   single:   what one GPU allows of the above: the tiny fp32 recipe as one rank under `grpo launch`
+#             (the NCCL communicator with world size 1: bucketed gradient all-reduce, the ranks'
+#             agreement on metrics and stops, ZeRO's ownership) with zero_stage 0 and 2, against the
+#             same recipe with no launcher, 3 steps: the largest difference in the final weights.
 #   scripts/bench_multi_gpu.sh [gpu|cpu]   (cpu: the same on Gloo ranks with the tiny model, to try it)
-# PARTS (default scaling,zero,equality,kill); LENGTH, STEPS, LAYERS pass to bench_grpo_step.sh. Results
+# PARTS (default scaling,zero,equality,kill,single); LENGTH, STEPS, LAYERS pass to bench_grpo_step.sh. Results
 # are appended to bench-out/multi-gpu/results.jsonl, so that parts run in separate calls share one
 # table (FRESH=1 starts it anew); the table is printed from everything there.
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" "${1:-gpu}"
@@ -22,7 +26,7 @@ out=bench-out/multi-gpu
 mkdir -p "$out"
 log="$out/results.jsonl"
 touch "$log"
-want() { [[ ",${PARTS:-scaling,zero,equality,kill}," == *",$1,"* ]]; }
+want() { [[ ",${PARTS:-scaling,zero,equality,kill,single}," == *",$1,"* ]]; }
 if [ "$mode" = gpu ]; then
   have=$(nvidia-smi -L | grep -c '^GPU')
   device=cuda
@@ -155,6 +159,34 @@ PY
   tail -2 "$log"
 fi
 
+if want single; then
+  tiny_recipe "$out/single.yaml" 8 3
+  rm -rf "$out"/single-plain "$out"/single-z0 "$out"/single-z2
+  "$grpo" train "$out/single.yaml" --output "$out/single-plain" > "$out/single-plain.log" 2>&1
+  for z in 0 2; do
+    "$grpo" launch --nproc-per-node 1 --master-port "2974$((6 + z))" -- "$grpo" train "$out/single.yaml" \
+      "zero_stage=$z" --output "$out/single-z$z" > "$out/single-z$z.log" 2>&1 || true
+  done
+  "$py" - "$out" "$device" >> "$log" <<'PY'
+import json, os, sys
+from safetensors.torch import load_file
+out, device = sys.argv[1:3]
+plain = load_file(f"{out}/single-plain/checkpoint-3/model.safetensors")
+for z in (0, 2):
+    path = f"{out}/single-z{z}/checkpoint-3/model.safetensors"
+    if not os.path.exists(path):
+        err = open(f"{out}/single-z{z}.log").read().strip().splitlines()
+        print(json.dumps({"part": "single", "ranks": 1, "zero_stage": z, "device": device, "ok": False,
+                          "error": (err[-1] if err else "no checkpoint-3")[:300]}))
+        continue
+    one = load_file(path)
+    d = max((plain[k] - one[k]).abs().max().item() for k in plain)
+    print(json.dumps({"part": "single", "ranks": 1, "zero_stage": z, "device": device, "steps": 3,
+                      "max_abs_diff": d, "ok": d <= 1e-5}))
+PY
+  tail -2 "$log"
+fi
+
 "$py" - "$log" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -180,6 +212,11 @@ for r in rows:
     elif r["part"] == "equality":
         print(f"\n2 ranks against 1 ({r['device']}, fp32, {r['steps']} steps): max |diff| of the weights {r['max_abs_diff']:.3g} "
               f"({'within' if r['ok'] else 'OVER'} 1e-5)")
+    elif r["part"] == "single":
+        backend = "NCCL" if r["device"] == "cuda" else "Gloo"
+        print(f"\n1 rank under grpo launch ({backend}, zero_stage {r['zero_stage']}) against no launcher: "
+              + (f"max |diff| of the weights after {r['steps']} steps {r['max_abs_diff']:.3g} ({'within' if r['ok'] else 'OVER'} 1e-5)"
+                 if "max_abs_diff" in r else f"FAILED: {r['error']}"))
     elif r["part"] == "kill":
         print(f"\n{r['how']}: rank 0 ended after {r['seconds_to_end']} s, exit {r['exit']}"
               + (f", {r['ranks_left']} rank(s) left" if "ranks_left" in r else "") + f" ({'ok' if r['ok'] else 'FAILED'}): {r['error']}")
