@@ -12,12 +12,13 @@
 # SPEC_DRAFTS (say 1,2,3; default none): also speculative decoding with an MTP module at each of
 # these num_speculative_tokens, against the same model decoding plainly (1,024-token contexts);
 # TRAIN_PROFILE (say 15; default 0): also the N kernels taking the most time in a training step;
-# PARTS (default checks,train,decode,variants,fused,exact,transformers): the parts to run,
-# for a call that must fit a time limit (train: forward+backward with and without cuDNN's attention
-# on trial, and transformers'; decode: the plain engine per context; variants: gathered
-# attention, FP8 and exact_rollout per context; fused: ATen's chains and the kernels on trial at
-# 1,024 tokens; exact: the batch-invariant products alone and exact_rollout at 1,024 tokens, each
-# with and without the staged tiles on trial; transformers: its generate() as the decode baseline).
+# PARTS (default checks,train,decode,variants,fused,exact,transformers): the parts to run, for a
+# call that must fit a time limit (train: forward+backward, also with the training kernels on trial,
+# cuDNN's attention and train_kernels, and transformers'; decode: the plain engine per context;
+# variants: gathered attention, FP8 and exact_rollout per context; fused: ATen's chains and the
+# kernels on trial at 1,024 tokens; exact: the batch-invariant products alone and exact_rollout at
+# 1,024 tokens, each with and without the staged tiles on trial; transformers: its generate() as
+# the decode baseline).
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRPO_ASAN_TESTS=OFF \
   -DGRPO_PYTHON="$(command -v "$py")" ${CMAKE_ARGS:-} >/dev/null
@@ -42,10 +43,12 @@ want train && for shape in "1 4096" "8 1024"; do
   set -- $shape
   "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
     --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json --label grpo --profile "${TRAIN_PROFILE:-0}" | tee -a "$log"
-  # cuDNN's fused attention on trial (model/kernel_trial.h): the same step, its attention kernel named.
-  GRPO_KERNEL_TRIAL=cudnn_attention "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" \
-    --device cuda --dtype bfloat16 --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json \
-    --label "grpo, cuDNN attention on trial" | tee -a "$log"
+  # The training kernels on trial (model/kernel_trial.h), alone and together: the same step.
+  for trial in cudnn_attention train_kernels cudnn_attention,train_kernels; do
+    GRPO_KERNEL_TRIAL=$trial "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" \
+      --device cuda --dtype bfloat16 --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json \
+      --label "grpo, on trial: $trial" | tee -a "$log"
+  done
   "$py" scripts/bench/hf_forward.py --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
     --batch "$1" --seq "$2" --iters 3 --warmup 1 --json --label transformers | tee -a "$log" || echo "transformers failed"
 done

@@ -6,6 +6,7 @@
 //   staged_tiles     the same tiles (and 16-row ones) through the wide kernel, staged in shared
 //                    memory (invariant_gemm_cuda.h)
 //   cudnn_attention  cuDNN's fused attention first for the training forward's attention (layers.h)
+//   train_kernels    fused RMSNorm (forward and backward) and SwiGLU backward in training (train_kernels.h)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 #pragma once
 

@@ -9,6 +9,7 @@
 
 #include "model/fused_kernels.h"
 #include "model/kernel_trial.h"
+#include "model/train_kernels.h"
 
 namespace grpo::model {
 
@@ -19,6 +20,8 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
 Tensor RMSNormImpl::forward(const Tensor& x) {
   if (fused::active(x))
     if (Tensor y = fused::rms_norm(x, weight, eps); y.defined()) return y;
+  if (train::active(x))
+    if (Tensor y = train::rms_norm(x, weight, eps); y.defined()) return y;
   auto xf = x.to(at::kFloat);
   auto variance = xf.pow(2).mean(-1, /*keepdim=*/true);
   xf = xf * at::rsqrt(variance + eps);
@@ -36,6 +39,11 @@ Tensor MLPImpl::forward(const Tensor& x) {
   if (fused::active(x)) {
     Tensor gate = gate_proj(x), up = up_proj(x);
     if (Tensor h = fused::swiglu(gate, up); h.defined()) return down_proj(h);
+    return down_proj(at::silu(gate) * up);
+  }
+  if (train::active(x)) {
+    Tensor gate = gate_proj(x), up = up_proj(x);
+    if (Tensor h = train::swiglu(gate, up); h.defined()) return down_proj(h);
     return down_proj(at::silu(gate) * up);
   }
   return down_proj(at::silu(gate_proj(x)) * up_proj(x));

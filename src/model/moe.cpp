@@ -9,6 +9,7 @@
 
 #include "model/fused_kernels.h"
 #include "model/kernel_trial.h"
+#include "model/train_kernels.h"
 #include "util/error.h"
 
 namespace grpo::model {
@@ -104,6 +105,8 @@ Tensor RoutedExpertsImpl::swiglu(const Tensor& gu) const {
   if (fused::active(gu))
     if (Tensor h = fused::swiglu(gu.narrow(-1, 0, intermediate), gu.narrow(-1, intermediate, intermediate)); h.defined())
       return h;
+  if (train::active(gu))
+    if (Tensor h = train::swiglu(gu); h.defined()) return h;
   return at::silu(gu.narrow(-1, 0, intermediate)) * gu.narrow(-1, intermediate, intermediate);
 }
 

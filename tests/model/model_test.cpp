@@ -12,7 +12,6 @@
 #include "model/checkpoint.h"
 #include "model/causal_lm.h"
 #include "model/deepseek.h"
-#include "model/kernel_trial.h"
 #include "model/lora.h"
 #include "util/error.h"
 
@@ -324,54 +323,4 @@ TEST(Model, GroupedGemmExpertAdaptersEqualPerExpertLoopOnCuda) {
     experts->lora_enabled = false;
     EXPECT_GT(close(experts(x, rt.experts, ew).detach(), ref.detach()), 0.1) << "r " << r;
   }
-}
-
-// cuDNN's fused attention on trial: a bf16 training step on CUDA with MLA's unequal query and value
-// widths (48 and 32 here; 192 and 128 in DeepSeek-V2-Lite) lands as close to the fp32 step's loss
-// and gradients as the default kernel's step does.
-TEST(Model, CudnnAttentionOnTrialGivesTheGradientsOnCuda) {
-  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
-  std::string config = kTinyV3;
-  const std::string from = "\"qk_nope_head_dim\": 8, \"qk_rope_head_dim\": 4, \"v_head_dim\": 8";
-  config.replace(config.find(from), from.size(), "\"qk_nope_head_dim\": 32, \"qk_rope_head_dim\": 16, \"v_head_dim\": 32");
-  // Equal lengths: no padding, so the attention is plain causal (the shape cuDNN takes).
-  std::vector<std::vector<int64_t>> prompts, completions;
-  for (int64_t b = 0; b < 3; ++b) {
-    prompts.emplace_back();
-    completions.emplace_back();
-    for (int64_t t = 0; t < 24; ++t) prompts.back().push_back((7 * b + 5 * t + 1) % 97);
-    for (int64_t t = 0; t < 40; ++t) completions.back().push_back((11 * b + 3 * t + 2) % 97);
-  }
-  auto step = [&](at::ScalarType dtype, const std::string& trial) {
-    KernelTrialScope scope(trial);
-    auto m = std::make_shared<CausalLM>(parse_model_config(config, "tiny"));
-    init_weights(*m, 1);
-    {
-      at::NoGradGuard g;
-      for (auto& p : m->parameters())
-        if (p.dim() > 1) p.mul_(4);
-    }
-    m->to_device_dtype(at::kCUDA, dtype);
-    Tensor loss = -at::cat(m->completion_logprobs(prompts, completions)).sum();
-    loss.backward();
-    std::vector<std::pair<std::string, Tensor>> out = {{"loss", loss.detach().to(at::kFloat).reshape({1})}};
-    for (auto& kv : m->named_parameters())
-      if (kv.value().grad().defined()) out.emplace_back(kv.key(), kv.value().grad().to(at::kFloat));
-    return out;
-  };
-  const auto ref = step(at::kFloat, ""), plain = step(at::kBFloat16, ""), trial = step(at::kBFloat16, "cudnn_attention");
-  ASSERT_EQ(ref.size(), trial.size());
-  ASSERT_EQ(ref.size(), plain.size());
-  auto error = [](const Tensor& a, const Tensor& ref) {
-    return ((a - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item<double>();
-  };
-  int compared = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    ASSERT_EQ(ref[i].first, trial[i].first);
-    if (ref[i].second.abs().max().item<double>() == 0) continue;
-    const double e_plain = error(plain[i].second, ref[i].second), e_trial = error(trial[i].second, ref[i].second);
-    EXPECT_LE(e_trial, std::max(2 * e_plain, 3e-2)) << ref[i].first << ": default kernel " << e_plain;
-    ++compared;
-  }
-  EXPECT_GT(compared, 30);
 }

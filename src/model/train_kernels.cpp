@@ -1,0 +1,98 @@
+#include "model/train_kernels.h"
+
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "model/kernel_trial.h"
+#ifdef GRPO_INVARIANT_CUDA
+#include "model/invariant_kernels_cuda.h"
+#include "model/train_kernels_cuda.h"
+#endif
+
+namespace grpo::model::train {
+
+bool active(const Tensor& x) {
+#ifdef GRPO_INVARIANT_CUDA
+  return x.is_cuda() && kernel_on_trial("train_kernels");
+#else
+  (void)x;
+  return false;
+#endif
+}
+
+#ifdef GRPO_INVARIANT_CUDA
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+bool float_type(const Tensor& t) {
+  return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
+}
+
+struct RmsNormFunction : torch::autograd::Function<RmsNormFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight, double eps) {
+    auto [y, rstd] = cuda::rms_norm_forward(x, weight, eps);
+    ctx->save_for_backward({x, weight, rstd});
+    return y;
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    auto [dx, dw] = cuda::rms_norm_backward(grads[0], saved[0], saved[1], saved[2], ctx->needs_input_grad(1));
+    return {dx.view(saved[0].sizes()), dw, Tensor()};
+  }
+};
+
+struct SwigluFunction : torch::autograd::Function<SwigluFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& gu) {
+    const int64_t I = gu.size(-1) / 2;
+    ctx->save_for_backward({gu});
+    return invariant::cuda::swiglu(gu.narrow(-1, 0, I), gu.narrow(-1, I, I));
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    return {cuda::swiglu_backward(grads[0], ctx->get_saved_variables()[0])};
+  }
+};
+
+struct SwigluPairFunction : torch::autograd::Function<SwigluPairFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& gate, const Tensor& up) {
+    ctx->save_for_backward({gate, up});
+    return invariant::cuda::swiglu(gate, up);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    auto [dgate, dup] = cuda::swiglu_backward(grads[0], saved[0], saved[1]);
+    return {dgate, dup};
+  }
+};
+
+}  // namespace
+
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  // The backward keeps a row's weight gradient in shared memory (up to 48 KB of fp32 by default;
+  // more where the device allows it is left to ATen's chain).
+  if (!float_type(x) || weight.scalar_type() != x.scalar_type() || weight.dim() != 1 || x.dim() == 0 ||
+      weight.size(0) != x.size(-1) || x.size(-1) > 11 * 1024)
+    return {};
+  return RmsNormFunction::apply(x, weight, eps);
+}
+
+Tensor swiglu(const Tensor& gu) {
+  if (!float_type(gu) || gu.dim() == 0 || gu.size(-1) % 2 != 0 || gu.stride(-1) != 1) return {};
+  return SwigluFunction::apply(gu);
+}
+
+Tensor swiglu(const Tensor& gate, const Tensor& up) {
+  if (!float_type(gate) || up.scalar_type() != gate.scalar_type() || gate.sizes() != up.sizes()) return {};
+  return SwigluPairFunction::apply(gate, up);
+}
+
+#else
+
+Tensor rms_norm(const Tensor&, const Tensor&, double) { return {}; }
+Tensor swiglu(const Tensor&) { return {}; }
+Tensor swiglu(const Tensor&, const Tensor&) { return {}; }
+
+#endif
+
+}  // namespace grpo::model::train

@@ -1,0 +1,30 @@
+// Fused CUDA kernels for training forwards and their backward passes, on trial (model/kernel_trial.h,
+// "train_kernels"): RMSNorm (forward and backward, one kernel each, where ATen's chain is eight
+// kernels forward and a dozen backward, each reading or writing the whole fp32 activation) and the
+// backward of SwiGLU (one kernel, where autograd runs three and, for the experts' [gate | up] rows,
+// zero-fills and copies the (M, 2I) gradient). SwiGLU's forward is the fused inference kernel, which
+// rounds as ATen does. They round where the ATen chains round, so a step agrees with the ATen
+// step to rounding (RMSNorm's row sums, and its weight gradient's sum over rows, go in another
+// order). The layers call them on CUDA while on trial, in every forward outside the rollout
+// engine's fused kernels (model/fused_kernels.h): with gradients or without, so that a
+// checkpointed layer's recomputation repeats its first pass exactly.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace grpo::model::train {
+
+using at::Tensor;
+
+// x on CUDA, the kernels built, and "train_kernels" on trial.
+bool active(const Tensor& x);
+
+// weight * (x / rms(x), rounded to x's dtype), rounded: RMSNormImpl's forward, differentiable.
+// Undefined where the kernels do not apply (dtype, or rows too wide); the caller then runs ATen's.
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);
+// silu(gu[..., :I]) * gu[..., I:] for gu (..., 2I), differentiable in gu; undefined where it does not apply.
+Tensor swiglu(const Tensor& gu);
+// silu(gate) * up, differentiable in both; undefined where it does not apply.
+Tensor swiglu(const Tensor& gate, const Tensor& up);
+
+}  // namespace grpo::model::train

@@ -1,0 +1,194 @@
+// The training kernels of model/train_kernels.h: RMSNorm forward and backward, and SwiGLU's
+// backward, each one kernel where ATen's chains take six to twelve (and, for SwiGLU over the
+// experts' [gate | up] rows, the zero-filled gradient that narrow's backward assembles). They
+// round where the ATen chain rounds (each product or sum of the chain rounded to fp32, then once to
+// the tensor's dtype where the chain converts), so they agree with it to rounding; the sums over a
+// row (and dw's over the rows) go in another order. Compiled without contraction (--fmad=false):
+// each of the chain's operations rounds on its own.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <algorithm>
+#include <string>
+
+#include "model/cuda_launch.h"
+#include "model/train_kernels_cuda.h"
+
+namespace grpo::model::train::cuda {
+
+namespace {
+
+using cuda_launch::device_t;
+using cuda_launch::stream;
+
+constexpr int kThreads = 256;
+
+// A fixed tree over the block's values; every thread gets the sum.
+__device__ float block_sum(float v, float* scratch) {
+  scratch[threadIdx.x] = v;
+  __syncthreads();
+  for (int off = kThreads / 2; off > 0; off >>= 1) {
+    if (threadIdx.x < off) scratch[threadIdx.x] += scratch[threadIdx.x + off];
+    __syncthreads();
+  }
+  const float s = scratch[0];
+  __syncthreads();
+  return s;
+}
+
+// One block per row: rstd = rsqrt(sum(x^2) / D + eps); y = w * (x * rstd rounded to T), rounded.
+template <typename T>
+__global__ void rms_norm_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
+                                        float* __restrict__ rstd, int64_t D, float eps) {
+  __shared__ float scratch[kThreads];
+  const int64_t row = blockIdx.x;
+  const T* xr = x + row * D;
+  float s = 0;
+  for (int64_t d = threadIdx.x; d < D; d += kThreads) {
+    const float v = (float)xr[d];
+    s += v * v;
+  }
+  const float r = rsqrtf(block_sum(s, scratch) / (float)D + eps);
+  if (threadIdx.x == 0) rstd[row] = r;
+  for (int64_t d = threadIdx.x; d < D; d += kThreads) y[row * D + d] = (T)((float)w[d] * (float)(T)((float)xr[d] * r));
+}
+
+// Rows blockIdx.x, blockIdx.x + gridDim.x, ...: with n = x * rstd rounded to T and dn = dy * w
+// rounded to T (the chain's mul backward), dx = dn * rstd + (dv / D) * (2 x) rounded to T, where
+// dv = -0.5 * sum(dn * x) * rstd^3. dw_part[block] (fp32) sums the block's rows' dy * n, each
+// rounded to T, in row order (dw_part null: no weight gradient).
+template <typename T>
+__global__ void rms_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
+                                         const float* __restrict__ rstd, T* __restrict__ dx,
+                                         float* __restrict__ dw_part, int64_t M, int64_t D) {
+  extern __shared__ float smem[];
+  float* scratch = smem;           // [kThreads]
+  float* dw_acc = smem + kThreads;  // [D] when dw_part
+  if (dw_part)
+    for (int64_t d = threadIdx.x; d < D; d += kThreads) dw_acc[d] = 0.0f;
+  for (int64_t row = blockIdx.x; row < M; row += gridDim.x) {
+    const T *dyr = dy + row * D, *xr = x + row * D;
+    const float r = rstd[row];
+    float s = 0;
+    for (int64_t d = threadIdx.x; d < D; d += kThreads) s += (float)(T)((float)dyr[d] * (float)w[d]) * (float)xr[d];
+    const float total = block_sum(s, scratch);
+    const float r3 = r * r * r;
+    const float dv = (-0.5f * total) * r3;
+    const float dv_d = dv / (float)D;
+    for (int64_t d = threadIdx.x; d < D; d += kThreads) {
+      const float xv = (float)xr[d], g = (float)dyr[d];
+      const float dn = (float)(T)(g * (float)w[d]);
+      dx[row * D + d] = (T)(dn * r + dv_d * (2.0f * xv));
+      if (dw_part) dw_acc[d] += (float)(T)(g * (float)(T)(xv * r));
+    }
+  }
+  if (dw_part)
+    for (int64_t d = threadIdx.x; d < D; d += kThreads) dw_part[(int64_t)blockIdx.x * D + d] = dw_acc[d];
+}
+
+// SwiGLU's backward for one element: s = silu(g) rounded to T; d up = dh * s, d s = dh * up, each
+// rounded to T; d g = d s * sig * (1 + g * (1 - sig)) rounded to T (ATen's silu_backward).
+template <typename T>
+__global__ void swiglu_backward_kernel(const T* __restrict__ dh, const T* __restrict__ gate, const T* __restrict__ up,
+                                       T* __restrict__ dgate, T* __restrict__ dup, int64_t M, int64_t I, int64_t sg,
+                                       int64_t su, int64_t sdg, int64_t sdu) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= M * I) return;
+  const int64_t m = i / I, c = i % I;
+  const float g = (float)gate[m * sg + c], u = (float)up[m * su + c], d = (float)dh[i];
+  const float e = 1.0f + expf(-g);
+  const float silu = (float)(T)(g / e), sig = 1.0f / e;
+  const float ds = (float)(T)(d * u);
+  dup[m * sdu + c] = (T)(d * silu);
+  dgate[m * sdg + c] = (T)(ds * sig * (1.0f + g * (1.0f - sig)));
+}
+
+void check(const char* what) { cuda_launch::check("training CUDA kernel", what); }
+
+int blocks_for(int64_t M) {
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device());
+  return (int)std::max<int64_t>(1, std::min<int64_t>(M, 4 * std::max(sms, 1)));
+}
+
+}  // namespace
+
+std::pair<Tensor, Tensor> rms_norm_forward(const Tensor& x, const Tensor& w, double eps) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  Tensor xc = x.contiguous(), wc = w.contiguous();
+  const int64_t D = x.size(-1), M = D == 0 ? 0 : xc.numel() / D;
+  Tensor y = at::empty_like(xc), rstd = at::empty({M}, xc.options().dtype(at::kFloat));
+  if (M == 0) return {y, rstd};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xc.scalar_type(), "train_rms_norm_forward", [&] {
+    using T = device_t<scalar_t>;
+    rms_norm_forward_kernel<T><<<(unsigned)M, kThreads, 0, stream()>>>(
+        reinterpret_cast<const T*>(xc.data_ptr()), reinterpret_cast<const T*>(wc.data_ptr()),
+        reinterpret_cast<T*>(y.data_ptr()), rstd.data_ptr<float>(), D, (float)eps);
+  });
+  check("rms_norm forward");
+  return {y, rstd};
+}
+
+std::pair<Tensor, Tensor> rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                                            bool weight_grad) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  Tensor dyc = dy.contiguous(), xc = x.contiguous(), wc = w.contiguous();
+  const int64_t D = x.size(-1), M = D == 0 ? 0 : xc.numel() / D;
+  Tensor dx = at::empty_like(xc);
+  if (M == 0) return {dx, weight_grad ? at::zeros_like(wc) : Tensor()};
+  const int blocks = blocks_for(M);
+  Tensor part = weight_grad ? at::empty({blocks, D}, xc.options().dtype(at::kFloat)) : Tensor();
+  const size_t smem = (kThreads + (weight_grad ? D : 0)) * sizeof(float);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xc.scalar_type(), "train_rms_norm_backward", [&] {
+    using T = device_t<scalar_t>;
+    if (smem > 48 * 1024)
+      cudaFuncSetAttribute(rms_norm_backward_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    rms_norm_backward_kernel<T><<<(unsigned)blocks, kThreads, smem, stream()>>>(
+        reinterpret_cast<const T*>(dyc.data_ptr()), reinterpret_cast<const T*>(xc.data_ptr()),
+        reinterpret_cast<const T*>(wc.data_ptr()), rstd.data_ptr<float>(), reinterpret_cast<T*>(dx.data_ptr()),
+        weight_grad ? part.data_ptr<float>() : nullptr, M, D);
+  });
+  check("rms_norm backward");
+  return {dx, weight_grad ? part.sum(0).to(w.scalar_type()) : Tensor()};
+}
+
+namespace {
+
+void swiglu_backward_into(const Tensor& dh, const Tensor& gate, const Tensor& up, Tensor& dgate, Tensor& dup) {
+  const int64_t M = dh.size(0), I = dh.size(1);
+  if (M * I == 0) return;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dh.scalar_type(), "train_swiglu_backward", [&] {
+    using T = device_t<scalar_t>;
+    swiglu_backward_kernel<T><<<(unsigned)((M * I + kThreads - 1) / kThreads), kThreads, 0, stream()>>>(
+        reinterpret_cast<const T*>(dh.data_ptr()), reinterpret_cast<const T*>(gate.data_ptr()),
+        reinterpret_cast<const T*>(up.data_ptr()), reinterpret_cast<T*>(dgate.data_ptr()),
+        reinterpret_cast<T*>(dup.data_ptr()), M, I, gate.stride(0), up.stride(0), dgate.stride(0), dup.stride(0));
+  });
+  check("swiglu backward");
+}
+
+}  // namespace
+
+Tensor swiglu_backward(const Tensor& dh, const Tensor& gu) {
+  const c10::cuda::CUDAGuard guard(gu.device());
+  const int64_t I = dh.size(-1);
+  Tensor dh2 = dh.reshape({-1, I}).contiguous(), gu2 = gu.reshape({-1, 2 * I});
+  if (gu2.stride(1) != 1) gu2 = gu2.contiguous();
+  Tensor dgu = at::empty({dh2.size(0), 2 * I}, gu2.options());
+  Tensor dgate = dgu.narrow(1, 0, I), dup = dgu.narrow(1, I, I);
+  swiglu_backward_into(dh2, gu2.narrow(1, 0, I), gu2.narrow(1, I, I), dgate, dup);
+  return dgu.view(gu.sizes());
+}
+
+std::pair<Tensor, Tensor> swiglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up) {
+  const c10::cuda::CUDAGuard guard(gate.device());
+  const int64_t I = dh.size(-1);
+  Tensor dh2 = dh.reshape({-1, I}).contiguous(), g2 = gate.reshape({-1, I}), u2 = up.reshape({-1, I});
+  if (g2.stride(1) != 1) g2 = g2.contiguous();
+  if (u2.stride(1) != 1) u2 = u2.contiguous();
+  Tensor dgate = at::empty({dh2.size(0), I}, g2.options()), dup = at::empty({dh2.size(0), I}, u2.options());
+  swiglu_backward_into(dh2, g2, u2, dgate, dup);
+  return {dgate.view(gate.sizes()), dup.view(up.sizes())};
+}
+
+}  // namespace grpo::model::train::cuda
