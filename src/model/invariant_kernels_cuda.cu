@@ -29,6 +29,7 @@
 #include "model/mma.cuh"
 #include "model/invariant_gemm_cuda.h"
 #include "model/invariant_kernels_cuda.h"
+#include "model/kernel_trial.h"
 #include "util/error.h"
 
 namespace grpo::model::invariant::cuda {
@@ -43,6 +44,9 @@ constexpr int kBM = (int)kTileRows;
 // in part order: an output's value depends on K alone, never on M, the tile or the grid.
 constexpr int kParts = kProductParts;
 constexpr int kTileN = 32;  // bf16: four 8-column tensor-core tiles per warp
+// Narrow tiles (on trial, "narrow_columns"): 8 columns a block where the products' blocks would
+// not fill the device (a decode step of one or a few rows), their loads kNarrowChunks chunks deep.
+constexpr int kNarrowCols = 8, kNarrowChunks = 8;
 
 // Where a block's rows are: (weight offset in groups, first row, rows).
 struct Tile {
@@ -77,13 +81,13 @@ __device__ __forceinline__ uint4 eight_at(const __nv_bfloat16* row, int64_t k, i
 // sum, with loads four times wider than the fragments' own layout. Operands come straight from
 // global memory (the weights are read once per tile, and a decode step has one or a few tiles).
 // R: row tiles per block (a table's tiles of up to R * 16 rows): each weight load serves R tiles.
-template <bool Vec, int R>
+template <bool Vec, int R, int TN>
 __global__ void __launch_bounds__(kParts * 32) gemm_nt_bf16_kernel(const __nv_bfloat16* __restrict__ x,
                                                                     const __nv_bfloat16* __restrict__ w,
                                                                     void* __restrict__ out, bool bf16_out, int64_t M,
                                                                     int64_t N, int64_t K, int64_t part_len,
                                                                     const int64_t* __restrict__ tiles) {
-  extern __shared__ float partial[];  // [kParts][R * kBM][kTileN + 1]
+  extern __shared__ float partial[];  // [kParts][R * kBM][TN + 1]
   Tile tile = tile_of(tiles, M);
   if (R > 1 && !tiles) {
     tile.row0 = (int64_t)blockIdx.x * R * kBM;
@@ -91,7 +95,7 @@ __global__ void __launch_bounds__(kParts * 32) gemm_nt_bf16_kernel(const __nv_bf
   }
   if (tile.rows == 0) return;  // an unused slot of a table sized for the worst case
   const __nv_bfloat16* wp = w + tile.group * N * K;
-  const int64_t col0 = (int64_t)blockIdx.y * kTileN;
+  const int64_t col0 = (int64_t)blockIdx.y * TN;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const __nv_bfloat16 *xr0[R], *xr1[R];
 #pragma unroll
@@ -99,36 +103,61 @@ __global__ void __launch_bounds__(kParts * 32) gemm_nt_bf16_kernel(const __nv_bf
     xr0[r] = r * kBM + g < tile.rows ? x + (tile.row0 + r * kBM + g) * K : nullptr;
     xr1[r] = r * kBM + g + 8 < tile.rows ? x + (tile.row0 + r * kBM + g + 8) * K : nullptr;
   }
-  const __nv_bfloat16* wr[kTileN / 8];
+  const __nv_bfloat16* wr[TN / 8];
 #pragma unroll
-  for (int j = 0; j < kTileN / 8; ++j) {
+  for (int j = 0; j < TN / 8; ++j) {
     const int64_t n = col0 + 8 * j + g;
     wr[j] = n < N ? wp + n * K : nullptr;
   }
-  float c[R][kTileN / 8][4] = {};
+  float c[R][TN / 8][4] = {};
   const int64_t begin = warp * part_len, end = min(K, begin + part_len);
+  if constexpr (TN == kTileN) {
 #pragma unroll 2
-  for (int64_t k0 = begin; k0 < end; k0 += 32) {
-    const int64_t k = k0 + 8 * t;
-    uint4 b[kTileN / 8];
+    for (int64_t k0 = begin; k0 < end; k0 += 32) {
+      const int64_t k = k0 + 8 * t;
+      uint4 b[TN / 8];
 #pragma unroll
-    for (int j = 0; j < kTileN / 8; ++j) b[j] = eight_at<Vec>(wr[j], k, K);
+      for (int j = 0; j < TN / 8; ++j) b[j] = eight_at<Vec>(wr[j], k, K);
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const uint4 a_lo = eight_at<Vec>(xr0[r], k, K), a_hi = eight_at<Vec>(xr1[r], k, K);
+      for (int r = 0; r < R; ++r) {
+        const uint4 a_lo = eight_at<Vec>(xr0[r], k, K), a_hi = eight_at<Vec>(xr1[r], k, K);
 #pragma unroll
-      for (int j = 0; j < kTileN / 8; ++j) {
-        mma_bf16(c[r][j], a_lo.x, a_hi.x, a_lo.y, a_hi.y, b[j].x, b[j].y);
-        mma_bf16(c[r][j], a_lo.z, a_hi.z, a_lo.w, a_hi.w, b[j].z, b[j].w);
+        for (int j = 0; j < TN / 8; ++j) {
+          mma_bf16(c[r][j], a_lo.x, a_hi.x, a_lo.y, a_hi.y, b[j].x, b[j].y);
+          mma_bf16(c[r][j], a_lo.z, a_hi.z, a_lo.w, a_hi.w, b[j].z, b[j].w);
+        }
+      }
+    }
+  } else {
+    // Narrow tiles (one 8-column tensor-core tile, one row tile): the loads of kNarrowChunks chunks
+    // are issued together before their steps, so that a part's few chunks wait on memory about once.
+    // The steps are the same, in the same order; chunks past the part's end are neither loaded nor
+    // added.
+    static_assert(R == 1 && TN == 8, "narrow tiles: one row tile of 16, one 8-column tile");
+    for (int64_t k0 = begin; k0 < end; k0 += 32 * kNarrowChunks) {
+      uint4 b[kNarrowChunks], a_lo[kNarrowChunks], a_hi[kNarrowChunks];
+#pragma unroll
+      for (int u = 0; u < kNarrowChunks; ++u) {
+        const int64_t k = k0 + 32 * u + 8 * t;
+        const bool in_part = k0 + 32 * u < end;
+        b[u] = eight_at<Vec>(in_part ? wr[0] : nullptr, k, K);
+        a_lo[u] = eight_at<Vec>(in_part ? xr0[0] : nullptr, k, K);
+        a_hi[u] = eight_at<Vec>(in_part ? xr1[0] : nullptr, k, K);
+      }
+#pragma unroll
+      for (int u = 0; u < kNarrowChunks; ++u) {
+        if (k0 + 32 * u >= end) break;
+        mma_bf16(c[0][0], a_lo[u].x, a_hi[u].x, a_lo[u].y, a_hi[u].y, b[u].x, b[u].y);
+        mma_bf16(c[0][0], a_lo[u].z, a_hi[u].z, a_lo[u].w, a_hi[u].w, b[u].z, b[u].w);
       }
     }
   }
-  constexpr int kRows = R * kBM, kStride = kTileN + 1;
+  constexpr int kRows = R * kBM, kStride = TN + 1;
   float* mine = partial + warp * kRows * kStride;
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
-    for (int j = 0; j < kTileN / 8; ++j) {
+    for (int j = 0; j < TN / 8; ++j) {
       const int lo = r * kBM + g, hi = lo + 8, col = 8 * j + 2 * t;
       mine[lo * kStride + col] = c[r][j][0];
       mine[lo * kStride + col + 1] = c[r][j][1];
@@ -136,8 +165,8 @@ __global__ void __launch_bounds__(kParts * 32) gemm_nt_bf16_kernel(const __nv_bf
       mine[hi * kStride + col + 1] = c[r][j][3];
     }
   __syncthreads();
-  for (int i = threadIdx.x; i < kRows * kTileN; i += blockDim.x) {
-    const int r = i / kTileN, cc = i % kTileN;
+  for (int i = threadIdx.x; i < kRows * TN; i += blockDim.x) {
+    const int r = i / TN, cc = i % TN;
     const int64_t n = col0 + cc;
     if (r >= tile.rows || n >= N) continue;
     float sum = partial[r * kStride + cc];
@@ -150,18 +179,18 @@ __global__ void __launch_bounds__(kParts * 32) gemm_nt_bf16_kernel(const __nv_bf
   }
 }
 
-template <bool Vec, int R>
+template <bool Vec, int R, int TN = kTileN>
 void launch_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, void* out, bool bf16_out, int64_t M, int64_t N,
                  int64_t K, const int64_t* tiles, int64_t blocks, at::Device device, cudaStream_t stream) {
-  const size_t smem = (size_t)kParts * R * kBM * (kTileN + 1) * sizeof(float);
+  const size_t smem = (size_t)kParts * R * kBM * (TN + 1) * sizeof(float);
   if (smem > 48 * 1024) {
     static std::array<std::atomic<bool>, 64> configured{};  // the opt-in above 48 KB, once per device (not in a graph)
     if (device.index() >= (int)configured.size() || !configured[device.index()].exchange(true))
-      cudaFuncSetAttribute(gemm_nt_bf16_kernel<Vec, R>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+      cudaFuncSetAttribute(gemm_nt_bf16_kernel<Vec, R, TN>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   }
-  const dim3 grid((unsigned)blocks, (unsigned)((N + kTileN - 1) / kTileN));
-  gemm_nt_bf16_kernel<Vec, R><<<grid, kParts * 32, smem, stream>>>(x, w, out, bf16_out, M, N, K,
-                                                                   product_part_length(K), tiles);
+  const dim3 grid((unsigned)blocks, (unsigned)((N + TN - 1) / TN));
+  gemm_nt_bf16_kernel<Vec, R, TN><<<grid, kParts * 32, smem, stream>>>(x, w, out, bf16_out, M, N, K,
+                                                                       product_part_length(K), tiles);
 }
 
 // fp32 products on CUDA cores (the MoE router's weights are fp32): warp j of a block takes column
@@ -360,6 +389,14 @@ __global__ void sum_parts_kernel(const T* __restrict__ parts, T* __restrict__ ou
 using cuda_launch::stream;
 void check_launch(const char* what) { cuda_launch::check("batch-invariant CUDA kernel", what); }
 
+// Narrow tiles where the 32-column blocks of one row tile each would not give every
+// multiprocessor two blocks, while on trial.
+bool use_narrow_columns(int64_t row_blocks, int64_t N) {
+  if (row_blocks * ((N + kTileN - 1) / kTileN) >= 2 * at::cuda::getCurrentDeviceProperties()->multiProcessorCount)
+    return false;
+  return kernel_on_trial("narrow_columns");
+}
+
 // tiles: the table of grouped rows (tiles of up to tile_rows rows: 16, 32 or 64), or undefined;
 // wide_tiles: their kWideRows-row table, or undefined; for a plain product (no tiles), `wide` says
 // whether to take the wide kernel.
@@ -386,7 +423,9 @@ Tensor gemm(const Tensor& x, const Tensor& w, int64_t M, int64_t N, int64_t K, c
     void* op = out.data_ptr();
     auto launch = [&](auto vec_form) {
       constexpr bool V = decltype(vec_form)::value;
-      if (per_block == 4) launch_bf16<V, 4>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
+      if (per_block == 1 && use_narrow_columns(blocks, N))
+        launch_bf16<V, 1, kNarrowCols>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
+      else if (per_block == 4) launch_bf16<V, 4>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
       else if (per_block == 2) launch_bf16<V, 2>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
       else launch_bf16<V, 1>(xp, wp, op, bf16_out, M, N, K, tp, blocks, x.device(), stream());
     };

@@ -5,6 +5,8 @@
 //                    group, where groups hold that many (invariant_kernels_cuda.h)
 //   staged_tiles     the same tiles (and 16-row ones) through the wide kernel, staged in shared
 //                    memory (invariant_gemm_cuda.h)
+//   narrow_columns   the batch-invariant products of a decode step's few rows in 8-column blocks,
+//                    their loads eight chunks deep, where 32-column blocks would not fill the device
 //   cudnn_attention  cuDNN's fused attention first for the training forward's attention (layers.h)
 //   train_kernels    fused RMSNorm (forward and backward) and SwiGLU backward in training (train_kernels.h)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.

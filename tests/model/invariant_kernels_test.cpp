@@ -299,6 +299,47 @@ TEST(InvariantKernelsCuda, WideProductsEqualTheDecodeKernelBitForBit) {
 #endif
 }
 
+// Narrow tiles (on trial: GRPO_KERNEL_TRIAL=narrow_columns): a decode step's products of one or a
+// few rows in blocks of 8 columns, their loads eight chunks deep, give the bits of the 32-column
+// blocks: plain products of 1, 5 and 16 rows with K of the V2-Lite shapes (2048, 1408), one whose
+// last part ends inside a 32-value step (1000), one shorter than a part (24) and MLA's per-head
+// widths (128, 512); N not a multiple of 8 (300) and V2-Lite's 2048; fp32 and bf16 outputs. Then
+// grouped products through a tile table: six experts' single rows, and 16 heads' single rows.
+TEST(InvariantKernelsCuda, NarrowColumnsGiveTheBitsOfWideOnes) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const at::Device cuda(at::kCUDA, 0);
+  const auto bf16 = at::TensorOptions().device(cuda).dtype(at::kBFloat16);
+  at::manual_seed(11);
+  auto under = [](const char* trial, auto&& f) {
+    KernelTrialScope scope(trial);
+    return f();
+  };
+  for (int64_t K : {2048, 1408, 1000, 24, 128, 512})
+    for (int64_t N : {300, 2048})
+      for (int64_t M : {1, 5, 16}) {
+        SCOPED_TRACE("M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K));
+        const Tensor x = at::randn({M, K}, bf16), w = at::randn({N, K}, bf16);
+        for (auto round_to : {std::optional<at::ScalarType>(), std::optional<at::ScalarType>(at::kBFloat16)}) {
+          const Tensor want = under("", [&] { return invariant::matmul_nt(x, w, round_to); });
+          EXPECT_TRUE(at::equal(under("narrow_columns", [&] { return invariant::matmul_nt(x, w, round_to); }), want));
+        }
+      }
+  // Six experts' rows of one token (64 experts; 96 columns, so that the tiles' blocks stay few
+  // enough for narrow tiles), and sixteen heads' rows of one token.
+  const Tensor x = at::randn({6, 2048}, bf16), w = at::randn({64, 96, 2048}, bf16);
+  const invariant::RowGroups experts = invariant::group_rows(at::tensor({3, 17, 18, 40, 41, 63}, bf16.dtype(at::kLong)), 64);
+  const Tensor xs = x.index_select(0, experts.order);
+  const Tensor want = under("", [&] { return invariant::grouped_matmul_nt(xs, w, experts, at::kBFloat16); });
+  EXPECT_TRUE(at::equal(under("narrow_columns", [&] { return invariant::grouped_matmul_nt(xs, w, experts, at::kBFloat16); }),
+                        want))
+      << "experts";
+  const Tensor xh = at::randn({16, 128}, bf16), wh = at::randn({16, 512, 128}, bf16);
+  const invariant::RowGroups heads = invariant::contiguous_groups(16, 1, cuda);
+  const Tensor want_h = under("", [&] { return invariant::grouped_matmul_nt(xh, wh, heads); });
+  EXPECT_TRUE(at::equal(under("narrow_columns", [&] { return invariant::grouped_matmul_nt(xh, wh, heads); }), want_h))
+      << "heads";
+}
+
 // Tall tiles (on trial: GRPO_KERNEL_TRIAL=tall_tiles): grouped products whose tiles hold 32 or 64
 // rows of a group, so that a decode step reads each expert's (or head's) weights once per 32 or 64
 // of its rows instead of once per 16, give the bits of the 16-row tiles: 400 rows over 16 groups
