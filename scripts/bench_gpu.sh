@@ -17,8 +17,8 @@
 # cuDNN's attention and train_kernels, and transformers'; decode: the plain engine per context;
 # variants: gathered attention, FP8 and exact_rollout per context; fused: ATen's chains and the
 # kernels on trial at 1,024 tokens; exact: the batch-invariant products alone and exact_rollout at
-# 1,024 tokens, each with and without the staged tiles on trial; transformers: its generate() as
-# the decode baseline).
+# 1,024 tokens, each with and without its kernels on trial; transformers: its generate() as the
+# decode baseline).
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRPO_ASAN_TESTS=OFF \
   -DGRPO_PYTHON="$(command -v "$py")" ${CMAKE_ARGS:-} >/dev/null
@@ -95,17 +95,17 @@ for trial in router; do
 done
 # The batch-invariant products alone (the V2-Lite projections' K = N = 2048, and gate_up's rows over
 # 64 experts: decode's 768 and 1,536 rows at batch 128 and 256, a prefill's more) against ATen's
-# bf16 product (and decode's grouped rows through the staged tiles on trial); then exact_rollout at
-# 1,024 tokens with the exact mode's kernel on trial (staged tiles for its decode steps' grouped
-# products), next to the same run without (the "variants" part) or here when that part is off, and
-# the ordinary engine (the "decode" part, or here).
+# bf16 product (and decode's grouped rows through the staged tiles on trial, its few rows through
+# the narrow columns); then exact_rollout at 1,024 tokens with the exact mode's kernels on trial
+# (EXACT_TRIAL, default staged_tiles,narrow_columns), next to the same run without (the "variants"
+# part) or here when that part is off, and the ordinary engine (the "decode" part, or here).
 if want exact; then
   "$build/scripts/bench/bench_invariant" --device cuda | tee -a "$log"
   "$build/scripts/bench/bench_invariant" --device cuda --groups 64 --n 2816 --rows 768,1536,4096,16384,65536 | tee -a "$log"
   want variants || "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 \
     --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" --exact \
     --label grpo-exact | tee -a "$log"
-  GRPO_KERNEL_TRIAL=staged_tiles "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
+  GRPO_KERNEL_TRIAL=${EXACT_TRIAL:-staged_tiles,narrow_columns} "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
     --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
     --exact --label grpo-exact-trial --profile "${EXACT_PROFILE:-0}" | tee -a "$log"
 fi

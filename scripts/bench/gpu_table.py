@@ -100,22 +100,22 @@ def exact_prefill():
         print()
         print("Batch-invariant products alone (bf16, rounded to bf16), against ATen's bf16 product on the same inputs, same run")
         print()
-        print("| rows | groups | N x K | batch-invariant TFLOP/s | ATen TFLOP/s | batch-invariant / ATen | staged_tiles TFLOP/s "
-              "(tile rows) | staged / default | staged bits equal |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| rows | groups | N x K | batch-invariant TFLOP/s | ATen TFLOP/s | batch-invariant / ATen | kernel on trial | "
+              "its TFLOP/s | trial / default | trial bits equal |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in products:
-            st = r.get("staged_gflops")
+            st = r.get("trial_gflops")
+            name = r.get("trial", "-") + (f" ({r['trial_tile_rows']} rows)" if "trial_tile_rows" in r else "")
             print(f"| {r['rows']} | {r['groups']} | {r['n']} x {r['k']} | {r['invariant_gflops'] / 1e3:.1f} | "
-                  f"{r['aten_bf16_gflops'] / 1e3:.1f} | {r['invariant_gflops'] / r['aten_bf16_gflops']:.2f} | "
-                  + (f"{st / 1e3:.1f} ({r['staged_tile_rows']}) | {st / r['invariant_gflops']:.2f}x | {r['staged_equal']} |"
-                     if st else "- | - | - |"))
+                  f"{r['aten_bf16_gflops'] / 1e3:.1f} | {r['invariant_gflops'] / r['aten_bf16_gflops']:.2f} | {name} | "
+                  + (f"{st / 1e3:.2f} | {st / r['invariant_gflops']:.2f}x | {r['trial_equal']} |" if st else "- | - | - |"))
     base = {(r["batch"], r["prompt"]): r for r in decode if r["engine"] == "grpo-exact"}
     plain = {(r["batch"], r["prompt"]): r for r in decode if r["engine"] == "grpo"}
     rows = [r for r in decode if r["engine"] == "grpo-exact-trial" and (r["batch"], r["prompt"]) in base]
     if not rows:
         return
     print()
-    print("exact_rollout with its kernel on trial (GRPO_KERNEL_TRIAL=staged_tiles) against exact_rollout with\n"
+    print("exact_rollout with its kernels on trial (bench_gpu.sh's EXACT_TRIAL, default staged_tiles,narrow_columns)\nagainst exact_rollout with "
           "the default kernels and the ordinary engine, same run; prefill tokens/s, decode ms/step, drift (0: equal bit for bit)")
     print()
     print("| batch | context | ordinary prefill tok/s | exact prefill tok/s | trial prefill tok/s | prefill speed-up | "

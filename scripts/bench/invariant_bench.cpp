@@ -1,9 +1,9 @@
 // The batch-invariant product (model/invariant_kernels.h matmul_nt, and grouped_matmul_nt over
 // --groups weights) against ATen's own bf16 product on the same inputs: ms per call and GFLOP/s
 // for a few row counts, as JSON lines (kind "invariant_matmul"). On CUDA, 1,024 rows or more take
-// the wide kernel (invariant_gemm_cuda.h), fewer the decode kernel; grouped products of fewer rows
-// also through the kernel on trial "staged_tiles" (set here around its calls), checked equal to
-// the default's bits before it is timed.
+// the wide kernel (invariant_gemm_cuda.h), fewer the decode kernel. A kernel on trial is timed
+// too (set here around its calls), checked equal to the default's bits first: "staged_tiles" for
+// grouped products of fewer rows, "narrow_columns" for plain products of 16 rows or fewer.
 //   bench_invariant [--device cpu|cuda] [--k 512] [--n 1024] [--rows 1,16,64,256] [--groups 1]
 // On CUDA the defaults are the V2-Lite shape's projections: K = N = 2048, 1 to 65,536 rows.
 #include <ATen/ATen.h>
@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
   app.add_option("--device", device)->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--k", K, "inner size (default 512 on the CPU, 2048 on CUDA)");
   app.add_option("--n", N, "output columns (default 1024 on the CPU, 2048 on CUDA)");
-  app.add_option("--rows", rows, "row counts (default 1,16,64,256 on the CPU, 1,64,256,1024,4096,16384,65536 on CUDA)");
+  app.add_option("--rows", rows, "row counts (default 1,16,64,256 on the CPU, 1,4,16,64,256,1024,4096,16384,65536 on CUDA)");
   app.add_option("--groups", G, "weights the rows are spread over at random (grouped_matmul_nt when above 1)");
   CLI11_PARSE(app, argc, argv);
   const bool cuda = device == "cuda";
@@ -39,7 +39,7 @@ int main(int argc, char** argv) {
   }
   if (K == 0) K = cuda ? 2048 : 512;
   if (N == 0) N = cuda ? 2048 : 1024;
-  if (rows.empty()) rows = cuda ? "1,64,256,1024,4096,16384,65536" : "1,16,64,256";
+  if (rows.empty()) rows = cuda ? "1,4,16,64,256,1024,4096,16384,65536" : "1,16,64,256";
   c10::NoGradGuard no_grad;
   at::manual_seed(0);
   const auto bf16 = at::TensorOptions().device(cuda ? at::kCUDA : at::kCPU).dtype(at::kBFloat16);
@@ -80,23 +80,28 @@ int main(int argc, char** argv) {
     const double flop = 2.0 * M * N * K;
     const double inv = grpo::bench::seconds_per_call(product, cuda);
     const double lib = grpo::bench::seconds_per_call(library, cuda);
-    std::string staged_fields;
-    if (staged.order.defined()) {
+    // The kernel on trial for this shape, if one applies: its time and whether its bits are the default's.
+    std::string trial_fields;
+    auto time_trial = [&](const char* name, auto&& trial_product, const std::string& extra) {
       const Tensor want = product();
-      grpo::model::KernelTrialScope trial("staged_tiles");
-      auto staged_product = [&] { return invariant::grouped_matmul_nt(xs, w, staged, at::kBFloat16); };
-      const bool equal = at::equal(staged_product(), want);
-      const double t = grpo::bench::seconds_per_call(staged_product, cuda);
-      char buf[200];
-      snprintf(buf, sizeof(buf), ", \"staged_ms\": %.4f, \"staged_gflops\": %.2f, \"staged_tile_rows\": %lld, \"staged_equal\": %s",
-               t * 1e3, flop / t / 1e9, (long long)staged.tile_rows, equal ? "true" : "false");
-      staged_fields = buf;
-    }
+      grpo::model::KernelTrialScope trial(name);
+      const bool equal = at::equal(trial_product(), want);
+      const double t = grpo::bench::seconds_per_call(trial_product, cuda);
+      char buf[240];
+      snprintf(buf, sizeof(buf), ", \"trial\": \"%s\", \"trial_ms\": %.4f, \"trial_gflops\": %.2f, \"trial_equal\": %s%s",
+               name, t * 1e3, flop / t / 1e9, equal ? "true" : "false", extra.c_str());
+      trial_fields = buf;
+    };
+    if (staged.order.defined())
+      time_trial("staged_tiles", [&] { return invariant::grouped_matmul_nt(xs, w, staged, at::kBFloat16); },
+                 ", \"trial_tile_rows\": " + std::to_string(staged.tile_rows));
+    else if (cuda && G == 1 && M <= 16)
+      time_trial("narrow_columns", product, "");
     printf("{\"kind\": \"invariant_matmul\", \"device\": \"%s\", \"rows\": %lld, \"groups\": %lld, \"n\": %lld, "
            "\"k\": %lld, \"invariant_ms\": %.4f, \"invariant_gflops\": %.2f, \"aten_bf16_ms\": %.4f, "
            "\"aten_bf16_gflops\": %.2f, \"slowdown\": %.2f%s}\n",
            device.c_str(), (long long)M, (long long)G, (long long)N, (long long)K, inv * 1e3, flop / inv / 1e9, lib * 1e3,
-           flop / lib / 1e9, inv / lib, staged_fields.c_str());
+           flop / lib / 1e9, inv / lib, trial_fields.c_str());
     fflush(stdout);
   }
   return 0;
