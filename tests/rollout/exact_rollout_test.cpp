@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 
+#include <algorithm>
 #include <random>
 
 #include "common/tiny_models.h"
@@ -131,13 +132,14 @@ void expect_exact(const char* config, bool lora, at::Device device = at::kCPU, i
   Samples s = generate(m, reqs, 64, 16);
   EXPECT_EQ(max_diff(*m, s), 0.0) << "batch-invariant mode";
   EXPECT_GT(fast, 1e-4) << "the ordinary bf16 forwards differ, so equality above means something";
-  // ... and the values are the model's: the ordinary forward's to bf16 rounding, as close as the
-  // ordinary engine's are (a slip common to both batch-invariant paths would not be).
+  // ... and the values are the model's: the ordinary forward's to bf16 rounding, about as close as
+  // the ordinary engine's are, or within 0.05 nats a token on average where those are closer still
+  // (a slip common to both batch-invariant paths would not be: RoPE's pairs flipped gives 0.4).
   m->batch_invariant = false;
   double exact_mean = 0;
   const double from_ordinary = max_diff(*m, s, &exact_mean);
   m->batch_invariant = true;
-  EXPECT_LT(exact_mean, 3 * fast_mean) << "the batch-invariant forward strays from the ordinary one";
+  EXPECT_LT(exact_mean, std::max(3 * fast_mean, 0.05)) << "the batch-invariant forward strays from the ordinary one";
   printf("[ bf16     ] |log-prob diff| against the ordinary forward, mean / max: ordinary engine %.4f / %.4f, "
          "exact engine %.4f / %.4f\n", fast_mean, fast, exact_mean, from_ordinary);
   {  // with grad mode on (the update's forward), the values are the same
