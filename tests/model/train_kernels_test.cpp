@@ -53,7 +53,8 @@ TEST(TrainKernelsCuda, RmsNormAgreesWithAten) {
         const auto aten = run(""), fused = run("train_kernels");
         const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
         SCOPED_TRACE(std::string(dtype == at::kFloat ? "fp32" : "bf16") + " D " + std::to_string(D));
-        EXPECT_LT(max_rel(fused[0], aten[0]), dtype == at::kFloat ? 4e-6 : 8e-3);  // one rounding apart
+        // rstd from another sum order: x * rstd, then w times it, may each land one rounding apart.
+        EXPECT_LT(max_rel(fused[0], aten[0]), dtype == at::kFloat ? 4e-6 : 1.6e-2);
         EXPECT_LT(max_rel(fused[1], aten[1]), tol);
         ASSERT_EQ(fused[2].defined(), weight_grad);
         if (weight_grad) {
