@@ -12,6 +12,7 @@
 #include <cmath>
 #include <iostream>
 
+#include "common/tensor_checks.h"
 #include "common/tiny_models.h"
 #include "model/causal_lm.h"
 #include "model/deepseek.h"
@@ -25,6 +26,7 @@
 using namespace grpo;
 using namespace grpo::model;
 using at::Tensor;
+using grpo::testing::max_rel;
 
 namespace {
 
@@ -46,11 +48,6 @@ Tensor reference_product(const Tensor& qa, const Tensor& sa, const fp8::Weight& 
   Tensor b = w.q.narrow(1, 0, K).to(at::kDouble) *
              w.scale.to(at::kDouble).repeat_interleave(128, 0).repeat_interleave(128, 1).narrow(0, 0, N).narrow(1, 0, K);
   return at::matmul(a, b.t());
-}
-
-double max_rel(const Tensor& got, const Tensor& want) {
-  Tensor g = got.to(at::kCPU, at::kDouble), w = want.to(at::kCPU, at::kDouble);
-  return ((g - w).abs().max() / w.abs().max()).item<double>();
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "common/tensor_checks.h"
 #include "common/tiny_models.h"
 #include "model/fused_kernels.h"
 #include "model/kernel_trial.h"
@@ -16,13 +17,9 @@ namespace grpo::model {
 namespace {
 
 using at::Tensor;
+using grpo::testing::max_rel;
 
 const at::TensorOptions kCuda = at::TensorOptions().device(at::kCUDA);
-
-float max_rel(const Tensor& a, const Tensor& b) {
-  Tensor d = (a.to(at::kFloat) - b.to(at::kFloat)).abs().max();
-  return (d / b.to(at::kFloat).abs().max().clamp_min(1e-6)).item<float>();
-}
 
 TEST(FusedKernels, OffOutsideAScopeAndOnCpu) {
   Tensor cpu = at::randn({2, 4});

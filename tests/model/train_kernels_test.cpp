@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common/tensor_checks.h"
 #include "common/tiny_models.h"
 #include "model/kernel_trial.h"
 #include "model/layers.h"
@@ -18,13 +19,9 @@ namespace grpo::model {
 namespace {
 
 using at::Tensor;
+using grpo::testing::max_rel;
 
 const at::TensorOptions kCuda = at::TensorOptions().device(at::kCUDA);
-
-double max_rel(const Tensor& a, const Tensor& b) {
-  Tensor d = (a.to(at::kFloat) - b.to(at::kFloat)).abs().max();
-  return (d / b.to(at::kFloat).abs().max().clamp_min(1e-6)).item<double>();
-}
 
 // RMSNorm's output and its gradients (input, weight) with and without the kernels, fp32 and bf16,
 // with a trained weight and a frozen one.
