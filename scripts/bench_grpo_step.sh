@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GRPO step at a real model's shape (random weights, bf16 compute): 32 prompts x 16 samples with
 # up to 1024 completion tokens (random weights rarely stop early), KL to the reference (beta 0.04),
-# gradient checkpointing, mini-batches by token budget. Prints the last step's time split, tokens/s,
+# gradient checkpointing, mini-batches by token budget. Prints each step's time split, tokens/s,
 # peak memory and the training MFU against the bf16 matrix-product rate measured in the same run.
 #   MODEL=v2_lite: DeepSeek-V2-Lite (all 27 layers) with LoRA (LORA_R, default 16) on attention and
 #                  routed experts; the reference is the base (adapters off). LORA_R=0: full
@@ -15,12 +15,12 @@
 # EXACT=1: with exact_rollout (the batch-invariant forward in the engine and for the update's values):
 # the GRPO-shaped cost of the exact mode, to set against a run without it. Step 1 recomputes the
 # update's values through the batch-invariant forward (a check step), later steps take the engine's
-# (exact_rollout_check_every); the table shows the last step. GRPO_KERNEL_TRIAL passes through to
+# (exact_rollout_check_every); the table has a row per step. GRPO_KERNEL_TRIAL passes through to
 # the run (src/model/kernel_trial.h). CHECK_EVERY=K: exact_rollout_check_every (0: no check step, so
 # step 1 already reuses the engine's values).
 # PROFILE=N: step N runs under the profiler (profile_steps); its tables of where the rollout's and the
 # update's time went are printed after the step table, and its Chrome traces stay in the run's
-# profile/ directory. A profiled last step's times include the profiler's overhead (the table says so).
+# profile/ directory. A profiled step's times include the profiler's overhead (its row says so).
 # The run's directory is bench-out/grpo-step-<model>[-exact]-<N>rank (GRPO_STEP_DIR overrides).
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" "${1:-gpu}"
 cmake --build "$build" --target grpo >/dev/null
@@ -113,10 +113,6 @@ for _ in range(reps):
 sync()
 peak = reps * 2 * n ** 3 / (time.perf_counter() - t) / 1e12
 steps = [x for x in map(json.loads, open(sys.argv[1])) if "time_train" in x]
-m = steps[-1]
-# exact_rollout measures rollout_logprob_diff on its check steps only (step 1, ...): the last measure.
-diff = next((x["rollout_logprob_diff"] for x in reversed(steps) if "rollout_logprob_diff" in x), float("nan"))
-total = m["time_rollout"] + m["time_reward"] + m["time_train"]
 name = {"v2_lite": "V2-Lite", "qwen": "Qwen2.5-1.5B", "tiny": "tiny test model"}[model]
 name += f" {layers} layers" if layers else (" 27 layers" if model == "v2_lite" else "")
 name += f", LoRA r{lora}" if int(lora) > 0 else ", full fine-tuning"
@@ -124,15 +120,18 @@ if int(zero) > 0:
     name += f", zero_stage {zero}"
 if exact:
     name += ", exact_rollout" + (f" (kernels on trial: {trial})" if trial else "")
-if profiled and int(profiled) == m["step"]:
-    name += " (this step ran under the profiler)"
-tf = m["perf/train_tflops"]
 print(f"\nbf16 matrix-product rate measured in this run: {peak:.0f} TFLOP/s per {'GPU' if device == 'cuda' else 'CPU'}")
 print("| model | ranks | step | mean completion | rollout s | reward s | train s | total s | tokens/s | train TFLOP/s | train MFU per rank | peak allocated GB | peak reserved GB | rollout_logprob_diff |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-print(f"| {name} | {nproc} | {m['step']} | {m['completions/mean_length']:.0f} | {m['time_rollout']:.1f} | {m['time_reward']:.2f} | "
-      f"{m['time_train']:.1f} | {total:.1f} | {m['tokens_per_second']:.0f} | {tf:.1f} | {100 * tf / peak / int(nproc):.1f}% | "
-      f"{m.get('memory/peak_allocated_gb', 0):.1f} | {m.get('memory/peak_reserved_gb', 0):.1f} | {diff:.2e} |")
+for m in steps:  # step 1 includes the first step's set-up (CUDA graphs captured, kernels loaded)
+    total = m["time_rollout"] + m["time_reward"] + m["time_train"]
+    tf = m["perf/train_tflops"]
+    # exact_rollout measures rollout_logprob_diff on its check steps only (exact_rollout_check_every).
+    diff = f"{m['rollout_logprob_diff']:.2e}" if "rollout_logprob_diff" in m else "-"
+    step = f"{m['step']}" + (" (profiled)" if profiled and int(profiled) == m["step"] else "")
+    print(f"| {name} | {nproc} | {step} | {m['completions/mean_length']:.0f} | {m['time_rollout']:.1f} | {m['time_reward']:.2f} | "
+          f"{m['time_train']:.1f} | {total:.1f} | {m['tokens_per_second']:.0f} | {tf:.1f} | {100 * tf / peak / int(nproc):.1f}% | "
+          f"{m.get('memory/peak_allocated_gb', 0):.1f} | {m.get('memory/peak_reserved_gb', 0):.1f} | {diff} |")
 PY
 if [ -n "${PROFILE:-}" ]; then
   for f in "$work"/run/profile/step-"$PROFILE"{,-rank-0}.md; do
