@@ -36,17 +36,10 @@ MLPImpl::MLPImpl(int64_t hidden, int64_t intermediate) {
 }
 
 Tensor MLPImpl::forward(const Tensor& x) {
-  if (fused::active(x)) {
-    Tensor gate = gate_proj(x), up = up_proj(x);
-    if (Tensor h = fused::swiglu(gate, up); h.defined()) return down_proj(h);
-    return down_proj(at::silu(gate) * up);
-  }
-  if (train::active(x)) {
-    Tensor gate = gate_proj(x), up = up_proj(x);
-    if (Tensor h = train::swiglu(gate, up); h.defined()) return down_proj(h);
-    return down_proj(at::silu(gate) * up);
-  }
-  return down_proj(at::silu(gate_proj(x)) * up_proj(x));
+  Tensor gate = gate_proj(x), up = up_proj(x), h;
+  if (fused::active(x)) h = fused::swiglu(gate, up);
+  else if (train::active(x)) h = train::swiglu(gate, up);
+  return down_proj(h.defined() ? h : at::silu(gate) * up);
 }
 
 // ---------------------------------------------------------------------------------------------
