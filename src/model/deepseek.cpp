@@ -1,6 +1,5 @@
 #include "model/deepseek.h"
 
-
 #ifdef GRPO_PAGED_MLA_CUDA
 #include "model/paged_mla_cuda.h"
 #endif

@@ -69,10 +69,9 @@ struct SwigluPairFunction : torch::autograd::Function<SwigluPairFunction> {
 }  // namespace
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
-  // The backward keeps a row's weight gradient in shared memory (up to 48 KB of fp32 by default;
-  // more where the device allows it is left to ATen's chain).
+  // Wider rows than the backward's shared memory holds are left to ATen's chain.
   if (!float_type(x) || weight.scalar_type() != x.scalar_type() || weight.dim() != 1 || x.dim() == 0 ||
-      weight.size(0) != x.size(-1) || x.size(-1) > 11 * 1024)
+      weight.size(0) != x.size(-1) || x.size(-1) > cuda::kMaxNormWidth)
     return {};
   return RmsNormFunction::apply(x, weight, eps);
 }

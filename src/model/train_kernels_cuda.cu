@@ -13,6 +13,7 @@
 
 #include "model/cuda_launch.h"
 #include "model/train_kernels_cuda.h"
+#include "util/error.h"
 
 namespace grpo::model::train::cuda {
 
@@ -138,11 +139,12 @@ std::pair<Tensor, Tensor> rms_norm_backward(const Tensor& dy, const Tensor& x, c
   if (M == 0) return {dx, weight_grad ? at::zeros_like(wc) : Tensor()};
   const int blocks = blocks_for(M);
   Tensor part = weight_grad ? at::empty({blocks, D}, xc.options().dtype(at::kFloat)) : Tensor();
+  if (D > kMaxNormWidth)
+    throw Error("training rms_norm backward: rows of " + std::to_string(D) + " values (at most " +
+                std::to_string(kMaxNormWidth) + ")");
   const size_t smem = (kThreads + (weight_grad ? D : 0)) * sizeof(float);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xc.scalar_type(), "train_rms_norm_backward", [&] {
     using T = device_t<scalar_t>;
-    if (smem > 48 * 1024)
-      cudaFuncSetAttribute(rms_norm_backward_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     rms_norm_backward_kernel<T><<<(unsigned)blocks, kThreads, smem, stream()>>>(
         reinterpret_cast<const T*>(dyc.data_ptr()), reinterpret_cast<const T*>(xc.data_ptr()),
         reinterpret_cast<const T*>(wc.data_ptr()), rstd.data_ptr<float>(), reinterpret_cast<T*>(dx.data_ptr()),

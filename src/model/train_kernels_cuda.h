@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <utility>
 
 namespace grpo::model::train::cuda {
@@ -14,7 +15,9 @@ using at::Tensor;
 // rounded to x's dtype), rounded; rstd = rsqrt(mean(x^2) + eps) per row, fp32, kept for the backward.
 std::pair<Tensor, Tensor> rms_norm_forward(const Tensor& x, const Tensor& w, double eps);
 // dx (x's shape and dtype) and, if `weight_grad`, dw (w's dtype; its rows' products rounded as
-// autograd's, summed in fp32); else an undefined dw.
+// autograd's, summed in fp32); else an undefined dw. A block keeps dw's row in the 48 KB of shared
+// memory it gets by default: rows of at most kMaxNormWidth values.
+constexpr int64_t kMaxNormWidth = 11 * 1024;
 std::pair<Tensor, Tensor> rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
                                             bool weight_grad);
 
