@@ -289,11 +289,8 @@ void GrpoTrainer::save(const std::string& name) {
 }
 
 void GrpoTrainer::resume() {
-  const std::string dir = store_.latest();
-  if (dir.empty()) {
-    fprintf(stderr, "grpo train: --resume: no checkpoint in %s yet; starting from the beginning\n", out_.c_str());
-    return;
-  }
+  const std::string dir = store_.resume_point();
+  if (dir.empty()) return;
   resumed_from_ = dir;
   auto saved = model::load_model(dir, {at::kFloat, at::kCPU});  // copied onto the policy's device
   model::copy_weights(*master_, *saved);

@@ -195,11 +195,8 @@ void RewardModelStage::save() {
 }
 
 void RewardModelStage::resume() {
-  const std::string dir = store_.latest();
-  if (dir.empty()) {
-    fprintf(stderr, "grpo train: --resume: no checkpoint in %s yet; starting from the beginning\n", out_.c_str());
-    return;
-  }
+  const std::string dir = store_.resume_point();
+  if (dir.empty()) return;
   resumed_from_ = dir;
   model::RewardModel saved = model::load_reward_model(dir, {at::kFloat, at::kCPU});
   model::copy_weights(*pol_.master, *saved.backbone);

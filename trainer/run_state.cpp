@@ -4,6 +4,7 @@
 #include <sys/statvfs.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <vector>
 
@@ -108,6 +109,13 @@ std::string CheckpointStore::latest() const {
   // Stopped between the two renames of a re-saved checkpoint: the complete old one is `.old`.
   if (is_directory(dir + ".old")) return dir + ".old";
   throw Error(pointer + " names " + name + ", which is not in " + out_);
+}
+
+std::string CheckpointStore::resume_point() const {
+  std::string dir = latest();
+  if (dir.empty())
+    fprintf(stderr, "grpo train: --resume: no checkpoint in %s yet; starting from the beginning\n", out_.c_str());
+  return dir;
 }
 
 void CheckpointStore::prune(const std::string& keep) {

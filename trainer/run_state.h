@@ -37,6 +37,8 @@ class CheckpointStore {
   std::string staging_dir(const std::string& name) const { return out_ + "/" + name + ".tmp"; }
   // The newest complete checkpoint directory, or "" when there is none.
   std::string latest() const;
+  // latest() for `--resume`; with none yet, says so on stderr (the run starts from the beginning).
+  std::string resume_point() const;
 
  private:
   void prune(const std::string& keep);

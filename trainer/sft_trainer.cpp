@@ -197,11 +197,8 @@ void SftStage::save() {
 }
 
 void SftStage::resume() {
-  const std::string dir = store_.latest();
-  if (dir.empty()) {
-    fprintf(stderr, "grpo train: --resume: no checkpoint in %s yet; starting from the beginning\n", out_.c_str());
-    return;
-  }
+  const std::string dir = store_.resume_point();
+  if (dir.empty()) return;
   resumed_from_ = dir;
   auto saved = model::load_model(dir, {at::kFloat, at::kCPU});
   model::copy_weights(*pol_.master, *saved);
