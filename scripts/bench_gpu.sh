@@ -13,12 +13,12 @@
 # these num_speculative_tokens, against the same model decoding plainly (1,024-token contexts);
 # TRAIN_PROFILE (say 15; default 0): also the N kernels taking the most time in a training step;
 # PARTS (default checks,train,decode,variants,fused,exact,transformers): the parts to run, for a
-# call that must fit a time limit (train: forward+backward, also with the training kernels on trial,
-# cuDNN's attention and train_kernels, and transformers'; decode: the plain engine per context;
-# variants: gathered attention, FP8 and exact_rollout per context; fused: ATen's chains and the
-# kernels on trial at 1,024 tokens; exact: the batch-invariant products alone and exact_rollout at
-# 1,024 tokens, each with and without its kernels on trial; transformers: its generate() as the
-# decode baseline).
+# call that must fit a time limit (train: forward+backward, also without the fused training kernels
+# (train_kernels), and transformers'; decode: the plain engine per context; variants: gathered
+# attention, FP8 and exact_rollout per context; fused: ATen's chains and the engine without the
+# router kernel at 1,024 tokens; exact: the batch-invariant products alone (without the adopted
+# decode kernels; the fp32 ones with fp32_products on trial) and exact_rollout at 1,024 tokens,
+# with and without its kernels on trial; transformers: its generate() as the decode baseline).
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRPO_ASAN_TESTS=OFF \
   -DGRPO_PYTHON="$(command -v "$py")" ${CMAKE_ARGS:-} >/dev/null
@@ -43,12 +43,10 @@ want train && for shape in "1 4096" "8 1024"; do
   set -- $shape
   "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
     --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json --label grpo --profile "${TRAIN_PROFILE:-0}" | tee -a "$log"
-  # The training kernels on trial (model/kernel_trial.h), alone and together: the same step.
-  for trial in cudnn_attention train_kernels cudnn_attention,train_kernels; do
-    GRPO_KERNEL_TRIAL=$trial "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" \
-      --device cuda --dtype bfloat16 --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json \
-      --label "grpo, on trial: $trial" | tee -a "$log"
-  done
+  # The same step without the fused training kernels (model/kernel_trial.h): ATen's chains.
+  GRPO_KERNEL_TRIAL=-train_kernels "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" \
+    --device cuda --dtype bfloat16 --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json \
+    --label "grpo, without train_kernels" | tee -a "$log"
   "$py" scripts/bench/hf_forward.py --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
     --batch "$1" --seq "$2" --iters 3 --warmup 1 --json --label transformers | tee -a "$log" || echo "transformers failed"
 done
@@ -87,25 +85,30 @@ fi
 # ATen's kernel chains instead of the fused RMSNorm, RoPE, SwiGLU and MoE kernels: their baseline.
 want fused && "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
   --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" --no-fused-kernels --label grpo-unfused | tee -a "$log"
-# The kernel on trial (GRPO_KERNEL_TRIAL): the router after its logits in one kernel.
-for trial in router; do
-  want fused && GRPO_KERNEL_TRIAL=$trial "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
+# Without the adopted router kernel (GRPO_KERNEL_TRIAL=-router): ATen's chain after the logits.
+for kernel in router; do
+  want fused && GRPO_KERNEL_TRIAL=-$kernel "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
     --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
-    --label "grpo-trial-$trial" | tee -a "$log"
+    --label "grpo-without-$kernel" | tee -a "$log"
 done
 # The batch-invariant products alone (the V2-Lite projections' K = N = 2048, and gate_up's rows over
 # 64 experts: decode's 768 and 1,536 rows at batch 128 and 256, a prefill's more) against ATen's
-# bf16 product (and decode's grouped rows through the staged tiles on trial, its few rows through
-# the narrow columns); then exact_rollout at 1,024 tokens with the exact mode's kernels on trial
-# (EXACT_TRIAL, default staged_tiles,narrow_columns), next to the same run without (the "variants"
-# part) or here when that part is off, and the ordinary engine (the "decode" part, or here).
+# bf16 product, and against themselves without the adopted decode kernels (staged tiles for the
+# grouped rows, narrow columns for a few rows); the fp32 products (the router's N = 64, LoRA r16's
+# A and B) with fp32_products on trial; then exact_rollout at 1,024 tokens with the exact mode's
+# kernels on trial (EXACT_TRIAL, default fp32_products), next to the same run without (the
+# "variants" part) or here when that part is off, and the ordinary engine (the "decode" part, or here).
 if want exact; then
   "$build/scripts/bench/bench_invariant" --device cuda | tee -a "$log"
   "$build/scripts/bench/bench_invariant" --device cuda --groups 64 --n 2816 --rows 768,1536,4096,16384,65536 | tee -a "$log"
+  for nk in "64 2048" "16 2048" "2048 16"; do
+    set -- $nk
+    "$build/scripts/bench/bench_invariant" --device cuda --fp32-weights --n "$1" --k "$2" --rows 1,128,512,4096 | tee -a "$log"
+  done
   want variants || "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 \
     --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" --exact \
     --label grpo-exact | tee -a "$log"
-  GRPO_KERNEL_TRIAL=${EXACT_TRIAL:-staged_tiles,narrow_columns} "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
+  GRPO_KERNEL_TRIAL=${EXACT_TRIAL:-fp32_products} "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
     --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
     --exact --label grpo-exact-trial --profile "${EXACT_PROFILE:-0}" | tee -a "$log"
 fi

@@ -84,12 +84,12 @@ compare("grpo-unfused", "Decode with the fused kernels (RMSNorm, RoPE, SwiGLU, t
         ["fused ms/step", "ATen chains ms/step", "speed-up", "fused roofline", "ATen chains roofline"],
         lambda r, u: [f"{r['ms_per_step']:.2f}", f"{u['ms_per_step']:.2f}", f"{u['ms_per_step'] / r['ms_per_step']:.2f}x",
                       f"{100 * r['roofline']:.1f}%", f"{100 * u['roofline']:.1f}%"])
-for trial, what in (("router", "the router after its logits in one kernel"),):
-    compare(f"grpo-trial-{trial}", f"Decode with {what} (GRPO_KERNEL_TRIAL={trial}) against the default kernels\n"
-            "in the same run",
-            ["default ms/step", "trial ms/step", "speed-up", "default roofline", "trial roofline",
-             "default drift mean / max", "trial drift mean / max"],
-            lambda r, x: [f"{r['ms_per_step']:.2f}", f"{x['ms_per_step']:.2f}", f"{r['ms_per_step'] / x['ms_per_step']:.2f}x",
+for kernel, what in (("router", "the router after its logits in one kernel"),):
+    compare(f"grpo-without-{kernel}", f"Decode with {what} (adopted) against the same engine without it\n"
+            f"(GRPO_KERNEL_TRIAL=-{kernel}) in the same run",
+            ["with ms/step", "without ms/step", "speed-up", "with roofline", "without roofline",
+             "with drift mean / max", "without drift mean / max"],
+            lambda r, x: [f"{r['ms_per_step']:.2f}", f"{x['ms_per_step']:.2f}", f"{x['ms_per_step'] / r['ms_per_step']:.2f}x",
                           f"{100 * r['roofline']:.1f}%", f"{100 * x['roofline']:.1f}%", drift(r), drift(x)])
 
 
@@ -98,24 +98,27 @@ def exact_prefill():
     batch-invariant products alone against ATen's."""
     if products:
         print()
-        print("Batch-invariant products alone (bf16, rounded to bf16), against ATen's bf16 product on the same inputs, same run")
+        print("Batch-invariant products alone (bf16 weights rounded to bf16; fp32 weights, fp32 out), against ATen's product\n"
+              "in the weights' dtype on the same inputs; the other form (GRPO_KERNEL_TRIAL: an adopted kernel turned off\n"
+              "with '-', or one on trial) against the default, same run")
         print()
-        print("| rows | groups | N x K | batch-invariant TFLOP/s | ATen TFLOP/s | batch-invariant / ATen | kernel on trial | "
-              "its TFLOP/s | trial / default | trial bits equal |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| rows | groups | N x K | weights | batch-invariant TFLOP/s | ATen TFLOP/s | batch-invariant / ATen | other form | "
+              "its TFLOP/s | default / other | bits equal |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in products:
-            st = r.get("trial_gflops")
-            name = r.get("trial", "-") + (f" ({r['trial_tile_rows']} rows)" if "trial_tile_rows" in r else "")
-            print(f"| {r['rows']} | {r['groups']} | {r['n']} x {r['k']} | {r['invariant_gflops'] / 1e3:.1f} | "
-                  f"{r['aten_bf16_gflops'] / 1e3:.1f} | {r['invariant_gflops'] / r['aten_bf16_gflops']:.2f} | {name} | "
-                  + (f"{st / 1e3:.2f} | {st / r['invariant_gflops']:.2f}x | {r['trial_equal']} |" if st else "- | - | - |"))
+            r.setdefault("aten_gflops", r.get("aten_bf16_gflops", 0))  # its name in earlier logs
+            st = r.get("other_gflops")
+            name = r.get("other", "-") + (f" (default: {r['tile_rows']}-row tiles)" if "tile_rows" in r else "")
+            print(f"| {r['rows']} | {r['groups']} | {r['n']} x {r['k']} | {r.get('weights', 'bf16')} | {r['invariant_gflops'] / 1e3:.2f} | "
+                  f"{r['aten_gflops'] / 1e3:.2f} | {r['invariant_gflops'] / r['aten_gflops']:.2f} | {name} | "
+                  + (f"{st / 1e3:.2f} | {r['invariant_gflops'] / st:.2f}x | {r['other_equal']} |" if st else "- | - | - |"))
     base = {(r["batch"], r["prompt"]): r for r in decode if r["engine"] == "grpo-exact"}
     plain = {(r["batch"], r["prompt"]): r for r in decode if r["engine"] == "grpo"}
     rows = [r for r in decode if r["engine"] == "grpo-exact-trial" and (r["batch"], r["prompt"]) in base]
     if not rows:
         return
     print()
-    print("exact_rollout with its kernels on trial (bench_gpu.sh's EXACT_TRIAL, default staged_tiles,narrow_columns)\nagainst exact_rollout with "
+    print("exact_rollout with its kernels on trial (bench_gpu.sh's EXACT_TRIAL, default fp32_products)\nagainst exact_rollout with "
           "the default kernels and the ordinary engine, same run; prefill tokens/s, decode ms/step, drift (0: equal bit for bit)")
     print()
     print("| batch | context | ordinary prefill tok/s | exact prefill tok/s | trial prefill tok/s | prefill speed-up | "

@@ -3,7 +3,7 @@
 // One block of 8 warps per BM x 128 tile of outputs (one row tile, one column tile; consecutive
 // blocks take the same rows and successive columns, so x is read from memory once and w stays in
 // L2), two blocks a multiprocessor. BM is 128 for a prefill's many rows; 16, 32 or 64 for the
-// grouped products of decode (on trial, "staged_tiles": each expert's weights then go through
+// grouped products of decode ("staged_tiles": each expert's weights then go through
 // shared memory once per tile of its rows). K goes through shared memory 32 values at a time, in
 // kStages buffers filled by cp.async while earlier ones are used. The warps are WM x WN: warp (wm,
 // wn) computes RT 16-row and CT 8-column tensor-core tiles (128 rows: 2 x 4 warps of 4 x 4 tiles),
@@ -175,7 +175,7 @@ bool use_wide_products(int64_t rows, int64_t groups) {
   return rows >= 1024 && rows >= 64 * groups;
 }
 
-bool use_staged_tiles() { return kernel_on_trial("staged_tiles"); }
+bool use_staged_tiles() { return kernel_adopted("staged_tiles"); }
 
 namespace {
 

@@ -30,7 +30,7 @@ inline int64_t product_part_length(int64_t K) { return (K + 32 * kProductParts -
 // x and w bf16, K % 8 == 0, both 16-byte aligned. tiles: null (one group, rows in tiles of
 // tile_rows) or a table of num_tiles slots (group, first row, rows <= tile_rows,
 // invariant_kernels_cuda.h); slots with 0 rows are skipped. tile_rows: 128 (kWideRows), or 16, 32
-// or 64 (decode's grouped products, on trial).
+// or 64 (decode's grouped products, "staged_tiles").
 void wide_gemm_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, void* out, bool bf16_out, int64_t M, int64_t N,
                     int64_t K, const int64_t* tiles, int64_t num_tiles, at::Device device, cudaStream_t stream,
                     int64_t tile_rows = kWideRows);

@@ -44,7 +44,7 @@ constexpr int kBM = (int)kTileRows;
 // in part order: an output's value depends on K alone, never on M, the tile or the grid.
 constexpr int kParts = kProductParts;
 constexpr int kTileN = 32;  // bf16: four 8-column tensor-core tiles per warp
-// Narrow tiles (on trial, "narrow_columns"): 8 columns a block where the products' blocks would
+// Narrow tiles (adopted, "narrow_columns"): 8 columns a block where the products' blocks would
 // not fill the device (a decode step of one or a few rows), their loads kNarrowChunks chunks deep.
 constexpr int kNarrowCols = 8, kNarrowChunks = 8;
 
@@ -191,30 +191,6 @@ void launch_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, void* out, bool
   const dim3 grid((unsigned)blocks, (unsigned)((N + TN - 1) / TN));
   gemm_nt_bf16_kernel<Vec, R, TN><<<grid, kParts * 32, smem, stream>>>(x, w, out, bf16_out, M, N, K,
                                                                        product_part_length(K), tiles);
-}
-
-// fp32 products on CUDA cores (the MoE router's weights are fp32): warp j of a block takes column
-// col0 + j for every row of the tile; lane l sums k = l, l + 32, ... in order, then a fixed tree
-// over the lanes.
-constexpr int kF32Cols = 8;
-
-__global__ void __launch_bounds__(kF32Cols * 32) gemm_nt_f32_kernel(const float* __restrict__ x,
-                                                                     const float* __restrict__ w,
-                                                                     float* __restrict__ out, int64_t M, int64_t N,
-                                                                     int64_t K, const int64_t* __restrict__ tiles) {
-  const Tile tile = tile_of(tiles, M);
-  const int lane = threadIdx.x % 32;
-  const int64_t n = (int64_t)blockIdx.y * kF32Cols + threadIdx.x / 32;
-  if (n >= N) return;
-  const float* b = w + (tile.group * N + n) * K;
-  for (int64_t r = 0; r < tile.rows; ++r) {
-    const float* a = x + (tile.row0 + r) * K;
-    float s = 0;
-#pragma unroll 8
-    for (int64_t k = lane; k < K; k += 32) s += a[k] * b[k];
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-    if (lane == 0) out[(tile.row0 + r) * N + n] = s;
-  }
 }
 
 constexpr int kRowThreads = 256;
@@ -390,11 +366,11 @@ using cuda_launch::stream;
 void check_launch(const char* what) { cuda_launch::check("batch-invariant CUDA kernel", what); }
 
 // Narrow tiles where the 32-column blocks of one row tile each would not give every
-// multiprocessor two blocks, while on trial.
+// multiprocessor two blocks, unless turned off ("-narrow_columns").
 bool use_narrow_columns(int64_t row_blocks, int64_t N) {
   if (row_blocks * ((N + kTileN - 1) / kTileN) >= 2 * at::cuda::getCurrentDeviceProperties()->multiProcessorCount)
     return false;
-  return kernel_on_trial("narrow_columns");
+  return kernel_adopted("narrow_columns");
 }
 
 // tiles: the table of grouped rows (tiles of up to tile_rows rows: 16, 32 or 64), or undefined;
@@ -437,10 +413,7 @@ Tensor gemm(const Tensor& x, const Tensor& w, int64_t M, int64_t N, int64_t K, c
     else if (vec) launch(std::true_type());
     else launch(std::false_type());
   } else {
-    Tensor xf = x.to(at::kFloat).contiguous(), wf = w.to(at::kFloat).contiguous();
-    const dim3 grid((unsigned)num_tiles, (unsigned)((N + kF32Cols - 1) / kF32Cols));
-    gemm_nt_f32_kernel<<<grid, kF32Cols * 32, 0, stream()>>>(xf.data_ptr<float>(), wf.data_ptr<float>(),
-                                                        out.data_ptr<float>(), M, N, K, tp);
+    gemm_f32(x, w, out, M, N, K, tp, num_tiles, tp ? tile_rows : kBM, kernel_on_trial("fp32_products"));
   }
   check_launch("gemm");
   return round_to && !bf16_out ? out.to(*round_to) : out;

@@ -23,13 +23,13 @@ constexpr int64_t kTileRows = 16;
 constexpr int64_t kWideRows = 128;
 bool use_wide_products(int64_t rows, int64_t groups);
 // Whether grouped products of fewer rows (decode's) take the wide kernel too, in tiles of their
-// table's 16, 32 or 64 rows staged through shared memory: while on trial (model/kernel_trial.h,
-// "staged_tiles"; it also takes the 32- and 64-row tiles of "tall_tiles"). The same bits.
+// table's 16, 32 or 64 rows staged through shared memory: unless turned off (model/kernel_trial.h,
+// "-staged_tiles"; it also takes the 32- and 64-row tiles of "tall_tiles"). The same bits.
 bool use_staged_tiles();
 
 // invariant_grouping_cuda.cu:
 // Rows a tile of grouped products holds (the decode kernel reads each weight once per tile): 16;
-// or, while on trial (model/kernel_trial.h, "tall_tiles" or "staged_tiles"), 32 where the groups
+// or, with "staged_tiles" (adopted) or "tall_tiles" (on trial; model/kernel_trial.h), 32 where the groups
 // hold 16 rows or more on average and 64 where they hold 48 or more. Either gives the same bits.
 int64_t grouped_tile_rows(int64_t rows, int64_t groups);
 
@@ -50,6 +50,12 @@ Tensor contiguous_tiles(int64_t groups, int64_t rows, at::Device device, int64_t
 // undefined (`tiles` serve).
 Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& tiles, int64_t num_tiles, int64_t tile_rows,
                          const Tensor& wide_tiles, int64_t num_wide_tiles, std::optional<at::ScalarType> round_to);
+// invariant_fp32_cuda.cu: out (M, N) fp32 = x (M, K) times w[group] (N, K) transposed, w taken as
+// fp32: the products whose weight is not bf16 (the router's, LoRA's side paths). tiles: a table as
+// grouped_matmul_nt's (num_tiles slots of up to tile_rows rows), or null (tiles of kTileRows rows).
+// spread: the forms that cover the device (on trial, "fp32_products"); the same bits either way.
+void gemm_f32(const Tensor& x, const Tensor& w, Tensor& out, int64_t M, int64_t N, int64_t K, const int64_t* tiles,
+              int64_t num_tiles, int64_t tile_rows, bool spread);
 Tensor rms_normalize(const Tensor& x, double eps);
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);  // weight of x's dtype
 Tensor swiglu(const Tensor& gate, const Tensor& up);  // of one dtype

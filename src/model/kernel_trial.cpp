@@ -4,16 +4,29 @@
 
 namespace grpo::model {
 
-bool kernel_on_trial(std::string_view kernel) {
+namespace {
+
+// Whether GRPO_KERNEL_TRIAL has the item `prefix` + `kernel` ("-" for one turned off). No
+// allocation: this runs once per layer of a decode step.
+bool listed(std::string_view prefix, std::string_view kernel) {
   const char* v = std::getenv("GRPO_KERNEL_TRIAL");
   if (!v) return false;
-  for (std::string_view list(v);;) {  // no allocation: this runs once per layer of a decode step
+  for (std::string_view list(v);;) {
     const size_t comma = list.find(',');
-    if (list.substr(0, comma) == kernel) return true;
+    const std::string_view item = list.substr(0, comma);
+    if (item.size() == prefix.size() + kernel.size() && item.substr(0, prefix.size()) == prefix &&
+        item.substr(prefix.size()) == kernel)
+      return true;
     if (comma == std::string_view::npos) return false;
     list.remove_prefix(comma + 1);
   }
 }
+
+}  // namespace
+
+bool kernel_on_trial(std::string_view kernel) { return listed("", kernel); }
+
+bool kernel_adopted(std::string_view kernel) { return !listed("-", kernel); }
 
 KernelTrialScope::KernelTrialScope(const std::string& names) {
   if (const char* v = std::getenv("GRPO_KERNEL_TRIAL")) previous_ = v;

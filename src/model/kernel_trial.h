@@ -1,15 +1,18 @@
 // Kernels on trial: a new kernel that has not yet been measured against the one it would replace
 // runs only when named in the environment variable GRPO_KERNEL_TRIAL, a comma-separated list:
-//   router           the router after its logits through fused::route (fused_kernels.h)
 //   tall_tiles       the batch-invariant grouped products of decode in tiles of 32 or 64 rows of a
-//                    group, where groups hold that many (invariant_kernels_cuda.h)
-//   staged_tiles     the same tiles (and 16-row ones) through the wide kernel, staged in shared
-//                    memory (invariant_gemm_cuda.h)
+//                    group, where groups hold that many, through the decode kernel
+//                    (invariant_kernels_cuda.h)
+// so that one build measures both. Once measured, a kernel becomes the default or is dropped.
+//
+// Adopted kernels (they won their trial) run by default; the item "-name" turns one off, to
+// compare it with what it replaced or to rule it out when a result looks wrong:
+//   router           the router after its logits through fused::route (fused_kernels.h)
+//   staged_tiles     decode's grouped products in tiles of 16, 32 or 64 rows of a group through the
+//                    wide kernel, staged in shared memory (invariant_gemm_cuda.h)
 //   narrow_columns   the batch-invariant products of a decode step's few rows in 8-column blocks,
 //                    their loads eight chunks deep, where 32-column blocks would not fill the device
-//   cudnn_attention  cuDNN's fused attention first for the training forward's attention (layers.h)
 //   train_kernels    fused RMSNorm (forward and backward) and SwiGLU backward in training (train_kernels.h)
-// so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 #pragma once
 
 #include <optional>
@@ -20,9 +23,11 @@ namespace grpo::model {
 
 // Whether `kernel` is named in GRPO_KERNEL_TRIAL (read at each call: tests set it).
 bool kernel_on_trial(std::string_view kernel);
+// Whether an adopted `kernel` runs: unless GRPO_KERNEL_TRIAL names "-kernel".
+bool kernel_adopted(std::string_view kernel);
 
-// Puts exactly `names` on trial (GRPO_KERNEL_TRIAL; "" for none) for its lifetime, then restores
-// the variable as it was: for tests and benchmarks that run the same work with and without.
+// Sets GRPO_KERNEL_TRIAL to exactly `names` ("" for no trial, every adopted kernel on) for its
+// lifetime, then restores the variable as it was: for tests and benchmarks that run the same work with and without.
 class KernelTrialScope {
  public:
   explicit KernelTrialScope(const std::string& names);

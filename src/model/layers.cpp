@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "model/fused_kernels.h"
-#include "model/kernel_trial.h"
 #include "model/train_kernels.h"
 
 namespace grpo::model {
@@ -99,25 +98,8 @@ Tensor apply_rope(const Tensor& x, const RopeTables& rope, bool interleave) {
 
 Tensor causal_attention(const Tensor& query, const Tensor& key, const Tensor& value, const AttentionMask& mask,
                         double scale) {
-  auto sdpa = [&] {
-    return mask.allowed ? at::scaled_dot_product_attention(query, key, value, *mask.allowed, 0.0, false, scale)
-                        : at::scaled_dot_product_attention(query, key, value, {}, 0.0, true, scale);
-  };
-  if (!query.is_cuda() || !kernel_on_trial("cudnn_attention")) return sdpa();
-  // ATen's order of backends is global: cuDNN first for this call, the order as it was after.
-  auto& ctx = at::globalContext();
-  std::vector<int64_t> previous;
-  for (at::SDPBackend b : ctx.sDPPriorityOrder()) previous.push_back(static_cast<int64_t>(b));
-  std::vector<int64_t> order = {static_cast<int64_t>(at::SDPBackend::cudnn_attention)};
-  for (int64_t b : previous)
-    if (b != order[0]) order.push_back(b);
-  ctx.setSDPPriorityOrder(order);
-  struct Restore {
-    at::Context& ctx;
-    const std::vector<int64_t>& order;
-    ~Restore() { ctx.setSDPPriorityOrder(order); }
-  } restore{ctx, previous};
-  return sdpa();
+  return mask.allowed ? at::scaled_dot_product_attention(query, key, value, *mask.allowed, 0.0, false, scale)
+                      : at::scaled_dot_product_attention(query, key, value, {}, 0.0, true, scale);
 }
 
 const Tensor& PagedKV::gather_index() const {

@@ -55,10 +55,9 @@ struct AttentionMask {
 };
 
 // softmax(q k^T * scale, causal or as `mask` allows) v over (B, heads, T, d) tensors, through
-// PyTorch's scaled_dot_product_attention. On CUDA with `cudnn_attention` on trial
-// (model/kernel_trial.h), cuDNN's attention is tried first: PyTorch admits it for MLA's 192-wide
-// queries and keys with 128-wide values on Hopper with cuDNN 9.10 or later; its flash kernel
-// takes equal widths only. Where cuDNN declines, the usual order follows.
+// PyTorch's scaled_dot_product_attention, in PyTorch's order of backends (on Hopper it picks
+// cuDNN's fused attention for MLA's 192-wide queries and keys with 128-wide values; bench_forward
+// reports which it took).
 Tensor causal_attention(const Tensor& query, const Tensor& key, const Tensor& value, const AttentionMask& mask,
                         double scale);
 

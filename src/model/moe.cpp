@@ -25,7 +25,7 @@ RouterImpl::Routing RouterImpl::forward(const Tensor& x, const Tensor& replay) {
   const int64_t N = x.size(0), k = c.num_experts_per_tok;
   // Gate logits in fp32 whatever the model dtype.
   Tensor logits = at::linear(x.to(at::kFloat), weight.to(at::kFloat));
-  if (!replay.defined() && fused::active(logits) && kernel_on_trial("router"))
+  if (!replay.defined() && fused::active(logits) && kernel_adopted("router"))
     if (fused::Routing r = fused::route(logits, e_score_correction_bias, c); r.experts.defined())
       return {r.experts, r.weights, r.scores, Tensor()};
   Tensor scores = c.scoring_func == ScoringFunc::Softmax ? logits.softmax(-1) : logits.sigmoid();

@@ -12,7 +12,7 @@ namespace grpo::model::train {
 
 bool active(const Tensor& x) {
 #ifdef GRPO_INVARIANT_CUDA
-  return x.is_cuda() && kernel_on_trial("train_kernels");
+  return x.is_cuda() && kernel_adopted("train_kernels");
 #else
   (void)x;
   return false;

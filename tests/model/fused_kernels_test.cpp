@@ -9,7 +9,6 @@
 #include "common/tensor_checks.h"
 #include "common/tiny_models.h"
 #include "model/fused_kernels.h"
-#include "model/kernel_trial.h"
 #include "model/layers.h"
 #include "model/moe.h"
 

@@ -54,19 +54,25 @@ Tensor reference_products(const Tensor& x, const Tensor& w, const std::vector<in
 
 }  // namespace
 
-// The switch for kernels on trial: a name counts only as a whole item of GRPO_KERNEL_TRIAL's
-// comma-separated list.
+// The switch for kernels on trial and adopted ones: a name counts only as a whole item of
+// GRPO_KERNEL_TRIAL's comma-separated list, an adopted kernel is off only as "-name".
 TEST(KernelTrial, NamesAreWholeItemsOfTheList) {
   ::unsetenv("GRPO_KERNEL_TRIAL");
   EXPECT_FALSE(kernel_on_trial("wide_products"));
+  EXPECT_TRUE(kernel_adopted("staged_tiles"));
   {
-    KernelTrialScope outer("router,wide_products,,tall_tiles");
+    KernelTrialScope outer("router,wide_products,,tall_tiles,-staged_tiles");
     EXPECT_TRUE(kernel_on_trial("router"));
     EXPECT_TRUE(kernel_on_trial("wide_products"));
     EXPECT_TRUE(kernel_on_trial("tall_tiles"));
     EXPECT_FALSE(kernel_on_trial("wide"));
     EXPECT_FALSE(kernel_on_trial("products"));
     EXPECT_FALSE(kernel_on_trial("query_tiles"));
+    EXPECT_FALSE(kernel_on_trial("staged_tiles"));
+    EXPECT_FALSE(kernel_adopted("staged_tiles"));
+    EXPECT_TRUE(kernel_adopted("router")) << "named without '-'";
+    EXPECT_TRUE(kernel_adopted("staged"));
+    EXPECT_TRUE(kernel_adopted("tiles"));
     {
       KernelTrialScope inner("query_tiles");
       EXPECT_TRUE(kernel_on_trial("query_tiles"));
@@ -299,9 +305,9 @@ TEST(InvariantKernelsCuda, WideProductsEqualTheDecodeKernelBitForBit) {
 #endif
 }
 
-// Narrow tiles (on trial: GRPO_KERNEL_TRIAL=narrow_columns): a decode step's products of one or a
-// few rows in blocks of 8 columns, their loads eight chunks deep, give the bits of the 32-column
-// blocks: plain products of 1, 5 and 16 rows with K of the V2-Lite shapes (2048, 1408), one whose
+// Narrow tiles ("narrow_columns", adopted; GRPO_KERNEL_TRIAL=-narrow_columns turns them off): a
+// decode step's products of one or a few rows in blocks of 8 columns, their loads eight chunks
+// deep, give the bits of the 32-column blocks: plain products of 1, 5 and 16 rows with K of the V2-Lite shapes (2048, 1408), one whose
 // last part ends inside a 32-value step (1000), one shorter than a part (24) and MLA's per-head
 // widths (128, 512); N not a multiple of 8 (300) and V2-Lite's 2048; fp32 and bf16 outputs. Then
 // grouped products through a tile table: six experts' single rows, and 16 heads' single rows.
@@ -310,8 +316,8 @@ TEST(InvariantKernelsCuda, NarrowColumnsGiveTheBitsOfWideOnes) {
   const at::Device cuda(at::kCUDA, 0);
   const auto bf16 = at::TensorOptions().device(cuda).dtype(at::kBFloat16);
   at::manual_seed(11);
-  auto under = [](const char* trial, auto&& f) {
-    KernelTrialScope scope(trial);
+  auto under = [](const char* kernels, auto&& f) {
+    KernelTrialScope scope(kernels);
     return f();
   };
   for (int64_t K : {2048, 1408, 1000, 24, 128, 512})
@@ -320,8 +326,8 @@ TEST(InvariantKernelsCuda, NarrowColumnsGiveTheBitsOfWideOnes) {
         SCOPED_TRACE("M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K));
         const Tensor x = at::randn({M, K}, bf16), w = at::randn({N, K}, bf16);
         for (auto round_to : {std::optional<at::ScalarType>(), std::optional<at::ScalarType>(at::kBFloat16)}) {
-          const Tensor want = under("", [&] { return invariant::matmul_nt(x, w, round_to); });
-          EXPECT_TRUE(at::equal(under("narrow_columns", [&] { return invariant::matmul_nt(x, w, round_to); }), want));
+          const Tensor want = under("-narrow_columns", [&] { return invariant::matmul_nt(x, w, round_to); });
+          EXPECT_TRUE(at::equal(under("", [&] { return invariant::matmul_nt(x, w, round_to); }), want));
         }
       }
   // Six experts' rows of one token (64 experts; 96 columns, so that the tiles' blocks stay few
@@ -329,24 +335,66 @@ TEST(InvariantKernelsCuda, NarrowColumnsGiveTheBitsOfWideOnes) {
   const Tensor x = at::randn({6, 2048}, bf16), w = at::randn({64, 96, 2048}, bf16);
   const invariant::RowGroups experts = invariant::group_rows(at::tensor({3, 17, 18, 40, 41, 63}, bf16.dtype(at::kLong)), 64);
   const Tensor xs = x.index_select(0, experts.order);
-  const Tensor want = under("", [&] { return invariant::grouped_matmul_nt(xs, w, experts, at::kBFloat16); });
-  EXPECT_TRUE(at::equal(under("narrow_columns", [&] { return invariant::grouped_matmul_nt(xs, w, experts, at::kBFloat16); }),
+  const Tensor want = under("-narrow_columns", [&] { return invariant::grouped_matmul_nt(xs, w, experts, at::kBFloat16); });
+  EXPECT_TRUE(at::equal(under("", [&] { return invariant::grouped_matmul_nt(xs, w, experts, at::kBFloat16); }),
                         want))
       << "experts";
   const Tensor xh = at::randn({16, 128}, bf16), wh = at::randn({16, 512, 128}, bf16);
   const invariant::RowGroups heads = invariant::contiguous_groups(16, 1, cuda);
-  const Tensor want_h = under("", [&] { return invariant::grouped_matmul_nt(xh, wh, heads); });
-  EXPECT_TRUE(at::equal(under("narrow_columns", [&] { return invariant::grouped_matmul_nt(xh, wh, heads); }), want_h))
+  const Tensor want_h = under("-narrow_columns", [&] { return invariant::grouped_matmul_nt(xh, wh, heads); });
+  EXPECT_TRUE(at::equal(under("", [&] { return invariant::grouped_matmul_nt(xh, wh, heads); }), want_h))
       << "heads";
 }
 
-// Tall tiles (on trial: GRPO_KERNEL_TRIAL=tall_tiles): grouped products whose tiles hold 32 or 64
+// The fp32 products spread over the device (on trial: GRPO_KERNEL_TRIAL=fp32_products) give the
+// bits of the default warp form: LoRA's side paths (K the rank: 16, 8, 1 and the form's limit 32;
+// then its A, N the rank, K 2048), the router (N 64), a K just past a warp's width (33) and one
+// not a multiple of 32 (1000); 1, 5 and 200 rows; x bf16 (read as it is) and fp32. Then through a tile table: 300 rows over 64 groups, as LoRA's expert side paths.
+TEST(InvariantKernelsCuda, SpreadFp32ProductsGiveTheBitsOfTheWarpForm) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const auto f32 = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  at::manual_seed(12);
+  auto under = [](const char* kernels, auto&& f) {
+    KernelTrialScope scope(kernels);
+    return f();
+  };
+  struct Shape {
+    int64_t n, k;
+  };
+  for (const Shape& sh : {Shape{2048, 16}, Shape{300, 8}, Shape{300, 1}, Shape{2048, 32}, Shape{16, 2048},
+                          Shape{64, 2048}, Shape{300, 33}, Shape{300, 1000}})
+    for (int64_t M : {1, 5, 200})
+      for (auto x_type : {at::kBFloat16, at::kFloat}) {
+        SCOPED_TRACE("M " + std::to_string(M) + " N " + std::to_string(sh.n) + " K " + std::to_string(sh.k) + " x " +
+                     c10::toString(x_type));
+        // Values of both signs and mixed sizes, so that the sum's order shows in its last bits.
+        const Tensor x = (at::randn({M, sh.k}, f32) * at::exp(at::randn({M, sh.k}, f32))).to(x_type);
+        const Tensor w = at::randn({sh.n, sh.k}, f32);
+        const Tensor want = under("", [&] { return invariant::matmul_nt(x, w); });
+        const Tensor got = under("fp32_products", [&] { return invariant::matmul_nt(x, w); });
+        ASSERT_EQ(got.scalar_type(), at::kFloat);
+        EXPECT_TRUE(at::equal(got, want));
+        EXPECT_LT((got - at::matmul(x.to(at::kFloat), w.t())).abs().max().item<double>(),
+                  1e-4 * (1 + want.abs().max().item<double>()));
+      }
+  for (int64_t K : {16, 2048}) {
+    const int64_t N = K == 16 ? 1408 : 16;
+    const Tensor x = at::randn({300, K}, f32.dtype(at::kBFloat16)), w = at::randn({64, N, K}, f32);
+    const invariant::RowGroups g = invariant::group_rows(at::randint(64, {300}, f32.dtype(at::kLong)), 64);
+    const Tensor xs = x.index_select(0, g.order);
+    const Tensor want = under("", [&] { return invariant::grouped_matmul_nt(xs, w, g); });
+    EXPECT_TRUE(at::equal(under("fp32_products", [&] { return invariant::grouped_matmul_nt(xs, w, g); }), want))
+        << "grouped, K " << K;
+  }
+}
+
+// Tall tiles (on trial: GRPO_KERNEL_TRIAL=tall_tiles,-staged_tiles): grouped products whose tiles hold 32 or 64
 // rows of a group, so that a decode step reads each expert's (or head's) weights once per 32 or 64
 // of its rows instead of once per 16, give the bits of the 16-row tiles: 400 rows over 16 groups
 // (32-row tiles), 900 over 6 (64-row tiles), 100 over 16 (16-row tiles still), and 8 runs of 120
 // rows (MLA's per-head products at batch 120), all below the wide products' 1,024 rows. So do the
-// same tiles staged through shared memory by the wide kernel (on trial: "staged_tiles"), 16-row
-// tiles included.
+// same tiles staged through shared memory by the wide kernel ("staged_tiles", adopted), 16-row
+// tiles included. The 16-row tiles through the decode kernel ("-staged_tiles") are the reference.
 TEST(InvariantKernelsCuda, TallTilesGiveTheBitsOfShortOnes) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   const at::Device cuda(at::kCUDA, 0);
@@ -355,15 +403,15 @@ TEST(InvariantKernelsCuda, TallTilesGiveTheBitsOfShortOnes) {
   struct Case {
     int64_t rows, groups, tile_rows;
   };
-  // The grouped product under the kernels on trial `trial` ("" for none): the choice of kernel is
-  // made at each call.
-  auto product = [](const Tensor& x, const Tensor& w, const invariant::RowGroups& g, const char* trial,
+  // The grouped product under GRPO_KERNEL_TRIAL=`kernels`: the choice of kernel is made at each call.
+  constexpr const char* kShort = "-staged_tiles";
+  auto product = [](const Tensor& x, const Tensor& w, const invariant::RowGroups& g, const char* kernels,
                     std::optional<at::ScalarType> round_to) {
-    KernelTrialScope scope(trial);
+    KernelTrialScope scope(kernels);
     return invariant::grouped_matmul_nt(x, w, g, round_to);
   };
-  auto groups_under = [](const char* trial, auto&& make) {
-    KernelTrialScope scope(trial);
+  auto groups_under = [](const char* kernels, auto&& make) {
+    KernelTrialScope scope(kernels);
     return make();
   };
   for (const Case& c : {Case{400, 16, 32}, Case{900, 6, 64}, Case{100, 16, 16}})
@@ -371,28 +419,29 @@ TEST(InvariantKernelsCuda, TallTilesGiveTheBitsOfShortOnes) {
       SCOPED_TRACE(std::to_string(c.rows) + " rows, " + std::to_string(c.groups) + " groups, K " + std::to_string(K));
       Tensor x = at::randn({c.rows, K}, bf16), w = at::randn({c.groups, 96, K}, bf16);
       Tensor group_of_row = at::randint(c.groups, {c.rows}, bf16.dtype(at::kLong));
-      const invariant::RowGroups plain = invariant::group_rows(group_of_row, c.groups);
+      const invariant::RowGroups plain = groups_under(kShort, [&] { return invariant::group_rows(group_of_row, c.groups); });
       ASSERT_EQ(plain.tile_rows, 16);
       ASSERT_FALSE(plain.wide_tiles.defined());
       const Tensor xs = x.index_select(0, plain.order);
-      for (const char* trial : {"tall_tiles", "staged_tiles"}) {
-        SCOPED_TRACE(trial);
-        const invariant::RowGroups tall = groups_under(trial, [&] { return invariant::group_rows(group_of_row, c.groups); });
+      for (const char* kernels : {"tall_tiles,-staged_tiles", ""}) {
+        SCOPED_TRACE(kernels);
+        const invariant::RowGroups tall = groups_under(kernels, [&] { return invariant::group_rows(group_of_row, c.groups); });
         EXPECT_EQ(tall.tile_rows, c.tile_rows);
         for (auto round_to : {std::optional<at::ScalarType>(), std::optional<at::ScalarType>(at::kBFloat16)}) {
-          const Tensor want = product(xs, w, plain, "", round_to);
-          EXPECT_TRUE(at::equal(product(xs, w, tall, trial, round_to), want));
-          EXPECT_TRUE(at::equal(product(xs, w, plain, trial, round_to), want)) << "16-row tiles";
+          const Tensor want = product(xs, w, plain, kShort, round_to);
+          EXPECT_TRUE(at::equal(product(xs, w, tall, kernels, round_to), want));
+          EXPECT_TRUE(at::equal(product(xs, w, plain, kernels, round_to), want)) << "16-row tiles";
         }
       }
     }
   Tensor x = at::randn({8 * 120, 128}, bf16), w = at::randn({8, 512, 128}, bf16);
-  const invariant::RowGroups plain = invariant::contiguous_groups(8, 120, cuda);
+  const invariant::RowGroups plain = groups_under(kShort, [&] { return invariant::contiguous_groups(8, 120, cuda); });
   ASSERT_FALSE(plain.wide_tiles.defined());
-  const Tensor want = product(x, w, plain, "", std::nullopt);
-  for (const char* trial : {"tall_tiles", "staged_tiles"}) {
-    const invariant::RowGroups tall = groups_under(trial, [&] { return invariant::contiguous_groups(8, 120, cuda); });
-    EXPECT_EQ(tall.tile_rows, 64) << trial;
-    EXPECT_TRUE(at::equal(product(x, w, tall, trial, std::nullopt), want)) << trial;
+  ASSERT_EQ(plain.tile_rows, 16);
+  const Tensor want = product(x, w, plain, kShort, std::nullopt);
+  for (const char* kernels : {"tall_tiles,-staged_tiles", ""}) {
+    const invariant::RowGroups tall = groups_under(kernels, [&] { return invariant::contiguous_groups(8, 120, cuda); });
+    EXPECT_EQ(tall.tile_rows, 64) << kernels;
+    EXPECT_TRUE(at::equal(product(x, w, tall, kernels, std::nullopt), want)) << kernels;
   }
 }

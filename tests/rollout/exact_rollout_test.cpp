@@ -287,15 +287,16 @@ TEST(ExactRolloutCuda, TensorCoreMlaEqualsTrainingBitForBit) {
   expect_batch_invariance(at::Device(at::kCUDA, 0), kTinyV3Rank64, 250);
 }
 
-// With the exact mode's kernels on trial (GRPO_KERNEL_TRIAL=tall_tiles, then staged_tiles): the
-// decode steps' grouped products in tiles of 32 rows for the per-head products, read from global
-// memory or staged through shared memory (the prefill of six prompts of 250-266 tokens and the
+// With the exact mode's kernel on trial (GRPO_KERNEL_TRIAL=tall_tiles,-staged_tiles: the decode
+// steps' grouped products in tiles of 32 rows for the per-head products, read from global memory),
+// and with its adopted decode kernels turned off (-staged_tiles,-narrow_columns: the 16-row tiles
+// and 32-column blocks they replaced). The prefill of six prompts of 250-266 tokens and the
 // training forward over whole sequences take the 128 x 128 tiled kernel and the attention four
-// query rows a block, as by default). The engine's log-probs still equal training's bit for bit,
+// query rows a block, as by default. The engine's log-probs still equal training's bit for bit,
 // alone or in a crowd.
 TEST(ExactRolloutCuda, KernelsOnTrialKeepTheEngineExact) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  for (const char* kernels : {"tall_tiles", "staged_tiles"}) {
+  for (const char* kernels : {"tall_tiles,-staged_tiles", "-staged_tiles,-narrow_columns"}) {
     SCOPED_TRACE(kernels);
     model::KernelTrialScope trial(kernels);
     expect_exact(kTinyV3Rank64, false, at::Device(at::kCUDA, 0), 250);
