@@ -2,6 +2,7 @@
 
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
 #include <limits>
 #include <string>
 
@@ -189,7 +190,7 @@ Tensor logits(CausalLM& model, const Tensor& hidden) {
 Tensor next_token_logprobs(CausalLM& model, const Tensor& hidden) { return invariant::log_softmax(logits(model, hidden)); }
 
 CompletionValues completion_logprobs(CausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
-                                     const std::vector<std::vector<int64_t>>& completions) {
+                                     const std::vector<std::vector<int64_t>>& completions, int64_t rows_per_chunk) {
   at::NoGradGuard no_grad;
   std::vector<int64_t> ids, pos, start, count, target_rows, targets;
   for (size_t b = 0; b < prompts.size(); ++b) {
@@ -224,8 +225,15 @@ CompletionValues completion_logprobs(CausalLM& model, const std::vector<std::vec
     out.logprobs = at::empty({0}, at::TensorOptions().dtype(at::kFloat).device(dev));
     return out;
   }
-  Tensor lp = next_token_logprobs(model, h.index_select(0, i64(target_rows)));
-  out.logprobs = lp.gather(1, i64(targets).unsqueeze(1)).squeeze(1);
+  const int64_t T = (int64_t)targets.size(), V = model.config().vocab_size;
+  const int64_t chunk = rows_per_chunk > 0 ? rows_per_chunk : std::max<int64_t>(1, (int64_t(512) << 20) / (4 * V));
+  const Tensor rows_h = h.index_select(0, i64(target_rows)), target = i64(targets).unsqueeze(1);
+  std::vector<Tensor> parts;
+  for (int64_t s = 0; s < T; s += chunk) {
+    const int64_t n = std::min(chunk, T - s);
+    parts.push_back(next_token_logprobs(model, rows_h.narrow(0, s, n)).gather(1, target.narrow(0, s, n)).squeeze(1));
+  }
+  out.logprobs = at::cat(parts);
   return out;
 }
 

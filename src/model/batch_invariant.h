@@ -52,7 +52,10 @@ struct CompletionValues {
   Tensor logprobs;              // (sum C_i) fp32
   std::vector<Tensor> experts;  // per MoE layer (tokens, k) int64
 };
+// The (tokens, V) log-probabilities are formed rows_per_chunk rows at a time (0: as many as make
+// about 512 MB of fp32 logits), so that a mini-batch of 32k tokens of a 100k vocabulary does not
+// hold 13 GB of them at once; each row's value is its own whatever the chunk.
 CompletionValues completion_logprobs(CausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
-                                     const std::vector<std::vector<int64_t>>& completions);
+                                     const std::vector<std::vector<int64_t>>& completions, int64_t rows_per_chunk = 0);
 
 }  // namespace grpo::model::invariant

@@ -256,6 +256,18 @@ TEST(ExactRollout, GradientIsTheOrdinaryForwards) {
     EXPECT_TRUE(at::equal(out.routing[l].experts, values.experts[l])) << "MoE layer " << l;  // one unpadded sequence
 }
 
+// The training values' log-probabilities formed a few rows at a time (a long mini-batch's logits
+// would not fit at once), chunks ending inside a sequence: the same bits as all at once.
+TEST(ExactRollout, LogprobsFormedInChunksAreTheSameBits) {
+  auto m = tiny(kTinyV3);
+  m->batch_invariant = true;
+  const std::vector<std::vector<int64_t>> prompts = {{1, 2, 3}, {4, 5, 6, 7, 8}}, completions = {{9, 10, 11, 12, 13}, {14, 15}};
+  const Tensor whole = model::invariant::completion_logprobs(*m, prompts, completions).logprobs;
+  ASSERT_EQ(whole.numel(), 7);
+  for (int64_t rows : {1, 3, 7})
+    EXPECT_TRUE(at::equal(model::invariant::completion_logprobs(*m, prompts, completions, rows).logprobs, whole)) << rows;
+}
+
 // The same on CUDA, through the tensor-core kernels of invariant_kernels_cuda.cu.
 TEST(ExactRolloutCuda, EngineEqualsTrainingBitForBit) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
