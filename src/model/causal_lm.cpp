@@ -10,6 +10,7 @@
 #include "model/batch_invariant.h"
 #include "model/deepseek.h"
 #include "model/llama.h"
+#include "model/token_logprobs.h"
 #include "util/error.h"
 
 namespace grpo::model {
@@ -275,13 +276,15 @@ std::vector<Tensor> CausalLM::run_mtp(const Tensor& h, const std::vector<Tensor>
 }
 
 Tensor CausalLM::target_logprobs(const Tensor& hs, const Tensor& tgt, Tensor* entropy, int64_t mtp_depth) {
-  DecoderLayerImpl* mtp = mtp_depth > 0 ? &mtp_module(mtp_depth) : nullptr;
+  // The output head's: its logits never all held, in the forward or the backward.
+  if (mtp_depth == 0) return token_logprobs(hs, lm_head_weight(), tgt, entropy);
+  DecoderLayerImpl* mtp = &mtp_module(mtp_depth);
   const int64_t V = config_.vocab_size, M = hs.size(0);
   const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 27) / (4 * V));
   std::vector<Tensor> lp, ent;
   for (int64_t s = 0; s < M; s += chunk) {
     int64_t n = std::min(chunk, M - s);
-    Tensor lg = (mtp ? mtp->mtp_logits(hs.narrow(0, s, n)) : logits(hs.narrow(0, s, n))).to(at::kFloat);
+    Tensor lg = mtp->mtp_logits(hs.narrow(0, s, n)).to(at::kFloat);
     Tensor lse = lg.logsumexp(-1);
     lp.push_back(lg.gather(1, tgt.narrow(0, s, n).unsqueeze(1)).squeeze(1) - lse);
     if (entropy) {  // H = logsumexp - sum softmax * logits
