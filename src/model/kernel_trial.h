@@ -3,6 +3,10 @@
 //   tall_tiles       the batch-invariant grouped products of decode in tiles of 32 or 64 rows of a
 //                    group, where groups hold that many, through the decode kernel
 //                    (invariant_kernels_cuda.h)
+//   fp32_products    the batch-invariant fp32 products (the router's logits, LoRA's side paths)
+//                    spread over the device, the same bits (invariant_fp32_cuda.cu)
+//   gather_combine   the routed experts' dispatch and combine in training as gathers through the
+//                    pairs' permutation, forward and backward, instead of index_add (moe.cpp)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 //
 // Adopted kernels (they won their trial) run by default; the item "-name" turns one off, to

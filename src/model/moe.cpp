@@ -1,6 +1,7 @@
 #include "model/moe.h"
 
 #include <ATen/ops/_grouped_mm.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -121,6 +122,44 @@ Tensor RoutedExpertsImpl::count(const Tensor& experts, int64_t E) {
   return at::zeros({E}, ids.options()).index_add_(0, ids, at::ones_like(ids));
 }
 
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+// The token-expert pairs p = n*k + j sit at position slot[p] of the grouped order (order[slot[p]]
+// = p), token[i] = order[i] / k. Both moves below are gathers, forward and backward: no atomic
+// adds (index_add's are in the rows' dtype, in no fixed order); a token's k rows are summed by
+// ATen's sum over them, which adds bf16 in fp32 and rounds once.
+
+// x (N, H) -> its rows in the grouped order (N*k, H); backward: each token's k gradient rows summed.
+struct DispatchRows : torch::autograd::Function<DispatchRows> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& token, const Tensor& slot, int64_t k) {
+    ctx->save_for_backward({slot});
+    ctx->saved_data["k"] = k;
+    return x.index_select(0, token);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const Tensor slot = ctx->get_saved_variables()[0];
+    const int64_t k = ctx->saved_data["k"].toInt(), H = grads[0].size(1);
+    return {grads[0].index_select(0, slot).view({slot.size(0) / k, k, H}).sum(1), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+// ys (N*k, H) in the grouped order -> each token's k rows summed (N, H); backward: each row the
+// gradient of its token.
+struct CombineRows : torch::autograd::Function<CombineRows> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& ys, const Tensor& token, const Tensor& slot, int64_t k) {
+    ctx->save_for_backward({token});
+    return ys.index_select(0, slot).view({ys.size(0) / k, k, ys.size(1)}).sum(1);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    return {grads[0].index_select(0, ctx->get_saved_variables()[0]), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+}  // namespace
+
 Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const Tensor& weights,
                                   const Tensor& counts_in) {
   Tensor counts = counts_in.defined() ? counts_in : count(experts, num_experts);
@@ -128,9 +167,15 @@ Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const 
   Tensor flat = experts.reshape({-1});  // (N*k)
   Tensor order = std::get<1>(flat.sort(/*stable=*/true, 0, false));
   Tensor token = at::div(order, k, "floor");
-  Tensor ys = products(x.index_select(0, token), counts, Tensor());  // (N*k, H), grouped by expert
+  // On trial ("gather_combine"): the dispatch and the combine as gathers (see DispatchRows).
+  const bool gathers = kernel_on_trial("gather_combine");
+  Tensor slot;
+  if (gathers) slot = at::empty_like(order).scatter_(0, order, at::arange(N * k, order.options()));
+  Tensor ys = products(gathers ? DispatchRows::apply(x, token, slot, k) : x.index_select(0, token), counts,
+                       Tensor());  // (N*k, H), grouped by expert
   Tensor ws = weights.reshape({-1}).index_select(0, order).unsqueeze(1);  // fp32
   ys = (ys * ws).to(x.scalar_type());
+  if (gathers) return CombineRows::apply(ys, token, slot, k);
   return at::zeros({N, H}, x.options()).index_add(0, token, ys);
 }
 

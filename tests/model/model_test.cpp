@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -12,7 +13,9 @@
 #include "model/checkpoint.h"
 #include "model/causal_lm.h"
 #include "model/deepseek.h"
+#include "model/kernel_trial.h"
 #include "model/lora.h"
+#include "model/token_logprobs.h"
 #include "util/error.h"
 
 using namespace grpo;
@@ -67,6 +70,77 @@ TEST(Model, GroupedExpertsEqualPerTokenLoop) {
       naive[n] += r.weights[n][j] * at::matmul(h, E.down_proj[e].t());
     }
   EXPECT_TRUE(at::allclose(grouped, naive, 1e-5, 1e-5)) << (grouped - naive).abs().max();
+}
+
+// The experts' dispatch and combine as gathers through the pairs' permutation (on trial:
+// GRPO_KERNEL_TRIAL=gather_combine) give index_add's output and every gradient (the tokens, the
+// routing weights, both expert weights) within fp32 rounding (the k terms add in another order).
+TEST(Model, GatherCombineGivesTheIndexAddGradients) {
+  auto m = tiny();
+  auto& E = *m->model->layers[1]->as<DecoderLayer>()->moe->experts;
+  at::manual_seed(2);
+  const Tensor x0 = at::randn({37, 32}), dy = at::randn({37, 32});
+  const Tensor experts = at::stack({at::randperm(8).narrow(0, 0, 3), at::randperm(8).narrow(0, 0, 3)}).repeat({19, 1})
+                             .narrow(0, 0, 37);  // (37, 3), distinct experts a token
+  const Tensor w0 = at::rand({37, 3});
+  auto run = [&](const char* kernels) {
+    KernelTrialScope scope(kernels);
+    for (auto& p : E.parameters()) p.mutable_grad() = Tensor();
+    Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_();
+    Tensor y = E.forward(x, experts, w);
+    y.backward(dy);
+    return std::vector<Tensor>{y.detach(), x.grad(), w.grad(), E.gate_up_proj.grad().clone(), E.down_proj.grad().clone()};
+  };
+  const auto plain = run(""), gathered = run("gather_combine");
+  const char* names[] = {"output", "x grad", "weights grad", "gate_up grad", "down grad"};
+  for (size_t i = 0; i < plain.size(); ++i) {
+    ASSERT_TRUE(gathered[i].defined()) << names[i];
+    EXPECT_TRUE(at::allclose(gathered[i], plain[i], 1e-5, 1e-5)) << names[i] << ": " << (gathered[i] - plain[i]).abs().max();
+  }
+  EXPECT_GT(plain[1].abs().sum().item<double>(), 0);
+}
+
+// The output head's log-probs formed a few rows at a time, the backward forming each chunk's
+// logits again: the plain chain's values to the bit (and its entropies), and its gradients in h
+// and W (fp32: to rounding; bf16: as close as the chain's own rounding allows); W frozen too.
+TEST(Model, TokenLogprobsEqualThePlainChain) {
+  at::manual_seed(5);
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    const Tensor h0 = at::randn({37, 32}).to(dtype), w0 = (at::randn({97, 32}) * 0.5).to(dtype);
+    const Tensor targets = at::randint(97, {37}, at::kLong), g = at::randn({37});
+    auto run = [&](bool chunked, bool train_w) {
+      Tensor h = h0.clone().requires_grad_(), w = w0.clone().requires_grad_(train_w), entropy;
+      Tensor lp;
+      if (chunked) {
+        lp = token_logprobs(h, w, targets, &entropy, 5);
+      } else {  // the chain autograd runs, over the same chunks (a CPU product's bits may depend on its rows)
+        std::vector<Tensor> lps, ents;
+        for (int64_t s = 0; s < 37; s += 5) {
+          const int64_t n = std::min<int64_t>(5, 37 - s);
+          Tensor lg = at::linear(h.narrow(0, s, n), w).to(at::kFloat), lse = lg.logsumexp(-1);
+          lps.push_back(lg.gather(1, targets.narrow(0, s, n).unsqueeze(1)).squeeze(1) - lse);
+          ents.push_back((lse - (lg.softmax(-1) * lg).sum(-1)).detach());
+        }
+        lp = at::cat(lps);
+        entropy = at::cat(ents);
+      }
+      lp.backward(g);
+      return std::vector<Tensor>{lp.detach(), entropy, h.grad(), train_w ? w.grad() : Tensor()};
+    };
+    const auto plain = run(false, true), chunked = run(true, true);
+    EXPECT_TRUE(at::equal(chunked[0], plain[0]));
+    EXPECT_TRUE(at::equal(chunked[1], plain[1]));
+    const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
+    for (int i : {2, 3}) {
+      const double scale = plain[i].to(at::kFloat).abs().max().item<double>();
+      EXPECT_GT(scale, 0);
+      EXPECT_LT((chunked[i].to(at::kFloat) - plain[i].to(at::kFloat)).abs().max().item<double>(), tol * scale) << i;
+    }
+    const auto frozen = run(true, false);
+    EXPECT_FALSE(frozen[3].defined());
+    EXPECT_TRUE(at::equal(frozen[2], chunked[2]));
+  }
 }
 
 TEST(Model, GroupLimitedRoutingStaysInTopGroupsAndBiasOnlySelects) {

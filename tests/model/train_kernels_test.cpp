@@ -1,6 +1,7 @@
 // The training kernels, "train_kernels" (model/train_kernels.h; adopted, model/kernel_trial.h),
 // against the ATen chains they replaced ("-train_kernels"), layer by layer; and their whole bf16
-// training step on CUDA against the fp32 step, as close as the ATen chains' step comes.
+// training step on CUDA against the fp32 step, as close as the ATen chains' step comes; the same
+// for the experts' gathers on trial ("gather_combine").
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
@@ -102,11 +103,11 @@ TEST(TrainKernelsCuda, SwigluAgreesWithAten) {
     }
 }
 
-// A bf16 training step on CUDA with the adopted `kernel` lands as close to the fp32 step's loss and
-// gradients as the step without it ("-kernel") does: the tiny DeepSeek-V3-style model with MLA's unequal
+// A bf16 training step on CUDA under GRPO_KERNEL_TRIAL=`with` lands as close to the fp32 step's loss
+// and gradients as the step under `without` does: the tiny DeepSeek-V3-style model with MLA's unequal
 // query and value widths (48 and 32 here; 192 and 128 in DeepSeek-V2-Lite), with and without
 // gradient checkpointing (whose recomputation must repeat the first pass).
-void expect_adopted_step(const std::string& kernel, bool checkpointing) {
+void expect_step(const std::string& with, const std::string& without, bool checkpointing) {
   const std::string config = testing::replace_in_config(
       testing::kTinyV3, "\"qk_nope_head_dim\": 8, \"qk_rope_head_dim\": 4, \"v_head_dim\": 8",
       "\"qk_nope_head_dim\": 32, \"qk_rope_head_dim\": 16, \"v_head_dim\": 32");
@@ -130,7 +131,7 @@ void expect_adopted_step(const std::string& kernel, bool checkpointing) {
       if (kv.value().grad().defined()) out.emplace_back(kv.key(), kv.value().grad().to(at::kFloat));
     return out;
   };
-  const auto ref = step(at::kFloat, ""), plain = step(at::kBFloat16, "-" + kernel), tried = step(at::kBFloat16, "");
+  const auto ref = step(at::kFloat, ""), plain = step(at::kBFloat16, without), tried = step(at::kBFloat16, with);
   ASSERT_EQ(ref.size(), tried.size());
   ASSERT_EQ(ref.size(), plain.size());
   int compared = 0;
@@ -138,7 +139,7 @@ void expect_adopted_step(const std::string& kernel, bool checkpointing) {
     ASSERT_EQ(ref[i].first, tried[i].first);
     if (ref[i].second.abs().max().item<double>() == 0) continue;
     const double e_plain = max_rel(plain[i].second, ref[i].second), e_tried = max_rel(tried[i].second, ref[i].second);
-    EXPECT_LE(e_tried, std::max(2 * e_plain, 3e-2)) << ref[i].first << ": without " << kernel << " " << e_plain;
+    EXPECT_LE(e_tried, std::max(2 * e_plain, 3e-2)) << ref[i].first << ": under '" << without << "' " << e_plain;
     ++compared;
   }
   EXPECT_GT(compared, 30);
@@ -146,8 +147,14 @@ void expect_adopted_step(const std::string& kernel, bool checkpointing) {
 
 TEST(TrainKernelsCuda, TrainKernelsGiveTheGradients) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
-  expect_adopted_step("train_kernels", false);
-  expect_adopted_step("train_kernels", true);
+  expect_step("", "-train_kernels", false);
+  expect_step("", "-train_kernels", true);
+}
+
+TEST(TrainKernelsCuda, GatherCombineOnTrialGivesTheGradients) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  expect_step("gather_combine", "", false);
+  expect_step("gather_combine", "", true);
 }
 
 }  // namespace
