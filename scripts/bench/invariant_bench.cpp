@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
       Tensor group_of_row = at::randint(G, {M}, bf16.dtype(at::kLong));
       groups = invariant::group_rows(group_of_row, G);
       counts = at::bincount(group_of_row, {}, G).cpu();
-      if (cuda && !fp32_weights && !groups.wide_tiles.defined() && groups.tile_rows > 16) {
+      if (cuda && !fp32_weights && !groups.wide_tiles.defined()) {
         grpo::model::KernelTrialScope without("-staged_tiles");
         short_tiles = invariant::group_rows(group_of_row, G);
       }
