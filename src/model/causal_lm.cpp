@@ -279,6 +279,10 @@ Tensor CausalLM::target_logprobs(const Tensor& hs, const Tensor& tgt, Tensor* en
   // The output head's: its logits never all held, in the forward or the backward.
   if (mtp_depth == 0) return token_logprobs(hs, lm_head_weight(), tgt, entropy);
   DecoderLayerImpl* mtp = &mtp_module(mtp_depth);
+  const LinearImpl& head = *mtp->shared_head_head;
+  if (!head.bias.defined() && !(head.has_lora() && head.lora_enabled) && !(head.fp8.defined() && fp8::active()))
+    return token_logprobs(mtp->shared_head_norm(hs), head.weight, tgt, entropy);  // a plain product: the same bits
+  // An adapted (or biased, or FP8) head: its logits a chunk at a time, kept by autograd for the backward.
   const int64_t V = config_.vocab_size, M = hs.size(0);
   const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 27) / (4 * V));
   std::vector<Tensor> lp, ent;

@@ -2,6 +2,7 @@
 // loop, group-limited routing stays inside the chosen groups, padding does not change results,
 // checkpoints round-trip, FP8 block scales dequantise. (parity_test.py compares with transformers.)
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -140,6 +141,40 @@ TEST(Model, TokenLogprobsEqualThePlainChain) {
     const auto frozen = run(true, false);
     EXPECT_FALSE(frozen[3].defined());
     EXPECT_TRUE(at::equal(frozen[2], chunked[2]));
+  }
+}
+
+// The MTP module's head through token_logprobs (a plain weight) against the chain autograd keeps
+// (the same head with an adapter of zeros, which takes that path): the same log-probs to the bit,
+// and the same gradients for the head, the module and the trunk.
+TEST(Model, MtpHeadLogprobsChunkedEqualTheKeptChain) {
+  std::vector<std::vector<int64_t>> prompts = {{1, 5, 9}, {3, 4}, {7, 7, 7, 2}};
+  std::vector<std::vector<int64_t>> completions = {{11, 12, 13, 14}, {20, 21, 22}, {30, 31, 32}};
+  auto run = [&](bool adapter) {
+    at::manual_seed(5);
+    auto m = tiny();
+    auto& head = *m->mtp_module(1).shared_head_head;
+    if (adapter) {
+      head.add_lora(2, 1.0, 0.0, at::make_generator<at::CPUGeneratorImpl>(3));  // lora_B zeros: y + 0
+      head.lora_A->weight.set_requires_grad(false);
+      head.lora_B->weight.set_requires_grad(false);
+    }
+    CausalLM::CompletionOptions o;
+    o.mtp_depths = 1;
+    auto out = m->completion_forward(prompts, completions, o);
+    Tensor lp = at::cat(out.mtp_logprobs[0]);
+    lp.backward(at::linspace(-1, 1, lp.size(0)));
+    std::vector<Tensor> r = {lp.detach(), head.weight.grad(), m->mtp_module(1).eh_proj->weight.grad(),
+                             m->model->embed_tokens->weight.grad()};
+    return r;
+  };
+  const auto kept = run(true), chunked = run(false);
+  ASSERT_GT(chunked[0].numel(), 0);
+  EXPECT_TRUE(at::equal(chunked[0], kept[0]));
+  for (int i : {1, 2, 3}) {
+    ASSERT_TRUE(kept[i].defined() && chunked[i].defined()) << i;
+    EXPECT_GT(kept[i].abs().max().item<double>(), 0) << i;
+    EXPECT_TRUE(at::allclose(chunked[i], kept[i], 1e-5, 1e-6)) << i;
   }
 }
 
