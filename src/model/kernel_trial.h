@@ -6,7 +6,9 @@
 //   fp32_products    the batch-invariant fp32 products (the router's logits, LoRA's side paths)
 //                    spread over the device, the same bits (invariant_fp32_cuda.cu)
 //   gather_combine   the routed experts' dispatch and combine in training as gathers through the
-//                    pairs' permutation, forward and backward, instead of index_add (moe.cpp)
+//                    pairs' permutation, forward and backward, instead of index_add (moe.cpp); on
+//                    CUDA the combine with its routing weights and both sums one kernel each
+//                    (train_kernels.h)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 //
 // Adopted kernels (they won their trial) run by default; the item "-name" turns one off, to

@@ -129,8 +129,9 @@ using torch::autograd::tensor_list;
 
 // The token-expert pairs p = n*k + j sit at position slot[p] of the grouped order (order[slot[p]]
 // = p), token[i] = order[i] / k. Both moves below are gathers, forward and backward: no atomic
-// adds (index_add's are in the rows' dtype, in no fixed order); a token's k rows are summed by
-// ATen's sum over them, which adds bf16 in fp32 and rounds once.
+// adds (index_add's are in the rows' dtype, in no fixed order); a token's k rows are summed in
+// fp32 in routing order and rounded once (on CUDA one kernel each, model/train_kernels.h; else
+// ATen's sum over them, which adds bf16 in fp32 and rounds once).
 
 // x (N, H) -> its rows in the grouped order (N*k, H); backward: each token's k gradient rows summed.
 struct DispatchRows : torch::autograd::Function<DispatchRows> {
@@ -142,19 +143,36 @@ struct DispatchRows : torch::autograd::Function<DispatchRows> {
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     const Tensor slot = ctx->get_saved_variables()[0];
     const int64_t k = ctx->saved_data["k"].toInt(), H = grads[0].size(1);
-    return {grads[0].index_select(0, slot).view({slot.size(0) / k, k, H}).sum(1), Tensor(), Tensor(), Tensor()};
+    Tensor dx = train::gather_sum(grads[0], slot, Tensor(), k);
+    if (!dx.defined()) dx = grads[0].index_select(0, slot).view({slot.size(0) / k, k, H}).sum(1);
+    return {dx, Tensor(), Tensor(), Tensor()};
   }
 };
 
-// ys (N*k, H) in the grouped order -> each token's k rows summed (N, H); backward: each row the
-// gradient of its token.
+// ys (N*k, H) in the grouped order and the routing weights (N, k) fp32 -> out (N, H), out[n] = sum
+// over j of ys[slot[n*k + j]] * weights[n, j], each product rounded to ys' dtype; backward: each
+// row the gradient of its token times its weight, and each weight's gradient the row's dot product
+// with its token's gradient (fp32).
 struct CombineRows : torch::autograd::Function<CombineRows> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& ys, const Tensor& token, const Tensor& slot, int64_t k) {
-    ctx->save_for_backward({token});
-    return ys.index_select(0, slot).view({ys.size(0) / k, k, ys.size(1)}).sum(1);
+  static Tensor forward(AutogradContext* ctx, const Tensor& ys, const Tensor& weights, const Tensor& slot, int64_t k) {
+    ctx->save_for_backward({ys, weights, slot});
+    ctx->saved_data["k"] = k;
+    if (Tensor out = train::gather_sum(ys, slot, weights, k); out.defined()) return out;
+    const Tensor products = (ys.index_select(0, slot) * weights.reshape({-1, 1})).to(ys.scalar_type());
+    return products.view({ys.size(0) / k, k, ys.size(1)}).sum(1);
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    return {grads[0].index_select(0, ctx->get_saved_variables()[0]), Tensor(), Tensor(), Tensor()};
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &ys = saved[0], &weights = saved[1], &slot = saved[2];
+    const int64_t k = ctx->saved_data["k"].toInt(), R = ys.size(0), H = ys.size(1);
+    auto [dys, dw] = train::combine_backward(grads[0], ys, slot, weights, k);
+    if (!dys.defined()) {
+      const Tensor g = grads[0].unsqueeze(1).expand({R / k, k, H}).reshape({R, H}).to(at::kFloat);  // pair order
+      dys = at::empty_like(ys).index_copy_(0, slot, (g * weights.reshape({-1, 1})).to(ys.scalar_type()));
+      dw = (g * ys.index_select(0, slot).to(at::kFloat)).sum(1);
+    }
+    return {dys, ctx->needs_input_grad(1) ? dw.view(weights.sizes()).to(weights.scalar_type()) : Tensor(), Tensor(),
+            Tensor()};
   }
 };
 
@@ -167,15 +185,14 @@ Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const 
   Tensor flat = experts.reshape({-1});  // (N*k)
   Tensor order = std::get<1>(flat.sort(/*stable=*/true, 0, false));
   Tensor token = at::div(order, k, "floor");
-  // On trial ("gather_combine"): the dispatch and the combine as gathers (see DispatchRows).
-  const bool gathers = kernel_on_trial("gather_combine");
-  Tensor slot;
-  if (gathers) slot = at::empty_like(order).scatter_(0, order, at::arange(N * k, order.options()));
-  Tensor ys = products(gathers ? DispatchRows::apply(x, token, slot, k) : x.index_select(0, token), counts,
-                       Tensor());  // (N*k, H), grouped by expert
+  if (kernel_on_trial("gather_combine")) {  // the dispatch and the combine as gathers (see DispatchRows)
+    Tensor slot = at::empty_like(order).scatter_(0, order, at::arange(N * k, order.options()));
+    Tensor ys = products(DispatchRows::apply(x, token, slot, k), counts, Tensor());  // (N*k, H), grouped by expert
+    return CombineRows::apply(ys, weights, slot, k);
+  }
+  Tensor ys = products(x.index_select(0, token), counts, Tensor());  // (N*k, H), grouped by expert
   Tensor ws = weights.reshape({-1}).index_select(0, order).unsqueeze(1);  // fp32
   ys = (ys * ws).to(x.scalar_type());
-  if (gathers) return CombineRows::apply(ys, token, slot, k);
   return at::zeros({N, H}, x.options()).index_add(0, token, ys);
 }
 

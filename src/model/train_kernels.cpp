@@ -86,11 +86,39 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
   return SwigluPairFunction::apply(gate, up);
 }
 
+namespace {
+
+bool gathers_apply(const Tensor& rows, const Tensor& slot, const Tensor& weights, int64_t k) {
+  return active(rows) && float_type(rows) && rows.dim() == 2 && slot.scalar_type() == at::kLong &&
+         slot.device() == rows.device() && k >= 1 && k <= cuda::kMaxTopK && slot.numel() % k == 0 &&
+         (!weights.defined() || (weights.scalar_type() == at::kFloat && weights.device() == rows.device() &&
+                                 weights.numel() == slot.numel()));
+}
+
+}  // namespace
+
+Tensor gather_sum(const Tensor& rows, const Tensor& slot, const Tensor& weights, int64_t k) {
+  if (!gathers_apply(rows, slot, weights, k)) return {};
+  return cuda::gather_sum(rows, slot.reshape({-1}), weights.defined() ? weights.reshape({-1}) : weights, k);
+}
+
+std::pair<Tensor, Tensor> combine_backward(const Tensor& g, const Tensor& rows, const Tensor& slot,
+                                           const Tensor& weights, int64_t k) {
+  if (!weights.defined() || !gathers_apply(rows, slot, weights, k) || g.scalar_type() != rows.scalar_type() ||
+      g.dim() != 2 || g.size(1) != rows.size(1) || rows.size(0) != slot.numel())
+    return {};
+  return cuda::combine_backward(g, rows, slot.reshape({-1}), weights.reshape({-1}), k);
+}
+
 #else
 
 Tensor rms_norm(const Tensor&, const Tensor&, double) { return {}; }
 Tensor swiglu(const Tensor&) { return {}; }
 Tensor swiglu(const Tensor&, const Tensor&) { return {}; }
+Tensor gather_sum(const Tensor&, const Tensor&, const Tensor&, int64_t) { return {}; }
+std::pair<Tensor, Tensor> combine_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t) {
+  return {};
+}
 
 #endif
 

@@ -9,7 +9,9 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "model/cuda_launch.h"
 #include "model/train_kernels_cuda.h"
@@ -191,6 +193,161 @@ std::pair<Tensor, Tensor> swiglu_backward(const Tensor& dh, const Tensor& gate, 
   Tensor dgate = at::empty({dh2.size(0), I}, g2.options()), dup = at::empty({dh2.size(0), I}, u2.options());
   swiglu_backward_into(dh2, g2, u2, dgate, dup);
   return {dgate.view(gate.sizes()), dup.view(up.sizes())};
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// The routed experts' dispatch and combine as gathers (model/moe.cpp, trial "gather_combine"): a
+// token's k rows in the grouped order are found through slot (pair p = n k + j sits at row
+// slot[p]), so no atomic adds and no fp32 copy of the (N k, H) products.
+
+namespace {
+
+// V values of T in one 16-byte load, or one value (V = 1) where rows are not 16-byte multiples.
+template <typename T, int V>
+struct alignas(V == 1 ? alignof(T) : 16) Pack {
+  T v[V];
+};
+
+// One block per token n: out[n, c] = (T)(sum over j in order of (T)(rows[slot[p], c] * w[p])),
+// p = n k + j, in fp32 (w null: the rows' values themselves).
+template <typename T, int V>
+__global__ void gather_sum_kernel(const T* __restrict__ rows, const int64_t* __restrict__ slot,
+                                  const float* __restrict__ w, T* __restrict__ out, int64_t H, int k) {
+  __shared__ int64_t src[kMaxTopK];
+  __shared__ float scale[kMaxTopK];
+  const int64_t n = blockIdx.x;
+  if (threadIdx.x < k) {
+    src[threadIdx.x] = slot[n * k + threadIdx.x] * H;
+    scale[threadIdx.x] = w ? w[n * k + threadIdx.x] : 1.0f;
+  }
+  __syncthreads();
+  for (int64_t c = (int64_t)threadIdx.x * V; c < H; c += (int64_t)blockDim.x * V) {
+    float acc[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc[e] = 0.0f;
+    for (int j = 0; j < k; ++j) {
+      const Pack<T, V> r = *reinterpret_cast<const Pack<T, V>*>(rows + src[j] + c);
+#pragma unroll
+      for (int e = 0; e < V; ++e) acc[e] += w ? (float)(T)((float)r.v[e] * scale[j]) : (float)r.v[e];
+    }
+    Pack<T, V> o;
+#pragma unroll
+    for (int e = 0; e < V; ++e) o.v[e] = (T)acc[e];
+    *reinterpret_cast<Pack<T, V>*>(out + n * H + c) = o;
+  }
+}
+
+// One block per token n, for each of its pairs p = n k + j (row r = slot[p]):
+// drows[r, c] = (T)(g[n, c] * w[p]); dw[p] = sum over c of g[n, c] * rows[r, c] in fp32, each
+// thread's columns in order, then the warps' shuffles and the warps in order (a fixed tree).
+template <typename T, int V>
+__global__ void combine_backward_kernel(const T* __restrict__ g, const T* __restrict__ rows,
+                                        const int64_t* __restrict__ slot, const float* __restrict__ w,
+                                        T* __restrict__ drows, float* __restrict__ dw, int64_t H, int k) {
+  __shared__ int64_t src[kMaxTopK];
+  __shared__ float scale[kMaxTopK];
+  __shared__ float partial[kMaxTopK][kThreads / 32];
+  const int64_t n = blockIdx.x;
+  if (threadIdx.x < k) {
+    src[threadIdx.x] = slot[n * k + threadIdx.x] * H;
+    scale[threadIdx.x] = w[n * k + threadIdx.x];
+  }
+  __syncthreads();
+  float dot[kMaxTopK];
+#pragma unroll
+  for (int j = 0; j < kMaxTopK; ++j) dot[j] = 0.0f;
+  for (int64_t c = (int64_t)threadIdx.x * V; c < H; c += (int64_t)blockDim.x * V) {
+    const Pack<T, V> gp = *reinterpret_cast<const Pack<T, V>*>(g + n * H + c);
+#pragma unroll
+    for (int j = 0; j < kMaxTopK; ++j) {
+      if (j >= k) break;
+      const Pack<T, V> r = *reinterpret_cast<const Pack<T, V>*>(rows + src[j] + c);
+      Pack<T, V> d;
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        const float gv = (float)gp.v[e];
+        dot[j] += gv * (float)r.v[e];
+        d.v[e] = (T)(gv * scale[j]);
+      }
+      *reinterpret_cast<Pack<T, V>*>(drows + src[j] + c) = d;
+    }
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int j = 0; j < kMaxTopK; ++j) {
+    if (j >= k) break;
+    float v = dot[j];
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+    if (lane == 0) partial[j][warp] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < k) {
+    float s = 0.0f;
+    for (int i = 0; i < (int)(blockDim.x / 32); ++i) s += partial[threadIdx.x][i];
+    dw[n * k + threadIdx.x] = s;
+  }
+}
+
+// Launches kernel<T, V> with 16-byte packs where every row starts on a 16-byte boundary.
+template <typename T, typename Launch>
+void with_pack(const Tensor& a, const Tensor& b, int64_t H, Launch launch) {
+  constexpr int kPack = 16 / sizeof(T);
+  const bool packed = H % kPack == 0 && reinterpret_cast<uintptr_t>(a.data_ptr()) % 16 == 0 &&
+                      reinterpret_cast<uintptr_t>(b.data_ptr()) % 16 == 0;
+  if (packed)
+    launch(std::integral_constant<int, kPack>{});
+  else
+    launch(std::integral_constant<int, 1>{});
+}
+
+unsigned threads_for(int64_t H, int64_t pack) {
+  return (unsigned)std::clamp<int64_t>((H / pack + 31) / 32 * 32, 32, kThreads);
+}
+
+}  // namespace
+
+Tensor gather_sum(const Tensor& rows, const Tensor& slot, const Tensor& weights, int64_t k) {
+  const c10::cuda::CUDAGuard guard(rows.device());
+  if (k < 1 || k > kMaxTopK) throw Error("gather_sum: " + std::to_string(k) + " rows a token (1 to 16)");
+  Tensor r = rows.contiguous(), s = slot.contiguous();
+  Tensor wc = weights.defined() ? weights.contiguous() : Tensor();
+  const int64_t H = r.size(1), N = s.numel() / k;
+  Tensor out = at::empty({N, H}, r.options());
+  if (N == 0 || H == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, r.scalar_type(), "train_gather_sum", [&] {
+    using T = device_t<scalar_t>;
+    with_pack<T>(r, out, H, [&](auto pack) {
+      constexpr int V = decltype(pack)::value;
+      gather_sum_kernel<T, V><<<(unsigned)N, threads_for(H, V), 0, stream()>>>(
+          reinterpret_cast<const T*>(r.data_ptr()), s.data_ptr<int64_t>(), wc.defined() ? wc.data_ptr<float>() : nullptr,
+          reinterpret_cast<T*>(out.data_ptr()), H, (int)k);
+    });
+  });
+  check("gather_sum");
+  return out;
+}
+
+std::pair<Tensor, Tensor> combine_backward(const Tensor& g, const Tensor& rows, const Tensor& slot,
+                                           const Tensor& weights, int64_t k) {
+  const c10::cuda::CUDAGuard guard(rows.device());
+  if (k < 1 || k > kMaxTopK) throw Error("combine_backward: " + std::to_string(k) + " rows a token (1 to 16)");
+  Tensor gc = g.contiguous(), r = rows.contiguous(), s = slot.contiguous(), wc = weights.contiguous();
+  const int64_t H = r.size(1), N = s.numel() / k;
+  Tensor drows = at::empty_like(r), dw = at::empty({N * k}, wc.options());
+  if (N == 0) return {drows, dw};
+  if (H == 0) return {drows, dw.zero_()};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, r.scalar_type(), "train_combine_backward", [&] {
+    using T = device_t<scalar_t>;
+    with_pack<T>(r, gc, H, [&](auto pack) {
+      constexpr int V = decltype(pack)::value;
+      combine_backward_kernel<T, V><<<(unsigned)N, threads_for(H, V), 0, stream()>>>(
+          reinterpret_cast<const T*>(gc.data_ptr()), reinterpret_cast<const T*>(r.data_ptr()), s.data_ptr<int64_t>(),
+          wc.data_ptr<float>(), reinterpret_cast<T*>(drows.data_ptr()), dw.data_ptr<float>(), H, (int)k);
+    });
+  });
+  check("combine backward");
+  return {drows, dw};
 }
 
 }  // namespace grpo::model::train::cuda

@@ -27,4 +27,17 @@ Tensor swiglu_backward(const Tensor& dh, const Tensor& gu);
 // The same for gate and up held apart: (d gate, d up).
 std::pair<Tensor, Tensor> swiglu_backward(const Tensor& dh, const Tensor& gate, const Tensor& up);
 
+// The routed experts' dispatch and combine as gathers. A token's k rows (pairs p = n k + j, j in
+// routing order) sit at rows slot[p] (N k int64) of the grouped rows (R, H). At most kMaxTopK a token.
+constexpr int64_t kMaxTopK = 16;
+// out (N, H) in rows' dtype: out[n] = sum over j of (rows[slot[p]] * weights[p], rounded to the
+// dtype), the k terms added in fp32 in j order and rounded once; weights (N k) fp32, or undefined
+// for the rows themselves (the dispatch's backward).
+Tensor gather_sum(const Tensor& rows, const Tensor& slot, const Tensor& weights, int64_t k);
+// The weighted combine's backward for the output's gradient g (N, H): d rows (R, H), row slot[p] =
+// g[n] * weights[p] rounded to the dtype (every row a pair's: R = N k), and d weights (N k) fp32,
+// sum over the columns of g[n] * rows[slot[p]].
+std::pair<Tensor, Tensor> combine_backward(const Tensor& g, const Tensor& rows, const Tensor& slot,
+                                           const Tensor& weights, int64_t k);
+
 }  // namespace grpo::model::train::cuda

@@ -1,7 +1,7 @@
 // The training kernels, "train_kernels" (model/train_kernels.h; adopted, model/kernel_trial.h),
 // against the ATen chains they replaced ("-train_kernels"), layer by layer; and their whole bf16
 // training step on CUDA against the fp32 step, as close as the ATen chains' step comes; the same
-// for the experts' gathers on trial ("gather_combine").
+// for the experts' gathers on trial ("gather_combine"), whose kernels also meet their ATen form.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
@@ -15,6 +15,7 @@
 #include "model/kernel_trial.h"
 #include "model/layers.h"
 #include "model/moe.h"
+#include "model/train_kernels.h"
 
 namespace grpo::model {
 namespace {
@@ -101,6 +102,38 @@ TEST(TrainKernelsCuda, SwigluAgreesWithAten) {
       EXPECT_TRUE(at::equal(mf[0], ma[0]));
       for (size_t i = 1; i < ma.size(); ++i) EXPECT_LT(max_rel(mf[i], ma[i]), dtype == at::kFloat ? 1e-5 : 2e-2) << i;
     }
+}
+
+// The experts' gathers (trial "gather_combine") as kernels against their ATen form on the same
+// device: the weighted combine and the dispatch's backward sum a token's k rows in fp32 and round
+// once (ATen may add them in another order: a rounding apart at most), the combine's row gradients
+// are the same bits (one product, one rounding), its weight gradients fp32 dot products.
+TEST(TrainKernelsCuda, ExpertGathersAgreeWithAten) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  for (auto dtype : {at::kFloat, at::kBFloat16})
+    for (int64_t H : {37, 2048})  // 37: no 16-byte packs
+      for (int64_t k : {1, 6}) {
+        SCOPED_TRACE(std::string(dtype == at::kFloat ? "fp32" : "bf16") + " H " + std::to_string(H) + " k " +
+                     std::to_string(k));
+        at::manual_seed(11);
+        const int64_t N = 300, R = N * k;
+        const Tensor rows = at::randn({R, H}, kCuda.dtype(dtype)), g = at::randn({N, H}, kCuda.dtype(dtype));
+        const Tensor slot = at::randperm(R, kCuda.dtype(at::kLong)), w = at::rand({R}, kCuda);
+        const Tensor paired = rows.index_select(0, slot);  // pair order
+        const double sum_tol = dtype == at::kFloat ? 2e-6 : 8e-3;
+        const Tensor out = train::gather_sum(rows, slot, w, k);
+        ASSERT_TRUE(out.defined());
+        const Tensor want = (paired * w.unsqueeze(1)).to(dtype).view({N, k, H}).sum(1);
+        EXPECT_LT(max_rel(out, want), sum_tol);
+        EXPECT_GT(out.eq(want).to(at::kFloat).mean().item<double>(), 0.99);
+        const Tensor plain = train::gather_sum(rows, slot, Tensor(), k);
+        EXPECT_LT(max_rel(plain, paired.view({N, k, H}).sum(1)), sum_tol);
+        auto [drows, dw] = train::combine_backward(g, rows, slot, w, k);
+        ASSERT_TRUE(drows.defined() && dw.defined());
+        const Tensor gp = g.unsqueeze(1).expand({N, k, H}).reshape({R, H}).to(at::kFloat);
+        EXPECT_TRUE(at::equal(drows, at::empty_like(rows).index_copy_(0, slot, (gp * w.unsqueeze(1)).to(dtype))));
+        EXPECT_LT(max_rel(dw, (gp * paired.to(at::kFloat)).sum(1)), 1e-5);
+      }
 }
 
 // A bf16 training step on CUDA under GRPO_KERNEL_TRIAL=`with` lands as close to the fp32 step's loss
