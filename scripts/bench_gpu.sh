@@ -14,7 +14,8 @@
 # TRAIN_PROFILE (say 15; default 0): also the N kernels taking the most time in a training step;
 # PARTS (default checks,train,decode,variants,fused,exact,transformers): the parts to run, for a
 # call that must fit a time limit (train: forward+backward, also without the fused training kernels
-# (train_kernels) and with the experts' gathers on trial (gather_combine), and transformers'; decode: the plain engine per context; variants: gathered
+# (train_kernels), with the experts' gathers (gather_combine) and MLA's assembled inputs (mla_assemble)
+# on trial, alone and together, and transformers'; decode: the plain engine per context; variants: gathered
 # attention, FP8 and exact_rollout per context; fused: ATen's chains and the engine without the
 # router kernel at 1,024 tokens; exact: the batch-invariant products alone (without the adopted
 # decode kernels; the fp32 ones with fp32_products on trial) and exact_rollout at 1,024 tokens,
@@ -43,9 +44,9 @@ want train && for shape in "1 4096" "8 1024"; do
   set -- $shape
   "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
     --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json --label grpo --profile "${TRAIN_PROFILE:-0}" | tee -a "$log"
-  # The same step without the fused training kernels (ATen's chains), and with the experts' gathers
-  # on trial (model/kernel_trial.h).
-  for kernels in -train_kernels gather_combine; do
+  # The same step without the fused training kernels (ATen's chains), and with the kernels on trial
+  # (model/kernel_trial.h).
+  for kernels in -train_kernels gather_combine mla_assemble gather_combine,mla_assemble; do
     GRPO_KERNEL_TRIAL=$kernels "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" \
       --device cuda --dtype bfloat16 --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json \
       --label "grpo, GRPO_KERNEL_TRIAL=$kernels" | tee -a "$log"

@@ -1,5 +1,8 @@
 #include "model/deepseek.h"
 
+#include "model/kernel_trial.h"
+#include "model/train_kernels.h"
+
 #ifdef GRPO_PAGED_MLA_CUDA
 #include "model/paged_mla_cuda.h"
 #endif
@@ -32,25 +35,30 @@ Tensor MLAImpl::forward(const Tensor& x, const RopeTables& rope, const Attention
   const int64_t B = x.size(0), T = x.size(1);
   Tensor q = q_proj ? q_proj(x) : q_b_proj(q_a_layernorm(q_a_proj(x)));
   q = q.view({B, T, num_heads, qk_nope_head_dim + qk_rope_head_dim});
-  Tensor q_nope = q.narrow(-1, 0, qk_nope_head_dim);
-  Tensor q_pe = apply_rope(q.narrow(-1, qk_nope_head_dim, qk_rope_head_dim), rope, rope_interleave);
-
   Tensor compressed = kv_a_proj_with_mqa(x);  // (B, T, kv_lora_rank + rope_dim)
   Tensor kv_latent = kv_a_layernorm(compressed.narrow(-1, 0, kv_lora_rank));
+  Tensor kv = kv_b_proj(kv_latent).view({B, T, num_heads, qk_nope_head_dim + v_head_dim});
+  auto attend = [&](const Tensor& query, const Tensor& key, const Tensor& value) {  // each (B, T, nh, d)
+    Tensor out = causal_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), mask,
+                                  softmax_scale);
+    return o_proj(out.transpose(1, 2).reshape({B, T, num_heads * v_head_dim}));
+  };
+  if (!cache_rows && kernel_on_trial("mla_assemble")) {
+    // On trial: the query, key and value assembled (RoPE included) in one kernel, and their
+    // gradients in two (model/train_kernels.h); the values of the chain below.
+    const auto qkv = train::mla_inputs(q, kv, compressed.narrow(-1, kv_lora_rank, qk_rope_head_dim), rope.cos,
+                                       rope.sin, rope_interleave, qk_nope_head_dim);
+    if (!qkv.empty()) return attend(qkv[0], qkv[1], qkv[2]);
+  }
+  Tensor q_nope = q.narrow(-1, 0, qk_nope_head_dim);
+  Tensor q_pe = apply_rope(q.narrow(-1, qk_nope_head_dim, qk_rope_head_dim), rope, rope_interleave);
   Tensor k_pe = compressed.narrow(-1, kv_lora_rank, qk_rope_head_dim).view({B, T, 1, qk_rope_head_dim});
   k_pe = apply_rope(k_pe, rope, rope_interleave);
   if (cache_rows) *cache_rows = at::cat({kv_latent, k_pe.view({B, T, qk_rope_head_dim})}, -1);
-
-  Tensor kv = kv_b_proj(kv_latent).view({B, T, num_heads, qk_nope_head_dim + v_head_dim});
   Tensor k_nope = kv.narrow(-1, 0, qk_nope_head_dim);
   Tensor v = kv.narrow(-1, qk_nope_head_dim, v_head_dim);
-
-  Tensor query = at::cat({q_nope, q_pe}, -1).transpose(1, 2);  // (B, nh, T, dq)
-  Tensor key = at::cat({k_nope, k_pe.expand({B, T, num_heads, qk_rope_head_dim})}, -1).transpose(1, 2);
-  Tensor value = v.transpose(1, 2);  // (B, nh, T, dv)
-  Tensor out = causal_attention(query, key, value, mask, softmax_scale);
-  out = out.transpose(1, 2).reshape({B, T, num_heads * v_head_dim});
-  return o_proj(out);
+  return attend(at::cat({q_nope, q_pe}, -1), at::cat({k_nope, k_pe.expand({B, T, num_heads, qk_rope_head_dim})}, -1),
+                v);
 }
 
 bool& MLAImpl::paged_kernel() {

@@ -9,6 +9,9 @@
 //                    pairs' permutation, forward and backward, instead of index_add (moe.cpp); on
 //                    CUDA the combine with its routing weights and both sums one kernel each
 //                    (train_kernels.h)
+//   mla_assemble     MLA's query, key and value in training (RoPE, the concatenations, the
+//                    shared key part for every head) one kernel forward and two backward, the
+//                    same values (train_kernels.h)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 //
 // Adopted kernels (they won their trial) run by default; the item "-name" turns one off, to

@@ -66,6 +66,29 @@ struct SwigluPairFunction : torch::autograd::Function<SwigluPairFunction> {
   }
 };
 
+struct MlaInputsFunction : torch::autograd::Function<MlaInputsFunction> {
+  static tensor_list forward(AutogradContext* ctx, const Tensor& q, const Tensor& kv, const Tensor& k_pe,
+                             const Tensor& cos, const Tensor& sin, bool interleave, int64_t dn) {
+    ctx->save_for_backward({cos, sin});
+    ctx->saved_data["interleave"] = interleave;
+    ctx->saved_data["dn"] = dn;
+    auto out = cuda::mla_inputs(q, kv, k_pe, cos, sin, interleave, dn);
+    ctx->saved_data["qk_shape"] = out[0].sizes().vec();
+    ctx->saved_data["v_shape"] = out[2].sizes().vec();
+    return {out[0], out[1], out[2]};
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const bool interleave = ctx->saved_data["interleave"].toBool();
+    const int64_t dn = ctx->saved_data["dn"].toInt();
+    for (int i = 0; i < 3; ++i)  // an output the loss did not use
+      if (!grads[i].defined())
+        grads[i] = at::zeros(ctx->saved_data[i == 2 ? "v_shape" : "qk_shape"].toIntVector(), saved[0].options());
+    auto d = cuda::mla_inputs_backward(grads[0], grads[1], grads[2], saved[0], saved[1], interleave, dn);
+    return {d[0], d[1], d[2], Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
 }  // namespace
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
@@ -110,6 +133,24 @@ std::pair<Tensor, Tensor> combine_backward(const Tensor& g, const Tensor& rows, 
   return cuda::combine_backward(g, rows, slot.reshape({-1}), weights.reshape({-1}), k);
 }
 
+std::vector<Tensor> mla_inputs(const Tensor& q, const Tensor& kv, const Tensor& k_pe, const Tensor& cos,
+                               const Tensor& sin, bool interleave, int64_t dn) {
+  if (!active(q) || !float_type(q) || q.dim() != 4 || kv.dim() != 4 || k_pe.dim() != 3 || !q.is_contiguous() ||
+      !kv.is_contiguous() || k_pe.stride(2) != 1)
+    return {};
+  const int64_t B = q.size(0), T = q.size(1), heads = q.size(2), dr = q.size(3) - dn, dv = kv.size(3) - dn;
+  if (dn < 0 || dr <= 0 || dr % 2 != 0 || dv <= 0 || dv > dn + dr || kv.size(0) != B || kv.size(1) != T ||
+      kv.size(2) != heads || k_pe.size(0) != B || k_pe.size(1) != T || k_pe.size(2) != dr)
+    return {};
+  for (const Tensor* t : {&kv, &k_pe, &cos, &sin})
+    if (t->scalar_type() != q.scalar_type() || t->device() != q.device()) return {};
+  for (const Tensor* t : {&cos, &sin})
+    if (t->dim() != 4 || t->size(0) != B || t->size(1) != T || t->size(2) != 1 || t->size(3) != dr / 2 ||
+        !t->is_contiguous())
+      return {};
+  return MlaInputsFunction::apply(q, kv, k_pe, cos, sin, interleave, dn);
+}
+
 #else
 
 Tensor rms_norm(const Tensor&, const Tensor&, double) { return {}; }
@@ -117,6 +158,9 @@ Tensor swiglu(const Tensor&) { return {}; }
 Tensor swiglu(const Tensor&, const Tensor&) { return {}; }
 Tensor gather_sum(const Tensor&, const Tensor&, const Tensor&, int64_t) { return {}; }
 std::pair<Tensor, Tensor> combine_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t) {
+  return {};
+}
+std::vector<Tensor> mla_inputs(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool, int64_t) {
   return {};
 }
 

@@ -5,7 +5,7 @@
 // zero-fills and copies the (M, 2I) gradient). On trial, the routed experts' weighted combine and
 // the sum of the dispatch's gradient ("gather_combine": one kernel each for the combine, its backward
 // and the dispatch's backward, where ATen runs a gather, an fp32 product copy, a cast, an index_add
-// with atomics, and the same again backward). SwiGLU's forward is the fused inference kernel, which
+// with atomics, and the same again backward), and MLA's query, key and value ("mla_assemble"). SwiGLU's forward is the fused inference kernel, which
 // rounds as ATen does. They round where the ATen chains round, so a step agrees with the ATen
 // step to rounding (RMSNorm's row sums, and its weight gradient's sum over rows, go in another
 // order). The layers call them on CUDA, in every forward outside the rollout
@@ -16,6 +16,7 @@
 #include <ATen/ATen.h>
 
 #include <utility>
+#include <vector>
 
 namespace grpo::model::train {
 
@@ -38,5 +39,14 @@ Tensor swiglu(const Tensor& gate, const Tensor& up);
 Tensor gather_sum(const Tensor& rows, const Tensor& slot, const Tensor& weights, int64_t k);
 std::pair<Tensor, Tensor> combine_backward(const Tensor& g, const Tensor& rows, const Tensor& slot,
                                            const Tensor& weights, int64_t k);
+
+// MLA's attention inputs (model/deepseek.cpp, on trial: "mla_assemble"), differentiable in q, kv and
+// k_pe: from the query projection q (B, T, heads, dn + dr), the key/value up-projection kv (B, T,
+// heads, dn + dv) and the keys' shared RoPE part k_pe (B, T, dr), rotated by the tables cos and sin
+// (B, T, 1, dr / 2): query = [q_nope | rope(q_pe)] and key = [k_nope | rope(k_pe) for every head]
+// (B, T, heads, dn + dr) and value (B, T, heads, dv), contiguous, the bits of MLAImpl's ATen chain,
+// in one kernel forward and two backward. Empty where it does not apply.
+std::vector<Tensor> mla_inputs(const Tensor& q, const Tensor& kv, const Tensor& k_pe, const Tensor& cos,
+                               const Tensor& sin, bool interleave, int64_t dn);
 
 }  // namespace grpo::model::train

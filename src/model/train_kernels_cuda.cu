@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -348,6 +349,184 @@ std::pair<Tensor, Tensor> combine_backward(const Tensor& g, const Tensor& rows, 
   });
   check("combine backward");
   return {drows, dw};
+}
+
+// ---------------------------------------------------------------------------------------------
+// MLA's attention inputs in training (trial "mla_assemble"): the query, key and value that
+// MLAImpl's ATen chain assembles (narrow, apply_rope's seven kernels, cat, expand), one kernel
+// forward and two backward, with the chain's roundings: every RoPE product and sum rounded to T.
+
+namespace {
+
+template <typename T>
+__device__ __forceinline__ float round_to(float v) {
+  return (float)(T)v;
+}
+
+// Output position jj of RoPE over pe (d = 2 * half values, last stride 1): [x1 c - x2 s | x2 c + x1 s]
+// for the pairs (x1, x2) = (pe[2j], pe[2j + 1]) interleaved, else (pe[j], pe[j + half]).
+template <typename T>
+__device__ __forceinline__ T rope_at(const T* pe, const T* cos, const T* sin, int64_t jj, int64_t half,
+                                     bool interleave) {
+  const int64_t j = jj < half ? jj : jj - half;
+  const float x1 = (float)pe[interleave ? 2 * j : j], x2 = (float)pe[interleave ? 2 * j + 1 : j + half];
+  const float c = (float)cos[j], s = (float)sin[j];
+  if (jj < half) return (T)__fsub_rn(round_to<T>(__fmul_rn(x1, c)), round_to<T>(__fmul_rn(x2, s)));
+  return (T)__fadd_rn(round_to<T>(__fmul_rn(x2, c)), round_to<T>(__fmul_rn(x1, s)));
+}
+
+// RoPE's backward at input position p, from the output's gradient as (dy1, dy2) pairs: autograd's
+// chain gives d x1 = dy1 c + dy2 s and d x2 = dy2 c - dy1 s, each product and the sum rounded to T.
+__device__ __forceinline__ void rope_pair_of(int64_t p, int64_t half, bool interleave, int64_t& j, bool& second) {
+  j = interleave ? p / 2 : (p < half ? p : p - half);
+  second = interleave ? (p % 2 == 1) : (p >= half);
+}
+
+template <typename T>
+__device__ __forceinline__ T rope_grad(float dy1, float dy2, float c, float s, bool second) {
+  if (!second) return (T)__fadd_rn(round_to<T>(__fmul_rn(dy1, c)), round_to<T>(__fmul_rn(dy2, s)));
+  return (T)__fsub_rn(round_to<T>(__fmul_rn(dy2, c)), round_to<T>(__fmul_rn(dy1, s)));
+}
+
+struct MlaShape {
+  int64_t T, heads, dn, half, dv;
+  int64_t pe_s0, pe_s1;  // k_pe's (or its gradient's) strides over B and T
+  bool interleave;
+};
+
+// Thread i over (B, T, heads, dn + dr): query and key at i, value where the column is below dv.
+template <typename T>
+__global__ void mla_inputs_kernel(const T* __restrict__ q, const T* __restrict__ kv, const T* __restrict__ k_pe,
+                                  const T* __restrict__ cos, const T* __restrict__ sin, T* __restrict__ query,
+                                  T* __restrict__ key, T* __restrict__ value, MlaShape s, int64_t n) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t dq = s.dn + 2 * s.half, c = i % dq, row = i / dq, bt = row / s.heads;
+  const T* qr = q + row * dq;
+  const T* kvr = kv + row * (s.dn + s.dv);
+  const T *cs = cos + bt * s.half, *sn = sin + bt * s.half;
+  if (c < s.dn) {
+    query[i] = qr[c];
+    key[i] = kvr[c];
+  } else {
+    const T* pe = k_pe + (bt / s.T) * s.pe_s0 + (bt % s.T) * s.pe_s1;
+    query[i] = rope_at(qr + s.dn, cs, sn, c - s.dn, s.half, s.interleave);
+    key[i] = rope_at(pe, cs, sn, c - s.dn, s.half, s.interleave);
+  }
+  if (c < s.dv) value[row * s.dv + c] = kvr[s.dn + c];
+}
+
+struct GradStrides {
+  int64_t q0, q1, q2, k0, k1, k2, v0, v1, v2;  // (B, T, heads) strides of d query, d key, d value
+};
+
+// Thread i over (B, T, heads, W), W = max(dn + dr, dn + dv): d q = [d q_nope | RoPE backward of d
+// q_pe] and d kv = [d k_nope | d value].
+template <typename T>
+__global__ void mla_inputs_backward_kernel(const T* __restrict__ dquery, const T* __restrict__ dkey,
+                                           const T* __restrict__ dvalue, const T* __restrict__ cos,
+                                           const T* __restrict__ sin, T* __restrict__ dq, T* __restrict__ dkv,
+                                           MlaShape s, GradStrides g, int64_t W, int64_t n) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t width = s.dn + 2 * s.half, c = i % W, row = i / W, h = row % s.heads, bt = row / s.heads;
+  const int64_t b = bt / s.T, t = bt % s.T;
+  const T* gq = dquery + b * g.q0 + t * g.q1 + h * g.q2;
+  if (c < width) {
+    T v;
+    if (c < s.dn) {
+      v = gq[c];
+    } else {
+      int64_t j;
+      bool second;
+      rope_pair_of(c - s.dn, s.half, s.interleave, j, second);
+      v = rope_grad<T>((float)gq[s.dn + j], (float)gq[s.dn + j + s.half], (float)cos[bt * s.half + j],
+                       (float)sin[bt * s.half + j], second);
+    }
+    dq[row * width + c] = v;
+  }
+  if (c < s.dn + s.dv)
+    dkv[row * (s.dn + s.dv) + c] =
+        c < s.dn ? dkey[b * g.k0 + t * g.k1 + h * g.k2 + c] : dvalue[b * g.v0 + t * g.v1 + h * g.v2 + c - s.dn];
+}
+
+// Thread i over (B, T, dr): the shared key part's gradient. The heads' gradients of each rotated
+// value summed in fp32 in head order and rounded to T (expand's backward), then RoPE's backward.
+template <typename T>
+__global__ void mla_key_pe_backward_kernel(const T* __restrict__ dkey, const T* __restrict__ cos,
+                                           const T* __restrict__ sin, T* __restrict__ dk_pe, MlaShape s,
+                                           GradStrides g, int64_t n) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t dr = 2 * s.half, p = i % dr, bt = i / dr, b = bt / s.T, t = bt % s.T;
+  int64_t j;
+  bool second;
+  rope_pair_of(p, s.half, s.interleave, j, second);
+  const T* gk = dkey + b * g.k0 + t * g.k1 + s.dn;
+  float dy1 = 0.0f, dy2 = 0.0f;
+  for (int64_t h = 0; h < s.heads; ++h) {
+    dy1 += (float)gk[h * g.k2 + j];
+    dy2 += (float)gk[h * g.k2 + j + s.half];
+  }
+  dk_pe[i] = rope_grad<T>(round_to<T>(dy1), round_to<T>(dy2), (float)cos[bt * s.half + j], (float)sin[bt * s.half + j],
+                          second);
+}
+
+unsigned blocks_over(int64_t n) { return (unsigned)((n + kThreads - 1) / kThreads); }
+
+}  // namespace
+
+std::array<Tensor, 3> mla_inputs(const Tensor& q, const Tensor& kv, const Tensor& k_pe, const Tensor& cos,
+                                 const Tensor& sin, bool interleave, int64_t dn) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int64_t B = q.size(0), T = q.size(1), heads = q.size(2), dq = q.size(3), dr = k_pe.size(2);
+  const int64_t dv = kv.size(3) - dn;
+  Tensor query = at::empty({B, T, heads, dq}, q.options()), key = at::empty_like(query);
+  Tensor value = at::empty({B, T, heads, dv}, q.options());
+  const int64_t n = B * T * heads * dq;
+  if (n == 0) return {query, key, value};
+  const MlaShape s{T, heads, dn, dr / 2, dv, k_pe.stride(0), k_pe.stride(1), interleave};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "train_mla_inputs", [&] {
+    using D = device_t<scalar_t>;
+    mla_inputs_kernel<D><<<blocks_over(n), kThreads, 0, stream()>>>(
+        reinterpret_cast<const D*>(q.data_ptr()), reinterpret_cast<const D*>(kv.data_ptr()),
+        reinterpret_cast<const D*>(k_pe.data_ptr()), reinterpret_cast<const D*>(cos.data_ptr()),
+        reinterpret_cast<const D*>(sin.data_ptr()), reinterpret_cast<D*>(query.data_ptr()),
+        reinterpret_cast<D*>(key.data_ptr()), reinterpret_cast<D*>(value.data_ptr()), s, n);
+  });
+  check("mla inputs");
+  return {query, key, value};
+}
+
+std::array<Tensor, 3> mla_inputs_backward(const Tensor& dquery_in, const Tensor& dkey_in, const Tensor& dvalue_in,
+                                          const Tensor& cos, const Tensor& sin, bool interleave, int64_t dn) {
+  const c10::cuda::CUDAGuard guard(dquery_in.device());
+  auto last_dense = [](const Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
+  const Tensor dquery = last_dense(dquery_in), dkey = last_dense(dkey_in), dvalue = last_dense(dvalue_in);
+  const int64_t B = dquery.size(0), T = dquery.size(1), heads = dquery.size(2), dq = dquery.size(3);
+  const int64_t dr = dq - dn, dv = dvalue.size(3), W = std::max(dq, dn + dv);
+  Tensor dq_out = at::empty({B, T, heads, dq}, dquery.options());
+  Tensor dkv = at::empty({B, T, heads, dn + dv}, dquery.options());
+  Tensor dk_pe = at::empty({B, T, dr}, dquery.options());
+  if (B * T * heads == 0) return {dq_out, dkv, dk_pe};
+  const MlaShape s{T, heads, dn, dr / 2, dv, T * dr, dr, interleave};
+  const GradStrides g{dquery.stride(0), dquery.stride(1), dquery.stride(2), dkey.stride(0), dkey.stride(1),
+                      dkey.stride(2),   dvalue.stride(0), dvalue.stride(1), dvalue.stride(2)};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dquery.scalar_type(), "train_mla_inputs_backward", [&] {
+    using D = device_t<scalar_t>;
+    const int64_t n = B * T * heads * W;
+    mla_inputs_backward_kernel<D><<<blocks_over(n), kThreads, 0, stream()>>>(
+        reinterpret_cast<const D*>(dquery.data_ptr()), reinterpret_cast<const D*>(dkey.data_ptr()),
+        reinterpret_cast<const D*>(dvalue.data_ptr()), reinterpret_cast<const D*>(cos.data_ptr()),
+        reinterpret_cast<const D*>(sin.data_ptr()), reinterpret_cast<D*>(dq_out.data_ptr()),
+        reinterpret_cast<D*>(dkv.data_ptr()), s, g, W, n);
+    const int64_t m = B * T * dr;
+    mla_key_pe_backward_kernel<D><<<blocks_over(m), kThreads, 0, stream()>>>(
+        reinterpret_cast<const D*>(dkey.data_ptr()), reinterpret_cast<const D*>(cos.data_ptr()),
+        reinterpret_cast<const D*>(sin.data_ptr()), reinterpret_cast<D*>(dk_pe.data_ptr()), s, g, m);
+  });
+  check("mla inputs backward");
+  return {dq_out, dkv, dk_pe};
 }
 
 }  // namespace grpo::model::train::cuda

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <cstdint>
 #include <utility>
 
@@ -39,5 +40,17 @@ Tensor gather_sum(const Tensor& rows, const Tensor& slot, const Tensor& weights,
 // sum over the columns of g[n] * rows[slot[p]].
 std::pair<Tensor, Tensor> combine_backward(const Tensor& g, const Tensor& rows, const Tensor& slot,
                                            const Tensor& weights, int64_t k);
+
+// MLA's attention inputs (trial "mla_assemble"): from q (B, T, heads, dn + dr) and kv (B, T, heads,
+// dn + dv), both contiguous, and k_pe (B, T, dr; last stride 1), with RoPE tables cos and sin (B, T,
+// 1, dr / 2) contiguous: query [q_nope | rope(q_pe)], key [k_nope | rope(k_pe)] (B, T, heads, dn +
+// dr) and value (B, T, heads, dv), contiguous, the bits of MLAImpl's ATen chain.
+std::array<Tensor, 3> mla_inputs(const Tensor& q, const Tensor& kv, const Tensor& k_pe, const Tensor& cos,
+                                 const Tensor& sin, bool interleave, int64_t dn);
+// Their backward from the gradients of query, key and value (any strides over the first three
+// dimensions): d q and d kv (contiguous, the chain's bits) and d k_pe (B, T, dr), whose sum over the
+// heads goes in fp32 in head order.
+std::array<Tensor, 3> mla_inputs_backward(const Tensor& dquery, const Tensor& dkey, const Tensor& dvalue,
+                                          const Tensor& cos, const Tensor& sin, bool interleave, int64_t dn);
 
 }  // namespace grpo::model::train::cuda

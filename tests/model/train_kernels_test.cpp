@@ -1,10 +1,12 @@
 // The training kernels, "train_kernels" (model/train_kernels.h; adopted, model/kernel_trial.h),
 // against the ATen chains they replaced ("-train_kernels"), layer by layer; and their whole bf16
 // training step on CUDA against the fp32 step, as close as the ATen chains' step comes; the same
-// for the experts' gathers on trial ("gather_combine"), whose kernels also meet their ATen form.
+// for the experts' gathers ("gather_combine") and MLA's assembled inputs ("mla_assemble") on trial,
+// whose kernels also meet their ATen forms.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
 #include <string>
@@ -136,6 +138,50 @@ TEST(TrainKernelsCuda, ExpertGathersAgreeWithAten) {
       }
 }
 
+// MLA's attention inputs (trial "mla_assemble") against MLAImpl's ATen chain on the same tensors:
+// query, key and value the same bits, and the gradients of the query projection and of the key/value
+// up-projection too (the chain's roundings, gradients given in a strided layout); the keys' shared
+// RoPE part sums its heads' gradients in another order: a rounding apart at most.
+TEST(TrainKernelsCuda, MlaInputsEqualTheChain) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  const int64_t B = 2, T = 33, nh = 4, dn = 32, dr = 16, dv = 24, r = 16;
+  for (auto dtype : {at::kFloat, at::kBFloat16})
+    for (bool interleave : {true, false}) {
+      SCOPED_TRACE(std::string(dtype == at::kFloat ? "fp32" : "bf16") + (interleave ? " interleaved" : " halves"));
+      at::manual_seed(12);
+      auto o = kCuda.dtype(dtype);
+      const Tensor q0 = at::randn({B, T, nh, dn + dr}, o), kv0 = at::randn({B, T, nh, dn + dv}, o);
+      const Tensor comp0 = at::randn({B, T, r + dr}, o);
+      const RopeTables tables{at::randn({B, T, 1, dr / 2}, o), at::randn({B, T, 1, dr / 2}, o)};
+      const Tensor gq = at::randn({B, nh, T, dn + dr}, o).transpose(1, 2), gk = at::randn({B, T, nh, dn + dr}, o);
+      const Tensor gv = at::randn({B, nh, T, dv}, o).transpose(1, 2);
+      auto leaves = [&] {
+        return std::vector<Tensor>{q0.clone().requires_grad_(), kv0.clone().requires_grad_(),
+                                   comp0.clone().requires_grad_()};
+      };
+      const auto chain = leaves(), fused = leaves();
+      const Tensor &q = chain[0], &kv = chain[1], &comp = chain[2];
+      const Tensor query = at::cat({q.narrow(-1, 0, dn), apply_rope(q.narrow(-1, dn, dr), tables, interleave)}, -1);
+      const Tensor k_pe = apply_rope(comp.narrow(-1, r, dr).view({B, T, 1, dr}), tables, interleave);
+      const Tensor key = at::cat({kv.narrow(-1, 0, dn), k_pe.expand({B, T, nh, dr})}, -1);
+      const Tensor value = kv.narrow(-1, dn, dv);
+      torch::autograd::backward({query, key, value}, {gq, gk, gv});
+      const auto out = train::mla_inputs(fused[0], fused[1], fused[2].narrow(-1, r, dr), tables.cos, tables.sin,
+                                         interleave, dn);
+      ASSERT_EQ(out.size(), 3u);
+      EXPECT_TRUE(at::equal(out[0], query));
+      EXPECT_TRUE(at::equal(out[1], key));
+      EXPECT_TRUE(at::equal(out[2], value));
+      EXPECT_TRUE(out[0].is_contiguous() && out[1].is_contiguous() && out[2].is_contiguous());
+      torch::autograd::backward({out[0], out[1], out[2]}, {gq, gk, gv});
+      EXPECT_TRUE(at::equal(fused[0].grad(), q.grad()));
+      EXPECT_TRUE(at::equal(fused[1].grad(), kv.grad()));
+      EXPECT_LT(max_rel(fused[2].grad(), comp.grad()), dtype == at::kFloat ? 2e-6 : 8e-3);
+      EXPECT_GT(fused[2].grad().narrow(-1, r, dr).abs().max().item<double>(), 0);
+      EXPECT_EQ(fused[2].grad().narrow(-1, 0, r).abs().max().item<double>(), 0);
+    }
+}
+
 // A bf16 training step on CUDA under GRPO_KERNEL_TRIAL=`with` lands as close to the fp32 step's loss
 // and gradients as the step under `without` does: the tiny DeepSeek-V3-style model with MLA's unequal
 // query and value widths (48 and 32 here; 192 and 128 in DeepSeek-V2-Lite), with and without
@@ -182,6 +228,12 @@ TEST(TrainKernelsCuda, TrainKernelsGiveTheGradients) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
   expect_step("", "-train_kernels", false);
   expect_step("", "-train_kernels", true);
+}
+
+TEST(TrainKernelsCuda, MlaAssembleOnTrialGivesTheGradients) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  expect_step("mla_assemble", "", false);
+  expect_step("mla_assemble", "", true);
 }
 
 TEST(TrainKernelsCuda, GatherCombineOnTrialGivesTheGradients) {
