@@ -127,7 +127,8 @@ TEST(TrainKernelsCuda, ExpertGathersAgreeWithAten) {
         ASSERT_TRUE(out.defined());
         const Tensor want = (paired * w.unsqueeze(1)).to(dtype).view({N, k, H}).sum(1);
         EXPECT_LT(max_rel(out, want), sum_tol);
-        EXPECT_GT(out.eq(want).to(at::kFloat).mean().item<double>(), 0.99);
+        if (dtype == at::kBFloat16)  // fp32 sums in another order differ in their last bits; rounded to bf16, seldom
+          EXPECT_GT(out.eq(want).to(at::kFloat).mean().item<double>(), 0.99);
         const Tensor plain = train::gather_sum(rows, slot, Tensor(), k);
         EXPECT_LT(max_rel(plain, paired.view({N, k, H}).sum(1)), sum_tol);
         auto [drows, dw] = train::combine_backward(g, rows, slot, w, k);
