@@ -8,6 +8,7 @@
 #include "model/block_place.cuh"
 #include "model/cuda_launch.h"
 #include "model/fused_kernels_cuda.h"
+#include "model/rope.cuh"
 
 namespace grpo::model::fused::cuda {
 
@@ -48,8 +49,8 @@ __global__ void rope_kernel(const T* __restrict__ x, const T* __restrict__ cos, 
   const float x1 = (float)row[s.interleave ? 2 * j : j], x2 = (float)row[s.interleave ? 2 * j + 1 : j + s.half];
   const float c = (float)cos[bt * s.half + j], sn = (float)sin[bt * s.half + j];
   T* o = out + (bt * s.heads + h) * 2 * s.half;
-  o[j] = (T)__fsub_rn(rnd<T>(__fmul_rn(x1, c)), rnd<T>(__fmul_rn(x2, sn)));
-  o[j + s.half] = (T)__fadd_rn(rnd<T>(__fmul_rn(x2, c)), rnd<T>(__fmul_rn(x1, sn)));
+  o[j] = rope_rotate<T>(x1, x2, c, sn, false);
+  o[j + s.half] = rope_rotate<T>(x1, x2, c, sn, true);
 }
 
 // One block per expert e: its row count and the end of its run (the inclusive cumulative count,

@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "model/cuda_launch.h"
+#include "model/rope.cuh"
 #include "model/train_kernels_cuda.h"
 #include "util/error.h"
 
@@ -358,34 +359,20 @@ std::pair<Tensor, Tensor> combine_backward(const Tensor& g, const Tensor& rows, 
 
 namespace {
 
-template <typename T>
-__device__ __forceinline__ float round_to(float v) {
-  return (float)(T)v;
-}
-
-// Output position jj of RoPE over pe (d = 2 * half values, last stride 1): [x1 c - x2 s | x2 c + x1 s]
-// for the pairs (x1, x2) = (pe[2j], pe[2j + 1]) interleaved, else (pe[j], pe[j + half]).
+// Output position jj of RoPE over pe (d = 2 * half values, last stride 1), [first outputs | second
+// outputs], for the pairs (x1, x2) = (pe[2j], pe[2j + 1]) interleaved, else (pe[j], pe[j + half]).
 template <typename T>
 __device__ __forceinline__ T rope_at(const T* pe, const T* cos, const T* sin, int64_t jj, int64_t half,
                                      bool interleave) {
   const int64_t j = jj < half ? jj : jj - half;
   const float x1 = (float)pe[interleave ? 2 * j : j], x2 = (float)pe[interleave ? 2 * j + 1 : j + half];
-  const float c = (float)cos[j], s = (float)sin[j];
-  if (jj < half) return (T)__fsub_rn(round_to<T>(__fmul_rn(x1, c)), round_to<T>(__fmul_rn(x2, s)));
-  return (T)__fadd_rn(round_to<T>(__fmul_rn(x2, c)), round_to<T>(__fmul_rn(x1, s)));
+  return rope_rotate<T>(x1, x2, (float)cos[j], (float)sin[j], jj >= half);
 }
 
-// RoPE's backward at input position p, from the output's gradient as (dy1, dy2) pairs: autograd's
-// chain gives d x1 = dy1 c + dy2 s and d x2 = dy2 c - dy1 s, each product and the sum rounded to T.
+// The pair j of RoPE's input position p, and whether p holds its second value.
 __device__ __forceinline__ void rope_pair_of(int64_t p, int64_t half, bool interleave, int64_t& j, bool& second) {
   j = interleave ? p / 2 : (p < half ? p : p - half);
   second = interleave ? (p % 2 == 1) : (p >= half);
-}
-
-template <typename T>
-__device__ __forceinline__ T rope_grad(float dy1, float dy2, float c, float s, bool second) {
-  if (!second) return (T)__fadd_rn(round_to<T>(__fmul_rn(dy1, c)), round_to<T>(__fmul_rn(dy2, s)));
-  return (T)__fsub_rn(round_to<T>(__fmul_rn(dy2, c)), round_to<T>(__fmul_rn(dy1, s)));
 }
 
 struct MlaShape {
@@ -440,8 +427,8 @@ __global__ void mla_inputs_backward_kernel(const T* __restrict__ dquery, const T
       int64_t j;
       bool second;
       rope_pair_of(c - s.dn, s.half, s.interleave, j, second);
-      v = rope_grad<T>((float)gq[s.dn + j], (float)gq[s.dn + j + s.half], (float)cos[bt * s.half + j],
-                       (float)sin[bt * s.half + j], second);
+      v = rope_rotate_grad<T>((float)gq[s.dn + j], (float)gq[s.dn + j + s.half], (float)cos[bt * s.half + j],
+                              (float)sin[bt * s.half + j], second);
     }
     dq[row * width + c] = v;
   }
@@ -468,8 +455,8 @@ __global__ void mla_key_pe_backward_kernel(const T* __restrict__ dkey, const T* 
     dy1 += (float)gk[h * g.k2 + j];
     dy2 += (float)gk[h * g.k2 + j + s.half];
   }
-  dk_pe[i] = rope_grad<T>(round_to<T>(dy1), round_to<T>(dy2), (float)cos[bt * s.half + j], (float)sin[bt * s.half + j],
-                          second);
+  dk_pe[i] = rope_rotate_grad<T>(rope_round<T>(dy1), rope_round<T>(dy2), (float)cos[bt * s.half + j],
+                                 (float)sin[bt * s.half + j], second);
 }
 
 unsigned blocks_over(int64_t n) { return (unsigned)((n + kThreads - 1) / kThreads); }
