@@ -1,14 +1,15 @@
 // Fused CUDA kernels for training forwards and their backward passes (adopted, model/kernel_trial.h:
-// "train_kernels"; measured on an H100 at 1.17-1.19x the ATen step's tokens/s): RMSNorm (forward and backward, one kernel each, where ATen's chain is eight
-// kernels forward and a dozen backward, each reading or writing the whole fp32 activation) and the
-// backward of SwiGLU (one kernel, where autograd runs three and, for the experts' [gate | up] rows,
-// zero-fills and copies the (M, 2I) gradient). On trial, the routed experts' weighted combine and
-// the sum of the dispatch's gradient ("gather_combine": one kernel each for the combine, its backward
-// and the dispatch's backward, where ATen runs a gather, an fp32 product copy, a cast, an index_add
-// with atomics, and the same again backward), and MLA's query, key and value ("mla_assemble"). SwiGLU's forward is the fused inference kernel, which
-// rounds as ATen does. They round where the ATen chains round, so a step agrees with the ATen
-// step to rounding (RMSNorm's row sums, and its weight gradient's sum over rows, go in another
-// order). The layers call them on CUDA, in every forward outside the rollout
+// "train_kernels"; measured on an H100 at 1.17-1.19x the ATen step's tokens/s): RMSNorm (forward and
+// backward, one kernel each, where ATen's chain is eight kernels forward and a dozen backward, each
+// reading or writing the whole fp32 activation) and the backward of SwiGLU (one kernel, where
+// autograd runs three and, for the experts' [gate | up] rows, zero-fills and copies the (M, 2I)
+// gradient). On trial, the routed experts' weighted combine and the sum of the dispatch's gradient
+// ("gather_combine": one kernel each for the combine, its backward and the dispatch's backward, where
+// ATen runs a gather, an fp32 product copy, a cast, an index_add with atomics, and the same again
+// backward), and MLA's query, key and value ("mla_assemble"). SwiGLU's forward is the fused
+// inference kernel, which rounds as ATen does. They round where the ATen chains round, so a step
+// agrees with the ATen step to rounding (RMSNorm's row sums, and its weight gradient's sum over
+// rows, go in another order). The layers call them on CUDA, in every forward outside the rollout
 // engine's fused kernels (model/fused_kernels.h): with gradients or without, so that a
 // checkpointed layer's recomputation repeats its first pass exactly.
 #pragma once

@@ -377,7 +377,7 @@ __device__ __forceinline__ void rope_pair_of(int64_t p, int64_t half, bool inter
 
 struct MlaShape {
   int64_t T, heads, dn, half, dv;
-  int64_t pe_s0, pe_s1;  // k_pe's (or its gradient's) strides over B and T
+  int64_t pe_s0, pe_s1;  // the forward's k_pe: its strides over B and T (the backward writes d k_pe contiguous)
   bool interleave;
 };
 
