@@ -124,9 +124,9 @@ GrpoTrainer::GrpoTrainer(const StageSettings& s, const std::string& recipe_path,
     }
   }
 
-  if (sharded()) owner_ = assign_owners(pol_.trainable_parameters(), comm_->world_size());
+  zero_ = std::make_unique<ZeroShards>(comm_, s_.optim.zero_stage, pol_);
   optimizer_ = std::make_unique<torch::optim::AdamW>(
-      sharded() ? owned_parameters() : pol_.trainable_parameters(),
+      zero_->optimized(pol_),
       torch::optim::AdamWOptions(s_.optim.learning_rate).weight_decay(s_.optim.weight_decay).betas({0.9, 0.99}));
   sft_optimizer_ = std::make_unique<torch::optim::AdamW>(
       pol_.trainable_parameters(), torch::optim::AdamWOptions(s_.warm_start.sft_learning_rate).weight_decay(0.0));
@@ -227,35 +227,9 @@ void GrpoTrainer::sync_policy() { pol_.sync(); }
 // ---- checkpoints (trainer/run_state.h): the fp32 weights as an HF directory with its tokenizer
 // and generation files, optimizer moments, RNG states, the refreshed reference, trainer_state.json.
 void GrpoTrainer::save(const std::string& name) {
-  // Rank 0 writes the checkpoint while the others wait; with sharded AdamW state each of them adds
-  // its own share to the staged directory before rank 0 publishes it, so a kill at any moment
-  // leaves either the whole checkpoint or none.
-  const bool shards = sharded() && st_.warm_start_done;
-  // A sharded fp32 master is gathered onto rank 0 for the checkpoint (on the CPU), and let go after.
-  std::vector<Tensor> gathered;
-  if (pol_.master_sharded()) gathered = gather_master_to_main(*comm_, policy_->parameters(), master_->parameters(), owner_);
-  auto master = master_->parameters();
-  const at::TensorOptions held_as = master.empty() ? at::TensorOptions() : master[0].options();
-  for (size_t i = 0; i < gathered.size(); ++i)
-    if (gathered[i].defined()) master[i].set_data(gathered[i]);
-  struct Release {
-    std::vector<Tensor>& m;
-    const std::vector<Tensor>& g;
-    at::TensorOptions as;
-    ~Release() {
-      for (size_t i = 0; i < g.size(); ++i)
-        if (g[i].defined()) m[i].set_data(at::empty({0}, as));
-    }
-  } release{master, gathered, held_as};
-  if (!main_rank()) {
-    comm_->barrier();  // with shards: rank 0 has staged its part; without: the checkpoint is out
-    if (shards) {
-      torch::save(*optimizer_, optimizer_file(store_.staging_dir(name)));
-      comm_->barrier();  // this rank's share is in the staged directory
-    }
-    return;
-  }
-  store_.save(name, [&](const std::string& dir) {
+  // Rank 0 writes the checkpoint while the others wait; with sharded AdamW state (after the warm
+  // start) each of them adds its own share before rank 0 publishes it (trainer/zero_shards.h).
+  auto write = [&](const std::string& dir) {
     pol_.save_weights(dir, s_.checkpoint.save_bf16);
     torch::save(st_.warm_start_done ? *optimizer_ : *sft_optimizer_, dir + "/optimizer.pt");
     std::vector<Tensor> rng;
@@ -280,12 +254,11 @@ void GrpoTrainer::save(const std::string& name) {
       j["zero_stage"] = s_.optim.zero_stage;
     }
     write_file_atomic(dir + "/trainer_state.json", j.dump(2) + "\n");
-    if (shards) {  // the other ranks add their optimizer shards before the directory is published
-      comm_->barrier();
-      comm_->barrier();
-    }
-  });
-  if (comm_ && !shards) comm_->barrier();
+  };
+  zero_->save(
+      store_, name, pol_, write,
+      [&](const std::string& dir) { torch::save(*optimizer_, zero_->optimizer_file(dir, st_.warm_start_done)); },
+      st_.warm_start_done);
 }
 
 void GrpoTrainer::resume() {
@@ -305,15 +278,11 @@ void GrpoTrainer::resume() {
   }
   st_ = read_run_state(dir + "/trainer_state.json");
   if (!st_.warm_start_done && !st_.warm_start_rng.empty()) std::istringstream(st_.warm_start_rng) >> sft_rng_;
-  if (sharded() || (comm_ && st_.warm_start_done)) {
+  if (st_.warm_start_done) {  // a sharded optimizer state resumes only with the same ranks and zero_stage
     json j = parse_json(read_file(dir + "/trainer_state.json"), dir + "/trainer_state.json");
-    const int64_t w = j.value("world_size", int64_t(1)), z = j.value("zero_stage", int64_t(0));
-    if (st_.warm_start_done && (z > 0 || sharded()) && (w != comm_->world_size() || z != s_.optim.zero_stage))
-      throw Error(dir + ": written by " + std::to_string(w) + " rank(s) with zero_stage " + std::to_string(z) +
-                  "; resume it with the same (this job: " + std::to_string(comm_->world_size()) + " ranks, zero_stage " +
-                  std::to_string(s_.optim.zero_stage) + ")");
+    zero_->check_resumable(dir, j.value("world_size", int64_t(1)), j.value("zero_stage", int64_t(0)));
   }
-  const std::string file = optimizer_file(dir);
+  const std::string file = zero_->optimizer_file(dir, st_.warm_start_done);
   if (!file_exists(file)) throw Error(dir + ": no " + std::filesystem::path(file).filename().string() + " for this rank");
   torch::load(st_.warm_start_done ? *optimizer_ : *sft_optimizer_, file);
 }
@@ -368,35 +337,6 @@ bool GrpoTrainer::stop_everywhere() {
   return stop_requested();
 }
 
-// ZeRO in bf16: from the first GRPO step each rank keeps the fp32 master weights of its own
-// tensors only (the warm start, if any, trained them all on every rank).
-void GrpoTrainer::shard_master() {
-  std::vector<bool> mine(owner_.size());
-  for (size_t i = 0; i < owner_.size(); ++i) mine[i] = owner_[i] == comm_->rank();
-  pol_.shard_master(mine);
-  const auto [held, all] = pol_.master_bytes();
-  char gb[64];
-  snprintf(gb, sizeof gb, "%.3f of %.3f GB", held / 1e9, all / 1e9);
-  log_->line("zero_stage " + std::to_string(s_.optim.zero_stage) +
-             ": each rank keeps its own share of the fp32 master weights and AdamW moments" +
-             (s_.optim.zero_stage == 2 ? " and fp32 gradients" : "") + " (this rank: " + gb + " of master weights)");
-}
-
-std::vector<Tensor> GrpoTrainer::owned_parameters() const {
-  auto params = pol_.trainable_parameters();
-  std::vector<Tensor> out;
-  for (size_t i = 0; i < params.size(); ++i)
-    if (owner_[i] == comm_->rank()) out.push_back(params[i]);
-  return out;
-}
-
-// Where this rank's optimizer state lives in a checkpoint: optimizer.pt, or with sharded AdamW
-// state after the warm start, rank r's own optimizer-rank<r>.pt (rank 0's is optimizer.pt).
-std::string GrpoTrainer::optimizer_file(const std::string& dir) const {
-  if (!sharded() || !st_.warm_start_done || comm_->rank() == 0) return dir + "/optimizer.pt";
-  return dir + "/optimizer-rank" + std::to_string(comm_->rank()) + ".pt";
-}
-
 double GrpoTrainer::learning_rate(int64_t step) const { return scheduled_learning_rate(s_.optim, step, s_.optim.max_steps); }
 
 // ---------------------------------------------------------------------------------------------
@@ -448,7 +388,9 @@ void GrpoTrainer::run() {
     log_->metrics(m, 0);
   }
   build_reference();
-  if (sharded() && compute_dtype_ == at::kBFloat16 && !pol_.has_lora()) shard_master();
+  // ZeRO in bf16: from the first GRPO step each rank keeps the fp32 master weights of its own
+  // tensors only (the warm start, if any, trained them all on every rank).
+  if (const std::string line = zero_->shard_master(pol_); !line.empty()) log_->line(line);
 
   const auto t_start = Clock::now();
   const int64_t start_step = st_.step, max_steps = s_.optim.max_steps;

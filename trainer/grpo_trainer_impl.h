@@ -28,6 +28,7 @@
 #include "trainer/overlapped_reduce.h"
 #include "trainer/step_metrics.h"
 #include "trainer/step_profile.h"
+#include "trainer/zero_shards.h"
 
 namespace grpo::trainer {
 
@@ -72,13 +73,7 @@ class GrpoTrainer {
   // Data parallelism (several ranks): rank 0 logs, evaluates and writes checkpoints; every rank
   // rolls out its share of the step's prompts and the gradients are summed across ranks.
   bool main_rank() const { return !comm_ || comm_->is_main(); }
-  // ZeRO (zero_stage 1, 2): each trainable parameter has an owner rank, which holds its AdamW
-  // moments and updates it; the others receive it by broadcast.
-  bool sharded() const { return comm_ && s_.optim.zero_stage > 0; }
-  std::vector<at::Tensor> owned_parameters() const;
-  void shard_master();
   OverlappedReduce* overlapped_reduce();
-  std::string optimizer_file(const std::string& dir) const;
   bool stop_everywhere();
 
   const StageSettings s_;
@@ -104,7 +99,9 @@ class GrpoTrainer {
   std::unique_ptr<RunLog> log_;
   std::string resumed_from_;
   dist::Communicator* comm_;  // null in a single-process run
-  std::vector<int> owner_;                     // zero_stage > 0: the owner rank of each trainable parameter
+  // ZeRO (zero_stage 1, 2): each trainable parameter has an owner rank, which holds its AdamW
+  // moments and updates it; the others receive it by broadcast.
+  std::unique_ptr<ZeroShards> zero_;
   std::unique_ptr<OverlappedReduce> overlap_;  // several ranks: the gradient exchange during backward
   StepProfiler profiler_;                      // profile_steps
   // async_rollout: the policy's copy that samples in a second thread, its engine, and the batch it

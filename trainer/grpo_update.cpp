@@ -64,7 +64,7 @@ OverlappedReduce* GrpoTrainer::overlapped_reduce() {
     std::vector<Tensor> compute = pol_.has_lora() ? master : policy_->parameters();
     overlap_ = std::make_unique<OverlappedReduce>(
         *comm_, to_owners ? OverlappedReduce::Mode::ReduceToOwners : OverlappedReduce::Mode::AllReduce, compute, master,
-        to_owners ? owner_ : std::vector<int>{}, s_.optim.bucket_cap_mb);
+        to_owners ? zero_->owner() : std::vector<int>{}, s_.optim.bucket_cap_mb);
     log_->line("gradient exchange: " + std::to_string(overlap_->buckets()) + " bucket(s) of at most " +
                std::to_string((int64_t)std::ceil(s_.optim.bucket_cap_mb * 1024)) + " KiB, " +
                (to_owners ? "reduced onto their owners" : "all-reduced") + " during the backward pass");
@@ -167,7 +167,7 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
   // zero_stage 2 with a sharded fp32 master: each backward pass's gradients go to their owners at
   // once, so the ranks agree on the number of passes (a rank with fewer runs empty ones).
   const bool per_pass = pol_.master_sharded() && s_.optim.zero_stage == 2;
-  const int64_t passes = per_pass ? (int64_t)comm_->max((double)chunks.size()) : (int64_t)chunks.size();
+  const int64_t passes = zero_->passes(pol_, (int64_t)chunks.size());
   OverlappedReduce* overlap = overlapped_reduce();
   for (int64_t it = 0; it < s_.optim.num_iterations; ++it) {
     optimizer_->zero_grad();
@@ -259,17 +259,9 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
         loss.backward();
         stats.push_back(std::move(pass_stats));
       }
-      if (per_pass) {  // onto the owners now: no full fp32 gradient on any rank
-        if (overlap) {
-          u.grad_comm_overlap += overlap->finish() / (double)passes;
-        } else {
-          std::vector<Tensor> grads;
-          for (auto& p : policy_->parameters()) grads.push_back(std::exchange(p.mutable_grad(), Tensor()));
-          reduce_into_owner_masters(*comm_, policy_->parameters(), grads, master_->parameters(), owner_);
-        }
-      } else {
-        accumulate_gradients();
-      }
+      // Into the fp32 master, or with per_pass onto the owners now: no full fp32 gradient on any rank.
+      if (per_pass && overlap) u.grad_comm_overlap += overlap->finish() / (double)passes;
+      else zero_->after_pass(pol_);
     }
     // The statistics of every pass, summed in pass order as doubles.
     const std::vector<double> v = scalars.read();
@@ -293,18 +285,11 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
       if (p.has_aux) u.aux_loss += v[p.aux] * p.n / total_sequences;
       if (p.has_mtp) u.mtp_loss += v[p.mtp];
     }
-    if (pol_.master_sharded()) {
-      if (s_.optim.zero_stage == 1)  // the whole batch's fp32 gradients, held here, onto their owners
-        reduce_into_owner_masters(*comm_, policy_->parameters(), pol_.held_grads, master_->parameters(), owner_);
-      u.grad_norm = clip_owned_gradients(*comm_, master_->parameters(), owner_, s_.optim.max_grad_norm);
-    } else if (comm_ && s_.optim.zero_stage == 2) {
-      // each owner holds its parameters' global gradient
-      u.grad_norm = reduce_gradients_to_owners(*comm_, pol_.trainable_parameters(), owner_, s_.optim.max_grad_norm);
-    } else {
-      // the global batch's gradient everywhere
-      if (overlap) u.grad_comm_overlap = overlap->finish();
-      else if (comm_) all_reduce_gradients(*comm_, pol_.trainable_parameters());
+    if (overlap && !per_pass) {  // replicas: the global batch's gradient everywhere, sent during the backward
+      u.grad_comm_overlap = overlap->finish();
       u.grad_norm = torch::nn::utils::clip_grad_norm_(pol_.trainable_parameters(), s_.optim.max_grad_norm);
+    } else {  // summed where the optimizer reads them (everywhere, or on their owners), clipped
+      u.grad_norm = zero_->reduce_and_clip(pol_, s_.optim.max_grad_norm);
     }
     if (!std::isfinite(u.grad_norm) || !std::isfinite(u.loss))
       throw Error("step " + std::to_string(st_.step + 1) + ": the " + (std::isfinite(u.loss) ? "gradient norm" : "loss") +
@@ -335,19 +320,7 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
     }
     if (it == 0 && want_routing)
       u.expert_spread = update_routing_bias(*master_, loads, pol_.has_lora() ? 0.0 : s_.moe.bias_update_speed);
-    if (pol_.master_sharded()) {
-      sync_policy();  // this rank's tensors (and the buffers) rounded into the bf16 copy
-      broadcast_from_owners(*comm_, policy_->parameters(), owner_);  // the others', in bf16, from their owners
-      continue;
-    }
-    if (sharded()) {
-      broadcast_from_owners(*comm_, pol_.trainable_parameters(), owner_);
-      // The optimizer zeroes only its own parameters' gradients: the others' must not carry over.
-      auto params = pol_.trainable_parameters();
-      for (size_t i = 0; i < params.size(); ++i)
-        if (owner_[i] != comm_->rank()) params[i].mutable_grad() = Tensor();
-    }
-    sync_policy();
+    zero_->share_weights(pol_);  // from their owners, rounded into the compute copy
   }
   return u;
 }

@@ -1,12 +1,12 @@
 #include "trainer/sft_trainer.h"
 
 #include <c10/core/GradMode.h>
-#include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 #include <torch/serialize.h>
 
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 
 #include "dist/communicator.h"
 #include "model/checkpoint.h"
@@ -20,8 +20,10 @@
 #include "trainer/train.h"
 #include "trainer/run_state.h"
 #include "trainer/step_profile.h"
+#include "trainer/zero_shards.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/json.h"
 
 namespace grpo::trainer {
 
@@ -103,6 +105,7 @@ class SftStage {
   // normalised by the step's trained tokens over every rank, gradients summed before clipping;
   // rank 0 logs and writes checkpoints.
   StageRanks ranks_;
+  std::unique_ptr<ZeroShards> zero_;  // zero_stage 1 and 2: each tensor's AdamW state (and fp32 master) on its owner
   int64_t mtp_depths_ = 0;  // MTP modules trained (mtp_loss_weight > 0)
   StepProfiler profiler_;   // profile_steps
 };
@@ -140,16 +143,19 @@ SftStage::SftStage(const StageSettings& s, const std::string& recipe_path, const
   total_steps_ = (positions + B - 1) / B;
   if (s_.optim.max_steps > 0) total_steps_ = std::min(total_steps_, s_.optim.max_steps);
 
+  zero_ = std::make_unique<ZeroShards>(comm, s_.optim.zero_stage, pol_);
   optimizer_ = std::make_unique<torch::optim::AdamW>(
-      pol_.trainable_parameters(),
+      zero_->optimized(pol_),
       torch::optim::AdamWOptions(s_.optim.learning_rate).weight_decay(s_.optim.weight_decay).betas({0.9, 0.999}));
   if (resume_run) resume();
   std::vector<Tensor> start = pol_.master->parameters();  // every rank starts from rank 0's weights
   for (auto& t : pol_.master->buffers()) start.push_back(t);
   ranks_.broadcast_from_main(start);
   pol_.sync();
+  const std::string sharded = zero_->shard_master(pol_);  // every rank holds the same weights now
   log_ = std::make_unique<RunLog>(ranks_.main() ? out_ : "", resumed_from_.empty() ? -1 : st_.step, s_.checkpoint.logging_steps);
   if (!resumed_from_.empty()) log_->line("resumed from " + resumed_from_ + " (step " + std::to_string(st_.step) + ")");
+  if (!sharded.empty()) log_->line(s_.name + ": " + sharded);
 }
 
 std::vector<SftSequence> SftStage::tokenise(const std::vector<Example>& examples) const {
@@ -184,7 +190,7 @@ double SftStage::eval_loss() {
 }
 
 void SftStage::save() {
-  ranks_.on_main([&] { store_.save("checkpoint-" + std::to_string(st_.step), [&](const std::string& dir) {
+  auto write = [&](const std::string& dir) {
     pol_.save_weights(dir, s_.checkpoint.save_bf16);
     torch::save(*optimizer_, dir + "/optimizer.pt");
     json j = to_json(st_);
@@ -192,8 +198,11 @@ void SftStage::save() {
     j["stage_type"] = "sft";
     j["total_steps"] = total_steps_;
     j["world_size"] = ranks_.world();  // the ranks split each step's rows: resume with as many
+    j["zero_stage"] = zero_->on() ? s_.optim.zero_stage : 0;
     write_file_atomic(dir + "/trainer_state.json", j.dump(2) + "\n");
-  }); });
+  };
+  zero_->save(store_, "checkpoint-" + std::to_string(st_.step), pol_, write,
+              [&](const std::string& dir) { torch::save(*optimizer_, zero_->optimizer_file(dir)); });
 }
 
 void SftStage::resume() {
@@ -204,7 +213,11 @@ void SftStage::resume() {
   model::copy_weights(*pol_.master, *saved);
   st_ = read_run_state(dir + "/trainer_state.json");
   ranks_.check_resumable(dir);
-  torch::load(*optimizer_, dir + "/optimizer.pt");
+  const json j = parse_json(read_file(dir + "/trainer_state.json"), dir + "/trainer_state.json");
+  zero_->check_resumable(dir, j.value("world_size", int64_t(1)), j.value("zero_stage", int64_t(0)));
+  const std::string file = zero_->optimizer_file(dir);
+  if (!file_exists(file)) throw Error(dir + ": no " + std::filesystem::path(file).filename().string() + " for this rank");
+  torch::load(*optimizer_, file);
 }
 
 // One optimizer step over the step's micro-batches: the loss (the mean over every trained token of
@@ -215,7 +228,13 @@ SftStage::StepResult SftStage::train_on(const std::vector<Batch>& batches, doubl
   optimizer_->zero_grad();
   // Each micro-batch's loss terms stay on the device until all have run: one host sync a step.
   DeviceScalars terms;  // per micro-batch: the loss, then one term per MTP depth
-  for (const Batch& b : batches) {
+  const int64_t passes = zero_->passes(pol_, (int64_t)batches.size());  // a rank with fewer runs empty ones
+  for (int64_t pass = 0; pass < passes; ++pass) {
+    if (pass >= (int64_t)batches.size()) {
+      zero_->after_pass(pol_);
+      continue;
+    }
+    const Batch& b = batches[pass];
     auto out = pol_.compute->packed_logprobs(b.ids, b.segments, b.positions, b.targets, mtp_depths_);
     Tensor part = -out.logprobs.sum() / std::max(1.0, targets);
     terms.add(part);
@@ -226,25 +245,25 @@ SftStage::StepResult SftStage::train_on(const std::vector<Batch>& batches, doubl
       part = part + nll * s_.model.mtp_loss_weight;
     }
     part.backward();
-    pol_.accumulate_gradients();
+    zero_->after_pass(pol_);
   }
   const std::vector<double> term = terms.read();
   for (size_t i = 0; i < term.size(); i += 1 + mtp_depths_) {
     loss += term[i];
     for (int64_t k = 0; k < mtp_depths_; ++k) mtp_loss += term[i + 1 + k];
   }
-  ranks_.all_reduce_gradients(pol_.trainable_parameters());
+  // The whole step's gradients where this rank's optimizer reads them (every rank's summed), clipped.
+  const double norm = zero_->reduce_and_clip(pol_, s_.optim.max_grad_norm);
   {
     const auto l = ranks_.sum({loss, mtp_loss});
     loss = l[0];
     mtp_loss = l[1];
   }
-  const double norm = torch::nn::utils::clip_grad_norm_(pol_.trainable_parameters(), s_.optim.max_grad_norm);
   if (!std::isfinite(norm) || !std::isfinite(loss))
     throw Error(s_.name + " step " + std::to_string(step) + ": the loss (" + std::to_string(loss) +
                 ") or gradient norm (" + std::to_string(norm) + ") is not finite; stopped before the update");
   optimizer_->step();
-  pol_.sync();
+  zero_->share_weights(pol_);
   return {loss, mtp_loss, norm};
 }
 
