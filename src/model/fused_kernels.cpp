@@ -40,14 +40,9 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
 }
 
 Tensor rope(const Tensor& x, const RopeTables& rope, bool interleave) {
-  const Tensor &c = rope.cos, &s = rope.sin;
-  if (x.dim() != 4 || !float_type(x) || x.stride(3) != 1 || x.size(3) % 2 != 0) return {};
-  const int64_t half = x.size(3) / 2;
-  for (const Tensor* t : {&c, &s})
-    if (t->scalar_type() != x.scalar_type() || t->dim() != 4 || t->size(0) != x.size(0) || t->size(1) != x.size(1) ||
-        t->size(2) != 1 || t->size(3) != half || !t->is_contiguous() || t->device() != x.device())
-      return {};
-  return cuda::rope(x, c, s, interleave);
+  if (x.dim() != 4 || !float_type(x) || x.stride(3) != 1 || x.size(3) % 2 != 0 || !rope.fit(x, x.size(3) / 2))
+    return {};
+  return cuda::rope(x, rope.cos, rope.sin, interleave);
 }
 
 Tensor swiglu(const Tensor& gate, const Tensor& up) {

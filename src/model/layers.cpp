@@ -81,6 +81,15 @@ Tensor rope_inv_freq(const ModelConfig& c) {
   return interpolation * (1 - extrapolation_factor) + inv_freq * extrapolation_factor;
 }
 
+bool RopeTables::fit(const Tensor& x, int64_t half) const {
+  for (const Tensor* t : {&cos, &sin})
+    if (t->scalar_type() != x.scalar_type() || t->device() != x.device() || t->dim() != 4 || x.dim() < 2 ||
+        t->size(0) != x.size(0) || t->size(1) != x.size(1) || t->size(2) != 1 || t->size(3) != half ||
+        !t->is_contiguous())
+      return false;
+  return true;
+}
+
 Tensor apply_rope(const Tensor& x, const RopeTables& rope, bool interleave) {
   if (fused::active(x))
     if (Tensor y = fused::rope(x, rope, interleave); y.defined()) return y;

@@ -37,6 +37,9 @@ TORCH_MODULE(MLP);
 // Per-token cos/sin tables for the rotary part of queries and keys.
 struct RopeTables {
   Tensor cos, sin;  // (B, T, 1, rope_dim/2), model dtype, already times YaRN's attention factor
+  // What a kernel reading the tables in place needs: both (B, T, 1, half) for x's first two sizes,
+  // contiguous, in x's dtype and on its device.
+  bool fit(const Tensor& x, int64_t half) const;
 };
 
 // RoPE inverse frequencies (rope_dim/2), fp32, with the configured scaling (linear, Llama 3,

@@ -3,6 +3,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "model/kernel_trial.h"
+#include "model/layers.h"
 #ifdef GRPO_INVARIANT_CUDA
 #include "model/invariant_kernels_cuda.h"
 #include "model/train_kernels_cuda.h"
@@ -142,12 +143,9 @@ std::vector<Tensor> mla_inputs(const Tensor& q, const Tensor& kv, const Tensor& 
   if (dn < 0 || dr <= 0 || dr % 2 != 0 || dv <= 0 || dv > dn + dr || kv.size(0) != B || kv.size(1) != T ||
       kv.size(2) != heads || k_pe.size(0) != B || k_pe.size(1) != T || k_pe.size(2) != dr)
     return {};
-  for (const Tensor* t : {&kv, &k_pe, &cos, &sin})
+  for (const Tensor* t : {&kv, &k_pe})
     if (t->scalar_type() != q.scalar_type() || t->device() != q.device()) return {};
-  for (const Tensor* t : {&cos, &sin})
-    if (t->dim() != 4 || t->size(0) != B || t->size(1) != T || t->size(2) != 1 || t->size(3) != dr / 2 ||
-        !t->is_contiguous())
-      return {};
+  if (!RopeTables{cos, sin}.fit(q, dr / 2)) return {};
   return MlaInputsFunction::apply(q, kv, k_pe, cos, sin, interleave, dn);
 }
 
