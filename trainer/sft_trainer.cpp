@@ -198,7 +198,7 @@ void SftStage::save() {
     j["stage_type"] = "sft";
     j["total_steps"] = total_steps_;
     j["world_size"] = ranks_.world();  // the ranks split each step's rows: resume with as many
-    j["zero_stage"] = zero_->on() ? s_.optim.zero_stage : 0;
+    j["zero_stage"] = zero_->stage();
     write_file_atomic(dir + "/trainer_state.json", j.dump(2) + "\n");
   };
   zero_->save(store_, "checkpoint-" + std::to_string(st_.step), pol_, write,

@@ -23,8 +23,8 @@ namespace grpo::trainer {
 class ZeroShards {
  public:
   ZeroShards(dist::Communicator* comm, int64_t zero_stage, const Policy& pol);
-  bool on() const { return !owner_.empty(); }
-  int64_t stage() const { return stage_; }
+  bool on() const { return stage_ > 0; }
+  int64_t stage() const { return stage_; }  // the recipe's zero_stage, 0 without a communicator
   const std::vector<int>& owner() const { return owner_; }  // per trainable tensor; empty when off
 
   // The tensors this rank's optimizer updates: every trainable tensor, or those it owns.
