@@ -1,12 +1,12 @@
 #include "trainer/reward_model_trainer.h"
 
 #include <c10/core/GradMode.h>
-#include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 #include <torch/serialize.h>
 
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
@@ -19,8 +19,10 @@
 #include "trainer/run_log.h"
 #include "trainer/run_state.h"
 #include "trainer/train.h"
+#include "trainer/zero_shards.h"
 #include "util/error.h"
 #include "util/files.h"
+#include "util/json.h"
 
 namespace grpo::trainer {
 namespace {
@@ -64,6 +66,7 @@ class RewardModelStage {
   // Several ranks (data parallel): each step's pairs split over the ranks, the loss a mean over
   // every rank's pairs, gradients summed before clipping; rank 0 logs and writes checkpoints.
   StageRanks ranks_;
+  std::unique_ptr<ZeroShards> zero_;  // zero_stage 1 and 2: each tensor's AdamW state (and fp32 master) on its owner
 };
 
 RewardModelStage::RewardModelStage(const StageSettings& s, const std::string& recipe_path, const std::string& out,
@@ -99,15 +102,18 @@ RewardModelStage::RewardModelStage(const StageSettings& s, const std::string& re
 
   std::vector<Tensor> params = pol_.master->parameters();
   params.push_back(score_->weight);
+  zero_ = std::make_unique<ZeroShards>(comm, s_.optim.zero_stage, pol_, std::vector<Tensor>{score_->weight});
   optimizer_ = std::make_unique<torch::optim::AdamW>(
-      params, torch::optim::AdamWOptions(s_.optim.learning_rate).weight_decay(s_.optim.weight_decay).betas({0.9, 0.999}));
+      zero_->optimized(pol_), torch::optim::AdamWOptions(s_.optim.learning_rate).weight_decay(s_.optim.weight_decay).betas({0.9, 0.999}));
   if (resume_run) resume();
   std::vector<Tensor> start = params;  // every rank starts from rank 0's weights
   for (auto& t : pol_.master->buffers()) start.push_back(t);
   ranks_.broadcast_from_main(start);
   pol_.sync();
+  const std::string sharded = zero_->shard_master(pol_);  // every rank holds the same weights now
   log_ = std::make_unique<RunLog>(ranks_.main() ? out_ : "", resumed_from_.empty() ? -1 : st_.step, s_.checkpoint.logging_steps);
   if (!resumed_from_.empty()) log_->line("resumed from " + resumed_from_ + " (step " + std::to_string(st_.step) + ")");
+  if (!sharded.empty()) log_->line(s_.name + ": " + sharded);
 }
 
 std::vector<TokenPair> RewardModelStage::tokenise(const std::vector<PreferencePair>& pairs, int64_t* skipped) const {
@@ -172,7 +178,7 @@ json RewardModelStage::evaluate(const std::vector<TokenPair>& pairs) {
 }
 
 void RewardModelStage::save() {
-  ranks_.on_main([&] { store_.save("checkpoint-" + std::to_string(st_.step), [&](const std::string& dir) {
+  auto write = [&](const std::string& dir) {
     model::save_reward_model(*pol_.master, score_->weight, pol_.config_text, pad_, dir);
     write_hub_files(pol_.hub, dir);
     if (s_.checkpoint.save_bf16) {
@@ -190,8 +196,11 @@ void RewardModelStage::save() {
     j["stage_type"] = "reward_model";
     j["total_steps"] = total_steps_;
     j["world_size"] = ranks_.world();  // the ranks split each step's pairs: resume with as many
+    j["zero_stage"] = zero_->stage();
     write_file_atomic(dir + "/trainer_state.json", j.dump(2) + "\n");
-  }); });
+  };
+  zero_->save(store_, "checkpoint-" + std::to_string(st_.step), pol_, write,
+              [&](const std::string& dir) { torch::save(*optimizer_, zero_->optimizer_file(dir)); });
 }
 
 void RewardModelStage::resume() {
@@ -206,7 +215,11 @@ void RewardModelStage::resume() {
   }
   st_ = read_run_state(dir + "/trainer_state.json");
   ranks_.check_resumable(dir);
-  torch::load(*optimizer_, dir + "/optimizer.pt");
+  const json j = parse_json(read_file(dir + "/trainer_state.json"), dir + "/trainer_state.json");
+  zero_->check_resumable(dir, j.value("world_size", int64_t(1)), j.value("zero_stage", int64_t(0)));
+  const std::string file = zero_->optimizer_file(dir);
+  if (!file_exists(file)) throw Error(dir + ": no " + std::filesystem::path(file).filename().string() + " for this rank");
+  torch::load(*optimizer_, file);
 }
 
 bool RewardModelStage::run() {
@@ -232,13 +245,20 @@ bool RewardModelStage::run() {
     optimizer_->zero_grad();
     double loss = 0, right = 0, margin = 0, tokens = 0;
     DeviceScalars sums;  // (loss, right, margin) per micro-batch, read once after the last
-    for (size_t i = 0; i < pairs.size(); i += mb) {
+    const int64_t mine = ((int64_t)pairs.size() + mb - 1) / mb;
+    const int64_t passes = zero_->passes(pol_, mine);  // a rank with fewer runs empty ones
+    for (int64_t pass = 0; pass < passes; ++pass) {
+      if (pass >= mine) {
+        zero_->after_pass(pol_);
+        continue;
+      }
+      const size_t i = (size_t)(pass * mb);
       std::vector<const TokenPair*> part(pairs.begin() + i, pairs.begin() + std::min(pairs.size(), i + (size_t)mb));
       auto [c, r] = pair_rewards(*pol_.compute, score_, pad_, part);
       Tensor d = c - r;
       Tensor l = -at::log_sigmoid(d).sum() / step_pairs;
       l.backward();
-      pol_.accumulate_gradients();
+      zero_->after_pass(pol_);
       sums.add(at::stack({l.detach().to(at::kDouble), d.gt(0).sum().to(at::kDouble), d.detach().sum().to(at::kDouble)}));
       for (const auto* p : part) tokens += (double)(p->chosen.size() + p->rejected.size());
     }
@@ -248,20 +268,18 @@ bool RewardModelStage::run() {
       right += per_batch[i + 1];
       margin += per_batch[i + 2];
     }
-    std::vector<Tensor> params = pol_.master->parameters();
-    params.push_back(score_->weight);
-    ranks_.all_reduce_gradients(params);
+    // The step's gradients where this rank's optimizer reads them (every rank's summed), clipped.
+    const double norm = zero_->reduce_and_clip(pol_, s_.optim.max_grad_norm);
     const auto v = ranks_.sum({loss, right, margin, tokens});
     loss = v[0];
     right = v[1];
     margin = v[2];
     tokens = v[3];
-    const double norm = torch::nn::utils::clip_grad_norm_(params, s_.optim.max_grad_norm);
     if (!std::isfinite(norm) || !std::isfinite(loss))
       throw Error(s_.name + " step " + std::to_string(step) + ": the loss (" + std::to_string(loss) +
                   ") or gradient norm (" + std::to_string(norm) + ") is not finite; stopped before the update");
     optimizer_->step();
-    pol_.sync();
+    zero_->share_weights(pol_);
     const double t_step = seconds_since(t0);
     st_.step = step;
     st_.position = std::min(total_positions, step * B);

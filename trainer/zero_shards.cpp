@@ -13,13 +13,23 @@ namespace grpo::trainer {
 
 using at::Tensor;
 
-ZeroShards::ZeroShards(dist::Communicator* comm, int64_t zero_stage, const Policy& pol)
-    : comm_(comm), stage_(comm && zero_stage > 0 ? zero_stage : 0) {
-  if (stage_ > 0) owner_ = assign_owners(pol.trainable_parameters(), comm_->world_size());
+ZeroShards::ZeroShards(dist::Communicator* comm, int64_t zero_stage, const Policy& pol, std::vector<Tensor> extra)
+    : comm_(comm), stage_(comm && zero_stage > 0 ? zero_stage : 0), extra_(std::move(extra)) {
+  if (stage_ > 0) owner_ = assign_owners(trainable(pol), comm_->world_size());
+}
+
+std::vector<Tensor> ZeroShards::trainable(const Policy& pol) const {
+  auto params = pol.trainable_parameters();
+  params.insert(params.end(), extra_.begin(), extra_.end());
+  return params;
+}
+
+std::vector<int> ZeroShards::extra_owner() const {
+  return std::vector<int>(owner_.end() - (std::ptrdiff_t)extra_.size(), owner_.end());
 }
 
 std::vector<Tensor> ZeroShards::optimized(const Policy& pol) const {
-  auto params = pol.trainable_parameters();
+  auto params = trainable(pol);
   if (!on()) return params;
   std::vector<Tensor> out;
   for (size_t i = 0; i < params.size(); ++i)
@@ -29,8 +39,8 @@ std::vector<Tensor> ZeroShards::optimized(const Policy& pol) const {
 
 std::string ZeroShards::shard_master(Policy& pol) const {
   if (!on() || pol.compute == pol.master || pol.has_lora()) return "";
-  std::vector<bool> mine(owner_.size());
-  for (size_t i = 0; i < owner_.size(); ++i) mine[i] = owner_[i] == comm_->rank();
+  std::vector<bool> mine(pol.master->parameters().size());  // the master's tensors come first in owner_
+  for (size_t i = 0; i < mine.size(); ++i) mine[i] = owner_[i] == comm_->rank();
   pol.shard_master(mine);
   const auto [held, all] = pol.master_bytes();
   char line[200];
@@ -54,14 +64,21 @@ void ZeroShards::after_pass(Policy& pol) const {
 }
 
 double ZeroShards::reduce_and_clip(Policy& pol, double max_grad_norm) const {
-  auto params = pol.trainable_parameters();
+  auto params = trainable(pol);
   if (pol.master_sharded()) {
     if (stage_ == 1) {  // the step's fp32 gradients, held here, onto their owners
       // (one entry per tensor on every rank, also on one that ran no micro-batch this step)
       pol.held_grads.resize(pol.master->parameters().size());
       reduce_into_owner_masters(*comm_, pol.compute->parameters(), pol.held_grads, pol.master->parameters(), owner_);
     }
-    return clip_owned_gradients(*comm_, pol.master->parameters(), owner_, max_grad_norm);
+    if (!extra_.empty()) {  // their fp32 gradients, kept on the tensors over the step, onto their owners
+      std::vector<Tensor> grads;
+      for (auto& t : extra_) grads.push_back(std::exchange(t.mutable_grad(), Tensor()));
+      reduce_into_owner_masters(*comm_, extra_, grads, extra_, extra_owner());
+    }
+    auto master = pol.master->parameters();
+    master.insert(master.end(), extra_.begin(), extra_.end());
+    return clip_owned_gradients(*comm_, master, owner_, max_grad_norm);
   }
   if (stage_ == 2) return reduce_gradients_to_owners(*comm_, params, owner_, max_grad_norm);
   if (comm_) all_reduce_gradients(*comm_, params);
@@ -72,10 +89,11 @@ void ZeroShards::share_weights(Policy& pol) const {
   if (pol.master_sharded()) {
     pol.sync();  // this rank's tensors (and the buffers) rounded into the bf16 copy
     broadcast_from_owners(*comm_, pol.compute->parameters(), owner_);  // the others', in bf16, from their owners
+    if (!extra_.empty()) broadcast_from_owners(*comm_, extra_, extra_owner());
     return;
   }
   if (on()) {
-    auto params = pol.trainable_parameters();
+    auto params = trainable(pol);
     broadcast_from_owners(*comm_, params, owner_);
     // The optimizer zeroes only its own tensors' gradients: the others' must not carry over.
     for (size_t i = 0; i < params.size(); ++i)

@@ -22,12 +22,14 @@ namespace grpo::trainer {
 
 class ZeroShards {
  public:
-  ZeroShards(dist::Communicator* comm, int64_t zero_stage, const Policy& pol);
+  // `extra`: tensors trained beside the policy's (a reward model's score head), fp32, owned and
+  // updated like the others.
+  ZeroShards(dist::Communicator* comm, int64_t zero_stage, const Policy& pol, std::vector<at::Tensor> extra = {});
   bool on() const { return stage_ > 0; }
   int64_t stage() const { return stage_; }  // the recipe's zero_stage, 0 without a communicator
-  const std::vector<int>& owner() const { return owner_; }  // per trainable tensor; empty when off
+  const std::vector<int>& owner() const { return owner_; }  // per trainable tensor, then extra; empty when off
 
-  // The tensors this rank's optimizer updates: every trainable tensor, or those it owns.
+  // The tensors this rank's optimizer updates: every trainable tensor (and extra one), or those it owns.
   std::vector<at::Tensor> optimized(const Policy& pol) const;
   // With a bf16 compute copy of a full model, lets go of the fp32 master weights other ranks own
   // (call once every rank holds the same weights). Returns a line for the log ("" when nothing is
@@ -65,9 +67,13 @@ class ZeroShards {
   void check_resumable(const std::string& dir, int64_t saved_world, int64_t saved_zero_stage) const;
 
  private:
+  std::vector<at::Tensor> trainable(const Policy& pol) const;  // the policy's, then extra_
+  std::vector<int> extra_owner() const;
+
   dist::Communicator* comm_ = nullptr;
   int64_t stage_ = 0;
-  std::vector<int> owner_;  // per trainable tensor; empty when off
+  std::vector<at::Tensor> extra_;
+  std::vector<int> owner_;  // per trainable tensor, then extra; empty when off
 };
 
 }  // namespace grpo::trainer
