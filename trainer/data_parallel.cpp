@@ -283,10 +283,6 @@ std::pair<int64_t, int64_t> StageRanks::share(int64_t count) const {
   return {std::min(count, r * per), std::min(count, (r + 1) * per)};
 }
 
-void StageRanks::all_reduce_gradients(const std::vector<Tensor>& params) const {
-  if (comm_) trainer::all_reduce_gradients(*comm_, params);
-}
-
 void StageRanks::broadcast_from_main(std::vector<Tensor> tensors) const {
   if (!comm_) return;
   c10::NoGradGuard g;

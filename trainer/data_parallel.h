@@ -59,7 +59,8 @@ void reduce_update(dist::Communicator& comm, UpdateStats& u);
 
 // What a supervised stage (sft, distill, reward_model) needs from the job's ranks; every call is
 // also right on one rank (a null communicator). Each step's examples are split over the ranks in
-// order, sums of the step's figures and gradients go over every rank, and rank 0 writes.
+// order, sums of the step's figures go over every rank (the gradients through
+// trainer/zero_shards.h), and rank 0 writes.
 class StageRanks {
  public:
   explicit StageRanks(dist::Communicator* comm) : comm_(comm) {}
@@ -69,7 +70,6 @@ class StageRanks {
   // This rank's share [first, last) of `count` consecutive items: the r-th of W equal parts.
   std::pair<int64_t, int64_t> share(int64_t count) const;
   std::vector<double> sum(const std::vector<double>& values) const { return comm_ ? comm_->sum(values) : values; }
-  void all_reduce_gradients(const std::vector<at::Tensor>& params) const;
   // Rank 0's tensors into every rank's (the starting weights).
   void broadcast_from_main(std::vector<at::Tensor> tensors) const;
   // A stop asked on any rank becomes a stop on every rank, at the same step.

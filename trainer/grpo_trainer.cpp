@@ -278,13 +278,9 @@ void GrpoTrainer::resume() {
   }
   st_ = read_run_state(dir + "/trainer_state.json");
   if (!st_.warm_start_done && !st_.warm_start_rng.empty()) std::istringstream(st_.warm_start_rng) >> sft_rng_;
-  if (st_.warm_start_done) {  // a sharded optimizer state resumes only with the same ranks and zero_stage
-    json j = parse_json(read_file(dir + "/trainer_state.json"), dir + "/trainer_state.json");
-    zero_->check_resumable(dir, j.value("world_size", int64_t(1)), j.value("zero_stage", int64_t(0)));
-  }
-  const std::string file = zero_->optimizer_file(dir, st_.warm_start_done);
-  if (!file_exists(file)) throw Error(dir + ": no " + std::filesystem::path(file).filename().string() + " for this rank");
-  torch::load(st_.warm_start_done ? *optimizer_ : *sft_optimizer_, file);
+  // After the warm start the AdamW state may be sharded: it resumes only with the same ranks and zero_stage.
+  torch::load(st_.warm_start_done ? *optimizer_ : *sft_optimizer_,
+              zero_->resume_optimizer_file(dir, st_.warm_start_done));
 }
 
 // ---- the frozen reference (beta > 0): the policy as GRPO starts, or as of the last refresh. Under

@@ -6,7 +6,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <filesystem>
 
 #include "dist/communicator.h"
 #include "model/checkpoint.h"
@@ -23,7 +22,6 @@
 #include "trainer/zero_shards.h"
 #include "util/error.h"
 #include "util/files.h"
-#include "util/json.h"
 
 namespace grpo::trainer {
 
@@ -213,11 +211,7 @@ void SftStage::resume() {
   model::copy_weights(*pol_.master, *saved);
   st_ = read_run_state(dir + "/trainer_state.json");
   ranks_.check_resumable(dir);
-  const json j = parse_json(read_file(dir + "/trainer_state.json"), dir + "/trainer_state.json");
-  zero_->check_resumable(dir, j.value("world_size", int64_t(1)), j.value("zero_stage", int64_t(0)));
-  const std::string file = zero_->optimizer_file(dir);
-  if (!file_exists(file)) throw Error(dir + ": no " + std::filesystem::path(file).filename().string() + " for this rank");
-  torch::load(*optimizer_, file);
+  torch::load(*optimizer_, zero_->resume_optimizer_file(dir));
 }
 
 // One optimizer step over the step's micro-batches: the loss (the mean over every trained token of

@@ -4,10 +4,13 @@
 #include <torch/nn/utils/clip_grad.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <utility>
 
 #include "trainer/data_parallel.h"
 #include "util/error.h"
+#include "util/files.h"
+#include "util/json.h"
 
 namespace grpo::trainer {
 
@@ -151,12 +154,20 @@ std::string ZeroShards::optimizer_file(const std::string& dir, bool state_sharde
   return dir + "/optimizer-rank" + std::to_string(comm_->rank()) + ".pt";
 }
 
-void ZeroShards::check_resumable(const std::string& dir, int64_t saved_world, int64_t saved_zero_stage) const {
-  const int64_t world = comm_ ? comm_->world_size() : 1;
-  if ((saved_zero_stage > 0 || stage_ > 0) && (saved_world != world || saved_zero_stage != stage_))
-    throw Error(dir + ": written by " + std::to_string(saved_world) + " rank(s) with zero_stage " +
-                std::to_string(saved_zero_stage) + "; resume it with the same (this job: " + std::to_string(world) +
-                " ranks, zero_stage " + std::to_string(stage_) + ")");
+std::string ZeroShards::resume_optimizer_file(const std::string& dir, bool state_sharded) const {
+  if (state_sharded) {
+    const std::string path = dir + "/trainer_state.json";
+    const nlohmann::json j = parse_json(read_file(path), path);
+    const int64_t saved_world = j.value("world_size", int64_t(1)), saved_stage = j.value("zero_stage", int64_t(0));
+    const int64_t world = comm_ ? comm_->world_size() : 1;
+    if ((saved_stage > 0 || stage_ > 0) && (saved_world != world || saved_stage != stage_))
+      throw Error(dir + ": written by " + std::to_string(saved_world) + " rank(s) with zero_stage " +
+                  std::to_string(saved_stage) + "; resume it with the same (this job: " + std::to_string(world) +
+                  " ranks, zero_stage " + std::to_string(stage_) + ")");
+  }
+  const std::string file = optimizer_file(dir, state_sharded);
+  if (!file_exists(file)) throw Error(dir + ": no " + std::filesystem::path(file).filename().string() + " for this rank");
+  return file;
 }
 
 }  // namespace grpo::trainer

@@ -62,9 +62,10 @@ class ZeroShards {
   // Where this rank's AdamW state lives in a checkpoint: optimizer.pt, or with sharded state rank
   // r's own optimizer-rank<r>.pt (rank 0's is optimizer.pt).
   std::string optimizer_file(const std::string& dir, bool state_sharded = true) const;
-  // A checkpoint written with sharded state resumes only with as many ranks and the same
-  // zero_stage: an error naming both otherwise (`saved_*`: what its trainer_state.json says).
-  void check_resumable(const std::string& dir, int64_t saved_world, int64_t saved_zero_stage) const;
+  // Resuming from checkpoint `dir`: this rank's optimizer file in it. Sharded state (the
+  // checkpoint's, by its trainer_state.json, or this job's) resumes only with as many ranks and the
+  // same zero_stage; an error names both otherwise, and names a missing file.
+  std::string resume_optimizer_file(const std::string& dir, bool state_sharded = true) const;
 
  private:
   std::vector<at::Tensor> trainable(const Policy& pol) const;  // the policy's, then extra_
