@@ -57,7 +57,7 @@ std::vector<std::pair<int64_t, int64_t>> mini_batches(const RolloutBatch& b, con
 // (after the master is sharded).
 OverlappedReduce* GrpoTrainer::overlapped_reduce() {
   if (!comm_ || !s_.optim.overlap_grad_reduce) return nullptr;
-  const bool replicas = s_.optim.zero_stage == 0, to_owners = pol_.master_sharded() && s_.optim.zero_stage == 2;
+  const bool replicas = s_.optim.zero_stage == 0, to_owners = zero_->reduces_per_pass(pol_);
   if (!replicas && !to_owners) return nullptr;
   if (!overlap_) {
     std::vector<Tensor> master = pol_.trainable_parameters();
@@ -166,7 +166,7 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
   }
   // zero_stage 2 with a sharded fp32 master: each backward pass's gradients go to their owners at
   // once, so the ranks agree on the number of passes (a rank with fewer runs empty ones).
-  const bool per_pass = pol_.master_sharded() && s_.optim.zero_stage == 2;
+  const bool per_pass = zero_->reduces_per_pass(pol_);
   const int64_t passes = zero_->passes(pol_, (int64_t)chunks.size());
   OverlappedReduce* overlap = overlapped_reduce();
   for (int64_t it = 0; it < s_.optim.num_iterations; ++it) {

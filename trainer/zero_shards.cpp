@@ -1,6 +1,5 @@
 #include "trainer/zero_shards.h"
 
-#include <c10/core/GradMode.h>
 #include <torch/nn/utils/clip_grad.h>
 
 #include <cstdio>
@@ -55,12 +54,11 @@ std::string ZeroShards::shard_master(Policy& pol) const {
 }
 
 int64_t ZeroShards::passes(const Policy& pol, int64_t mine) const {
-  const bool per_pass = stage_ == 2 && pol.master_sharded();
-  return per_pass ? (int64_t)comm_->max((double)mine) : mine;
+  return reduces_per_pass(pol) ? (int64_t)comm_->max((double)mine) : mine;
 }
 
 void ZeroShards::after_pass(Policy& pol) const {
-  if (stage_ != 2 || !pol.master_sharded()) return pol.accumulate_gradients();
+  if (!reduces_per_pass(pol)) return pol.accumulate_gradients();
   std::vector<Tensor> grads;  // the bf16 gradients of this pass, summed in fp32 onto their owners
   for (auto& p : pol.compute->parameters()) grads.push_back(std::exchange(p.mutable_grad(), Tensor()));
   reduce_into_owner_masters(*comm_, pol.compute->parameters(), grads, pol.master->parameters(), owner_);

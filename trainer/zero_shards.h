@@ -36,6 +36,8 @@ class ZeroShards {
   // let go).
   std::string shard_master(Policy& pol) const;
 
+  // zero_stage 2 with a sharded master: each micro-batch's gradients go onto their owners at once.
+  bool reduces_per_pass(const Policy& pol) const { return stage_ == 2 && pol.master_sharded(); }
   // Micro-batches each rank runs in a step where it has `mine`: zero_stage 2 with a sharded master
   // reduces after every one, so the ranks agree on the most (a rank with fewer adds empty ones).
   int64_t passes(const Policy& pol, int64_t mine) const;
