@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "trainer/data_parallel.h"
 #include "util/error.h"
 #include "util/files.h"
 #include "util/json.h"
@@ -71,25 +72,37 @@ EvalResult GrpoTrainer::evaluate() {
 }
 
 // ---- warm start: supervised steps on prompt -> answer </s>, to make a weak base from scratch.
+// Every rank draws the step's whole batch (the same draws), trains its share of the rows with the
+// loss over the whole batch's tokens, and the gradients are summed over the ranks: every rank
+// takes the step one rank would, with 1/W of the work. The AdamW state is whole on every rank.
 void GrpoTrainer::warm_start() {
   torch::optim::AdamW& sft = *sft_optimizer_;
+  const StageRanks ranks(comm_);
   const auto t0 = Clock::now();
-  const int64_t steps = s_.warm_start.sft_steps, first = st_.warm_start_step;
+  const int64_t steps = s_.warm_start.sft_steps, first = st_.warm_start_step, rows = s_.warm_start.sft_batch_size;
+  const auto [mine_first, mine_last] = ranks.share(rows);
   for (int64_t s = first; s < steps; ++s) {
     std::vector<std::vector<int64_t>> ps, cs;
-    for (int64_t b = 0; b < s_.warm_start.sft_batch_size; ++b) {
+    int64_t tokens = 0;  // the whole batch's completion tokens, over every rank's rows
+    for (int64_t b = 0; b < rows; ++b) {
       const auto& ex = data_.train[sft_rng_() % data_.train.size()];
-      ps.push_back(format_->prompt_ids(ex));
       auto c = encode(ex.answer, false);
       c.push_back(eos_);
-      cs.push_back(c);
+      tokens += (int64_t)c.size();
+      if (b < mine_first || b >= mine_last) continue;
+      ps.push_back(format_->prompt_ids(ex));
+      cs.push_back(std::move(c));
     }
     sft.zero_grad();
-    Tensor loss = -at::cat(policy_->completion_logprobs(ps, cs)).mean();
-    loss.backward();
+    Tensor loss;  // this rank's rows' share of the batch's mean negative log-likelihood
+    if (!cs.empty()) {
+      loss = -at::cat(policy_->completion_logprobs(ps, cs)).sum() / (double)tokens;
+      loss.backward();
+    }
     accumulate_gradients();
+    if (comm_) all_reduce_gradients(*comm_, pol_.trainable_parameters());
     const double norm = torch::nn::utils::clip_grad_norm_(pol_.trainable_parameters(), s_.optim.max_grad_norm);
-    const double sft_loss = loss.item<double>();
+    const double sft_loss = ranks.sum({loss.defined() ? loss.item<double>() : 0.0})[0];
     if (!std::isfinite(norm) || !std::isfinite(sft_loss))
       throw Error("warm-start step " + std::to_string(s + 1) + ": the loss (" + std::to_string(sft_loss) +
                   ") or gradient norm (" + std::to_string(norm) + ") is not finite; stopped before the update");
@@ -100,7 +113,7 @@ void GrpoTrainer::warm_start() {
       const double elapsed = seconds_since(t0), per_step = elapsed / (st_.warm_start_step - first);
       char buf[160];
       snprintf(buf, sizeof buf, "warm start %lld/%lld  loss %.4f  %s elapsed, ETA %s", (long long)st_.warm_start_step,
-               (long long)steps, loss.item<double>(), format_duration(elapsed).c_str(),
+               (long long)steps, sft_loss, format_duration(elapsed).c_str(),
                format_duration(per_step * (steps - st_.warm_start_step)).c_str());
       log_->progress(buf, st_.warm_start_step);
     }

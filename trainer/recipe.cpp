@@ -230,7 +230,7 @@ const std::vector<Key>& keys() {
       key("reward_token_file", "rewards", &S::rewards, &RewardSettings::token_file, "file with the token the reward workers expect"),
       key("reward_tls_ca", "rewards", &S::rewards, &RewardSettings::tls_ca, "PEM root certificate of the reward workers' TLS"),
       key("sft_steps", "warm_start", &S::warm_start, &WarmStartSettings::sft_steps, "supervised steps before GRPO"),
-      key("sft_batch_size", "warm_start", &S::warm_start, &WarmStartSettings::sft_batch_size, "examples per supervised step"),
+      key("sft_batch_size", "warm_start", &S::warm_start, &WarmStartSettings::sft_batch_size, "examples per supervised step (over all ranks)"),
       key("sft_learning_rate", "warm_start", &S::warm_start, &WarmStartSettings::sft_learning_rate, "learning rate of the warm start"),
       key("per_step_prompts", "rollout", &S::rollout, &RolloutSettings::per_step_prompts, "prompts per step (groups)"),
       key("num_generations", "rollout", &S::rollout, &RolloutSettings::num_generations, "G, completions per prompt"),

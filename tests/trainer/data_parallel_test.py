@@ -17,6 +17,8 @@
   with half the per-device batch gives each stage the 1-rank result (weights within 1e-6, the
   same rejection-sampling data; the grpo stage within 1e-4, as it starts from the rounding
   differences of the stages before);
+- a grpo stage's warm start (sft_steps) on 2 ranks, each step's rows split over them, gives the
+  1-rank weights (within 2e-5: the ranks' passes are not the single rank's) and logged losses;
 - the gradient exchange overlapped with the backward pass (the default) in small buckets, and not
   overlapped, gives the same weights (perf/grad_comm_overlap: most bytes leave during backward);
 - sft and reward_model stages with zero_stage 1 and 2, fp32 and bf16 (each rank keeping its own
@@ -288,6 +290,36 @@ check(done and diffs.get("rs") == "same data" and kept > 0 and
       f"sft, rejection_sampling, sft, reward_model, grpo on 2 ranks vs 1 rank (pipeline.json all done: {done}; "
       f"{kept} samples kept): max |weight diff| per stage "
       + ", ".join(f"{k} {v if isinstance(v, str) else f'{v:.1e}'}" for k, v in diffs.items()))
+
+# A grpo stage's warm start on 2 ranks, from the base above: each step's 33 rows split 17 + 16, the
+# loss over the whole batch's tokens, gradients summed: the 1-rank warm start's weights and loss.
+# The ranks' passes of 17 and 16 rows round otherwise than one pass of 33 (the matrix products block
+# their sums by row count), and AdamW's normalised steps grow that over 12 steps to ~2e-6 (from
+# random weights, whose first steps are about lr * sign(g), to ~1e-4); a rank training without the
+# other's gradients moves weights by ~lr (2e-3). AdamW hides a gradient's scale, so the logged loss
+# is what shows a wrong normalisation.
+def warm_recipe(tag):
+    path = recipe(tag, max_steps=1, base=base)
+    text = open(path).read().replace("sft_steps: 0", "sft_steps: 12").replace("sft_batch_size: 32", "sft_batch_size: 33")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def warm_losses(out):
+    with open(out + "/train.log") as f:
+        return [float(l.split("loss ")[1].split()[0]) for l in f if "warm start " in l and "loss " in l]
+
+
+one, two = os.path.join(a.workdir, "warm_1rank"), os.path.join(a.workdir, "warm_2ranks")
+train(a.grpo, warm_recipe("warm1"), one)
+launch(["train", warm_recipe("warm2"), "--output", two])
+w1 = weights(one + "/checkpoint-0")
+d, moved = max_diff(w1, weights(two + "/checkpoint-0")), max_diff(w1, weights(base))
+l1, l2 = warm_losses(one), warm_losses(two)
+check(d <= 2e-5 and moved > 1e-4 and len(l1) == 2 and l1 == l2,
+      f"grpo warm start (12 steps of 33 rows) on 2 ranks vs 1 rank: max |weight diff| {d:.2e} (moved {moved:.2e}); "
+      f"logged losses {l2} vs {l1}")
 
 # Supervised stages with ZeRO. sft: 17 rows in steps of 8 (2 ranks x 4, or 1 x 8) in micro-batches
 # of 2, so the last step has one row and rank 1 none (it takes part in the collectives with nothing).
