@@ -14,11 +14,11 @@
 # TRAIN_PROFILE (say 15; default 0): also the N kernels taking the most time in a training step;
 # PARTS (default checks,train,decode,variants,fused,exact,transformers): the parts to run, for a
 # call that must fit a time limit (train: forward+backward, also without the fused training kernels
-# (train_kernels), with the experts' gathers (gather_combine) and MLA's assembled inputs (mla_assemble)
-# on trial, alone and together, and transformers'; decode: the plain engine per context; variants: gathered
+# (train_kernels), without the experts' gathers (gather_combine) and MLA's assembled inputs (mla_assemble),
+# alone and together, and transformers'; decode: the plain engine per context; variants: gathered
 # attention, FP8 and exact_rollout per context; fused: ATen's chains and the engine without the
 # router kernel at 1,024 tokens; exact: the batch-invariant products alone (without the adopted
-# decode kernels; the fp32 ones with fp32_products on trial) and exact_rollout at 1,024 tokens,
+# decode kernels; the fp32 ones without fp32_products) and exact_rollout at 1,024 tokens,
 # with and without its kernels on trial; transformers: its generate() as the decode baseline).
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRPO_ASAN_TESTS=OFF \
@@ -44,9 +44,9 @@ want train && for shape in "1 4096" "8 1024"; do
   set -- $shape
   "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
     --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json --label grpo --profile "${TRAIN_PROFILE:-0}" | tee -a "$log"
-  # The same step without the fused training kernels (ATen's chains), and with the kernels on trial
-  # (model/kernel_trial.h).
-  for kernels in -train_kernels gather_combine mla_assemble gather_combine,mla_assemble; do
+  # The same step without the fused training kernels (ATen's chains), without the experts' gathers and
+  # MLA's assembled inputs, alone and together (model/kernel_trial.h).
+  for kernels in -train_kernels -gather_combine -mla_assemble -gather_combine,-mla_assemble; do
     GRPO_KERNEL_TRIAL=$kernels "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" \
       --device cuda --dtype bfloat16 --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json \
       --label "grpo, GRPO_KERNEL_TRIAL=$kernels" | tee -a "$log"
@@ -99,8 +99,8 @@ done
 # 64 experts: decode's 768 and 1,536 rows at batch 128 and 256, a prefill's more) against ATen's
 # bf16 product, and against themselves without the adopted decode kernels (staged tiles for the
 # grouped rows, narrow columns for a few rows); the fp32 products (the router's N = 64, LoRA r16's
-# A and B) with fp32_products on trial; then exact_rollout at 1,024 tokens with the exact mode's
-# kernels on trial (EXACT_TRIAL, default fp32_products), next to the same run without (the
+# A and B) without fp32_products; then exact_rollout at 1,024 tokens with the exact mode's
+# kernels on trial (EXACT_TRIAL, default tall_tiles,-staged_tiles), next to the same run without (the
 # "variants" part) or here when that part is off, and the ordinary engine (the "decode" part, or here).
 if want exact; then
   "$build/scripts/bench/bench_invariant" --device cuda | tee -a "$log"
@@ -112,7 +112,7 @@ if want exact; then
   want variants || "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 \
     --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" --exact \
     --label grpo-exact | tee -a "$log"
-  GRPO_KERNEL_TRIAL=${EXACT_TRIAL:-fp32_products} "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
+  GRPO_KERNEL_TRIAL=${EXACT_TRIAL:-tall_tiles,-staged_tiles} "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
     --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
     --exact --label grpo-exact-trial --profile "${EXACT_PROFILE:-0}" | tee -a "$log"
 fi

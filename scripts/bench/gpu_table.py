@@ -118,7 +118,7 @@ def exact_prefill():
     if not rows:
         return
     print()
-    print("exact_rollout with its kernels on trial (bench_gpu.sh's EXACT_TRIAL, default fp32_products)\nagainst exact_rollout with "
+    print("exact_rollout with its kernels on trial (bench_gpu.sh's EXACT_TRIAL, default tall_tiles,-staged_tiles)\nagainst exact_rollout with "
           "the default kernels and the ordinary engine, same run; prefill tokens/s, decode ms/step, drift (0: equal bit for bit)")
     print()
     print("| batch | context | ordinary prefill tok/s | exact prefill tok/s | trial prefill tok/s | prefill speed-up | "

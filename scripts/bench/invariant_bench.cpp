@@ -4,8 +4,8 @@
 // the wide kernel (invariant_gemm_cuda.h), fewer the decode kernel. On CUDA a second form is timed
 // too (set here around its calls), checked equal to the default's bits first: without the adopted
 // "staged_tiles" for grouped products of fewer rows, without "narrow_columns" for plain products of
-// 16 rows or fewer, and with "fp32_products" (on trial) for fp32 weights (--fp32-weights: the
-// router's, LoRA's; the baseline is then ATen's fp32 product).
+// 16 rows or fewer, and without "fp32_products" for fp32 weights (--fp32-weights: the router's,
+// LoRA's; the baseline is then ATen's fp32 product).
 //   bench_invariant [--device cpu|cuda] [--k 512] [--n 1024] [--rows 1,16,64,256] [--groups 1] [--fp32-weights]
 // On CUDA the defaults are the V2-Lite shape's projections: K = N = 2048, 1 to 65,536 rows.
 #include <ATen/ATen.h>
@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
       other_fields = buf;
     };
     if (cuda && fp32_weights)
-      time_other("fp32_products", product, "");
+      time_other("-fp32_products", product, "");
     else if (short_tiles.order.defined())
       time_other("-staged_tiles", [&] { return product_over(short_tiles); },
                  ", \"tile_rows\": " + std::to_string(groups.tile_rows));

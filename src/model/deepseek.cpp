@@ -43,8 +43,8 @@ Tensor MLAImpl::forward(const Tensor& x, const RopeTables& rope, const Attention
                                   softmax_scale);
     return o_proj(out.transpose(1, 2).reshape({B, T, num_heads * v_head_dim}));
   };
-  if (!cache_rows && kernel_on_trial("mla_assemble")) {
-    // On trial: the query, key and value assembled (RoPE included) in one kernel, and their
+  if (!cache_rows && kernel_adopted("mla_assemble")) {
+    // Adopted: the query, key and value assembled (RoPE included) in one kernel, and their
     // gradients in two (model/train_kernels.h); the values of the chain below.
     const auto qkv = train::mla_inputs(q, kv, compressed.narrow(-1, kv_lora_rank, qk_rope_head_dim), rope.cos,
                                        rope.sin, rope_interleave, qk_nope_head_dim);

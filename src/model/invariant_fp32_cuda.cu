@@ -4,8 +4,9 @@
 //
 // The order of every output (row m, column n): lane l of a warp sums x[m, k] * w[n, k] for k = l,
 // l + 32, ... in order, then the 32 lane sums meet in a fixed tree (xor offsets 16, 8, 4, 2, 1). It
-// depends on K alone. By default a block's warp j takes column col0 + j for every row of its tile.
-// Spread (on trial, "fp32_products"), the same sums cover the device:
+// depends on K alone. In the warp form a block's warp j takes column col0 + j for every row of its
+// tile. Spread (adopted, "fp32_products"; "-fp32_products" gives the warp form), the same sums
+// cover the device:
 //   - K <= 32 (LoRA's B, whose K is the rank): one thread an output, its 32 values in registers,
 //     added as the warp's tree adds them (each lane's sum is its one product, or 0);
 //   - K > 32 (LoRA's A, the router): a tile's rows split over a third grid dimension, so that a

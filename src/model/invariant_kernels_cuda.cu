@@ -413,7 +413,7 @@ Tensor gemm(const Tensor& x, const Tensor& w, int64_t M, int64_t N, int64_t K, c
     else if (vec) launch(std::true_type());
     else launch(std::false_type());
   } else {
-    gemm_f32(x, w, out, M, N, K, tp, num_tiles, tp ? tile_rows : kBM, kernel_on_trial("fp32_products"));
+    gemm_f32(x, w, out, M, N, K, tp, num_tiles, tp ? tile_rows : kBM, kernel_adopted("fp32_products"));
   }
   check_launch("gemm");
   return round_to && !bf16_out ? out.to(*round_to) : out;

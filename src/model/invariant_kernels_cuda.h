@@ -53,7 +53,7 @@ Tensor grouped_matmul_nt(const Tensor& x, const Tensor& w, const Tensor& tiles, 
 // invariant_fp32_cuda.cu: out (M, N) fp32 = x (M, K) times w[group] (N, K) transposed, w taken as
 // fp32: the products whose weight is not bf16 (the router's, LoRA's side paths). tiles: a table as
 // grouped_matmul_nt's (num_tiles slots of up to tile_rows rows), or null (tiles of kTileRows rows).
-// spread: the forms that cover the device (on trial, "fp32_products"); the same bits either way.
+// spread: the forms that cover the device (adopted, "fp32_products"); the same bits either way.
 void gemm_f32(const Tensor& x, const Tensor& w, Tensor& out, int64_t M, int64_t N, int64_t K, const int64_t* tiles,
               int64_t num_tiles, int64_t tile_rows, bool spread);
 Tensor rms_normalize(const Tensor& x, double eps);

@@ -3,15 +3,6 @@
 //   tall_tiles       the batch-invariant grouped products of decode in tiles of 32 or 64 rows of a
 //                    group, where groups hold that many, through the decode kernel
 //                    (invariant_kernels_cuda.h)
-//   fp32_products    the batch-invariant fp32 products (the router's logits, LoRA's side paths)
-//                    spread over the device, the same bits (invariant_fp32_cuda.cu)
-//   gather_combine   the routed experts' dispatch and combine in training as gathers through the
-//                    pairs' permutation, forward and backward, instead of index_add (moe.cpp); on
-//                    CUDA the combine with its routing weights and both sums one kernel each
-//                    (train_kernels.h)
-//   mla_assemble     MLA's query, key and value in training (RoPE, the concatenations, the
-//                    shared key part for every head) one kernel forward and two backward, the
-//                    same values (train_kernels.h)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 //
 // Adopted kernels (they won their trial) run by default; the item "-name" turns one off, to
@@ -22,6 +13,15 @@
 //   narrow_columns   the batch-invariant products of a decode step's few rows in 8-column blocks,
 //                    their loads eight chunks deep, where 32-column blocks would not fill the device
 //   train_kernels    fused RMSNorm (forward and backward) and SwiGLU backward in training (train_kernels.h)
+//   gather_combine   the routed experts' dispatch and combine in training as gathers through the
+//                    pairs' permutation, forward and backward, instead of index_add (moe.cpp); on
+//                    CUDA the combine with its routing weights and both sums one kernel each
+//                    (train_kernels.h)
+//   mla_assemble     MLA's query, key and value in training (RoPE, the concatenations, the
+//                    shared key part for every head) one kernel forward and two backward, the
+//                    same values (train_kernels.h)
+//   fp32_products    the batch-invariant fp32 products (the router's logits, LoRA's side paths)
+//                    spread over the device, the same bits (invariant_fp32_cuda.cu)
 #pragma once
 
 #include <optional>

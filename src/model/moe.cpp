@@ -185,7 +185,7 @@ Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const 
   Tensor flat = experts.reshape({-1});  // (N*k)
   Tensor order = std::get<1>(flat.sort(/*stable=*/true, 0, false));
   Tensor token = at::div(order, k, "floor");
-  if (kernel_on_trial("gather_combine")) {  // the dispatch and the combine as gathers (see DispatchRows)
+  if (kernel_adopted("gather_combine")) {  // the dispatch and the combine as gathers (see DispatchRows)
     Tensor slot = at::empty_like(order).scatter_(0, order, at::arange(N * k, order.options()));
     Tensor ys = products(DispatchRows::apply(x, token, slot, k), counts, Tensor());  // (N*k, H), grouped by expert
     return CombineRows::apply(ys, weights, slot, k);

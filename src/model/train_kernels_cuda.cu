@@ -199,7 +199,7 @@ std::pair<Tensor, Tensor> swiglu_backward(const Tensor& dh, const Tensor& gate, 
 
 
 // ---------------------------------------------------------------------------------------------
-// The routed experts' dispatch and combine as gathers (model/moe.cpp, trial "gather_combine"): a
+// The routed experts' dispatch and combine as gathers (model/moe.cpp, "gather_combine"): a
 // token's k rows in the grouped order are found through slot (pair p = n k + j sits at row
 // slot[p]), so no atomic adds and no fp32 copy of the (N k, H) products.
 
@@ -353,7 +353,7 @@ std::pair<Tensor, Tensor> combine_backward(const Tensor& g, const Tensor& rows, 
 }
 
 // ---------------------------------------------------------------------------------------------
-// MLA's attention inputs in training (trial "mla_assemble"): the query, key and value that
+// MLA's attention inputs in training ("mla_assemble"): the query, key and value that
 // MLAImpl's ATen chain assembles (narrow, apply_rope's seven kernels, cat, expand), one kernel
 // forward and two backward, with the chain's roundings: every RoPE product and sum rounded to T.
 

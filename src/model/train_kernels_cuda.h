@@ -41,7 +41,7 @@ Tensor gather_sum(const Tensor& rows, const Tensor& slot, const Tensor& weights,
 std::pair<Tensor, Tensor> combine_backward(const Tensor& g, const Tensor& rows, const Tensor& slot,
                                            const Tensor& weights, int64_t k);
 
-// MLA's attention inputs (trial "mla_assemble"): from q (B, T, heads, dn + dr) and kv (B, T, heads,
+// MLA's attention inputs ("mla_assemble"): from q (B, T, heads, dn + dr) and kv (B, T, heads,
 // dn + dv), both contiguous, and k_pe (B, T, dr; last stride 1), with RoPE tables cos and sin (B, T,
 // 1, dr / 2) contiguous: query [q_nope | rope(q_pe)], key [k_nope | rope(k_pe)] (B, T, heads, dn +
 // dr) and value (B, T, heads, dv), contiguous, the bits of MLAImpl's ATen chain.

@@ -346,8 +346,8 @@ TEST(InvariantKernelsCuda, NarrowColumnsGiveTheBitsOfWideOnes) {
       << "heads";
 }
 
-// The fp32 products spread over the device (on trial: GRPO_KERNEL_TRIAL=fp32_products) give the
-// bits of the default warp form: LoRA's side paths (K the rank: 16, 8, 1 and the form's limit 32;
+// The fp32 products spread over the device (adopted: "fp32_products") give the bits of the warp
+// form (GRPO_KERNEL_TRIAL=-fp32_products): LoRA's side paths (K the rank: 16, 8, 1 and the form's limit 32;
 // then its A, N the rank, K 2048), the router (N 64), a K just past a warp's width (33) and one
 // not a multiple of 32 (1000); 1, 5 and 200 rows; x bf16 (read as it is) and fp32. Then through a tile table: 300 rows over 64 groups, as LoRA's expert side paths.
 TEST(InvariantKernelsCuda, SpreadFp32ProductsGiveTheBitsOfTheWarpForm) {
@@ -370,8 +370,8 @@ TEST(InvariantKernelsCuda, SpreadFp32ProductsGiveTheBitsOfTheWarpForm) {
         // Values of both signs and mixed sizes, so that the sum's order shows in its last bits.
         const Tensor x = (at::randn({M, sh.k}, f32) * at::exp(at::randn({M, sh.k}, f32))).to(x_type);
         const Tensor w = at::randn({sh.n, sh.k}, f32);
-        const Tensor want = under("", [&] { return invariant::matmul_nt(x, w); });
-        const Tensor got = under("fp32_products", [&] { return invariant::matmul_nt(x, w); });
+        const Tensor want = under("-fp32_products", [&] { return invariant::matmul_nt(x, w); });
+        const Tensor got = under("", [&] { return invariant::matmul_nt(x, w); });
         ASSERT_EQ(got.scalar_type(), at::kFloat);
         EXPECT_TRUE(at::equal(got, want));
         EXPECT_LT((got - at::matmul(x.to(at::kFloat), w.t())).abs().max().item<double>(),
@@ -382,8 +382,8 @@ TEST(InvariantKernelsCuda, SpreadFp32ProductsGiveTheBitsOfTheWarpForm) {
     const Tensor x = at::randn({300, K}, f32.dtype(at::kBFloat16)), w = at::randn({64, N, K}, f32);
     const invariant::RowGroups g = invariant::group_rows(at::randint(64, {300}, f32.dtype(at::kLong)), 64);
     const Tensor xs = x.index_select(0, g.order);
-    const Tensor want = under("", [&] { return invariant::grouped_matmul_nt(xs, w, g); });
-    EXPECT_TRUE(at::equal(under("fp32_products", [&] { return invariant::grouped_matmul_nt(xs, w, g); }), want))
+    const Tensor want = under("-fp32_products", [&] { return invariant::grouped_matmul_nt(xs, w, g); });
+    EXPECT_TRUE(at::equal(under("", [&] { return invariant::grouped_matmul_nt(xs, w, g); }), want))
         << "grouped, K " << K;
   }
 }

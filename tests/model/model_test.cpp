@@ -73,8 +73,8 @@ TEST(Model, GroupedExpertsEqualPerTokenLoop) {
   EXPECT_TRUE(at::allclose(grouped, naive, 1e-5, 1e-5)) << (grouped - naive).abs().max();
 }
 
-// The experts' dispatch and combine as gathers through the pairs' permutation (on trial:
-// GRPO_KERNEL_TRIAL=gather_combine) give index_add's output and every gradient (the tokens, the
+// The experts' dispatch and combine as gathers through the pairs' permutation (adopted; turned
+// off by GRPO_KERNEL_TRIAL=-gather_combine) give index_add's output and every gradient (the tokens, the
 // routing weights, both expert weights) within fp32 rounding (the k terms add in another order).
 TEST(Model, GatherCombineGivesTheIndexAddGradients) {
   auto m = tiny();
@@ -92,7 +92,7 @@ TEST(Model, GatherCombineGivesTheIndexAddGradients) {
     y.backward(dy);
     return std::vector<Tensor>{y.detach(), x.grad(), w.grad(), E.gate_up_proj.grad().clone(), E.down_proj.grad().clone()};
   };
-  const auto plain = run(""), gathered = run("gather_combine");
+  const auto plain = run("-gather_combine"), gathered = run("");
   const char* names[] = {"output", "x grad", "weights grad", "gate_up grad", "down grad"};
   for (size_t i = 0; i < plain.size(); ++i) {
     ASSERT_TRUE(gathered[i].defined()) << names[i];

@@ -1,8 +1,8 @@
 // The training kernels, "train_kernels" (model/train_kernels.h; adopted, model/kernel_trial.h),
 // against the ATen chains they replaced ("-train_kernels"), layer by layer; and their whole bf16
 // training step on CUDA against the fp32 step, as close as the ATen chains' step comes; the same
-// for the experts' gathers ("gather_combine") and MLA's assembled inputs ("mla_assemble") on trial,
-// whose kernels also meet their ATen forms.
+// for the experts' gathers ("gather_combine") and MLA's assembled inputs ("mla_assemble"), adopted
+// too, whose kernels also meet their ATen forms.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
@@ -106,7 +106,7 @@ TEST(TrainKernelsCuda, SwigluAgreesWithAten) {
     }
 }
 
-// The experts' gathers (trial "gather_combine") as kernels against their ATen form on the same
+// The experts' gathers ("gather_combine") as kernels against their ATen form on the same
 // device: the weighted combine and the dispatch's backward sum a token's k rows in fp32 and round
 // once (ATen may add them in another order: a rounding apart at most), the combine's row gradients
 // are the same bits (one product, one rounding), its weight gradients fp32 dot products.
@@ -139,7 +139,7 @@ TEST(TrainKernelsCuda, ExpertGathersAgreeWithAten) {
       }
 }
 
-// MLA's attention inputs (trial "mla_assemble") against MLAImpl's ATen chain on the same tensors:
+// MLA's attention inputs ("mla_assemble") against MLAImpl's ATen chain on the same tensors:
 // query, key and value the same bits, and the gradients of the query projection and of the key/value
 // up-projection too (the chain's roundings, gradients given in a strided layout); the keys' shared
 // RoPE part sums its heads' gradients in another order: a rounding apart at most.
@@ -231,16 +231,16 @@ TEST(TrainKernelsCuda, TrainKernelsGiveTheGradients) {
   expect_step("", "-train_kernels", true);
 }
 
-TEST(TrainKernelsCuda, MlaAssembleOnTrialGivesTheGradients) {
+TEST(TrainKernelsCuda, MlaAssembleGivesTheGradients) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
-  expect_step("mla_assemble", "", false);
-  expect_step("mla_assemble", "", true);
+  expect_step("", "-mla_assemble", false);
+  expect_step("", "-mla_assemble", true);
 }
 
-TEST(TrainKernelsCuda, GatherCombineOnTrialGivesTheGradients) {
+TEST(TrainKernelsCuda, GatherCombineGivesTheGradients) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
-  expect_step("gather_combine", "", false);
-  expect_step("gather_combine", "", true);
+  expect_step("", "-gather_combine", false);
+  expect_step("", "-gather_combine", true);
 }
 
 }  // namespace
