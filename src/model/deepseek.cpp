@@ -1,5 +1,6 @@
 #include "model/deepseek.h"
 
+#include "model/fused_kernels.h"
 #include "model/kernel_trial.h"
 #include "model/train_kernels.h"
 
@@ -71,16 +72,24 @@ Tensor MLAImpl::decode(const Tensor& x, const RopeTables& rope, Tensor cache, co
                 dv = v_head_dim, r = kv_lora_rank, D = r + dr;
   Tensor q = q_proj ? q_proj(x) : q_b_proj(q_a_layernorm(q_a_proj(x)));
   q = q.view({B, nh, dn + dr});
-  Tensor q_pe = apply_rope(q.narrow(-1, dn, dr).unsqueeze(1), rope, rope_interleave).squeeze(1);
   Tensor comp = kv_a_proj_with_mqa(x);  // (B, r + dr)
-  Tensor lat = kv_a_layernorm(comp.narrow(-1, 0, r));
-  Tensor kpe = apply_rope(comp.narrow(-1, r, dr).view({B, 1, 1, dr}), rope, rope_interleave).view({B, dr});
-  cache.index_copy_(0, paged.write_slots, at::cat({lat, kpe}, -1));
   // Absorbed form: scores = [q_nope W_uk | q_pe] . [latent | k_pe]; out = (p . latent) W_uv^T.
   Tensor w = kv_b_proj->effective_weight().view({nh, dn + dv, r});
-  Tensor q_lat = at::bmm(q.narrow(-1, 0, dn).transpose(0, 1), w.narrow(1, 0, dn)).transpose(0, 1);  // (B, nh, r)
-  Tensor qc = at::cat({q_lat, q_pe}, -1);                                                            // (B, nh, D)
-  Tensor o_lat;                                                                                      // (B, nh, r)
+  Tensor q_lat = at::bmm(q.narrow(-1, 0, dn).transpose(0, 1), w.narrow(1, 0, dn));  // (nh, B, r)
+  Tensor qc;                                                                         // (B, nh, D)
+  // On trial: the norm, both rotations, the cache write and the query's assembly in one kernel.
+  const bool prologue = fused::active(x) && kernel_on_trial("mla_decode_prologue");
+  if (prologue)
+    qc = fused::mla_decode_prologue(q, q_lat, comp, kv_a_layernorm->weight, kv_a_layernorm->eps, rope, rope_interleave,
+                                    paged.write_slots, cache);
+  if (!qc.defined()) {
+    Tensor q_pe = apply_rope(q.narrow(-1, dn, dr).unsqueeze(1), rope, rope_interleave).squeeze(1);
+    Tensor lat = kv_a_layernorm(comp.narrow(-1, 0, r));
+    Tensor kpe = apply_rope(comp.narrow(-1, r, dr).view({B, 1, 1, dr}), rope, rope_interleave).view({B, dr});
+    cache.index_copy_(0, paged.write_slots, at::cat({lat, kpe}, -1));
+    qc = at::cat({q_lat.transpose(0, 1), q_pe}, -1);
+  }
+  Tensor o_lat;  // (B, nh, r)
 #ifdef GRPO_PAGED_MLA_CUDA
   if (paged_kernel() && cuda::paged_mla_supported(qc, cache, r))
     o_lat = cuda::paged_mla_decode(qc, cache, paged.table, paged.lens, paged.block_size, paged.key_start, r,
@@ -91,6 +100,11 @@ Tensor MLAImpl::decode(const Tensor& x, const RopeTables& rope, Tensor cache, co
     Tensor scores = at::bmm(qc, kv.transpose(1, 2)).to(at::kFloat) * softmax_scale;  // (B, nh, Lpad)
     Tensor probs = masked_softmax(scores, paged.invalid(), x.scalar_type());
     o_lat = at::bmm(probs, kv.narrow(-1, 0, r));
+  }
+  if (prologue) {  // the product written in (B, nh, dv) order, for o_proj without a copy
+    Tensor o = at::empty({B, nh, dv}, o_lat.options()), by_head = o.transpose(0, 1);
+    at::bmm_out(by_head, o_lat.transpose(0, 1), w.narrow(1, dn, dv).transpose(1, 2));
+    return o_proj(o.view({B, nh * dv}));
   }
   Tensor o = at::bmm(o_lat.transpose(0, 1), w.narrow(1, dn, dv).transpose(1, 2)).transpose(0, 1);  // (B, nh, dv)
   return o_proj(o.reshape({B, nh * dv}));

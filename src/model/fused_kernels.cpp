@@ -3,6 +3,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "model/layers.h"
 #include "util/error.h"
@@ -50,6 +51,25 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
   return invariant::cuda::swiglu(gate, up);
 }
 
+Tensor mla_decode_prologue(const Tensor& q, const Tensor& q_lat, const Tensor& comp, const Tensor& norm_weight,
+                           double eps, const RopeTables& rope, bool interleave, const Tensor& write_slots,
+                           Tensor& cache) {
+  if (q.dim() != 3 || q_lat.dim() != 3 || comp.dim() != 2 || cache.dim() != 2 || norm_weight.dim() != 1 ||
+      write_slots.dim() != 1 || !float_type(q))
+    return {};
+  const int64_t B = q.size(0), heads = q.size(1), r = q_lat.size(2), dr = comp.size(1) - r;
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&q_lat, &comp, &norm_weight, &cache})
+    if (t->scalar_type() != q.scalar_type() || t->device() != q.device()) return {};
+  if (q_lat.size(0) != heads || q_lat.size(1) != B || comp.size(0) != B || dr <= 0 || dr % 2 != 0 ||
+      q.size(2) < dr || norm_weight.size(0) != r || cache.size(1) != r + dr || write_slots.size(0) != B)
+    return {};
+  if (q.stride(2) != 1 || q_lat.stride(2) != 1 || comp.stride(1) != 1 || !cache.is_contiguous() ||
+      !norm_weight.is_contiguous() || write_slots.scalar_type() != at::kLong || write_slots.device() != q.device() ||
+      !write_slots.is_contiguous() || !rope.fit(q.unsqueeze(1), dr / 2))
+    return {};
+  return cuda::mla_decode_prologue(q, q_lat, comp, norm_weight, eps, rope.cos, rope.sin, interleave, write_slots, cache);
+}
+
 ExpertGroups group_by_expert(const Tensor& experts, int64_t num_experts) {
   if (experts.dim() != 2) throw Error("fused group_by_expert: expected (tokens, k) expert indices");
   if (experts.numel() >= ((int64_t)1 << 31)) throw Error("fused group_by_expert: 2^31 routed pairs or more");
@@ -82,6 +102,10 @@ Routing route(const Tensor& logits, const Tensor& bias, const ModelConfig& c) {
 Tensor rms_norm(const Tensor&, const Tensor&, double) { return {}; }
 Tensor rope(const Tensor&, const RopeTables&, bool) { return {}; }
 Tensor swiglu(const Tensor&, const Tensor&) { return {}; }
+Tensor mla_decode_prologue(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double, const RopeTables&, bool,
+                           const Tensor&, Tensor&) {
+  return {};
+}
 ExpertGroups group_by_expert(const Tensor&, int64_t) { throw Error("fused kernels: built without CUDA"); }
 Tensor combine_experts(const Tensor&, const ExpertGroups&, const Tensor&, const Tensor&) {
   throw Error("fused kernels: built without CUDA");

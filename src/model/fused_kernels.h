@@ -38,6 +38,16 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);  // weight *
 Tensor rope(const Tensor& x, const RopeTables& rope, bool interleave);  // as apply_rope
 Tensor swiglu(const Tensor& gate, const Tensor& up);                   // silu(gate) * up
 
+// MLA's decode step between its projections and its attention (model/deepseek.cpp; on trial,
+// "mla_decode_prologue"), one kernel where the chain runs seven: from the query projection q (B,
+// heads, dn + dr), its latent part q_lat = q_nope W_uk (heads, B, r) and kv_a_proj's output comp (B,
+// r + dr), writes cache rows write_slots[b] = [RMSNorm(comp[b, :r]) | RoPE(comp[b, r:])] and returns
+// qc (B, heads, r + dr) = [q_lat | RoPE(q_pe)]: the chain's values (this RMSNorm and RoPE are the
+// fused kernels'), bit for bit.
+Tensor mla_decode_prologue(const Tensor& q, const Tensor& q_lat, const Tensor& comp, const Tensor& norm_weight,
+                           double eps, const RopeTables& rope, bool interleave, const Tensor& write_slots,
+                           Tensor& cache);
+
 // The routed pairs (N, k) grouped by expert for grouped GEMMs, in pair order within an expert.
 struct ExpertGroups {
   Tensor token;    // (N k) int64: the token of each grouped row

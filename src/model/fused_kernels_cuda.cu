@@ -9,6 +9,7 @@
 #include "model/cuda_launch.h"
 #include "model/fused_kernels_cuda.h"
 #include "model/rope.cuh"
+#include "model/row_reduce.cuh"
 
 namespace grpo::model::fused::cuda {
 
@@ -213,6 +214,53 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
   }
 }
 
+// MLA's decode step between its projections and its attention (model/deepseek.cpp), one block per
+// row b: the latent's RMSNorm and the rotated shared key into cache row slots[b], then the query's
+// latent part q_lat[:, b] and its rotated RoPE part into qc[b] (heads, r + dr). The norm is the
+// batch-invariant RMSNorm's (rms_norm_row), the rotations rope_kernel's.
+struct MlaPrologueShape {
+  int64_t heads, dn, dr, r;
+  int64_t q_row, q_head;          // q's strides (last 1)
+  int64_t lat_head, lat_row;      // q_lat's strides (heads, B, r; last 1)
+  int64_t comp_row;               // comp's row stride (last 1)
+  int64_t cache_rows;
+  bool interleave;
+};
+
+template <typename T>
+__global__ void mla_decode_prologue_kernel(const T* __restrict__ q, const T* __restrict__ q_lat,
+                                           const T* __restrict__ comp, const T* __restrict__ norm_w,
+                                           const T* __restrict__ cos, const T* __restrict__ sin,
+                                           const int64_t* __restrict__ slots, T* __restrict__ cache,
+                                           T* __restrict__ qc, MlaPrologueShape s, float eps) {
+  __shared__ float scratch[kRowThreads];
+  const int64_t b = blockIdx.x, half = s.dr / 2, D = s.r + s.dr;
+  const int64_t slot = slots[b];
+  CUDA_KERNEL_ASSERT(slot >= 0 && slot < s.cache_rows);
+  const T* c = comp + b * s.comp_row;
+  T* row = cache + slot * D;
+  rms_norm_row<T>(c, norm_w, row, s.r, eps, scratch);
+  const T* cs = cos + b * half;
+  const T* sn = sin + b * half;
+  for (int64_t j = threadIdx.x; j < half; j += blockDim.x) {
+    const float x1 = (float)c[s.r + (s.interleave ? 2 * j : j)], x2 = (float)c[s.r + (s.interleave ? 2 * j + 1 : j + half)];
+    row[s.r + j] = rope_rotate<T>(x1, x2, (float)cs[j], (float)sn[j], false);
+    row[s.r + j + half] = rope_rotate<T>(x1, x2, (float)cs[j], (float)sn[j], true);
+  }
+  T* out = qc + b * s.heads * D;
+  for (int64_t i = threadIdx.x; i < s.heads * s.r; i += blockDim.x) {
+    const int64_t h = i / s.r, k = i % s.r;
+    out[h * D + k] = q_lat[h * s.lat_head + b * s.lat_row + k];
+  }
+  for (int64_t i = threadIdx.x; i < s.heads * half; i += blockDim.x) {
+    const int64_t h = i / half, j = i % half;
+    const T* pe = q + b * s.q_row + h * s.q_head + s.dn;
+    const float x1 = (float)pe[s.interleave ? 2 * j : j], x2 = (float)pe[s.interleave ? 2 * j + 1 : j + half];
+    out[h * D + s.r + j] = rope_rotate<T>(x1, x2, (float)cs[j], (float)sn[j], false);
+    out[h * D + s.r + j + half] = rope_rotate<T>(x1, x2, (float)cs[j], (float)sn[j], true);
+  }
+}
+
 }  // namespace
 
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool interleave) {
@@ -230,6 +278,28 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool interlea
   });
   check_launch("rope");
   return out;
+}
+
+Tensor mla_decode_prologue(const Tensor& q, const Tensor& q_lat, const Tensor& comp, const Tensor& norm_weight,
+                           double eps, const Tensor& cos, const Tensor& sin, bool interleave, const Tensor& slots,
+                           Tensor& cache) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int64_t B = q.size(0), heads = q.size(1), r = q_lat.size(2), dr = comp.size(1) - r, dn = q.size(2) - dr;
+  Tensor qc = at::empty({B, heads, r + dr}, q.options());
+  if (B == 0) return qc;
+  const MlaPrologueShape s{heads, dn, dr, r, q.stride(0), q.stride(1), q_lat.stride(0), q_lat.stride(1),
+                           comp.stride(0), cache.size(0), interleave};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "fused_mla_decode_prologue_cuda", [&] {
+    using D = device_t<scalar_t>;
+    mla_decode_prologue_kernel<D><<<(unsigned)B, kRowThreads, 0, stream()>>>(
+        reinterpret_cast<const D*>(q.data_ptr()), reinterpret_cast<const D*>(q_lat.data_ptr()),
+        reinterpret_cast<const D*>(comp.data_ptr()), reinterpret_cast<const D*>(norm_weight.data_ptr()),
+        reinterpret_cast<const D*>(cos.data_ptr()), reinterpret_cast<const D*>(sin.data_ptr()),
+        slots.data_ptr<int64_t>(), reinterpret_cast<D*>(cache.data_ptr()), reinterpret_cast<D*>(qc.data_ptr()), s,
+        (float)eps);
+  });
+  check_launch("mla_decode_prologue");
+  return qc;
 }
 
 ExpertGroups group_by_expert(const Tensor& experts, int64_t num_experts) {

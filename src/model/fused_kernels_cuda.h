@@ -11,6 +11,14 @@ using at::Tensor;
 // x (B, T, heads, d), last stride 1; cos, sin contiguous (B, T, 1, d / 2) of x's dtype.
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool interleave);
 
+// MLA's decode step between its projections and its attention: q (B, heads, dn + dr), q_lat (heads,
+// B, r), comp (B, r + dr), each last stride 1; norm_weight (r), cos and sin (B, 1, 1, dr / 2)
+// contiguous; slots (B) int64; cache (S, r + dr) contiguous; all of q's dtype. Writes cache rows
+// slots[b] and returns qc (B, heads, r + dr).
+Tensor mla_decode_prologue(const Tensor& q, const Tensor& q_lat, const Tensor& comp, const Tensor& norm_weight,
+                           double eps, const Tensor& cos, const Tensor& sin, bool interleave, const Tensor& slots,
+                           Tensor& cache);
+
 struct ExpertGroups {
   Tensor token;    // (N k) int64: the token of each grouped row, rows grouped by expert, pair order within
   Tensor inverse;  // (N k) int64: the grouped row of each (token, slot) pair

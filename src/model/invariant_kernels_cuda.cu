@@ -27,6 +27,7 @@
 
 #include "model/cuda_launch.h"
 #include "model/mma.cuh"
+#include "model/row_reduce.cuh"
 #include "model/invariant_gemm_cuda.h"
 #include "model/invariant_kernels_cuda.h"
 #include "model/kernel_trial.h"
@@ -193,29 +194,6 @@ void launch_bf16(const __nv_bfloat16* x, const __nv_bfloat16* w, void* out, bool
                                                                        product_part_length(K), tiles);
 }
 
-constexpr int kRowThreads = 256;
-
-// A fixed tree over the block's 256 values; every thread gets the result.
-template <typename Op>
-__device__ float block_reduce(float v, float* scratch, Op op) {
-  scratch[threadIdx.x] = v;
-  __syncthreads();
-  for (int off = kRowThreads / 2; off > 0; off >>= 1) {
-    if (threadIdx.x < off) scratch[threadIdx.x] = op(scratch[threadIdx.x], scratch[threadIdx.x + off]);
-    __syncthreads();
-  }
-  const float r = scratch[0];
-  __syncthreads();
-  return r;
-}
-
-struct Add {
-  __device__ float operator()(float a, float b) const { return a + b; }
-};
-struct Max {
-  __device__ float operator()(float a, float b) const { return a > b ? a : b; }
-};
-
 // mode 0: x * rsqrt(mean(x^2) + eps); 1: softmax; 2: log-softmax; 3: sum (out has one column).
 __global__ void row_kernel(const float* __restrict__ x, float* __restrict__ out, int64_t D, int mode, float eps) {
   __shared__ float scratch[kRowThreads];
@@ -321,13 +299,7 @@ template <typename T>
 __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int64_t D,
                                 float eps) {
   __shared__ float scratch[kRowThreads];
-  const T* r = x + (int64_t)blockIdx.x * D;
-  float s = 0;
-  for (int64_t d = threadIdx.x; d < D; d += kRowThreads) s += (float)r[d] * (float)r[d];
-  const float total = block_reduce(s, scratch, Add());
-  const float scale = 1.0f / sqrtf(total / (float)D + eps);
-  for (int64_t d = threadIdx.x; d < D; d += kRowThreads)
-    out[(int64_t)blockIdx.x * D + d] = (T)((float)w[d] * (float)(T)((float)r[d] * scale));
+  rms_norm_row<T>(x + (int64_t)blockIdx.x * D, w, out + (int64_t)blockIdx.x * D, D, eps, scratch);
 }
 
 // (silu(gate) rounded to T) * up, rounded to T; gate and up rows of I values at row strides sg, su.

@@ -3,6 +3,10 @@
 //   tall_tiles       the batch-invariant grouped products of decode in tiles of 32 or 64 rows of a
 //                    group, where groups hold that many, through the decode kernel
 //                    (invariant_kernels_cuda.h)
+//   mla_decode_prologue  MLA's decode step between its projections and its attention (the latent's
+//                    RMSNorm, both RoPE rotations, the cache write, the query's assembly) in one
+//                    kernel where the chain runs seven, and its last product written in o_proj's
+//                    order (deepseek.cpp, fused_kernels.h)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 //
 // Adopted kernels (they won their trial) run by default; the item "-name" turns one off, to

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "common/tensor_checks.h"
@@ -91,6 +92,55 @@ TEST(FusedKernelsCuda, NormAndSwigluAgreeWithAten) {
     EXPECT_TRUE(at::equal(fused::swiglu(gate, up), at::silu(gate) * up)) << dtype;
     EXPECT_LT(max_rel(got_mlp, want_mlp), tol) << dtype;
   }
+}
+
+// MLA's decode prologue (on trial, "mla_decode_prologue") against the chain it replaces inside a
+// Scope (the fused RMSNorm and RoPE, the concatenations, the cache write): the cache rows and the
+// assembled query the same bits; rows written at shuffled slots, q a strided view as the
+// projection's, both RoPE layouts, bf16 and fp32, V2-Lite's widths.
+TEST(FusedKernelsCuda, MlaDecodePrologueEqualsTheChain) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  at::manual_seed(7);
+  at::NoGradGuard no_grad;
+  fused::Scope on(true);
+  const int64_t nh = 16, dn = 128, dr = 64, r = 512, D = r + dr, S = 700;
+  const double eps = 1e-6;
+  for (auto dt : {at::kBFloat16, at::kFloat})
+    for (bool interleave : {true, false})
+      for (int64_t B : {1, 5, 300}) {
+        SCOPED_TRACE(std::string(c10::toString(dt)) + (interleave ? " interleaved" : " rotate-half") + " B " +
+                     std::to_string(B));
+        const auto o = kCuda.dtype(dt);
+        const Tensor q = at::randn({B, nh, dn + dr + 8}, o).narrow(-1, 0, dn + dr);
+        const Tensor comp = at::randn({B, D}, o) * 3;
+        const Tensor w = at::rand({r}, o) + 0.5;
+        const Tensor q_lat = at::bmm(q.narrow(-1, 0, dn).transpose(0, 1), at::randn({nh, dn, r}, o) * 0.05);
+        const Tensor angle = at::rand({B, 1, 1, dr / 2}, kCuda) * 6;
+        const RopeTables rope{angle.cos().to(dt), angle.sin().to(dt)};
+        const Tensor slots = at::randperm(S, kCuda.dtype(at::kLong)).narrow(0, 0, B).contiguous();
+        const Tensor cache0 = at::randn({S, D}, o);
+
+        const Tensor lat = fused::rms_norm(comp.narrow(-1, 0, r), w, eps);
+        const Tensor kpe = apply_rope(comp.narrow(-1, r, dr).view({B, 1, 1, dr}), rope, interleave).view({B, dr});
+        Tensor want_cache = cache0.clone();
+        want_cache.index_copy_(0, slots, at::cat({lat, kpe}, -1));
+        const Tensor q_pe = apply_rope(q.narrow(-1, dn, dr).unsqueeze(1), rope, interleave).squeeze(1);
+        const Tensor want_qc = at::cat({q_lat.transpose(0, 1), q_pe}, -1);
+
+        Tensor cache = cache0.clone();
+        const Tensor qc = fused::mla_decode_prologue(q, q_lat, comp, w, eps, rope, interleave, slots, cache);
+        ASSERT_TRUE(qc.defined());
+        EXPECT_TRUE(at::equal(cache, want_cache));
+        EXPECT_TRUE(at::equal(qc, want_qc));
+      }
+  // Where it does not apply (here a cache of another dtype), the caller's chain runs.
+  const auto b16 = kCuda.dtype(at::kBFloat16);
+  Tensor fp32_cache = at::zeros({8, D}, kCuda);
+  const RopeTables rope{at::ones({1, 1, 1, dr / 2}, b16), at::zeros({1, 1, 1, dr / 2}, b16)};
+  EXPECT_FALSE(fused::mla_decode_prologue(at::zeros({1, nh, dn + dr}, b16), at::zeros({nh, 1, r}, b16),
+                                          at::zeros({1, D}, b16), at::ones({r}, b16), eps, rope, true,
+                                          at::zeros({1}, kCuda.dtype(at::kLong)), fp32_cache)
+                   .defined());
 }
 
 // The grouping: rows by expert in pair order (a stable sort's), the counts, their running ends,

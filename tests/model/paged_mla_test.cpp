@@ -2,7 +2,8 @@
 // their keys through shuffled block tables, with lengths that end inside a block, a first key
 // skipped (the MTP layer's cache), a row with no keys, head counts that fill one 16-head tile, part
 // of one, and more than one, and row widths that are and are not multiples of 16. And MLA's decode
-// with the kernel against its gathered form and an fp32 model. CUDA only (skipped elsewhere).
+// with the kernel against its gathered form and an fp32 model, and with its prologue in one kernel
+// (on trial) against the chain. CUDA only (skipped elsewhere).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -14,6 +15,8 @@
 #include <vector>
 
 #include "model/deepseek.h"
+#include "model/fused_kernels.h"
+#include "model/kernel_trial.h"
 #include "model/layers.h"
 
 #ifdef GRPO_PAGED_MLA_CUDA
@@ -165,6 +168,21 @@ TEST(PagedMla, DecodeMatchesGatheredFormOnCuda) {
   // no further from the fp32 model than the gathered form (bf16 weights dominate both).
   EXPECT_LT(err_paged, 0.05);
   EXPECT_LT(err_paged, 1.25 * err_gathered + 1e-3) << "paged " << err_paged << ", gathered " << err_gathered;
+
+  // Inside the fused kernels' Scope, the prologue in one kernel (on trial, "mla_decode_prologue")
+  // against the chain: the same cache rows, and the output within a bf16 rounding (the last product
+  // writes its result in (B, heads, dv) order, which may take another cuBLAS kernel).
+  auto fused_run = [&](const char* kernels) {
+    KernelTrialScope trial(kernels);
+    fused::Scope on(true);
+    at::NoGradGuard g;
+    return run(bf, at::kBFloat16, true);
+  };
+  auto [chain, cache_chain] = fused_run("");
+  auto [one, cache_one] = fused_run("mla_decode_prologue");
+  EXPECT_TRUE(at::equal(cache_one, cache_chain)) << "the same cache rows";
+  EXPECT_LT((one - chain).abs().max().item<double>() / scale, 1e-2);
+  EXPECT_LT((one - want).abs().max().item<double>() / scale, 0.05);
 #endif
 }
 
