@@ -13,13 +13,14 @@
 # these num_speculative_tokens, against the same model decoding plainly (1,024-token contexts);
 # TRAIN_PROFILE (say 15; default 0): also the N kernels taking the most time in a training step;
 # PARTS (default checks,train,decode,variants,fused,exact,transformers): the parts to run, for a
-# call that must fit a time limit (train: forward+backward, also without the fused training kernels
-# (train_kernels), without the experts' gathers (gather_combine) and MLA's assembled inputs (mla_assemble),
-# alone and together, and transformers'; decode: the plain engine per context; variants: gathered
-# attention, FP8 and exact_rollout per context; fused: ATen's chains and the engine without the
-# router kernel at 1,024 tokens; exact: the batch-invariant products alone (without the adopted
-# decode kernels; the fp32 ones without fp32_products) and exact_rollout at 1,024 tokens,
-# with and without its kernels on trial; transformers: its generate() as the decode baseline).
+# call that must fit a time limit (train: forward+backward, also without the fused training
+# kernels (train_kernels), without the experts' gathers (gather_combine) and MLA's assembled inputs
+# (mla_assemble), alone and together, and transformers'; decode: the plain engine per context;
+# variants: gathered attention, FP8 and exact_rollout per context; fused: ATen's chains, the engine
+# without the router kernel, and with the decode kernels on trial (mla_decode_prologue), at 1,024
+# tokens; exact: the batch-invariant products alone (without the adopted decode kernels; the fp32
+# ones without fp32_products) and exact_rollout at 1,024 tokens, with and without its kernels on
+# trial; transformers: its generate() as the decode baseline).
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRPO_ASAN_TESTS=OFF \
   -DGRPO_PYTHON="$(command -v "$py")" ${CMAKE_ARGS:-} >/dev/null
@@ -94,6 +95,12 @@ for kernel in router; do
   want fused && GRPO_KERNEL_TRIAL=-$kernel "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
     --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
     --label "grpo-without-$kernel" | tee -a "$log"
+done
+# Decode kernels on trial (model/kernel_trial.h) against the same engine without them.
+for kernel in mla_decode_prologue; do
+  want fused && GRPO_KERNEL_TRIAL=$kernel "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
+    --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
+    --label "grpo-trial-$kernel" | tee -a "$log"
 done
 # The batch-invariant products alone (the V2-Lite projections' K = N = 2048, and gate_up's rows over
 # 64 experts: decode's 768 and 1,536 rows at batch 128 and 256, a prefill's more) against ATen's
