@@ -1,6 +1,7 @@
 #include "rollout/engine.h"
 
 #include "model/fused_kernels.h"
+#include "model/kernel_trial.h"
 #include "rollout/engine_impl.h"
 
 namespace grpo::rollout {
@@ -311,15 +312,33 @@ Tensor Engine::Impl::decode_forward(const Tensor& packed, int64_t B, int64_t nbl
   Tensor x = model->model->embed_tokens(in.tokens);  // (B, H)
   model::RopeTables rope = model->rope_tables(in.positions.view({B, 1}), x.scalar_type());
   std::vector<Tensor> experts;
+  // On trial: each residual add and the RMSNorm after it (the layer's next norm, or the final one)
+  // in one kernel; `normed` carries the norm into the next use.
+  const bool fuse_add = model::fused::active(x) && model::kernel_on_trial("add_rms_norm");
+  Tensor normed;
+  auto add_then_norm = [&](const Tensor& y, model::RMSNorm& norm) {
+    if (fuse_add) {
+      auto [sum, out] = model::fused::add_rms_norm(x, y, norm->weight, norm->eps);
+      if (sum.defined()) {
+        x = sum;
+        return out;
+      }
+    }
+    x = x + y;
+    return norm(x);
+  };
   for (int64_t l = 0; l < L; ++l) {
     auto layer = model->model->layers[l]->as<DecoderLayer>();
-    x = x + layer->self_attn->decode(layer->input_layernorm(x), rope, pool[l], in.kv);
+    Tensor attn = layer->self_attn->decode(normed.defined() ? normed : layer->input_layernorm(x), rope, pool[l], in.kv);
+    Tensor ff_in = add_then_norm(attn, layer->post_attention_layernorm);
     model::RouterImpl::Routing r;
     const bool record = opt.record_routing && layer->moe;
-    x = x + layer->feed_forward(layer->post_attention_layernorm(x), record ? &r : nullptr);
+    Tensor ff = layer->feed_forward(ff_in, record ? &r : nullptr);
     if (record) experts.push_back(r.experts);
+    normed = add_then_norm(ff, l + 1 < L ? model->model->layers[l + 1]->as<DecoderLayer>()->input_layernorm
+                                         : model->model->norm);
   }
-  Tensor h = model->model->norm(x);
+  Tensor h = L > 0 ? normed : model->model->norm(x);
   Tensor logits = model->logits(h).to(at::kFloat);  // (B, V)
   if (opt.record_routing) logits = at::cat({logits, at::cat(experts, 1).to(at::kFloat)}, 1);  // exact below 2^24
   if (spec) logits = at::cat({logits, h.to(at::kFloat)}, 1);  // exact: fp32 holds every bf16 value

@@ -17,8 +17,8 @@
 # kernels (train_kernels), without the experts' gathers (gather_combine) and MLA's assembled inputs
 # (mla_assemble), alone and together, and transformers'; decode: the plain engine per context;
 # variants: gathered attention, FP8 and exact_rollout per context; fused: ATen's chains, the engine
-# without the router kernel, and with the decode kernels on trial (mla_decode_prologue), at 1,024
-# tokens; exact: the batch-invariant products alone (without the adopted decode kernels; the fp32
+# without the router kernel, and with the decode kernels on trial (mla_decode_prologue,
+# add_rms_norm, alone and together), at 1,024 tokens; exact: the batch-invariant products alone (without the adopted decode kernels; the fp32
 # ones without fp32_products) and exact_rollout at 1,024 tokens, with and without its kernels on
 # trial; transformers: its generate() as the decode baseline).
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
@@ -97,7 +97,7 @@ for kernel in router; do
     --label "grpo-without-$kernel" | tee -a "$log"
 done
 # Decode kernels on trial (model/kernel_trial.h) against the same engine without them.
-for kernel in mla_decode_prologue; do
+for kernel in mla_decode_prologue add_rms_norm mla_decode_prologue,add_rms_norm; do
   want fused && GRPO_KERNEL_TRIAL=$kernel "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
     --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
     --label "grpo-trial-$kernel" | tee -a "$log"

@@ -91,7 +91,9 @@ for kernel, what in (("router", "the router after its logits in one kernel"),):
              "with drift mean / max", "without drift mean / max"],
             lambda r, x: [f"{r['ms_per_step']:.2f}", f"{x['ms_per_step']:.2f}", f"{x['ms_per_step'] / r['ms_per_step']:.2f}x",
                           f"{100 * r['roofline']:.1f}%", f"{100 * x['roofline']:.1f}%", drift(r), drift(x)])
-for kernel, what in (("mla_decode_prologue", "MLA's decode prologue in one kernel"),):
+for kernel, what in (("mla_decode_prologue", "MLA's decode prologue in one kernel"),
+                     ("add_rms_norm", "each residual add and the RMSNorm after it in one kernel"),
+                     ("mla_decode_prologue,add_rms_norm", "both decode kernels on trial")):
     compare(f"grpo-trial-{kernel}", f"Decode with {what} (on trial: GRPO_KERNEL_TRIAL={kernel}) against the same\n"
             "engine without it in the same run",
             ["default ms/step", "trial ms/step", "speed-up", "default roofline", "trial roofline",

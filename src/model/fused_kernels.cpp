@@ -51,6 +51,15 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
   return invariant::cuda::swiglu(gate, up);
 }
 
+std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& weight, double eps) {
+  if (!float_type(x) || x.dim() == 0 || y.sizes() != x.sizes() || y.scalar_type() != x.scalar_type() ||
+      y.device() != x.device() || !x.is_contiguous() || !y.is_contiguous() || weight.dim() != 1 ||
+      weight.size(0) != x.size(-1) || weight.scalar_type() != x.scalar_type() || weight.device() != x.device() ||
+      !weight.is_contiguous())
+    return {};
+  return cuda::add_rms_norm(x, y, weight, eps);
+}
+
 Tensor mla_decode_prologue(const Tensor& q, const Tensor& q_lat, const Tensor& comp, const Tensor& norm_weight,
                            double eps, const RopeTables& rope, bool interleave, const Tensor& write_slots,
                            Tensor& cache) {
@@ -102,6 +111,7 @@ Routing route(const Tensor& logits, const Tensor& bias, const ModelConfig& c) {
 Tensor rms_norm(const Tensor&, const Tensor&, double) { return {}; }
 Tensor rope(const Tensor&, const RopeTables&, bool) { return {}; }
 Tensor swiglu(const Tensor&, const Tensor&) { return {}; }
+std::pair<Tensor, Tensor> add_rms_norm(const Tensor&, const Tensor&, const Tensor&, double) { return {}; }
 Tensor mla_decode_prologue(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double, const RopeTables&, bool,
                            const Tensor&, Tensor&) {
   return {};

@@ -14,6 +14,8 @@
 
 #include <ATen/ATen.h>
 
+#include <utility>
+
 
 #include "config/model_config.h"
 #include "util/scoped_flag.h"
@@ -37,6 +39,11 @@ bool active(const Tensor& x);
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);  // weight * (x / rms(x) in x's dtype)
 Tensor rope(const Tensor& x, const RopeTables& rope, bool interleave);  // as apply_rope
 Tensor swiglu(const Tensor& gate, const Tensor& up);                   // silu(gate) * up
+
+// A decoder layer's residual add and the RMSNorm after it in one kernel (on trial, "add_rms_norm"):
+// {x + y, weight * (x + y) / rms(x + y)}, the values of the add and of rms_norm above, bit for bit.
+// Empty where it does not apply (x and y not alike, weight not of their width and dtype).
+std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& weight, double eps);
 
 // MLA's decode step between its projections and its attention (model/deepseek.cpp; on trial,
 // "mla_decode_prologue"), one kernel where the chain runs seven: from the query projection q (B,

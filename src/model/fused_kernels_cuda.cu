@@ -261,6 +261,27 @@ __global__ void mla_decode_prologue_kernel(const T* __restrict__ q, const T* __r
   }
 }
 
+// A decoder layer's residual add and the RMSNorm after it, one block per row: sum = x + y rounded to
+// T (as ATen's add), then the batch-invariant RMSNorm of that sum. The sum is formed again for the
+// output rather than read back (a row is written and read in one kernel).
+template <typename T>
+__global__ void add_rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
+                                    T* __restrict__ sum, T* __restrict__ out, int64_t D, float eps) {
+  __shared__ float scratch[kRowThreads];
+  const int64_t row = (int64_t)blockIdx.x * D;
+  float s = 0;
+  for (int64_t d = threadIdx.x; d < D; d += kRowThreads) {
+    const T v = (T)__fadd_rn((float)x[row + d], (float)y[row + d]);
+    sum[row + d] = v;
+    s = add_square(s, (float)v);
+  }
+  const float scale = rms_scale(s, D, eps, scratch);
+  for (int64_t d = threadIdx.x; d < D; d += kRowThreads) {
+    const float v = (float)(T)__fadd_rn((float)x[row + d], (float)y[row + d]);
+    out[row + d] = rms_apply<T>(v, (float)w[d], scale);
+  }
+}
+
 }  // namespace
 
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool interleave) {
@@ -300,6 +321,22 @@ Tensor mla_decode_prologue(const Tensor& q, const Tensor& q_lat, const Tensor& c
   });
   check_launch("mla_decode_prologue");
   return qc;
+}
+
+std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& weight, double eps) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t D = x.size(-1), M = x.numel() / D;
+  Tensor sum = at::empty(x.sizes(), x.options()), out = at::empty(x.sizes(), x.options());
+  if (M == 0) return {sum, out};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "fused_add_rms_norm_cuda", [&] {
+    using T = device_t<scalar_t>;
+    add_rms_norm_kernel<T><<<(unsigned)M, kRowThreads, 0, stream()>>>(
+        reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<const T*>(y.data_ptr()),
+        reinterpret_cast<const T*>(weight.data_ptr()), reinterpret_cast<T*>(sum.data_ptr()),
+        reinterpret_cast<T*>(out.data_ptr()), D, (float)eps);
+  });
+  check_launch("add_rms_norm");
+  return {sum, out};
 }
 
 ExpertGroups group_by_expert(const Tensor& experts, int64_t num_experts) {

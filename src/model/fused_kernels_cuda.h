@@ -4,12 +4,18 @@
 
 #include <ATen/ATen.h>
 
+#include <utility>
+
 namespace grpo::model::fused::cuda {
 
 using at::Tensor;
 
 // x (B, T, heads, d), last stride 1; cos, sin contiguous (B, T, 1, d / 2) of x's dtype.
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool interleave);
+
+// x + y and the RMSNorm of that sum: x, y contiguous of one shape and dtype, weight (x.size(-1))
+// contiguous of that dtype. Returns {sum, normed}.
+std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& weight, double eps);
 
 // MLA's decode step between its projections and its attention: q (B, heads, dn + dr), q_lat (heads,
 // B, r), comp (B, r + dr), each last stride 1; norm_weight (r), cos and sin (B, 1, 1, dr / 2)

@@ -7,6 +7,8 @@
 //                    RMSNorm, both RoPE rotations, the cache write, the query's assembly) in one
 //                    kernel where the chain runs seven, and its last product written in o_proj's
 //                    order (deepseek.cpp, fused_kernels.h)
+//   add_rms_norm     decode's residual adds each with the RMSNorm after it in one kernel
+//                    (rollout/engine.cpp, fused_kernels.h)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 //
 // Adopted kernels (they won their trial) run by default; the item "-name" turns one off, to

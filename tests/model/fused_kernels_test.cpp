@@ -94,6 +94,30 @@ TEST(FusedKernelsCuda, NormAndSwigluAgreeWithAten) {
   }
 }
 
+// A residual add and the RMSNorm after it in one kernel (on trial, "add_rms_norm") against ATen's add
+// and the fused RMSNorm: both the sum and the normed rows the same bits; rows of V2-Lite's width,
+// of 4,096 and of a width that is no multiple of the block.
+TEST(FusedKernelsCuda, AddRmsNormEqualsTheChain) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  at::manual_seed(8);
+  at::NoGradGuard no_grad;
+  for (auto dt : {at::kBFloat16, at::kFloat})
+    for (int64_t H : {2048, 4096, 7})
+      for (int64_t N : {1, 5, 300}) {
+        SCOPED_TRACE(std::string(c10::toString(dt)) + " H " + std::to_string(H) + " N " + std::to_string(N));
+        const Tensor x = at::randn({N, H}, kCuda.dtype(dt)) * 4, y = at::randn({N, H}, kCuda.dtype(dt));
+        const Tensor w = at::rand({H}, kCuda.dtype(dt)) + 0.5;
+        const Tensor want_sum = x + y;
+        const Tensor want = fused::rms_norm(want_sum, w, 1e-6);
+        const auto [sum, out] = fused::add_rms_norm(x, y, w, 1e-6);
+        ASSERT_TRUE(sum.defined());
+        EXPECT_TRUE(at::equal(sum, want_sum));
+        EXPECT_TRUE(at::equal(out, want));
+      }
+  EXPECT_FALSE(fused::add_rms_norm(at::zeros({2, 8}, kCuda), at::zeros({2, 8}, kCuda), at::ones({4}, kCuda), 1e-6)
+                   .first.defined());
+}
+
 // MLA's decode prologue (on trial, "mla_decode_prologue") against the chain it replaces inside a
 // Scope (the fused RMSNorm and RoPE, the concatenations, the cache write): the cache rows and the
 // assembled query the same bits; rows written at shuffled slots, q a strided view as the

@@ -18,6 +18,7 @@
 #include "common/tiny_models.h"
 #include "model/checkpoint.h"
 #include "model/deepseek.h"
+#include "model/kernel_trial.h"
 #include "text/tokenizer.h"
 #include "util/error.h"
 
@@ -507,4 +508,35 @@ TEST(EngineCuda, PagedMlaKernelAgreesWithRecomputeInBf16) {
   // or length moves whole nats.
   EXPECT_LT(mean[1], 0.01);
   EXPECT_LT(mean[1], 1.5 * mean[0] + 2e-3);
+}
+
+// The decode kernels on trial (model/kernel_trial.h: MLA's prologue in one kernel, each residual add
+// with the norm after it) inside the engine's graphs, against the same engine without them: both
+// near the bf16 recompute, the trial no further from it; also at widths the paged kernel does not take.
+TEST(EngineCuda, DecodeKernelsOnTrialAgreeWithRecomputeInBf16) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  for (const std::string& cfg : {with_paged_mla_widths(kTinyV3), std::string(kTinyV3)}) {
+    SCOPED_TRACE(cfg);
+    auto m = tiny(cfg, 3);
+    m->to_device_dtype(at::kCUDA, at::kBFloat16);
+    SamplingParams sp;
+    sp.n = 2;
+    sp.max_new_tokens = 50;
+    sp.seed = 5;
+    auto rs = requests(prompts(6, 20, 150, 97, 4), sp);
+    double mean[2], worst[2];
+    for (int trial = 0; trial < 2; ++trial) {
+      model::KernelTrialScope scope(trial ? "mla_decode_prologue,add_rms_norm" : "");
+      EngineOptions o;
+      o.block_size = 8;
+      o.kv_cache_bytes = 64 << 20;
+      Engine e(m, nullptr, o);
+      auto cs = e.generate(rs);
+      std::tie(worst[trial], mean[trial]) = logprob_gap(*m, rs, cs);
+    }
+    std::cout << "|engine - recompute| mean / max: kernels on trial " << mean[1] << " / " << worst[1] << ", without "
+              << mean[0] << " / " << worst[0] << "\n";
+    EXPECT_LT(mean[1], 0.01);
+    EXPECT_LT(mean[1], 1.5 * mean[0] + 2e-3);
+  }
 }
