@@ -195,6 +195,29 @@ GrpoTrainer::GrpoTrainer(const StageSettings& s, const std::string& recipe_path,
   order_ = std::make_unique<PromptOrder>(data_.train.size(), s_.data.shuffle, s_.data.data_seed);
 }
 
+// What bounds each phase's memory, as a CUDA out-of-memory error names it (trainer/out_of_memory.h).
+std::vector<std::string> GrpoTrainer::rollout_memory_remedies() const {
+  const auto& r = s_.rollout;
+  return {"lower kv_cache_mb (now " + std::to_string(r.kv_cache_mb > 0 ? r.kv_cache_mb : 4096) + ")",
+          "lower max_batch (now " +
+              (r.max_batch > 0 ? std::to_string(r.max_batch)
+                               : "0: " + std::to_string(std::max<int64_t>(64, r.per_step_prompts * r.num_generations))) +
+              " sequences decoded together)"};
+}
+
+std::vector<std::string> GrpoTrainer::update_memory_remedies() const {
+  const auto& o = s_.optim;
+  std::vector<std::string> out;
+  if (o.max_tokens_per_mini_batch > 0)
+    out.push_back("lower max_tokens_per_mini_batch (now " + std::to_string(o.max_tokens_per_mini_batch) + ")");
+  else
+    out.push_back("lower mini_batch_size (now " +
+                  (o.mini_batch_size > 0 ? std::to_string(o.mini_batch_size) : std::string("0: the whole batch")) +
+                  ") or set max_tokens_per_mini_batch");
+  if (!s_.model.gradient_checkpointing) out.push_back("set gradient_checkpointing: true");
+  return out;
+}
+
 at::Device GrpoTrainer::rollout_device() const {
   return s_.rollout.rollout_device.empty() ? device_ : at::Device(s_.rollout.rollout_device);
 }
@@ -398,11 +421,15 @@ void GrpoTrainer::run() {
     if (device_.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device_.index() < 0 ? 0 : device_.index());
     const auto t_step = Clock::now();
     RolloutBatch batch;
-    profiler_.phase(step, "rollout", [&] { batch = next_batch(step); });  // rollout, rewards, advantages
+    const std::string at_step = "step " + std::to_string(step);
+    with_memory_advice(at_step + ", rollout", rollout_memory_remedies(), [&] {
+      profiler_.phase(step, "rollout", [&] { batch = next_batch(step); });  // rollout, rewards, advantages
+    });
     st_.position = batch.position_end;
     auto t0 = Clock::now();
     UpdateStats u;
-    profiler_.phase(step, "update", [&] { u = update(batch); });
+    with_memory_advice(at_step + ", update", update_memory_remedies(),
+                       [&] { profiler_.phase(step, "update", [&] { u = update(batch); }); });
     const double t_train = comm_ ? comm_->max(seconds_since(t0)) : seconds_since(t0);
     if (comm_) {  // the step's figures over all ranks (update() used this rank's own batch)
       reduce_batch(*comm_, batch);

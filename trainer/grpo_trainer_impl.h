@@ -25,6 +25,7 @@
 #include "trainer/recipe.h"
 #include "trainer/run_log.h"
 #include "trainer/run_state.h"
+#include "trainer/out_of_memory.h"
 #include "trainer/overlapped_reduce.h"
 #include "trainer/step_metrics.h"
 #include "trainer/step_profile.h"
@@ -73,6 +74,9 @@ class GrpoTrainer {
   // Data parallelism (several ranks): rank 0 logs, evaluates and writes checkpoints; every rank
   // rolls out its share of the step's prompts and the gradients are summed across ranks.
   bool main_rank() const { return !comm_ || comm_->is_main(); }
+  // The recipe keys that bound the rollout's and the update's memory, for an out-of-memory error.
+  std::vector<std::string> rollout_memory_remedies() const;
+  std::vector<std::string> update_memory_remedies() const;
   OverlappedReduce* overlapped_reduce();
   bool stop_everywhere();
 
