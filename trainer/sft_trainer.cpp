@@ -11,6 +11,7 @@
 #include "model/checkpoint.h"
 #include "trainer/data_parallel.h"
 #include "trainer/dataset.h"
+#include "trainer/out_of_memory.h"
 #include "trainer/device_scalars.h"
 #include "trainer/packing.h"
 #include "trainer/policy.h"
@@ -300,7 +301,15 @@ bool SftStage::run() {
     for (int64_t k = 0; k < mtp_depths_; ++k) mtp_targets[k] = v[2 + k];
     const auto t0 = Clock::now();
     StepResult r;
-    profiler_.phase(step, "train", [&] { r = train_on(batches, targets, mtp_targets, step); });
+    // A GPU out of memory: the error names the keys that bound a micro-batch (trainer/out_of_memory.h).
+    std::vector<std::string> remedies = {
+        "lower mini_batch_size (now " + (s_.optim.mini_batch_size > 0 ? std::to_string(s_.optim.mini_batch_size)
+                                                                       : std::string("0: the step's rows")) + ")",
+        "lower max_length (now " + std::to_string(s_.sft.max_length) + ")"};
+    if (!s_.model.gradient_checkpointing) remedies.push_back("set gradient_checkpointing: true");
+    with_memory_advice(s_.name + " step " + std::to_string(step), remedies, [&] {
+      profiler_.phase(step, "train", [&] { r = train_on(batches, targets, mtp_targets, step); });
+    });
     const auto [loss, mtp_loss, norm] = r;
     const double t_step = seconds_since(t0);
     st_.step = step;
