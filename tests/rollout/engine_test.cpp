@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <map>
+#include <memory>
 #include <set>
 #include <tuple>
 #include <random>
@@ -479,12 +481,13 @@ TEST(EngineCuda, GraphsEqualEagerDecodeInBf16) {
   }
 }
 
-// The paged MLA decode kernel inside the engine's graphs (batches that split the keys across
-// blocks, sequences that cross many cache blocks) against the same engine over a gathered copy of
-// the cache: both near the bf16 recompute, the kernel no further from it.
-TEST(EngineCuda, PagedMlaKernelAgreesWithRecomputeInBf16) {
-  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
-  auto m = tiny(with_paged_mla_widths(kTinyV3), 3);
+// A bf16 engine on `cfg` (CUDA graphs, 8-token blocks) against the bf16 recompute, twice: with
+// `setup(0)` and with `setup(1)` in force while it generates (the form under test second). Both must
+// stay near the recompute (mean about 1e-3: bf16 products round otherwise than the full forward; a
+// wrong key, block or length moves whole nats), the second no further than the first.
+void expect_second_form_near_recompute(const std::string& cfg, const char* names[2],
+                                       const std::function<void(int)>& setup) {
+  auto m = tiny(cfg, 3);
   m->to_device_dtype(at::kCUDA, at::kBFloat16);
   SamplingParams sp;
   sp.n = 2;
@@ -492,51 +495,44 @@ TEST(EngineCuda, PagedMlaKernelAgreesWithRecomputeInBf16) {
   sp.seed = 5;
   auto rs = requests(prompts(6, 20, 150, 97, 4), sp);
   double mean[2], worst[2];
-  for (int paged = 0; paged < 2; ++paged) {
-    model::MLAImpl::paged_kernel() = paged;
+  for (int form = 0; form < 2; ++form) {
+    setup(form);
     EngineOptions o;
     o.block_size = 8;
     o.kv_cache_bytes = 64 << 20;
     Engine e(m, nullptr, o);
     auto cs = e.generate(rs);
-    std::tie(worst[paged], mean[paged]) = logprob_gap(*m, rs, cs);
-    model::MLAImpl::paged_kernel() = true;
+    std::tie(worst[form], mean[form]) = logprob_gap(*m, rs, cs);
   }
-  std::cout << "|engine - recompute| mean / max: paged kernel " << mean[1] << " / " << worst[1] << ", gathered "
-            << mean[0] << " / " << worst[0] << "\n";
-  // Both round bf16 products differently from the recompute (mean about 1e-3); a wrong key, block
-  // or length moves whole nats.
+  setup(-1);
+  std::cout << "|engine - recompute| mean / max: " << names[1] << " " << mean[1] << " / " << worst[1] << ", "
+            << names[0] << " " << mean[0] << " / " << worst[0] << "\n";
   EXPECT_LT(mean[1], 0.01);
   EXPECT_LT(mean[1], 1.5 * mean[0] + 2e-3);
 }
 
+// The paged MLA decode kernel inside the engine's graphs (batches that split the keys across
+// blocks, sequences that cross many cache blocks) against the same engine over a gathered copy of
+// the cache.
+TEST(EngineCuda, PagedMlaKernelAgreesWithRecomputeInBf16) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  const char* names[2] = {"gathered", "paged kernel"};
+  expect_second_form_near_recompute(with_paged_mla_widths(kTinyV3), names,
+                                    [](int form) { model::MLAImpl::paged_kernel() = form != 0; });
+}
+
 // The decode kernels on trial (model/kernel_trial.h: MLA's prologue in one kernel, each residual add
-// with the norm after it) inside the engine's graphs, against the same engine without them: both
-// near the bf16 recompute, the trial no further from it; also at widths the paged kernel does not take.
+// with the norm after it) inside the engine's graphs, against the same engine without them; also at
+// widths the paged kernel does not take.
 TEST(EngineCuda, DecodeKernelsOnTrialAgreeWithRecomputeInBf16) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  const char* names[2] = {"without", "kernels on trial"};
   for (const std::string& cfg : {with_paged_mla_widths(kTinyV3), std::string(kTinyV3)}) {
     SCOPED_TRACE(cfg);
-    auto m = tiny(cfg, 3);
-    m->to_device_dtype(at::kCUDA, at::kBFloat16);
-    SamplingParams sp;
-    sp.n = 2;
-    sp.max_new_tokens = 50;
-    sp.seed = 5;
-    auto rs = requests(prompts(6, 20, 150, 97, 4), sp);
-    double mean[2], worst[2];
-    for (int trial = 0; trial < 2; ++trial) {
-      model::KernelTrialScope scope(trial ? "mla_decode_prologue,add_rms_norm" : "");
-      EngineOptions o;
-      o.block_size = 8;
-      o.kv_cache_bytes = 64 << 20;
-      Engine e(m, nullptr, o);
-      auto cs = e.generate(rs);
-      std::tie(worst[trial], mean[trial]) = logprob_gap(*m, rs, cs);
-    }
-    std::cout << "|engine - recompute| mean / max: kernels on trial " << mean[1] << " / " << worst[1] << ", without "
-              << mean[0] << " / " << worst[0] << "\n";
-    EXPECT_LT(mean[1], 0.01);
-    EXPECT_LT(mean[1], 1.5 * mean[0] + 2e-3);
+    std::unique_ptr<model::KernelTrialScope> scope;
+    expect_second_form_near_recompute(cfg, names, [&](int form) {
+      scope.reset();
+      if (form >= 0) scope = std::make_unique<model::KernelTrialScope>(form ? "mla_decode_prologue,add_rms_norm" : "");
+    });
   }
 }
