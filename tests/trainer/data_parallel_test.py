@@ -65,11 +65,17 @@ def check(cond, what):
     ok &= bool(cond)
 
 
-def recipe(tag, extra="", max_steps=3, save_every=0, base=None):
+def write_recipe(tag, text):
+    """Writes recipe `text` to <workdir>/<tag>.yaml and returns the path."""
     path = os.path.join(a.workdir, tag + ".yaml")
-    model = f"model_dir: {base}\nsft_steps: 0" if base else f"model_config: {a.source}/recipes/tiny_model.json\nsft_steps: 300"
     with open(path, "w") as f:
-        f.write(f"""{model}
+        f.write(text)
+    return path
+
+
+def recipe(tag, extra="", max_steps=3, save_every=0, base=None):
+    model = f"model_dir: {base}\nsft_steps: 0" if base else f"model_config: {a.source}/recipes/tiny_model.json\nsft_steps: 300"
+    return write_recipe(tag, f"""{model}
 tokenizer: builtin:bytes
 task: addition
 task_digits: 1
@@ -91,7 +97,6 @@ save_every: {save_every}
 mini_batch_size: 16
 recompute_old_logprobs: true
 {extra}""")
-    return path
 
 
 def launch(args, check_rc=True):
@@ -205,9 +210,7 @@ check(d <= 1e-4 and moved > 1e-4 and shape(m1) == shape(m2) and refilled,
 # per_device_train_batch_size is per rank (2 x 4 rows per step = 1 x 8), per_step_prompts global.
 # Every step is whole (8 rows), so each rank's micro-batch is one of the single rank's.
 def pipeline_recipe(tag, B):
-    path = os.path.join(a.workdir, tag + ".yaml")
-    with open(path, "w") as f:
-        f.write(f"""model_dir: {base}
+    return write_recipe(tag, f"""model_dir: {base}
 tokenizer: builtin:bytes
 task: addition
 task_digits: 1
@@ -264,7 +267,6 @@ stages:
     learning_rate: 0.001
     beta: 0.04
 """)
-    return path
 
 
 one = os.path.join(a.workdir, "pipeline_1rank")
@@ -299,11 +301,8 @@ check(done and diffs.get("rs") == "same data" and kept > 0 and
 # other's gradients moves weights by ~lr (2e-3). AdamW hides a gradient's scale, so the logged loss
 # is what shows a wrong normalisation.
 def warm_recipe(tag):
-    path = recipe(tag, max_steps=1, base=base)
-    text = open(path).read().replace("sft_steps: 0", "sft_steps: 12").replace("sft_batch_size: 32", "sft_batch_size: 33")
-    with open(path, "w") as f:
-        f.write(text)
-    return path
+    text = open(recipe(tag, max_steps=1, base=base)).read()
+    return write_recipe(tag, text.replace("sft_steps: 0", "sft_steps: 12").replace("sft_batch_size: 32", "sft_batch_size: 33"))
 
 
 def warm_losses(out):
@@ -325,11 +324,9 @@ check(d <= 2e-5 and moved > 1e-4 and len(l1) == 2 and l1 == l2,
 # of 2, so the last step has one row and rank 1 none (it takes part in the collectives with nothing).
 # reward_model: 15 pairs in the same steps (its score head owned and updated like the model's tensors).
 def supervised_recipe(tag, kind, B):
-    path = os.path.join(a.workdir, tag + ".yaml")
     data = ("train_size: 17\n    max_length: 32\n    packing: false" if kind == "sft" else
             "task: addition_cot\n    train_size: 19\n    max_length: 96")
-    with open(path, "w") as f:
-        f.write(f"""model_dir: {base}
+    return write_recipe(tag, f"""model_dir: {base}
 tokenizer: builtin:bytes
 task: addition
 task_digits: 1
@@ -345,7 +342,6 @@ stages:
     learning_rate: 0.001
     save_every: 1
 """)
-    return path
 
 
 for kind, last in (("sft", 3), ("reward_model", 2)):
