@@ -34,4 +34,14 @@ void with_memory_advice(const std::string& where, const std::vector<std::string>
   }
 }
 
+std::vector<std::string> supervised_memory_remedies(const StageSettings& s) {
+  std::vector<std::string> out = {
+      "lower mini_batch_size (now " +
+          (s.optim.mini_batch_size > 0 ? std::to_string(s.optim.mini_batch_size) : std::string("0: the step's rows")) +
+          ")",
+      "lower max_length (now " + std::to_string(s.sft.max_length) + ")"};
+  if (!s.model.gradient_checkpointing) out.push_back("set gradient_checkpointing: true");
+  return out;
+}
+
 }  // namespace grpo::trainer

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "trainer/recipe.h"
+
 namespace grpo::trainer {
 
 // Runs `work`. A CUDA out-of-memory error in it becomes an Error: "<where>: CUDA out of memory
@@ -14,5 +16,9 @@ namespace grpo::trainer {
 // key as the recipe spells it, with its value ("lower max_tokens_per_mini_batch (now 32768)").
 void with_memory_advice(const std::string& where, const std::vector<std::string>& remedies,
                         const std::function<void()>& work);
+
+// The remedies of a supervised stage's step (sft, distill, reward_model): the keys that bound a
+// micro-batch (mini_batch_size, max_length, gradient_checkpointing), with their values.
+std::vector<std::string> supervised_memory_remedies(const StageSettings& s);
 
 }  // namespace grpo::trainer

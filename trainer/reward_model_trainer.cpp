@@ -12,6 +12,7 @@
 #include "model/reward_model.h"
 #include "trainer/data_parallel.h"
 #include "trainer/device_scalars.h"
+#include "trainer/out_of_memory.h"
 #include "trainer/policy.h"
 #include "trainer/preferences.h"
 #include "trainer/prompt_format.h"
@@ -241,21 +242,24 @@ bool RewardModelStage::run() {
     DeviceScalars sums;  // (loss, right, margin) per micro-batch, read once after the last
     const int64_t mine = ((int64_t)pairs.size() + mb - 1) / mb;
     const int64_t passes = zero_->passes(pol_, mine);  // a rank with fewer runs empty ones
-    for (int64_t pass = 0; pass < passes; ++pass) {
-      if (pass >= mine) {
+    // A GPU out of memory: the error names the keys that bound a micro-batch (trainer/out_of_memory.h).
+    with_memory_advice(s_.name + " step " + std::to_string(step), supervised_memory_remedies(s_), [&] {
+      for (int64_t pass = 0; pass < passes; ++pass) {
+        if (pass >= mine) {
+          zero_->after_pass(pol_);
+          continue;
+        }
+        const size_t i = (size_t)(pass * mb);
+        std::vector<const TokenPair*> part(pairs.begin() + i, pairs.begin() + std::min(pairs.size(), i + (size_t)mb));
+        auto [c, r] = pair_rewards(*pol_.compute, score_, pad_, part);
+        Tensor d = c - r;
+        Tensor l = -at::log_sigmoid(d).sum() / step_pairs;
+        l.backward();
         zero_->after_pass(pol_);
-        continue;
+        sums.add(at::stack({l.detach().to(at::kDouble), d.gt(0).sum().to(at::kDouble), d.detach().sum().to(at::kDouble)}));
+        for (const auto* p : part) tokens += (double)(p->chosen.size() + p->rejected.size());
       }
-      const size_t i = (size_t)(pass * mb);
-      std::vector<const TokenPair*> part(pairs.begin() + i, pairs.begin() + std::min(pairs.size(), i + (size_t)mb));
-      auto [c, r] = pair_rewards(*pol_.compute, score_, pad_, part);
-      Tensor d = c - r;
-      Tensor l = -at::log_sigmoid(d).sum() / step_pairs;
-      l.backward();
-      zero_->after_pass(pol_);
-      sums.add(at::stack({l.detach().to(at::kDouble), d.gt(0).sum().to(at::kDouble), d.detach().sum().to(at::kDouble)}));
-      for (const auto* p : part) tokens += (double)(p->chosen.size() + p->rejected.size());
-    }
+    });
     const std::vector<double> per_batch = sums.read();
     for (size_t i = 0; i < per_batch.size(); i += 3) {
       loss += per_batch[i];

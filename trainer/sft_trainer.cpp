@@ -302,12 +302,7 @@ bool SftStage::run() {
     const auto t0 = Clock::now();
     StepResult r;
     // A GPU out of memory: the error names the keys that bound a micro-batch (trainer/out_of_memory.h).
-    std::vector<std::string> remedies = {
-        "lower mini_batch_size (now " + (s_.optim.mini_batch_size > 0 ? std::to_string(s_.optim.mini_batch_size)
-                                                                       : std::string("0: the step's rows")) + ")",
-        "lower max_length (now " + std::to_string(s_.sft.max_length) + ")"};
-    if (!s_.model.gradient_checkpointing) remedies.push_back("set gradient_checkpointing: true");
-    with_memory_advice(s_.name + " step " + std::to_string(step), remedies, [&] {
+    with_memory_advice(s_.name + " step " + std::to_string(step), supervised_memory_remedies(s_), [&] {
       profiler_.phase(step, "train", [&] { r = train_on(batches, targets, mtp_targets, step); });
     });
     const auto [loss, mtp_loss, norm] = r;

@@ -8,6 +8,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "util/error.h"
 
@@ -50,6 +51,21 @@ TEST(OutOfMemory, OtherErrorsPassThrough) {
   int ran = 0;
   with_memory_advice("step 1, rollout", {}, [&] { ++ran; });
   EXPECT_EQ(ran, 1);
+}
+
+// A supervised stage's remedies name its micro-batch's keys with their values; checkpointing only
+// where it is off.
+TEST(OutOfMemory, SupervisedRemediesNameTheKeysWithTheirValues) {
+  StageSettings s;
+  s.optim.mini_batch_size = 4;
+  s.sft.max_length = 512;
+  EXPECT_EQ(supervised_memory_remedies(s),
+            (std::vector<std::string>{"lower mini_batch_size (now 4)", "lower max_length (now 512)",
+                                      "set gradient_checkpointing: true"}));
+  s.optim.mini_batch_size = 0;
+  s.model.gradient_checkpointing = true;
+  EXPECT_EQ(supervised_memory_remedies(s),
+            (std::vector<std::string>{"lower mini_batch_size (now 0: the step's rows)", "lower max_length (now 512)"}));
 }
 
 }  // namespace
