@@ -159,6 +159,16 @@ GrpoTrainer::GrpoTrainer(const StageSettings& s, const std::string& recipe_path,
     return (s_.rollout.kv_cache_mb > 0 ? s_.rollout.kv_cache_mb : d.is_cuda() ? int64_t(4096) : int64_t(1024)) << 20;
   };
   eo.kv_cache_bytes = cache_bytes(device_);
+  // What bounds each phase's memory, as a CUDA out-of-memory error names it (trainer/out_of_memory.h).
+  rollout_remedies_ = {"lower kv_cache_mb (now " + std::to_string(eo.kv_cache_bytes >> 20) + ")",
+                       "lower max_batch (now " + std::to_string(eo.max_batch) + " sequences decoded together)"};
+  const auto& o = s_.optim;
+  update_remedies_ = {o.max_tokens_per_mini_batch > 0
+                          ? "lower max_tokens_per_mini_batch (now " + std::to_string(o.max_tokens_per_mini_batch) + ")"
+                          : "lower mini_batch_size (now " +
+                                (o.mini_batch_size > 0 ? std::to_string(o.mini_batch_size) : std::string("0: the whole batch")) +
+                                ") or set max_tokens_per_mini_batch"};
+  if (!s_.model.gradient_checkpointing) update_remedies_.push_back("set gradient_checkpointing: true");
   // exact_rollout: the records stand in for the batch-invariant forward's routing in the update.
   eo.record_routing = s_.moe.routing_replay || (s_.rollout.exact_rollout && !moe_layers(*policy_).empty());
   eo.speculative_mtp = s_.rollout.speculative_mtp;
@@ -193,29 +203,6 @@ GrpoTrainer::GrpoTrainer(const StageSettings& s, const std::string& recipe_path,
   }
   if (data_.train.empty()) throw Error(recipe_path_ + ": no training prompt fits the model's context");
   order_ = std::make_unique<PromptOrder>(data_.train.size(), s_.data.shuffle, s_.data.data_seed);
-}
-
-// What bounds each phase's memory, as a CUDA out-of-memory error names it (trainer/out_of_memory.h).
-std::vector<std::string> GrpoTrainer::rollout_memory_remedies() const {
-  const auto& r = s_.rollout;
-  return {"lower kv_cache_mb (now " + std::to_string(r.kv_cache_mb > 0 ? r.kv_cache_mb : 4096) + ")",
-          "lower max_batch (now " +
-              (r.max_batch > 0 ? std::to_string(r.max_batch)
-                               : "0: " + std::to_string(std::max<int64_t>(64, r.per_step_prompts * r.num_generations))) +
-              " sequences decoded together)"};
-}
-
-std::vector<std::string> GrpoTrainer::update_memory_remedies() const {
-  const auto& o = s_.optim;
-  std::vector<std::string> out;
-  if (o.max_tokens_per_mini_batch > 0)
-    out.push_back("lower max_tokens_per_mini_batch (now " + std::to_string(o.max_tokens_per_mini_batch) + ")");
-  else
-    out.push_back("lower mini_batch_size (now " +
-                  (o.mini_batch_size > 0 ? std::to_string(o.mini_batch_size) : std::string("0: the whole batch")) +
-                  ") or set max_tokens_per_mini_batch");
-  if (!s_.model.gradient_checkpointing) out.push_back("set gradient_checkpointing: true");
-  return out;
 }
 
 at::Device GrpoTrainer::rollout_device() const {
@@ -422,13 +409,13 @@ void GrpoTrainer::run() {
     const auto t_step = Clock::now();
     RolloutBatch batch;
     const std::string at_step = "step " + std::to_string(step);
-    with_memory_advice(at_step + ", rollout", rollout_memory_remedies(), [&] {
+    with_memory_advice(at_step + ", rollout", rollout_remedies_, [&] {
       profiler_.phase(step, "rollout", [&] { batch = next_batch(step); });  // rollout, rewards, advantages
     });
     st_.position = batch.position_end;
     auto t0 = Clock::now();
     UpdateStats u;
-    with_memory_advice(at_step + ", update", update_memory_remedies(),
+    with_memory_advice(at_step + ", update", update_remedies_,
                        [&] { profiler_.phase(step, "update", [&] { u = update(batch); }); });
     const double t_train = comm_ ? comm_->max(seconds_since(t0)) : seconds_since(t0);
     if (comm_) {  // the step's figures over all ranks (update() used this rank's own batch)

@@ -74,9 +74,6 @@ class GrpoTrainer {
   // Data parallelism (several ranks): rank 0 logs, evaluates and writes checkpoints; every rank
   // rolls out its share of the step's prompts and the gradients are summed across ranks.
   bool main_rank() const { return !comm_ || comm_->is_main(); }
-  // The recipe keys that bound the rollout's and the update's memory, for an out-of-memory error.
-  std::vector<std::string> rollout_memory_remedies() const;
-  std::vector<std::string> update_memory_remedies() const;
   OverlappedReduce* overlapped_reduce();
   bool stop_everywhere();
 
@@ -105,6 +102,9 @@ class GrpoTrainer {
   dist::Communicator* comm_;  // null in a single-process run
   // ZeRO (zero_stage 1, 2): each trainable parameter has an owner rank, which holds its AdamW
   // moments and updates it; the others receive it by broadcast.
+  // The recipe keys, with this run's values, that bound the rollout's and the update's memory: what
+  // a CUDA out-of-memory error in either phase names (trainer/out_of_memory.h).
+  std::vector<std::string> rollout_remedies_, update_remedies_;
   std::unique_ptr<ZeroShards> zero_;
   std::unique_ptr<OverlappedReduce> overlap_;  // several ranks: the gradient exchange during backward
   StepProfiler profiler_;                      // profile_steps
