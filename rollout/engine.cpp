@@ -312,9 +312,9 @@ Tensor Engine::Impl::decode_forward(const Tensor& packed, int64_t B, int64_t nbl
   Tensor x = model->model->embed_tokens(in.tokens);  // (B, H)
   model::RopeTables rope = model->rope_tables(in.positions.view({B, 1}), x.scalar_type());
   std::vector<Tensor> experts;
-  // On trial: each residual add and the RMSNorm after it (the layer's next norm, or the final one)
-  // in one kernel; `normed` carries the norm into the next use.
-  const bool fuse_add = model::fused::active(x) && model::kernel_on_trial("add_rms_norm");
+  // Adopted ("-add_rms_norm" turns it off): each residual add and the RMSNorm after it (the
+  // layer's next norm, or the final one) in one kernel; `normed` carries the norm into the next use.
+  const bool fuse_add = model::fused::active(x) && model::kernel_adopted("add_rms_norm");
   Tensor normed;
   auto add_then_norm = [&](const Tensor& y, model::RMSNorm& norm) {
     if (fuse_add) {

@@ -16,9 +16,9 @@
 # call that must fit a time limit (train: forward+backward, also without the fused training
 # kernels (train_kernels), without the experts' gathers (gather_combine) and MLA's assembled inputs
 # (mla_assemble), alone and together, and transformers'; decode: the plain engine per context;
-# variants: gathered attention, FP8 and exact_rollout per context; fused: ATen's chains, the engine
-# without the router kernel, and with the decode kernels on trial (mla_decode_prologue,
-# add_rms_norm, alone and together), at 1,024 tokens; exact: the batch-invariant products alone (without the adopted decode kernels; the fp32
+# variants: gathered attention, FP8 and exact_rollout per context; fused: ATen's chains, and the
+# engine without each adopted decode kernel (router, mla_decode_prologue, add_rms_norm; the last two
+# also together), at 1,024 tokens; exact: the batch-invariant products alone (without the adopted decode kernels; the fp32
 # ones without fp32_products) and exact_rollout at 1,024 tokens, with and without its kernels on
 # trial; transformers: its generate() as the decode baseline).
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
@@ -90,17 +90,12 @@ fi
 # ATen's kernel chains instead of the fused RMSNorm, RoPE, SwiGLU and MoE kernels: their baseline.
 want fused && "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
   --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" --no-fused-kernels --label grpo-unfused | tee -a "$log"
-# Without the adopted router kernel (GRPO_KERNEL_TRIAL=-router): ATen's chain after the logits.
-for kernel in router; do
-  want fused && GRPO_KERNEL_TRIAL=-$kernel "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
+# Without each adopted decode kernel (model/kernel_trial.h; GRPO_KERNEL_TRIAL=-router and so on), and
+# without MLA's prologue and the fused residual adds together: what each replaced.
+for kernels in router mla_decode_prologue add_rms_norm mla_decode_prologue,add_rms_norm; do
+  want fused && GRPO_KERNEL_TRIAL=-${kernels//,/,-} "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
     --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
-    --label "grpo-without-$kernel" | tee -a "$log"
-done
-# Decode kernels on trial (model/kernel_trial.h) against the same engine without them.
-for kernel in mla_decode_prologue add_rms_norm mla_decode_prologue,add_rms_norm; do
-  want fused && GRPO_KERNEL_TRIAL=$kernel "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
-    --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
-    --label "grpo-trial-$kernel" | tee -a "$log"
+    --label "grpo-without-$kernels" | tee -a "$log"
 done
 # The batch-invariant products alone (the V2-Lite projections' K = N = 2048, and gate_up's rows over
 # 64 experts: decode's 768 and 1,536 rows at batch 128 and 256, a prefill's more) against ATen's

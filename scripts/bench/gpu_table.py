@@ -84,21 +84,15 @@ compare("grpo-unfused", "Decode with the fused kernels (RMSNorm, RoPE, SwiGLU, t
         ["fused ms/step", "ATen chains ms/step", "speed-up", "fused roofline", "ATen chains roofline"],
         lambda r, u: [f"{r['ms_per_step']:.2f}", f"{u['ms_per_step']:.2f}", f"{u['ms_per_step'] / r['ms_per_step']:.2f}x",
                       f"{100 * r['roofline']:.1f}%", f"{100 * u['roofline']:.1f}%"])
-for kernel, what in (("router", "the router after its logits in one kernel"),):
+for kernel, what in (("router", "the router after its logits in one kernel"),
+                     ("mla_decode_prologue", "MLA's decode prologue in one kernel"),
+                     ("add_rms_norm", "each residual add and the RMSNorm after it in one kernel"),
+                     ("mla_decode_prologue,add_rms_norm", "MLA's decode prologue and the fused residual adds")):
     compare(f"grpo-without-{kernel}", f"Decode with {what} (adopted) against the same engine without it\n"
-            f"(GRPO_KERNEL_TRIAL=-{kernel}) in the same run",
+            f"(GRPO_KERNEL_TRIAL=-{kernel.replace(',', ',-')}) in the same run",
             ["with ms/step", "without ms/step", "speed-up", "with roofline", "without roofline",
              "with drift mean / max", "without drift mean / max"],
             lambda r, x: [f"{r['ms_per_step']:.2f}", f"{x['ms_per_step']:.2f}", f"{x['ms_per_step'] / r['ms_per_step']:.2f}x",
-                          f"{100 * r['roofline']:.1f}%", f"{100 * x['roofline']:.1f}%", drift(r), drift(x)])
-for kernel, what in (("mla_decode_prologue", "MLA's decode prologue in one kernel"),
-                     ("add_rms_norm", "each residual add and the RMSNorm after it in one kernel"),
-                     ("mla_decode_prologue,add_rms_norm", "both decode kernels on trial")):
-    compare(f"grpo-trial-{kernel}", f"Decode with {what} (on trial: GRPO_KERNEL_TRIAL={kernel}) against the same\n"
-            "engine without it in the same run",
-            ["default ms/step", "trial ms/step", "speed-up", "default roofline", "trial roofline",
-             "default drift mean / max", "trial drift mean / max"],
-            lambda r, x: [f"{r['ms_per_step']:.2f}", f"{x['ms_per_step']:.2f}", f"{r['ms_per_step'] / x['ms_per_step']:.2f}x",
                           f"{100 * r['roofline']:.1f}%", f"{100 * x['roofline']:.1f}%", drift(r), drift(x)])
 
 

@@ -77,8 +77,9 @@ Tensor MLAImpl::decode(const Tensor& x, const RopeTables& rope, Tensor cache, co
   Tensor w = kv_b_proj->effective_weight().view({nh, dn + dv, r});
   Tensor q_lat = at::bmm(q.narrow(-1, 0, dn).transpose(0, 1), w.narrow(1, 0, dn));  // (nh, B, r)
   Tensor qc;                                                                         // (B, nh, D)
-  // On trial: the norm, both rotations, the cache write and the query's assembly in one kernel.
-  const bool prologue = fused::active(x) && kernel_on_trial("mla_decode_prologue");
+  // Adopted ("-mla_decode_prologue" turns it off): the norm, both rotations, the cache write and
+  // the query's assembly in one kernel.
+  const bool prologue = fused::active(x) && kernel_adopted("mla_decode_prologue");
   if (prologue)
     qc = fused::mla_decode_prologue(q, q_lat, comp, kv_a_layernorm->weight, kv_a_layernorm->eps, rope, rope_interleave,
                                     paged.write_slots, cache);

@@ -40,12 +40,12 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);  // weight *
 Tensor rope(const Tensor& x, const RopeTables& rope, bool interleave);  // as apply_rope
 Tensor swiglu(const Tensor& gate, const Tensor& up);                   // silu(gate) * up
 
-// A decoder layer's residual add and the RMSNorm after it in one kernel (on trial, "add_rms_norm"):
+// A decoder layer's residual add and the RMSNorm after it in one kernel (adopted, "add_rms_norm"):
 // {x + y, weight * (x + y) / rms(x + y)}, the values of the add and of rms_norm above, bit for bit.
 // Empty where it does not apply (x and y not alike, weight not of their width and dtype).
 std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& weight, double eps);
 
-// MLA's decode step between its projections and its attention (model/deepseek.cpp; on trial,
+// MLA's decode step between its projections and its attention (model/deepseek.cpp; adopted,
 // "mla_decode_prologue"), one kernel where the chain runs seven: from the query projection q (B,
 // heads, dn + dr), its latent part q_lat = q_nope W_uk (heads, B, r) and kv_a_proj's output comp (B,
 // r + dr), writes cache rows write_slots[b] = [RMSNorm(comp[b, :r]) | RoPE(comp[b, r:])] and returns

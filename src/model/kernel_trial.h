@@ -3,12 +3,6 @@
 //   tall_tiles       the batch-invariant grouped products of decode in tiles of 32 or 64 rows of a
 //                    group, where groups hold that many, through the decode kernel
 //                    (invariant_kernels_cuda.h)
-//   mla_decode_prologue  MLA's decode step between its projections and its attention (the latent's
-//                    RMSNorm, both RoPE rotations, the cache write, the query's assembly) in one
-//                    kernel where the chain runs seven, and its last product written in o_proj's
-//                    order (deepseek.cpp, fused_kernels.h)
-//   add_rms_norm     decode's residual adds each with the RMSNorm after it in one kernel
-//                    (rollout/engine.cpp, fused_kernels.h)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 //
 // Adopted kernels (they won their trial) run by default; the item "-name" turns one off, to
@@ -28,6 +22,12 @@
 //                    same values (train_kernels.h)
 //   fp32_products    the batch-invariant fp32 products (the router's logits, LoRA's side paths)
 //                    spread over the device, the same bits (invariant_fp32_cuda.cu)
+//   mla_decode_prologue  MLA's decode step between its projections and its attention (the latent's
+//                    RMSNorm, both RoPE rotations, the cache write, the query's assembly) in one
+//                    kernel where the chain runs seven, and its last product written in o_proj's
+//                    order (deepseek.cpp, fused_kernels.h)
+//   add_rms_norm     decode's residual adds each with the RMSNorm after it in one kernel
+//                    (rollout/engine.cpp, fused_kernels.h)
 #pragma once
 
 #include <optional>

@@ -94,7 +94,7 @@ TEST(FusedKernelsCuda, NormAndSwigluAgreeWithAten) {
   }
 }
 
-// A residual add and the RMSNorm after it in one kernel (on trial, "add_rms_norm") against ATen's add
+// A residual add and the RMSNorm after it in one kernel (adopted, "add_rms_norm") against ATen's add
 // and the fused RMSNorm: both the sum and the normed rows the same bits; rows of V2-Lite's width,
 // of 4,096 and of a width that is no multiple of the block.
 TEST(FusedKernelsCuda, AddRmsNormEqualsTheChain) {
@@ -118,7 +118,7 @@ TEST(FusedKernelsCuda, AddRmsNormEqualsTheChain) {
                    .first.defined());
 }
 
-// MLA's decode prologue (on trial, "mla_decode_prologue") against the chain it replaces inside a
+// MLA's decode prologue (adopted, "mla_decode_prologue") against the chain it replaces inside a
 // Scope (the fused RMSNorm and RoPE, the concatenations, the cache write): the cache rows and the
 // assembled query the same bits; rows written at shuffled slots, q a strided view as the
 // projection's, both RoPE layouts, bf16 and fp32, V2-Lite's widths.

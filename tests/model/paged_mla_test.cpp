@@ -169,7 +169,7 @@ TEST(PagedMla, DecodeMatchesGatheredFormOnCuda) {
   EXPECT_LT(err_paged, 0.05);
   EXPECT_LT(err_paged, 1.25 * err_gathered + 1e-3) << "paged " << err_paged << ", gathered " << err_gathered;
 
-  // Inside the fused kernels' Scope, the prologue in one kernel (on trial, "mla_decode_prologue")
+  // Inside the fused kernels' Scope, the prologue in one kernel (adopted, "mla_decode_prologue")
   // against the chain: the same cache rows, and the output within a bf16 rounding (the last product
   // writes its result in (B, heads, dv) order, which may take another cuBLAS kernel).
   auto fused_run = [&](const char* kernels) {
@@ -178,8 +178,8 @@ TEST(PagedMla, DecodeMatchesGatheredFormOnCuda) {
     at::NoGradGuard g;
     return run(bf, at::kBFloat16, true);
   };
-  auto [chain, cache_chain] = fused_run("");
-  auto [one, cache_one] = fused_run("mla_decode_prologue");
+  auto [chain, cache_chain] = fused_run("-mla_decode_prologue");
+  auto [one, cache_one] = fused_run("");
   EXPECT_TRUE(at::equal(cache_one, cache_chain)) << "the same cache rows";
   EXPECT_LT((one - chain).abs().max().item<double>() / scale, 1e-2);
   EXPECT_LT((one - want).abs().max().item<double>() / scale, 0.05);

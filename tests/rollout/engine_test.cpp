@@ -521,18 +521,18 @@ TEST(EngineCuda, PagedMlaKernelAgreesWithRecomputeInBf16) {
                                     [](int form) { model::MLAImpl::paged_kernel() = form != 0; });
 }
 
-// The decode kernels on trial (model/kernel_trial.h: MLA's prologue in one kernel, each residual add
+// The adopted decode kernels (model/kernel_trial.h: MLA's prologue in one kernel, each residual add
 // with the norm after it) inside the engine's graphs, against the same engine without them; also at
 // widths the paged kernel does not take.
-TEST(EngineCuda, DecodeKernelsOnTrialAgreeWithRecomputeInBf16) {
+TEST(EngineCuda, FusedDecodeKernelsAgreeWithRecomputeInBf16) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
-  const char* names[2] = {"without", "kernels on trial"};
+  const char* names[2] = {"without", "with the fused decode kernels"};
   for (const std::string& cfg : {with_paged_mla_widths(kTinyV3), std::string(kTinyV3)}) {
     SCOPED_TRACE(cfg);
     std::unique_ptr<model::KernelTrialScope> scope;
     expect_second_form_near_recompute(cfg, names, [&](int form) {
       scope.reset();
-      if (form >= 0) scope = std::make_unique<model::KernelTrialScope>(form ? "mla_decode_prologue,add_rms_norm" : "");
+      if (form >= 0) scope = std::make_unique<model::KernelTrialScope>(form ? "" : "-mla_decode_prologue,-add_rms_norm");
     });
   }
 }
