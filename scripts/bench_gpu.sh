@@ -15,7 +15,8 @@
 # PARTS (default checks,train,decode,variants,fused,exact,transformers): the parts to run, for a
 # call that must fit a time limit (train: forward+backward, also without the fused training
 # kernels (train_kernels), without the experts' gathers (gather_combine) and MLA's assembled inputs
-# (mla_assemble), alone and together, and transformers'; decode: the plain engine per context;
+# (mla_assemble), alone and together, with SwiGLU an element a thread (packed_swiglu), and
+# transformers'; decode: the plain engine per context;
 # variants: gathered attention, FP8 and exact_rollout per context; fused: ATen's chains, and the
 # engine without each adopted decode kernel (router, mla_decode_prologue, add_rms_norm; the last two
 # also together), at 1,024 tokens; exact: the batch-invariant products alone (without the adopted decode kernels; the fp32
@@ -46,8 +47,8 @@ want train && for shape in "1 4096" "8 1024"; do
   "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" --device cuda --dtype bfloat16 \
     --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json --label grpo --profile "${TRAIN_PROFILE:-0}" | tee -a "$log"
   # The same step without the fused training kernels (ATen's chains), without the experts' gathers and
-  # MLA's assembled inputs, alone and together (model/kernel_trial.h).
-  for kernels in -train_kernels -gather_combine -mla_assemble -gather_combine,-mla_assemble; do
+  # MLA's assembled inputs, alone and together, and with SwiGLU an element a thread (model/kernel_trial.h).
+  for kernels in -train_kernels -gather_combine -mla_assemble -gather_combine,-mla_assemble -packed_swiglu; do
     GRPO_KERNEL_TRIAL=$kernels "$build/scripts/bench/bench_forward" --config scripts/bench/v2_lite.json --layers "$L" \
       --device cuda --dtype bfloat16 --batch "$1" --seq "$2" --iters 5 --warmup 2 --peak-tflops 0 --json \
       --label "grpo, GRPO_KERNEL_TRIAL=$kernels" | tee -a "$log"

@@ -28,6 +28,7 @@
 #include "model/cuda_launch.h"
 #include "model/mma.cuh"
 #include "model/row_reduce.cuh"
+#include "model/row_vectors.cuh"
 #include "model/invariant_gemm_cuda.h"
 #include "model/invariant_kernels_cuda.h"
 #include "model/kernel_trial.h"
@@ -302,15 +303,36 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ w
   rms_norm_row<T>(x + (int64_t)blockIdx.x * D, w, out + (int64_t)blockIdx.x * D, D, eps, scratch);
 }
 
-// (silu(gate) rounded to T) * up, rounded to T; gate and up rows of I values at row strides sg, su.
+// (silu(gate) rounded to T) * up, rounded to T.
+template <typename T>
+__device__ __forceinline__ T swiglu_value(float v, float u) {
+  return (T)((float)(T)(v / (1.0f + expf(-v))) * u);
+}
+
+// SwiGLU over gate and up rows of I values at row strides sg, su: an element a thread.
 template <typename T>
 __global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out, int64_t M,
                               int64_t I, int64_t sg, int64_t su) {
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= M * I) return;
   const int64_t m = i / I, c = i % I;
-  const float v = (float)gate[m * sg + c];
-  out[i] = (T)((float)(T)(v / (1.0f + expf(-v))) * (float)up[m * su + c]);
+  out[i] = swiglu_value<T>((float)gate[m * sg + c], (float)up[m * su + c]);
+}
+
+// The same in 16-byte packs (row_vectors.cuh), where rows_in_packs holds: a warp per row.
+template <typename T>
+__global__ void swiglu_packed_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out,
+                                     int64_t M, int64_t I, int64_t sg, int64_t su) {
+  constexpr int P = Pack<T>::kSize;
+  const int64_t m = (int64_t)blockIdx.x * kPackRows + threadIdx.y;
+  if (m >= M) return;
+  for (int64_t c = (int64_t)threadIdx.x * P; c < I; c += 32 * P) {
+    const Pack<T> g = load_pack(gate + m * sg + c), u = load_pack(up + m * su + c);
+    Pack<T> o;
+#pragma unroll
+    for (int e = 0; e < P; ++e) o.v[e] = swiglu_value<T>((float)g.v[e], (float)u.v[e]);
+    store_pack(out + m * I + c, o);
+  }
 }
 
 // combine_experts: each grouped row's output times its weight, rounded, put in its pair's place;
@@ -466,9 +488,13 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
   if (M * I == 0) return out.view(gate.sizes());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g2.scalar_type(), "invariant_swiglu_cuda", [&] {
     using T = device_t<scalar_t>;
-    swiglu_kernel<T><<<(unsigned)((M * I + 255) / 256), 256, 0, stream()>>>(
-        reinterpret_cast<const T*>(g2.data_ptr()), reinterpret_cast<const T*>(u2.data_ptr()),
-        reinterpret_cast<T*>(out.data_ptr()), M, I, g2.stride(0), u2.stride(0));
+    const auto* g = reinterpret_cast<const T*>(g2.data_ptr());
+    const auto* u = reinterpret_cast<const T*>(u2.data_ptr());
+    auto* o = reinterpret_cast<T*>(out.data_ptr());
+    if (kernel_adopted("packed_swiglu") && rows_in_packs(I, sizeof(T), {{g, g2.stride(0)}, {u, u2.stride(0)}, {o, I}}))
+      swiglu_packed_kernel<T><<<pack_blocks(M), pack_threads(), 0, stream()>>>(g, u, o, M, I, g2.stride(0), u2.stride(0));
+    else
+      swiglu_kernel<T><<<(unsigned)((M * I + 255) / 256), 256, 0, stream()>>>(g, u, o, M, I, g2.stride(0), u2.stride(0));
   });
   check_launch("swiglu");
   return out.view(gate.sizes());

@@ -15,7 +15,9 @@
 #include <type_traits>
 
 #include "model/cuda_launch.h"
+#include "model/kernel_trial.h"
 #include "model/rope.cuh"
+#include "model/row_vectors.cuh"
 #include "model/train_kernels_cuda.h"
 #include "util/error.h"
 
@@ -94,18 +96,42 @@ __global__ void rms_norm_backward_kernel(const T* __restrict__ dy, const T* __re
 // SwiGLU's backward for one element: s = silu(g) rounded to T; d up = dh * s, d s = dh * up, each
 // rounded to T; d g = d s * sig * (1 + g * (1 - sig)) rounded to T (ATen's silu_backward).
 template <typename T>
+__device__ __forceinline__ void swiglu_gradients(T& dgate, T& dup, float g, float u, float d) {
+  const float e = 1.0f + expf(-g);
+  const float silu = (float)(T)(g / e), sig = 1.0f / e;
+  const float ds = (float)(T)(d * u);
+  dup = (T)(d * silu);
+  dgate = (T)(ds * sig * (1.0f + g * (1.0f - sig)));
+}
+
+// SwiGLU's backward over rows of I values (dh contiguous, the others at their row strides): an
+// element a thread.
+template <typename T>
 __global__ void swiglu_backward_kernel(const T* __restrict__ dh, const T* __restrict__ gate, const T* __restrict__ up,
                                        T* __restrict__ dgate, T* __restrict__ dup, int64_t M, int64_t I, int64_t sg,
                                        int64_t su, int64_t sdg, int64_t sdu) {
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= M * I) return;
   const int64_t m = i / I, c = i % I;
-  const float g = (float)gate[m * sg + c], u = (float)up[m * su + c], d = (float)dh[i];
-  const float e = 1.0f + expf(-g);
-  const float silu = (float)(T)(g / e), sig = 1.0f / e;
-  const float ds = (float)(T)(d * u);
-  dup[m * sdu + c] = (T)(d * silu);
-  dgate[m * sdg + c] = (T)(ds * sig * (1.0f + g * (1.0f - sig)));
+  swiglu_gradients(dgate[m * sdg + c], dup[m * sdu + c], (float)gate[m * sg + c], (float)up[m * su + c], (float)dh[i]);
+}
+
+// The same in 16-byte packs (row_vectors.cuh), where rows_in_packs holds: a warp per row.
+template <typename T>
+__global__ void swiglu_backward_packed_kernel(const T* __restrict__ dh, const T* __restrict__ gate,
+                                              const T* __restrict__ up, T* __restrict__ dgate, T* __restrict__ dup,
+                                              int64_t M, int64_t I, int64_t sg, int64_t su, int64_t sdg, int64_t sdu) {
+  constexpr int P = Pack<T>::kSize;
+  const int64_t m = (int64_t)blockIdx.x * kPackRows + threadIdx.y;
+  if (m >= M) return;
+  for (int64_t c = (int64_t)threadIdx.x * P; c < I; c += 32 * P) {
+    const Pack<T> g = load_pack(gate + m * sg + c), u = load_pack(up + m * su + c), d = load_pack(dh + m * I + c);
+    Pack<T> dg, du;
+#pragma unroll
+    for (int e = 0; e < P; ++e) swiglu_gradients(dg.v[e], du.v[e], (float)g.v[e], (float)u.v[e], (float)d.v[e]);
+    store_pack(dgate + m * sdg + c, dg);
+    store_pack(dup + m * sdu + c, du);
+  }
 }
 
 void check(const char* what) { cuda_launch::check("training CUDA kernel", what); }
@@ -165,10 +191,18 @@ void swiglu_backward_into(const Tensor& dh, const Tensor& gate, const Tensor& up
   if (M * I == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dh.scalar_type(), "train_swiglu_backward", [&] {
     using T = device_t<scalar_t>;
-    swiglu_backward_kernel<T><<<(unsigned)((M * I + kThreads - 1) / kThreads), kThreads, 0, stream()>>>(
-        reinterpret_cast<const T*>(dh.data_ptr()), reinterpret_cast<const T*>(gate.data_ptr()),
-        reinterpret_cast<const T*>(up.data_ptr()), reinterpret_cast<T*>(dgate.data_ptr()),
-        reinterpret_cast<T*>(dup.data_ptr()), M, I, gate.stride(0), up.stride(0), dgate.stride(0), dup.stride(0));
+    const auto* d = reinterpret_cast<const T*>(dh.data_ptr());
+    const auto* g = reinterpret_cast<const T*>(gate.data_ptr());
+    const auto* u = reinterpret_cast<const T*>(up.data_ptr());
+    auto* dg = reinterpret_cast<T*>(dgate.data_ptr());
+    auto* du = reinterpret_cast<T*>(dup.data_ptr());
+    const int64_t sg = gate.stride(0), su = up.stride(0), sdg = dgate.stride(0), sdu = dup.stride(0);
+    if (kernel_adopted("packed_swiglu") && rows_in_packs(I, sizeof(T), {{d, I}, {g, sg}, {u, su}, {dg, sdg}, {du, sdu}}))
+      swiglu_backward_packed_kernel<T><<<pack_blocks(M), pack_threads(), 0, stream()>>>(d, g, u, dg, du, M, I, sg, su,
+                                                                                         sdg, sdu);
+    else
+      swiglu_backward_kernel<T><<<(unsigned)((M * I + kThreads - 1) / kThreads), kThreads, 0, stream()>>>(
+          d, g, u, dg, du, M, I, sg, su, sdg, sdu);
   });
   check("swiglu backward");
 }
@@ -381,60 +415,64 @@ struct MlaShape {
   bool interleave;
 };
 
-// Thread i over (B, T, heads, dn + dr): query and key at i, value where the column is below dv.
+// A warp per row of (B, T, heads) (row_vectors.cuh's blocks; the row's indices divided out once,
+// not per value): query and key at each column below dn + dr, value at each column below dv.
 template <typename T>
 __global__ void mla_inputs_kernel(const T* __restrict__ q, const T* __restrict__ kv, const T* __restrict__ k_pe,
                                   const T* __restrict__ cos, const T* __restrict__ sin, T* __restrict__ query,
-                                  T* __restrict__ key, T* __restrict__ value, MlaShape s, int64_t n) {
-  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  const int64_t dq = s.dn + 2 * s.half, c = i % dq, row = i / dq, bt = row / s.heads;
+                                  T* __restrict__ key, T* __restrict__ value, MlaShape s, int64_t rows) {
+  const int64_t row = (int64_t)blockIdx.x * kPackRows + threadIdx.y;
+  if (row >= rows) return;
+  const int64_t dq = s.dn + 2 * s.half, bt = row / s.heads;
   const T* qr = q + row * dq;
   const T* kvr = kv + row * (s.dn + s.dv);
   const T *cs = cos + bt * s.half, *sn = sin + bt * s.half;
-  if (c < s.dn) {
-    query[i] = qr[c];
-    key[i] = kvr[c];
-  } else {
-    const T* pe = k_pe + (bt / s.T) * s.pe_s0 + (bt % s.T) * s.pe_s1;
-    query[i] = rope_at(qr + s.dn, cs, sn, c - s.dn, s.half, s.interleave);
-    key[i] = rope_at(pe, cs, sn, c - s.dn, s.half, s.interleave);
+  const T* pe = k_pe + (bt / s.T) * s.pe_s0 + (bt % s.T) * s.pe_s1;
+  T *qo = query + row * dq, *ko = key + row * dq, *vo = value + row * s.dv;
+  for (int64_t c = threadIdx.x; c < dq || c < s.dv; c += 32) {
+    if (c < s.dn) {
+      qo[c] = qr[c];
+      ko[c] = kvr[c];
+    } else if (c < dq) {
+      qo[c] = rope_at(qr + s.dn, cs, sn, c - s.dn, s.half, s.interleave);
+      ko[c] = rope_at(pe, cs, sn, c - s.dn, s.half, s.interleave);
+    }
+    if (c < s.dv) vo[c] = kvr[s.dn + c];
   }
-  if (c < s.dv) value[row * s.dv + c] = kvr[s.dn + c];
 }
 
 struct GradStrides {
   int64_t q0, q1, q2, k0, k1, k2, v0, v1, v2;  // (B, T, heads) strides of d query, d key, d value
 };
 
-// Thread i over (B, T, heads, W), W = max(dn + dr, dn + dv): d q = [d q_nope | RoPE backward of d
-// q_pe] and d kv = [d k_nope | d value].
+// A warp per row of (B, T, heads), as the forward: d q = [d q_nope | RoPE backward of d q_pe] and
+// d kv = [d k_nope | d value].
 template <typename T>
 __global__ void mla_inputs_backward_kernel(const T* __restrict__ dquery, const T* __restrict__ dkey,
                                            const T* __restrict__ dvalue, const T* __restrict__ cos,
                                            const T* __restrict__ sin, T* __restrict__ dq, T* __restrict__ dkv,
-                                           MlaShape s, GradStrides g, int64_t W, int64_t n) {
-  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  const int64_t width = s.dn + 2 * s.half, c = i % W, row = i / W, h = row % s.heads, bt = row / s.heads;
+                                           MlaShape s, GradStrides g, int64_t rows) {
+  const int64_t row = (int64_t)blockIdx.x * kPackRows + threadIdx.y;
+  if (row >= rows) return;
+  const int64_t width = s.dn + 2 * s.half, h = row % s.heads, bt = row / s.heads;
   const int64_t b = bt / s.T, t = bt % s.T;
   const T* gq = dquery + b * g.q0 + t * g.q1 + h * g.q2;
-  if (c < width) {
-    T v;
+  const T* gk = dkey + b * g.k0 + t * g.k1 + h * g.k2;
+  const T* gv = dvalue + b * g.v0 + t * g.v1 + h * g.v2;
+  const T *cs = cos + bt * s.half, *sn = sin + bt * s.half;
+  T *dqo = dq + row * width, *dkvo = dkv + row * (s.dn + s.dv);
+  for (int64_t c = threadIdx.x; c < width || c < s.dn + s.dv; c += 32) {
     if (c < s.dn) {
-      v = gq[c];
-    } else {
+      dqo[c] = gq[c];
+    } else if (c < width) {
       int64_t j;
       bool second;
       rope_pair_of(c - s.dn, s.half, s.interleave, j, second);
-      v = rope_rotate_grad<T>((float)gq[s.dn + j], (float)gq[s.dn + j + s.half], (float)cos[bt * s.half + j],
-                              (float)sin[bt * s.half + j], second);
+      dqo[c] = rope_rotate_grad<T>((float)gq[s.dn + j], (float)gq[s.dn + j + s.half], (float)cs[j], (float)sn[j],
+                                   second);
     }
-    dq[row * width + c] = v;
+    if (c < s.dn + s.dv) dkvo[c] = c < s.dn ? gk[c] : gv[c - s.dn];
   }
-  if (c < s.dn + s.dv)
-    dkv[row * (s.dn + s.dv) + c] =
-        c < s.dn ? dkey[b * g.k0 + t * g.k1 + h * g.k2 + c] : dvalue[b * g.v0 + t * g.v1 + h * g.v2 + c - s.dn];
 }
 
 // Thread i over (B, T, dr): the shared key part's gradient. The heads' gradients of each rotated
@@ -470,16 +508,16 @@ std::array<Tensor, 3> mla_inputs(const Tensor& q, const Tensor& kv, const Tensor
   const int64_t dv = kv.size(3) - dn;
   Tensor query = at::empty({B, T, heads, dq}, q.options()), key = at::empty_like(query);
   Tensor value = at::empty({B, T, heads, dv}, q.options());
-  const int64_t n = B * T * heads * dq;
-  if (n == 0) return {query, key, value};
+  const int64_t rows = B * T * heads;
+  if (rows * std::max(dq, dv) == 0) return {query, key, value};
   const MlaShape s{T, heads, dn, dr / 2, dv, k_pe.stride(0), k_pe.stride(1), interleave};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "train_mla_inputs", [&] {
     using D = device_t<scalar_t>;
-    mla_inputs_kernel<D><<<blocks_over(n), kThreads, 0, stream()>>>(
+    mla_inputs_kernel<D><<<pack_blocks(rows), pack_threads(), 0, stream()>>>(
         reinterpret_cast<const D*>(q.data_ptr()), reinterpret_cast<const D*>(kv.data_ptr()),
         reinterpret_cast<const D*>(k_pe.data_ptr()), reinterpret_cast<const D*>(cos.data_ptr()),
         reinterpret_cast<const D*>(sin.data_ptr()), reinterpret_cast<D*>(query.data_ptr()),
-        reinterpret_cast<D*>(key.data_ptr()), reinterpret_cast<D*>(value.data_ptr()), s, n);
+        reinterpret_cast<D*>(key.data_ptr()), reinterpret_cast<D*>(value.data_ptr()), s, rows);
   });
   check("mla inputs");
   return {query, key, value};
@@ -491,7 +529,7 @@ std::array<Tensor, 3> mla_inputs_backward(const Tensor& dquery_in, const Tensor&
   auto last_dense = [](const Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
   const Tensor dquery = last_dense(dquery_in), dkey = last_dense(dkey_in), dvalue = last_dense(dvalue_in);
   const int64_t B = dquery.size(0), T = dquery.size(1), heads = dquery.size(2), dq = dquery.size(3);
-  const int64_t dr = dq - dn, dv = dvalue.size(3), W = std::max(dq, dn + dv);
+  const int64_t dr = dq - dn, dv = dvalue.size(3);
   Tensor dq_out = at::empty({B, T, heads, dq}, dquery.options());
   Tensor dkv = at::empty({B, T, heads, dn + dv}, dquery.options());
   Tensor dk_pe = at::empty({B, T, dr}, dquery.options());
@@ -501,12 +539,11 @@ std::array<Tensor, 3> mla_inputs_backward(const Tensor& dquery_in, const Tensor&
                       dkey.stride(2),   dvalue.stride(0), dvalue.stride(1), dvalue.stride(2)};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dquery.scalar_type(), "train_mla_inputs_backward", [&] {
     using D = device_t<scalar_t>;
-    const int64_t n = B * T * heads * W;
-    mla_inputs_backward_kernel<D><<<blocks_over(n), kThreads, 0, stream()>>>(
+    mla_inputs_backward_kernel<D><<<pack_blocks(B * T * heads), pack_threads(), 0, stream()>>>(
         reinterpret_cast<const D*>(dquery.data_ptr()), reinterpret_cast<const D*>(dkey.data_ptr()),
         reinterpret_cast<const D*>(dvalue.data_ptr()), reinterpret_cast<const D*>(cos.data_ptr()),
         reinterpret_cast<const D*>(sin.data_ptr()), reinterpret_cast<D*>(dq_out.data_ptr()),
-        reinterpret_cast<D*>(dkv.data_ptr()), s, g, W, n);
+        reinterpret_cast<D*>(dkv.data_ptr()), s, g, B * T * heads);
     const int64_t m = B * T * dr;
     mla_key_pe_backward_kernel<D><<<blocks_over(m), kThreads, 0, stream()>>>(
         reinterpret_cast<const D*>(dkey.data_ptr()), reinterpret_cast<const D*>(cos.data_ptr()),

@@ -9,6 +9,7 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -104,6 +105,41 @@ TEST(TrainKernelsCuda, SwigluAgreesWithAten) {
       EXPECT_TRUE(at::equal(mf[0], ma[0]));
       for (size_t i = 1; i < ma.size(); ++i) EXPECT_LT(max_rel(mf[i], ma[i]), dtype == at::kFloat ? 1e-5 : 2e-2) << i;
     }
+}
+
+// SwiGLU forward and backward in 16-byte packs, a warp per row (rows 16-byte aligned), against the
+// same kernels an element at a time (the same rows copied one value off alignment, and the aligned
+// rows with "-packed_swiglu"): the same bits,
+// at widths that are and are not a whole number of packs and row counts that leave a block part
+// empty; the forward also the bits of ATen's silu(gate) * up.
+TEST(TrainKernelsCuda, SwigluInPacksGivesTheBitsOfOneElementAThread) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  for (auto dtype : {at::kFloat, at::kBFloat16})
+    for (int64_t I : {8, 1408, 1412})
+      for (int64_t M : {1, 9, 300}) {
+        SCOPED_TRACE(std::string(dtype == at::kFloat ? "fp32" : "bf16") + " I " + std::to_string(I) + " M " +
+                     std::to_string(M));
+        at::manual_seed(I + M);
+        const Tensor gu = at::randn({M, 2 * I}, kCuda.dtype(dtype)) * 3, dh = at::randn({M, I}, kCuda.dtype(dtype));
+        const Tensor shifted = at::empty({M * 2 * I + 1}, gu.options()).narrow(0, 1, M * 2 * I).view({M, 2 * I});
+        shifted.copy_(gu);
+        ASSERT_NE(reinterpret_cast<uintptr_t>(shifted.data_ptr()) % 16, 0u);
+        auto run = [&](const Tensor& rows) {
+          Tensor leaf = rows.detach().requires_grad_();
+          Tensor h = train::swiglu(leaf);
+          EXPECT_TRUE(h.defined());
+          h.backward(dh);
+          return std::vector<Tensor>{h.detach(), leaf.grad()};
+        };
+        const auto packed = run(gu), single = run(shifted);
+        EXPECT_TRUE(at::equal(packed[0], single[0]));
+        EXPECT_TRUE(at::equal(packed[1], single[1]));
+        KernelTrialScope off("-packed_swiglu");  // the aligned rows an element a thread
+        const auto unpacked = run(gu);
+        EXPECT_TRUE(at::equal(packed[0], unpacked[0]));
+        EXPECT_TRUE(at::equal(packed[1], unpacked[1]));
+        EXPECT_TRUE(at::equal(packed[0], at::silu(gu.narrow(1, 0, I)) * gu.narrow(1, I, I)));
+      }
 }
 
 // The experts' gathers ("gather_combine") as kernels against their ATen form on the same
