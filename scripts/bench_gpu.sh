@@ -18,8 +18,8 @@
 # (mla_assemble), alone and together, with SwiGLU an element a thread (packed_swiglu), and
 # transformers'; decode: the plain engine per context;
 # variants: gathered attention, FP8 and exact_rollout per context; fused: ATen's chains, and the
-# engine without each adopted decode kernel (router, mla_decode_prologue, add_rms_norm; the last two
-# also together), at 1,024 tokens; exact: the batch-invariant products alone (without the adopted decode kernels; the fp32
+# engine without each adopted decode kernel (router, mla_decode_prologue, add_rms_norm, the last two
+# also together, and packed_swiglu), at 1,024 tokens; exact: the batch-invariant products alone (without the adopted decode kernels; the fp32
 # ones without fp32_products) and exact_rollout at 1,024 tokens, with and without its kernels on
 # trial; transformers: its generate() as the decode baseline).
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
@@ -93,7 +93,7 @@ want fused && "$build/scripts/bench/bench_rollout" --model "$work/model" --devic
   --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" --no-fused-kernels --label grpo-unfused | tee -a "$log"
 # Without each adopted decode kernel (model/kernel_trial.h; GRPO_KERNEL_TRIAL=-router and so on), and
 # without MLA's prologue and the fused residual adds together: what each replaced.
-for kernels in router mla_decode_prologue add_rms_norm mla_decode_prologue,add_rms_norm; do
+for kernels in router mla_decode_prologue add_rms_norm mla_decode_prologue,add_rms_norm packed_swiglu; do
   want fused && GRPO_KERNEL_TRIAL=-${kernels//,/,-} "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
     --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
     --label "grpo-without-$kernels" | tee -a "$log"

@@ -87,7 +87,8 @@ compare("grpo-unfused", "Decode with the fused kernels (RMSNorm, RoPE, SwiGLU, t
 for kernel, what in (("router", "the router after its logits in one kernel"),
                      ("mla_decode_prologue", "MLA's decode prologue in one kernel"),
                      ("add_rms_norm", "each residual add and the RMSNorm after it in one kernel"),
-                     ("mla_decode_prologue,add_rms_norm", "MLA's decode prologue and the fused residual adds")):
+                     ("mla_decode_prologue,add_rms_norm", "MLA's decode prologue and the fused residual adds"),
+                     ("packed_swiglu", "SwiGLU in 16-byte packs")):
     compare(f"grpo-without-{kernel}", f"Decode with {what} (adopted) against the same engine without it\n"
             f"(GRPO_KERNEL_TRIAL=-{kernel.replace(',', ',-')}) in the same run",
             ["with ms/step", "without ms/step", "speed-up", "with roofline", "without roofline",

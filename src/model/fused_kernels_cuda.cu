@@ -214,10 +214,11 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
   }
 }
 
-// MLA's decode step between its projections and its attention (model/deepseek.cpp), one block per
-// row b: the latent's RMSNorm and the rotated shared key into cache row slots[b], then the query's
-// latent part q_lat[:, b] and its rotated RoPE part into qc[b] (heads, r + dr). The norm is the
-// batch-invariant RMSNorm's (rms_norm_row), the rotations rope_kernel's.
+// MLA's decode step between its projections and its attention (model/deepseek.cpp): block (b, 0)
+// writes the latent's RMSNorm and the rotated shared key into cache row slots[b]; block (b, 1 + h)
+// head h's query row qc[b, h] = [q_lat[h, b] | its rotated RoPE part] (r + dr). A block a head, so
+// that a decode step's few rows still spread over the device. The norm is the batch-invariant
+// RMSNorm's (rms_norm_row), the rotations rope_kernel's.
 struct MlaPrologueShape {
   int64_t heads, dn, dr, r;
   int64_t q_row, q_head;          // q's strides (last 1)
@@ -235,29 +236,31 @@ __global__ void mla_decode_prologue_kernel(const T* __restrict__ q, const T* __r
                                            T* __restrict__ qc, MlaPrologueShape s, float eps) {
   __shared__ float scratch[kRowThreads];
   const int64_t b = blockIdx.x, half = s.dr / 2, D = s.r + s.dr;
-  const int64_t slot = slots[b];
-  CUDA_KERNEL_ASSERT(slot >= 0 && slot < s.cache_rows);
-  const T* c = comp + b * s.comp_row;
-  T* row = cache + slot * D;
-  rms_norm_row<T>(c, norm_w, row, s.r, eps, scratch);
   const T* cs = cos + b * half;
   const T* sn = sin + b * half;
+  if (blockIdx.y == 0) {  // the cache row
+    const int64_t slot = slots[b];
+    CUDA_KERNEL_ASSERT(slot >= 0 && slot < s.cache_rows);
+    const T* c = comp + b * s.comp_row;
+    T* row = cache + slot * D;
+    rms_norm_row<T>(c, norm_w, row, s.r, eps, scratch);
+    for (int64_t j = threadIdx.x; j < half; j += blockDim.x) {
+      const float x1 = (float)c[s.r + (s.interleave ? 2 * j : j)];
+      const float x2 = (float)c[s.r + (s.interleave ? 2 * j + 1 : j + half)];
+      row[s.r + j] = rope_rotate<T>(x1, x2, (float)cs[j], (float)sn[j], false);
+      row[s.r + j + half] = rope_rotate<T>(x1, x2, (float)cs[j], (float)sn[j], true);
+    }
+    return;
+  }
+  const int64_t h = blockIdx.y - 1;  // head h's query row
+  T* out = qc + (b * s.heads + h) * D;
+  const T* lat = q_lat + h * s.lat_head + b * s.lat_row;
+  for (int64_t k = threadIdx.x; k < s.r; k += blockDim.x) out[k] = lat[k];
+  const T* pe = q + b * s.q_row + h * s.q_head + s.dn;
   for (int64_t j = threadIdx.x; j < half; j += blockDim.x) {
-    const float x1 = (float)c[s.r + (s.interleave ? 2 * j : j)], x2 = (float)c[s.r + (s.interleave ? 2 * j + 1 : j + half)];
-    row[s.r + j] = rope_rotate<T>(x1, x2, (float)cs[j], (float)sn[j], false);
-    row[s.r + j + half] = rope_rotate<T>(x1, x2, (float)cs[j], (float)sn[j], true);
-  }
-  T* out = qc + b * s.heads * D;
-  for (int64_t i = threadIdx.x; i < s.heads * s.r; i += blockDim.x) {
-    const int64_t h = i / s.r, k = i % s.r;
-    out[h * D + k] = q_lat[h * s.lat_head + b * s.lat_row + k];
-  }
-  for (int64_t i = threadIdx.x; i < s.heads * half; i += blockDim.x) {
-    const int64_t h = i / half, j = i % half;
-    const T* pe = q + b * s.q_row + h * s.q_head + s.dn;
     const float x1 = (float)pe[s.interleave ? 2 * j : j], x2 = (float)pe[s.interleave ? 2 * j + 1 : j + half];
-    out[h * D + s.r + j] = rope_rotate<T>(x1, x2, (float)cs[j], (float)sn[j], false);
-    out[h * D + s.r + j + half] = rope_rotate<T>(x1, x2, (float)cs[j], (float)sn[j], true);
+    out[s.r + j] = rope_rotate<T>(x1, x2, (float)cs[j], (float)sn[j], false);
+    out[s.r + j + half] = rope_rotate<T>(x1, x2, (float)cs[j], (float)sn[j], true);
   }
 }
 
@@ -312,7 +315,7 @@ Tensor mla_decode_prologue(const Tensor& q, const Tensor& q_lat, const Tensor& c
                            comp.stride(0), cache.size(0), interleave};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "fused_mla_decode_prologue_cuda", [&] {
     using D = device_t<scalar_t>;
-    mla_decode_prologue_kernel<D><<<(unsigned)B, kRowThreads, 0, stream()>>>(
+    mla_decode_prologue_kernel<D><<<dim3((unsigned)B, (unsigned)(heads + 1)), kRowThreads, 0, stream()>>>(
         reinterpret_cast<const D*>(q.data_ptr()), reinterpret_cast<const D*>(q_lat.data_ptr()),
         reinterpret_cast<const D*>(comp.data_ptr()), reinterpret_cast<const D*>(norm_weight.data_ptr()),
         reinterpret_cast<const D*>(cos.data_ptr()), reinterpret_cast<const D*>(sin.data_ptr()),

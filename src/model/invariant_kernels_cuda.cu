@@ -319,20 +319,17 @@ __global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ 
   out[i] = swiglu_value<T>((float)gate[m * sg + c], (float)up[m * su + c]);
 }
 
-// The same in 16-byte packs (row_vectors.cuh), where rows_in_packs holds: a warp per row.
+// The same in 16-byte packs (row_vectors.cuh), where rows_in_packs holds: a pack a thread.
 template <typename T>
 __global__ void swiglu_packed_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out,
                                      int64_t M, int64_t I, int64_t sg, int64_t su) {
-  constexpr int P = Pack<T>::kSize;
-  const int64_t m = (int64_t)blockIdx.x * kPackRows + threadIdx.y;
-  if (m >= M) return;
-  for (int64_t c = (int64_t)threadIdx.x * P; c < I; c += 32 * P) {
-    const Pack<T> g = load_pack(gate + m * sg + c), u = load_pack(up + m * su + c);
-    Pack<T> o;
+  const PackAt p = pack_at<T>(M, I);
+  if (!p.valid) return;
+  const Pack<T> g = load_pack(gate + p.row * sg + p.col), u = load_pack(up + p.row * su + p.col);
+  Pack<T> o;
 #pragma unroll
-    for (int e = 0; e < P; ++e) o.v[e] = swiglu_value<T>((float)g.v[e], (float)u.v[e]);
-    store_pack(out + m * I + c, o);
-  }
+  for (int e = 0; e < Pack<T>::kSize; ++e) o.v[e] = swiglu_value<T>((float)g.v[e], (float)u.v[e]);
+  store_pack(out + p.row * I + p.col, o);
 }
 
 // combine_experts: each grouped row's output times its weight, rounded, put in its pair's place;
@@ -491,8 +488,9 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
     const auto* g = reinterpret_cast<const T*>(g2.data_ptr());
     const auto* u = reinterpret_cast<const T*>(u2.data_ptr());
     auto* o = reinterpret_cast<T*>(out.data_ptr());
-    if (kernel_adopted("packed_swiglu") && rows_in_packs(I, sizeof(T), {{g, g2.stride(0)}, {u, u2.stride(0)}, {o, I}}))
-      swiglu_packed_kernel<T><<<pack_blocks(M), pack_threads(), 0, stream()>>>(g, u, o, M, I, g2.stride(0), u2.stride(0));
+    if (kernel_adopted("packed_swiglu") && rows_in_packs(M, I, sizeof(T), {{g, g2.stride(0)}, {u, u2.stride(0)}, {o, I}}))
+      swiglu_packed_kernel<T><<<pack_blocks<T>(M, I), kPackThreads, 0, stream()>>>(g, u, o, M, I, g2.stride(0),
+                                                                                  u2.stride(0));
     else
       swiglu_kernel<T><<<(unsigned)((M * I + 255) / 256), 256, 0, stream()>>>(g, u, o, M, I, g2.stride(0), u2.stride(0));
   });

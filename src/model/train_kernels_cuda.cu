@@ -116,22 +116,21 @@ __global__ void swiglu_backward_kernel(const T* __restrict__ dh, const T* __rest
   swiglu_gradients(dgate[m * sdg + c], dup[m * sdu + c], (float)gate[m * sg + c], (float)up[m * su + c], (float)dh[i]);
 }
 
-// The same in 16-byte packs (row_vectors.cuh), where rows_in_packs holds: a warp per row.
+// The same in 16-byte packs (row_vectors.cuh), where rows_in_packs holds: a pack a thread.
 template <typename T>
 __global__ void swiglu_backward_packed_kernel(const T* __restrict__ dh, const T* __restrict__ gate,
                                               const T* __restrict__ up, T* __restrict__ dgate, T* __restrict__ dup,
                                               int64_t M, int64_t I, int64_t sg, int64_t su, int64_t sdg, int64_t sdu) {
-  constexpr int P = Pack<T>::kSize;
-  const int64_t m = (int64_t)blockIdx.x * kPackRows + threadIdx.y;
-  if (m >= M) return;
-  for (int64_t c = (int64_t)threadIdx.x * P; c < I; c += 32 * P) {
-    const Pack<T> g = load_pack(gate + m * sg + c), u = load_pack(up + m * su + c), d = load_pack(dh + m * I + c);
-    Pack<T> dg, du;
+  const PackAt p = pack_at<T>(M, I);
+  if (!p.valid) return;
+  const int64_t m = p.row, c = p.col;
+  const Pack<T> g = load_pack(gate + m * sg + c), u = load_pack(up + m * su + c), d = load_pack(dh + m * I + c);
+  Pack<T> dg, du;
 #pragma unroll
-    for (int e = 0; e < P; ++e) swiglu_gradients(dg.v[e], du.v[e], (float)g.v[e], (float)u.v[e], (float)d.v[e]);
-    store_pack(dgate + m * sdg + c, dg);
-    store_pack(dup + m * sdu + c, du);
-  }
+  for (int e = 0; e < Pack<T>::kSize; ++e)
+    swiglu_gradients(dg.v[e], du.v[e], (float)g.v[e], (float)u.v[e], (float)d.v[e]);
+  store_pack(dgate + m * sdg + c, dg);
+  store_pack(dup + m * sdu + c, du);
 }
 
 void check(const char* what) { cuda_launch::check("training CUDA kernel", what); }
@@ -197,9 +196,10 @@ void swiglu_backward_into(const Tensor& dh, const Tensor& gate, const Tensor& up
     auto* dg = reinterpret_cast<T*>(dgate.data_ptr());
     auto* du = reinterpret_cast<T*>(dup.data_ptr());
     const int64_t sg = gate.stride(0), su = up.stride(0), sdg = dgate.stride(0), sdu = dup.stride(0);
-    if (kernel_adopted("packed_swiglu") && rows_in_packs(I, sizeof(T), {{d, I}, {g, sg}, {u, su}, {dg, sdg}, {du, sdu}}))
-      swiglu_backward_packed_kernel<T><<<pack_blocks(M), pack_threads(), 0, stream()>>>(d, g, u, dg, du, M, I, sg, su,
-                                                                                         sdg, sdu);
+    if (kernel_adopted("packed_swiglu") &&
+        rows_in_packs(M, I, sizeof(T), {{d, I}, {g, sg}, {u, su}, {dg, sdg}, {du, sdu}}))
+      swiglu_backward_packed_kernel<T><<<pack_blocks<T>(M, I), kPackThreads, 0, stream()>>>(d, g, u, dg, du, M, I, sg,
+                                                                                            su, sdg, sdu);
     else
       swiglu_backward_kernel<T><<<(unsigned)((M * I + kThreads - 1) / kThreads), kThreads, 0, stream()>>>(
           d, g, u, dg, du, M, I, sg, su, sdg, sdu);
@@ -421,7 +421,7 @@ template <typename T>
 __global__ void mla_inputs_kernel(const T* __restrict__ q, const T* __restrict__ kv, const T* __restrict__ k_pe,
                                   const T* __restrict__ cos, const T* __restrict__ sin, T* __restrict__ query,
                                   T* __restrict__ key, T* __restrict__ value, MlaShape s, int64_t rows) {
-  const int64_t row = (int64_t)blockIdx.x * kPackRows + threadIdx.y;
+  const int64_t row = (int64_t)blockIdx.x * kWarpRows + threadIdx.y;
   if (row >= rows) return;
   const int64_t dq = s.dn + 2 * s.half, bt = row / s.heads;
   const T* qr = q + row * dq;
@@ -452,7 +452,7 @@ __global__ void mla_inputs_backward_kernel(const T* __restrict__ dquery, const T
                                            const T* __restrict__ dvalue, const T* __restrict__ cos,
                                            const T* __restrict__ sin, T* __restrict__ dq, T* __restrict__ dkv,
                                            MlaShape s, GradStrides g, int64_t rows) {
-  const int64_t row = (int64_t)blockIdx.x * kPackRows + threadIdx.y;
+  const int64_t row = (int64_t)blockIdx.x * kWarpRows + threadIdx.y;
   if (row >= rows) return;
   const int64_t width = s.dn + 2 * s.half, h = row % s.heads, bt = row / s.heads;
   const int64_t b = bt / s.T, t = bt % s.T;
@@ -513,7 +513,7 @@ std::array<Tensor, 3> mla_inputs(const Tensor& q, const Tensor& kv, const Tensor
   const MlaShape s{T, heads, dn, dr / 2, dv, k_pe.stride(0), k_pe.stride(1), interleave};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "train_mla_inputs", [&] {
     using D = device_t<scalar_t>;
-    mla_inputs_kernel<D><<<pack_blocks(rows), pack_threads(), 0, stream()>>>(
+    mla_inputs_kernel<D><<<warp_row_blocks(rows), warp_row_threads(), 0, stream()>>>(
         reinterpret_cast<const D*>(q.data_ptr()), reinterpret_cast<const D*>(kv.data_ptr()),
         reinterpret_cast<const D*>(k_pe.data_ptr()), reinterpret_cast<const D*>(cos.data_ptr()),
         reinterpret_cast<const D*>(sin.data_ptr()), reinterpret_cast<D*>(query.data_ptr()),
@@ -539,7 +539,7 @@ std::array<Tensor, 3> mla_inputs_backward(const Tensor& dquery_in, const Tensor&
                       dkey.stride(2),   dvalue.stride(0), dvalue.stride(1), dvalue.stride(2)};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dquery.scalar_type(), "train_mla_inputs_backward", [&] {
     using D = device_t<scalar_t>;
-    mla_inputs_backward_kernel<D><<<pack_blocks(B * T * heads), pack_threads(), 0, stream()>>>(
+    mla_inputs_backward_kernel<D><<<warp_row_blocks(B * T * heads), warp_row_threads(), 0, stream()>>>(
         reinterpret_cast<const D*>(dquery.data_ptr()), reinterpret_cast<const D*>(dkey.data_ptr()),
         reinterpret_cast<const D*>(dvalue.data_ptr()), reinterpret_cast<const D*>(cos.data_ptr()),
         reinterpret_cast<const D*>(sin.data_ptr()), reinterpret_cast<D*>(dq_out.data_ptr()),
