@@ -28,7 +28,7 @@
 //                    order (deepseek.cpp, fused_kernels.h)
 //   add_rms_norm     decode's residual adds each with the RMSNorm after it in one kernel
 //                    (rollout/engine.cpp, fused_kernels.h)
-//   packed_swiglu    SwiGLU forward and backward a warp per row in 16-byte packs where the rows
+//   packed_swiglu    SwiGLU forward and backward in 16-byte packs, a pack a thread, where the rows
 //                    allow, rather than an element a thread: the same bits (row_vectors.cuh)
 #pragma once
 
