@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <ATen/ops/searchsorted.h>
 
+#include "model/fused_kernels.h"
+#include "model/kernel_trial.h"
 #include "rollout/upload.h"
 
 namespace grpo::rollout {
@@ -42,8 +44,9 @@ std::pair<Tensor, Tensor> sample_tokens(const Tensor& logits, const std::vector<
   const int64_t B = logits.size(0), V = logits.size(1);
   const auto dev = logits.device();
   auto f32 = at::TensorOptions().dtype(at::kFloat);
-  // Per-row settings, packed into one host->device copy.
-  std::vector<float> packed(4 * B);
+  // Per-row settings, packed into one host->device copy; the last row the temperatures as given
+  // (0: greedy), for the sampler in one kernel.
+  std::vector<float> packed(5 * B);
   bool filter = false, any_greedy = false;
   for (int64_t b = 0; b < B; ++b) {
     bool greedy = temperature[b] == 0;
@@ -54,9 +57,15 @@ std::pair<Tensor, Tensor> sample_tokens(const Tensor& logits, const std::vector<
     packed[B + b] = static_cast<float>(k);
     packed[2 * B + b] = top_p[b];
     packed[3 * B + b] = uniform[b];
+    packed[4 * B + b] = greedy ? 0.0f : temperature[b];
   }
-  Tensor settings = upload(at::from_blob(packed.data(), {4, B, 1}, f32), dev);
+  Tensor settings = upload(at::from_blob(packed.data(), {5, B, 1}, f32), dev);
   Tensor temp = settings[0], kk = settings[1], pp = settings[2], u = settings[3];
+  // On trial: without top-k and top-p, the whole sampler in one kernel on CUDA.
+  if (!filter && model::kernel_on_trial("fused_sampler")) {
+    auto [token, lp] = model::fused::sample(logits, settings[4].view({B}), u.view({B}));
+    if (token.defined()) return {token, lp};
+  }
 
   Tensor logp = logits.log_softmax(-1);
   Tensor probs = (logits / temp).softmax(-1);

@@ -106,6 +106,30 @@ Routing route(const Tensor& logits, const Tensor& bias, const ModelConfig& c) {
   return {r.scores, r.experts, r.weights};
 }
 
+Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+  const int64_t K = x.dim() ? x.size(-1) : 0;
+  if (x.dim() == 0 || !x.is_cuda() || x.scalar_type() != at::kBFloat16 || K == 0 || K % 8 != 0 ||
+      x.numel() / K > 8 || !x.is_contiguous() || !aligned(x) || weight.dim() != 2 || weight.size(1) != K ||
+      weight.scalar_type() != at::kBFloat16 || !weight.is_contiguous() || !aligned(weight) ||
+      weight.device() != x.device() ||
+      (bias.defined() && (bias.dim() != 1 || bias.size(0) != weight.size(0) || bias.scalar_type() != at::kBFloat16 ||
+                          !bias.is_contiguous() || bias.device() != x.device())))
+    return {};
+  return cuda::linear_rows(x, weight, bias);
+}
+
+std::pair<Tensor, Tensor> sample(const Tensor& logits, const Tensor& temperature, const Tensor& uniform) {
+  auto per_row = [&](const Tensor& t) {
+    return t.dim() == 1 && t.size(0) == logits.size(0) && t.scalar_type() == at::kFloat && t.is_contiguous() &&
+           t.device() == logits.device();
+  };
+  if (!logits.is_cuda() || logits.dim() != 2 || logits.scalar_type() != at::kFloat || !logits.is_contiguous() ||
+      logits.size(1) == 0 || !per_row(temperature) || !per_row(uniform))
+    return {};
+  return cuda::sample(logits, temperature, uniform);
+}
+
 #else
 
 Tensor rms_norm(const Tensor&, const Tensor&, double) { return {}; }
@@ -121,6 +145,8 @@ Tensor combine_experts(const Tensor&, const ExpertGroups&, const Tensor&, const 
   throw Error("fused kernels: built without CUDA");
 }
 Routing route(const Tensor&, const Tensor&, const ModelConfig&) { return {}; }
+Tensor linear_rows(const Tensor&, const Tensor&, const Tensor&) { return {}; }
+std::pair<Tensor, Tensor> sample(const Tensor&, const Tensor&, const Tensor&) { return {}; }
 
 #endif
 

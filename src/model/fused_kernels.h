@@ -76,4 +76,21 @@ struct Routing {
 };
 Routing route(const Tensor& logits, const Tensor& bias, const ModelConfig& config);
 
+// A linear layer y = x W^T (+ bias) over a decode step's few rows (at most 8) in bf16 (on trial,
+// "linear_rows"): a warp an output column, reading the weights once at close to the copy bandwidth
+// where cuBLAS's tiles for so few rows do not; the products summed in fp32 in another order, so
+// it agrees with at::linear to rounding. Undefined where it does not apply (more rows, not bf16,
+// x or weight not contiguous or not 16-byte aligned, K not a multiple of 8).
+Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias);
+
+// The rollout engine's sampler without top-k or top-p (rollout/sampling.h) in one kernel, outside
+// any Scope (on trial, "fused_sampler"): per row b of logits (B, V) fp32, one token drawn from
+// softmax(logits[b] / temperature[b]) by the inverse CDF at uniform[b] in [0, 1), or the first
+// largest logit where temperature[b] is 0, and its log-probability under softmax(logits[b]):
+// {tokens (B) int64, log-probabilities (B) fp32}. The chain's draw, but for ties at rounding where
+// the cumulative sums are formed in another order; a row's draw does not depend on its batch.
+// Empty where it does not apply (not CUDA, logits not (B, V) fp32 contiguous, temperature or
+// uniform not (B) fp32 on its device).
+std::pair<Tensor, Tensor> sample(const Tensor& logits, const Tensor& temperature, const Tensor& uniform);
+
 }  // namespace grpo::model::fused

@@ -44,4 +44,13 @@ struct Routing {
 Routing route(const Tensor& logits, const Tensor& bias, int64_t k, int64_t groups, int64_t topk_group, bool sigmoid,
               bool noaux_tc, bool group_limited, bool normalise, double scaling);
 
+// y = x W^T (+ bias) for x (..., K) of at most 8 rows, bf16: x and weight (N, K) contiguous and
+// 16-byte aligned, K % 8 == 0, bias (N) or undefined (model/linear_rows_cuda.cu).
+Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias);
+
+// One token per row from softmax(logits / temperature[b]) at the uniform number uniform[b] (greedy
+// where the temperature is 0), and its log-probability under softmax(logits): logits (B, V) fp32
+// contiguous, temperature and uniform (B) fp32 contiguous (model/sampling_cuda.cu).
+std::pair<Tensor, Tensor> sample(const Tensor& logits, const Tensor& temperature, const Tensor& uniform);
+
 }  // namespace grpo::model::fused::cuda

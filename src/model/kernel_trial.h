@@ -3,6 +3,10 @@
 //   tall_tiles       the batch-invariant grouped products of decode in tiles of 32 or 64 rows of a
 //                    group, where groups hold that many, through the decode kernel
 //                    (invariant_kernels_cuda.h)
+//   fused_sampler    the rollout engine's sampler without top-k or top-p in one kernel
+//                    (rollout/sampling.cpp, fused_kernels.h)
+//   linear_rows      the linear layers of a decode step of at most 8 rows (bf16) a warp an output
+//                    column, instead of cuBLAS (linear.cpp, fused_kernels.h)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 //
 // Adopted kernels (they won their trial) run by default; the item "-name" turns one off, to

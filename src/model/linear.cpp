@@ -4,6 +4,9 @@
 
 #include <cmath>
 
+#include "model/fused_kernels.h"
+#include "model/kernel_trial.h"
+
 namespace grpo::model {
 
 LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias) : in_features(in), out_features(out) {
@@ -13,7 +16,10 @@ LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias) : in_features(in
 
 Tensor LinearImpl::forward(const Tensor& x) {
   if (fp8.defined() && fp8::active()) return fp8::linear(x, fp8, bias, x.scalar_type());
-  Tensor y = at::linear(x, weight, bias);
+  Tensor y;
+  // On trial: a decode step's few rows through a kernel that reads the weights at the bandwidth.
+  if (fused::active(x) && kernel_on_trial("linear_rows")) y = fused::linear_rows(x, weight, bias);
+  if (!y.defined()) y = at::linear(x, weight, bias);
   if (!lora_A || !lora_enabled) return y;
   Tensor a = x.to(lora_A->weight.scalar_type());
   if (lora_dropout > 0 && is_training()) a = at::dropout(a, lora_dropout, /*train=*/true);

@@ -2,11 +2,14 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "common/chi_square.h"
 #include "common/tensor_checks.h"
 #include "common/tiny_models.h"
 #include "model/fused_kernels.h"
@@ -279,6 +282,94 @@ TEST(FusedKernelsCuda, RouterEqualsAten) {
       }
     }
   }
+}
+
+// The sampler in one kernel (on trial, "fused_sampler") against softmax(z / T): 40,000 draws of one
+// row of 3,000 or 1,001 at T = 0.7 pass the chi-square test, and fail it against T = 1 (the test
+// can fail); at every width (also 60,000: chunks of 60 values a thread), each
+// draw is the token the chain's inverse CDF gives for the same uniform number, but for a few at
+// rounding; log-probabilities are log_softmax(z)'s; T = 0 gives the first largest logit; a row's
+// draw is the same alone as in a batch; rows of a width that is no multiple of 4 (read a value at a
+// time) and logits of -inf, never drawn.
+TEST(FusedKernelsCuda, SampleFollowsTheSoftmaxAndTheChain) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  at::manual_seed(11);
+  for (int64_t V : {3000, 1001, 60000}) {
+    SCOPED_TRACE("V " + std::to_string(V));
+    const bool many = V <= 3000;  // enough draws a token for the chi-square test
+    const int64_t N = many ? 40000 : 2000;
+    Tensor z = at::randn({V}, kCuda) * 2.5;
+    z.narrow(0, 7, 5).fill_(-INFINITY);
+    const Tensor rows = z.unsqueeze(0).expand({N, V}).contiguous();
+    const Tensor u = at::rand({N}, kCuda), temp = at::full({N}, 0.7f, kCuda);
+    const auto [tok, lp] = fused::sample(rows, temp, u);
+    ASSERT_TRUE(tok.defined());
+    const Tensor counts = at::bincount(tok, {}, V).to(at::kDouble).cpu();
+    EXPECT_EQ(counts.narrow(0, 7, 5).sum().item<double>(), 0.0) << "a logit of -inf was drawn";
+    auto pvalue = [&](double t) {
+      const Tensor p = (z.to(at::kDouble) / t).softmax(-1).cpu();
+      const std::vector<double> expect(p.data_ptr<double>(), p.data_ptr<double>() + V);
+      const std::vector<double> count(counts.data_ptr<double>(), counts.data_ptr<double>() + V);
+      return chi_square_pvalue(count, expect);
+    };
+    if (many) {
+      EXPECT_GT(pvalue(0.7), 1e-3);
+      EXPECT_LT(pvalue(1.0), 1e-6);
+    }
+    // The chain's draw for the same numbers (rollout/sampling.cpp's, without filters).
+    const Tensor probs = (rows / temp.unsqueeze(1)).softmax(-1), cdf = probs.cumsum(-1);
+    const Tensor chain = at::searchsorted(cdf, u.unsqueeze(1) * cdf.narrow(1, V - 1, 1), false, true).squeeze(1);
+    const int64_t differ = tok.ne(chain).sum().item<int64_t>();
+    EXPECT_LE(differ, std::max<int64_t>(2, N / 1000)) << differ << " of " << N << " draws differ from the chain's";
+    const Tensor want_lp = rows.log_softmax(-1).gather(1, tok.unsqueeze(1)).squeeze(1);
+    EXPECT_LT((lp - want_lp).abs().max().item<float>(), 1e-5);
+    // Greedy rows, and rows alone against the batch.
+    const Tensor greedy = at::zeros({N}, kCuda);
+    const auto [gt, glp] = fused::sample(rows, greedy, u);
+    EXPECT_TRUE(gt.eq(z.argmax()).all().item<bool>());
+    EXPECT_LT((glp - z.log_softmax(-1)[z.argmax()]).abs().max().item<float>(), 1e-5);
+    for (int64_t i : {(int64_t)0, (int64_t)17, N - 1}) {
+      const auto [one, one_lp] = fused::sample(rows.narrow(0, i, 1).contiguous(), temp.narrow(0, i, 1).contiguous(),
+                                               u.narrow(0, i, 1).contiguous());
+      EXPECT_EQ(one.item<int64_t>(), tok[i].item<int64_t>()) << i;
+      EXPECT_EQ(one_lp.item<float>(), lp[i].item<float>()) << i;
+    }
+  }
+  // Where it does not apply: the chain runs.
+  EXPECT_FALSE(fused::sample(at::zeros({2, 8}), at::ones({2}), at::zeros({2})).first.defined());
+  EXPECT_FALSE(fused::sample(at::zeros({2, 8}, kCuda).to(at::kBFloat16), at::ones({2}, kCuda), at::zeros({2}, kCuda))
+                   .first.defined());
+}
+
+// The linear layers of a decode step's few rows (on trial, "linear_rows") against the fp32 product
+// of the same bf16 values: within a bf16 rounding, and no further than cuBLAS's bf16 product; at
+// 1-8 rows, V2-Lite's projection shapes and a small odd one, with and without a bias, x of three
+// dimensions keeping its shape; undefined past 8 rows, for K not a multiple of 8, and for fp32.
+TEST(FusedKernelsCuda, LinearRowsAgreeWithTheProduct) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  at::manual_seed(12);
+  const auto b16 = kCuda.dtype(at::kBFloat16);
+  for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{{3072, 2048}, {576, 2048}, {2048, 10944}, {37, 24}})
+    for (int64_t M : {1, 2, 3, 5, 8})
+      for (bool with_bias : {false, true}) {
+        SCOPED_TRACE("M " + std::to_string(M) + " N " + std::to_string(N) + " K " + std::to_string(K) +
+                     (with_bias ? " bias" : ""));
+        const Tensor x = at::randn({M, 1, K}, b16), w = (at::randn({N, K}, kCuda) * 0.05).to(at::kBFloat16);
+        const Tensor b = with_bias ? at::randn({N}, b16) : Tensor();
+        const Tensor got = fused::linear_rows(x, w, b);
+        ASSERT_TRUE(got.defined());
+        EXPECT_EQ(got.sizes(), (std::vector<int64_t>{M, 1, N}));
+        const Tensor exact = at::linear(x.to(at::kFloat), w.to(at::kFloat), with_bias ? b.to(at::kFloat) : Tensor());
+        const Tensor cublas = at::linear(x, w, b);
+        const double scale = exact.abs().max().item<double>();
+        const double err = (got.to(at::kFloat) - exact).abs().max().item<double>();
+        const double err_cublas = (cublas.to(at::kFloat) - exact).abs().max().item<double>();
+        EXPECT_LT(err, 8e-3 * scale);
+        EXPECT_LE(err, 1.5 * err_cublas + 1e-3 * scale) << "cuBLAS " << err_cublas;
+      }
+  EXPECT_FALSE(fused::linear_rows(at::zeros({9, 16}, b16), at::zeros({4, 16}, b16), {}).defined());
+  EXPECT_FALSE(fused::linear_rows(at::zeros({2, 12}, b16), at::zeros({4, 12}, b16), {}).defined());
+  EXPECT_FALSE(fused::linear_rows(at::zeros({2, 16}, kCuda), at::zeros({4, 16}, kCuda), {}).defined());
 }
 
 }  // namespace
