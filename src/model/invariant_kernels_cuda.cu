@@ -488,11 +488,11 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
     const auto* g = reinterpret_cast<const T*>(g2.data_ptr());
     const auto* u = reinterpret_cast<const T*>(u2.data_ptr());
     auto* o = reinterpret_cast<T*>(out.data_ptr());
-    if (kernel_adopted("packed_swiglu") && rows_in_packs(M, I, sizeof(T), {{g, g2.stride(0)}, {u, u2.stride(0)}, {o, I}}))
-      swiglu_packed_kernel<T><<<pack_blocks<T>(M, I), kPackThreads, 0, stream()>>>(g, u, o, M, I, g2.stride(0),
-                                                                                  u2.stride(0));
+    const int64_t sg = g2.stride(0), su = u2.stride(0);
+    if (kernel_adopted("packed_swiglu") && rows_in_packs(M, I, sizeof(T), {{g, sg}, {u, su}, {o, I}}))
+      swiglu_packed_kernel<T><<<pack_blocks<T>(M, I), kPackThreads, 0, stream()>>>(g, u, o, M, I, sg, su);
     else
-      swiglu_kernel<T><<<(unsigned)((M * I + 255) / 256), 256, 0, stream()>>>(g, u, o, M, I, g2.stride(0), u2.stride(0));
+      swiglu_kernel<T><<<(unsigned)((M * I + 255) / 256), 256, 0, stream()>>>(g, u, o, M, I, sg, su);
   });
   check_launch("swiglu");
   return out.view(gate.sizes());

@@ -532,7 +532,8 @@ TEST(EngineCuda, FusedDecodeKernelsAgreeWithRecomputeInBf16) {
     std::unique_ptr<model::KernelTrialScope> scope;
     expect_second_form_near_recompute(cfg, names, [&](int form) {
       scope.reset();
-      if (form >= 0) scope = std::make_unique<model::KernelTrialScope>(form ? "" : "-mla_decode_prologue,-add_rms_norm");
+      const char* without = "-mla_decode_prologue,-add_rms_norm";
+      if (form >= 0) scope = std::make_unique<model::KernelTrialScope>(form ? "" : without);
     });
   }
 }
