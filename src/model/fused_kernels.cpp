@@ -119,6 +119,17 @@ Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   return cuda::linear_rows(x, weight, bias);
 }
 
+Tensor grouped_rows(const Tensor& x, const Tensor& weight, const Tensor& ends) {
+  auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+  if (x.dim() != 2 || !x.is_cuda() || x.scalar_type() != at::kBFloat16 || x.size(1) % 8 != 0 || !x.is_contiguous() ||
+      !aligned(x) || weight.dim() != 3 || weight.size(2) != x.size(1) || weight.scalar_type() != at::kBFloat16 ||
+      !weight.is_contiguous() || !aligned(weight) || weight.device() != x.device() || ends.dim() != 1 ||
+      ends.size(0) != weight.size(0) || ends.scalar_type() != at::kInt || !ends.is_contiguous() ||
+      ends.device() != x.device())
+    return {};
+  return cuda::grouped_rows(x, weight, ends);
+}
+
 std::pair<Tensor, Tensor> sample(const Tensor& logits, const Tensor& temperature, const Tensor& uniform) {
   auto per_row = [&](const Tensor& t) {
     return t.dim() == 1 && t.size(0) == logits.size(0) && t.scalar_type() == at::kFloat && t.is_contiguous() &&
@@ -146,6 +157,7 @@ Tensor combine_experts(const Tensor&, const ExpertGroups&, const Tensor&, const 
 }
 Routing route(const Tensor&, const Tensor&, const ModelConfig&) { return {}; }
 Tensor linear_rows(const Tensor&, const Tensor&, const Tensor&) { return {}; }
+Tensor grouped_rows(const Tensor&, const Tensor&, const Tensor&) { return {}; }
 std::pair<Tensor, Tensor> sample(const Tensor&, const Tensor&, const Tensor&) { return {}; }
 
 #endif

@@ -82,6 +82,11 @@ Routing route(const Tensor& logits, const Tensor& bias, const ModelConfig& confi
 // it agrees with at::linear to rounding. Undefined where it does not apply (more rows, not bf16,
 // x or weight not contiguous or not 16-byte aligned, K not a multiple of 8).
 Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias);
+// The routed experts' products of such a step (on trial with it): y (rows, N) whose rows of group
+// e (rows ends[e - 1] .. ends[e] - 1 of x (rows, K), as ExpertGroups::ends) are those rows times
+// weight[e] (E, N, K) transposed. The caller ensures at most 8 rows a group (at most 8 tokens, each
+// routed to an expert once). Undefined where it does not apply (as linear_rows; ends not (E) int32).
+Tensor grouped_rows(const Tensor& x, const Tensor& weight, const Tensor& ends);
 
 // The rollout engine's sampler without top-k or top-p (rollout/sampling.h) in one kernel, outside
 // any Scope (on trial, "fused_sampler"): per row b of logits (B, V) fp32, one token drawn from

@@ -1,6 +1,8 @@
-// A linear layer over a decode step's few rows (model/fused_kernels.h, fused::linear_rows; on
-// trial, "linear_rows"): y (M, N) = x (M, K) W^T (+ bias) for M <= 8 rows in bf16, where cuBLAS's
-// tiles for a handful of rows read the weights at a third to a half of the copy bandwidth.
+// A linear layer over a decode step's few rows (model/fused_kernels.h, fused::linear_rows and
+// grouped_rows; on trial, "linear_rows"): y (M, N) = x (M, K) W^T (+ bias) for M <= 8 rows in bf16,
+// where cuBLAS's tiles for a handful of rows read the weights at a third to a half of the copy
+// bandwidth; and the routed experts' products of such a step, each expert's few rows with its own
+// weights (block row e of the grid: expert e, none where it has no rows).
 //
 // A warp an output column: its lanes read the column's weight row in 16-byte pieces (512 bytes a
 // warp a step, four steps in flight), each piece once, and multiply it with the same values of
@@ -35,16 +37,26 @@ __device__ __forceinline__ void unpack8(const uint4& v, float f[8]) {
   }
 }
 
-// R: rows compiled for (M <= R).
+// R: rows compiled for (M <= R). With `ends` (the groups' cumulative row counts), block row e
+// takes group e's rows ends[e - 1] .. ends[e] - 1 (at most R) with weights w[e].
 template <int R>
 __global__ void __launch_bounds__(32 * kColumnsPerBlock) linear_rows_kernel(const bf16* __restrict__ x,
                                                                             const bf16* __restrict__ w,
                                                                             const bf16* __restrict__ bias,
                                                                             bf16* __restrict__ y, int M, int64_t N,
-                                                                            int64_t K) {
+                                                                            int64_t K, const int* __restrict__ ends) {
   const int lane = threadIdx.x % 32;
   const int64_t n = (int64_t)blockIdx.x * kColumnsPerBlock + threadIdx.x / 32;
   if (n >= N) return;
+  if (ends) {
+    const int e = blockIdx.y, first = e ? ends[e - 1] : 0;
+    M = ends[e] - first;
+    if (M <= 0) return;
+    CUDA_KERNEL_ASSERT(M <= R);
+    x += (int64_t)first * K;
+    y += (int64_t)first * N;
+    w += (int64_t)e * N * K;
+  }
   const bf16* wr = w + n * K;
   float acc[R];
 #pragma unroll
@@ -72,9 +84,10 @@ __global__ void __launch_bounds__(32 * kColumnsPerBlock) linear_rows_kernel(cons
 }
 
 template <int R>
-void launch(const bf16* x, const bf16* w, const bf16* bias, bf16* y, int M, int64_t N, int64_t K) {
-  const int64_t blocks = (N + kColumnsPerBlock - 1) / kColumnsPerBlock;
-  linear_rows_kernel<R><<<(unsigned)blocks, 32 * kColumnsPerBlock, 0, cuda_launch::stream()>>>(x, w, bias, y, M, N, K);
+void launch(const bf16* x, const bf16* w, const bf16* bias, bf16* y, int M, int64_t N, int64_t K,
+            const int* ends = nullptr, int64_t groups = 1) {
+  const dim3 blocks((unsigned)((N + kColumnsPerBlock - 1) / kColumnsPerBlock), (unsigned)groups);
+  linear_rows_kernel<R><<<blocks, 32 * kColumnsPerBlock, 0, cuda_launch::stream()>>>(x, w, bias, y, M, N, K, ends);
 }
 
 }  // namespace
@@ -100,6 +113,17 @@ Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   else
     launch<8>(xp, wp, bp, yp, (int)M, N, K);
   cuda_launch::check("fused kernel", "linear_rows");
+  return y;
+}
+
+Tensor grouped_rows(const Tensor& x, const Tensor& weight, const Tensor& ends) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t E = weight.size(0), N = weight.size(1), K = weight.size(2), rows = x.size(0);
+  Tensor y = at::empty({rows, N}, x.options());
+  if (rows == 0 || N == 0) return y;
+  launch<kRowsMax>(reinterpret_cast<const bf16*>(x.data_ptr()), reinterpret_cast<const bf16*>(weight.data_ptr()),
+                   nullptr, reinterpret_cast<bf16*>(y.data_ptr()), 0, N, K, ends.data_ptr<int>(), E);
+  cuda_launch::check("fused kernel", "grouped_rows");
   return y;
 }
 

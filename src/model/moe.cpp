@@ -196,7 +196,7 @@ Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const 
   return at::zeros({N, H}, x.options()).index_add(0, token, ys);
 }
 
-Tensor RoutedExpertsImpl::products(const Tensor& xs, const Tensor& counts, const Tensor& ends_in) const {
+Tensor RoutedExpertsImpl::products(const Tensor& xs, const Tensor& counts, const Tensor& ends_in, bool few_rows) const {
   // Adapters act as a low-rank side path, x W^T + scaling (x A^T) B^T, never as a formed W + B A:
   // forming it would write a second copy of every expert weight per forward (and keep one per
   // captured CUDA graph). The grouped path runs the side path as grouped GEMMs in bf16 when the
@@ -209,6 +209,10 @@ Tensor RoutedExpertsImpl::products(const Tensor& xs, const Tensor& counts, const
   if (use_grouped_mm(xs)) {
     // One grouped GEMM over all experts (CUDA, bf16): no host sync, no per-expert launches.
     Tensor offsets = ends_in.defined() ? ends_in : counts.cumsum(0).to(at::kInt);
+    // On trial: a decode step's few rows an expert, each expert's weights read once at the bandwidth.
+    if (few_rows && !lora_gu && !lora_down && fused::active(xs) && kernel_on_trial("linear_rows"))
+      if (Tensor gu = fused::grouped_rows(xs, gate_up_proj, offsets); gu.defined())
+        if (Tensor y = fused::grouped_rows(swiglu(gu), down_proj, offsets); y.defined()) return y;
     auto aligned = [](const Tensor& a) { return !a.defined() || a.size(1) % 8 == 0; };
     const bool side = aligned(gate_up_lora_A) && aligned(down_lora_A);
     auto product = [&](const Tensor& in, const Tensor& w, bool lora, const Tensor& A, const Tensor& B, double s,
@@ -264,7 +268,8 @@ Tensor MoEImpl::forward(const Tensor& x, RouterImpl::Routing* routing_out, const
   if (fused::active(flat) && experts->use_grouped_mm(flat)) {
     // Inference on CUDA: the grouping and the weighted sum (with the shared experts) one kernel each.
     fused::ExpertGroups groups = fused::group_by_expert(routing.experts, experts->num_experts);
-    Tensor ys = experts->products(flat.index_select(0, groups.token), groups.counts, groups.ends);
+    Tensor ys = experts->products(flat.index_select(0, groups.token), groups.counts, groups.ends,
+                                  /*few_rows=*/flat.size(0) <= 8);
     Tensor shared = shared_experts ? shared_experts(x).reshape(flat.sizes()) : Tensor();
     return fused::combine_experts(ys, groups, routing.weights, shared).view(x.sizes());
   }

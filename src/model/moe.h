@@ -46,7 +46,9 @@ struct RoutedExpertsImpl : torch::nn::Module {
   Tensor forward(const Tensor& x, const Tensor& experts, const Tensor& weights, const Tensor& counts = {});
   // The experts' MLPs over rows xs (M, H) already grouped by expert, counts (E) rows each; `ends`
   // (E) int32, the cumulative counts, when the caller has them (else computed) -> (M, H).
-  Tensor products(const Tensor& xs, const Tensor& counts, const Tensor& ends) const;
+  // `few_rows`: at most 8 rows an expert (a decode step of at most 8 tokens), for the products of
+  // so few rows on trial (model/fused_kernels.h, grouped_rows).
+  Tensor products(const Tensor& xs, const Tensor& counts, const Tensor& ends, bool few_rows = false) const;
   // Tokens routed to each of `num_experts` experts, (E) int64; no host synchronisation.
   static Tensor count(const Tensor& experts, int64_t num_experts);
   bool use_grouped_mm(const Tensor& x) const;

@@ -1,5 +1,6 @@
 // The fused inference kernels (model/fused_kernels.h) against the ATen chains they replace.
 #include <ATen/ATen.h>
+#include <ATen/ops/_grouped_mm.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -370,6 +371,40 @@ TEST(FusedKernelsCuda, LinearRowsAgreeWithTheProduct) {
   EXPECT_FALSE(fused::linear_rows(at::zeros({9, 16}, b16), at::zeros({4, 16}, b16), {}).defined());
   EXPECT_FALSE(fused::linear_rows(at::zeros({2, 12}, b16), at::zeros({4, 12}, b16), {}).defined());
   EXPECT_FALSE(fused::linear_rows(at::zeros({2, 16}, kCuda), at::zeros({4, 16}, kCuda), {}).defined());
+}
+
+// The routed experts' products of a decode step's few tokens (on trial with linear_rows): each
+// grouped row times its expert's weights, against the fp32 product of the same bf16 values and no
+// further from it than the grouped GEMM (at::_grouped_mm), at 1, 3 and 8 tokens of 6 experts in 64,
+// at gate_up's and down's K; experts without rows leave nothing behind.
+TEST(FusedKernelsCuda, GroupedRowsAgreeWithTheGroupedProduct) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  at::manual_seed(13);
+  const int64_t E = 64, k = 6;
+  for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{{512, 2048}, {2048, 1408}})
+    for (int64_t T : {1, 3, 8}) {
+      SCOPED_TRACE("tokens " + std::to_string(T) + " N " + std::to_string(N) + " K " + std::to_string(K));
+      const Tensor order = at::rand({T, E}, kCuda).argsort(/*stable=*/false, /*dim=*/1);
+      const Tensor experts = order.narrow(1, 0, k).contiguous();  // k distinct experts a token
+      const fused::ExpertGroups g = fused::group_by_expert(experts, E);
+      const Tensor x = at::randn({T, K}, kCuda.dtype(at::kBFloat16)), xs = x.index_select(0, g.token);
+      const Tensor w = (at::randn({E, N, K}, kCuda) * 0.05).to(at::kBFloat16);
+      const Tensor got = fused::grouped_rows(xs, w, g.ends);
+      ASSERT_TRUE(got.defined());
+      const Tensor expert_of_row = at::repeat_interleave(at::arange(E, kCuda.dtype(at::kLong)), g.counts);
+      const Tensor exact = at::bmm(xs.to(at::kFloat).unsqueeze(1),
+                                   w.index_select(0, expert_of_row).to(at::kFloat).transpose(1, 2))
+                               .squeeze(1);
+      const Tensor grouped = at::_grouped_mm(xs, w.transpose(1, 2), g.ends);
+      const double scale = exact.abs().max().item<double>();
+      const double err = (got.to(at::kFloat) - exact).abs().max().item<double>();
+      const double err_grouped = (grouped.to(at::kFloat) - exact).abs().max().item<double>();
+      EXPECT_LT(err, 8e-3 * scale);
+      EXPECT_LE(err, 1.5 * err_grouped + 1e-3 * scale) << "grouped GEMM " << err_grouped;
+    }
+  EXPECT_FALSE(fused::grouped_rows(at::zeros({2, 16}, kCuda), at::zeros({4, 8, 16}, kCuda),
+                                   at::zeros({4}, kCuda.dtype(at::kInt)))
+                   .defined());
 }
 
 }  // namespace
