@@ -6,7 +6,8 @@
 //   fused_sampler    the rollout engine's sampler without top-k or top-p in one kernel
 //                    (rollout/sampling.cpp, fused_kernels.h)
 //   linear_rows      the linear layers of a decode step of at most 8 rows (bf16) a warp an output
-//                    column, instead of cuBLAS (linear.cpp, fused_kernels.h)
+//                    column, instead of cuBLAS (linear.cpp), and the routed experts' products of
+//                    at most 8 tokens likewise, instead of the grouped GEMM (moe.cpp; fused_kernels.h)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 //
 // Adopted kernels (they won their trial) run by default; the item "-name" turns one off, to
