@@ -20,6 +20,7 @@ bool float_type(const Tensor& t) {
   const auto s = t.scalar_type();
   return s == at::kFloat || s == at::kBFloat16 || s == at::kHalf;
 }
+bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 }  // namespace
 
 bool active(const Tensor& x) {
@@ -107,11 +108,10 @@ Routing route(const Tensor& logits, const Tensor& bias, const ModelConfig& c) {
 }
 
 Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias) {
-  auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
   const int64_t K = x.dim() ? x.size(-1) : 0;
   if (x.dim() == 0 || !x.is_cuda() || x.scalar_type() != at::kBFloat16 || K == 0 || K % 8 != 0 ||
-      x.numel() / K > 8 || !x.is_contiguous() || !aligned(x) || weight.dim() != 2 || weight.size(1) != K ||
-      weight.scalar_type() != at::kBFloat16 || !weight.is_contiguous() || !aligned(weight) ||
+      x.numel() / K > 8 || !x.is_contiguous() || !aligned16(x) || weight.dim() != 2 || weight.size(1) != K ||
+      weight.scalar_type() != at::kBFloat16 || !weight.is_contiguous() || !aligned16(weight) ||
       weight.device() != x.device() ||
       (bias.defined() && (bias.dim() != 1 || bias.size(0) != weight.size(0) || bias.scalar_type() != at::kBFloat16 ||
                           !bias.is_contiguous() || bias.device() != x.device())))
@@ -120,10 +120,9 @@ Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 }
 
 Tensor grouped_rows(const Tensor& x, const Tensor& weight, const Tensor& ends) {
-  auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
   if (x.dim() != 2 || !x.is_cuda() || x.scalar_type() != at::kBFloat16 || x.size(1) % 8 != 0 || !x.is_contiguous() ||
-      !aligned(x) || weight.dim() != 3 || weight.size(2) != x.size(1) || weight.scalar_type() != at::kBFloat16 ||
-      !weight.is_contiguous() || !aligned(weight) || weight.device() != x.device() || ends.dim() != 1 ||
+      !aligned16(x) || weight.dim() != 3 || weight.size(2) != x.size(1) || weight.scalar_type() != at::kBFloat16 ||
+      !weight.is_contiguous() || !aligned16(weight) || weight.device() != x.device() || ends.dim() != 1 ||
       ends.size(0) != weight.size(0) || ends.scalar_type() != at::kInt || !ends.is_contiguous() ||
       ends.device() != x.device())
     return {};
