@@ -61,8 +61,8 @@ std::pair<Tensor, Tensor> sample_tokens(const Tensor& logits, const std::vector<
   }
   Tensor settings = upload(at::from_blob(packed.data(), {5, B, 1}, f32), dev);
   Tensor temp = settings[0], kk = settings[1], pp = settings[2], u = settings[3];
-  // On trial: without top-k and top-p, the whole sampler in one kernel on CUDA.
-  if (!filter && model::kernel_on_trial("fused_sampler")) {
+  // Without top-k and top-p, the whole sampler in one kernel on CUDA (adopted).
+  if (!filter && model::kernel_adopted("fused_sampler")) {
     auto [token, lp] = model::fused::sample(logits, settings[4].view({B}), u.view({B}));
     if (token.defined()) return {token, lp};
   }

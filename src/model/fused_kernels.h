@@ -76,20 +76,20 @@ struct Routing {
 };
 Routing route(const Tensor& logits, const Tensor& bias, const ModelConfig& config);
 
-// A linear layer y = x W^T (+ bias) over a decode step's few rows (at most 8) in bf16 (on trial,
+// A linear layer y = x W^T (+ bias) over a decode step's few rows (at most 8) in bf16 (adopted,
 // "linear_rows"): a warp an output column, reading the weights once at close to the copy bandwidth
 // where cuBLAS's tiles for so few rows do not; the products summed in fp32 in another order, so
 // it agrees with at::linear to rounding. Undefined where it does not apply (more rows, not bf16,
 // x or weight not contiguous or not 16-byte aligned, K not a multiple of 8).
 Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias);
-// The routed experts' products of such a step (on trial with it): y (rows, N) whose rows of group
+// The routed experts' products of such a step (with it): y (rows, N) whose rows of group
 // e (rows ends[e - 1] .. ends[e] - 1 of x (rows, K), as ExpertGroups::ends) are those rows times
 // weight[e] (E, N, K) transposed. The caller ensures at most 8 rows a group (at most 8 tokens, each
 // routed to an expert once). Undefined where it does not apply (as linear_rows; ends not (E) int32).
 Tensor grouped_rows(const Tensor& x, const Tensor& weight, const Tensor& ends);
 
 // The rollout engine's sampler without top-k or top-p (rollout/sampling.h) in one kernel, outside
-// any Scope (on trial, "fused_sampler"): per row b of logits (B, V) fp32, one token drawn from
+// any Scope (adopted, "fused_sampler"): per row b of logits (B, V) fp32, one token drawn from
 // softmax(logits[b] / temperature[b]) by the inverse CDF at uniform[b] in [0, 1), or the first
 // largest logit where temperature[b] is 0, and its log-probability under softmax(logits[b]):
 // {tokens (B) int64, log-probabilities (B) fp32}. The chain's draw, but for ties at rounding where

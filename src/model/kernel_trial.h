@@ -3,11 +3,6 @@
 //   tall_tiles       the batch-invariant grouped products of decode in tiles of 32 or 64 rows of a
 //                    group, where groups hold that many, through the decode kernel
 //                    (invariant_kernels_cuda.h)
-//   fused_sampler    the rollout engine's sampler without top-k or top-p in one kernel
-//                    (rollout/sampling.cpp, fused_kernels.h)
-//   linear_rows      the linear layers of a decode step of at most 8 rows (bf16) a warp an output
-//                    column, instead of cuBLAS (linear.cpp), and the routed experts' products of
-//                    at most 8 tokens likewise, instead of the grouped GEMM (moe.cpp; fused_kernels.h)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 //
 // Adopted kernels (they won their trial) run by default; the item "-name" turns one off, to
@@ -35,6 +30,11 @@
 //                    (rollout/engine.cpp, fused_kernels.h)
 //   packed_swiglu    SwiGLU forward and backward in 16-byte packs, a pack a thread, where the rows
 //                    allow, rather than an element a thread: the same bits (row_vectors.cuh)
+//   fused_sampler    the rollout engine's sampler without top-k or top-p in one kernel
+//                    (rollout/sampling.cpp, fused_kernels.h)
+//   linear_rows      the linear layers of a decode step of at most 8 rows (bf16) a warp an output
+//                    column, instead of cuBLAS (linear.cpp), and the routed experts' products of
+//                    at most 8 tokens likewise, instead of the grouped GEMM (moe.cpp; fused_kernels.h)
 #pragma once
 
 #include <optional>

@@ -17,8 +17,8 @@ LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias) : in_features(in
 Tensor LinearImpl::forward(const Tensor& x) {
   if (fp8.defined() && fp8::active()) return fp8::linear(x, fp8, bias, x.scalar_type());
   Tensor y;
-  // On trial: a decode step's few rows through a kernel that reads the weights at the bandwidth.
-  if (fused::active(x) && kernel_on_trial("linear_rows")) y = fused::linear_rows(x, weight, bias);
+  // A decode step's few rows through a kernel that reads the weights at the bandwidth (adopted).
+  if (fused::active(x) && kernel_adopted("linear_rows")) y = fused::linear_rows(x, weight, bias);
   if (!y.defined()) y = at::linear(x, weight, bias);
   if (!lora_A || !lora_enabled) return y;
   Tensor a = x.to(lora_A->weight.scalar_type());

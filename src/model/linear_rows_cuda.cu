@@ -1,5 +1,5 @@
 // A linear layer over a decode step's few rows (model/fused_kernels.h, fused::linear_rows and
-// grouped_rows; on trial, "linear_rows"): y (M, N) = x (M, K) W^T (+ bias) for M <= 8 rows in bf16,
+// grouped_rows; "linear_rows"): y (M, N) = x (M, K) W^T (+ bias) for M <= 8 rows in bf16,
 // where cuBLAS's tiles for a handful of rows read the weights at a third to a half of the copy
 // bandwidth; and the routed experts' products of such a step, each expert's few rows with its own
 // weights (block row e of the grid: expert e, none where it has no rows).

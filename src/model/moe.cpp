@@ -209,8 +209,8 @@ Tensor RoutedExpertsImpl::products(const Tensor& xs, const Tensor& counts, const
   if (use_grouped_mm(xs)) {
     // One grouped GEMM over all experts (CUDA, bf16): no host sync, no per-expert launches.
     Tensor offsets = ends_in.defined() ? ends_in : counts.cumsum(0).to(at::kInt);
-    // On trial: a decode step's few rows an expert, each expert's weights read once at the bandwidth.
-    if (few_rows && !lora_gu && !lora_down && fused::active(xs) && kernel_on_trial("linear_rows"))
+    // A decode step's few rows an expert, each expert's weights read once at the bandwidth (adopted).
+    if (few_rows && !lora_gu && !lora_down && fused::active(xs) && kernel_adopted("linear_rows"))
       if (Tensor gu = fused::grouped_rows(xs, gate_up_proj, offsets); gu.defined())
         if (Tensor y = fused::grouped_rows(swiglu(gu), down_proj, offsets); y.defined()) return y;
     auto aligned = [](const Tensor& a) { return !a.defined() || a.size(1) % 8 == 0; };

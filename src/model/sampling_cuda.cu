@@ -1,5 +1,5 @@
-// The rollout engine's token sampler in one kernel (model/fused_kernels.h, fused::sample; on
-// trial, "fused_sampler"), where ATen's chain runs a dozen: two softmaxes over the vocabulary, a
+// The rollout engine's token sampler in one kernel (model/fused_kernels.h, fused::sample;
+// "fused_sampler"), where ATen's chain runs a dozen: two softmaxes over the vocabulary, a
 // division, a cumulative sum, a search, gathers, an argmax and a select.
 //
 // One block of 1024 threads a row; thread t owns a contiguous chunk of the row (read in 16-byte

@@ -285,7 +285,7 @@ TEST(FusedKernelsCuda, RouterEqualsAten) {
   }
 }
 
-// The sampler in one kernel (on trial, "fused_sampler") against softmax(z / T): 40,000 draws of one
+// The sampler in one kernel ("fused_sampler") against softmax(z / T): 40,000 draws of one
 // row of 3,000 or 1,001 at T = 0.7 pass the chi-square test, and fail it against T = 1 (the test
 // can fail); at every width (also 60,000: chunks of 60 values a thread), each draw is the token
 // the chain's inverse CDF gives for the same uniform number, up to the CDF's rounding;
@@ -349,7 +349,7 @@ TEST(FusedKernelsCuda, SampleFollowsTheSoftmaxAndTheChain) {
                    .first.defined());
 }
 
-// The linear layers of a decode step's few rows (on trial, "linear_rows") against the fp32 product
+// The linear layers of a decode step's few rows ("linear_rows") against the fp32 product
 // of the same bf16 values: within a bf16 rounding, and no further than cuBLAS's bf16 product; at
 // 1-8 rows, V2-Lite's projection shapes and a small odd one, with and without a bias, x of three
 // dimensions keeping its shape; undefined past 8 rows, for K not a multiple of 8, and for fp32.
@@ -380,7 +380,7 @@ TEST(FusedKernelsCuda, LinearRowsAgreeWithTheProduct) {
   EXPECT_FALSE(fused::linear_rows(at::zeros({2, 16}, kCuda), at::zeros({4, 16}, kCuda), {}).defined());
 }
 
-// The routed experts' products of a decode step's few tokens (on trial with linear_rows): each
+// The routed experts' products of a decode step's few tokens (with linear_rows): each
 // grouped row times its expert's weights, against the fp32 product of the same bf16 values and no
 // further from it than the grouped GEMM (at::_grouped_mm), at 1, 3 and 8 tokens of 6 experts in 64,
 // at gate_up's and down's K; experts without rows leave nothing behind.

@@ -538,10 +538,10 @@ TEST(EngineCuda, FusedDecodeKernelsAgreeWithRecomputeInBf16) {
   }
 }
 
-// The decode kernels on trial (model/kernel_trial.h: the sampler in one kernel, the linear layers of
-// a step's few rows) inside the engine, each against the same engine without it: log-probabilities
-// as near the recomputed ones.
-TEST(EngineCuda, DecodeKernelsOnTrialAgreeWithRecomputeInBf16) {
+// The sampler in one kernel and the linear layers of a step's few rows (adopted, model/kernel_trial.h)
+// inside the engine, each against the same engine without it: log-probabilities as near the
+// recomputed ones.
+TEST(EngineCuda, SamplerAndFewRowKernelsAgreeWithRecomputeInBf16) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
   for (const char* kernel : {"fused_sampler", "linear_rows"}) {
     SCOPED_TRACE(kernel);
@@ -549,7 +549,7 @@ TEST(EngineCuda, DecodeKernelsOnTrialAgreeWithRecomputeInBf16) {
     std::unique_ptr<model::KernelTrialScope> scope;
     expect_second_form_near_recompute(kTinyV3, names, [&](int form) {
       scope.reset();
-      if (form >= 0) scope = std::make_unique<model::KernelTrialScope>(form ? kernel : "");
+      if (form >= 0) scope = std::make_unique<model::KernelTrialScope>(form ? "" : "-" + std::string(kernel));
     });
   }
 }
