@@ -84,8 +84,9 @@ Routing route(const Tensor& logits, const Tensor& bias, const ModelConfig& confi
 Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias);
 // The routed experts' products of such a step (with it): y (rows, N) whose rows of group
 // e (rows ends[e - 1] .. ends[e] - 1 of x (rows, K), as ExpertGroups::ends) are those rows times
-// weight[e] (E, N, K) transposed. The caller ensures at most 8 rows a group (at most 8 tokens, each
-// routed to an expert once). Undefined where it does not apply (as linear_rows; ends not (E) int32).
+// weight[e] (E, N, K) transposed. Meant for at most 8 rows a group (at most 8 tokens, each routed to
+// an expert once); a group of more takes a pass over its weights per 8 rows. Undefined where it
+// does not apply (as linear_rows; ends not (E) int32).
 Tensor grouped_rows(const Tensor& x, const Tensor& weight, const Tensor& ends);
 
 // The rollout engine's sampler without top-k or top-p (rollout/sampling.h) in one kernel, outside

@@ -114,7 +114,9 @@ __global__ void combine_kernel(const T* __restrict__ y, const int64_t* __restric
 // (scores + the selection bias for noaux_tc), the best topk_group groups where routing is
 // group-limited (a group's score: its best choice, or the sum of its best two for noaux_tc), the
 // k best choices among them in descending order (ties to the lower index), and their weights:
-// the unbiased scores, divided by their sum (plus 1e-20) when normalised, times the scaling.
+// the unbiased scores, divided by their sum (plus 1e-20) when normalised, times the scaling. A NaN
+// choice (a row of garbage that a CUDA graph pads its batch with) ranks as -inf, and no expert is
+// chosen twice: the k experts of a row are always k distinct valid indices.
 // Up to kRouterMaxExperts experts and 32 groups; the scores and choices of a warp's token sit in
 // shared memory.
 constexpr int kRouterWarps = 4;
@@ -165,7 +167,8 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
     for (int e = lane; e < s.E; e += 32) sc[e] /= sum;
   }
   for (int e = lane; e < s.E; e += 32) {
-    ch[e] = s.noaux_tc ? sc[e] + bias[e] : sc[e];
+    const float c = s.noaux_tc ? sc[e] + bias[e] : sc[e];
+    ch[e] = isnan(c) ? -inf : c;
     scores[n * s.E + e] = sc[e];
   }
   __syncwarp();
@@ -195,17 +198,17 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
   }
   float sum = 0.0f, w_mine = 0.0f;
   int mine = -1;  // lane j < k: the j-th expert chosen
+  uint32_t taken = 0;  // bit t: expert lane + 32 t is chosen already
   for (int j = 0; j < s.k; ++j) {
     float v = -inf;
     int i = 1 << 30;
-    for (int e = lane; e < s.E; e += 32) keep_best(v, i, ch[e], e);
-    warp_best(v, i);
+    for (int e = lane, t = 0; e < s.E; e += 32, ++t)
+      if (!(taken >> t & 1)) keep_best(v, i, ch[e], e);
+    warp_best(v, i);  // k <= E: some expert is left, even where every choice left is -inf
     const float w = sc[i];
     if (lane == j) mine = i, w_mine = w;
     sum += w;
-    __syncwarp();
-    if (lane == 0) ch[i] = -inf;  // taken
-    __syncwarp();
+    if (i % 32 == lane) taken |= 1u << (i / 32);
   }
   if (lane < s.k) {
     float w = s.normalise ? w_mine / (sum + 1e-20f) : w_mine;

@@ -37,8 +37,11 @@ __device__ __forceinline__ void unpack8(const uint4& v, float f[8]) {
   }
 }
 
-// R: rows compiled for (M <= R). With `ends` (the groups' cumulative row counts), block row e
-// takes group e's rows ends[e - 1] .. ends[e] - 1 (at most R) with weights w[e].
+// R: rows a pass (the rows in passes of R, each reading the weights again: one pass where M <= R).
+// With `ends` (the groups' cumulative row counts), block row e takes group e's rows ends[e - 1] ..
+// ends[e] - 1 with weights w[e]: at most R where each of R tokens routes to an expert once, more
+// where a row's choices repeat (rows of garbage a CUDA graph pads its batch with), which cost a
+// pass more but are never read out of bounds.
 template <int R>
 __global__ void __launch_bounds__(32 * kColumnsPerBlock) linear_rows_kernel(const bf16* __restrict__ x,
                                                                             const bf16* __restrict__ w,
@@ -51,35 +54,36 @@ __global__ void __launch_bounds__(32 * kColumnsPerBlock) linear_rows_kernel(cons
   if (ends) {
     const int e = blockIdx.y, first = e ? ends[e - 1] : 0;
     M = ends[e] - first;
-    if (M <= 0) return;
-    CUDA_KERNEL_ASSERT(M <= R);
     x += (int64_t)first * K;
     y += (int64_t)first * N;
     w += (int64_t)e * N * K;
   }
   const bf16* wr = w + n * K;
-  float acc[R];
+  for (int r0 = 0; r0 < M; r0 += R, x += (int64_t)R * K, y += (int64_t)R * N) {
+    const int rows = min(R, M - r0);
+    float acc[R];
 #pragma unroll
-  for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
 #pragma unroll 4
-  for (int64_t k = 8 * lane; k < K; k += 8 * 32) {
-    float wf[8];
-    unpack8(__ldg(reinterpret_cast<const uint4*>(wr + k)), wf);
+    for (int64_t k = 8 * lane; k < K; k += 8 * 32) {
+      float wf[8];
+      unpack8(__ldg(reinterpret_cast<const uint4*>(wr + k)), wf);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if (r >= rows) break;
+        float xf[8];
+        unpack8(*reinterpret_cast<const uint4*>(x + r * K + k), xf);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[r] += wf[e] * xf[e];
+      }
+    }
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      if (r >= M) break;
-      float xf[8];
-      unpack8(*reinterpret_cast<const uint4*>(x + r * K + k), xf);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[r] += wf[e] * xf[e];
+      if (r >= rows) break;
+      float s = acc[r];
+      for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+      if (lane == 0) y[r * N + n] = __float2bfloat16_rn(bias ? s + __bfloat162float(bias[n]) : s);
     }
-  }
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    if (r >= M) break;
-    float s = acc[r];
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-    if (lane == 0) y[r * N + n] = __float2bfloat16_rn(bias ? s + __bfloat162float(bias[n]) : s);
   }
 }
 

@@ -282,6 +282,18 @@ TEST(FusedKernelsCuda, RouterEqualsAten) {
         EXPECT_LT(w_diff.max().item<float>(), 1e-6 * c.routed_scaling_factor * 4) << name;
       }
     }
+    // Rows of garbage (a CUDA graph's padding): NaN logits, all or some, and -inf ones. Each row
+    // still gets k distinct experts in range, so that the grouping downstream stays in bounds.
+    Tensor bad = at::randn({4, c.n_routed_experts}, kCuda);
+    bad[0].fill_(NAN);
+    bad[1].narrow(0, 0, c.n_routed_experts / 2).fill_(NAN);
+    bad[2].fill_(-INFINITY);
+    bad[3].narrow(0, 1, c.n_routed_experts - 1).fill_(-INFINITY);
+    fused::Routing odd = fused::route(bad, router->e_score_correction_bias, c);
+    ASSERT_TRUE(odd.experts.defined()) << name;
+    const Tensor e = std::get<0>(odd.experts.sort(1));
+    EXPECT_TRUE(((e >= 0) & (e < c.n_routed_experts)).all().item<bool>()) << name << ": " << odd.experts;
+    EXPECT_TRUE((e.diff(1, 1) > 0).all().item<bool>()) << name << ": an expert chosen twice: " << odd.experts;
   }
 }
 
@@ -383,16 +395,22 @@ TEST(FusedKernelsCuda, LinearRowsAgreeWithTheProduct) {
 // The routed experts' products of a decode step's few tokens (with linear_rows): each
 // grouped row times its expert's weights, against the fp32 product of the same bf16 values and no
 // further from it than the grouped GEMM (at::_grouped_mm), at 1, 3 and 8 tokens of 6 experts in 64,
-// at gate_up's and down's K; experts without rows leave nothing behind.
+// at gate_up's and down's K; experts without rows leave nothing behind. Also 5 tokens whose choices
+// repeat among 3 experts (rows of garbage may route so): groups of up to 30 rows, 8 a pass.
 TEST(FusedKernelsCuda, GroupedRowsAgreeWithTheGroupedProduct) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
   at::manual_seed(13);
   const int64_t E = 64, k = 6;
   for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{{512, 2048}, {2048, 1408}})
-    for (int64_t T : {1, 3, 8}) {
-      SCOPED_TRACE("tokens " + std::to_string(T) + " N " + std::to_string(N) + " K " + std::to_string(K));
+    for (int64_t T : {1, 3, 8, -5}) {
+      const bool repeats = T < 0;
+      T = std::abs(T);
+      SCOPED_TRACE("tokens " + std::to_string(T) + " N " + std::to_string(N) + " K " + std::to_string(K) +
+                   (repeats ? " repeating" : ""));
       const Tensor order = at::rand({T, E}, kCuda).argsort(/*stable=*/false, /*dim=*/1);
-      const Tensor experts = order.narrow(1, 0, k).contiguous();  // k distinct experts a token
+      // k distinct experts a token, or k of the first 3 with repeats
+      const Tensor experts = repeats ? at::randint(3, {T, k}, kCuda.dtype(at::kLong)) : order.narrow(1, 0, k).contiguous();
+      if (repeats) EXPECT_GT(at::bincount(experts.flatten()).max().item<int64_t>(), 8);
       const fused::ExpertGroups g = fused::group_by_expert(experts, E);
       const Tensor x = at::randn({T, K}, kCuda.dtype(at::kBFloat16)), xs = x.index_select(0, g.token);
       const Tensor w = (at::randn({E, N, K}, kCuda) * 0.05).to(at::kBFloat16);
