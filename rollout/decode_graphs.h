@@ -29,6 +29,8 @@ class DecodeGraphs {
   // the host ones (the speculative step's drafts), so that the host never waits for them.
   using Fill = std::function<void(const at::Tensor& packed)>;
   at::Tensor run(const at::Tensor& packed, int64_t Bb, int64_t nb, int64_t B, const Fill& fill = {});
+  // Whether the graph for (Bb, nb) is captured already (a first run captures it).
+  bool has(int64_t Bb, int64_t nb) const { return graphs_.count({Bb, nb}) > 0; }
 
  private:
   struct Graph {

@@ -63,6 +63,7 @@ Engine::Impl::Impl(std::shared_ptr<model::CausalLM> m, const text::Tokenizer* to
     auto layer = model->model->layers[L - 1]->as<DecoderLayer>();
     if (layer->moe && !layer->moe->experts->use_grouped_mm(pool)) use_graphs = false;
   }
+  overlap = opt.overlap_steps && use_graphs && !spec && !opt.record_routing;
   const int64_t usable = use_graphs ? num_blocks - 1 : num_blocks;
   if (use_graphs) {
     dummy_block = static_cast<int32_t>(num_blocks - 1);
@@ -361,6 +362,7 @@ Engine::Impl::PagedRows Engine::Impl::unpack(const Tensor& packed, int64_t B, in
 void Engine::Impl::decode(std::vector<Completion>& done) {
   if (sched->running().empty()) return;
   if (spec) return decode_speculative(done);
+  if (overlap) return decode_overlapped(done);
   auto t0 = std::chrono::steady_clock::now();
   sched->grow();
   const std::vector<Sequence*> seqs = sched->running();

@@ -80,6 +80,15 @@ struct EngineOptions {
   // fewer launches per decode step. Off gives the ATen kernels training runs (for comparison). The batch-invariant
   // forward has its own kernels and ignores this.
   bool fused_kernels = true;
+  // With CUDA graphs (and neither speculative_mtp nor record_routing): each decode step is queued
+  // before the host has seen the previous step's tokens, which it reads on the device, so the GPU
+  // never waits while the host hands tokens to the scheduler and packs the next step's inputs
+  // (vLLM's and SGLang's "async scheduling" / "overlap scheduler"). A sequence whose token in
+  // flight ends it by length is left out of the next step; one that a stop token ends has run one
+  // step too many, whose row is dropped. Tokens and log-probs are the synchronous loop's wherever
+  // the batches are the same; the scheduler sees finished sequences a step later, so prompts
+  // waiting for a slot may be admitted a step later.
+  bool overlap_steps = false;
 };
 
 struct EngineStats {

@@ -3,6 +3,7 @@
 // with the MTP module's drafts).
 #pragma once
 
+#include <c10/core/Event.h>
 #include <c10/core/GradMode.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -149,6 +150,23 @@ struct Engine::Impl {
   Tensor mtp_forward(const Tensor& packed, int64_t R, int64_t nblk, const Tensor& h);
 
   void decode(std::vector<Completion>& done);
+
+  // Overlapped decode (EngineOptions::overlap_steps): the step in flight, queued on the device
+  // but not yet handed to the scheduler. `tokens` are its sampled tokens on the device (the next
+  // step reads them there); `host` (2, rows) pinned: tokens and log-probs, copied once `ready`.
+  // A row counts only if its sequence still runs with the same serial: one that ended (a stop
+  // token, a cancel) drops it, and its pointer is never followed.
+  struct Flight {
+    std::vector<Sequence*> seqs;
+    std::vector<uint64_t> serials;
+    Tensor tokens, host;
+    c10::Event ready{c10::DeviceType::CUDA};
+  };
+  std::unique_ptr<Flight> flight;
+  bool overlap = false;
+  // Queues the next step of every running sequence (reading the tokens in flight on the device),
+  // then waits for the step in flight and hands its tokens to the scheduler.
+  void decode_overlapped(std::vector<Completion>& done);
 
   int64_t slot(const Sequence& s, int64_t position) const;
 

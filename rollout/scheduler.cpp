@@ -119,6 +119,7 @@ std::vector<Sequence*> Scheduler::start_samples(std::vector<BlockCopy>* copies) 
       auto s = std::make_unique<Sequence>();
       s->group = g;
       s->sample = g->started++;
+      s->serial = next_serial_++;
       s->reserved = g->own_blocks_per_sample;
       s->table.assign(g->blocks.begin(), g->blocks.begin() + P / bs);
       if (P % bs) {  // the partial prompt block: each sample writes on into a copy of its own
@@ -135,14 +136,17 @@ std::vector<Sequence*> Scheduler::start_samples(std::vector<BlockCopy>* copies) 
 }
 
 void Scheduler::grow(int64_t ahead) {
-  for (auto& s : running_)
-    while ((s->position() + ahead) / limits_.block_size >= (int64_t)s->table.size()) {
-      if (s->reserved <= 0)
-        throw Error("rollout scheduler: a sequence needs a cache block beyond its reservation (position " +
-                    std::to_string(s->position() + ahead) + ")");
-      s->table.push_back(blocks_.take_reserved());
-      s->reserved -= 1;
-    }
+  for (auto& s : running_) grow(*s, ahead);
+}
+
+void Scheduler::grow(Sequence& s, int64_t ahead) {
+  while ((s.position() + ahead) / limits_.block_size >= (int64_t)s.table.size()) {
+    if (s.reserved <= 0)
+      throw Error("rollout scheduler: a sequence needs a cache block beyond its reservation (position " +
+                  std::to_string(s.position() + ahead) + ")");
+    s.table.push_back(blocks_.take_reserved());
+    s.reserved -= 1;
+  }
 }
 
 bool Scheduler::append(Sequence& s, int64_t token, float logprob, FinishReason* why) const {

@@ -41,6 +41,7 @@ struct Group {  // one prompt and its n samples
 struct Sequence {  // one sample of a group
   Group* group = nullptr;
   int64_t sample = 0;
+  uint64_t serial = 0;  // unique in its scheduler: tells a sequence from a later one at the same address
   std::vector<int32_t> table;  // block table: shared full prompt blocks, then own blocks
   int64_t reserved = 0;        // own blocks still reserved, not yet taken
   std::vector<int64_t> tokens;
@@ -89,6 +90,8 @@ class Scheduler {
   // Gives every running sequence the block its next cache write lands in, and the ones of the
   // `ahead` writes after it (speculative decoding writes a draft token's rows too).
   void grow(int64_t ahead = 0);
+  // The same for one running sequence (an overlapped step writes one row past a token in flight).
+  void grow(Sequence& s, int64_t ahead);
   // Records one sampled token (and its log-probability) for each of `seqs`, which are either the
   // running sequences in order or the ones start_samples just returned. Finished sequences become
   // completions in `done` and give their blocks back; the rest run.
@@ -124,6 +127,7 @@ class Scheduler {
   const text::Tokenizer* tokenizer_;
   int64_t tokenizer_vocab_ = 0;
   uint64_t next_id_ = 1;
+  uint64_t next_serial_ = 1;
   int64_t finished_ = 0;
   std::deque<std::unique_ptr<Group>> waiting_;   // not prefilled
   std::list<std::unique_ptr<Group>> prefilled_;  // prefilled, some samples not finished
