@@ -88,7 +88,7 @@ struct EngineOptions {
   // step too many, whose row is dropped. Tokens and log-probs are the synchronous loop's wherever
   // the batches are the same; the scheduler sees finished sequences a step later, so prompts
   // waiting for a slot may be admitted a step later.
-  bool overlap_steps = false;
+  bool overlap_steps = true;
 };
 
 struct EngineStats {

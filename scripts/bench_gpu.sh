@@ -16,7 +16,8 @@
 # call that must fit a time limit (train: forward+backward, also without the fused training
 # kernels (train_kernels), without the experts' gathers (gather_combine) and MLA's assembled inputs
 # (mla_assemble), alone and together, with SwiGLU an element a thread (packed_swiglu), and
-# transformers'; decode: the plain engine per context;
+# transformers'; decode: the plain engine per context; overlap (not in the default set): the engine
+# with the synchronous loop per context, next to the decode part's (overlapped steps);
 # variants: gathered attention, FP8 and exact_rollout per context; fused: ATen's chains, and the
 # engine without each adopted decode kernel (router, mla_decode_prologue, add_rms_norm, the last two
 # also together, packed_swiglu, fused_sampler: the sampler in one kernel, linear_rows: the linear
@@ -72,6 +73,12 @@ for p in "${prompts[@]}"; do
   if want decode; then
     "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
       --prompt-len "$p" --new-tokens "${NEW:-128}" --nocache-batches "" --label grpo | tee -a "$log"
+  fi
+  # The synchronous loop: each step waits for the host to have seen the previous step's tokens
+  # (without EngineOptions::overlap_steps).
+  if want overlap; then
+    "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
+      --prompt-len "$p" --new-tokens "${NEW:-128}" --nocache-batches "" --no-overlap-steps --label grpo-synchronous | tee -a "$log"
   fi
   want variants || continue
   # The same decode with the attention over a gathered copy of the cache: the paged kernel's baseline.

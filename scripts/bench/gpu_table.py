@@ -70,6 +70,12 @@ compare("grpo-gathered", "Decode attention: the paged MLA kernel against the sam
         ["paged ms/step", "gathered ms/step", "paged tokens/s", "gathered tokens/s", "speed-up"],
         lambda r, g: [f"{r['ms_per_step']:.2f}", f"{g['ms_per_step']:.2f}", f"{r['decode_tok_s']:.0f}",
                       f"{g['decode_tok_s']:.0f}", f"{r['decode_tok_s'] / g['decode_tok_s']:.2f}x"])
+compare("grpo-synchronous", "Decode with overlapped steps (each queued before the host has seen the last step's tokens) against the\n"
+        "synchronous loop in the same run",
+        ["synchronous ms/step", "overlapped ms/step", "speed-up", "synchronous roofline", "overlapped roofline",
+         "synchronous drift mean / max", "overlapped drift mean / max"],
+        lambda r, s: [f"{s['ms_per_step']:.2f}", f"{r['ms_per_step']:.2f}", f"{s['ms_per_step'] / r['ms_per_step']:.2f}x",
+                      f"{100 * s['roofline']:.1f}%", f"{100 * r['roofline']:.1f}%", drift(s), drift(r)])
 compare("grpo-fp8", "Decode with FP8 weights (e4m3; 128 x 128 block scales, per-row for the routed experts) against bf16 in the same\n"
         "run; log-prob drift: |engine - bf16 training forward| over the first 8 completions of each row",
         ["bf16 ms/step", "fp8 ms/step", "speed-up", "fp8 roofline (fp8 bytes)", "bf16 drift mean / max", "fp8 drift mean / max"],

@@ -83,8 +83,9 @@ int main(int argc, char** argv) {
   app.add_flag("--fp8", fp8, "decode with FP8 copies of the weights (128x128 block scales, per-row for the experts)");
   bool unfused = false;
   app.add_flag("--no-fused-kernels", unfused, "ATen's kernel chains instead of the fused RMSNorm, RoPE, SwiGLU and MoE kernels");
-  bool overlap = false;
-  app.add_flag("--overlap-steps", overlap, "queue each decode step before the host has seen the previous step's tokens");
+  bool synchronous = false;
+  app.add_flag("--no-overlap-steps", synchronous,
+               "the synchronous loop: each decode step waits for the host to have seen the previous step's tokens");
   bool gather_attention = false;
   app.add_flag("--gather-attention", gather_attention,
                "MLA decode attention over a gathered copy of the cache instead of the paged kernel");
@@ -147,7 +148,7 @@ int main(int argc, char** argv) {
     o.speculative_mtp = speculative;
     o.num_speculative_tokens = drafts;
     o.fused_kernels = !unfused;
-    o.overlap_steps = overlap;
+    o.overlap_steps = !synchronous;
     o.fp8 = fp8;
     rollout::Engine engine(model, nullptr, o);
     if (fp8 && B == parse_list(batches).front()) {
