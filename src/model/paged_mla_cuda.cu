@@ -14,7 +14,8 @@
 //     maximum grows, and adds weights (16 x 32) times the tile's latents (32 x r / 4), the
 //     latents' fragments read transposed by ldmatrix.
 //   It writes the unnormalised output, the maximum and the sum of its split.
-// Pass 2, one block per (row, head, 128 output columns): combines the splits.
+// Pass 2, one block per (row, head, 128 output columns): combines the splits. With one split pass 1
+// writes the output itself, as pass 2 would (the same bits), and pass 2 does not run.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -96,7 +97,8 @@ __global__ void __launch_bounds__(kThreads * Q) paged_mla_split_kernel(const bf1
                                                                        const int64_t* __restrict__ lens,
                                                                        const int64_t* __restrict__ starts, Shapes s,
                                                                        float* __restrict__ part_o,
-                                                                       float* __restrict__ part_ml) {
+                                                                       float* __restrict__ part_ml,
+                                                                       bf16* __restrict__ out) {
   constexpr int NT = R / 32;  // 8-column tiles per warp
   extern __shared__ __align__(16) unsigned char smem[];
   const int tid = threadIdx.x, slot = tid / kThreads, ltid = tid % kThreads, warp = ltid / 32, lane = tid % 32;
@@ -267,7 +269,26 @@ __global__ void __launch_bounds__(kThreads * Q) paged_mla_split_kernel(const bf1
     }
     cp_async_wait<0>();
 
-    if (mine) {
+    if (mine && out) {
+      // One split: pass 2's result written here, computed as it computes it (its weight of the
+      // one split is exactly 1, its sums add exact zeros), so the bits are the same.
+      const float l_lo = h0 + g < s.heads ? l_s[g] : 0.0f, l_hi = h0 + g + 8 < s.heads ? l_s[g + 8] : 0.0f;
+      const float inv_lo = l_lo > 0.0f ? 1.0f / l_lo : 0.0f, inv_hi = l_hi > 0.0f ? 1.0f / l_hi : 0.0f;
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        const int col = warp * (R / 4) + n * 8 + 2 * t;
+        if (h0 + g < s.heads) {
+          bf16* dst = out + (b * s.heads + h0 + g) * R + col;
+          dst[0] = __float2bfloat16(__fmul_rn(o[n][0], inv_lo));
+          dst[1] = __float2bfloat16(__fmul_rn(o[n][1], inv_lo));
+        }
+        if (h0 + g + 8 < s.heads) {
+          bf16* dst = out + (b * s.heads + h0 + g + 8) * R + col;
+          dst[0] = __float2bfloat16(__fmul_rn(o[n][2], inv_hi));
+          dst[1] = __float2bfloat16(__fmul_rn(o[n][3], inv_hi));
+        }
+      }
+    } else if (mine) {
       const int64_t base = (b * s.splits + split) * s.heads;
 #pragma unroll
       for (int n = 0; n < NT; ++n) {
@@ -377,7 +398,7 @@ void check_launch(const char* what) { cuda_launch::check("paged MLA decode kerne
 
 template <int R, int Q>
 void launch(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens, const int64_t* starts, Shapes s,
-            int head_tiles, const Tensor& part_o, const Tensor& part_ml) {
+            int head_tiles, const Tensor& part_o, const Tensor& part_ml, bf16* out) {
   const size_t smem = smem_bytes(s.stride, Q);
   static std::array<std::atomic<bool>, 64> configured{};  // the opt-in above 48 KB, once per device
   const int device = q.get_device();
@@ -386,7 +407,8 @@ void launch(const Tensor& q, const Tensor& cache, const Tensor& table, const Ten
   const dim3 grid((unsigned)s.splits, (unsigned)((s.rows + Q - 1) / Q), (unsigned)head_tiles);
   paged_mla_split_kernel<R, Q><<<grid, kThreads * Q, smem, at::cuda::getCurrentCUDAStream()>>>(
       reinterpret_cast<const bf16*>(q.data_ptr()), reinterpret_cast<const bf16*>(cache.data_ptr()),
-      table.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), starts, s, part_o.data_ptr<float>(), part_ml.data_ptr<float>());
+      table.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), starts, s, part_o.data_ptr<float>(), part_ml.data_ptr<float>(),
+      out);
   check_launch("split");
 }
 
@@ -411,12 +433,15 @@ void run(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor
   s.rows = B;
   const int head_tiles = (int)((heads + kHeads - 1) / kHeads);
   auto f32 = q.options().dtype(at::kFloat);
-  Tensor part_o = at::empty({B, s.splits, heads, latent_rank}, f32);
-  Tensor part_ml = at::empty({B, s.splits, heads, 2}, f32);
+  // One split: pass 1 writes the output, with no partial results.
+  const bool one = s.splits == 1;
+  Tensor part_o = at::empty({one ? 0 : B, s.splits, heads, latent_rank}, f32);
+  Tensor part_ml = at::empty({one ? 0 : B, s.splits, heads, 2}, f32);
+  bf16* direct = one ? reinterpret_cast<bf16*>(out.data_ptr()) : nullptr;
   auto go = [&](auto rank) {
     constexpr int R = decltype(rank)::value;
-    if (queries == kRunQueries) launch<R, kRunQueries>(q, cache, table, lens, starts, s, head_tiles, part_o, part_ml);
-    else launch<R, 1>(q, cache, table, lens, starts, s, head_tiles, part_o, part_ml);
+    if (queries == kRunQueries) launch<R, kRunQueries>(q, cache, table, lens, starts, s, head_tiles, part_o, part_ml, direct);
+    else launch<R, 1>(q, cache, table, lens, starts, s, head_tiles, part_o, part_ml, direct);
   };
   switch (latent_rank) {
     case 64: go(std::integral_constant<int, 64>()); break;
@@ -424,6 +449,7 @@ void run(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor
     case 256: go(std::integral_constant<int, 256>()); break;
     default: go(std::integral_constant<int, 512>()); break;
   }
+  if (one) return;
   const dim3 combine_grid((unsigned)(B * heads), (unsigned)((latent_rank + kThreads - 1) / kThreads));
   paged_mla_combine_kernel<<<combine_grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       part_o.data_ptr<float>(), part_ml.data_ptr<float>(), reinterpret_cast<bf16*>(out.data_ptr()), (int)heads,

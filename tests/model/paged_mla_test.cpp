@@ -80,7 +80,10 @@ TEST(PagedMla, KernelEqualsReferenceOnCuda) {
   GTEST_SKIP() << "built without the CUDA kernels";
 #else
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  std::vector<int64_t> many;  // 300 rows: one split a row, so pass 1 writes the output itself
+  for (int64_t i = 0; i < 300; ++i) many.push_back(1 + (i * 37) % 160);
   const std::vector<Case> cases = {
+      {16, 512, 64, 16, 0, many},
       {16, 512, 64, 16, 0, {1, 7, 33, 200, 517, 1100}},  // DeepSeek-V2/V3's widths, one head tile
       {16, 512, 64, 16, 1, {1, 2, 64, 65, 300}},          // the MTP layer's first key skipped; row 0 has none
       {4, 64, 16, 4, 0, {3, 5, 90}},                      // width 80: a zero tail pads it to 96
@@ -190,7 +193,8 @@ TEST(PagedMla, DecodeMatchesGatheredFormOnCuda) {
 // with four rows a block (query_runs), every row's result is the bits
 // it gets in a block of its own. Sequences of 5, 300 and 701 tokens (runs that end inside a group
 // of four, rows whose keys stop short of the group's last key and of a 256-key split), then rows
-// of different sequences side by side (a pass per row), at V2-Lite's widths and at rank 64.
+// of different sequences side by side (a pass per row), at V2-Lite's widths and at rank 64; and
+// rows of one split, whose output pass 1 writes, as in calls of several.
 TEST(PagedMla, QueryTilesGiveEachRowItsOwnBitsOnCuda) {
 #ifndef GRPO_PAGED_MLA_CUDA
   GTEST_SKIP() << "built without the CUDA kernels";
@@ -219,6 +223,15 @@ TEST(PagedMla, QueryTilesGiveEachRowItsOwnBitsOnCuda) {
     const Tensor runs = cuda::paged_mla_attention_invariant(q, p.cache, table, st, ln, longest, c.block_size, c.rank,
                                                             scale, /*query_runs=*/true);
     EXPECT_TRUE(at::equal(runs, alone));
+    // Rows of at most 256 keys in a call of one split (pass 1 writes the output) against the same
+    // rows in the calls above (more splits, the second pass combining them): the same bits.
+    std::vector<int64_t> few;
+    for (int64_t n = 0; n < N; n += 7)
+      if (lens[n] <= 256) few.push_back(n);
+    const Tensor idx = at::tensor(few).to(at::kCUDA);
+    const Tensor one_split = cuda::paged_mla_attention_invariant(q.index_select(0, idx), p.cache, table, st.index_select(0, idx),
+                                                                 ln.index_select(0, idx), 256, c.block_size, c.rank, scale);
+    EXPECT_TRUE(at::equal(one_split, runs.index_select(0, idx)));
     // And each row as a decode step would give it: itself alone in the call.
     for (int64_t n : {(int64_t)0, (int64_t)4, (int64_t)304, N - 1}) {
       const Tensor one = cuda::paged_mla_attention_invariant(q.narrow(0, n, 1), p.cache, table, st.narrow(0, n, 1),
