@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -38,26 +39,44 @@ __device__ __forceinline__ void unpack8(const uint4& v, float f[8]) {
 }
 
 // R: rows a pass (the rows in passes of R, each reading the weights again: one pass where M <= R).
-// With `ends` (the groups' cumulative row counts), block row e takes group e's rows ends[e - 1] ..
-// ends[e] - 1 with weights w[e]: at most R where each of R tokens routes to an expert once, more
-// where a row's choices repeat (rows of garbage a CUDA graph pads its batch with), which cost a
-// pass more but are never read out of bounds.
+// With `ends` (the groups' cumulative row counts of E groups), block row j takes the j-th group
+// that has rows, e (each warp finds it), its rows ends[e - 1] .. ends[e] - 1 with
+// weights w[e]: the grid has a block row per grouped row at most (no more groups have rows), not
+// one per group, so that the blocks of the groups without rows (58 of V2-Lite's 64 experts for one
+// token) are not launched only to return. At most R rows a group where each of R tokens routes to
+// an expert once, more where a row's choices repeat (rows of garbage a CUDA graph pads its batch
+// with), which cost a pass more but are never read out of bounds.
 template <int R>
 __global__ void __launch_bounds__(32 * kColumnsPerBlock) linear_rows_kernel(const bf16* __restrict__ x,
                                                                             const bf16* __restrict__ w,
                                                                             const bf16* __restrict__ bias,
                                                                             bf16* __restrict__ y, int M, int64_t N,
-                                                                            int64_t K, const int* __restrict__ ends) {
+                                                                            int64_t K, const int* __restrict__ ends,
+                                                                            int E) {
   const int lane = threadIdx.x % 32;
   const int64_t n = (int64_t)blockIdx.x * kColumnsPerBlock + threadIdx.x / 32;
-  if (n >= N) return;
   if (ends) {
-    const int e = blockIdx.y, first = e ? ends[e - 1] : 0;
+    // Each warp finds the group (the same for all): the blockIdx.y-th with rows, 32 groups a step.
+    int left = blockIdx.y, e = -1;
+    for (int base = 0; base < E && e < 0; base += 32) {
+      const int g = base + lane;
+      const unsigned mask = __ballot_sync(0xffffffffu, g < E && ends[g] > (g ? ends[g - 1] : 0));
+      const int count = __popc(mask);
+      if (left < count) {
+        unsigned m = mask;
+        for (int i = 0; i < left; ++i) m &= m - 1;  // drop the lowest `left` groups
+        e = base + __ffs(m) - 1;
+      }
+      left -= count;
+    }
+    if (e < 0 || n >= N) return;  // fewer groups with rows than block rows
+    const int first = e ? ends[e - 1] : 0;
     M = ends[e] - first;
     x += (int64_t)first * K;
     y += (int64_t)first * N;
     w += (int64_t)e * N * K;
   }
+  if (n >= N) return;
   const bf16* wr = w + n * K;
   for (int r0 = 0; r0 < M; r0 += R, x += (int64_t)R * K, y += (int64_t)R * N) {
     const int rows = min(R, M - r0);
@@ -89,9 +108,10 @@ __global__ void __launch_bounds__(32 * kColumnsPerBlock) linear_rows_kernel(cons
 
 template <int R>
 void launch(const bf16* x, const bf16* w, const bf16* bias, bf16* y, int M, int64_t N, int64_t K,
-            const int* ends = nullptr, int64_t groups = 1) {
-  const dim3 blocks((unsigned)((N + kColumnsPerBlock - 1) / kColumnsPerBlock), (unsigned)groups);
-  linear_rows_kernel<R><<<blocks, 32 * kColumnsPerBlock, 0, cuda_launch::stream()>>>(x, w, bias, y, M, N, K, ends);
+            const int* ends = nullptr, int64_t groups = 1, int64_t block_rows = 1) {
+  const dim3 blocks((unsigned)((N + kColumnsPerBlock - 1) / kColumnsPerBlock), (unsigned)block_rows);
+  linear_rows_kernel<R><<<blocks, 32 * kColumnsPerBlock, 0, cuda_launch::stream()>>>(x, w, bias, y, M, N, K, ends,
+                                                                                      (int)groups);
 }
 
 }  // namespace
@@ -125,8 +145,9 @@ Tensor grouped_rows(const Tensor& x, const Tensor& weight, const Tensor& ends) {
   const int64_t E = weight.size(0), N = weight.size(1), K = weight.size(2), rows = x.size(0);
   Tensor y = at::empty({rows, N}, x.options());
   if (rows == 0 || N == 0) return y;
+  // Groups with rows: at most one a row, and at most E.
   launch<kRowsMax>(reinterpret_cast<const bf16*>(x.data_ptr()), reinterpret_cast<const bf16*>(weight.data_ptr()),
-                   nullptr, reinterpret_cast<bf16*>(y.data_ptr()), 0, N, K, ends.data_ptr<int>(), E);
+                   nullptr, reinterpret_cast<bf16*>(y.data_ptr()), 0, N, K, ends.data_ptr<int>(), E, std::min(E, rows));
   cuda_launch::check("fused kernel", "grouped_rows");
   return y;
 }
