@@ -432,7 +432,10 @@ Engine::Engine(std::shared_ptr<model::CausalLM> model, const text::Tokenizer* to
     : impl_(std::make_unique<Impl>(std::move(model), tokenizer, options)) {
   impl_->weight_version = &weight_version;
 }
-Engine::~Engine() = default;
+Engine::~Engine() {
+  // A step still in flight (queued for sequences a stop token ended) reads the graphs and the cache.
+  if (impl_->flight) impl_->flight->ready.synchronize();
+}
 
 void Engine::check(const Request& r, const std::string& where) const { impl_->check(r, where); }
 
