@@ -247,19 +247,8 @@ void Engine::Impl::start_samples(std::vector<Completion>& done) {
   if (fresh.empty()) return;
   auto blocks_view = pool.view({pool.size(0), num_blocks, bs, D});
   for (const auto& c : copies) blocks_view.select(1, c.to).copy_(blocks_view.select(1, c.from));
-  const int64_t S = (int64_t)fresh.size();
   std::vector<Tensor> rows;
-  std::vector<float> temp(S), topp(S), u(S);
-  std::vector<int64_t> topk(S);
-  for (int64_t i = 0; i < S; ++i) {
-    const auto& g = *fresh[i]->group;
-    const auto& p = g.req.params;
-    rows.push_back(prompt_logits.at(g.id));
-    temp[i] = (float)p.temperature;
-    topp[i] = (float)p.top_p;
-    topk[i] = p.top_k;
-    u[i] = sample_uniform(p.seed, g.req.prompt_index, fresh[i]->sample, 0);
-  }
+  for (Sequence* s : fresh) rows.push_back(prompt_logits.at(s->group->id));
   std::vector<Tensor> hidden;  // speculative: each sample's first MTP row reads the prompt's last hidden state
   std::vector<uint64_t> finished_groups;
   for (Sequence* s : fresh) {
@@ -270,20 +259,35 @@ void Engine::Impl::start_samples(std::vector<Completion>& done) {
     prompt_logits.erase(id);
     prompt_hidden.erase(id);
   }
-  sample_and_advance(at::stack(rows), fresh, temp, topk, topp, u, done);
+  sample_and_advance(at::stack(rows), fresh, row_sampling(fresh), done);
   if (!spec) return;
   // Samples that did not end at their first token wait for their first MTP row.
   const auto& run = sched->running();
-  for (int64_t i = 0; i < S; ++i)
+  for (size_t i = 0; i < fresh.size(); ++i)
     if (std::find(run.begin(), run.end(), fresh[i]) != run.end())
       pending[fresh[i]] = {fresh[i]->group->prompt_len() - 1, hidden[i].unsqueeze(0), {fresh[i]->tokens.back()}};
 }
 
-void Engine::Impl::sample_and_advance(const Tensor& logits, const std::vector<Sequence*>& seqs, const std::vector<float>& temp,
-                                      const std::vector<int64_t>& topk, const std::vector<float>& topp,
-                                      const std::vector<float>& u, std::vector<Completion>& done) {
+Engine::Impl::RowSampling Engine::Impl::row_sampling(const std::vector<Sequence*>& seqs,
+                                                    const std::vector<int64_t>& ahead) {
+  const size_t n = seqs.size();
+  RowSampling rs{std::vector<float>(n), std::vector<float>(n), std::vector<float>(n), std::vector<int64_t>(n)};
+  for (size_t b = 0; b < n; ++b) {
+    const Sequence& s = *seqs[b];
+    const auto& p = s.group->req.params;
+    rs.temp[b] = (float)p.temperature;
+    rs.topp[b] = (float)p.top_p;
+    rs.topk[b] = p.top_k;
+    const int64_t index = (int64_t)s.tokens.size() + (ahead.empty() ? 0 : ahead[b]);
+    rs.u[b] = sample_uniform(p.seed, s.group->req.prompt_index, s.sample, index);
+  }
+  return rs;
+}
+
+void Engine::Impl::sample_and_advance(const Tensor& logits, const std::vector<Sequence*>& seqs, const RowSampling& rs,
+                                      std::vector<Completion>& done) {
   auto t0 = std::chrono::steady_clock::now();
-  auto [tok, lp] = sample_tokens(logits, temp, topk, topp, u);
+  auto [tok, lp] = sample_tokens(logits, rs.temp, rs.topk, rs.topp, rs.u);
   if (invariant) lp = model::invariant::log_softmax(logits).gather(1, tok.unsqueeze(1)).squeeze(1);
   Tensor host = at::stack({tok.to(at::kDouble), lp.to(at::kDouble)}).to(at::kCPU);
   stats.sample_seconds += seconds_since(t0);
@@ -397,17 +401,7 @@ void Engine::Impl::decode(std::vector<Completion>& done) {
       seqs[b]->routing.insert(seqs[b]->routing.end(), rec.begin() + b * per_token, rec.begin() + (b + 1) * per_token);
   }
 
-  std::vector<float> temp(B), topp(B), u(B);
-  std::vector<int64_t> topk(B);
-  for (int64_t b = 0; b < B; ++b) {
-    const Sequence& s = *seqs[b];
-    const auto& p = s.group->req.params;
-    temp[b] = (float)p.temperature;
-    topp[b] = (float)p.top_p;
-    topk[b] = p.top_k;
-    u[b] = sample_uniform(p.seed, s.group->req.prompt_index, s.sample, (int64_t)s.tokens.size());
-  }
-  sample_and_advance(logits, seqs, temp, topk, topp, u, done);
+  sample_and_advance(logits, seqs, row_sampling(seqs), done);
   stats.decode_steps += 1;
   stats.decode_tokens += B;
   stats.decode_seconds += seconds_since(t0);

@@ -118,10 +118,18 @@ struct Engine::Impl {
   // from the prompt's logits.
   void start_samples(std::vector<Completion>& done);
 
+  // The sampling settings of `seqs` for the token each draws next: its temperature, top-k, top-p
+  // and uniform number, keyed by the token's index (the tokens it holds, plus ahead[b] where given:
+  // 1 for a token still in flight).
+  struct RowSampling {
+    std::vector<float> temp, topp, u;
+    std::vector<int64_t> topk;
+  };
+  static RowSampling row_sampling(const std::vector<Sequence*>& seqs, const std::vector<int64_t>& ahead = {});
+
   // Samples one token per row of `logits` and hands them to the scheduler.
-  void sample_and_advance(const Tensor& logits, const std::vector<Sequence*>& seqs, const std::vector<float>& temp,
-                          const std::vector<int64_t>& topk, const std::vector<float>& topp,
-                          const std::vector<float>& u, std::vector<Completion>& done);
+  void sample_and_advance(const Tensor& logits, const std::vector<Sequence*>& seqs, const RowSampling& rs,
+                          std::vector<Completion>& done);
 
   // Starts samples, then prefills admitted prompts and starts theirs, while slots and cache allow.
   void admit(std::vector<Completion>& done);

@@ -73,17 +73,8 @@ void Engine::Impl::decode_overlapped(std::vector<Completion>& done) {
     Tensor host_t = at::from_blob(host.data(), {(int64_t)host.size()}, at::TensorOptions().dtype(at::kLong));
     Tensor logits = graphs->run(host_t, Bp, nb, B, fill);
 
-    std::vector<float> temp(B), topp(B), u(B);
-    std::vector<int64_t> topk(B);
-    for (int64_t b = 0; b < B; ++b) {
-      const Sequence& s = *seqs[b];
-      const auto& p = s.group->req.params;
-      temp[b] = (float)p.temperature;
-      topp[b] = (float)p.top_p;
-      topk[b] = p.top_k;
-      u[b] = sample_uniform(p.seed, s.group->req.prompt_index, s.sample, (int64_t)s.tokens.size() + ahead[b]);
-    }
-    auto [tok, lp] = sample_tokens(logits, temp, topk, topp, u);
+    const RowSampling rs = row_sampling(seqs, ahead);
+    auto [tok, lp] = sample_tokens(logits, rs.temp, rs.topk, rs.topp, rs.u);
     if (invariant) lp = model::invariant::log_softmax(logits).gather(1, tok.unsqueeze(1)).squeeze(1);
     next = std::make_unique<Flight>();
     next->seqs = seqs;
