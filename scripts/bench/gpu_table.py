@@ -106,6 +106,13 @@ for kernel, what in (("router", "the router after its logits in one kernel"),
              "with drift mean / max", "without drift mean / max"],
             lambda r, x: [f"{r['ms_per_step']:.2f}", f"{x['ms_per_step']:.2f}", f"{x['ms_per_step'] / r['ms_per_step']:.2f}x",
                           f"{100 * r['roofline']:.1f}%", f"{100 * x['roofline']:.1f}%", drift(r), drift(x)])
+for kernel, what in (("dependent_launch", "the few-row products launched as dependents of the kernel before them"),):
+    compare(f"grpo-trial-{kernel}", f"Decode with {what} (on trial: GRPO_KERNEL_TRIAL={kernel}) against the same\n"
+            "engine without it in the same run",
+            ["default ms/step", "trial ms/step", "speed-up", "default roofline", "trial roofline",
+             "default drift mean / max", "trial drift mean / max"],
+            lambda r, x: [f"{r['ms_per_step']:.2f}", f"{x['ms_per_step']:.2f}", f"{r['ms_per_step'] / x['ms_per_step']:.2f}x",
+                          f"{100 * r['roofline']:.1f}%", f"{100 * x['roofline']:.1f}%", drift(r), drift(x)])
 
 
 def exact_prefill():

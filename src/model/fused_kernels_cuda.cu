@@ -7,6 +7,7 @@
 
 #include "model/block_place.cuh"
 #include "model/cuda_launch.h"
+#include "model/dependent_launch.cuh"
 #include "model/fused_kernels_cuda.h"
 #include "model/rope.cuh"
 #include "model/row_reduce.cuh"
@@ -273,6 +274,7 @@ __global__ void mla_decode_prologue_kernel(const T* __restrict__ q, const T* __r
 template <typename T>
 __global__ void add_rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
                                     T* __restrict__ sum, T* __restrict__ out, int64_t D, float eps) {
+  dependent_launch::let_dependents_start();  // the projections after it may load their weights
   __shared__ float scratch[kRowThreads];
   const int64_t row = (int64_t)blockIdx.x * D;
   float s = 0;

@@ -46,10 +46,10 @@ Routing route(const Tensor& logits, const Tensor& bias, int64_t k, int64_t group
 
 // y = x W^T (+ bias) for x (..., K) of at most 8 rows, bf16: x and weight (N, K) contiguous and
 // 16-byte aligned, K % 8 == 0, bias (N) or undefined (model/linear_rows_cuda.cu).
-Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias);
+Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias, bool dependent);
 // y (rows, N): group e's rows of x (rows, K) times weight[e] (E, N, K) transposed, the groups' rows
 // ending at ends (E) int32 contiguous, at most 8 a group; bf16 as linear_rows.
-Tensor grouped_rows(const Tensor& x, const Tensor& weight, const Tensor& ends);
+Tensor grouped_rows(const Tensor& x, const Tensor& weight, const Tensor& ends, bool dependent);
 
 // One token per row from softmax(logits / temperature[b]) at the uniform number uniform[b] (greedy
 // where the temperature is 0), and its log-probability under softmax(logits): logits (B, V) fp32

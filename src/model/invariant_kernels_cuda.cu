@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "model/cuda_launch.h"
+#include "model/dependent_launch.cuh"
 #include "model/mma.cuh"
 #include "model/row_reduce.cuh"
 #include "model/row_vectors.cuh"
@@ -323,6 +324,7 @@ __global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ 
 template <typename T>
 __global__ void swiglu_packed_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out,
                                      int64_t M, int64_t I, int64_t sg, int64_t su) {
+  dependent_launch::let_dependents_start();  // the down projection after it may load its weights
   const PackAt p = pack_at<T>(M, I);
   if (!p.valid) return;
   const Pack<T> g = load_pack(gate + p.row * sg + p.col), u = load_pack(up + p.row * su + p.col);

@@ -1,5 +1,8 @@
 // Kernels on trial: a new kernel that has not yet been measured against the one it would replace
 // runs only when named in the environment variable GRPO_KERNEL_TRIAL, a comma-separated list:
+//   dependent_launch the few-row products (linear_rows) launched as dependents of the kernel before
+//                    them (dependent_launch.cuh): their blocks start while it ends and ask for
+//                    their weights before waiting for its output
 //   tall_tiles       the batch-invariant grouped products of decode in tiles of 32 or 64 rows of a
 //                    group, where groups hold that many, through the decode kernel
 //                    (invariant_kernels_cuda.h)

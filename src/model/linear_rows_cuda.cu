@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "model/cuda_launch.h"
+#include "model/dependent_launch.cuh"
 #include "model/fused_kernels_cuda.h"
 #include "util/error.h"
 
@@ -53,9 +54,11 @@ __global__ void __launch_bounds__(32 * kColumnsPerBlock) linear_rows_kernel(cons
                                                                             bf16* __restrict__ y, int M, int64_t N,
                                                                             int64_t K, const int* __restrict__ ends,
                                                                             int E) {
+  dependent_launch::let_dependents_start();
   const int lane = threadIdx.x % 32;
   const int64_t n = (int64_t)blockIdx.x * kColumnsPerBlock + threadIdx.x / 32;
   if (ends) {
+    dependent_launch::wait_for_inputs();  // the groups come from the kernels before
     // Each warp finds the group (the same for all): the blockIdx.y-th with rows, 32 groups a step.
     int left = blockIdx.y, e = -1;
     for (int base = 0; base < E && e < 0; base += 32) {
@@ -78,22 +81,44 @@ __global__ void __launch_bounds__(32 * kColumnsPerBlock) linear_rows_kernel(cons
   }
   if (n >= N) return;
   const bf16* wr = w + n * K;
+  // The lane's next kSteps pieces of the weight row (a piece every 256 columns), asked for a chunk
+  // ahead of their use. The weights are no kernel's output: the first chunk is asked for before
+  // waiting for the kernels before (x is), so that with a dependent launch it loads while they end.
+  constexpr int kSteps = 4;
+  uint4 ahead[kSteps];
+  auto fetch = [&](int64_t k0) {
+#pragma unroll
+    for (int i = 0; i < kSteps; ++i) {
+      const int64_t k = k0 + (int64_t)256 * i;
+      ahead[i] = k < K ? __ldg(reinterpret_cast<const uint4*>(wr + k)) : make_uint4(0, 0, 0, 0);
+    }
+  };
   for (int r0 = 0; r0 < M; r0 += R, x += (int64_t)R * K, y += (int64_t)R * N) {
     const int rows = min(R, M - r0);
+    fetch(8 * lane);
+    if (r0 == 0) dependent_launch::wait_for_inputs();
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-#pragma unroll 4
-    for (int64_t k = 8 * lane; k < K; k += 8 * 32) {
-      float wf[8];
-      unpack8(__ldg(reinterpret_cast<const uint4*>(wr + k)), wf);
+    for (int64_t k0 = 8 * lane; k0 < K; k0 += (int64_t)256 * kSteps) {
+      uint4 piece[kSteps];
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        if (r >= rows) break;
-        float xf[8];
-        unpack8(*reinterpret_cast<const uint4*>(x + r * K + k), xf);
+      for (int i = 0; i < kSteps; ++i) piece[i] = ahead[i];
+      if (k0 + (int64_t)256 * kSteps < K) fetch(k0 + (int64_t)256 * kSteps);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) acc[r] += wf[e] * xf[e];
+      for (int i = 0; i < kSteps; ++i) {
+        const int64_t k = k0 + (int64_t)256 * i;
+        if (k >= K) break;
+        float wf[8];
+        unpack8(piece[i], wf);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          if (r >= rows) break;
+          float xf[8];
+          unpack8(*reinterpret_cast<const uint4*>(x + r * K + k), xf);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[r] += wf[e] * xf[e];
+        }
       }
     }
 #pragma unroll
@@ -107,16 +132,16 @@ __global__ void __launch_bounds__(32 * kColumnsPerBlock) linear_rows_kernel(cons
 }
 
 template <int R>
-void launch(const bf16* x, const bf16* w, const bf16* bias, bf16* y, int M, int64_t N, int64_t K,
+void launch(bool dependent, const bf16* x, const bf16* w, const bf16* bias, bf16* y, int M, int64_t N, int64_t K,
             const int* ends = nullptr, int64_t groups = 1, int64_t block_rows = 1) {
   const dim3 blocks((unsigned)((N + kColumnsPerBlock - 1) / kColumnsPerBlock), (unsigned)block_rows);
-  linear_rows_kernel<R><<<blocks, 32 * kColumnsPerBlock, 0, cuda_launch::stream()>>>(x, w, bias, y, M, N, K, ends,
-                                                                                      (int)groups);
+  dependent_launch::launch(linear_rows_kernel<R>, blocks, dim3(32 * kColumnsPerBlock), 0, cuda_launch::stream(), dependent,
+                           x, w, bias, y, M, N, K, ends, (int)groups);
 }
 
 }  // namespace
 
-Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias, bool dependent) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t K = x.size(-1), M = x.numel() / K, N = weight.size(0);
   if (M > kRowsMax) throw Error("fused linear_rows: " + std::to_string(M) + " rows (at most 8)");
@@ -129,24 +154,24 @@ Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const auto* bp = bias.defined() ? reinterpret_cast<const bf16*>(bias.data_ptr()) : nullptr;
   auto* yp = reinterpret_cast<bf16*>(y.data_ptr());
   if (M == 1)
-    launch<1>(xp, wp, bp, yp, (int)M, N, K);
+    launch<1>(dependent, xp, wp, bp, yp, (int)M, N, K);
   else if (M == 2)
-    launch<2>(xp, wp, bp, yp, (int)M, N, K);
+    launch<2>(dependent, xp, wp, bp, yp, (int)M, N, K);
   else if (M <= 4)
-    launch<4>(xp, wp, bp, yp, (int)M, N, K);
+    launch<4>(dependent, xp, wp, bp, yp, (int)M, N, K);
   else
-    launch<8>(xp, wp, bp, yp, (int)M, N, K);
+    launch<8>(dependent, xp, wp, bp, yp, (int)M, N, K);
   cuda_launch::check("fused kernel", "linear_rows");
   return y;
 }
 
-Tensor grouped_rows(const Tensor& x, const Tensor& weight, const Tensor& ends) {
+Tensor grouped_rows(const Tensor& x, const Tensor& weight, const Tensor& ends, bool dependent) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t E = weight.size(0), N = weight.size(1), K = weight.size(2), rows = x.size(0);
   Tensor y = at::empty({rows, N}, x.options());
   if (rows == 0 || N == 0) return y;
   // Groups with rows: at most one a row, and at most E.
-  launch<kRowsMax>(reinterpret_cast<const bf16*>(x.data_ptr()), reinterpret_cast<const bf16*>(weight.data_ptr()),
+  launch<kRowsMax>(dependent, reinterpret_cast<const bf16*>(x.data_ptr()), reinterpret_cast<const bf16*>(weight.data_ptr()),
                    nullptr, reinterpret_cast<bf16*>(y.data_ptr()), 0, N, K, ends.data_ptr<int>(), E, std::min(E, rows));
   cuda_launch::check("fused kernel", "grouped_rows");
   return y;

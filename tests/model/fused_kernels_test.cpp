@@ -1,6 +1,8 @@
 // The fused inference kernels (model/fused_kernels.h) against the ATen chains they replace.
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAGraph.h>
 #include <ATen/ops/_grouped_mm.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include "common/tensor_checks.h"
 #include "common/tiny_models.h"
 #include "model/fused_kernels.h"
+#include "model/kernel_trial.h"
 #include "model/layers.h"
 #include "model/moe.h"
 
@@ -410,7 +413,9 @@ TEST(FusedKernelsCuda, GroupedRowsAgreeWithTheGroupedProduct) {
       const Tensor order = at::rand({T, E}, kCuda).argsort(/*stable=*/false, /*dim=*/1);
       // k distinct experts a token, or k of the first 3 with repeats
       const Tensor experts = repeats ? at::randint(3, {T, k}, kCuda.dtype(at::kLong)) : order.narrow(1, 0, k).contiguous();
-      if (repeats) EXPECT_GT(at::bincount(experts.flatten()).max().item<int64_t>(), 8);
+      if (repeats) {
+        EXPECT_GT(at::bincount(experts.flatten()).max().item<int64_t>(), 8);  // 30 pairs in 3 groups
+      }
       const fused::ExpertGroups g = fused::group_by_expert(experts, E);
       const Tensor x = at::randn({T, K}, kCuda.dtype(at::kBFloat16)), xs = x.index_select(0, g.token);
       const Tensor w = (at::randn({E, N, K}, kCuda) * 0.05).to(at::kBFloat16);
@@ -430,6 +435,55 @@ TEST(FusedKernelsCuda, GroupedRowsAgreeWithTheGroupedProduct) {
   EXPECT_FALSE(fused::grouped_rows(at::zeros({2, 16}, kCuda), at::zeros({4, 8, 16}, kCuda),
                                    at::zeros({4}, kCuda.dtype(at::kInt)))
                    .defined());
+}
+
+// The few-row products launched as dependents of the kernel before them (on trial,
+// "dependent_launch"): a residual add and norm, a product of its output, a product of that one's
+// output (each launched while the one before it may still run, so a read of its input before the
+// wait would show), and the experts' grouped product, eagerly and replayed from a CUDA graph: the
+// bits of the ordinary launches.
+TEST(FusedKernelsCuda, DependentLaunchesGiveTheBitsOfOrdinaryOnes) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  at::manual_seed(14);
+  at::NoGradGuard no_grad;
+  const auto b16 = kCuda.dtype(at::kBFloat16);
+  const int64_t E = 64;
+  const Tensor x = at::randn({1, 2048}, b16), r = at::randn({1, 2048}, b16), w = at::randn({2048}, b16);
+  const Tensor w1 = (at::randn({3072, 2048}, kCuda) * 0.02).to(at::kBFloat16);
+  const Tensor w2 = (at::randn({2048, 3072}, kCuda) * 0.02).to(at::kBFloat16);
+  const Tensor we = (at::randn({E, 256, 2048}, kCuda) * 0.02).to(at::kBFloat16);
+  const fused::ExpertGroups g = fused::group_by_expert(at::randperm(E, kCuda.dtype(at::kLong)).narrow(0, 0, 6).view({1, 6}), E);
+  auto chain = [&] {
+    auto [sum, normed] = fused::add_rms_norm(x, r, w, 1e-6);
+    const Tensor a = fused::linear_rows(normed, w1, {});
+    const Tensor b = fused::linear_rows(a, w2, {});
+    const Tensor c = fused::grouped_rows(b.index_select(0, g.token), we, g.ends);
+    return std::vector<Tensor>{a, b, c};
+  };
+  std::vector<Tensor> want, got, replayed;
+  {
+    KernelTrialScope ordinary("");
+    want = chain();
+  }
+  KernelTrialScope dependent("dependent_launch");
+  got = chain();
+  {
+    at::cuda::CUDAGraph graph;
+    const at::cuda::CUDAStream stream = at::cuda::getStreamFromPool();
+    const c10::cuda::CUDAStreamGuard guard(stream);
+    chain();  // warm-up outside the capture
+    stream.synchronize();
+    graph.capture_begin();
+    replayed = chain();
+    graph.capture_end();
+    graph.replay();
+    stream.synchronize();
+  }
+  for (size_t i = 0; i < want.size(); ++i) {
+    ASSERT_TRUE(want[i].defined() && got[i].defined() && replayed[i].defined()) << i;
+    EXPECT_TRUE(at::equal(got[i], want[i])) << "product " << i << " launched as a dependent";
+    EXPECT_TRUE(at::equal(replayed[i], want[i])) << "product " << i << " replayed from a CUDA graph";
+  }
 }
 
 }  // namespace

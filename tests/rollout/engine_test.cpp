@@ -538,6 +538,34 @@ TEST(EngineCuda, FusedDecodeKernelsAgreeWithRecomputeInBf16) {
   }
 }
 
+// The few-row products launched as dependents of the kernel before them (on trial,
+// "dependent_launch") inside the engine's graphs: the ordinary launches' tokens and log-probs to
+// the bit (6 sequences: every product of a step takes the few-row kernels).
+TEST(EngineCuda, DependentLaunchesOnTrialGiveTheSameTokens) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  auto m = tiny(kTinyV3, 3);
+  m->to_device_dtype(at::kCUDA, at::kBFloat16);
+  SamplingParams sp;
+  sp.n = 2;
+  sp.max_new_tokens = 30;
+  sp.seed = 5;
+  auto rs = requests(prompts(3, 20, 60, 97, 4), sp);
+  std::vector<Completion> out[2];
+  for (int form = 0; form < 2; ++form) {
+    model::KernelTrialScope scope(form ? "dependent_launch" : "");
+    EngineOptions o;
+    o.block_size = 8;
+    o.kv_cache_bytes = 64 << 20;
+    Engine e(m, nullptr, o);
+    out[form] = e.generate(rs);
+  }
+  ASSERT_EQ(out[0].size(), out[1].size());
+  for (size_t i = 0; i < out[0].size(); ++i) {
+    EXPECT_EQ(out[0][i].token_ids, out[1][i].token_ids) << "completion " << i;
+    EXPECT_EQ(out[0][i].logprobs, out[1][i].logprobs) << "completion " << i;
+  }
+}
+
 // The sampler in one kernel and the linear layers of a step's few rows (adopted, model/kernel_trial.h)
 // inside the engine, each against the same engine without it: log-probabilities as near the
 // recomputed ones.
