@@ -21,8 +21,8 @@
 # variants: gathered attention, FP8 and exact_rollout per context; fused: ATen's chains, and the
 # engine without each adopted decode kernel (router, mla_decode_prologue, add_rms_norm, the last two
 # also together, packed_swiglu, fused_sampler: the sampler in one kernel, linear_rows: the linear
-# layers of at most 8 rows, the last two also together), and with the kernels on trial
-# (dependent_launch: the few-row products launched as dependents), at 1,024 tokens; exact: the batch-invariant
+# layers of at most 8 rows, the last two also together, dependent_launch: the few-row products
+# launched as dependents of the kernel before them), at 1,024 tokens; exact: the batch-invariant
 # products alone (without the adopted decode kernels; the fp32 ones without fp32_products) and
 # exact_rollout at 1,024 tokens, with and without its kernels on trial; transformers: its generate()
 # as the decode baseline).
@@ -104,16 +104,10 @@ want fused && "$build/scripts/bench/bench_rollout" --model "$work/model" --devic
 # Without each adopted decode kernel (model/kernel_trial.h; GRPO_KERNEL_TRIAL=-router and so on), and
 # without MLA's prologue and the fused residual adds together: what each replaced.
 for kernels in router mla_decode_prologue add_rms_norm mla_decode_prologue,add_rms_norm packed_swiglu fused_sampler \
-    linear_rows fused_sampler,linear_rows; do
+    linear_rows fused_sampler,linear_rows dependent_launch; do
   want fused && GRPO_KERNEL_TRIAL=-${kernels//,/,-} "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
     --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
     --label "grpo-without-$kernels" | tee -a "$log"
-done
-# Decode kernels on trial (model/kernel_trial.h) against the same engine without them.
-for kernel in dependent_launch; do
-  want fused && GRPO_KERNEL_TRIAL=$kernel "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
-    --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len 1024 --new-tokens "${NEW:-128}" --nocache-batches "" \
-    --label "grpo-trial-$kernel" | tee -a "$log"
 done
 # The batch-invariant products alone (the V2-Lite projections' K = N = 2048, and gate_up's rows over
 # 64 experts: decode's 768 and 1,536 rows at batch 128 and 256, a prefill's more) against ATen's

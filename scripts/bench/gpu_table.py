@@ -99,19 +99,13 @@ for kernel, what in (("router", "the router after its logits in one kernel"),
                      ("packed_swiglu", "SwiGLU in 16-byte packs"),
                      ("fused_sampler", "the sampler in one kernel"),
                      ("linear_rows", "the linear layers of at most 8 rows a warp a column"),
-                     ("fused_sampler,linear_rows", "the sampler in one kernel and the few-row linear layers")):
+                     ("fused_sampler,linear_rows", "the sampler in one kernel and the few-row linear layers"),
+                     ("dependent_launch", "the few-row products launched as dependents of the kernel before them")):
     compare(f"grpo-without-{kernel}", f"Decode with {what} (adopted) against the same engine without it\n"
             f"(GRPO_KERNEL_TRIAL=-{kernel.replace(',', ',-')}) in the same run",
             ["with ms/step", "without ms/step", "speed-up", "with roofline", "without roofline",
              "with drift mean / max", "without drift mean / max"],
             lambda r, x: [f"{r['ms_per_step']:.2f}", f"{x['ms_per_step']:.2f}", f"{x['ms_per_step'] / r['ms_per_step']:.2f}x",
-                          f"{100 * r['roofline']:.1f}%", f"{100 * x['roofline']:.1f}%", drift(r), drift(x)])
-for kernel, what in (("dependent_launch", "the few-row products launched as dependents of the kernel before them"),):
-    compare(f"grpo-trial-{kernel}", f"Decode with {what} (on trial: GRPO_KERNEL_TRIAL={kernel}) against the same\n"
-            "engine without it in the same run",
-            ["default ms/step", "trial ms/step", "speed-up", "default roofline", "trial roofline",
-             "default drift mean / max", "trial drift mean / max"],
-            lambda r, x: [f"{r['ms_per_step']:.2f}", f"{x['ms_per_step']:.2f}", f"{r['ms_per_step'] / x['ms_per_step']:.2f}x",
                           f"{100 * r['roofline']:.1f}%", f"{100 * x['roofline']:.1f}%", drift(r), drift(x)])
 
 

@@ -1,4 +1,4 @@
-// Programmatic dependent launch (Hopper; on trial, "dependent_launch"): a kernel launched as a
+// Programmatic dependent launch (Hopper; adopted, "dependent_launch"): a kernel launched as a
 // dependent may start while the kernel before it on the stream is still running, so that a decode
 // step's small kernels do not each wait out the one before them to be launched and to ramp up.
 // Such a kernel reads nothing the kernels before it write until it has called wait_for_inputs()

@@ -117,7 +117,7 @@ Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias) {
       (bias.defined() && (bias.dim() != 1 || bias.size(0) != weight.size(0) || bias.scalar_type() != at::kBFloat16 ||
                           !bias.is_contiguous() || bias.device() != x.device())))
     return {};
-  return cuda::linear_rows(x, weight, bias, kernel_on_trial("dependent_launch"));
+  return cuda::linear_rows(x, weight, bias, kernel_adopted("dependent_launch"));
 }
 
 Tensor grouped_rows(const Tensor& x, const Tensor& weight, const Tensor& ends) {
@@ -127,7 +127,7 @@ Tensor grouped_rows(const Tensor& x, const Tensor& weight, const Tensor& ends) {
       ends.size(0) != weight.size(0) || ends.scalar_type() != at::kInt || !ends.is_contiguous() ||
       ends.device() != x.device())
     return {};
-  return cuda::grouped_rows(x, weight, ends, kernel_on_trial("dependent_launch"));
+  return cuda::grouped_rows(x, weight, ends, kernel_adopted("dependent_launch"));
 }
 
 std::pair<Tensor, Tensor> sample(const Tensor& logits, const Tensor& temperature, const Tensor& uniform) {

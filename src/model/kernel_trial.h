@@ -1,8 +1,5 @@
 // Kernels on trial: a new kernel that has not yet been measured against the one it would replace
 // runs only when named in the environment variable GRPO_KERNEL_TRIAL, a comma-separated list:
-//   dependent_launch the few-row products (linear_rows) launched as dependents of the kernel before
-//                    them (dependent_launch.cuh): their blocks start while it ends and ask for
-//                    their weights before waiting for its output
 //   tall_tiles       the batch-invariant grouped products of decode in tiles of 32 or 64 rows of a
 //                    group, where groups hold that many, through the decode kernel
 //                    (invariant_kernels_cuda.h)
@@ -38,6 +35,9 @@
 //   linear_rows      the linear layers of a decode step of at most 8 rows (bf16) a warp an output
 //                    column, instead of cuBLAS (linear.cpp), and the routed experts' products of
 //                    at most 8 tokens likewise, instead of the grouped GEMM (moe.cpp; fused_kernels.h)
+//   dependent_launch the few-row products (linear_rows) launched as dependents of the kernel before
+//                    them (dependent_launch.cuh): their blocks start while it ends and ask for
+//                    their weights before waiting for its output
 #pragma once
 
 #include <optional>

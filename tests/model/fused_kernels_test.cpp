@@ -437,7 +437,7 @@ TEST(FusedKernelsCuda, GroupedRowsAgreeWithTheGroupedProduct) {
                    .defined());
 }
 
-// The few-row products launched as dependents of the kernel before them (on trial,
+// The few-row products launched as dependents of the kernel before them (adopted,
 // "dependent_launch"): a residual add and norm, a product of its output, a product of that one's
 // output (each launched while the one before it may still run, so a read of its input before the
 // wait would show), and the experts' grouped product, eagerly and replayed from a CUDA graph: the
@@ -462,10 +462,10 @@ TEST(FusedKernelsCuda, DependentLaunchesGiveTheBitsOfOrdinaryOnes) {
   };
   std::vector<Tensor> want, got, replayed;
   {
-    KernelTrialScope ordinary("");
+    KernelTrialScope ordinary("-dependent_launch");
     want = chain();
   }
-  KernelTrialScope dependent("dependent_launch");
+  KernelTrialScope dependent("");
   got = chain();
   {
     at::cuda::CUDAGraph graph;

@@ -538,10 +538,10 @@ TEST(EngineCuda, FusedDecodeKernelsAgreeWithRecomputeInBf16) {
   }
 }
 
-// The few-row products launched as dependents of the kernel before them (on trial,
+// The few-row products launched as dependents of the kernel before them (adopted,
 // "dependent_launch") inside the engine's graphs: the ordinary launches' tokens and log-probs to
 // the bit (6 sequences: every product of a step takes the few-row kernels).
-TEST(EngineCuda, DependentLaunchesOnTrialGiveTheSameTokens) {
+TEST(EngineCuda, DependentLaunchesGiveTheSameTokens) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
   auto m = tiny(kTinyV3, 3);
   m->to_device_dtype(at::kCUDA, at::kBFloat16);
@@ -552,7 +552,7 @@ TEST(EngineCuda, DependentLaunchesOnTrialGiveTheSameTokens) {
   auto rs = requests(prompts(3, 20, 60, 97, 4), sp);
   std::vector<Completion> out[2];
   for (int form = 0; form < 2; ++form) {
-    model::KernelTrialScope scope(form ? "dependent_launch" : "");
+    model::KernelTrialScope scope(form ? "" : "-dependent_launch");
     EngineOptions o;
     o.block_size = 8;
     o.kv_cache_bytes = 64 << 20;
