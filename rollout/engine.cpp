@@ -350,6 +350,15 @@ Tensor Engine::Impl::decode_forward(const Tensor& packed, int64_t B, int64_t nbl
   return logits;
 }
 
+void Engine::Impl::pack_row(std::vector<int64_t>& packed, int64_t rows, int64_t nblk, int64_t r, const Sequence& s,
+                            int64_t token, int64_t position, int64_t write_slot, int64_t length) {
+  packed[r] = token;
+  packed[rows + r] = position;
+  packed[2 * rows + r] = write_slot;
+  packed[3 * rows + r] = length;
+  std::copy(s.table.begin(), s.table.end(), packed.begin() + 4 * rows + r * nblk);
+}
+
 Engine::Impl::PagedRows Engine::Impl::unpack(const Tensor& packed, int64_t B, int64_t nblk, int64_t key_start) const {
   PagedRows r;
   model::PagedKV& kv = r.kv;
@@ -382,11 +391,7 @@ void Engine::Impl::decode(std::vector<Completion>& done) {
   for (int64_t b = 0; b < B; ++b) {
     const Sequence& s = *seqs[b];
     const int64_t pos = s.position();
-    host[b] = s.tokens.back();
-    host[Bp + b] = pos;
-    host[2 * Bp + b] = (int64_t)s.table[pos / bs] * bs + pos % bs;
-    host[3 * Bp + b] = pos + 1;
-    for (size_t i = 0; i < s.table.size(); ++i) host[4 * Bp + b * nb + i] = s.table[i];
+    pack_row(host, Bp, nb, b, s, s.tokens.back(), pos, slot(s, pos), pos + 1);
   }
   Tensor host_t = at::from_blob(host.data(), {(int64_t)host.size()}, at::TensorOptions().dtype(at::kLong));
   Tensor logits = use_graphs ? graphs->run(host_t, Bp, nb, B)

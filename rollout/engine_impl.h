@@ -150,6 +150,10 @@ struct Engine::Impl {
     model::PagedKV kv;
   };
   PagedRows unpack(const Tensor& packed, int64_t B, int64_t nblk, int64_t key_start = 0) const;
+  // Writes row r of such a packed input on the host (`rows` rows, block tables of nblk): `token`
+  // at `position`, its cache row into slot `write_slot`, `length` slots read, and s's block table.
+  static void pack_row(std::vector<int64_t>& packed, int64_t rows, int64_t nblk, int64_t r, const Sequence& s,
+                       int64_t token, int64_t position, int64_t write_slot, int64_t length);
 
   // The MTP module over packed rows (as decode_forward's; a row's length counts the slots it reads)
   // given the hidden states h (R, H) it combines with the rows' tokens: writes its cache rows into

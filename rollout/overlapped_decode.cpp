@@ -49,11 +49,7 @@ void Engine::Impl::decode_overlapped(std::vector<Completion>& done) {
     for (int64_t b = 0; b < B; ++b) {
       const Sequence& s = *seqs[b];
       const int64_t pos = s.position() + ahead[b];
-      host[b] = ahead[b] ? 0 : s.tokens.back();
-      host[Bp + b] = pos;
-      host[2 * Bp + b] = slot(s, pos);
-      host[3 * Bp + b] = pos + 1;
-      for (size_t i = 0; i < s.table.size(); ++i) host[4 * Bp + b * nb + i] = s.table[i];
+      pack_row(host, Bp, nb, b, s, ahead[b] ? 0 : s.tokens.back(), pos, slot(s, pos), pos + 1);
       if (ahead[b]) {
         rows.push_back(b);
         from.push_back(in_flight.at(&s));

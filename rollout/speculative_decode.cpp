@@ -126,11 +126,7 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
     for (int64_t r = 0; r < R; ++r) {
       const Sequence& s = *seqs[mtp_rows[r].first];
       const int64_t pos = mtp_rows[r].second;
-      mp[r] = tokens[r];
-      mp[Rm + r] = pos;
-      mp[2 * Rm + r] = slot(s, pos + 1);
-      mp[3 * Rm + r] = pos + 2;
-      for (size_t t = 0; t < s.table.size(); ++t) mp[4 * Rm + r * nb + t] = s.table[t];
+      pack_row(mp, Rm, nb, r, s, tokens[r], pos, slot(s, pos + 1), pos + 2);
     }
     DecodeGraphs::Fill fill;  // the previous draft as the tokens of rows 0 .. B - 1
     if (i > 0) fill = [&](const Tensor& packed) { packed.narrow(0, 0, B).copy_(draft[i - 1]); };
@@ -158,12 +154,8 @@ void Engine::Impl::decode_speculative(std::vector<Completion>& done) {
     const Sequence& s = *seqs[b];
     const int64_t n = s.position();
     for (int64_t i = 0; i < K; ++i) {
-      const int64_t row = K * b + i;
-      host[row] = i == 0 ? s.tokens.back() : 0;  // the drafts' tokens come on the device
-      host[Rp + row] = n + i;
-      host[2 * Rp + row] = slot(s, n + i);
-      host[3 * Rp + row] = n + i + 1;
-      for (size_t t = 0; t < s.table.size(); ++t) host[4 * Rp + row * nb + t] = s.table[t];
+      // The drafts' tokens come on the device.
+      pack_row(host, Rp, nb, K * b + i, s, i == 0 ? s.tokens.back() : 0, n + i, slot(s, n + i), n + i + 1);
     }
   }
   Tensor host_t = at::from_blob(host.data(), {(int64_t)host.size()}, at::TensorOptions().dtype(at::kLong));
