@@ -2,7 +2,7 @@
 // grouped_rows; "linear_rows"): y (M, N) = x (M, K) W^T (+ bias) for M <= 8 rows in bf16,
 // where cuBLAS's tiles for a handful of rows read the weights at a third to a half of the copy
 // bandwidth; and the routed experts' products of such a step, each expert's few rows with its own
-// weights (block row e of the grid: expert e, none where it has no rows).
+// weights (a block row of the grid per expert that has rows).
 //
 // A warp an output column: its lanes read the column's weight row in 16-byte pieces (512 bytes a
 // warp a step, four steps in flight), each piece once, and multiply it with the same values of
@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(32 * kColumnsPerBlock) linear_rows_kernel(cons
       }
       left -= count;
     }
-    if (e < 0 || n >= N) return;  // fewer groups with rows than block rows
+    if (e < 0) return;  // fewer groups with rows than block rows
     const int first = e ? ends[e - 1] : 0;
     M = ends[e] - first;
     x += (int64_t)first * K;
