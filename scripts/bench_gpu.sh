@@ -25,18 +25,21 @@
 # launched as dependents of the kernel before them), at 1,024 tokens; exact: the batch-invariant
 # products alone (without the adopted decode kernels; the fp32 ones without fp32_products) and
 # exact_rollout at 1,024 tokens, with and without its kernels on trial; transformers: its generate()
-# as the decode baseline).
+# as the decode baseline; mla (not in the default set): the paged MLA decode kernel alone in each of
+# its forms (bench_paged_mla, its own table));
+# TRIALS (say "mla_decode_pipeline deep_rows"; default none): also the plain engine per context with
+# each of these GRPO_KERNEL_TRIAL values (model/kernel_trial.h), labelled grpo+value.
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
+want() { [[ ",${PARTS:-checks,train,decode,variants,fused,exact,transformers}," == *",$1,"* ]]; }
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRPO_ASAN_TESTS=OFF \
   -DGRPO_PYTHON="$(command -v "$py")" ${CMAKE_ARGS:-} >/dev/null
 cmake --build "$build" --target grpo bench_forward bench_rollout bench_invariant test_model test_rollout \
-  >/dev/null
+  $(want mla && echo bench_paged_mla) >/dev/null
 work=${GRPO_BENCH_DIR:-bench-out/gpu}
 mkdir -p "$work"
 log="$work/results.jsonl"
 : > "$log"
 L=${GRPO_BENCH_LAYERS:-12}
-want() { [[ ",${PARTS:-checks,train,decode,variants,fused,exact,transformers}," == *",$1,"* ]]; }
 
 # Correctness first: a fast wrong kernel is worth nothing.
 want checks && for t in test_model test_rollout; do
@@ -61,6 +64,9 @@ want train && for shape in "1 4096" "8 1024"; do
     --batch "$1" --seq "$2" --iters 3 --warmup 1 --json --label transformers | tee -a "$log" || echo "transformers failed"
 done
 
+# The paged MLA decode kernel alone: bytes per second against the copy bandwidth, each form.
+want mla && "$build/scripts/bench/bench_paged_mla" | tee "$work/paged_mla.txt" | grep '^{' >> "$log"
+
 # Decode: tokens/s and the fraction of the memory roofline (weights + latent KV cache read per
 # step over the copy bandwidth measured here).
 "$py" - "$L" "$work/config.json" <<'PY'
@@ -75,6 +81,12 @@ for p in "${prompts[@]}"; do
     "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda --dtype bfloat16 --batches "${BATCHES:-1,128,256}" \
       --prompt-len "$p" --new-tokens "${NEW:-128}" --nocache-batches "" --label grpo | tee -a "$log"
   fi
+  # Kernels on trial.
+  for trial in ${TRIALS:-}; do
+    GRPO_KERNEL_TRIAL=$trial "$build/scripts/bench/bench_rollout" --model "$work/model" --device cuda \
+      --dtype bfloat16 --batches "${BATCHES:-1,128,256}" --prompt-len "$p" --new-tokens "${NEW:-128}" --nocache-batches "" \
+      --label "grpo+$trial" | tee -a "$log"
+  done
   # The synchronous loop: each step waits for the host to have seen the previous step's tokens
   # (without EngineOptions::overlap_steps).
   if want overlap; then
@@ -153,3 +165,7 @@ if want transformers; then
 fi
 echo
 "$py" scripts/bench/gpu_table.py < "$log" | tee "$work/table.md"
+if want mla; then
+  echo
+  sed -n '/^copy bandwidth/,$p' "$work/paged_mla.txt"
+fi

@@ -22,6 +22,7 @@
 #include "model/moe.h"
 #include "profile/profiler.h"
 #include "rollout/engine.h"
+#include "timing.h"
 
 using namespace grpo;
 using at::Tensor;
@@ -33,20 +34,6 @@ void sync(const at::Device& d) {
 }
 
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-// Device copy bandwidth (read + write bytes per second) of a large buffer.
-double copy_bandwidth(const at::Device& dev) {
-  const int64_t bytes = dev.is_cuda() ? (int64_t(1) << 30) : (int64_t(256) << 20);
-  auto opts = at::TensorOptions().dtype(at::kByte).device(dev);
-  Tensor a = at::ones({bytes}, opts), b = at::empty({bytes}, opts);
-  b.copy_(a);
-  sync(dev);
-  const int reps = 10;
-  double t0 = now();
-  for (int i = 0; i < reps; ++i) b.copy_(a);
-  sync(dev);
-  return 2.0 * bytes * reps / (now() - t0);
-}
 
 std::vector<int64_t> parse_list(const std::string& s) {
   std::vector<int64_t> out;
@@ -125,7 +112,7 @@ int main(int argc, char** argv) {
     return dense_bytes + touched * expert_bytes;
   };
   const int64_t kv_token_bytes = c.num_hidden_layers * c.kv_cache_width() * elem;
-  const double bw = copy_bandwidth(dev);
+  const double bw = grpo::bench::copy_bandwidth(dev);
   printf("{\"kind\": \"device\", \"device\": \"%s\", \"copy_bandwidth\": %.4g, \"params\": %lld, \"dtype\": \"%s\"}\n",
          device.c_str(), bw, (long long)[&] { int64_t n = 0; for (auto& p : model->parameters()) n += p.numel(); return n; }(),
          dtype.c_str());

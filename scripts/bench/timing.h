@@ -1,8 +1,10 @@
 // Timing for the kernel benchmarks: seconds per call of f, over enough calls for about a quarter of
 // a second after one warm-up call. On CUDA (device = true) the calls are queued ten at a time and
-// the device is waited for before each reading, so the figure is device time per call.
+// the device is waited for before each reading, so the figure is device time per call. And the
+// device's copy bandwidth, the limit that memory-bound figures are given as a fraction of.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <torch/cuda.h>
 
 #include <chrono>
@@ -26,6 +28,14 @@ double seconds_per_call(F f, bool device) {
     dt = now() - t0;
   } while (dt < 0.25);
   return dt / n;
+}
+
+// Device copy bandwidth (read + write bytes per second) of a large buffer.
+inline double copy_bandwidth(const at::Device& dev) {
+  const int64_t bytes = dev.is_cuda() ? (int64_t(1) << 30) : (int64_t(256) << 20);
+  auto opts = at::TensorOptions().dtype(at::kByte).device(dev);
+  at::Tensor a = at::ones({bytes}, opts), b = at::empty({bytes}, opts);
+  return 2.0 * bytes / seconds_per_call([&] { b.copy_(a); }, dev.is_cuda());
 }
 
 }  // namespace grpo::bench

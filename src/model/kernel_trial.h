@@ -3,6 +3,11 @@
 //   tall_tiles       the batch-invariant grouped products of decode in tiles of 32 or 64 rows of a
 //                    group, where groups hold that many, through the decode kernel
 //                    (invariant_kernels_cuda.h)
+//   mla_decode_pipeline  the paged MLA decode kernel in its pipelined form: each warp's queries in
+//                    registers, the score columns split over the warps, the key tiles' buffers
+//                    refilled a barrier sooner (paged_mla_pipelined_cuda.cu)
+//   deep_rows        linear_rows with eight 16-byte pieces of the weight row in flight a lane,
+//                    not four: a 2,048-wide row in one round trip (linear_rows_cuda.cu)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.
 //
 // Adopted kernels (they won their trial) run by default; the item "-name" turns one off, to

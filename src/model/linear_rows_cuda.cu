@@ -5,7 +5,7 @@
 // weights (a block row of the grid per expert that has rows).
 //
 // A warp an output column: its lanes read the column's weight row in 16-byte pieces (512 bytes a
-// warp a step, four steps in flight), each piece once, and multiply it with the same values of
+// warp a step, four steps in flight, or eight on trial: "deep_rows"), each piece once, and multiply it with the same values of
 // every row of x (from L1: all warps of a block read the same x), accumulating in fp32; the warp's
 // sums are added by a shuffle tree, the bias added in fp32, and the result rounded once.
 #include <c10/cuda/CUDAGuard.h>
@@ -19,6 +19,7 @@
 #include "model/cuda_launch.h"
 #include "model/dependent_launch.cuh"
 #include "model/fused_kernels_cuda.h"
+#include "model/kernel_trial.h"
 #include "util/error.h"
 
 namespace grpo::model::fused::cuda {
@@ -40,6 +41,7 @@ __device__ __forceinline__ void unpack8(const uint4& v, float f[8]) {
 }
 
 // R: rows a pass (the rows in passes of R, each reading the weights again: one pass where M <= R).
+// S: the steps of 256 columns a lane has in flight (S * 256 columns: all of a 2,048-wide row at 8).
 // With `ends` (the groups' cumulative row counts of E groups), block row j takes the j-th group
 // that has rows, e (each warp finds it), its rows ends[e - 1] .. ends[e] - 1 with
 // weights w[e]: the grid has a block row per grouped row at most (no more groups have rows), not
@@ -47,7 +49,7 @@ __device__ __forceinline__ void unpack8(const uint4& v, float f[8]) {
 // token) are not launched only to return. At most R rows a group where each of R tokens routes to
 // an expert once, more where a row's choices repeat (rows of garbage a CUDA graph pads its batch
 // with), which cost a pass more but are never read out of bounds.
-template <int R>
+template <int R, int S>
 __global__ void __launch_bounds__(32 * kColumnsPerBlock) linear_rows_kernel(const bf16* __restrict__ x,
                                                                             const bf16* __restrict__ w,
                                                                             const bf16* __restrict__ bias,
@@ -84,7 +86,7 @@ __global__ void __launch_bounds__(32 * kColumnsPerBlock) linear_rows_kernel(cons
   // The lane's next kSteps pieces of the weight row (a piece every 256 columns), asked for a chunk
   // ahead of their use. The weights are no kernel's output: the first chunk is asked for before
   // waiting for the kernels before (x is), so that with a dependent launch it loads while they end.
-  constexpr int kSteps = 4;
+  constexpr int kSteps = S;
   uint4 ahead[kSteps];
   auto fetch = [&](int64_t k0) {
 #pragma unroll
@@ -135,8 +137,9 @@ template <int R>
 void launch(bool dependent, const bf16* x, const bf16* w, const bf16* bias, bf16* y, int M, int64_t N, int64_t K,
             const int* ends = nullptr, int64_t groups = 1, int64_t block_rows = 1) {
   const dim3 blocks((unsigned)((N + kColumnsPerBlock - 1) / kColumnsPerBlock), (unsigned)block_rows);
-  dependent_launch::launch(linear_rows_kernel<R>, blocks, dim3(32 * kColumnsPerBlock), 0, cuda_launch::stream(), dependent,
-                           x, w, bias, y, M, N, K, ends, (int)groups);
+  const auto kernel = kernel_on_trial("deep_rows") ? linear_rows_kernel<R, 8> : linear_rows_kernel<R, 4>;
+  dependent_launch::launch(kernel, blocks, dim3(32 * kColumnsPerBlock), 0, cuda_launch::stream(), dependent, x, w, bias,
+                           y, M, N, K, ends, (int)groups);
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
-// What the project's CUDA kernels share on the device.
+// What the project's CUDA kernels share on the device: tensor-core steps, their fragments from
+// shared memory, and asynchronous copies into it.
 //
 // One tensor-core step: C += A B with A 16 x 16 (row-major
 // fragments a0..a3), B 16 x 8 (column fragments b0, b1), bf16 operands and fp32 accumulators
@@ -6,6 +7,8 @@
 // columns 2t, 2t + 1 (a0, a1) and 2t + 8, 2t + 9 (a2, a3), rows 2t, 2t + 1 (b0) and 2t + 8,
 // 2t + 9 (b1) of B's column g, and C's rows g (c0, c1) and g + 8 (c2, c3) at columns 2t, 2t + 1.
 #pragma once
+
+#include <cuda_bf16.h>
 
 #include <cstdint>
 
@@ -37,5 +40,27 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+
+// Fragments straight from shared memory: lane l gives the address of row l % 8 of 8 x 8 matrix
+// l / 8 (16 bytes each); x4 loads four matrices, x2 two, .trans transposes each.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const __nv_bfloat16* p) {
+  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const __nv_bfloat16* p) {
+  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const __nv_bfloat16* p) {
+  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+// Two adjacent bf16 (4-byte aligned) as one fragment register.
+__device__ __forceinline__ uint32_t load_pair(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
 }  // namespace grpo::model

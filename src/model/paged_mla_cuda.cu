@@ -14,6 +14,7 @@
 //     maximum grows, and adds weights (16 x 32) times the tile's latents (32 x r / 4), the
 //     latents' fragments read transposed by ldmatrix.
 //   It writes the unnormalised output, the maximum and the sum of its split.
+// (Pass 1 of the decode step has a second, pipelined form: paged_mla_pipelined_cuda.cu.)
 // Pass 2, one block per (row, head, 128 output columns): combines the splits. With one split pass 1
 // writes the output itself, as pass 2 would (the same bits), and pass 2 does not run.
 #include <ATen/ATen.h>
@@ -26,11 +27,14 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <type_traits>
 
 #include "model/cuda_launch.h"
+#include "model/kernel_trial.h"
 #include "model/mma.cuh"
+#include "model/paged_mla.cuh"
 #include "model/paged_mla_cuda.h"
 #include "util/error.h"
 
@@ -40,43 +44,16 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int kHeads = 16;  // heads per block: the m of one tensor-core step
-constexpr int kKeys = 32;   // keys per tile: eight per warp
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
-constexpr int kPad = 8;  // bf16 of padding per shared row: conflict-free fragment loads
+using paged_mla::kHeads;
+using paged_mla::kPad;
+using paged_mla::kThreads;
+using paged_mla::kWarps;
+using paged_mla::Shapes;
+constexpr int kKeys = 32;  // keys per tile: eight per warp
 constexpr int kMaxSplits = 256;
 constexpr int64_t kInvariantSplitKeys = 256;  // keys per split of the batch-invariant form
 constexpr int kRunQueries = 4;  // query rows a block for runs of one sequence's tokens
 
-// Fragments straight from shared memory: lane l gives the address of row l % 8 of 8 x 8 matrix
-// l / 8 (16 bytes each); x4 loads four matrices, x2 two, .trans transposes each.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const bf16* p) {
-  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-__device__ __forceinline__ void ldmatrix_x2(uint32_t r[2], const bf16* p) {
-  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const bf16* p) {
-  const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-
-__device__ __forceinline__ uint32_t load_pair(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
-
-struct Shapes {
-  int heads, D, DP, stride;  // row width, padded to 16, shared row stride
-  int64_t rows, nblk, block_size, key_start, keys_per_split;
-  int splits;
-  bool balanced;  // each row's keys in `splits` even pieces (whole tiles) of its own length
-  float scale_log2;
-};
 
 // Q: the query rows a block serves (pass 1 below).
 __host__ __device__ inline size_t smem_bytes(int stride, int Q = 1) {
@@ -426,9 +403,10 @@ namespace {
 
 // Runs both passes over rows [0, B) of q, lens and starts (or of the table's rows when starts is
 // null), s.splits splits (of s.keys_per_split keys each, or even pieces of each row), into out (B, heads, r),
-// queries rows a block (1 or kRunQueries).
+// queries rows a block (1 or kRunQueries); pass 1 in the pipelined form where `pipeline` is given
+// (one query row a block, starts null).
 void run(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens, const int64_t* starts, Shapes s,
-         int64_t latent_rank, const Tensor& out, int queries) {
+         int64_t latent_rank, const Tensor& out, int queries, const paged_mla::Pipeline* pipeline = nullptr) {
   const int64_t B = q.size(0), heads = q.size(1);
   s.rows = B;
   const int head_tiles = (int)((heads + kHeads - 1) / kHeads);
@@ -443,12 +421,16 @@ void run(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor
     if (queries == kRunQueries) launch<R, kRunQueries>(q, cache, table, lens, starts, s, head_tiles, part_o, part_ml, direct);
     else launch<R, 1>(q, cache, table, lens, starts, s, head_tiles, part_o, part_ml, direct);
   };
-  switch (latent_rank) {
-    case 64: go(std::integral_constant<int, 64>()); break;
-    case 128: go(std::integral_constant<int, 128>()); break;
-    case 256: go(std::integral_constant<int, 256>()); break;
-    default: go(std::integral_constant<int, 512>()); break;
-  }
+  if (pipeline)
+    paged_mla::launch_pipelined(q, cache, table, lens, s, latent_rank, *pipeline, head_tiles, part_o.data_ptr<float>(),
+                                part_ml.data_ptr<float>(), direct);
+  else
+    switch (latent_rank) {
+      case 64: go(std::integral_constant<int, 64>()); break;
+      case 128: go(std::integral_constant<int, 128>()); break;
+      case 256: go(std::integral_constant<int, 256>()); break;
+      default: go(std::integral_constant<int, 512>()); break;
+    }
   if (one) return;
   const dim3 combine_grid((unsigned)(B * heads), (unsigned)((latent_rank + kThreads - 1) / kThreads));
   paged_mla_combine_kernel<<<combine_grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -481,28 +463,50 @@ Shapes shapes(const Tensor& q, const Tensor& cache, int64_t block_size, int64_t 
 
 }  // namespace
 
-Tensor paged_mla_decode(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens,
-                        int64_t block_size, int64_t key_start, int64_t latent_rank, double scale) {
+namespace {
+
+// The decode kernel, in its first form or (pipeline given) its pipelined one.
+Tensor decode(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens, int64_t block_size,
+              int64_t key_start, int64_t latent_rank, double scale, std::optional<paged_mla::Pipeline> pipeline) {
   const c10::cuda::CUDAGuard guard(q.device());
   const Tensor qc = q.contiguous(), tab = table.contiguous(), ln = lens.contiguous();
   Shapes s = shapes(qc, cache, block_size, key_start, latent_rank, scale, "paged MLA decode");
   const int64_t B = qc.size(0), heads = qc.size(1), nblk = tab.size(1);
   s.nblk = nblk;
   const int head_tiles = (int)((heads + kHeads - 1) / kHeads);
-  // Splits: as many as keep every block of the step resident at once (two blocks fit a
-  // multiprocessor), at most one per two tiles of the table. Each row's keys are split evenly by
+  if (pipeline && !paged_mla::pipelined_supported(s, latent_rank, *pipeline)) pipeline.reset();
+  // Splits: as many as keep every block of the step resident at once (the first form: two blocks
+  // a multiprocessor; the pipelined one: as many as its shared memory lets), at most one per two
+  // tiles of the table (the first form) or one per 32 keys. Each row's keys are split evenly by
   // its own length (the kernel reads it), not by the table's capacity, which CUDA graphs round up.
   if (nblk * block_size >= (int64_t)1 << 31) throw Error("paged MLA decode: more than 2^31 key positions");
   const int64_t max_keys = nblk * block_size;
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t want = std::max<int64_t>(1, 2 * sms / (B * head_tiles));
-  const int64_t most = std::max<int64_t>(1, (max_keys + 2 * kKeys - 1) / (2 * kKeys));
+  const int per_sm = pipeline ? paged_mla::pipelined_blocks_per_sm(s, latent_rank, *pipeline) : 2;
+  const int64_t want = std::max<int64_t>(1, per_sm * sms / (B * head_tiles));
+  const int64_t keys_each = pipeline ? 32 : 2 * kKeys;
+  const int64_t most = std::max<int64_t>(1, (max_keys + keys_each - 1) / keys_each);
   s.splits = (int)std::min({want, most, (int64_t)kMaxSplits});
   s.balanced = true;
   s.keys_per_split = 0;
   Tensor out = at::empty({B, heads, latent_rank}, qc.options());
-  run(qc, cache, tab, ln, nullptr, s, latent_rank, out, 1);
+  run(qc, cache, tab, ln, nullptr, s, latent_rank, out, 1, pipeline ? &*pipeline : nullptr);
   return out;
+}
+
+}  // namespace
+
+Tensor paged_mla_decode(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens,
+                        int64_t block_size, int64_t key_start, int64_t latent_rank, double scale) {
+  std::optional<paged_mla::Pipeline> pipeline;
+  if (kernel_on_trial("mla_decode_pipeline")) pipeline = paged_mla::Pipeline{};
+  return decode(q, cache, table, lens, block_size, key_start, latent_rank, scale, pipeline);
+}
+
+Tensor paged_mla_decode_pipelined(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens,
+                                  int64_t block_size, int64_t key_start, int64_t latent_rank, double scale, int keys,
+                                  int stages) {
+  return decode(q, cache, table, lens, block_size, key_start, latent_rank, scale, paged_mla::Pipeline{keys, stages});
 }
 
 Tensor paged_mla_attention_invariant(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& starts,

@@ -26,6 +26,14 @@ bool paged_mla_supported(const Tensor& q, const Tensor& cache, int64_t latent_ra
 Tensor paged_mla_decode(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens,
                         int64_t block_size, int64_t key_start, int64_t latent_rank, double scale);
 
+// paged_mla_decode's kernel in its pipelined form (on trial: "mla_decode_pipeline", model/kernel_trial.h)
+// with key tiles of `keys` rows and `stages` of them in shared memory: 32 and 2 for every rank,
+// also 32 and 3, 16 and 3, 16 and 4 for rank 512, which the benchmark compares. Row widths past
+// rank + 64, or a shape not compiled, take the first form.
+Tensor paged_mla_decode_pipelined(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens,
+                                  int64_t block_size, int64_t key_start, int64_t latent_rank, double scale, int keys,
+                                  int stages);
+
 // The batch-invariant form (model/batch_invariant.h): row b reads its keys [0, lens[b]) through the
 // flat table from table[starts[b]] on, and the keys are split at fixed positions (every 256 keys),
 // whatever the batch, so that a row's result depends on its own keys alone: a decode step, a

@@ -368,6 +368,8 @@ TEST(FusedKernelsCuda, SampleFollowsTheSoftmaxAndTheChain) {
 // of the same bf16 values: within a bf16 rounding, and no further than cuBLAS's bf16 product; at
 // 1-8 rows, V2-Lite's projection shapes and a small odd one, with and without a bias, x of three
 // dimensions keeping its shape; undefined past 8 rows, for K not a multiple of 8, and for fp32.
+// With eight pieces a lane in flight (on trial, "deep_rows") a lane adds the same pieces in the same
+// order: the same bits.
 TEST(FusedKernelsCuda, LinearRowsAgreeWithTheProduct) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
   at::manual_seed(12);
@@ -382,6 +384,10 @@ TEST(FusedKernelsCuda, LinearRowsAgreeWithTheProduct) {
         const Tensor got = fused::linear_rows(x, w, b);
         ASSERT_TRUE(got.defined());
         EXPECT_EQ(got.sizes(), (std::vector<int64_t>{M, 1, N}));
+        {
+          KernelTrialScope deep("deep_rows");
+          EXPECT_TRUE(at::equal(fused::linear_rows(x, w, b), got));
+        }
         const Tensor exact = at::linear(x.to(at::kFloat), w.to(at::kFloat), with_bias ? b.to(at::kFloat) : Tensor());
         const Tensor cublas = at::linear(x, w, b);
         const double scale = exact.abs().max().item<double>();
@@ -399,7 +405,8 @@ TEST(FusedKernelsCuda, LinearRowsAgreeWithTheProduct) {
 // grouped row times its expert's weights, against the fp32 product of the same bf16 values and no
 // further from it than the grouped GEMM (at::_grouped_mm), at 1, 3 and 8 tokens of 6 experts in 64,
 // at gate_up's and down's K; experts without rows leave nothing behind. Also 5 tokens whose choices
-// repeat among 3 experts (rows of garbage may route so): groups of up to 30 rows, 8 a pass.
+// repeat among 3 experts (rows of garbage may route so): groups of up to 30 rows, 8 a pass. On trial
+// ("deep_rows"), the same bits.
 TEST(FusedKernelsCuda, GroupedRowsAgreeWithTheGroupedProduct) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
   at::manual_seed(13);
@@ -421,6 +428,10 @@ TEST(FusedKernelsCuda, GroupedRowsAgreeWithTheGroupedProduct) {
       const Tensor w = (at::randn({E, N, K}, kCuda) * 0.05).to(at::kBFloat16);
       const Tensor got = fused::grouped_rows(xs, w, g.ends);
       ASSERT_TRUE(got.defined());
+      {
+        KernelTrialScope deep("deep_rows");
+        EXPECT_TRUE(at::equal(fused::grouped_rows(xs, w, g.ends), got));
+      }
       const Tensor expert_of_row = at::repeat_interleave(at::arange(E, kCuda.dtype(at::kLong)), g.counts);
       const Tensor exact = at::bmm(xs.to(at::kFloat).unsqueeze(1),
                                    w.index_select(0, expert_of_row).to(at::kFloat).transpose(1, 2))

@@ -3,7 +3,8 @@
 // skipped (the MTP layer's cache), a row with no keys, head counts that fill one 16-head tile, part
 // of one, and more than one, and row widths that are and are not multiples of 16. And MLA's decode
 // with the kernel against its gathered form and an fp32 model, and with its prologue in one kernel
-// (on trial) against the chain. CUDA only (skipped elsewhere).
+// (on trial) against the chain; the decode kernel's pipelined form likewise. CUDA only (skipped
+// elsewhere).
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -75,11 +76,12 @@ Tensor reference(const Tensor& q, const Paged& p, const Case& c, double scale) {
 
 }  // namespace
 
-TEST(PagedMla, KernelEqualsReferenceOnCuda) {
-#ifndef GRPO_PAGED_MLA_CUDA
-  GTEST_SKIP() << "built without the CUDA kernels";
-#else
-  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+#ifdef GRPO_PAGED_MLA_CUDA
+namespace {
+
+// decode(q, paged, case, scale) against the float64 reference on rows of every kind above.
+template <typename Decode>
+void expect_equals_reference(Decode decode) {
   std::vector<int64_t> many;  // 300 rows: one split a row, so pass 1 writes the output itself
   for (int64_t i = 0; i < 300; ++i) many.push_back(1 + (i * 37) % 160);
   const std::vector<Case> cases = {
@@ -97,15 +99,52 @@ TEST(PagedMla, KernelEqualsReferenceOnCuda) {
     ASSERT_TRUE(cuda::paged_mla_supported(p.cache, p.cache, c.rank));
     const double scale = 1.0 / std::sqrt(192.0);
     Tensor q = (at::randn({(int64_t)c.lens.size(), c.heads, c.rank + c.rope}) * 2).to(at::kCUDA, at::kBFloat16);
-    Tensor got = cuda::paged_mla_decode(q, p.cache, p.table, p.lens, c.block_size, c.key_start, c.rank, scale);
+    Tensor got = decode(q, p, c, scale);
     Tensor want = reference(q, p, c, scale);
     const double err = (got.to(at::kCPU, at::kDouble) - want).abs().max().item<double>();
     // bf16 weights into the second product and a bf16 output: a few parts in a thousand of values
     // whose spread is about 1. A wrong key, a wrong length or a missed rescale is off by 0.1 or more.
     EXPECT_LT(err, 0.02);
-    for (size_t b = 0; b < c.lens.size(); ++b)
+    for (size_t b = 0; b < c.lens.size(); ++b) {
       if (c.lens[b] <= c.key_start) EXPECT_EQ(got[b].abs().max().item<float>(), 0.0f) << "a row without keys";
+    }
   }
+}
+
+}  // namespace
+#endif
+
+TEST(PagedMla, KernelEqualsReferenceOnCuda) {
+#ifndef GRPO_PAGED_MLA_CUDA
+  GTEST_SKIP() << "built without the CUDA kernels";
+#else
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  KernelTrialScope first_form("");
+  expect_equals_reference([](const Tensor& q, const Paged& p, const Case& c, double scale) {
+    return cuda::paged_mla_decode(q, p.cache, p.table, p.lens, c.block_size, c.key_start, c.rank, scale);
+  });
+#endif
+}
+
+// The pipelined form in each of its compiled shapes (the rank-512 cases; the other ranks have
+// 32 keys x 2 alone and take the first form for the rest), through its entry point and, on trial,
+// through paged_mla_decode.
+TEST(PagedMla, PipelinedFormEqualsReferenceOnCuda) {
+#ifndef GRPO_PAGED_MLA_CUDA
+  GTEST_SKIP() << "built without the CUDA kernels";
+#else
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  for (const auto& [keys, stages] : std::vector<std::pair<int, int>>{{32, 2}, {32, 3}, {16, 3}, {16, 4}}) {
+    SCOPED_TRACE(std::to_string(keys) + " keys x " + std::to_string(stages));
+    expect_equals_reference([keys = keys, stages = stages](const Tensor& q, const Paged& p, const Case& c, double scale) {
+      return cuda::paged_mla_decode_pipelined(q, p.cache, p.table, p.lens, c.block_size, c.key_start, c.rank, scale,
+                                              keys, stages);
+    });
+  }
+  KernelTrialScope trial("mla_decode_pipeline");
+  expect_equals_reference([](const Tensor& q, const Paged& p, const Case& c, double scale) {
+    return cuda::paged_mla_decode(q, p.cache, p.table, p.lens, c.block_size, c.key_start, c.rank, scale);
+  });
 #endif
 }
 
