@@ -538,31 +538,49 @@ TEST(EngineCuda, FusedDecodeKernelsAgreeWithRecomputeInBf16) {
   }
 }
 
-// The few-row products launched as dependents of the kernel before them (adopted,
-// "dependent_launch") inside the engine's graphs: the ordinary launches' tokens and log-probs to
-// the bit (6 sequences: every product of a step takes the few-row kernels).
-TEST(EngineCuda, DependentLaunchesGiveTheSameTokens) {
+// The paged MLA decode kernel's pipelined form (on trial, "mla_decode_pipeline") inside the engine's
+// graphs, against its first form.
+TEST(EngineCuda, PipelinedMlaKernelAgreesWithRecomputeInBf16) {
   if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  const char* names[2] = {"first form", "pipelined form"};
+  std::unique_ptr<model::KernelTrialScope> scope;
+  expect_second_form_near_recompute(with_paged_mla_widths(kTinyV3), names, [&](int form) {
+    scope.reset();
+    if (form >= 0) scope = std::make_unique<model::KernelTrialScope>(form ? "mla_decode_pipeline" : "");
+  });
+}
+
+// The tiny model's completions of 6 sequences in bf16 on CUDA, every product of a step through the
+// few-row kernels, with GRPO_KERNEL_TRIAL set to `trial`.
+std::vector<Completion> few_row_completions(const std::string& trial) {
   auto m = tiny(kTinyV3, 3);
   m->to_device_dtype(at::kCUDA, at::kBFloat16);
   SamplingParams sp;
   sp.n = 2;
   sp.max_new_tokens = 30;
   sp.seed = 5;
-  auto rs = requests(prompts(3, 20, 60, 97, 4), sp);
-  std::vector<Completion> out[2];
-  for (int form = 0; form < 2; ++form) {
-    model::KernelTrialScope scope(form ? "" : "-dependent_launch");
-    EngineOptions o;
-    o.block_size = 8;
-    o.kv_cache_bytes = 64 << 20;
-    Engine e(m, nullptr, o);
-    out[form] = e.generate(rs);
-  }
-  ASSERT_EQ(out[0].size(), out[1].size());
-  for (size_t i = 0; i < out[0].size(); ++i) {
-    EXPECT_EQ(out[0][i].token_ids, out[1][i].token_ids) << "completion " << i;
-    EXPECT_EQ(out[0][i].logprobs, out[1][i].logprobs) << "completion " << i;
+  model::KernelTrialScope scope(trial);
+  EngineOptions o;
+  o.block_size = 8;
+  o.kv_cache_bytes = 64 << 20;
+  Engine e(m, nullptr, o);
+  return e.generate(requests(prompts(3, 20, 60, 97, 4), sp));
+}
+
+// The few-row products launched as dependents of the kernel before them (adopted,
+// "dependent_launch"), and with eight pieces of a weight row a lane in flight (on trial,
+// "deep_rows"), inside the engine's graphs: the ordinary launches' tokens and log-probs to the bit.
+TEST(EngineCuda, DependentLaunchesAndDeepRowsGiveTheSameTokens) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  const std::vector<Completion> ordinary = few_row_completions("-dependent_launch");
+  for (const char* trial : {"", "deep_rows", "-dependent_launch,deep_rows"}) {
+    SCOPED_TRACE(trial);
+    const std::vector<Completion> out = few_row_completions(trial);
+    ASSERT_EQ(ordinary.size(), out.size());
+    for (size_t i = 0; i < out.size(); ++i) {
+      EXPECT_EQ(ordinary[i].token_ids, out[i].token_ids) << "completion " << i;
+      EXPECT_EQ(ordinary[i].logprobs, out[i].logprobs) << "completion " << i;
+    }
   }
 }
 
