@@ -120,14 +120,27 @@ Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   return cuda::linear_rows(x, weight, bias, kernel_adopted("dependent_launch"));
 }
 
+namespace {
+
+// Whether grouped_rows and grouped_tiles take these operands.
+bool grouped_operands(const Tensor& x, const Tensor& weight, const Tensor& ends) {
+  return x.dim() == 2 && x.is_cuda() && x.scalar_type() == at::kBFloat16 && x.size(1) % 8 == 0 && x.is_contiguous() &&
+         aligned16(x) && weight.dim() == 3 && weight.size(2) == x.size(1) && weight.scalar_type() == at::kBFloat16 &&
+         weight.is_contiguous() && aligned16(weight) && weight.device() == x.device() && ends.dim() == 1 &&
+         ends.size(0) == weight.size(0) && ends.scalar_type() == at::kInt && ends.is_contiguous() &&
+         ends.device() == x.device();
+}
+
+}  // namespace
+
 Tensor grouped_rows(const Tensor& x, const Tensor& weight, const Tensor& ends) {
-  if (x.dim() != 2 || !x.is_cuda() || x.scalar_type() != at::kBFloat16 || x.size(1) % 8 != 0 || !x.is_contiguous() ||
-      !aligned16(x) || weight.dim() != 3 || weight.size(2) != x.size(1) || weight.scalar_type() != at::kBFloat16 ||
-      !weight.is_contiguous() || !aligned16(weight) || weight.device() != x.device() || ends.dim() != 1 ||
-      ends.size(0) != weight.size(0) || ends.scalar_type() != at::kInt || !ends.is_contiguous() ||
-      ends.device() != x.device())
-    return {};
+  if (!grouped_operands(x, weight, ends)) return {};
   return cuda::grouped_rows(x, weight, ends, kernel_adopted("dependent_launch"));
+}
+
+Tensor grouped_tiles(const Tensor& x, const Tensor& weight, const Tensor& ends) {
+  if (!grouped_operands(x, weight, ends) || weight.size(1) % 2 != 0) return {};
+  return cuda::grouped_tiles(x, weight, ends);
 }
 
 std::pair<Tensor, Tensor> sample(const Tensor& logits, const Tensor& temperature, const Tensor& uniform) {
@@ -158,6 +171,7 @@ Tensor combine_experts(const Tensor&, const ExpertGroups&, const Tensor&, const 
 Routing route(const Tensor&, const Tensor&, const ModelConfig&) { return {}; }
 Tensor linear_rows(const Tensor&, const Tensor&, const Tensor&) { return {}; }
 Tensor grouped_rows(const Tensor&, const Tensor&, const Tensor&) { return {}; }
+Tensor grouped_tiles(const Tensor&, const Tensor&, const Tensor&) { return {}; }
 std::pair<Tensor, Tensor> sample(const Tensor&, const Tensor&, const Tensor&) { return {}; }
 
 #endif

@@ -88,6 +88,12 @@ Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias);
 // an expert once); a group of more takes a pass over its weights per 8 rows. Undefined where it
 // does not apply (as linear_rows; ends not (E) int32).
 Tensor grouped_rows(const Tensor& x, const Tensor& weight, const Tensor& ends);
+// The routed experts' products of a decode step of more tokens, the same y (on trial,
+// "expert_tiles"): a block per 128 output columns of an expert with rows, its rows in passes of 64,
+// its weights read once a pass through a three-stage pipeline, for the step's tens of rows an
+// expert where the grouped GEMM's tiles leave bandwidth unused. Undefined where it does not apply
+// (as grouped_rows, or N odd).
+Tensor grouped_tiles(const Tensor& x, const Tensor& weight, const Tensor& ends);
 
 // The rollout engine's sampler without top-k or top-p (rollout/sampling.h) in one kernel, outside
 // any Scope (adopted, "fused_sampler"): per row b of logits (B, V) fp32, one token drawn from

@@ -50,6 +50,9 @@ Tensor linear_rows(const Tensor& x, const Tensor& weight, const Tensor& bias, bo
 // y (rows, N): group e's rows of x (rows, K) times weight[e] (E, N, K) transposed, the groups' rows
 // ending at ends (E) int32 contiguous, at most 8 a group; bf16 as linear_rows.
 Tensor grouped_rows(const Tensor& x, const Tensor& weight, const Tensor& ends, bool dependent);
+// The same product for any count of rows a group, in tiles of 64 rows x 128 columns; bf16 as
+// linear_rows, N even (model/expert_tiles_cuda.cu).
+Tensor grouped_tiles(const Tensor& x, const Tensor& weight, const Tensor& ends);
 
 // One token per row from softmax(logits / temperature[b]) at the uniform number uniform[b] (greedy
 // where the temperature is 0), and its log-probability under softmax(logits): logits (B, V) fp32

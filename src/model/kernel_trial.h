@@ -6,6 +6,8 @@
 //   mla_decode_pipeline  the paged MLA decode kernel in its pipelined form: each warp's queries in
 //                    registers, the score columns split over the warps, the key tiles' buffers
 //                    refilled a barrier sooner (paged_mla_pipelined_cuda.cu)
+//   expert_tiles     the routed experts' products of a decode step of more than 8 tokens through
+//                    fused::grouped_tiles, instead of the grouped GEMM (moe.cpp; fused_kernels.h)
 //   deep_rows        linear_rows with eight 16-byte pieces of the weight row in flight a lane,
 //                    not four: a 2,048-wide row in one round trip (linear_rows_cuda.cu)
 // so that one build measures both. Once measured, a kernel becomes the default or is dropped.

@@ -196,6 +196,10 @@ Tensor RoutedExpertsImpl::forward(const Tensor& x, const Tensor& experts, const 
   return at::zeros({N, H}, x.options()).index_add(0, token, ys);
 }
 
+// Token-expert pairs up to which the experts' tiles (on trial) take a step's products: a decode step's
+// (tens of rows an expert); a prefill's hundreds or thousands an expert take the grouped GEMM.
+constexpr int64_t kTileRowsMost = 4096;
+
 Tensor RoutedExpertsImpl::products(const Tensor& xs, const Tensor& counts, const Tensor& ends_in, bool few_rows) const {
   // Adapters act as a low-rank side path, x W^T + scaling (x A^T) B^T, never as a formed W + B A:
   // forming it would write a second copy of every expert weight per forward (and keep one per
@@ -213,6 +217,11 @@ Tensor RoutedExpertsImpl::products(const Tensor& xs, const Tensor& counts, const
     if (few_rows && !lora_gu && !lora_down && fused::active(xs) && kernel_adopted("linear_rows"))
       if (Tensor gu = fused::grouped_rows(xs, gate_up_proj, offsets); gu.defined())
         if (Tensor y = fused::grouped_rows(swiglu(gu), down_proj, offsets); y.defined()) return y;
+    // A decode step's tens of rows an expert, in tiles whose weights stream through a pipeline (on trial).
+    if (!few_rows && !lora_gu && !lora_down && fused::active(xs) && xs.size(0) <= kTileRowsMost &&
+        kernel_on_trial("expert_tiles"))
+      if (Tensor gu = fused::grouped_tiles(xs, gate_up_proj, offsets); gu.defined())
+        if (Tensor y = fused::grouped_tiles(swiglu(gu), down_proj, offsets); y.defined()) return y;
     auto aligned = [](const Tensor& a) { return !a.defined() || a.size(1) % 8 == 0; };
     const bool side = aligned(gate_up_lora_A) && aligned(down_lora_A);
     auto product = [&](const Tensor& in, const Tensor& w, bool lora, const Tensor& A, const Tensor& B, double s,

@@ -448,6 +448,45 @@ TEST(FusedKernelsCuda, GroupedRowsAgreeWithTheGroupedProduct) {
                    .defined());
 }
 
+// The routed experts' products of a decode step of more tokens in tiles (on trial, "expert_tiles"):
+// against the fp32 product of the same bf16 values and no further from it than the grouped GEMM, at
+// 16, 128 and 256 tokens of 6 experts in 64 (up to about 40 rows an expert), at gate_up's and down's
+// shapes and at one whose N and K are not multiples of the tiles; and tokens that all pick the same
+// 6 of 64 experts (100 rows an expert: two passes of 64). Undefined for odd N.
+TEST(FusedKernelsCuda, GroupedTilesAgreeWithTheGroupedProduct) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "needs a CUDA device (runs on the GPU machine)";
+  at::manual_seed(14);
+  const int64_t E = 64, k = 6;
+  for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{{2816, 2048}, {2048, 1408}, {200, 72}})
+    for (int64_t T : {16, 128, 256, -100}) {
+      const bool same = T < 0;
+      T = std::abs(T);
+      SCOPED_TRACE("tokens " + std::to_string(T) + " N " + std::to_string(N) + " K " + std::to_string(K) +
+                   (same ? " all on the same experts" : ""));
+      const Tensor order = at::rand({T, E}, kCuda).argsort(/*stable=*/false, /*dim=*/1);
+      const Tensor experts = same ? at::arange(k, kCuda.dtype(at::kLong)).mul(7).repeat({T, 1})
+                                  : order.narrow(1, 0, k).contiguous();
+      const fused::ExpertGroups g = fused::group_by_expert(experts, E);
+      const Tensor x = at::randn({T, K}, kCuda.dtype(at::kBFloat16)), xs = x.index_select(0, g.token);
+      const Tensor w = (at::randn({E, N, K}, kCuda) * 0.05).to(at::kBFloat16);
+      const Tensor got = fused::grouped_tiles(xs, w, g.ends);
+      ASSERT_TRUE(got.defined());
+      const Tensor expert_of_row = at::repeat_interleave(at::arange(E, kCuda.dtype(at::kLong)), g.counts);
+      const Tensor exact = at::bmm(xs.to(at::kFloat).unsqueeze(1),
+                                   w.index_select(0, expert_of_row).to(at::kFloat).transpose(1, 2))
+                               .squeeze(1);
+      const Tensor grouped = at::_grouped_mm(xs, w.transpose(1, 2), g.ends);
+      const double scale = exact.abs().max().item<double>();
+      const double err = (got.to(at::kFloat) - exact).abs().max().item<double>();
+      const double err_grouped = (grouped.to(at::kFloat) - exact).abs().max().item<double>();
+      EXPECT_LT(err, 8e-3 * scale);
+      EXPECT_LE(err, 1.5 * err_grouped + 1e-3 * scale) << "grouped GEMM " << err_grouped;
+    }
+  EXPECT_FALSE(fused::grouped_tiles(at::zeros({2, 16}, kCuda.dtype(at::kBFloat16)),
+                                    at::zeros({4, 7, 16}, kCuda.dtype(at::kBFloat16)), at::zeros({4}, kCuda.dtype(at::kInt)))
+                   .defined());
+}
+
 // The few-row products launched as dependents of the kernel before them (adopted,
 // "dependent_launch"): a residual add and norm, a product of its output, a product of that one's
 // output (each launched while the one before it may still run, so a read of its input before the
