@@ -24,6 +24,20 @@ using Model = model::CausalLM;
 
 namespace {
 
+// Clears CausalLM::batch_invariant for its lifetime: a forward whose values equal no engine's (the
+// reference's log-probs through the policy with its adapters off) takes the ordinary forward.
+class OrdinaryForward {
+ public:
+  explicit OrdinaryForward(model::CausalLM& m) : m_(m), was_(m.batch_invariant) { m_.batch_invariant = false; }
+  ~OrdinaryForward() { m_.batch_invariant = was_; }
+  OrdinaryForward(const OrdinaryForward&) = delete;
+  OrdinaryForward& operator=(const OrdinaryForward&) = delete;
+
+ private:
+  model::CausalLM& m_;
+  bool was_;
+};
+
 // The update's mini-batches [s0, s0 + n): mini_batch_size sequences each, or as many consecutive
 // sequences as fit max_tokens_per_mini_batch once padded (n x the longest prompt + completion among
 // them; at least one), or the whole batch.
@@ -142,7 +156,10 @@ UpdateStats GrpoTrainer::update(const RolloutBatch& b) {
   if (ref_) {
     ref_t = batch_logprobs(*ref_, false);
   } else if (s_.loss.beta > 0 && pol_.has_lora()) {
+    // The base model is the reference: its log-probs need not equal any forward's bits (only the
+    // ratio's two terms must), so exact_rollout's batch-invariant forward is not needed for them.
     model::AdaptersDisabled base(*policy_);
+    OrdinaryForward ordinary(*policy_);
     ref_t = batch_logprobs(*policy_, false);
   }
   Tensor rollout_t = old_t;  // the engine's log-probs: rollout_logprob_diff, and rollout_is's denominator
