@@ -25,8 +25,9 @@
 # launched as dependents of the kernel before them), at 1,024 tokens; exact: the batch-invariant
 # products alone (without the adopted decode kernels; the fp32 ones without fp32_products) and
 # exact_rollout at 1,024 tokens, with and without its kernels on trial; transformers: its generate()
-# as the decode baseline; mla (not in the default set): the paged MLA decode kernel alone in each of
-# its forms (bench_paged_mla, its own table));
+# as the decode baseline; kernels (not in the default set): the paged MLA decode kernel alone in
+# each of its forms (bench_paged_mla), and the routed experts' decode products alone in tiles (on
+# trial) against the grouped GEMM (bench_expert_tiles), each with its own table);
 # TRIALS (say "mla_decode_pipeline deep_rows"; default none): also the plain engine per context with
 # each of these GRPO_KERNEL_TRIAL values (model/kernel_trial.h), labelled grpo+value.
 source "$(dirname "${BASH_SOURCE[0]}")/bench_env.sh" gpu
@@ -34,7 +35,7 @@ want() { [[ ",${PARTS:-checks,train,decode,variants,fused,exact,transformers}," 
 [ -f "$build/build.ninja" ] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRPO_ASAN_TESTS=OFF \
   -DGRPO_PYTHON="$(command -v "$py")" ${CMAKE_ARGS:-} >/dev/null
 cmake --build "$build" --target grpo bench_forward bench_rollout bench_invariant test_model test_rollout \
-  $(want mla && echo bench_paged_mla) >/dev/null
+  $(want kernels && echo bench_paged_mla bench_expert_tiles) >/dev/null
 work=${GRPO_BENCH_DIR:-bench-out/gpu}
 mkdir -p "$work"
 log="$work/results.jsonl"
@@ -64,8 +65,11 @@ want train && for shape in "1 4096" "8 1024"; do
     --batch "$1" --seq "$2" --iters 3 --warmup 1 --json --label transformers | tee -a "$log" || echo "transformers failed"
 done
 
-# The paged MLA decode kernel alone: bytes per second against the copy bandwidth, each form.
-want mla && "$build/scripts/bench/bench_paged_mla" | tee "$work/paged_mla.txt" | grep '^{' >> "$log"
+# Decode kernels alone: bytes per second against the copy bandwidth, each form.
+if want kernels; then
+  "$build/scripts/bench/bench_paged_mla" | tee "$work/paged_mla.txt" | grep '^{' >> "$log"
+  "$build/scripts/bench/bench_expert_tiles" | tee "$work/expert_tiles.txt" | grep '^{' >> "$log"
+fi
 
 # Decode: tokens/s and the fraction of the memory roofline (weights + latent KV cache read per
 # step over the copy bandwidth measured here).
@@ -165,7 +169,9 @@ if want transformers; then
 fi
 echo
 "$py" scripts/bench/gpu_table.py < "$log" | tee "$work/table.md"
-if want mla; then
-  echo
-  sed -n '/^copy bandwidth/,$p' "$work/paged_mla.txt"
+if want kernels; then
+  for f in paged_mla expert_tiles; do
+    echo
+    sed -n '/^copy bandwidth/,$p' "$work/$f.txt"
+  done
 fi
