@@ -401,6 +401,22 @@ TEST(FusedKernelsCuda, LinearRowsAgreeWithTheProduct) {
   EXPECT_FALSE(fused::linear_rows(at::zeros({2, 16}, kCuda), at::zeros({4, 16}, kCuda), {}).defined());
 }
 
+// got (rows, N), grouped rows xs (rows, K) times their experts' weights w (E, N, K) transposed,
+// against the fp32 product of the same bf16 values: within a bf16 rounding of it, and no further
+// from it than the grouped GEMM (at::_grouped_mm).
+void expect_near_grouped_product(const Tensor& got, const Tensor& xs, const Tensor& w, const fused::ExpertGroups& g) {
+  const int64_t E = w.size(0);
+  const Tensor expert_of_row = at::repeat_interleave(at::arange(E, kCuda.dtype(at::kLong)), g.counts);
+  const Tensor exact =
+      at::bmm(xs.to(at::kFloat).unsqueeze(1), w.index_select(0, expert_of_row).to(at::kFloat).transpose(1, 2)).squeeze(1);
+  const Tensor grouped = at::_grouped_mm(xs, w.transpose(1, 2), g.ends);
+  const double scale = exact.abs().max().item<double>();
+  const double err = (got.to(at::kFloat) - exact).abs().max().item<double>();
+  const double err_grouped = (grouped.to(at::kFloat) - exact).abs().max().item<double>();
+  EXPECT_LT(err, 8e-3 * scale);
+  EXPECT_LE(err, 1.5 * err_grouped + 1e-3 * scale) << "grouped GEMM " << err_grouped;
+}
+
 // The routed experts' products of a decode step's few tokens (with linear_rows): each
 // grouped row times its expert's weights, against the fp32 product of the same bf16 values and no
 // further from it than the grouped GEMM (at::_grouped_mm), at 1, 3 and 8 tokens of 6 experts in 64,
@@ -432,16 +448,7 @@ TEST(FusedKernelsCuda, GroupedRowsAgreeWithTheGroupedProduct) {
         KernelTrialScope deep("deep_rows");
         EXPECT_TRUE(at::equal(fused::grouped_rows(xs, w, g.ends), got));
       }
-      const Tensor expert_of_row = at::repeat_interleave(at::arange(E, kCuda.dtype(at::kLong)), g.counts);
-      const Tensor exact = at::bmm(xs.to(at::kFloat).unsqueeze(1),
-                                   w.index_select(0, expert_of_row).to(at::kFloat).transpose(1, 2))
-                               .squeeze(1);
-      const Tensor grouped = at::_grouped_mm(xs, w.transpose(1, 2), g.ends);
-      const double scale = exact.abs().max().item<double>();
-      const double err = (got.to(at::kFloat) - exact).abs().max().item<double>();
-      const double err_grouped = (grouped.to(at::kFloat) - exact).abs().max().item<double>();
-      EXPECT_LT(err, 8e-3 * scale);
-      EXPECT_LE(err, 1.5 * err_grouped + 1e-3 * scale) << "grouped GEMM " << err_grouped;
+      expect_near_grouped_product(got, xs, w, g);
     }
   EXPECT_FALSE(fused::grouped_rows(at::zeros({2, 16}, kCuda), at::zeros({4, 8, 16}, kCuda),
                                    at::zeros({4}, kCuda.dtype(at::kInt)))
@@ -471,16 +478,7 @@ TEST(FusedKernelsCuda, GroupedTilesAgreeWithTheGroupedProduct) {
       const Tensor w = (at::randn({E, N, K}, kCuda) * 0.05).to(at::kBFloat16);
       const Tensor got = fused::grouped_tiles(xs, w, g.ends);
       ASSERT_TRUE(got.defined());
-      const Tensor expert_of_row = at::repeat_interleave(at::arange(E, kCuda.dtype(at::kLong)), g.counts);
-      const Tensor exact = at::bmm(xs.to(at::kFloat).unsqueeze(1),
-                                   w.index_select(0, expert_of_row).to(at::kFloat).transpose(1, 2))
-                               .squeeze(1);
-      const Tensor grouped = at::_grouped_mm(xs, w.transpose(1, 2), g.ends);
-      const double scale = exact.abs().max().item<double>();
-      const double err = (got.to(at::kFloat) - exact).abs().max().item<double>();
-      const double err_grouped = (grouped.to(at::kFloat) - exact).abs().max().item<double>();
-      EXPECT_LT(err, 8e-3 * scale);
-      EXPECT_LE(err, 1.5 * err_grouped + 1e-3 * scale) << "grouped GEMM " << err_grouped;
+      expect_near_grouped_product(got, xs, w, g);
     }
   EXPECT_FALSE(fused::grouped_tiles(at::zeros({2, 16}, kCuda.dtype(at::kBFloat16)),
                                     at::zeros({4, 7, 16}, kCuda.dtype(at::kBFloat16)), at::zeros({4}, kCuda.dtype(at::kInt)))
