@@ -54,7 +54,6 @@ constexpr int kMaxSplits = 256;
 constexpr int64_t kInvariantSplitKeys = 256;  // keys per split of the batch-invariant form
 constexpr int kRunQueries = 4;  // query rows a block for runs of one sequence's tokens
 
-
 // Q: the query rows a block serves (pass 1 below).
 __host__ __device__ inline size_t smem_bytes(int stride, int Q = 1) {
   return (size_t)(Q * kHeads + 2 * kKeys) * stride * sizeof(bf16) +
@@ -460,10 +459,6 @@ Shapes shapes(const Tensor& q, const Tensor& cache, int64_t block_size, int64_t 
   s.scale_log2 = (float)(scale * M_LOG2E);
   return s;
 }
-
-}  // namespace
-
-namespace {
 
 // The decode kernel, in its first form or (pipeline given) its pipelined one.
 Tensor decode(const Tensor& q, const Tensor& cache, const Tensor& table, const Tensor& lens, int64_t block_size,
