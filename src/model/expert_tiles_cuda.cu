@@ -19,6 +19,7 @@
 
 #include "model/cuda_launch.h"
 #include "model/fused_kernels_cuda.h"
+#include "model/group_with_rows.cuh"
 #include "model/mma.cuh"
 #include "util/error.h"
 
@@ -35,24 +36,6 @@ constexpr int kStride = kDepth + 8;  // bf16 a shared row: conflict-free ldmatri
 constexpr int kThreads = 128;
 constexpr size_t kSmem = (size_t)kStages * (kRows + kCols) * kStride * sizeof(bf16);
 
-// The block row's expert: the blockIdx.y-th of those with rows (each warp finds it, 32 groups a
-// step), or -1 past the last.
-__device__ int expert_with_rows(const int* ends, int E, int lane) {
-  int left = blockIdx.y;
-  for (int base = 0; base < E; base += 32) {
-    const int g = base + lane;
-    const unsigned mask = __ballot_sync(0xffffffffu, g < E && ends[g] > (g ? ends[g - 1] : 0));
-    const int count = __popc(mask);
-    if (left < count) {
-      unsigned m = mask;
-      for (int i = 0; i < left; ++i) m &= m - 1;
-      return base + __ffs(m) - 1;
-    }
-    left -= count;
-  }
-  return -1;
-}
-
 __global__ void __launch_bounds__(kThreads) expert_tiles_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
                                                                  bf16* __restrict__ y, int64_t N, int64_t K,
                                                                  const int* __restrict__ ends, int E) {
@@ -61,7 +44,7 @@ __global__ void __launch_bounds__(kThreads) expert_tiles_kernel(const bf16* __re
   bf16* Ws = Xs + kStages * kRows * kStride;        // [kStages][kCols][kStride]
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4, mi = lane / 8, ri = lane % 8;
-  const int e = expert_with_rows(ends, E, lane);
+  const int e = group_with_rows(ends, E, lane);  // the expert
   if (e < 0) return;
   const int first = e ? ends[e - 1] : 0, rows_all = ends[e] - first;
   const int64_t n0 = (int64_t)blockIdx.x * kCols;

@@ -5,9 +5,10 @@
 // weights (a block row of the grid per expert that has rows).
 //
 // A warp an output column: its lanes read the column's weight row in 16-byte pieces (512 bytes a
-// warp a step, four steps in flight, or eight on trial: "deep_rows"), each piece once, and multiply it with the same values of
-// every row of x (from L1: all warps of a block read the same x), accumulating in fp32; the warp's
-// sums are added by a shuffle tree, the bias added in fp32, and the result rounded once.
+// warp a step, four steps in flight, or eight on trial: "deep_rows"), each piece once, and
+// multiply it with the same values of every row of x (from L1: all warps of a block read the same
+// x), accumulating in fp32; the warp's sums are added by a shuffle tree, the bias added in fp32,
+// and the result rounded once.
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
 
@@ -19,6 +20,7 @@
 #include "model/cuda_launch.h"
 #include "model/dependent_launch.cuh"
 #include "model/fused_kernels_cuda.h"
+#include "model/group_with_rows.cuh"
 #include "model/kernel_trial.h"
 #include "util/error.h"
 
@@ -61,19 +63,7 @@ __global__ void __launch_bounds__(32 * kColumnsPerBlock) linear_rows_kernel(cons
   const int64_t n = (int64_t)blockIdx.x * kColumnsPerBlock + threadIdx.x / 32;
   if (ends) {
     dependent_launch::wait_for_inputs();  // the groups come from the kernels before
-    // Each warp finds the group (the same for all): the blockIdx.y-th with rows, 32 groups a step.
-    int left = blockIdx.y, e = -1;
-    for (int base = 0; base < E && e < 0; base += 32) {
-      const int g = base + lane;
-      const unsigned mask = __ballot_sync(0xffffffffu, g < E && ends[g] > (g ? ends[g - 1] : 0));
-      const int count = __popc(mask);
-      if (left < count) {
-        unsigned m = mask;
-        for (int i = 0; i < left; ++i) m &= m - 1;  // drop the lowest `left` groups
-        e = base + __ffs(m) - 1;
-      }
-      left -= count;
-    }
+    const int e = group_with_rows(ends, E, lane);
     if (e < 0) return;  // fewer groups with rows than block rows
     const int first = e ? ends[e - 1] : 0;
     M = ends[e] - first;
