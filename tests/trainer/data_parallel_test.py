@@ -63,6 +63,14 @@ def check(cond, what):
     global ok
     print(("PASS " if cond else "FAIL ") + what)
     ok &= bool(cond)
+    return bool(cond)
+
+
+def drop(*dirs):
+    """Removes the runs a passed check is done with: the test's checkpoints would otherwise come to
+    about 2 GB (a failed check's runs stay for a look)."""
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def write_recipe(tag, text):
@@ -147,8 +155,9 @@ for loss in ("grpo", "dapo"):
     same = len(m1) == len(m2) == 3 and all(abs(x[k] - y[k]) <= 1e-6 for x, y in zip(m1, m2)
                                             for k in ("loss", "reward", "reward_std", "kl", "grad_norm"))
     varied = any(m["reward_std"] > 0 for m in m1)
-    check(same and varied, f"{loss}, zero_stage {zero}: per-step loss/reward/kl/grad_norm equal; rewards "
-                           f"{[round(m['reward'], 3) for m in m1]}, std {[round(m['reward_std'], 3) for m in m1]}")
+    if check(same and varied, f"{loss}, zero_stage {zero}: per-step loss/reward/kl/grad_norm equal; rewards "
+                              f"{[round(m['reward'], 3) for m in m1]}, std {[round(m['reward_std'], 3) for m in m1]}"):
+      drop(two)
 
 # The gradient exchange of replicas without overlap, and in small buckets (many collectives, most of
 # them started from autograd hooks while the backward pass goes on): the same update.
@@ -163,8 +172,10 @@ for extra in ("overlap_grad_reduce: false\n", "bucket_cap_mb: 0.01\n"):
   buckets = int(line.split("exchange: ")[1].split(" ")[0]) if line else 0
   ok_overlap = (overlap[-1] is None and not line) if "false" in extra else \
       (overlap[-1] is not None and overlap[-1] > 0.5 and buckets > 10)
-  check(d <= 1e-6 and ok_overlap, f"zero_stage 0, {extra.strip()}: max |weight diff| {d:.2e} against 1 rank; "
-                                  f"'{line}'; share of gradient bytes sent during backward {overlap[-1]}")
+  if check(d <= 1e-6 and ok_overlap, f"zero_stage 0, {extra.strip()}: max |weight diff| {d:.2e} against 1 rank; "
+                                     f"'{line}'; share of gradient bytes sent during backward {overlap[-1]}"):
+    drop(two)
+drop(os.path.join(a.workdir, "dapo_1rank"))
 
 # bf16 compute: with zero_stage 1 and 2 each rank keeps only its own tensors' fp32 master weights
 # (and with 2 its own fp32 gradients, reduced after every mini-batch); the update is still the
@@ -181,10 +192,11 @@ for zero, extra in ((1, ""), (2, ""), (2, "overlap_grad_reduce: false\n"), (2, "
   held = [float(x) for x in line.split("(this rank: ")[-1].split(" GB")[0].split(" of ")] if "this rank" in line else [1, 1]
   overlap = [m.get("perf/grad_comm_overlap") for m in metrics(two + "/metrics.jsonl") if "loss" in m]
   want_overlap = None if zero == 1 or "false" in extra else 0.5 if extra else 0.0  # share started during backward
-  check(d <= 1e-6 and moved > 1e-4 and held[0] < 0.75 * held[1] and
-        (overlap[-1] is None if want_overlap is None else overlap[-1] is not None and overlap[-1] > want_overlap - 1e-9),
-        f"bf16, zero_stage {zero} {extra.strip()}: 2 ranks vs 1 rank: max |fp32 weight diff| {d:.2e} (moved {moved:.2e}); "
-        f"rank 0 holds {held[0]} of {held[1]} GB of fp32 master weights; gradient bytes sent during backward {overlap[-1]}")
+  if check(d <= 1e-6 and moved > 1e-4 and held[0] < 0.75 * held[1] and
+           (overlap[-1] is None if want_overlap is None else overlap[-1] is not None and overlap[-1] > want_overlap - 1e-9),
+           f"bf16, zero_stage {zero} {extra.strip()}: 2 ranks vs 1 rank: max |fp32 weight diff| {d:.2e} (moved {moved:.2e}); "
+           f"rank 0 holds {held[0]} of {held[1]} GB of fp32 master weights; gradient bytes sent during backward {overlap[-1]}"):
+    drop(two)
 
 # Dynamic sampling (DAPO): the ranks agree on which groups the step keeps and on when to stop
 # refilling, so the kept groups are the single rank's (a rank may hold more or fewer than half).
@@ -202,9 +214,10 @@ refilled = any(g > 1 for g, _ in shape(m1))
 # rounding differs, and AdamW's normalised step turns that into more on tensors whose gradient is
 # near zero: up to ~1e-6 on a Xeon, 1.7e-5 on an AMD EPYC, whose matrix products round differently
 # with the row count. A wrong choice of groups moves weights by ~lr (1e-3).
-check(d <= 1e-4 and moved > 1e-4 and shape(m1) == shape(m2) and refilled,
-      f"dynamic sampling on 2 ranks: max |weight diff| {d:.2e} against 1 rank (moved {moved:.2e}); (rollout batches, "
-      f"kept groups) per step {shape(m2)} vs 1 rank {shape(m1)}")
+if check(d <= 1e-4 and moved > 1e-4 and shape(m1) == shape(m2) and refilled,
+         f"dynamic sampling on 2 ranks: max |weight diff| {d:.2e} against 1 rank (moved {moved:.2e}); (rollout batches, "
+         f"kept groups) per step {shape(m2)} vs 1 rank {shape(m1)}"):
+  drop(one, two, os.path.join(a.workdir, "grpo_1rank"), os.path.join(a.workdir, "bf16_1rank"))
 
 # A multi-stage recipe on 2 ranks: sft, rejection sampling, sft on its data, a reward model and grpo.
 # per_device_train_batch_size is per rank (2 x 4 rows per step = 1 x 8), per_step_prompts global.
@@ -287,11 +300,12 @@ kept = json.load(open(os.path.join(two, "rs", "stats.json")))["kept"]
 # The grpo stage starts from the distill stage's weights, equal to rounding (up to 2e-7 on an AMD
 # EPYC), which AdamW's normalised steps grow as above (1.4e-5 there); wrong samples would move
 # weights by ~lr (1e-3).
-check(done and diffs.get("rs") == "same data" and kept > 0 and
-      all(isinstance(v, str) or v <= (1e-4 if k == "rl" else 1e-6) for k, v in diffs.items()),
-      f"sft, rejection_sampling, sft, reward_model, grpo on 2 ranks vs 1 rank (pipeline.json all done: {done}; "
+if check(done and diffs.get("rs") == "same data" and kept > 0 and
+         all(isinstance(v, str) or v <= (1e-4 if k == "rl" else 1e-6) for k, v in diffs.items()),
+         f"sft, rejection_sampling, sft, reward_model, grpo on 2 ranks vs 1 rank (pipeline.json all done: {done}; "
       f"{kept} samples kept): max |weight diff| per stage "
-      + ", ".join(f"{k} {v if isinstance(v, str) else f'{v:.1e}'}" for k, v in diffs.items()))
+         + ", ".join(f"{k} {v if isinstance(v, str) else f'{v:.1e}'}" for k, v in diffs.items())):
+  drop(one, two)
 
 # A grpo stage's warm start on 2 ranks, from the base above: each step's 33 rows split 17 + 16, the
 # loss over the whole batch's tokens, gradients summed: the 1-rank warm start's weights and loss.
@@ -316,9 +330,10 @@ launch(["train", warm_recipe("warm2"), "--output", two])
 w1 = weights(one + "/checkpoint-0")
 d, moved = max_diff(w1, weights(two + "/checkpoint-0")), max_diff(w1, weights(base))
 l1, l2 = warm_losses(one), warm_losses(two)
-check(d <= 2e-5 and moved > 1e-4 and len(l1) == 2 and l1 == l2,
-      f"grpo warm start (12 steps of 33 rows) on 2 ranks vs 1 rank: max |weight diff| {d:.2e} (moved {moved:.2e}); "
-      f"logged losses {l2} vs {l1}")
+if check(d <= 2e-5 and moved > 1e-4 and len(l1) == 2 and l1 == l2,
+         f"grpo warm start (12 steps of 33 rows) on 2 ranks vs 1 rank: max |weight diff| {d:.2e} (moved {moved:.2e}); "
+         f"logged losses {l2} vs {l1}"):
+  drop(one, two)
 
 # Supervised stages with ZeRO. sft: 17 rows in steps of 8 (2 ranks x 4, or 1 x 8) in micro-batches
 # of 2, so the last step has one row and rank 1 none (it takes part in the collectives with nothing).
@@ -387,6 +402,8 @@ for kind, last in (("sft", 3), ("reward_model", 2)):
   check(r.returncode != 0 and "zero_stage 2" in r.stderr and "zero_stage 1" in r.stderr,
         f"{kind}: a zero_stage 2 checkpoint resumed with zero_stage 1 is refused: " +
         next((l for l in r.stderr.split("\n") if "zero_stage" in l), r.stderr.strip()[-200:]))
+  if ok:
+    drop(*runs.values(), *(runs[(zero, "true")] + "_resumed" for zero in (1, 2)))
 
 # Resume after SIGKILL of the whole job.
 for zero in (0, 2, "2bf16"):
@@ -405,8 +422,9 @@ for zero in (0, 2, "2bf16"):
   check(not left, f"SIGKILL of the launcher leaves no rank behind ({len(left)} left)")
   launch(["train", rec, "--output", part, "--resume"])
   d = max_diff(weights(full + "/checkpoint-4"), weights(part + "/checkpoint-4"))
-  check(d == 0, f"zero_stage {zero}: killed after step 2 and resumed on 2 ranks: final weights equal the uninterrupted "
-                f"run's (max |diff| {d})")
+  if check(d == 0, f"zero_stage {zero}: killed after step 2 and resumed on 2 ranks: final weights equal the "
+                   f"uninterrupted run's (max |diff| {d})"):
+    drop(part, *([] if zero == 2 else [full]))  # resume2_full is read again below
 
 shards = sorted(f for f in os.listdir(os.path.join(a.workdir, "resume2_full", "checkpoint-4")) if f.startswith("optimizer"))
 check(shards == ["optimizer-rank1.pt", "optimizer.pt"], f"zero_stage 2 checkpoints hold each rank's AdamW state: {shards}")
