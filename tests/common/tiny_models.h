@@ -26,6 +26,22 @@ inline const char* kTinyV3 = R"({
   "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
                    "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}})";
 
+// Qwen2 style: grouped-query attention (4 query heads on 2 key/value heads), q/k/v biases, tied
+// embeddings.
+inline const char* kTinyQwen2 = R"({
+  "model_type": "qwen2", "vocab_size": 97, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+  "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256, "tie_word_embeddings": true})";
+
+// Qwen3-MoE style: q/k norms, one key/value head, head_dim unlike hidden/heads, softmax top-2 routing
+// with a dense middle layer, Llama 3 RoPE scaling (positions pass the original 16).
+inline const char* kTinyQwen3Moe = R"({
+  "model_type": "qwen3_moe", "vocab_size": 97, "hidden_size": 32, "intermediate_size": 48,
+  "moe_intermediate_size": 16, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 1,
+  "head_dim": 16, "num_experts": 8, "num_experts_per_tok": 2, "norm_topk_prob": true, "mlp_only_layers": [1],
+  "max_position_embeddings": 256,
+  "rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 16, "rope_theta": 10000.0}})";
+
 // `config` with its one occurrence of `from` replaced by `to`.
 inline std::string replace_in_config(const std::string& config, const std::string& from, const std::string& to) {
   const size_t at = config.find(from);
