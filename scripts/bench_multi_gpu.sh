@@ -79,10 +79,13 @@ if want zero; then
   fi
 fi
 
-# A tiny fp32 recipe: per_step_prompts over the ranks, each rank's mini-batch the single rank's.
-tiny_recipe() {  # path prompts steps [extra]
+# A tiny fp32 recipe: per_step_prompts over the ranks, each rank's mini-batch the single rank's;
+# from random weights with a warm start of 100 supervised steps, or from the checkpoint `base`.
+tiny_recipe() {  # path prompts steps [extra] [base]
+  local model="model_config: recipes/tiny_model.json" warm=100
+  [ -n "${5:-}" ] && { model="model_dir: $5"; warm=0; }
   cat > "$1" <<YAML
-model_config: recipes/tiny_model.json
+$model
 device: $device
 tokenizer: builtin:bytes
 task: addition
@@ -90,7 +93,7 @@ task_digits: 1
 train_size: 400
 eval_size: 16
 seed: 0
-sft_steps: 100
+sft_steps: $warm
 sft_batch_size: 32
 sft_learning_rate: 0.002
 rewards: math
@@ -109,8 +112,12 @@ YAML
 }
 
 if want equality && [ "$have" -ge 2 ]; then
-  tiny_recipe "$out/equality.yaml" 8 3
-  rm -rf "$out/equality-1" "$out/equality-2"
+  # Both runs start from one warm start made on one rank: a warm start on 2 ranks rounds its row
+  # sums otherwise, and 100 AdamW steps from random weights grow that to ~1e-3.
+  rm -rf "$out/equality-base" "$out/equality-1" "$out/equality-2"
+  tiny_recipe "$out/equality-base.yaml" 8 1
+  "$grpo" train "$out/equality-base.yaml" --output "$out/equality-base" > "$out/equality-base.log" 2>&1
+  tiny_recipe "$out/equality.yaml" 8 3 "" "$PWD/$out/equality-base/checkpoint-0"
   "$grpo" train "$out/equality.yaml" --output "$out/equality-1" > "$out/equality-1.log" 2>&1
   "$grpo" launch --nproc-per-node 2 --master-port 29743 -- "$grpo" train "$out/equality.yaml" \
     --output "$out/equality-2" > "$out/equality-2.log" 2>&1
