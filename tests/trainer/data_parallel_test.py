@@ -175,7 +175,8 @@ for extra in ("overlap_grad_reduce: false\n", "bucket_cap_mb: 0.01\n"):
   if check(d <= 1e-6 and ok_overlap, f"zero_stage 0, {extra.strip()}: max |weight diff| {d:.2e} against 1 rank; "
                                      f"'{line}'; share of gradient bytes sent during backward {overlap[-1]}"):
     drop(two)
-drop(os.path.join(a.workdir, "dapo_1rank"))
+if ok:  # every check that reads it passed
+  drop(os.path.join(a.workdir, "dapo_1rank"))
 
 # bf16 compute: with zero_stage 1 and 2 each rank keeps only its own tensors' fp32 master weights
 # (and with 2 its own fp32 gradients, reduced after every mini-batch); the update is still the
@@ -217,7 +218,9 @@ refilled = any(g > 1 for g, _ in shape(m1))
 if check(d <= 1e-4 and moved > 1e-4 and shape(m1) == shape(m2) and refilled,
          f"dynamic sampling on 2 ranks: max |weight diff| {d:.2e} against 1 rank (moved {moved:.2e}); (rollout batches, "
          f"kept groups) per step {shape(m2)} vs 1 rank {shape(m1)}"):
-  drop(one, two, os.path.join(a.workdir, "grpo_1rank"), os.path.join(a.workdir, "bf16_1rank"))
+  drop(one, two)
+if ok:  # the 1-rank runs the checks above compared against
+  drop(os.path.join(a.workdir, "grpo_1rank"), os.path.join(a.workdir, "bf16_1rank"))
 
 # A multi-stage recipe on 2 ranks: sft, rejection sampling, sft on its data, a reward model and grpo.
 # per_device_train_batch_size is per rank (2 x 4 rows per step = 1 x 8), per_step_prompts global.
@@ -303,7 +306,7 @@ kept = json.load(open(os.path.join(two, "rs", "stats.json")))["kept"]
 if check(done and diffs.get("rs") == "same data" and kept > 0 and
          all(isinstance(v, str) or v <= (1e-4 if k == "rl" else 1e-6) for k, v in diffs.items()),
          f"sft, rejection_sampling, sft, reward_model, grpo on 2 ranks vs 1 rank (pipeline.json all done: {done}; "
-      f"{kept} samples kept): max |weight diff| per stage "
+         f"{kept} samples kept): max |weight diff| per stage "
          + ", ".join(f"{k} {v if isinstance(v, str) else f'{v:.1e}'}" for k, v in diffs.items())):
   drop(one, two)
 
