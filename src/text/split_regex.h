@@ -1,6 +1,7 @@
-#pragma once
 // The Split pre-tokenizer of Hugging Face `tokenizers`: its regex, written for Oniguruma, compiled
-// for RE2, and a text cut at the regex's matches the way `tokenizers` cuts it.
+// for RE2, and a text cut at the regex's matches the way `tokenizers` cuts it. Torch-free.
+#pragma once
+
 #include <memory>
 #include <string>
 #include <string_view>
