@@ -12,11 +12,11 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "model/fused_kernels.h"
+#include "number_list.h"
 #include "timing.h"
 
 using at::Tensor;
@@ -37,9 +37,7 @@ int main(int argc, char** argv) {
   const int64_t E = 64, k = 6;
   const auto bf16 = at::TensorOptions().device(dev).dtype(at::kBFloat16);
   std::vector<std::string> table;
-  std::stringstream list(tokens);
-  for (std::string item; std::getline(list, item, ',');) {
-    const int64_t T = std::stoll(item);
+  for (const int64_t T : grpo::bench::parse_list(tokens)) {
     at::manual_seed(T);
     const Tensor experts = at::rand({T, E}, bf16.dtype(at::kFloat)).argsort(/*stable=*/false, 1).narrow(1, 0, k).contiguous();
     const fused::ExpertGroups g = fused::group_by_expert(experts, E);

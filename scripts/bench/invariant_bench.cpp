@@ -15,11 +15,11 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <optional>
-#include <sstream>
 #include <string>
 
 #include "model/invariant_kernels.h"
 #include "model/kernel_trial.h"
+#include "number_list.h"
 #include "timing.h"
 
 using at::Tensor;
@@ -50,9 +50,7 @@ int main(int argc, char** argv) {
   const auto bf16 = at::TensorOptions().device(cuda ? at::kCUDA : at::kCPU).dtype(at::kBFloat16);
   const Tensor w = at::randn({G, N, K}, bf16.dtype(fp32_weights ? at::kFloat : at::kBFloat16));
   const auto round_to = fp32_weights ? std::optional<at::ScalarType>() : std::optional<at::ScalarType>(at::kBFloat16);
-  std::stringstream list(rows);
-  for (std::string item; std::getline(list, item, ',');) {
-    const int64_t M = std::stoll(item);
+  for (const int64_t M : grpo::bench::parse_list(rows)) {
     const Tensor x = at::randn({M, K}, bf16);
     // Rows grouped by a random weight, as the routed experts' rows are; each weight's rows then in
     // one product of ATen's (the library's per-group form, for the baseline).

@@ -16,25 +16,18 @@
 #include <cstdio>
 #include <numeric>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "model/kernel_trial.h"
 #include "model/paged_mla_cuda.h"
+#include "number_list.h"
 #include "timing.h"
 
 using at::Tensor;
 namespace cuda = grpo::model::cuda;
 
 namespace {
-
-std::vector<int64_t> parse_list(const std::string& s) {
-  std::vector<int64_t> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');) out.push_back(std::stoll(item));
-  return out;
-}
 
 struct Form {
   std::string name;
@@ -67,8 +60,8 @@ int main(int argc, char** argv) {
                                    {"pipelined, 16 keys x 4", 16, 4}};
   const double scale = 1.0 / std::sqrt(192.0);
   std::vector<std::string> table;
-  for (const int64_t ctx : parse_list(contexts))
-    for (const int64_t B : parse_list(batches)) {
+  for (const int64_t ctx : grpo::bench::parse_list(contexts))
+    for (const int64_t B : grpo::bench::parse_list(batches)) {
       std::vector<int64_t> lens(B);
       int64_t keys = 0;
       for (int64_t b = 0; b < B; ++b) keys += lens[b] = std::max<int64_t>(1, ctx - b % 32);

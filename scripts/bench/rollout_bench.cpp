@@ -14,7 +14,6 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
-#include <sstream>
 
 #include "kernel_profile.h"
 #include "model/checkpoint.h"
@@ -22,6 +21,7 @@
 #include "model/moe.h"
 #include "profile/profiler.h"
 #include "rollout/engine.h"
+#include "number_list.h"
 #include "timing.h"
 
 using namespace grpo;
@@ -34,14 +34,6 @@ void sync(const at::Device& d) {
 }
 
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-std::vector<int64_t> parse_list(const std::string& s) {
-  std::vector<int64_t> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) out.push_back(std::stoll(item));
-  return out;
-}
 
 }  // namespace
 
@@ -126,7 +118,7 @@ int main(int argc, char** argv) {
     return ps;
   };
 
-  for (int64_t B : parse_list(batches)) {
+  for (int64_t B : grpo::bench::parse_list(batches)) {
     rollout::EngineOptions o;
     o.max_batch = B;
     o.kv_cache_bytes = kv_mb * (int64_t(1) << 20);
@@ -138,7 +130,7 @@ int main(int argc, char** argv) {
     o.overlap_steps = !synchronous;
     o.fp8 = fp8;
     rollout::Engine engine(model, nullptr, o);
-    if (fp8 && B == parse_list(batches).front()) {
+    if (fp8 && B == grpo::bench::parse_list(batches).front()) {
       // The bytes a step reads: the quantized layers' values take 1 byte (+ their scales).
       int64_t dense_q = 0, expert_q = 0;
       for (const auto& m : model->modules()) {
@@ -244,7 +236,7 @@ int main(int argc, char** argv) {
   }
 
   // Baseline: no KV cache, a full forward over prompt + generated tokens for every new token.
-  for (int64_t B : parse_list(nocache_batches)) {
+  for (int64_t B : grpo::bench::parse_list(nocache_batches)) {
     auto ps = random_prompts(B);
     std::vector<int64_t> flat;
     for (auto& p : ps) flat.insert(flat.end(), p.begin(), p.end());
